@@ -1,0 +1,88 @@
+"""The run state: what the state machine carries between Task states as `$.run`.
+
+Every handler takes the run and returns it updated, so any failed state can still be torn down and
+reported from whatever part of it exists. It must stay small (Step Functions payloads are capped at
+256 KB): per-shard data lives in S3 under `runs/<run id>/`, never here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from spotfill_control.spec import BackfillSpec
+
+Phase = Literal["validated", "prepared", "fleet_requested", "registered", "monitoring", "done"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_State):
+    """Everything the run created, so teardown can remove it; a field is set as soon as the thing exists."""
+
+    queue_url: str | None = None
+    dead_letter_queue_url: str | None = None
+    cluster_name: str | None = None
+    task_definition_arn: str | None = None
+    launch_template_version: int | None = None
+    spot_fleet_request_id: str | None = None
+    service_name: str | None = None
+
+
+class Timeline(_State):
+    """When each phase began or ended; the report's phase durations come from here."""
+
+    started_at: datetime | None = None
+    validated_at: datetime | None = None
+    prepared_at: datetime | None = None
+    fleet_requested_at: datetime | None = None
+    fleet_fulfilled_at: datetime | None = None
+    registered_at: datetime | None = None
+    processing_started_at: datetime | None = None
+    processing_ended_at: datetime | None = None
+    teardown_started_at: datetime | None = None
+    teardown_ended_at: datetime | None = None
+
+
+class Progress(_State):
+    """What monitor has seen so far."""
+
+    state: Literal["running", "done", "handover"] = "running"
+    outputs_done: int = 0
+    dead_letters: int = 0
+    requeued: int = 0
+    iterations: int = 0
+    iterations_this_execution: int = 0
+    last_progress_at: datetime | None = None
+    peak_shards_per_second: float = 0.0
+    fleet_target_capacity: int | None = None
+    interruptions: int = 0
+    known_instances: list[str] = Field(default_factory=list)
+
+
+class RunState(_State):
+    run_id: str
+    spec: BackfillSpec
+    phase: Phase = "validated"
+    state_machine_arn: str | None = None
+    execution_arn: str | None = None
+    executions: int = 1
+    source: Literal["s3", "schedule", "direct", "resume"] = "direct"
+    manifest_uri: str | None = None
+    shards_total: int = 0
+    shards_skipped: int = 0
+    resources: Resources = Field(default_factory=Resources)
+    timeline: Timeline = Field(default_factory=Timeline)
+    progress: Progress = Field(default_factory=Progress)
+
+    @property
+    def run_prefix(self) -> str:
+        return f"runs/{self.run_id}/"

@@ -1,0 +1,164 @@
+"""The backfill spec: the one validated request that every trigger normalises to."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from spotfill_control.instance_types import CATALOG
+
+InputFormat = Literal["npy", "npz", "parquet", "csv", "jsonl", "images"]
+OutputFormat = Literal["parquet", "npy", "jsonl"]
+AllocationStrategy = Literal[
+    "priceCapacityOptimized", "capacityOptimized", "lowestPrice", "diversified", "capacityOptimizedPrioritized"
+]
+
+# File extensions of each input format: a shard under an input prefix is an object with one of these.
+INPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "npy": (".npy",),
+    "npz": (".npz",),
+    "parquet": (".parquet",),
+    "csv": (".csv",),
+    "jsonl": (".jsonl", ".ndjson"),
+    "images": (".tar",),
+}
+OUTPUT_EXTENSIONS: dict[str, str] = {"parquet": ".parquet", "npy": ".npy", "jsonl": ".jsonl"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_s3_uri(value: str) -> str:
+    if not value.startswith("s3://"):
+        raise ValueError(f"must be an s3:// URI, got {value!r}")
+    bucket, _, _ = value[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"names no bucket: {value!r}")
+    return value
+
+
+class ImageOptions(_Model):
+    size: tuple[int, int] | None = Field(default=None, description="resize to (height, width); default: the model's input")
+    scale: Literal["unit", "symmetric", "none"] = "unit"
+
+
+class InputSpec(_Model):
+    uri: str = Field(description="s3:// prefix ending in '/', or s3:// URI of a .txt/.json manifest listing shard URIs")
+    format: InputFormat
+    id_column: str | None = None
+    image: ImageOptions = ImageOptions()
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        _check_s3_uri(value)
+        key = value[len("s3://") :].partition("/")[2]
+        if not (key.endswith("/") or key.endswith((".txt", ".json"))):
+            raise ValueError("must be a prefix ending in '/' or a shard list ending in .txt or .json")
+        if key.endswith("/") and key.strip("/") == "":
+            raise ValueError("must not be a whole bucket: name a prefix such as s3://bucket/inputs/")
+        return value
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.uri.endswith("/")
+
+
+class OutputSpec(_Model):
+    uri: str = Field(description="s3:// prefix ending in '/' that receives one output object per shard")
+    format: OutputFormat = "parquet"
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        _check_s3_uri(value)
+        if not value.endswith("/"):
+            raise ValueError("must be a prefix ending in '/'")
+        return value
+
+
+class ModelSpec(_Model):
+    uri: str = Field(description="s3:// URI of a .keras file or a SavedModel .tar.gz archive")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        _check_s3_uri(value)
+        if not value.endswith((".keras", ".tar.gz", ".tgz")):
+            raise ValueError("must end in .keras (Keras file) or .tar.gz (SavedModel archive)")
+        return value
+
+
+class FleetSpec(_Model):
+    instance_types: list[str] = Field(min_length=1, max_length=20)
+    target_capacity: int = Field(default=2, ge=1, le=5000, description="instances (weighted by vCPUs / smallest type)")
+    allocation_strategy: AllocationStrategy = "priceCapacityOptimized"
+    max_hourly_price: float | None = Field(default=None, gt=0, description="cap on the fleet's total spend per hour")
+    subnets: list[str] = Field(default_factory=list, description="empty: the stack's default subnets")
+
+    @field_validator("instance_types")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in CATALOG]
+        if unknown:
+            raise ValueError(f"unknown instance type(s) {', '.join(unknown)}; known: {', '.join(sorted(CATALOG))}")
+        if len(set(value)) != len(value):
+            raise ValueError("lists an instance type twice")
+        gpu = {CATALOG[name].is_gpu for name in value}
+        if len(gpu) > 1:
+            raise ValueError("mixes GPU and CPU instance types; a fleet runs one image, so use one kind")
+        return value
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not s.startswith("subnet-")]
+        if bad:
+            raise ValueError(f"not subnet ids: {', '.join(bad)}")
+        return value
+
+    @property
+    def uses_gpu(self) -> bool:
+        return CATALOG[self.instance_types[0]].is_gpu
+
+
+class ServiceSpec(_Model):
+    tasks_per_instance: int = Field(default=1, ge=1, le=64)
+    cpu: int = Field(default=1024, ge=128, le=196608, description="CPU units reserved per task (1024 = 1 vCPU)")
+    memory: int = Field(default=3072, ge=256, le=786432, description="MiB reserved per task")
+    batch_size: int | None = Field(default=None, ge=1, le=65536)
+
+
+class LimitsSpec(_Model):
+    max_runtime_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    registration_timeout_seconds: int = Field(default=900, ge=1, le=7_200)
+    stall_timeout_seconds: int = Field(default=1_800, ge=1, le=86_400)
+    poll_interval_seconds: int = Field(default=60, ge=1, le=3_600)
+
+
+class BackfillSpec(_Model):
+    name: str = Field(default="backfill", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    input: InputSpec
+    output: OutputSpec
+    model: ModelSpec
+    fleet: FleetSpec
+    service: ServiceSpec = ServiceSpec()
+    limits: LimitsSpec = LimitsSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BackfillSpec:
+        if self.input.is_prefix and self.output.uri.startswith(self.input.uri):
+            raise ValueError("output.uri lies inside input.uri: outputs would be read back as shards")
+        if self.limits.registration_timeout_seconds >= self.limits.max_runtime_seconds:
+            raise ValueError("limits.registration_timeout_seconds must be shorter than limits.max_runtime_seconds")
+        smallest = min(CATALOG[name].memory_mib for name in self.fleet.instance_types)
+        # The ECS agent and the OS keep some memory; a task that cannot fit never starts.
+        needed = self.service.memory * self.service.tasks_per_instance
+        if needed > smallest * 0.9:
+            raise ValueError(
+                f"service.memory x tasks_per_instance = {needed} MiB does not fit the smallest instance type "
+                f"({smallest} MiB, ~90% usable)"
+            )
+        return self
