@@ -1,0 +1,338 @@
+"""Run moto's Lambda invocations in this process, with the real handlers.
+
+moto runs function code only in Docker. spotfill's control functions are plain Python that is installed in
+this process anyway, so `inprocess_lambdas()` replaces `moto.awslambda.models.LambdaFunction.invoke`: an
+invocation imports the function's `Handler` (`package.module.attr`), applies the function's environment
+variables, and calls the handler with the decoded event and a small Lambda context. It works wherever moto's
+backend runs in this process: under `mock_aws()` (Step Functions' interpreter calls Lambda through the
+patched botocore) and inside a `ThreadedMotoServer` (the interpreter calls `http://localhost:$MOTO_PORT`,
+which is served by this process).
+
+Errors look exactly as a real Lambda reports them: an exception raised by the handler becomes FunctionError
+`Unhandled` with the payload `{"errorType": <class name>, "errorMessage": str(e), "stackTrace": [...]}`, so
+the state machine's `Retry` and `Catch` match on the class name (`InvalidSpecError`, `TransientAwsError`,
+...). A result that is not JSON-serialisable is a `Runtime.MarshalError`, as on Lambda.
+
+For tests the dispatcher records every invocation (which function, the event, the outcome, and the AWS API
+calls the handler made on its own thread: the least-privilege test compares them with the template's
+policies) and can inject a failure into a named function, before or after its handler runs.
+
+All control functions share one environment (template `Globals`), but the process has one `os.environ`: the
+dispatcher applies a function's variables under a lock for the length of the invocation and restores them
+after, clearing `spotfill_control.config.settings()` so the handler sees exactly that function's
+configuration.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import botocore.client
+from moto.awslambda.models import LambdaFunction
+
+# Variables that change how boto3 clients are built: when one of them changes, cached clients are stale.
+_CLIENT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+# boto3 client names whose IAM action prefix differs from the name.
+_IAM_PREFIX = {"stepfunctions": "states"}
+
+
+@dataclass(frozen=True)
+class AwsCall:
+    """One AWS API call a handler made, named the way boto3 names it."""
+
+    service: str  # boto3 client name: "s3", "sqs", "ec2", "ecs", "stepfunctions", ...
+    operation: str  # API operation: "SendMessageBatch", "RequestSpotFleet", ...
+
+    @property
+    def iam_action(self) -> str:
+        """`prefix:Operation`. For most services this is the IAM action; S3 object/bucket calls need a mapping
+        (ListObjectsV2 is authorised by s3:ListBucket, HeadObject by s3:GetObject)."""
+        return f"{_IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
+
+
+@dataclass
+class Invocation:
+    """One call of a function's handler."""
+
+    function_name: str
+    handler: str  # "spotfill_control.handlers.monitor.handler"
+    event: Any
+    request_id: str
+    started_at: float
+    ended_at: float | None = None
+    error_type: str | None = None  # None: the handler returned normally
+    error_message: str | None = None
+    injected: bool = False
+    aws_calls: list[AwsCall] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The handler's module name, which is also the state's handler in docs/contracts.md: "monitor"."""
+        module = self.handler.rsplit(".", 1)[0]
+        return module.rsplit(".", 1)[-1]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.ended_at is not None and self.error_type is None
+
+
+@dataclass
+class _Injection:
+    error: BaseException | type[BaseException]
+    when: Literal["before", "after"]
+    remaining: int | None  # None: every invocation
+
+    def make(self) -> BaseException:
+        if isinstance(self.error, BaseException):
+            return self.error
+        return self.error("injected failure")
+
+
+class LambdaContext:
+    """The attributes of the Lambda context object that handlers and Powertools read."""
+
+    def __init__(self, fn: LambdaFunction, request_id: str) -> None:
+        self.function_name = fn.function_name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = fn.function_arn
+        self.memory_limit_in_mb = int(fn.memory_size)
+        self.aws_request_id = request_id
+        self.log_group_name = f"/aws/lambda/{fn.function_name}"
+        self.log_stream_name = f"{time.strftime('%Y/%m/%d')}/[$LATEST]{request_id.replace('-', '')}"
+        self._deadline = time.monotonic() + float(fn.timeout)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+class Dispatcher:
+    """Calls handlers for moto's Lambda, records invocations, and injects failures on request."""
+
+    def __init__(self) -> None:
+        self.invocations: list[Invocation] = []
+        self._injections: dict[str, _Injection] = {}
+        self._lock = threading.RLock()  # one invocation at a time: os.environ is process-wide
+        self._records = threading.Lock()
+        self._current = threading.local()
+
+    # ---- what tests use ----
+
+    def inject_failure(
+        self,
+        name: str,
+        error: BaseException | type[BaseException],
+        *,
+        when: Literal["before", "after"] = "before",
+        times: int | None = None,
+    ) -> None:
+        """Make function `name` (handler module name such as "monitor", or the function's name) raise `error`.
+
+        `when="before"` raises instead of running the handler; `"after"` runs it, keeps its side effects and
+        then raises (a crash after the work, as a retried Lambda sees it). `times` limits how many invocations
+        fail; None: all of them.
+        """
+        with self._records:
+            self._injections[name] = _Injection(error, when, times)
+
+    def clear_failures(self) -> None:
+        with self._records:
+            self._injections.clear()
+
+    def invoked(self) -> list[str]:
+        """Handler names in the order they were invoked."""
+        with self._records:
+            return [inv.name for inv in self.invocations]
+
+    def calls_of(self, name: str) -> list[Invocation]:
+        with self._records:
+            return [inv for inv in self.invocations if name in (inv.name, inv.function_name)]
+
+    # ---- what moto calls ----
+
+    def invoke(self, fn: LambdaFunction, body: Any, request_headers: Any, response_headers: Any) -> bytes:
+        event = _decode(body)
+        invocation_type = _header(request_headers, "x-amz-invocation-type") or "RequestResponse"
+        if invocation_type == "DryRun":
+            return b""
+        if invocation_type == "Event":
+            threading.Thread(target=self._run, args=(fn, event), daemon=True, name="lambda-event").start()
+            return b""
+        payload, function_error = self._run(fn, event)
+        if function_error:
+            response_headers["x-amz-function-error"] = function_error
+        return payload
+
+    def _run(self, fn: LambdaFunction, event: Any) -> tuple[bytes, str | None]:
+        request_id = str(uuid.uuid4())
+        invocation = Invocation(
+            function_name=fn.function_name,
+            handler=fn.handler or "",
+            event=event,
+            request_id=request_id,
+            started_at=time.time(),
+        )
+        with self._records:
+            self.invocations.append(invocation)
+            injection = self._take_injection(invocation)
+        with self._lock, _environment(fn):
+            self._current.invocation = invocation
+            try:
+                if injection is not None and injection.when == "before":
+                    invocation.injected = True
+                    raise injection.make()
+                handler = _load_handler(fn.handler)
+                result = handler(event, LambdaContext(fn, request_id))
+                if injection is not None:
+                    invocation.injected = True
+                    raise injection.make()
+            except Exception as exc:
+                invocation.error_type = type(exc).__name__
+                invocation.error_message = str(exc)
+                return _error_payload(exc, request_id), "Unhandled"
+            finally:
+                self._current.invocation = None
+                invocation.ended_at = time.time()
+        try:
+            return json.dumps(result).encode(), None
+        except (TypeError, ValueError) as exc:
+            invocation.error_type = "Runtime.MarshalError"
+            invocation.error_message = str(exc)
+            problem = {
+                "errorType": "Runtime.MarshalError",
+                "errorMessage": f"Unable to marshal response: {exc}",
+                "requestId": request_id,
+                "stackTrace": [],
+            }
+            return json.dumps(problem).encode(), "Unhandled"
+
+    def _take_injection(self, invocation: Invocation) -> _Injection | None:
+        for key in (invocation.name, invocation.function_name):
+            injection = self._injections.get(key)
+            if injection is None:
+                continue
+            if injection.remaining is not None:
+                injection.remaining -= 1
+                if injection.remaining <= 0:
+                    del self._injections[key]
+            return injection
+        return None
+
+    def record_call(self, service: str, operation: str) -> None:
+        invocation = getattr(self._current, "invocation", None)
+        if invocation is not None:
+            invocation.aws_calls.append(AwsCall(service, operation))
+
+
+_active: list[Dispatcher] = []
+
+
+@contextmanager
+def inprocess_lambdas() -> Iterator[Dispatcher]:
+    """Dispatch every moto Lambda invocation to its handler in this process, for the length of the block.
+
+    Use it around `mock_aws()` work or around a `ThreadedMotoServer`: both run moto's backend in this process.
+    Nested use is allowed; the innermost dispatcher handles invocations.
+    """
+    dispatcher = Dispatcher()
+    original_invoke = LambdaFunction.invoke
+    original_call = botocore.client.BaseClient._make_api_call
+
+    def invoke(self: LambdaFunction, body: Any, request_headers: Any, response_headers: Any) -> bytes:
+        return dispatcher.invoke(self, body, request_headers, response_headers)
+
+    def make_api_call(client: Any, operation_name: str, api_params: Any) -> Any:
+        dispatcher.record_call(client.meta.service_model.service_name, operation_name)
+        return original_call(client, operation_name, api_params)
+
+    LambdaFunction.invoke = invoke  # type: ignore[method-assign]
+    botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
+    _active.append(dispatcher)
+    try:
+        yield dispatcher
+    finally:
+        _active.remove(dispatcher)
+        LambdaFunction.invoke = original_invoke  # type: ignore[method-assign]
+        botocore.client.BaseClient._make_api_call = original_call  # type: ignore[method-assign]
+
+
+def _load_handler(spec: str | None) -> Callable[[Any, Any], Any]:
+    if not spec or "." not in spec:
+        raise ImportError(f"Bad handler {spec!r}: expected module.attribute")
+    module_name, attribute = spec.rsplit(".", 1)
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+@contextmanager
+def _environment(fn: LambdaFunction) -> Iterator[None]:
+    """The function's environment in os.environ, as Lambda sets it, for the length of the block."""
+    wanted = {str(k): str(v) for k, v in (fn.environment_vars or {}).items()}
+    wanted.setdefault("AWS_REGION", fn.region)
+    wanted.setdefault("AWS_DEFAULT_REGION", fn.region)
+    saved = {key: os.environ.get(key) for key in wanted}
+    clients_stale = any(os.environ.get(key) != wanted[key] for key in _CLIENT_VARIABLES if key in wanted)
+    os.environ.update(wanted)
+    _forget_cached_configuration(clients_stale)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _forget_cached_configuration(clients_stale)
+
+
+def _forget_cached_configuration(clients_stale: bool) -> None:
+    """Settings are read once per cold start; here every invocation may see another environment."""
+    try:
+        from spotfill_control import aws, config
+    except ImportError:  # a function outside spotfill's control plane (tests' throwaway handlers)
+        return
+    config.settings.cache_clear()
+    if clients_stale:
+        aws.reset_clients()
+
+
+def _decode(body: Any) -> Any:
+    if body is None or body == b"" or body == "":
+        return {}
+    if isinstance(body, bytes | bytearray):
+        body = body.decode("utf-8")
+    if isinstance(body, str):
+        return json.loads(body)
+    return body
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    wanted = name.lower()
+    for key, value in headers.items():
+        if str(key).lower() == wanted and value:
+            return str(value)
+    return None
+
+
+def _error_payload(exc: BaseException, request_id: str) -> bytes:
+    """What the Python runtime returns for an unhandled exception."""
+    frames = traceback.format_list(traceback.extract_tb(exc.__traceback__))
+    return json.dumps(
+        {
+            "errorMessage": str(exc),
+            "errorType": type(exc).__name__,
+            "requestId": request_id,
+            "stackTrace": frames,
+        }
+    ).encode()
