@@ -1,0 +1,62 @@
+"""AWS access: one lazily created S3 and SQS client per worker, with adaptive retries.
+
+Nothing here runs at import time. boto3 honours ``AWS_ENDPOINT_URL`` itself, so the local cloud and
+production take the same code path. Adaptive retries make a burst of ``SlowDown`` from many workers
+writing at once slow the workers down instead of failing shards.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+RETRY_CONFIG = {"mode": "adaptive", "max_attempts": 10}
+
+
+@dataclass(frozen=True)
+class S3Uri:
+    bucket: str
+    key: str
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Uri:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.lstrip("/"):
+            raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
+        return cls(parsed.netloc, parsed.path.lstrip("/"))
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+class Clients:
+    """Creates each client on first use (thread-safe); tests may pass ready-made clients instead."""
+
+    def __init__(self, s3: Any = None, sqs: Any = None, max_pool_connections: int = 16) -> None:
+        self._s3 = s3
+        self._sqs = sqs
+        self._max_pool_connections = max_pool_connections
+        self._lock = threading.Lock()
+
+    def _create(self, service: str) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(retries=dict(RETRY_CONFIG), max_pool_connections=self._max_pool_connections)
+        return boto3.session.Session().client(service, config=config)
+
+    @property
+    def s3(self) -> Any:
+        with self._lock:
+            if self._s3 is None:
+                self._s3 = self._create("s3")
+            return self._s3
+
+    @property
+    def sqs(self) -> Any:
+        with self._lock:
+            if self._sqs is None:
+                self._sqs = self._create("sqs")
+            return self._sqs

@@ -1,0 +1,102 @@
+"""The worker's configuration: environment variables parsed once, at start, into a typed model.
+
+The task definition sets these (see docs/contracts.md, "Worker environment"). A missing or invalid
+variable stops the worker before it touches AWS, with an error that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PREFIX = "SPOTFILL_"
+
+
+class InputFormat(StrEnum):
+    NPY = "npy"
+    NPZ = "npz"
+    PARQUET = "parquet"
+    CSV = "csv"
+    JSONL = "jsonl"
+    IMAGES = "images"
+
+
+class OutputFormat(StrEnum):
+    PARQUET = "parquet"
+    NPY = "npy"
+    JSONL = "jsonl"
+
+
+class ImageScale(StrEnum):
+    UNIT = "unit"  # x / 255 -> [0, 1]
+    SYMMETRIC = "symmetric"  # x / 127.5 - 1 -> [-1, 1] (MobileNet-style preprocessing)
+    NONE = "none"  # raw 0..255 values
+
+
+class Classifier(StrEnum):
+    AUTO = "auto"  # a Keras model whose last layer applies softmax
+    TRUE = "true"
+    FALSE = "false"
+
+
+class ConfigError(Exception):
+    """A worker environment variable is missing or invalid; the message names it."""
+
+
+class WorkerConfig(BaseModel):
+    """Field ``x`` is read from ``SPOTFILL_X`` (upper case)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str = Field(min_length=1)
+    queue_url: str = Field(min_length=1)
+    model_uri: str
+    input_format: InputFormat
+    output_format: OutputFormat = OutputFormat.PARQUET
+    id_column: str | None = None
+    image_scale: ImageScale = ImageScale.UNIT
+    classifier: Classifier = Classifier.AUTO
+    batch_size: int | None = Field(default=None, ge=1, le=65536)
+    visibility_timeout: int = Field(default=120, ge=1, le=43200)
+    stop_timeout: float = Field(default=120.0, gt=0, le=86400)
+    receive_wait_seconds: int = Field(default=20, ge=0, le=20)
+    exit_when_idle_seconds: float | None = Field(default=None, gt=0)
+    prefetch_shards: int = Field(default=1, ge=1, le=16)
+    xla: bool = False
+    mixed_precision: bool = False
+    spot_notice: bool = True
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri_is_s3_keras_or_savedmodel(cls, value: str) -> str:
+        if not value.startswith("s3://") or not value.endswith((".keras", ".tar.gz", ".tgz")):
+            raise ValueError("must be s3://bucket/key ending in .keras or .tar.gz (a SavedModel archive)")
+        return value
+
+    @field_validator("id_column")
+    @classmethod
+    def _empty_id_column_means_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+        env = os.environ if environ is None else environ
+        values = {}
+        for name in cls.model_fields:
+            raw = env.get(PREFIX + name.upper())
+            if raw is not None and raw.strip() != "":
+                values[name] = raw.strip()
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                field = str(error["loc"][0]) if error["loc"] else "?"
+                variable = PREFIX + field.upper()
+                reason = "is required but not set" if error["type"] == "missing" else error["msg"]
+                shown = env.get(variable)
+                problems.append(f"{variable} {reason}" + (f" (got {shown!r})" if shown is not None else ""))
+            raise ConfigError("invalid worker configuration: " + "; ".join(problems)) from None

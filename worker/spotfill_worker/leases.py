@@ -1,0 +1,111 @@
+"""The shard messages this worker holds, kept invisible by a heartbeat while it works on them.
+
+A message is either deleted (its output is written), dropped (a poison shard: left to time out, so SQS
+counts the receive and redrives it to the dead-letter queue after the limit), or released (visibility 0:
+another worker takes it at once, used when stopping).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from spotfill_worker.telemetry import Telemetry
+
+
+@dataclass
+class Delivery:
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    received_at: float = 0.0
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class Leases:
+    def __init__(self, sqs: Any, queue_url: str, visibility_timeout: int, telemetry: Telemetry) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._visibility = visibility_timeout
+        self._telemetry = telemetry
+        self._held: dict[str, Delivery] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def add(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held[delivery.receipt_handle] = delivery
+
+    def drop(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held.pop(delivery.receipt_handle, None)
+
+    def delete(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._held.pop(delivery.receipt_handle, None)
+        self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=delivery.receipt_handle)
+
+    def release(self, delivery: Delivery) -> bool:
+        """Make the message visible again now; returns whether this worker still held it."""
+        with self._lock:
+            if self._held.pop(delivery.receipt_handle, None) is None:
+                return False
+            self._set_visibility([delivery], 0)
+        return True
+
+    def release_all(self) -> list[Delivery]:
+        with self._lock:
+            held = list(self._held.values())
+            self._held.clear()
+            self._set_visibility(held, 0)
+        return held
+
+    def start_heartbeat(self) -> None:
+        # Extend well before expiry: a third of the timeout leaves two missed beats of slack.
+        period = max(0.25, self._visibility / 3)
+
+        def beat() -> None:
+            while not self._closed.wait(period):
+                with self._lock:
+                    self._set_visibility(list(self._held.values()), self._visibility)
+
+        self._thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _set_visibility(self, deliveries: list[Delivery], seconds: int) -> None:
+        """Caller holds the lock, so a heartbeat can never re-hide a message that was just released."""
+        for start in range(0, len(deliveries), 10):
+            chunk = deliveries[start : start + 10]
+            entries = [
+                {"Id": str(i), "ReceiptHandle": d.receipt_handle, "VisibilityTimeout": seconds}
+                for i, d in enumerate(chunk)
+            ]
+            try:
+                response = self._sqs.change_message_visibility_batch(
+                    QueueUrl=self._queue_url, Entries=entries
+                )
+            except Exception as exc:
+                self._telemetry.log(
+                    "visibility_change_failed", level="WARNING", error=str(exc), seconds=seconds
+                )
+                continue
+            for failure in response.get("Failed", []):
+                self._telemetry.log(
+                    "visibility_change_failed",
+                    level="WARNING",
+                    message_id=chunk[int(failure["Id"])].message_id,
+                    error=failure.get("Code"),
+                    seconds=seconds,
+                )

@@ -1,0 +1,188 @@
+"""The model: loaded once per process from S3, run through one compiled forward pass.
+
+TensorFlow is imported here and only here, on first use, so importing the package stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spotfill_worker.clients import S3Uri
+from spotfill_worker.formats import ModelInput
+
+DEFAULT_BATCH_SIZE = {"CPU": 64, "GPU": 256}
+
+
+class ModelLoadError(RuntimeError):
+    """The model object cannot be fetched or loaded, or has a form the worker cannot serve."""
+
+
+class ShardAborted(Exception):
+    """Prediction stopped between batches because the shard cannot finish before the stop deadline."""
+
+
+def configure_devices(mixed_precision: bool) -> str:
+    """GPU memory growth on (several tasks may share a GPU instance); returns ``"GPU"`` or ``"CPU"``."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        with contextlib.suppress(RuntimeError):  # already initialised in this process
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if mixed_precision:
+        import keras
+
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    return "GPU" if gpus else "CPU"
+
+
+@dataclass
+class LoadedModel:
+    forward: Callable[[Any], Any]
+    model_input: ModelInput
+    classifier: bool
+    kind: str  # "keras" or "savedmodel"
+    keras_model: Any = None
+
+
+def download_model(s3: Any, uri: str, directory: Path) -> Path:
+    location = S3Uri.parse(uri)
+    path = directory / Path(location.key).name
+    try:
+        s3.download_file(location.bucket, location.key, str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot download model {uri}: {exc}") from exc
+    return path
+
+
+def load_model(path: Path, mixed_precision: bool = False) -> LoadedModel:
+    if path.name.endswith(".keras"):
+        return _load_keras(path, mixed_precision)
+    if path.name.endswith((".tar.gz", ".tgz")):
+        return _load_savedmodel_archive(path)
+    raise ModelLoadError(f"unsupported model file {path.name}: expected .keras or .tar.gz (SavedModel)")
+
+
+def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load Keras model {path.name}: {exc}") from exc
+    inputs = getattr(model, "inputs", None) or []
+    if len(inputs) != 1 or len(getattr(model, "outputs", None) or [None]) != 1:
+        raise ModelLoadError("the worker serves models with exactly one input and one output")
+    shape = tuple(inputs[0].shape)[1:]
+    dtype = np.dtype(str(inputs[0].dtype))
+    if mixed_precision:
+        # Saved layers pin their dtype policy, so the global policy alone does not reach a loaded model.
+        for layer in model._flatten_layers(include_self=False):
+            if not isinstance(layer, keras.layers.InputLayer):
+                layer.dtype_policy = "mixed_float16"
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    classifier = isinstance(last, keras.layers.Softmax) or activation is keras.activations.softmax
+    return LoadedModel(
+        forward=lambda x: model(x, training=False),
+        model_input=ModelInput(shape, dtype),
+        classifier=classifier,
+        kind="keras",
+        keras_model=model,
+    )
+
+
+def _load_savedmodel_archive(path: Path) -> LoadedModel:
+    import tensorflow as tf
+
+    directory = Path(tempfile.mkdtemp(prefix="spotfill-savedmodel-"))
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            archive.extractall(directory, filter="data")
+    except Exception as exc:
+        raise ModelLoadError(f"cannot unpack SavedModel archive {path.name}: {exc}") from exc
+    found = sorted(directory.rglob("saved_model.pb"), key=lambda p: len(p.parts))
+    if not found:
+        raise ModelLoadError(f"{path.name} holds no saved_model.pb")
+    loaded = tf.saved_model.load(str(found[0].parent))
+    signature = loaded.signatures.get("serving_default")
+    if signature is None:
+        raise ModelLoadError("the SavedModel has no serving_default signature")
+    _, input_specs = signature.structured_input_signature
+    output_names = list(signature.structured_outputs)
+    if len(input_specs) != 1 or len(output_names) != 1:
+        raise ModelLoadError("the worker serves SavedModels with exactly one input and one output")
+    (input_name, spec), output_name = next(iter(input_specs.items())), output_names[0]
+
+    def forward(x: Any) -> Any:
+        return signature(**{input_name: x})[output_name]
+
+    forward.keep_alive = loaded  # type: ignore[attr-defined]  # the signature needs its trackable objects
+    return LoadedModel(
+        forward=forward,
+        model_input=ModelInput(tuple(spec.shape)[1:], np.dtype(spec.dtype.as_numpy_dtype)),
+        classifier=False,
+        kind="savedmodel",
+    )
+
+
+class Predictor:
+    """Fixed-size batches through a ``tf.function`` (XLA optional).
+
+    Full batches share one trace; the last, partial batch is padded to the next power of two, so a process
+    traces at most log2(batch size) + 1 shapes however its shards are sized.
+    """
+
+    def __init__(self, model: LoadedModel, batch_size: int, xla: bool = False) -> None:
+        import tensorflow as tf
+
+        self.model = model
+        self.batch_size = batch_size
+        forward = model.forward
+
+        def compiled(x: Any) -> Any:
+            y = forward(x)
+            return tf.cast(y, tf.float32) if y.dtype in (tf.float16, tf.bfloat16) else y
+
+        self._compiled = tf.function(compiled, jit_compile=xla, reduce_retracing=False)
+        self._tf = tf
+
+    def _padded_size(self, rows: int) -> int:
+        return min(self.batch_size, 1 << max(0, rows - 1).bit_length())
+
+    def predict(
+        self, features: np.ndarray, should_abort: Callable[[int, int, float], bool] | None = None
+    ) -> np.ndarray:
+        """Predict all rows in order; ``should_abort(done, total, seconds)`` runs between batches."""
+        total = len(features)
+        if total == 0:
+            empty = np.zeros((1, *features.shape[1:]), dtype=features.dtype)
+            return np.asarray(self._compiled(self._tf.constant(empty)))[:0]
+        started = time.perf_counter()
+        outputs: list[np.ndarray] = []
+        pending = None  # one batch in flight, so a GPU queues batch i+1 before batch i is copied back
+        done = 0
+        for start in range(0, total, self.batch_size):
+            batch = features[start : start + self.batch_size]
+            rows = len(batch)
+            size = self._padded_size(rows)
+            if size != rows:
+                batch = np.concatenate([batch, np.zeros((size - rows, *batch.shape[1:]), dtype=batch.dtype)])
+            result = self._compiled(self._tf.constant(batch))
+            if pending is not None:
+                outputs.append(pending[0].numpy()[: pending[1]])
+                done += pending[1]
+            pending = (result, rows)
+            if should_abort is not None and done and should_abort(done, total, time.perf_counter() - started):
+                raise ShardAborted(f"stopped after {done} of {total} rows")
+        outputs.append(pending[0].numpy()[: pending[1]])  # type: ignore[index]
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]

@@ -1,0 +1,482 @@
+"""The prediction loop: receive -> download -> decode | predict | encode -> upload -> delete.
+
+Three stages overlap so the model never waits on I/O:
+
+- the receiver thread takes the next message, skips shards whose output already exists, downloads and
+  decodes the shard while the current one predicts (at most ``prefetch_shards`` decoded shards wait ahead);
+- the main thread runs the compiled forward pass;
+- upload threads encode and write the output (a conditional put: exactly one object per shard), then delete
+  the message.
+
+A stop (SIGTERM, a spot notice, or an idle queue) stops receiving, finishes the shard in hand only if it can
+before the deadline, makes every other held message visible again, and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spotfill_worker.clients import Clients, S3Uri
+from spotfill_worker.config import Classifier, ConfigError, WorkerConfig
+from spotfill_worker.formats import Rows, decode, encode
+from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_signal_handlers
+from spotfill_worker.leases import Delivery, Leases
+from spotfill_worker.telemetry import Telemetry
+
+_MODELS: dict[
+    tuple[str, str, bool], Any
+] = {}  # (model URI, ETag, mixed precision) -> LoadedModel, per process
+_PREDICTORS: dict[tuple[int, int, bool], Any] = {}  # (id(LoadedModel), batch size, XLA) -> Predictor
+
+
+@dataclass(frozen=True)
+class ShardMessage:
+    """The SQS message body (docs/contracts.md, "Shards, queue and outputs")."""
+
+    run_id: str
+    shard: str
+    output: str
+    error: str
+
+    @classmethod
+    def parse(cls, body: str) -> ShardMessage:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("message body is not a JSON object")
+        missing = [k for k in ("run_id", "shard", "output", "error") if not data.get(k)]
+        if missing:
+            raise ValueError(f"message body lacks {missing}")
+        message = cls(str(data["run_id"]), str(data["shard"]), str(data["output"]), str(data["error"]))
+        for uri in (message.shard, message.output, message.error):
+            S3Uri.parse(uri)
+        return message
+
+
+@dataclass
+class Prepared:
+    delivery: Delivery
+    message: ShardMessage | None = None
+    rows: Rows | None = None
+    error: BaseException | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    bytes_in: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        clients: Clients | None = None,
+        telemetry: Telemetry | None = None,
+        stop: StopSignal | None = None,
+    ) -> None:
+        self.config = config
+        self.clients = clients or Clients()
+        self.telemetry = telemetry or Telemetry(config.run_id)
+        self.stop = stop or StopSignal()
+        self.shards_done = 0
+        self.shards_failed = 0
+        self.shards_skipped = 0
+        self._ready: queue.Queue[Prepared] = queue.Queue()
+        self._slots = threading.Semaphore(config.prefetch_shards)
+        self._finished = threading.Event()
+        self._busy_lock = threading.Lock()
+        self._uploads_in_flight = 0
+        self._last_busy = time.monotonic()
+        self._upload_seconds = (
+            1.0  # running estimate, used to decide whether a shard can finish before a deadline
+        )
+        self._classifier = False
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def run(self, install_signals: bool = True) -> int:
+        config = self.config
+        if install_signals:
+            install_signal_handlers(self.stop, config.stop_timeout)
+        self.telemetry.log("worker_starting", config=config.model_dump(mode="json"), pid=os.getpid())
+        watcher = None
+        if config.spot_notice:
+            watcher = SpotNoticeWatcher(self.stop, config.stop_timeout, self.telemetry.log)
+            watcher.start()
+        try:
+            self.predictor = self._load_predictor()
+        except Exception as exc:
+            self.telemetry.log("model_load_failed", level="ERROR", error=f"{type(exc).__name__}: {exc}")
+            return 1
+        if self.stop.requested:
+            self.telemetry.log("worker_stopped", reason=self.stop.reason, shards=0)
+            return 0
+
+        self.leases = Leases(self.clients.sqs, config.queue_url, config.visibility_timeout, self.telemetry)
+        self.leases.start_heartbeat()
+        uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
+        receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
+        self._futures: list[Future] = []
+        self._last_busy = time.monotonic()
+        receiver.start()
+        try:
+            self._compute_loop(uploads)
+        finally:
+            self._shutdown(uploads, receiver)
+            if watcher is not None:
+                watcher.close()
+        return 0
+
+    def _load_predictor(self) -> Any:
+        from spotfill_worker.model import (
+            DEFAULT_BATCH_SIZE,
+            Predictor,
+            configure_devices,
+            download_model,
+            load_model,
+        )
+
+        config = self.config
+        started = time.perf_counter()
+        device = configure_devices(config.mixed_precision)
+        location = S3Uri.parse(config.model_uri)
+        etag = self.clients.s3.head_object(Bucket=location.bucket, Key=location.key)["ETag"]
+        key = (config.model_uri, etag, config.mixed_precision)
+        model = _MODELS.get(key)
+        if model is None:
+            with tempfile.TemporaryDirectory(prefix="spotfill-model-") as directory:
+                model = load_model(
+                    download_model(self.clients.s3, config.model_uri, Path(directory)), config.mixed_precision
+                )
+            _MODELS[key] = model
+        batch_size = config.batch_size or DEFAULT_BATCH_SIZE[device]
+        predictor_key = (id(model), batch_size, config.xla)
+        predictor = _PREDICTORS.get(predictor_key)
+        if predictor is None:
+            predictor = _PREDICTORS[predictor_key] = Predictor(model, batch_size, xla=config.xla)
+            self._warm_up(predictor)
+        self._classifier = {
+            Classifier.AUTO: model.classifier,
+            Classifier.TRUE: True,
+            Classifier.FALSE: False,
+        }[config.classifier]
+        self.telemetry.log(
+            "model_loaded",
+            model=config.model_uri,
+            kind=model.kind,
+            input_shape=list(model.model_input.shape),
+            input_dtype=str(model.model_input.dtype),
+            classifier=self._classifier,
+            device=device,
+            batch_size=batch_size,
+            xla=config.xla,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return predictor
+
+    @staticmethod
+    def _warm_up(predictor: Any) -> None:
+        """Trace the full-batch shape now, so the first shard is not the one that pays for it."""
+        import numpy as np
+
+        shape = predictor.model.model_input.row_shape
+        if all(d is not None for d in shape):
+            predictor.predict(
+                np.zeros((predictor.batch_size, *shape), dtype=predictor.model.model_input.dtype)
+            )
+
+    def _shutdown(self, uploads: ThreadPoolExecutor, receiver: threading.Thread) -> None:
+        self._finished.set()
+        pending = [f for f in self._futures if not f.done()]
+        if pending:
+            wait_futures(pending, timeout=max(0.0, self.stop.seconds_left()))
+        released = self.leases.release_all()
+        receiver.join(timeout=max(0.0, min(self.config.receive_wait_seconds + 2.0, self.stop.seconds_left())))
+        released += self.leases.release_all()
+        uploads.shutdown(wait=False, cancel_futures=True)
+        self.leases.close()
+        if released:
+            self.telemetry.log(
+                "messages_released",
+                count=len(released),
+                message_ids=[d.message_id for d in released],
+                reason=self.stop.reason,
+            )
+        self.telemetry.log(
+            "worker_stopped",
+            reason=self.stop.reason,
+            shards=self.shards_done,
+            failed=self.shards_failed,
+            skipped=self.shards_skipped,
+        )
+
+    def _touch(self) -> None:
+        self._last_busy = time.monotonic()
+
+    def _idle_for(self) -> float:
+        with self._busy_lock:
+            if self._uploads_in_flight or len(self.leases) or not self._ready.empty():
+                self._last_busy = time.monotonic()
+                return 0.0
+        return time.monotonic() - self._last_busy
+
+    # ------------------------------------------------------------------------------------------ receive
+
+    def _receive_loop(self) -> None:
+        config = self.config
+        while not (self.stop.requested or self._finished.is_set()):
+            if not self._slots.acquire(timeout=0.2):
+                continue
+            try:
+                response = self.clients.sqs.receive_message(
+                    QueueUrl=config.queue_url,
+                    MaxNumberOfMessages=1,
+                    WaitTimeSeconds=config.receive_wait_seconds,
+                    VisibilityTimeout=config.visibility_timeout,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                )
+            except Exception as exc:
+                self._slots.release()
+                self.telemetry.log("receive_failed", level="WARNING", error=str(exc))
+                self.stop.wait(1.0)
+                continue
+            messages = response.get("Messages", [])
+            if not messages:
+                self._slots.release()
+                continue
+            deliveries = [
+                Delivery(
+                    message_id=m["MessageId"],
+                    receipt_handle=m["ReceiptHandle"],
+                    body=m["Body"],
+                    receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)),
+                    received_at=time.monotonic(),
+                )
+                for m in messages
+            ]
+            for delivery in deliveries:
+                self.leases.add(delivery)
+            self._touch()
+            if self.stop.requested or self._finished.is_set():
+                for delivery in deliveries:
+                    self.leases.release(delivery)
+                self._slots.release()
+                return
+            prepared = self._prepare(deliveries[0])
+            self._touch()
+            if prepared is None:
+                self._slots.release()
+            else:
+                self._ready.put(prepared)
+
+    def _prepare(self, delivery: Delivery) -> Prepared | None:
+        """Download and decode; ``None`` when the shard's output already exists (its message is deleted)."""
+        item = Prepared(delivery)
+        try:
+            item.message = message = ShardMessage.parse(delivery.body)
+            if message.run_id != self.config.run_id:
+                raise ValueError(f"message belongs to run {message.run_id!r}, not {self.config.run_id!r}")
+            if self._output_exists(message.output):
+                self.leases.delete(delivery)
+                self.shards_skipped += 1
+                self.telemetry.log(
+                    "shard_skipped", shard=message.shard, output=message.output, reason="output exists"
+                )
+                return None
+            started = time.perf_counter()
+            location = S3Uri.parse(message.shard)
+            data = self.clients.s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+            item.bytes_in = len(data)
+            decoded_at = time.perf_counter()
+            item.timings["download"] = decoded_at - started
+            item.rows = decode(
+                data,
+                self.config.input_format,
+                self.predictor.model.model_input,
+                id_column=self.config.id_column,
+                image_scale=self.config.image_scale,
+            )
+            item.timings["decode"] = time.perf_counter() - decoded_at
+        except Exception as exc:
+            item.error = exc
+        return item
+
+    def _output_exists(self, uri: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        location = S3Uri.parse(uri)
+        try:
+            self.clients.s3.head_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------------------------------ compute
+
+    def _compute_loop(self, uploads: ThreadPoolExecutor) -> None:
+        from spotfill_worker.model import ShardAborted
+
+        idle_limit = self.config.exit_when_idle_seconds
+        while not self.stop.requested:
+            if idle_limit is not None and self._idle_for() >= idle_limit:
+                self.stop.request("idle", time.monotonic() + self.config.stop_timeout)
+                break
+            try:
+                item = self._ready.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self._slots.release()
+            if self.stop.requested:  # not started yet: let another worker have it now
+                self._ready.put(item)
+                break
+            if item.error is not None:
+                self._fail(item, item.error)
+                continue
+            assert item.rows is not None and item.message is not None
+            self.telemetry.log("shard_started", shard=item.message.shard, rows=len(item.rows))
+            started = time.perf_counter()
+            try:
+                predictions = self.predictor.predict(item.rows.features, should_abort=self._should_abort)
+            except ShardAborted as exc:
+                self.leases.release(item.delivery)
+                self.telemetry.log(
+                    "shard_released", shard=item.message.shard, reason=self.stop.reason, detail=str(exc)
+                )
+                break
+            except Exception as exc:
+                self._fail(item, exc)
+                continue
+            item.timings["predict"] = time.perf_counter() - started
+            with self._busy_lock:
+                self._uploads_in_flight += 1
+            self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(uploads.submit(self._finish, item, predictions))
+
+    def _should_abort(self, done: int, total: int, seconds: float) -> bool:
+        if not self.stop.requested:
+            return False
+        remaining = (total - done) * seconds / done + self._upload_seconds
+        return time.monotonic() + remaining > (self.stop.deadline or 0.0)
+
+    # ------------------------------------------------------------------------------------------ upload
+
+    def _finish(self, item: Prepared, predictions: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        assert item.message is not None and item.rows is not None
+        message = item.message
+        try:
+            started = time.perf_counter()
+            body = encode(self.config.output_format, predictions, item.rows.ids, self._classifier)
+            encoded_at = time.perf_counter()
+            item.timings["encode"] = encoded_at - started
+            location = S3Uri.parse(message.output)
+            written = True
+            try:
+                # Conditional create: of two workers racing on one shard, exactly one writes the object.
+                self.clients.s3.put_object(
+                    Bucket=location.bucket, Key=location.key, Body=body, IfNoneMatch="*"
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                    raise
+                written = False
+            item.timings["upload"] = time.perf_counter() - encoded_at
+            self._upload_seconds = 0.5 * self._upload_seconds + 0.5 * (time.perf_counter() - started)
+            try:
+                self.leases.delete(item.delivery)
+            except ClientError as exc:  # the next delivery finds the output and deletes it then
+                self.telemetry.log("delete_failed", level="WARNING", shard=message.shard, error=str(exc))
+            rows = len(item.rows)
+            seconds = time.monotonic() - item.delivery.received_at
+            predict_seconds = item.timings.get("predict", 0.0)
+            self.shards_done += 1
+            self.telemetry.log(
+                "shard_done",
+                shard=message.shard,
+                output=message.output,
+                rows=rows,
+                seconds=round(seconds, 4),
+                predictions_per_second=round(rows / predict_seconds, 1) if predict_seconds else None,
+                bytes_in=item.bytes_in,
+                bytes_out=len(body),
+                written=written,
+                receive_count=item.delivery.receive_count,
+                timings={k: round(v, 4) for k, v in item.timings.items()},
+                errors=0,
+            )
+            self.telemetry.metrics(predictions=rows, shards=1, shard_seconds=seconds)
+        except Exception as exc:
+            self._fail(item, exc)
+        finally:
+            with self._busy_lock:
+                self._uploads_in_flight -= 1
+                self._last_busy = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------ poison
+
+    def _fail(self, item: Prepared, exc: BaseException) -> None:
+        """Record the error and leave the message to time out, so SQS redrives it after the receive limit."""
+        self.leases.drop(item.delivery)
+        self.shards_failed += 1
+        message = item.message
+        summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[-4000:]
+        record = {
+            "run_id": self.config.run_id,
+            "shard": message.shard if message else None,
+            "output": message.output if message else None,
+            "message_id": item.delivery.message_id,
+            "receive_count": item.delivery.receive_count,
+            "error_type": type(exc).__name__,
+            "error": str(exc),
+            "traceback": summary,
+            "worker": socket.gethostname(),
+            "time": datetime.now(UTC).isoformat(),
+        }
+        written_to = None
+        if message is not None:
+            location = S3Uri.parse(message.error)
+            try:
+                self.clients.s3.put_object(
+                    Bucket=location.bucket,
+                    Key=location.key,
+                    Body=json.dumps(record, indent=2).encode(),
+                    ContentType="application/json",
+                )
+                written_to = message.error
+            except Exception as write_exc:
+                self.telemetry.log("error_record_failed", level="ERROR", error=str(write_exc))
+        self.telemetry.log(
+            "shard_failed",
+            level="ERROR",
+            shard=record["shard"],
+            message_id=item.delivery.message_id,
+            receive_count=item.delivery.receive_count,
+            error=f"{type(exc).__name__}: {exc}",
+            error_record=written_to,
+            errors=1,
+        )
+        self.telemetry.metrics(predictions=0, shards=0, shard_seconds=0.0, shard_errors=1)
+
+
+def main(environ: Any = None) -> int:
+    """The process entry point: parse the environment once, then run until stopped or idle."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        config = WorkerConfig.from_env(environ)
+    except ConfigError as exc:
+        line = {"time": round(time.time(), 3), "level": "ERROR", "event": "config_invalid", "error": str(exc)}
+        print(json.dumps(line), flush=True)
+        return 2
+    return Worker(config).run()
