@@ -7,16 +7,17 @@ Domain functions take clients as arguments; only handlers call `client()`.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
 _RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
 
-@lru_cache(maxsize=None)
+@cache
 def client(service: str) -> Any:
     return boto3.client(service, config=_RETRIES)
 
@@ -24,3 +25,34 @@ def client(service: str) -> Any:
 def reset_clients() -> None:
     """Forget cached clients (tests start a fresh moto per test)."""
     client.cache_clear()
+
+
+_TRANSIENT_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "SlowDown",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "Unavailable",
+        "ServerException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+
+def is_transient(exc: Exception) -> bool:
+    """Whether a botocore error is worth retrying (throttling, 5xx), not a fault in the request."""
+    if isinstance(exc, ConnectionError | ReadTimeoutError):
+        return True
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return error.get("Code") in _TRANSIENT_CODES or status >= 500

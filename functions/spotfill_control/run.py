@@ -16,6 +16,9 @@ from spotfill_control.spec import BackfillSpec
 
 Phase = Literal["validated", "prepared", "fleet_requested", "registered", "monitoring", "done"]
 
+# Every resource a run creates carries this tag (value: the run id); names are `spotfill-<run id>`.
+RUN_ID_TAG = "spotfill:run-id"
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -86,3 +89,16 @@ class RunState(_State):
     @property
     def run_prefix(self) -> str:
         return f"runs/{self.run_id}/"
+
+    @property
+    def scoped_name(self) -> str:
+        """The name of the run's queue, cluster, service and task definition family."""
+        return f"spotfill-{self.run_id}"
+
+
+class RunEvent(BaseModel):
+    """The event of every Task state after Validate: `{"run": RunState, ...}` (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run: RunState

@@ -1,0 +1,178 @@
+"""The run's ECS side: its own cluster, task definition revision and service.
+
+One cluster per run (`spotfill-<run id>`) is the run's placement scope: the fleet's instances join it from
+their user data, so two runs never share instances.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NoReturn
+
+from botocore.exceptions import ClientError
+
+from spotfill_control.aws import is_transient
+from spotfill_control.config import Settings
+from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
+from spotfill_control.shards import VISIBILITY_TIMEOUT_SECONDS
+
+STOP_TIMEOUT_SECONDS = 120  # SIGTERM → SIGKILL; also the worker's SPOTFILL_STOP_TIMEOUT
+CONTAINER_NAME = "worker"
+
+
+def _tags(run: RunState) -> list[dict[str, str]]:
+    return [{"key": RUN_ID_TAG, "value": run.run_id}]
+
+
+def _raise(what: str, exc: ClientError) -> NoReturn:
+    if is_transient(exc):
+        raise TransientAwsError(f"{what}: {exc}") from exc
+    raise SpotfillError(f"{what}: {exc}") from exc
+
+
+def create_cluster(run: RunState, ecs: Any) -> str:
+    try:
+        ecs.create_cluster(clusterName=run.scoped_name, tags=_tags(run))
+    except ClientError as exc:
+        _raise("ecs.create_cluster", exc)
+    return run.scoped_name
+
+
+def worker_environment(run: RunState, queue_url: str) -> dict[str, str]:
+    """The worker's configuration (docs/contracts.md, "Worker environment"); optional values are left out."""
+    spec = run.spec
+    env = {
+        "SPOTFILL_RUN_ID": run.run_id,
+        "SPOTFILL_QUEUE_URL": queue_url,
+        "SPOTFILL_MODEL_URI": spec.model.uri,
+        "SPOTFILL_INPUT_FORMAT": spec.input.format,
+        "SPOTFILL_OUTPUT_FORMAT": spec.output.format,
+        "SPOTFILL_IMAGE_SCALE": spec.input.image.scale,
+        "SPOTFILL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_SECONDS),
+        "SPOTFILL_STOP_TIMEOUT": str(STOP_TIMEOUT_SECONDS),
+    }
+    if spec.input.id_column:
+        env["SPOTFILL_ID_COLUMN"] = spec.input.id_column
+    if spec.service.batch_size:
+        env["SPOTFILL_BATCH_SIZE"] = str(spec.service.batch_size)
+    return env
+
+
+def task_definition(run: RunState, settings: Settings, queue_url: str, region: str) -> dict[str, Any]:
+    """The `RegisterTaskDefinition` request for the run (pure)."""
+    spec = run.spec
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": settings.worker_image,
+        "essential": True,
+        "cpu": spec.service.cpu,
+        "memoryReservation": spec.service.memory,
+        "environment": [
+            {"name": k, "value": v} for k, v in sorted(worker_environment(run, queue_url).items())
+        ],
+        "stopTimeout": STOP_TIMEOUT_SECONDS,
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-group": settings.worker_log_group,
+                "awslogs-region": region,
+                "awslogs-stream-prefix": run.run_id,
+            },
+        },
+    }
+    if spec.fleet.uses_gpu:
+        container["resourceRequirements"] = [{"type": "GPU", "value": "1"}]
+    return {
+        "family": run.scoped_name,
+        "taskRoleArn": settings.task_role_arn,
+        "executionRoleArn": settings.execution_role_arn,
+        "networkMode": "bridge",
+        "requiresCompatibilities": ["EC2"],
+        # Task-level sizes are what placement reserves on an instance (and the task's memory ceiling).
+        "cpu": str(spec.service.cpu),
+        "memory": str(spec.service.memory),
+        "containerDefinitions": [container],
+        "tags": _tags(run),
+    }
+
+
+def register_task_definition(run: RunState, ecs: Any, settings: Settings, queue_url: str) -> str:
+    try:
+        response = ecs.register_task_definition(
+            **task_definition(run, settings, queue_url, ecs.meta.region_name)
+        )
+    except ClientError as exc:
+        _raise("ecs.register_task_definition", exc)
+    return response["taskDefinition"]["taskDefinitionArn"]
+
+
+def count_registered_instances(run: RunState, ecs: Any) -> int:
+    """Container instances ACTIVE in the run's cluster."""
+    try:
+        pages = ecs.get_paginator("list_container_instances").paginate(
+            cluster=run.scoped_name, status="ACTIVE"
+        )
+        return sum(len(page.get("containerInstanceArns", [])) for page in pages)
+    except ClientError as exc:
+        _raise("ecs.list_container_instances", exc)
+
+
+def desired_tasks(run: RunState, registered_instances: int) -> int:
+    return registered_instances * run.spec.service.tasks_per_instance
+
+
+def create_service(run: RunState, ecs: Any, desired: int) -> str:
+    """Create the run's service (or, when a retried Lambda finds it, set its desired count)."""
+    if run.resources.cluster_name is None or run.resources.task_definition_arn is None:
+        raise SpotfillError("the run has no cluster or task definition: PrepareRun did not finish")
+    name = run.scoped_name
+    try:
+        found = ecs.describe_services(cluster=run.resources.cluster_name, services=[name])["services"]
+        if any(s.get("status") == "ACTIVE" for s in found):
+            ecs.update_service(cluster=run.resources.cluster_name, service=name, desiredCount=desired)
+            return name
+        ecs.create_service(
+            cluster=run.resources.cluster_name,
+            serviceName=name,
+            taskDefinition=run.resources.task_definition_arn,
+            desiredCount=desired,
+            launchType="EC2",
+            schedulingStrategy="REPLICA",
+            placementStrategy=[{"type": "spread", "field": "instanceId"}],
+            # Never stop a running task to make room: a stopped task loses its shard's work in progress.
+            deploymentConfiguration={"maximumPercent": 200, "minimumHealthyPercent": 100},
+            tags=_tags(run),
+            propagateTags="SERVICE",
+        )
+    except ClientError as exc:
+        _raise("ecs.create_service", exc)
+    return name
+
+
+def scale_to(run: RunState, desired: int, ecs: Any) -> None:
+    """Set the run's service to `desired` tasks (monitor uses it as capacity registers or work runs out)."""
+    if run.resources.service_name is None or run.resources.cluster_name is None:
+        raise SpotfillError("the run has no service yet")
+    try:
+        ecs.update_service(
+            cluster=run.resources.cluster_name, service=run.resources.service_name, desiredCount=desired
+        )
+    except ClientError as exc:
+        _raise("ecs.update_service", exc)
+
+
+def start_service(run: RunState, ecs: Any, now: datetime | None = None) -> RunState:
+    """ScaleService: one service sized to the registered instances x tasks per instance."""
+    now = now or utcnow()
+    desired = desired_tasks(run, count_registered_instances(run, ecs))
+    name = create_service(run, ecs, desired)
+    return run.model_copy(
+        update={
+            "phase": "monitoring",
+            "resources": run.resources.model_copy(update={"service_name": name}),
+            "timeline": run.timeline.model_copy(
+                update={"processing_started_at": run.timeline.processing_started_at or now}
+            ),
+        }
+    )

@@ -1,0 +1,27 @@
+"""PrepareRun: shard list, queues and messages, cluster, task definition, launch template version."""
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+
+from spotfill_control.aws import client
+from spotfill_control.config import settings
+from spotfill_control.prepare import prepare_run
+from spotfill_control.run import RunEvent
+
+logger = Logger()
+
+
+def handler(event: dict, context: object) -> dict:
+    run = parse(event=event, model=RunEvent).run
+    logger.append_keys(run_id=run.run_id)
+    run = prepare_run(
+        run,
+        s3=client("s3"),
+        sqs=client("sqs"),
+        ecs=client("ecs"),
+        ec2=client("ec2"),
+        ssm=client("ssm"),
+        settings=settings(),
+    )
+    logger.info("run prepared", extra={"shards": run.shards_total, "skipped": run.shards_skipped})
+    return run.model_dump(mode="json")

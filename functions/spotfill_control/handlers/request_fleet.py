@@ -1,0 +1,21 @@
+"""RequestFleet: request the run's Spot Fleet exactly once."""
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+
+from spotfill_control import state_store
+from spotfill_control.aws import client
+from spotfill_control.config import settings
+from spotfill_control.fleet import start_fleet
+from spotfill_control.run import RunEvent
+
+logger = Logger()
+
+
+def handler(event: dict, context: object) -> dict:
+    run = parse(event=event, model=RunEvent).run
+    logger.append_keys(run_id=run.run_id)
+    run = start_fleet(run, client("ec2"), settings())
+    state_store.persist(run, client("s3"))
+    logger.info("fleet requested", extra={"spot_fleet_request_id": run.resources.spot_fleet_request_id})
+    return run.model_dump(mode="json")

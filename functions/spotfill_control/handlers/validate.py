@@ -1,0 +1,18 @@
+"""Validate: any trigger → a checked spec and a new run (`{"run": RunState}`), or InvalidSpecError."""
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+
+from spotfill_control.aws import client
+from spotfill_control.config import settings
+from spotfill_control.triggers import ValidateEvent, validate
+
+logger = Logger()
+
+
+def handler(event: dict, context: object) -> dict:
+    request = parse(event=event, model=ValidateEvent)
+    run = validate(request, client("s3"), settings())
+    logger.append_keys(run_id=run.run_id)
+    logger.info("run validated", extra={"source": run.source, "shards": run.shards_total})
+    return {"run": run.model_dump(mode="json")}

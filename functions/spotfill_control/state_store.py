@@ -1,0 +1,77 @@
+"""Where a run's state lives between Task states when the state machine cannot hand it over.
+
+Every handler persists the run after it changes it (and `prepare_run` after each resource it creates), so
+teardown can always find everything that exists, even after a failure that Step Functions reports without
+the run (a `Catch` keeps the state's input, not the partial result) or one it cannot catch at all (timeouts,
+aborts: `cleanup_on_exit` finds the run from the execution ARN).
+
+Layout in the control bucket:
+- `runs/<run id>/state.json`: the latest `RunState`;
+- `executions/<execution name>.json`: `{"run_id": ..., "execution_arn": ...}`, one per execution of the run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spotfill_control.config import settings
+from spotfill_control.run import RunState
+
+
+def state_key(run_id: str) -> str:
+    return f"runs/{run_id}/state.json"
+
+
+def execution_key(execution_arn: str) -> str:
+    """`arn:aws:states:<region>:<account>:execution:<state machine>:<name>` → `executions/<name>.json`."""
+    name = execution_arn.rsplit(":", 1)[-1]
+    if not name:
+        raise ValueError(f"not an execution ARN: {execution_arn!r}")
+    return f"executions/{name}.json"
+
+
+def persist(run: RunState, s3: Any, bucket: str | None = None) -> None:
+    """Write the run's state, and the index from its current execution to it."""
+    bucket = bucket or settings().control_bucket
+    s3.put_object(
+        Bucket=bucket,
+        Key=state_key(run.run_id),
+        Body=run.model_dump_json().encode(),
+        ContentType="application/json",
+    )
+    if run.execution_arn:
+        index = {"run_id": run.run_id, "execution_arn": run.execution_arn}
+        s3.put_object(
+            Bucket=bucket,
+            Key=execution_key(run.execution_arn),
+            Body=json.dumps(index).encode(),
+            ContentType="application/json",
+        )
+
+
+def load(run_id: str, s3: Any, bucket: str | None = None) -> RunState | None:
+    """The run's latest persisted state, or None when it was never persisted."""
+    bucket = bucket or settings().control_bucket
+    body = _get(s3, bucket, state_key(run_id))
+    return None if body is None else RunState.model_validate_json(body)
+
+
+def load_by_execution(execution_arn: str, s3: Any, bucket: str | None = None) -> RunState | None:
+    """The run an execution worked on, or None when the execution failed before a run existed."""
+    bucket = bucket or settings().control_bucket
+    body = _get(s3, bucket, execution_key(execution_arn))
+    if body is None:
+        return None
+    return load(json.loads(body)["run_id"], s3, bucket)
+
+
+def _get(s3: Any, bucket: str, key: str) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise

@@ -1,0 +1,277 @@
+"""Validate: every way a backfill starts, normalised to one checked `BackfillSpec` and a new run.
+
+Execution inputs Validate accepts (docs/contracts.md, "The backfill spec"):
+
+1. The EventBridge S3 `Object Created` event of a manifest (JSON, the spec's schema) put under `backfills/`
+   in the control bucket.
+2. A schedule event `{"manifest": "s3://<control bucket>/<key>.json", "time": "<ISO 8601>"}`. Inside the
+   manifest's string values these placeholders resolve from the event time (UTC):
+
+   | placeholder   | value for time 2026-11-27T06:00:00Z |
+   | ------------- | ----------------------------------- |
+   | `{date}`      | `2026-11-27`                        |
+   | `{yesterday}` | `2026-11-26` (the day before)       |
+   | `{year}`      | `2026`                              |
+   | `{month}`     | `11`                                |
+   | `{day}`       | `27`                                |
+   | `{hour}`      | `06`                                |
+
+   Any other `{word}` is an error. Keep scheduled manifests outside `backfills/` (e.g. `schedules/`), or the
+   upload itself would start a run with the placeholders unresolved.
+3. The spec itself (console or CLI `StartExecution`).
+4. `{"resume": RunState}` from continue-as-new: passed through, re-pointed at the new execution.
+
+Every problem becomes an `InvalidSpecError` naming the field path and the reason, raised before anything that
+costs money exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
+from botocore.exceptions import ClientError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+
+from spotfill_control import shards, state_store
+from spotfill_control.aws import is_transient
+from spotfill_control.config import Settings
+from spotfill_control.errors import InvalidSpecError, TransientAwsError
+from spotfill_control.run import RunState, Timeline, utcnow
+from spotfill_control.spec import BackfillSpec
+
+MANIFEST_PREFIX = "backfills/"
+MAX_MANIFEST_BYTES = 256 * 1024
+_PLACEHOLDER = re.compile(r"\{([^{}\s\"]*)\}")
+
+
+class ValidateEvent(BaseModel):
+    """What the ASL's Validate state passes in (docs/contracts.md, the state machine table)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any
+    execution_arn: str
+    state_machine_arn: str
+    started_at: datetime | None = None
+
+
+class ScheduleTrigger(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str
+    time: AwareDatetime
+
+
+class ResumeTrigger(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resume: RunState
+
+
+@dataclass(frozen=True)
+class Request:
+    """A trigger, normalised."""
+
+    spec: BackfillSpec
+    source: Literal["s3", "schedule", "direct"]
+    manifest_uri: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    """One sentence per problem, each starting with the field path: `fleet.instance_types: unknown ...`."""
+    problems = []
+    for error in exc.errors():
+        path = prefix
+        for part in error["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "required field is missing"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field"
+        problems.append(f"{path}: {message}" if path else message)
+    return ". ".join(p.rstrip(".") for p in problems) + "."
+
+
+def spec_from_document(document: Any, origin: str = "") -> BackfillSpec:
+    """Validate a decoded spec; `origin` (e.g. the manifest URI) prefixes the message."""
+    lead = f"{origin}: " if origin else ""
+    if not isinstance(document, dict):
+        raise InvalidSpecError(f"{lead}spec: must be a JSON object, got {type(document).__name__}.")
+    try:
+        return BackfillSpec.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidSpecError(lead + describe_validation_error(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------- placeholders
+
+
+def placeholder_values(time: datetime) -> dict[str, str]:
+    time = time.astimezone(UTC)
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "yesterday": (time - timedelta(days=1)).strftime("%Y-%m-%d"),
+        "year": time.strftime("%Y"),
+        "month": time.strftime("%m"),
+        "day": time.strftime("%d"),
+        "hour": time.strftime("%H"),
+    }
+
+
+def resolve_placeholders(document: Any, time: datetime, path: str = "") -> Any:
+    """Replace `{date}`-style placeholders in every string value of a decoded manifest."""
+    values = placeholder_values(time)
+    if isinstance(document, dict):
+        return {
+            key: resolve_placeholders(value, time, f"{path}.{key}" if path else key)
+            for key, value in document.items()
+        }
+    if isinstance(document, list):
+        return [resolve_placeholders(value, time, f"{path}[{i}]") for i, value in enumerate(document)]
+    if isinstance(document, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                raise InvalidSpecError(
+                    f"{path or 'manifest'}: unknown placeholder {{{name}}}; "
+                    f"known: {', '.join('{' + k + '}' for k in values)}."
+                )
+            return values[name]
+
+        return _PLACEHOLDER.sub(substitute, document)
+    return document
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+
+
+def read_manifest(uri: str, s3: Any) -> Any:
+    """Fetch and decode a JSON manifest; unreadable or malformed manifests are spec errors."""
+    bucket, key = shards.split_s3_uri(uri)
+    try:
+        obj = s3.get_object(Bucket=bucket, Key=key)
+        if obj.get("ContentLength", 0) > MAX_MANIFEST_BYTES:
+            raise InvalidSpecError(f"manifest {uri}: larger than {MAX_MANIFEST_BYTES} bytes.")
+        body = obj["Body"].read()
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"manifest {uri}: {exc}") from exc
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise InvalidSpecError(f"manifest {uri}: cannot be read ({code}).") from None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidSpecError(f"manifest {uri}: not valid JSON ({exc}).") from None
+
+
+def _check_manifest_location(uri: str, settings: Settings, *, under_backfills: bool) -> None:
+    bucket, key = shards.split_s3_uri(uri)
+    if bucket != settings.control_bucket:
+        raise InvalidSpecError(f"manifest {uri}: must be in the control bucket {settings.control_bucket}.")
+    if not key.endswith(".json"):
+        raise InvalidSpecError(f"manifest {uri}: must be a .json object.")
+    if under_backfills and not key.startswith(MANIFEST_PREFIX):
+        raise InvalidSpecError(f"manifest {uri}: must be under {MANIFEST_PREFIX} in the control bucket.")
+
+
+def _parse(model: type[BaseModel], data: dict, what: str) -> Any:
+    try:
+        return parse(event=data, model=model)
+    except ValidationError as exc:
+        raise InvalidSpecError(f"{what}: {describe_validation_error(exc)}") from None
+
+
+def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
+    """Turn any accepted execution input into a request (or, for a resumed run, its state)."""
+    if not isinstance(trigger, dict):
+        raise InvalidSpecError(f"input: must be a JSON object, got {type(trigger).__name__}.")
+    if "resume" in trigger:
+        resumed: ResumeTrigger = _parse(ResumeTrigger, trigger, "resume")
+        return resumed.resume
+    if trigger.get("source") == "aws.s3" or "detail-type" in trigger:
+        event: S3EventNotificationEventBridgeModel = _parse(
+            S3EventNotificationEventBridgeModel, trigger, "S3 event"
+        )
+        uri = f"s3://{event.detail.bucket.name}/{event.detail.object.key}"
+        _check_manifest_location(uri, settings, under_backfills=True)
+        return Request(spec_from_document(read_manifest(uri, s3), f"manifest {uri}"), "s3", uri)
+    if "manifest" in trigger:
+        schedule: ScheduleTrigger = _parse(ScheduleTrigger, trigger, "schedule event")
+        if not schedule.manifest.startswith("s3://"):
+            raise InvalidSpecError(f"manifest: must be an s3:// URI, got {schedule.manifest!r}.")
+        _check_manifest_location(schedule.manifest, settings, under_backfills=False)
+        document = resolve_placeholders(read_manifest(schedule.manifest, s3), schedule.time)
+        return Request(
+            spec_from_document(document, f"manifest {schedule.manifest}"), "schedule", schedule.manifest
+        )
+    return Request(spec_from_document(trigger), "direct")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def check_model_readable(spec: BackfillSpec, s3: Any) -> None:
+    bucket, key = shards.split_s3_uri(spec.model.uri)
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"model.uri: {exc}") from exc
+        code = exc.response.get("Error", {}).get("Code", "")
+        reason = "does not exist" if code in ("404", "NoSuchKey", "NotFound") else f"is not readable ({code})"
+        raise InvalidSpecError(f"model.uri: {spec.model.uri} {reason}.") from None
+
+
+def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
+    if not spec.fleet.subnets and not settings.default_subnets:
+        raise InvalidSpecError("fleet.subnets: empty, and the stack sets no default subnets.")
+
+
+def new_run_id(name: str, now: datetime) -> str:
+    """`<name, 18 chars at most>-<yyyymmddHHMMSS>-<6 hex>`: sortable, unique, valid in ECS/SQS/EC2 names."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:18].strip("-") or "run"
+    return f"{stem}-{now.astimezone(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+
+
+def validate(event: ValidateEvent, s3: Any, settings: Settings, now: datetime | None = None) -> RunState:
+    """Check a trigger end to end (spec, model object, shards) and create the run; persist it."""
+    now = now or utcnow()
+    request = normalise(event.input, s3, settings)
+    if isinstance(request, RunState):
+        run = request.model_copy(
+            update={"execution_arn": event.execution_arn, "state_machine_arn": event.state_machine_arn}
+        )
+        state_store.persist(run, s3, settings.control_bucket)
+        return run
+    spec = request.spec
+    check_subnets(spec, settings)
+    check_model_readable(spec, s3)
+    found = shards.list_shards(spec.input, s3)
+    if not found:
+        raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
+    shards.output_uris(spec, found)  # raises when two shards would write the same output
+    run = RunState(
+        run_id=new_run_id(spec.name, now),
+        spec=spec,
+        phase="validated",
+        state_machine_arn=event.state_machine_arn,
+        execution_arn=event.execution_arn,
+        source=request.source,
+        manifest_uri=request.manifest_uri,
+        shards_total=len(found),
+        timeline=Timeline(started_at=event.started_at or now, validated_at=now),
+    )
+    state_store.persist(run, s3, settings.control_bucket)
+    return run
