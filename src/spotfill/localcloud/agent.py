@@ -1,0 +1,355 @@
+"""An emulated ECS agent on every fleet instance: it joins the cluster its user data names and runs the
+services' tasks as local worker processes.
+
+moto keeps ECS bookkeeping (clusters, services, task definitions, container instances) but runs nothing; it
+reports a service's running count equal to its desired count. This agent is the part of ECS that a backfill
+feels: a task is a real `python -m spotfill_worker` process with the task definition's command and
+environment, stopped with SIGTERM then SIGKILL after the container's stop timeout, as ECS does on scale-down
+and on spot draining, and replaced when it dies while its service still wants it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from spotfill.localcloud.fleet import Machine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_TIMEOUT = 30.0  # ECS's default when a container definition sets no stopTimeout
+_CLUSTER_LINE = re.compile(r"ECS_CLUSTER=([A-Za-z0-9_\-]+)")
+_PYTHON = re.compile(r"^(python|python3(\.\d+)?)$")
+# The parent's variables a worker process may inherit; everything AWS_* comes from the emulator instead.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "TZ")
+
+
+@dataclass
+class Task:
+    task_id: str
+    cluster: str
+    service: str
+    task_definition_arn: str
+    instance_id: str
+    process: subprocess.Popen
+    log_path: Path
+    stop_timeout: float
+    started_at: float = field(default_factory=time.monotonic)
+    stopping_since: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+@dataclass
+class Registration:
+    machine: Machine
+    cluster: str
+    container_instance_arn: str | None = None
+
+
+class EcsAgent:
+    """One agent loop for all instances (each instance's agent would do the same, just less efficiently)."""
+
+    def __init__(
+        self, endpoint_url: str, region: str, environment: dict[str, str], log_dir: Path, tick: float = 0.5
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.environment = environment  # AWS_ENDPOINT_URL, fake credentials, region
+        self.log_dir = log_dir
+        self.tick = tick
+        self.ec2 = boto3.client("ec2", endpoint_url=endpoint_url, region_name=region)
+        self.ecs = boto3.client("ecs", endpoint_url=endpoint_url, region_name=region)
+        self.registrations: dict[str, Registration] = {}
+        self.tasks: list[Task] = []
+        self.tasks_started = 0
+        self.tasks_died = 0
+        self._task_definitions: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="localcloud-ecs-agent", daemon=True)
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    def stop(self, grace: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for task in self.tasks:
+                self._signal(task, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for task in self.tasks:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    task.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+                self._signal(task, signal.SIGKILL)
+                task.process.wait()
+            self.tasks.clear()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self.step()
+            except Exception:
+                log.exception("ECS agent tick failed")
+
+    # --- instances -------------------------------------------------------------------------------------
+
+    def on_boot(self, machine: Machine) -> None:
+        """The instance finished booting: its user data says which cluster to join."""
+        user_data = self.ec2.describe_instance_attribute(InstanceId=machine.instance_id, Attribute="userData")
+        encoded = user_data.get("UserData", {}).get("Value") or ""
+        text = _decode_user_data(encoded)
+        match = _CLUSTER_LINE.search(text)
+        with self._lock:
+            self.registrations[machine.instance_id] = Registration(
+                machine, match.group(1) if match else "default"
+            )
+
+    def on_terminate(self, machine: Machine) -> None:
+        """The instance is gone: so are its processes, at once (no stop timeout on a dead machine)."""
+        with self._lock:
+            registration = self.registrations.pop(machine.instance_id, None)
+            for task in [t for t in self.tasks if t.instance_id == machine.instance_id]:
+                self._signal(task, signal.SIGKILL)
+                task.process.wait()
+                self.tasks.remove(task)
+        if registration and registration.container_instance_arn:
+            with contextlib.suppress(ClientError):
+                self.ecs.deregister_container_instance(
+                    cluster=registration.cluster,
+                    containerInstance=registration.container_instance_arn,
+                    force=True,
+                )
+
+    def drain(self, instance_id: str) -> list[Task]:
+        """Spot draining: SIGTERM to every task on the instance; the stop timeout then runs as usual."""
+        with self._lock:
+            registration = self.registrations.get(instance_id)
+            if registration:
+                registration.machine.interrupted = True
+            tasks = [t for t in self.tasks if t.instance_id == instance_id and t.alive]
+            for task in tasks:
+                self._begin_stop(task)
+            return tasks
+
+    def kill_task(self, task: Task) -> None:
+        """SIGKILL, as the kernel's OOM killer or a crash would: the service replaces it."""
+        self._signal(task, signal.SIGKILL)
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        self._register_pending()
+        with self._lock:
+            self._reap()
+            clusters = {r.cluster for r in self.registrations.values() if r.container_instance_arn}
+        wanted: dict[tuple[str, str], tuple[int, str]] = {}
+        for cluster in clusters:
+            wanted.update(self._services(cluster))
+        with self._lock:
+            self._reconcile(wanted)
+            self._enforce_stop_timeouts()
+
+    def _register_pending(self) -> None:
+        for registration in list(self.registrations.values()):
+            if registration.container_instance_arn:
+                continue
+            machine = registration.machine
+            document = {
+                "instanceId": machine.instance_id,
+                "instanceType": machine.instance_type,
+                "region": self.region,
+                "availabilityZone": f"{self.region}a",
+            }
+            try:
+                response = self.ecs.register_container_instance(
+                    cluster=registration.cluster, instanceIdentityDocument=_json(document)
+                )
+            except Exception:  # cluster not created yet: the real agent retries too
+                continue
+            registration.container_instance_arn = response["containerInstance"]["containerInstanceArn"]
+
+    def _services(self, cluster: str) -> dict[tuple[str, str], tuple[int, str]]:
+        try:
+            arns = []
+            for page in self.ecs.get_paginator("list_services").paginate(cluster=cluster):
+                arns.extend(page["serviceArns"])
+            found: dict[tuple[str, str], tuple[int, str]] = {}
+            for i in range(0, len(arns), 10):
+                described = self.ecs.describe_services(cluster=cluster, services=arns[i : i + 10])
+                for service in described["services"]:
+                    desired = service["desiredCount"] if service.get("status") == "ACTIVE" else 0
+                    found[(cluster, service["serviceName"])] = (desired, service["taskDefinition"])
+            return found
+        except ClientError:
+            return {}  # cluster deleted: its services' tasks stop below
+
+    def _reap(self) -> None:
+        for task in [t for t in self.tasks if not t.alive]:
+            code = task.process.returncode
+            if task.stopping_since is None:
+                self.tasks_died += 1
+                log.info("task %s on %s exited with %s", task.task_id, task.instance_id, code)
+            self.tasks.remove(task)
+
+    def _reconcile(self, wanted: dict[tuple[str, str], tuple[int, str]]) -> None:
+        for task in self.tasks:
+            if task.stopping_since is None and (task.cluster, task.service) not in wanted:
+                self._begin_stop(task)
+        for (cluster, service), (desired, task_definition) in wanted.items():
+            running = [
+                t
+                for t in self.tasks
+                if t.cluster == cluster and t.service == service and t.stopping_since is None
+            ]
+            for task in sorted(running, key=lambda t: t.started_at, reverse=True)[
+                : max(0, len(running) - desired)
+            ]:
+                self._begin_stop(task)
+            for _ in range(max(0, desired - len(running))):
+                instance_id = self._place(cluster, task_definition)
+                if instance_id is None:
+                    break
+                self._start_task(cluster, service, task_definition, instance_id)
+
+    def _place(self, cluster: str, task_definition_arn: str) -> str | None:
+        """ECS spread placement: the registered, undrained instance with the fewest tasks that has room."""
+        from spotfill_control.instance_types import CATALOG
+
+        definition = self._task_definition(task_definition_arn)
+        cpu = int(definition.get("cpu") or definition["containerDefinitions"][0].get("cpu") or 0)
+        memory = int(definition.get("memory") or definition["containerDefinitions"][0].get("memory") or 0)
+        candidates = []
+        for registration in self.registrations.values():
+            machine = registration.machine
+            if (
+                registration.cluster != cluster
+                or not registration.container_instance_arn
+                or machine.interrupted
+            ):
+                continue
+            on_it = [t for t in self.tasks if t.instance_id == machine.instance_id and t.alive]
+            kind = CATALOG.get(machine.instance_type)
+            if kind is not None:
+                used_cpu = sum(int(self._cpu_of(t.task_definition_arn)) for t in on_it)
+                used_memory = sum(int(self._memory_of(t.task_definition_arn)) for t in on_it)
+                if used_cpu + cpu > kind.vcpus * 1024 or used_memory + memory > kind.memory_mib:
+                    continue
+            candidates.append((len(on_it), machine.launched_at, machine.instance_id))
+        return min(candidates)[2] if candidates else None
+
+    def _cpu_of(self, arn: str) -> int:
+        definition = self._task_definition(arn)
+        return int(definition.get("cpu") or definition["containerDefinitions"][0].get("cpu") or 0)
+
+    def _memory_of(self, arn: str) -> int:
+        definition = self._task_definition(arn)
+        return int(definition.get("memory") or definition["containerDefinitions"][0].get("memory") or 0)
+
+    def _task_definition(self, arn: str) -> dict[str, Any]:
+        if arn not in self._task_definitions:
+            self._task_definitions[arn] = self.ecs.describe_task_definition(taskDefinition=arn)[
+                "taskDefinition"
+            ]
+        return self._task_definitions[arn]
+
+    def _start_task(self, cluster: str, service: str, task_definition_arn: str, instance_id: str) -> None:
+        container = self._task_definition(task_definition_arn)["containerDefinitions"][0]
+        command = worker_command(container.get("command"))
+        environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        environment.update({"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+        environment.update({e["name"]: e["value"] for e in container.get("environment", [])})
+        environment.update(self.environment)
+        environment["ECS_CONTAINER_INSTANCE_ID"] = instance_id
+        task_id = uuid.uuid4().hex
+        log_path = self.log_dir / cluster / f"{service}-{task_id[:12]}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.log_dir,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the local cloud, not the workers
+            )
+        stop_timeout = float(container.get("stopTimeout") or DEFAULT_STOP_TIMEOUT)
+        self.tasks.append(
+            Task(task_id, cluster, service, task_definition_arn, instance_id, process, log_path, stop_timeout)
+        )
+        self.tasks_started += 1
+
+    def _begin_stop(self, task: Task) -> None:
+        if task.stopping_since is None:
+            task.stopping_since = time.monotonic()
+            self._signal(task, signal.SIGTERM)
+
+    def _enforce_stop_timeouts(self) -> None:
+        now = time.monotonic()
+        for task in self.tasks:
+            if (
+                task.stopping_since is not None
+                and task.alive
+                and now - task.stopping_since >= task.stop_timeout
+            ):
+                self._signal(task, signal.SIGKILL)
+
+    @staticmethod
+    def _signal(task: Task, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            task.process.send_signal(signum)
+
+    # --- what the progress display shows ---------------------------------------------------------------
+
+    def running_tasks(self) -> list[Task]:
+        with self._lock:
+            return [t for t in self.tasks if t.alive and t.stopping_since is None]
+
+
+def worker_command(command: list[str] | None) -> list[str]:
+    """The container's command, run with this interpreter (the image's `python` is this venv's here)."""
+    if not command:
+        return [sys.executable, "-m", "spotfill_worker"]
+    if _PYTHON.match(os.path.basename(command[0])):
+        return [sys.executable, *command[1:]]
+    return list(command)
+
+
+def _decode_user_data(value: str) -> str:
+    # EC2 returns user data base64-encoded; launch templates hold it base64-encoded too (so possibly twice).
+    text = value
+    for _ in range(2):
+        try:
+            decoded = base64.b64decode(text, validate=True).decode()
+        except Exception:
+            break
+        text = decoded
+    return text
+
+
+def _json(document: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(document)

@@ -1,0 +1,150 @@
+"""Chaos: worker processes SIGKILLed and spot instances reclaimed while a run is in flight.
+
+`kill=K,interrupt=I[,every=S][,warmup=W]`: once tasks have been running for W seconds (default 3: models are
+loaded and shards are in hand), one event every S seconds (default 2), kills and interruptions interleaved,
+until all K + I have happened. A kill is SIGKILL to one random worker process (ECS replaces it); an
+interruption is a spot reclaim: SIGTERM to the instance's tasks (ECS spot draining), SIGKILL after the stop
+timeout, then the instance terminated with `Server.SpotInstanceTermination`, and the fleet replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from spotfill.localcloud.agent import EcsAgent
+from spotfill.localcloud.fleet import FleetEmulator
+
+log = logging.getLogger(__name__)
+
+# A spot instance gets two minutes' notice; the stop timeout of its tasks is usually shorter.
+SPOT_NOTICE_SECONDS = 120.0
+
+
+class ChaosSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ChaosSpec:
+    kill: int = 0
+    interrupt: int = 0
+    every: float = 2.0
+    warmup: float = 3.0
+
+    @property
+    def empty(self) -> bool:
+        return self.kill == 0 and self.interrupt == 0
+
+    @classmethod
+    def parse(cls, text: str) -> ChaosSpec:
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or key not in ("kill", "interrupt", "every", "warmup"):
+                raise ChaosSpecError(
+                    f"chaos {part!r} is not kill=N, interrupt=N, every=SECONDS or warmup=SECONDS"
+                )
+            try:
+                number = float(value)
+            except ValueError:
+                raise ChaosSpecError(f"chaos {key} must be a number, got {value!r}") from None
+            if number < 0:
+                raise ChaosSpecError(f"chaos {key} must not be negative")
+            values[key] = number
+        return cls(
+            kill=int(values.get("kill", 0)),
+            interrupt=int(values.get("interrupt", 0)),
+            every=values.get("every", 2.0),
+            warmup=values.get("warmup", 3.0),
+        )
+
+
+def interleave(kill: int, interrupt: int) -> list[str]:
+    """Kills and interruptions spread evenly: e.g. 10 and 5 -> k k i k k i ..."""
+    events = [(i / kill, "kill") for i in range(kill)] + [
+        ((i + 0.5) / interrupt, "interrupt") for i in range(interrupt)
+    ]
+    return [name for _, name in sorted(events)]
+
+
+class Chaos:
+    def __init__(
+        self, spec: ChaosSpec, fleet: FleetEmulator, agent: EcsAgent, seed: int | None = None
+    ) -> None:
+        self.spec = spec
+        self.fleet = fleet
+        self.agent = agent
+        self.random = random.Random(seed)
+        self.kills = 0
+        self.interruptions = 0
+        self.interrupted_instances: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="localcloud-chaos", daemon=True)
+
+    @property
+    def done(self) -> bool:
+        return self.kills >= self.spec.kill and self.interruptions >= self.spec.interrupt
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        pending = interleave(self.spec.kill, self.spec.interrupt)
+        while pending and not self._stop.is_set():
+            if not self._warm():
+                self._stop.wait(0.25)
+                continue
+            event = pending[0]
+            acted = self.kill_one() if event == "kill" else self.interrupt_one()
+            if acted:
+                pending.pop(0)
+                self._stop.wait(self.spec.every)
+            else:
+                self._stop.wait(0.25)
+
+    def _warm(self) -> bool:
+        now = time.monotonic()
+        return any(now - t.started_at >= self.spec.warmup for t in self.agent.running_tasks())
+
+    def kill_one(self) -> bool:
+        now = time.monotonic()
+        tasks = [t for t in self.agent.running_tasks() if now - t.started_at >= self.spec.warmup]
+        if not tasks:
+            return False
+        task = self.random.choice(tasks)
+        log.info("chaos: SIGKILL task %s on %s", task.task_id, task.instance_id)
+        self.agent.kill_task(task)
+        self.kills += 1
+        return True
+
+    def interrupt_one(self) -> bool:
+        busy = {t.instance_id for t in self.agent.running_tasks()}
+        machines = [m for m in self.fleet.running_machines() if m.instance_id in busy and not m.interrupted]
+        if not machines:
+            return False
+        machine = self.random.choice(machines)
+        log.info("chaos: spot interruption of %s", machine.instance_id)
+        tasks = self.agent.drain(machine.instance_id)
+        self.interruptions += 1
+        self.interrupted_instances.append(machine.instance_id)
+        threading.Thread(
+            target=self._reclaim, args=(machine, tasks), name="localcloud-spot-reclaim", daemon=True
+        ).start()
+        return True
+
+    def _reclaim(self, machine, tasks) -> None:
+        deadline = time.monotonic() + min(
+            SPOT_NOTICE_SECONDS, max((t.stop_timeout for t in tasks), default=0.0)
+        )
+        while time.monotonic() < deadline and any(t.alive for t in tasks):
+            time.sleep(0.1)
+        self.fleet.interrupt(machine)

@@ -1,0 +1,187 @@
+"""The local cloud: the whole spotfill stack on one machine, no AWS account.
+
+`LocalCloud` starts moto's server on loopback (Step Functions execution on), patches what moto lacks
+(`spotfill.localcloud.patches`), runs Lambda invocations through the real handlers in process
+(`spotfill.lambdas.inprocess_lambdas`), deploys `template.yaml` with `spotfill.deploy.deploy_stack`, and
+runs the physics: the EC2 emulator (boot delay, maintained fleets), the ECS agent (real worker processes),
+execution status events, and optionally chaos.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from spotfill.localcloud import patches
+from spotfill.localcloud.agent import EcsAgent
+from spotfill.localcloud.chaos import Chaos, ChaosSpec
+from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
+from spotfill.localcloud.fleet import FleetEmulator
+from spotfill.localcloud.server import FAKE_CREDENTIALS, REGION, EmulatorServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalCloudOptions:
+    port: int | None = None
+    boot_delay: float = 2.0
+    chaos: ChaosSpec | None = None
+    run_dir: Path | None = None
+    stack_name: str = "spotfill"
+
+
+class LocalCloud:
+    """Use as a context manager: `with LocalCloud() as cloud: ...`; `cloud.endpoint_url`, `cloud.outputs`."""
+
+    def __init__(self, options: LocalCloudOptions | None = None) -> None:
+        self.options = options or LocalCloudOptions()
+        self.server = EmulatorServer(self.options.port)
+        self.region = REGION
+        self.run_dir = self.options.run_dir or Path(tempfile.mkdtemp(prefix="spotfill-local-"))
+        self.outputs: Any = None
+        self.fleet: FleetEmulator | None = None
+        self.agent: EcsAgent | None = None
+        self.chaos: Chaos | None = None
+        self.dispatcher: Any = None
+        self._execution_events: ExecutionStatusEvents | None = None
+        self._stack = contextlib.ExitStack()
+        self._saved_environment: dict[str, str | None] = {}
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.server.endpoint_url
+
+    @property
+    def client_environment(self) -> dict[str, str]:
+        """What a client (the CLI, a worker, the AWS CLI) needs in its environment to reach this cloud."""
+        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region)
+
+    def __enter__(self) -> LocalCloud:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.server.start()
+        self._stack.callback(self.server.stop)
+        # The handlers run in this process and reach AWS through boto3: point it at the emulator.
+        self._set_environment(self.client_environment)
+        patches.install(self.endpoint_url)
+        from spotfill.lambdas import inprocess_lambdas
+
+        self.dispatcher = self._stack.enter_context(inprocess_lambdas())
+        from spotfill.deploy import deploy_stack
+
+        self.outputs = deploy_stack(self.options.stack_name, region=self.region)
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.agent = EcsAgent(self.endpoint_url, self.region, self.client_environment, self.run_dir / "logs")
+        self.fleet = FleetEmulator(
+            self.region,
+            self.options.boot_delay,
+            on_boot=self.agent.on_boot,
+            on_terminate=self.agent.on_terminate,
+        )
+        self._execution_events = ExecutionStatusEvents(self.endpoint_url, self.region)
+        self.agent.start()
+        self._stack.callback(self.agent.stop)
+        self.fleet.start()
+        self._stack.callback(self.fleet.stop)
+        self._execution_events.start()
+        self._stack.callback(self._execution_events.stop)
+        if self.options.chaos and not self.options.chaos.empty:
+            self.chaos = Chaos(self.options.chaos, self.fleet, self.agent)
+            self.chaos.start()
+            self._stack.callback(self.chaos.stop)
+
+    def stop(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self._restore_environment()
+
+    def _set_environment(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_environment.setdefault(key, os.environ.get(key))
+            os.environ[key] = value
+
+    def _restore_environment(self) -> None:
+        for key, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_environment.clear()
+
+    # --- for the CLI, tests and users -------------------------------------------------------------------
+
+    def fire_schedule(self, rule_name: str, when: datetime | None = None) -> int:
+        return fire_schedule_rule(self.region, rule_name, when)
+
+    def stack_outputs(self) -> dict[str, str]:
+        return {
+            "Endpoint": self.endpoint_url,
+            "Region": self.region,
+            "ControlBucket": self.outputs.control_bucket,
+            "DataBucket": self.outputs.data_bucket,
+            "StateMachineArn": self.outputs.state_machine_arn,
+            **self.outputs.outputs,
+        }
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """True once no instance, fleet or task is left (what a finished run must leave behind)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.leftovers():
+                return True
+            time.sleep(0.25)
+        return False
+
+    def leftovers(self) -> list[str]:
+        """Everything still running or allocated: fleets, instances, tasks, services, run queues, clusters."""
+        found: list[str] = []
+        ec2, ecs, sqs = self.client("ec2"), self.client("ecs"), self.client("sqs")
+        for config in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
+            if config["SpotFleetRequestState"] in ("active", "modifying", "submitted", "cancelled_running"):
+                found.append(f"fleet {config['SpotFleetRequestId']} {config['SpotFleetRequestState']}")
+        for reservation in ec2.describe_instances(
+            Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+        )["Reservations"]:
+            found.extend(f"instance {i['InstanceId']}" for i in reservation["Instances"])
+        if self.agent is not None:
+            found.extend(f"task {t.task_id} ({t.service})" for t in self.agent.tasks if t.alive)
+        for cluster_arn in ecs.list_clusters()["clusterArns"]:
+            services = ecs.list_services(cluster=cluster_arn)["serviceArns"]
+            if services:
+                described = ecs.describe_services(cluster=cluster_arn, services=services)["services"]
+                found.extend(f"service {s['serviceName']}" for s in described if s["status"] == "ACTIVE")
+        stack_clusters = (
+            {v for k, v in self.outputs.outputs.items() if "Cluster" in k} if self.outputs else set()
+        )
+        for cluster_arn in ecs.list_clusters()["clusterArns"]:
+            name = cluster_arn.rsplit("/", 1)[-1]
+            if name not in stack_clusters and cluster_arn not in stack_clusters:
+                described = ecs.describe_clusters(clusters=[cluster_arn])["clusters"]
+                if described and described[0]["status"] == "ACTIVE":
+                    found.append(f"cluster {name}")
+        found.extend(f"queue {url}" for url in sqs.list_queues().get("QueueUrls", []))
+        return found

@@ -1,0 +1,157 @@
+"""EC2 physics moto leaves out: instances take a while to boot, and a maintained fleet replaces lost ones.
+
+moto marks a fleet's instances `running` the moment the request is made; here a new instance shows as
+`pending` for the boot delay and only then becomes `running` and reaches the ECS agent. moto lowers a fleet's
+fulfilled capacity when one of its instances terminates but never launches a replacement; AWS does for a
+`maintain` fleet, so this does too. Both act on moto's in-process models, because the API has no verb for
+"the instance finished booting" or "the fleet launched a replacement".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.instances import StateReason
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Machine:
+    """An emulated EC2 instance, as the fleet and the ECS agent see it."""
+
+    instance_id: str
+    instance_type: str
+    fleet_id: str
+    launched_at: float
+    booted: bool = False
+    terminated: bool = False
+    interrupted: bool = False
+
+
+class FleetEmulator:
+    """Watches every Spot Fleet in the emulator: boots its instances after a delay, replaces lost ones."""
+
+    def __init__(
+        self,
+        region: str,
+        boot_delay: float,
+        on_boot: Callable[[Machine], None],
+        on_terminate: Callable[[Machine], None],
+        tick: float = 0.25,
+    ) -> None:
+        self.region = region
+        self.boot_delay = boot_delay
+        self.on_boot = on_boot
+        self.on_terminate = on_terminate
+        self.tick = tick
+        self.machines: dict[str, Machine] = {}
+        self.replacements = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="localcloud-ec2", daemon=True)
+
+    @property
+    def backend(self):  # moto's EC2 models for our account and region
+        return ec2_backends[DEFAULT_ACCOUNT_ID][self.region]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def running_machines(self) -> list[Machine]:
+        with self._lock:
+            return [m for m in self.machines.values() if m.booted and not m.terminated]
+
+    def pending_machines(self) -> list[Machine]:
+        with self._lock:
+            return [m for m in self.machines.values() if not m.booted and not m.terminated]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.tick):
+            try:
+                self.step()
+            except Exception:  # the physics must outlive one bad tick (e.g. a fleet deleted mid-read)
+                log.exception("EC2 emulator tick failed")
+
+    def step(self) -> None:
+        now = time.monotonic()
+        booted: list[Machine] = []
+        gone: list[Machine] = []
+        with self._lock:
+            for fleet in list(self.backend.spot_fleet_requests.values()):
+                for request in list(fleet.spot_requests):
+                    instance = request.instance
+                    if instance is None or instance.id in self.machines:
+                        continue
+                    self.machines[instance.id] = Machine(instance.id, instance.instance_type, fleet.id, now)
+                self._maintain(fleet)
+            for machine in self.machines.values():
+                if machine.terminated:
+                    continue
+                instance = self._instance(machine.instance_id)
+                if instance is None or instance._state.name in ("terminated", "shutting-down", "stopped"):
+                    machine.terminated = True
+                    gone.append(machine)
+                elif not machine.booted and now - machine.launched_at >= self.boot_delay:
+                    instance._state.name, instance._state.code = "running", 16
+                    machine.booted = True
+                    booted.append(machine)
+        for machine in gone:
+            self.on_terminate(machine)
+        for machine in booted:
+            self.on_boot(machine)
+
+    def _instance(self, instance_id: str):
+        try:
+            return self.backend.get_instance(instance_id)
+        except Exception:
+            return None
+
+    def _maintain(self, fleet) -> None:
+        """A maintained fleet launches replacements for instances it lost while it is still active."""
+        if fleet.state != "active":
+            return
+        live = 0.0
+        for request in fleet.spot_requests:
+            instance = request.instance
+            if instance is not None and instance._state.name in ("pending", "running"):
+                live += self._weight(fleet, instance)
+        missing = fleet.target_capacity - live
+        if missing > 0:
+            fleet.spot_requests = [
+                r
+                for r in fleet.spot_requests
+                if r.instance is not None and r.instance._state.name != "terminated"
+            ]
+            fleet.fulfilled_capacity = live
+            fleet.create_spot_requests(missing)
+            self.replacements += 1
+
+    @staticmethod
+    def _weight(fleet, instance) -> float:
+        for spec in fleet.launch_specs:
+            if spec.instance_type == instance.instance_type and spec.subnet_id in (None, instance.subnet_id):
+                return float(spec.weighted_capacity)
+        return 1.0
+
+    def interrupt(self, machine: Machine) -> None:
+        """The spot service reclaims the instance: terminated with the reason AWS gives."""
+        with self._lock:
+            instance = self._instance(machine.instance_id)
+            if instance is None or instance._state.name == "terminated":
+                return
+            machine.interrupted = True
+            self.backend.terminate_instances([machine.instance_id])
+            instance.state_reason = StateReason(
+                "Server.SpotInstanceTermination: Spot instance termination", "Server.SpotInstanceTermination"
+            )

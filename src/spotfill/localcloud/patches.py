@@ -1,0 +1,170 @@
+"""Where moto 5.2.5 differs from AWS in ways a backfill would notice, the local cloud fills the gap here.
+
+Each patch is installed once per process by `install()` and changes moto's in-process models only (the
+server runs in this process), never the code under test:
+
+- Spot Fleet: moto launches every `LaunchTemplateConfigs` entry from the template's *latest* version and
+  its first override only. AWS uses the version the request names and every override, and a run's
+  isolation depends on its own version's user data (two runs at once would otherwise swap clusters).
+- Spot Fleet instances start `pending` (moto makes them `running` at once); the EC2 emulator
+  (`spotfill.localcloud.fleet`) makes them `running` after the boot delay.
+- EventBridge: moto delivers rule targets only to SQS, logs, buses and API destinations, and raises for
+  any other target. AWS also starts Step Functions executions and invokes Lambda functions; those are
+  delivered here, asynchronously as in AWS, with the target's `Input` / `InputPath` / `InputTransformer`
+  applied (moto skips the transformer for S3 notifications).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_installed = False
+_endpoint: dict[str, str] = {}
+
+
+def install(endpoint_url: str) -> None:
+    """Install the patches (idempotent) and point deliveries at this emulator endpoint."""
+    global _installed
+    with _lock:
+        _endpoint["url"] = endpoint_url
+        if _installed:
+            return
+        _patch_spot_fleet_launch_templates()
+        _patch_rule_targets()
+        _installed = True
+
+
+# --- Spot Fleet: the launch template version and every override ---------------------------------------
+
+
+def _patch_spot_fleet_launch_templates() -> None:
+    from moto.ec2.models.spot_requests import SpotFleetRequest
+
+    original_init = SpotFleetRequest.__init__
+
+    def __init__(self: Any, ec2_backend: Any, *args: Any, **kwargs: Any) -> None:
+        configs = kwargs.get("launch_template_config")
+        if configs:
+            kwargs["launch_specs"] = list(kwargs.get("launch_specs") or []) + _launch_specs_from_templates(
+                ec2_backend, configs
+            )
+            kwargs["launch_template_config"] = None
+        original_init(self, ec2_backend, *args, **kwargs)
+
+    SpotFleetRequest.__init__ = __init__
+
+    original_create = SpotFleetRequest.create_spot_requests
+
+    def create_spot_requests(self: Any, weight_to_add: float) -> None:
+        before = {id(r) for r in self.spot_requests}
+        original_create(self, weight_to_add)
+        for request in self.spot_requests:
+            if id(request) not in before and request.instance is not None:
+                request.instance._state.name, request.instance._state.code = "pending", 0
+
+    SpotFleetRequest.create_spot_requests = create_spot_requests
+
+
+def _launch_specs_from_templates(ec2_backend: Any, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    specs = []
+    for config in configs:
+        ref = config.get("LaunchTemplateSpecification", {})
+        if "LaunchTemplateId" in ref:
+            template = ec2_backend.get_launch_template(template_id=ref["LaunchTemplateId"])
+        else:
+            template = ec2_backend.get_launch_template_by_name(name=ref["LaunchTemplateName"])
+        data = copy.deepcopy(template.get_version(ref.get("Version", "$Default")).data)
+        if "SecurityGroupIds" in data and "SecurityGroups" not in data:
+            data["SecurityGroups"] = data["SecurityGroupIds"]
+        for override in config.get("Overrides") or [{}]:
+            spec = dict(data)
+            spec.update({k: v for k, v in override.items() if k != "Priority"})
+            specs.append(spec)
+    return specs
+
+
+# --- EventBridge: Step Functions and Lambda targets -----------------------------------------------------
+
+
+def _patch_rule_targets() -> None:
+    from moto.events.models import Rule
+    from moto.utilities.arns import parse_arn
+
+    original_send = Rule.send_to_targets
+
+    def send_to_targets(self: Any, original_event: dict[str, Any], transform_input: bool = True) -> None:
+        if not self.event_pattern.matches_event(original_event):
+            return
+        ours = [t for t in self.targets if parse_arn(t["Arn"]).service in ("states", "lambda")]
+        theirs = [t for t in self.targets if t not in ours]
+        if theirs:
+            shallow = copy.copy(self)
+            shallow.targets = theirs
+            original_send(shallow, original_event, transform_input)
+        if ours and self.state == "ENABLED":
+            event = aws_shaped_event(original_event)
+            for target in ours:
+                deliver_to_target(target, event)
+
+    Rule.send_to_targets = send_to_targets
+
+
+def aws_shaped_event(event: dict[str, Any]) -> dict[str, Any]:
+    """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string."""
+    shaped = copy.deepcopy(dict(event))
+    shaped.pop("ingestion-time", None)
+    if isinstance(shaped.get("time"), int | float):
+        shaped["time"] = datetime.fromtimestamp(shaped["time"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    shaped.setdefault("version", "0")
+    return shaped
+
+
+def target_input(target: dict[str, Any], event: dict[str, Any]) -> Any:
+    """The payload AWS hands a rule target: Input, InputPath or InputTransformer applied to the event."""
+    if target.get("Input") is not None:
+        return json.loads(target["Input"])
+    if target.get("InputPath"):
+        from jsonpath_ng.ext import parse
+
+        matches = parse(target["InputPath"]).find(event)
+        return matches[0].value if matches else None
+    if target.get("InputTransformer"):
+        from moto.events.utils import EventTemplateParser
+
+        transformer = target["InputTransformer"]
+        return EventTemplateParser.parse(
+            input_template=transformer.get("InputTemplate"),
+            input_paths_map=transformer.get("InputPathsMap", {}),
+            event=event,
+        )
+    return event
+
+
+def deliver_to_target(target: dict[str, Any], event: dict[str, Any]) -> None:
+    payload = json.dumps(target_input(target, event))
+    threading.Thread(
+        target=_deliver, args=(target["Arn"], payload), name="eventbridge-delivery", daemon=True
+    ).start()
+
+
+def _deliver(arn: str, payload: str) -> None:
+    url = _endpoint.get("url")
+    try:
+        if ":states:" in arn:
+            sfn = boto3.client("stepfunctions", endpoint_url=url, region_name=arn.split(":")[3])
+            sfn.start_execution(stateMachineArn=arn, input=payload)
+        else:
+            lam = boto3.client("lambda", endpoint_url=url, region_name=arn.split(":")[3])
+            lam.invoke(FunctionName=arn, InvocationType="RequestResponse", Payload=payload.encode())
+    except Exception:  # AWS retries and then drops (or dead-letters) an undeliverable event; so do we
+        log.exception("EventBridge could not deliver to %s", arn)

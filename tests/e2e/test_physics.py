@@ -1,0 +1,201 @@
+"""The simulated physics on their own: EC2 boot delay, maintained fleets, the ECS agent's worker processes.
+
+These drive EC2 and ECS by hand (no state machine), as the control plane would."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+# A stand-in worker: reports its environment, then waits; on SIGTERM it writes "drained" and exits 0.
+FAKE_WORKER = (
+    "import json,os,signal,sys,time\n"
+    "print(json.dumps({k: os.environ.get(k) for k in ('AWS_ENDPOINT_URL','SPOTFILL_RUN_ID')}), flush=True)\n"
+    "signal.signal(signal.SIGTERM, lambda *a: (print('drained', flush=True), sys.exit(0)))\n"
+    "time.sleep(600)\n"
+)
+
+
+def eventually(predicate, timeout=15.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def _launch_template_version(cloud, cluster: str) -> str:
+    ec2 = cloud.client("ec2")
+    user_data = base64.b64encode(
+        f"#!/bin/bash\ncat >> /etc/ecs/ecs.config <<EOF\nECS_CLUSTER={cluster}\nEOF\n".encode()
+    ).decode()
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    version = ec2.create_launch_template_version(
+        LaunchTemplateId=cloud.outputs.launch_template_id,
+        LaunchTemplateData={"ImageId": image, "UserData": user_data},
+    )
+    return str(version["LaunchTemplateVersion"]["VersionNumber"])
+
+
+def _run_scope(cloud, cluster: str, desired: int, stop_timeout: int = 2) -> None:
+    ecs = cloud.client("ecs")
+    ecs.create_cluster(clusterName=cluster)
+    task_definition = ecs.register_task_definition(
+        family=cluster,
+        cpu="1024",
+        memory="2048",
+        containerDefinitions=[
+            {
+                "name": "worker",
+                "image": "spotfill-worker:local",
+                "command": ["python", "-c", FAKE_WORKER],
+                "environment": [{"name": "SPOTFILL_RUN_ID", "value": cluster}],
+                "stopTimeout": stop_timeout,
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.create_service(
+        cluster=cluster, serviceName="workers", taskDefinition=task_definition, desiredCount=desired
+    )
+
+
+def _request_fleet(cloud, version: str, capacity: int) -> str:
+    ec2 = cloud.client("ec2")
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    return ec2.request_spot_fleet(
+        SpotFleetRequestConfig={
+            "IamFleetRole": cloud.outputs.outputs["SpotFleetRoleArn"],
+            "TargetCapacity": capacity,
+            "AllocationStrategy": "priceCapacityOptimized",
+            "LaunchTemplateConfigs": [
+                {
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateId": cloud.outputs.launch_template_id,
+                        "Version": version,
+                    },
+                    "Overrides": [{"InstanceType": "c5.xlarge", "SubnetId": subnet, "WeightedCapacity": 1.0}],
+                }
+            ],
+        }
+    )["SpotFleetRequestId"]
+
+
+def _instance_states(cloud, fleet_id: str) -> list[str]:
+    ec2 = cloud.client("ec2")
+    ids = [
+        i["InstanceId"]
+        for i in ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+    ]
+    if not ids:
+        return []
+    reservations = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    return [i["State"]["Name"] for r in reservations for i in r["Instances"]]
+
+
+def test_fleet_instances_boot_join_the_cluster_in_their_user_data_and_run_the_services_tasks(local_cloud):
+    # given a run scope whose service wants two tasks, and a launch template version that joins it
+    _run_scope(local_cloud, "run-one", desired=2)
+    version = _launch_template_version(local_cloud, "run-one")
+
+    # when a fleet of two is requested
+    fleet_id = _request_fleet(local_cloud, version, capacity=2)
+
+    # then its instances are pending first, running after the boot delay, and registered into run-one
+    assert eventually(lambda: _instance_states(local_cloud, fleet_id)) == ["pending", "pending"]
+    eventually(lambda: _instance_states(local_cloud, fleet_id) == ["running", "running"])
+    ecs = local_cloud.client("ecs")
+    eventually(lambda: len(ecs.list_container_instances(cluster="run-one")["containerInstanceArns"]) == 2)
+    # and two worker processes run, one per instance, with the task's environment and the emulator's endpoint
+    tasks = eventually(
+        lambda: len(local_cloud.agent.running_tasks()) == 2 and local_cloud.agent.running_tasks()
+    )
+    assert len({t.instance_id for t in tasks}) == 2
+    first_lines = [eventually(lambda t=t: t.log_path.read_text().splitlines()) for t in tasks]
+    for lines in first_lines:
+        environment = json.loads(lines[0])
+        assert environment == {"AWS_ENDPOINT_URL": local_cloud.endpoint_url, "SPOTFILL_RUN_ID": "run-one"}
+
+
+def test_a_second_run_scope_gets_its_own_instances_from_its_own_launch_template_version(local_cloud):
+    # given two runs, each with its own cluster and launch template version
+    _run_scope(local_cloud, "run-a", desired=1)
+    _run_scope(local_cloud, "run-b", desired=1)
+    version_a = _launch_template_version(local_cloud, "run-a")
+    version_b = _launch_template_version(local_cloud, "run-b")
+
+    # when both fleets are requested (run-a's version is not the template's latest)
+    _request_fleet(local_cloud, version_a, capacity=1)
+    _request_fleet(local_cloud, version_b, capacity=1)
+
+    # then each cluster gets exactly one instance and one task
+    ecs = local_cloud.client("ecs")
+    for cluster in ("run-a", "run-b"):
+        eventually(
+            lambda c=cluster: len(ecs.list_container_instances(cluster=c)["containerInstanceArns"]) == 1
+        )
+    eventually(lambda: sorted(t.cluster for t in local_cloud.agent.running_tasks()) == ["run-a", "run-b"])
+
+
+def test_scale_down_stops_tasks_with_sigterm_and_a_dead_task_is_replaced(local_cloud):
+    # given a service with two running tasks
+    _run_scope(local_cloud, "run-scale", desired=2)
+    _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-scale"), capacity=2)
+    agent = local_cloud.agent
+    tasks = eventually(lambda: len(agent.running_tasks()) == 2 and agent.running_tasks())
+    for task in tasks:
+        eventually(lambda t=task: t.log_path.read_text())
+
+    # when one task dies, the service starts a new one
+    agent.kill_task(tasks[0])
+    eventually(lambda: len(agent.running_tasks()) == 2 and tasks[0] not in agent.running_tasks())
+    assert tasks[0].process.returncode == -9
+
+    # when the service is scaled to zero, its tasks get SIGTERM and exit 0
+    local_cloud.client("ecs").update_service(cluster="run-scale", service="workers", desiredCount=0)
+    eventually(lambda: not agent.tasks)
+    assert tasks[1].process.returncode == 0
+    assert "drained" in tasks[1].log_path.read_text()
+
+
+def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet(local_cloud):
+    # given a fleet of one with one task
+    _run_scope(local_cloud, "run-spot", desired=1)
+    fleet_id = _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-spot"), capacity=1)
+    agent, fleet = local_cloud.agent, local_cloud.fleet
+    task = eventually(lambda: agent.running_tasks() and agent.running_tasks()[0])
+    eventually(lambda: task.log_path.read_text())
+    machine = fleet.machines[task.instance_id]
+
+    # when the spot service reclaims the instance
+    drained = agent.drain(machine.instance_id)
+    eventually(lambda: not any(t.alive for t in drained))
+    fleet.interrupt(machine)
+
+    # then the task got SIGTERM, the instance is terminated for a spot reason, and a replacement runs the task
+    assert task.process.returncode == 0
+    ec2 = local_cloud.client("ec2")
+    old = ec2.describe_instances(InstanceIds=[machine.instance_id])["Reservations"][0]["Instances"][0]
+    assert old["State"]["Name"] == "terminated"
+    assert old["StateReason"]["Code"] == "Server.SpotInstanceTermination"
+    eventually(lambda: _instance_states(local_cloud, fleet_id) == ["running"])
+    replacement = eventually(lambda: agent.running_tasks() and agent.running_tasks()[0])
+    assert replacement.instance_id != machine.instance_id
+
+    # and cancelling the fleet with termination leaves nothing running
+    ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    eventually(lambda: not agent.tasks and not fleet.running_machines())
+
+
+def test_the_local_cloud_uses_python_of_this_environment_for_worker_commands():
+    from spotfill.localcloud.agent import worker_command
+
+    assert worker_command(["python", "-m", "spotfill_worker"]) == [sys.executable, "-m", "spotfill_worker"]
+    assert worker_command(None) == [sys.executable, "-m", "spotfill_worker"]
