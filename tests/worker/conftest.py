@@ -1,4 +1,4 @@
-"""Worker tier scaffolding: tiny Keras models (built once per session), moto buckets and queues, a worker runner."""
+"""Worker tier scaffolding: tiny Keras models (built once per session), moto buckets and queues, a runner."""
 
 from __future__ import annotations
 
@@ -92,7 +92,9 @@ def regressor_savedmodel(models_dir) -> tuple[Path, Any]:
     import keras
 
     keras.utils.set_random_seed(4)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6, activation="tanh"), keras.layers.Dense(2)]
+    )
     export_dir = models_dir / "regressor_savedmodel"
     model.export(str(export_dir), verbose=False)
     archive = models_dir / "regressor.tar.gz"
@@ -101,7 +103,7 @@ def regressor_savedmodel(models_dir) -> tuple[Path, Any]:
     return archive, model
 
 
-# ---------------------------------------------------------------------------------------------- AWS (in process)
+# ----------------------------------------------------------------------------------------- AWS (in process)
 
 
 @dataclass
@@ -152,19 +154,25 @@ class Cloud:
             QueueUrl=queue_url or self.queue_url,
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        return int(attributes["ApproximateNumberOfMessages"]), int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        )
 
 
 def create_cloud(s3: Any, sqs: Any, name: str = "shards", max_receive_count: int = 2) -> Cloud:
     for bucket in (DATA, CONTROL):
         s3.create_bucket(Bucket=bucket)
     dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     queue_url = sqs.create_queue(
         QueueName=name,
         Attributes={
             "VisibilityTimeout": "30",
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
+            ),
         },
     )["QueueUrl"]
     return Cloud(s3, sqs, queue_url, dlq_url)
@@ -211,7 +219,9 @@ def run_worker(cloud):
         }
         stream = io.StringIO()
         worker = Worker(
-            WorkerConfig.model_validate(values), Clients(s3=cloud.s3, sqs=cloud.sqs), Telemetry(RUN_ID, stream)
+            WorkerConfig.model_validate(values),
+            Clients(s3=cloud.s3, sqs=cloud.sqs),
+            Telemetry(RUN_ID, stream),
         )
         code = worker.run(install_signals=False)
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]

@@ -66,7 +66,9 @@ def tabular_shard(fmt: str, x: np.ndarray, ids: list[str] | None) -> bytes:
 
 
 @pytest.mark.parametrize("fmt", ["npy", "npz", "parquet", "csv", "jsonl"])
-def test_tabular_input_formats_predict_like_model_predict_and_carry_ids(fmt, cloud, run_worker, tabular_classifier):
+def test_tabular_input_formats_predict_like_model_predict_and_carry_ids(
+    fmt, cloud, run_worker, tabular_classifier
+):
     # given a shard of 37 rows in this format, with an id column where the format has one
     x = features()
     ids = [f"row-{i:03d}" for i in range(ROWS)]
@@ -77,10 +79,12 @@ def test_tabular_input_formats_predict_like_model_predict_and_carry_ids(fmt, clo
     # when the worker drains the queue
     run = run_worker(model_uri, fmt, id_column=None if fmt == "npy" else "row_id")
 
-    # then one Parquet output holds the model's predictions, the input ids (row index for .npy) and top classes
+    # then one Parquet output holds the model's predictions, the ids (row index for .npy) and top classes
     assert run.exit_code == 0
     expected_ids = list(range(ROWS)) if fmt == "npy" else ids
-    assert_classifier_table(read_parquet(cloud.get(message["output"])), tabular_classifier.predict(x), expected_ids)
+    assert_classifier_table(
+        read_parquet(cloud.get(message["output"])), tabular_classifier.predict(x), expected_ids
+    )
     assert cloud.queue_counts() == (0, 0)
     assert run.events("shard_done")[0]["rows"] == ROWS
 
@@ -120,7 +124,9 @@ def test_png_images_at_model_size_predict_like_model_predict_on_unit_scaled_pixe
 ):
     # given PNG (lossless) images at the model's 16x16 size, in tar order c, a, b
     rng = np.random.default_rng(6)
-    images = {name: rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for name in ("c.png", "a.png", "b.png")}
+    images = {
+        name: rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for name in ("c.png", "a.png", "b.png")
+    }
     model_uri = cloud.put("models/images.keras", image_classifier.path.read_bytes())
     cloud.put("inputs/images-0.tar", image_tar(images, "PNG"))
     message = cloud.send_shard("inputs/images-0.tar", "parquet")
@@ -130,14 +136,20 @@ def test_png_images_at_model_size_predict_like_model_predict_on_unit_scaled_pixe
 
     # then rows follow tar order, ids are the member names, predictions are those of x / 255
     x = np.stack(list(images.values())).astype(np.float32) / 255.0
-    assert_classifier_table(read_parquet(cloud.get(message["output"])), image_classifier.predict(x), list(images))
+    assert_classifier_table(
+        read_parquet(cloud.get(message["output"])), image_classifier.predict(x), list(images)
+    )
 
 
-def test_larger_jpeg_images_are_resized_to_model_input_and_scaled_symmetrically(cloud, run_worker, image_classifier):
+def test_larger_jpeg_images_are_resized_to_model_input_and_scaled_symmetrically(
+    cloud, run_worker, image_classifier
+):
     # given 40x30 JPEG images (smooth, so JPEG keeps them close) and a 16x16 model
     yy, xx = np.mgrid[0:30, 0:40]
     images = {
-        f"img-{i}.jpg": np.stack([(xx * 6 + i * 20) % 256, (yy * 8) % 256, (xx + yy + i) % 256], -1).astype(np.uint8)
+        f"img-{i}.jpg": np.stack([(xx * 6 + i * 20) % 256, (yy * 8) % 256, (xx + yy + i) % 256], -1).astype(
+            np.uint8
+        )
         for i in range(5)
     }
     data = image_tar(images, "JPEG")
@@ -198,7 +210,9 @@ def test_jsonl_output_carries_ids_predictions_and_top_classes(cloud, run_worker,
     np.testing.assert_allclose([r["top_probability"] for r in records], expected.max(axis=1), atol=ATOL)
 
 
-def test_savedmodel_archive_serves_like_the_keras_model_it_was_exported_from(cloud, run_worker, regressor_savedmodel):
+def test_savedmodel_archive_serves_like_the_keras_model_it_was_exported_from(
+    cloud, run_worker, regressor_savedmodel
+):
     # given a SavedModel .tar.gz of a regressor (not a classifier: no top class columns)
     archive, model = regressor_savedmodel
     x = features(rows=21, width=4, seed=9)
@@ -218,7 +232,9 @@ def test_savedmodel_archive_serves_like_the_keras_model_it_was_exported_from(clo
     np.testing.assert_allclose(predictions, model.predict(x, verbose=0), atol=ATOL)
 
 
-def test_logs_are_json_lines_with_shard_rows_and_throughput_plus_emf_metrics(cloud, run_worker, tabular_classifier):
+def test_logs_are_json_lines_with_shard_rows_and_throughput_plus_emf_metrics(
+    cloud, run_worker, tabular_classifier
+):
     # given
     model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
     cloud.put("inputs/part-9.npy", npy_bytes(features(seed=10)))

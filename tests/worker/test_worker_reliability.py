@@ -1,0 +1,211 @@
+"""One output per shard, poison shards to the dead-letter queue, clear errors for bad shapes and config."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import CONTROL, RUN_ID
+
+pytestmark = pytest.mark.worker
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def rows(seed: int, n: int = 24, width: int = 5) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, width)).astype(np.float32)
+
+
+def predictions(data: bytes) -> np.ndarray:
+    return np.asarray(pq.read_table(io.BytesIO(data)).column("prediction").to_pylist(), dtype=np.float32)
+
+
+def test_same_shard_delivered_twice_leaves_one_correct_output_and_both_messages_deleted(
+    cloud, run_worker, tabular_classifier
+):
+    # given two messages for one shard (at-least-once delivery)
+    x = rows(1)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/dup.npy", npy_bytes(x))
+    first = cloud.send_shard("inputs/dup.npy", "parquet")
+    cloud.send_shard("inputs/dup.npy", "parquet")
+
+    # when
+    run = run_worker(model_uri, "npy")
+
+    # then one delivery writes the object; the other finds it (skipped, or its conditional put declined)
+    assert cloud.keys("data-bucket", "outputs/") == ["outputs/dup.parquet"]
+    np.testing.assert_allclose(
+        predictions(cloud.get(first["output"])), tabular_classifier.predict(x), atol=1e-5
+    )
+    assert len(run.events("shard_done")) + len(run.events("shard_skipped")) == 2
+    assert sum(e["written"] for e in run.events("shard_done")) == 1
+    assert cloud.queue_counts() == (0, 0)
+
+
+def test_shard_whose_output_exists_is_skipped_without_rewriting_it(cloud, run_worker, tabular_classifier):
+    # given an output already written by an earlier delivery
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/done.npy", npy_bytes(rows(2)))
+    message = cloud.send_shard("inputs/done.npy", "parquet")
+    cloud.put("outputs/done.parquet", b"written before")
+
+    # when
+    run = run_worker(model_uri, "npy")
+
+    # then the message is deleted and the object untouched
+    assert cloud.get(message["output"]) == b"written before"
+    assert run.events("shard_skipped")[0]["reason"] == "output exists"
+    assert not run.events("shard_done")
+    assert cloud.queue_counts() == (0, 0)
+
+
+def test_two_workers_racing_on_one_shard_leave_exactly_one_correct_output(
+    cloud, run_worker, tabular_classifier
+):
+    # given the same shard queued three times and two workers started together
+    x = rows(3, n=400)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/race.npy", npy_bytes(x))
+    for _ in range(3):
+        message = cloud.send_shard("inputs/race.npy", "parquet")
+    results = []
+
+    def work() -> None:
+        results.append(run_worker(model_uri, "npy", batch_size=8))
+
+    # when
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    # then one object holds the right predictions, no errors, and every message is deleted
+    assert [r.exit_code for r in results] == [0, 0]
+    assert cloud.keys("data-bucket", "outputs/") == ["outputs/race.parquet"]
+    np.testing.assert_allclose(
+        predictions(cloud.get(message["output"])), tabular_classifier.predict(x), atol=1e-5
+    )
+    assert not any(r.events("shard_failed") for r in results)
+    handled = sum(len(r.events("shard_done")) + len(r.events("shard_skipped")) for r in results)
+    assert handled == 3
+    assert sum(e["written"] for r in results for e in r.events("shard_done")) == 1
+    assert cloud.queue_counts() == (0, 0)
+
+
+def test_poison_shard_leaves_error_record_and_reaches_dead_letter_queue_while_good_shards_complete(
+    cloud, run_worker, tabular_classifier
+):
+    # given three good shards and one corrupt one, a redrive after 2 receives and a 1 s visibility
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    good = []
+    for i in range(3):
+        cloud.put(f"inputs/good-{i}.npy", npy_bytes(rows(10 + i)))
+        good.append(cloud.send_shard(f"inputs/good-{i}.npy", "parquet"))
+    cloud.put("inputs/bad.npy", b"this is not a numpy file")
+    bad = cloud.send_shard("inputs/bad.npy", "parquet")
+
+    # when the worker runs until the queue has been quiet longer than the visibility timeout
+    run = run_worker(model_uri, "npy", visibility_timeout=1, exit_when_idle_seconds=2.5)
+
+    # then the good shards have outputs, the bad one an error record and a place in the dead-letter queue
+    assert run.exit_code == 0
+    assert all(cloud.exists(m["output"]) for m in good)
+    assert not cloud.exists(bad["output"])
+    record = json.loads(cloud.get(bad["error"]))
+    assert record["shard"] == bad["shard"] and record["run_id"] == RUN_ID
+    assert record["error_type"] == "ShardFormatError" and "cannot decode shard as npy" in record["error"]
+    assert "Traceback" in record["traceback"]
+    assert bad["error"].startswith(f"s3://{CONTROL}/runs/{RUN_ID}/errors/")
+    dead = cloud.visible_messages(cloud.dlq_url)
+    assert [json.loads(m["Body"])["shard"] for m in dead] == [bad["shard"]]
+    assert cloud.queue_counts() == (0, 0)
+    assert len(run.events("shard_failed")) == 2  # one per receive, before the redrive
+
+
+def test_shape_mismatch_names_shard_and_model_shapes_in_the_error_record(
+    cloud, run_worker, tabular_classifier
+):
+    # given rows of 7 features for a model that takes 5
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/wide.npy", npy_bytes(rows(4, n=6, width=7)))
+    message = cloud.send_shard("inputs/wide.npy", "parquet")
+
+    # when
+    run = run_worker(model_uri, "npy", visibility_timeout=30)
+
+    # then
+    record = json.loads(cloud.get(message["error"]))
+    assert record["error_type"] == "ShapeMismatchError"
+    assert "(7,)" in record["error"] and "(6, 7)" in record["error"] and "(None, 5)" in record["error"]
+    assert "(None, 5)" in run.events("shard_failed")[0]["error"]
+    assert not cloud.exists(message["output"])
+
+
+def test_fit_to_model_error_names_both_shapes_for_images_of_the_wrong_size():
+    from spotfill_worker.formats import ModelInput, ShapeMismatchError, fit_to_model
+
+    with pytest.raises(ShapeMismatchError, match=r"\(32, 32, 3\).*\(None, 224, 224, 3\)"):
+        fit_to_model(np.zeros((2, 32, 32, 3), np.float32), ModelInput((224, 224, 3), np.dtype("float32")))
+
+
+def test_missing_environment_variable_stops_worker_at_start_naming_it(capsys):
+    from spotfill_worker import main
+
+    # given an environment without the queue URL
+    env = {
+        "SPOTFILL_RUN_ID": "r1",
+        "SPOTFILL_MODEL_URI": "s3://b/m.keras",
+        "SPOTFILL_INPUT_FORMAT": "npy",
+    }
+
+    # when / then
+    assert main(env) == 2
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["event"] == "config_invalid" and "SPOTFILL_QUEUE_URL is required" in line["error"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SPOTFILL_INPUT_FORMAT", "xlsx"),
+        ("SPOTFILL_BATCH_SIZE", "zero"),
+        ("SPOTFILL_MODEL_URI", "s3://b/model.pkl"),
+        ("SPOTFILL_VISIBILITY_TIMEOUT", "-5"),
+    ],
+)
+def test_invalid_environment_variable_is_named_with_its_value(variable, value):
+    from spotfill_worker.config import ConfigError, WorkerConfig
+
+    env = {
+        "SPOTFILL_RUN_ID": "r1",
+        "SPOTFILL_QUEUE_URL": "https://sqs/q",
+        "SPOTFILL_MODEL_URI": "s3://b/m.keras",
+        "SPOTFILL_INPUT_FORMAT": "npy",
+        variable: value,
+    }
+    with pytest.raises(ConfigError, match=variable) as error:
+        WorkerConfig.from_env(env)
+    assert repr(value) in str(error.value)
+
+
+def test_importing_the_worker_package_does_not_import_tensorflow_or_create_clients():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, spotfill_worker, spotfill_worker.worker, spotfill_worker.config;"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules;"
+        "assert 'boto3' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
