@@ -18,6 +18,8 @@ What happens, in order:
    - moto's CloudFormation applies a bucket's encryption only: public access block, ownership, versioning,
      lifecycle and EventBridge notifications are applied through the S3 API afterwards;
    - moto stores a CloudFormation role's inline policies as Python reprs: they are rewritten as JSON;
+   - with Step Functions execution on, moto's API cannot see state machines its CloudFormation created:
+     the stack's state machine is created again through the API (same name, so the same ARN);
    - bucket policies are left out of the emulator (moto ignores their conditions, so the TLS-only Deny would
      deny everything); they stay in the translated template, where the tests check them.
 4. What the template expects from the account is made sure of: the default VPC and its subnets (moto creates
@@ -337,6 +339,54 @@ def _rewrite_inline_policies_as_json(
                 )
 
 
+def _arn_of(value: Any, references: Mapping[str, str], session: boto3.session.Session) -> Any:
+    """Resolve `Fn::GetAtt <resource>.Arn` of a stack function or role (all a state machine refers to)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and set(value) == {"Fn::GetAtt"} and value["Fn::GetAtt"][1] == "Arn":
+        physical = references[value["Fn::GetAtt"][0]]
+        if physical.startswith("arn:"):
+            return physical
+        try:
+            return session.client("lambda").get_function_configuration(FunctionName=physical)["FunctionArn"]
+        except session.client("lambda").exceptions.ResourceNotFoundException:
+            return session.client("iam").get_role(RoleName=physical)["Role"]["Arn"]
+    raise DeployError(f"cannot resolve {value!r} outside CloudFormation")
+
+
+def _make_state_machines_executable(
+    session: boto3.session.Session, cfn_template: Mapping[str, Any], references: Mapping[str, str]
+) -> None:
+    # With Step Functions execution on (`execute_state_machine`), moto's API serves another backend than the
+    # one its CloudFormation creates state machines in, so the API cannot see (nor run) the stack's machine.
+    # Create it through the API with the same name, definition and role: it gets the same ARN.
+    sfn = session.client("stepfunctions")
+    for logical_id, resource in cfn_template["Resources"].items():
+        if resource["Type"] != "AWS::StepFunctions::StateMachine":
+            continue
+        arn = references[logical_id]
+        try:
+            sfn.describe_state_machine(stateMachineArn=arn)
+            continue
+        except sfn.exceptions.StateMachineDoesNotExist:
+            pass
+        properties = resource["Properties"]
+        definition = properties["DefinitionString"]
+        if isinstance(definition, dict):
+            definition = "".join(_arn_of(part, references, session) for part in definition["Fn::Join"][1])
+        created = sfn.create_state_machine(
+            name=arn.rsplit(":", 1)[1],
+            definition=definition,
+            roleArn=_arn_of(properties["RoleArn"], references, session),
+            type=properties.get("StateMachineType", "STANDARD"),
+            tags=[{"key": t["Key"], "value": t["Value"]} for t in properties.get("Tags", [])],
+        )
+        if created["stateMachineArn"] != arn:
+            raise DeployError(
+                f"state machine {logical_id} came up as {created['stateMachineArn']}, not {arn}"
+            )
+
+
 # ---------------------------------------------------------------- deploy
 
 
@@ -443,6 +493,7 @@ def deploy_stack(
             references[resource["LogicalResourceId"]] = resource["PhysicalResourceId"]
     _apply_bucket_settings(s3, cfn_template, references)
     _rewrite_inline_policies_as_json(session.client("iam"), cfn_template, references)
+    _make_state_machines_executable(session, cfn_template, references)
     return read_stack_outputs(stack_name, session=session)
 
 
