@@ -69,6 +69,12 @@ class Progress(_State):
     fleet_target_capacity: int | None = None
     interruptions: int = 0
     known_instances: list[str] = Field(default_factory=list)
+    # Throughput bookkeeping (spotfill_control.progress): when monitor last looked, and a running sample of
+    # output metadata (`spotfill-rows`) from which predictions per second are estimated.
+    last_checked_at: datetime | None = None
+    peak_predictions_per_second: float = 0.0
+    rows_sampled_outputs: int = 0
+    rows_sampled_total: int = 0
 
 
 class RunState(_State):

@@ -11,7 +11,11 @@ from spotfill_control.instance_types import CATALOG
 InputFormat = Literal["npy", "npz", "parquet", "csv", "jsonl", "images"]
 OutputFormat = Literal["parquet", "npy", "jsonl"]
 AllocationStrategy = Literal[
-    "priceCapacityOptimized", "capacityOptimized", "lowestPrice", "diversified", "capacityOptimizedPrioritized"
+    "priceCapacityOptimized",
+    "capacityOptimized",
+    "lowestPrice",
+    "diversified",
+    "capacityOptimizedPrioritized",
 ]
 
 # File extensions of each input format: a shard under an input prefix is an object with one of these.
@@ -40,12 +44,16 @@ def _check_s3_uri(value: str) -> str:
 
 
 class ImageOptions(_Model):
-    size: tuple[int, int] | None = Field(default=None, description="resize to (height, width); default: the model's input")
+    size: tuple[int, int] | None = Field(
+        default=None, description="resize to (height, width); default: the model's input"
+    )
     scale: Literal["unit", "symmetric", "none"] = "unit"
 
 
 class InputSpec(_Model):
-    uri: str = Field(description="s3:// prefix ending in '/', or s3:// URI of a .txt/.json manifest listing shard URIs")
+    uri: str = Field(
+        description="s3:// prefix ending in '/', or s3:// URI of a .txt/.json manifest listing shard URIs"
+    )
     format: InputFormat
     id_column: str | None = None
     image: ImageOptions = ImageOptions()
@@ -93,9 +101,13 @@ class ModelSpec(_Model):
 
 class FleetSpec(_Model):
     instance_types: list[str] = Field(min_length=1, max_length=20)
-    target_capacity: int = Field(default=2, ge=1, le=5000, description="instances (weighted by vCPUs / smallest type)")
+    target_capacity: int = Field(
+        default=2, ge=1, le=5000, description="instances (weighted by vCPUs / smallest type)"
+    )
     allocation_strategy: AllocationStrategy = "priceCapacityOptimized"
-    max_hourly_price: float | None = Field(default=None, gt=0, description="cap on the fleet's total spend per hour")
+    max_hourly_price: float | None = Field(
+        default=None, gt=0, description="cap on the fleet's total spend per hour"
+    )
     subnets: list[str] = Field(default_factory=list, description="empty: the stack's default subnets")
 
     @field_validator("instance_types")
@@ -103,7 +115,9 @@ class FleetSpec(_Model):
     def _known_types(cls, value: list[str]) -> list[str]:
         unknown = [name for name in value if name not in CATALOG]
         if unknown:
-            raise ValueError(f"unknown instance type(s) {', '.join(unknown)}; known: {', '.join(sorted(CATALOG))}")
+            raise ValueError(
+                f"unknown instance type(s) {', '.join(unknown)}; known: {', '.join(sorted(CATALOG))}"
+            )
         if len(set(value)) != len(value):
             raise ValueError("lists an instance type twice")
         gpu = {CATALOG[name].is_gpu for name in value}
@@ -126,9 +140,32 @@ class FleetSpec(_Model):
 
 class ServiceSpec(_Model):
     tasks_per_instance: int = Field(default=1, ge=1, le=64)
-    cpu: int = Field(default=1024, ge=128, le=196608, description="CPU units reserved per task (1024 = 1 vCPU)")
+    cpu: int = Field(
+        default=1024, ge=128, le=196608, description="CPU units reserved per task (1024 = 1 vCPU)"
+    )
     memory: int = Field(default=3072, ge=256, le=786432, description="MiB reserved per task")
     batch_size: int | None = Field(default=None, ge=1, le=65536)
+
+
+# Step Functions keeps at most 25,000 events in one execution's history, so the monitor loop hands the run
+# over to a fresh execution (continue-as-new) before it gets there. One loop iteration costs 9 events:
+# WaitForWork (WaitStateEntered, WaitStateExited) + Monitor (TaskStateEntered, LambdaFunctionScheduled,
+# LambdaFunctionStarted, LambdaFunctionSucceeded, TaskStateExited) + IsWorkDone (ChoiceStateEntered,
+# ChoiceStateExited), and each Lambda retry adds 3 more (LambdaFunctionFailed, ...Scheduled, ...Started).
+# Budgeting 12 events per iteration (one retry each) and keeping 10,000 events for the states before the loop
+# (the registration loop included) and after it (teardown, report, fail) gives (25,000 - 10,000) // 12 = 1,250
+# iterations: about 21 hours per execution at the default 60 s poll interval.
+HISTORY_EVENT_LIMIT = 25_000
+EVENTS_PER_MONITOR_ITERATION = 9
+EVENTS_PER_LAMBDA_RETRY = 3
+HISTORY_EVENTS_RESERVED = 10_000
+DEFAULT_HANDOVER_AFTER_ITERATIONS = (HISTORY_EVENT_LIMIT - HISTORY_EVENTS_RESERVED) // (
+    EVENTS_PER_MONITOR_ITERATION + EVENTS_PER_LAMBDA_RETRY
+)
+# A larger override could run an execution past the limit even without retries.
+MAX_HANDOVER_AFTER_ITERATIONS = (
+    HISTORY_EVENT_LIMIT - HISTORY_EVENTS_RESERVED
+) // EVENTS_PER_MONITOR_ITERATION
 
 
 class LimitsSpec(_Model):
@@ -136,10 +173,22 @@ class LimitsSpec(_Model):
     registration_timeout_seconds: int = Field(default=900, ge=1, le=7_200)
     stall_timeout_seconds: int = Field(default=1_800, ge=1, le=86_400)
     poll_interval_seconds: int = Field(default=60, ge=1, le=3_600)
+    handover_after_iterations: int | None = Field(
+        default=DEFAULT_HANDOVER_AFTER_ITERATIONS,
+        ge=1,
+        le=MAX_HANDOVER_AFTER_ITERATIONS,
+        description="monitor iterations per execution before continue-as-new; null: the computed default",
+    )
+
+    @property
+    def effective_handover_after_iterations(self) -> int:
+        return self.handover_after_iterations or DEFAULT_HANDOVER_AFTER_ITERATIONS
 
 
 class BackfillSpec(_Model):
-    name: str = Field(default="backfill", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(
+        default="backfill", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+    )
     input: InputSpec
     output: OutputSpec
     model: ModelSpec
@@ -152,7 +201,9 @@ class BackfillSpec(_Model):
         if self.input.is_prefix and self.output.uri.startswith(self.input.uri):
             raise ValueError("output.uri lies inside input.uri: outputs would be read back as shards")
         if self.limits.registration_timeout_seconds >= self.limits.max_runtime_seconds:
-            raise ValueError("limits.registration_timeout_seconds must be shorter than limits.max_runtime_seconds")
+            raise ValueError(
+                "limits.registration_timeout_seconds must be shorter than limits.max_runtime_seconds"
+            )
         smallest = min(CATALOG[name].memory_mib for name in self.fleet.instance_types)
         # The ECS agent and the OS keep some memory; a task that cannot fit never starts.
         needed = self.service.memory * self.service.tasks_per_instance

@@ -1,0 +1,40 @@
+"""ContinueAsNew: hand the run over to a fresh execution of this state machine before the history limit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from spotfill_control import progress, state_store
+from spotfill_control.aws import client, is_transient
+from spotfill_control.config import settings
+from spotfill_control.errors import TransientAwsError
+from spotfill_control.run import RunState
+
+logger = Logger()
+
+
+class ContinueAsNewEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunState
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    run = parse(event=event, model=ContinueAsNewEvent).run
+    logger.append_keys(run_id=run.run_id)
+    try:
+        run = progress.continue_as_new(run, client("stepfunctions"))
+        state_store.persist(run, client("s3"), settings().control_bucket)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"continue_as_new: {exc}") from exc
+        raise
+    logger.info("handed over", extra={"execution_arn": run.execution_arn, "executions": run.executions})
+    return {"execution_arn": run.execution_arn, "executions": run.executions}

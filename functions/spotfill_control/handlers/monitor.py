@@ -1,0 +1,57 @@
+"""Monitor: one iteration of the WaitForWork → Monitor → IsWorkDone loop (`spotfill_control.progress`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from spotfill_control import progress, state_store
+from spotfill_control.aws import client, is_transient
+from spotfill_control.config import settings
+from spotfill_control.errors import TransientAwsError
+from spotfill_control.run import RunState, utcnow
+
+logger = Logger()
+
+
+class MonitorEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run: RunState
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    run = parse(event=event, model=MonitorEvent).run
+    logger.append_keys(run_id=run.run_id)
+    now = utcnow()
+    clients = progress.Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
+    try:
+        run, seen = progress.iterate(run, clients, settings().control_bucket, now)
+        state_store.persist(run, clients.s3, settings().control_bucket)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"monitor: {exc}") from exc
+        raise
+    logger.info(
+        "monitored",
+        extra={
+            "state": run.progress.state,
+            "outputs_done": seen.outputs_done,
+            "dead_letters": seen.dead_letters,
+            "remaining": seen.remaining,
+            "requeued": seen.requeued,
+            "queue_visible": seen.queue.visible,
+            "queue_in_flight": seen.queue.in_flight,
+            "interruptions": seen.interruptions,
+            "fleet_target_capacity": seen.fleet_target_capacity,
+            "service_desired_count": seen.service_desired_count,
+        },
+    )
+    progress.enforce_limits(run, now)
+    return run.model_dump(mode="json")

@@ -1,0 +1,35 @@
+"""Teardown: remove everything the run created (`spotfill_control.teardown`); no run, nothing to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from spotfill_control.aws import client
+from spotfill_control.config import settings
+from spotfill_control.progress import Clients
+from spotfill_control.report import FinishEvent
+from spotfill_control.run import utcnow
+from spotfill_control.teardown import teardown_and_persist
+
+logger = Logger()
+
+
+def handler(event: dict[str, Any], context: object) -> dict[str, Any] | None:
+    finish = FinishEvent.model_validate(event)
+    if finish.run is None:
+        logger.info("no run to tear down", extra={"error": finish.error.Error if finish.error else None})
+        return None
+    logger.append_keys(run_id=finish.run.run_id)
+    clients = Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
+    run, outcome = teardown_and_persist(finish.run, clients, settings(), utcnow)
+    logger.info(
+        "torn down",
+        extra={
+            "removed": outcome.removed,
+            "instances_terminated": len(outcome.instances_terminated),
+            "dead_letters": None if outcome.dead_letters is None else len(outcome.dead_letters),
+        },
+    )
+    return run.model_dump(mode="json")

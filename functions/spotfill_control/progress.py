@@ -1,0 +1,532 @@
+"""One monitoring iteration: how far the run is, what to queue again, how much fleet it still needs.
+
+Done means every shard has an output object or sits in the dead-letter queue (docs/contracts.md). Monitor
+compares the run's shard list (`runs/<run id>/shards.json`) with a listing of the output prefix, reads the
+depth of the queue and the dead-letter queue, and from that:
+
+- queues again the shards that have neither an output nor a dead letter while the queue is empty and nothing
+  is in flight (a message lost with an instance, or an output deleted by hand);
+- lowers the fleet's target capacity and the service's desired count once fewer shards remain than the
+  fleet has task slots, so nobody pays for idle instances;
+- counts spot interruptions (fleet instances that went away while the fleet is active and not because we
+  lowered its capacity);
+- keeps throughput figures (shards/s, and predictions/s estimated from a sample of outputs' `spotfill-rows`);
+- decides the next step: `running`, `done`, or `handover` (continue-as-new before the history limit).
+
+The pure arithmetic sits in small functions at the top; the AWS reads and writes take clients as arguments.
+Limits (stall, maximum runtime) are enforced by `enforce_limits`, after the handler persisted what this
+iteration saw, so the report of a stalled run still has its last figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spotfill_control.errors import RunTimeoutError, StallError
+from spotfill_control.fleet import capacity_weights
+from spotfill_control.run import Progress, RunState
+from spotfill_control.shards import Shard, read_shard_list, send_shards, split_s3_uri
+
+# Outputs whose `spotfill-rows` metadata is read per iteration to estimate rows (predictions) per shard.
+ROWS_SAMPLE_SIZE = 5
+# How long peeked dead letters stay invisible while they are read; they are made visible again right after.
+PEEK_VISIBILITY_SECONDS = 30
+# Instances that count: pending and running ones work (or will); the rest are going away.
+ALIVE_STATES = frozenset({"pending", "running"})
+ACTIVE_FLEET_STATES = frozenset({"submitted", "active", "modifying"})
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    visible: int = 0
+    in_flight: int = 0
+    delayed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.in_flight + self.delayed
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing being worked on."""
+        return self.total == 0
+
+
+@dataclass
+class Clients:
+    s3: Any
+    sqs: Any
+    ec2: Any
+    ecs: Any
+
+
+@dataclass
+class Iteration:
+    """What one iteration saw and did; the handler logs it."""
+
+    outputs_done: int = 0
+    dead_letters: int = 0
+    remaining: int = 0
+    requeued: int = 0
+    queue: QueueDepth = field(default_factory=QueueDepth)
+    dead_letter_queue: QueueDepth = field(default_factory=QueueDepth)
+    interruptions: int = 0
+    fleet_target_capacity: int | None = None
+    service_desired_count: int | None = None
+
+
+# ------------------------------------------------------------------------------------------ pure arithmetic
+
+
+def count_present(expected: Iterable[str], present: set[str]) -> int:
+    return sum(1 for uri in expected if uri in present)
+
+
+def is_done(total: int, outputs_done: int, dead_lettered: int) -> bool:
+    return outputs_done + dead_lettered >= total
+
+
+def lost_shards(shards: Iterable[Shard], present_outputs: set[str], dead_lettered: set[str]) -> list[Shard]:
+    """Shards with neither an output nor a dead letter."""
+    return [s for s in shards if s.output not in present_outputs and s.shard not in dead_lettered]
+
+
+def rate(before: int, after: int, since: datetime | None, now: datetime) -> float:
+    """Items per second between two observations; 0 when there is no earlier one or no time passed."""
+    if since is None:
+        return 0.0
+    seconds = (now - since).total_seconds()
+    if seconds <= 0:
+        return 0.0
+    return max(0, after - before) / seconds
+
+
+def mean_rows_per_shard(progress: Progress) -> float | None:
+    if progress.rows_sampled_outputs == 0:
+        return None
+    return progress.rows_sampled_total / progress.rows_sampled_outputs
+
+
+def instances_needed(remaining_shards: int, tasks_per_instance: int) -> int:
+    """Instances that keep every remaining shard busy (the service runs `tasks_per_instance` per instance)."""
+    return math.ceil(remaining_shards / tasks_per_instance)
+
+
+def lowered_capacity(
+    current: float, remaining_shards: int, tasks_per_instance: int, max_weight: float
+) -> int | None:
+    """The fleet's new target capacity (weighted units), or None when it should stay.
+
+    Only ever lowered, never to zero while work remains, and never below what the remaining shards need: the
+    fleet may keep its heaviest instances, so each needed instance is counted at the heaviest weight.
+    """
+    needed = max(1, math.ceil(instances_needed(remaining_shards, tasks_per_instance) * max_weight))
+    return needed if needed < current else None
+
+
+def lowered_desired_count(current: int, remaining_shards: int) -> int | None:
+    """The service's new desired count: a task per remaining shard at most, never zero while work remains."""
+    needed = max(1, remaining_shards)
+    return needed if needed < current else None
+
+
+def count_interruptions(
+    known_weights: Mapping[str, float], alive: set[str], target_capacity: float, fleet_active: bool
+) -> int:
+    """Instances seen last time and gone now that the fleet did not remove on our request.
+
+    After we lower the target capacity the fleet may remove instances worth `known - target` units; anything
+    beyond that (and everything while the fleet is not lowered) went away on its own: a spot interruption.
+    Disappearances are explained heaviest first, so the count of interruptions is never overstated.
+    """
+    if not fleet_active:
+        return 0
+    gone = sorted((known_weights[i] for i in known_weights if i not in alive), reverse=True)
+    allowance = max(0.0, sum(known_weights.values()) - target_capacity)
+    interrupted = 0
+    for weight in gone:
+        if weight <= allowance + 1e-9:
+            allowance -= weight
+        else:
+            interrupted += 1
+    return interrupted
+
+
+def handover_due(run: RunState) -> bool:
+    return run.progress.iterations_this_execution >= run.spec.limits.effective_handover_after_iterations
+
+
+def enforce_limits(run: RunState, now: datetime) -> None:
+    """Raise when the run stalled or outlived its maximum runtime (never for a finished run)."""
+    if run.progress.state == "done":
+        return
+    limits = run.spec.limits
+    started = run.timeline.started_at or run.timeline.validated_at
+    if started is not None and (now - started).total_seconds() > limits.max_runtime_seconds:
+        raise RunTimeoutError(
+            f"run {run.run_id} has run for {int((now - started).total_seconds())} s, longer than "
+            f"limits.max_runtime_seconds = {limits.max_runtime_seconds}; "
+            f"{run.progress.outputs_done} outputs, {run.progress.dead_letters} dead letters"
+        )
+    last = run.progress.last_progress_at
+    if last is not None and (now - last).total_seconds() > limits.stall_timeout_seconds:
+        raise StallError(
+            f"run {run.run_id} made no progress for {int((now - last).total_seconds())} s "
+            f"(limits.stall_timeout_seconds = {limits.stall_timeout_seconds}): "
+            f"{run.progress.outputs_done} outputs and {run.progress.dead_letters} dead letters "
+            f"since {last.isoformat()}"
+        )
+
+
+# ------------------------------------------------------------------------------------------ AWS reads
+
+
+def list_output_uris(output_prefix_uri: str, s3: Any) -> set[str]:
+    bucket, prefix = split_s3_uri(output_prefix_uri)
+    uris: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        uris.update(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    return uris
+
+
+def queue_depth(queue_url: str | None, sqs: Any) -> QueueDepth:
+    if queue_url is None:
+        return QueueDepth()
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=[
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ],
+    )["Attributes"]
+    return QueueDepth(
+        visible=int(attributes.get("ApproximateNumberOfMessages", 0)),
+        in_flight=int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        delayed=int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+    )
+
+
+def read_messages(queue_url: str, sqs: Any, visibility_timeout: int) -> list[dict[str, Any]]:
+    """Receive every visible message once (each stays invisible for `visibility_timeout` seconds)."""
+    messages: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=visibility_timeout,
+            WaitTimeSeconds=0,
+        ).get("Messages", [])
+        fresh = [m for m in batch if m["MessageId"] not in seen]
+        if not fresh:
+            return messages
+        seen.update(m["MessageId"] for m in fresh)
+        messages.extend(fresh)
+
+
+def shard_of(message: Mapping[str, Any]) -> str | None:
+    """The shard URI a queue message names (None for a message that is not a shard message)."""
+    try:
+        body = json.loads(message["Body"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        return None
+    shard = body.get("shard") if isinstance(body, dict) else None
+    return shard if isinstance(shard, str) else None
+
+
+def peek_dead_letters(queue_url: str, sqs: Any) -> set[str]:
+    """The shards in the dead-letter queue, read without consuming them: received, then made visible again."""
+    messages = read_messages(queue_url, sqs, PEEK_VISIBILITY_SECONDS)
+    for start in range(0, len(messages), 10):
+        batch = messages[start : start + 10]
+        response = sqs.change_message_visibility_batch(
+            QueueUrl=queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(batch)
+            ],
+        )
+        if response.get("Failed"):
+            raise_if_unexpected_visibility_failures(response["Failed"])
+    return {s for s in (shard_of(m) for m in messages) if s is not None}
+
+
+def raise_if_unexpected_visibility_failures(failed: list[Mapping[str, Any]]) -> None:
+    # A message deleted meanwhile (ReceiptHandleIsInvalid) is fine; anything else is a real fault.
+    unexpected = [f for f in failed if f.get("Code") not in ("ReceiptHandleIsInvalid", "MessageNotInflight")]
+    if unexpected:
+        reasons = "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in unexpected)
+        raise RuntimeError(f"sqs.change_message_visibility_batch failed for dead letters: {reasons}")
+
+
+def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -> tuple[int, int]:
+    """(outputs read, rows in them) from the `spotfill-rows` metadata of up to `size` outputs."""
+    sampled = rows = 0
+    for uri in random.sample(output_uris, min(size, len(output_uris))):
+        bucket, key = split_s3_uri(uri)
+        try:
+            metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                continue  # overwritten or removed between the listing and now
+            raise
+        if "spotfill-rows" in metadata:
+            sampled += 1
+            rows += int(metadata["spotfill-rows"])
+    return sampled, rows
+
+
+@dataclass(frozen=True)
+class FleetView:
+    active: bool
+    target_capacity: int
+    weights: dict[str, float]  # instance type → weighted capacity (as the fleet was requested)
+    alive: dict[str, str]  # instance id → type, for pending/running instances
+    known_types: dict[str, str]  # instance id → type, for instances described this time
+
+
+def describe_fleet(
+    fleet_id: str, extra_ids: Iterable[str], weights: Mapping[str, float], ec2: Any
+) -> FleetView | None:
+    """The fleet's state, target and live instances; None when the fleet no longer exists."""
+    configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
+    if not configs:
+        return None
+    config = configs[0]
+    listed: list[str] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id}
+        if token:
+            kwargs["NextToken"] = token
+        page = ec2.describe_spot_fleet_instances(**kwargs)
+        listed.extend(i["InstanceId"] for i in page.get("ActiveInstances", []))
+        token = page.get("NextToken")
+        if not token:
+            break
+    states = describe_instance_states(set(listed) | set(extra_ids), ec2)
+    return FleetView(
+        active=config.get("SpotFleetRequestState") in ACTIVE_FLEET_STATES,
+        target_capacity=int(config["SpotFleetRequestConfig"]["TargetCapacity"]),
+        weights=dict(weights),
+        alive={i: states[i][1] for i in listed if i in states and states[i][0] in ALIVE_STATES},
+        known_types={i: t for i, (_, t) in states.items()},
+    )
+
+
+def describe_instance_states(instance_ids: set[str], ec2: Any) -> dict[str, tuple[str, str]]:
+    """instance id → (state, type) for the instances EC2 still knows."""
+    result: dict[str, tuple[str, str]] = {}
+    ids = sorted(instance_ids)
+    for start in range(0, len(ids), 200):
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": ids[start : start + 200]}]
+        )
+        for page in pages:
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    result[instance["InstanceId"]] = (instance["State"]["Name"], instance["InstanceType"])
+    return result
+
+
+def service_desired_count(cluster: str, service: str, ecs: Any) -> int | None:
+    services = ecs.describe_services(cluster=cluster, services=[service]).get("services", [])
+    active = [s for s in services if s.get("status") == "ACTIVE"]
+    return int(active[0]["desiredCount"]) if active else None
+
+
+# ------------------------------------------------------------------------------------------ the iteration
+
+
+def iterate(
+    run: RunState, clients: Clients, control_bucket: str, now: datetime
+) -> tuple[RunState, Iteration]:
+    """One monitoring iteration: returns the updated run (not yet persisted) and what it saw."""
+    run = run.model_copy(deep=True)
+    progress = run.progress
+    resources = run.resources
+    seen = Iteration()
+    if run.timeline.processing_started_at is None:
+        run.timeline.processing_started_at = now
+    run.phase = "monitoring"
+
+    shard_list = read_shard_list(run.run_id, clients.s3, control_bucket)
+    if shard_list is None:
+        raise RuntimeError(
+            f"s3://{control_bucket}/runs/{run.run_id}/shards.json is missing: was the run prepared?"
+        )
+    shards = shard_list.pending
+
+    # Queue depth first, outputs second: a worker writes its output before it deletes its message, so a
+    # queue seen idle here means every output of a finished shard is already in the listing below.
+    seen.queue = queue_depth(resources.queue_url, clients.sqs)
+    seen.dead_letter_queue = queue_depth(resources.dead_letter_queue_url, clients.sqs)
+    present = list_output_uris(run.spec.output.uri, clients.s3)
+    done_outputs = [s.output for s in shards if s.output in present]
+    seen.outputs_done = len(done_outputs)
+    seen.dead_letters = seen.dead_letter_queue.total
+    missing = len(shards) - seen.outputs_done
+
+    # Which shards are dead letters matters only when they could close the run or explain missing outputs.
+    dead_lettered: set[str] | None = None
+    if (
+        resources.dead_letter_queue_url
+        and seen.dead_letters
+        and (seen.queue.idle or seen.dead_letters >= missing)
+    ):
+        dead_lettered = peek_dead_letters(resources.dead_letter_queue_url, clients.sqs)
+        # Dead letters whose shard has an output anyway (written, then the delete failed) are not failures.
+        seen.dead_letters = len(
+            {s.shard for s in shards if s.shard in dead_lettered and s.output not in present}
+        )
+
+    if missing == 0:
+        seen.dead_letters = 0  # every shard has its output: whatever sits in the dead-letter queue is moot
+    done = missing == 0 or (dead_lettered is not None and not lost_shards(shards, present, dead_lettered))
+    if not done and seen.queue.idle and resources.queue_url:
+        lost = lost_shards(shards, present, dead_lettered or set())
+        if lost:
+            seen.requeued = send_shards(run.run_id, lost, resources.queue_url, clients.sqs)
+
+    seen.remaining = max(0, len(shards) - seen.outputs_done - seen.dead_letters)
+    _update_throughput(progress, seen.outputs_done, done_outputs, clients.s3, now)
+    # Requeued shards count as progress: they deserve a stall timeout of their own to be picked up.
+    moved = seen.outputs_done + seen.dead_letters > progress.outputs_done + progress.dead_letters
+    if moved or seen.requeued or progress.last_progress_at is None:
+        progress.last_progress_at = now
+    progress.outputs_done = seen.outputs_done
+    progress.dead_letters = seen.dead_letters
+    progress.requeued += seen.requeued
+    progress.iterations += 1
+    progress.iterations_this_execution += 1
+    progress.last_checked_at = now
+
+    if resources.spot_fleet_request_id:
+        _watch_fleet(run, clients, seen, done)
+
+    if done:
+        progress.state = "done"
+        run.phase = "done"
+        run.timeline.processing_ended_at = now
+    elif handover_due(run):
+        progress.state = "handover"
+    else:
+        progress.state = "running"
+    return run, seen
+
+
+def _update_throughput(
+    progress: Progress, outputs_done: int, done_outputs: list[str], s3: Any, now: datetime
+) -> None:
+    shards_per_second = rate(progress.outputs_done, outputs_done, progress.last_checked_at, now)
+    # Reading the metadata of only the outputs that are new since the last iteration would need the whole
+    # listing kept between iterations (too big for the run state), so predictions per second are estimated
+    # as shards per second x the mean rows per shard of a random sample of outputs, refined every iteration.
+    if done_outputs and (shards_per_second > 0 or progress.rows_sampled_outputs == 0):
+        sampled, rows = sample_rows(done_outputs, s3)
+        progress.rows_sampled_outputs += sampled
+        progress.rows_sampled_total += rows
+    progress.peak_shards_per_second = max(progress.peak_shards_per_second, shards_per_second)
+    mean_rows = mean_rows_per_shard(progress)
+    if mean_rows is not None:
+        progress.peak_predictions_per_second = max(
+            progress.peak_predictions_per_second, shards_per_second * mean_rows
+        )
+
+
+def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -> None:
+    progress = run.progress
+    fleet_id = run.resources.spot_fleet_request_id
+    assert fleet_id is not None
+    view = describe_fleet(
+        fleet_id, progress.known_instances, capacity_weights(run.spec.fleet.instance_types), clients.ec2
+    )
+    if view is None:
+        progress.known_instances = []
+        return
+    known_weights = {i: view.weights.get(view.known_types.get(i, ""), 1.0) for i in progress.known_instances}
+    seen.interruptions = count_interruptions(
+        known_weights, set(view.alive), view.target_capacity, view.active
+    )
+    progress.interruptions += seen.interruptions
+    progress.known_instances = sorted(view.alive)
+    progress.fleet_target_capacity = view.target_capacity
+    seen.fleet_target_capacity = view.target_capacity
+    if done or not view.active:
+        return  # teardown removes everything; lowering now would only race it
+
+    tasks_per_instance = run.spec.service.tasks_per_instance
+    max_weight = max(view.weights.values(), default=1.0)
+    new_target = lowered_capacity(view.target_capacity, seen.remaining, tasks_per_instance, max_weight)
+    if run.resources.cluster_name and run.resources.service_name:
+        desired = service_desired_count(run.resources.cluster_name, run.resources.service_name, clients.ecs)
+        new_desired = None if desired is None else lowered_desired_count(desired, seen.remaining)
+        if new_desired is not None:
+            clients.ecs.update_service(
+                cluster=run.resources.cluster_name,
+                service=run.resources.service_name,
+                desiredCount=new_desired,
+            )
+        seen.service_desired_count = new_desired if new_desired is not None else desired
+    if new_target is not None:
+        clients.ec2.modify_spot_fleet_request(SpotFleetRequestId=fleet_id, TargetCapacity=new_target)
+        progress.fleet_target_capacity = new_target
+        seen.fleet_target_capacity = new_target
+
+
+# ------------------------------------------------------------------------------------------ continue-as-new
+
+
+def execution_name(run: RunState, number: int) -> str:
+    return f"{run.run_id}-{number}"
+
+
+def execution_arn_for(state_machine_arn: str, name: str) -> str:
+    """`arn:<partition>:states:<region>:<account>:stateMachine:<sm>` → the ARN of its execution `name`."""
+    head, kind, machine = state_machine_arn.rsplit(":", 2)
+    if kind != "stateMachine":
+        raise ValueError(f"not a state machine ARN: {state_machine_arn!r}")
+    return f"{head}:execution:{machine}:{name}"
+
+
+def resumed_run(run: RunState) -> RunState:
+    """The run as the next execution starts it: one more execution, a fresh iteration count, still running."""
+    return run.model_copy(
+        update={
+            "executions": run.executions + 1,
+            "progress": run.progress.model_copy(update={"iterations_this_execution": 0, "state": "running"}),
+        },
+        deep=True,
+    )
+
+
+def continue_as_new(run: RunState, sfn: Any) -> RunState:
+    """Start execution `<run id>-<n>` of this state machine with `{"resume": run}`; return the run it carries.
+
+    The name makes a retried Lambda harmless: the second StartExecution finds the execution already there
+    (`ExecutionAlreadyExists`), which is the one this run handed over to.
+    """
+    if run.state_machine_arn is None:
+        raise ValueError(f"run {run.run_id} does not know its state machine: cannot continue as new")
+    nxt = resumed_run(run)
+    name = execution_name(run, nxt.executions)
+    try:
+        arn = sfn.start_execution(
+            stateMachineArn=run.state_machine_arn,
+            name=name,
+            input=json.dumps({"resume": nxt.model_dump(mode="json")}),
+        )["executionArn"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ExecutionAlreadyExists":
+            raise
+        arn = execution_arn_for(run.state_machine_arn, name)
+    return nxt.model_copy(update={"execution_arn": arn})

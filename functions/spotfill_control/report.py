@@ -1,0 +1,526 @@
+"""The run report: `reports/<run id>.json` in the control bucket, an EventBridge event and an SNS message.
+
+Written at the end of every run, success or failure, and for invalid input too (no run yet: the report's
+run id then comes from the execution name). The figures are those of DESIGN.md, "The run report":
+status and reason; shard and prediction counts; phase durations; instance-hours by type; spot cost, the
+on-demand equivalent and cost per million predictions; mean and peak throughput; interruptions seen.
+
+`build_report` is pure; `gather` reads what it needs from AWS; `publish` writes and announces it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, ConfigDict
+
+from spotfill_control import cost, state_store
+from spotfill_control.config import Settings
+from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.progress import Clients, list_output_uris
+from spotfill_control.run import RunState, utcnow
+from spotfill_control.shards import ShardList, read_shard_list, split_s3_uri
+from spotfill_control.teardown import dead_letters_key, teardown_and_persist
+
+Status = Literal["succeeded", "completed_with_failures", "failed", "invalid"]
+EVENT_SOURCE = "spotfill"
+EVENT_DETAIL_TYPE = "Backfill Run Finished"
+# Outputs whose `spotfill-rows` are read one by one; beyond this the total is estimated from a sample.
+EXACT_PREDICTION_COUNT_LIMIT = 2_000
+PREDICTION_SAMPLE_SIZE = 500
+FAILED_KEYS_LIMIT = (
+    1_000  # the report lists at most this many failed shards (the full list: dead_letters.json)
+)
+
+
+class StepError(BaseModel):
+    """A Step Functions error as a Catch puts it in the state (`Cause`: the Lambda's JSON error, or text)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    Error: str = "States.TaskFailed"
+    Cause: str | None = None
+
+    @property
+    def message(self) -> str:
+        if not self.Cause:
+            return ""
+        try:
+            cause = json.loads(self.Cause)
+        except json.JSONDecodeError:
+            return self.Cause
+        if isinstance(cause, dict):
+            return str(cause.get("errorMessage") or cause.get("Cause") or self.Cause)
+        return self.Cause
+
+
+class FinishEvent(BaseModel):
+    """What Teardown and Report receive: the state as the run left it (`run` absent or null if none yet)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run: RunState | None = None
+    error: StepError | None = None
+    teardown_error: StepError | None = None
+    execution_arn: str | None = None
+
+
+def report_key(run_id: str) -> str:
+    return f"reports/{run_id}.json"
+
+
+def run_id_for_execution(execution_arn: str | None, now: datetime) -> str:
+    """The report's run id when validation failed before a run existed: the execution's name."""
+    if execution_arn:
+        name = execution_arn.rsplit(":", 1)[-1]
+        if name:
+            return name
+    return f"invalid-{now:%Y%m%d%H%M%S}"
+
+
+# ------------------------------------------------------------------------------------------ facts
+
+
+@dataclass
+class Facts:
+    """Everything the report says that is not in the run state, read from AWS by `gather`."""
+
+    shards_total: int = 0
+    shards_skipped: int = 0
+    succeeded: int = 0
+    failed_keys: list[str] = field(default_factory=list)
+    unprocessed: int = 0
+    retried: int = 0
+    predictions: int = 0
+    predictions_exact: bool = True
+    usages: list[cost.InstanceUsage] = field(default_factory=list)
+    cost: cost.CostSummary | None = None
+
+
+def count_rows(output_uris: list[str], s3: Any) -> tuple[int, bool]:
+    """Total `spotfill-rows` of the outputs: exact up to EXACT_PREDICTION_COUNT_LIMIT, else estimated."""
+    if not output_uris:
+        return 0, True
+    exact = len(output_uris) <= EXACT_PREDICTION_COUNT_LIMIT
+    chosen = output_uris if exact else random.sample(output_uris, PREDICTION_SAMPLE_SIZE)
+
+    def rows(uri: str) -> int | None:
+        bucket, key = split_s3_uri(uri)
+        try:
+            metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        value = metadata.get("spotfill-rows")
+        return int(value) if value is not None else None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        counted = [r for r in pool.map(rows, chosen) if r is not None]
+    if exact and len(counted) == len(chosen):
+        return sum(counted), True
+    if not counted:
+        return 0, False
+    return round(sum(counted) / len(counted) * len(output_uris)), False
+
+
+def read_dead_letters(run_id: str, s3: Any, bucket: str) -> list[str] | None:
+    try:
+        body = s3.get_object(Bucket=bucket, Key=dead_letters_key(run_id))["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return list(json.loads(body).get("shards", []))
+
+
+def error_record_uris(run_id: str, s3: Any, bucket: str) -> set[str]:
+    """Error records the worker wrote (one per shard that failed at least once)."""
+    uris: set[str] = set()
+    prefix = f"runs/{run_id}/errors/"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        uris.update(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    return uris
+
+
+def shard_facts(
+    shard_list: ShardList, present_outputs: set[str], dead_letters: Iterable[str], error_records: set[str]
+) -> tuple[int, list[str], int, int]:
+    """(succeeded, failed shard keys, unprocessed, retried) for the shards the run had to process.
+
+    A shard failed when it is a dead letter without an output; one with neither was never finished (a run
+    that failed or timed out); one that has an output and an error record failed at least once, then
+    succeeded on a retry.
+    """
+    pending = shard_list.pending
+    dead = set(dead_letters)
+    succeeded = [s for s in pending if s.output in present_outputs]
+    failed = sorted(s.shard for s in pending if s.output not in present_outputs and s.shard in dead)
+    unprocessed = len(pending) - len(succeeded) - len(failed)
+    retried = sum(1 for s in succeeded if s.error in error_records)
+    return len(succeeded), failed, unprocessed, retried
+
+
+def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Facts:
+    facts = Facts(shards_total=run.shards_total, shards_skipped=run.shards_skipped)
+    shard_list = read_shard_list(run.run_id, s3, bucket)
+    if shard_list is not None:
+        present = list_output_uris(run.spec.output.uri, s3)
+        dead = read_dead_letters(run.run_id, s3, bucket)
+        facts.succeeded, facts.failed_keys, facts.unprocessed, facts.retried = shard_facts(
+            shard_list, present, dead or [], error_record_uris(run.run_id, s3, bucket)
+        )
+        facts.shards_total = len(shard_list.shards)
+        facts.shards_skipped = len(shard_list.shards) - len(shard_list.pending)
+        done_outputs = [s.output for s in shard_list.pending if s.output in present]
+        facts.predictions, facts.predictions_exact = count_rows(done_outputs, s3)
+    window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
+    window_end = run.timeline.teardown_ended_at or now
+    if run.resources.spot_fleet_request_id or run.progress.known_instances:
+        facts.usages, facts.cost = cost.run_cost(
+            run.run_id, run.progress.known_instances, window_start, window_end, ec2
+        )
+    return facts
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+
+def status_of(
+    run: RunState | None, error: StepError | None, teardown_error: StepError | None, failed: int
+) -> tuple[Status, str]:
+    if error is not None:
+        if error.Error == "InvalidSpecError":
+            return "invalid", f"invalid input: {error.message}"
+        return "failed", f"{error.Error}: {error.message}".rstrip(": ")
+    if run is None:
+        return "failed", "the execution ended before a run existed"
+    if teardown_error is not None:
+        return "failed", f"teardown failed: {teardown_error.Error}: {teardown_error.message}".rstrip(": ")
+    if failed:
+        return "completed_with_failures", f"{failed} shard(s) failed and sit in the dead-letter queue"
+    return "succeeded", "every shard has its output"
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def per_second(count: float, seconds: float | None) -> float | None:
+    if not seconds or seconds <= 0:
+        return None
+    return count / seconds
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def build_report(
+    run: RunState | None,
+    *,
+    run_id: str,
+    error: StepError | None,
+    teardown_error: StepError | None,
+    facts: Facts,
+    now: datetime,
+    execution_arn: str | None = None,
+    control_bucket: str,
+) -> dict[str, Any]:
+    """The report document (pure)."""
+    status, reason = status_of(run, error, teardown_error, len(facts.failed_keys))
+    document: dict[str, Any] = {
+        "run_id": run_id,
+        "status": status,
+        "reason": reason,
+        "error": None if error is None else {"type": error.Error, "message": error.message},
+        "teardown_error": None
+        if teardown_error is None
+        else {"type": teardown_error.Error, "message": teardown_error.message},
+        "report_uri": f"s3://{control_bucket}/{report_key(run_id)}",
+        "generated_at": now.isoformat(),
+    }
+    if run is None:
+        document["execution_arn"] = execution_arn
+        return document
+
+    t = run.timeline
+    processing_end = t.processing_ended_at or t.teardown_started_at or now
+    processing_seconds = seconds_between(t.processing_started_at, processing_end)
+    summary = facts.cost
+    spot_usd = summary.spot_usd if summary else 0.0
+    on_demand_usd = summary.on_demand_usd if summary else 0.0
+    document.update(
+        {
+            "name": run.spec.name,
+            "execution_arn": run.execution_arn or execution_arn,
+            "executions": run.executions,
+            "source": run.source,
+            "manifest_uri": run.manifest_uri,
+            "input_uri": run.spec.input.uri,
+            "output_uri": run.spec.output.uri,
+            "model_uri": run.spec.model.uri,
+            "shards": {
+                "total": facts.shards_total,
+                "skipped_existing": facts.shards_skipped,
+                "succeeded": facts.succeeded,
+                "failed": len(facts.failed_keys),
+                "failed_keys": facts.failed_keys[:FAILED_KEYS_LIMIT],
+                "failed_keys_truncated": len(facts.failed_keys) > FAILED_KEYS_LIMIT,
+                "unprocessed": facts.unprocessed,
+                "retried": facts.retried,
+                "requeued": run.progress.requeued,
+            },
+            "predictions": {"total": facts.predictions, "exact": facts.predictions_exact},
+            "phases_seconds": {
+                "validate": seconds_between(t.started_at, t.validated_at),
+                "fleet_fulfilled": seconds_between(t.fleet_requested_at, t.fleet_fulfilled_at),
+                "registration": seconds_between(t.fleet_requested_at, t.registered_at),
+                "processing": processing_seconds,
+                "teardown": seconds_between(t.teardown_started_at, t.teardown_ended_at),
+                "total": seconds_between(t.started_at, t.teardown_ended_at or now),
+            },
+            "timeline": {k: (v.isoformat() if v else None) for k, v in t.model_dump().items()},
+            "instances": {
+                "count": len(facts.usages),
+                "hours_by_type": {
+                    k: round(v, 6) for k, v in (summary.hours_by_type if summary else {}).items()
+                },
+                "interruptions": run.progress.interruptions,
+            },
+            "cost_usd": {
+                "spot": round(spot_usd, 6),
+                "on_demand_equivalent": round(on_demand_usd, 6),
+                "savings_fraction": _round(summary.savings_fraction if summary else None, 4),
+                "per_million_predictions": _round(cost.cost_per_million(spot_usd, facts.predictions)),
+                "on_demand_per_million_predictions": _round(
+                    cost.cost_per_million(on_demand_usd, facts.predictions)
+                ),
+                "unpriced": summary.unpriced if summary else [],
+            },
+            "throughput": {
+                "mean_shards_per_second": _round(per_second(facts.succeeded, processing_seconds)),
+                "peak_shards_per_second": round(run.progress.peak_shards_per_second, 6),
+                "mean_predictions_per_second": _round(per_second(facts.predictions, processing_seconds)),
+                "peak_predictions_per_second": round(run.progress.peak_predictions_per_second, 6),
+            },
+        }
+    )
+    return document
+
+
+def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The small summary the Report state returns and the EventBridge event carries."""
+    shards = report.get("shards", {})
+    return {
+        "run_id": report["run_id"],
+        "status": report["status"],
+        "reason": report["reason"],
+        "report_uri": report["report_uri"],
+        "execution_arn": report.get("execution_arn"),
+        "shards_succeeded": shards.get("succeeded", 0),
+        "shards_failed": shards.get("failed", 0),
+        "predictions": report.get("predictions", {}).get("total", 0),
+        "spot_cost_usd": report.get("cost_usd", {}).get("spot"),
+    }
+
+
+SUBJECT_WORDS: dict[str, str] = {
+    "succeeded": "succeeded",
+    "completed_with_failures": "succeeded with failed shards",
+    "failed": "failed",
+    "invalid": "failed: invalid input",
+}
+
+
+def notification(report: Mapping[str, Any]) -> tuple[str, str]:
+    """(subject, message) of the SNS notification; subjects are ASCII and at most 100 characters."""
+    subject = f"spotfill run {report['run_id']} {SUBJECT_WORDS[report['status']]}"
+    if len(subject) > 100:
+        subject = subject[:97] + "..."
+    lines = [subject, "", f"Reason: {report['reason']}"]
+    if "shards" in report:
+        s = report["shards"]
+        lines.append(
+            f"Shards: {s['succeeded']} succeeded, {s['failed']} failed, {s['unprocessed']} unprocessed"
+        )
+        lines.append(f"Predictions: {report['predictions']['total']}")
+        lines.append(f"Spot cost: ${report['cost_usd']['spot']:.4f}")
+    lines.append(f"Report: {report['report_uri']}")
+    return subject.encode("ascii", "replace").decode(), "\n".join(lines)
+
+
+def publish(
+    report: Mapping[str, Any], *, s3: Any, events: Any, sns: Any, bucket: str, bus: str, topic: str
+) -> None:
+    s3.put_object(
+        Bucket=bucket,
+        Key=report_key(report["run_id"]),
+        Body=json.dumps(report, indent=2).encode(),
+        ContentType="application/json",
+    )
+    entry: dict[str, Any] = {
+        "Source": EVENT_SOURCE,
+        "DetailType": EVENT_DETAIL_TYPE,
+        "Detail": json.dumps(summary_of(report)),
+        "EventBusName": bus,
+    }
+    if report.get("execution_arn"):
+        entry["Resources"] = [report["execution_arn"]]
+    response = events.put_events(Entries=[entry])
+    if response.get("FailedEntryCount"):
+        failure = response.get("Entries", [{}])[0]
+        problem = f"events.put_events: {failure.get('ErrorCode')}: {failure.get('ErrorMessage')}"
+        if failure.get("ErrorCode") in ("ThrottlingException", "InternalFailure", "InternalException"):
+            raise TransientAwsError(problem)
+        raise SpotfillError(problem)
+    subject, message = notification(report)
+    sns.publish(TopicArn=topic, Subject=subject, Message=message)
+
+
+def report_run(
+    run: RunState | None,
+    *,
+    error: StepError | None,
+    teardown_error: StepError | None,
+    execution_arn: str | None,
+    clients: ReportClients,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    """Gather, build, write and announce the run's report; returns its small summary."""
+    bucket = settings.control_bucket
+    if run is None:
+        run_id, facts = run_id_for_execution(execution_arn, now), Facts()
+    else:
+        run_id, facts = run.run_id, gather(run, clients.s3, clients.ec2, bucket, now)
+    document = build_report(
+        run,
+        run_id=run_id,
+        error=error,
+        teardown_error=teardown_error,
+        facts=facts,
+        now=now,
+        execution_arn=execution_arn,
+        control_bucket=bucket,
+    )
+    publish(
+        document,
+        s3=clients.s3,
+        events=clients.events,
+        sns=clients.sns,
+        bucket=bucket,
+        bus=settings.event_bus_name,
+        topic=settings.notification_topic_arn,
+    )
+    return summary_of(document)
+
+
+@dataclass
+class ReportClients:
+    s3: Any
+    ec2: Any
+    events: Any
+    sns: Any
+
+
+# ------------------------------------------------------------------------------------------ cleanup on exit
+
+
+class ExecutionDetail(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    executionArn: str
+    stateMachineArn: str | None = None
+    name: str | None = None
+    status: str
+    error: str | None = None
+    cause: str | None = None
+
+
+class ExecutionStatusChange(BaseModel):
+    """The EventBridge event "Step Functions Execution Status Change" (source aws.states)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    detail: ExecutionDetail
+
+
+CLEANUP_STATUSES = frozenset({"FAILED", "TIMED_OUT", "ABORTED"})
+
+
+def error_of(detail: ExecutionDetail) -> StepError:
+    if detail.status == "TIMED_OUT":
+        return StepError(Error="States.Timeout", Cause=detail.cause or "the execution timed out")
+    if detail.status == "ABORTED":
+        return StepError(Error="ExecutionAborted", Cause=detail.cause or "the execution was aborted")
+    return StepError(Error=detail.error or "States.Runtime", Cause=detail.cause or "the execution failed")
+
+
+def report_exists(run_id: str, s3: Any, bucket: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=report_key(run_id))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+def clean_up_after(
+    change: ExecutionStatusChange,
+    *,
+    teardown_clients: Clients,
+    report_clients: ReportClients,
+    settings: Settings,
+    now: Callable[[], datetime] = utcnow,
+) -> dict[str, Any]:
+    """Tear down and report the run of an execution that ended without doing so itself.
+
+    Ignored: other statuses, and an execution whose run lives on in a newer execution (continue-as-new).
+    The report is written unless the run already has one (an execution that failed through the ASL's own
+    Teardown and Report states, which this rule also hears about).
+    """
+    detail = change.detail
+    arn = detail.executionArn
+    if detail.status not in CLEANUP_STATUSES:
+        return {"execution_arn": arn, "action": "ignored", "why": f"status {detail.status}"}
+    bucket = settings.control_bucket
+    run = state_store.load_by_execution(arn, report_clients.s3, bucket)
+    if run is not None and run.execution_arn and run.execution_arn != arn:
+        return {
+            "execution_arn": arn,
+            "action": "ignored",
+            "why": f"run {run.run_id} continues in {run.execution_arn}",
+        }
+    error = error_of(detail)
+    if run is not None:
+        run, _ = teardown_and_persist(run, teardown_clients, settings, now)
+    run_id = run.run_id if run is not None else run_id_for_execution(arn, now())
+    if report_exists(run_id, report_clients.s3, bucket):
+        return {"execution_arn": arn, "run_id": run_id, "action": "torn_down", "reported": False}
+    summary = report_run(
+        run,
+        error=error,
+        teardown_error=None,
+        execution_arn=arn,
+        clients=report_clients,
+        settings=settings,
+        now=now(),
+    )
+    return {
+        "execution_arn": arn,
+        "run_id": run_id,
+        "action": "torn_down",
+        "reported": True,
+        "status": summary["status"],
+    }

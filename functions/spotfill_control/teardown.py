@@ -1,0 +1,465 @@
+"""Teardown: remove everything a run created, from whatever part of the run exists.
+
+Idempotent step by step: each step looks before it acts and treats "already gone" as done, so teardown can
+run twice (the ASL's Teardown, then `cleanup_on_exit`), after a partial PrepareRun, or after a Lambda retry.
+Real errors are never swallowed: every step still runs (one failure must not leave a fleet running), then
+the first error is raised; a transient one as `TransientAwsError` so the ASL retries the whole teardown.
+
+Order: stop the service (no new work is taken), cancel the fleet with its instances (stops the spend), then
+the cluster (once its service is gone), task definition, launch template version, and last the queues,
+after the dead-letter queue's contents are saved to `runs/<run id>/dead_letters.json` for the report.
+Resources the run state does not name (a Lambda that died between creating and recording) are found by
+their run-scoped names (`spotfill-<run id>`) and tags.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spotfill_control import state_store
+from spotfill_control.aws import is_transient
+from spotfill_control.config import Settings
+from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.progress import Clients, read_messages, shard_of
+from spotfill_control.run import RUN_ID_TAG, RunState
+from spotfill_control.shards import dead_letter_queue_name
+
+ALIVE_INSTANCE_STATES = frozenset({"pending", "running", "stopping", "stopped"})
+GONE_FLEET_STATES = frozenset(
+    {"cancelled", "cancelled_terminating", "cancelled_running", "expired", "failed"}
+)
+CLUSTER_BUSY_CODES = frozenset(
+    {
+        "ClusterContainsServicesException",
+        "ClusterContainsContainerInstancesException",
+        "ClusterContainsTasksException",
+        "UpdateInProgressException",
+    }
+)
+CLUSTER_DELETE_ATTEMPTS = 12
+CLUSTER_DELETE_PAUSE_SECONDS = 5.0
+
+
+def dead_letters_key(run_id: str) -> str:
+    return f"runs/{run_id}/dead_letters.json"
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", ""))
+
+
+@dataclass
+class Outcome:
+    """What teardown did; `errors` are raised after every step has had its turn."""
+
+    removed: list[str] = field(default_factory=list)
+    errors: list[tuple[str, Exception]] = field(default_factory=list)
+    instances_terminated: list[str] = field(default_factory=list)
+    dead_letters: list[str] | None = None
+
+
+# ------------------------------------------------------------------------------------------ ECS
+
+
+def remove_services(cluster: str, service_name: str | None, ecs: Any, outcome: Outcome) -> None:
+    """Scale every service of the run's cluster to zero and delete it (the cluster is the run's own)."""
+    try:
+        names = set(_list_services(cluster, ecs))
+    except ClientError as exc:
+        if _code(exc) == "ClusterNotFoundException":
+            return
+        raise
+    if service_name:
+        names.add(service_name)
+    if not names:
+        return
+    found = ecs.describe_services(cluster=cluster, services=sorted(names)).get("services", [])
+    for service in found:
+        if service.get("status") != "ACTIVE":
+            continue  # DRAINING or INACTIVE: already deleted
+        name = service["serviceName"]
+        try:
+            ecs.update_service(cluster=cluster, service=name, desiredCount=0)
+            ecs.delete_service(cluster=cluster, service=name, force=True)
+        except ClientError as exc:
+            if _code(exc) in (
+                "ServiceNotFoundException",
+                "ServiceNotActiveException",
+                "ClusterNotFoundException",
+            ):
+                continue
+            raise
+        outcome.removed.append(f"service {name}")
+
+
+def _list_services(cluster: str, ecs: Any) -> list[str]:
+    arns: list[str] = []
+    for page in ecs.get_paginator("list_services").paginate(cluster=cluster):
+        arns.extend(page.get("serviceArns", []))
+    return [arn.rsplit("/", 1)[-1] for arn in arns]
+
+
+def services_gone(cluster: str, ecs: Any) -> bool:
+    try:
+        names = _list_services(cluster, ecs)
+    except ClientError as exc:
+        if _code(exc) == "ClusterNotFoundException":
+            return True
+        raise
+    if not names:
+        return True
+    found = ecs.describe_services(cluster=cluster, services=names[:10]).get("services", [])
+    return all(s.get("status") == "INACTIVE" for s in found)
+
+
+def deregister_container_instances(cluster: str, ecs: Any, outcome: Outcome) -> None:
+    try:
+        arns: list[str] = []
+        for page in ecs.get_paginator("list_container_instances").paginate(cluster=cluster):
+            arns.extend(page.get("containerInstanceArns", []))
+    except ClientError as exc:
+        if _code(exc) == "ClusterNotFoundException":
+            return
+        raise
+    for arn in arns:
+        try:
+            ecs.deregister_container_instance(cluster=cluster, containerInstance=arn, force=True)
+        except ClientError as exc:
+            if _code(exc) in ("ClusterNotFoundException", "InvalidParameterException") and (
+                "not found" in _message(exc).lower() or _code(exc) == "ClusterNotFoundException"
+            ):
+                continue
+            raise
+        outcome.removed.append(f"container instance {arn.rsplit('/', 1)[-1]}")
+
+
+def delete_cluster(
+    cluster: str, ecs: Any, outcome: Outcome, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Delete the cluster, waiting while its deleted service drains; TransientAwsError if it will not go."""
+    found = ecs.describe_clusters(clusters=[cluster]).get("clusters", [])
+    if not found or all(c.get("status") == "INACTIVE" for c in found):
+        return
+    for attempt in range(CLUSTER_DELETE_ATTEMPTS):
+        if services_gone(cluster, ecs):
+            try:
+                ecs.delete_cluster(cluster=cluster)
+            except ClientError as exc:
+                if _code(exc) == "ClusterNotFoundException":
+                    return
+                if _code(exc) not in CLUSTER_BUSY_CODES:
+                    raise
+            else:
+                outcome.removed.append(f"cluster {cluster}")
+                return
+        if attempt < CLUSTER_DELETE_ATTEMPTS - 1:
+            sleep(CLUSTER_DELETE_PAUSE_SECONDS)
+    raise TransientAwsError(f"cluster {cluster} still holds a draining service or tasks; teardown will retry")
+
+
+def deregister_task_definitions(family: str, known_arn: str | None, ecs: Any, outcome: Outcome) -> None:
+    arns: set[str] = set()
+    for page in ecs.get_paginator("list_task_definitions").paginate(familyPrefix=family, status="ACTIVE"):
+        arns.update(page.get("taskDefinitionArns", []))
+    if known_arn:
+        try:
+            status = ecs.describe_task_definition(taskDefinition=known_arn)["taskDefinition"].get("status")
+        except ClientError as exc:
+            if _code(exc) != "ClientException":  # "Unable to describe task definition": it no longer exists
+                raise
+        else:
+            if status == "ACTIVE":
+                arns.add(known_arn)
+    for arn in sorted(arns):
+        ecs.deregister_task_definition(taskDefinition=arn)
+        outcome.removed.append(f"task definition {arn.rsplit('/', 1)[-1]}")
+
+
+# ------------------------------------------------------------------------------------------ EC2
+
+
+def find_fleets(run_id: str, ec2: Any) -> list[str]:
+    """Fleets tagged with the run id that are not cancelled yet."""
+    found = []
+    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
+        for config in page.get("SpotFleetRequestConfigs", []):
+            tags = {t["Key"]: t["Value"] for t in config.get("Tags", [])}
+            if (
+                tags.get(RUN_ID_TAG) == run_id
+                and config.get("SpotFleetRequestState") not in GONE_FLEET_STATES
+            ):
+                found.append(config["SpotFleetRequestId"])
+    return found
+
+
+def fleet_instance_ids(fleet_id: str, ec2: Any) -> list[str]:
+    ids: list[str] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id}
+        if token:
+            kwargs["NextToken"] = token
+        try:
+            page = ec2.describe_spot_fleet_instances(**kwargs)
+        except ClientError as exc:
+            if _code(exc).startswith("InvalidSpotFleetRequestId"):
+                return ids
+            raise
+        ids.extend(i["InstanceId"] for i in page.get("ActiveInstances", []))
+        token = page.get("NextToken")
+        if not token:
+            return ids
+
+
+def cancel_fleet(fleet_id: str, ec2: Any, outcome: Outcome) -> list[str]:
+    """Cancel the fleet with TerminateInstances; returns the instances it had (to verify they go)."""
+    try:
+        configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
+    except ClientError as exc:
+        if _code(exc).startswith("InvalidSpotFleetRequestId"):
+            return []
+        raise
+    if not configs or configs[0].get("SpotFleetRequestState") in GONE_FLEET_STATES:
+        return []
+    instance_ids = fleet_instance_ids(fleet_id, ec2)
+    response = ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    for failure in response.get("UnsuccessfulFleetRequests", []):
+        error = failure.get("Error", {})
+        if error.get("Code") in ("fleetRequestIdDoesNotExist", "fleetRequestNotInCancellableState"):
+            continue
+        raise SpotfillError(
+            f"ec2.cancel_spot_fleet_requests {fleet_id}: {error.get('Code')}: {error.get('Message', '')}"
+        )
+    outcome.removed.append(f"spot fleet {fleet_id}")
+    return instance_ids
+
+
+def run_instance_ids(run_id: str, ec2: Any) -> list[str]:
+    """Instances tagged with the run id (the launch template version tags them) that are not terminated."""
+    ids: list[str] = []
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[
+            {"Name": f"tag:{RUN_ID_TAG}", "Values": [run_id]},
+            {"Name": "instance-state-name", "Values": sorted(ALIVE_INSTANCE_STATES)},
+        ]
+    )
+    for page in pages:
+        for reservation in page.get("Reservations", []):
+            ids.extend(i["InstanceId"] for i in reservation.get("Instances", []))
+    return ids
+
+
+def instance_states(instance_ids: list[str], ec2: Any) -> dict[str, str]:
+    states: dict[str, str] = {}
+    for start in range(0, len(instance_ids), 200):
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": "instance-id", "Values": instance_ids[start : start + 200]}]
+        )
+        for page in pages:
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    states[instance["InstanceId"]] = instance["State"]["Name"]
+    return states
+
+
+def terminate_leftovers(instance_ids: list[str], ec2: Any, outcome: Outcome) -> None:
+    """Make sure every instance of the run is shutting down or terminated; terminate any that is not."""
+    if not instance_ids:
+        return
+    alive = sorted(
+        i
+        for i, state in instance_states(sorted(set(instance_ids)), ec2).items()
+        if state in ALIVE_INSTANCE_STATES
+    )
+    if not alive:
+        return
+    ec2.terminate_instances(InstanceIds=alive)
+    still = sorted(i for i, state in instance_states(alive, ec2).items() if state in ALIVE_INSTANCE_STATES)
+    if still:
+        raise TransientAwsError(f"instances {', '.join(still)} are not terminating yet; teardown will retry")
+    outcome.instances_terminated.extend(alive)
+
+
+def delete_launch_template_version(template_id: str, version: int, ec2: Any, outcome: Outcome) -> None:
+    response = ec2.delete_launch_template_versions(LaunchTemplateId=template_id, Versions=[str(version)])
+    for failure in response.get("UnsuccessfullyDeletedLaunchTemplateVersions", []):
+        info = failure.get("ResponseError", {})
+        if info.get("Code") == "launchTemplateVersionDoesNotExist":
+            return
+        raise SpotfillError(
+            f"ec2.delete_launch_template_versions {template_id} v{version}: "
+            f"{info.get('Code')}: {info.get('Message', '')}"
+        )
+    outcome.removed.append(f"launch template {template_id} version {version}")
+
+
+# ------------------------------------------------------------------------------------------ SQS
+
+
+def queue_url(known: str | None, name: str, sqs: Any) -> str | None:
+    if known:
+        return known
+    try:
+        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as exc:
+        if _queue_gone(exc):
+            return None
+        raise
+
+
+def _queue_gone(exc: ClientError) -> bool:
+    return _code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue")
+
+
+def save_dead_letters(run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str) -> list[str] | None:
+    """Write the dead-lettered shards to `runs/<run id>/dead_letters.json`; None when the queue is gone.
+
+    The queue is about to be deleted, so its messages are read once with a long visibility timeout.
+    """
+    try:
+        messages = read_messages(dlq_url, sqs, visibility_timeout=300)
+    except ClientError as exc:
+        if _queue_gone(exc):
+            return None
+        raise
+    shards = sorted({s for s in (shard_of(m) for m in messages) if s is not None})
+    s3.put_object(
+        Bucket=bucket,
+        Key=dead_letters_key(run_id),
+        Body=json.dumps({"run_id": run_id, "shards": shards}).encode(),
+        ContentType="application/json",
+    )
+    return shards
+
+
+def delete_queue(url: str, sqs: Any, outcome: Outcome) -> None:
+    try:
+        sqs.delete_queue(QueueUrl=url)
+    except ClientError as exc:
+        if _queue_gone(exc):
+            return
+        raise
+    outcome.removed.append(f"queue {url.rsplit('/', 1)[-1]}")
+
+
+# ------------------------------------------------------------------------------------------ the teardown
+
+
+def teardown(
+    run: RunState,
+    clients: Clients,
+    *,
+    control_bucket: str,
+    launch_template_id: str,
+    now: Callable[[], datetime],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[RunState, Outcome]:
+    """Remove everything the run created; returns the run with its teardown timestamps and what was done.
+
+    Raises (after every step had its turn) the first error met: TransientAwsError when any error is
+    transient (the ASL retries teardown, which is idempotent), else that error.
+    """
+    run = run.model_copy(deep=True)
+    run.timeline.teardown_started_at = run.timeline.teardown_started_at or now()
+    resources = run.resources
+    cluster = resources.cluster_name or run.scoped_name
+    outcome = Outcome()
+
+    def step(name: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except Exception as exc:  # kept and raised once every other step has run
+            outcome.errors.append((name, exc))
+            return None
+
+    ecs, ec2, sqs = clients.ecs, clients.ec2, clients.sqs
+    step("service", lambda: remove_services(cluster, resources.service_name, ecs, outcome))
+
+    fleets = step("find fleets", lambda: find_fleets(run.run_id, ec2)) or []
+    if resources.spot_fleet_request_id and resources.spot_fleet_request_id not in fleets:
+        fleets.insert(0, resources.spot_fleet_request_id)
+    instance_ids = list(run.progress.known_instances)
+    for fleet_id in fleets:
+        instance_ids += step(f"fleet {fleet_id}", lambda f=fleet_id: cancel_fleet(f, ec2, outcome)) or []
+    instance_ids += step("instances", lambda: run_instance_ids(run.run_id, ec2)) or []
+    step("terminate", lambda: terminate_leftovers(instance_ids, ec2, outcome))
+
+    step("container instances", lambda: deregister_container_instances(cluster, ecs, outcome))
+    step("cluster", lambda: delete_cluster(cluster, ecs, outcome, sleep))
+    step(
+        "task definition",
+        lambda: deregister_task_definitions(run.scoped_name, resources.task_definition_arn, ecs, outcome),
+    )
+    if resources.launch_template_version is not None:
+        version = resources.launch_template_version
+        step(
+            "launch template version",
+            lambda: delete_launch_template_version(launch_template_id, version, ec2, outcome),
+        )
+
+    dlq = step(
+        "dead-letter queue",
+        lambda: queue_url(resources.dead_letter_queue_url, dead_letter_queue_name(run), sqs),
+    )
+    if dlq:
+        outcome.dead_letters = step(
+            "dead letters", lambda: save_dead_letters(run.run_id, dlq, sqs, clients.s3, control_bucket)
+        )
+        if not any(name == "dead letters" for name, _ in outcome.errors):
+            step("delete dead-letter queue", lambda: delete_queue(dlq, sqs, outcome))
+    queue = step("queue", lambda: queue_url(resources.queue_url, run.scoped_name, sqs))
+    if queue:
+        step("delete queue", lambda: delete_queue(queue, sqs, outcome))
+
+    if outcome.errors:
+        raise _first_error(run.run_id, outcome.errors) from outcome.errors[0][1]
+    run.timeline.teardown_ended_at = run.timeline.teardown_ended_at or now()
+    return run, outcome
+
+
+def _first_error(run_id: str, errors: list[tuple[str, Exception]]) -> Exception:
+    summary = "; ".join(f"{name}: {exc}" for name, exc in errors)
+    transient = any(
+        isinstance(e, TransientAwsError) or (isinstance(e, ClientError) and is_transient(e))
+        for _, e in errors
+    )
+    if transient:
+        return TransientAwsError(f"teardown of run {run_id} is incomplete, will retry: {summary}")
+    return SpotfillError(f"teardown of run {run_id} failed: {summary}")
+
+
+def latest_run(run: RunState, s3: Any, bucket: str) -> RunState:
+    """The persisted run (handlers persist as they go, a Catch hands on the failed state's *input*), with
+    any resource only the given run names filled in."""
+    stored = state_store.load(run.run_id, s3, bucket)
+    if stored is None:
+        return run
+    known = {k: v for k, v in run.resources.model_dump().items() if v is not None}
+    merged = {**known, **{k: v for k, v in stored.resources.model_dump().items() if v is not None}}
+    return stored.model_copy(update={"resources": stored.resources.model_copy(update=merged)})
+
+
+def teardown_and_persist(
+    run: RunState, clients: Clients, settings: Settings, now: Callable[[], datetime]
+) -> tuple[RunState, Outcome]:
+    run = latest_run(run, clients.s3, settings.control_bucket)
+    run, outcome = teardown(
+        run,
+        clients,
+        control_bucket=settings.control_bucket,
+        launch_template_id=settings.launch_template_id,
+        now=now,
+    )
+    state_store.persist(run, clients.s3, settings.control_bucket)
+    return run, outcome

@@ -1,0 +1,304 @@
+"""Scaffolding of the monitor / teardown / report tier: moto, the functions' environment, and runs in flight.
+
+`world` builds what the stack would have created (buckets, the fleet launch template, roles, topic, an event
+bus rule and SNS subscription that land in SQS so tests can read what the report published) and points the
+functions' environment at it. `running_run` drives the first half of the control plane (validate, prepare,
+request the fleet, register its instances, scale the service) through the real handlers, so monitor,
+teardown and report are tested on runs shaped exactly as the state machine hands them over.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.loaders
+import numpy as np
+import pytest
+from moto import mock_aws
+from spotfill_control import aws
+from spotfill_control.config import Settings, settings
+
+from . import moto_shims
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+CONTROL_BUCKET = "spotfill-control-monitor"
+DATA_BUCKET = "spotfill-data-monitor"
+STATE_MACHINE_ARN = f"arn:aws:states:{REGION}:{ACCOUNT}:stateMachine:spotfill-backfill"
+EXECUTION_ARN = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:spotfill-backfill:exec-0001"
+AMI_ID = "ami-0123456789abcdef0"
+ROWS_PER_SHARD = 7
+
+
+def sample_spec(shards: int = 3, **limits: Any) -> dict[str, Any]:
+    return {
+        "name": "monitor-test",
+        "input": {"uri": f"s3://{DATA_BUCKET}/inputs/digits/", "format": "npy"},
+        "output": {"uri": f"s3://{DATA_BUCKET}/outputs/digits/", "format": "npy"},
+        "model": {"uri": f"s3://{DATA_BUCKET}/models/digits.keras"},
+        "fleet": {"instance_types": ["c5.xlarge", "c5.2xlarge"], "target_capacity": 4},
+        "service": {"tasks_per_instance": 1, "cpu": 1024, "memory": 2048},
+        "limits": {
+            "max_runtime_seconds": 3600,
+            "registration_timeout_seconds": 600,
+            "stall_timeout_seconds": 600,
+            "poll_interval_seconds": 5,
+            **limits,
+        },
+    }
+
+
+def npy_bytes(rows: int) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((rows, 4), dtype=np.float32))
+    return buffer.getvalue()
+
+
+@dataclass
+class World:
+    settings: Settings
+    s3: Any
+    sqs: Any
+    ec2: Any
+    ecs: Any
+    sfn: Any
+    published_events_queue: str
+    notifications_queue: str
+    shard_keys: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ what workers and AWS do
+
+    def write_output(self, run: dict[str, Any], shard_index: int, rows: int = ROWS_PER_SHARD) -> str:
+        """What a worker does when it finishes a shard: the output object, with its metadata."""
+        entry = self.shard_list(run)["shards"][shard_index]
+        bucket, key = entry["output"][len("s3://") :].split("/", 1)
+        self.s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=npy_bytes(rows),
+            Metadata={"spotfill-rows": str(rows), "spotfill-run-id": run["run_id"]},
+        )
+        return entry["output"]
+
+    def write_error_record(self, run: dict[str, Any], shard_index: int) -> None:
+        entry = self.shard_list(run)["shards"][shard_index]
+        bucket, key = entry["error"][len("s3://") :].split("/", 1)
+        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"error": "boom"}).encode())
+
+    def drain_queue(self, run: dict[str, Any]) -> list[str]:
+        """Receive and delete every message of the run's queue (workers took them); returns their shards."""
+        shards = []
+        url = run["resources"]["queue_url"]
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return shards
+            for message in messages:
+                shards.append(json.loads(message["Body"])["shard"])
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    def dead_letter(self, run: dict[str, Any], shard_index: int) -> str:
+        """A shard that failed too often: its message sits in the dead-letter queue."""
+        entry = self.shard_list(run)["shards"][shard_index]
+        body = json.dumps({"run_id": run["run_id"], **{k: entry[k] for k in ("shard", "output", "error")}})
+        self.sqs.send_message(QueueUrl=run["resources"]["dead_letter_queue_url"], MessageBody=body)
+        return entry["shard"]
+
+    def queue_shards(self, queue_url: str) -> list[str]:
+        """The shards queued now (read, then made visible again)."""
+        shards = []
+        messages = self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=1)
+        for message in messages.get("Messages", []):
+            shards.append(json.loads(message["Body"])["shard"])
+            self.sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        return shards
+
+    def shard_list(self, run: dict[str, Any]) -> dict[str, Any]:
+        body = self.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run['run_id']}/shards.json")["Body"]
+        return json.loads(body.read())
+
+    def fleet_instances(self, run: dict[str, Any]) -> list[str]:
+        fleet_id = run["resources"]["spot_fleet_request_id"]
+        active = self.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+        return sorted(i["InstanceId"] for i in active)
+
+    def instance_states(self, instance_ids: list[str]) -> dict[str, str]:
+        reservations = self.ec2.describe_instances(InstanceIds=instance_ids)["Reservations"]
+        return {i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]}
+
+    def received(self, queue_url: str) -> list[dict[str, Any]]:
+        messages = self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+    def report(self, run_id: str) -> dict[str, Any]:
+        body = self.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"reports/{run_id}.json")["Body"]
+        return json.loads(body.read())
+
+    def stored_run(self, run_id: str) -> dict[str, Any]:
+        body = self.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run_id}/state.json")["Body"]
+        return json.loads(body.read())
+
+
+_SHARED_LOADER = botocore.loaders.create_loader()
+
+
+@pytest.fixture
+def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    moto_shims.install()
+    # moto parses thousands of public AMIs per fresh EC2 backend; these tests need none of them (and moto
+    # does not validate image ids), which keeps each test's setup well under a second.
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    with mock_aws():
+        # mock_aws starts a fresh default session; sharing one loader spares every test re-parsing the
+        # service models (EC2's alone takes seconds on a loaded machine).
+        boto3.setup_default_session()
+        boto3.DEFAULT_SESSION._session.register_component("data_loader", _SHARED_LOADER)
+        aws.reset_clients()
+        yield
+    aws.reset_clients()
+
+
+def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
+    s3 = boto3.client("s3", region_name=REGION)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    iam = boto3.client("iam", region_name=REGION)
+    logs = boto3.client("logs", region_name=REGION)
+    sns = boto3.client("sns", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    events = boto3.client("events", region_name=REGION)
+
+    for bucket in (CONTROL_BUCKET, DATA_BUCKET):
+        s3.create_bucket(Bucket=bucket)
+    shard_keys = [f"inputs/digits/part-{i:05d}.npy" for i in range(shards)]
+    for key in shard_keys:
+        s3.put_object(Bucket=DATA_BUCKET, Key=key, Body=npy_bytes(ROWS_PER_SHARD))
+    s3.put_object(Bucket=DATA_BUCKET, Key="models/digits.keras", Body=b"a model")
+
+    ami = AMI_ID
+    profile = iam.create_instance_profile(InstanceProfileName="spotfill-instance")["InstanceProfile"]
+    template_id = ec2.create_launch_template(
+        LaunchTemplateName="spotfill-fleet",
+        LaunchTemplateData={"ImageId": ami, "IamInstanceProfile": {"Arn": profile["Arn"]}},
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    trust = json.dumps({"Version": "2012-10-17", "Statement": []})
+    roles = {
+        name: iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
+        for name in ("spotfill-fleet", "spotfill-task", "spotfill-execution")
+    }
+    subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s.get("DefaultForAz"))[:2]
+    group = ec2.create_security_group(GroupName="spotfill-fleet", Description="no ingress")["GroupId"]
+    logs.create_log_group(logGroupName="/spotfill/worker")
+    topic = sns.create_topic(Name="spotfill-runs")["TopicArn"]
+
+    # Where the report's announcements land, so tests can read them.
+    notifications = sqs.create_queue(QueueName="notifications")["QueueUrl"]
+    notifications_arn = sqs.get_queue_attributes(QueueUrl=notifications, AttributeNames=["QueueArn"])
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=notifications_arn["Attributes"]["QueueArn"],
+        Attributes={"RawMessageDelivery": "false"},
+    )
+    bus = "spotfill-bus"
+    events.create_event_bus(Name=bus)
+    published = sqs.create_queue(QueueName="published-events")["QueueUrl"]
+    published_arn = sqs.get_queue_attributes(QueueUrl=published, AttributeNames=["QueueArn"])["Attributes"]
+    events.put_rule(Name="run-finished", EventBusName=bus, EventPattern=json.dumps({"source": ["spotfill"]}))
+    events.put_targets(
+        Rule="run-finished", EventBusName=bus, Targets=[{"Id": "q", "Arn": published_arn["QueueArn"]}]
+    )
+
+    environment = {
+        "CONTROL_BUCKET": CONTROL_BUCKET,
+        "WORKER_IMAGE": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/spotfill-worker:test",
+        "TASK_ROLE_ARN": roles["spotfill-task"],
+        "EXECUTION_ROLE_ARN": roles["spotfill-execution"],
+        "FLEET_ROLE_ARN": roles["spotfill-fleet"],
+        "INSTANCE_PROFILE_ARN": profile["Arn"],
+        "LAUNCH_TEMPLATE_ID": template_id,
+        "SECURITY_GROUP_ID": group,
+        "DEFAULT_SUBNETS": ",".join(subnets),
+        "WORKER_LOG_GROUP": "/spotfill/worker",
+        "NOTIFICATION_TOPIC_ARN": topic,
+        "EVENT_BUS_NAME": bus,
+        "POWERTOOLS_SERVICE_NAME": "spotfill-test",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    aws.reset_clients()
+    return World(
+        settings=settings(),
+        s3=s3,
+        sqs=sqs,
+        ec2=ec2,
+        ecs=boto3.client("ecs", region_name=REGION),
+        sfn=boto3.client("stepfunctions", region_name=REGION),
+        published_events_queue=published,
+        notifications_queue=notifications,
+        shard_keys=shard_keys,
+    )
+
+
+@pytest.fixture
+def world(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    yield _build_world(monkeypatch, shards=3)
+    settings.cache_clear()
+
+
+def _register_fleet(world: World, run: dict[str, Any]) -> None:
+    """What each fleet instance's ECS agent does at boot: join the cluster named in its user data."""
+    for instance_id in world.fleet_instances(run):
+        document = json.dumps({"instanceId": instance_id, "region": REGION, "instanceType": "c5.xlarge"})
+        world.ecs.register_container_instance(
+            cluster=run["resources"]["cluster_name"], instanceIdentityDocument=document
+        )
+
+
+@pytest.fixture
+def start_run(world: World, lambda_context: Any) -> Callable[..., dict[str, Any]]:
+    """Drive a run through the first half of the control plane, up to the point monitor takes over."""
+    from spotfill_control.handlers import (
+        check_registration,
+        prepare_run,
+        request_fleet,
+        scale_service,
+        validate,
+    )
+
+    def start(until: str = "monitoring", **limits: Any) -> dict[str, Any]:
+        event = {
+            "input": sample_spec(**limits),
+            "execution_arn": EXECUTION_ARN,
+            "state_machine_arn": STATE_MACHINE_ARN,
+            "started_at": _now_iso(),
+        }
+        run = validate.handler(event, lambda_context)["run"]
+        run = prepare_run.handler({"run": run}, lambda_context)
+        if until == "prepared":
+            return run
+        run = request_fleet.handler({"run": run}, lambda_context)
+        _register_fleet(world, run)
+        run = check_registration.handler({"run": run}, lambda_context)
+        assert run["phase"] == "registered"
+        return scale_service.handler({"run": run}, lambda_context)
+
+    return start
+
+
+@pytest.fixture
+def running_run(start_run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return start_run()
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -1,0 +1,256 @@
+"""Monitor handler against moto: one iteration of the monitoring loop on a run in flight."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from spotfill_control.errors import RunTimeoutError, StallError
+from spotfill_control.handlers import monitor
+
+from .conftest import ROWS_PER_SHARD
+
+pytestmark = pytest.mark.aws
+
+
+def _ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+
+def test_monitor_keeps_running_while_shards_are_queued(world, running_run, lambda_context):
+    # given a run whose workers finished one shard of three, the other two still queued
+    world.write_output(running_run, 0)
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then it counts the output, queues nothing again, and keeps the loop going
+    assert run["progress"]["state"] == "running"
+    assert run["progress"]["outputs_done"] == 1
+    assert run["progress"]["requeued"] == 0
+    assert run["phase"] == "monitoring"
+    assert run["progress"]["iterations"] == 1
+    assert run["timeline"]["processing_ended_at"] is None
+    assert world.stored_run(run["run_id"])["progress"]["outputs_done"] == 1
+
+
+def test_monitor_finishes_when_every_shard_has_an_output(world, running_run, lambda_context):
+    # given every shard done and every message deleted
+    world.drain_queue(running_run)
+    for index in range(3):
+        world.write_output(running_run, index)
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then the run is done
+    assert run["progress"]["state"] == "done"
+    assert run["phase"] == "done"
+    assert run["progress"]["outputs_done"] == 3
+    assert run["progress"]["dead_letters"] == 0
+    assert run["timeline"]["processing_ended_at"] is not None
+
+
+def test_monitor_queues_again_a_lost_shard_when_the_queue_is_empty(world, running_run, lambda_context):
+    # given workers took every message but only two outputs exist (an instance died mid-shard)
+    world.drain_queue(running_run)
+    world.write_output(running_run, 0)
+    world.write_output(running_run, 2)
+    lost = world.shard_list(running_run)["shards"][1]["shard"]
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then exactly the lost shard is queued again, and the run goes on
+    assert run["progress"]["requeued"] == 1
+    assert run["progress"]["state"] == "running"
+    assert world.queue_shards(run["resources"]["queue_url"]) == [lost]
+
+
+def test_monitor_does_not_requeue_while_messages_are_in_flight(world, running_run, lambda_context):
+    # given a worker holds a message (in flight) and no outputs exist yet
+    url = running_run["resources"]["queue_url"]
+    world.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=300)
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then nothing is queued twice
+    assert run["progress"]["requeued"] == 0
+
+
+def test_monitor_counts_dead_letters_and_finishes_when_the_rest_has_outputs(
+    world, running_run, lambda_context
+):
+    # given two outputs and the third shard in the dead-letter queue
+    world.drain_queue(running_run)
+    world.write_output(running_run, 0)
+    world.write_output(running_run, 1)
+    failed = world.dead_letter(running_run, 2)
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then the run is done with one dead letter, nothing requeued, and the dead letter still there to report
+    assert run["progress"]["state"] == "done"
+    assert run["progress"]["dead_letters"] == 1
+    assert run["progress"]["requeued"] == 0
+    assert world.queue_shards(run["resources"]["dead_letter_queue_url"]) == [failed]
+
+
+def test_monitor_requeues_only_shards_that_are_not_dead_letters(world, running_run, lambda_context):
+    # given one output, one dead letter and one shard lost
+    world.drain_queue(running_run)
+    world.write_output(running_run, 0)
+    world.dead_letter(running_run, 1)
+    lost = world.shard_list(running_run)["shards"][2]["shard"]
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then only the lost one is queued again
+    assert run["progress"]["requeued"] == 1
+    assert run["progress"]["dead_letters"] == 1
+    assert world.queue_shards(run["resources"]["queue_url"]) == [lost]
+
+
+def test_monitor_raises_stall_error_when_nothing_moved_for_the_stall_timeout(
+    world, running_run, lambda_context
+):
+    # given a run that last made progress longer ago than its stall timeout (600 s), and nothing new since
+    running_run["progress"]["last_progress_at"] = _ago(601)
+
+    # when monitor looks, then it fails the run
+    with pytest.raises(StallError, match="no progress"):
+        monitor.handler({"run": running_run}, lambda_context)
+
+    # and what it saw is persisted for the report
+    assert world.stored_run(running_run["run_id"])["progress"]["iterations"] == 1
+
+
+def test_monitor_does_not_stall_a_run_that_made_progress(world, running_run, lambda_context):
+    # given the same old progress mark, but a new output since
+    running_run["progress"]["last_progress_at"] = _ago(601)
+    world.write_output(running_run, 0)
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then the progress mark moves and the run goes on
+    assert run["progress"]["state"] == "running"
+    assert datetime.fromisoformat(run["progress"]["last_progress_at"]) > datetime.now(UTC) - timedelta(
+        seconds=60
+    )
+
+
+def test_monitor_raises_run_timeout_past_the_maximum_runtime(world, running_run, lambda_context):
+    # given a run that started longer ago than its maximum runtime (3600 s)
+    running_run["timeline"]["started_at"] = _ago(3601)
+
+    # when monitor looks, then it fails the run
+    with pytest.raises(RunTimeoutError, match="max_runtime_seconds"):
+        monitor.handler({"run": running_run}, lambda_context)
+
+
+def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world, running_run, lambda_context):
+    # given a fleet of 4 capacity units and 4 tasks, and one shard left (queued)
+    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    world.write_output(running_run, 0)
+    world.write_output(running_run, 1)
+
+    # when monitor looks
+    run = monitor.handler({"run": running_run}, lambda_context)
+
+    # then one task is enough, and the fleet keeps room for one instance of the heaviest type (weight 2)
+    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        "SpotFleetRequestConfigs"
+    ][0]
+    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 2
+    assert run["progress"]["fleet_target_capacity"] == 2
+    service = world.ecs.describe_services(
+        cluster=run["resources"]["cluster_name"], services=[run["resources"]["service_name"]]
+    )["services"][0]
+    assert service["desiredCount"] == 1
+
+
+def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context):
+    # given plenty of work left (3 shards, 4 units)
+    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+
+    # when monitor looks
+    monitor.handler({"run": running_run}, lambda_context)
+
+    # then the fleet keeps its capacity
+    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        "SpotFleetRequestConfigs"
+    ][0]
+    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 4
+
+
+def test_monitor_counts_an_instance_that_vanished_as_a_spot_interruption(world, running_run, lambda_context):
+    # given monitor has seen the fleet's instances once
+    run = monitor.handler({"run": running_run}, lambda_context)
+    known = run["progress"]["known_instances"]
+    assert known == world.fleet_instances(running_run)
+
+    # when spot capacity is reclaimed for one of them and monitor looks again
+    world.ec2.terminate_instances(InstanceIds=[known[0]])
+    run = monitor.handler({"run": run}, lambda_context)
+
+    # then that is one interruption, and the instance is no longer tracked
+    assert run["progress"]["interruptions"] == 1
+    assert known[0] not in run["progress"]["known_instances"]
+
+
+def test_monitor_does_not_count_instances_removed_by_lowering_capacity(world, running_run, lambda_context):
+    # given monitor has seen the fleet, then lowered it as only one shard remains
+    run = monitor.handler({"run": running_run}, lambda_context)
+    world.write_output(running_run, 0)
+    world.write_output(running_run, 1)
+    run = monitor.handler({"run": run}, lambda_context)
+    assert run["progress"]["fleet_target_capacity"] == 2
+
+    # when monitor looks again after the fleet removed instances
+    run = monitor.handler({"run": run}, lambda_context)
+
+    # then no interruption is counted
+    assert run["progress"]["interruptions"] == 0
+
+
+def test_monitor_hands_over_after_the_configured_iterations(world, start_run, lambda_context):
+    # given a run that hands over after 2 iterations
+    run = start_run(handover_after_iterations=2)
+
+    # when monitor runs twice
+    run = monitor.handler({"run": run}, lambda_context)
+    assert run["progress"]["state"] == "running"
+    run = monitor.handler({"run": run}, lambda_context)
+
+    # then the second iteration asks for continue-as-new
+    assert run["progress"]["state"] == "handover"
+    assert run["progress"]["iterations_this_execution"] == 2
+
+
+def test_monitor_estimates_predictions_per_second_from_output_metadata(world, running_run, lambda_context):
+    # given a first look, then two outputs of ROWS_PER_SHARD rows
+    run = monitor.handler({"run": running_run}, lambda_context)
+    world.write_output(running_run, 0)
+    world.write_output(running_run, 1)
+
+    # when monitor looks again
+    run = monitor.handler({"run": run}, lambda_context)
+
+    # then the peak throughput is shards/s x the sampled rows per shard
+    progress = run["progress"]
+    assert progress["rows_sampled_outputs"] >= 2
+    assert progress["rows_sampled_total"] == ROWS_PER_SHARD * progress["rows_sampled_outputs"]
+    assert progress["peak_shards_per_second"] > 0
+    assert progress["peak_predictions_per_second"] == pytest.approx(
+        progress["peak_shards_per_second"] * ROWS_PER_SHARD
+    )
+
+
+def test_monitor_result_stays_small(world, running_run, lambda_context):
+    run = monitor.handler({"run": running_run}, lambda_context)
+    assert len(json.dumps(run)) < 16_000
