@@ -1,0 +1,610 @@
+"""A reusable harness: the real stack and ASL in moto, the real handlers in process, and simulated physics.
+
+What is real: `template.yaml` deployed with `spotfill.deploy.deploy_stack` (SAM-translated, created by moto's
+CloudFormation), `statemachine/backfill.asl.json` executed by moto's Step Functions interpreter (Wait states
+really wait), and every Lambda invocation running the real handler in this process (`spotfill.lambdas`).
+
+What is simulated (`Physics`, a background thread), the two things the state machine depends on but moto does
+not do:
+
+- the ECS agent: every instance of an active Spot Fleet registers into the ECS cluster named in its launch
+  template version's user data (`ECS_CLUSTER=...`), as the ECS-optimized AMI's agent does;
+- the workers: while the run's service has desired tasks, they receive shard messages from the queue named in
+  the service's task definition (`SPOTFILL_QUEUE_URL`), write the output object each message names (with
+  `spotfill-rows` and `spotfill-run-id` metadata) and delete the message.
+
+Knobs (`Knobs`) bend the physics: never register, stop after N shards, lose a shard (delete its message and
+write nothing, as when an instance vanishes), poison a shard (the worker fails on it every time, so SQS moves
+it to the dead-letter queue), or have EC2 report the fleet failed.
+
+Use it from another module (the least-privilege test records each handler's AWS calls this way):
+
+    from sfn.harness import Knobs, deployed_cloud       # tests/ is on sys.path (tests/conftest.py)
+
+    with deployed_cloud("privilege") as cloud:
+        outcome = cloud.run(cloud.spec("calls", shards=2), Knobs())
+        for invocation in cloud.lambdas.invocations:
+            print(invocation.name, [call.iam_action for call in invocation.aws_calls])
+        assert_nothing_left(cloud.session)
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from unittest import mock
+
+import boto3
+from moto import mock_aws
+
+from spotfill.deploy import StackOutputs, deploy_stack
+from spotfill.lambdas import Dispatcher, Invocation, inprocess_lambdas
+
+REGION = "us-east-1"
+SFN_CONFIG = {"stepfunctions": {"execute_state_machine": True}}
+RUN_TAG = "spotfill:run-id"
+ACTIVE_FLEET_STATES = ("submitted", "active", "modifying")
+_CLUSTER_IN_USER_DATA = re.compile(r"^ECS_CLUSTER=(\S+)\s*$", re.MULTILINE)
+
+
+@dataclass
+class Knobs:
+    """How the simulated EC2, ECS agent and workers behave in one run."""
+
+    register: bool = True  # False: instances never join the cluster (registration timeout)
+    register_after_seconds: float = 0.0  # boot time before an instance registers
+    fleet_fails: bool = False  # EC2 reports the fleet `failed` right after it is requested
+    tick_seconds: float = 0.25  # the physics' clock
+    shards_per_tick: int = 1  # how fast the workers are, so outputs appear while the run monitors
+    stop_after: int | None = None  # workers hang after writing this many outputs (a stall)
+    lose: frozenset[str] = frozenset()  # shard file names whose first message is lost without an output
+    poison: frozenset[str] = frozenset()  # shard file names the workers fail on every time
+    rows_per_shard: int = 16
+
+
+@dataclass
+class PhysicsLog:
+    registered: list[tuple[str, str]] = field(default_factory=list)  # (cluster, instance id)
+    written: list[str] = field(default_factory=list)  # output URIs
+    lost: list[str] = field(default_factory=list)  # shard URIs
+    poisoned_receives: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Physics(threading.Thread):
+    """EC2 boot, the ECS agent and the workers, simulated against moto while an execution runs."""
+
+    def __init__(self, session: boto3.session.Session, knobs: Knobs) -> None:
+        super().__init__(daemon=True, name="sfn-physics")
+        self.knobs = knobs
+        self.log = PhysicsLog()
+        self._halt = threading.Event()
+        self._ec2 = session.client("ec2")
+        self._ecs = session.client("ecs")
+        self._sqs = session.client("sqs")
+        self._s3 = session.client("s3")
+        self._first_seen: dict[str, float] = {}
+        self._registered: set[str] = set()
+        self._clusters: dict[str, str | None] = {}  # instance id -> cluster named in its user data
+        self._failed_fleets: set[str] = set()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self._boot_and_register()
+                self._work()
+            except Exception as exc:  # the physics must not die silently: tests assert on log.errors
+                self.log.errors.append(f"{type(exc).__name__}: {exc}")
+            self._halt.wait(self.knobs.tick_seconds)
+
+    # ---- EC2 and the ECS agent
+
+    def _boot_and_register(self) -> None:
+        for fleet in self._ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
+            fleet_id = fleet["SpotFleetRequestId"]
+            if fleet["SpotFleetRequestState"] not in ACTIVE_FLEET_STATES:
+                continue
+            if self.knobs.fleet_fails:
+                _set_fleet_state(fleet_id, "failed")
+                self._failed_fleets.add(fleet_id)
+                continue
+            if not self.knobs.register:
+                continue
+            instances = self._ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)[
+                "ActiveInstances"
+            ]
+            for instance in instances:
+                instance_id = instance["InstanceId"]
+                booted_at = self._first_seen.setdefault(instance_id, time.monotonic())
+                if instance_id in self._registered:
+                    continue
+                if time.monotonic() - booted_at < self.knobs.register_after_seconds:
+                    continue
+                cluster = self._cluster_of(instance_id)
+                if cluster is None:
+                    continue
+                document = {
+                    "instanceId": instance_id,
+                    "instanceType": instance["InstanceType"],
+                    "region": REGION,
+                }
+                self._ecs.register_container_instance(
+                    cluster=cluster, instanceIdentityDocument=json.dumps(document)
+                )
+                self._registered.add(instance_id)
+                self.log.registered.append((cluster, instance_id))
+
+    def _cluster_of(self, instance_id: str) -> str | None:
+        """The cluster the instance's ECS agent joins: `ECS_CLUSTER` in the user data it booted with."""
+        if instance_id not in self._clusters:
+            attribute = self._ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+            encoded = attribute.get("UserData", {}).get("Value", "")
+            match = _CLUSTER_IN_USER_DATA.search(base64.b64decode(encoded).decode() if encoded else "")
+            self._clusters[instance_id] = match.group(1) if match else None
+        cluster = self._clusters[instance_id]
+        if cluster is None:
+            return None
+        described = self._ecs.describe_clusters(clusters=[cluster])["clusters"]
+        return cluster if any(c.get("status") == "ACTIVE" for c in described) else None
+
+    # ---- the workers
+
+    def _work(self) -> None:
+        budget = self.knobs.shards_per_tick
+        for queue_url, run_id in self._queues_with_running_tasks():
+            while budget > 0:
+                if self.knobs.stop_after is not None and len(self.log.written) >= self.knobs.stop_after:
+                    return
+                messages = self._sqs.receive_message(
+                    QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=0
+                ).get("Messages", [])
+                if not messages:
+                    break
+                budget -= 1
+                self._handle(queue_url, run_id, messages[0])
+
+    def _queues_with_running_tasks(self) -> Iterator[tuple[str, str]]:
+        for cluster_arn in self._ecs.list_clusters()["clusterArns"]:
+            if not self._ecs.list_container_instances(cluster=cluster_arn, status="ACTIVE")[
+                "containerInstanceArns"
+            ]:
+                continue  # tasks need instances to run on
+            service_arns = self._ecs.list_services(cluster=cluster_arn)["serviceArns"]
+            if not service_arns:
+                continue
+            for service in self._ecs.describe_services(cluster=cluster_arn, services=service_arns)[
+                "services"
+            ]:
+                if service.get("status") != "ACTIVE" or service.get("desiredCount", 0) <= 0:
+                    continue
+                task = self._ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
+                (container,) = task["taskDefinition"]["containerDefinitions"]
+                environment = {e["name"]: e["value"] for e in container.get("environment", [])}
+                yield environment["SPOTFILL_QUEUE_URL"], environment["SPOTFILL_RUN_ID"]
+
+    def _handle(self, queue_url: str, run_id: str, message: dict[str, Any]) -> None:
+        body = json.loads(message["Body"])
+        shard_name = body["shard"].rsplit("/", 1)[-1]
+        if shard_name in self.knobs.poison:
+            self.log.poisoned_receives += 1
+            self._sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+            return
+        if shard_name in self.knobs.lose and body["shard"] not in self.log.lost:
+            self.log.lost.append(body["shard"])
+            self._sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            return
+        bucket, key = body["output"][len("s3://") :].split("/", 1)
+        self._s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=json.dumps(
+                {"shard": body["shard"], "predictions": [0] * self.knobs.rows_per_shard}
+            ).encode(),
+            Metadata={"spotfill-rows": str(self.knobs.rows_per_shard), "spotfill-run-id": run_id},
+        )
+        self.log.written.append(body["output"])
+        self._sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _set_fleet_state(fleet_id: str, state: str) -> None:
+    """EC2 reporting a fleet error: moto has no ActivityStatus, so the request state says so (in process)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
+    backend.spot_fleet_requests[fleet_id].state = state
+
+
+# ------------------------------------------------------------------------------------------- executions
+
+
+@dataclass
+class ExecutionResult:
+    arn: str
+    status: str
+    error: str | None
+    cause: str | None
+    output: Any
+    history: list[dict[str, Any]]
+
+    def entered(self) -> list[str]:
+        """State names in the order they were entered."""
+        return [
+            e["stateEnteredEventDetails"]["name"] for e in self.history if "stateEnteredEventDetails" in e
+        ]
+
+    def lambda_outputs(self, state: str) -> list[Any]:
+        """The results of every successful invocation of a Task state, in order."""
+        outputs, current = [], None
+        for event in self.history:
+            if "stateEnteredEventDetails" in event:
+                current = event["stateEnteredEventDetails"]["name"]
+            details = event.get("lambdaFunctionSucceededEventDetails")
+            if details and current == state:
+                outputs.append(json.loads(details["output"]))
+        return outputs
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(state, error) for every failed Lambda invocation."""
+        failed, current = [], None
+        for event in self.history:
+            if "stateEnteredEventDetails" in event:
+                current = event["stateEnteredEventDetails"]["name"]
+            details = event.get("lambdaFunctionFailedEventDetails")
+            if details:
+                failed.append((current, details.get("error")))
+        return failed
+
+
+@dataclass
+class Outcome:
+    """A backfill from its first execution to the last one it handed over to."""
+
+    executions: list[ExecutionResult]
+    run_id: str | None
+    report: dict[str, Any] | None
+    physics: PhysicsLog
+    invocations: list[Invocation]  # every Lambda invocation of this run, cleanup_on_exit included
+    seconds: float
+
+    @property
+    def last(self) -> ExecutionResult:
+        return self.executions[-1]
+
+    @property
+    def status(self) -> str:
+        return self.last.status
+
+    @property
+    def error(self) -> str | None:
+        return self.last.error
+
+    def entered(self) -> list[str]:
+        return [name for execution in self.executions for name in execution.entered()]
+
+    def invoked(self) -> list[str]:
+        """Handler names in the order this run invoked them."""
+        return [invocation.name for invocation in self.invocations]
+
+    def monitor_results(self) -> list[dict[str, Any]]:
+        return [run for execution in self.executions for run in execution.lambda_outputs("Monitor")]
+
+
+class Cloud:
+    """One deployed stack in moto, its Lambda dispatcher, and helpers to run backfills on it."""
+
+    def __init__(self, session: boto3.session.Session, stack: StackOutputs, lambdas: Dispatcher) -> None:
+        self.session = session
+        self.stack = stack
+        self.lambdas = lambdas
+        self.sfn = session.client("stepfunctions")
+        self.s3 = session.client("s3")
+
+    # ---- inputs
+
+    def put_inputs(self, name: str, shards: int) -> str:
+        """`shards` input objects under `inputs/<name>/` in the data bucket, and a model; the input prefix."""
+        for index in range(shards):
+            self.s3.put_object(
+                Bucket=self.stack.data_bucket, Key=f"inputs/{name}/part-{index:05d}.npy", Body=b"\x93NUMPY"
+            )
+        self.s3.put_object(Bucket=self.stack.data_bucket, Key=f"models/{name}.keras", Body=b"PK\x03\x04")
+        return f"s3://{self.stack.data_bucket}/inputs/{name}/"
+
+    def spec(
+        self, name: str, *, shards: int = 3, limits: dict[str, Any] | None = None, **overrides: Any
+    ) -> dict:
+        """A small backfill spec over fresh inputs: 1 s polls and short timeouts, so a run takes seconds."""
+        input_uri = self.put_inputs(name, shards)
+        spec: dict[str, Any] = {
+            "name": name,
+            "input": {"uri": input_uri, "format": "npy"},
+            "output": {"uri": f"s3://{self.stack.data_bucket}/outputs/{name}/", "format": "jsonl"},
+            "model": {"uri": f"s3://{self.stack.data_bucket}/models/{name}.keras"},
+            "fleet": {"instance_types": ["c5.large"], "target_capacity": 2},
+            "service": {"tasks_per_instance": 1, "cpu": 1024, "memory": 2048},
+            "limits": {
+                "max_runtime_seconds": 600,
+                "registration_timeout_seconds": 4,
+                "stall_timeout_seconds": 6,
+                "poll_interval_seconds": 1,
+                **(limits or {}),
+            },
+        }
+        spec.update(overrides)
+        return spec
+
+    # ---- runs
+
+    def start(self, execution_input: Any, name: str | None = None) -> str:
+        # Always named: moto's interpreter names an unnamed execution "None", so every one would share an ARN.
+        return self.sfn.start_execution(
+            stateMachineArn=self.stack.state_machine_arn,
+            name=name or f"sfn-{uuid.uuid4().hex[:12]}",
+            input=json.dumps(execution_input),
+        )["executionArn"]
+
+    def wait(self, execution_arn: str, timeout: float = 60.0) -> ExecutionResult:
+        deadline = time.monotonic() + timeout
+        while True:
+            described = self.sfn.describe_execution(executionArn=execution_arn)
+            if described["status"] != "RUNNING":
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"execution {execution_arn} still RUNNING after {timeout} s")
+            time.sleep(0.1)
+        history: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
+        while True:
+            page = self.sfn.get_execution_history(**kwargs)
+            history.extend(page["events"])
+            if not page.get("nextToken"):
+                break
+            kwargs["nextToken"] = page["nextToken"]
+        return ExecutionResult(
+            arn=execution_arn,
+            status=described["status"],
+            error=described.get("error"),
+            cause=described.get("cause"),
+            output=json.loads(described["output"]) if described.get("output") else None,
+            history=history,
+        )
+
+    def run(self, execution_input: Any, knobs: Knobs | None = None, *, timeout: float = 60.0) -> Outcome:
+        """Start an execution, run the physics while it (and any execution it hands over to) runs, and
+        return what happened: statuses, histories, the run id and its report."""
+        started = time.monotonic()
+        first_invocation = len(self.lambdas.invocations)
+        physics = Physics(self.session, knobs or Knobs())
+        physics.start()
+        try:
+            executions = [self.wait(self.start(execution_input), timeout)]
+            while executions[-1].entered()[-1:] == ["HandedOver"]:
+                (handover,) = executions[-1].lambda_outputs("ContinueAsNew")
+                executions.append(self.wait(handover["execution_arn"], timeout))
+            self.deliver_status_change(executions[-1])
+        finally:
+            physics.stop()
+        run_id = _run_id(executions)
+        return Outcome(
+            executions=executions,
+            run_id=run_id,
+            report=self.report(run_id) if run_id else None,
+            physics=physics.log,
+            invocations=self.lambdas.invocations[first_invocation:],
+            seconds=time.monotonic() - started,
+        )
+
+    def deliver_status_change(self, execution: ExecutionResult) -> list[str]:
+        """Deliver the execution's "Step Functions Execution Status Change" event to the Lambda targets of the
+        rules it matches, synchronously (moto matches rules but delivers no Lambda targets). Returns the
+        function ARNs invoked."""
+        events, lambda_ = self.session.client("events"), self.session.client("lambda")
+        described = self.sfn.describe_execution(executionArn=execution.arn)
+        detail = {
+            "executionArn": execution.arn,
+            "stateMachineArn": described["stateMachineArn"],
+            "name": described["name"],
+            "status": described["status"],
+            "startDate": int(described["startDate"].timestamp() * 1000),
+            "stopDate": int(described["stopDate"].timestamp() * 1000) if described.get("stopDate") else None,
+            "input": described.get("input"),
+            "output": described.get("output"),
+            "error": described.get("error"),
+            "cause": described.get("cause"),
+        }
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Step Functions Execution Status Change",
+            "source": "aws.states",
+            "account": execution.arn.split(":")[4],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": REGION,
+            "resources": [execution.arn],
+            "detail": detail,
+        }
+        invoked = []
+        for rule in events.list_rules()["Rules"]:
+            if rule.get("State") != "ENABLED" or not _matches(
+                json.loads(rule.get("EventPattern") or "{}"), event
+            ):
+                continue
+            for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+                if ":lambda:" not in target["Arn"]:
+                    continue
+                lambda_.invoke(FunctionName=target["Arn"], Payload=json.dumps(event).encode())
+                invoked.append(target["Arn"])
+        return invoked
+
+    def report(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            body = self.s3.get_object(Bucket=self.stack.control_bucket, Key=f"reports/{run_id}.json")["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return json.loads(body.read())
+
+    def outputs(self, name: str) -> list[str]:
+        listed = self.s3.list_objects_v2(Bucket=self.stack.data_bucket, Prefix=f"outputs/{name}/")
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+def _matches(pattern: Any, value: Any) -> bool:
+    """EventBridge pattern matching, for the exact-value lists spotfill's rules use."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(_matches(p, value.get(k)) for k, p in pattern.items())
+    if isinstance(pattern, list):
+        return (
+            any(_matches(p, value) for p in pattern)
+            if not isinstance(value, list)
+            else any(_matches(pattern, v) for v in value)
+        )
+    return pattern == value
+
+
+def _run_id(executions: list[ExecutionResult]) -> str | None:
+    for execution in executions:
+        for result in execution.lambda_outputs("Validate"):
+            return result["run"]["run_id"]
+    return None
+
+
+# ------------------------------------------------------------------------------------------- the cloud
+
+
+_gaps_filled = False
+
+
+def fill_moto_gaps() -> None:
+    """Implement the AWS APIs spotfill calls that moto 5.2.5 lacks (in process, idempotent).
+
+    - `ec2:DeleteLaunchTemplateVersions` (teardown removes the run's launch template version): moto raises
+      NotImplemented. Deleted versions keep their number (EC2 never reuses one) and are no longer found.
+    """
+    global _gaps_filled
+    if _gaps_filled:
+        return
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
+    from moto.ec2.models.launch_templates import LaunchTemplate
+    from moto.ec2.responses import EC2Response
+
+    original_get_version = LaunchTemplate.get_version
+
+    def get_version(self: Any, num: Any) -> Any:
+        version = original_get_version(self, num)
+        if getattr(version, "deleted", False):
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
+        return version
+
+    def delete_launch_template_versions(self: Any) -> ActionResult:
+        template_id = self._get_param("LaunchTemplateId")
+        name = self._get_param("LaunchTemplateName")
+        template = (
+            self.ec2_backend.get_launch_template(template_id)
+            if template_id
+            else self.ec2_backend.get_launch_template_by_name(name)
+        )
+        deleted, failed = [], []
+        for number in self._get_param("Versions", []):
+            entry = {
+                "LaunchTemplateId": template.id,
+                "LaunchTemplateName": template.name,
+                "VersionNumber": int(number),
+            }
+            try:
+                version = template.get_version(number)
+            except (InvalidLaunchTemplateVersionNotFound, ValueError):
+                failed.append({**entry, "ResponseError": {"Code": "launchTemplateVersionDoesNotExist"}})
+                continue
+            if template.is_default(version):
+                failed.append({**entry, "ResponseError": {"Code": "launchTemplateVersionIsDefaultVersion"}})
+                continue
+            version.deleted = True
+            deleted.append(entry)
+        return ActionResult(
+            {
+                "SuccessfullyDeletedLaunchTemplateVersions": deleted,
+                "UnsuccessfullyDeletedLaunchTemplateVersions": failed,
+            }
+        )
+
+    LaunchTemplate.get_version = get_version  # type: ignore[method-assign]
+    EC2Response.delete_launch_template_versions = delete_launch_template_versions  # type: ignore[attr-defined]
+    _gaps_filled = True
+
+
+@contextmanager
+def deployed_cloud(stack_name: str = "sfn") -> Iterator[Cloud]:
+    """moto with Step Functions execution on, the stack deployed from template.yaml, Lambda in process."""
+    fill_moto_gaps()
+    fake_account = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+    }
+    # Module-scoped fixtures start before the per-test credentials fixture, and the SAM translator reads the
+    # region from the environment: set both for the life of the cloud.
+    with (
+        mock.patch.dict(os.environ, fake_account),
+        mock_aws(config=SFN_CONFIG),
+        inprocess_lambdas() as lambdas,
+    ):
+        session = boto3.session.Session(region_name=REGION)
+        stack = deploy_stack(stack_name, session=session)
+        yield Cloud(session, stack, lambdas)
+
+
+def leftovers(session: boto3.session.Session, run_id: str | None = None) -> dict[str, list[str]]:
+    """Everything of a run (or of any run) that should be gone after teardown."""
+    ec2, ecs, sqs = session.client("ec2"), session.client("ecs"), session.client("sqs")
+    scope = f"spotfill-{run_id}" if run_id else "spotfill-"
+    left: dict[str, list[str]] = {}
+    fleets = ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    left["active fleets"] = [
+        f["SpotFleetRequestId"]
+        for f in fleets
+        if f["SpotFleetRequestState"] in ACTIVE_FLEET_STATES
+        and (run_id is None or {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get(RUN_TAG) == run_id)
+    ]
+    reservations = ec2.describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    )["Reservations"]
+    left["instances"] = [i["InstanceId"] for r in reservations for i in r["Instances"]]
+    left["queues"] = sqs.list_queues(QueueNamePrefix=scope).get("QueueUrls", [])
+    clusters = ecs.describe_clusters(clusters=ecs.list_clusters()["clusterArns"])["clusters"]
+    run_clusters = [c for c in clusters if c["clusterName"].startswith(scope) and c["status"] == "ACTIVE"]
+    left["clusters"] = [c["clusterName"] for c in run_clusters]
+    left["services"] = [
+        service["serviceArn"]
+        for cluster in clusters
+        if cluster["clusterName"].startswith(scope)
+        for arns in [ecs.list_services(cluster=cluster["clusterArn"])["serviceArns"]]
+        if arns
+        for service in ecs.describe_services(cluster=cluster["clusterArn"], services=arns)["services"]
+        if service["status"] in ("ACTIVE", "DRAINING")
+    ]
+    return {kind: names for kind, names in left.items() if names}
+
+
+def assert_nothing_left(session: boto3.session.Session, run_id: str | None = None) -> None:
+    """No active spot fleet, no running instance, no run-scoped queue, service or cluster."""
+    left = leftovers(session, run_id)
+    assert not left, f"left behind after the run: {left}"

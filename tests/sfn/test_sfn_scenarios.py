@@ -1,0 +1,242 @@
+"""The real backfill ASL, executed by moto's Step Functions interpreter on the stack deployed from
+template.yaml, with every Lambda running the real handler in process and simulated EC2/ECS/workers.
+
+After every path the run must leave nothing behind: no active fleet, no running instance, no run-scoped queue,
+service or cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from .harness import Cloud, Knobs, Outcome, assert_nothing_left
+
+pytestmark = pytest.mark.sfn
+
+TASKS = [
+    "Validate",
+    "PrepareRun",
+    "RequestFleet",
+    "CheckRegistration",
+    "ScaleService",
+    "Monitor",
+    "ContinueAsNew",
+    "Teardown",
+    "Report",
+]
+HANDLERS = {
+    "Validate": "validate",
+    "PrepareRun": "prepare_run",
+    "RequestFleet": "request_fleet",
+    "CheckRegistration": "check_registration",
+    "ScaleService": "scale_service",
+    "Monitor": "monitor",
+    "ContinueAsNew": "continue_as_new",
+    "Teardown": "teardown",
+    "Report": "report",
+}
+SLOW_WORKERS = Knobs(tick_seconds=0.6)  # about 1.7 shards/s: a 1 s poll sees outputs arrive
+
+
+class InjectedFault(Exception):
+    """A fault no Retry names: the state's Catch must take it."""
+
+
+def _cause_message(outcome: Outcome) -> str:
+    return json.loads(outcome.last.cause)["errorMessage"]
+
+
+def _assert_failed_through_teardown_and_report(outcome: Outcome, error: str) -> None:
+    assert outcome.status == "FAILED", outcome.entered()
+    assert outcome.error == error
+    entered = outcome.last.entered()
+    assert entered[-4:] == ["Teardown", "Report", "DidItFail", "Failed"], entered
+
+
+@pytest.fixture(scope="module")
+def happy(cloud: Cloud) -> Outcome:
+    cloud.lambdas.clear_failures()
+    return cloud.run(cloud.spec("happy", shards=4), SLOW_WORKERS)
+
+
+def test_happy_path_writes_every_output_while_it_monitors_then_tears_down_and_reports(cloud, happy):
+    assert happy.status == "SUCCEEDED", (happy.error, happy.last.cause)
+    assert happy.entered()[-3:] == ["Report", "DidItFail", "Succeeded"]
+    assert len(cloud.outputs("happy")) == 4
+    seen = [m["progress"]["outputs_done"] for m in happy.monitor_results()]
+    assert any(0 < done < 4 for done in seen), f"no monitor iteration saw partial progress: {seen}"
+    assert seen[-1] == 4
+    assert happy.report["status"] == "succeeded"
+    assert happy.report["run_id"] == happy.run_id
+    assert_nothing_left(cloud.session, happy.run_id)
+
+
+def test_monitoring_iteration_costs_three_state_transitions_and_nine_history_events(happy):
+    history = happy.last.history
+    starts = [
+        i
+        for i, e in enumerate(history)
+        if e["type"] == "WaitStateEntered" and e["stateEnteredEventDetails"]["name"] == "WaitForWork"
+    ]
+    assert len(starts) >= 2, "the happy path should monitor more than once"
+    for begin, end in itertools.pairwise(starts):
+        iteration = history[begin:end]
+        entered = [
+            e["stateEnteredEventDetails"]["name"] for e in iteration if "stateEnteredEventDetails" in e
+        ]
+        assert entered == ["WaitForWork", "Monitor", "IsWorkDone"]
+        assert [e["type"] for e in iteration] == [
+            "WaitStateEntered",
+            "WaitStateExited",
+            "TaskStateEntered",
+            "LambdaFunctionScheduled",
+            "LambdaFunctionStarted",
+            "LambdaFunctionSucceeded",
+            "TaskStateExited",
+            "ChoiceStateEntered",
+            "ChoiceStateExited",
+        ]
+
+
+def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the_field(cloud, lambdas):
+    spec = cloud.spec("invalid", shards=1)
+    spec["fleet"]["instance_types"] = ["x9.huge"]
+
+    outcome = cloud.run(spec)
+
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.entered()[:2] == ["Validate", "NoRunYet"]
+    assert "fleet.instance_types" in _cause_message(outcome)
+    assert "x9.huge" in _cause_message(outcome)
+    assert outcome.invoked()[0] == "validate"
+    assert not {"prepare_run", "request_fleet"} & set(outcome.invoked())
+    assert_nothing_left(cloud.session)
+
+
+def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas):
+    outcome = cloud.run(
+        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 2}),
+        Knobs(register=False),
+    )
+
+    _assert_failed_through_teardown_and_report(outcome, "RegistrationTimeoutError")
+    assert outcome.last.entered().count("CheckRegistration") >= 2
+    assert outcome.report["status"] == "failed"
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas):
+    spec = cloud.spec("rejected", shards=2)
+    spec["fleet"]["subnets"] = ["subnet-00000000"]
+
+    outcome = cloud.run(spec)
+
+    _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
+    assert outcome.last.failures() == [("RequestFleet", "FleetRequestError")]
+    assert "subnet-00000000" in _cause_message(outcome)
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_fleet_that_ec2_reports_failed_ends_the_run(cloud, lambdas):
+    outcome = cloud.run(cloud.spec("fleetfails", shards=2), Knobs(fleet_fails=True))
+
+    _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
+    assert outcome.last.failures() == [("CheckRegistration", "FleetRequestError")]
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_run_without_progress_for_the_stall_timeout_fails_as_stalled(cloud, lambdas):
+    outcome = cloud.run(
+        cloud.spec("stall", shards=3, limits={"stall_timeout_seconds": 2}), Knobs(stop_after=1)
+    )
+
+    _assert_failed_through_teardown_and_report(outcome, "StallError")
+    assert len(cloud.outputs("stall")) == 1
+    assert outcome.report["status"] == "failed"
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_shard_that_always_fails_ends_in_the_dead_letter_queue_and_the_run_completes(cloud, lambdas):
+    outcome = cloud.run(cloud.spec("poison", shards=3), Knobs(poison=frozenset({"part-00001.npy"})))
+
+    assert outcome.report is not None
+    assert len(cloud.outputs("poison")) == 2
+    assert outcome.monitor_results()[-1]["progress"]["dead_letters"] == 1
+    assert any("part-00001.npy" in json.dumps(value) for value in outcome.report.values())
+    assert outcome.physics.poisoned_receives >= 3
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_lost_shard_is_queued_again_and_the_run_succeeds(cloud, lambdas):
+    outcome = cloud.run(cloud.spec("lost", shards=3), Knobs(lose=frozenset({"part-00002.npy"})))
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert [uri.rsplit("/", 1)[-1] for uri in outcome.physics.lost] == ["part-00002.npy"]
+    assert len(cloud.outputs("lost")) == 3
+    assert outcome.monitor_results()[-1]["progress"]["requeued"] >= 1
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_transient_error_is_retried_with_backoff_and_the_run_succeeds(cloud, lambdas):
+    from spotfill_control.errors import TransientAwsError
+
+    lambdas.inject_failure("monitor", TransientAwsError("throttled"), times=1)
+
+    outcome = cloud.run(cloud.spec("transient", shards=2))
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert outcome.last.failures() == [("Monitor", "TransientAwsError")]
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_monitor_hands_the_run_over_to_a_fresh_execution_which_finishes_it(cloud, lambdas):
+    spec = cloud.spec("handover", shards=6, limits={"handover_after_iterations": 2})
+
+    outcome = cloud.run(spec, SLOW_WORKERS)
+
+    assert len(outcome.executions) >= 2
+    first, last = outcome.executions[0], outcome.last
+    assert first.status == "SUCCEEDED"
+    assert first.entered()[-2:] == ["ContinueAsNew", "HandedOver"]
+    assert first.entered().count("Monitor") == 2
+    assert "PrepareRun" not in last.entered() and "RequestFleet" not in last.entered()
+    assert last.entered()[:3] == ["Validate", "IsResumed", "WaitForWork"]
+    assert last.status == "SUCCEEDED", (last.error, last.cause)
+    assert {r["run"]["run_id"] for e in outcome.executions for r in e.lambda_outputs("Validate")} == {
+        outcome.run_id
+    }
+    assert len(cloud.outputs("handover")) == 6
+    assert outcome.report["executions"] == len(outcome.executions)
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+@pytest.mark.parametrize("state", TASKS)
+def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lambdas, state):
+    handler = HANDLERS[state]
+    # The handler does its work and then fails (a crash after its side effects), except ContinueAsNew, which
+    # fails before starting the next execution (a run reaches it only when it hands over), and Report, which
+    # fails before writing: the report then comes from cleanup_on_exit, run by the rule on FAILED.
+    when = "before" if state in ("ContinueAsNew", "Report") else "after"
+    lambdas.inject_failure(handler, InjectedFault(f"injected into {state}"), when=when)
+    limits = {"handover_after_iterations": 1} if state == "ContinueAsNew" else {}
+
+    outcome = cloud.run(
+        cloud.spec(f"fault-{handler.replace('_', '-')}", shards=3, limits=limits), SLOW_WORKERS
+    )
+
+    assert outcome.status == "FAILED", outcome.entered()
+    assert outcome.error == "InjectedFault"
+    assert (state, "InjectedFault") in outcome.last.failures()
+    entered = outcome.last.entered()
+    if state == "Teardown":
+        assert entered[-3:] == ["Report", "DidItFail", "TeardownFailed"]
+    elif state == "Report":
+        assert entered[-3:] == ["Report", "DidItFail", "ReportFailed"]
+    else:
+        _assert_failed_through_teardown_and_report(outcome, "InjectedFault")
+    if state != "Validate":
+        assert outcome.report is not None and outcome.report["status"] == "failed"
+    assert_nothing_left(cloud.session, outcome.run_id)
