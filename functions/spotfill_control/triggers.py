@@ -43,11 +43,13 @@ from spotfill_control import shards, state_store
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
+from spotfill_control.instance_types import CATALOG
 from spotfill_control.run import RunState, Timeline, utcnow
 from spotfill_control.spec import BackfillSpec
 
 MANIFEST_PREFIX = "backfills/"
 MAX_MANIFEST_BYTES = 256 * 1024
+_LEADING_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+)\b")
 _PLACEHOLDER = re.compile(r"\{([^{}\s\"]*)\}")
 
 
@@ -99,7 +101,10 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
             message = "required field is missing"
         elif error["type"] == "extra_forbidden":
             message = "unknown field"
-        problems.append(f"{path}: {message}" if path else message)
+        if not path:  # a check across fields: its message starts with the field it blames
+            blamed = _LEADING_FIELD.match(message)
+            path = blamed.group(1) if blamed else "spec"
+        problems.append(f"{path}: {message}")
     return ". ".join(p.rstrip(".") for p in problems) + "."
 
 
@@ -234,6 +239,18 @@ def check_model_readable(spec: BackfillSpec, s3: Any) -> None:
         raise InvalidSpecError(f"model.uri: {spec.model.uri} {reason}.") from None
 
 
+def check_gpu_tasks(spec: BackfillSpec) -> None:
+    """Each GPU task reserves a whole GPU, so more tasks per instance than GPUs would never place."""
+    if not spec.fleet.uses_gpu:
+        return
+    gpus = min(CATALOG[name].gpus for name in spec.fleet.instance_types)
+    if spec.service.tasks_per_instance > gpus:
+        raise InvalidSpecError(
+            f"service.tasks_per_instance: {spec.service.tasks_per_instance} tasks need a GPU each, "
+            f"but the smallest GPU instance type has {gpus}."
+        )
+
+
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
     if not spec.fleet.subnets and not settings.default_subnets:
         raise InvalidSpecError("fleet.subnets: empty, and the stack sets no default subnets.")
@@ -256,6 +273,7 @@ def validate(event: ValidateEvent, s3: Any, settings: Settings, now: datetime | 
         state_store.persist(run, s3, settings.control_bucket)
         return run
     spec = request.spec
+    check_gpu_tasks(spec)
     check_subnets(spec, settings)
     check_model_readable(spec, s3)
     found = shards.list_shards(spec.input, s3)

@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from spotfill_control import aws
 from spotfill_control.config import Settings, settings
@@ -60,27 +61,42 @@ def npy_bytes(rows: int = 4) -> bytes:
 
 @dataclass
 class World:
+    """The moto world plus clients: the same cached clients the handlers use (an EC2 client costs ~1 s)."""
+
     settings: Settings
-    s3: Any
-    sqs: Any
-    ec2: Any
-    ecs: Any
-    ssm: Any
     subnets: list[str]
     shard_keys: list[str] = field(default_factory=list)
+
+    @property
+    def s3(self) -> Any:
+        return aws.client("s3")
+
+    @property
+    def sqs(self) -> Any:
+        return aws.client("sqs")
+
+    @property
+    def ec2(self) -> Any:
+        return aws.client("ec2")
+
+    @property
+    def ecs(self) -> Any:
+        return aws.client("ecs")
+
+    @property
+    def ssm(self) -> Any:
+        return aws.client("ssm")
 
     def put_json(self, bucket: str, key: str, document: Any) -> str:
         self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(document).encode())
         return f"s3://{bucket}/{key}"
 
-    def validate_event(
-        self, execution_input: Any, started_at: str = "2026-11-27T06:00:00Z"
-    ) -> dict[str, Any]:
+    def validate_event(self, execution_input: Any, started_at: str | None = None) -> dict[str, Any]:
         return {
             "input": execution_input,
             "execution_arn": EXECUTION_ARN,
             "state_machine_arn": STATE_MACHINE_ARN,
-            "started_at": started_at,
+            "started_at": started_at or datetime.now(UTC).isoformat(),
         }
 
     def register_instance(self, cluster: str) -> str:
@@ -97,22 +113,59 @@ class World:
         return self.ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
 
 
+# Building a botocore client costs up to a second (EC2's model is large). A client is not tied to one moto
+# mock (each `mock_aws()` intercepts every client's requests with fresh state), so this tier builds each
+# client once per session; clients are still created lazily, inside a mock, with this tier's environment.
+_CLIENT_POOL: dict[tuple[str, int], Any] = {}
+_boto3_client = boto3.client
+
+
+def _pooled_client(service: str, *args: Any, **kwargs: Any) -> Any:
+    if args or set(kwargs) - {"config"}:
+        return _boto3_client(service, *args, **kwargs)
+    key = (service, id(kwargs.get("config")))
+    if key not in _CLIENT_POOL:
+        _CLIENT_POOL[key] = _boto3_client(service, **kwargs)
+    return _CLIENT_POOL[key]
+
+
 @pytest.fixture
-def moto_aws() -> Iterator[None]:
+def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with mock_aws():
         aws.reset_clients()
+        monkeypatch.setattr(boto3, "client", _pooled_client)
         yield
     aws.reset_clients()
 
 
-def _build_world(monkeypatch: pytest.MonkeyPatch) -> World:
-    s3 = boto3.client("s3", region_name=REGION)
-    ec2 = boto3.client("ec2", region_name=REGION)
-    ssm = boto3.client("ssm", region_name=REGION)
-    iam = boto3.client("iam", region_name=REGION)
-    logs = boto3.client("logs", region_name=REGION)
-    sns = boto3.client("sns", region_name=REGION)
+FAKE_ENVIRONMENT = {
+    "CONTROL_BUCKET": CONTROL_BUCKET,
+    "WORKER_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spotfill-worker:test",
+    "TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-task",
+    "EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-execution",
+    "FLEET_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-fleet",
+    "INSTANCE_PROFILE_ARN": "arn:aws:iam::123456789012:instance-profile/spotfill-instance",
+    "LAUNCH_TEMPLATE_ID": "lt-0123456789abcdef0",
+    "SECURITY_GROUP_ID": "sg-0123456789abcdef0",
+    "DEFAULT_SUBNETS": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
+    "WORKER_LOG_GROUP": "/spotfill/worker",
+    "NOTIFICATION_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:spotfill-runs",
+    "EVENT_BUS_NAME": "default",
+    "POWERTOOLS_SERVICE_NAME": "spotfill-test",
+}
 
+
+def _apply_environment(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> Settings:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings.cache_clear()
+    return settings()
+
+
+def _build_s3_world(monkeypatch: pytest.MonkeyPatch) -> World:
+    """Buckets, three .npy shards and a model object: all Validate needs."""
+    aws.reset_clients()
+    s3 = aws.client("s3")
     for bucket in (CONTROL_BUCKET, DATA_BUCKET):
         s3.create_bucket(Bucket=bucket)
     shard_keys = [f"inputs/digits/part-{i:05d}.npy" for i in range(3)]
@@ -120,56 +173,48 @@ def _build_world(monkeypatch: pytest.MonkeyPatch) -> World:
         s3.put_object(Bucket=DATA_BUCKET, Key=key, Body=npy_bytes())
     s3.put_object(Bucket=DATA_BUCKET, Key="inputs/digits/_SUCCESS", Body=b"")
     s3.put_object(Bucket=DATA_BUCKET, Key="models/digits.keras", Body=b"not really a model")
+    return World(
+        settings=_apply_environment(monkeypatch, FAKE_ENVIRONMENT),
+        subnets=FAKE_ENVIRONMENT["DEFAULT_SUBNETS"].split(","),
+        shard_keys=shard_keys,
+    )
 
+
+def _build_world(monkeypatch: pytest.MonkeyPatch) -> World:
+    """What the stack creates for the fleet: launch template (IMDSv2), subnets, security group, log group.
+
+    Roles and the instance profile are ARNs only: nothing in moto checks them."""
+    world = _build_s3_world(monkeypatch)
+    ec2, ssm = world.ec2, world.ssm
     ami = ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
-    profile = iam.create_instance_profile(InstanceProfileName="spotfill-instance")["InstanceProfile"]
     template_id = ec2.create_launch_template(
         LaunchTemplateName="spotfill-fleet",
         LaunchTemplateData={
             "ImageId": ami,
-            "IamInstanceProfile": {"Arn": profile["Arn"]},
+            "IamInstanceProfile": {"Arn": FAKE_ENVIRONMENT["INSTANCE_PROFILE_ARN"]},
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         },
     )["LaunchTemplate"]["LaunchTemplateId"]
-    trust = json.dumps({"Version": "2012-10-17", "Statement": []})
-    roles = {
-        name: iam.create_role(RoleName=name, AssumeRolePolicyDocument=trust)["Role"]["Arn"]
-        for name in ("spotfill-fleet", "spotfill-task", "spotfill-execution")
-    }
     subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s.get("DefaultForAz"))[:2]
     group = ec2.create_security_group(GroupName="spotfill-fleet", Description="no ingress")["GroupId"]
-    logs.create_log_group(logGroupName="/spotfill/worker")
-    topic = sns.create_topic(Name="spotfill-runs")["TopicArn"]
-
+    aws.client("logs").create_log_group(logGroupName="/spotfill/worker")
+    topic = aws.client("sns").create_topic(Name="spotfill-runs")["TopicArn"]
     environment = {
-        "CONTROL_BUCKET": CONTROL_BUCKET,
-        "WORKER_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spotfill-worker:test",
-        "TASK_ROLE_ARN": roles["spotfill-task"],
-        "EXECUTION_ROLE_ARN": roles["spotfill-execution"],
-        "FLEET_ROLE_ARN": roles["spotfill-fleet"],
-        "INSTANCE_PROFILE_ARN": profile["Arn"],
+        **FAKE_ENVIRONMENT,
         "LAUNCH_TEMPLATE_ID": template_id,
         "SECURITY_GROUP_ID": group,
         "DEFAULT_SUBNETS": ",".join(subnets),
-        "WORKER_LOG_GROUP": "/spotfill/worker",
         "NOTIFICATION_TOPIC_ARN": topic,
-        "EVENT_BUS_NAME": "default",
-        "POWERTOOLS_SERVICE_NAME": "spotfill-test",
     }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
+    world.settings = _apply_environment(monkeypatch, environment)
+    world.subnets = subnets
+    return world
+
+
+@pytest.fixture
+def s3_world(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    yield _build_s3_world(monkeypatch)
     settings.cache_clear()
-    aws.reset_clients()
-    return World(
-        settings=settings(),
-        s3=s3,
-        sqs=boto3.client("sqs", region_name=REGION),
-        ec2=ec2,
-        ecs=boto3.client("ecs", region_name=REGION),
-        ssm=ssm,
-        subnets=subnets,
-        shard_keys=shard_keys,
-    )
 
 
 @pytest.fixture
@@ -181,3 +226,39 @@ def world(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
 @pytest.fixture
 def now() -> datetime:
     return datetime(2026, 11, 27, 6, 0, 5, tzinfo=UTC)
+
+
+class FailingClient:
+    """A real (moto) client whose named operation fails with the given AWS error code, `times` times."""
+
+    def __init__(self, inner: Any, operation: str, code: str = "InvalidParameterValue", times: int = 10**9):
+        self._inner, self._operation, self._code, self.remaining = inner, operation, code, times
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name != self._operation:
+            return attribute
+
+        def failing(**kwargs: Any) -> Any:
+            self.calls += 1
+            if self.remaining > 0:
+                self.remaining -= 1
+                raise ClientError(
+                    {"Error": {"Code": self._code, "Message": "injected"}, "ResponseMetadata": {}}, name
+                )
+            return attribute(**kwargs)
+
+        return failing
+
+
+def validated_run(world: World, lambda_context: Any, **overrides: Any) -> dict[str, Any]:
+    from spotfill_control.handlers import validate
+
+    return validate.handler(world.validate_event(sample_spec(**overrides)), lambda_context)["run"]
+
+
+def prepared_run(world: World, lambda_context: Any, **overrides: Any) -> dict[str, Any]:
+    from spotfill_control.handlers import prepare_run
+
+    return prepare_run.handler({"run": validated_run(world, lambda_context, **overrides)}, lambda_context)

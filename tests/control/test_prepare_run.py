@@ -1,0 +1,253 @@
+"""PrepareRun: queues and messages, shard list, cluster, task definition and launch template version."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from spotfill_control import cluster, fleet, state_store
+from spotfill_control.errors import SpotfillError
+from spotfill_control.handlers import prepare_run as prepare_handler
+from spotfill_control.prepare import prepare_run
+from spotfill_control.run import RUN_ID_TAG, RunState
+from spotfill_control.spec import BackfillSpec
+
+from .conftest import CONTROL_BUCKET, DATA_BUCKET, FailingClient, prepared_run, sample_spec, validated_run
+
+
+def pure_run(**overrides) -> RunState:
+    return RunState(
+        run_id="demo-20261127060000-abcdef", spec=BackfillSpec.model_validate(sample_spec(**overrides))
+    )
+
+
+# ---------------------------------------------------------------------------------------------- pure
+
+
+def test_task_definition_configures_the_worker_from_the_spec(s3_world):
+    run = pure_run(input__id_column="id", service__batch_size=256)
+    definition = cluster.task_definition(run, s3_world.settings, "https://queue", "us-east-1")
+    container = definition["containerDefinitions"][0]
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert definition["family"] == "spotfill-demo-20261127060000-abcdef"
+    assert definition["taskRoleArn"] == s3_world.settings.task_role_arn
+    assert definition["executionRoleArn"] == s3_world.settings.execution_role_arn
+    assert (definition["cpu"], definition["memory"]) == ("1024", "2048")
+    assert env == {
+        "SPOTFILL_RUN_ID": run.run_id,
+        "SPOTFILL_QUEUE_URL": "https://queue",
+        "SPOTFILL_MODEL_URI": f"s3://{DATA_BUCKET}/models/digits.keras",
+        "SPOTFILL_INPUT_FORMAT": "npy",
+        "SPOTFILL_OUTPUT_FORMAT": "parquet",
+        "SPOTFILL_ID_COLUMN": "id",
+        "SPOTFILL_IMAGE_SCALE": "unit",
+        "SPOTFILL_BATCH_SIZE": "256",
+        "SPOTFILL_VISIBILITY_TIMEOUT": "120",
+        "SPOTFILL_STOP_TIMEOUT": "120",
+    }
+    assert container["stopTimeout"] == 120
+    assert container["image"] == s3_world.settings.worker_image
+    assert container["logConfiguration"] == {
+        "logDriver": "awslogs",
+        "options": {
+            "awslogs-group": "/spotfill/worker",
+            "awslogs-region": "us-east-1",
+            "awslogs-stream-prefix": run.run_id,
+        },
+    }
+    assert "resourceRequirements" not in container
+
+
+def test_gpu_fleets_reserve_one_gpu_per_task(s3_world):
+    run = pure_run(fleet__instance_types=["g4dn.xlarge", "g5.xlarge"], service__memory=4096)
+    container = cluster.task_definition(run, s3_world.settings, "q", "us-east-1")["containerDefinitions"][0]
+    assert container["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+
+
+def test_user_data_joins_the_run_cluster_with_spot_draining():
+    script = base64.b64decode(fleet.user_data(pure_run())).decode()
+    assert script.startswith("#!/bin/bash\n")
+    assert "ECS_CLUSTER=spotfill-demo-20261127060000-abcdef\n" in script
+    assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\n" in script
+    assert ">> /etc/ecs/ecs.config" in script
+    assert "ECS_ENABLE_GPU_SUPPORT" not in script
+
+
+def test_launch_template_version_keeps_the_base_and_sets_gpu_ami_for_gpu_fleets():
+    base = {"ImageId": "ami-cpu", "MetadataOptions": {"HttpTokens": "required"}, "KeyName": "never-copied"}
+    gpu_run = pure_run(fleet__instance_types=["g4dn.xlarge"], service__memory=4096)
+    data = fleet.launch_template_data(gpu_run, base, gpu_image_id="ami-gpu")
+    assert data["ImageId"] == "ami-gpu"
+    assert data["MetadataOptions"] == {"HttpTokens": "required"}
+    assert "KeyName" not in data
+    assert "ECS_ENABLE_GPU_SUPPORT=true" in base64.b64decode(data["UserData"]).decode()
+    assert {spec["ResourceType"] for spec in data["TagSpecifications"]} == {"instance", "volume"}
+
+
+# ---------------------------------------------------------------------------------------------- handler, moto
+
+
+def _attributes(world, url: str) -> dict[str, str]:
+    return world.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+
+@pytest.mark.aws
+def test_prepare_creates_an_encrypted_queue_and_dead_letter_queue_for_the_run(world, lambda_context):
+    run = prepared_run(world, lambda_context)
+    resources = run["resources"]
+    assert resources["queue_url"].endswith(f"/spotfill-{run['run_id']}")
+    assert resources["dead_letter_queue_url"].endswith(f"/spotfill-{run['run_id']}-dlq")
+    queue, dlq = (
+        _attributes(world, resources["queue_url"]),
+        _attributes(world, resources["dead_letter_queue_url"]),
+    )
+    assert json.loads(queue["RedrivePolicy"]) == {
+        "deadLetterTargetArn": dlq["QueueArn"],
+        "maxReceiveCount": 3,
+    }
+    assert queue["VisibilityTimeout"] == "120"
+    assert queue["MessageRetentionPeriod"] == dlq["MessageRetentionPeriod"] == str(14 * 86400)
+    assert queue["SqsManagedSseEnabled"] == dlq["SqsManagedSseEnabled"] == "true"
+    for url in (resources["queue_url"], resources["dead_letter_queue_url"]):
+        assert world.sqs.list_queue_tags(QueueUrl=url)["Tags"] == {RUN_ID_TAG: run["run_id"]}
+
+
+@pytest.mark.aws
+def test_prepare_queues_one_message_per_shard_and_writes_the_shard_list(world, lambda_context):
+    run = prepared_run(world, lambda_context)
+    bodies = []
+    while messages := world.sqs.receive_message(
+        QueueUrl=run["resources"]["queue_url"], MaxNumberOfMessages=10
+    ).get("Messages"):
+        bodies.extend(json.loads(m["Body"]) for m in messages)
+    expected = [
+        {
+            "run_id": run["run_id"],
+            "shard": f"s3://{DATA_BUCKET}/inputs/digits/part-{i:05d}.npy",
+            "output": f"s3://{DATA_BUCKET}/outputs/digits/part-{i:05d}.parquet",
+            "error": f"s3://{CONTROL_BUCKET}/runs/{run['run_id']}/errors/part-{i:05d}.npy.json",
+        }
+        for i in range(3)
+    ]
+    assert sorted(bodies, key=lambda b: b["shard"]) == expected
+    listed = json.loads(
+        world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run['run_id']}/shards.json")["Body"].read()
+    )
+    assert listed == {
+        "run_id": run["run_id"],
+        "shards": [{**b, "skipped": False} for b in expected for _ in [b.pop("run_id")]],
+    }
+    assert (run["phase"], run["shards_total"], run["shards_skipped"]) == ("prepared", 3, 0)
+    assert run["timeline"]["prepared_at"]
+
+
+@pytest.mark.aws
+def test_prepare_skips_shards_whose_output_already_exists(world, lambda_context):
+    world.s3.put_object(Bucket=DATA_BUCKET, Key="outputs/digits/part-00001.parquet", Body=b"done before")
+    run = prepared_run(world, lambda_context)
+    attributes = _attributes(world, run["resources"]["queue_url"])
+    assert attributes["ApproximateNumberOfMessages"] == "2"
+    assert (run["shards_total"], run["shards_skipped"]) == (3, 1)
+    assert run["progress"]["state"] == "running"
+
+
+@pytest.mark.aws
+def test_a_run_whose_outputs_all_exist_is_done_before_any_fleet(world, lambda_context):
+    for i in range(3):
+        world.s3.put_object(Bucket=DATA_BUCKET, Key=f"outputs/digits/part-{i:05d}.parquet", Body=b"done")
+    run = prepared_run(world, lambda_context)
+    assert (run["shards_total"], run["shards_skipped"], run["progress"]["state"]) == (3, 3, "done")
+
+
+@pytest.mark.aws
+def test_prepare_creates_the_run_cluster_task_definition_and_launch_template_version(world, lambda_context):
+    run = prepared_run(world, lambda_context)
+    resources, name = run["resources"], f"spotfill-{run['run_id']}"
+    described = world.ecs.describe_clusters(clusters=[name], include=["TAGS"])["clusters"][0]
+    assert (described["status"], resources["cluster_name"]) == ("ACTIVE", name)
+    assert {"key": RUN_ID_TAG, "value": run["run_id"]} in described["tags"]
+    definition = world.ecs.describe_task_definition(taskDefinition=resources["task_definition_arn"])[
+        "taskDefinition"
+    ]
+    assert definition["family"] == name
+    version = world.ec2.describe_launch_template_versions(
+        LaunchTemplateId=world.settings.launch_template_id,
+        Versions=[str(resources["launch_template_version"])],
+    )["LaunchTemplateVersions"][0]
+    data = version["LaunchTemplateData"]
+    assert f"ECS_CLUSTER={name}" in base64.b64decode(data["UserData"]).decode()
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["ImageId"].startswith("ami-")
+    assert run["run_id"] in version["VersionDescription"]
+
+
+def _created_resources(world, run_id: str) -> dict[str, bool]:
+    """What exists in AWS for the run, found by name, independent of the run state."""
+    name = f"spotfill-{run_id}"
+    queues = world.sqs.list_queues(QueueNamePrefix=name).get("QueueUrls", [])
+    clusters = world.ecs.describe_clusters(clusters=[name])["clusters"]
+    families = world.ecs.list_task_definitions(familyPrefix=name)["taskDefinitionArns"]
+    versions = world.ec2.describe_launch_template_versions(LaunchTemplateId=world.settings.launch_template_id)
+    return {
+        "dead_letter_queue_url": any(q.endswith("-dlq") for q in queues),
+        "queue_url": any(not q.endswith("-dlq") for q in queues),
+        "cluster_name": any(c["status"] == "ACTIVE" for c in clusters),
+        "task_definition_arn": bool(families),
+        "launch_template_version": any(
+            run_id in v.get("VersionDescription", "") for v in versions["LaunchTemplateVersions"]
+        ),
+    }
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("client_name", "operation"),
+    [
+        ("sqs", "get_queue_attributes"),  # after the dead-letter queue exists
+        ("sqs", "send_message_batch"),  # after both queues exist
+        ("ecs", "register_task_definition"),  # after queues and cluster exist
+        ("ec2", "create_launch_template_version"),  # after everything but the template version exists
+    ],
+)
+def test_failure_halfway_leaves_every_created_resource_recorded_for_teardown(
+    world, lambda_context, client_name, operation
+):
+    # given a validated run and one AWS call that fails mid-way
+    run = RunState.model_validate(validated_run(world, lambda_context))
+    clients = {name: getattr(world, name) for name in ("s3", "sqs", "ecs", "ec2", "ssm")}
+    clients[client_name] = FailingClient(clients[client_name], operation)
+    # when PrepareRun fails
+    with pytest.raises(SpotfillError if client_name != "sqs" else Exception):
+        prepare_run(run, settings=world.settings, **clients)
+    # then everything that exists in AWS is in the persisted run state teardown reads
+    stored = state_store.load(run.run_id, world.s3)
+    exists = _created_resources(world, run.run_id)
+    assert any(exists.values())
+    for field, created in exists.items():
+        assert (getattr(stored.resources, field) is not None) == created, field
+
+
+@pytest.mark.aws
+def test_retried_prepare_reuses_what_the_failed_attempt_created(world, lambda_context):
+    # given an attempt that failed after the queues and the cluster existed
+    run = RunState.model_validate(validated_run(world, lambda_context))
+    failing_ecs = FailingClient(world.ecs, "register_task_definition", times=1)
+    clients = {"s3": world.s3, "sqs": world.sqs, "ec2": world.ec2, "ssm": world.ssm}
+    with pytest.raises(SpotfillError):
+        prepare_run(run, settings=world.settings, ecs=failing_ecs, **clients)
+    first = state_store.load(run.run_id, world.s3).resources
+    # when the state is retried with the run it was given the first time
+    prepared = prepare_run(run, settings=world.settings, ecs=failing_ecs, **clients)
+    # then the queues and cluster are the same, and the rest was created once
+    assert prepared.resources.queue_url == first.queue_url
+    assert prepared.resources.cluster_name == first.cluster_name
+    assert prepared.resources.task_definition_arn.endswith(":1")
+    assert len(world.sqs.list_queues(QueueNamePrefix=f"spotfill-{run.run_id}")["QueueUrls"]) == 2
+
+
+@pytest.mark.aws
+def test_prepare_handler_returns_the_run_it_persisted(world, lambda_context):
+    validated = validated_run(world, lambda_context)
+    run = prepare_handler.handler({"run": validated, "error": None}, lambda_context)
+    assert state_store.load(run["run_id"], world.s3).model_dump(mode="json") == run

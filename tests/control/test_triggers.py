@@ -1,0 +1,479 @@
+"""Validate: every trigger normalises to one spec; every bad input names its field before money is spent."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from spotfill_control import state_store
+from spotfill_control.errors import InvalidSpecError
+from spotfill_control.handlers import validate as validate_handler
+from spotfill_control.triggers import (
+    new_run_id,
+    placeholder_values,
+    resolve_placeholders,
+    spec_from_document,
+)
+
+from .conftest import CONTROL_BUCKET, DATA_BUCKET, EXECUTION_ARN, sample_spec
+
+EVENTS = Path(__file__).parent / "events"
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def without(path: str) -> dict[str, Any]:
+    spec = sample_spec()
+    *parents, last = path.split(".")
+    node = spec
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return spec
+
+
+def with_value(path: str, value: Any) -> dict[str, Any]:
+    spec = sample_spec()
+    *parents, last = path.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return spec
+
+
+# (case id, spec document, field path the message must name, reason it must give)
+INVALID_SPECS = [
+    ("missing-input", without("input"), "input", "required field is missing"),
+    ("missing-fleet", without("fleet"), "fleet", "required field is missing"),
+    ("missing-model-uri", without("model.uri"), "model.uri", "required field is missing"),
+    ("unknown-input-format", with_value("input.format", "xls"), "input.format", "Input should be"),
+    ("input-not-s3", with_value("input.uri", "https://example.com/in/"), "input.uri", "s3://"),
+    ("input-whole-bucket", with_value("input.uri", f"s3://{DATA_BUCKET}/"), "input.uri", "must be a prefix"),
+    (
+        "input-neither-prefix-nor-list",
+        with_value("input.uri", f"s3://{DATA_BUCKET}/in/x.npy"),
+        "input.uri",
+        "'/'",
+    ),
+    ("output-not-prefix", with_value("output.uri", f"s3://{DATA_BUCKET}/out"), "output.uri", "ending in '/'"),
+    ("unknown-output-format", with_value("output.format", "csv"), "output.format", "Input should be"),
+    ("model-wrong-kind", with_value("model.uri", f"s3://{DATA_BUCKET}/m.h5"), "model.uri", ".keras"),
+    (
+        "unknown-instance-type",
+        with_value("fleet.instance_types", ["c5.huge"]),
+        "fleet.instance_types",
+        "unknown instance type(s) c5.huge",
+    ),
+    ("no-instance-types", with_value("fleet.instance_types", []), "fleet.instance_types", "at least 1"),
+    (
+        "instance-type-mistyped",
+        with_value("fleet.instance_types", [42]),
+        "fleet.instance_types[0]",
+        "valid string",
+    ),
+    (
+        "gpu-and-cpu-mixed",
+        with_value("fleet.instance_types", ["c5.xlarge", "g4dn.xlarge"]),
+        "fleet.instance_types",
+        "mixes GPU and CPU",
+    ),
+    (
+        "instance-type-twice",
+        with_value("fleet.instance_types", ["c5.xlarge", "c5.xlarge"]),
+        "fleet.instance_types",
+        "twice",
+    ),
+    (
+        "capacity-zero",
+        with_value("fleet.target_capacity", 0),
+        "fleet.target_capacity",
+        "greater than or equal",
+    ),
+    (
+        "capacity-mistyped",
+        with_value("fleet.target_capacity", "four"),
+        "fleet.target_capacity",
+        "valid integer",
+    ),
+    (
+        "unknown-allocation-strategy",
+        with_value("fleet.allocation_strategy", "cheapest"),
+        "fleet.allocation_strategy",
+        "priceCapacityOptimized",
+    ),
+    ("negative-budget", with_value("fleet.max_hourly_price", -1), "fleet.max_hourly_price", "greater than 0"),
+    ("bad-subnet-id", with_value("fleet.subnets", ["sn-123"]), "fleet.subnets", "not subnet ids: sn-123"),
+    ("zero-tasks", with_value("service.tasks_per_instance", 0), "service.tasks_per_instance", "greater than"),
+    ("zero-batch", with_value("service.batch_size", 0), "service.batch_size", "greater than"),
+    ("task-too-big", with_value("service.memory", 16384), "service.memory", "does not fit"),
+    ("runtime-too-short", with_value("limits.max_runtime_seconds", 10), "limits.max_runtime_seconds", "60"),
+    (
+        "runtime-beyond-30-days",
+        with_value("limits.max_runtime_seconds", 31 * 86_400),
+        "limits.max_runtime_seconds",
+        "less than or equal",
+    ),
+    ("zero-poll", with_value("limits.poll_interval_seconds", 0), "limits.poll_interval_seconds", "greater"),
+    (
+        "registration-outlasts-run",
+        with_value("limits.registration_timeout_seconds", 3600),
+        "limits.registration_timeout_seconds",
+        "shorter than limits.max_runtime_seconds",
+    ),
+    ("misspelt-field", with_value("fleeet", {}), "fleeet", "unknown field"),
+    ("misspelt-nested-field", with_value("limits.poll_interval", 5), "limits.poll_interval", "unknown field"),
+    ("name-with-spaces", with_value("name", "my backfill!"), "name", "pattern"),
+    (
+        "output-inside-input",
+        with_value("output.uri", f"s3://{DATA_BUCKET}/inputs/digits/out/"),
+        "output.uri",
+        "lies inside input.uri",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "reason"),
+    [case[1:] for case in INVALID_SPECS],
+    ids=[case[0] for case in INVALID_SPECS],
+)
+def test_invalid_spec_is_rejected_with_the_field_and_the_reason(document, field, reason):
+    # given a spec with one problem / when it is validated
+    with pytest.raises(InvalidSpecError) as raised:
+        spec_from_document(document)
+    # then the message names the field path first, then why
+    message = str(raised.value)
+    assert re.search(rf"(^|\. ){re.escape(field)}:", message), message
+    assert reason in message
+
+
+def test_every_problem_of_a_spec_is_reported_one_sentence_each():
+    document = with_value("fleet.target_capacity", 0)
+    document["limits"]["poll_interval_seconds"] = 0
+    with pytest.raises(InvalidSpecError) as raised:
+        spec_from_document(document)
+    sentences = str(raised.value).rstrip(".").split(". ")
+    assert [s.split(":")[0] for s in sentences] == ["fleet.target_capacity", "limits.poll_interval_seconds"]
+
+
+def test_spec_that_is_not_an_object_is_rejected():
+    with pytest.raises(InvalidSpecError, match=r"spec: must be a JSON object, got list"):
+        spec_from_document(["not", "a", "spec"])
+
+
+def test_valid_spec_gets_its_defaults():
+    spec = spec_from_document(sample_spec())
+    assert spec.fleet.allocation_strategy == "priceCapacityOptimized"
+    assert spec.output.format == "parquet"
+    assert spec.fleet.subnets == []
+
+
+# ---------------------------------------------------------------------------------------------- placeholders
+
+
+def test_placeholders_resolve_from_the_event_time_in_utc():
+    values = placeholder_values(datetime(2026, 3, 1, 0, 30, tzinfo=UTC))
+    assert values == {
+        "date": "2026-03-01",
+        "yesterday": "2026-02-28",
+        "year": "2026",
+        "month": "03",
+        "day": "01",
+        "hour": "00",
+    }
+
+
+def test_placeholders_resolve_inside_every_string_of_the_manifest():
+    manifest = {
+        "input": {"uri": "s3://b/in/dt={yesterday}/", "format": "npy"},
+        "tags": ["{year}/{month}/{day}T{hour}"],
+        "count": 3,
+    }
+    resolved = resolve_placeholders(manifest, datetime(2026, 11, 27, 6, tzinfo=UTC))
+    assert resolved == {
+        "input": {"uri": "s3://b/in/dt=2026-11-26/", "format": "npy"},
+        "tags": ["2026/11/27T06"],
+        "count": 3,
+    }
+
+
+def test_unknown_placeholder_names_the_field_that_holds_it():
+    with pytest.raises(InvalidSpecError, match=r"^input\.uri: unknown placeholder \{week\}"):
+        resolve_placeholders({"input": {"uri": "s3://b/{week}/"}}, datetime(2026, 11, 27, tzinfo=UTC))
+
+
+# ---------------------------------------------------------------------------------------------- run id
+
+
+def test_run_id_is_short_sortable_and_safe_for_queue_and_cluster_names():
+    first = new_run_id("My Very Long Backfill.Name_with_parts", datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC))
+    later = new_run_id("My Very Long Backfill.Name_with_parts", datetime(2026, 11, 27, 6, 0, 1, tzinfo=UTC))
+    assert re.fullmatch(r"my-very-long-backf-20261127060000-[0-9a-f]{6}", first), first
+    assert len(first) <= 40
+    assert first < later
+    assert re.fullmatch(r"[a-z0-9-]+", f"spotfill-{first}-dlq")
+
+
+def test_run_ids_of_one_second_are_unique():
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    assert len({new_run_id("demo", now) for _ in range(200)}) == 200
+
+
+# ---------------------------------------------------------------------------------------------- handler, moto
+
+
+@pytest.fixture
+def world(s3_world):
+    """Validate touches nothing but S3: the lighter world keeps these tests quick."""
+    return s3_world
+
+
+def invoke(world, execution_input, lambda_context) -> dict[str, Any]:
+    return validate_handler.handler(world.validate_event(execution_input), lambda_context)["run"]
+
+
+@pytest.mark.aws
+def test_spec_as_execution_input_becomes_a_persisted_run(world, lambda_context):
+    # given the spec itself as execution input / when Validate runs
+    event = world.validate_event(sample_spec(), started_at="2026-11-27T06:00:00Z")
+    run = validate_handler.handler(event, lambda_context)["run"]
+    # then the run carries the spec, its shards count, the execution and a timeline
+    assert run["source"] == "direct"
+    assert run["phase"] == "validated"
+    assert run["shards_total"] == 3
+    assert run["execution_arn"] == EXECUTION_ARN
+    assert run["timeline"]["started_at"] == "2026-11-27T06:00:00Z"
+    assert run["timeline"]["validated_at"]
+    assert run["run_id"].startswith("digits-demo-")
+    # and it is persisted, findable from the execution
+    stored = state_store.load_by_execution(EXECUTION_ARN, world.s3)
+    assert stored is not None and stored.run_id == run["run_id"]
+
+
+@pytest.mark.aws
+def test_manifest_uploaded_under_backfills_starts_a_run_from_its_content(world, lambda_context):
+    # given a manifest put under backfills/ and the EventBridge event S3 sends for it
+    world.put_json(CONTROL_BUCKET, "backfills/digits-demo.json", sample_spec(name="from-upload"))
+    # when Validate runs on the event
+    run = invoke(world, load_event("s3_manifest_created.json"), lambda_context)
+    # then the spec is the manifest's
+    assert run["source"] == "s3"
+    assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/backfills/digits-demo.json"
+    assert run["spec"]["name"] == "from-upload"
+
+
+@pytest.mark.aws
+def test_scheduled_manifest_reads_yesterdays_partition(world, lambda_context):
+    # given a scheduled manifest whose input is yesterday's date partition, and that partition's data
+    document = sample_spec()
+    document["input"]["uri"] = f"s3://{DATA_BUCKET}/inputs/dt={{yesterday}}/"
+    document["output"]["uri"] = f"s3://{DATA_BUCKET}/outputs/dt={{yesterday}}/"
+    world.put_json(CONTROL_BUCKET, "schedules/nightly.json", document)
+    world.s3.put_object(Bucket=DATA_BUCKET, Key="inputs/dt=2026-11-26/part-0.npy", Body=b"x")
+    # when the schedule fires at 2026-11-27T06:00Z
+    run = invoke(world, load_event("schedule_nightly.json"), lambda_context)
+    # then the placeholders resolved from the event time
+    assert run["source"] == "schedule"
+    assert run["spec"]["input"]["uri"] == f"s3://{DATA_BUCKET}/inputs/dt=2026-11-26/"
+    assert run["spec"]["output"]["uri"] == f"s3://{DATA_BUCKET}/outputs/dt=2026-11-26/"
+    assert run["shards_total"] == 1
+
+
+@pytest.mark.aws
+def test_resumed_run_passes_through_pointed_at_the_new_execution(world, lambda_context):
+    # given the state a previous execution handed over
+    previous = invoke(world, sample_spec(), lambda_context)
+    previous = {**previous, "phase": "monitoring", "executions": 2}
+    new_execution = EXECUTION_ARN.replace("exec-0001", "exec-0002")
+    # when the new execution validates it
+    event = world.validate_event({"resume": previous})
+    event["execution_arn"] = new_execution
+    run = validate_handler.handler(event, lambda_context)["run"]
+    # then nothing but the execution changed, and the new execution finds the run
+    assert run["run_id"] == previous["run_id"]
+    assert run["phase"] == "monitoring"
+    assert run["executions"] == 2
+    assert run["execution_arn"] == new_execution
+    assert state_store.load_by_execution(new_execution, world.s3).run_id == previous["run_id"]
+
+
+def _bad_manifest(world):
+    world.s3.put_object(Bucket=CONTROL_BUCKET, Key="backfills/digits-demo.json", Body=b'{"name": "x",')
+    return load_event("s3_manifest_created.json")
+
+
+def _manifest_elsewhere(world):
+    world.put_json(CONTROL_BUCKET, "uploads/digits-demo.json", sample_spec())
+    event = load_event("s3_manifest_created.json")
+    event["detail"]["object"]["key"] = "uploads/digits-demo.json"
+    return event
+
+
+def _manifest_in_other_bucket(world):
+    world.put_json(DATA_BUCKET, "backfills/digits-demo.json", sample_spec())
+    event = load_event("s3_manifest_created.json")
+    event["detail"]["bucket"]["name"] = DATA_BUCKET
+    return event
+
+
+def _manifest_gone(world):
+    return load_event("s3_manifest_created.json")
+
+
+def _manifest_with_bad_spec(world):
+    world.put_json(
+        CONTROL_BUCKET, "backfills/digits-demo.json", with_value("fleet.instance_types", ["c5.huge"])
+    )
+    return load_event("s3_manifest_created.json")
+
+
+def _event_without_key(world):
+    event = load_event("s3_manifest_created.json")
+    del event["detail"]["object"]["key"]
+    return event
+
+
+def _schedule_unknown_placeholder(world):
+    world.put_json(CONTROL_BUCKET, "schedules/nightly.json", with_value("input.uri", "s3://b/in/{week}/"))
+    return load_event("schedule_nightly.json")
+
+
+def _schedule_without_time(world):
+    return {"manifest": f"s3://{CONTROL_BUCKET}/schedules/nightly.json"}
+
+
+def _schedule_with_naive_time(world):
+    return {"manifest": f"s3://{CONTROL_BUCKET}/schedules/nightly.json", "time": "2026-11-27T06:00:00"}
+
+
+def _model_missing(world):
+    return with_value("model.uri", f"s3://{DATA_BUCKET}/models/missing.keras")
+
+
+def _input_empty(world):
+    return with_value("input.uri", f"s3://{DATA_BUCKET}/inputs/nothing-here/")
+
+
+def _input_wrong_format(world):
+    return with_value("input.format", "parquet")
+
+
+def _input_bucket_missing(world):
+    return with_value("input.uri", "s3://no-such-bucket-anywhere/inputs/")
+
+
+def _shard_list_with_bad_line(world):
+    world.s3.put_object(
+        Bucket=DATA_BUCKET,
+        Key="lists/shards.txt",
+        Body=f"s3://{DATA_BUCKET}/inputs/digits/part-00000.npy\n/local/file.npy\n".encode(),
+    )
+    return with_value("input.uri", f"s3://{DATA_BUCKET}/lists/shards.txt")
+
+
+def _shard_list_missing(world):
+    return with_value("input.uri", f"s3://{DATA_BUCKET}/lists/missing.json")
+
+
+def _not_an_object(world):
+    return ["a", "list"]
+
+
+def _gpu_tasks_exceed_gpus(world):
+    document = with_value("fleet.instance_types", ["g4dn.xlarge"])
+    document["service"]["tasks_per_instance"] = 2
+    document["service"]["memory"] = 4096
+    return document
+
+
+INVALID_INPUTS = [
+    ("manifest-malformed-json", _bad_manifest, r"manifest s3://\S+: not valid JSON"),
+    ("manifest-not-under-backfills", _manifest_elsewhere, r"manifest s3://\S+: must be under backfills/"),
+    (
+        "manifest-outside-control-bucket",
+        _manifest_in_other_bucket,
+        r"manifest s3://\S+: must be in the control",
+    ),
+    ("manifest-unreadable", _manifest_gone, r"manifest s3://\S+: cannot be read"),
+    ("manifest-invalid-spec", _manifest_with_bad_spec, r"manifest s3://\S+: fleet\.instance_types: unknown"),
+    ("s3-event-without-key", _event_without_key, r"S3 event: detail\.object\.key: required field"),
+    (
+        "schedule-unknown-placeholder",
+        _schedule_unknown_placeholder,
+        r"input\.uri: unknown placeholder \{week\}",
+    ),
+    ("schedule-without-time", _schedule_without_time, r"schedule event: time: required field"),
+    ("schedule-time-without-zone", _schedule_with_naive_time, r"schedule event: time: .*timezone"),
+    ("model-unreadable", _model_missing, r"model\.uri: s3://\S+ does not exist"),
+    ("input-prefix-empty", _input_empty, r"input\.uri: no npy shards found"),
+    ("input-has-no-shards-of-format", _input_wrong_format, r"input\.uri: no parquet shards found"),
+    (
+        "input-bucket-missing",
+        _input_bucket_missing,
+        r"input\.uri: .*bucket no-such-bucket-anywhere does not exist",
+    ),
+    (
+        "shard-list-bad-line",
+        _shard_list_with_bad_line,
+        r"input\.uri: s3://\S+ entry 2: '/local/file.npy' is not",
+    ),
+    ("shard-list-unreadable", _shard_list_missing, r"input\.uri: shard manifest s3://\S+ cannot be read"),
+    ("input-not-an-object", _not_an_object, r"^input: must be a JSON object"),
+    (
+        "gpu-tasks-exceed-gpus",
+        _gpu_tasks_exceed_gpus,
+        r"service\.tasks_per_instance: 2 tasks need a GPU each",
+    ),
+]
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("make_input", "expected"), [c[1:] for c in INVALID_INPUTS], ids=[c[0] for c in INVALID_INPUTS]
+)
+def test_invalid_trigger_fails_validate_naming_the_field(world, lambda_context, make_input, expected):
+    # given an execution input that is wrong in one way
+    execution_input = make_input(world)
+    # when Validate runs / then it fails with the field and the reason
+    with pytest.raises(InvalidSpecError) as raised:
+        invoke(world, execution_input, lambda_context)
+    assert re.search(expected, str(raised.value)), str(raised.value)
+    # and no run was created
+    listed = world.s3.list_objects_v2(Bucket=CONTROL_BUCKET, Prefix="runs/")
+    assert listed["KeyCount"] == 0
+
+
+@pytest.mark.aws
+def test_no_subnets_anywhere_is_a_spec_error(world, lambda_context, monkeypatch):
+    from spotfill_control.config import settings
+
+    monkeypatch.setenv("DEFAULT_SUBNETS", "")
+    settings.cache_clear()
+    with pytest.raises(
+        InvalidSpecError, match=r"^fleet\.subnets: empty, and the stack sets no default subnets"
+    ):
+        invoke(world, sample_spec(), lambda_context)
+
+
+@pytest.mark.aws
+def test_shard_list_input_counts_listed_shards(world, lambda_context):
+    keys = [f"s3://{DATA_BUCKET}/{k}" for k in world.shard_keys[:2]]
+    world.put_json(DATA_BUCKET, "lists/shards.json", keys)
+    run = invoke(world, with_value("input.uri", f"s3://{DATA_BUCKET}/lists/shards.json"), lambda_context)
+    assert run["shards_total"] == 2
+
+
+def test_sample_events_are_not_mutated_between_tests():
+    # the helpers above copy; a shared dict mutated in place would leak between parametrised cases
+    first = load_event("s3_manifest_created.json")
+    second = copy.deepcopy(first)
+    del first["detail"]["object"]["key"]
+    assert load_event("s3_manifest_created.json") == second
