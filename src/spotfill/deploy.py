@@ -165,7 +165,9 @@ def translate_template(
     previous_region = ArnGenerator.BOTO_SESSION_REGION_NAME
     ArnGenerator.BOTO_SESSION_REGION_NAME = region
     try:
-        translator = Translator(managed_policy_map={}, sam_parser=Parser())
+        translator = Translator(
+            managed_policy_map={}, sam_parser=Parser(), boto_session=boto3.session.Session(region_name=region)
+        )
         return translator.translate(
             sam_template,
             parameter_values=dict(parameter_values or {}),

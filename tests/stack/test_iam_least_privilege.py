@@ -1,0 +1,419 @@
+"""Least privilege: each AWS call a handler makes is granted to its function in template.yaml, and no more.
+
+The handlers run real scenarios in moto (the Step Functions harness of tests/sfn: the deployed stack, the real
+ASL, every Lambda in process) while `aws_calls.recording_aws_calls` records each call with its parameters and
+the handler that made it. Each call is turned into the permissions IAM would check (`iam_policies.needs_of`)
+and evaluated against the statements of that function's role as the translated template defines them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from spotfill.deploy import StackOutputs, deploy_stack, load_template, translate_template
+
+from .aws_calls import CallRecorder, RecordedCall, current_handler, recording_aws_calls
+from .iam_policies import (
+    Account,
+    Need,
+    Statement,
+    function_statements,
+    handler_functions,
+    is_allowed,
+    needs_of,
+)
+
+pytestmark = pytest.mark.aws
+
+REGION = "us-east-1"
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+# Grants no recorded scenario exercises, each with the reason it stays: (function or "*", action) -> reason.
+UNEXERCISED_BUT_NEEDED: dict[tuple[str, str], str] = {
+    (
+        "*",
+        "s3:ListBucket",
+    ): "without it S3 answers a missing key with 403, not 404 (HeadObject/GetObject probes)",
+    ("*", "logs:CreateLogGroup"): "the Lambda runtime writes the function's own logs",
+    ("*", "logs:CreateLogStream"): "the Lambda runtime writes the function's own logs",
+    ("*", "logs:PutLogEvents"): "the Lambda runtime writes the function's own logs",
+    ("ScaleServiceFunction", "ecs:UpdateService"): "a retried ScaleService finds its service and resizes it",
+    ("TeardownFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
+    ("CleanupOnExitFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
+    ("TeardownFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
+    ("CleanupOnExitFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
+}
+
+
+# ------------------------------------------------------------------------------------------ the recorder
+
+
+def test_recorder_attributes_each_call_to_the_handler_module_on_the_stack():
+    # given a function whose module is a handler module, and one that is not
+    handler_globals: dict[str, Any] = {"__name__": "spotfill_control.handlers.probe", "boto3": boto3}
+    exec(  # the stack lookup reads a frame's module name, so a module by that name is enough
+        "def handler():\n    return boto3.client('s3').list_buckets()\n", handler_globals
+    )
+    with mock_aws(), recording_aws_calls() as recorder:
+        # when both call AWS
+        handler_globals["handler"]()
+        boto3.client("sqs").list_queues()
+
+    # then only the handler's call is recorded, with its parameters
+    assert [(c.handler, c.service, c.operation) for c in recorder.calls] == [("probe", "s3", "ListBuckets")]
+    assert current_handler() is None
+
+
+def test_recorder_keeps_the_api_parameters_of_each_call():
+    handler_globals: dict[str, Any] = {"__name__": "spotfill_control.handlers.probe", "boto3": boto3}
+    exec(
+        "def handler():\n"
+        "    s3 = boto3.client('s3')\n"
+        "    s3.create_bucket(Bucket='bucket')\n"
+        "    s3.list_objects_v2(Bucket='bucket', Prefix='runs/')\n",
+        handler_globals,
+    )
+    with mock_aws(), recording_aws_calls() as recorder:
+        handler_globals["handler"]()
+    assert recorder.calls[-1].params == {"Bucket": "bucket", "Prefix": "runs/", "EncodingType": "url"}
+
+
+# ------------------------------------------------------------------------------------------ the evaluation
+
+
+def _account(**tags: str) -> Account:
+    return Account(
+        region=REGION,
+        account_id="123456789012",
+        role_of_instance_profile=lambda arn: "arn:aws:iam::123456789012:role/instance",
+        launch_template_data=lambda template, version: {"IamInstanceProfile": {"Arn": "arn:profile"}},
+        tags_of=lambda resource: tags,
+    )
+
+
+def _call(service: str, operation: str, **params: Any) -> RecordedCall:
+    return RecordedCall("probe", service, operation, params)
+
+
+def test_list_objects_needs_list_bucket_on_the_bucket_with_the_prefix_as_condition():
+    (need,) = needs_of(_call("s3", "ListObjectsV2", Bucket="b", Prefix="runs/r1/"), _account())
+    assert need == Need("s3:ListBucket", "arn:aws:s3:::b", {"s3:prefix": "runs/r1/"})
+    scoped = Statement(
+        "Allow", ("s3:ListBucket",), ("arn:aws:s3:::b",), {"StringLike": {"s3:prefix": "runs/*"}}
+    )
+    assert is_allowed([scoped], need)
+    other_prefix = needs_of(_call("s3", "ListObjectsV2", Bucket="b", Prefix="reports/"), _account())[0]
+    assert not is_allowed([scoped], other_prefix)
+
+
+def test_batch_calls_need_their_single_action_on_the_queue_named_by_its_url():
+    call = _call(
+        "sqs", "SendMessageBatch", QueueUrl="https://sqs.us-east-1.amazonaws.com/123456789012/spotfill-r1"
+    )
+    (need,) = needs_of(call, _account())
+    assert need == Need("sqs:SendMessage", "arn:aws:sqs:us-east-1:123456789012:spotfill-r1")
+    assert is_allowed(
+        [Statement("Allow", ("sqs:SendMessage",), ("arn:aws:sqs:us-east-1:123456789012:spotfill-*",), {})],
+        need,
+    )
+    assert not is_allowed(
+        [Statement("Allow", ("sqs:SendMessage",), ("arn:aws:sqs:us-east-1:123456789012:other-*",), {})], need
+    )
+
+
+def test_spot_fleet_request_needs_to_pass_the_fleet_role_and_the_instance_role_to_their_services():
+    call = _call(
+        "ec2",
+        "RequestSpotFleet",
+        SpotFleetRequestConfig={
+            "IamFleetRole": "arn:aws:iam::123456789012:role/fleet",
+            "LaunchTemplateConfigs": [
+                {"LaunchTemplateSpecification": {"LaunchTemplateId": "lt-1", "Version": "2"}}
+            ],
+            "TagSpecifications": [{"ResourceType": "spot-fleet-request", "Tags": []}],
+        },
+    )
+    needs = needs_of(call, _account())
+    assert (
+        Need(
+            "iam:PassRole",
+            "arn:aws:iam::123456789012:role/fleet",
+            {"iam:PassedToService": "spotfleet.amazonaws.com"},
+        )
+        in needs
+    )
+    assert (
+        Need(
+            "iam:PassRole",
+            "arn:aws:iam::123456789012:role/instance",
+            {"iam:PassedToService": "ec2.amazonaws.com"},
+        )
+        in needs
+    )
+    pass_fleet_to_ec2 = Statement(
+        "Allow",
+        ("iam:PassRole",),
+        ("arn:aws:iam::123456789012:role/fleet",),
+        {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+    )
+    assert not is_allowed([pass_fleet_to_ec2], needs[1])
+
+
+def test_explicit_deny_wins_and_a_missing_condition_key_does_not_match():
+    need = Need("ec2:TerminateInstances", "arn:aws:ec2:us-east-1:123456789012:instance/i-1", {})
+    tagged_only = Statement(
+        "Allow",
+        ("ec2:TerminateInstances",),
+        ("*",),
+        {"StringEquals": {"aws:ResourceTag/spotfill:stack": "s"}},
+    )
+    assert not is_allowed([tagged_only], need)
+    tagged = needs_of(
+        _call("ec2", "TerminateInstances", InstanceIds=["i-1"]), _account(**{"spotfill:stack": "s"})
+    )[0]
+    assert is_allowed([tagged_only], tagged)
+    assert not is_allowed([tagged_only, Statement("Deny", ("ec2:*",), ("*",), {})], tagged)
+
+
+# ------------------------------------------------------------------------------------------ the policies
+
+
+@pytest.fixture(scope="module")
+def translated() -> dict:
+    return translate_template(load_template(), region=REGION)
+
+
+def test_each_function_is_granted_only_its_own_statements(translated):
+    with mock_aws():
+        session = boto3.session.Session(region_name=REGION)
+        deploy_stack("policies", session=session)
+        physical = _physical_ids(session, "policies")
+        grants = function_statements(translated, physical, session.client("iam"))
+
+    queue = Need("sqs:CreateQueue", "arn:aws:sqs:us-east-1:123456789012:spotfill-r1")
+    assert is_allowed(grants["PrepareRunFunction"], queue)
+    assert not is_allowed(
+        grants["PrepareRunFunction"], Need("sqs:CreateQueue", "arn:aws:sqs:us-east-1:123456789012:other")
+    )
+    assert not is_allowed(grants["ValidateFunction"], queue)
+    assert set(handler_functions(translated)) == {
+        "validate",
+        "prepare_run",
+        "request_fleet",
+        "check_registration",
+        "scale_service",
+        "monitor",
+        "continue_as_new",
+        "teardown",
+        "report",
+        "cleanup_on_exit",
+    }
+
+
+def test_no_policy_grants_a_full_access_action_or_resource_wildcard_on_a_service(translated):
+    roles = [r for r in translated["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
+    text = json.dumps(roles)
+    assert "FullAccess" not in text
+    for role in roles:
+        for policy in role["Properties"].get("Policies", []):
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = (
+                    [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+                )
+                assert not any(a == "*" or a.endswith(":*") for a in actions), (policy["PolicyName"], actions)
+
+
+# ------------------------------------------------------------------------------------------ the scenarios
+
+
+@dataclass
+class Recorded:
+    calls: CallRecorder
+    grants: dict[str, list[Statement]]
+    functions: dict[str, str]  # handler module -> function logical id
+    account: Account
+    needs: dict[RecordedCall, list[Need]]
+
+
+def _physical_ids(session: boto3.session.Session, stack_name: str) -> dict[str, str]:
+    ids = {}
+    for page in (
+        session.client("cloudformation").get_paginator("list_stack_resources").paginate(StackName=stack_name)
+    ):
+        for resource in page["StackResourceSummaries"]:
+            ids[resource["LogicalResourceId"]] = resource["PhysicalResourceId"]
+    return ids
+
+
+def _account_of(session: boto3.session.Session, stack: StackOutputs) -> Account:
+    iam, ec2 = session.client("iam"), session.client("ec2")
+
+    def role_of_instance_profile(arn: str) -> str:
+        (role,) = iam.get_instance_profile(InstanceProfileName=arn.rsplit("/", 1)[-1])["InstanceProfile"][
+            "Roles"
+        ]
+        return role["Arn"]
+
+    def launch_template_data(template_id: str, version: str) -> dict:
+        # Teardown deletes a run's own version; it derives from the stack's version and keeps its profile.
+        for wanted in (version, "$Default"):
+            try:
+                (found,) = ec2.describe_launch_template_versions(
+                    LaunchTemplateId=template_id, Versions=[wanted]
+                )["LaunchTemplateVersions"]
+                return found["LaunchTemplateData"]
+            except ec2.exceptions.ClientError:
+                continue
+        raise AssertionError(f"launch template {template_id} has neither version {version} nor a default")
+
+    def tags_of(resource_id: str) -> dict[str, str]:
+        described = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [resource_id]}])["Tags"]
+        return {t["Key"]: t["Value"] for t in described}
+
+    return Account(REGION, "123456789012", role_of_instance_profile, launch_template_data, tags_of)
+
+
+def _validate_event(stack: StackOutputs, execution_input: Any) -> dict:
+    name = f"privilege-{uuid.uuid4().hex[:8]}"
+    return {
+        "input": execution_input,
+        "execution_arn": stack.state_machine_arn.replace(":stateMachine:", ":execution:") + f":{name}",
+        "state_machine_arn": stack.state_machine_arn,
+        "started_at": "2026-11-27T03:00:00Z",
+    }
+
+
+def _invoke(cloud: Any, logical_id: str, event: dict) -> Any:
+    response = cloud.session.client("lambda").invoke(
+        FunctionName=cloud.stack.function(logical_id).name, Payload=json.dumps(event).encode()
+    )
+    payload = json.loads(response["Payload"].read())
+    assert "FunctionError" not in response, payload
+    return payload
+
+
+def _abort_while_monitoring(cloud: Any, spec: dict) -> None:
+    """Start a run, stop its execution once it monitors, and deliver the ABORTED status change."""
+    from sfn.harness import Knobs, Physics
+
+    physics = Physics(cloud.session, Knobs(stop_after=0))
+    physics.start()
+    try:
+        execution_arn = cloud.start(spec)
+        deadline = time.monotonic() + 30
+        while "Monitor" not in _entered(cloud, execution_arn):
+            assert time.monotonic() < deadline, _entered(cloud, execution_arn)
+            time.sleep(0.2)
+        cloud.sfn.stop_execution(executionArn=execution_arn, error="Aborted", cause="least-privilege test")
+        result = cloud.wait(execution_arn)
+        assert result.status == "ABORTED"
+        assert cloud.deliver_status_change(result) == [cloud.stack.function("CleanupOnExitFunction").arn]
+    finally:
+        physics.stop()
+
+
+def _entered(cloud: Any, execution_arn: str) -> list[str]:
+    events = cloud.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+    return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
+
+
+@pytest.fixture(scope="module")
+def recorded(translated) -> Iterator[Recorded]:
+    from sfn.harness import Knobs, assert_nothing_left, deployed_cloud
+
+    with deployed_cloud("privilege") as cloud, recording_aws_calls() as calls:
+        stack, s3 = cloud.stack, cloud.s3
+
+        # a long run: a lost shard queued again, a poisoned one dead-lettered, a handover to a new execution
+        outcome = cloud.run(
+            cloud.spec("privilege", shards=6, limits={"handover_after_iterations": 2}),
+            Knobs(tick_seconds=0.6, lose=frozenset({"part-00002.npy"}), poison=frozenset({"part-00004.npy"})),
+        )
+        assert outcome.status == "SUCCEEDED", (outcome.entered(), outcome.last.error, outcome.last.cause)
+        assert len(outcome.executions) >= 2
+        # a failed run: EC2 fails the fleet; the execution's FAILED status also reaches cleanup_on_exit
+        failed = cloud.run(cloud.spec("privilege-failed", shards=2), Knobs(fleet_fails=True))
+        assert failed.status == "FAILED"
+        assert "cleanup_on_exit" in cloud.lambdas.invoked()
+        assert_nothing_left(cloud.session)
+
+        # an aborted run: the state machine cannot clean up, cleanup_on_exit must
+        _abort_while_monitoring(
+            cloud, cloud.spec("privilege-aborted", shards=2, limits={"stall_timeout_seconds": 60})
+        )
+        assert_nothing_left(cloud.session)
+
+        # a GPU run, up to its preparation (the GPU AMI comes from SSM), then torn down
+        gpu = cloud.spec(
+            "privilege-gpu", shards=1, fleet={"instance_types": ["g4dn.xlarge"], "target_capacity": 1}
+        )
+        run = _invoke(cloud, "ValidateFunction", _validate_event(stack, gpu))["run"]
+        run = _invoke(cloud, "PrepareRunFunction", {"run": run})
+        _invoke(cloud, "TeardownFunction", {"run": run})
+        assert_nothing_left(cloud.session)
+
+        # the two other triggers, through Validate: a manifest under backfills/ and a scheduled manifest
+        manifest = cloud.spec("privilege-s3", shards=1)
+        s3.put_object(Bucket=stack.control_bucket, Key="backfills/privilege.json", Body=json.dumps(manifest))
+        s3.put_object(Bucket=stack.control_bucket, Key="schedules/privilege.json", Body=json.dumps(manifest))
+        uploaded = json.loads((REPOSITORY / "events" / "s3_manifest_uploaded.json").read_text())
+        uploaded["detail"]["bucket"]["name"] = stack.control_bucket
+        uploaded["detail"]["object"]["key"] = "backfills/privilege.json"
+        tick = {
+            "manifest": f"s3://{stack.control_bucket}/schedules/privilege.json",
+            "time": "2026-11-27T03:00:00Z",
+        }
+        for trigger in (uploaded, tick):
+            _invoke(cloud, "ValidateFunction", _validate_event(stack, trigger))
+
+        account = _account_of(cloud.session, stack)
+        grants = function_statements(
+            translated, _physical_ids(cloud.session, stack.stack_name), cloud.session.client("iam")
+        )
+        needs = {call: needs_of(call, account) for call in calls.calls}
+        yield Recorded(calls, grants, handler_functions(translated), account, needs)
+
+
+def test_scenarios_exercise_every_function(recorded: Recorded):
+    assert set(recorded.calls.by_handler()) == set(recorded.functions)
+
+
+def test_every_aws_call_of_every_handler_is_granted_to_its_function_in_template_yaml(recorded: Recorded):
+    missing = set()
+    for call, needs in recorded.needs.items():
+        function = recorded.functions[call.handler]
+        for need in needs:
+            if not is_allowed(recorded.grants[function], need):
+                missing.add(
+                    f"{function} ({call.handler}) calls {call.service}.{call.operation}, which needs {need}: "
+                    f"no statement of {function}'s role in template.yaml grants it"
+                )
+    assert not missing, "\n".join(sorted(missing))
+
+
+def test_no_function_is_granted_an_action_its_handler_never_needs(recorded: Recorded):
+    needed: dict[str, set[str]] = {}
+    for call, needs in recorded.needs.items():
+        needed.setdefault(recorded.functions[call.handler], set()).update(n.action.lower() for n in needs)
+    unused = set()
+    for function, statements in recorded.grants.items():
+        for statement in statements:
+            for action in statement.actions:
+                if action.lower() in needed.get(function, set()):
+                    continue
+                if (function, action) not in UNEXERCISED_BUT_NEEDED and (
+                    "*",
+                    action,
+                ) not in UNEXERCISED_BUT_NEEDED:
+                    unused.add(f"{function}: {action} ({statement.source}) is granted but never needed")
+    assert not unused, "\n".join(sorted(unused))
