@@ -134,13 +134,24 @@ class EcsAgent:
                 self._signal(task, signal.SIGKILL)
                 task.process.wait()
                 self.tasks.remove(task)
-        if registration and registration.container_instance_arn:
+        if registration and registration.container_instance_arn and self._still_registered(registration):
             with contextlib.suppress(ClientError):
                 self.ecs.deregister_container_instance(
                     cluster=registration.cluster,
                     containerInstance=registration.container_instance_arn,
                     force=True,
                 )
+
+    def _still_registered(self, registration: Registration) -> bool:
+        # moto answers a deregistration from a deleted cluster with a 500, not ECS's ClusterNotFoundException.
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ecs.models import ecs_backends
+
+        backend = ecs_backends[DEFAULT_ACCOUNT_ID][self.region]
+        instances = backend.container_instances.get(registration.cluster, {})
+        return registration.cluster in backend.clusters and any(
+            ci.container_instance_arn == registration.container_instance_arn for ci in instances.values()
+        )
 
     def drain(self, instance_id: str) -> list[Task]:
         """Spot draining: SIGTERM to every task on the instance; the stop timeout then runs as usual."""

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ class LocalCloudOptions:
     chaos: ChaosSpec | None = None
     run_dir: Path | None = None
     stack_name: str = "spotfill"
+    # Variables laid over every worker's task environment (tests shorten SQS leases with it).
+    worker_environment: dict[str, str] = field(default_factory=dict)
 
 
 class LocalCloud:
@@ -81,7 +84,8 @@ class LocalCloud:
         self.stop()
 
     def start(self) -> None:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._log_emulator_to(self.run_dir / "emulator.log")
         self.server.start()
         self._stack.callback(self.server.stop)
         # The handlers run in this process and reach AWS through boto3: point it at the emulator.
@@ -93,8 +97,14 @@ class LocalCloud:
         from spotfill.deploy import deploy_stack
 
         self.outputs = deploy_stack(self.options.stack_name, region=self.region)
+        self._log_functions_to(self.run_dir / "lambda.log")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        self.agent = EcsAgent(self.endpoint_url, self.region, self.client_environment, self.run_dir / "logs")
+        self.agent = EcsAgent(
+            self.endpoint_url,
+            self.region,
+            {**self.options.worker_environment, **self.client_environment},
+            self.run_dir / "logs",
+        )
         self.fleet = FleetEmulator(
             self.region,
             self.options.boot_delay,
@@ -112,6 +122,38 @@ class LocalCloud:
             self.chaos = Chaos(self.options.chaos, self.fleet, self.agent)
             self.chaos.start()
             self._stack.callback(self.chaos.stop)
+
+    def _log_emulator_to(self, path: Path) -> None:
+        """The emulator's request log and server-side errors go to a file, not the user's terminal."""
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for name in ("werkzeug", "moto", "spotfill.localcloud"):
+            logger = logging.getLogger(name)
+            logger.addHandler(handler)
+            logger.propagate = False
+            self._stack.callback(logger.removeHandler, handler)
+        logging.getLogger("spotfill.localcloud").setLevel(logging.INFO)
+        self._stack.callback(handler.close)
+
+    def _log_functions_to(self, path: Path) -> None:
+        """What the handlers log (Lambda's CloudWatch Logs) goes to a file: their loggers write to stdout, so
+        the handlers are imported now and their stream handlers pointed at the file."""
+        import importlib
+
+        for function in self.outputs.functions.values():
+            with contextlib.suppress(ImportError, AttributeError, ValueError):
+                importlib.import_module(function.handler.rsplit(".", 1)[0])
+        stream = open(path, "a")  # noqa: SIM115 - closed by the exit stack
+        self._stack.callback(stream.close)
+        for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+            if not isinstance(logger, logging.Logger) or logger.name.startswith(
+                ("spotfill.localcloud", "werkzeug")
+            ):
+                continue
+            for handler in logger.handlers:
+                if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+                    previous = handler.setStream(stream)
+                    self._stack.callback(handler.setStream, previous)
 
     def stop(self) -> None:
         try:

@@ -8,6 +8,10 @@ server runs in this process), never the code under test:
   isolation depends on its own version's user data (two runs at once would otherwise swap clusters).
 - Spot Fleet instances start `pending` (moto makes them `running` at once); the EC2 emulator
   (`spotfill.localcloud.fleet`) makes them `running` after the boot delay.
+- EC2 `DeleteLaunchTemplateVersions` is not implemented by moto (a 500); teardown removes the run's launch
+  template version with it, so it is implemented here (deleted versions vanish from describe calls).
+- Step Functions: with execution on, moto names an execution started without a name `None` (every such
+  execution gets the same ARN); AWS names it with a UUID, and so does this.
 - EventBridge: moto delivers rule targets only to SQS, logs, buses and API destinations, and raises for
   any other target. AWS also starts Step Functions executions and invokes Lambda functions; those are
   delivered here, asynchronously as in AWS, with the target's `Input` / `InputPath` / `InputTransformer`
@@ -40,6 +44,8 @@ def install(endpoint_url: str) -> None:
         if _installed:
             return
         _patch_spot_fleet_launch_templates()
+        _patch_delete_launch_template_versions()
+        _patch_execution_names()
         _patch_rule_targets()
         _installed = True
 
@@ -91,6 +97,93 @@ def _launch_specs_from_templates(ec2_backend: Any, configs: list[dict[str, Any]]
             spec.update({k: v for k, v in override.items() if k != "Priority"})
             specs.append(spec)
     return specs
+
+
+# --- EC2: DeleteLaunchTemplateVersions ------------------------------------------------------------------
+
+
+def _patch_delete_launch_template_versions() -> None:
+    from moto.core.responses import ActionResult
+    from moto.ec2.models.launch_templates import LaunchTemplateBackend
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+
+    def delete_launch_template_versions(self: Any) -> Any:
+        name = self._get_param("LaunchTemplateName")
+        template_id = self._get_param("LaunchTemplateId")
+        versions = [str(v) for v in self._get_param("Versions", [])]
+        self.error_on_dryrun()
+        if template_id:
+            template = self.ec2_backend.get_launch_template(template_id)
+        else:
+            template = self.ec2_backend.get_launch_template_by_name(name)
+        deleted_numbers = template.__dict__.setdefault("_spotfill_deleted_versions", set())
+        ok, failed = [], []
+        for version in versions:
+            entry = {"LaunchTemplateId": template.id, "LaunchTemplateName": template.name}
+            number = int(version) if version.isdigit() else None
+            if number is None or number < 1 or number > len(template.versions) or number in deleted_numbers:
+                failed.append(
+                    {
+                        **entry,
+                        "VersionNumber": number or 0,
+                        "ResponseError": {
+                            "Code": "launchTemplateVersionDoesNotExist",
+                            "Message": "The specified launch template version does not exist.",
+                        },
+                    }
+                )
+            elif number == template.default_version_number:
+                failed.append(
+                    {
+                        **entry,
+                        "VersionNumber": number,
+                        "ResponseError": {
+                            "Code": "launchTemplateVersionIsDefault",
+                            "Message": "The default version of a launch template cannot be deleted.",
+                        },
+                    }
+                )
+            else:
+                deleted_numbers.add(number)
+                ok.append({**entry, "VersionNumber": number})
+        return ActionResult(
+            {
+                "SuccessfullyDeletedLaunchTemplateVersions": ok,
+                "UnsuccessfullyDeletedLaunchTemplateVersions": failed,
+            }
+        )
+
+    LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions
+
+    original_describe = LaunchTemplateBackend.describe_launch_template_versions
+
+    def describe_launch_template_versions(self: Any, *args: Any, **kwargs: Any) -> Any:
+        found = original_describe(self, *args, **kwargs)
+        return [
+            (template, version)
+            for template, version in found
+            if version.number not in template.__dict__.get("_spotfill_deleted_versions", set())
+        ]
+
+    LaunchTemplateBackend.describe_launch_template_versions = describe_launch_template_versions
+
+
+# --- Step Functions: executions started without a name --------------------------------------------------
+
+
+def _patch_execution_names() -> None:
+    import uuid
+
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    original_start = StepFunctionsParserBackend.start_execution
+
+    def start_execution(
+        self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        return original_start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kw)
+
+    StepFunctionsParserBackend.start_execution = start_execution
 
 
 # --- EventBridge: Step Functions and Lambda targets -----------------------------------------------------

@@ -1,0 +1,160 @@
+"""`spotfill demo`: a whole backfill on the local cloud, checked against the model's own predictions.
+
+A small Keras CNN is trained on scikit-learn's bundled digits (no download), the digits are tiled and
+augmented (shifts, noise) into at least 50 `.npy` shards and 100,000 predictions, and the run goes through
+the real stack: manifest upload → EventBridge → Step Functions → handlers → Spot Fleet → ECS → workers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from spotfill.localcloud import ChaosSpec
+from spotfill.localrun import LocalRunResult, run_local
+from spotfill.progress_display import report_table
+
+DEMO_SHARDS = 50
+DEMO_ROWS_PER_SHARD = 2_000
+
+
+@dataclass
+class DemoData:
+    model_path: Path
+    input_dir: Path
+    reference: dict[str, np.ndarray]  # shard file name -> model.predict of its rows
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def train_digits_model(path: Path, epochs: int = 4, seed: int = 0):
+    """A small CNN on the 8x8 digits, saved as a .keras file; returns the model."""
+    _quiet_tensorflow()
+    import keras
+    from sklearn.datasets import load_digits
+
+    keras.utils.set_random_seed(seed)
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, digits.target, epochs=epochs, batch_size=64, verbose=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model
+
+
+def augmented_digits(rows: int, seed: int) -> np.ndarray:
+    """`rows` digit images drawn from the 1,797 bundled ones, shifted by up to a pixel and with noise."""
+    from sklearn.datasets import load_digits
+
+    rng = np.random.default_rng(seed)
+    images = (load_digits().images / 16.0).astype("float32")
+    picked = images[rng.integers(0, len(images), rows)]
+    shifts = rng.integers(-1, 2, size=(rows, 2))
+    out = np.empty_like(picked)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            mask = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
+            out[mask] = np.roll(picked[mask], (dy, dx), axis=(1, 2))
+    out += rng.normal(0.0, 0.05, out.shape).astype("float32")
+    return np.clip(out, 0.0, 1.0)[..., None]
+
+
+def write_demo_data(
+    work_dir: Path, shards: int = DEMO_SHARDS, rows_per_shard: int = DEMO_ROWS_PER_SHARD
+) -> DemoData:
+    model_path = work_dir / "model" / "digits.keras"
+    model = train_digits_model(model_path)
+    input_dir = work_dir / "inputs"
+    input_dir.mkdir(parents=True, exist_ok=True)
+    reference: dict[str, np.ndarray] = {}
+    for i in range(shards):
+        rows = augmented_digits(rows_per_shard, seed=1000 + i)
+        name = f"part-{i:05d}.npy"
+        np.save(input_dir / name, rows)
+        reference[name] = model.predict(rows, batch_size=4096, verbose=0)
+    return DemoData(model_path, input_dir, reference)
+
+
+def check_outputs(result: LocalRunResult, reference: dict[str, np.ndarray], atol: float = 1e-5) -> list[str]:
+    """Every shard has exactly its output, equal to the model's own predictions; the problems found."""
+    problems = []
+    for name, expected in sorted(reference.items()):
+        path = result.outputs.get(name)
+        if path is None:
+            problems.append(f"{name}: no output")
+            continue
+        actual = np.load(path)
+        if actual.shape != expected.shape:
+            problems.append(f"{name}: output shape {actual.shape}, expected {expected.shape}")
+        elif not np.allclose(actual, expected, atol=atol, rtol=0):
+            problems.append(f"{name}: predictions differ by up to {np.abs(actual - expected).max():.2e}")
+        elif not np.array_equal(actual.argmax(axis=1), expected.argmax(axis=1)):
+            problems.append(f"{name}: top classes differ")
+    return problems
+
+
+def run_demo(
+    console: Console,
+    work_dir: Path | None = None,
+    shards: int = DEMO_SHARDS,
+    rows_per_shard: int = DEMO_ROWS_PER_SHARD,
+    instances: int = 2,
+    chaos: ChaosSpec | None = None,
+    port: int | None = None,
+) -> tuple[bool, LocalRunResult]:
+    work_dir = work_dir or Path(tempfile.mkdtemp(prefix="spotfill-demo-"))
+    with console.status(f"training a small CNN on the bundled digits; writing {shards} shards"):
+        data = write_demo_data(work_dir, shards, rows_per_shard)
+    console.print(
+        f"model {data.model_path}, {shards} shards x {rows_per_shard:,} rows = "
+        f"{shards * rows_per_shard:,} predictions"
+    )
+    result = run_local(
+        data.model_path,
+        data.input_dir,
+        work_dir / "outputs",
+        input_format="npy",
+        output_format="npy",
+        instances=instances,
+        chaos=chaos,
+        console=console,
+        name="digits-demo",
+        run_dir=work_dir / "local",
+        port=port,
+    )
+    if result.report:
+        console.print(report_table(result.report))
+    problems = check_outputs(result, data.reference)
+    ok = result.succeeded and not problems and not result.leftovers
+    if problems:
+        console.print(f"[red]{len(problems)} output problem(s):[/red] " + "; ".join(problems[:5]))
+    if result.leftovers:
+        console.print("[red]left running after the run:[/red] " + ", ".join(result.leftovers))
+    if ok:
+        console.print(
+            f"[green]demo passed[/green]: {len(data.reference)} outputs equal model.predict "
+            f"(atol 1e-5); wall time {result.wall_seconds:.1f}s"
+        )
+    elif not result.succeeded:
+        reason = (result.report or {}).get("reason") or result.snapshot.error
+        console.print(f"[red]the run ended {result.status}[/red]: {reason}")
+    return ok, result

@@ -1,0 +1,140 @@
+"""The live progress display: shards done/total, predictions per second, ETA, instances and tasks, the
+workflow's current state; and the run report as a table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from spotfill.runs import RunWatcher, Snapshot
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def render(snap: Snapshot) -> Group:
+    total = snap.shards_total
+    bar = ProgressBar(total=float(total or 1), completed=float(snap.shards_done if total else 0), width=40)
+    line = Text.assemble(
+        ("shards ", "bold"),
+        f"{snap.shards_done}/{total if total is not None else '?'}  ",
+        ("predictions ", "bold"),
+        f"{snap.predictions:,}  ",
+        f"{snap.predictions_per_second:,.0f}/s  ",
+        ("ETA ", "bold"),
+        _duration(snap.eta_seconds),
+    )
+    status = Text.assemble(
+        ("state ", "bold"),
+        f"{snap.state or '-'} ({snap.status.lower()})  ",
+        ("instances ", "bold"),
+        f"{snap.instances}  ",
+        ("tasks ", "bold"),
+        f"{snap.tasks}  ",
+        ("elapsed ", "bold"),
+        _duration(snap.elapsed),
+    )
+    header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
+    return Group(header, bar, line, status)
+
+
+def follow(
+    watcher: RunWatcher,
+    console: Console,
+    interval: float = 0.5,
+    timeout: float | None = None,
+    on_poll: Callable[[Snapshot], None] | None = None,
+) -> Snapshot:
+    """Poll until the execution ends (or `timeout`), showing a live display on a terminal and a line per
+    state change otherwise; returns the last snapshot."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    snap = watcher.poll()
+    if console.is_terminal:
+        with Live(render(snap), console=console, refresh_per_second=4, transient=False) as live:
+            while not snap.finished and (deadline is None or time.monotonic() < deadline):
+                time.sleep(interval)
+                snap = watcher.poll()
+                if on_poll:
+                    on_poll(snap)
+                live.update(render(snap))
+    else:
+        last = None
+        while True:
+            total = snap.shards_total if snap.shards_total is not None else "?"
+            line = f"{snap.state or '-'} {snap.status.lower()}: shards {snap.shards_done}/{total}"
+            if (snap.state, snap.status, snap.shards_done) != last:
+                console.print(
+                    f"[{_duration(snap.elapsed)}] {line}, {snap.predictions:,} predictions "
+                    f"({snap.predictions_per_second:,.0f}/s), {snap.instances} instances, {snap.tasks} tasks"
+                )
+                last = (snap.state, snap.status, snap.shards_done)
+            if snap.finished or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(interval)
+            snap = watcher.poll()
+            if on_poll:
+                on_poll(snap)
+    return snap
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    table = Table(title=f"run {report.get('run_id')}: {report.get('status')}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("reason", str(report.get("reason") or "-"))
+    shards = report.get("shards", {})
+    if shards:
+        table.add_row(
+            "shards",
+            f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
+            f"{shards.get('skipped_existing', 0)} skipped (output existed), "
+            f"{shards.get('retried', 0)} retried, "
+            f"of {shards.get('total', 0)}",
+        )
+        for key in shards.get("failed_keys", [])[:10]:
+            table.add_row("  failed", str(key))
+    predictions = report.get("predictions", {})
+    if predictions:
+        table.add_row("predictions", f"{predictions.get('total', 0):,}")
+    phases = report.get("phases_seconds", {})
+    if phases:
+        table.add_row(
+            "phases",
+            ", ".join(f"{k} {v:.1f}s" for k, v in phases.items() if isinstance(v, int | float)),
+        )
+    throughput = report.get("throughput", {})
+    if throughput:
+        table.add_row(
+            "throughput",
+            f"mean {throughput.get('mean_predictions_per_second') or 0:,.0f}/s, "
+            f"peak {throughput.get('peak_predictions_per_second') or 0:,.0f}/s",
+        )
+    instances = report.get("instances", {})
+    if instances:
+        hours = ", ".join(f"{k} {v:.4f}h" for k, v in instances.get("hours_by_type", {}).items())
+        table.add_row(
+            "instances",
+            f"{instances.get('count', 0)} ({hours or '-'}), {instances.get('interruptions', 0)} interrupted",
+        )
+    cost = report.get("cost_usd", {})
+    if cost:
+        table.add_row(
+            "cost",
+            f"${cost.get('spot', 0):.4f} spot vs ${cost.get('on_demand_equivalent', 0):.4f} on demand; "
+            f"${cost.get('per_million_predictions') or 0:.4f} per million predictions",
+        )
+    table.add_row("report", str(report.get("report_uri", "-")))
+    return table

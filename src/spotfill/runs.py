@@ -1,0 +1,292 @@
+"""What the CLI knows about runs, read the way a user could: from the stack's outputs, the control bucket and
+the AWS APIs. The same code works against real AWS and, through `AWS_ENDPOINT_URL`, the local cloud."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+from spotfill_control import state_store
+from spotfill_control.run import RunState
+from spotfill_control.shards import read_shard_list, split_s3_uri
+
+DEFAULT_STACK_NAME = "spotfill"
+TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
+
+
+class CliError(Exception):
+    """An error the CLI reports as one sentence and a non-zero exit status."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    control_bucket: str
+    data_bucket: str
+    state_machine_arn: str
+    outputs: dict[str, str]
+
+
+class Session:
+    """boto3 clients for one endpoint (None: real AWS)."""
+
+    def __init__(self, endpoint_url: str | None = None, region: str | None = None) -> None:
+        self.endpoint_url = endpoint_url
+        self._session = boto3.session.Session(region_name=region)
+        if self._session.region_name is None:
+            raise CliError("no AWS region: set AWS_DEFAULT_REGION or pass --region")
+        self._clients: dict[str, Any] = {}
+
+    @property
+    def region(self) -> str:
+        return str(self._session.region_name)
+
+    def client(self, service: str) -> Any:
+        if service not in self._clients:
+            kwargs = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+            self._clients[service] = self._session.client(service, **kwargs)
+        return self._clients[service]
+
+    def stack(self, name: str = DEFAULT_STACK_NAME) -> Stack:
+        try:
+            stacks = self.client("cloudformation").describe_stacks(StackName=name)["Stacks"]
+        except ClientError as exc:
+            raise CliError(f"cannot read stack {name!r}: {_aws_message(exc)}") from None
+        except BotoCoreError as exc:
+            raise CliError(f"cannot reach AWS ({self.endpoint_url or 'default endpoint'}): {exc}") from None
+        outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+        try:
+            return Stack(
+                name,
+                outputs["ControlBucketName"],
+                outputs["DataBucketName"],
+                outputs["StateMachineArn"],
+                outputs,
+            )
+        except KeyError as exc:
+            raise CliError(f"stack {name!r} has no output {exc.args[0]}: is it a spotfill stack?") from None
+
+
+def _aws_message(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return f"{error.get('Code', 'Error')}: {error.get('Message', str(exc))}"
+
+
+# --- runs and executions --------------------------------------------------------------------------------
+
+
+def start_execution(session: Session, stack: Stack, spec: dict[str, Any], name: str | None = None) -> str:
+    kwargs = {"name": name} if name else {}
+    try:
+        response = session.client("stepfunctions").start_execution(
+            stateMachineArn=stack.state_machine_arn, input=json.dumps(spec), **kwargs
+        )
+    except ClientError as exc:
+        raise CliError(f"cannot start the backfill: {_aws_message(exc)}") from None
+    return response["executionArn"]
+
+
+def wait_for_execution_started_after(
+    session: Session, stack: Stack, after: datetime, timeout: float = 30.0, known: set[str] | None = None
+) -> str:
+    """The execution an upload started (EventBridge delivers asynchronously): the first new one."""
+    known = known or set()
+    sfn = session.client("stepfunctions")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        executions = sfn.list_executions(stateMachineArn=stack.state_machine_arn)["executions"]
+        new = [
+            e
+            for e in executions
+            if e["executionArn"] not in known and e["startDate"].astimezone(UTC) >= after.astimezone(UTC)
+        ]
+        if new:
+            return min(new, key=lambda e: e["startDate"])["executionArn"]
+        time.sleep(0.2)
+    raise CliError(
+        f"no execution started within {timeout:.0f}s of the manifest upload: is the S3 rule deployed?"
+    )
+
+
+def execution_arns(session: Session, stack: Stack) -> set[str]:
+    sfn = session.client("stepfunctions")
+    return {
+        e["executionArn"] for e in sfn.list_executions(stateMachineArn=stack.state_machine_arn)["executions"]
+    }
+
+
+def resolve_execution(session: Session, stack: Stack, execution: str) -> str:
+    """An execution ARN from an ARN or an execution name."""
+    if execution.startswith("arn:"):
+        return execution
+    prefix = stack.state_machine_arn.replace(":stateMachine:", ":execution:")
+    return f"{prefix}:{execution}"
+
+
+def run_for_execution(session: Session, stack: Stack, execution_arn: str) -> RunState | None:
+    try:
+        return state_store.load_by_execution(execution_arn, session.client("s3"), stack.control_bucket)
+    except ClientError:
+        return None
+
+
+def load_run(session: Session, stack: Stack, run_id: str) -> RunState | None:
+    return state_store.load(run_id, session.client("s3"), stack.control_bucket)
+
+
+def read_report(session: Session, stack: Stack, run_id: str) -> dict[str, Any] | None:
+    try:
+        body = session.client("s3").get_object(Bucket=stack.control_bucket, Key=f"reports/{run_id}.json")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise CliError(f"cannot read the report of run {run_id}: {_aws_message(exc)}") from None
+    return json.loads(body["Body"].read())
+
+
+def report_from_execution_output(output: str | None) -> dict[str, Any] | None:
+    if not output:
+        return None
+    try:
+        document = json.loads(output)
+    except ValueError:
+        return None
+    return document.get("report") if isinstance(document, dict) else None
+
+
+def redrive(session: Session, stack: Stack, run_id: str) -> str:
+    """Another attempt for the shards a run could not finish: a new execution of the same spec. Prepare skips
+    every shard whose output exists, so only the dead-lettered (and any unprocessed) shards are queued."""
+    run = load_run(session, stack, run_id)
+    if run is None:
+        raise CliError(f"no run {run_id!r} in s3://{stack.control_bucket}/runs/")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    spec = json.loads(run.spec.model_dump_json())
+    return start_execution(session, stack, spec, name=f"redrive-{run_id}-{stamp}"[:80])
+
+
+# --- progress ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    execution_arn: str
+    status: str = "RUNNING"
+    state: str = ""
+    run_id: str | None = None
+    shards_total: int | None = None
+    shards_done: int = 0
+    predictions: int = 0
+    predictions_per_second: float = 0.0
+    eta_seconds: float | None = None
+    instances: int = 0
+    tasks: int = 0
+    elapsed: float = 0.0
+    error: str | None = None
+    output: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass
+class RunWatcher:
+    """Polls one execution and its run; `poll()` returns a fresh `Snapshot`. Instances and tasks come from
+    the fleet and the ECS service, unless the local cloud offers its own counts (`counts`)."""
+
+    session: Session
+    stack: Stack
+    execution_arn: str
+    counts: Any = None  # callable(run_id) -> (instances, tasks), for the local cloud
+    started: float = field(default_factory=time.monotonic)
+    _rows: dict[str, int] = field(default_factory=dict)
+    _run: RunState | None = None
+    _total: int | None = None
+    _output_prefix: tuple[str, str] | None = None
+    _rate_window: list[tuple[float, int]] = field(default_factory=list)
+
+    def poll(self) -> Snapshot:
+        sfn = self.session.client("stepfunctions")
+        snap = Snapshot(self.execution_arn, elapsed=time.monotonic() - self.started)
+        described = sfn.describe_execution(executionArn=self.execution_arn)
+        snap.status = described["status"]
+        snap.output = described.get("output")
+        if described.get("error") or described.get("cause"):
+            snap.error = f"{described.get('error', '')}: {described.get('cause', '')}".strip(": ")
+        snap.state = self._current_state(sfn)
+        run = run_for_execution(self.session, self.stack, self.execution_arn)
+        if run is not None:
+            self._run = run
+        if self._run is not None:
+            self._fill_progress(snap, self._run)
+        return snap
+
+    def _current_state(self, sfn: Any) -> str:
+        events: list[dict[str, Any]] = []
+        try:
+            for page in sfn.get_paginator("get_execution_history").paginate(executionArn=self.execution_arn):
+                events.extend(page["events"])
+        except ClientError:
+            return ""
+        for event in sorted(events, key=lambda e: e["id"], reverse=True):
+            details = event.get("stateEnteredEventDetails")
+            if details:
+                return details["name"]
+        return ""
+
+    def _fill_progress(self, snap: Snapshot, run: RunState) -> None:
+        snap.run_id = run.run_id
+        s3 = self.session.client("s3")
+        if self._total is None:
+            shard_list = read_shard_list(run.run_id, s3, self.stack.control_bucket)
+            if shard_list is not None:
+                self._total = len(shard_list.shards)
+        snap.shards_total = self._total
+        bucket, prefix = split_s3_uri(run.spec.output.uri)
+        keys = []
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(o["Key"] for o in page.get("Contents", []))
+        for key in keys:
+            if key not in self._rows:
+                try:
+                    head = s3.head_object(Bucket=bucket, Key=key)
+                    self._rows[key] = int(head.get("Metadata", {}).get("spotfill-rows", 0))
+                except (ClientError, ValueError):
+                    self._rows[key] = 0
+        snap.shards_done = len(keys)
+        snap.predictions = sum(self._rows.values())
+        now = time.monotonic()
+        self._rate_window.append((now, snap.predictions))
+        self._rate_window = [(t, p) for t, p in self._rate_window if now - t <= 10.0]
+        t0, p0 = self._rate_window[0]
+        if now - t0 > 0.5:
+            snap.predictions_per_second = (snap.predictions - p0) / (now - t0)
+            shard_rate = snap.predictions_per_second / max(1.0, snap.predictions / max(1, snap.shards_done))
+            if snap.shards_total and shard_rate > 0:
+                snap.eta_seconds = max(0.0, (snap.shards_total - snap.shards_done) / shard_rate)
+        if self.counts is not None:
+            snap.instances, snap.tasks = self.counts(run.run_id)
+        else:
+            snap.instances, snap.tasks = self._aws_counts(run)
+
+    def _aws_counts(self, run: RunState) -> tuple[int, int]:
+        instances = tasks = 0
+        fleet_id = run.resources.spot_fleet_request_id
+        try:
+            if fleet_id:
+                active = self.session.client("ec2").describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)
+                instances = len(active["ActiveInstances"])
+            if run.resources.cluster_name and run.resources.service_name:
+                services = self.session.client("ecs").describe_services(
+                    cluster=run.resources.cluster_name, services=[run.resources.service_name]
+                )["services"]
+                tasks = sum(s.get("runningCount", 0) for s in services)
+        except ClientError:
+            pass
+        return instances, tasks

@@ -1,0 +1,170 @@
+"""Whole backfills on the local cloud: a manifest upload in, a report and checked outputs out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from spotfill.demo import check_outputs
+from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
+from tests.e2e.conftest import eventually
+
+pytestmark = pytest.mark.e2e
+
+
+def _spec(cloud, name: str, instances: int = 1) -> dict:
+    spec = manifest(
+        name, cloud.outputs.data_bucket, f"models/{name}/model.keras", "npy", "npy", instances=instances
+    )
+    return spec
+
+
+def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
+    local_cloud, digits, quiet_console, tmp_path
+):
+    # given the model and eight shards, and a manifest naming them
+    spec = _spec(local_cloud, "digits", instances=2)
+
+    # when the manifest is uploaded under backfills/ in the control bucket
+    execution_arn = upload_and_trigger(
+        local_cloud, spec, digits.model_path, digits.shards(), digits.input_dir
+    )
+    result = follow_run(local_cloud, execution_arn, quiet_console, timeout=240)
+
+    # then the execution started by EventBridge succeeds and reports every shard
+    assert result.snapshot.status == "SUCCEEDED", result.snapshot.error
+    report = result.report
+    assert report["status"] == "succeeded"
+    assert report["shards"]["total"] == 8 and report["shards"]["succeeded"] == 8
+    assert report["shards"]["failed_keys"] == []
+    assert report["source"] == "s3"
+    assert set(report["phases_seconds"]) >= {"validate", "registration", "processing", "teardown"}
+    # and every output exists once and equals the model's own predictions
+    result.outputs = download_outputs(local_cloud, spec, digits.shards(), digits.input_dir, tmp_path / "out")
+    assert check_outputs(result, digits.reference) == []
+    s3 = local_cloud.client("s3")
+    keys = [
+        o["Key"]
+        for o in s3.list_objects_v2(Bucket=local_cloud.outputs.data_bucket, Prefix="outputs/digits/")[
+            "Contents"
+        ]
+    ]
+    assert sorted(keys) == [f"outputs/digits/part-{i:05d}.npy" for i in range(8)]
+    # and nothing is left running or allocated
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+
+
+def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(local_cloud, quiet_console):
+    # given a manifest whose fleet names an instance type that does not exist
+    spec = _spec(local_cloud, "broken")
+    spec["fleet"]["instance_types"] = ["c5.huge"]
+    before = datetime.now(UTC).replace(microsecond=0)
+
+    # when it is uploaded
+    local_cloud.client("s3").put_object(
+        Bucket=local_cloud.outputs.control_bucket, Key="backfills/broken.json", Body=json.dumps(spec).encode()
+    )
+    from spotfill.runs import Session, wait_for_execution_started_after
+
+    session = Session(local_cloud.endpoint_url, local_cloud.region)
+    stack = session.stack()
+    execution_arn = wait_for_execution_started_after(session, stack, before)
+    sfn = local_cloud.client("stepfunctions")
+    described = eventually(
+        lambda: (d := sfn.describe_execution(executionArn=execution_arn))["status"] != "RUNNING" and d,
+        timeout=60,
+    )
+
+    # then the run fails, the error names the field, and no fleet was ever requested
+    assert described["status"] == "FAILED"
+    assert "fleet.instance_types" in (described.get("cause", "") + described.get("error", ""))
+    assert "c5.huge" in described.get("cause", "")
+    assert local_cloud.client("ec2").describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+
+
+def test_two_manifests_uploaded_at_once_make_two_isolated_runs(local_cloud, digits, quiet_console, tmp_path):
+    # given two backfills of different shards into different output prefixes
+    first, second = _spec(local_cloud, "first"), _spec(local_cloud, "second")
+    half = len(digits.shards()) // 2
+    first_shards, second_shards = digits.shards()[:half], digits.shards()[half:]
+
+    # when both manifests are uploaded, one right after the other
+    first_arn = upload_and_trigger(local_cloud, first, digits.model_path, first_shards, digits.input_dir)
+    second_arn = upload_and_trigger(local_cloud, second, digits.model_path, second_shards, digits.input_dir)
+    first_result = follow_run(local_cloud, first_arn, quiet_console, timeout=240)
+    second_result = follow_run(local_cloud, second_arn, quiet_console, timeout=240)
+
+    # then both succeed, each with its own run id, report and outputs, and only its own shards
+    assert first_arn != second_arn
+    for result, spec, shards in ((first_result, first, first_shards), (second_result, second, second_shards)):
+        assert result.snapshot.status == "SUCCEEDED", result.snapshot.error
+        assert result.report["status"] == "succeeded"
+        assert result.report["shards"]["total"] == len(shards)
+        assert result.report["output_uri"] == spec["output"]["uri"]
+        result.outputs = download_outputs(
+            local_cloud, spec, shards, digits.input_dir, tmp_path / spec["name"]
+        )
+        expected = {s.name: digits.reference[s.name] for s in shards}
+        assert check_outputs(result, expected) == []
+    assert first_result.report["run_id"] != second_result.report["run_id"]
+    # and the two runs never shared a cluster: each worker ran in its own run's cluster
+    clusters = {path.parent.name for path in (local_cloud.run_dir / "logs").glob("*/*.log")}
+    assert clusters == {
+        f"spotfill-{first_result.report['run_id']}",
+        f"spotfill-{second_result.report['run_id']}",
+    }
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+
+
+def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
+    local_cloud, digits, quiet_console, tmp_path
+):
+    # given good shards and two corrupt ones
+    import shutil
+
+    input_dir = tmp_path / "inputs"
+    shutil.copytree(digits.input_dir, input_dir)
+    shards = sorted(input_dir.glob("*.npy"))[:4]
+    for shard in sorted(input_dir.glob("*.npy"))[4:]:
+        shard.unlink()
+    poison = [input_dir / "part-90000.npy", input_dir / "part-90001.npy"]
+    for path in poison:
+        path.write_bytes(b"this is not a numpy file")
+    spec = _spec(local_cloud, "poisoned")
+
+    # when the backfill runs
+    arn = upload_and_trigger(local_cloud, spec, digits.model_path, shards + poison, input_dir)
+    result = follow_run(local_cloud, arn, quiet_console, timeout=240)
+
+    # then the good outputs complete and the run ends completed with failures, listing the bad shards
+    assert result.report["status"] == "completed_with_failures", result.report.get("reason")
+    assert result.report["shards"]["succeeded"] == 4
+    bucket = local_cloud.outputs.data_bucket
+    assert sorted(result.report["shards"]["failed_keys"]) == [
+        f"s3://{bucket}/inputs/poisoned/part-90000.npy",
+        f"s3://{bucket}/inputs/poisoned/part-90001.npy",
+    ]
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+
+    # when the shards are fixed and the run is redriven with the CLI
+    import numpy as np
+
+    from spotfill.cli import main
+
+    s3 = local_cloud.client("s3")
+    fixed = {}
+    for i, path in enumerate(poison):
+        rows = np.load(shards[i])
+        np.save(path, rows)
+        s3.upload_file(str(path), bucket, f"inputs/poisoned/{path.name}")
+        fixed[path.name] = digits.reference[shards[i].name]
+    code = main(["redrive", result.report["run_id"], "--watch", "--endpoint-url", local_cloud.endpoint_url])
+
+    # then the redriven run completes every shard: the fixed ones now have their outputs
+    assert code == 0
+    redriven = download_outputs(local_cloud, spec, poison, input_dir, tmp_path / "redriven")
+    result.outputs = redriven
+    assert check_outputs(result, fixed) == []
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
