@@ -181,7 +181,7 @@ def _patch_execution_names() -> None:
     def start_execution(
         self: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any
     ) -> Any:
-        return original_start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kw)
+        return original_start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
 
     StepFunctionsParserBackend.start_execution = start_execution
 
