@@ -1,0 +1,221 @@
+"""RequestFleet and CheckRegistration: one weighted, bounded, tagged Spot Fleet per run, and its arrival."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from spotfill_control import fleet, state_store
+from spotfill_control.errors import FleetRequestError, RegistrationTimeoutError, TransientAwsError
+from spotfill_control.handlers import check_registration as check_handler
+from spotfill_control.handlers import request_fleet as request_handler
+from spotfill_control.run import RUN_ID_TAG, Resources, RunState, Timeline
+from spotfill_control.spec import BackfillSpec
+
+from .conftest import FailingClient, prepared_run, sample_spec
+
+STARTED = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
+
+
+def pure_run(**overrides) -> RunState:
+    return RunState(
+        run_id="demo-20261127060000-abcdef",
+        spec=BackfillSpec.model_validate(sample_spec(**overrides)),
+        resources=Resources(launch_template_version=7),
+        timeline=Timeline(started_at=STARTED),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- pure
+
+
+def test_capacity_is_weighted_by_vcpus_relative_to_the_smallest_type():
+    assert fleet.capacity_weights(["c5.xlarge", "c5.2xlarge", "c5.9xlarge"]) == {
+        "c5.xlarge": 1.0,
+        "c5.2xlarge": 2.0,
+        "c5.9xlarge": 9.0,
+    }
+    assert fleet.capacity_weights(["c5.2xlarge", "c5.9xlarge"]) == {"c5.2xlarge": 1.0, "c5.9xlarge": 4.5}
+
+
+def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world):
+    request = fleet.build_fleet_request(pure_run(), s3_world.settings, STARTED)
+    [config] = request["LaunchTemplateConfigs"]
+    assert config["LaunchTemplateSpecification"] == {
+        "LaunchTemplateId": s3_world.settings.launch_template_id,
+        "Version": "7",
+    }
+    assert config["Overrides"] == [
+        {"InstanceType": name, "SubnetId": subnet, "WeightedCapacity": weight}
+        for name, weight in (("c5.xlarge", 1.0), ("c5.2xlarge", 2.0))
+        for subnet in s3_world.subnets
+    ]
+
+
+def test_fleet_request_is_bounded_idempotent_tagged_and_terminates_on_expiry(s3_world):
+    run = pure_run()
+    request = fleet.build_fleet_request(run, s3_world.settings, STARTED + timedelta(minutes=2))
+    assert request["ClientToken"] == run.run_id
+    assert request["Type"] == "maintain"
+    assert request["TargetCapacity"] == 4
+    assert request["AllocationStrategy"] == "priceCapacityOptimized"
+    assert request["ValidUntil"] == STARTED + timedelta(seconds=3600)
+    assert request["TerminateInstancesWithExpiration"] is True
+    assert request["InstanceInterruptionBehavior"] == "terminate"
+    assert request["IamFleetRole"] == s3_world.settings.fleet_role_arn
+    assert request["TagSpecifications"] == [
+        {
+            "ResourceType": "spot-fleet-request",
+            "Tags": [
+                {"Key": RUN_ID_TAG, "Value": run.run_id},
+                {"Key": "Name", "Value": f"spotfill-{run.run_id}"},
+            ],
+        }
+    ]
+    assert "SpotMaxTotalPrice" not in request
+
+
+def test_budget_cap_strategy_and_subnets_come_from_the_spec_when_given(s3_world):
+    run = pure_run(
+        fleet__max_hourly_price=1.5,
+        fleet__allocation_strategy="capacityOptimized",
+        fleet__subnets=["subnet-aaaa"],
+    )
+    request = fleet.build_fleet_request(run, s3_world.settings, STARTED)
+    assert request["SpotMaxTotalPrice"] == "1.5000"
+    assert request["AllocationStrategy"] == "capacityOptimized"
+    assert {o["SubnetId"] for o in request["LaunchTemplateConfigs"][0]["Overrides"]} == {"subnet-aaaa"}
+
+
+def test_fleet_cannot_be_requested_before_its_launch_template_version_exists(s3_world):
+    run = pure_run().model_copy(update={"resources": Resources()})
+    with pytest.raises(FleetRequestError, match="no launch template version"):
+        fleet.build_fleet_request(run, s3_world.settings, STARTED)
+
+
+@pytest.mark.parametrize(
+    ("state", "activity", "error"),
+    [
+        ("active", "error", "reports an error"),
+        ("failed", None, "is failed"),
+        ("cancelled_terminating", "fulfilled", "is cancelled_terminating"),
+        ("cancelled_running", "fulfilled", "is cancelled_running"),
+    ],
+)
+def test_fleet_errors_and_cancellations_end_the_run(state, activity, error):
+    with pytest.raises(FleetRequestError, match=error):
+        fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus(state, activity, 4, 0))
+
+
+def test_a_fleet_starting_up_is_healthy():
+    fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("submitted", "pending_fulfillment", 4, 0))
+    fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "fulfilled", 4, 4))
+
+
+# ----------------------------------------------------------------------------------------- handlers, moto
+
+
+def _live_fleets(world, run_id: str) -> list[dict]:
+    configs = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    return [
+        c
+        for c in configs
+        if {"Key": RUN_ID_TAG, "Value": run_id} in c.get("Tags", [])
+        and c["SpotFleetRequestState"] in fleet.LIVE_STATES
+    ]
+
+
+@pytest.mark.aws
+def test_request_fleet_requests_a_tagged_fleet_and_persists_it(world, lambda_context):
+    prepared = prepared_run(world, lambda_context)
+    run = request_handler.handler({"run": prepared}, lambda_context)
+    fleet_id = run["resources"]["spot_fleet_request_id"]
+    assert [c["SpotFleetRequestId"] for c in _live_fleets(world, run["run_id"])] == [fleet_id]
+    assert run["phase"] == "fleet_requested"
+    assert run["timeline"]["fleet_requested_at"]
+    assert state_store.load(run["run_id"], world.s3).resources.spot_fleet_request_id == fleet_id
+    instances = world.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+    assert instances, "moto fulfils the fleet at once"
+
+
+@pytest.mark.aws
+def test_request_fleet_retry_does_not_create_second_fleet(world, lambda_context):
+    # given a prepared run / when RequestFleet runs twice with the same input (a retried Lambda)
+    prepared = prepared_run(world, lambda_context)
+    first = request_handler.handler({"run": prepared}, lambda_context)
+    second = request_handler.handler({"run": prepared}, lambda_context)
+    # then one fleet is active and both attempts name it
+    live = _live_fleets(world, prepared["run_id"])
+    assert len(live) == 1
+    assert first["resources"]["spot_fleet_request_id"] == second["resources"]["spot_fleet_request_id"]
+
+
+@pytest.mark.aws
+def test_invalid_fleet_parameters_are_a_fleet_request_error(world, lambda_context):
+    run = RunState.model_validate(prepared_run(world, lambda_context))
+    ec2 = FailingClient(world.ec2, "request_spot_fleet", code="InvalidSpotFleetRequestConfig")
+    with pytest.raises(FleetRequestError, match="InvalidSpotFleetRequestConfig"):
+        fleet.start_fleet(run, ec2, world.settings)
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("code", ["RequestLimitExceeded", "InternalError", "Unavailable"])
+def test_throttling_and_outages_are_transient(world, lambda_context, code):
+    run = RunState.model_validate(prepared_run(world, lambda_context))
+    ec2 = FailingClient(world.ec2, "request_spot_fleet", code=code)
+    with pytest.raises(TransientAwsError, match=code):
+        fleet.start_fleet(run, ec2, world.settings)
+
+
+@pytest.fixture
+def requested(world, lambda_context) -> dict:
+    return request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
+
+
+@pytest.mark.aws
+def test_registration_waits_while_no_instance_has_joined(world, lambda_context, requested):
+    run = check_handler.handler({"run": requested}, lambda_context)
+    assert run["phase"] == "fleet_requested"
+    assert run["timeline"]["registered_at"] is None
+    assert run["timeline"]["fleet_fulfilled_at"], "moto fulfils the target capacity at once"
+
+
+@pytest.mark.aws
+def test_one_registered_instance_ends_the_wait(world, lambda_context, requested):
+    world.register_instance(requested["resources"]["cluster_name"])
+    run = check_handler.handler({"run": requested}, lambda_context)
+    assert run["phase"] == "registered"
+    assert run["timeline"]["registered_at"]
+    assert state_store.load(run["run_id"], world.s3).phase == "registered"
+
+
+@pytest.mark.aws
+def test_instances_of_another_cluster_do_not_count(world, lambda_context, requested):
+    world.ecs.create_cluster(clusterName="someone-else")
+    world.register_instance("someone-else")
+    assert check_handler.handler({"run": requested}, lambda_context)["phase"] == "fleet_requested"
+
+
+@pytest.mark.aws
+def test_no_registration_within_the_timeout_ends_the_run(world, lambda_context, requested):
+    timeout = requested["spec"]["limits"]["registration_timeout_seconds"]
+    run = RunState.model_validate(requested)
+    later = run.timeline.fleet_requested_at + timedelta(seconds=timeout + 1)
+    with pytest.raises(RegistrationTimeoutError, match=rf"within {timeout} s"):
+        fleet.check_registration(run, world.ec2, world.ecs, now=later)
+
+
+@pytest.mark.aws
+def test_a_cancelled_fleet_ends_the_run(world, lambda_context, requested):
+    fleet_id = requested["resources"]["spot_fleet_request_id"]
+    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
+    with pytest.raises(FleetRequestError, match="cancelled"):
+        check_handler.handler({"run": requested}, lambda_context)
+
+
+@pytest.mark.aws
+def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, requested):
+    fleet_id = requested["resources"]["spot_fleet_request_id"]
+    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    with pytest.raises(FleetRequestError, match="no longer exists"):
+        check_handler.handler({"run": requested}, lambda_context)
