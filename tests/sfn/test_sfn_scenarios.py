@@ -101,6 +101,22 @@ def test_monitoring_iteration_costs_three_state_transitions_and_nine_history_eve
         ]
 
 
+def test_run_history_is_40_events_outside_the_loops_and_9_per_poll(happy):
+    """The arithmetic behind the continue-as-new threshold (docs/state-machine.md)."""
+    history = happy.last.history
+    registration_polls = happy.last.entered().count("CheckRegistration")
+    monitor_polls = happy.last.entered().count("Monitor")
+    first_wait = next(i for i, e in enumerate(history) if e["type"] == "WaitStateEntered")
+    first_teardown = next(
+        i for i, e in enumerate(history) if e.get("stateEnteredEventDetails", {}).get("name") == "Teardown"
+    )
+
+    # ExecutionStarted, Validate, IsResumed, PrepareRun, HasPendingShards, RequestFleet
+    assert first_wait == 20
+    assert len(history) - first_teardown == 15  # Teardown, Report, DidItFail, Succeeded, ExecutionSucceeded
+    assert len(history) == 20 + 5 + 15 + 9 * (registration_polls + monitor_polls)  # 5: ScaleService
+
+
 def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the_field(cloud, lambdas):
     spec = cloud.spec("invalid", shards=1)
     spec["fleet"]["instance_types"] = ["x9.huge"]
