@@ -166,13 +166,9 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
-    s3 = boto3.client("s3", region_name=REGION)
-    ec2 = boto3.client("ec2", region_name=REGION)
-    iam = boto3.client("iam", region_name=REGION)
-    logs = boto3.client("logs", region_name=REGION)
-    sns = boto3.client("sns", region_name=REGION)
-    sqs = boto3.client("sqs", region_name=REGION)
-    events = boto3.client("events", region_name=REGION)
+    # The tests share the handlers' own cached clients: creating an EC2 client costs more than a test.
+    s3, ec2, iam, logs = aws.client("s3"), aws.client("ec2"), aws.client("iam"), aws.client("logs")
+    sns, sqs, events = aws.client("sns"), aws.client("sqs"), aws.client("events")
 
     for bucket in (CONTROL_BUCKET, DATA_BUCKET):
         s3.create_bucket(Bucket=bucket)
@@ -233,14 +229,13 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     settings.cache_clear()
-    aws.reset_clients()
     return World(
         settings=settings(),
         s3=s3,
         sqs=sqs,
         ec2=ec2,
-        ecs=boto3.client("ecs", region_name=REGION),
-        sfn=boto3.client("stepfunctions", region_name=REGION),
+        ecs=aws.client("ecs"),
+        sfn=aws.client("stepfunctions"),
         published_events_queue=published,
         notifications_queue=notifications,
         shard_keys=shard_keys,

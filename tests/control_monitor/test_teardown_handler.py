@@ -1,0 +1,182 @@
+"""Teardown handler against moto: nothing of the run is left, from any starting point, any number of times."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from spotfill_control.errors import SpotfillError
+from spotfill_control.handlers import monitor, teardown
+
+from .conftest import CONTROL_BUCKET
+
+pytestmark = pytest.mark.aws
+
+
+def assert_nothing_left(world, run: dict) -> None:
+    """No fleet active, no instance running, and no queue, service, cluster, task definition or launch
+    template version of the run."""
+    run_id = run["run_id"]
+    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    live = [
+        f
+        for f in fleets
+        if f["SpotFleetRequestState"] in ("submitted", "active", "modifying")
+        and {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get("spotfill:run-id") == run_id
+    ]
+    assert live == []
+    running = world.ec2.describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
+    )["Reservations"]
+    assert running == []
+    queues = world.sqs.list_queues(QueueNamePrefix=f"spotfill-{run_id}").get("QueueUrls", [])
+    assert queues == []
+    clusters = world.ecs.describe_clusters(clusters=[f"spotfill-{run_id}"])["clusters"]
+    assert all(c["status"] == "INACTIVE" for c in clusters)
+    services = world.ecs.describe_services(cluster=f"spotfill-{run_id}", services=[f"spotfill-{run_id}"])
+    assert all(s["status"] != "ACTIVE" for s in services["services"])
+    families = world.ecs.list_task_definitions(familyPrefix=f"spotfill-{run_id}", status="ACTIVE")
+    assert families["taskDefinitionArns"] == []
+    versions = world.ec2.describe_launch_template_versions(LaunchTemplateId=world.settings.launch_template_id)
+    assert [v["VersionNumber"] for v in versions["LaunchTemplateVersions"]] == [1]
+
+
+def test_teardown_removes_everything_the_run_created(world, running_run, lambda_context):
+    # given a run in full flight: fleet, instances, cluster, service, queues, launch template version
+    instances = world.fleet_instances(running_run)
+    assert instances
+
+    # when it is torn down
+    run = teardown.handler({"run": running_run}, lambda_context)
+
+    # then nothing of it is left, its instances are terminating, and teardown is timed
+    assert_nothing_left(world, running_run)
+    assert set(world.instance_states(instances).values()) <= {"shutting-down", "terminated"}
+    assert run["timeline"]["teardown_started_at"] is not None
+    assert run["timeline"]["teardown_ended_at"] is not None
+    stored = world.stored_run(run["run_id"])
+    assert stored["timeline"]["teardown_ended_at"] == run["timeline"]["teardown_ended_at"]
+
+
+def test_teardown_saves_the_dead_letters_before_deleting_the_queue(world, running_run, lambda_context):
+    # given a shard in the dead-letter queue
+    failed = world.dead_letter(running_run, 1)
+
+    # when the run is torn down
+    teardown.handler({"run": running_run, "error": {"Error": "StallError", "Cause": "{}"}}, lambda_context)
+
+    # then the dead-lettered shard is kept for the report
+    body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
+    assert json.loads(body["Body"].read())["shards"] == [failed]
+
+
+def test_teardown_twice_is_harmless(world, running_run, lambda_context):
+    # given a run torn down once, with a dead letter saved
+    failed = world.dead_letter(running_run, 0)
+    first = teardown.handler({"run": running_run}, lambda_context)
+
+    # when teardown runs again (the cleanup rule after the ASL's own teardown)
+    second = teardown.handler({"run": running_run}, lambda_context)
+
+    # then it succeeds, keeps the first timestamps, and the saved dead letters survive
+    assert_nothing_left(world, running_run)
+    assert second["timeline"]["teardown_started_at"] == first["timeline"]["teardown_started_at"]
+    body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
+    assert json.loads(body["Body"].read())["shards"] == [failed]
+
+
+def test_teardown_of_a_run_that_was_only_prepared(world, start_run, lambda_context):
+    # given a run that failed before its fleet was requested
+    run = start_run(until="prepared")
+
+    # when it is torn down
+    teardown.handler({"run": run, "error": {"Error": "FleetRequestError", "Cause": "x"}}, lambda_context)
+
+    # then its queues, cluster, task definition and launch template version are gone
+    assert_nothing_left(world, run)
+
+
+def test_teardown_finds_resources_the_failed_state_did_not_hand_over(world, running_run, lambda_context):
+    # given the state a Catch hands over: the failed state's input, which names none of the resources
+    # (every handler persisted them as it created them)
+    bare = json.loads(json.dumps(running_run))
+    bare["resources"] = {}
+
+    # when it is torn down
+    teardown.handler({"run": bare, "error": {"Error": "States.TaskFailed"}}, lambda_context)
+
+    # then everything the persisted run names is gone all the same
+    assert_nothing_left(world, running_run)
+
+
+def test_teardown_finds_resources_by_name_when_no_state_names_them(world, running_run, lambda_context):
+    # given a run state with no resources and no persisted state (a Lambda that died right after creating)
+    world.s3.delete_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/state.json")
+    bare = json.loads(json.dumps(running_run))
+    bare["resources"] = {}
+    bare["progress"]["known_instances"] = []
+
+    # when it is torn down
+    teardown.handler({"run": bare}, lambda_context)
+
+    # then the run-scoped fleet (by tag), cluster, service, task definition and queues (by name) are gone;
+    # the launch template version is the one thing only the run state can name
+    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    assert all(f["SpotFleetRequestState"] not in ("active", "submitted", "modifying") for f in fleets)
+    assert world.sqs.list_queues(QueueNamePrefix=f"spotfill-{running_run['run_id']}").get("QueueUrls") is None
+    running = world.ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
+    assert running["Reservations"] == []
+
+
+def test_teardown_without_a_run_has_nothing_to_do(world, lambda_context):
+    # given an execution whose input was invalid: no run exists
+    event = {"error": {"Error": "InvalidSpecError", "Cause": "fleet.instance_types: unknown"}}
+
+    # when teardown runs, then it returns no run and creates nothing
+    assert teardown.handler(event, lambda_context) is None
+
+
+def test_teardown_still_cancels_the_fleet_when_another_step_fails(world, running_run, lambda_context):
+    # given a run whose launch template version is the template's default (cannot be deleted: a real error)
+    broken = json.loads(json.dumps(running_run))
+    broken["resources"]["launch_template_version"] = 1
+    world.s3.delete_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/state.json")
+
+    # when it is torn down, then the error is raised, not swallowed
+    with pytest.raises(SpotfillError, match="launch template version"):
+        teardown.handler({"run": broken}, lambda_context)
+
+    # and every other step still ran: no fleet, instance, queue or service is left
+    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    assert all(f["SpotFleetRequestState"] not in ("active", "submitted", "modifying") for f in fleets)
+    assert world.sqs.list_queues(QueueNamePrefix=f"spotfill-{running_run['run_id']}").get("QueueUrls") is None
+
+
+def test_teardown_after_monitor_finished_the_run(world, running_run, lambda_context):
+    # given a run monitor declared done
+    world.drain_queue(running_run)
+    for index in range(3):
+        world.write_output(running_run, index)
+    run = monitor.handler({"run": running_run}, lambda_context)
+    assert run["progress"]["state"] == "done"
+
+    # when it is torn down
+    run = teardown.handler({"run": run}, lambda_context)
+
+    # then nothing is left
+    assert_nothing_left(world, run)
+
+
+def test_teardown_terminates_instances_a_cancelled_fleet_left_running(world, running_run, lambda_context):
+    # given a fleet someone cancelled without terminating its instances
+    instances = world.fleet_instances(running_run)
+    world.ec2.cancel_spot_fleet_requests(
+        SpotFleetRequestIds=[running_run["resources"]["spot_fleet_request_id"]], TerminateInstances=False
+    )
+    assert set(world.instance_states(instances).values()) == {"running"}
+
+    # when the run is torn down
+    teardown.handler({"run": running_run}, lambda_context)
+
+    # then its instances are terminated all the same
+    assert set(world.instance_states(instances).values()) <= {"shutting-down", "terminated"}
