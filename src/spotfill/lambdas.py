@@ -14,8 +14,9 @@ the state machine's `Retry` and `Catch` match on the class name (`InvalidSpecErr
 ...). A result that is not JSON-serialisable is a `Runtime.MarshalError`, as on Lambda.
 
 For tests the dispatcher records every invocation (which function, the event, the outcome, and the AWS API
-calls the handler made on its own thread: the least-privilege test compares them with the template's
-policies) and can inject a failure into a named function, before or after its handler runs.
+calls the handler made, on its own thread or on threads it started, such as a thread pool's workers: the
+least-privilege test compares them with the template's policies) and can inject a failure into a named
+function, before or after its handler runs.
 
 All control functions share one environment (template `Globals`), but the process has one `os.environ`: the
 dispatcher applies a function's variables under a lock for the length of the invocation and restores them
@@ -228,10 +229,30 @@ class Dispatcher:
             return injection
         return None
 
+    def current_invocation(self) -> Invocation | None:
+        """The invocation this thread works for: a handler's thread, or a thread a handler started."""
+        return getattr(self._current, "invocation", None)
+
     def record_call(self, service: str, operation: str) -> None:
-        invocation = getattr(self._current, "invocation", None)
+        invocation = self.current_invocation()
         if invocation is not None:
             invocation.aws_calls.append(AwsCall(service, operation))
+
+    def adopt(self, thread: threading.Thread) -> None:
+        """Make a thread the current handler starts (a thread pool's worker) record into its invocation."""
+        invocation = self.current_invocation()
+        if invocation is None:
+            return
+        run = thread.run
+
+        def run_for_invocation() -> None:
+            self._current.invocation = invocation
+            try:
+                run()
+            finally:
+                self._current.invocation = None
+
+        thread.run = run_for_invocation  # type: ignore[method-assign]
 
 
 _active: list[Dispatcher] = []
@@ -247,6 +268,7 @@ def inprocess_lambdas() -> Iterator[Dispatcher]:
     dispatcher = Dispatcher()
     original_invoke = LambdaFunction.invoke
     original_call = botocore.client.BaseClient._make_api_call
+    original_start = threading.Thread.start
 
     def invoke(self: LambdaFunction, body: Any, request_headers: Any, response_headers: Any) -> bytes:
         return dispatcher.invoke(self, body, request_headers, response_headers)
@@ -255,8 +277,13 @@ def inprocess_lambdas() -> Iterator[Dispatcher]:
         dispatcher.record_call(client.meta.service_model.service_name, operation_name)
         return original_call(client, operation_name, api_params)
 
+    def start(thread: threading.Thread) -> None:
+        dispatcher.adopt(thread)
+        original_start(thread)
+
     LambdaFunction.invoke = invoke  # type: ignore[method-assign]
     botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
+    threading.Thread.start = start  # type: ignore[method-assign]
     _active.append(dispatcher)
     try:
         yield dispatcher
@@ -264,6 +291,7 @@ def inprocess_lambdas() -> Iterator[Dispatcher]:
         _active.remove(dispatcher)
         LambdaFunction.invoke = original_invoke  # type: ignore[method-assign]
         botocore.client.BaseClient._make_api_call = original_call  # type: ignore[method-assign]
+        threading.Thread.start = original_start  # type: ignore[method-assign]
 
 
 def _load_handler(spec: str | None) -> Callable[[Any, Any], Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,13 @@ def raise_transient(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 def return_datetime(event: dict[str, Any], context: Any) -> Any:
     return {"when": datetime.now(UTC)}
+
+
+def list_buckets_from_a_thread_pool(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    s3 = boto3.client("s3")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda _: s3.list_buckets(), range(2)))
+    return {"ok": True}
 
 
 def list_queues_and_buckets(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -221,6 +221,17 @@ def test_failure_injected_after_the_handler_keeps_its_side_effects_and_is_caught
     assert [call.iam_action for call in invocation.aws_calls] == ["sqs:ListQueues", "s3:ListBuckets"]
 
 
+def test_aws_calls_from_a_handlers_thread_pool_are_recorded_for_that_invocation(aws):
+    session, lambdas = aws
+    _function(session, "first", f"{PROBES}.list_buckets_from_a_thread_pool")
+
+    session.client("lambda").invoke(FunctionName="first", Payload=b"{}")
+    session.client("sqs").list_queues()  # the test's own call, outside any invocation
+
+    (invocation,) = lambdas.calls_of("first")
+    assert [call.iam_action for call in invocation.aws_calls] == ["s3:ListBuckets", "s3:ListBuckets"]
+
+
 def test_result_that_is_not_json_is_a_marshal_error_as_on_lambda(aws):
     session, _ = aws
     arn = _function(session, "first", f"{PROBES}.return_datetime")
