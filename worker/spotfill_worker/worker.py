@@ -385,8 +385,13 @@ class Worker:
             written = True
             try:
                 # Conditional create: of two workers racing on one shard, exactly one writes the object.
+                # The metadata lets the control plane count predictions with HeadObject (docs/contracts.md).
                 self.clients.s3.put_object(
-                    Bucket=location.bucket, Key=location.key, Body=body, IfNoneMatch="*"
+                    Bucket=location.bucket,
+                    Key=location.key,
+                    Body=body,
+                    IfNoneMatch="*",
+                    Metadata={"spotfill-rows": str(len(item.rows)), "spotfill-run-id": message.run_id},
                 )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
