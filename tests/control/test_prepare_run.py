@@ -10,8 +10,10 @@ from spotfill_control import cluster, fleet, state_store
 from spotfill_control.errors import SpotfillError
 from spotfill_control.handlers import prepare_run as prepare_handler
 from spotfill_control.prepare import prepare_run
-from spotfill_control.run import RUN_ID_TAG, RunState
+from spotfill_control.progress import Clients
+from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.spec import BackfillSpec
+from spotfill_control.teardown import teardown_and_persist
 
 from .conftest import CONTROL_BUCKET, DATA_BUCKET, FailingClient, prepared_run, sample_spec, validated_run
 
@@ -210,9 +212,7 @@ def _created_resources(world, run_id: str) -> dict[str, bool]:
         ("ec2", "create_launch_template_version"),  # after everything but the template version exists
     ],
 )
-def test_failure_halfway_leaves_every_created_resource_recorded_for_teardown(
-    world, lambda_context, client_name, operation
-):
+def test_failure_halfway_leaves_nothing_behind_after_teardown(world, lambda_context, client_name, operation):
     # given a validated run and one AWS call that fails mid-way
     run = RunState.model_validate(validated_run(world, lambda_context))
     clients = {name: getattr(world, name) for name in ("s3", "sqs", "ecs", "ec2", "ssm")}
@@ -226,6 +226,11 @@ def test_failure_halfway_leaves_every_created_resource_recorded_for_teardown(
     assert any(exists.values())
     for field, created in exists.items():
         assert (getattr(stored.resources, field) is not None) == created, field
+    # and teardown, handed the state's input as the Catch does, leaves nothing behind
+    teardown_and_persist(
+        run, Clients(s3=world.s3, sqs=world.sqs, ec2=world.ec2, ecs=world.ecs), world.settings, utcnow
+    )
+    assert not any(_created_resources(world, run.run_id).values()), _created_resources(world, run.run_id)
 
 
 @pytest.mark.aws
