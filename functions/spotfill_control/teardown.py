@@ -171,7 +171,10 @@ def delete_cluster(
 def deregister_task_definitions(family: str, known_arn: str | None, ecs: Any, outcome: Outcome) -> None:
     arns: set[str] = set()
     for page in ecs.get_paginator("list_task_definitions").paginate(familyPrefix=family, status="ACTIVE"):
-        arns.update(page.get("taskDefinitionArns", []))
+        # familyPrefix is a prefix: keep the run's own family only (`...:task-definition/<family>:<revision>`)
+        arns.update(
+            a for a in page.get("taskDefinitionArns", []) if a.rsplit("/", 1)[-1].rsplit(":", 1)[0] == family
+        )
     if known_arn:
         try:
             status = ecs.describe_task_definition(taskDefinition=known_arn)["taskDefinition"].get("status")
