@@ -43,11 +43,18 @@ class LocalRunResult:
     report: dict[str, Any] | None
     outputs: dict[str, Path] = field(default_factory=dict)  # input shard name -> downloaded output
     wall_seconds: float = 0.0
-    last_output_at: float | None = None  # monotonic time the last output appeared
-    fleet_gone_at: float | None = None  # monotonic time no instance of the run was left
+    last_output_at: float | None = None  # epoch seconds the last output was written (worker logs)
+    fleet_gone_at: float | None = None  # epoch seconds the run's last instance was terminated
     interruptions_done: int = 0
     kills_done: int = 0
     leftovers: list[str] = field(default_factory=list)
+
+    @property
+    def orchestration_overhead_seconds(self) -> float | None:
+        """From the last output written to the fleet terminated: what the control plane adds at the end."""
+        if self.last_output_at is None or self.fleet_gone_at is None:
+            return None
+        return self.fleet_gone_at - self.last_output_at
 
     @property
     def status(self) -> str:
@@ -142,30 +149,40 @@ def follow_run(
     session = Session(cloud.endpoint_url, cloud.region)
     stack = session.stack(cloud.options.stack_name)
     watcher = RunWatcher(session, stack, execution_arn, counts=local_counts(cloud))
-    marks: dict[str, float] = {}
-    last_done = [-1]
-
-    def on_poll(snap: Snapshot) -> None:
-        if snap.shards_done != last_done[0]:
-            last_done[0] = snap.shards_done
-            marks["last_output"] = time.monotonic()
-        if snap.run_id and "last_output" in marks and "fleet_gone" not in marks and snap.shards_done:
-            instances, _ = local_counts(cloud)(snap.run_id)
-            pending = [m for m in cloud.fleet.pending_machines()] if cloud.fleet else []
-            if instances == 0 and not pending and snap.state in ("Teardown", "Report", "Failed?", ""):
-                marks["fleet_gone"] = time.monotonic()
-
     started = time.monotonic()
-    snap = follow(watcher, console, timeout=timeout, on_poll=on_poll)
+    snap = follow(watcher, console, timeout=timeout)
     report = report_from_execution_output(snap.output)
     if snap.run_id:
         report = read_report(session, stack, snap.run_id) or report
     result = LocalRunResult(execution_arn, snap, report, wall_seconds=time.monotonic() - started)
-    result.last_output_at = marks.get("last_output")
-    result.fleet_gone_at = marks.get("fleet_gone")
+    if snap.run_id:
+        result.last_output_at, result.fleet_gone_at = _end_times(cloud, snap.run_id)
     if cloud.chaos is not None:
         result.kills_done, result.interruptions_done = cloud.chaos.kills, cloud.chaos.interruptions
     return result
+
+
+def _end_times(cloud: LocalCloud, run_id: str) -> tuple[float | None, float | None]:
+    """When the run's last output was written (its workers' logs) and its last instance terminated."""
+    cluster = f"spotfill-{run_id}"
+    last_output = None
+    for log_path in (cloud.run_dir / "logs" / cluster).glob("*.log"):
+        for line in log_path.read_text(errors="replace").splitlines():
+            if '"shard_done"' not in line:
+                continue
+            try:
+                stamp = float(json.loads(line)["time"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            last_output = stamp if last_output is None else max(last_output, stamp)
+    cloud.wait_idle(timeout=15)
+    clusters = cloud.agent.instance_clusters if cloud.agent else {}
+    ended = [
+        m.terminated_at
+        for m in (cloud.fleet.machines.values() if cloud.fleet else [])
+        if clusters.get(m.instance_id) == cluster and m.terminated_at is not None
+    ]
+    return last_output, (max(ended) if ended else None)
 
 
 def download_outputs(

@@ -74,7 +74,7 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     sfn = local_cloud.client("stepfunctions")
     described = eventually(
         lambda: (d := sfn.describe_execution(executionArn=execution_arn))["status"] != "RUNNING" and d,
-        timeout=60,
+        timeout=120,
     )
 
     # then the run fails, the error names the field, and no fleet was ever requested

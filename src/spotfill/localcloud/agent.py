@@ -56,6 +56,15 @@ class Task:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    @property
+    def busy(self) -> bool:
+        """The worker has finished at least one shard (its model is loaded and it is pulling work)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                return b'"shard_done"' in log.read()
+        except OSError:
+            return False
+
 
 @dataclass
 class Registration:
@@ -78,6 +87,7 @@ class EcsAgent:
         self.ec2 = boto3.client("ec2", endpoint_url=endpoint_url, region_name=region)
         self.ecs = boto3.client("ecs", endpoint_url=endpoint_url, region_name=region)
         self.registrations: dict[str, Registration] = {}
+        self.instance_clusters: dict[str, str] = {}  # every instance that ever joined -> its cluster
         self.tasks: list[Task] = []
         self.tasks_started = 0
         self.tasks_died = 0
@@ -122,6 +132,7 @@ class EcsAgent:
         text = _decode_user_data(encoded)
         match = _CLUSTER_LINE.search(text)
         with self._lock:
+            self.instance_clusters[machine.instance_id] = match.group(1) if match else "default"
             self.registrations[machine.instance_id] = Registration(
                 machine, match.group(1) if match else "default"
             )

@@ -1,10 +1,11 @@
 """Chaos: worker processes SIGKILLed and spot instances reclaimed while a run is in flight.
 
-`kill=K,interrupt=I[,every=S][,warmup=W]`: once tasks have been running for W seconds (default 3: models are
-loaded and shards are in hand), one event every S seconds (default 2), kills and interruptions interleaved,
-until all K + I have happened. A kill is SIGKILL to one random worker process (ECS replaces it); an
-interruption is a spot reclaim: SIGTERM to the instance's tasks (ECS spot draining), SIGKILL after the stop
-timeout, then the instance terminated with `Server.SpotInstanceTermination`, and the fleet replaces it.
+`kill=K,interrupt=I[,every=S][,warmup=W]`: once a worker is busy (it has finished a shard, so its model is
+loaded and it holds work) and has run for W seconds, one event every S seconds (default 2), kills and
+interruptions interleaved, until all K + I have happened; victims are always busy workers. A kill is
+SIGKILL to one random worker process (ECS replaces it); an interruption is a spot reclaim: SIGTERM to the
+instance's tasks (ECS spot draining), SIGKILL after the stop timeout, then the instance terminated with
+`Server.SpotInstanceTermination`, and the fleet replaces it.
 """
 
 from __future__ import annotations
@@ -113,11 +114,11 @@ class Chaos:
 
     def _warm(self) -> bool:
         now = time.monotonic()
-        return any(now - t.started_at >= self.spec.warmup for t in self.agent.running_tasks())
+        return any(now - t.started_at >= self.spec.warmup and t.busy for t in self.agent.running_tasks())
 
     def kill_one(self) -> bool:
         now = time.monotonic()
-        tasks = [t for t in self.agent.running_tasks() if now - t.started_at >= self.spec.warmup]
+        tasks = [t for t in self.agent.running_tasks() if now - t.started_at >= self.spec.warmup and t.busy]
         if not tasks:
             return False
         task = self.random.choice(tasks)
@@ -127,7 +128,7 @@ class Chaos:
         return True
 
     def interrupt_one(self) -> bool:
-        busy = {t.instance_id for t in self.agent.running_tasks()}
+        busy = {t.instance_id for t in self.agent.running_tasks() if t.busy}
         machines = [m for m in self.fleet.running_machines() if m.instance_id in busy and not m.interrupted]
         if not machines:
             return False

@@ -33,6 +33,7 @@ class Machine:
     booted: bool = False
     terminated: bool = False
     interrupted: bool = False
+    terminated_at: float | None = None  # epoch seconds the emulator saw it terminated
 
 
 class FleetEmulator:
@@ -101,6 +102,7 @@ class FleetEmulator:
                 instance = self._instance(machine.instance_id)
                 if instance is None or instance._state.name in ("terminated", "shutting-down", "stopped"):
                     machine.terminated = True
+                    machine.terminated_at = time.time()
                     gone.append(machine)
                 elif not machine.booted and now - machine.launched_at >= self.boot_delay:
                     instance._state.name, instance._state.code = "running", 16
