@@ -383,6 +383,8 @@ def test_own_input_and_output_buckets_scope_the_worker_role(moto_module: None):
     statements = {s["Sid"]: s for s in role_statements(own.outputs["TaskRoleArn"].rsplit("/", 1)[1])}
     assert "arn:aws:s3:::their-inputs/*" in statements["ReadShards"]["Resource"]
     assert statements["WriteOutputs"]["Resource"] == "arn:aws:s3:::their-outputs/*"
+    assert statements["FindOutputs"]["Resource"] == "arn:aws:s3:::their-outputs"
+    assert "their-outputs" not in json.dumps(statements["ReadShards"])
 
 
 def test_placeholder_without_substitution_fails_the_deploy_naming_it():
