@@ -256,3 +256,41 @@ def test_logs_are_json_lines_with_shard_rows_and_throughput_plus_emf_metrics(
     assert directive["Namespace"] == "spotfill" and directive["Dimensions"] == [["RunId"]]
     assert {m["Name"] for m in directive["Metrics"]} >= {"Predictions", "Shards", "ShardSeconds"}
     assert emf[0]["RunId"] == "run-test" and emf[0]["Predictions"] == ROWS and emf[0]["Shards"] == 1
+
+
+def test_xla_compiled_forward_pass_predicts_like_model_predict(cloud, run_worker, digits_cnn):
+    # given
+    x = np.random.default_rng(11).uniform(size=(19, 8, 8, 1)).astype(np.float32)
+    model_uri = cloud.put("models/digits.keras", digits_cnn.path.read_bytes())
+    cloud.put("inputs/xla.npy", npy_bytes(x))
+    message = cloud.send_shard("inputs/xla.npy", "npy")
+
+    # when
+    run = run_worker(model_uri, "npy", output_format="npy", xla=True)
+
+    # then
+    assert run.events("model_loaded")[0]["xla"] is True
+    np.testing.assert_allclose(
+        np.load(io.BytesIO(cloud.get(message["output"]))), digits_cnn.predict(x), atol=ATOL
+    )
+
+
+def test_mixed_precision_runs_layers_in_float16_and_returns_float32_close_to_model_predict(
+    tabular_classifier,
+):
+    import keras
+    from spotfill_worker.model import Predictor, load_model
+
+    # given
+    x = features(seed=12)
+    try:
+        # when the model is loaded with mixed precision
+        loaded = load_model(tabular_classifier.path, mixed_precision=True)
+        output = Predictor(loaded, batch_size=16).predict(x)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+    # then layers compute in float16, outputs come back as float32 within half precision of model.predict
+    assert loaded.keras_model.layers[-1].compute_dtype == "float16"
+    assert output.dtype == np.float32
+    np.testing.assert_allclose(output, tabular_classifier.predict(x), atol=5e-3)

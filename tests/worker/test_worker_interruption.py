@@ -140,7 +140,7 @@ def test_sigterm_mid_shard_that_can_finish_writes_it_stops_receiving_and_exits_0
 ):
     # given a short shard in hand, a second shard queued, and a generous stop timeout
     cloud = server_cloud
-    x = np.random.default_rng(0).normal(size=(1500, 5)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1000, 5)).astype(np.float32)
     model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
     cloud.put("inputs/a.npy", npy_bytes(x))
     cloud.put("inputs/b.npy", npy_bytes(x))

@@ -209,3 +209,26 @@ def test_importing_the_worker_package_does_not_import_tensorflow_or_create_clien
         "assert 'boto3' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_many_shards_with_two_prefetching_receivers_each_get_exactly_one_correct_output(
+    cloud, run_worker, tabular_classifier
+):
+    # given eight shards
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    shards = {}
+    for i in range(8):
+        shards[i] = rows(100 + i, n=40)
+        cloud.put(f"inputs/many-{i}.npy", npy_bytes(shards[i]))
+        cloud.send_shard(f"inputs/many-{i}.npy", "npy")
+
+    # when two receiver threads download ahead of the compute loop
+    run = run_worker(model_uri, "npy", output_format="npy", prefetch_shards=2)
+
+    # then
+    assert sorted(cloud.keys("data-bucket", "outputs/")) == [f"outputs/many-{i}.npy" for i in range(8)]
+    for i, x in shards.items():
+        output = np.load(io.BytesIO(cloud.get(f"s3://data-bucket/outputs/many-{i}.npy")))
+        np.testing.assert_allclose(output, tabular_classifier.predict(x), atol=1e-5)
+    assert len(run.events("shard_done")) == 8 and run.worker.shards_done == 8
+    assert cloud.queue_counts() == (0, 0)

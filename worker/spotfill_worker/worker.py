@@ -2,8 +2,8 @@
 
 Three stages overlap so the model never waits on I/O:
 
-- the receiver thread takes the next message, skips shards whose output already exists, downloads and
-  decodes the shard while the current one predicts (at most ``prefetch_shards`` decoded shards wait ahead);
+- receiver threads (``prefetch_shards`` of them) take the next messages, skip shards whose output already
+  exists, and download and decode shards while the current one predicts (at most ``prefetch_shards`` wait);
 - the main thread runs the compiled forward pass;
 - upload threads encode and write the output (a conditional put: exactly one object per shard), then delete
   the message.
@@ -124,14 +124,18 @@ class Worker:
         self.leases = Leases(self.clients.sqs, config.queue_url, config.visibility_timeout, self.telemetry)
         self.leases.start_heartbeat()
         uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
-        receiver = threading.Thread(target=self._receive_loop, name="receiver", daemon=True)
+        receivers = [
+            threading.Thread(target=self._receive_loop, name=f"receiver-{i}", daemon=True)
+            for i in range(config.prefetch_shards)
+        ]
         self._futures: list[Future] = []
         self._last_busy = time.monotonic()
-        receiver.start()
+        for receiver in receivers:
+            receiver.start()
         try:
             self._compute_loop(uploads)
         finally:
-            self._shutdown(uploads, receiver)
+            self._shutdown(uploads, receivers)
             if watcher is not None:
                 watcher.close()
         return 0
@@ -194,13 +198,17 @@ class Worker:
                 np.zeros((predictor.batch_size, *shape), dtype=predictor.model.model_input.dtype)
             )
 
-    def _shutdown(self, uploads: ThreadPoolExecutor, receiver: threading.Thread) -> None:
+    def _shutdown(self, uploads: ThreadPoolExecutor, receivers: list[threading.Thread]) -> None:
         self._finished.set()
         pending = [f for f in self._futures if not f.done()]
         if pending:
             wait_futures(pending, timeout=max(0.0, self.stop.seconds_left()))
         released = self.leases.release_all()
-        receiver.join(timeout=max(0.0, min(self.config.receive_wait_seconds + 2.0, self.stop.seconds_left())))
+        join_by = time.monotonic() + max(
+            0.0, min(self.config.receive_wait_seconds + 2.0, self.stop.seconds_left())
+        )
+        for receiver in receivers:
+            receiver.join(timeout=max(0.0, join_by - time.monotonic()))
         released += self.leases.release_all()
         uploads.shutdown(wait=False, cancel_futures=True)
         self.leases.close()
@@ -287,7 +295,8 @@ class Worker:
                 raise ValueError(f"message belongs to run {message.run_id!r}, not {self.config.run_id!r}")
             if self._output_exists(message.output):
                 self.leases.delete(delivery)
-                self.shards_skipped += 1
+                with self._busy_lock:
+                    self.shards_skipped += 1
                 self.telemetry.log(
                     "shard_skipped", shard=message.shard, output=message.output, reason="output exists"
                 )
@@ -406,7 +415,8 @@ class Worker:
             rows = len(item.rows)
             seconds = time.monotonic() - item.delivery.received_at
             predict_seconds = item.timings.get("predict", 0.0)
-            self.shards_done += 1
+            with self._busy_lock:
+                self.shards_done += 1
             self.telemetry.log(
                 "shard_done",
                 shard=message.shard,
@@ -434,7 +444,8 @@ class Worker:
     def _fail(self, item: Prepared, exc: BaseException) -> None:
         """Record the error and leave the message to time out, so SQS redrives it after the receive limit."""
         self.leases.drop(item.delivery)
-        self.shards_failed += 1
+        with self._busy_lock:
+            self.shards_failed += 1
         message = item.message
         summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[-4000:]
         record = {
