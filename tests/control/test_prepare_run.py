@@ -15,7 +15,15 @@ from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.spec import BackfillSpec
 from spotfill_control.teardown import teardown_and_persist
 
-from .conftest import CONTROL_BUCKET, DATA_BUCKET, FailingClient, prepared_run, sample_spec, validated_run
+from .conftest import (
+    CONTROL_BUCKET,
+    CPU_AMI_PARAMETER,
+    DATA_BUCKET,
+    FailingClient,
+    prepared_run,
+    sample_spec,
+    validated_run,
+)
 
 
 def pure_run(**overrides) -> RunState:
@@ -256,3 +264,22 @@ def test_prepare_handler_returns_the_run_it_persisted(world, lambda_context):
     validated = validated_run(world, lambda_context)
     run = prepare_handler.handler({"run": validated, "error": None}, lambda_context)
     assert state_store.load(run["run_id"], world.s3).model_dump(mode="json") == run
+
+
+@pytest.mark.aws
+def test_gpu_fleets_get_the_gpu_ami_in_their_launch_template_version(world, lambda_context):
+    run = prepared_run(
+        world, lambda_context, fleet__instance_types=["g4dn.xlarge", "g5.xlarge"], service__memory=4096
+    )
+    version = world.ec2.describe_launch_template_versions(
+        LaunchTemplateId=world.settings.launch_template_id,
+        Versions=[str(run["resources"]["launch_template_version"])],
+    )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    gpu_ami = world.ssm.get_parameter(Name=fleet.GPU_AMI_PARAMETER)["Parameter"]["Value"]
+    cpu_ami = world.ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
+    assert version["ImageId"] == gpu_ami != cpu_ami
+    assert "ECS_ENABLE_GPU_SUPPORT=true" in base64.b64decode(version["UserData"]).decode()
+    definition = world.ecs.describe_task_definition(taskDefinition=run["resources"]["task_definition_arn"])
+    assert definition["taskDefinition"]["containerDefinitions"][0]["resourceRequirements"] == [
+        {"type": "GPU", "value": "1"}
+    ]
