@@ -384,10 +384,12 @@ def recorded(translated) -> Iterator[Recorded]:
         yield Recorded(calls, grants, handler_functions(translated), account, needs)
 
 
+@pytest.mark.sfn
 def test_scenarios_exercise_every_function(recorded: Recorded):
     assert set(recorded.calls.by_handler()) == set(recorded.functions)
 
 
+@pytest.mark.sfn
 def test_every_aws_call_of_every_handler_is_granted_to_its_function_in_template_yaml(recorded: Recorded):
     missing = set()
     for call, needs in recorded.needs.items():
@@ -401,6 +403,7 @@ def test_every_aws_call_of_every_handler_is_granted_to_its_function_in_template_
     assert not missing, "\n".join(sorted(missing))
 
 
+@pytest.mark.sfn
 def test_no_function_is_granted_an_action_its_handler_never_needs(recorded: Recorded):
     needed: dict[str, set[str]] = {}
     for call, needs in recorded.needs.items():
