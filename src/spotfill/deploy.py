@@ -346,12 +346,14 @@ def _arn_of(value: Any, references: Mapping[str, str], session: boto3.session.Se
     if isinstance(value, str):
         return value
     if isinstance(value, dict) and set(value) == {"Fn::GetAtt"} and value["Fn::GetAtt"][1] == "Arn":
-        physical = references[value["Fn::GetAtt"][0]]
+        logical_id = value["Fn::GetAtt"][0]
+        physical = references[logical_id]
+        resource_type = references.get(f"{logical_id}::Type")
         if physical.startswith("arn:"):
             return physical
-        try:
+        if resource_type == "AWS::Lambda::Function":
             return session.client("lambda").get_function_configuration(FunctionName=physical)["FunctionArn"]
-        except session.client("lambda").exceptions.ResourceNotFoundException:
+        if resource_type == "AWS::IAM::Role":
             return session.client("iam").get_role(RoleName=physical)["Role"]["Arn"]
     raise DeployError(f"cannot resolve {value!r} outside CloudFormation")
 
@@ -493,6 +495,7 @@ def deploy_stack(
     for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack_name):
         for resource in page["StackResourceSummaries"]:
             references[resource["LogicalResourceId"]] = resource["PhysicalResourceId"]
+            references[f"{resource['LogicalResourceId']}::Type"] = resource["ResourceType"]
     _apply_bucket_settings(s3, cfn_template, references)
     _rewrite_inline_policies_as_json(session.client("iam"), cfn_template, references)
     _make_state_machines_executable(session, cfn_template, references)
