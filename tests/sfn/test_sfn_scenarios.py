@@ -71,6 +71,7 @@ def test_happy_path_writes_every_output_while_it_monitors_then_tears_down_and_re
     assert seen[-1] == 4
     assert happy.report["status"] == "succeeded"
     assert happy.report["run_id"] == happy.run_id
+    assert happy.report["predictions"]["total"] == 4 * SLOW_WORKERS.rows_per_shard
     assert_nothing_left(cloud.session, happy.run_id)
 
 
@@ -178,10 +179,11 @@ def test_run_without_progress_for_the_stall_timeout_fails_as_stalled(cloud, lamb
 def test_shard_that_always_fails_ends_in_the_dead_letter_queue_and_the_run_completes(cloud, lambdas):
     outcome = cloud.run(cloud.spec("poison", shards=3), Knobs(poison=frozenset({"part-00001.npy"})))
 
-    assert outcome.report is not None
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
     assert len(cloud.outputs("poison")) == 2
     assert outcome.monitor_results()[-1]["progress"]["dead_letters"] == 1
-    assert any("part-00001.npy" in json.dumps(value) for value in outcome.report.values())
+    assert outcome.report["status"] == "completed_with_failures"
+    assert [key.rsplit("/", 1)[-1] for key in outcome.report["shards"]["failed_keys"]] == ["part-00001.npy"]
     assert outcome.physics.poisoned_receives >= 3
     assert_nothing_left(cloud.session, outcome.run_id)
 
@@ -193,6 +195,7 @@ def test_lost_shard_is_queued_again_and_the_run_succeeds(cloud, lambdas):
     assert [uri.rsplit("/", 1)[-1] for uri in outcome.physics.lost] == ["part-00002.npy"]
     assert len(cloud.outputs("lost")) == 3
     assert outcome.monitor_results()[-1]["progress"]["requeued"] >= 1
+    assert outcome.report["shards"]["requeued"] >= 1
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
