@@ -16,7 +16,12 @@ from botocore.exceptions import ClientError
 from spotfill_control.aws import is_transient
 from spotfill_control.cluster import count_registered_instances
 from spotfill_control.config import Settings
-from spotfill_control.errors import FleetRequestError, RegistrationTimeoutError, TransientAwsError
+from spotfill_control.errors import (
+    FleetRequestError,
+    RegistrationTimeoutError,
+    RunTimeoutError,
+    TransientAwsError,
+)
 from spotfill_control.instance_types import CATALOG
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.spec import FleetSpec
@@ -182,6 +187,13 @@ def request_fleet(run: RunState, ec2: Any, settings: Settings, now: datetime | N
     existing = find_live_fleet(run.run_id, ec2)
     if existing:
         return existing
+    now = now or utcnow()
+    deadline = (run.timeline.started_at or now) + timedelta(seconds=run.spec.limits.max_runtime_seconds)
+    if deadline <= now:
+        raise RunTimeoutError(
+            f"limits.max_runtime_seconds ({run.spec.limits.max_runtime_seconds} s) ran out before the fleet "
+            "was requested"
+        )
     try:
         response = ec2.request_spot_fleet(
             SpotFleetRequestConfig=build_fleet_request(run, settings, now or utcnow())

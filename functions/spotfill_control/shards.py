@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from spotfill_control.aws import is_transient
-from spotfill_control.errors import InvalidSpecError, TransientAwsError
+from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, BackfillSpec, InputSpec
 
@@ -25,6 +26,7 @@ MAX_RECEIVES = 3  # a shard that fails this often goes to the dead-letter queue
 VISIBILITY_TIMEOUT_SECONDS = 120  # the worker's default heartbeat window (SPOTFILL_VISIBILITY_TIMEOUT)
 RETENTION_SECONDS = 14 * 86_400
 SEND_ATTEMPTS = 5
+SEND_WORKERS = 8  # parallel SendMessageBatch calls: a million shards are 100,000 batches
 
 
 class Shard(BaseModel):
@@ -244,39 +246,49 @@ def send_shards(
     queue_url: str,
     sqs: Any,
     sleep: Callable[[float], None] = time.sleep,
+    workers: int = SEND_WORKERS,
 ) -> int:
-    """Send one message per shard, ten at a time; failed entries are resent, never dropped.
+    """One message per shard, ten per batch, batches in parallel; failed entries are resent, never dropped.
 
     Raises TransientAwsError when some entries still fail after SEND_ATTEMPTS rounds (the ASL retries the
     state; a resent shard is harmless because its output key is fixed).
     """
-    sent = 0
-    for start in range(0, len(shards), 10):
-        pending = {str(i): shards[i].message(run_id) for i in range(start, min(start + 10, len(shards)))}
-        for attempt in range(SEND_ATTEMPTS):
-            try:
-                response = sqs.send_message_batch(
-                    QueueUrl=queue_url,
-                    Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in pending.items()],
-                )
-            except ClientError as exc:
-                if not is_transient(exc) or attempt == SEND_ATTEMPTS - 1:
-                    raise TransientAwsError(f"sqs.send_message_batch: {exc}") from exc
-                sleep(0.2 * 2**attempt)
-                continue
-            for ok in response.get("Successful", []):
-                pending.pop(ok["Id"], None)
-                sent += 1
-            failed = response.get("Failed", [])
-            if not pending:
-                break
+    batches = [shards[start : start + 10] for start in range(0, len(shards), 10)]
+    if workers <= 1 or len(batches) <= 1:
+        return sum(_send_batch(run_id, batch, queue_url, sqs, sleep) for batch in batches)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(lambda batch: _send_batch(run_id, batch, queue_url, sqs, sleep), batches))
+
+
+def _send_batch(
+    run_id: str, batch: list[Shard], queue_url: str, sqs: Any, sleep: Callable[[float], None]
+) -> int:
+    pending = {str(i): shard.message(run_id) for i, shard in enumerate(batch)}
+    for attempt in range(SEND_ATTEMPTS):
+        try:
+            response = sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in pending.items()],
+            )
+        except ClientError as exc:
+            if not is_transient(exc):
+                raise SpotfillError(f"sqs.send_message_batch: {exc}") from exc
             if attempt == SEND_ATTEMPTS - 1:
-                reasons = "; ".join(
-                    f"{f['Id']}: {f.get('Code')} {f.get('Message', '')}".strip() for f in failed
-                )
-                raise TransientAwsError(
-                    f"sqs.send_message_batch: {len(pending)} shard message(s) not sent after "
-                    f"{SEND_ATTEMPTS} attempts ({reasons})"
-                )
+                raise TransientAwsError(f"sqs.send_message_batch: {exc}") from exc
             sleep(0.2 * 2**attempt)
-    return sent
+            continue
+        for ok in response.get("Successful", []):
+            pending.pop(ok["Id"], None)
+        if not pending:
+            return len(batch)
+        if attempt == SEND_ATTEMPTS - 1:
+            reasons = "; ".join(
+                f"{batch[int(f['Id'])].shard}: {f.get('Code')} {f.get('Message', '')}".strip()
+                for f in response.get("Failed", [])
+            )
+            raise TransientAwsError(
+                f"sqs.send_message_batch: {len(pending)} shard message(s) not sent after "
+                f"{SEND_ATTEMPTS} attempts ({reasons})"
+            )
+        sleep(0.2 * 2**attempt)
+    return len(batch) - len(pending)

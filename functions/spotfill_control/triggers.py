@@ -203,7 +203,7 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
     if not isinstance(trigger, dict):
         raise InvalidSpecError(f"input: must be a JSON object, got {type(trigger).__name__}.")
     if "resume" in trigger:
-        resumed: ResumeTrigger = _parse(ResumeTrigger, trigger, "resume")
+        resumed: ResumeTrigger = _parse(ResumeTrigger, trigger, "input")
         return resumed.resume
     if trigger.get("source") == "aws.s3" or "detail-type" in trigger:
         event: S3EventNotificationEventBridgeModel = _parse(

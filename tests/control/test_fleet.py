@@ -6,7 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from spotfill_control import fleet, state_store
-from spotfill_control.errors import FleetRequestError, RegistrationTimeoutError, TransientAwsError
+from spotfill_control.errors import (
+    FleetRequestError,
+    RegistrationTimeoutError,
+    RunTimeoutError,
+    TransientAwsError,
+)
 from spotfill_control.handlers import check_registration as check_handler
 from spotfill_control.handlers import request_fleet as request_handler
 from spotfill_control.run import RUN_ID_TAG, Resources, RunState, Timeline
@@ -165,6 +170,15 @@ def test_throttling_and_outages_are_transient(world, lambda_context, code):
     ec2 = FailingClient(world.ec2, "request_spot_fleet", code=code)
     with pytest.raises(TransientAwsError, match=code):
         fleet.start_fleet(run, ec2, world.settings)
+
+
+@pytest.mark.aws
+def test_no_fleet_is_requested_once_the_maximum_runtime_is_spent(world, lambda_context):
+    run = RunState.model_validate(prepared_run(world, lambda_context))
+    too_late = run.timeline.started_at + timedelta(seconds=run.spec.limits.max_runtime_seconds)
+    with pytest.raises(RunTimeoutError, match=r"limits\.max_runtime_seconds"):
+        fleet.start_fleet(run, world.ec2, world.settings, now=too_late)
+    assert not _live_fleets(world, run.run_id)
 
 
 @pytest.fixture

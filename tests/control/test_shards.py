@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
 from spotfill_control import shards
-from spotfill_control.errors import InvalidSpecError, TransientAwsError
+from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.shards import Shard
 from spotfill_control.spec import BackfillSpec
 
-from .conftest import CONTROL_BUCKET, DATA_BUCKET, sample_spec
+from .conftest import CONTROL_BUCKET, DATA_BUCKET, FailingClient, sample_spec
 
 
 def spec(**overrides: Any) -> BackfillSpec:
@@ -114,25 +115,30 @@ def test_malformed_json_shard_list_names_input_uri(s3_world, body, reason):
 
 
 class FlakySqs:
-    """Fails the given entry ids of the first `rounds` send_message_batch calls, as SQS does under load."""
+    """Fails the entries of the given shards their first `times` sends, as SQS does under load."""
 
-    def __init__(self, inner: Any, failing_ids: set[str], rounds: int):
-        self.inner, self.failing_ids, self.rounds = inner, failing_ids, rounds
+    def __init__(self, inner: Any, failing_shards: set[str], times: int):
+        self.inner, self.failures_left = inner, dict.fromkeys(failing_shards, times)
         self.batches: list[list[str]] = []
+        self.lock = threading.Lock()
 
     def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
-        self.batches.append([e["Id"] for e in Entries])
-        if self.rounds > 0:
-            self.rounds -= 1
-            failing = [e for e in Entries if e["Id"] in self.failing_ids]
-            passing = [e for e in Entries if e["Id"] not in self.failing_ids]
-            response = self.inner.send_message_batch(QueueUrl=QueueUrl, Entries=passing) if passing else {}
-            response["Failed"] = [
-                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
-                for e in failing
-            ]
-            return response
-        return self.inner.send_message_batch(QueueUrl=QueueUrl, Entries=Entries)
+        passing, failing = [], []
+        with self.lock:
+            self.batches.append([json.loads(e["MessageBody"])["shard"] for e in Entries])
+            for entry in Entries:
+                shard = json.loads(entry["MessageBody"])["shard"]
+                if self.failures_left.get(shard, 0) > 0:
+                    self.failures_left[shard] -= 1
+                    failing.append(entry)
+                else:
+                    passing.append(entry)
+        response = self.inner.send_message_batch(QueueUrl=QueueUrl, Entries=passing) if passing else {}
+        response["Failed"] = [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "try again"}
+            for e in failing
+        ]
+        return response
 
 
 def _shards(count: int) -> list[Shard]:
@@ -153,23 +159,35 @@ def _received_shards(sqs: Any, queue_url: str) -> list[str]:
 
 @pytest.mark.aws
 def test_partially_failed_batches_are_resent_until_every_shard_is_queued(s3_world):
-    # given 23 shards and an SQS that fails entries 3 and 12 of their batches twice
+    # given 23 shards and an SQS that fails the entries of shards 3 and 12 twice each
     queue = s3_world.sqs.create_queue(QueueName="q")["QueueUrl"]
-    flaky = FlakySqs(s3_world.sqs, failing_ids={"3", "12"}, rounds=2)
+    flaky = FlakySqs(s3_world.sqs, failing_shards={"s3://b/in/3.npy", "s3://b/in/12.npy"}, times=2)
     # when the shards are sent
     sent = shards.send_shards("r", _shards(23), queue, flaky, sleep=lambda _: None)
-    # then batches hold at most ten, the failed entries were resent alone, and each shard is queued once
+    # then batches hold at most ten, only the failed entries were resent, and each shard is queued once
     assert sent == 23
     assert all(len(batch) <= 10 for batch in flaky.batches)
-    assert flaky.batches[:2] == [[str(i) for i in range(10)], ["3"]]
+    resent = [batch for batch in flaky.batches if len(batch) == 1]
+    assert sorted(resent) == [["s3://b/in/12.npy"]] * 2 + [["s3://b/in/3.npy"]] * 2
     assert sorted(_received_shards(s3_world.sqs, queue)) == sorted(s.shard for s in _shards(23))
 
 
 @pytest.mark.aws
 def test_an_entry_that_never_sends_fails_the_state_instead_of_being_dropped(s3_world):
     queue = s3_world.sqs.create_queue(QueueName="q")["QueueUrl"]
-    flaky = FlakySqs(s3_world.sqs, failing_ids={"4"}, rounds=100)
+    flaky = FlakySqs(s3_world.sqs, failing_shards={"s3://b/in/4.npy"}, times=100)
     with pytest.raises(
-        TransientAwsError, match=r"1 shard message\(s\) not sent after 5 attempts \(4: InternalError"
+        TransientAwsError,
+        match=r"1 shard message\(s\) not sent after 5 attempts \(s3://b/in/4\.npy: InternalError",
     ):
         shards.send_shards("r", _shards(8), queue, flaky, sleep=lambda _: None)
+
+
+@pytest.mark.aws
+def test_a_refused_send_is_not_retried_as_transient(s3_world):
+    queue = s3_world.sqs.create_queue(QueueName="q")["QueueUrl"]
+    denied = FailingClient(s3_world.sqs, "send_message_batch", code="AccessDenied")
+    with pytest.raises(SpotfillError, match="AccessDenied") as raised:
+        shards.send_shards("r", _shards(3), queue, denied, sleep=lambda _: None)
+    assert not isinstance(raised.value, TransientAwsError)
+    assert denied.calls == 1

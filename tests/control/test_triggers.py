@@ -394,6 +394,10 @@ def _gpu_tasks_exceed_gpus(world):
     return document
 
 
+def _resume_without_spec(world):
+    return {"resume": {"run_id": "demo-20261127060000-abcdef", "phase": "monitoring"}}
+
+
 INVALID_INPUTS = [
     ("manifest-malformed-json", _bad_manifest, r"manifest s3://\S+: not valid JSON"),
     ("manifest-not-under-backfills", _manifest_elsewhere, r"manifest s3://\S+: must be under backfills/"),
@@ -427,6 +431,7 @@ INVALID_INPUTS = [
     ),
     ("shard-list-unreadable", _shard_list_missing, r"input\.uri: shard manifest s3://\S+ cannot be read"),
     ("input-not-an-object", _not_an_object, r"^input: must be a JSON object"),
+    ("resume-without-spec", _resume_without_spec, r"^input: resume\.spec: required field is missing"),
     (
         "gpu-tasks-exceed-gpus",
         _gpu_tasks_exceed_gpus,
