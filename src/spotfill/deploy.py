@@ -23,8 +23,8 @@ What happens, in order:
    - bucket policies are left out of the emulator (moto ignores their conditions, so the TLS-only Deny would
      deny everything); they stay in the translated template, where the tests check them.
 4. What the template expects from the account is made sure of: the default VPC and its subnets (moto creates
-   them; their ids become the `VpcId` / `Subnets` parameters) and the public SSM parameters of the
-   ECS-optimized AMIs (moto ships them; checked, never invented).
+   them, or `CreateDefaultVpc` does; their ids become the `VpcId` / `Subnets` parameters) and the public SSM
+   parameters of the ECS-optimized AMIs (moto ships them; checked, never invented).
 5. `create_stack`, then the outputs are read back into a typed `StackOutputs`.
 """
 
@@ -253,9 +253,7 @@ def _inline_state_machine_definitions(cfn_template: dict[str, Any], definitions:
 
 def _default_network(ec2: Any) -> tuple[str, list[str]]:
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise DeployError("the emulator has no default VPC")
-    vpc_id = vpcs[0]["VpcId"]
+    vpc_id = vpcs[0]["VpcId"] if vpcs else ec2.create_default_vpc()["Vpc"]["VpcId"]
     subnets = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc_id]}])["Subnets"]
     if not subnets:
         raise DeployError(f"the emulator's default VPC {vpc_id} has no subnets")
@@ -414,7 +412,8 @@ def deploy_stack(
     - Functions are created with their real `Handler` and `Environment`; moto runs no code, so whoever invokes
       them dispatches to `StackOutputs.functions[...].handler` in process.
     - Raises `DeployError` when translation fails, a state machine placeholder has no substitution, the
-      emulator lacks a default VPC or the AMI parameters, or the stack does not reach CREATE_COMPLETE.
+      emulator lacks the AMI parameters, a stack of that name exists already, or the stack does not reach
+      CREATE_COMPLETE.
     """
     session = session or boto3.session.Session(region_name=region)
     region = session.region_name or region
@@ -426,6 +425,16 @@ def deploy_stack(
     cloudformation = session.client("cloudformation")
     account = session.client("sts").get_caller_identity()["Account"]
 
+    existing = [
+        s
+        for s in cloudformation.list_stacks()["StackSummaries"]
+        if s["StackName"] == stack_name and s["StackStatus"] != "DELETE_COMPLETE"
+    ]
+    if existing:
+        raise DeployError(
+            f"stack {stack_name} exists already ({existing[0]['StackStatus']}): "
+            "read it with read_stack_outputs, or deploy under another name"
+        )
     vpc_id, subnets = _default_network(ec2)
     _check_ami_parameters(ssm)
     parameter_values = {"VpcId": vpc_id, "Subnets": ",".join(subnets), "WorkerImage": DEFAULT_WORKER_IMAGE}

@@ -397,3 +397,8 @@ def test_substitutions_keep_intrinsics_for_cloudformation_to_resolve():
         '{"A": "${ValidateFunctionArn}", "B": 1}', {"ValidateFunctionArn": {"Fn::GetAtt": ["F", "Arn"]}}
     )
     assert value == {"Fn::Join": ["", ['{"A": "', {"Fn::GetAtt": ["F", "Arn"]}, '", "B": 1}']]}
+
+
+def test_deploying_a_stack_name_twice_fails_naming_the_stack(stack: StackOutputs):
+    with pytest.raises(DeployError, match="stack spotfill exists already"):
+        deploy_stack("spotfill")
