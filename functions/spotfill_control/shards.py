@@ -254,10 +254,16 @@ def send_shards(
     state; a resent shard is harmless because its output key is fixed).
     """
     batches = [shards[start : start + 10] for start in range(0, len(shards), 10)]
-    if workers <= 1 or len(batches) <= 1:
-        return sum(_send_batch(run_id, batch, queue_url, sqs, sleep) for batch in batches)
+    if not batches:
+        return 0
+    # The first batch goes from this thread: a refused queue fails fast, before any pool exists.
+    sent = _send_batch(run_id, batches[0], queue_url, sqs, sleep)
+    if workers <= 1 or len(batches) <= 2:
+        return sent + sum(_send_batch(run_id, batch, queue_url, sqs, sleep) for batch in batches[1:])
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return sum(pool.map(lambda batch: _send_batch(run_id, batch, queue_url, sqs, sleep), batches))
+        return sent + sum(
+            pool.map(lambda batch: _send_batch(run_id, batch, queue_url, sqs, sleep), batches[1:])
+        )
 
 
 def _send_batch(
