@@ -304,6 +304,9 @@ class EcsAgent:
         environment.update({e["name"]: e["value"] for e in container.get("environment", [])})
         environment.update(self.environment)
         environment["ECS_CONTAINER_INSTANCE_ID"] = instance_id
+        # There is no instance metadata service here (interruptions arrive as SIGTERM), and the worker must
+        # never probe the link-local IMDS address from a developer's machine.
+        environment["SPOTFILL_SPOT_NOTICE"] = "false"
         task_id = uuid.uuid4().hex
         log_path = self.log_dir / cluster / f"{service}-{task_id[:12]}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
