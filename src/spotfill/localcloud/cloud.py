@@ -90,6 +90,8 @@ class LocalCloud:
         self._stack.callback(self.server.stop)
         # The handlers run in this process and reach AWS through boto3: point it at the emulator.
         self._set_environment(self.client_environment)
+        _forget_cached_clients()
+        self._stack.callback(_forget_cached_clients)
         patches.install(self.endpoint_url)
         from spotfill.lambdas import inprocess_lambdas
 
@@ -227,3 +229,14 @@ class LocalCloud:
                     found.append(f"cluster {name}")
         found.extend(f"queue {url}" for url in sqs.list_queues().get("QueueUrls", []))
         return found
+
+
+def _forget_cached_clients() -> None:
+    """The control plane caches boto3 clients per process (a Lambda container's lifetime); a new local cloud
+    is a new endpoint, so clients made for an earlier one must go."""
+    try:
+        from spotfill_control import aws, config
+    except ImportError:
+        return
+    aws.reset_clients()
+    config.settings.cache_clear()
