@@ -89,11 +89,11 @@ class Request:
 # ---------------------------------------------------------------------------------------------- errors
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+def describe_validation_error(exc: ValidationError) -> str:
     """One sentence per problem, each starting with the field path: `fleet.instance_types: unknown ...`."""
     problems = []
     for error in exc.errors():
-        path = prefix
+        path = ""
         for part in error["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         message = str(error["msg"]).removeprefix("Value error, ")
@@ -217,7 +217,12 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
         if not schedule.manifest.startswith("s3://"):
             raise InvalidSpecError(f"manifest: must be an s3:// URI, got {schedule.manifest!r}.")
         _check_manifest_location(schedule.manifest, settings, under_backfills=False)
-        document = resolve_placeholders(read_manifest(schedule.manifest, s3), schedule.time)
+        try:
+            document = resolve_placeholders(read_manifest(schedule.manifest, s3), schedule.time)
+        except InvalidSpecError as exc:
+            if str(exc).startswith("manifest "):
+                raise
+            raise InvalidSpecError(f"manifest {schedule.manifest}: {exc}") from None
         return Request(
             spec_from_document(document, f"manifest {schedule.manifest}"), "schedule", schedule.manifest
         )
