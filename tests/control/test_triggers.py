@@ -412,7 +412,7 @@ INVALID_INPUTS = [
     (
         "schedule-unknown-placeholder",
         _schedule_unknown_placeholder,
-        r"input\.uri: unknown placeholder \{week\}",
+        r"^manifest s3://\S+/schedules/nightly\.json: input\.uri: unknown placeholder \{week\}",
     ),
     ("schedule-without-time", _schedule_without_time, r"schedule event: time: required field"),
     ("schedule-time-without-zone", _schedule_with_naive_time, r"schedule event: time: .*timezone"),
