@@ -39,6 +39,7 @@ from spotfill_control.shards import Shard, read_shard_list, send_shards, split_s
 ROWS_SAMPLE_SIZE = 5
 # How long peeked dead letters stay invisible while they are read; they are made visible again right after.
 PEEK_VISIBILITY_SECONDS = 30
+EMPTY_RECEIVES_TOLERATED = 3
 # Instances that count: pending and running ones work (or will); the rest are going away.
 ALIVE_STATES = frozenset({"pending", "running"})
 ACTIVE_FLEET_STATES = frozenset({"submitted", "active", "modifying"})
@@ -215,20 +216,31 @@ def queue_depth(queue_url: str | None, sqs: Any) -> QueueDepth:
     )
 
 
-def read_messages(queue_url: str, sqs: Any, visibility_timeout: int) -> list[dict[str, Any]]:
-    """Receive every visible message once (each stays invisible for `visibility_timeout` seconds)."""
+def read_messages(
+    queue_url: str, sqs: Any, visibility_timeout: int, expected: int = 0
+) -> list[dict[str, Any]]:
+    """Receive every visible message once (each stays invisible for `visibility_timeout` seconds).
+
+    Short polls sample only some SQS servers and may come back empty while messages remain, so until
+    `expected` messages (the queue's approximate depth) are read, an empty answer is retried as a long poll,
+    up to EMPTY_RECEIVES_TOLERATED times.
+    """
     messages: list[dict[str, Any]] = []
     seen: set[str] = set()
+    empties = 0
     while True:
         batch = sqs.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,
             VisibilityTimeout=visibility_timeout,
-            WaitTimeSeconds=0,
+            WaitTimeSeconds=1 if empties else 0,
         ).get("Messages", [])
         fresh = [m for m in batch if m["MessageId"] not in seen]
         if not fresh:
-            return messages
+            empties += 1
+            if len(messages) >= expected or empties > EMPTY_RECEIVES_TOLERATED:
+                return messages
+            continue
         seen.update(m["MessageId"] for m in fresh)
         messages.extend(fresh)
 
@@ -243,9 +255,9 @@ def shard_of(message: Mapping[str, Any]) -> str | None:
     return shard if isinstance(shard, str) else None
 
 
-def peek_dead_letters(queue_url: str, sqs: Any) -> set[str]:
+def peek_dead_letters(queue_url: str, sqs: Any, expected: int = 0) -> set[str]:
     """The shards in the dead-letter queue, read without consuming them: received, then made visible again."""
-    messages = read_messages(queue_url, sqs, PEEK_VISIBILITY_SECONDS)
+    messages = read_messages(queue_url, sqs, PEEK_VISIBILITY_SECONDS, expected)
     for start in range(0, len(messages), 10):
         batch = messages[start : start + 10]
         response = sqs.change_message_visibility_batch(
@@ -383,7 +395,7 @@ def iterate(
         and seen.dead_letters
         and (seen.queue.idle or seen.dead_letters >= missing)
     ):
-        dead_lettered = peek_dead_letters(resources.dead_letter_queue_url, clients.sqs)
+        dead_lettered = peek_dead_letters(resources.dead_letter_queue_url, clients.sqs, seen.dead_letters)
         # Dead letters whose shard has an output anyway (written, then the delete failed) are not failures.
         seen.dead_letters = len(
             {s.shard for s in shards if s.shard in dead_lettered and s.output not in present}

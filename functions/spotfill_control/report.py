@@ -27,7 +27,7 @@ from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.progress import Clients, list_output_uris
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.shards import ShardList, read_shard_list, split_s3_uri
-from spotfill_control.teardown import dead_letters_key, teardown_and_persist
+from spotfill_control.teardown import read_dead_letters, teardown_and_persist
 
 Status = Literal["succeeded", "completed_with_failures", "failed", "invalid"]
 EVENT_SOURCE = "spotfill"
@@ -129,16 +129,6 @@ def count_rows(output_uris: list[str], s3: Any) -> tuple[int, bool]:
     if not counted:
         return 0, False
     return round(sum(counted) / len(counted) * len(output_uris)), False
-
-
-def read_dead_letters(run_id: str, s3: Any, bucket: str) -> list[str] | None:
-    try:
-        body = s3.get_object(Bucket=bucket, Key=dead_letters_key(run_id))["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return list(json.loads(body).get("shards", []))
 
 
 def error_record_uris(run_id: str, s3: Any, bucket: str) -> set[str]:

@@ -27,7 +27,7 @@ from spotfill_control import state_store
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
-from spotfill_control.progress import Clients, read_messages, shard_of
+from spotfill_control.progress import Clients, queue_depth, read_messages, shard_of
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.shards import dead_letter_queue_name
 
@@ -325,25 +325,39 @@ def _queue_gone(exc: ClientError) -> bool:
     return _code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue")
 
 
-def save_dead_letters(run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str) -> list[str] | None:
-    """Write the dead-lettered shards to `runs/<run id>/dead_letters.json`; None when the queue is gone.
+def read_dead_letters(run_id: str, s3: Any, bucket: str) -> list[str] | None:
+    """The shards saved by an earlier teardown, or None when none ran."""
+    try:
+        body = s3.get_object(Bucket=bucket, Key=dead_letters_key(run_id))["Body"].read()
+    except ClientError as exc:
+        if _code(exc) in ("NoSuchKey", "404"):
+            return None
+        raise
+    return list(json.loads(body).get("shards", []))
 
-    The queue is about to be deleted, so its messages are read once with a long visibility timeout.
+
+def save_dead_letters(run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str) -> list[str] | None:
+    """Add the dead-lettered shards to `runs/<run id>/dead_letters.json`; None when the queue is gone.
+
+    The queue is about to be deleted, so its messages are read once with a long visibility timeout. A retried
+    teardown finds them still invisible, which is why the file is only ever added to.
     """
     try:
-        messages = read_messages(dlq_url, sqs, visibility_timeout=300)
+        expected = queue_depth(dlq_url, sqs).visible
+        messages = read_messages(dlq_url, sqs, visibility_timeout=300, expected=expected)
     except ClientError as exc:
         if _queue_gone(exc):
             return None
         raise
-    shards = sorted({s for s in (shard_of(m) for m in messages) if s is not None})
+    shards = {s for s in (shard_of(m) for m in messages) if s is not None}
+    shards.update(read_dead_letters(run_id, s3, bucket) or [])
     s3.put_object(
         Bucket=bucket,
         Key=dead_letters_key(run_id),
-        Body=json.dumps({"run_id": run_id, "shards": shards}).encode(),
+        Body=json.dumps({"run_id": run_id, "shards": sorted(shards)}).encode(),
         ContentType="application/json",
     )
-    return shards
+    return sorted(shards)
 
 
 def delete_queue(url: str, sqs: Any, outcome: Outcome) -> None:

@@ -180,3 +180,20 @@ def test_teardown_terminates_instances_a_cancelled_fleet_left_running(world, run
 
     # then its instances are terminated all the same
     assert set(world.instance_states(instances).values()) <= {"shutting-down", "terminated"}
+
+
+def test_a_retried_teardown_keeps_the_dead_letters_the_first_attempt_read(world, running_run, lambda_context):
+    # given a first attempt that read the dead-letter queue (its messages now invisible) but did not delete it
+    from spotfill_control.teardown import save_dead_letters
+
+    failed = world.dead_letter(running_run, 0)
+    url = running_run["resources"]["dead_letter_queue_url"]
+    assert save_dead_letters(running_run["run_id"], url, world.sqs, world.s3, CONTROL_BUCKET) == [failed]
+
+    # when the retry reads it again and finds nothing visible
+    again = save_dead_letters(running_run["run_id"], url, world.sqs, world.s3, CONTROL_BUCKET)
+
+    # then the saved list still names the dead letter
+    assert again == [failed]
+    body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
+    assert json.loads(body["Body"].read())["shards"] == [failed]
