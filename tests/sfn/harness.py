@@ -73,6 +73,7 @@ class Knobs:
 
 @dataclass
 class PhysicsLog:
+    fleets: dict[str, str | None] = field(default_factory=dict)  # every fleet seen active -> its run id tag
     registered: list[tuple[str, str]] = field(default_factory=list)  # (cluster, instance id)
     written: list[str] = field(default_factory=list)  # output URIs
     lost: list[str] = field(default_factory=list)  # shard URIs
@@ -117,6 +118,7 @@ class Physics(threading.Thread):
             fleet_id = fleet["SpotFleetRequestId"]
             if fleet["SpotFleetRequestState"] not in ACTIVE_FLEET_STATES:
                 continue
+            self.log.fleets[fleet_id] = {t["Key"]: t["Value"] for t in fleet.get("Tags", [])}.get(RUN_TAG)
             if self.knobs.fleet_fails:
                 _set_fleet_state(fleet_id, "failed")
                 self._failed_fleets.add(fleet_id)
@@ -385,15 +387,29 @@ class Cloud:
             history=history,
         )
 
-    def run(self, execution_input: Any, knobs: Knobs | None = None, *, timeout: float = 60.0) -> Outcome:
+    def run(
+        self,
+        execution_input: Any,
+        knobs: Knobs | None = None,
+        *,
+        timeout: float = 60.0,
+        abort_in: str | None = None,
+    ) -> Outcome:
         """Start an execution, run the physics while it (and any execution it hands over to) runs, and
-        return what happened: statuses, histories, the run id and its report."""
+        return what happened: statuses, histories, the run id and its report.
+
+        `abort_in`: stop the execution (StopExecution, as a user in the console) once it enters that state.
+        A FAILED, TIMED_OUT or ABORTED end is delivered to the status-change rule's Lambda (cleanup_on_exit).
+        """
         started = time.monotonic()
         first_invocation = len(self.lambdas.invocations)
         physics = Physics(self.session, knobs or Knobs())
         physics.start()
         try:
-            executions = [self.wait(self.start(execution_input), timeout)]
+            execution_arn = self.start(execution_input)
+            if abort_in is not None:
+                self._abort_in(execution_arn, abort_in, timeout)
+            executions = [self.wait(execution_arn, timeout)]
             while executions[-1].entered()[-1:] == ["HandedOver"]:
                 (handover,) = executions[-1].lambda_outputs("ContinueAsNew")
                 executions.append(self.wait(handover["execution_arn"], timeout))
@@ -408,6 +424,19 @@ class Cloud:
             physics=physics.log,
             invocations=self.lambdas.invocations[first_invocation:],
             seconds=time.monotonic() - started,
+        )
+
+    def _abort_in(self, execution_arn: str, state: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+            if any(e.get("stateEnteredEventDetails", {}).get("name") == state for e in events):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"execution {execution_arn} never entered {state}")
+            time.sleep(0.1)
+        self.sfn.stop_execution(
+            executionArn=execution_arn, error="Aborted", cause=f"stopped by the test in {state}"
         )
 
     def deliver_status_change(self, execution: ExecutionResult) -> list[str]:

@@ -211,6 +211,33 @@ def test_transient_error_is_retried_with_backoff_and_the_run_succeeds(cloud, lam
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
+@pytest.mark.parametrize("handler", ["request_fleet", "prepare_run"])
+def test_transient_failure_after_the_work_is_retried_without_a_second_fleet_or_duplicate_shards(
+    cloud, lambdas, handler
+):
+    from spotfill_control.errors import TransientAwsError
+
+    lambdas.inject_failure(handler, TransientAwsError("timed out after the work"), when="after", times=1)
+
+    outcome = cloud.run(cloud.spec(f"retried-{handler.replace('_', '-')}", shards=3))
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert [i.name for i in outcome.invocations].count(handler) == 2
+    assert list(outcome.physics.fleets.values()) == [outcome.run_id]  # one fleet, seen while it lived
+    assert len(outcome.physics.written) == len(set(outcome.physics.written)) == 3  # each shard queued once
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_aborted_execution_is_torn_down_and_reported_by_the_status_change_rule(cloud, lambdas):
+    outcome = cloud.run(cloud.spec("aborted", shards=3), Knobs(stop_after=0), abort_in="Monitor")
+
+    assert outcome.status == "ABORTED"
+    assert "Teardown" not in outcome.entered()
+    assert outcome.invoked()[-1] == "cleanup_on_exit"
+    assert outcome.report is not None and outcome.report["status"] != "succeeded"
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
 def test_monitor_hands_the_run_over_to_a_fresh_execution_which_finishes_it(cloud, lambdas):
     spec = cloud.spec("handover", shards=6, limits={"handover_after_iterations": 2})
 
