@@ -482,3 +482,44 @@ def test_sample_events_are_not_mutated_between_tests():
     second = copy.deepcopy(first)
     del first["detail"]["object"]["key"]
     assert load_event("s3_manifest_created.json") == second
+
+
+REPOSITORY_EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("sample", "source"),
+    [
+        ("start_execution.json", "direct"),
+        ("s3_manifest_uploaded.json", "s3"),
+        ("schedule_tick.json", "schedule"),
+    ],
+)
+def test_repository_sample_triggers_start_runs(world, lambda_context, monkeypatch, sample, source):
+    # given the buckets and objects the samples in events/ name
+    from spotfill_control.config import settings
+
+    trigger = json.loads((REPOSITORY_EVENTS / sample).read_text())
+    control = json.loads((REPOSITORY_EVENTS / "s3_manifest_uploaded.json").read_text())["detail"]["bucket"][
+        "name"
+    ]
+    spec = json.loads((REPOSITORY_EVENTS / "start_execution.json").read_text())
+    data = spec["model"]["uri"].split("/")[2]
+    for bucket in (control, data):
+        world.s3.create_bucket(Bucket=bucket)
+    world.s3.put_object(Bucket=data, Key="models/digits.keras", Body=b"model")
+    world.s3.put_object(Bucket=data, Key="models/ctr.keras", Body=b"model")
+    world.s3.put_object(Bucket=data, Key="inputs/digits/part-00000.npy", Body=b"x")
+    world.s3.put_object(Bucket=data, Key="inputs/clicks/date=2026-11-26/part-0.parquet", Body=b"x")
+    world.put_json(
+        control, "backfills/digits.json", json.loads((REPOSITORY_EVENTS / "manifest_digits.json").read_text())
+    )
+    scheduled = json.loads((REPOSITORY_EVENTS / "manifest_scheduled.json").read_text())
+    world.put_json(control, "schedules/nightly-clicks.json", scheduled)
+    monkeypatch.setenv("CONTROL_BUCKET", control)
+    settings.cache_clear()
+    # when Validate runs on the sample / then it starts a run from the source the sample stands for
+    run = validate_handler.handler(world.validate_event(trigger), lambda_context)["run"]
+    assert run["source"] == source
+    assert run["shards_total"] == 1
