@@ -244,12 +244,12 @@ def _decode_images(data: bytes, model_input: ModelInput, scale: ImageScale) -> R
 # ---------------------------------------------------------------------------------------------- encoding
 
 
-def encode(fmt: OutputFormat, predictions: np.ndarray, ids: list[Any] | None, classifier: bool) -> bytes:
+def encode(fmt: OutputFormat, predictions: np.ndarray, ids: Any, classifier: bool) -> bytes:
     if fmt is OutputFormat.NPY:
         buffer = io.BytesIO()
         np.save(buffer, predictions, allow_pickle=False)
         return buffer.getvalue()
-    ids = list(range(len(predictions))) if ids is None else ids
+    ids = np.arange(len(predictions)) if ids is None else ids
     top = _top_classes(predictions) if classifier else None
     if fmt is OutputFormat.PARQUET:
         return _encode_parquet(predictions, ids, top)
@@ -282,7 +282,7 @@ def _encode_parquet(
     metadata = {"spotfill.prediction_shape": json.dumps(list(predictions.shape[1:]))}
     table = pa.table(columns).replace_schema_metadata(metadata)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    pq.write_table(table, buffer, compression="snappy")  # cheapest CPU: predictions barely compress anyway
     return buffer.getvalue()
 
 
