@@ -27,7 +27,7 @@ from spotfill_control import state_store
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
-from spotfill_control.progress import Clients, queue_depth, read_messages, shard_of
+from spotfill_control.progress import Clients, read_messages, shard_of
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.shards import dead_letter_queue_name
 
@@ -336,14 +336,16 @@ def read_dead_letters(run_id: str, s3: Any, bucket: str) -> list[str] | None:
     return list(json.loads(body).get("shards", []))
 
 
-def save_dead_letters(run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str) -> list[str] | None:
+def save_dead_letters(
+    run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str, expected: int = 0
+) -> list[str] | None:
     """Add the dead-lettered shards to `runs/<run id>/dead_letters.json`; None when the queue is gone.
 
-    The queue is about to be deleted, so its messages are read once with a long visibility timeout. A retried
-    teardown finds them still invisible, which is why the file is only ever added to.
+    The queue is about to be deleted, so its messages are read once with a long visibility timeout; `expected`
+    (the dead letters monitor counted last) keeps the read going past SQS's occasional empty short poll. A
+    retried teardown finds the messages still invisible, which is why the file is only ever added to.
     """
     try:
-        expected = queue_depth(dlq_url, sqs).visible
         messages = read_messages(dlq_url, sqs, visibility_timeout=300, expected=expected)
     except ClientError as exc:
         if _queue_gone(exc):
@@ -431,7 +433,10 @@ def teardown(
     )
     if dlq:
         outcome.dead_letters = step(
-            "dead letters", lambda: save_dead_letters(run.run_id, dlq, sqs, clients.s3, control_bucket)
+            "dead letters",
+            lambda: save_dead_letters(
+                run.run_id, dlq, sqs, clients.s3, control_bucket, expected=run.progress.dead_letters
+            ),
         )
         if not any(name == "dead letters" for name, _ in outcome.errors):
             step("delete dead-letter queue", lambda: delete_queue(dlq, sqs, outcome))
