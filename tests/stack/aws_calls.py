@@ -5,7 +5,9 @@ parameters in the request context, `before-call` records the call. A call is att
 executed by looking up the Python stack for the outermost frame of a `spotfill_control.handlers.<name>`
 module, so attribution needs no cooperation from whoever invokes the handler (the Step Functions harness, the
 local cloud, or a test calling a handler directly) and calls made by anything else (moto, the harness's
-simulated workers) are ignored.
+simulated workers) are ignored. Work a handler hands to a thread pool (batched sends, parallel HeadObjects)
+runs on threads whose stacks hold no handler frame: while recording, `ThreadPoolExecutor.submit` carries the
+submitting handler over to the task.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import copy
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +25,7 @@ import botocore.session
 
 HANDLER_PACKAGE = "spotfill_control.handlers."
 _PARAMS_KEY = "spotfill.api_params"
+_inherited = threading.local()  # the handler that submitted the task this pool thread runs
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def current_handler() -> str | None:
         if module.startswith(HANDLER_PACKAGE):
             found = module[len(HANDLER_PACKAGE) :].split(".", 1)[0]
         frame = frame.f_back
-    return found
+    return found or getattr(_inherited, "handler", None)
 
 
 @contextmanager
@@ -99,10 +103,28 @@ def recording_aws_calls() -> Iterator[CallRecorder]:
         recorder.hook(client)
         return client
 
+    original_submit = ThreadPoolExecutor.submit
+
+    def submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        handler = current_handler()
+        if handler is None:
+            return original_submit(self, fn, *args, **kwargs)
+
+        def attributed(*inner_args: Any, **inner_kwargs: Any) -> Any:
+            _inherited.handler = handler
+            try:
+                return fn(*inner_args, **inner_kwargs)
+            finally:
+                _inherited.handler = None
+
+        return original_submit(self, attributed, *args, **kwargs)
+
     aws.reset_clients()
     botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+    ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
     try:
         yield recorder
     finally:
         botocore.session.Session.create_client = original_create_client  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = original_submit  # type: ignore[method-assign]
         aws.reset_clients()

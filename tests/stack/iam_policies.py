@@ -385,3 +385,21 @@ def needs_of(call: RecordedCall, account: Account) -> list[Need]:
     if derive is None:
         return [Need(f"{_IAM_PREFIX.get(call.service, call.service)}:{call.operation}", None)]
     return derive(call, account)
+
+
+def ungranted(
+    calls: Iterable[tuple[RecordedCall, list[Need]]],
+    grants: Mapping[str, list[Statement]],
+    functions: Mapping[str, str],
+) -> list[str]:
+    """One line per permission a call needs and its function is not granted: function, call, missing grant."""
+    missing = set()
+    for call, needs in calls:
+        function = functions[call.handler]
+        for need in needs:
+            if not is_allowed(grants[function], need):
+                missing.add(
+                    f"{function} ({call.handler}) calls {call.service}.{call.operation}, which needs {need}: "
+                    f"no statement of {function}'s role in template.yaml grants it"
+                )
+    return sorted(missing)

@@ -12,6 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .iam_policies import (
     handler_functions,
     is_allowed,
     needs_of,
+    ungranted,
 )
 
 pytestmark = pytest.mark.aws
@@ -72,6 +74,23 @@ def test_recorder_attributes_each_call_to_the_handler_module_on_the_stack():
     # then only the handler's call is recorded, with its parameters
     assert [(c.handler, c.service, c.operation) for c in recorder.calls] == [("probe", "s3", "ListBuckets")]
     assert current_handler() is None
+
+
+def test_recorder_attributes_calls_a_handler_makes_from_its_thread_pool():
+    handler_globals: dict[str, Any] = {"__name__": "spotfill_control.handlers.probe", "boto3": boto3}
+    exec(
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "def handler():\n"
+        "    s3 = boto3.client('s3')\n"
+        "    with ThreadPoolExecutor(max_workers=2) as pool:\n"
+        "        list(pool.map(lambda _: s3.list_buckets(), range(3)))\n",
+        handler_globals,
+    )
+    with mock_aws(), recording_aws_calls() as recorder:
+        handler_globals["handler"]()
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a pool outside any handler
+            pool.submit(boto3.client("sqs").list_queues).result()
+    assert [(c.handler, c.operation) for c in recorder.calls] == [("probe", "ListBuckets")] * 3
 
 
 def test_recorder_keeps_the_api_parameters_of_each_call():
@@ -185,6 +204,18 @@ def test_explicit_deny_wins_and_a_missing_condition_key_does_not_match():
     assert not is_allowed([tagged_only, Statement("Deny", ("ec2:*",), ("*",), {})], tagged)
 
 
+def test_an_ungranted_call_is_reported_with_function_action_and_missing_grant():
+    call = RecordedCall(
+        "monitor", "sqs", "ReceiveMessage", {"QueueUrl": "https://sqs/123456789012/spotfill-r1-dlq"}
+    )
+    grants = {"MonitorFunction": [Statement("Allow", ("sqs:GetQueueAttributes",), ("*",), {})]}
+
+    (message,) = ungranted([(call, needs_of(call, _account()))], grants, {"monitor": "MonitorFunction"})
+
+    assert message.startswith("MonitorFunction (monitor) calls sqs.ReceiveMessage")
+    assert "needs sqs:ReceiveMessage on arn:aws:sqs:us-east-1:123456789012:spotfill-r1-dlq" in message
+
+
 # ------------------------------------------------------------------------------------------ the policies
 
 
@@ -242,7 +273,7 @@ class Recorded:
     grants: dict[str, list[Statement]]
     functions: dict[str, str]  # handler module -> function logical id
     account: Account
-    needs: dict[RecordedCall, list[Need]]
+    needs: list[tuple[RecordedCall, list[Need]]]  # every call, in order, with what it needs
 
 
 def _physical_ids(session: boto3.session.Session, stack_name: str) -> dict[str, str]:
@@ -380,7 +411,7 @@ def recorded(translated) -> Iterator[Recorded]:
         grants = function_statements(
             translated, _physical_ids(cloud.session, stack.stack_name), cloud.session.client("iam")
         )
-        needs = {call: needs_of(call, account) for call in calls.calls}
+        needs = [(call, needs_of(call, account)) for call in calls.calls]
         yield Recorded(calls, grants, handler_functions(translated), account, needs)
 
 
@@ -391,22 +422,14 @@ def test_scenarios_exercise_every_function(recorded: Recorded):
 
 @pytest.mark.sfn
 def test_every_aws_call_of_every_handler_is_granted_to_its_function_in_template_yaml(recorded: Recorded):
-    missing = set()
-    for call, needs in recorded.needs.items():
-        function = recorded.functions[call.handler]
-        for need in needs:
-            if not is_allowed(recorded.grants[function], need):
-                missing.add(
-                    f"{function} ({call.handler}) calls {call.service}.{call.operation}, which needs {need}: "
-                    f"no statement of {function}'s role in template.yaml grants it"
-                )
-    assert not missing, "\n".join(sorted(missing))
+    missing = ungranted(recorded.needs, recorded.grants, recorded.functions)
+    assert not missing, "\n".join(missing)
 
 
 @pytest.mark.sfn
 def test_no_function_is_granted_an_action_its_handler_never_needs(recorded: Recorded):
     needed: dict[str, set[str]] = {}
-    for call, needs in recorded.needs.items():
+    for call, needs in recorded.needs:
         needed.setdefault(recorded.functions[call.handler], set()).update(n.action.lower() for n in needs)
     unused = set()
     for function, statements in recorded.grants.items():
