@@ -112,11 +112,12 @@ def test_every_task_resource_is_its_handlers_function_arn_placeholder(states):
         assert task["Resource"] == "${" + name + "FunctionArn}"
 
 
-def test_task_timeouts_outlast_the_functions_own_timeouts(states, template):
+def test_task_timeouts_outlast_the_functions_own_timeouts_by_30_seconds(states, template):
+    """So a function's own timeout surfaces as its error instead of Step Functions giving up first."""
     default = template["Globals"]["Function"]["Timeout"]
     for name, task in _tasks(states).items():
         function = template["Resources"][f"{name}Function"]["Properties"]
-        assert task["TimeoutSeconds"] >= function.get("Timeout", default), name
+        assert task["TimeoutSeconds"] >= function.get("Timeout", default) + 30, name
 
 
 def test_every_catch_leads_through_teardown_and_report_to_a_fail_state(states):
