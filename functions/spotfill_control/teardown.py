@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,6 +45,8 @@ CLUSTER_BUSY_CODES = frozenset(
 )
 CLUSTER_DELETE_ATTEMPTS = 12
 CLUSTER_DELETE_PAUSE_SECONDS = 5.0
+FLEET_TERMINATION_CHECKS = 6
+FLEET_TERMINATION_PAUSE_SECONDS = 5.0
 
 
 def dead_letters_key(run_id: str) -> str:
@@ -276,22 +278,43 @@ def instance_states(instance_ids: list[str], ec2: Any) -> dict[str, str]:
     return states
 
 
-def terminate_leftovers(instance_ids: list[str], ec2: Any, outcome: Outcome) -> None:
-    """Make sure every instance of the run is shutting down or terminated; terminate any that is not."""
-    if not instance_ids:
-        return
-    alive = sorted(
-        i
-        for i, state in instance_states(sorted(set(instance_ids)), ec2).items()
-        if state in ALIVE_INSTANCE_STATES
+def alive_instances(instance_ids: Iterable[str], ec2: Any) -> set[str]:
+    ids = sorted(set(instance_ids))
+    return (
+        {i for i, state in instance_states(ids, ec2).items() if state in ALIVE_INSTANCE_STATES}
+        if ids
+        else set()
     )
+
+
+def terminate_leftovers(
+    instance_ids: list[str],
+    cancelled_with_fleet: set[str],
+    ec2: Any,
+    outcome: Outcome,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Make sure every instance of the run is shutting down or terminated.
+
+    The instances of a fleet cancelled just now are terminated by Spot Fleet itself, a little later: they get
+    FLEET_TERMINATION_CHECKS looks before they count as left over. Left-overs are terminated here and must be
+    seen going, else TransientAwsError (the ASL retries teardown).
+    """
+    alive = alive_instances(instance_ids, ec2)
+    for _ in range(FLEET_TERMINATION_CHECKS):
+        if not alive & cancelled_with_fleet:
+            break
+        sleep(FLEET_TERMINATION_PAUSE_SECONDS)
+        alive = alive_instances(alive, ec2)
     if not alive:
         return
-    ec2.terminate_instances(InstanceIds=alive)
-    still = sorted(i for i, state in instance_states(alive, ec2).items() if state in ALIVE_INSTANCE_STATES)
+    ec2.terminate_instances(InstanceIds=sorted(alive))
+    still = alive_instances(alive, ec2)
     if still:
-        raise TransientAwsError(f"instances {', '.join(still)} are not terminating yet; teardown will retry")
-    outcome.instances_terminated.extend(alive)
+        raise TransientAwsError(
+            f"instances {', '.join(sorted(still))} are not terminating yet; teardown will retry"
+        )
+    outcome.instances_terminated.extend(sorted(alive))
 
 
 def delete_launch_template_version(template_id: str, version: int, ec2: Any, outcome: Outcome) -> None:
@@ -408,11 +431,12 @@ def teardown(
     fleets = step("find fleets", lambda: find_fleets(run.run_id, ec2)) or []
     if resources.spot_fleet_request_id and resources.spot_fleet_request_id not in fleets:
         fleets.insert(0, resources.spot_fleet_request_id)
-    instance_ids = list(run.progress.known_instances)
+    cancelled: set[str] = set()
     for fleet_id in fleets:
-        instance_ids += step(f"fleet {fleet_id}", lambda f=fleet_id: cancel_fleet(f, ec2, outcome)) or []
+        cancelled.update(step(f"fleet {fleet_id}", lambda f=fleet_id: cancel_fleet(f, ec2, outcome)) or [])
+    instance_ids = [*run.progress.known_instances, *cancelled]
     instance_ids += step("instances", lambda: run_instance_ids(run.run_id, ec2)) or []
-    step("terminate", lambda: terminate_leftovers(instance_ids, ec2, outcome))
+    step("terminate", lambda: terminate_leftovers(instance_ids, cancelled, ec2, outcome, sleep))
 
     step("container instances", lambda: deregister_container_instances(cluster, ecs, outcome))
     step("cluster", lambda: delete_cluster(cluster, ecs, outcome, sleep))
