@@ -63,10 +63,10 @@ class InputSpec(_Model):
     def _uri(cls, value: str) -> str:
         _check_s3_uri(value)
         key = value[len("s3://") :].partition("/")[2]
+        if key.strip("/") == "":
+            raise ValueError("must not be a whole bucket: name a prefix such as s3://bucket/inputs/")
         if not (key.endswith("/") or key.endswith((".txt", ".json"))):
             raise ValueError("must be a prefix ending in '/' or a shard list ending in .txt or .json")
-        if key.endswith("/") and key.strip("/") == "":
-            raise ValueError("must not be a whole bucket: name a prefix such as s3://bucket/inputs/")
         return value
 
     @property

@@ -56,7 +56,7 @@ INVALID_SPECS = [
     ("missing-model-uri", without("model.uri"), "model.uri", "required field is missing"),
     ("unknown-input-format", with_value("input.format", "xls"), "input.format", "Input should be"),
     ("input-not-s3", with_value("input.uri", "https://example.com/in/"), "input.uri", "s3://"),
-    ("input-whole-bucket", with_value("input.uri", f"s3://{DATA_BUCKET}/"), "input.uri", "must be a prefix"),
+    ("input-whole-bucket", with_value("input.uri", f"s3://{DATA_BUCKET}/"), "input.uri", "whole bucket"),
     (
         "input-neither-prefix-nor-list",
         with_value("input.uri", f"s3://{DATA_BUCKET}/in/x.npy"),
