@@ -96,6 +96,9 @@ class Worker:
         self._busy_lock = threading.Lock()
         self._uploads_in_flight = 0
         self._last_busy = time.monotonic()
+        self._empty_receive_started = float(
+            "-inf"
+        )  # when the latest receive that found the queue empty began
         self._upload_seconds = (
             1.0  # running estimate, used to decide whether a shard can finish before a deadline
         )
@@ -231,11 +234,14 @@ class Worker:
         self._last_busy = time.monotonic()
 
     def _idle_for(self) -> float:
+        """Seconds holding nothing, counted only once a receive begun since then came back empty."""
         with self._busy_lock:
             if self._uploads_in_flight or len(self.leases) or not self._ready.empty():
                 self._last_busy = time.monotonic()
                 return 0.0
-        return time.monotonic() - self._last_busy
+            if self._empty_receive_started < self._last_busy:
+                return 0.0
+            return time.monotonic() - self._last_busy
 
     # ------------------------------------------------------------------------------------------ receive
 
@@ -244,6 +250,7 @@ class Worker:
         while not (self.stop.requested or self._finished.is_set()):
             if not self._slots.acquire(timeout=0.2):
                 continue
+            receive_started = time.monotonic()
             try:
                 response = self.clients.sqs.receive_message(
                     QueueUrl=config.queue_url,
@@ -259,6 +266,8 @@ class Worker:
                 continue
             messages = response.get("Messages", [])
             if not messages:
+                with self._busy_lock:
+                    self._empty_receive_started = max(self._empty_receive_started, receive_started)
                 self._slots.release()
                 continue
             deliveries = [
