@@ -42,6 +42,7 @@ class RecordedCall:
 @dataclass
 class CallRecorder:
     calls: list[RecordedCall] = field(default_factory=list)
+    attribute_all_to: str | None = None  # record every call under this name (a process that is one actor)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_handler(self) -> dict[str, list[RecordedCall]]:
@@ -56,7 +57,7 @@ class CallRecorder:
         context[_PARAMS_KEY] = copy.deepcopy(params)
 
     def _record(self, model: Any, context: dict[str, Any], **_: Any) -> None:
-        handler = current_handler()
+        handler = self.attribute_all_to or current_handler()
         if handler is None:
             return
         call = RecordedCall(
@@ -86,8 +87,8 @@ def current_handler() -> str | None:
 
 
 @contextmanager
-def recording_aws_calls() -> Iterator[CallRecorder]:
-    """Record handler AWS calls for the length of the block.
+def recording_aws_calls(attribute_all_to: str | None = None) -> Iterator[CallRecorder]:
+    """Record handler AWS calls for the length of the block (or every call, under `attribute_all_to`).
 
     Every botocore client created inside the block (boto3's default session included) carries the hooks;
     the control plane's cached clients are dropped on entry and exit, so none made outside the block is used
@@ -95,7 +96,7 @@ def recording_aws_calls() -> Iterator[CallRecorder]:
     """
     from spotfill_control import aws
 
-    recorder = CallRecorder()
+    recorder = CallRecorder(attribute_all_to=attribute_all_to)
     original_create_client = botocore.session.Session.create_client
 
     def create_client(self: botocore.session.Session, *args: Any, **kwargs: Any) -> Any:

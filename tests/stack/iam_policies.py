@@ -78,37 +78,40 @@ class Need:
 # ------------------------------------------------------------------------------------------ grants
 
 
+def role_statements(
+    translated: Mapping[str, Any], role_id: str, physical_ids: Mapping[str, str], iam: Any
+) -> list[Statement]:
+    """The statements of a role of the template: its inline policies as deployed, its managed policies."""
+    role = translated["Resources"][role_id]["Properties"]
+    statements: list[Statement] = []
+    role_name = physical_ids[role_id]
+    for policy in role.get("Policies", []):
+        document = iam.get_role_policy(RoleName=role_name, PolicyName=policy["PolicyName"])["PolicyDocument"]
+        document = json.loads(document) if isinstance(document, str) else document
+        raw_statements = document["Statement"]
+        if isinstance(raw_statements, dict):
+            raw_statements = [raw_statements]
+        for index, raw in enumerate(raw_statements):
+            statements.append(Statement.parse(raw, f"{policy['PolicyName']}/{raw.get('Sid', index)}"))
+    for arn in role.get("ManagedPolicyArns", []):
+        name = json.dumps(arn).rsplit("/", 1)[-1].strip('"}]')
+        if name not in MANAGED_POLICIES:
+            raise AssertionError(f"{role_id}: managed policy {arn} is not in the local map")
+        statements += [Statement.parse(raw, name) for raw in MANAGED_POLICIES[name]]
+    return statements
+
+
 def function_statements(
     translated: Mapping[str, Any], physical_ids: Mapping[str, str], iam: Any
 ) -> dict[str, list[Statement]]:
     """Logical id of every function -> the statements its role grants."""
-    resources = translated["Resources"]
-    granted: dict[str, list[Statement]] = {}
-    for logical_id, resource in resources.items():
-        if resource["Type"] != "AWS::Lambda::Function":
-            continue
-        role_id = resource["Properties"]["Role"]["Fn::GetAtt"][0]
-        role = resources[role_id]["Properties"]
-        statements: list[Statement] = []
-        role_name = physical_ids[role_id]
-        for policy in role.get("Policies", []):
-            document = iam.get_role_policy(RoleName=role_name, PolicyName=policy["PolicyName"])[
-                "PolicyDocument"
-            ]
-            document = json.loads(document) if isinstance(document, str) else document
-            raw_statements = document["Statement"]
-            if isinstance(raw_statements, dict):
-                raw_statements = [raw_statements]
-            for index, raw in enumerate(raw_statements):
-                source = f"{policy['PolicyName']}/{raw.get('Sid', index)}"
-                statements.append(Statement.parse(raw, source))
-        for arn in role.get("ManagedPolicyArns", []):
-            name = json.dumps(arn).rsplit("/", 1)[-1].strip('"}]')
-            if name not in MANAGED_POLICIES:
-                raise AssertionError(f"{logical_id}: managed policy {arn} is not in the local map")
-            statements += [Statement.parse(raw, name) for raw in MANAGED_POLICIES[name]]
-        granted[logical_id] = statements
-    return granted
+    return {
+        logical_id: role_statements(
+            translated, resource["Properties"]["Role"]["Fn::GetAtt"][0], physical_ids, iam
+        )
+        for logical_id, resource in translated["Resources"].items()
+        if resource["Type"] == "AWS::Lambda::Function"
+    }
 
 
 def handler_functions(translated: Mapping[str, Any]) -> dict[str, str]:
