@@ -30,7 +30,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control.errors import RunTimeoutError, StallError
+from spotfill_control.errors import RunTimeoutError, SpotfillError, StallError
 from spotfill_control.fleet import capacity_weights
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import Shard, read_shard_list, send_shards, split_s3_uri
@@ -277,7 +277,7 @@ def raise_if_unexpected_visibility_failures(failed: list[Mapping[str, Any]]) -> 
     unexpected = [f for f in failed if f.get("Code") not in ("ReceiptHandleIsInvalid", "MessageNotInflight")]
     if unexpected:
         reasons = "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in unexpected)
-        raise RuntimeError(f"sqs.change_message_visibility_batch failed for dead letters: {reasons}")
+        raise SpotfillError(f"sqs.change_message_visibility_batch failed for dead letters: {reasons}")
 
 
 def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -> tuple[int, int]:
@@ -373,7 +373,7 @@ def iterate(
 
     shard_list = read_shard_list(run.run_id, clients.s3, control_bucket)
     if shard_list is None:
-        raise RuntimeError(
+        raise SpotfillError(
             f"s3://{control_bucket}/runs/{run.run_id}/shards.json is missing: was the run prepared?"
         )
     shards = shard_list.pending

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from spotfill_control.handlers import cleanup_on_exit, continue_as_new, monitor, report, teardown
@@ -265,3 +266,28 @@ def test_cleanup_on_exit_reports_an_execution_that_failed_before_a_run_existed(w
     document = world.report("exec-0042")
     assert document["status"] == "failed"
     assert document["error"]["type"] == "ExecutionAborted"
+
+
+def test_cleanup_on_exit_takes_the_sample_status_change_event(world, lambda_context):
+    # given the sample event of an aborted execution (events/), whose run never existed
+    sample = Path(__file__).resolve().parents[2] / "events" / "execution_aborted.json"
+    event = json.loads(sample.read_text())
+
+    # when cleanup runs on it
+    result = cleanup_on_exit.handler(event, lambda_context)
+
+    # then it reports the aborted execution under its name
+    assert result == {
+        "execution_arn": event["detail"]["executionArn"],
+        "run_id": "sfn-4f1c2a9b7d3e",
+        "action": "torn_down",
+        "reported": True,
+        "status": "failed",
+    }
+    assert world.report("sfn-4f1c2a9b7d3e")["error"]["type"] == "ExecutionAborted"
+
+
+def test_cleanup_on_exit_ignores_statuses_it_does_not_handle(world, running_run, lambda_context):
+    result = cleanup_on_exit.handler(status_change(EXECUTION_ARN, "SUCCEEDED"), lambda_context)
+    assert result["action"] == "ignored"
+    assert world.fleet_instances(running_run)
