@@ -232,3 +232,22 @@ def test_many_shards_with_two_prefetching_receivers_each_get_exactly_one_correct
         np.testing.assert_allclose(output, tabular_classifier.predict(x), atol=1e-5)
     assert len(run.events("shard_done")) == 8 and run.worker.shards_done == 8
     assert cloud.queue_counts() == (0, 0)
+
+
+def test_heartbeat_keeps_a_slow_shard_invisible_so_it_is_not_received_twice(
+    cloud, run_worker, tabular_classifier
+):
+    # given a 1 s visibility timeout and a shard that takes longer than that (one row per batch)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/slow.npy", npy_bytes(rows(20, n=3000)))
+    cloud.send_shard("inputs/slow.npy", "parquet")
+
+    # when a worker with a second receiver polling the queue the whole time processes it
+    run = run_worker(model_uri, "npy", batch_size=1, visibility_timeout=1, prefetch_shards=2)
+
+    # then the shard outlived its visibility timeout, yet was received and predicted exactly once
+    done = run.events("shard_done")
+    assert len(done) == 1 and done[0]["seconds"] > 1.5
+    assert done[0]["receive_count"] == 1
+    assert not run.events("shard_skipped") and not run.events("shard_failed")
+    assert cloud.queue_counts() == (0, 0)
