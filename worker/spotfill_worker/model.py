@@ -107,7 +107,7 @@ def _load_savedmodel_archive(path: Path) -> LoadedModel:
     directory = Path(tempfile.mkdtemp(prefix="spotfill-savedmodel-"))
     try:
         with tarfile.open(path, "r:*") as archive:
-            archive.extractall(directory, filter="data")
+            _extract_safely(archive, directory)
     except Exception as exc:
         raise ModelLoadError(f"cannot unpack SavedModel archive {path.name}: {exc}") from exc
     found = sorted(directory.rglob("saved_model.pb"), key=lambda p: len(p.parts))
@@ -133,6 +133,19 @@ def _load_savedmodel_archive(path: Path) -> LoadedModel:
         classifier=False,
         kind="savedmodel",
     )
+
+
+def _extract_safely(archive: tarfile.TarFile, directory: Path) -> None:
+    """Members may not escape ``directory`` (the ``data`` filter where this Python has it)."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(directory, filter="data")
+        return
+    root = directory.resolve()
+    for member in archive.getmembers():
+        target = (directory / member.name).resolve()
+        if root not in (target, *target.parents) or member.issym() or member.islnk() or member.isdev():
+            raise ModelLoadError(f"unsafe member in model archive: {member.name}")
+    archive.extractall(directory)
 
 
 class Predictor:

@@ -96,12 +96,10 @@ class Worker:
         self._busy_lock = threading.Lock()
         self._uploads_in_flight = 0
         self._last_busy = time.monotonic()
-        self._empty_receive_started = float(
-            "-inf"
-        )  # when the latest receive that found the queue empty began
-        self._upload_seconds = (
-            1.0  # running estimate, used to decide whether a shard can finish before a deadline
-        )
+        # When the latest receive that found the queue empty began (idle exit counts only after one).
+        self._empty_receive_started = float("-inf")
+        # Running estimate of encode + upload seconds: can the shard in hand still finish before a deadline?
+        self._upload_seconds = 1.0
         self._classifier = False
 
     # ------------------------------------------------------------------------------------------ lifecycle
