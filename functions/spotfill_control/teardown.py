@@ -86,8 +86,7 @@ def remove_services(cluster: str, service_name: str | None, ecs: Any, outcome: O
         names.add(service_name)
     if not names:
         return
-    found = ecs.describe_services(cluster=cluster, services=sorted(names)).get("services", [])
-    for service in found:
+    for service in _describe_services(cluster, sorted(names), ecs):
         if service.get("status") != "ACTIVE":
             continue  # DRAINING or INACTIVE: already deleted
         name = service["serviceName"]
@@ -112,6 +111,15 @@ def _list_services(cluster: str, ecs: Any) -> list[str]:
     return [arn.rsplit("/", 1)[-1] for arn in arns]
 
 
+def _describe_services(cluster: str, names: list[str], ecs: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(names), 10):  # DescribeServices takes at most 10 names
+        found += ecs.describe_services(cluster=cluster, services=names[start : start + 10]).get(
+            "services", []
+        )
+    return found
+
+
 def services_gone(cluster: str, ecs: Any) -> bool:
     try:
         names = _list_services(cluster, ecs)
@@ -121,8 +129,7 @@ def services_gone(cluster: str, ecs: Any) -> bool:
         raise
     if not names:
         return True
-    found = ecs.describe_services(cluster=cluster, services=names[:10]).get("services", [])
-    return all(s.get("status") == "INACTIVE" for s in found)
+    return all(s.get("status") == "INACTIVE" for s in _describe_services(cluster, names, ecs))
 
 
 def deregister_container_instances(cluster: str, ecs: Any, outcome: Outcome) -> None:
