@@ -602,7 +602,7 @@ def deployed_cloud(stack_name: str = "sfn") -> Iterator[Cloud]:
 
 
 def leftovers(session: boto3.session.Session, run_id: str | None = None) -> dict[str, list[str]]:
-    """Everything of a run (or of any run) that should be gone after teardown."""
+    """Everything of a run (or of any run) that should be gone after teardown, by kind."""
     ec2, ecs, sqs = session.client("ec2"), session.client("ecs"), session.client("sqs")
     scope = f"spotfill-{run_id}" if run_id else "spotfill-"
     left: dict[str, list[str]] = {}
@@ -630,10 +630,17 @@ def leftovers(session: boto3.session.Session, run_id: str | None = None) -> dict
         for service in ecs.describe_services(cluster=cluster["clusterArn"], services=arns)["services"]
         if service["status"] in ("ACTIVE", "DRAINING")
     ]
+    family = f"{scope}:" if run_id else scope  # a run's family is exactly `spotfill-<run id>`
+    left["task definitions"] = [
+        arn
+        for page in ecs.get_paginator("list_task_definitions").paginate(status="ACTIVE")
+        for arn in page["taskDefinitionArns"]
+        if arn.split("/")[-1].startswith(family)
+    ]
     return {kind: names for kind, names in left.items() if names}
 
 
 def assert_nothing_left(session: boto3.session.Session, run_id: str | None = None) -> None:
-    """No active spot fleet, no running instance, no run-scoped queue, service or cluster."""
+    """No active spot fleet, no running instance, no run-scoped queue, service, cluster or task definition."""
     left = leftovers(session, run_id)
     assert not left, f"left behind after the run: {left}"
