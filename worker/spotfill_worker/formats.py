@@ -99,7 +99,8 @@ def fit_to_model(features: np.ndarray, model_input: ModelInput) -> np.ndarray:
     expected = model_input.row_shape
     if not _fits(row_shape, expected):
         known = all(d is not None for d in expected)
-        if known and len(row_shape) == 1 and row_shape[0] == math.prod(expected):  # type: ignore[arg-type]
+        width = math.prod(row_shape)
+        if known and len(row_shape) <= 1 and width == math.prod(expected):  # type: ignore[arg-type]
             features = features.reshape((features.shape[0], *expected))
         else:
             raise ShapeMismatchError(
@@ -197,7 +198,7 @@ def _decode_jsonl(data: bytes, id_column: str | None) -> Rows:
 
 
 def _decode_images(data: bytes, model_input: ModelInput, scale: ImageScale) -> Rows:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if len(model_input.row_shape) != 3 or model_input.row_shape[2] not in (1, 3, 4):
         raise ShapeMismatchError(
@@ -217,6 +218,8 @@ def _decode_images(data: bytes, model_input: ModelInput, scale: ImageScale) -> R
                 with Image.open(io.BytesIO(raw)) as image:
                     if height and width:
                         image.draft(mode, (width, height))  # JPEG: decode at a reduced scale when much larger
+                    if "exif" in image.info:  # camera orientation, as image viewers apply it
+                        image = ImageOps.exif_transpose(image)
                     image = image.convert(mode)
                     if height and width and image.size != (width, height):
                         image = image.resize((width, height), Image.Resampling.BILINEAR)
