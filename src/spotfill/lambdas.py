@@ -120,8 +120,9 @@ class LambdaContext:
 class Dispatcher:
     """Calls handlers for moto's Lambda, records invocations, and injects failures on request."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_records: int | None = None) -> None:
         self.invocations: list[Invocation] = []
+        self._max_records = max_records
         self._injections: dict[str, _Injection] = {}
         self._lock = threading.RLock()  # one invocation at a time: os.environ is process-wide
         self._records = threading.Lock()
@@ -185,6 +186,8 @@ class Dispatcher:
         )
         with self._records:
             self.invocations.append(invocation)
+            if self._max_records is not None and len(self.invocations) > self._max_records:
+                del self.invocations[: len(self.invocations) - self._max_records]
             injection = self._take_injection(invocation)
         with self._lock, _environment(fn):
             self._current.invocation = invocation
@@ -255,17 +258,15 @@ class Dispatcher:
         thread.run = run_for_invocation  # type: ignore[method-assign]
 
 
-_active: list[Dispatcher] = []
-
-
 @contextmanager
-def inprocess_lambdas() -> Iterator[Dispatcher]:
+def inprocess_lambdas(max_records: int | None = None) -> Iterator[Dispatcher]:
     """Dispatch every moto Lambda invocation to its handler in this process, for the length of the block.
 
     Use it around `mock_aws()` work or around a `ThreadedMotoServer`: both run moto's backend in this process.
-    Nested use is allowed; the innermost dispatcher handles invocations.
+    Nested use is allowed; the innermost dispatcher handles invocations. `max_records` keeps only the latest
+    invocations (a long-lived local cloud); None keeps them all (tests).
     """
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher(max_records)
     original_invoke = LambdaFunction.invoke
     original_call = botocore.client.BaseClient._make_api_call
     original_start = threading.Thread.start
@@ -284,11 +285,9 @@ def inprocess_lambdas() -> Iterator[Dispatcher]:
     LambdaFunction.invoke = invoke  # type: ignore[method-assign]
     botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
     threading.Thread.start = start  # type: ignore[method-assign]
-    _active.append(dispatcher)
     try:
         yield dispatcher
     finally:
-        _active.remove(dispatcher)
         LambdaFunction.invoke = original_invoke  # type: ignore[method-assign]
         botocore.client.BaseClient._make_api_call = original_call  # type: ignore[method-assign]
         threading.Thread.start = original_start  # type: ignore[method-assign]

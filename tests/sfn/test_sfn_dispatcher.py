@@ -232,6 +232,33 @@ def test_aws_calls_from_a_handlers_thread_pool_are_recorded_for_that_invocation(
     assert [call.iam_action for call in invocation.aws_calls] == ["s3:ListBuckets", "s3:ListBuckets"]
 
 
+def test_asynchronous_invocation_returns_at_once_and_runs_the_handler_in_the_background(aws):
+    session, lambdas = aws
+    _function(session, "first", f"{PROBES}.echo")
+
+    response = session.client("lambda").invoke(
+        FunctionName="first", InvocationType="Event", Payload=b'{"a": 1}'
+    )
+
+    assert response["StatusCode"] == 202
+    deadline = time.monotonic() + 10
+    while not (lambdas.calls_of("first") and lambdas.calls_of("first")[0].ended_at):
+        assert time.monotonic() < deadline, "the asynchronous invocation never ran"
+        time.sleep(0.05)
+    (invocation,) = lambdas.calls_of("first")
+    assert invocation.succeeded and invocation.event == {"a": 1}
+
+
+def test_dispatcher_can_keep_only_the_latest_invocations():
+    with mock_aws(), inprocess_lambdas(max_records=2) as lambdas:
+        session = boto3.session.Session()
+        _function(session, "first", f"{PROBES}.echo")
+        for index in range(3):
+            session.client("lambda").invoke(FunctionName="first", Payload=json.dumps({"n": index}).encode())
+
+    assert [inv.event for inv in lambdas.invocations] == [{"n": 1}, {"n": 2}]
+
+
 def test_result_that_is_not_json_is_a_marshal_error_as_on_lambda(aws):
     session, _ = aws
     arn = _function(session, "first", f"{PROBES}.return_datetime")
