@@ -7,8 +7,10 @@ really wait), and every Lambda invocation running the real handler in this proce
 What is simulated (`Physics`, a background thread), the two things the state machine depends on but moto does
 not do:
 
-- the ECS agent: every instance of an active Spot Fleet registers into the ECS cluster named in its launch
-  template version's user data (`ECS_CLUSTER=...`), as the ECS-optimized AMI's agent does;
+- the ECS agent: every instance of an active Spot Fleet registers into the ECS cluster named in the user data
+  it booted with (`ECS_CLUSTER=...`, from the run's launch template version), as the ECS-optimized AMI's agent
+  does. (moto boots fleet instances from the template's latest version, which is the run's own as long as
+  runs on one stack do not overlap, as here: scenarios run one at a time.)
 - the workers: while the run's service has desired tasks, they receive shard messages from the queue named in
   the service's task definition (`SPOTFILL_QUEUE_URL`), write the output object each message names (with
   `spotfill-rows` and `spotfill-run-id` metadata) and delete the message.
@@ -19,7 +21,7 @@ it to the dead-letter queue), or have EC2 report the fleet failed.
 
 Use it from another module (the least-privilege test records each handler's AWS calls this way):
 
-    from sfn.harness import Knobs, deployed_cloud       # tests/ is on sys.path (tests/conftest.py)
+    from sfn.harness import Knobs, assert_nothing_left, deployed_cloud   # tests/ is on sys.path
 
     with deployed_cloud("privilege") as cloud:
         outcome = cloud.run(cloud.spec("calls", shards=2), Knobs())
@@ -96,7 +98,6 @@ class Physics(threading.Thread):
         self._first_seen: dict[str, float] = {}
         self._registered: set[str] = set()
         self._clusters: dict[str, str | None] = {}  # instance id -> cluster named in its user data
-        self._failed_fleets: set[str] = set()
 
     def stop(self) -> None:
         self._halt.set()
@@ -121,7 +122,6 @@ class Physics(threading.Thread):
             self.log.fleets[fleet_id] = {t["Key"]: t["Value"] for t in fleet.get("Tags", [])}.get(RUN_TAG)
             if self.knobs.fleet_fails:
                 _set_fleet_state(fleet_id, "failed")
-                self._failed_fleets.add(fleet_id)
                 continue
             if not self.knobs.register:
                 continue
