@@ -50,6 +50,8 @@ UNEXERCISED_BUT_NEEDED: dict[tuple[str, str], str] = {
     ("*", "logs:CreateLogStream"): "the Lambda runtime writes the function's own logs",
     ("*", "logs:PutLogEvents"): "the Lambda runtime writes the function's own logs",
     ("ScaleServiceFunction", "ecs:UpdateService"): "a retried ScaleService finds its service and resizes it",
+    ("PrepareRunFunction", "iam:CreateServiceLinkedRole"): "first cluster in an account",
+    ("RequestFleetFunction", "iam:CreateServiceLinkedRole"): "first fleet in an account",
     ("TeardownFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("CleanupOnExitFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("TeardownFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
