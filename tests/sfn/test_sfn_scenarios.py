@@ -228,6 +228,30 @@ def test_transient_failure_after_the_work_is_retried_without_a_second_fleet_or_d
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
+def test_retried_continue_as_new_starts_exactly_one_new_execution(cloud, lambdas):
+    from spotfill_control.errors import TransientAwsError
+
+    lambdas.inject_failure(
+        "continue_as_new", TransientAwsError("timed out after starting"), when="after", times=1
+    )
+    before = {e["executionArn"] for e in _executions(cloud)}
+
+    outcome = cloud.run(
+        cloud.spec("handover-retried", shards=4, limits={"handover_after_iterations": 1}), SLOW_WORKERS
+    )
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert outcome.executions[0].failures() == [("ContinueAsNew", "TransientAwsError")]
+    started = [e for e in _executions(cloud) if e["executionArn"] not in before]
+    assert sorted(e["executionArn"] for e in started) == sorted(e.arn for e in outcome.executions)
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def _executions(cloud: Cloud) -> list[dict]:
+    pages = cloud.sfn.get_paginator("list_executions").paginate(stateMachineArn=cloud.stack.state_machine_arn)
+    return [execution for page in pages for execution in page["executions"]]
+
+
 def test_aborted_execution_is_torn_down_and_reported_by_the_status_change_rule(cloud, lambdas):
     outcome = cloud.run(cloud.spec("aborted", shards=3), Knobs(stop_after=0), abort_in="Monitor")
 
