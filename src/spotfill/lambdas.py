@@ -190,6 +190,7 @@ class Dispatcher:
                 del self.invocations[: len(self.invocations) - self._max_records]
             injection = self._take_injection(invocation)
         with self._lock, _environment(fn):
+            outer = self.current_invocation()  # a handler that invokes another function synchronously
             self._current.invocation = invocation
             try:
                 if injection is not None and injection.when == "before":
@@ -205,7 +206,7 @@ class Dispatcher:
                 invocation.error_message = str(exc)
                 return _error_payload(exc, request_id), "Unhandled"
             finally:
-                self._current.invocation = None
+                self._current.invocation = outer
                 invocation.ended_at = time.time()
         try:
             return json.dumps(result).encode(), None
