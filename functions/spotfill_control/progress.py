@@ -30,7 +30,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control.errors import RunTimeoutError, SpotfillError, StallError
+from spotfill_control.errors import FleetRequestError, RunTimeoutError, SpotfillError, StallError
 from spotfill_control.fleet import capacity_weights
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import Shard, read_shard_list, send_shards, split_s3_uri
@@ -82,6 +82,7 @@ class Iteration:
     interruptions: int = 0
     fleet_target_capacity: int | None = None
     service_desired_count: int | None = None
+    fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
 
 
 # ------------------------------------------------------------------------------------------ pure arithmetic
@@ -163,6 +164,18 @@ def count_interruptions(
 
 def handover_due(run: RunState) -> bool:
     return run.progress.iterations_this_execution >= run.spec.limits.effective_handover_after_iterations
+
+
+def check_fleet(run: RunState, seen: Iteration) -> None:
+    """Raise FleetRequestError when work remains but the fleet was cancelled, failed, expired or is gone: no
+    instance will come to do it, so waiting for the stall timeout would only delay the report."""
+    if run.progress.state == "done" or seen.fleet_state is None:
+        return
+    if seen.fleet_state not in ACTIVE_FLEET_STATES:
+        raise FleetRequestError(
+            f"spot fleet {run.resources.spot_fleet_request_id} is {seen.fleet_state} while "
+            f"{seen.remaining} shard(s) remain"
+        )
 
 
 def enforce_limits(run: RunState, now: datetime) -> None:
@@ -299,6 +312,7 @@ def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -
 
 @dataclass(frozen=True)
 class FleetView:
+    state: str
     active: bool
     target_capacity: int
     weights: dict[str, float]  # instance type → weighted capacity (as the fleet was requested)
@@ -327,6 +341,7 @@ def describe_fleet(
             break
     states = describe_instance_states(set(listed) | set(extra_ids), ec2)
     return FleetView(
+        state=str(config.get("SpotFleetRequestState", "unknown")),
         active=config.get("SpotFleetRequestState") in ACTIVE_FLEET_STATES,
         target_capacity=int(config["SpotFleetRequestConfig"]["TargetCapacity"]),
         weights=dict(weights),
@@ -464,7 +479,9 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
     )
     if view is None:
         progress.known_instances = []
+        seen.fleet_state = "gone"
         return
+    seen.fleet_state = view.state
     known_weights = {i: view.weights.get(view.known_types.get(i, ""), 1.0) for i in progress.known_instances}
     seen.interruptions = count_interruptions(
         known_weights, set(view.alive), view.target_capacity, view.active

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control.errors import RunTimeoutError, StallError
+from spotfill_control.errors import FleetRequestError, RunTimeoutError, StallError
 from spotfill_control.handlers import monitor
 
 from .conftest import ROWS_PER_SHARD
@@ -254,3 +254,29 @@ def test_monitor_estimates_predictions_per_second_from_output_metadata(world, ru
 def test_monitor_result_stays_small(world, running_run, lambda_context):
     run = monitor.handler({"run": running_run}, lambda_context)
     assert len(json.dumps(run)) < 16_000
+
+
+def test_monitor_fails_the_run_when_its_fleet_was_cancelled_with_work_left(
+    world, running_run, lambda_context
+):
+    # given someone cancelled the run's fleet (without terminating its instances) while shards remain
+    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
+
+    # when monitor looks, then the run fails at once instead of waiting for the stall timeout
+    with pytest.raises(FleetRequestError, match="cancelled_running"):
+        monitor.handler({"run": running_run}, lambda_context)
+
+
+def test_monitor_finishes_a_run_whose_fleet_is_gone_once_every_output_exists(
+    world, running_run, lambda_context
+):
+    # given every output written, then the fleet cancelled (its ValidUntil passed, say)
+    world.drain_queue(running_run)
+    for index in range(3):
+        world.write_output(running_run, index)
+    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+
+    # when monitor looks, then the run is simply done
+    assert monitor.handler({"run": running_run}, lambda_context)["progress"]["state"] == "done"

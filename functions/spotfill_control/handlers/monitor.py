@@ -53,5 +53,6 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "service_desired_count": seen.service_desired_count,
         },
     )
+    progress.check_fleet(run, seen)
     progress.enforce_limits(run, now)
     return run.model_dump(mode="json")
