@@ -21,7 +21,7 @@ from spotfill.runs import DEFAULT_STACK_NAME, CliError
 DEFAULT_LOCAL_PORT = 4599
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _chaos(text: str | None):
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CliError as exc:
-        err_console.print(f"spotfill: error: {exc}", highlight=False)
+        err_console.print(f"spotfill: error: {exc}", markup=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("spotfill: interrupted")
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             message = f"AWS could not be reached: {exc}"
         else:
             message = f"{type(exc).__name__}: {exc}"
-        err_console.print(f"spotfill: error: {message}", highlight=False)
+        err_console.print(f"spotfill: error: {message}", markup=False)
         return 1
 
 

@@ -147,6 +147,9 @@ def run_demo(
     if result.report:
         console.print(report_table(result.report))
     problems = check_outputs(result, data.reference)
+    counted = ((result.report or {}).get("predictions") or {}).get("total")
+    if result.succeeded and counted != shards * rows_per_shard:
+        problems.append(f"the report counts {counted} predictions, expected {shards * rows_per_shard}")
     ok = result.succeeded and not problems and not result.leftovers
     if problems:
         console.print(f"[red]{len(problems)} output problem(s):[/red] " + "; ".join(problems[:5]))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from spotfill_control import state_store
 from spotfill_control.run import RunState
@@ -48,8 +49,9 @@ class Session:
 
     def client(self, service: str) -> Any:
         if service not in self._clients:
-            kwargs = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
-            self._clients[service] = self._session.client(service, **kwargs)
+            kwargs: dict[str, Any] = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+            config = Config(connect_timeout=5, retries={"mode": "standard", "max_attempts": 3})
+            self._clients[service] = self._session.client(service, config=config, **kwargs)
         return self._clients[service]
 
     def stack(self, name: str = DEFAULT_STACK_NAME) -> Stack:

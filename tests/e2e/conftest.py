@@ -3,6 +3,7 @@ and a small digits model with its shards and reference predictions, per module."
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,32 @@ from spotfill.localcloud import LocalCloud, LocalCloudOptions
 FAST_WORKERS = {"SPOTFILL_VISIBILITY_TIMEOUT": "4"}
 
 
+@pytest.fixture(scope="module")
+def shared_cloud(tmp_path_factory):
+    """One local cloud for a module's tests (starting one deploys the stack, which takes seconds); tests keep
+    apart by run ids and names. The handlers run in this process and need AWS_ENDPOINT_URL to stay set while
+    the shared fixtures' per-test credential fixture runs, which SPOTFILL_KEEP_ENDPOINT asks for."""
+    run_dir = tmp_path_factory.mktemp("local")
+    keep = os.environ.get("SPOTFILL_KEEP_ENDPOINT")
+    os.environ["SPOTFILL_KEEP_ENDPOINT"] = "1"
+    try:
+        options = LocalCloudOptions(boot_delay=1.0, run_dir=run_dir, worker_environment=FAST_WORKERS)
+        with LocalCloud(options) as cloud:
+            yield cloud
+    finally:
+        if keep is None:
+            os.environ.pop("SPOTFILL_KEEP_ENDPOINT", None)
+        else:
+            os.environ["SPOTFILL_KEEP_ENDPOINT"] = keep
+
+
 @pytest.fixture
-def local_cloud(tmp_path, aws_credentials):
-    options = LocalCloudOptions(boot_delay=1.0, run_dir=tmp_path / "local", worker_environment=FAST_WORKERS)
-    with LocalCloud(options) as cloud:
-        yield cloud
+def local_cloud(shared_cloud, aws_credentials, monkeypatch):
+    """The module's local cloud, with this process's environment pointing at it for the test."""
+    for key, value in shared_cloud.client_environment.items():
+        monkeypatch.setenv(key, value)
+    yield shared_cloud
+    assert shared_cloud.wait_idle(timeout=30), shared_cloud.leftovers()
 
 
 @pytest.fixture

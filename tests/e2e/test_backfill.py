@@ -14,6 +14,14 @@ from tests.e2e.conftest import eventually
 pytestmark = pytest.mark.e2e
 
 
+def _json_line(line: str) -> dict:
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _spec(cloud, name: str, instances: int = 1) -> dict:
     spec = manifest(
         name, cloud.outputs.data_bucket, f"models/{name}/model.keras", "npy", "npy", instances=instances
@@ -39,6 +47,7 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     assert report["status"] == "succeeded"
     assert report["shards"]["total"] == 8 and report["shards"]["succeeded"] == 8
     assert report["shards"]["failed_keys"] == []
+    assert report["predictions"]["total"] == 8 * 300
     assert report["source"] == "s3"
     assert set(report["phases_seconds"]) >= {"validate", "registration", "processing", "teardown"}
     # and every output exists once and equals the model's own predictions
@@ -61,6 +70,8 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     spec = _spec(local_cloud, "broken")
     spec["fleet"]["instance_types"] = ["c5.huge"]
     before = datetime.now(UTC).replace(microsecond=0)
+    ec2 = local_cloud.client("ec2")
+    fleets_before = ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
 
     # when it is uploaded
     local_cloud.client("s3").put_object(
@@ -81,7 +92,46 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     assert described["status"] == "FAILED"
     assert "fleet.instance_types" in (described.get("cause", "") + described.get("error", ""))
     assert "c5.huge" in described.get("cause", "")
-    assert local_cloud.client("ec2").describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+    assert ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == fleets_before
+    # and the failed execution's status change reached the cleanup_on_exit rule, as in AWS
+    cleanup = eventually(
+        lambda: [
+            i
+            for i in local_cloud.dispatcher.invocations
+            if i.name == "cleanup_on_exit" and i.event.get("detail", {}).get("executionArn") == execution_arn
+        ],
+        timeout=30,
+    )
+    assert cleanup[0].event["detail-type"] == "Step Functions Execution Status Change"
+    assert cleanup[0].event["detail"]["status"] == "FAILED"
+
+
+def test_a_schedule_rule_fired_on_demand_starts_an_execution_with_the_event_time(local_cloud):
+    # given the stack's schedule rule (disabled by default, as deployed)
+    events = local_cloud.client("events")
+    rule = next(r["Name"] for r in events.list_rules()["Rules"] if r.get("ScheduleExpression"))
+    sfn = local_cloud.client("stepfunctions")
+    known = {
+        e["executionArn"]
+        for e in sfn.list_executions(stateMachineArn=local_cloud.outputs.state_machine_arn)["executions"]
+    }
+
+    # when it is fired for a given time
+    when = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+    assert local_cloud.fire_schedule(rule, when) == 1
+
+    # then an execution starts whose input is the rule target's transformed input, with the event's time
+    def started():
+        executions = sfn.list_executions(stateMachineArn=local_cloud.outputs.state_machine_arn)["executions"]
+        return [e for e in executions if e["executionArn"] not in known]
+
+    execution = eventually(started, timeout=30)[0]
+    execution_input = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+    assert execution_input["time"] == "2026-11-26T03:00:00Z"
+    assert "manifest" in execution_input
+    eventually(
+        lambda: sfn.describe_execution(executionArn=execution["executionArn"])["status"] != "RUNNING", 60
+    )
 
 
 def test_two_manifests_uploaded_at_once_make_two_isolated_runs(local_cloud, digits, quiet_console, tmp_path):
@@ -109,12 +159,15 @@ def test_two_manifests_uploaded_at_once_make_two_isolated_runs(local_cloud, digi
         expected = {s.name: digits.reference[s.name] for s in shards}
         assert check_outputs(result, expected) == []
     assert first_result.report["run_id"] != second_result.report["run_id"]
-    # and the two runs never shared a cluster: each worker ran in its own run's cluster
-    clusters = {path.parent.name for path in (local_cloud.run_dir / "logs").glob("*/*.log")}
-    assert clusters == {
-        f"spotfill-{first_result.report['run_id']}",
-        f"spotfill-{second_result.report['run_id']}",
-    }
+    # and the two runs never shared a worker: every worker in a run's cluster worked on that run's shards only
+    for result in (first_result, second_result):
+        run_id = result.report["run_id"]
+        logs = list((local_cloud.run_dir / "logs" / f"spotfill-{run_id}").glob("*.log"))
+        assert logs
+        seen = {
+            json.loads(line).get("run_id") for log in logs for line in log.read_text().splitlines() if line
+        }
+        assert seen - {None} == {run_id}
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
 

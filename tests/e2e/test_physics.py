@@ -32,6 +32,30 @@ def eventually(predicate, timeout=15.0, interval=0.1):
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+@pytest.fixture
+def local_cloud(shared_cloud):
+    """The module's cloud; each test works in its own clusters and cleans up its fleets and services."""
+    yield shared_cloud
+    ec2, ecs = shared_cloud.client("ec2"), shared_cloud.client("ecs")
+    fleets = [c["SpotFleetRequestId"] for c in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]]
+    if fleets:
+        ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=fleets, TerminateInstances=True)
+    clusters = ecs.list_clusters()["clusterArns"]
+    for cluster in clusters:
+        for service in ecs.list_services(cluster=cluster)["serviceArns"]:
+            ecs.delete_service(cluster=cluster, service=service, force=True)
+    eventually(lambda: not shared_cloud.agent.tasks and not shared_cloud.fleet.running_machines(), timeout=30)
+    for cluster in clusters:
+        for instance in ecs.list_container_instances(cluster=cluster)["containerInstanceArns"]:
+            ecs.deregister_container_instance(cluster=cluster, containerInstance=instance, force=True)
+        ecs.delete_cluster(cluster=cluster)
+    assert shared_cloud.wait_idle(timeout=30), shared_cloud.leftovers()
+
+
+def tasks_in(cloud, cluster: str):
+    return [t for t in cloud.agent.running_tasks() if t.cluster == cluster]
+
+
 def _launch_template_version(cloud, cluster: str) -> str:
     ec2 = cloud.client("ec2")
     user_data = base64.b64encode(
@@ -115,7 +139,7 @@ def test_fleet_instances_boot_join_the_cluster_in_their_user_data_and_run_the_se
     eventually(lambda: len(ecs.list_container_instances(cluster="run-one")["containerInstanceArns"]) == 2)
     # and two worker processes run, one per instance, with the task's environment and the emulator's endpoint
     tasks = eventually(
-        lambda: len(local_cloud.agent.running_tasks()) == 2 and local_cloud.agent.running_tasks()
+        lambda: len(tasks_in(local_cloud, "run-one")) == 2 and tasks_in(local_cloud, "run-one")
     )
     assert len({t.instance_id for t in tasks}) == 2
     first_lines = [eventually(lambda t=t: t.log_path.read_text().splitlines()) for t in tasks]
@@ -141,7 +165,7 @@ def test_a_second_run_scope_gets_its_own_instances_from_its_own_launch_template_
         eventually(
             lambda c=cluster: len(ecs.list_container_instances(cluster=c)["containerInstanceArns"]) == 1
         )
-    eventually(lambda: sorted(t.cluster for t in local_cloud.agent.running_tasks()) == ["run-a", "run-b"])
+    eventually(lambda: len(tasks_in(local_cloud, "run-a")) == 1 and len(tasks_in(local_cloud, "run-b")) == 1)
 
 
 def test_scale_down_stops_tasks_with_sigterm_and_a_dead_task_is_replaced(local_cloud):
@@ -149,18 +173,20 @@ def test_scale_down_stops_tasks_with_sigterm_and_a_dead_task_is_replaced(local_c
     _run_scope(local_cloud, "run-scale", desired=2)
     _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-scale"), capacity=2)
     agent = local_cloud.agent
-    tasks = eventually(lambda: len(agent.running_tasks()) == 2 and agent.running_tasks())
+    tasks = eventually(
+        lambda: len(tasks_in(local_cloud, "run-scale")) == 2 and tasks_in(local_cloud, "run-scale")
+    )
     for task in tasks:
         eventually(lambda t=task: t.log_path.read_text())
 
     # when one task dies, the service starts a new one
     agent.kill_task(tasks[0])
-    eventually(lambda: len(agent.running_tasks()) == 2 and tasks[0] not in agent.running_tasks())
+    eventually(lambda: len(tasks_in(local_cloud, "run-scale")) == 2 and tasks[0] not in agent.running_tasks())
     assert tasks[0].process.returncode == -9
 
     # when the service is scaled to zero, its tasks get SIGTERM and exit 0
     local_cloud.client("ecs").update_service(cluster="run-scale", service="workers", desiredCount=0)
-    eventually(lambda: not agent.tasks)
+    eventually(lambda: not [t for t in agent.tasks if t.cluster == "run-scale"])
     assert tasks[1].process.returncode == 0
     assert "drained" in tasks[1].log_path.read_text()
 
@@ -170,7 +196,7 @@ def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet
     _run_scope(local_cloud, "run-spot", desired=1)
     fleet_id = _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-spot"), capacity=1)
     agent, fleet = local_cloud.agent, local_cloud.fleet
-    task = eventually(lambda: agent.running_tasks() and agent.running_tasks()[0])
+    task = eventually(lambda: tasks_in(local_cloud, "run-spot") and tasks_in(local_cloud, "run-spot")[0])
     eventually(lambda: task.log_path.read_text())
     machine = fleet.machines[task.instance_id]
 
@@ -186,12 +212,16 @@ def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet
     assert old["State"]["Name"] == "terminated"
     assert old["StateReason"]["Code"] == "Server.SpotInstanceTermination"
     eventually(lambda: _instance_states(local_cloud, fleet_id) == ["running"])
-    replacement = eventually(lambda: agent.running_tasks() and agent.running_tasks()[0])
+    replacement = eventually(
+        lambda: tasks_in(local_cloud, "run-spot") and tasks_in(local_cloud, "run-spot")[0]
+    )
     assert replacement.instance_id != machine.instance_id
 
     # and cancelling the fleet with termination leaves nothing running
     ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
-    eventually(lambda: not agent.tasks and not fleet.running_machines())
+    eventually(
+        lambda: not [t for t in agent.tasks if t.cluster == "run-spot"] and not fleet.running_machines()
+    )
 
 
 def test_the_local_cloud_uses_python_of_this_environment_for_worker_commands():

@@ -33,6 +33,7 @@ from spotfill.localcloud.fleet import Machine
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 30.0  # ECS's default when a container definition sets no stopTimeout
+SHUTDOWN_GRACE = 10.0  # an instance's shutdown gives its containers this long after SIGTERM
 _CLUSTER_LINE = re.compile(r"ECS_CLUSTER=([A-Za-z0-9_\-]+)")
 _PYTHON = re.compile(r"^(python|python3(\.\d+)?)$")
 # The parent's variables a worker process may inherit; everything AWS_* comes from the emulator instead.
@@ -138,13 +139,13 @@ class EcsAgent:
             )
 
     def on_terminate(self, machine: Machine) -> None:
-        """The instance is gone: so are its processes, at once (no stop timeout on a dead machine)."""
+        """The instance is shutting down: its OS stops the containers (SIGTERM, then SIGKILL after a short
+        shutdown grace), as when a fleet's lowered capacity or its cancellation terminates it."""
         with self._lock:
             registration = self.registrations.pop(machine.instance_id, None)
             for task in [t for t in self.tasks if t.instance_id == machine.instance_id]:
-                self._signal(task, signal.SIGKILL)
-                task.process.wait()
-                self.tasks.remove(task)
+                task.stop_timeout = min(task.stop_timeout, SHUTDOWN_GRACE)
+                self._begin_stop(task)
         if registration and registration.container_instance_arn and self._still_registered(registration):
             with contextlib.suppress(ClientError):
                 self.ecs.deregister_container_instance(

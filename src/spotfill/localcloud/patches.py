@@ -232,15 +232,48 @@ def target_input(target: dict[str, Any], event: dict[str, Any]) -> Any:
         matches = parse(target["InputPath"]).find(event)
         return matches[0].value if matches else None
     if target.get("InputTransformer"):
-        from moto.events.utils import EventTemplateParser
-
         transformer = target["InputTransformer"]
-        return EventTemplateParser.parse(
-            input_template=transformer.get("InputTemplate"),
-            input_paths_map=transformer.get("InputPathsMap", {}),
-            event=event,
-        )
+        return transform_input(transformer.get("InputPathsMap", {}), transformer["InputTemplate"], event)
     return event
+
+
+def transform_input(paths: dict[str, str], template: str, event: dict[str, Any]) -> Any:
+    """EventBridge's InputTransformer: `<name>` inside a JSON string takes the value's text; outside one, the
+    value as JSON (so a string arrives quoted). The result is JSON when it parses, else the text itself."""
+    from jsonpath_ng.ext import parse
+
+    values: dict[str, Any] = {"aws.events.event.json": event}
+    for name, path in paths.items():
+        matches = parse(path).find(event)
+        values[name] = matches[0].value if matches else None
+    out, in_string, i = [], False, 0
+    while i < len(template):
+        char = template[i]
+        if char == "\\" and in_string:
+            out.append(template[i : i + 2])
+            i += 2
+            continue
+        if char == '"':
+            in_string = not in_string
+        elif char == "<":
+            end = template.find(">", i)
+            name = template[i + 1 : end] if end > 0 else None
+            if name in values:
+                value = values[name]
+                if in_string:
+                    text = value if isinstance(value, str) else json.dumps(value)
+                    out.append(json.dumps(text)[1:-1])
+                else:
+                    out.append(json.dumps(value))
+                i = end + 1
+                continue
+        out.append(char)
+        i += 1
+    rendered = "".join(out)
+    try:
+        return json.loads(rendered)
+    except ValueError:
+        return rendered
 
 
 def deliver_to_target(target: dict[str, Any], event: dict[str, Any]) -> None:
