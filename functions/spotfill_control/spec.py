@@ -162,6 +162,8 @@ HISTORY_EVENTS_RESERVED = 10_000
 DEFAULT_HANDOVER_AFTER_ITERATIONS = (HISTORY_EVENT_LIMIT - HISTORY_EVENTS_RESERVED) // (
     EVENTS_PER_MONITOR_ITERATION + EVENTS_PER_LAMBDA_RETRY
 )
+# Registration polls cost as many events as monitor iterations and must fit the reserve beside them.
+MAX_REGISTRATION_POLLS = (HISTORY_EVENTS_RESERVED - 1_000) // EVENTS_PER_MONITOR_ITERATION
 # A larger override could run an execution past the limit even without retries.
 MAX_HANDOVER_AFTER_ITERATIONS = (
     HISTORY_EVENT_LIMIT - HISTORY_EVENTS_RESERVED
@@ -179,6 +181,18 @@ class LimitsSpec(_Model):
         le=MAX_HANDOVER_AFTER_ITERATIONS,
         description="monitor iterations per execution before continue-as-new; null: the computed default",
     )
+
+    @model_validator(mode="after")
+    def _registration_loop_fits_history(self) -> LimitsSpec:
+        # The registration loop runs before any handover is possible, so its polls must fit the history
+        # events reserved for everything outside the monitor loop.
+        polls = -(-self.registration_timeout_seconds // self.poll_interval_seconds)
+        if polls > MAX_REGISTRATION_POLLS:
+            raise ValueError(
+                f"registration_timeout_seconds / poll_interval_seconds = {polls} polls, more than "
+                f"{MAX_REGISTRATION_POLLS} fit one execution's history: raise poll_interval_seconds"
+            )
+        return self
 
     @property
     def effective_handover_after_iterations(self) -> int:

@@ -128,6 +128,12 @@ INVALID_SPECS = [
         "limits.registration_timeout_seconds",
         "shorter than limits.max_runtime_seconds",
     ),
+    (
+        "registration-polls-overflow-history",
+        {**sample_spec(), "limits": {"registration_timeout_seconds": 7200, "poll_interval_seconds": 1}},
+        "limits",
+        "7200 polls",
+    ),
     ("misspelt-field", with_value("fleeet", {}), "fleeet", "unknown field"),
     ("misspelt-nested-field", with_value("limits.poll_interval", 5), "limits.poll_interval", "unknown field"),
     ("name-with-spaces", with_value("name", "my backfill!"), "name", "pattern"),
