@@ -15,6 +15,9 @@ from rich.text import Text
 
 from spotfill.runs import RunWatcher, Snapshot
 
+# States the workflow cycles through while it waits: a plain log skips them.
+_LOOP_STATES = ("WaitForWork", "Monitor", "WaitForRegistration", "CheckRegistration")
+
 
 def _duration(seconds: float | None) -> str:
     if seconds is None:
@@ -75,12 +78,13 @@ def follow(
         while True:
             total = snap.shards_total if snap.shards_total is not None else "?"
             line = f"{snap.state or '-'} {snap.status.lower()}: shards {snap.shards_done}/{total}"
-            if (snap.state, snap.status, snap.shards_done) != last:
+            key = (snap.status, snap.shards_done, "" if snap.state in _LOOP_STATES else snap.state)
+            if key != last:
                 console.print(
                     f"[{_duration(snap.elapsed)}] {line}, {snap.predictions:,} predictions "
                     f"({snap.predictions_per_second:,.0f}/s), {snap.instances} instances, {snap.tasks} tasks"
                 )
-                last = (snap.state, snap.status, snap.shards_done)
+                last = key
             if snap.finished or (deadline is not None and time.monotonic() >= deadline):
                 break
             time.sleep(interval)

@@ -82,3 +82,40 @@ def test_chaos_spec_parses_and_spreads_kills_and_interruptions():
     # interruptions are spread over the run, never bunched at one end
     positions = [i for i, event in enumerate(order) if event == "interrupt"]
     assert positions[0] < 4 and positions[-1] > 10
+
+
+def test_the_live_display_shows_shards_rate_eta_instances_tasks_and_state():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import render
+    from spotfill.runs import Snapshot
+
+    snap = Snapshot(
+        "arn:aws:states:us-east-1:123456789012:execution:sm:x",
+        state="Monitor",
+        run_id="digits-1",
+        shards_total=50,
+        shards_done=20,
+        predictions=40_000,
+        predictions_per_second=5_000.0,
+        eta_seconds=12.0,
+        instances=2,
+        tasks=2,
+        elapsed=30.0,
+    )
+    out = io.StringIO()
+    Console(file=out, force_terminal=True, width=120, color_system=None).print(render(snap))
+    text = out.getvalue()
+    for expected in (
+        "run digits-1",
+        "20/50",
+        "40,000",
+        "5,000/s",
+        "ETA 0m12s",
+        "instances 2",
+        "tasks 2",
+        "Monitor",
+    ):
+        assert expected in text
