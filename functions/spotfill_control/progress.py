@@ -324,7 +324,12 @@ def describe_fleet(
     fleet_id: str, extra_ids: Iterable[str], weights: Mapping[str, float], ec2: Any
 ) -> FleetView | None:
     """The fleet's state, target and live instances; None when the fleet no longer exists."""
-    configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
+    try:
+        configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code", "")).startswith("InvalidSpotFleetRequestId"):
+            return None  # AWS forgets cancelled requests after a while; moto at once
+        raise
     if not configs:
         return None
     config = configs[0]
@@ -490,8 +495,10 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
     progress.known_instances = sorted(view.alive)
     progress.fleet_target_capacity = view.target_capacity
     seen.fleet_target_capacity = view.target_capacity
-    if done or not view.active:
-        return  # teardown removes everything; lowering now would only race it
+    if done or view.state != "active":
+        # Done: teardown removes everything, lowering now would only race it. Submitted or modifying: the
+        # fleet takes no new target until it settles; the next iteration lowers it.
+        return
 
     tasks_per_instance = run.spec.service.tasks_per_instance
     max_weight = max(view.weights.values(), default=1.0)
