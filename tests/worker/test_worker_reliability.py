@@ -251,3 +251,18 @@ def test_heartbeat_keeps_a_slow_shard_invisible_so_it_is_not_received_twice(
     assert done[0]["receive_count"] == 1
     assert not run.events("shard_skipped") and not run.events("shard_failed")
     assert cloud.queue_counts() == (0, 0)
+
+
+def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environment_endpoint(monkeypatch):
+    from spotfill_worker.clients import Clients
+
+    # given an emulator endpoint in the environment
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
+    clients = Clients()
+    assert clients._s3 is None and clients._sqs is None
+
+    # when / then
+    for client in (clients.s3, clients.sqs):
+        assert client.meta.endpoint_url == "http://127.0.0.1:4566"
+        assert client.meta.config.retries["mode"] == "adaptive"
+    assert clients.s3 is clients.s3
