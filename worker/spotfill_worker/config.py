@@ -62,7 +62,8 @@ class WorkerConfig(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=65536)
     visibility_timeout: int = Field(default=120, ge=1, le=43200)
     stop_timeout: float = Field(default=120.0, gt=0, le=86400)
-    receive_wait_seconds: int = Field(default=20, ge=0, le=20)
+    # Long polls, but short enough that a stopping worker never waits long on one in flight.
+    receive_wait_seconds: int = Field(default=5, ge=0, le=20)
     exit_when_idle_seconds: float | None = Field(default=None, gt=0)
     prefetch_shards: int = Field(default=1, ge=1, le=16)
     xla: bool = False
