@@ -197,3 +197,25 @@ def test_a_retried_teardown_keeps_the_dead_letters_the_first_attempt_read(world,
     assert again == [failed]
     body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
     assert json.loads(body["Body"].read())["shards"] == [failed]
+
+
+def test_a_throttled_step_makes_teardown_retry_after_the_other_steps(
+    world, running_run, lambda_context, monkeypatch
+):
+    # given SQS throttles the queue deletion
+    from botocore.exceptions import ClientError
+    from spotfill_control import teardown as domain
+    from spotfill_control.errors import TransientAwsError
+
+    def throttled(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"}}, "DeleteQueue")
+
+    monkeypatch.setattr(domain, "delete_queue", throttled)
+
+    # when the run is torn down, then the ASL is told to retry
+    with pytest.raises(TransientAwsError, match="slow down"):
+        teardown.handler({"run": running_run}, lambda_context)
+
+    # and the fleet is gone all the same
+    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    assert all(f["SpotFleetRequestState"] not in ("active", "submitted", "modifying") for f in fleets)

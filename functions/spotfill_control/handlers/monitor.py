@@ -8,26 +8,19 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, ConfigDict
 
 from spotfill_control import progress, state_store
 from spotfill_control.aws import client, is_transient
 from spotfill_control.config import settings
 from spotfill_control.errors import TransientAwsError
-from spotfill_control.run import RunState, utcnow
+from spotfill_control.run import RunEvent, utcnow
 
 logger = Logger()
 
 
-class MonitorEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run: RunState
-
-
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    run = parse(event=event, model=MonitorEvent).run
+    run = parse(event=event, model=RunEvent).run
     logger.append_keys(run_id=run.run_id)
     now = utcnow()
     clients = progress.Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
