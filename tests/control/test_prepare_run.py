@@ -283,3 +283,22 @@ def test_gpu_fleets_get_the_gpu_ami_in_their_launch_template_version(world, lamb
     assert definition["taskDefinition"]["containerDefinitions"][0]["resourceRequirements"] == [
         {"type": "GPU", "value": "1"}
     ]
+
+
+def test_launch_template_version_keeps_the_base_stack_tag_that_teardown_may_terminate_by():
+    # given a base version whose instances carry the stack tag the teardown grant is conditioned on
+    base = {
+        "ImageId": "ami-cpu",
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": [{"Key": "spotfill:stack", "Value": "spotfill"}]},
+        ],
+    }
+
+    # when the run's version is built from it
+    data = fleet.launch_template_data(pure_run(), base, gpu_image_id=None)
+
+    # then its instances carry both the stack tag and the run id
+    instance_tags = next(s["Tags"] for s in data["TagSpecifications"] if s["ResourceType"] == "instance")
+    keys = {t["Key"]: t["Value"] for t in instance_tags}
+    assert keys["spotfill:stack"] == "spotfill"
+    assert keys["spotfill:run-id"] == pure_run().run_id
