@@ -33,7 +33,12 @@ def _raise(what: str, exc: ClientError) -> NoReturn:
 
 def create_cluster(run: RunState, ecs: Any) -> str:
     try:
-        ecs.create_cluster(clusterName=run.scoped_name, tags=_tags(run))
+        # Container Insights gives the dashboard its running-task counts per run cluster.
+        ecs.create_cluster(
+            clusterName=run.scoped_name,
+            tags=_tags(run),
+            settings=[{"name": "containerInsights", "value": "enabled"}],
+        )
     except ClientError as exc:
         _raise("ecs.create_cluster", exc)
     return run.scoped_name

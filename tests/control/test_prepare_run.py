@@ -174,8 +174,9 @@ def test_a_run_whose_outputs_all_exist_is_done_before_any_fleet(world, lambda_co
 def test_prepare_creates_the_run_cluster_task_definition_and_launch_template_version(world, lambda_context):
     run = prepared_run(world, lambda_context)
     resources, name = run["resources"], f"spotfill-{run['run_id']}"
-    described = world.ecs.describe_clusters(clusters=[name], include=["TAGS"])["clusters"][0]
+    described = world.ecs.describe_clusters(clusters=[name], include=["TAGS", "SETTINGS"])["clusters"][0]
     assert (described["status"], resources["cluster_name"]) == ("ACTIVE", name)
+    assert {"name": "containerInsights", "value": "enabled"} in described["settings"]
     assert {"key": RUN_ID_TAG, "value": run["run_id"]} in described["tags"]
     definition = world.ecs.describe_task_definition(taskDefinition=resources["task_definition_arn"])[
         "taskDefinition"

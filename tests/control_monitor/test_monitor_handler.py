@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -33,6 +34,29 @@ def test_monitor_keeps_running_while_shards_are_queued(world, running_run, lambd
     assert run["progress"]["iterations"] == 1
     assert run["timeline"]["processing_ended_at"] is None
     assert world.stored_run(run["run_id"])["progress"]["outputs_done"] == 1
+
+
+def test_monitor_emits_shard_totals_as_embedded_metrics_for_the_dashboard(
+    world, running_run, lambda_context, capsys, monkeypatch
+):
+    # given a run with one of three shards done
+    world.write_output(running_run, 0)
+
+    # when monitor looks, named as the template names the service
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "spotfill")
+    monitor.metrics.service = "spotfill"
+    monitor.handler({"run": running_run}, lambda_context)
+
+    # then stdout carries one EMF record with the run's totals under the spotfill namespace
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert len(records) == 1
+    (directive,) = records[0]["_aws"]["CloudWatchMetrics"]
+    # the dashboard searches exactly this dimension set: {spotfill,RunId,service}
+    assert directive["Namespace"] == "spotfill" and sorted(directive["Dimensions"][0]) == ["RunId", "service"]
+    assert records[0]["RunId"] == running_run["run_id"]
+    assert (records[0]["ShardsTotal"], records[0]["ShardsDone"], records[0]["DeadLetters"]) == ([3], [1], [0])
+    dashboard = (Path(__file__).parents[2] / "template.yaml").read_text()
+    assert "{spotfill,RunId,service} MetricName=\\\"ShardsTotal\\\"" in dashboard
 
 
 def test_monitor_finishes_when_every_shard_has_an_output(world, running_run, lambda_context):

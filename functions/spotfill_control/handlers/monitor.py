@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
@@ -16,8 +17,12 @@ from spotfill_control.errors import TransientAwsError
 from spotfill_control.run import RunEvent, utcnow
 
 logger = Logger()
+# Embedded-metric-format records on stdout: Lambda's logs turn them into the dashboard's "shards done vs
+# total" and dead-letter series without a PutMetricData call (namespace and dimension as the worker's).
+metrics = Metrics(namespace="spotfill")
 
 
+@metrics.log_metrics
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = parse(event=event, model=RunEvent).run
@@ -46,6 +51,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "service_desired_count": seen.service_desired_count,
         },
     )
+    metrics.add_dimension(name="RunId", value=run.run_id)
+    metrics.add_metric(name="ShardsTotal", unit=MetricUnit.Count, value=run.shards_total)
+    metrics.add_metric(name="ShardsDone", unit=MetricUnit.Count, value=seen.outputs_done)
+    metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=seen.dead_letters)
     progress.check_fleet(run, seen)
     progress.enforce_limits(run, now)
     return run.model_dump(mode="json")
