@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from spotfill_control.errors import FleetRequestError, RunTimeoutError, StallError
@@ -56,7 +56,7 @@ def test_monitor_emits_shard_totals_as_embedded_metrics_for_the_dashboard(
     assert records[0]["RunId"] == running_run["run_id"]
     assert (records[0]["ShardsTotal"], records[0]["ShardsDone"], records[0]["DeadLetters"]) == ([3], [1], [0])
     dashboard = (Path(__file__).parents[2] / "template.yaml").read_text()
-    assert "{spotfill,RunId,service} MetricName=\\\"ShardsTotal\\\"" in dashboard
+    assert '{spotfill,RunId,service} MetricName=\\"ShardsTotal\\"' in dashboard
 
 
 def test_monitor_finishes_when_every_shard_has_an_output(world, running_run, lambda_context):
