@@ -130,6 +130,12 @@ def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the
     assert "x9.huge" in _cause_message(outcome)
     assert outcome.invoked()[0] == "validate"
     assert not {"prepare_run", "request_fleet"} & set(outcome.invoked())
+    # one report, filed under the execution's name, so cleanup-on-exit recognises it and files no second one
+    execution_name = outcome.last.arn.rsplit(":", 1)[-1]
+    report = cloud.report(execution_name)
+    assert report is not None and report["status"] == "invalid"
+    listing = cloud.s3.list_objects_v2(Bucket=cloud.stack.control_bucket, Prefix="reports/invalid-")
+    assert listing["KeyCount"] == 0
     assert_nothing_left(cloud.session)
 
 
