@@ -201,9 +201,11 @@ class LocalCloud:
         return False
 
     def leftovers(self) -> list[str]:
-        """Everything still running or allocated: fleets, instances, tasks, services, run queues, clusters."""
+        """Everything still running or allocated beyond the stack itself: fleets, instances, tasks, services,
+        clusters and queues (what a finished run must leave behind: nothing)."""
         found: list[str] = []
         ec2, ecs, sqs = self.client("ec2"), self.client("ecs"), self.client("sqs")
+        stack_owned = self._stack_resources()
         for config in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
             if config["SpotFleetRequestState"] in ("active", "modifying", "submitted", "cancelled_running"):
                 found.append(f"fleet {config['SpotFleetRequestId']} {config['SpotFleetRequestState']}")
@@ -212,23 +214,30 @@ class LocalCloud:
         )["Reservations"]:
             found.extend(f"instance {i['InstanceId']}" for i in reservation["Instances"])
         if self.agent is not None:
-            found.extend(f"task {t.task_id} ({t.service})" for t in self.agent.tasks if t.alive)
+            found.extend(f"task {t.task_id} ({t.service})" for t in list(self.agent.tasks) if t.alive)
         for cluster_arn in ecs.list_clusters()["clusterArns"]:
+            name = cluster_arn.rsplit("/", 1)[-1]
             services = ecs.list_services(cluster=cluster_arn)["serviceArns"]
             if services:
                 described = ecs.describe_services(cluster=cluster_arn, services=services)["services"]
                 found.extend(f"service {s['serviceName']}" for s in described if s["status"] == "ACTIVE")
-        stack_clusters = (
-            {v for k, v in self.outputs.outputs.items() if "Cluster" in k} if self.outputs else set()
-        )
-        for cluster_arn in ecs.list_clusters()["clusterArns"]:
-            name = cluster_arn.rsplit("/", 1)[-1]
-            if name not in stack_clusters and cluster_arn not in stack_clusters:
+            if name not in stack_owned and cluster_arn not in stack_owned:
                 described = ecs.describe_clusters(clusters=[cluster_arn])["clusters"]
                 if described and described[0]["status"] == "ACTIVE":
                     found.append(f"cluster {name}")
-        found.extend(f"queue {url}" for url in sqs.list_queues().get("QueueUrls", []))
+        found.extend(
+            f"queue {url}" for url in sqs.list_queues().get("QueueUrls", []) if url not in stack_owned
+        )
         return found
+
+    def _stack_resources(self) -> set[str]:
+        cloudformation = self.client("cloudformation")
+        owned: set[str] = set()
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(
+            StackName=self.options.stack_name
+        ):
+            owned.update(r.get("PhysicalResourceId", "") for r in page["StackResourceSummaries"])
+        return owned
 
 
 def _forget_cached_clients() -> None:

@@ -108,10 +108,12 @@ class FleetEmulator:
                     instance._state.name, instance._state.code = "running", 16
                     machine.booted = True
                     booted.append(machine)
-        for machine in gone:
-            self.on_terminate(machine)
-        for machine in booted:
-            self.on_boot(machine)
+        for callback, machines in ((self.on_terminate, gone), (self.on_boot, booted)):
+            for machine in machines:
+                try:
+                    callback(machine)
+                except Exception:  # one instance's trouble must not stop the others' boot or shutdown
+                    log.exception("%s of %s failed", callback.__name__, machine.instance_id)
 
     def _instance(self, instance_id: str):
         try:
