@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STOP_TIMEOUT = 30.0  # ECS's default when a container definition sets no stopTimeout
 SHUTDOWN_GRACE = 10.0  # an instance's shutdown gives its containers this long after SIGTERM
+DEREGISTRATION_DELAY = 5.0  # ECS notices a terminated instance and deregisters it after this long
 _CLUSTER_LINE = re.compile(r"ECS_CLUSTER=([A-Za-z0-9_\-]+)")
 _PYTHON = re.compile(r"^(python|python3(\.\d+)?)$")
 # The parent's variables a worker process may inherit; everything AWS_* comes from the emulator instead.
@@ -146,13 +147,21 @@ class EcsAgent:
             for task in [t for t in self.tasks if t.instance_id == machine.instance_id]:
                 task.stop_timeout = min(task.stop_timeout, SHUTDOWN_GRACE)
                 self._begin_stop(task)
-        if registration and registration.container_instance_arn and self._still_registered(registration):
-            with contextlib.suppress(ClientError):
-                self.ecs.deregister_container_instance(
-                    cluster=registration.cluster,
-                    containerInstance=registration.container_instance_arn,
-                    force=True,
-                )
+        if registration and registration.container_instance_arn:
+            # ECS deregisters a terminated instance on its own, a little later (teardown may do it first).
+            timer = threading.Timer(DEREGISTRATION_DELAY, self._deregister, args=(registration,))
+            timer.daemon = True
+            timer.start()
+
+    def _deregister(self, registration: Registration) -> None:
+        if self._stop.is_set() or not self._still_registered(registration):
+            return
+        with contextlib.suppress(ClientError):
+            self.ecs.deregister_container_instance(
+                cluster=registration.cluster,
+                containerInstance=registration.container_instance_arn,
+                force=True,
+            )
 
     def _still_registered(self, registration: Registration) -> bool:
         # moto answers a deregistration from a deleted cluster with a 500, not ECS's ClusterNotFoundException.

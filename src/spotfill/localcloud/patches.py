@@ -12,6 +12,8 @@ server runs in this process), never the code under test:
   template version with it, so it is implemented here (deleted versions vanish from describe calls).
 - Step Functions: with execution on, moto names an execution started without a name `None` (every such
   execution gets the same ARN); AWS names it with a UUID, and so does this.
+- ECS: deregistering a container instance that is no longer registered is a 500 in moto (a bare
+  `Exception`), which clients retry for a minute; ECS answers with a client error. So does this.
 - EventBridge: moto delivers rule targets only to SQS, logs, buses and API destinations, and raises for
   any other target. AWS also starts Step Functions executions and invokes Lambda functions; those are
   delivered here, asynchronously as in AWS, with the target's `Input` / `InputPath` / `InputTransformer`
@@ -46,6 +48,7 @@ def install(endpoint_url: str) -> None:
         _patch_spot_fleet_launch_templates()
         _patch_delete_launch_template_versions()
         _patch_execution_names()
+        _patch_ecs_deregistration_error()
         _patch_rule_targets()
         _installed = True
 
@@ -184,6 +187,26 @@ def _patch_execution_names() -> None:
         return original_start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
 
     StepFunctionsParserBackend.start_execution = start_execution
+
+
+# --- ECS: deregistering an unknown container instance --------------------------------------------------
+
+
+def _patch_ecs_deregistration_error() -> None:
+    from moto.ecs.exceptions import InvalidParameterException
+    from moto.ecs.models import EC2ContainerServiceBackend
+
+    original = EC2ContainerServiceBackend.deregister_container_instance
+
+    def deregister_container_instance(
+        self: Any, cluster_str: str, container_instance_str: str, force: bool
+    ) -> Any:
+        cluster = self._get_cluster(cluster_str)
+        if container_instance_str.split("/")[-1] not in self.container_instances.get(cluster.name, {}):
+            raise InvalidParameterException(f"Container instance {container_instance_str} not found.")
+        return original(self, cluster_str, container_instance_str, force)
+
+    EC2ContainerServiceBackend.deregister_container_instance = deregister_container_instance
 
 
 # --- EventBridge: Step Functions and Lambda targets -----------------------------------------------------
