@@ -9,7 +9,8 @@ import pytest
 
 from spotfill.demo import check_outputs
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
-from tests.e2e.conftest import eventually
+
+from .helpers import eventually
 
 pytestmark = pytest.mark.e2e
 

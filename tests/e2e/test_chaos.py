@@ -7,7 +7,8 @@ import pytest
 from spotfill.demo import check_outputs
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
-from tests.e2e.conftest import FAST_WORKERS, write_digits
+
+from .helpers import FAST_WORKERS, write_digits
 
 pytestmark = pytest.mark.e2e
 

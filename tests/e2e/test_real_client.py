@@ -12,7 +12,8 @@ import pytest
 
 from spotfill.localcloud.server import free_port
 from spotfill.localrun import manifest
-from tests.e2e.conftest import eventually
+
+from .helpers import eventually
 
 pytestmark = pytest.mark.e2e
 
