@@ -14,6 +14,7 @@ from typing import Any
 
 from spotfill_control import cluster, fleet, shards, state_store
 from spotfill_control.config import Settings
+from spotfill_control.errors import InvalidSpecError
 from spotfill_control.run import RunState, utcnow
 
 
@@ -46,13 +47,10 @@ def prepare_run(
     if resources.queue_url is None:
         record(queue_url=shards.create_shard_queue(run, sqs, resources.dead_letter_queue_url))
 
-    # shards.json is written only after every message is sent, so its presence means "queued".
-    shard_list = shards.read_shard_list(run.run_id, s3, bucket)
-    if shard_list is None:
-        found = shards.list_shards(run.spec.input, s3)
-        shard_list = shards.plan_shards(run, found, shards.existing_outputs(run.spec, s3), bucket)
-        shards.send_shards(run.run_id, shard_list.pending, resources.queue_url, sqs)
-        shards.write_shard_list(shard_list, s3, bucket)
+    # The shard list's index is written only after every message is sent, so its presence means "queued".
+    index = shards.read_shard_index(run.run_id, s3, bucket)
+    if index is None:
+        index = queue_and_store_shards(run, s3, sqs, bucket, resources.queue_url)
 
     if resources.cluster_name is None:
         record(cluster_name=cluster.create_cluster(run, ecs))
@@ -61,7 +59,7 @@ def prepare_run(
     if resources.launch_template_version is None:
         record(launch_template_version=fleet.create_launch_template_version(run, ec2, ssm, settings))
 
-    total, pending = len(shard_list.shards), len(shard_list.pending)
+    total, pending = index.total, index.pending
     progress = run.progress
     if pending == 0:
         progress = progress.model_copy(update={"state": "done"})  # every output exists: nothing to run
@@ -76,3 +74,40 @@ def prepare_run(
     )
     state_store.persist(run, s3, bucket)
     return run
+
+
+def queue_and_store_shards(
+    run: RunState, s3: Any, sqs: Any, bucket: str, queue_url: str | None
+) -> shards.ShardIndex:
+    """List the input, queue a message per shard whose output does not exist yet, store the shard list.
+
+    Shards go part by part (`shards.PART_SIZE`): each part's messages are sent, then the part is stored; the
+    index goes last. A retry after a failure halfway sends some messages twice, which is harmless (one output
+    key per shard).
+    """
+    assert queue_url is not None
+    found = shards.list_shards(run.spec.input, s3)
+    existing = shards.existing_outputs(run.spec, s3)
+    writer = shards.shard_list_writer(run, s3, bucket)
+    owner: dict[str, str] = {}
+    for chunk in shards.chunked(found, writer.part_size):
+        planned = []
+        for uri in chunk:
+            output = shards.output_uri(uri, run.spec)
+            if output in owner:  # Validate checked this already; a changed input since then is caught here
+                raise InvalidSpecError(
+                    f"input.uri: shards {owner[output]} and {uri} would both write {output}."
+                )
+            owner[output] = uri
+            planned.append(
+                shards.Shard(
+                    shard=uri,
+                    output=output,
+                    error=shards.error_uri(uri, run.spec, bucket, run.run_id),
+                    skipped=output in existing,
+                )
+            )
+        shards.send_shards(run.run_id, [s for s in planned if not s.skipped], queue_url, sqs)
+        for shard in planned:
+            writer.add(shard.shard, shard.skipped)
+    return writer.close()

@@ -33,10 +33,21 @@ from botocore.exceptions import ClientError
 from spotfill_control.errors import FleetRequestError, RunTimeoutError, SpotfillError, StallError
 from spotfill_control.fleet import capacity_weights
 from spotfill_control.run import Progress, RunState
-from spotfill_control.shards import Shard, read_shard_list, send_shards, split_s3_uri
+from spotfill_control.shards import (
+    Shard,
+    ShardRef,
+    iter_shards,
+    output_uri_for,
+    read_shard_index,
+    send_shards,
+    shard_index_key,
+    split_s3_uri,
+)
 
 # Outputs whose `spotfill-rows` metadata is read per iteration to estimate rows (predictions) per shard.
 ROWS_SAMPLE_SIZE = 5
+# Once this many outputs were sampled the mean is good enough: later iterations read no more metadata.
+ROWS_SAMPLE_LIMIT = 200
 # How long peeked dead letters stay invisible while they are read; they are made visible again right after.
 PEEK_VISIBILITY_SECONDS = 30
 EMPTY_RECEIVES_TOLERATED = 3
@@ -382,7 +393,13 @@ def service_desired_count(cluster: str, service: str, ecs: Any) -> int | None:
 def iterate(
     run: RunState, clients: Clients, control_bucket: str, now: datetime
 ) -> tuple[RunState, Iteration]:
-    """One monitoring iteration: returns the updated run (not yet persisted) and what it saw."""
+    """One monitoring iteration: returns the updated run (not yet persisted) and what it saw.
+
+    While the queue holds work (visible, in flight or delayed) the iteration is cheap: progress is estimated
+    from the queues' depths and neither the output prefix nor the shard list is read. Once the queue looks
+    idle, the exact reconciliation lists the outputs, compares them with the shard list, requeues lost shards
+    and decides whether the run is done.
+    """
     run = run.model_copy(deep=True)
     progress = run.progress
     resources = run.resources
@@ -391,46 +408,18 @@ def iterate(
         run.timeline.processing_started_at = now
     run.phase = "monitoring"
 
-    shard_list = read_shard_list(run.run_id, clients.s3, control_bucket)
-    if shard_list is None:
-        raise SpotfillError(
-            f"s3://{control_bucket}/runs/{run.run_id}/shards.json is missing: was the run prepared?"
-        )
-    shards = shard_list.pending
-
     # Queue depth first, outputs second: a worker writes its output before it deletes its message, so a
     # queue seen idle here means every output of a finished shard is already in the listing below.
     seen.queue = queue_depth(resources.queue_url, clients.sqs)
     seen.dead_letter_queue = queue_depth(resources.dead_letter_queue_url, clients.sqs)
-    present = list_output_uris(run.spec.output.uri, clients.s3)
-    done_outputs = [s.output for s in shards if s.output in present]
-    seen.outputs_done = len(done_outputs)
-    seen.dead_letters = seen.dead_letter_queue.total
-    missing = len(shards) - seen.outputs_done
+    if seen.queue.idle:
+        done, done_sample = _reconcile(run, clients, control_bucket, seen)
+    else:
+        done, done_sample = False, None
+        _estimate(run, seen)
 
-    # Which shards are dead letters matters only when they could close the run or explain missing outputs.
-    dead_lettered: set[str] | None = None
-    if (
-        resources.dead_letter_queue_url
-        and seen.dead_letters
-        and (seen.queue.idle or seen.dead_letters >= missing)
-    ):
-        dead_lettered = peek_dead_letters(resources.dead_letter_queue_url, clients.sqs, seen.dead_letters)
-        # Dead letters whose shard has an output anyway (written, then the delete failed) are not failures.
-        seen.dead_letters = len(
-            {s.shard for s in shards if s.shard in dead_lettered and s.output not in present}
-        )
-
-    if missing == 0:
-        seen.dead_letters = 0  # every shard has its output: whatever sits in the dead-letter queue is moot
-    done = missing == 0 or (dead_lettered is not None and not lost_shards(shards, present, dead_lettered))
-    if not done and seen.queue.idle and resources.queue_url:
-        lost = lost_shards(shards, present, dead_lettered or set())
-        if lost:
-            seen.requeued = send_shards(run.run_id, lost, resources.queue_url, clients.sqs)
-
-    seen.remaining = max(0, len(shards) - seen.outputs_done - seen.dead_letters)
-    _update_throughput(progress, seen.outputs_done, done_outputs, clients.s3, now)
+    shards_per_second = rate(progress.outputs_done, seen.outputs_done, progress.last_checked_at, now)
+    _update_throughput(run, shards_per_second, done_sample, clients.s3, control_bucket)
     # Requeued shards count as progress: they deserve a stall timeout of their own to be picked up.
     moved = seen.outputs_done + seen.dead_letters > progress.outputs_done + progress.dead_letters
     if moved or seen.requeued or progress.last_progress_at is None:
@@ -456,15 +445,107 @@ def iterate(
     return run, seen
 
 
+def pending_shards(run: RunState) -> int:
+    """Shards the run queued (every shard but those whose output existed before it)."""
+    return max(0, run.shards_total - run.shards_skipped)
+
+
+def estimated_progress(
+    pending: int, queue: QueueDepth, dead_letter_queue: QueueDepth, previous_done: int
+) -> tuple[int, int, int]:
+    """(outputs done, dead letters, remaining) estimated from the queues' approximate depths.
+
+    Every queued shard that is neither in the queue nor in the dead-letter queue is counted done. SQS's
+    counts are approximate and may dip for a moment, so the estimate never falls below the last figure
+    (which a later exact reconciliation may still correct): a dip and its recovery are not progress.
+    """
+    dead = min(pending, dead_letter_queue.total)
+    estimate = pending - queue.total - dead
+    done = max(0, min(pending - dead, max(estimate, previous_done)))
+    return done, dead, max(0, pending - done - dead)
+
+
+def _estimate(run: RunState, seen: Iteration) -> None:
+    seen.outputs_done, seen.dead_letters, seen.remaining = estimated_progress(
+        pending_shards(run), seen.queue, seen.dead_letter_queue, run.progress.outputs_done
+    )
+
+
+def _reconcile(
+    run: RunState, clients: Clients, control_bucket: str, seen: Iteration
+) -> tuple[bool, list[str]]:
+    """The exact count: outputs listed against the shard list (streamed), dead letters peeked, lost shards
+    queued again. Returns (done, a random sample of done outputs for the rows estimate)."""
+    resources = run.resources
+    index = read_shard_index(run.run_id, clients.s3, control_bucket)
+    stream = iter_shards(run.run_id, clients.s3, control_bucket, index)
+    if stream is None:
+        raise SpotfillError(
+            f"s3://{control_bucket}/{shard_index_key(run.run_id)} is missing: was the run prepared?"
+        )
+    present = list_output_uris(run.spec.output.uri, clients.s3)
+    missing: list[ShardRef] = []
+    sampler = Reservoir(ROWS_SAMPLE_SIZE, random.Random())
+    pending = 0
+    for shard in stream:
+        if shard.skipped:
+            continue
+        pending += 1
+        if shard.output in present:
+            sampler.add(shard.output)
+        else:
+            missing.append(shard)
+    del present
+    seen.outputs_done = pending - len(missing)
+    seen.dead_letters = seen.dead_letter_queue.total
+
+    # Which shards are dead letters matters only when outputs are missing.
+    dead_lettered: set[str] = set()
+    if resources.dead_letter_queue_url and seen.dead_letters and missing:
+        dead_lettered = peek_dead_letters(resources.dead_letter_queue_url, clients.sqs, seen.dead_letters)
+    # Dead letters whose shard has an output anyway (written, then the delete failed) are not failures.
+    seen.dead_letters = sum(1 for s in missing if s.shard in dead_lettered)
+    lost = [s for s in missing if s.shard not in dead_lettered]
+    done = not lost
+    if lost and resources.queue_url:
+        seen.requeued = send_shards(
+            run.run_id, [s.as_shard() for s in lost], resources.queue_url, clients.sqs
+        )
+    seen.remaining = len(missing) - seen.dead_letters
+    return done, sampler.items
+
+
+class Reservoir:
+    """A uniform random sample of at most `size` of the items added (reservoir sampling, O(size) memory)."""
+
+    def __init__(self, size: int, rng: random.Random) -> None:
+        self.size, self.rng = size, rng
+        self.items: list[str] = []
+        self.seen = 0
+
+    def add(self, item: str) -> None:
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+            return
+        slot = self.rng.randrange(self.seen)
+        if slot < self.size:
+            self.items[slot] = item
+
+
 def _update_throughput(
-    progress: Progress, outputs_done: int, done_outputs: list[str], s3: Any, now: datetime
+    run: RunState, shards_per_second: float, done_sample: list[str] | None, s3: Any, control_bucket: str
 ) -> None:
-    shards_per_second = rate(progress.outputs_done, outputs_done, progress.last_checked_at, now)
-    # Reading the metadata of only the outputs that are new since the last iteration would need the whole
-    # listing kept between iterations (too big for the run state), so predictions per second are estimated
-    # as shards per second x the mean rows per shard of a random sample of outputs, refined every iteration.
-    if done_outputs and (shards_per_second > 0 or progress.rows_sampled_outputs == 0):
-        sampled, rows = sample_rows(done_outputs, s3)
+    progress = run.progress
+    # Predictions per second are estimated as shards per second x the mean rows per shard of a sample of
+    # outputs, refined while it is small. An exact iteration samples the outputs it listed; a cheap one
+    # reads the index's few sample shards (a few KB) and looks for their outputs.
+    wants_rows = progress.rows_sampled_outputs < ROWS_SAMPLE_LIMIT and (
+        shards_per_second > 0 or progress.rows_sampled_outputs == 0
+    )
+    if wants_rows and (done_sample or (done_sample is None and run.shards_total > run.shards_skipped)):
+        candidates = done_sample if done_sample is not None else _sample_outputs(run, s3, control_bucket)
+        sampled, rows = sample_rows(candidates, s3)
         progress.rows_sampled_outputs += sampled
         progress.rows_sampled_total += rows
     progress.peak_shards_per_second = max(progress.peak_shards_per_second, shards_per_second)
@@ -473,6 +554,13 @@ def _update_throughput(
         progress.peak_predictions_per_second = max(
             progress.peak_predictions_per_second, shards_per_second * mean_rows
         )
+
+
+def _sample_outputs(run: RunState, s3: Any, control_bucket: str) -> list[str]:
+    index = read_shard_index(run.run_id, s3, control_bucket)
+    if index is None:
+        return []
+    return [output_uri_for(shard, index.input, index.output) for shard in index.sample]
 
 
 def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -> None:

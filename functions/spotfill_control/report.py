@@ -26,7 +26,7 @@ from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.progress import Clients, list_output_uris
 from spotfill_control.run import RunState, utcnow
-from spotfill_control.shards import ShardList, read_shard_list, split_s3_uri
+from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
 from spotfill_control.teardown import read_dead_letters, teardown_and_persist
 
 Status = Literal["succeeded", "completed_with_failures", "failed", "invalid"]
@@ -106,10 +106,18 @@ class Facts:
 
 def count_rows(output_uris: list[str], s3: Any) -> tuple[int, bool]:
     """Total `spotfill-rows` of the outputs: exact up to EXACT_PREDICTION_COUNT_LIMIT, else estimated."""
-    if not output_uris:
+    sample = OutputSample()
+    for uri in output_uris:
+        sample.add(uri)
+    return count_sampled_rows(sample, s3)
+
+
+def count_sampled_rows(sample: OutputSample, s3: Any) -> tuple[int, bool]:
+    """Total `spotfill-rows` of `sample.count` outputs from those kept: exact when all are kept, else the
+    sample's mean times the count (at most PREDICTION_SAMPLE_SIZE HeadObject calls beyond the limit)."""
+    if sample.count == 0:
         return 0, True
-    exact = len(output_uris) <= EXACT_PREDICTION_COUNT_LIMIT
-    chosen = output_uris if exact else random.sample(output_uris, PREDICTION_SAMPLE_SIZE)
+    chosen = sample.items
 
     def rows(uri: str) -> int | None:
         bucket, key = split_s3_uri(uri)
@@ -124,11 +132,11 @@ def count_rows(output_uris: list[str], s3: Any) -> tuple[int, bool]:
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         counted = [r for r in pool.map(rows, chosen) if r is not None]
-    if exact and len(counted) == len(chosen):
+    if sample.exact and len(counted) == len(chosen):
         return sum(counted), True
     if not counted:
         return 0, False
-    return round(sum(counted) / len(counted) * len(output_uris)), False
+    return round(sum(counted) / len(counted) * sample.count), False
 
 
 def error_record_uris(run_id: str, s3: Any, bucket: str) -> set[str]:
@@ -140,8 +148,65 @@ def error_record_uris(run_id: str, s3: Any, bucket: str) -> set[str]:
     return uris
 
 
+@dataclass
+class ShardTally:
+    """The report's per-shard counts, built one shard at a time (`add`), with bounded memory beyond the
+    dead letters: the outputs it keeps for the rows count are capped (`OutputSample`)."""
+
+    total: int = 0
+    skipped: int = 0
+    succeeded: int = 0
+    failed: list[str] = field(default_factory=list)
+    unprocessed: int = 0
+    retried: int = 0
+    outputs: OutputSample = field(default_factory=lambda: OutputSample())
+
+    def add(
+        self, shard: Shard | ShardRef, present_outputs: set[str], dead: set[str], error_records: set[str]
+    ) -> None:
+        self.total += 1
+        if shard.skipped:
+            self.skipped += 1
+        elif shard.output in present_outputs:
+            self.succeeded += 1
+            self.retried += shard.error in error_records
+            self.outputs.add(shard.output)
+        elif shard.shard in dead:
+            self.failed.append(shard.shard)
+        else:
+            self.unprocessed += 1
+
+
+class OutputSample:
+    """Every output while there are at most EXACT_PREDICTION_COUNT_LIMIT, then a uniform random sample of
+    PREDICTION_SAMPLE_SIZE (reservoir sampling); `count` is the number of outputs seen."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()
+        self.count = 0
+        self.items: list[str] = []
+
+    def add(self, uri: str) -> None:
+        self.count += 1
+        if self.count <= EXACT_PREDICTION_COUNT_LIMIT:
+            self.items.append(uri)
+            return
+        if len(self.items) > PREDICTION_SAMPLE_SIZE:  # past the exact limit: keep a uniform sample of them
+            self.items = self.rng.sample(self.items, PREDICTION_SAMPLE_SIZE)
+        slot = self.rng.randrange(self.count)
+        if slot < PREDICTION_SAMPLE_SIZE:
+            self.items[slot] = uri
+
+    @property
+    def exact(self) -> bool:
+        return self.count <= EXACT_PREDICTION_COUNT_LIMIT
+
+
 def shard_facts(
-    shard_list: ShardList, present_outputs: set[str], dead_letters: Iterable[str], error_records: set[str]
+    shards: Iterable[Shard | ShardRef],
+    present_outputs: set[str],
+    dead_letters: Iterable[str],
+    error_records: set[str],
 ) -> tuple[int, list[str], int, int]:
     """(succeeded, failed shard keys, unprocessed, retried) for the shards the run had to process.
 
@@ -149,28 +214,36 @@ def shard_facts(
     that failed or timed out); one that has an output and an error record failed at least once, then
     succeeded on a retry.
     """
-    pending = shard_list.pending
+    tally = tally_shards(shards, present_outputs, dead_letters, error_records)
+    return tally.succeeded, tally.failed, tally.unprocessed, tally.retried
+
+
+def tally_shards(
+    shards: Iterable[Shard | ShardRef],
+    present_outputs: set[str],
+    dead_letters: Iterable[str],
+    error_records: set[str],
+) -> ShardTally:
     dead = set(dead_letters)
-    succeeded = [s for s in pending if s.output in present_outputs]
-    failed = sorted(s.shard for s in pending if s.output not in present_outputs and s.shard in dead)
-    unprocessed = len(pending) - len(succeeded) - len(failed)
-    retried = sum(1 for s in succeeded if s.error in error_records)
-    return len(succeeded), failed, unprocessed, retried
+    tally = ShardTally()
+    for shard in shards:
+        tally.add(shard, present_outputs, dead, error_records)
+    tally.failed.sort()
+    return tally
 
 
 def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Facts:
     facts = Facts(shards_total=run.shards_total, shards_skipped=run.shards_skipped)
-    shard_list = read_shard_list(run.run_id, s3, bucket)
-    if shard_list is not None:
+    stream = iter_shards(run.run_id, s3, bucket)
+    if stream is not None:
         present = list_output_uris(run.spec.output.uri, s3)
         dead = read_dead_letters(run.run_id, s3, bucket)
-        facts.succeeded, facts.failed_keys, facts.unprocessed, facts.retried = shard_facts(
-            shard_list, present, dead or [], error_record_uris(run.run_id, s3, bucket)
-        )
-        facts.shards_total = len(shard_list.shards)
-        facts.shards_skipped = len(shard_list.shards) - len(shard_list.pending)
-        done_outputs = [s.output for s in shard_list.pending if s.output in present]
-        facts.predictions, facts.predictions_exact = count_rows(done_outputs, s3)
+        tally = tally_shards(stream, present, dead or [], error_record_uris(run.run_id, s3, bucket))
+        del present
+        facts.succeeded, facts.failed_keys = tally.succeeded, tally.failed
+        facts.unprocessed, facts.retried = tally.unprocessed, tally.retried
+        facts.shards_total, facts.shards_skipped = tally.total, tally.skipped
+        facts.predictions, facts.predictions_exact = count_sampled_rows(tally.outputs, s3)
     window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
     window_end = run.timeline.teardown_ended_at or now
     if run.resources.spot_fleet_request_id or run.progress.known_instances:

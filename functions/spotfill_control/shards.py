@@ -8,11 +8,13 @@ folder when the shard lies under it, else `<bucket>/<key>` (unique across bucket
 
 from __future__ import annotations
 
+import gzip
 import json
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
@@ -20,8 +22,11 @@ from pydantic import BaseModel, ConfigDict
 from spotfill_control.aws import is_transient
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState
-from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, BackfillSpec, InputSpec
+from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, BackfillSpec, InputSpec, OutputSpec
 
+SHARD_LAYOUT = "spotfill-shards/1"
+PART_SIZE = 50_000  # shards per stored part: about 1 MB of gzip JSON Lines for typical URIs
+SAMPLE_SIZE = 64  # pending shards named in the index, for monitor's rows-per-shard sample
 MAX_RECEIVES = 3  # a shard that fails this often goes to the dead-letter queue
 VISIBILITY_TIMEOUT_SECONDS = 120  # the worker's default heartbeat window (SPOTFILL_VISIBILITY_TIMEOUT)
 RETENTION_SECONDS = 14 * 86_400
@@ -43,7 +48,8 @@ class Shard(BaseModel):
 
 
 class ShardList(BaseModel):
-    """`runs/<run id>/shards.json`: every shard of the run; `skipped` ones already had an output."""
+    """Every shard of a run, in memory: for small runs and tests only (`read_shard_list`). Monitor and report
+    stream the stored parts instead (`iter_shards`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,8 +61,50 @@ class ShardList(BaseModel):
         return [s for s in self.shards if not s.skipped]
 
 
+class ShardPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str  # in the control bucket
+    count: int
+    pending: int
+
+
+class ShardIndex(BaseModel):
+    """`runs/<run id>/shards/index.json`: the shard list as gzip JSON Lines parts, and how to name outputs.
+
+    Each part line is `{"shard": "s3://..."}`, plus `"skipped": true` for a shard whose output existed before
+    the run. Output and error URIs are not stored: they follow from the shard URI, `input`, `output`, the
+    control bucket and the run id (`output_uri`, `error_uri`). `sample` is a few pending shards chosen at
+    random, whose outputs monitor reads the `spotfill-rows` of without reading any part.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    layout: Literal["spotfill-shards/1"] = SHARD_LAYOUT
+    run_id: str
+    input: InputSpec
+    output: OutputSpec
+    total: int
+    pending: int
+    parts: list[ShardPart]
+    sample: list[str] = []
+
+    @property
+    def skipped(self) -> int:
+        return self.total - self.pending
+
+
 def shard_list_key(run_id: str) -> str:
+    """The single-object shard list of runs prepared before the parts layout (still read, never written)."""
     return f"runs/{run_id}/shards.json"
+
+
+def shard_index_key(run_id: str) -> str:
+    return f"runs/{run_id}/shards/index.json"
+
+
+def shard_part_key(run_id: str, number: int) -> str:
+    return f"runs/{run_id}/shards/part-{number:05d}.jsonl.gz"
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -142,16 +190,24 @@ def relative_path(shard_uri: str, input_spec: InputSpec) -> str:
 
 
 def output_uri(shard_uri: str, spec: BackfillSpec) -> str:
-    relative = relative_path(shard_uri, spec.input)
-    for extension in INPUT_EXTENSIONS[spec.input.format]:
+    return output_uri_for(shard_uri, spec.input, spec.output)
+
+
+def output_uri_for(shard_uri: str, input_spec: InputSpec, output_spec: OutputSpec) -> str:
+    relative = relative_path(shard_uri, input_spec)
+    for extension in INPUT_EXTENSIONS[input_spec.format]:
         if relative.lower().endswith(extension):
             relative = relative[: -len(extension)]
             break
-    return spec.output.uri + relative + OUTPUT_EXTENSIONS[spec.output.format]
+    return output_spec.uri + relative + OUTPUT_EXTENSIONS[output_spec.format]
 
 
 def error_uri(shard_uri: str, spec: BackfillSpec, control_bucket: str, run_id: str) -> str:
-    return f"s3://{control_bucket}/runs/{run_id}/errors/{relative_path(shard_uri, spec.input)}.json"
+    return error_uri_for(shard_uri, spec.input, control_bucket, run_id)
+
+
+def error_uri_for(shard_uri: str, input_spec: InputSpec, control_bucket: str, run_id: str) -> str:
+    return f"s3://{control_bucket}/runs/{run_id}/errors/{relative_path(shard_uri, input_spec)}.json"
 
 
 def output_uris(spec: BackfillSpec, shard_uris: Iterable[str]) -> dict[str, str]:
@@ -170,6 +226,7 @@ def output_uris(spec: BackfillSpec, shard_uris: Iterable[str]) -> dict[str, str]
 def plan_shards(
     run: RunState, shard_uris: list[str], existing_outputs: set[str], control_bucket: str
 ) -> ShardList:
+    """Every shard with its output and error URIs, in memory (small runs and tests; prepare streams)."""
     outputs = output_uris(run.spec, shard_uris)
     return ShardList(
         run_id=run.run_id,
@@ -190,23 +247,220 @@ def existing_outputs(spec: BackfillSpec, s3: Any) -> set[str]:
     return {f"s3://{bucket}/{k}" for k in list_keys(bucket, prefix, s3, what="output.uri")}
 
 
-def write_shard_list(shard_list: ShardList, s3: Any, control_bucket: str) -> None:
-    s3.put_object(
-        Bucket=control_bucket,
-        Key=shard_list_key(shard_list.run_id),
-        Body=shard_list.model_dump_json().encode(),
-        ContentType="application/json",
-    )
+# ---------------------------------------------------------------------------------------------- storage
+#
+# The shard list is stored as gzip JSON Lines parts of PART_SIZE shards and an index written last (its
+# presence means "every message was sent"). Everything here that does not take a client is pure, so the
+# layout is tested at a million shards without S3.
 
 
-def read_shard_list(run_id: str, s3: Any, control_bucket: str) -> ShardList | None:
+def encode_part(entries: Iterable[tuple[str, bool]]) -> bytes:
+    """gzip JSON Lines of (shard URI, skipped) pairs."""
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    lines = [
+        dumps({"shard": shard, "skipped": True} if skipped else {"shard": shard})
+        for shard, skipped in entries
+    ]
+    lines.append("")
+    return gzip.compress("\n".join(lines).encode(), compresslevel=6, mtime=0)
+
+
+def decode_part(body: bytes) -> Iterator[tuple[str, bool]]:
+    """The (shard URI, skipped) pairs of one part, one line at a time."""
+    loads = json.loads
+    for line in gzip.decompress(body).splitlines():
+        if line.strip():
+            entry = loads(line)
+            yield entry["shard"], bool(entry.get("skipped", False))
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ShardListWriter:
+    """Writes the parts of a run's shard list as they fill, then (`close`) the index.
+
+    `put(key, body)` stores one object; the writer keeps one part and a reservoir sample of pending shards
+    in memory, never the whole list.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        input_spec: InputSpec,
+        output_spec: OutputSpec,
+        put: Callable[[str, bytes], None],
+        part_size: int = PART_SIZE,
+        sample_size: int = SAMPLE_SIZE,
+    ) -> None:
+        self.run_id, self.input, self.output, self.put = run_id, input_spec, output_spec, put
+        self.part_size, self.sample_size = part_size, sample_size
+        self.parts: list[ShardPart] = []
+        self.sample: list[str] = []
+        self.total = self.pending = 0
+        self._part: list[tuple[str, bool]] = []
+        self._random = random.Random(run_id)
+
+    def add(self, shard: str, skipped: bool) -> None:
+        self._part.append((shard, skipped))
+        self.total += 1
+        if not skipped:
+            self.pending += 1
+            if len(self.sample) < self.sample_size:
+                self.sample.append(shard)
+            else:  # reservoir sampling: every pending shard equally likely to be in the sample
+                slot = self._random.randrange(self.pending)
+                if slot < self.sample_size:
+                    self.sample[slot] = shard
+        if len(self._part) >= self.part_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._part:
+            return
+        key = shard_part_key(self.run_id, len(self.parts))
+        self.put(key, encode_part(self._part))
+        pending = sum(1 for _, skipped in self._part if not skipped)
+        self.parts.append(ShardPart(key=key, count=len(self._part), pending=pending))
+        self._part = []
+
+    def close(self) -> ShardIndex:
+        self.flush()
+        index = ShardIndex(
+            run_id=self.run_id,
+            input=self.input,
+            output=self.output,
+            total=self.total,
+            pending=self.pending,
+            parts=self.parts,
+            sample=self.sample,
+        )
+        self.put(shard_index_key(self.run_id), index.model_dump_json().encode())
+        return index
+
+
+class ShardRef(NamedTuple):
+    """One shard as read back from the stored list (a light tuple: a million of them stream in seconds)."""
+
+    shard: str
+    output: str
+    error: str
+    skipped: bool
+
+    def as_shard(self) -> Shard:
+        return Shard(shard=self.shard, output=self.output, error=self.error, skipped=self.skipped)
+
+
+class ShardNamer:
+    """`output_uri_for` and `error_uri_for` with the spec's parts worked out once (same results, faster)."""
+
+    def __init__(self, input_spec: InputSpec, output_spec: OutputSpec, control_bucket: str, run_id: str):
+        base_bucket, base_key = split_s3_uri(input_spec.uri)
+        self._under = f"s3://{base_bucket}/{base_key[: base_key.rfind('/') + 1]}"
+        self._extensions = INPUT_EXTENSIONS[input_spec.format]
+        self._output = output_spec.uri
+        self._output_extension = OUTPUT_EXTENSIONS[output_spec.format]
+        self._errors = f"s3://{control_bucket}/runs/{run_id}/errors/"
+
+    def relative(self, shard: str) -> str:
+        # s3://bucket/key lies under s3://<base bucket>/<folder> exactly when the URI starts with it
+        return shard[len(self._under) :] if shard.startswith(self._under) else shard[len("s3://") :]
+
+    def ref(self, shard: str, skipped: bool) -> ShardRef:
+        relative = self.relative(shard)
+        stem = relative
+        lowered = relative.lower()
+        for extension in self._extensions:
+            if lowered.endswith(extension):
+                stem = relative[: -len(extension)]
+                break
+        return ShardRef(
+            shard, self._output + stem + self._output_extension, self._errors + relative + ".json", skipped
+        )
+
+
+def shards_of_part(index: ShardIndex, body: bytes, control_bucket: str) -> Iterator[ShardRef]:
+    namer = ShardNamer(index.input, index.output, control_bucket, index.run_id)
+    for shard, skipped in decode_part(body):
+        yield namer.ref(shard, skipped)
+
+
+def _get(s3: Any, bucket: str, key: str) -> bytes | None:
     try:
-        body = s3.get_object(Bucket=control_bucket, Key=shard_list_key(run_id))["Body"].read()
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None
         raise
-    return ShardList.model_validate_json(body)
+
+
+def _put(s3: Any, bucket: str) -> Callable[[str, bytes], None]:
+    def put(key: str, body: bytes) -> None:
+        content_type = "application/json" if key.endswith(".json") else "application/gzip"
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+    return put
+
+
+def shard_list_writer(
+    run: RunState, s3: Any, control_bucket: str, part_size: int | None = None
+) -> ShardListWriter:
+    return ShardListWriter(
+        run.run_id, run.spec.input, run.spec.output, _put(s3, control_bucket), part_size or PART_SIZE
+    )
+
+
+def write_shard_list(shard_list: ShardList, spec: BackfillSpec, s3: Any, control_bucket: str) -> ShardIndex:
+    """Store an in-memory shard list in the parts layout (small runs and tests)."""
+    writer = ShardListWriter(shard_list.run_id, spec.input, spec.output, _put(s3, control_bucket))
+    for shard in shard_list.shards:
+        writer.add(shard.shard, shard.skipped)
+    return writer.close()
+
+
+def read_shard_index(run_id: str, s3: Any, control_bucket: str) -> ShardIndex | None:
+    """The index of the run's shard list (a few KB whatever the run's size); None before prepare finished."""
+    body = _get(s3, control_bucket, shard_index_key(run_id))
+    return None if body is None else ShardIndex.model_validate_json(body)
+
+
+def iter_shards(
+    run_id: str, s3: Any, control_bucket: str, index: ShardIndex | None = None
+) -> Iterator[ShardRef] | None:
+    """Every shard of the run, one part in memory at a time; None when the run has no shard list.
+
+    Runs prepared before the parts layout (`shards.json`) are read from that object.
+    """
+    index = index or read_shard_index(run_id, s3, control_bucket)
+    if index is None:
+        legacy = _get(s3, control_bucket, shard_list_key(run_id))
+        if legacy is None:
+            return None
+        listed = ShardList.model_validate_json(legacy).shards
+        return iter([ShardRef(s.shard, s.output, s.error, s.skipped) for s in listed])
+
+    def shards() -> Iterator[ShardRef]:
+        for part in index.parts:
+            body = _get(s3, control_bucket, part.key)
+            if body is None:
+                raise SpotfillError(f"s3://{control_bucket}/{part.key} is missing from the run's shard list")
+            yield from shards_of_part(index, body, control_bucket)
+
+    return shards()
+
+
+def read_shard_list(run_id: str, s3: Any, control_bucket: str) -> ShardList | None:
+    """The whole shard list in memory: for small runs, tests and tools; the control plane streams it."""
+    found = iter_shards(run_id, s3, control_bucket)
+    return None if found is None else ShardList(run_id=run_id, shards=[ref.as_shard() for ref in found])
 
 
 # ---------------------------------------------------------------------------------------------- queues

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 
 import pytest
-from spotfill_control import cluster, fleet, state_store
+from spotfill_control import cluster, fleet, shards, state_store
 from spotfill_control.errors import SpotfillError
 from spotfill_control.handlers import prepare_run as prepare_handler
 from spotfill_control.prepare import prepare_run
@@ -141,10 +142,20 @@ def test_prepare_queues_one_message_per_shard_and_writes_the_shard_list(world, l
         for i in range(3)
     ]
     assert sorted(bodies, key=lambda b: b["shard"]) == expected
-    listed = json.loads(
-        world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run['run_id']}/shards.json")["Body"].read()
+    index = json.loads(
+        world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run['run_id']}/shards/index.json")[
+            "Body"
+        ].read()
     )
-    assert listed == {
+    assert (index["run_id"], index["total"], index["pending"]) == (run["run_id"], 3, 3)
+    assert [p["key"] for p in index["parts"]] == [f"runs/{run['run_id']}/shards/part-00000.jsonl.gz"]
+    part = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=index["parts"][0]["key"])["Body"].read()
+    assert [json.loads(line) for line in gzip.decompress(part).splitlines()] == [
+        {"shard": b["shard"]} for b in expected
+    ]
+    listed = shards.read_shard_list(run["run_id"], world.s3, CONTROL_BUCKET)
+    assert listed is not None
+    assert listed.model_dump() == {
         "run_id": run["run_id"],
         "shards": [{**b, "skipped": False} for b in expected for _ in [b.pop("run_id")]],
     }

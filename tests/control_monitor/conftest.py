@@ -20,7 +20,7 @@ import botocore.loaders
 import numpy as np
 import pytest
 from moto import mock_aws
-from spotfill_control import aws
+from spotfill_control import aws, shards
 from spotfill_control.config import Settings, settings
 
 from . import moto_shims
@@ -74,7 +74,8 @@ class World:
     # ------------------------------------------------------------------ what workers and AWS do
 
     def write_output(self, run: dict[str, Any], shard_index: int, rows: int = ROWS_PER_SHARD) -> str:
-        """What a worker does when it finishes a shard: the output object, with its metadata."""
+        """What a worker does when it finishes a shard: the output object, with its metadata, then the
+        shard's message deleted (if it is still queued)."""
         entry = self.shard_list(run)["shards"][shard_index]
         bucket, key = entry["output"][len("s3://") :].split("/", 1)
         self.s3.put_object(
@@ -83,7 +84,24 @@ class World:
             Body=npy_bytes(rows),
             Metadata={"spotfill-rows": str(rows), "spotfill-run-id": run["run_id"]},
         )
+        self.delete_message_of(run, entry["shard"])
         return entry["output"]
+
+    def delete_message_of(self, run: dict[str, Any], shard: str) -> None:
+        """Delete the visible message of `shard` from the run's queue; the others stay visible."""
+        url = run["resources"]["queue_url"]
+        held = []
+        while messages := self.sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30
+        ).get("Messages", []):
+            held.extend(messages)
+        for message in held:
+            if json.loads(message["Body"])["shard"] == shard:
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+            else:
+                self.sqs.change_message_visibility(
+                    QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+                )
 
     def write_error_record(self, run: dict[str, Any], shard_index: int) -> None:
         entry = self.shard_list(run)["shards"][shard_index]
@@ -121,8 +139,9 @@ class World:
         return shards
 
     def shard_list(self, run: dict[str, Any]) -> dict[str, Any]:
-        body = self.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run['run_id']}/shards.json")["Body"]
-        return json.loads(body.read())
+        found = shards.read_shard_list(run["run_id"], self.s3, CONTROL_BUCKET)
+        assert found is not None, f"run {run['run_id']} has no shard list"
+        return found.model_dump(mode="json")
 
     def fleet_instances(self, run: dict[str, Any]) -> list[str]:
         fleet_id = run["resources"]["spot_fleet_request_id"]

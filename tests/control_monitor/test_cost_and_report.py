@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from spotfill_control import cost, report
 from spotfill_control.run import RunState
-from spotfill_control.shards import Shard, ShardList
+from spotfill_control.shards import Shard
 from spotfill_control.spec import BackfillSpec
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
@@ -238,10 +238,9 @@ def test_shard_facts_count_successes_failures_retries_and_unfinished_shards():
         )
         for n in ("a", "b", "c", "d", "z")
     ]
-    listing = ShardList(run_id="r", shards=shards)
     present = {"s3://d/out/a.npy", "s3://d/out/b.npy", "s3://d/out/z.npy"}
     succeeded, failed, unprocessed, retried = report.shard_facts(
-        listing,
+        shards,
         present,
         dead_letters=["s3://d/in/c.npy", "s3://d/in/a.npy"],
         error_records={"s3://c/e/b.json"},
