@@ -266,3 +266,39 @@ def test_the_summary_is_small():
     summary = report.summary_of(build(make_run(), failed_keys=[f"s3://data/in/{i}.npy" for i in range(5000)]))
     assert len(json.dumps(summary)) < 1_000
     assert summary["shards_failed"] == 5000
+
+
+class CountingS3:
+    """HeadObject answers `spotfill-rows` = 7 for every output, and counts the calls."""
+
+    def __init__(self) -> None:
+        self.heads = 0
+
+    def head_object(self, **_):
+        self.heads += 1
+        return {"Metadata": {"spotfill-rows": "7"}}
+
+
+def test_predictions_of_many_outputs_are_estimated_from_a_bounded_sample():
+    # given 20,000 outputs streamed into the report's sample
+    sample = report.OutputSample()
+    for i in range(20_000):
+        sample.add(f"s3://d/out/{i}.npy")
+    s3 = CountingS3()
+
+    # when rows are counted
+    total, exact = report.count_sampled_rows(sample, s3)
+
+    # then at most PREDICTION_SAMPLE_SIZE outputs were read, and the estimate scales to every output
+    assert len(sample.items) == report.PREDICTION_SAMPLE_SIZE
+    assert s3.heads == report.PREDICTION_SAMPLE_SIZE
+    assert (total, exact) == (7 * 20_000, False)
+
+
+def test_predictions_of_few_outputs_are_counted_exactly():
+    sample = report.OutputSample()
+    for i in range(report.EXACT_PREDICTION_COUNT_LIMIT):
+        sample.add(f"s3://d/out/{i}.npy")
+    s3 = CountingS3()
+    assert report.count_sampled_rows(sample, s3) == (7 * report.EXACT_PREDICTION_COUNT_LIMIT, True)
+    assert s3.heads == report.EXACT_PREDICTION_COUNT_LIMIT

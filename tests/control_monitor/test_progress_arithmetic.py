@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -62,6 +63,34 @@ def test_queue_depth_is_idle_only_with_nothing_visible_in_flight_or_delayed():
     assert not progress.QueueDepth(in_flight=1).idle
     assert not progress.QueueDepth(delayed=1).idle
     assert progress.QueueDepth(visible=2, in_flight=3, delayed=1).total == 6
+
+
+def test_progress_is_estimated_as_queued_shards_neither_in_the_queue_nor_dead_lettered():
+    queue, dlq = progress.QueueDepth(visible=50, in_flight=8, delayed=2), progress.QueueDepth(visible=3)
+    # (outputs done, dead letters, remaining)
+    assert progress.estimated_progress(100, queue, dlq, previous_done=0) == (37, 3, 60)
+
+
+def test_a_dip_in_the_approximate_queue_counts_never_lowers_the_estimate():
+    # SQS reported 10 more messages for a moment: the estimate keeps the last figure, so the recovery that
+    # follows is not taken for progress
+    queue = progress.QueueDepth(visible=70)
+    assert progress.estimated_progress(100, queue, progress.QueueDepth(), previous_done=40) == (40, 0, 60)
+
+
+def test_the_estimate_stays_within_the_queued_shards():
+    duplicates = progress.QueueDepth(visible=130)  # at-least-once delivery: more messages than shards
+    assert progress.estimated_progress(100, duplicates, progress.QueueDepth(), previous_done=0) == (0, 0, 100)
+    dead = progress.QueueDepth(visible=120)
+    assert progress.estimated_progress(100, progress.QueueDepth(), dead, previous_done=0) == (0, 100, 0)
+
+
+def test_a_reservoir_keeps_a_bounded_uniform_sample():
+    reservoir = progress.Reservoir(5, random.Random(1))
+    for i in range(10_000):
+        reservoir.add(str(i))
+    assert reservoir.seen == 10_000 and len(reservoir.items) == 5
+    assert max(int(i) for i in reservoir.items) > 5
 
 
 # ------------------------------------------------------------------------------------------ throughput
