@@ -119,3 +119,42 @@ def test_the_live_display_shows_shards_rate_eta_instances_tasks_and_state():
         "Monitor",
     ):
         assert expected in text
+
+
+def test_run_local_writes_one_output_per_shard_equal_to_model_predict(digits, tmp_path, capsys):
+    # given the user's model and a folder of shards
+    import numpy as np
+
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    shards = digits.shards()[:3]
+    for shard in shards:
+        (input_dir / shard.name).write_bytes(shard.read_bytes())
+
+    # when `spotfill run --local` runs them with .npy outputs
+    code = main(
+        [
+            "run",
+            "--local",
+            "--model",
+            str(digits.model_path),
+            "--input",
+            str(input_dir),
+            "--output",
+            str(tmp_path / "out"),
+            "--input-format",
+            "npy",
+            "--output-format",
+            "npy",
+            "--instances",
+            "1",
+        ]
+    )
+
+    # then it succeeds, and each output, named after its shard, is exactly the model's output, rows in order
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [s.name for s in shards]
+    for shard in shards:
+        np.testing.assert_allclose(
+            np.load(tmp_path / "out" / shard.name), digits.reference[shard.name], atol=1e-5
+        )
