@@ -1,8 +1,10 @@
 """One monitoring iteration: how far the run is, what to queue again, how much fleet it still needs.
 
 Done means every shard has an output object or sits in the dead-letter queue (docs/contracts.md). Monitor
-compares the run's shard list (`runs/<run id>/shards.json`) with a listing of the output prefix, reads the
-depth of the queue and the dead-letter queue, and from that:
+reads the depth of the queue and the dead-letter queue first. While the queue holds work, it lists no outputs
+and reads no shard list: progress is estimated from the depths. Once the queue looks idle, it compares the
+run's shard list (`runs/<run id>/shards/`, streamed part by part) with a listing of the output prefix, and
+from that:
 
 - queues again the shards that have neither an output nor a dead letter while the queue is empty and nothing
   is in flight (a message lost with an instance, or an output deleted by hand);
