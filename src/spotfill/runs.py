@@ -14,7 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from spotfill_control import state_store
 from spotfill_control.run import RunState
-from spotfill_control.shards import read_shard_list, split_s3_uri
+from spotfill_control.shards import read_shard_index, split_s3_uri
 
 DEFAULT_STACK_NAME = "spotfill"
 TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
@@ -246,9 +246,9 @@ class RunWatcher:
         snap.run_id = run.run_id
         s3 = self.session.client("s3")
         if self._total is None:
-            shard_list = read_shard_list(run.run_id, s3, self.stack.control_bucket)
-            if shard_list is not None:
-                self._total = len(shard_list.shards)
+            index = read_shard_index(run.run_id, s3, self.stack.control_bucket)
+            if index is not None:
+                self._total = index.total
         snap.shards_total = self._total
         bucket, prefix = split_s3_uri(run.spec.output.uri)
         keys = []
