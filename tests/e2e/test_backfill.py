@@ -51,6 +51,10 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     assert report["predictions"]["total"] == 8 * 300
     assert report["source"] == "s3"
     assert set(report["phases_seconds"]) >= {"validate", "registration", "processing", "teardown"}
+    # the emulated spot market prices instances at 35% of on demand, so the saving is real and measured
+    cost = report["cost_usd"]
+    assert cost["unpriced"] == [] and 0 < cost["spot"] < cost["on_demand_equivalent"]
+    assert cost["savings_fraction"] == pytest.approx(0.65, abs=0.01)
     # and every output exists once and equals the model's own predictions
     result.outputs = download_outputs(local_cloud, spec, digits.shards(), digits.input_dir, tmp_path / "out")
     assert check_outputs(result, digits.reference) == []

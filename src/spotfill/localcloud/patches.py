@@ -14,6 +14,9 @@ server runs in this process), never the code under test:
   execution gets the same ARN); AWS names it with a UUID, and so does this.
 - ECS: deregistering a container instance that is no longer registered is a 500 in moto (a bare
   `Exception`), which clients retry for a minute; ECS answers with a client error. So does this.
+- EC2 `DescribeSpotPriceHistory` answers a placeholder price of $0.00001 stamped 2006, so every run would
+  cost nothing. The emulated spot market quotes each type at `SPOT_DISCOUNT` of its on-demand price (the
+  article's $0.50 against $1.42 per million predictions), from the start of the window asked for.
 - EventBridge: moto delivers rule targets only to SQS, logs, buses and API destinations, and raises for
   any other target. AWS also starts Step Functions executions and invokes Lambda functions; those are
   delivered here, asynchronously as in AWS, with the target's `Input` / `InputPath` / `InputTransformer`
@@ -50,6 +53,7 @@ def install(endpoint_url: str) -> None:
         _patch_execution_names()
         _patch_ecs_deregistration_error()
         _patch_rule_targets()
+        _patch_spot_price_history()
         _installed = True
 
 
@@ -187,6 +191,44 @@ def _patch_execution_names() -> None:
         return original_start(self, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
 
     StepFunctionsParserBackend.start_execution = start_execution
+
+
+# --- EC2: a spot market with prices ----------------------------------------------------------------------
+
+SPOT_DISCOUNT = 0.35
+
+
+def spot_price(instance_type: str) -> float | None:
+    """The emulated spot price (USD per hour) of a type in the catalog, None for any other type."""
+    from spotfill_control.instance_types import CATALOG
+
+    known = CATALOG.get(instance_type)
+    return None if known is None else round(known.on_demand_hourly_usd * SPOT_DISCOUNT, 6)
+
+
+def _patch_spot_price_history() -> None:
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses.spot_instances import SpotInstances
+
+    def describe_spot_price_history(self: Any) -> Any:
+        offerings = self.ec2_backend.describe_spot_price_history(
+            self._get_param("InstanceTypes", []), self._filters_from_querystring()
+        )
+        start = self._get_param("StartTime") or datetime.now(UTC).isoformat()
+        history = [
+            {
+                "InstanceType": o["InstanceType"],
+                "ProductDescription": "Linux/UNIX (Amazon VPC)",
+                "SpotPrice": f"{price:.6f}",
+                "AvailabilityZone": o["Location"],
+                "Timestamp": start,
+            }
+            for o in offerings
+            if (price := spot_price(o["InstanceType"])) is not None
+        ]
+        return ActionResult({"SpotPriceHistory": history})
+
+    SpotInstances.describe_spot_price_history = describe_spot_price_history
 
 
 # --- ECS: deregistering an unknown container instance --------------------------------------------------
