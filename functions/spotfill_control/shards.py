@@ -256,9 +256,9 @@ def existing_outputs(spec: BackfillSpec, s3: Any) -> set[str]:
 
 def encode_part(entries: Iterable[tuple[str, bool]]) -> bytes:
     """gzip JSON Lines of (shard URI, skipped) pairs."""
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    # json.dumps of a str is one C call; dumping a dict per line costs several times more.
     lines = [
-        dumps({"shard": shard, "skipped": True} if skipped else {"shard": shard})
+        f'{{"shard":{json.dumps(shard)},"skipped":true}}' if skipped else f'{{"shard":{json.dumps(shard)}}}'
         for shard, skipped in entries
     ]
     lines.append("")
@@ -266,12 +266,10 @@ def encode_part(entries: Iterable[tuple[str, bool]]) -> bytes:
 
 
 def decode_part(body: bytes) -> Iterator[tuple[str, bool]]:
-    """The (shard URI, skipped) pairs of one part, one line at a time."""
-    loads = json.loads
-    for line in gzip.decompress(body).splitlines():
-        if line.strip():
-            entry = loads(line)
-            yield entry["shard"], bool(entry.get("skipped", False))
+    """The (shard URI, skipped) pairs of one part (parsed in one pass: one part is in memory anyway)."""
+    lines = gzip.decompress(body).decode().splitlines()
+    for entry in json.loads("[" + ",".join(line for line in lines if line.strip()) + "]"):
+        yield entry["shard"], entry.get("skipped", False) is True
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
