@@ -147,6 +147,11 @@ class LocalCloud:
                 importlib.import_module(function.handler.rsplit(".", 1)[0])
         stream = open(path, "a")  # noqa: SIM115 - closed by the exit stack
         self._stack.callback(stream.close)
+        # Lambda sends a function's stdout to its logs, so what a handler prints (Powertools' metric records)
+        # goes to the file too; other threads (the live display) keep the terminal.
+        routed = _InvocationStdout(sys.stdout, stream, self.dispatcher.current_invocation)
+        sys.stdout, previous_stdout = routed, sys.stdout
+        self._stack.callback(setattr, sys, "stdout", previous_stdout)
         for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
             if not isinstance(logger, logging.Logger) or logger.name.startswith(
                 ("spotfill.localcloud", "werkzeug")
@@ -249,3 +254,25 @@ def _forget_cached_clients() -> None:
         return
     aws.reset_clients()
     config.settings.cache_clear()
+
+
+class _InvocationStdout:
+    """sys.stdout for a process that runs Lambda handlers in threads: writes made while the calling thread
+    runs an invocation go to the function log, every other write to the terminal as before."""
+
+    def __init__(self, terminal: Any, function_log: Any, current_invocation: Any) -> None:
+        self._terminal = terminal
+        self._function_log = function_log
+        self._current_invocation = current_invocation
+
+    def _target(self) -> Any:
+        return self._function_log if self._current_invocation() is not None else self._terminal
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._terminal, name)
