@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS
 
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.progress_display import follow
@@ -24,16 +25,6 @@ from spotfill.runs import (
     report_from_execution_output,
     wait_for_execution_started_after,
 )
-
-INPUT_EXTENSIONS = {
-    "npy": (".npy",),
-    "npz": (".npz",),
-    "parquet": (".parquet",),
-    "csv": (".csv",),
-    "jsonl": (".jsonl", ".ndjson"),
-    "images": (".tar",),
-}
-OUTPUT_EXTENSIONS = {"parquet": ".parquet", "npy": ".npy", "jsonl": ".jsonl"}
 
 
 @dataclass
