@@ -7,9 +7,10 @@ from __future__ import annotations
 import base64
 import json
 import sys
-import time
 
 import pytest
+
+from .helpers import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -20,16 +21,6 @@ FAKE_WORKER = (
     "signal.signal(signal.SIGTERM, lambda *a: (print('drained', flush=True), sys.exit(0)))\n"
     "time.sleep(600)\n"
 )
-
-
-def eventually(predicate, timeout=15.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 @pytest.fixture
