@@ -147,11 +147,6 @@ class LocalCloud:
                 importlib.import_module(function.handler.rsplit(".", 1)[0])
         stream = open(path, "a")  # noqa: SIM115 - closed by the exit stack
         self._stack.callback(stream.close)
-        # Lambda sends a function's stdout to its logs, so what a handler prints (Powertools' metric records)
-        # goes to the file too; other threads (the live display) keep the terminal.
-        routed = _InvocationStdout(sys.stdout, stream, self.dispatcher.current_invocation)
-        sys.stdout, previous_stdout = routed, sys.stdout
-        self._stack.callback(setattr, sys, "stdout", previous_stdout)
         for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
             if not isinstance(logger, logging.Logger) or logger.name.startswith(
                 ("spotfill.localcloud", "werkzeug")
@@ -161,6 +156,12 @@ class LocalCloud:
                 if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
                     previous = handler.setStream(stream)
                     self._stack.callback(handler.setStream, previous)
+        # Lambda sends a function's stdout to its logs, so what a handler prints (Powertools' metric records)
+        # goes to the file too; other threads (the live display) keep the terminal. Installed after the
+        # loggers above are re-pointed, which recognise the terminal by the stream object itself.
+        routed = _InvocationStdout(sys.stdout, stream, self.dispatcher.current_invocation)
+        sys.stdout, previous_stdout = routed, sys.stdout
+        self._stack.callback(setattr, sys, "stdout", previous_stdout)
 
     def stop(self) -> None:
         try:
