@@ -172,12 +172,4 @@ def start_service(run: RunState, ecs: Any, now: datetime | None = None) -> RunSt
     now = now or utcnow()
     desired = desired_tasks(run, count_registered_instances(run, ecs))
     name = create_service(run, ecs, desired)
-    return run.model_copy(
-        update={
-            "phase": "monitoring",
-            "resources": run.resources.model_copy(update={"service_name": name}),
-            "timeline": run.timeline.model_copy(
-                update={"processing_started_at": run.timeline.processing_started_at or now}
-            ),
-        }
-    )
+    return run.stepped("monitoring", "processing_started_at", now, service_name=name)

@@ -252,15 +252,7 @@ def start_fleet(run: RunState, ec2: Any, settings: Settings, now: datetime | Non
     """RequestFleet: request the run's fleet (once) and record it."""
     now = now or utcnow()
     fleet_id = request_fleet(run, ec2, settings, now)
-    return run.model_copy(
-        update={
-            "phase": "fleet_requested",
-            "resources": run.resources.model_copy(update={"spot_fleet_request_id": fleet_id}),
-            "timeline": run.timeline.model_copy(
-                update={"fleet_requested_at": run.timeline.fleet_requested_at or now}
-            ),
-        }
-    )
+    return run.stepped("fleet_requested", "fleet_requested_at", now, spot_fleet_request_id=fleet_id)
 
 
 def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None = None) -> RunState:

@@ -92,6 +92,17 @@ class RunState(_State):
     timeline: Timeline = Field(default_factory=Timeline)
     progress: Progress = Field(default_factory=Progress)
 
+    def stepped(self, phase: Phase, started: str, at: datetime, **created: object) -> RunState:
+        """The run entered `phase`: record what the step created and when it first started (a retried step
+        keeps the first time)."""
+        return self.model_copy(
+            update={
+                "phase": phase,
+                "resources": self.resources.model_copy(update=created),
+                "timeline": self.timeline.model_copy(update={started: getattr(self.timeline, started) or at}),
+            }
+        )
+
     @property
     def run_prefix(self) -> str:
         return f"runs/{self.run_id}/"
