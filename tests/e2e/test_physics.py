@@ -220,3 +220,37 @@ def test_the_local_cloud_uses_python_of_this_environment_for_worker_commands():
 
     assert worker_command(["python", "-m", "spotfill_worker"]) == [sys.executable, "-m", "spotfill_worker"]
     assert worker_command(None) == [sys.executable, "-m", "spotfill_worker"]
+
+
+def test_the_emulated_spot_market_quotes_every_catalog_type_in_every_zone_below_on_demand():
+    # given the local cloud's spot market over moto (whose own offerings leave some zones out)
+    from datetime import UTC, datetime, timedelta
+
+    import boto3
+    from moto import mock_aws
+    from spotfill_control.instance_types import CATALOG
+
+    from spotfill.localcloud import patches
+
+    patches._patch_spot_price_history()
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+
+        # when the cost code asks for one type in one zone over a window, for every type and zone
+        quotes = {
+            (name, zone): ec2.describe_spot_price_history(
+                InstanceTypes=[name],
+                ProductDescriptions=["Linux/UNIX (Amazon VPC)"],
+                Filters=[{"Name": "availability-zone", "Values": [zone]}],
+                StartTime=datetime.now(UTC) - timedelta(hours=1),
+                EndTime=datetime.now(UTC),
+            )["SpotPriceHistory"]
+            for name in CATALOG
+            for zone in zones
+        }
+
+    # then each gets exactly one price, 35% of on demand, stamped at the window's start
+    for (name, zone), history in quotes.items():
+        assert [(h["InstanceType"], h["AvailabilityZone"]) for h in history] == [(name, zone)]
+        assert float(history[0]["SpotPrice"]) == pytest.approx(CATALOG[name].on_demand_hourly_usd * 0.35)

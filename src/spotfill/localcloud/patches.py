@@ -211,20 +211,26 @@ def _patch_spot_price_history() -> None:
     from moto.ec2.responses.spot_instances import SpotInstances
 
     def describe_spot_price_history(self: Any) -> Any:
-        offerings = self.ec2_backend.describe_spot_price_history(
-            self._get_param("InstanceTypes", []), self._filters_from_querystring()
-        )
+        # Every catalog type in every zone (moto's offerings leave some zones out, e.g. no c5 in us-east-1e,
+        # while its fleets still place instances there).
+        from spotfill_control.instance_types import CATALOG
+
+        types = self._get_param("InstanceTypes", []) or sorted(CATALOG)
+        zones = self._filters_from_querystring().get("availability-zone") or [
+            zone.name for zone in self.ec2_backend.describe_availability_zones()
+        ]
         start = self._get_param("StartTime") or datetime.now(UTC).isoformat()
         history = [
             {
-                "InstanceType": o["InstanceType"],
+                "InstanceType": instance_type,
                 "ProductDescription": "Linux/UNIX (Amazon VPC)",
                 "SpotPrice": f"{price:.6f}",
-                "AvailabilityZone": o["Location"],
+                "AvailabilityZone": zone,
                 "Timestamp": start,
             }
-            for o in offerings
-            if (price := spot_price(o["InstanceType"])) is not None
+            for instance_type in types
+            if (price := spot_price(instance_type)) is not None
+            for zone in zones
         ]
         return ActionResult({"SpotPriceHistory": history})
 
