@@ -7,12 +7,16 @@ Domain functions take clients as arguments; only handlers call `client()`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
+
+from spotfill_control.errors import TransientAwsError
 
 _RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
@@ -56,3 +60,15 @@ def is_transient(exc: Exception) -> bool:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return error.get("Code") in _TRANSIENT_CODES or status >= 500
+
+
+@contextmanager
+def transient_errors_retried(what: str) -> Iterator[None]:
+    """Re-raise a transient AWS error as `TransientAwsError`, which the state machine retries; any other
+    `ClientError` passes unchanged, to the Catch."""
+    try:
+        yield
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"{what}: {exc}") from exc
+        raise

@@ -7,12 +7,10 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
 
 from spotfill_control import progress, state_store
-from spotfill_control.aws import client, is_transient
+from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
-from spotfill_control.errors import TransientAwsError
 from spotfill_control.run import RunEvent
 
 logger = Logger()
@@ -22,12 +20,8 @@ logger = Logger()
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     run = parse(event=event, model=RunEvent).run
     logger.append_keys(run_id=run.run_id)
-    try:
+    with transient_errors_retried("continue_as_new"):
         run = progress.continue_as_new(run, client("stepfunctions"))
         state_store.persist(run, client("s3"), settings().control_bucket)
-    except ClientError as exc:
-        if is_transient(exc):
-            raise TransientAwsError(f"continue_as_new: {exc}") from exc
-        raise
     logger.info("handed over", extra={"execution_arn": run.execution_arn, "executions": run.executions})
     return {"execution_arn": run.execution_arn, "executions": run.executions}

@@ -8,12 +8,10 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import ClientError
 
 from spotfill_control import progress, state_store
-from spotfill_control.aws import client, is_transient
+from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
-from spotfill_control.errors import TransientAwsError
 from spotfill_control.run import RunEvent, utcnow
 
 logger = Logger()
@@ -29,13 +27,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=run.run_id)
     now = utcnow()
     clients = progress.Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
-    try:
+    with transient_errors_retried("monitor"):
         run, seen = progress.iterate(run, clients, settings().control_bucket, now)
         state_store.persist(run, clients.s3, settings().control_bucket)
-    except ClientError as exc:
-        if is_transient(exc):
-            raise TransientAwsError(f"monitor: {exc}") from exc
-        raise
     logger.info(
         "monitored",
         extra={

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
-from spotfill_control.aws import client, is_transient
+from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
-from spotfill_control.errors import TransientAwsError
 from spotfill_control.report import FinishEvent, ReportClients, report_run
 from spotfill_control.run import utcnow
 from spotfill_control.teardown import latest_run
@@ -21,7 +19,7 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
     finish = FinishEvent.model_validate(event)
     clients = ReportClients(s3=client("s3"), ec2=client("ec2"), events=client("events"), sns=client("sns"))
     run = finish.run
-    try:
+    with transient_errors_retried("report"):
         if run is not None:
             logger.append_keys(run_id=run.run_id)
             run = latest_run(run, clients.s3, settings().control_bucket)
@@ -34,9 +32,5 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
             settings=settings(),
             now=utcnow(),
         )
-    except ClientError as exc:
-        if is_transient(exc):
-            raise TransientAwsError(f"report: {exc}") from exc
-        raise
     logger.info("reported", extra=summary)
     return summary

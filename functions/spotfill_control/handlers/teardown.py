@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from botocore.exceptions import ClientError
 
-from spotfill_control.aws import client, is_transient
+from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
-from spotfill_control.errors import TransientAwsError
 from spotfill_control.progress import Clients
 from spotfill_control.report import FinishEvent
 from spotfill_control.run import utcnow
@@ -25,12 +23,9 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any] | None:
         return None
     logger.append_keys(run_id=finish.run.run_id)
     clients = Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
-    try:
+    # Covers reading and persisting the run state; the teardown steps translate their own errors.
+    with transient_errors_retried("teardown"):
         run, outcome = teardown_and_persist(finish.run, clients, settings(), utcnow)
-    except ClientError as exc:  # reading or persisting the run state; the steps translate their own
-        if is_transient(exc):
-            raise TransientAwsError(f"teardown: {exc}") from exc
-        raise
     logger.info(
         "torn down",
         extra={
