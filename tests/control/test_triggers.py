@@ -116,10 +116,10 @@ INVALID_SPECS = [
     ("task-too-big", with_value("service.memory", 16384), "service.memory", "does not fit"),
     ("runtime-too-short", with_value("limits.max_runtime_seconds", 10), "limits.max_runtime_seconds", "60"),
     (
-        "runtime-beyond-30-days",
-        with_value("limits.max_runtime_seconds", 31 * 86_400),
+        "runtime-beyond-queue-retention",
+        with_value("limits.max_runtime_seconds", 14 * 86_400),
         "limits.max_runtime_seconds",
-        "less than or equal",
+        "at most 1123200 s (13 days), because SQS keeps",
     ),
     ("zero-poll", with_value("limits.poll_interval_seconds", 0), "limits.poll_interval_seconds", "greater"),
     (
@@ -159,6 +159,19 @@ def test_invalid_spec_is_rejected_with_the_field_and_the_reason(document, field,
     message = str(raised.value)
     assert re.search(rf"(^|\. ){re.escape(field)}:", message), message
     assert reason in message
+
+
+def test_longest_run_ends_a_day_before_its_queued_shards_and_dead_letters_expire():
+    # given the queues' retention (the SQS maximum; a dead letter keeps its first enqueue time)
+    from spotfill_control.shards import RETENTION_SECONDS
+    from spotfill_control.spec import MAX_RUNTIME_SECONDS
+
+    # when a spec asks for the longest run allowed
+    spec = spec_from_document(with_value("limits.max_runtime_seconds", MAX_RUNTIME_SECONDS))
+
+    # then it is accepted, and ends with a day left for the last poll, teardown and the dead-letter read
+    assert spec.limits.max_runtime_seconds == 13 * 86_400
+    assert RETENTION_SECONDS == 14 * 86_400 == MAX_RUNTIME_SECONDS + 86_400
 
 
 def test_every_problem_of_a_spec_is_reported_one_sentence_each():
