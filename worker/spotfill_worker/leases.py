@@ -8,6 +8,8 @@ another worker takes it at once, used when stopping).
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +27,17 @@ class Delivery:
 
 
 class Leases:
-    def __init__(self, sqs: Any, queue_url: str, visibility_timeout: int, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        visibility_timeout: int,
+        telemetry: Telemetry,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`clock` is the one `Delivery.received_at` was read from."""
         self._sqs = sqs
+        self._clock = clock
         self._queue_url = queue_url
         self._visibility = visibility_timeout
         self._telemetry = telemetry
@@ -73,11 +84,15 @@ class Leases:
 
         def beat() -> None:
             while not self._closed.wait(period):
-                with self._lock:
-                    self._set_visibility(list(self._held.values()), self._visibility)
+                self.beat()
 
         self._thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
         self._thread.start()
+
+    def beat(self) -> None:
+        """One heartbeat: extend every held message by the visibility timeout."""
+        with self._lock:
+            self._set_visibility(list(self._held.values()), self._visibility)
 
     def close(self) -> None:
         self._closed.set()
