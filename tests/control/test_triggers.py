@@ -289,6 +289,55 @@ def test_manifest_uploaded_under_backfills_starts_a_run_from_its_content(world, 
     assert run["spec"]["name"] == "from-upload"
 
 
+def _s3_event_for(key_in_event: str) -> dict[str, Any]:
+    event = load_event("s3_manifest_created.json")
+    event["detail"]["object"]["key"] = key_in_event
+    return event
+
+
+# (key of the manifest, the key as S3 puts it in the event: URL-encoded, `/` kept)
+MANIFEST_KEYS = [
+    ("backfills/nightly digits.json", "backfills/nightly+digits.json"),
+    ("backfills/c++ models/run+1.json", "backfills/c%2B%2B+models/run%2B1.json"),
+    ("backfills/run #7.json", "backfills/run+%237.json"),
+    ("backfills/prévisions/日本.json", "backfills/pr%C3%A9visions/%E6%97%A5%E6%9C%AC.json"),
+]
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(("key", "key_in_event"), MANIFEST_KEYS, ids=["space", "plus", "hash", "non-ascii"])
+def test_manifest_key_from_the_event_is_url_decoded_to_the_manifest_it_names(
+    world, lambda_context, key, key_in_event
+):
+    # given a manifest whose key needs encoding, and the event S3 sends for its upload
+    world.put_json(CONTROL_BUCKET, key, sample_spec(name="special-key"))
+    # when Validate runs on the event
+    run = invoke(world, _s3_event_for(key_in_event), lambda_context)
+    # then the run was started from that manifest
+    assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/{key}"
+    assert run["spec"]["name"] == "special-key"
+
+
+@pytest.mark.aws
+def test_manifest_key_sent_unencoded_is_used_as_sent_when_no_decoded_key_exists(world, lambda_context):
+    # given a manifest with a literal plus, named as is in the event (a sender that does not URL-encode)
+    world.put_json(CONTROL_BUCKET, "backfills/c++ run.json", sample_spec(name="as-sent"))
+    # when Validate runs on the event
+    run = invoke(world, _s3_event_for("backfills/c++ run.json"), lambda_context)
+    # then the key as sent names the manifest (decoded, "backfills/c   run.json" does not exist)
+    assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/backfills/c++ run.json"
+    assert run["spec"]["name"] == "as-sent"
+
+
+@pytest.mark.aws
+def test_event_key_that_is_not_url_encoded_utf8_is_rejected_naming_the_key(world, lambda_context):
+    # given an event whose key decodes to bytes that are not UTF-8
+    event = _s3_event_for("backfills/%FF%FE.json")
+    # when Validate runs / then it fails in one sentence naming the field
+    with pytest.raises(InvalidSpecError, match=r"^S3 event: detail\.object\.key '.*%FF%FE\.json' is not a"):
+        invoke(world, event, lambda_context)
+
+
 @pytest.mark.aws
 def test_scheduled_manifest_reads_yesterdays_partition(world, lambda_context):
     # given a scheduled manifest whose input is yesterday's date partition, and that partition's data

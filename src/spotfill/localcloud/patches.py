@@ -20,7 +20,8 @@ server runs in this process), never the code under test:
 - EventBridge: moto delivers rule targets only to SQS, logs, buses and API destinations, and raises for
   any other target. AWS also starts Step Functions executions and invokes Lambda functions; those are
   delivered here, asynchronously as in AWS, with the target's `Input` / `InputPath` / `InputTransformer`
-  applied (moto skips the transformer for S3 notifications).
+  applied (moto skips the transformer for S3 notifications), and an S3 event's `detail.object.key` URL-encoded
+  as S3 sends it (moto sends the key as is).
 - SQS: a message's visibility can be extended to at most 12 hours from the time it was *received*
   (`ChangeMessageVisibility`: `InvalidParameterValue`, "Total VisibilityTimeout for the message is beyond the
   limit [43200 seconds]"). moto 5.2.5 counts from when the message was *sent*, and in a batch raises for the
@@ -36,6 +37,7 @@ import logging
 import threading
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 
@@ -290,12 +292,17 @@ def _patch_rule_targets() -> None:
 
 
 def aws_shaped_event(event: dict[str, Any]) -> dict[str, Any]:
-    """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string."""
+    """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string. moto puts an S3
+    object's key in its EventBridge event as is; S3 URL-encodes keys in its events (form encoding, `/` kept),
+    as AWS's own parsers of the EventBridge event expect (docs/contracts.md)."""
     shaped = copy.deepcopy(dict(event))
     shaped.pop("ingestion-time", None)
     if isinstance(shaped.get("time"), int | float):
         shaped["time"] = datetime.fromtimestamp(shaped["time"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     shaped.setdefault("version", "0")
+    s3_object = shaped.get("detail", {}).get("object") if shaped.get("source") == "aws.s3" else None
+    if isinstance(s3_object, dict) and isinstance(s3_object.get("key"), str):
+        s3_object["key"] = quote_plus(s3_object["key"], safe="/")
     return shaped
 
 
