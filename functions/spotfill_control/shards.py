@@ -22,14 +22,21 @@ from pydantic import BaseModel, ConfigDict
 from spotfill_control.aws import is_transient
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState
-from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, BackfillSpec, InputSpec, OutputSpec
+from spotfill_control.spec import (
+    INPUT_EXTENSIONS,
+    OUTPUT_EXTENSIONS,
+    SQS_MAX_RETENTION_SECONDS,
+    BackfillSpec,
+    InputSpec,
+    OutputSpec,
+)
 
 SHARD_LAYOUT = "spotfill-shards/1"
 PART_SIZE = 50_000  # shards per stored part: about 1 MB of gzip JSON Lines for typical URIs
 SAMPLE_SIZE = 64  # pending shards named in the index, for monitor's rows-per-shard sample
 MAX_RECEIVES = 3  # a shard that fails this often goes to the dead-letter queue
 VISIBILITY_TIMEOUT_SECONDS = 120  # the worker's default heartbeat window (SPOTFILL_VISIBILITY_TIMEOUT)
-RETENTION_SECONDS = 14 * 86_400
+RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS  # both queues; spec.MAX_RUNTIME_SECONDS keeps runs inside it
 SEND_ATTEMPTS = 5
 SEND_WORKERS = 8  # parallel SendMessageBatch calls: a million shards are 100,000 batches
 

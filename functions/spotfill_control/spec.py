@@ -170,8 +170,17 @@ MAX_HANDOVER_AFTER_ITERATIONS = (
 ) // EVENTS_PER_MONITOR_ITERATION
 
 
+# SQS keeps a message at most 14 days, and a dead letter keeps the enqueue time of its first queue (standard
+# queues), so a shard queued at PrepareRun is gone from both queues 14 days later. Both run queues keep the
+# maximum; a run must end, be torn down and have its dead letters read before then. The day of margin covers
+# the last poll (at most an hour), Lambda retries and teardown.
+SQS_MAX_RETENTION_SECONDS = 14 * 86_400
+RETENTION_MARGIN_SECONDS = 86_400
+MAX_RUNTIME_SECONDS = SQS_MAX_RETENTION_SECONDS - RETENTION_MARGIN_SECONDS  # 13 days
+
+
 class LimitsSpec(_Model):
-    max_runtime_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    max_runtime_seconds: int = Field(default=86_400, ge=60)
     registration_timeout_seconds: int = Field(default=900, ge=1, le=7_200)
     stall_timeout_seconds: int = Field(default=1_800, ge=1, le=86_400)
     poll_interval_seconds: int = Field(default=60, ge=1, le=3_600)
@@ -181,6 +190,16 @@ class LimitsSpec(_Model):
         le=MAX_HANDOVER_AFTER_ITERATIONS,
         description="monitor iterations per execution before continue-as-new; null: the computed default",
     )
+
+    @field_validator("max_runtime_seconds")
+    @classmethod
+    def _runtime_fits_queue_retention(cls, value: int) -> int:
+        if value > MAX_RUNTIME_SECONDS:
+            raise ValueError(
+                f"at most {MAX_RUNTIME_SECONDS} s (13 days), because SQS keeps a run's shard messages and "
+                f"dead letters at most {SQS_MAX_RETENTION_SECONDS // 86_400} days from when they were queued"
+            )
+        return value
 
     @model_validator(mode="after")
     def _registration_loop_fits_history(self) -> LimitsSpec:

@@ -33,6 +33,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
@@ -181,6 +182,48 @@ def read_manifest(uri: str, s3: Any) -> Any:
         raise InvalidSpecError(f"manifest {uri}: not valid JSON ({exc}).") from None
 
 
+def event_object_key(key: str) -> str:
+    """`detail.object.key` of an S3 event, URL-decoded as S3 encodes keys in its events (form encoding: a
+    space is `+`, `+` is `%2B`, `#` is `%23`, non-ASCII is percent-encoded UTF-8, `/` is kept)."""
+    try:
+        return unquote_plus(key, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidSpecError(
+            f"S3 event: detail.object.key {key!r} is not a URL-encoded UTF-8 object key."
+        ) from None
+
+
+def read_manifest_from_event(bucket: str, key: str, s3: Any, settings: Settings) -> str:
+    """The manifest URI an S3 `Object Created` event names.
+
+    S3 URL-encodes the key in its event notifications, and AWS's own parsers (Powertools'
+    `S3EventBridgeNotificationObject.key`) decode it for EventBridge events too, while the EventBridge
+    documentation is silent: so the decoded key is used, unless no such object exists and the key as sent
+    does (a literal `+` or `%xx` from a sender that does not encode).
+    """
+    decoded = event_object_key(key)
+    uri = f"s3://{bucket}/{decoded}"
+    _check_manifest_location(uri, settings, under_backfills=True)
+    if decoded != key and not _object_exists(bucket, decoded, s3) and _object_exists(bucket, key, s3):
+        uri = f"s3://{bucket}/{key}"
+        _check_manifest_location(uri, settings, under_backfills=True)
+    return uri
+
+
+def _object_exists(bucket: str, key: str, s3: Any) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"manifest s3://{bucket}/{key}: {exc}") from exc
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise InvalidSpecError(
+            f"manifest s3://{bucket}/{key}: cannot be read ({exc.response.get('Error', {}).get('Code', '')})."
+        ) from None
+    return True
+
+
 def _check_manifest_location(uri: str, settings: Settings, *, under_backfills: bool) -> None:
     bucket, key = shards.split_s3_uri(uri)
     if bucket != settings.control_bucket:
@@ -209,8 +252,7 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
         event: S3EventNotificationEventBridgeModel = _parse(
             S3EventNotificationEventBridgeModel, trigger, "S3 event"
         )
-        uri = f"s3://{event.detail.bucket.name}/{event.detail.object.key}"
-        _check_manifest_location(uri, settings, under_backfills=True)
+        uri = read_manifest_from_event(event.detail.bucket.name, event.detail.object.key, s3, settings)
         return Request(spec_from_document(read_manifest(uri, s3), f"manifest {uri}"), "s3", uri)
     if "manifest" in trigger:
         schedule: ScheduleTrigger = _parse(ScheduleTrigger, trigger, "schedule event")

@@ -165,7 +165,9 @@ def _watch(session, stack, execution_arn: str) -> int:
         console.print(report_table(report))
     if snap.status != "SUCCEEDED" or (report and report.get("status") != "succeeded"):
         reason = (report or {}).get("reason") or snap.error or snap.status.lower()
-        raise CliError(f"execution {execution_arn.rsplit(':', 1)[-1]} ended {snap.status.lower()}: {reason}")
+        raise CliError(
+            f"execution {snap.execution_arn.rsplit(':', 1)[-1]} ended {snap.status.lower()}: {reason}"
+        )
     return 0
 
 

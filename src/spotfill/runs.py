@@ -197,10 +197,26 @@ class Snapshot:
         return self.status in TERMINAL
 
 
+def successor_execution(described: dict[str, Any]) -> str | None:
+    """The execution a succeeded one handed its run over to (ContinueAsNew → HandedOver: the output's
+    `handover.execution_arn`, execution `<run id>-<n>`), or None when the execution ended the run."""
+    if described.get("status") != "SUCCEEDED" or not described.get("output"):
+        return None
+    try:
+        output = json.loads(described["output"])
+    except ValueError:
+        return None
+    handover = output.get("handover") if isinstance(output, dict) else None
+    arn = handover.get("execution_arn") if isinstance(handover, dict) else None
+    return arn if isinstance(arn, str) and arn != described.get("executionArn") else None
+
+
 @dataclass
 class RunWatcher:
-    """Polls one execution and its run; `poll()` returns a fresh `Snapshot`. Instances and tasks come from
-    the fleet and the ECS service, unless the local cloud offers its own counts (`counts`)."""
+    """Polls a run's execution and the run; `poll()` returns a fresh `Snapshot`. When the execution hands
+    the run over (continue-as-new) it follows the successor, so `execution_arn` is always the run's current
+    execution and a snapshot is `finished` only when the run's last execution ends. Instances and tasks come
+    from the fleet and the ECS service, unless the local cloud offers its own counts (`counts`)."""
 
     session: Session
     stack: Stack
@@ -215,8 +231,12 @@ class RunWatcher:
 
     def poll(self) -> Snapshot:
         sfn = self.session.client("stepfunctions")
-        snap = Snapshot(self.execution_arn, elapsed=time.monotonic() - self.started)
         described = sfn.describe_execution(executionArn=self.execution_arn)
+        # A run outlives the execution that started it: follow each continue-as-new handover to the end.
+        while (successor := successor_execution(described)) is not None:
+            self.execution_arn = successor
+            described = sfn.describe_execution(executionArn=successor)
+        snap = Snapshot(self.execution_arn, elapsed=time.monotonic() - self.started)
         snap.status = described["status"]
         snap.output = described.get("output")
         if described.get("error") or described.get("cause"):

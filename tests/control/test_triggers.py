@@ -116,10 +116,10 @@ INVALID_SPECS = [
     ("task-too-big", with_value("service.memory", 16384), "service.memory", "does not fit"),
     ("runtime-too-short", with_value("limits.max_runtime_seconds", 10), "limits.max_runtime_seconds", "60"),
     (
-        "runtime-beyond-30-days",
-        with_value("limits.max_runtime_seconds", 31 * 86_400),
+        "runtime-beyond-queue-retention",
+        with_value("limits.max_runtime_seconds", 14 * 86_400),
         "limits.max_runtime_seconds",
-        "less than or equal",
+        "at most 1123200 s (13 days), because SQS keeps",
     ),
     ("zero-poll", with_value("limits.poll_interval_seconds", 0), "limits.poll_interval_seconds", "greater"),
     (
@@ -159,6 +159,19 @@ def test_invalid_spec_is_rejected_with_the_field_and_the_reason(document, field,
     message = str(raised.value)
     assert re.search(rf"(^|\. ){re.escape(field)}:", message), message
     assert reason in message
+
+
+def test_longest_run_ends_a_day_before_its_queued_shards_and_dead_letters_expire():
+    # given the queues' retention (the SQS maximum; a dead letter keeps its first enqueue time)
+    from spotfill_control.shards import RETENTION_SECONDS
+    from spotfill_control.spec import MAX_RUNTIME_SECONDS
+
+    # when a spec asks for the longest run allowed
+    spec = spec_from_document(with_value("limits.max_runtime_seconds", MAX_RUNTIME_SECONDS))
+
+    # then it is accepted, and ends with a day left for the last poll, teardown and the dead-letter read
+    assert spec.limits.max_runtime_seconds == 13 * 86_400
+    assert RETENTION_SECONDS == 14 * 86_400 == MAX_RUNTIME_SECONDS + 86_400
 
 
 def test_every_problem_of_a_spec_is_reported_one_sentence_each():
@@ -274,6 +287,55 @@ def test_manifest_uploaded_under_backfills_starts_a_run_from_its_content(world, 
     assert run["source"] == "s3"
     assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/backfills/digits-demo.json"
     assert run["spec"]["name"] == "from-upload"
+
+
+def _s3_event_for(key_in_event: str) -> dict[str, Any]:
+    event = load_event("s3_manifest_created.json")
+    event["detail"]["object"]["key"] = key_in_event
+    return event
+
+
+# (key of the manifest, the key as S3 puts it in the event: URL-encoded, `/` kept)
+MANIFEST_KEYS = [
+    ("backfills/nightly digits.json", "backfills/nightly+digits.json"),
+    ("backfills/c++ models/run+1.json", "backfills/c%2B%2B+models/run%2B1.json"),
+    ("backfills/run #7.json", "backfills/run+%237.json"),
+    ("backfills/prévisions/日本.json", "backfills/pr%C3%A9visions/%E6%97%A5%E6%9C%AC.json"),
+]
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(("key", "key_in_event"), MANIFEST_KEYS, ids=["space", "plus", "hash", "non-ascii"])
+def test_manifest_key_from_the_event_is_url_decoded_to_the_manifest_it_names(
+    world, lambda_context, key, key_in_event
+):
+    # given a manifest whose key needs encoding, and the event S3 sends for its upload
+    world.put_json(CONTROL_BUCKET, key, sample_spec(name="special-key"))
+    # when Validate runs on the event
+    run = invoke(world, _s3_event_for(key_in_event), lambda_context)
+    # then the run was started from that manifest
+    assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/{key}"
+    assert run["spec"]["name"] == "special-key"
+
+
+@pytest.mark.aws
+def test_manifest_key_sent_unencoded_is_used_as_sent_when_no_decoded_key_exists(world, lambda_context):
+    # given a manifest with a literal plus, named as is in the event (a sender that does not URL-encode)
+    world.put_json(CONTROL_BUCKET, "backfills/c++ run.json", sample_spec(name="as-sent"))
+    # when Validate runs on the event
+    run = invoke(world, _s3_event_for("backfills/c++ run.json"), lambda_context)
+    # then the key as sent names the manifest (decoded, "backfills/c   run.json" does not exist)
+    assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/backfills/c++ run.json"
+    assert run["spec"]["name"] == "as-sent"
+
+
+@pytest.mark.aws
+def test_event_key_that_is_not_url_encoded_utf8_is_rejected_naming_the_key(world, lambda_context):
+    # given an event whose key decodes to bytes that are not UTF-8
+    event = _s3_event_for("backfills/%FF%FE.json")
+    # when Validate runs / then it fails in one sentence naming the field
+    with pytest.raises(InvalidSpecError, match=r"^S3 event: detail\.object\.key '.*%FF%FE\.json' is not a"):
+        invoke(world, event, lambda_context)
 
 
 @pytest.mark.aws

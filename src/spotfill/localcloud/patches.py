@@ -20,7 +20,13 @@ server runs in this process), never the code under test:
 - EventBridge: moto delivers rule targets only to SQS, logs, buses and API destinations, and raises for
   any other target. AWS also starts Step Functions executions and invokes Lambda functions; those are
   delivered here, asynchronously as in AWS, with the target's `Input` / `InputPath` / `InputTransformer`
-  applied (moto skips the transformer for S3 notifications).
+  applied (moto skips the transformer for S3 notifications), and an S3 event's `detail.object.key` URL-encoded
+  as S3 sends it (moto sends the key as is).
+- SQS: a message's visibility can be extended to at most 12 hours from the time it was *received*
+  (`ChangeMessageVisibility`: `InvalidParameterValue`, "Total VisibilityTimeout for the message is beyond the
+  limit [43200 seconds]"). moto 5.2.5 counts from when the message was *sent*, and in a batch raises for the
+  whole request instead of failing the entry. `patch_sqs_visibility_limit()` (also for tests in process)
+  counts from the latest receive and fails the batch entry.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import logging
 import threading
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote_plus
 
 import boto3
 
@@ -54,6 +61,7 @@ def install(endpoint_url: str) -> None:
         _patch_ecs_deregistration_error()
         _patch_rule_targets()
         _patch_spot_price_history()
+        patch_sqs_visibility_limit()
         _installed = True
 
 
@@ -284,12 +292,17 @@ def _patch_rule_targets() -> None:
 
 
 def aws_shaped_event(event: dict[str, Any]) -> dict[str, Any]:
-    """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string."""
+    """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string. moto puts an S3
+    object's key in its EventBridge event as is; S3 URL-encodes keys in its events (form encoding, `/` kept),
+    as AWS's own parsers of the EventBridge event expect (docs/contracts.md)."""
     shaped = copy.deepcopy(dict(event))
     shaped.pop("ingestion-time", None)
     if isinstance(shaped.get("time"), int | float):
         shaped["time"] = datetime.fromtimestamp(shaped["time"], UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     shaped.setdefault("version", "0")
+    s3_object = shaped.get("detail", {}).get("object") if shaped.get("source") == "aws.s3" else None
+    if isinstance(s3_object, dict) and isinstance(s3_object.get("key"), str):
+        s3_object["key"] = quote_plus(s3_object["key"], safe="/")
     return shaped
 
 
@@ -365,3 +378,74 @@ def _deliver(arn: str, payload: str) -> None:
             lam.invoke(FunctionName=arn, InvocationType="RequestResponse", Payload=payload.encode())
     except Exception:  # AWS retries and then drops (or dead-letters) an undeliverable event; so do we
         log.exception("EventBridge could not deliver to %s", arn)
+
+
+# --- SQS: visibility at most 12 hours from the latest receive ---------------------------------------------
+
+SQS_MAX_VISIBILITY_SECONDS = 43_200
+_sqs_visibility_patched = False
+_sqs_lock = threading.Lock()
+
+
+def patch_sqs_visibility_limit() -> None:
+    """Make moto refuse a visibility change past 12 hours from the message's latest receive, as SQS does
+    (idempotent; changes moto's SQS model classes for the whole process)."""
+    global _sqs_visibility_patched
+    with _sqs_lock:
+        if _sqs_visibility_patched:
+            return
+        from moto.sqs import models
+        from moto.sqs.exceptions import InvalidParameterValue, ReceiptHandleIsInvalid
+
+        original_mark_received = models.Message.mark_received
+
+        def mark_received(self: Any, visibility_timeout: int | None = None) -> None:
+            original_mark_received(self, visibility_timeout)
+            self.spotfill_received_at_ms = models.unix_time_millis()
+
+        def change_message_visibility(
+            self: Any, queue_name: str, receipt_handle: str, visibility_timeout: int
+        ) -> None:
+            queue = self.get_queue(queue_name)
+            for message in queue._messages:
+                if message.had_receipt_handle(receipt_handle):
+                    received = getattr(message, "spotfill_received_at_ms", message.sent_timestamp)
+                    until = models.unix_time_millis() + int(visibility_timeout) * 1000
+                    if until - received > SQS_MAX_VISIBILITY_SECONDS * 1000:
+                        raise InvalidParameterValue(
+                            f"Value {visibility_timeout} for parameter VisibilityTimeout is invalid. Reason: "
+                            f"Total VisibilityTimeout for the message is beyond the limit "
+                            f"[{SQS_MAX_VISIBILITY_SECONDS} seconds]"
+                        )
+                    message.change_visibility(visibility_timeout)
+                    if message.visible and message in queue.pending_messages:
+                        queue.pending_messages.remove(message)
+                    return
+            raise ReceiptHandleIsInvalid
+
+        def change_message_visibility_batch(
+            self: Any, queue_name: str, entries: list[dict[str, Any]]
+        ) -> tuple[list[str], list[dict[str, Any]]]:
+            success: list[str] = []
+            errors: list[dict[str, Any]] = []
+            for entry in entries:
+                try:
+                    seconds = int(entry["VisibilityTimeout"])
+                    if not 0 <= seconds <= SQS_MAX_VISIBILITY_SECONDS:
+                        raise InvalidParameterValue("Visibility timeout invalid")
+                    self.change_message_visibility(
+                        queue_name=queue_name,
+                        receipt_handle=entry["ReceiptHandle"],
+                        visibility_timeout=seconds,
+                    )
+                    success.append(entry["Id"])
+                except (InvalidParameterValue, ReceiptHandleIsInvalid) as exc:
+                    errors.append(
+                        {"Id": entry["Id"], "SenderFault": True, "Code": exc.code, "Message": exc.message}
+                    )
+            return success, errors
+
+        models.Message.mark_received = mark_received
+        models.SQSBackend.change_message_visibility = change_message_visibility
+        models.SQSBackend.change_message_visibility_batch = change_message_visibility_batch
+        _sqs_visibility_patched = True

@@ -1,0 +1,73 @@
+"""`spotfill watch` (and `start --watch`) on the real ASL: a run that continues as new is one run, followed
+across every execution it hands over to, and the exit status is the last execution's."""
+
+from __future__ import annotations
+
+import pytest
+
+from spotfill import cli
+
+from .harness import Cloud, Knobs, Physics
+
+pytestmark = pytest.mark.sfn
+
+SLOW_WORKERS = Knobs(tick_seconds=0.6)  # about 1.7 shards/s: each execution sees a few polls
+
+
+class InjectedFault(Exception):
+    """A fault no Retry names: the state's Catch must take it."""
+
+
+def _watch(cloud: Cloud, spec: dict) -> tuple[str, int]:
+    """Start the run, then `spotfill watch` its first execution while the workers run; (first ARN, exit)."""
+    physics = Physics(cloud.session, SLOW_WORKERS)
+    physics.start()
+    try:
+        first = cloud.start(spec)
+        status = cli.main(["watch", first, "--stack", cloud.stack.stack_name, "--region", cloud.stack.region])
+    finally:
+        physics.stop()
+    return first, status
+
+
+def _successors(cloud: Cloud, first: str) -> list[dict]:
+    name = first.rsplit(":", 1)[-1]
+    pages = cloud.sfn.get_paginator("list_executions").paginate(stateMachineArn=cloud.stack.state_machine_arn)
+    executions = [e for page in pages for e in page["executions"]]
+    return [e for e in executions if e["name"] != name and e["name"].startswith(_run_id(cloud, first))]
+
+
+def _run_id(cloud: Cloud, execution_arn: str) -> str:
+    from spotfill_control import state_store
+
+    run = state_store.load_by_execution(execution_arn, cloud.s3, cloud.stack.control_bucket)
+    assert run is not None
+    return run.run_id
+
+
+def test_watch_follows_a_handed_over_run_to_its_last_execution_and_exits_0_when_it_succeeds(cloud, lambdas):
+    spec = cloud.spec("watch-handover", shards=6, limits={"handover_after_iterations": 2})
+
+    first, status = _watch(cloud, spec)
+
+    successors = _successors(cloud, first)
+    assert successors, "the run should have continued as new"
+    assert status == 0
+    assert all(e["status"] == "SUCCEEDED" for e in successors)  # watched to the end, not to the handover
+    report = cloud.report(_run_id(cloud, first))
+    assert report is not None and report["status"] == "succeeded"
+    assert report["executions"] == len(successors) + 1
+
+
+def test_watch_exits_non_zero_when_the_execution_a_run_was_handed_over_to_fails(cloud, lambdas, capsys):
+    # Teardown runs only in the run's last execution: the first one hands over and succeeds.
+    lambdas.inject_failure("teardown", InjectedFault("teardown broke after the handover"))
+    spec = cloud.spec("watch-handover-fails", shards=4, limits={"handover_after_iterations": 1})
+
+    first, status = _watch(cloud, spec)
+
+    assert cloud.sfn.describe_execution(executionArn=first)["status"] == "SUCCEEDED"
+    successors = _successors(cloud, first)
+    assert successors and successors[0]["status"] == "FAILED"
+    assert status != 0
+    assert "ended failed" in capsys.readouterr().err
