@@ -397,3 +397,42 @@ def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environm
         assert client.meta.endpoint_url == "http://127.0.0.1:4566"
         assert client.meta.config.retries["mode"] == "adaptive"
     assert clients.s3 is clients.s3
+
+
+def test_an_output_probe_answering_403_fails_the_shard_instead_of_counting_the_output_as_missing(
+    cloud, run_worker, tabular_classifier
+):
+    from botocore.awsrequest import AWSResponse
+
+    # given a shard whose output probe (HeadObject) answers 403, as S3 answers a missing key to a caller
+    # without s3:ListBucket on the bucket (the task role grants it: template.yaml, FindOutputs)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/forbidden.npy", npy_bytes(rows(50)))
+    message = cloud.send_shard("inputs/forbidden.npy", "parquet")
+    output_key = message["output"].split("/", 3)[3]
+
+    def note_key(params, context, **_):
+        context["probed_key"] = params.get("Key")
+
+    def forbidden(context, **_):
+        if context.get("probed_key") == output_key:
+            error = {"Code": "403", "Message": "Forbidden"}
+            return AWSResponse(message["output"], 403, {}, None), {
+                "Error": error,
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            }
+        return None
+
+    cloud.s3.meta.events.register("before-parameter-build.s3.HeadObject", note_key)
+    cloud.s3.meta.events.register("before-call.s3.HeadObject", forbidden)
+
+    # when
+    run = run_worker(model_uri, "npy")
+
+    # then the shard is not processed as if its output were missing: it fails, and its message stays queued
+    failed = run.events("shard_failed")
+    assert len(failed) == 1 and "403" in failed[0]["error"]
+    assert not run.events("shard_done") and not run.events("shard_skipped")
+    assert not cloud.exists(message["output"])
+    assert json.loads(cloud.get(message["error"]))["error_type"] == "ClientError"
+    assert cloud.queue_counts() == (0, 1)
