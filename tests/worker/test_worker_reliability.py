@@ -237,9 +237,9 @@ def test_many_shards_with_two_prefetching_receivers_each_get_exactly_one_correct
 def test_heartbeat_keeps_a_slow_shard_invisible_so_it_is_not_received_twice(
     cloud, run_worker, tabular_classifier, aws_calls
 ):
-    # given a 2 s visibility timeout, and a shard whose output write is held back until the queue has been
+    # given a 3 s visibility timeout, and a shard whose output write is held back until the queue has been
     # polled, and found empty, after that timeout had run out for the shard's first (and only) receive
-    visibility = 2
+    visibility = 3
     model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
     cloud.put("inputs/slow.npy", npy_bytes(rows(20)))
     message = cloud.send_shard("inputs/slow.npy", "parquet")
