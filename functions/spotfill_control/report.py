@@ -1,7 +1,7 @@
 """The run report: `reports/<run id>.json` in the control bucket, an EventBridge event and an SNS message.
 
 Written at the end of every run, success or failure, and for invalid input too (no run yet: the report's
-run id then comes from the execution name). The figures are those of DESIGN.md, "The run report":
+run id then comes from the execution name). The figures (docs/contracts.md, "The run report"):
 status and reason; shard and prediction counts; phase durations; instance-hours by type; spot cost, the
 on-demand equivalent and cost per million predictions; mean and peak throughput; interruptions seen.
 

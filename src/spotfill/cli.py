@@ -234,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows-per-shard", type=int, default=2000)
     demo.add_argument("--instances", type=int, default=2)
     demo.add_argument(
-        "--chaos", help="kill=K,interrupt=I: kill workers and interrupt instances during the run"
+        "--chaos",
+        help="kill=K,interrupt=I,conflict=C: kill workers, interrupt instances and answer C output writes "
+        "with 409 ConditionalRequestConflict during the run",
     )
     demo.add_argument(
         "--work-dir", help="where data, outputs and worker logs go (default: a temporary folder)"
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--output-format", default="parquet", choices=["parquet", "npy", "jsonl"])
     run.add_argument("--instances", type=int, default=2)
-    run.add_argument("--chaos", help="kill=K,interrupt=I")
+    run.add_argument("--chaos", help="kill=K,interrupt=I,conflict=C")
     run.add_argument("--name", default="local", help="the backfill's name")
     run.add_argument("--port", type=int)
     run.set_defaults(func=cmd_run)
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     local_sub = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
     up = local_sub.add_parser("up", help="run the local cloud in the foreground")
     up.add_argument("--port", type=int, default=DEFAULT_LOCAL_PORT)
-    up.add_argument("--chaos", help="kill=K,interrupt=I")
+    up.add_argument("--chaos", help="kill=K,interrupt=I,conflict=C")
     up.add_argument("--run-dir", help="where worker logs go")
     up.set_defaults(func=cmd_local_up)
     outputs = local_sub.add_parser("outputs", help="print the running local cloud's stack outputs as JSON")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 # Short SQS leases so a poison shard reaches the dead-letter queue in seconds (the worker's heartbeat keeps
 # healthy shards leased however short this is).
 FAST_WORKERS = {"SPOTFILL_VISIBILITY_TIMEOUT": "4"}
+# The fields of every worker log record (spotfill_worker.telemetry.Telemetry.log).
+WORKER_LOG_FIELDS = frozenset({"time", "level", "event", "run_id"})
 
 
 @dataclass
@@ -43,6 +46,23 @@ def write_digits(directory: Path, shards: int, rows: int, model_path: Path | Non
         np.save(input_dir / name, shard_rows)
         reference[name] = predicted[i * rows : (i + 1) * rows]
     return Digits(model_path, input_dir, reference)
+
+
+def worker_records(log_path: Path) -> list[dict]:
+    """The worker's own records in a task log: its JSON log lines (`time`, `level`, `event`, `run_id`) and
+    its EMF metric records (`_aws`, `RunId`). The log is the container's stdout and stderr together, as ECS
+    ships them; native libraries (TensorFlow's absl logging) write plain-text lines to stderr, not ours."""
+    records = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if record.keys() >= WORKER_LOG_FIELDS or "_aws" in record:
+            records.append(record)
+    return records
 
 
 def eventually(predicate, timeout: float = 30.0, interval: float = 0.2):

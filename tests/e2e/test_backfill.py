@@ -10,17 +10,9 @@ import pytest
 from spotfill.demo import check_outputs
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
 
-from .helpers import eventually
+from .helpers import eventually, worker_records
 
 pytestmark = pytest.mark.e2e
-
-
-def _json_line(line: str) -> dict:
-    try:
-        parsed = json.loads(line)
-    except ValueError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
 
 
 def _spec(cloud, name: str, instances: int = 1) -> dict:
@@ -168,11 +160,9 @@ def test_two_manifests_uploaded_at_once_make_two_isolated_runs(local_cloud, digi
     for result in (first_result, second_result):
         run_id = result.report["run_id"]
         logs = list((local_cloud.run_dir / "logs" / f"spotfill-{run_id}").glob("*.log"))
-        assert logs
-        seen = {
-            json.loads(line).get("run_id") for log in logs for line in log.read_text().splitlines() if line
-        }
-        assert seen - {None} == {run_id}
+        records = [record for log in logs for record in worker_records(log)]
+        assert any(r.get("event") == "shard_done" for r in records)
+        assert {r.get("run_id", r.get("RunId")) for r in records} == {run_id}
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
 

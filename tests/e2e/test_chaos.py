@@ -1,4 +1,5 @@
-"""Chaos: workers SIGKILLed and spot instances reclaimed mid-run; every output still exists exactly once."""
+"""Chaos: workers SIGKILLed, spot instances reclaimed and output writes answered 409 mid-run; every output
+still exists exactly once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from spotfill.demo import check_outputs
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
 
-from .helpers import FAST_WORKERS, write_digits
+from .helpers import FAST_WORKERS, worker_records, write_digits
 
 pytestmark = pytest.mark.e2e
 
@@ -49,4 +50,41 @@ def test_a_run_survives_ten_kills_and_five_spot_interruptions(tmp_path, digits, 
         result.outputs = download_outputs(cloud, spec, data.shards(), data.input_dir, tmp_path / "out")
         assert check_outputs(result, data.reference) == []
         # and nothing is left running or allocated: fleets, instances, tasks, services, clusters, queues
+        assert cloud.wait_idle(timeout=30), cloud.leftovers()
+
+
+def test_output_writes_answered_409_conflict_are_retried_by_the_worker_and_no_shard_fails(
+    tmp_path, digits, quiet_console
+):
+    # given a local cloud whose S3 answers the first conditional write of each of four outputs with 409
+    # ConditionalRequestConflict, as S3 does when another write to the key is in flight
+    options = LocalCloudOptions(
+        boot_delay=1.0,
+        run_dir=tmp_path / "local",
+        chaos=ChaosSpec(conflict=4),
+        worker_environment=FAST_WORKERS,
+    )
+    shards = digits.shards()[:4]
+    with LocalCloud(options) as cloud:
+        spec = manifest(
+            "conflicts", cloud.outputs.data_bucket, "models/conflicts/model.keras", "npy", "npy", instances=1
+        )
+
+        # when a backfill of four shards runs
+        arn = upload_and_trigger(cloud, spec, digits.model_path, shards, digits.input_dir)
+        result = follow_run(cloud, arn, quiet_console, timeout=240)
+
+        # then every output write met its conflict, and the run succeeded with no shard failed even once
+        assert cloud.chaos.conflicts == 4
+        assert result.snapshot.status == "SUCCEEDED", result.snapshot.error
+        report = result.report
+        assert report["status"] == "succeeded"
+        assert report["shards"]["succeeded"] == 4 and report["shards"]["retried"] == 0
+        logs = (cloud.run_dir / "logs" / f"spotfill-{report['run_id']}").glob("*.log")
+        records = [record for log in logs for record in worker_records(log)]
+        assert len([r for r in records if r.get("event") == "output_write_conflict"]) == 4
+        assert not [r for r in records if r.get("event") == "shard_failed"]
+        result.outputs = download_outputs(cloud, spec, shards, digits.input_dir, tmp_path / "out")
+        expected = {s.name: digits.reference[s.name] for s in shards}
+        assert check_outputs(result, expected) == []
         assert cloud.wait_idle(timeout=30), cloud.leftovers()

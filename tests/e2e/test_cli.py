@@ -76,7 +76,8 @@ def test_a_bad_chaos_spec_is_rejected_with_the_offending_part(capsys):
 
 def test_chaos_spec_parses_and_spreads_kills_and_interruptions():
     spec = ChaosSpec.parse("kill=10,interrupt=5,every=0.5")
-    assert (spec.kill, spec.interrupt, spec.every) == (10, 5, 0.5)
+    assert (spec.kill, spec.interrupt, spec.every, spec.conflict) == (10, 5, 0.5, 0)
+    assert ChaosSpec.parse("conflict=3").conflict == 3 and not ChaosSpec.parse("conflict=3").empty
     order = interleave(10, 5)
     assert order.count("kill") == 10 and order.count("interrupt") == 5
     # interruptions are spread over the run, never bunched at one end

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import tarfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,3 +230,82 @@ def run_worker(cloud):
         return WorkerRun(worker, code, lines)
 
     return run
+
+
+# ----------------------------------------------------------------------------------- AWS calls, in order
+
+
+@dataclass
+class AwsCall:
+    service: str  # botocore's service name: "s3", "sqs"
+    operation: str  # "PutObject", "DeleteMessage", ...
+    params: dict  # the API parameters the caller passed
+    status: int  # the HTTP status of the answer
+    parsed: dict  # the parsed answer (an error answer holds "Error")
+    started: float  # time.monotonic() when the call began and ended
+    ended: float
+
+
+class AwsCalls:
+    """Every call the watched clients complete, in the order they complete (botocore event hooks, so the
+    worker's code is not touched); `on_call` hooks see each call as it completes."""
+
+    def __init__(self) -> None:
+        self.calls: list[AwsCall] = []
+        self.on_call: list[Any] = []
+        self._lock = threading.Lock()
+        self._watched: list[tuple[Any, str, Any]] = []
+
+    def watch(self, client: Any) -> None:
+        for event, handler in (("before-parameter-build", self._began), ("after-call", self._ended)):
+            client.meta.events.register(event, handler)
+            self._watched.append((client, event, handler))
+
+    def close(self) -> None:
+        for client, event, handler in self._watched:
+            client.meta.events.unregister(event, handler)
+
+    def _began(self, params: dict, context: dict, **_: Any) -> None:
+        context["aws_calls_params"] = dict(params)
+        context["aws_calls_started"] = time.monotonic()
+
+    def _ended(self, http_response: Any, parsed: dict, model: Any, context: dict, **_: Any) -> None:
+        call = AwsCall(
+            model.service_model.service_name,
+            model.name,
+            context.get("aws_calls_params", {}),
+            http_response.status_code,
+            parsed,
+            context.get("aws_calls_started", 0.0),
+            time.monotonic(),
+        )
+        with self._lock:
+            self.calls.append(call)
+            hooks = list(self.on_call)
+        for hook in hooks:
+            hook(call)
+
+    def of(self, operation: str) -> list[AwsCall]:
+        with self._lock:
+            return [c for c in self.calls if c.operation == operation]
+
+
+@pytest.fixture
+def aws_calls(cloud):
+    """The calls made through the test cloud's S3 and SQS clients (the ones `run_worker` gives the worker)."""
+    calls = AwsCalls()
+    calls.watch(cloud.s3)
+    calls.watch(cloud.sqs)
+    yield calls
+    calls.close()
+
+
+@pytest.fixture
+def s3_conflicts():
+    """S3's 409 ConditionalRequestConflict on demand: `s3_conflicts.arm(writes, per_key)` (the local
+    cloud's patch of moto)."""
+    from spotfill.localcloud.patches import CONDITIONAL_WRITE_CONFLICTS, install_conditional_write_conflicts
+
+    install_conditional_write_conflicts()
+    yield CONDITIONAL_WRITE_CONFLICTS
+    CONDITIONAL_WRITE_CONFLICTS.disarm()

@@ -235,22 +235,153 @@ def test_many_shards_with_two_prefetching_receivers_each_get_exactly_one_correct
 
 
 def test_heartbeat_keeps_a_slow_shard_invisible_so_it_is_not_received_twice(
-    cloud, run_worker, tabular_classifier
+    cloud, run_worker, tabular_classifier, aws_calls
 ):
-    # given a 1 s visibility timeout and a shard that takes longer than that (one row per batch)
+    # given a 3 s visibility timeout, and a shard whose output write is held back until the queue has been
+    # polled, and found empty, after that timeout had run out for the shard's first (and only) receive
+    visibility = 3
     model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
-    cloud.put("inputs/slow.npy", npy_bytes(rows(20, n=3000)))
-    cloud.send_shard("inputs/slow.npy", "parquet")
+    cloud.put("inputs/slow.npy", npy_bytes(rows(20)))
+    message = cloud.send_shard("inputs/slow.npy", "parquet")
+    output_key = message["output"].split("/", 3)[3]
+    received_at: list[float] = []
+    lease_outlived = threading.Event()
+
+    def watch(call) -> None:
+        if call.operation != "ReceiveMessage" or call.status != 200:
+            return
+        if call.parsed.get("Messages"):
+            received_at.append(call.ended)
+        elif received_at and call.started > received_at[0] + visibility:
+            lease_outlived.set()
+
+    def hold_output_write(params, **_) -> None:
+        if params.get("Key") == output_key and not lease_outlived.wait(timeout=120):
+            raise AssertionError("no empty receive after the shard's first visibility timeout ran out")
+
+    aws_calls.on_call.append(watch)
+    cloud.s3.meta.events.register("before-parameter-build.s3.PutObject", hold_output_write)
 
     # when a worker with a second receiver polling the queue the whole time processes it
-    run = run_worker(model_uri, "npy", batch_size=1, visibility_timeout=1, prefetch_shards=2)
+    run = run_worker(model_uri, "npy", visibility_timeout=visibility, prefetch_shards=2)
 
-    # then the shard outlived its visibility timeout, yet was received and predicted exactly once
+    # then the shard outlived its first lease (the heartbeat extended it), yet was received and predicted once
+    assert lease_outlived.is_set()
+    assert len(received_at) == 1, f"the shard was received {len(received_at)} times"
+    extended = [
+        entry
+        for call in aws_calls.of("ChangeMessageVisibilityBatch")
+        for entry in call.params["Entries"]
+        if entry["VisibilityTimeout"] == visibility
+    ]
+    assert extended, "the heartbeat never extended the lease"
     done = run.events("shard_done")
-    assert len(done) == 1 and done[0]["seconds"] > 1.5
-    assert done[0]["receive_count"] == 1
+    assert len(done) == 1 and done[0]["receive_count"] == 1 and done[0]["written"]
     assert not run.events("shard_skipped") and not run.events("shard_failed")
     assert cloud.queue_counts() == (0, 0)
+
+
+def _receipt_handles_by_output(aws_calls) -> dict[str, list[str]]:
+    handles: dict[str, list[str]] = {}
+    for call in aws_calls.of("ReceiveMessage"):
+        for received in call.parsed.get("Messages", []):
+            handles.setdefault(json.loads(received["Body"])["output"], []).append(received["ReceiptHandle"])
+    return handles
+
+
+def _deleted(call) -> list[str]:
+    if call.operation == "DeleteMessage":
+        return [call.params["ReceiptHandle"]]
+    if call.operation == "DeleteMessageBatch":
+        return [entry["ReceiptHandle"] for entry in call.params["Entries"]]
+    return []
+
+
+def test_a_shards_message_is_deleted_only_after_its_output_is_written(
+    cloud, run_worker, tabular_classifier, aws_calls
+):
+    # given three shards
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    messages = []
+    for i in range(3):
+        cloud.put(f"inputs/order-{i}.npy", npy_bytes(rows(30 + i)))
+        messages.append(cloud.send_shard(f"inputs/order-{i}.npy", "parquet"))
+
+    # when the worker processes them, every S3 and SQS call recorded in the order it completed
+    run = run_worker(model_uri, "npy", prefetch_shards=2)
+
+    # then each message was deleted, and only after the put that wrote its shard's output had succeeded
+    assert len(run.events("shard_done")) == 3 and cloud.queue_counts() == (0, 0)
+    handles = _receipt_handles_by_output(aws_calls)
+    calls = list(aws_calls.calls)
+    for message in messages:
+        bucket, key = message["output"][len("s3://") :].split("/", 1)
+        written = [
+            i
+            for i, c in enumerate(calls)
+            if c.operation == "PutObject"
+            and (c.params["Bucket"], c.params["Key"]) == (bucket, key)
+            and c.status == 200
+        ]
+        deleted = [i for i, c in enumerate(calls) if set(_deleted(c)) & set(handles[message["output"]])]
+        assert written and deleted, f"{key}: output puts {written}, message deletes {deleted}"
+        assert written[0] < deleted[0], f"{key}: the message was deleted before its output was written"
+
+
+def test_an_output_put_answering_409_conflict_is_retried_and_the_shard_completes_without_failing(
+    cloud, run_worker, tabular_classifier, s3_conflicts
+):
+    # given a shard whose output put answers 409 ConditionalRequestConflict twice (a write racing it)
+    x = rows(40)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/conflict.npy", npy_bytes(x))
+    message = cloud.send_shard("inputs/conflict.npy", "parquet")
+    s3_conflicts.arm(writes=2, per_key=2)
+
+    # when
+    run = run_worker(model_uri, "npy")
+
+    # then the put was retried, the output written once with the right predictions, and nothing failed
+    assert s3_conflicts.answered == [("data-bucket", "outputs/conflict.parquet")] * 2
+    assert [e["attempt"] for e in run.events("output_write_conflict")] == [1, 2]
+    done = run.events("shard_done")
+    assert len(done) == 1 and done[0]["written"] and done[0]["receive_count"] == 1
+    assert not run.events("shard_failed") and run.worker.shards_failed == 0
+    np.testing.assert_allclose(
+        predictions(cloud.get(message["output"])), tabular_classifier.predict(x), atol=1e-5
+    )
+    assert not cloud.exists(message["error"])
+    assert cloud.queue_counts() == (0, 0)
+
+
+def test_an_output_put_that_keeps_answering_409_fails_the_shard_and_leaves_its_message_for_redelivery(
+    cloud, run_worker, tabular_classifier, s3_conflicts, aws_calls
+):
+    # given a shard whose output put answers 409 ConditionalRequestConflict every time
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/stuck.npy", npy_bytes(rows(41)))
+    message = cloud.send_shard("inputs/stuck.npy", "parquet")
+    s3_conflicts.arm(writes=1000, per_key=1000)
+
+    # when
+    run = run_worker(model_uri, "npy")
+
+    # then after a bounded number of puts the shard fails as any error does: an error record, no output
+    failed = run.events("shard_failed")
+    assert len(failed) == 1 and "OutputWriteConflict" in failed[0]["error"] and "409" in failed[0]["error"]
+    record = json.loads(cloud.get(message["error"]))
+    assert record["error_type"] == "OutputWriteConflict"
+    from spotfill_worker.worker import CONFLICT_ATTEMPTS
+
+    assert len(s3_conflicts.answered) == CONFLICT_ATTEMPTS
+    assert not cloud.exists(message["output"])
+    # and its message was never deleted: it is still in flight, and SQS delivers it again once its lease ends
+    assert not any(_deleted(c) for c in aws_calls.calls)
+    assert cloud.queue_counts() == (0, 1)
+    (handle,) = _receipt_handles_by_output(aws_calls)[message["output"]]
+    cloud.sqs.change_message_visibility(QueueUrl=cloud.queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
+    (again,) = cloud.visible_messages()
+    assert json.loads(again["Body"]) == message
 
 
 def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environment_endpoint(monkeypatch):
@@ -266,3 +397,42 @@ def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environm
         assert client.meta.endpoint_url == "http://127.0.0.1:4566"
         assert client.meta.config.retries["mode"] == "adaptive"
     assert clients.s3 is clients.s3
+
+
+def test_an_output_probe_answering_403_fails_the_shard_instead_of_counting_the_output_as_missing(
+    cloud, run_worker, tabular_classifier
+):
+    from botocore.awsrequest import AWSResponse
+
+    # given a shard whose output probe (HeadObject) answers 403, as S3 answers a missing key to a caller
+    # without s3:ListBucket on the bucket (the task role grants it: template.yaml, FindOutputs)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    cloud.put("inputs/forbidden.npy", npy_bytes(rows(50)))
+    message = cloud.send_shard("inputs/forbidden.npy", "parquet")
+    output_key = message["output"].split("/", 3)[3]
+
+    def note_key(params, context, **_):
+        context["probed_key"] = params.get("Key")
+
+    def forbidden(context, **_):
+        if context.get("probed_key") == output_key:
+            error = {"Code": "403", "Message": "Forbidden"}
+            return AWSResponse(message["output"], 403, {}, None), {
+                "Error": error,
+                "ResponseMetadata": {"HTTPStatusCode": 403},
+            }
+        return None
+
+    cloud.s3.meta.events.register("before-parameter-build.s3.HeadObject", note_key)
+    cloud.s3.meta.events.register("before-call.s3.HeadObject", forbidden)
+
+    # when
+    run = run_worker(model_uri, "npy")
+
+    # then the shard is not processed as if its output were missing: it fails, and its message stays queued
+    failed = run.events("shard_failed")
+    assert len(failed) == 1 and "403" in failed[0]["error"]
+    assert not run.events("shard_done") and not run.events("shard_skipped")
+    assert not cloud.exists(message["output"])
+    assert json.loads(cloud.get(message["error"]))["error_type"] == "ClientError"
+    assert cloud.queue_counts() == (0, 1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import socket
 import tempfile
 import threading
@@ -40,6 +41,16 @@ _MODELS: dict[
     tuple[str, str, bool], Any
 ] = {}  # (model URI, ETag, mixed precision) -> LoadedModel, per process
 _PREDICTORS: dict[tuple[int, int, bool], Any] = {}  # (id(LoadedModel), batch size, XLA) -> Predictor
+
+# An output put that answers 409 ConditionalRequestConflict is tried this many times in all, waiting a random
+# time up to CONFLICT_BACKOFF * 2**(n-1) seconds (at most CONFLICT_BACKOFF_CAP) before the n-th retry.
+CONFLICT_ATTEMPTS = 5
+CONFLICT_BACKOFF = 0.2
+CONFLICT_BACKOFF_CAP = 2.0
+
+
+class OutputWriteConflict(RuntimeError):
+    """The conditional output put kept answering 409 ConditionalRequestConflict."""
 
 
 @dataclass(frozen=True)
@@ -397,22 +408,12 @@ class Worker:
             body = encode(self.config.output_format, predictions, item.rows.ids, self._classifier)
             encoded_at = time.perf_counter()
             item.timings["encode"] = encoded_at - started
-            location = S3Uri.parse(message.output)
-            written = True
-            try:
-                # Conditional create: of two workers racing on one shard, exactly one writes the object.
+            written = self._put_output(
+                S3Uri.parse(message.output),
+                body,
                 # The metadata lets the control plane count predictions with HeadObject (docs/contracts.md).
-                self.clients.s3.put_object(
-                    Bucket=location.bucket,
-                    Key=location.key,
-                    Body=body,
-                    IfNoneMatch="*",
-                    Metadata={"spotfill-rows": str(len(item.rows)), "spotfill-run-id": message.run_id},
-                )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
-                    raise
-                written = False
+                {"spotfill-rows": str(len(item.rows)), "spotfill-run-id": message.run_id},
+            )
             item.timings["upload"] = time.perf_counter() - encoded_at
             self._upload_seconds = 0.5 * self._upload_seconds + 0.5 * (time.perf_counter() - started)
             try:
@@ -445,6 +446,46 @@ class Worker:
             with self._busy_lock:
                 self._uploads_in_flight -= 1
                 self._last_busy = time.monotonic()
+
+    def _put_output(self, location: S3Uri, body: bytes, metadata: dict[str, str]) -> bool:
+        """Create the output object if it does not exist yet; returns whether this call wrote it.
+
+        Conditional create (``If-None-Match: *``): of two workers racing on one shard, exactly one writes the
+        object, and the other's put answers 412 ``PreconditionFailed``. A put that overlaps another write to
+        the key may answer 409 ``ConditionalRequestConflict`` instead, which S3 says to retry: it is retried
+        with jittered exponential backoff, ``CONFLICT_ATTEMPTS`` puts in all, then raises
+        ``OutputWriteConflict`` (the shard then fails as any other error does, and SQS delivers it again).
+        """
+        from botocore.exceptions import ClientError
+
+        attempt = 1
+        while True:
+            try:
+                self.clients.s3.put_object(
+                    Bucket=location.bucket, Key=location.key, Body=body, IfNoneMatch="*", Metadata=metadata
+                )
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412"):
+                    return False
+                if code not in ("ConditionalRequestConflict", "409"):
+                    raise
+                if attempt >= CONFLICT_ATTEMPTS:
+                    raise OutputWriteConflict(
+                        f"PutObject {location} answered 409 ConditionalRequestConflict "
+                        f"{attempt} times in a row"
+                    ) from exc
+            delay = random.uniform(0.0, min(CONFLICT_BACKOFF_CAP, CONFLICT_BACKOFF * 2 ** (attempt - 1)))
+            self.telemetry.log(
+                "output_write_conflict",
+                level="WARNING",
+                output=str(location),
+                attempt=attempt,
+                retry_in=round(delay, 3),
+            )
+            time.sleep(delay)
+            attempt += 1
 
     # ------------------------------------------------------------------------------------------ poison
 

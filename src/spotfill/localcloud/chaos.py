@@ -6,6 +6,10 @@ interruptions interleaved, until all K + I have happened; victims are always bus
 SIGKILL to one random worker process (ECS replaces it); an interruption is a spot reclaim: SIGTERM to the
 instance's tasks (ECS spot draining), SIGKILL after the stop timeout, then the instance terminated with
 `Server.SpotInstanceTermination`, and the fleet replaces it.
+
+`conflict=C` makes the first C conditional output writes (PutObject with `If-None-Match`) answer 409
+`ConditionalRequestConflict`, one per key, as S3 answers a write that races another one on the same key
+(`patches.CONDITIONAL_WRITE_CONFLICTS`); workers retry them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from spotfill.localcloud import patches
 from spotfill.localcloud.agent import EcsAgent
 from spotfill.localcloud.fleet import FleetEmulator
 
@@ -35,10 +40,11 @@ class ChaosSpec:
     interrupt: int = 0
     every: float = 2.0
     warmup: float = 3.0
+    conflict: int = 0
 
     @property
     def empty(self) -> bool:
-        return self.kill == 0 and self.interrupt == 0
+        return self.kill == 0 and self.interrupt == 0 and self.conflict == 0
 
     @classmethod
     def parse(cls, text: str) -> ChaosSpec:
@@ -46,9 +52,9 @@ class ChaosSpec:
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
             key = key.strip()
-            if not sep or key not in ("kill", "interrupt", "every", "warmup"):
+            if not sep or key not in ("kill", "interrupt", "every", "warmup", "conflict"):
                 raise ChaosSpecError(
-                    f"chaos {part!r} is not kill=N, interrupt=N, every=SECONDS or warmup=SECONDS"
+                    f"chaos {part!r} is not kill=N, interrupt=N, conflict=N, every=SECONDS or warmup=SECONDS"
                 )
             try:
                 number = float(value)
@@ -62,6 +68,7 @@ class ChaosSpec:
             interrupt=int(values.get("interrupt", 0)),
             every=values.get("every", 2.0),
             warmup=values.get("warmup", 3.0),
+            conflict=int(values.get("conflict", 0)),
         )
 
 
@@ -92,11 +99,21 @@ class Chaos:
         return self.kills >= self.spec.kill and self.interruptions >= self.spec.interrupt
 
     def start(self) -> None:
+        if self.spec.conflict:
+            patches.install_conditional_write_conflicts()
+            patches.CONDITIONAL_WRITE_CONFLICTS.arm(self.spec.conflict, per_key=1)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.spec.conflict:
+            patches.CONDITIONAL_WRITE_CONFLICTS.disarm()
+
+    @property
+    def conflicts(self) -> int:
+        """Conditional writes answered 409 so far."""
+        return len(patches.CONDITIONAL_WRITE_CONFLICTS.answered) if self.spec.conflict else 0
 
     def _run(self) -> None:
         pending = interleave(self.spec.kill, self.spec.interrupt)

@@ -1,0 +1,52 @@
+"""The worker's declared dependencies can do what the worker asks of them (no TensorFlow needed here)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+ROOT = Path(__file__).resolve().parents[2]
+# botocore 1.35.2 (2024-08-20, "Add support for conditional writes for PutObject and CompleteMultipartUpload
+# APIs") is the first whose S3 model gives PutObject IfNoneMatch; boto3 1.35.2 is the first to require it.
+FIRST_BOTO3_WITH_PUT_OBJECT_IF_NONE_MATCH = Version("1.35.2")
+
+
+def _boto3_floor(requirements: list[str], source: str) -> Version:
+    found = [Requirement(line) for line in requirements if Requirement(line).name == "boto3"]
+    assert len(found) == 1, f"{source} declares boto3 {len(found)} times"
+    floors = [Version(s.version) for s in found[0].specifier if s.operator in (">=", "==", "~=", ">")]
+    assert floors, f"{source} declares boto3 without a lower bound: {found[0]}"
+    return max(floors)
+
+
+def _lines(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def test_the_installed_botocore_gives_s3_put_object_the_if_none_match_the_worker_sends():
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("s3").operation_model("PutObject")
+    assert "IfNoneMatch" in model.input_shape.members
+
+
+@pytest.mark.parametrize("source", ["worker/requirements.txt", "pyproject.toml"])
+def test_the_declared_boto3_floor_has_put_object_if_none_match(source):
+    # given the boto3 requirement the image (worker/requirements.txt) or the project (pyproject.toml) declares
+    path = ROOT / source
+    if path.suffix == ".toml":
+        requirements = tomllib.loads(path.read_text())["project"]["dependencies"]
+    else:
+        requirements = _lines(path)
+
+    # when its lower bound is read / then no allowed boto3 lacks the worker's conditional write
+    floor = _boto3_floor(requirements, source)
+    assert floor >= FIRST_BOTO3_WITH_PUT_OBJECT_IF_NONE_MATCH, (
+        f"{source} allows boto3 {floor}, older than {FIRST_BOTO3_WITH_PUT_OBJECT_IF_NONE_MATCH}, "
+        "the first whose PutObject takes IfNoneMatch"
+    )
