@@ -291,13 +291,18 @@ def _applied_quotas(account_id: str, region: str) -> dict[tuple[str, str], float
 
 
 def set_service_quota(
-    quota_code: str, value: float, *, region: str = "us-east-1", account_id: str = "123456789012"
+    quota_code: str, value: float | None, *, region: str = "us-east-1", account_id: str = "123456789012"
 ) -> None:
-    """Apply an EC2 quota value in the emulated account, up or down (AWS needs a request and its approval)."""
+    """Apply an EC2 quota value in the emulated account, up or down (AWS needs a request and its approval);
+    None: never changed (GetServiceQuota answers NoSuchResourceException, and the AWS default applies)."""
     patch_account_limits()
-    if _spot_quota(quota_code, value, region, account_id) is None:
+    if _spot_quota(quota_code, 0.0, region, account_id) is None:
         raise ValueError(f"{quota_code} is not an EC2 Spot vCPU quota the emulator serves")
-    _applied_quotas(account_id, region)[("ec2", quota_code)] = float(value)
+    applied = _applied_quotas(account_id, region)
+    if value is None:
+        applied.pop(("ec2", quota_code), None)
+    else:
+        applied[("ec2", quota_code)] = float(value)
 
 
 def set_instance_type_offerings(
