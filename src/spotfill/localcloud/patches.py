@@ -305,6 +305,16 @@ def set_service_quota(
         applied[("ec2", quota_code)] = float(value)
 
 
+# The local cloud's account has run spot before: its quotas were raised from a new account's.
+LOCAL_CLOUD_SPOT_VCPUS = {"L-34B43A08": 256.0, "L-3819A6DF": 64.0}
+
+
+def raise_spot_quotas(region: str, account_id: str = "123456789012") -> None:
+    """Apply `LOCAL_CLOUD_SPOT_VCPUS` (the local cloud does at start; demos need more than 5 vCPUs)."""
+    for code, vcpus in LOCAL_CLOUD_SPOT_VCPUS.items():
+        set_service_quota(code, vcpus, region=region, account_id=account_id)
+
+
 def set_instance_type_offerings(
     instance_type: str, zones: list[str], *, region: str = "us-east-1", account_id: str = "123456789012"
 ) -> None:
