@@ -134,10 +134,27 @@ def test_a_quota_never_changed_falls_back_to_the_aws_default_of_a_new_account(wo
 
 
 @pytest.mark.aws
-def test_a_throttled_quota_lookup_stays_retryable(world):
-    throttled = FailingClient(aws.client("service-quotas"), "get_service_quota", "ThrottlingException")
+@pytest.mark.parametrize(
+    ("client", "operation"),
+    [
+        ("servicequotas", "get_service_quota"),
+        ("cloudwatch", "get_metric_statistics"),
+        ("ec2", "describe_subnets"),
+        ("ecr", "describe_images"),
+    ],
+)
+def test_a_throttled_preflight_call_stays_retryable(world, client, operation):
+    # given one of the account's services throttling Validate
+    checks = preflight()
+    if client == "ecr":
+        checks.ecr_in = lambda region: FailingClient(
+            aws.client("ecr", region), operation, "ThrottlingException"
+        )
+    else:
+        setattr(checks, client, FailingClient(getattr(checks, client), operation, "ThrottlingException"))
+    # when the preflight runs / then the error is the one the state machine retries
     with pytest.raises(TransientAwsError):
-        check_spot_quotas(spec(), throttled, aws.client("cloudwatch"), datetime.now(UTC))
+        checks.check(spec(), world.subnets, world.settings.worker_image)
 
 
 # ---------------------------------------------------------------------------------------------- offerings
