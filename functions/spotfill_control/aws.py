@@ -22,8 +22,11 @@ _RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
 
 @cache
-def client(service: str) -> Any:
-    return boto3.client(service, config=_RETRIES)
+def client(service: str, region: str | None = None) -> Any:
+    """A client of this Region (the function's), or of `region` (an ECR registry elsewhere)."""
+    if region is None:
+        return boto3.client(service, config=_RETRIES)
+    return boto3.client(service, region_name=region, config=_RETRIES)
 
 
 def reset_clients() -> None:

@@ -22,7 +22,8 @@ Execution inputs Validate accepts (docs/contracts.md, "The backfill spec"):
 4. `{"resume": RunState}` from continue-as-new: passed through, re-pointed at the new execution.
 
 Every problem becomes an `InvalidSpecError` naming the field path and the reason, raised before anything that
-costs money exists.
+costs money exists. Last comes the preflight against the account (`spotfill_control.preflight`): Spot vCPU
+quotas, instance type offerings in the subnets' zones, the worker image in ECR.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from spotfill_control import shards, state_store
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
+from spotfill_control.fleet import subnets_for
 from spotfill_control.instance_types import CATALOG
+from spotfill_control.preflight import Preflight
 from spotfill_control.run import RunState, Timeline, utcnow
 from spotfill_control.spec import BackfillSpec
 
@@ -309,8 +312,16 @@ def new_run_id(name: str, now: datetime) -> str:
     return f"{stem}-{now.astimezone(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
-def validate(event: ValidateEvent, s3: Any, settings: Settings, now: datetime | None = None) -> RunState:
-    """Check a trigger end to end (spec, model object, shards) and create the run; persist it."""
+def validate(
+    event: ValidateEvent,
+    s3: Any,
+    settings: Settings,
+    now: datetime | None = None,
+    *,
+    preflight: Preflight | None,
+) -> RunState:
+    """Check a trigger end to end (spec, model object, shards, then the account: `preflight`, None only where
+    a caller checks the spec alone) and create the run; persist it. A resumed run is not checked again."""
     now = now or utcnow()
     request = normalise(event.input, s3, settings)
     if isinstance(request, RunState):
@@ -327,6 +338,8 @@ def validate(event: ValidateEvent, s3: Any, settings: Settings, now: datetime | 
     if not found:
         raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
     shards.output_uris(spec, found)  # raises when two shards would write the same output
+    if preflight is not None:
+        preflight.check(spec, subnets_for(spec.fleet, settings), settings.worker_image, now)
     run = RunState(
         run_id=new_run_id(spec.name, now),
         spec=spec,

@@ -45,7 +45,7 @@ from moto.awslambda.models import LambdaFunction
 _CLIENT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 # boto3 client names whose IAM action prefix differs from the name.
-_IAM_PREFIX = {"stepfunctions": "states"}
+_IAM_PREFIX = {"stepfunctions": "states", "service-quotas": "servicequotas"}
 
 
 @dataclass(frozen=True)

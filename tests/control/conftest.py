@@ -6,6 +6,7 @@ roles, log group, topic) in moto and sets the functions' environment to point at
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterator
@@ -21,12 +22,17 @@ from moto import mock_aws
 from spotfill_control import aws
 from spotfill_control.config import Settings, settings
 
+from spotfill.localcloud import patches
+
 REGION = "us-east-1"
 CONTROL_BUCKET = "spotfill-control-test"
 DATA_BUCKET = "spotfill-data-test"
 EXECUTION_ARN = f"arn:aws:states:{REGION}:123456789012:execution:spotfill-backfill:exec-0001"
 STATE_MACHINE_ARN = f"arn:aws:states:{REGION}:123456789012:stateMachine:spotfill-backfill"
 CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
+WORKER_REPOSITORY = "spotfill-worker"
+# An account that has run spot before: its quotas were raised from a new account's (5 Standard vCPUs, 0 GPU).
+ACCOUNT_SPOT_VCPUS = {"L-34B43A08": 256, "L-3819A6DF": 64}
 
 
 def sample_spec(**overrides: Any) -> dict[str, Any]:
@@ -208,7 +214,32 @@ def _build_world(monkeypatch: pytest.MonkeyPatch) -> World:
     }
     world.settings = _apply_environment(monkeypatch, environment)
     world.subnets = subnets
+    _build_account(world)
     return world
+
+
+def push_worker_image(repository: str, tag: str) -> str:
+    """An image in the account's ECR, as `docker push` leaves it; its digest."""
+    ecr = aws.client("ecr")
+    with contextlib.suppress(ecr.exceptions.RepositoryAlreadyExistsException):
+        ecr.create_repository(repositoryName=repository)
+    config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {**config, "digest": "sha256:" + repository.encode().hex()[:64].ljust(64, "0")},
+        "layers": [],
+    }
+    pushed = ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
+    return pushed["image"]["imageId"]["imageDigest"]
+
+
+def _build_account(world: World) -> None:
+    """What preflight reads of the account: raised Spot quotas and the worker image in ECR."""
+    patches.patch_account_limits()
+    for code, vcpus in ACCOUNT_SPOT_VCPUS.items():
+        patches.set_service_quota(code, vcpus, region=REGION)
+    push_worker_image(WORKER_REPOSITORY, world.settings.worker_image.rsplit(":", 1)[1])
 
 
 @pytest.fixture

@@ -92,12 +92,12 @@ def test_scale_to_sets_the_desired_task_count(world, lambda_context, registered)
 
 
 @pytest.mark.aws
-def test_state_store_finds_a_run_by_id_and_by_execution(s3_world, lambda_context):
-    event = s3_world.validate_event(sample_spec())
+def test_state_store_finds_a_run_by_id_and_by_execution(world, lambda_context):
+    event = world.validate_event(sample_spec())
     run = RunState.model_validate(validate.handler(event, lambda_context)["run"])
-    assert state_store.load(run.run_id, s3_world.s3) == run
-    assert state_store.load_by_execution(EXECUTION_ARN, s3_world.s3) == run
-    index = s3_world.s3.get_object(Bucket=CONTROL_BUCKET, Key="executions/exec-0001.json")["Body"].read()
+    assert state_store.load(run.run_id, world.s3) == run
+    assert state_store.load_by_execution(EXECUTION_ARN, world.s3) == run
+    index = world.s3.get_object(Bucket=CONTROL_BUCKET, Key="executions/exec-0001.json")["Body"].read()
     assert run.run_id.encode() in index
 
 

@@ -249,12 +249,6 @@ def test_run_ids_of_one_second_are_unique():
 # ---------------------------------------------------------------------------------------------- handler, moto
 
 
-@pytest.fixture
-def world(s3_world):
-    """Validate touches nothing but S3: the lighter world keeps these tests quick."""
-    return s3_world
-
-
 def invoke(world, execution_input, lambda_context) -> dict[str, Any]:
     return validate_handler.handler(world.validate_event(execution_input), lambda_context)["run"]
 

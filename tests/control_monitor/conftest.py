@@ -23,6 +23,8 @@ from moto import mock_aws
 from spotfill_control import aws, shards
 from spotfill_control.config import Settings, settings
 
+from spotfill.localcloud import patches
+
 from . import moto_shims
 
 REGION = "us-east-1"
@@ -248,6 +250,7 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     settings.cache_clear()
+    _prepare_account()
     return World(
         settings=settings(),
         s3=s3,
@@ -259,6 +262,23 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
         notifications_queue=notifications,
         shard_keys=shard_keys,
     )
+
+
+def _prepare_account() -> None:
+    """What Validate's preflight reads: a raised Standard Spot quota (the sample fleet may run 20 vCPUs, a new
+    account has 5) and the worker image in ECR."""
+    patches.patch_account_limits()
+    patches.set_service_quota("L-34B43A08", 256, region=REGION, account_id=ACCOUNT)
+    ecr = aws.client("ecr")
+    ecr.create_repository(repositoryName="spotfill-worker")
+    config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {**config, "digest": "sha256:" + "7e" * 32},
+        "layers": [],
+    }
+    ecr.put_image(repositoryName="spotfill-worker", imageManifest=json.dumps(manifest), imageTag="test")
 
 
 @pytest.fixture

@@ -254,3 +254,77 @@ def test_the_emulated_spot_market_quotes_every_catalog_type_in_every_zone_below_
     for (name, zone), history in quotes.items():
         assert [(h["InstanceType"], h["AvailabilityZone"]) for h in history] == [(name, zone)]
         assert float(history[0]["SpotPrice"]) == pytest.approx(CATALOG[name].on_demand_hourly_usd * 0.35)
+
+
+def test_the_emulator_serves_ec2_spot_quotas_as_aws_does():
+    # given the local cloud's Service Quotas over moto (which knows only VPC quotas)
+    import boto3
+    from botocore.exceptions import ClientError
+    from moto import mock_aws
+
+    from spotfill.localcloud import patches
+
+    patches.patch_account_limits()
+    with mock_aws():
+        quotas = boto3.client("service-quotas", region_name="us-east-1")
+        # a quota never changed has no applied value; its AWS default is a new account's
+        with pytest.raises(ClientError) as never_changed:
+            quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")
+        assert never_changed.value.response["Error"]["Code"] == "NoSuchResourceException"
+        default = quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")["Quota"]
+        assert default["Value"] == 5
+        assert default["UsageMetric"]["MetricNamespace"] == "AWS/Usage"
+        assert default["UsageMetric"]["MetricDimensions"]["Class"] == "Standard/Spot"
+        g = quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]
+        assert (g["QuotaName"], g["Value"]) == ("All G and VT Spot Instance Requests", 0)
+
+        # an increase is approved at once and applied; a decrease is refused
+        requested = quotas.request_service_quota_increase(
+            ServiceCode="ec2", QuotaCode="L-3819A6DF", DesiredValue=32
+        )["RequestedQuota"]
+        assert requested["Status"] == "APPROVED"
+        assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]["Value"] == 32
+        with pytest.raises(ClientError, match="IllegalArgumentException"):
+            quotas.request_service_quota_increase(ServiceCode="ec2", QuotaCode="L-3819A6DF", DesiredValue=8)
+
+        # tests may set any value, or forget it
+        patches.set_service_quota("L-3819A6DF", 4)
+        assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]["Value"] == 4
+        patches.set_service_quota("L-3819A6DF", None)
+        with pytest.raises(ClientError, match="NoSuchResourceException"):
+            quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")
+
+
+def test_instance_type_offerings_follow_what_a_test_sets():
+    import boto3
+    from moto import mock_aws
+
+    from spotfill.localcloud import patches
+
+    patches.patch_account_limits()
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+
+        def zones_of(instance_type: str, location_type: str = "availability-zone") -> list[str]:
+            offerings = ec2.describe_instance_type_offerings(
+                LocationType=location_type, Filters=[{"Name": "instance-type", "Values": [instance_type]}]
+            )["InstanceTypeOfferings"]
+            return sorted(o["Location"] for o in offerings)
+
+        # given moto's snapshot of AWS's offerings (c5.large everywhere but us-east-1e)
+        assert "us-east-1a" in zones_of("c5.large")
+        # when a test withdraws c5.large from every zone, and offers g5.xlarge in one
+        patches.set_instance_type_offerings("c5.large", [])
+        patches.set_instance_type_offerings("g5.xlarge", ["us-east-1b"])
+        # then the offerings say so, by zone, zone id and Region
+        assert zones_of("c5.large") == [] and zones_of("c5.large", "region") == []
+        assert zones_of("g5.xlarge") == ["us-east-1b"]
+        assert zones_of("g5.xlarge", "region") == ["us-east-1"]
+        assert len(zones_of("g5.xlarge", "availability-zone-id")) == 1
+        assert zones_of("c5.xlarge")  # other types keep moto's offerings
+
+
+def test_the_local_cloud_account_has_raised_spot_quotas(local_cloud):
+    quotas = local_cloud.client("service-quotas")
+    assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")["Quota"]["Value"] == 256
+    assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]["Value"] == 64

@@ -524,7 +524,12 @@ def fill_moto_gaps() -> None:
 
     - `ec2:DeleteLaunchTemplateVersions` (teardown removes the run's launch template version): moto raises
       NotImplemented. Deleted versions keep their number (EC2 never reuses one) and are no longer found.
+    - EC2 Spot vCPU quotas in Service Quotas and settable instance type offerings: the local cloud's
+      `patches.patch_account_limits`, shared.
     """
+    from spotfill.localcloud import patches
+
+    patches.patch_account_limits()
     global _gaps_filled
     if _gaps_filled:
         return
@@ -578,9 +583,40 @@ def fill_moto_gaps() -> None:
     _gaps_filled = True
 
 
+# The account the stack is deployed into: its Standard Spot quota never changed (a new account's 5 vCPUs,
+# which the scenarios' 2 x c5.large fit), its G and VT quota raised from 0 (for GPU runs), and its worker
+# image pushed to its ECR, so Validate's preflight passes.
+ACCOUNT_SPOT_VCPUS: dict[str, float | None] = {"L-34B43A08": None, "L-3819A6DF": 64}
+WORKER_REPOSITORY = "spotfill-worker"
+WORKER_IMAGE = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{WORKER_REPOSITORY}:sfn"
+
+
+def set_spot_quota(code: str, vcpus: float | None) -> None:
+    """Apply a Spot vCPU quota value in the cloud's account (None: never changed, the AWS default applies)."""
+    from spotfill.localcloud import patches
+
+    patches.set_service_quota(code, vcpus, region=REGION)
+
+
+def _prepare_account(session: boto3.session.Session) -> None:
+    for code, vcpus in ACCOUNT_SPOT_VCPUS.items():
+        set_spot_quota(code, vcpus)
+    ecr = session.client("ecr")
+    ecr.create_repository(repositoryName=WORKER_REPOSITORY)
+    config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {**config, "digest": "sha256:" + "5f" * 32},
+        "layers": [],
+    }
+    ecr.put_image(repositoryName=WORKER_REPOSITORY, imageManifest=json.dumps(manifest), imageTag="sfn")
+
+
 @contextmanager
 def deployed_cloud(stack_name: str = "sfn") -> Iterator[Cloud]:
-    """moto with Step Functions execution on, the stack deployed from template.yaml, Lambda in process."""
+    """moto with Step Functions execution on, the stack deployed from template.yaml, Lambda in process; the
+    worker image is in the account's ECR and Spot quotas are raised (`ACCOUNT_SPOT_VCPUS`)."""
     fill_moto_gaps()
     fake_account = {
         "AWS_ACCESS_KEY_ID": "testing",
@@ -597,7 +633,8 @@ def deployed_cloud(stack_name: str = "sfn") -> Iterator[Cloud]:
         inprocess_lambdas() as lambdas,
     ):
         session = boto3.session.Session(region_name=REGION)
-        stack = deploy_stack(stack_name, session=session)
+        _prepare_account(session)
+        stack = deploy_stack(stack_name, {"WorkerImage": WORKER_IMAGE}, session=session)
         yield Cloud(session, stack, lambdas)
 
 

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from .harness import Cloud, Knobs, Outcome, assert_nothing_left
+from .harness import ACCOUNT_SPOT_VCPUS, Cloud, Knobs, Outcome, assert_nothing_left, set_spot_quota
 
 pytestmark = pytest.mark.sfn
 
@@ -73,6 +73,39 @@ def test_happy_path_writes_every_output_while_it_monitors_then_tears_down_and_re
     assert happy.report["run_id"] == happy.run_id
     assert happy.report["predictions"]["total"] == 4 * SLOW_WORKERS.rows_per_shard
     assert_nothing_left(cloud.session, happy.run_id)
+
+
+def test_happy_path_passes_preflight_against_the_account_in_validate(happy):
+    (validate,) = [i for i in happy.invocations if i.name == "validate"]
+    calls = {(call.service, call.operation) for call in validate.aws_calls}
+    assert {
+        ("service-quotas", "GetServiceQuota"),
+        ("cloudwatch", "GetMetricStatistics"),
+        ("ec2", "DescribeSubnets"),
+        ("ec2", "DescribeInstanceTypeOfferings"),
+        ("ecr", "DescribeImages"),
+    } <= calls
+
+
+def test_run_over_the_spot_quota_fails_in_validate_and_leaves_nothing(cloud, lambdas):
+    # given an account whose Standard spot quota (3 vCPUs) is below the run's 2 x c5.large (4 vCPUs)
+    set_spot_quota("L-34B43A08", 3)
+    try:
+        # when the run starts
+        outcome = cloud.run(cloud.spec("overquota", shards=2))
+    finally:
+        set_spot_quota("L-34B43A08", ACCOUNT_SPOT_VCPUS["L-34B43A08"])  # never changed again
+
+    # then Validate fails it, naming the quota, before anything is created, and it is reported as invalid
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.entered()[:2] == ["Validate", "NoRunYet"]
+    message = _cause_message(outcome)
+    assert message.startswith("fleet.target_capacity: 2 may launch up to 4 vCPUs of Standard spot instances")
+    assert "(L-34B43A08) in us-east-1 is 3 vCPUs" in message
+    assert not {"prepare_run", "request_fleet"} & set(outcome.invoked())
+    report = cloud.report(outcome.last.arn.rsplit(":", 1)[-1])
+    assert report is not None and report["status"] == "invalid"
+    assert_nothing_left(cloud.session)
 
 
 def test_monitoring_iteration_costs_three_state_transitions_and_nine_history_events(happy):
@@ -151,15 +184,44 @@ def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas):
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas):
-    spec = cloud.spec("rejected", shards=2)
+def test_subnet_that_does_not_exist_fails_in_validate(cloud, lambdas):
+    spec = cloud.spec("nosubnet", shards=1)
     spec["fleet"]["subnets"] = ["subnet-00000000"]
 
     outcome = cloud.run(spec)
 
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.failures() == [("Validate", "InvalidSpecError")]
+    assert _cause_message(outcome).startswith("fleet.subnets: ")
+    assert "subnet-00000000" in _cause_message(outcome)
+    assert_nothing_left(cloud.session)
+
+
+def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas, monkeypatch):
+    # given a subnet that passes Validate and is deleted once the run is prepared
+    from spotfill_control.handlers import prepare_run
+
+    ec2 = cloud.session.client("ec2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="172.31.200.0/24", AvailabilityZone="us-east-1a")
+    subnet_id = subnet["Subnet"]["SubnetId"]
+    prepare = prepare_run.handler
+
+    def prepare_then_delete_the_subnet(event, context):
+        result = prepare(event, context)
+        ec2.delete_subnet(SubnetId=subnet_id)
+        return result
+
+    monkeypatch.setattr(prepare_run, "handler", prepare_then_delete_the_subnet)
+    spec = cloud.spec("rejected", shards=2)
+    spec["fleet"]["subnets"] = [subnet_id]
+
+    # when the run requests its fleet / then EC2 rejects it and the run fails there
+    outcome = cloud.run(spec)
+
     _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
     assert outcome.last.failures() == [("RequestFleet", "FleetRequestError")]
-    assert "subnet-00000000" in _cause_message(outcome)
+    assert subnet_id in _cause_message(outcome)
     assert_nothing_left(cloud.session, outcome.run_id)
 
 

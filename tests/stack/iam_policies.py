@@ -36,7 +36,7 @@ MANAGED_POLICIES: dict[str, list[dict[str, Any]]] = {
     ]
 }
 
-_IAM_PREFIX = {"stepfunctions": "states"}
+_IAM_PREFIX = {"stepfunctions": "states", "service-quotas": "servicequotas"}
 
 
 @dataclass(frozen=True)
@@ -370,6 +370,23 @@ def _cloudwatch(call: RecordedCall, account: Account) -> list[Need]:
     return [Need(f"cloudwatch:{call.operation}", None, context)]
 
 
+def _servicequotas(call: RecordedCall, account: Account) -> list[Need]:
+    p = call.params
+    if call.operation == "GetServiceQuota":  # the quota's ARN; GetAWSDefaultServiceQuota takes none
+        quota = account.arn("servicequotas", f"{p['ServiceCode']}/{p['QuotaCode']}")
+        return [Need("servicequotas:GetServiceQuota", quota, {"servicequotas:service": p["ServiceCode"]})]
+    return [Need(f"servicequotas:{call.operation}", None)]
+
+
+def _ecr(call: RecordedCall, account: Account) -> list[Need]:
+    p = call.params
+    if "repositoryName" not in p:
+        return [Need(f"ecr:{call.operation}", None)]
+    registry = p.get("registryId", account.account_id)
+    repository = f"arn:{PARTITION}:ecr:{account.region}:{registry}:repository/{p['repositoryName']}"
+    return [Need(f"ecr:{call.operation}", repository)]
+
+
 _NEEDS = {
     "s3": _s3,
     "sqs": _sqs,
@@ -380,6 +397,8 @@ _NEEDS = {
     "ssm": _ssm,
     "sns": _sns,
     "cloudwatch": _cloudwatch,
+    "service-quotas": _servicequotas,
+    "ecr": _ecr,
 }
 
 

@@ -135,8 +135,10 @@ def test_samples_that_need_s3_to_be_found_invalid_fail_validation_naming_their_f
             started_at=datetime.now(UTC),
         )
         # the valid sample passes this very check
-        validate(event.model_copy(update={"input": load("start_execution.json")}), s3, settings)
+        validate(
+            event.model_copy(update={"input": load("start_execution.json")}), s3, settings, preflight=None
+        )
 
         with pytest.raises(InvalidSpecError) as raised:
-            validate(event, s3, settings)
+            validate(event, s3, settings, preflight=None)
         assert str(raised.value).startswith(f"{field}:")

@@ -5,6 +5,7 @@ from aws_lambda_powertools.utilities.parser import parse
 
 from spotfill_control.aws import client
 from spotfill_control.config import settings
+from spotfill_control.preflight import Preflight
 from spotfill_control.triggers import ValidateEvent, validate
 
 logger = Logger()
@@ -12,7 +13,13 @@ logger = Logger()
 
 def handler(event: dict, context: object) -> dict:
     request = parse(event=event, model=ValidateEvent)
-    run = validate(request, client("s3"), settings())
+    preflight = Preflight(
+        client("service-quotas"), client("cloudwatch"), client("ec2"), lambda region: client("ecr", region)
+    )
+    run = validate(request, client("s3"), settings(), preflight=preflight)
     logger.append_keys(run_id=run.run_id)
-    logger.info("run validated", extra={"source": run.source, "shards": run.shards_total})
+    logger.info(
+        "run validated",
+        extra={"source": run.source, "shards": run.shards_total, "preflight_notes": preflight.notes},
+    )
     return {"run": run.model_dump(mode="json")}

@@ -93,6 +93,7 @@ class LocalCloud:
         _forget_cached_clients()
         self._stack.callback(_forget_cached_clients)
         patches.install(self.endpoint_url)
+        patches.raise_spot_quotas(self.region)
         from spotfill.lambdas import inprocess_lambdas
 
         self.dispatcher = self._stack.enter_context(inprocess_lambdas())

@@ -1,0 +1,287 @@
+"""Preflight: Validate checks the account (Spot quotas, offerings, the worker image) before any spend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from spotfill_control import aws
+from spotfill_control.errors import InvalidSpecError, TransientAwsError
+from spotfill_control.handlers import validate as validate_handler
+from spotfill_control.instance_types import CATALOG
+from spotfill_control.preflight import (
+    Preflight,
+    check_offerings,
+    check_spot_quotas,
+    check_worker_image,
+    parse_ecr_image,
+    read_spot_quota,
+    spot_quota_of,
+    worst_case_vcpus,
+)
+from spotfill_control.spec import BackfillSpec
+
+from spotfill.localcloud import patches
+
+from .conftest import CONTROL_BUCKET, REGION, WORKER_REPOSITORY, FailingClient, push_worker_image, sample_spec
+
+STANDARD = "L-34B43A08"
+STANDARD_NAME = '"All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"'
+
+
+def spec(**overrides: Any) -> BackfillSpec:
+    return BackfillSpec.model_validate(sample_spec(**overrides))
+
+
+def preflight() -> Preflight:
+    return Preflight(
+        aws.client("service-quotas"),
+        aws.client("cloudwatch"),
+        aws.client("ec2"),
+        lambda r: aws.client("ecr", r),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- arithmetic
+
+
+def test_every_catalog_type_counts_against_one_spot_quota():
+    assert {spot_quota_of(name).family for name in CATALOG} == {"Standard", "G and VT", "P"}
+    assert spot_quota_of("c5a.xlarge").code == STANDARD
+    assert spot_quota_of("g4dn.xlarge").code == "L-3819A6DF"
+    assert spot_quota_of("p3.2xlarge").code == "L-7212CCBC"
+
+
+@pytest.mark.parametrize(
+    ("types", "target", "worst"),
+    [
+        (["c5.large"], 3, 6),  # one type: exactly the target
+        (["c5.xlarge", "c5.2xlarge"], 4, 20),  # 12 vCPUs fulfilled < 16, then one 8-vCPU instance more
+        (["c5.xlarge", "c5.2xlarge"], 1, 8),  # target 1 (4 vCPUs) met by a single 2xlarge
+        (["c5.large", "c5.9xlarge"], 18, 70),  # 34 vCPUs of c5.large < 36, then a c5.9xlarge
+    ],
+)
+def test_worst_case_is_the_most_vcpus_below_the_target_plus_the_largest_type(types, target, worst):
+    (vcpus,) = worst_case_vcpus(types, target).values()
+    assert vcpus == worst
+
+
+def test_worst_case_is_counted_per_quota_family():
+    worst = worst_case_vcpus(["g4dn.xlarge", "p3.2xlarge"], 2)  # target 8 vCPUs
+    assert {quota.family: vcpus for quota, vcpus in worst.items()} == {"G and VT": 8, "P": 8}
+
+
+# ---------------------------------------------------------------------------------------------- quotas
+
+
+@pytest.mark.aws
+def test_quota_exceeded_names_the_quota_its_value_the_requested_vcpus_and_the_fixes(world):
+    # given an account whose Standard spot quota is 8 vCPUs
+    patches.set_service_quota(STANDARD, 8, region=REGION)
+    # when a fleet of c5.xlarge/c5.2xlarge at target capacity 4 (up to 20 vCPUs) is checked
+    with pytest.raises(InvalidSpecError) as raised:
+        check_spot_quotas(spec(), aws.client("service-quotas"), aws.client("cloudwatch"), datetime.now(UTC))
+    # then one sentence names the quota, its value, the worst case, the usage and both fixes
+    message = str(raised.value)
+    assert message.startswith("fleet.target_capacity: 4 may launch up to 20 vCPUs of Standard spot instances")
+    assert f"{STANDARD_NAME} ({STANDARD}) in us-east-1 is 8 vCPUs" in message
+    assert "shared by every running spot instance of the account and Region, 0 of them in use now" in message
+    assert "lower fleet.target_capacity to 1 or less" in message
+    assert f"request an increase of {STANDARD} to at least 20 vCPUs" in message
+    assert message.count(". ") == 0 and message.endswith(".")
+
+
+@pytest.mark.aws
+def test_running_spot_instances_use_up_the_shared_quota(world):
+    # given a quota of 256 vCPUs, 250 of them used by running spot instances (the quota's AWS/Usage metric)
+    now = datetime.now(UTC)
+    quota = read_spot_quota(spot_quota_of("c5.xlarge"), aws.client("service-quotas"))
+    metric = quota.usage_metric
+    aws.client("cloudwatch").put_metric_data(
+        Namespace=metric["MetricNamespace"],
+        MetricData=[
+            {
+                "MetricName": metric["MetricName"],
+                "Dimensions": [{"Name": k, "Value": v} for k, v in metric["MetricDimensions"].items()],
+                "Value": 250,
+                "Timestamp": now - timedelta(minutes=2),
+            }
+        ],
+    )
+    # when a fleet of up to 20 vCPUs is checked / then the 6 left are not enough
+    with pytest.raises(InvalidSpecError) as raised:
+        check_spot_quotas(spec(), aws.client("service-quotas"), aws.client("cloudwatch"), now)
+    assert "is 256 vCPUs" in str(raised.value)
+    assert "250 of them in use now" in str(raised.value)
+    assert "to at least 270 vCPUs" in str(raised.value)
+
+
+@pytest.mark.aws
+def test_a_quota_never_changed_falls_back_to_the_aws_default_of_a_new_account(world):
+    # given a Region where the account never changed its quotas
+    servicequotas = aws.client("service-quotas", "eu-west-1")
+    # when the quotas are read / then the AWS defaults apply: 5 Standard vCPUs, none for GPUs
+    assert read_spot_quota(spot_quota_of("c5.large"), servicequotas).value == 5
+    assert read_spot_quota(spot_quota_of("g4dn.xlarge"), servicequotas).value == 0
+    with pytest.raises(InvalidSpecError, match=r"is 0 vCPUs.*no target capacity fits what is left"):
+        check_spot_quotas(
+            spec(fleet__instance_types=["g4dn.xlarge"], fleet__target_capacity=1, service__memory=2048),
+            servicequotas,
+            aws.client("cloudwatch"),
+            datetime.now(UTC),
+        )
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("client", "operation"),
+    [
+        ("servicequotas", "get_service_quota"),
+        ("cloudwatch", "get_metric_statistics"),
+        ("ec2", "describe_subnets"),
+        ("ecr", "describe_images"),
+    ],
+)
+def test_a_throttled_preflight_call_stays_retryable(world, client, operation):
+    # given one of the account's services throttling Validate
+    checks = preflight()
+    if client == "ecr":
+        checks.ecr_in = lambda region: FailingClient(
+            aws.client("ecr", region), operation, "ThrottlingException"
+        )
+    else:
+        setattr(checks, client, FailingClient(getattr(checks, client), operation, "ThrottlingException"))
+    # when the preflight runs / then the error is the one the state machine retries
+    with pytest.raises(TransientAwsError):
+        checks.check(spec(), world.subnets, world.settings.worker_image)
+
+
+# ---------------------------------------------------------------------------------------------- offerings
+
+
+@pytest.mark.aws
+def test_a_type_offered_in_none_of_the_subnets_zones_names_the_type_and_the_zones(world):
+    # given c5.2xlarge offered nowhere in the Region
+    patches.set_instance_type_offerings("c5.2xlarge", [], region=REGION)
+    zones = sorted(
+        s["AvailabilityZone"] for s in aws.client("ec2").describe_subnets(SubnetIds=world.subnets)["Subnets"]
+    )
+    # when the fleet's types are checked against the subnets' zones
+    with pytest.raises(InvalidSpecError) as raised:
+        check_offerings(spec(), world.subnets, aws.client("ec2"))
+    # then the error names the type and the zones
+    assert str(raised.value) == (
+        f"fleet.instance_types: c5.2xlarge is not offered in any of the subnets' availability zones "
+        f"({', '.join(zones)}): choose types offered there, or fleet.subnets in zones that offer them."
+    )
+
+
+@pytest.mark.aws
+def test_a_type_offered_in_some_of_the_subnets_zones_passes_with_a_note(world):
+    # given c5.2xlarge offered in one of the subnets' zones, c5.xlarge in all of them
+    subnets = aws.client("ec2").describe_subnets(SubnetIds=world.subnets)["Subnets"]
+    first_zone = subnets[0]["AvailabilityZone"]
+    patches.set_instance_type_offerings("c5.2xlarge", [first_zone], region=REGION)
+    patches.set_instance_type_offerings("c5.xlarge", [s["AvailabilityZone"] for s in subnets], region=REGION)
+    # when the offerings are checked / then c5.2xlarge passes, noted as placed in that zone only
+
+    offerings = check_offerings(spec(), world.subnets, aws.client("ec2"))
+
+    assert offerings.offered["c5.2xlarge"] == [first_zone]
+    (note,) = offerings.notes()
+    assert note.startswith(f"c5.2xlarge is offered in {first_zone} only")
+
+
+@pytest.mark.aws
+def test_a_subnet_that_does_not_exist_is_a_spec_error(world):
+    with pytest.raises(InvalidSpecError, match=r"^fleet\.subnets: .*subnet-0000000000000dead"):
+        check_offerings(spec(), ["subnet-0000000000000dead"], aws.client("ec2"))
+
+
+# ---------------------------------------------------------------------------------------------- image
+
+
+def test_ecr_image_uris_are_parsed_and_others_are_not_ecr():
+    tagged = parse_ecr_image("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/spotfill-worker:v1.2")
+    assert (tagged.registry, tagged.region, tagged.repository, tagged.tag) == (
+        "123456789012",
+        "eu-west-1",
+        "team/spotfill-worker",
+        "v1.2",
+    )
+    pinned = parse_ecr_image(f"123456789012.dkr.ecr.us-east-1.amazonaws.com/worker@sha256:{'0' * 64}")
+    assert pinned.image_id == {"imageDigest": f"sha256:{'0' * 64}"}
+    assert parse_ecr_image("123456789012.dkr.ecr.us-east-1.amazonaws.com/worker").image_id == {
+        "imageTag": "latest"
+    }
+    for elsewhere in (
+        "tensorflow/tensorflow:2.16.1",
+        "public.ecr.aws/acme/worker:1",
+        "spotfill-worker:local",
+    ):
+        assert parse_ecr_image(elsewhere) is None
+
+
+def _never(region: str) -> Any:
+    raise AssertionError("an image outside ECR must not be looked up")
+
+
+def test_an_image_outside_ecr_is_not_checked():
+    assert check_worker_image("docker.io/library/python:3.12", _never) is None
+
+
+@pytest.mark.aws
+def test_a_missing_tag_names_the_repository_and_the_tag(world):
+    uri = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{WORKER_REPOSITORY}:never-pushed"
+    with pytest.raises(InvalidSpecError) as raised:
+        check_worker_image(uri, lambda region: aws.client("ecr", region))
+    assert str(raised.value) == (
+        f"worker image {uri}: repository {WORKER_REPOSITORY} in registry 123456789012 (us-east-1) has no "
+        "image with tag never-pushed: push the worker image there (worker/Dockerfile), or set the stack's "
+        "WorkerImage parameter to an image that exists."
+    )
+
+
+@pytest.mark.aws
+def test_a_missing_repository_is_named(world):
+    uri = "123456789012.dkr.ecr.us-east-1.amazonaws.com/nobody/worker:v1"
+    with pytest.raises(InvalidSpecError, match="its repository nobody/worker does not exist in registry"):
+        check_worker_image(uri, lambda region: aws.client("ecr", region))
+
+
+@pytest.mark.aws
+def test_an_image_pinned_by_digest_is_found_by_its_digest(world):
+    digest = push_worker_image("pinned", "v7")
+    uri = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/pinned@{digest}"
+    assert check_worker_image(uri, lambda region: aws.client("ecr", region)).digest == digest
+
+
+# ---------------------------------------------------------------------------------------------- Validate
+
+
+@pytest.mark.aws
+def test_validate_fails_over_quota_before_the_run_exists(world, lambda_context):
+    # given an account with a new account's Standard spot quota (5 vCPUs)
+    patches.set_service_quota(STANDARD, 5, region=REGION)
+    # when a run of up to 20 vCPUs is validated
+    with pytest.raises(InvalidSpecError, match=r"^fleet\.target_capacity: .*\(L-34B43A08\).* is 5 vCPUs"):
+        validate_handler.handler(world.validate_event(sample_spec()), lambda_context)
+    # then no run state was written
+    assert "Contents" not in world.s3.list_objects_v2(Bucket=CONTROL_BUCKET, Prefix="runs/")
+
+
+@pytest.mark.aws
+def test_validate_passes_preflight_and_keeps_the_notes(world):
+    # given c5.xlarge offered in one of the subnets' zones, c5.2xlarge in all of them
+    zones = [
+        s["AvailabilityZone"] for s in aws.client("ec2").describe_subnets(SubnetIds=world.subnets)["Subnets"]
+    ]
+    patches.set_instance_type_offerings("c5.xlarge", zones[:1], region=REGION)
+    patches.set_instance_type_offerings("c5.2xlarge", zones, region=REGION)
+    checks = preflight()
+    # when the whole preflight runs / then it passes, noting where c5.xlarge can go
+
+    checks.check(spec(), world.subnets, world.settings.worker_image)
+
+    assert [note.split(" ")[0] for note in checks.notes] == ["c5.xlarge"]
