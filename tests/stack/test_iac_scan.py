@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import copy
 
+import boto3
 import pytest
 
-from spotfill.deploy import load_template
+from spotfill.deploy import StackOutputs, deploy_stack, load_template
 from spotfill.iac_scan import main, scan_template, suppressions, unexplained_suppressions
 
 
@@ -159,3 +160,48 @@ def test_prepare_run_may_create_the_run_clusters_only(scanned: dict):
     assert [s["Resource"] for s in creating] == [
         {"Fn::Sub": "arn:${AWS::Partition}:ecs:${AWS::Region}:${AWS::AccountId}:cluster/spotfill-*"}
     ]
+
+
+def _outputs(stack_name: str) -> dict[str, str]:
+    (stack,) = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"]
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+
+
+def test_default_stack_versions_the_data_and_log_buckets_and_keeps_cleanup_dead_letters(stack: StackOutputs):
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    outputs = _outputs(stack.stack_name)
+    for bucket in (stack.data_bucket, outputs["AccessLogBucketName"]):
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        assert all("NoncurrentVersionExpiration" in r for r in rules)
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=outputs["CleanupDeadLetterQueueUrl"], AttributeNames=["All"]
+    )
+    assert attributes["Attributes"]["KmsMasterKeyId"] == "alias/aws/sqs"
+    assert attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
+
+
+def test_stack_deploys_with_a_named_access_log_bucket_and_a_worker_log_key(moto_module: None):
+    # given a bucket for the access logs and a KMS key, as an account would have them
+    key = boto3.client("kms").create_key()["KeyMetadata"]["Arn"]
+    boto3.client("s3").create_bucket(Bucket="central-access-logs")
+
+    # when the stack is deployed naming both
+    deploy_stack("named", {"AccessLogBucketName": "central-access-logs", "WorkerLogKmsKeyArn": key})
+
+    # then it creates no access-log bucket of its own and reports the named one
+    summaries = boto3.client("cloudformation").list_stack_resources(StackName="named")[
+        "StackResourceSummaries"
+    ]
+    created = {r["LogicalResourceId"] for r in summaries}
+    assert "AccessLogBucket" not in created
+    assert "AccessLogBucketPolicy" not in created
+    assert _outputs("named")["AccessLogBucketName"] == "central-access-logs"
+
+
+def test_worker_log_group_takes_the_key_only_when_one_is_given(scanned: dict):
+    assert scanned["Resources"]["WorkerLogGroup"]["Properties"]["KmsKeyId"] == {
+        "Fn::If": ["HasWorkerLogKmsKey", {"Ref": "WorkerLogKmsKeyArn"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert scanned["Parameters"]["WorkerLogKmsKeyArn"]["Default"] == ""
+    assert scanned["Parameters"]["AccessLogBucketName"]["Default"] == ""
