@@ -6,6 +6,7 @@ checkov itself runs in `make lint` from a venv of its own; these tests read the 
 from __future__ import annotations
 
 import copy
+import json
 
 import boto3
 import pytest
@@ -179,6 +180,14 @@ def test_default_stack_versions_the_data_and_log_buckets_and_keeps_cleanup_dead_
     )
     assert attributes["Attributes"]["KmsMasterKeyId"] == "alias/aws/sqs"
     assert attributes["Attributes"]["MessageRetentionPeriod"] == "1209600"
+    # and the dashboard's dead-letter widget shows it beside the shards' dead letters
+    cloudwatch = boto3.client("cloudwatch")
+    body = json.loads(cloudwatch.get_dashboard(DashboardName=outputs["DashboardName"])["DashboardBody"])
+    metrics = [m for w in body["widgets"] for m in w["properties"]["metrics"]]
+    queue_name = outputs["CleanupDeadLetterQueueUrl"].rsplit("/", 1)[1]
+    assert ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue_name] in [
+        m[:4] for m in metrics
+    ]
 
 
 def test_stack_deploys_with_a_named_access_log_bucket_and_a_worker_log_key(moto_module: None):
