@@ -16,7 +16,9 @@ What happens, in order:
      `statemachine/*.asl.json` with every `${Key}` replaced by its substitution (an `Fn::Join` of the file's
      text and the substitutions' own intrinsics, resolved by moto at create time);
    - moto's CloudFormation applies a bucket's encryption only: public access block, ownership, versioning,
-     lifecycle and EventBridge notifications are applied through the S3 API afterwards;
+     lifecycle and EventBridge notifications are applied through the S3 API afterwards (server access logging
+     is not: moto delivers no access logs), to the buckets the stack created (a bucket's `Condition` may
+     leave it out);
    - moto stores a CloudFormation role's inline policies as Python reprs: they are rewritten as JSON;
    - with Step Functions execution on, moto's API cannot see state machines its CloudFormation created:
      the stack's state machine is created again through the API (same name, so the same ARN);
@@ -287,7 +289,7 @@ def _apply_bucket_settings(s3: Any, cfn_template: Mapping[str, Any], references:
     # here through the S3 API, from the same template.
     for logical_id, resource in cfn_template["Resources"].items():
         properties = resource.get("Properties", {})
-        if resource["Type"] == "AWS::S3::Bucket":
+        if resource["Type"] == "AWS::S3::Bucket" and logical_id in references:  # else its Condition is false
             bucket = references[logical_id]
             if "PublicAccessBlockConfiguration" in properties:
                 s3.put_public_access_block(

@@ -56,6 +56,10 @@ UNEXERCISED_BUT_NEEDED: dict[tuple[str, str], str] = {
     ("CleanupOnExitFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("TeardownFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
     ("CleanupOnExitFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
+    (
+        "CleanupOnExitFunction",
+        "sqs:SendMessage",
+    ): "Lambda dead-letters a failed asynchronous invoke as the role",
 }
 
 
