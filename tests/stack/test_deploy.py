@@ -429,6 +429,18 @@ def test_stack_update_adds_a_launch_template_version_the_functions_name_while_th
         environment = lambda_.get_function_configuration(FunctionName=function.name)["Environment"]
         assert environment["Variables"]["LAUNCH_TEMPLATE_VERSION"] == "2", function.logical_id
 
+    # and when a run then adds its own version 3 and a later update changes only the functions
+    ec2.create_launch_template_version(
+        LaunchTemplateId=updated.launch_template_id, SourceVersion="2", LaunchTemplateData={}
+    )
+    again = update_stack("spotfill-updated", {"WorkerImage": "spotfill-worker:v2"})
+
+    # then the functions still name the stack's version, not the run's
+    for function in again.functions.values():
+        variables = lambda_.get_function_configuration(FunctionName=function.name)["Environment"]["Variables"]
+        assert variables["WORKER_IMAGE"] == "spotfill-worker:v2", function.logical_id
+        assert variables["LAUNCH_TEMPLATE_VERSION"] == "2", function.logical_id
+
 
 def test_own_input_and_output_buckets_scope_the_worker_role(moto_module: None):
     own = deploy_stack(
