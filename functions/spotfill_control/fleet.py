@@ -116,6 +116,9 @@ def create_launch_template_version(run: RunState, ec2: Any, settings: Settings, 
         (base,) = ec2.describe_launch_template_versions(
             LaunchTemplateId=settings.launch_template_id, Versions=[source]
         )["LaunchTemplateVersions"]
+    except ClientError as exc:
+        raise _aws_error(f"ec2.describe_launch_template_versions (stack version {source})", exc) from exc
+    try:
         response = ec2.create_launch_template_version(
             LaunchTemplateId=settings.launch_template_id,
             SourceVersion=source,

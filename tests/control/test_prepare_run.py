@@ -12,7 +12,7 @@ import pytest
 from botocore.stub import Stubber
 from spotfill_control import cluster, fleet, shards, state_store
 from spotfill_control.config import Settings, settings
-from spotfill_control.errors import InvalidSpecError, SpotfillError
+from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.handlers import prepare_run as prepare_handler
 from spotfill_control.prepare import prepare_run
 from spotfill_control.progress import Clients
@@ -494,3 +494,19 @@ def test_launch_template_version_keeps_the_base_stack_tag_that_teardown_may_term
     assert keys["spotfill:run-id"] == pure_run().run_id
     tagged = {s["ResourceType"] for s in data["TagSpecifications"]}
     assert tagged == {"instance", "volume", "network-interface"}
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("code", "error"), [("ThrottlingException", TransientAwsError), ("AccessDeniedException", SpotfillError)]
+)
+def test_ami_lookup_throttling_is_retried_and_other_ssm_errors_fail_the_run(
+    world, lambda_context, code, error
+):
+    # given SSM answering the AMI lookup with an error other than a missing parameter
+    run = RunState.model_validate(validated_run(world, lambda_context))
+    ssm = FailingClient(world.ssm, "get_parameter", code=code)
+
+    # when the AMI is resolved, then the error says which call failed
+    with pytest.raises(error, match=rf"ssm\.get_parameter.*{code}"):
+        fleet.resolve_image_id(run, ssm)
