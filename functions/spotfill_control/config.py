@@ -23,6 +23,8 @@ class Settings(BaseModel):
     fleet_role_arn: str = Field(alias="FLEET_ROLE_ARN", min_length=1)
     instance_profile_arn: str = Field(alias="INSTANCE_PROFILE_ARN", min_length=1)
     launch_template_id: str = Field(alias="LAUNCH_TEMPLATE_ID", min_length=1)
+    # The stack's launch template version (CloudFormation's LatestVersionNumber): runs derive theirs from it.
+    launch_template_version: str = Field(alias="LAUNCH_TEMPLATE_VERSION", pattern=r"^[1-9][0-9]*$")
     security_group_id: str = Field(alias="SECURITY_GROUP_ID", min_length=1)
     default_subnets: tuple[str, ...] = Field(alias="DEFAULT_SUBNETS")
     worker_log_group: str = Field(alias="WORKER_LOG_GROUP", min_length=1)

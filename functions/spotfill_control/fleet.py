@@ -18,6 +18,7 @@ from spotfill_control.cluster import count_registered_instances
 from spotfill_control.config import Settings
 from spotfill_control.errors import (
     FleetRequestError,
+    InvalidSpecError,
     RegistrationTimeoutError,
     RunTimeoutError,
     TransientAwsError,
@@ -26,7 +27,8 @@ from spotfill_control.instance_types import CATALOG
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.spec import FleetSpec
 
-# The launch template's base version holds the CPU AMI; GPU fleets get the GPU variant in their own version.
+# The ECS-optimized Amazon Linux 2023 AMIs, as public SSM parameters (every catalog type is x86_64).
+CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
 GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 LIVE_STATES = ("submitted", "active", "modifying")
 FAILED_STATES = ("failed", "cancelled", "cancelled_running", "cancelled_terminating")
@@ -57,55 +59,73 @@ def user_data(run: RunState) -> str:
     return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
 
 
-# Base-version keys restated in the run's version. `SourceVersion` already inherits everything on EC2; these
-# are restated so the version is complete on emulators that ignore it (request and response shapes agree).
-_INHERITED_KEYS = (
-    "ImageId",
-    "IamInstanceProfile",
-    "MetadataOptions",
-    "SecurityGroupIds",
-    "BlockDeviceMappings",
-    "Monitoring",
-    "EbsOptimized",
-)
+def ami_parameter(fleet: FleetSpec) -> str:
+    """The public SSM parameter naming the AMI of the fleet's kind."""
+    return GPU_AMI_PARAMETER if fleet.uses_gpu else CPU_AMI_PARAMETER
+
+
+def resolve_image_id(run: RunState, ssm: Any) -> str:
+    """The current ECS-optimized AMI for the run's kind (CPU or GPU), read when the run starts."""
+    name = ami_parameter(run.spec.fleet)
+    try:
+        return ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ParameterNotFound":
+            raise _aws_error(f"ssm.get_parameter({name})", exc) from exc
+        kind = "GPU " if run.spec.fleet.uses_gpu else ""
+        raise InvalidSpecError(
+            f"fleet.instance_types: region {ssm.meta.region_name} has no ECS-optimized Amazon Linux 2023 "
+            f"{kind}AMI (public SSM parameter {name} not found), so "
+            f"{', '.join(run.spec.fleet.instance_types)} cannot run here."
+        ) from exc
 
 
 def launch_template_data(
-    run: RunState, base: dict[str, Any] | None = None, gpu_image_id: str | None = None
+    run: RunState, image_id: str, source_tags: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """The run's version: the base version's AMI, IMDSv2 options, profile and security groups, plus the run's
-    user data and tags (and the GPU AMI for GPU fleets)."""
-    base = base or {}
-    data: dict[str, Any] = {key: base[key] for key in _INHERITED_KEYS if key in base}
+    """What the run's version changes in the stack's version; `SourceVersion` inherits the rest (instance
+    profile, security group, IMDSv2 options, root volume). Only request-shaped values are sent, never members
+    read back from DescribeLaunchTemplateVersions (its response shapes carry members the request rejects).
+
+    - `ImageId`: the AMI of the run's kind.
+    - `UserData`: joins the run's cluster.
+    - `TagSpecifications`: the source version's tags (the `spotfill:stack` tag teardown terminates by), with
+      the run's id and name added to instances and volumes; a version's `TagSpecifications` replaces its
+      source's whole list, so every resource type the source tags is restated.
+    """
     run_tags = [{"Key": RUN_ID_TAG, "Value": run.run_id}, {"Key": "Name", "Value": run.scoped_name}]
-    base_tags = {spec["ResourceType"]: spec.get("Tags", []) for spec in base.get("TagSpecifications", [])}
-    data["TagSpecifications"] = [
-        {
-            "ResourceType": resource,
-            "Tags": [t for t in base_tags.get(resource, []) if t["Key"] not in (RUN_ID_TAG, "Name")]
-            + run_tags,
-        }
-        for resource in ("instance", "volume")
-    ]
-    data["UserData"] = user_data(run)
-    if gpu_image_id:
-        data["ImageId"] = gpu_image_id
-    return data
+    tagged = {spec["ResourceType"]: list(spec.get("Tags", [])) for spec in source_tags or []}
+    for resource in ("instance", "volume"):
+        kept = [t for t in tagged.get(resource, []) if t["Key"] not in (RUN_ID_TAG, "Name")]
+        tagged[resource] = kept + run_tags
+    return {
+        "ImageId": image_id,
+        "UserData": user_data(run),
+        "TagSpecifications": [
+            {"ResourceType": resource, "Tags": [{"Key": t["Key"], "Value": t["Value"]} for t in tags]}
+            for resource, tags in tagged.items()
+        ],
+    }
 
 
-def create_launch_template_version(run: RunState, ec2: Any, ssm: Any, settings: Settings) -> int:
-    gpu_image_id = None
-    if run.spec.fleet.uses_gpu:
-        gpu_image_id = ssm.get_parameter(Name=GPU_AMI_PARAMETER)["Parameter"]["Value"]
+def create_launch_template_version(run: RunState, ec2: Any, settings: Settings, image_id: str) -> int:
+    """The run's version, made from the stack's own version (`settings.launch_template_version`):
+    CloudFormation adds a version on each stack update but never moves `$Default`, which stays the first."""
+    source = settings.launch_template_version
     try:
-        base = ec2.describe_launch_template_versions(
-            LaunchTemplateId=settings.launch_template_id, Versions=["$Default"]
-        )["LaunchTemplateVersions"][0]
+        (base,) = ec2.describe_launch_template_versions(
+            LaunchTemplateId=settings.launch_template_id, Versions=[source]
+        )["LaunchTemplateVersions"]
+    except ClientError as exc:
+        raise _aws_error(f"ec2.describe_launch_template_versions (stack version {source})", exc) from exc
+    try:
         response = ec2.create_launch_template_version(
             LaunchTemplateId=settings.launch_template_id,
-            SourceVersion=str(base["VersionNumber"]),
+            SourceVersion=source,
             VersionDescription=f"spotfill run {run.run_id}",
-            LaunchTemplateData=launch_template_data(run, base.get("LaunchTemplateData", {}), gpu_image_id),
+            LaunchTemplateData=launch_template_data(
+                run, image_id, base.get("LaunchTemplateData", {}).get("TagSpecifications", [])
+            ),
         )
     except ClientError as exc:
         raise _aws_error("ec2.create_launch_template_version", exc) from exc

@@ -35,6 +35,10 @@ def prepare_run(
     if stored is not None:
         run = run.model_copy(update={"resources": stored.resources})
     resources = run.resources
+    # The AMI first: a region without the run's kind of AMI fails the run before anything is created.
+    image_id = None
+    if resources.launch_template_version is None:
+        image_id = fleet.resolve_image_id(run, ssm)
 
     def record(**created: Any) -> None:
         nonlocal run, resources
@@ -56,8 +60,8 @@ def prepare_run(
         record(cluster_name=cluster.create_cluster(run, ecs))
     if resources.task_definition_arn is None:
         record(task_definition_arn=cluster.register_task_definition(run, ecs, settings, resources.queue_url))
-    if resources.launch_template_version is None:
-        record(launch_template_version=fleet.create_launch_template_version(run, ec2, ssm, settings))
+    if image_id is not None:
+        record(launch_template_version=fleet.create_launch_template_version(run, ec2, settings, image_id))
 
     total, pending = index.total, index.pending
     progress = run.progress

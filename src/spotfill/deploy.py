@@ -25,9 +25,16 @@ What happens, in order:
    - bucket policies are left out of the emulator (moto ignores their conditions, so the TLS-only Deny would
      deny everything); they stay in the translated template, where the tests check them.
 4. What the template expects from the account is made sure of: the default VPC and its subnets (moto creates
-   them, or `CreateDefaultVpc` does; their ids become the `VpcId` / `Subnets` parameters) and the public SSM
-   parameters of the ECS-optimized AMIs (moto ships them; checked, never invented).
+   them, or `CreateDefaultVpc` does; their ids become the `VpcId` / `Subnets` parameters). The AMIs are no
+   deploy-time parameter: each run reads the public SSM parameter of its kind (moto ships them).
 5. `create_stack`, then the outputs are read back into a typed `StackOutputs`.
+
+`update_stack` builds the template the same way and applies it with `UpdateStack`, as `sam deploy` does to an
+existing stack. moto's CloudFormation updates only what a changed parameter or template text names directly;
+the local cloud and the Step Functions harness install
+`spotfill.localcloud.patches.update_stacks_as_cloudformation_does`, which updates what references an updated
+resource too (a replaced security group reaches the launch template, a new launch template version reaches the
+functions' `LAUNCH_TEMPLATE_VERSION`), as CloudFormation does.
 """
 
 from __future__ import annotations
@@ -50,12 +57,6 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE_PATH = REPOSITORY_ROOT / "template.yaml"
 DEFAULT_STACK_NAME = "spotfill"
 DEFAULT_WORKER_IMAGE = "spotfill-worker:local"
-
-# The AMI parameters the template's `CpuAmiId` / `GpuAmiId` parameters default to.
-AMI_PARAMETERS = (
-    "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id",
-    "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id",
-)
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_:.]+)\}")
 _ZIP_EPOCH = (2020, 1, 1, 0, 0, 0)
@@ -262,13 +263,6 @@ def _default_network(ec2: Any) -> tuple[str, list[str]]:
     return vpc_id, sorted(s["SubnetId"] for s in subnets)
 
 
-def _check_ami_parameters(ssm: Any) -> None:
-    found = {p["Name"] for p in ssm.get_parameters(Names=list(AMI_PARAMETERS))["Parameters"]}
-    missing = [name for name in AMI_PARAMETERS if name not in found]
-    if missing:
-        raise DeployError(f"the emulator lacks the public ECS-optimized AMI parameters {missing}")
-
-
 def _lifecycle_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
     api_rule: dict[str, Any] = {
         "ID": rule.get("Id", ""),
@@ -413,19 +407,15 @@ def deploy_stack(
       or `statemachine/` need no build step; they are uploaded to `spotfill-artifacts-<account>-<region>`.
     - Functions are created with their real `Handler` and `Environment`; moto runs no code, so whoever invokes
       them dispatches to `StackOutputs.functions[...].handler` in process.
-    - Raises `DeployError` when translation fails, a state machine placeholder has no substitution, the
-      emulator lacks the AMI parameters, a stack of that name exists already, or the stack does not reach
-      CREATE_COMPLETE.
+    - Raises `DeployError` when translation fails, a state machine placeholder has no substitution, a stack
+      of that name exists already, or the stack does not reach CREATE_COMPLETE.
     """
     session = session or boto3.session.Session(region_name=region)
     region = session.region_name or region
     if not region:
         raise DeployError("no region: set AWS_DEFAULT_REGION or pass region=")
-    s3 = session.client("s3")
     ec2 = session.client("ec2")
-    ssm = session.client("ssm")
     cloudformation = session.client("cloudformation")
-    account = session.client("sts").get_caller_identity()["Account"]
 
     existing = [
         s
@@ -438,10 +428,78 @@ def deploy_stack(
             "read it with read_stack_outputs, or deploy under another name"
         )
     vpc_id, subnets = _default_network(ec2)
-    _check_ami_parameters(ssm)
     parameter_values = {"VpcId": vpc_id, "Subnets": ",".join(subnets), "WorkerImage": DEFAULT_WORKER_IMAGE}
     parameter_values.update(parameters or {})
 
+    cfn_template, emulator_template = _packaged_templates(session, template_path, region)
+    cloudformation.create_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(emulator_template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameter_values.items()],
+        Capabilities=_CAPABILITIES,
+    )
+    _settle(session, stack_name, cfn_template, "CREATE_COMPLETE", region)
+    return read_stack_outputs(stack_name, session=session)
+
+
+def update_stack(
+    stack_name: str = DEFAULT_STACK_NAME,
+    parameters: Mapping[str, str] | None = None,
+    *,
+    template_path: Path = TEMPLATE_PATH,
+    session: boto3.session.Session | None = None,
+) -> StackOutputs:
+    """Update stack `stack_name` in the emulator with `template.yaml` and `parameters`, as `sam deploy`
+    updates a deployed stack: parameters not given keep their values. The state machine created through the
+    API at deploy time is kept as it is. Raises `DeployError` when the stack does not exist or does not reach
+    UPDATE_COMPLETE."""
+    session = session or boto3.session.Session()
+    region = session.region_name
+    if not region:
+        raise DeployError("no region: set AWS_DEFAULT_REGION or pass a session with one")
+    cloudformation = session.client("cloudformation")
+    try:
+        (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
+    except cloudformation.exceptions.ClientError as exc:
+        raise DeployError(f"stack {stack_name} cannot be updated: {exc}") from exc
+    cfn_template, emulator_template = _packaged_templates(session, template_path, region)
+    declared = emulator_template.get("Parameters", {})
+    values = {}
+    for previous in stack.get("Parameters", []):
+        key, declaration = previous["ParameterKey"], declared.get(previous["ParameterKey"])
+        value = _previous_value(previous.get("ParameterValue", ""), declaration or {})
+        # A value equal to the default is left to the default: moto counts a parameter first given now as
+        # changed, and updates what names it (a log group it then loses).
+        if declaration is not None and value != str(declaration.get("Default")):
+            values[key] = value
+    values.update(parameters or {})
+    cloudformation.update_stack(
+        StackName=stack_name,
+        TemplateBody=json.dumps(emulator_template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in values.items()],
+        Capabilities=_CAPABILITIES,
+    )
+    _settle(session, stack_name, cfn_template, "UPDATE_COMPLETE", region)
+    return read_stack_outputs(stack_name, session=session)
+
+
+def _previous_value(value: str, declaration: Mapping[str, Any]) -> str:
+    # moto describes a list parameter's value as a Python list's repr; UpdateStack wants it comma-separated.
+    kind = str(declaration.get("Type", "String"))
+    if (kind.startswith("List<") or kind == "CommaDelimitedList") and value.startswith("["):
+        return ",".join(ast.literal_eval(value))
+    return value
+
+
+_CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+
+
+def _packaged_templates(
+    session: boto3.session.Session, template_path: Path, region: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The translated template (code and ASL uploaded as `sam package` would) and the part moto gets."""
+    s3 = session.client("s3")
+    account = session.client("sts").get_caller_identity()["Account"]
     sam_template = load_template(template_path)
     base = template_path.parent
     artifacts = f"spotfill-artifacts-{account}-{region}"
@@ -481,15 +539,21 @@ def deploy_stack(
     for logical_id, resource in cfn_template["Resources"].items():
         if resource["Type"] in _NOT_IN_EMULATOR:
             del emulator_template["Resources"][logical_id]
+    return cfn_template, emulator_template
 
-    cloudformation.create_stack(
-        StackName=stack_name,
-        TemplateBody=json.dumps(emulator_template),
-        Parameters=[{"ParameterKey": k, "ParameterValue": str(v)} for k, v in parameter_values.items()],
-        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
-    )
+
+def _settle(
+    session: boto3.session.Session,
+    stack_name: str,
+    cfn_template: Mapping[str, Any],
+    wanted: str,
+    region: str,
+) -> None:
+    """Check the stack reached `wanted`, then fill in what moto's CloudFormation left out."""
+    cloudformation = session.client("cloudformation")
     stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
-    if stack["StackStatus"] != "CREATE_COMPLETE":
+    account = session.client("sts").get_caller_identity()["Account"]
+    if stack["StackStatus"] != wanted:
         events = cloudformation.describe_stack_events(StackName=stack_name)["StackEvents"]
         reasons = [e.get("ResourceStatusReason") for e in events if e.get("ResourceStatusReason")]
         raise DeployError(f"stack {stack_name} is {stack['StackStatus']}: {reasons[:5]}")
@@ -507,10 +571,9 @@ def deploy_stack(
         for resource in page["StackResourceSummaries"]:
             references[resource["LogicalResourceId"]] = resource["PhysicalResourceId"]
             references[f"{resource['LogicalResourceId']}::Type"] = resource["ResourceType"]
-    _apply_bucket_settings(s3, cfn_template, references)
+    _apply_bucket_settings(session.client("s3"), cfn_template, references)
     _rewrite_inline_policies_as_json(session.client("iam"), cfn_template, references)
     _make_state_machines_executable(session, cfn_template, references)
-    return read_stack_outputs(stack_name, session=session)
 
 
 def read_stack_outputs(

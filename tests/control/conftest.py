@@ -137,6 +137,10 @@ def _pooled_client(service: str, *args: Any, **kwargs: Any) -> Any:
 
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # EC2's launch template physics, which moto lacks: a new version inherits its SourceVersion, and a fleet
+    # launches from the version it names.
+    patches.inherit_launch_template_source_versions()
+    patches.launch_fleets_from_requested_versions()
     with mock_aws():
         aws.reset_clients()
         monkeypatch.setattr(boto3, "client", _pooled_client)
@@ -152,6 +156,7 @@ FAKE_ENVIRONMENT = {
     "FLEET_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-fleet",
     "INSTANCE_PROFILE_ARN": "arn:aws:iam::123456789012:instance-profile/spotfill-instance",
     "LAUNCH_TEMPLATE_ID": "lt-0123456789abcdef0",
+    "LAUNCH_TEMPLATE_VERSION": "1",
     "SECURITY_GROUP_ID": "sg-0123456789abcdef0",
     "DEFAULT_SUBNETS": "subnet-0123456789abcdef0,subnet-0123456789abcdef1",
     "WORKER_LOG_GROUP": "/spotfill/worker",
@@ -186,28 +191,52 @@ def _build_s3_world(monkeypatch: pytest.MonkeyPatch) -> World:
     )
 
 
+def stack_launch_template_data(group: str) -> dict[str, Any]:
+    """The launch template data `template.yaml` gives the stack's version (no AMI: each run sets its own)."""
+    stack_tag = [{"Key": "spotfill:stack", "Value": "spotfill"}]
+    return {
+        "IamInstanceProfile": {"Arn": FAKE_ENVIRONMENT["INSTANCE_PROFILE_ARN"]},
+        "SecurityGroupIds": [group],
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 2,
+        },
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": "/dev/xvda",
+                "Ebs": {
+                    "VolumeSize": 40,
+                    "VolumeType": "gp3",
+                    "Encrypted": True,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": stack_tag},
+            {"ResourceType": "volume", "Tags": stack_tag},
+        ],
+    }
+
+
 def _build_world(monkeypatch: pytest.MonkeyPatch) -> World:
     """What the stack creates for the fleet: launch template (IMDSv2), subnets, security group, log group.
 
     Roles and the instance profile are ARNs only: nothing in moto checks them."""
     world = _build_s3_world(monkeypatch)
-    ec2, ssm = world.ec2, world.ssm
-    ami = ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
-    template_id = ec2.create_launch_template(
-        LaunchTemplateName="spotfill-fleet",
-        LaunchTemplateData={
-            "ImageId": ami,
-            "IamInstanceProfile": {"Arn": FAKE_ENVIRONMENT["INSTANCE_PROFILE_ARN"]},
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-        },
-    )["LaunchTemplate"]["LaunchTemplateId"]
+    ec2 = world.ec2
     subnets = sorted(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s.get("DefaultForAz"))[:2]
     group = ec2.create_security_group(GroupName="spotfill-fleet", Description="no ingress")["GroupId"]
+    template_id = ec2.create_launch_template(
+        LaunchTemplateName="spotfill-fleet", LaunchTemplateData=stack_launch_template_data(group)
+    )["LaunchTemplate"]["LaunchTemplateId"]
     aws.client("logs").create_log_group(logGroupName="/spotfill/worker")
     topic = aws.client("sns").create_topic(Name="spotfill-runs")["TopicArn"]
     environment = {
         **FAKE_ENVIRONMENT,
         "LAUNCH_TEMPLATE_ID": template_id,
+        "LAUNCH_TEMPLATE_VERSION": "1",
         "SECURITY_GROUP_ID": group,
         "DEFAULT_SUBNETS": ",".join(subnets),
         "NOTIFICATION_TOPIC_ARN": topic,

@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+from datetime import UTC, datetime
 
+import botocore.session
 import pytest
+from botocore.stub import Stubber
 from spotfill_control import cluster, fleet, shards, state_store
-from spotfill_control.errors import SpotfillError
+from spotfill_control.config import Settings, settings
+from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.handlers import prepare_run as prepare_handler
 from spotfill_control.prepare import prepare_run
 from spotfill_control.progress import Clients
@@ -20,9 +24,11 @@ from .conftest import (
     CONTROL_BUCKET,
     CPU_AMI_PARAMETER,
     DATA_BUCKET,
+    FAKE_ENVIRONMENT,
     FailingClient,
     prepared_run,
     sample_spec,
+    stack_launch_template_data,
     validated_run,
 )
 
@@ -85,15 +91,104 @@ def test_user_data_joins_the_run_cluster_with_spot_draining():
     assert "ECS_ENABLE_GPU_SUPPORT" not in script
 
 
-def test_launch_template_version_keeps_the_base_and_sets_gpu_ami_for_gpu_fleets():
-    base = {"ImageId": "ami-cpu", "MetadataOptions": {"HttpTokens": "required"}, "KeyName": "never-copied"}
+def test_run_version_sends_only_the_ami_user_data_and_tags_the_run_changes():
+    # given a GPU run
     gpu_run = pure_run(fleet__instance_types=["g4dn.xlarge"], service__memory=4096)
-    data = fleet.launch_template_data(gpu_run, base, gpu_image_id="ami-gpu")
+
+    # when its launch template data is built
+    data = fleet.launch_template_data(gpu_run, "ami-gpu")
+
+    # then it holds only what the run changes; SourceVersion inherits the rest
+    assert set(data) == {"ImageId", "UserData", "TagSpecifications"}
     assert data["ImageId"] == "ami-gpu"
-    assert data["MetadataOptions"] == {"HttpTokens": "required"}
-    assert "KeyName" not in data
     assert "ECS_ENABLE_GPU_SUPPORT=true" in base64.b64decode(data["UserData"]).decode()
     assert {spec["ResourceType"] for spec in data["TagSpecifications"]} == {"instance", "volume"}
+
+
+def test_run_version_request_passes_botocore_validation_given_a_describe_response_as_aws_shapes_it():
+    # given EC2's answer for the stack's version 3 as AWS shapes it: response members the request shapes lack
+    # (MetadataOptions.State), EBS and profile members, the stack's tags (botocore's stubber checks the shape)
+    ec2 = botocore.session.get_session().create_client("ec2", region_name="us-east-1")
+    stack_tags = [{"Key": "spotfill:stack", "Value": "spotfill"}]
+    described = {
+        "LaunchTemplateVersions": [
+            {
+                "LaunchTemplateId": "lt-0123456789abcdef0",
+                "LaunchTemplateName": "spotfill-LaunchTemplate-1A2B3C",
+                "VersionNumber": 3,
+                "CreateTime": datetime(2026, 11, 20, tzinfo=UTC),
+                "CreatedBy": "arn:aws:sts::123456789012:assumed-role/cloudformation/session",
+                "DefaultVersion": False,
+                "LaunchTemplateData": {
+                    "IamInstanceProfile": {"Arn": "arn:aws:iam::123456789012:instance-profile/spotfill"},
+                    "BlockDeviceMappings": [
+                        {
+                            "DeviceName": "/dev/xvda",
+                            "Ebs": {
+                                "Encrypted": True,
+                                "DeleteOnTermination": True,
+                                "VolumeSize": 40,
+                                "VolumeType": "gp3",
+                                "Iops": 3000,
+                                "Throughput": 125,
+                            },
+                        }
+                    ],
+                    "SecurityGroupIds": ["sg-0123456789abcdef0"],
+                    "MetadataOptions": {
+                        "State": "applied",
+                        "HttpTokens": "required",
+                        "HttpPutResponseHopLimit": 2,
+                        "HttpEndpoint": "enabled",
+                        "HttpProtocolIpv6": "disabled",
+                        "InstanceMetadataTags": "disabled",
+                    },
+                    "TagSpecifications": [
+                        {"ResourceType": "instance", "Tags": stack_tags},
+                        {"ResourceType": "volume", "Tags": stack_tags},
+                    ],
+                    "UserData": base64.b64encode(b"#!/bin/bash\n").decode(),
+                },
+            }
+        ]
+    }
+    run = pure_run()
+    run_tags = [
+        *stack_tags,
+        {"Key": RUN_ID_TAG, "Value": run.run_id},
+        {"Key": "Name", "Value": run.scoped_name},
+    ]
+    stack = Settings.from_environment({**FAKE_ENVIRONMENT, "LAUNCH_TEMPLATE_VERSION": "3"})
+    with Stubber(ec2) as stubbed:
+        stubbed.add_response(
+            "describe_launch_template_versions",
+            described,
+            {"LaunchTemplateId": stack.launch_template_id, "Versions": ["3"]},
+        )
+        stubbed.add_response(
+            "create_launch_template_version",
+            {"LaunchTemplateVersion": {"VersionNumber": 4}},
+            {
+                "LaunchTemplateId": stack.launch_template_id,
+                "SourceVersion": "3",
+                "VersionDescription": f"spotfill run {run.run_id}",
+                "LaunchTemplateData": {
+                    "ImageId": "ami-cpu",
+                    "UserData": fleet.user_data(run),
+                    "TagSpecifications": [
+                        {"ResourceType": "instance", "Tags": run_tags},
+                        {"ResourceType": "volume", "Tags": run_tags},
+                    ],
+                },
+            },
+        )
+
+        # when the run's version is created from it (botocore validates a request before stubbing it)
+        version = fleet.create_launch_template_version(run, ec2, stack, "ami-cpu")
+
+        # then the request was valid and sent only what the run changes, from the stack's version
+        stubbed.assert_no_pending_responses()
+    assert version == 4
 
 
 # ---------------------------------------------------------------------------------------------- handler, moto
@@ -199,9 +294,91 @@ def test_prepare_creates_the_run_cluster_task_definition_and_launch_template_ver
     )["LaunchTemplateVersions"][0]
     data = version["LaunchTemplateData"]
     assert f"ECS_CLUSTER={name}" in base64.b64decode(data["UserData"]).decode()
-    assert data["MetadataOptions"]["HttpTokens"] == "required"
-    assert data["ImageId"].startswith("ami-")
+    assert data["ImageId"] == world.ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
     assert run["run_id"] in version["VersionDescription"]
+    # and what the run does not change is the stack's version's, inherited through SourceVersion
+    stack_version = stack_launch_template_data(world.settings.security_group_id)
+    for inherited in ("IamInstanceProfile", "SecurityGroupIds", "MetadataOptions", "BlockDeviceMappings"):
+        assert data[inherited] == stack_version[inherited], inherited
+
+
+@pytest.mark.aws
+def test_run_version_derives_from_the_stacks_latest_version_not_the_default_one(
+    world, lambda_context, monkeypatch
+):
+    # given a stack update that made version 2 with a new security group (CloudFormation leaves $Default at 1)
+    ec2 = world.ec2
+    moved = ec2.create_security_group(GroupName="spotfill-fleet-2", Description="no ingress")["GroupId"]
+    ec2.create_launch_template_version(
+        LaunchTemplateId=world.settings.launch_template_id,
+        LaunchTemplateData=stack_launch_template_data(moved),
+    )
+    monkeypatch.setenv("LAUNCH_TEMPLATE_VERSION", "2")  # the updated stack's !GetAtt LatestVersionNumber
+    settings.cache_clear()
+
+    # when a run is prepared
+    run = prepared_run(world, lambda_context)
+
+    # then its version has the updated stack's security group, and the default version did not move
+    (version,) = ec2.describe_launch_template_versions(
+        LaunchTemplateId=world.settings.launch_template_id,
+        Versions=[str(run["resources"]["launch_template_version"])],
+    )["LaunchTemplateVersions"]
+    assert version["LaunchTemplateData"]["SecurityGroupIds"] == [moved]
+    (template,) = ec2.describe_launch_templates(LaunchTemplateIds=[world.settings.launch_template_id])[
+        "LaunchTemplates"
+    ]
+    assert template["DefaultVersionNumber"] == 1
+
+
+@pytest.mark.aws
+def test_cpu_run_gets_the_cpu_ami_even_when_the_stacks_version_holds_the_gpu_ami(
+    world, lambda_context, monkeypatch
+):
+    # given a stack version with the GPU AMI in it (as a GpuInstances=true stack used to make)
+    gpu_ami = world.ssm.get_parameter(Name=fleet.GPU_AMI_PARAMETER)["Parameter"]["Value"]
+    template_id = world.ec2.create_launch_template(
+        LaunchTemplateName="spotfill-gpu-stack",
+        LaunchTemplateData={
+            **stack_launch_template_data(world.settings.security_group_id),
+            "ImageId": gpu_ami,
+        },
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    monkeypatch.setenv("LAUNCH_TEMPLATE_ID", template_id)
+    settings.cache_clear()
+
+    # when a CPU run is prepared
+    run = prepared_run(world, lambda_context)
+
+    # then its version boots the CPU AMI
+    (version,) = world.ec2.describe_launch_template_versions(
+        LaunchTemplateId=template_id, Versions=[str(run["resources"]["launch_template_version"])]
+    )["LaunchTemplateVersions"]
+    cpu_ami = world.ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
+    assert version["LaunchTemplateData"]["ImageId"] == cpu_ami != gpu_ami
+
+
+@pytest.mark.aws
+def test_gpu_run_in_a_region_without_the_gpu_ami_fails_naming_the_parameter_before_creating_anything(
+    world, lambda_context
+):
+    # given a region without the public GPU AMI parameter (moto ships it everywhere: removed here)
+    world.ssm.get_parameter(Name=fleet.GPU_AMI_PARAMETER)  # moto loads the public parameters on first read
+    world.ssm.delete_parameter(Name=fleet.GPU_AMI_PARAMETER)
+    run = RunState.model_validate(
+        validated_run(world, lambda_context, fleet__instance_types=["g4dn.xlarge"], service__memory=4096)
+    )
+
+    # when the GPU run is prepared
+    clients = {name: getattr(world, name) for name in ("s3", "sqs", "ecs", "ec2", "ssm")}
+    with pytest.raises(InvalidSpecError) as raised:
+        prepare_run(run, settings=world.settings, **clients)
+
+    # then one sentence names the parameter, and nothing was created
+    message = str(raised.value)
+    assert fleet.GPU_AMI_PARAMETER in message and "g4dn.xlarge" in message
+    assert message.count(". ") == 0 and message.endswith(".")
+    assert not any(_created_resources(world, run.run_id).values())
 
 
 def _created_resources(world, run_id: str) -> dict[str, bool]:
@@ -303,14 +480,33 @@ def test_launch_template_version_keeps_the_base_stack_tag_that_teardown_may_term
         "ImageId": "ami-cpu",
         "TagSpecifications": [
             {"ResourceType": "instance", "Tags": [{"Key": "spotfill:stack", "Value": "spotfill"}]},
+            {"ResourceType": "network-interface", "Tags": [{"Key": "spotfill:stack", "Value": "spotfill"}]},
         ],
     }
 
     # when the run's version is built from it
-    data = fleet.launch_template_data(pure_run(), base, gpu_image_id=None)
+    data = fleet.launch_template_data(pure_run(), "ami-cpu", base["TagSpecifications"])
 
-    # then its instances carry both the stack tag and the run id
+    # then its instances carry both the stack tag and the run id, and the source's other tagged types stay
     instance_tags = next(s["Tags"] for s in data["TagSpecifications"] if s["ResourceType"] == "instance")
     keys = {t["Key"]: t["Value"] for t in instance_tags}
     assert keys["spotfill:stack"] == "spotfill"
     assert keys["spotfill:run-id"] == pure_run().run_id
+    tagged = {s["ResourceType"] for s in data["TagSpecifications"]}
+    assert tagged == {"instance", "volume", "network-interface"}
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("code", "error"), [("ThrottlingException", TransientAwsError), ("AccessDeniedException", SpotfillError)]
+)
+def test_ami_lookup_throttling_is_retried_and_other_ssm_errors_fail_the_run(
+    world, lambda_context, code, error
+):
+    # given SSM answering the AMI lookup with an error other than a missing parameter
+    run = RunState.model_validate(validated_run(world, lambda_context))
+    ssm = FailingClient(world.ssm, "get_parameter", code=code)
+
+    # when the AMI is resolved, then the error says which call failed
+    with pytest.raises(error, match=rf"ssm\.get_parameter.*{code}"):
+        fleet.resolve_image_id(run, ssm)

@@ -240,6 +240,7 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
         "FLEET_ROLE_ARN": roles["spotfill-fleet"],
         "INSTANCE_PROFILE_ARN": profile["Arn"],
         "LAUNCH_TEMPLATE_ID": template_id,
+        "LAUNCH_TEMPLATE_VERSION": "1",
         "SECURITY_GROUP_ID": group,
         "DEFAULT_SUBNETS": ",".join(subnets),
         "WORKER_LOG_GROUP": "/spotfill/worker",

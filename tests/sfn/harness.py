@@ -9,8 +9,8 @@ not do:
 
 - the ECS agent: every instance of an active Spot Fleet registers into the ECS cluster named in the user data
   it booted with (`ECS_CLUSTER=...`, from the run's launch template version), as the ECS-optimized AMI's agent
-  does. (moto boots fleet instances from the template's latest version, which is the run's own as long as
-  runs on one stack do not overlap, as here: scenarios run one at a time.)
+  does. Fleet instances boot from the launch template version the fleet request names (moto would take the
+  latest; `fill_moto_gaps` makes it EC2's way).
 - the workers: while the run's service has desired tasks, they receive shard messages from the queue named in
   the service's task definition (`SPOTFILL_QUEUE_URL`), write the output object each message names (with
   `spotfill-rows` and `spotfill-run-id` metadata) and delete the message.
@@ -48,7 +48,7 @@ from unittest import mock
 import boto3
 from moto import mock_aws
 
-from spotfill.deploy import StackOutputs, deploy_stack
+from spotfill.deploy import StackOutputs, deploy_stack, update_stack
 from spotfill.lambdas import Dispatcher, Invocation, inprocess_lambdas
 
 REGION = "us-east-1"
@@ -317,6 +317,11 @@ class Cloud:
         self.sfn = session.client("stepfunctions")
         self.s3 = session.client("s3")
 
+    def update_stack(self, parameters: dict[str, str]) -> StackOutputs:
+        """Update the deployed stack with new parameter values, as `sam deploy` does (others keep theirs)."""
+        self.stack = update_stack(self.stack.stack_name, parameters, session=self.session)
+        return self.stack
+
     # ---- inputs
 
     def put_inputs(self, name: str, shards: int) -> str:
@@ -526,6 +531,10 @@ def fill_moto_gaps() -> None:
       NotImplemented. Deleted versions keep their number (EC2 never reuses one) and are no longer found.
     - EC2 Spot vCPU quotas in Service Quotas and settable instance type offerings: the local cloud's
       `patches.patch_account_limits`, shared.
+    - The launch template physics the local cloud has too (`spotfill.localcloud.patches`): a Spot Fleet
+      launches from the version its request names; `CreateLaunchTemplateVersion` inherits its
+      `SourceVersion`; a stack update updates what references an updated resource, and a launch template's
+      `LatestVersionNumber` is the version CloudFormation made.
     """
     from spotfill.localcloud import patches
 
@@ -533,6 +542,9 @@ def fill_moto_gaps() -> None:
     global _gaps_filled
     if _gaps_filled:
         return
+    patches.launch_fleets_from_requested_versions()
+    patches.inherit_launch_template_source_versions()
+    patches.update_stacks_as_cloudformation_does()
     from moto.core.responses import ActionResult
     from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
     from moto.ec2.models.launch_templates import LaunchTemplate

@@ -33,6 +33,7 @@ ENVIRONMENT = {
     "FLEET_ROLE_ARN": "arn:aws:iam::123456789012:role/fleet",
     "INSTANCE_PROFILE_ARN": "arn:aws:iam::123456789012:instance-profile/instance",
     "LAUNCH_TEMPLATE_ID": "lt-0123456789abcdef0",
+    "LAUNCH_TEMPLATE_VERSION": "1",
     "SECURITY_GROUP_ID": "sg-0123456789abcdef0",
     "DEFAULT_SUBNETS": "subnet-1,subnet-2",
     "WORKER_LOG_GROUP": "/spotfill/workers",

@@ -11,7 +11,16 @@ from contextlib import contextmanager
 import boto3
 import pytest
 
-from spotfill.deploy import DeployError, StackOutputs, definition_with_substitutions, deploy_stack
+from spotfill.deploy import (
+    DeployError,
+    StackOutputs,
+    definition_with_substitutions,
+    deploy_stack,
+    update_stack,
+)
+from spotfill.localcloud import patches
+
+GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 
 pytestmark = pytest.mark.aws
 
@@ -37,6 +46,7 @@ CONTROL_ENVIRONMENT = {
     "FLEET_ROLE_ARN",
     "INSTANCE_PROFILE_ARN",
     "LAUNCH_TEMPLATE_ID",
+    "LAUNCH_TEMPLATE_VERSION",
     "SECURITY_GROUP_ID",
     "DEFAULT_SUBNETS",
     "WORKER_LOG_GROUP",
@@ -203,7 +213,10 @@ def test_every_function_gets_the_control_plane_environment_pointing_at_stack_res
         iam.get_role(RoleName=env[key].rsplit("/", 1)[1])
     profile = iam.get_instance_profile(InstanceProfileName=env["INSTANCE_PROFILE_ARN"].rsplit("/", 1)[1])
     assert len(profile["InstanceProfile"]["Roles"]) == 1
-    ec2.describe_launch_templates(LaunchTemplateIds=[env["LAUNCH_TEMPLATE_ID"]])
+    (template,) = ec2.describe_launch_templates(LaunchTemplateIds=[env["LAUNCH_TEMPLATE_ID"]])[
+        "LaunchTemplates"
+    ]
+    assert env["LAUNCH_TEMPLATE_VERSION"] == str(template["LatestVersionNumber"])
     group = ec2.describe_security_groups(GroupIds=[env["SECURITY_GROUP_ID"]])["SecurityGroups"][0]
     assert group["IpPermissions"] == []
     default_vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
@@ -335,15 +348,15 @@ def test_schedule_rule_with_an_expression_starts_the_manifest_with_the_event_tim
 
 
 def test_launch_template_requires_imdsv2_has_no_key_and_enables_spot_draining(stack: StackOutputs):
-    ec2, ssm = boto3.client("ec2"), boto3.client("ssm")
+    ec2 = boto3.client("ec2")
     (version,) = ec2.describe_launch_template_versions(LaunchTemplateId=stack.launch_template_id)[
         "LaunchTemplateVersions"
     ]
     data = version["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     assert "KeyName" not in data
-    cpu_ami = ssm.get_parameter(Name="/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id")
-    assert data["ImageId"] == cpu_ami["Parameter"]["Value"]
+    assert "ImageId" not in data, "each run's version sets the AMI of its kind"
+    assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 40
     assert data["IamInstanceProfile"]["Arn"] == stack.outputs["InstanceProfileArn"]
     assert data["SecurityGroupIds"] == [stack.outputs["WorkerSecurityGroupId"]]
     user_data = base64.b64decode(data["UserData"]).decode()
@@ -362,16 +375,71 @@ def test_instance_role_offers_session_manager_and_no_full_access_policy_anywhere
     assert "KeyName" not in json.dumps(template)
 
 
-def test_gpu_instances_parameter_boots_the_gpu_ami(moto_module: None):
+def test_gpu_instances_parameter_gives_a_bigger_root_volume_and_no_stack_wide_ami(moto_module: None):
     gpu = deploy_stack("spotfill-gpu", {"GpuInstances": "true"})
-    ec2, ssm = boto3.client("ec2"), boto3.client("ssm")
+    ec2 = boto3.client("ec2")
     (version,) = ec2.describe_launch_template_versions(LaunchTemplateId=gpu.launch_template_id)[
         "LaunchTemplateVersions"
     ]
-    gpu_ami = ssm.get_parameter(
-        Name="/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
+    data = version["LaunchTemplateData"]
+    assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 100
+    assert "ImageId" not in data, "CPU runs on a GPU stack get the CPU AMI: each run's version sets its own"
+
+
+def test_stack_deploys_in_a_region_without_the_gpu_ami_parameter(moto_module: None):
+    # given a region whose SSM has no ECS-optimized AL2023 GPU AMI parameter (moto ships one: removed here)
+    region = "eu-west-3"
+    ssm = boto3.client("ssm", region_name=region)
+    ssm.get_parameter(Name=GPU_AMI_PARAMETER)  # moto loads the public parameters on first read
+    ssm.delete_parameter(Name=GPU_AMI_PARAMETER)
+
+    # when the stack is deployed there
+    stack = deploy_stack("spotfill-no-gpu", region=region)
+
+    # then it is up, its launch template named by the functions
+    cloudformation = boto3.client("cloudformation", region_name=region)
+    (described,) = cloudformation.describe_stacks(StackName=stack.stack_name)["Stacks"]
+    assert described["StackStatus"] == "CREATE_COMPLETE"
+    assert not [p for p in described["Parameters"] if "Ami" in p["ParameterKey"]]
+
+
+def test_stack_update_adds_a_launch_template_version_the_functions_name_while_the_default_stays(
+    moto_module: None,
+):
+    # given a deployed stack (and moto updating a stack as CloudFormation does: what references a resource
+    # it updates is updated after it)
+    patches.update_stacks_as_cloudformation_does()
+    first = deploy_stack("spotfill-updated")
+
+    # when an update changes its launch template
+    updated = update_stack("spotfill-updated", {"GpuInstances": "true"})
+
+    # then the template has version 2, $Default is still 1, and every function names version 2
+    ec2, lambda_ = boto3.client("ec2"), boto3.client("lambda")
+    (template,) = ec2.describe_launch_templates(LaunchTemplateIds=[updated.launch_template_id])[
+        "LaunchTemplates"
+    ]
+    assert updated.launch_template_id == first.launch_template_id
+    assert (template["DefaultVersionNumber"], template["LatestVersionNumber"]) == (1, 2)
+    (version,) = ec2.describe_launch_template_versions(
+        LaunchTemplateId=updated.launch_template_id, Versions=["2"]
+    )["LaunchTemplateVersions"]
+    assert version["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 100
+    for function in updated.functions.values():
+        environment = lambda_.get_function_configuration(FunctionName=function.name)["Environment"]
+        assert environment["Variables"]["LAUNCH_TEMPLATE_VERSION"] == "2", function.logical_id
+
+    # and when a run then adds its own version 3 and a later update changes only the functions
+    ec2.create_launch_template_version(
+        LaunchTemplateId=updated.launch_template_id, SourceVersion="2", LaunchTemplateData={}
     )
-    assert version["LaunchTemplateData"]["ImageId"] == gpu_ami["Parameter"]["Value"]
+    again = update_stack("spotfill-updated", {"WorkerImage": "spotfill-worker:v2"})
+
+    # then the functions still name the stack's version, not the run's
+    for function in again.functions.values():
+        variables = lambda_.get_function_configuration(FunctionName=function.name)["Environment"]["Variables"]
+        assert variables["WORKER_IMAGE"] == "spotfill-worker:v2", function.logical_id
+        assert variables["LAUNCH_TEMPLATE_VERSION"] == "2", function.logical_id
 
 
 def test_own_input_and_output_buckets_scope_the_worker_role(moto_module: None):

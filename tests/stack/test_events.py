@@ -120,6 +120,7 @@ def test_samples_that_need_s3_to_be_found_invalid_fail_validation_naming_their_f
                 "FLEET_ROLE_ARN": "r",
                 "INSTANCE_PROFILE_ARN": "p",
                 "LAUNCH_TEMPLATE_ID": "lt-1",
+                "LAUNCH_TEMPLATE_VERSION": "1",
                 "SECURITY_GROUP_ID": "sg-1",
                 "DEFAULT_SUBNETS": "subnet-1",
                 "WORKER_LOG_GROUP": "g",

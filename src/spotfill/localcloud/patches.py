@@ -6,6 +6,15 @@ server runs in this process), never the code under test:
 - Spot Fleet: moto launches every `LaunchTemplateConfigs` entry from the template's *latest* version and
   its first override only. AWS uses the version the request names and every override, and a run's
   isolation depends on its own version's user data (two runs at once would otherwise swap clusters).
+- EC2 `CreateLaunchTemplateVersion`: moto ignores `SourceVersion`, so a version holds only the data sent. EC2
+  starts the new version from the source version's launch parameters and overwrites those the request names;
+  the run's version sends only what the run changes, so it is done here as EC2 does it.
+- CloudFormation stack updates: moto updates a resource only when its own template text changed or it `Ref`s
+  a changed parameter, in template order. CloudFormation updates every resource whose resolved properties
+  changed (a `Ref`/`Fn::GetAtt` of a resource that was updated or replaced, an `Fn::If` whose condition
+  flipped), after what it references; and a resource's `Fn::GetAtt` values are those of its last create or
+  update, so an `AWS::EC2::LaunchTemplate`'s `LatestVersionNumber` is the version CloudFormation made, not one
+  made since through the API (a run's own version). Both as CloudFormation does them, here.
 - Spot Fleet instances start `pending` (moto makes them `running` at once); the EC2 emulator
   (`spotfill.localcloud.fleet`) makes them `running` after the boot delay.
 - EC2 `DeleteLaunchTemplateVersions` is not implemented by moto (a 500); teardown removes the run's launch
@@ -44,6 +53,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -65,7 +75,10 @@ def install(endpoint_url: str) -> None:
         _endpoint["url"] = endpoint_url
         if _installed:
             return
-        _patch_spot_fleet_launch_templates()
+        launch_fleets_from_requested_versions()
+        _patch_pending_fleet_instances()
+        inherit_launch_template_source_versions()
+        update_stacks_as_cloudformation_does()
         _patch_delete_launch_template_versions()
         _patch_execution_names()
         _patch_ecs_deregistration_error()
@@ -153,10 +166,27 @@ def install_conditional_write_conflicts() -> None:
         _conflicts_installed = True
 
 
+# Patches other emulations of AWS install too (the Step Functions test harness, moto in process), each once.
+_done: set[str] = set()
+_done_lock = threading.Lock()
+
+
+def _once(name: str) -> bool:
+    """True the first time `name` is asked for in this process (the caller then installs it)."""
+    with _done_lock:
+        if name in _done:
+            return False
+        _done.add(name)
+        return True
+
+
 # --- Spot Fleet: the launch template version and every override ---------------------------------------
 
 
-def _patch_spot_fleet_launch_templates() -> None:
+def launch_fleets_from_requested_versions() -> None:
+    """A Spot Fleet launches from the launch template version its request names, with every override."""
+    if not _once("launch_fleets_from_requested_versions"):
+        return
     from moto.ec2.models.spot_requests import SpotFleetRequest
 
     original_init = SpotFleetRequest.__init__
@@ -171,6 +201,10 @@ def _patch_spot_fleet_launch_templates() -> None:
         original_init(self, ec2_backend, *args, **kwargs)
 
     SpotFleetRequest.__init__ = __init__
+
+
+def _patch_pending_fleet_instances() -> None:
+    from moto.ec2.models.spot_requests import SpotFleetRequest
 
     original_create = SpotFleetRequest.create_spot_requests
 
@@ -200,6 +234,163 @@ def _launch_specs_from_templates(ec2_backend: Any, configs: list[dict[str, Any]]
             spec.update({k: v for k, v in override.items() if k != "Priority"})
             specs.append(spec)
     return specs
+
+
+# --- EC2: CreateLaunchTemplateVersion from a source version ---------------------------------------------
+
+
+def inherit_launch_template_source_versions() -> None:
+    """`CreateLaunchTemplateVersion` with `SourceVersion`: the new version is the source version's launch
+    parameters with those the request gives overwritten (top-level keys, as EC2 documents it)."""
+    if not _once("inherit_launch_template_source_versions"):
+        return
+    from moto.core.responses import ActionResult
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+
+    original = LaunchTemplates.create_launch_template_version
+
+    def create_launch_template_version(self: Any) -> Any:
+        source = self._get_param("SourceVersion")
+        if source is None:
+            return original(self)
+        name = self._get_param("LaunchTemplateName")
+        template_id = self._get_param("LaunchTemplateId")
+        if template_id:
+            template = self.ec2_backend.get_launch_template(template_id)
+        else:
+            template = self.ec2_backend.get_launch_template_by_name(name)
+        data = copy.deepcopy(template.get_version(source).data)  # a missing source version is an error
+        data.update(self._get_param("LaunchTemplateData", {}))
+        self.error_on_dryrun()
+        version = template.create_version(data, self._get_param("VersionDescription"))
+        return ActionResult(
+            {
+                "LaunchTemplateVersion": {
+                    "CreateTime": version.create_time,
+                    "CreatedBy": f"arn:{self.partition}:iam::{self.current_account}:root",
+                    "DefaultVersion": template.is_default(version),
+                    "LaunchTemplateData": version.data,
+                    "LaunchTemplateId": template.id,
+                    "LaunchTemplateName": template.name,
+                    "VersionDescription": version.description,
+                    "VersionNumber": version.number,
+                }
+            }
+        )
+
+    LaunchTemplates.create_launch_template_version = create_launch_template_version
+
+
+# --- CloudFormation: stack updates ----------------------------------------------------------------------
+
+_UNRESOLVED = object()
+
+
+def update_stacks_as_cloudformation_does() -> None:
+    """A stack update also updates every resource whose resolved properties changed, dependencies first;
+    `Fn::GetAtt LaunchTemplate.LatestVersionNumber` is the version CloudFormation last made."""
+    if not _once("update_stacks_as_cloudformation_does"):
+        return
+    from moto.cloudformation import parsing
+    from moto.ec2.models.launch_templates import LaunchTemplate
+
+    original_update_resource = parsing.parse_and_update_resource
+
+    def resolve(resource_map: Any, resource_json: dict[str, Any]) -> Any:
+        try:
+            return parsing.clean_json(copy.deepcopy(resource_json.get("Properties", {})), resource_map)
+        except Exception:  # an attribute moto cannot give: nothing to compare
+            return _UNRESOLVED
+
+    def applied(resource_map: Any) -> dict[str, Any]:
+        """The resolved properties each resource was last created or updated with."""
+        return resource_map.__dict__.setdefault("_spotfill_applied", {})
+
+    def parse_and_update_resource(
+        logical_id: str, resource_json: dict[str, Any], resources_map: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        applied(resources_map)[logical_id] = resolve(resources_map, resource_json)
+        return original_update_resource(logical_id, resource_json, resources_map, *args, **kwargs)
+
+    parsing.parse_and_update_resource = parse_and_update_resource
+
+    original_update = parsing.ResourceMap.update
+
+    def update(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
+        before = applied(self)
+        for name, resource_json in self._resource_json_map.items():
+            before.setdefault(name, resolve(self, resource_json))
+        original_update(self, template, parameters)
+        resources = template["Resources"]
+
+        def stale(name: str) -> bool:
+            if name not in before or self._parsed_resources.get(name) is None:
+                return False  # added by this update, or a type moto cannot create
+            now, then = resolve(self, resources[name]), before[name]
+            return _UNRESOLVED not in (now, then) and now != then
+
+        updated: set[str] = set()
+        while True:
+            pending = [name for name in resources if name not in updated and stale(name)]
+            # Dependencies first: a resource waits while something it references is still to be updated.
+            ready = [n for n in pending if not (_referenced(resources[n]) & (set(pending) - {n}))] or pending
+            if not ready:
+                return
+            name = ready[0]
+            updated.add(name)
+            resource_class = parsing.resource_class_from_type(resources[name]["Type"])
+            if hasattr(resource_class.update_from_cloudformation_json, "__isabstractmethod__"):
+                continue  # moto cannot update this type (nor would it on its own)
+            changed = parse_and_update_resource(
+                name, resources[name], self, account_id=self._account_id, region_name=self._region_name
+            )
+            if changed is not None:
+                self._parsed_resources[name] = changed
+
+    parsing.ResourceMap.update = update
+
+    def remember_version(template: LaunchTemplate) -> LaunchTemplate:
+        template.__dict__["_spotfill_cloudformation_version"] = template.latest_version_number
+        return template
+
+    create = LaunchTemplate.create_from_cloudformation_json.__func__
+    update_template = LaunchTemplate.update_from_cloudformation_json.__func__
+    LaunchTemplate.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign]
+        lambda cls, *args, **kwargs: remember_version(create(cls, *args, **kwargs))
+    )
+    LaunchTemplate.update_from_cloudformation_json = classmethod(  # type: ignore[method-assign]
+        lambda cls, *args, **kwargs: remember_version(update_template(cls, *args, **kwargs))
+    )
+    original_attribute = LaunchTemplate.get_cfn_attribute
+
+    def get_cfn_attribute(self: Any, attribute_name: str) -> Any:
+        if attribute_name == "LatestVersionNumber" and "_spotfill_cloudformation_version" in self.__dict__:
+            return str(self.__dict__["_spotfill_cloudformation_version"])
+        return original_attribute(self, attribute_name)
+
+    LaunchTemplate.get_cfn_attribute = get_cfn_attribute
+
+
+def _referenced(node: Any) -> set[str]:
+    """Logical ids a template fragment names through `Ref`, `Fn::GetAtt` or `Fn::Sub`."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else str(value).split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found.update(m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text))
+                if isinstance(value, list):
+                    found |= _referenced(value[1:])
+            else:
+                found |= _referenced(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _referenced(item)
+    return found
 
 
 # --- EC2: DeleteLaunchTemplateVersions ------------------------------------------------------------------
