@@ -131,6 +131,9 @@ def _pooled_client(service: str, *args: Any, **kwargs: Any) -> Any:
 
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from spotfill.localcloud import patches
+
+    patches.install_fleet_model()  # EC2's Spot Fleet history, ActivityStatus and ValidUntil (moto has none)
     with mock_aws():
         aws.reset_clients()
         monkeypatch.setattr(boto3, "client", _pooled_client)
