@@ -334,7 +334,21 @@ def with_failed_pools(run: RunState, errors: Iterable[FleetError]) -> RunState:
 
 
 def _named(errors: Iterable[FleetError]) -> str:
-    return "; ".join(dict.fromkeys(str(e.as_failed_pool()) for e in errors))
+    return _named_pools(e.as_failed_pool() for e in errors)
+
+
+def _named_pools(pools: Iterable[FailedPool]) -> str:
+    """`c5.large in us-east-1a, us-east-1b: Unsupported; ...`: pools, zones grouped by type and error."""
+    zones: dict[tuple[str | None, str], list[str]] = {}
+    for pool in pools:
+        listed = zones.setdefault((pool.instance_type, pool.error), [])
+        if pool.availability_zone and pool.availability_zone not in listed:
+            listed.append(pool.availability_zone)
+    named = []
+    for (instance_type, code), in_zones in zones.items():
+        where = " in ".join(x for x in (instance_type, ", ".join(sorted(in_zones))) if x)
+        named.append(f"{where}: {code}" if where else code)
+    return "; ".join(named)
 
 
 def check_fleet_healthy(fleet_id: str, status: FleetStatus, errors: Sequence[FleetError] = ()) -> None:
@@ -390,7 +404,7 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
         )
     waited = (now - requested_at).total_seconds()
     if waited > run.spec.limits.registration_timeout_seconds:
-        failed = f"; failed pools: {'; '.join(map(str, run.failed_pools))}" if run.failed_pools else ""
+        failed = f"; failed pools: {_named_pools(run.failed_pools)}" if run.failed_pools else ""
         raise RegistrationTimeoutError(
             f"no instance of spot fleet {fleet_id} registered with cluster {run.scoped_name} within "
             f"{run.spec.limits.registration_timeout_seconds} s (fleet {status.state}, "

@@ -29,7 +29,7 @@ import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -187,16 +187,18 @@ def handover_due(run: RunState) -> bool:
 def check_fleet(run: RunState, seen: Iteration, now: datetime | None = None) -> None:
     """Raise when work remains but the fleet was cancelled, failed, expired or is gone: no instance will come
     to do it, so waiting for the stall timeout would only delay the report. A fleet past its ValidUntil
-    expired (EC2 terminated its instances): RunTimeoutError; any other end: FleetRequestError."""
+    expired (EC2 terminated its instances): RunTimeoutError; any other end: FleetRequestError. `now` is when
+    the fleet was looked at or later (by default: the time of this check)."""
     if run.progress.state == "done" or seen.fleet_state is None:
         return
     if seen.fleet_state not in ACTIVE_FLEET_STATES:
         valid_until = seen.fleet_valid_until
-        if valid_until is not None and (now or datetime.now(valid_until.tzinfo)) >= valid_until:
+        if valid_until is not None and (now or datetime.now(UTC)) >= valid_until:
             raise RunTimeoutError(
                 f"spot fleet {run.resources.spot_fleet_request_id} expired at {valid_until.isoformat()} "
-                f"(its ValidUntil: limits.max_runtime_seconds = {run.spec.limits.max_runtime_seconds} after "
-                f"the run started) and EC2 terminated its instances while {seen.remaining} shard(s) remain"
+                "(its ValidUntil, set from limits.max_runtime_seconds = "
+                f"{run.spec.limits.max_runtime_seconds}) and EC2 terminated its instances while "
+                f"{seen.remaining} shard(s) remain"
             )
         raise FleetRequestError(
             f"spot fleet {run.resources.spot_fleet_request_id} is {seen.fleet_state} while "

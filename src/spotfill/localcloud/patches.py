@@ -15,7 +15,8 @@ server runs in this process), never the code under test:
   clock) ends an expired request and terminates its instances when `TerminateInstancesWithExpiration` is set.
   `set_failing_pools` makes pools (an instance type, or `type@zone`) fail as EC2 reports it: an `error` event
   per pool (`Unsupported`, `InsufficientInstanceCapacity`, ...) while the other pools fill, and
-  `allLaunchSpecsTemporarilyBlacklisted` once no pool is left. `install_fleet_model` installs only these
+  `allLaunchSpecsTemporarilyBlacklisted` once no pool is left (and a request that never launched an
+  instance can be cancelled, which moto refuses). `install_fleet_model` installs only these
   Spot Fleet patches (the Step Functions harness uses moto in process, without the rest).
 - EC2 `DeleteLaunchTemplateVersions` is not implemented by moto (a 500); teardown removes the run's launch
   template version with it, so it is implemented here (deleted versions vanish from describe calls).
@@ -242,6 +243,15 @@ def _patch_spot_fleet_lifecycle() -> None:
 
     SpotFleetRequest.create_spot_requests = create_spot_requests
 
+    original_terminate = SpotFleetRequest.terminate_instances
+
+    def terminate_instances(self: Any) -> None:
+        # moto asks EC2 to terminate no instance at all (an error) when the fleet never launched one.
+        if any(r.instance is not None for r in self.spot_requests):
+            original_terminate(self)
+
+    SpotFleetRequest.terminate_instances = terminate_instances
+
     def activity_status(self: Any) -> str | None:
         if self.state not in LIVE_FLEET_STATES:
             return None
@@ -312,6 +322,40 @@ def _patch_spot_fleet_lifecycle() -> None:
         )
 
     SpotFleets.describe_spot_fleet_request_history = describe_spot_fleet_request_history
+
+    # EC2's clock for ValidUntil runs whether or not the physics ticks: whoever looks at a fleet past its
+    # ValidUntil sees it expired.
+    for name in ("describe_spot_fleet_requests", "describe_spot_fleet_instances"):
+        setattr(SpotFleets, name, _expiring_first(getattr(SpotFleets, name)))
+
+
+def _expiring_first(describe: Any) -> Any:
+    def described(self: Any) -> Any:
+        expire_fleets(self.ec2_backend)
+        return describe(self)
+
+    described.__name__ = describe.__name__
+    return described
+
+
+def expired_fleets(backend: Any) -> dict[str, list[str]]:
+    """Every request that expired so far -> the instances EC2 terminated when it did (from its history)."""
+    expired: dict[str, list[str]] = {}
+    for fleet in list(backend.spot_fleet_requests.values()):
+        history = fleet_history(fleet)
+        marks = [
+            i
+            for i, e in enumerate(history)
+            if e["EventType"] == "fleetRequestChange" and e["EventInformation"]["EventSubType"] == "expired"
+        ]
+        if marks:
+            expired[fleet.id] = [
+                e["EventInformation"]["InstanceId"]
+                for e in history[marks[0] :]
+                if e["EventType"] == "instanceChange"
+                and e["EventInformation"]["EventSubType"] == "terminated"
+            ]
+    return expired
 
 
 def _timestamp(value: Any) -> datetime:
