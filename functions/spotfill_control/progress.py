@@ -34,7 +34,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control.cluster import count_registered_instances
+from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import FleetRequestError, RunTimeoutError, SpotfillError, StallError
 from spotfill_control.fleet import capacity_weights
 from spotfill_control.run import Progress, RunState
@@ -149,13 +149,6 @@ def lowered_capacity(
     """
     needed = max(1, math.ceil(instances_needed(remaining_shards, tasks_per_instance) * max_weight))
     return needed if needed < current else None
-
-
-def desired_count(registered_instances: int, tasks_per_instance: int, remaining_shards: int) -> int:
-    """The service's desired count: a task per task slot of the registered instances (so it rises as capacity
-    registers), a task per remaining shard at most (so it falls as work runs out, and capacity that registers
-    late never raises it past the work left), and never zero while work remains."""
-    return max(1, min(registered_instances * tasks_per_instance, remaining_shards))
 
 
 def count_interruptions(
