@@ -54,7 +54,7 @@ SHARED_ERROR_CODES = (
 # Events are read from a little before the request, in case the Lambda's clock runs ahead of EC2's.
 HISTORY_CLOCK_SLACK = timedelta(minutes=5)
 _ZONE = re.compile(r"\b[a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z]\b")
-_ERROR_CODE = re.compile(r"\b([A-Z][A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*):")
+_ERROR_CODE = re.compile(r"(?<![/\w])([A-Z][A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*):")
 
 
 def _aws_error(what: str, exc: ClientError) -> Exception:

@@ -150,6 +150,20 @@ def test_a_pool_error_names_its_instance_type_zone_and_code():
     assert str(error.as_failed_pool()) == "c5.2xlarge in us-east-1e: Unsupported"
 
 
+def test_an_error_without_a_code_keeps_its_sub_type_and_the_platform_is_not_taken_for_one():
+    event = _error_event(
+        "spotFleetRequestConfigurationInvalid",
+        "c5.xlarge, ami-0123, Linux/UNIX: The associatePublicIPAddress parameter can only be specified for "
+        "the network interface with DeviceIndex 0.",
+    )
+    pool = fleet.parse_fleet_error(event, TYPES).as_failed_pool()
+    assert (pool.instance_type, pool.availability_zone, pool.error) == (
+        "c5.xlarge",
+        None,
+        "spotFleetRequestConfigurationInvalid",
+    )
+
+
 def test_a_fleet_whose_pools_fail_while_others_may_fill_is_healthy():
     # given EC2's ActivityStatus `error` for one pool not supported in its zone and one without capacity
     errors = [fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY)]
