@@ -329,13 +329,13 @@ def _rises_then_falls(counts: list[int]) -> bool:
 
 
 def test_service_grows_a_task_for_every_instance_as_instances_register_one_by_one(cloud, lambdas):
-    # given a 4-instance fleet whose instances register a second apart, and work for all of them
-    spec = cloud.spec("staggered", shards=16, fleet={"instance_types": ["c5.large"], "target_capacity": 4})
+    # given a 4-instance fleet whose instances register two seconds apart, and work for all of them
+    spec = cloud.spec("staggered", shards=24, fleet={"instance_types": ["c5.large"], "target_capacity": 4})
 
-    outcome = cloud.run(spec, Knobs(tick_seconds=0.6, register_interval_seconds=1.0))
+    outcome = cloud.run(spec, Knobs(tick_seconds=0.6, register_interval_seconds=2.0))
 
     assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
-    assert len(cloud.outputs("staggered")) == 16
+    assert len(cloud.outputs("staggered")) == 24
     registered = len(outcome.physics.registered)
     assert registered == 4
     counts = outcome.physics.desired_counts
