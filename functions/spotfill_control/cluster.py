@@ -123,8 +123,17 @@ def count_registered_instances(run: RunState, ecs: Any) -> int:
         _raise("ecs.list_container_instances", exc)
 
 
+def desired_count(registered_instances: int, tasks_per_instance: int, remaining_shards: int) -> int:
+    """The service's desired count: a task per task slot of the registered instances (so it rises as capacity
+    registers), a task per remaining shard at most (so it falls as work runs out, and capacity that registers
+    late never raises it past the work left), and never zero while work remains."""
+    return max(1, min(registered_instances * tasks_per_instance, remaining_shards))
+
+
 def desired_tasks(run: RunState, registered_instances: int) -> int:
-    return registered_instances * run.spec.service.tasks_per_instance
+    """Tasks for the service when it starts: every shard the run queued is still to do."""
+    pending = max(0, run.shards_total - run.shards_skipped)
+    return desired_count(registered_instances, run.spec.service.tasks_per_instance, pending)
 
 
 def create_service(run: RunState, ecs: Any, desired: int) -> str:
@@ -168,7 +177,8 @@ def scale_to(run: RunState, desired: int, ecs: Any) -> None:
 
 
 def start_service(run: RunState, ecs: Any, now: datetime | None = None) -> RunState:
-    """ScaleService: one service sized to the registered instances x tasks per instance."""
+    """ScaleService: one service sized to the registered instances x tasks per instance (at most a task per
+    shard); monitor raises it as more instances register (`desired_count`)."""
     now = now or utcnow()
     desired = desired_tasks(run, count_registered_instances(run, ecs))
     name = create_service(run, ecs, desired)

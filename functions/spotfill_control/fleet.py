@@ -7,6 +7,8 @@ vCPUs weighs 2, so `fleet.target_capacity` means "this many of the smallest type
 from __future__ import annotations
 
 import base64
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +26,7 @@ from spotfill_control.errors import (
     TransientAwsError,
 )
 from spotfill_control.instance_types import CATALOG
-from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
+from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, FailedPool, RunState, utcnow
 from spotfill_control.spec import FleetSpec
 
 # The ECS-optimized Amazon Linux 2023 AMIs, as public SSM parameters (every catalog type is x86_64).
@@ -32,6 +34,29 @@ CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommende
 GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 LIVE_STATES = ("submitted", "active", "modifying")
 FAILED_STATES = ("failed", "cancelled", "cancelled_running", "cancelled_terminating")
+
+# A Spot Fleet reports `ActivityStatus: error` as soon as one launch failed, even while its other pools fill.
+# What failed is in its request history (`error` events). These sub-types mean the request can never be
+# fulfilled: the fleet role may not launch or terminate, or EC2 gave up on every launch specification.
+FATAL_ERROR_SUB_TYPES = frozenset({"iamFleetRoleInvalid", "allLaunchSpecsTemporarilyBlacklisted"})
+# Error codes (they open an event's description after the pool) that every pool shares: the launch template,
+# its AMI, key pair, security groups and block devices, and the account's permissions are the same for every
+# override. Any other code (Unsupported in a zone, InsufficientInstanceCapacity, ...) fails one pool only.
+SHARED_ERROR_CODES = (
+    "InvalidLaunchTemplate",
+    "InvalidAMIID",
+    "InvalidKeyPair",
+    "InvalidGroup",
+    "InvalidBlockDeviceMapping",
+    "UnauthorizedOperation",
+    "AuthFailure",
+    "OptInRequired",
+    "PendingVerification",
+)
+# Events are read from a little before the request, in case the Lambda's clock runs ahead of EC2's.
+HISTORY_CLOCK_SLACK = timedelta(minutes=5)
+_ZONE = re.compile(r"\b[a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z]\b")
+_ERROR_CODE = re.compile(r"(?<![/\w])([A-Z][A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*):")
 
 
 def _aws_error(what: str, exc: ClientError) -> Exception:
@@ -255,14 +280,110 @@ def describe_fleet(fleet_id: str, ec2: Any) -> FleetStatus:
     )
 
 
-def check_fleet_healthy(fleet_id: str, status: FleetStatus) -> None:
-    if status.state in FAILED_STATES:
-        raise FleetRequestError(f"spot fleet {fleet_id} is {status.state}")
-    if status.activity == "error":
-        raise FleetRequestError(
-            f"spot fleet {fleet_id} reports an error (see its request history: an invalid launch template, "
-            "subnet, role or no capacity at the price cap)"
+@dataclass(frozen=True)
+class FleetError:
+    """One `error` event of the fleet's request history, and the pool it names (if any)."""
+
+    sub_type: str
+    description: str
+    instance_type: str | None = None
+    availability_zone: str | None = None
+    code: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        """The request can never be fulfilled: no other pool would launch either."""
+        return self.sub_type in FATAL_ERROR_SUB_TYPES or (
+            self.code is not None and self.code.startswith(SHARED_ERROR_CODES)
         )
+
+    def as_failed_pool(self) -> FailedPool:
+        return FailedPool(
+            instance_type=self.instance_type,
+            availability_zone=self.availability_zone,
+            error=self.code or self.sub_type,
+            message=self.description or self.sub_type,
+        )
+
+
+def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> FleetError:
+    """An `error` history record → its pool and code. EC2 describes a pool's failure as
+    `<type>, <ami>, <platform>, <zone>, <Code>: <message>`; other errors name no pool."""
+    information = record.get("EventInformation", {})
+    description = str(information.get("EventDescription", ""))
+    tokens = set(re.split(r"[\s,()]+", description))
+    instance_type = next((t for t in instance_types if t in tokens), None)
+    zone = _ZONE.search(description)
+    code = _ERROR_CODE.search(description)
+    return FleetError(
+        sub_type=str(information.get("EventSubType", "error")),
+        description=description,
+        instance_type=instance_type,
+        availability_zone=zone.group(0) if zone else None,
+        code=code.group(1) if code else None,
+    )
+
+
+def fleet_errors(fleet_id: str, ec2: Any, since: datetime, instance_types: Sequence[str]) -> list[FleetError]:
+    """The fleet's `error` events since `since` (DescribeSpotFleetRequestHistory, every page)."""
+    records: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id, "StartTime": since, "EventType": "error"}
+    try:
+        while True:
+            page = ec2.describe_spot_fleet_request_history(**kwargs)
+            records.extend(page.get("HistoryRecords", []))
+            if not page.get("NextToken"):
+                break
+            kwargs["NextToken"] = page["NextToken"]
+    except ClientError as exc:
+        raise _aws_error("ec2.describe_spot_fleet_request_history", exc) from exc
+    return [parse_fleet_error(r, instance_types) for r in records if r.get("EventType") == "error"]
+
+
+def with_failed_pools(run: RunState, errors: Iterable[FleetError]) -> RunState:
+    """The run with the pools these errors name added to `failed_pools` (each pool and error once)."""
+    pools = list(run.failed_pools)
+    seen = {(p.instance_type, p.availability_zone, p.error) for p in pools}
+    for error in errors:
+        pool = error.as_failed_pool()
+        key = (pool.instance_type, pool.availability_zone, pool.error)
+        if key not in seen and len(pools) < FAILED_POOLS_LIMIT:
+            seen.add(key)
+            pools.append(pool)
+    return run if len(pools) == len(run.failed_pools) else run.model_copy(update={"failed_pools": pools})
+
+
+def _named(errors: Iterable[FleetError]) -> str:
+    return _named_pools(e.as_failed_pool() for e in errors)
+
+
+def _named_pools(pools: Iterable[FailedPool]) -> str:
+    """`c5.large in us-east-1a, us-east-1b: Unsupported; ...`: pools, zones grouped by type and error."""
+    zones: dict[tuple[str | None, str], list[str]] = {}
+    for pool in pools:
+        listed = zones.setdefault((pool.instance_type, pool.error), [])
+        if pool.availability_zone and pool.availability_zone not in listed:
+            listed.append(pool.availability_zone)
+    named = []
+    for (instance_type, code), in_zones in zones.items():
+        where = " in ".join(x for x in (instance_type, ", ".join(sorted(in_zones))) if x)
+        named.append(f"{where}: {code}" if where else code)
+    return "; ".join(named)
+
+
+def check_fleet_healthy(fleet_id: str, status: FleetStatus, errors: Sequence[FleetError] = ()) -> None:
+    """Raise FleetRequestError when the fleet ended, or when its history holds an error no pool escapes.
+    A failed pool while others may still fill is not an error (the registration timeout covers a fleet
+    that never gets capacity)."""
+    if status.state in FAILED_STATES:
+        reasons = f": {_named(errors)}" if errors else ""
+        raise FleetRequestError(f"spot fleet {fleet_id} is {status.state}{reasons}")
+    fatal = [e for e in errors if e.fatal]
+    if fatal:
+        details = "; ".join(dict.fromkeys(f"{e.sub_type}: {e.description}" for e in fatal))
+        pools = [e for e in errors if not e.fatal and e.instance_type]
+        failed = f"; failed pools: {_named(pools)}" if pools else ""
+        raise FleetRequestError(f"spot fleet {fleet_id} can never be fulfilled: {details}{failed}")
 
 
 # ---------------------------------------------------------------------------------------------- run steps
@@ -282,8 +403,15 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     if fleet_id is None:
         raise FleetRequestError("the run has no spot fleet: RequestFleet did not finish")
     status = describe_fleet(fleet_id, ec2)
-    check_fleet_healthy(fleet_id, status)
     timeline = run.timeline
+    requested_at = timeline.fleet_requested_at or now
+    errors: list[FleetError] = []
+    if status.state in FAILED_STATES or status.activity == "error":
+        errors = fleet_errors(
+            fleet_id, ec2, requested_at - HISTORY_CLOCK_SLACK, run.spec.fleet.instance_types
+        )
+        run = with_failed_pools(run, errors)
+    check_fleet_healthy(fleet_id, status, errors)
     if status.fulfilled and timeline.fleet_fulfilled_at is None:
         timeline = timeline.model_copy(update={"fleet_fulfilled_at": now})
     registered = count_registered_instances(run, ecs)
@@ -294,12 +422,12 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
                 "timeline": timeline.model_copy(update={"registered_at": timeline.registered_at or now}),
             }
         )
-    requested_at = timeline.fleet_requested_at or now
     waited = (now - requested_at).total_seconds()
     if waited > run.spec.limits.registration_timeout_seconds:
+        failed = f"; failed pools: {_named_pools(run.failed_pools)}" if run.failed_pools else ""
         raise RegistrationTimeoutError(
             f"no instance of spot fleet {fleet_id} registered with cluster {run.scoped_name} within "
             f"{run.spec.limits.registration_timeout_seconds} s (fleet {status.state}, "
-            f"{status.fulfilled_capacity:g} of {status.target_capacity:g} capacity fulfilled)"
+            f"{status.fulfilled_capacity:g} of {status.target_capacity:g} capacity fulfilled){failed}"
         )
     return run.model_copy(update={"timeline": timeline})

@@ -8,8 +8,10 @@ from that:
 
 - queues again the shards that have neither an output nor a dead letter while the queue is empty and nothing
   is in flight (a message lost with an instance, or an output deleted by hand);
-- lowers the fleet's target capacity and the service's desired count once fewer shards remain than the
-  fleet has task slots, so nobody pays for idle instances;
+- sizes the service to the capacity that registered: a task per task slot of the registered instances
+  (raised as instances join), never more than the remaining shards, never zero while work remains;
+- lowers the fleet's target capacity once fewer shards remain than the fleet has task slots, so nobody pays
+  for idle instances;
 - counts spot interruptions (fleet instances that went away while the fleet is active and not because we
   lowered its capacity);
 - keeps throughput figures (shards/s, and predictions/s estimated from a sample of outputs' `spotfill-rows`);
@@ -27,11 +29,12 @@ import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import FleetRequestError, RunTimeoutError, SpotfillError, StallError
 from spotfill_control.fleet import capacity_weights
 from spotfill_control.run import Progress, RunState
@@ -96,6 +99,7 @@ class Iteration:
     fleet_target_capacity: int | None = None
     service_desired_count: int | None = None
     fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
+    fleet_valid_until: datetime | None = None  # the request's ValidUntil, when EC2 reports it
 
 
 # ------------------------------------------------------------------------------------------ pure arithmetic
@@ -147,12 +151,6 @@ def lowered_capacity(
     return needed if needed < current else None
 
 
-def lowered_desired_count(current: int, remaining_shards: int) -> int | None:
-    """The service's new desired count: a task per remaining shard at most, never zero while work remains."""
-    needed = max(1, remaining_shards)
-    return needed if needed < current else None
-
-
 def count_interruptions(
     known_weights: Mapping[str, float], alive: set[str], target_capacity: float, fleet_active: bool
 ) -> int:
@@ -179,12 +177,22 @@ def handover_due(run: RunState) -> bool:
     return run.progress.iterations_this_execution >= run.spec.limits.effective_handover_after_iterations
 
 
-def check_fleet(run: RunState, seen: Iteration) -> None:
-    """Raise FleetRequestError when work remains but the fleet was cancelled, failed, expired or is gone: no
-    instance will come to do it, so waiting for the stall timeout would only delay the report."""
+def check_fleet(run: RunState, seen: Iteration, now: datetime | None = None) -> None:
+    """Raise when work remains but the fleet was cancelled, failed, expired or is gone: no instance will come
+    to do it, so waiting for the stall timeout would only delay the report. A fleet past its ValidUntil
+    expired (EC2 terminated its instances): RunTimeoutError; any other end: FleetRequestError. `now` is when
+    the fleet was looked at or later (by default: the time of this check)."""
     if run.progress.state == "done" or seen.fleet_state is None:
         return
     if seen.fleet_state not in ACTIVE_FLEET_STATES:
+        valid_until = seen.fleet_valid_until
+        if valid_until is not None and (now or datetime.now(UTC)) >= valid_until:
+            raise RunTimeoutError(
+                f"spot fleet {run.resources.spot_fleet_request_id} expired at {valid_until.isoformat()} "
+                "(its ValidUntil, set from limits.max_runtime_seconds = "
+                f"{run.spec.limits.max_runtime_seconds}) and EC2 terminated its instances while "
+                f"{seen.remaining} shard(s) remain"
+            )
         raise FleetRequestError(
             f"spot fleet {run.resources.spot_fleet_request_id} is {seen.fleet_state} while "
             f"{seen.remaining} shard(s) remain"
@@ -328,6 +336,7 @@ class FleetView:
     state: str
     active: bool
     target_capacity: int
+    valid_until: datetime | None
     weights: dict[str, float]  # instance type → weighted capacity (as the fleet was requested)
     alive: dict[str, str]  # instance id → type, for pending/running instances
     known_types: dict[str, str]  # instance id → type, for instances described this time
@@ -362,6 +371,7 @@ def describe_fleet(
         state=str(config.get("SpotFleetRequestState", "unknown")),
         active=config.get("SpotFleetRequestState") in ACTIVE_FLEET_STATES,
         target_capacity=int(config["SpotFleetRequestConfig"]["TargetCapacity"]),
+        valid_until=config["SpotFleetRequestConfig"].get("ValidUntil"),
         weights=dict(weights),
         alive={i: states[i][1] for i in listed if i in states and states[i][0] in ALIVE_STATES},
         known_types={i: t for i, (_, t) in states.items()},
@@ -577,6 +587,7 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
         seen.fleet_state = "gone"
         return
     seen.fleet_state = view.state
+    seen.fleet_valid_until = view.valid_until
     known_weights = {i: view.weights.get(view.known_types.get(i, ""), 1.0) for i in progress.known_instances}
     seen.interruptions = count_interruptions(
         known_weights, set(view.alive), view.target_capacity, view.active
@@ -585,28 +596,39 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
     progress.known_instances = sorted(view.alive)
     progress.fleet_target_capacity = view.target_capacity
     seen.fleet_target_capacity = view.target_capacity
-    if done or view.state != "active":
-        # Done: teardown removes everything, lowering now would only race it. Submitted or modifying: the
-        # fleet takes no new target until it settles; the next iteration lowers it.
+    if done or not view.active:
+        # Done: teardown removes everything, resizing now would only race it. A fleet that ended brings no
+        # capacity: check_fleet fails the run.
+        return
+    _size_service(run, clients, seen)
+    if view.state != "active":
+        # Submitted or modifying: the fleet takes no new target until it settles; the next iteration
+        # lowers it.
         return
 
     tasks_per_instance = run.spec.service.tasks_per_instance
     max_weight = max(view.weights.values(), default=1.0)
     new_target = lowered_capacity(view.target_capacity, seen.remaining, tasks_per_instance, max_weight)
-    if run.resources.cluster_name and run.resources.service_name:
-        desired = service_desired_count(run.resources.cluster_name, run.resources.service_name, clients.ecs)
-        new_desired = None if desired is None else lowered_desired_count(desired, seen.remaining)
-        if new_desired is not None:
-            clients.ecs.update_service(
-                cluster=run.resources.cluster_name,
-                service=run.resources.service_name,
-                desiredCount=new_desired,
-            )
-        seen.service_desired_count = new_desired if new_desired is not None else desired
     if new_target is not None:
         clients.ec2.modify_spot_fleet_request(SpotFleetRequestId=fleet_id, TargetCapacity=new_target)
         progress.fleet_target_capacity = new_target
         seen.fleet_target_capacity = new_target
+
+
+def _size_service(run: RunState, clients: Clients, seen: Iteration) -> None:
+    """Desired tasks follow the capacity that registered and the work left (`desired_count`)."""
+    cluster, service = run.resources.cluster_name, run.resources.service_name
+    if not (cluster and service):
+        return
+    desired = service_desired_count(cluster, service, clients.ecs)
+    if desired is None:
+        return
+    wanted = desired_count(
+        count_registered_instances(run, clients.ecs), run.spec.service.tasks_per_instance, seen.remaining
+    )
+    if wanted != desired:
+        clients.ecs.update_service(cluster=cluster, service=service, desiredCount=wanted)
+    seen.service_desired_count = wanted
 
 
 # ------------------------------------------------------------------------------------------ continue-as-new

@@ -359,6 +359,7 @@ def build_report(
                     k: round(v, 6) for k, v in (summary.hours_by_type if summary else {}).items()
                 },
                 "interruptions": run.progress.interruptions,
+                "failed_pools": [pool.model_dump() for pool in run.failed_pools],
             },
             "cost_usd": {
                 "spot": round(spot_usd, 6),

@@ -77,6 +77,24 @@ class Progress(_State):
     rows_sampled_total: int = 0
 
 
+class FailedPool(_State):
+    """A capacity pool of the fleet (an instance type in a zone) that EC2 could not launch into, or an
+    account-wide fleet error that names no pool: from the fleet's request history (`error` events)."""
+
+    instance_type: str | None = None
+    availability_zone: str | None = None
+    error: str  # the EC2 error code in the event's description, else the event's sub-type
+    message: str
+
+    def __str__(self) -> str:
+        where = " in ".join(x for x in (self.instance_type, self.availability_zone) if x)
+        return f"{where}: {self.error}" if where else self.error
+
+
+# At most this many failed pools are kept (the run state must stay small).
+FAILED_POOLS_LIMIT = 20
+
+
 class RunState(_State):
     run_id: str
     spec: BackfillSpec
@@ -91,6 +109,7 @@ class RunState(_State):
     resources: Resources = Field(default_factory=Resources)
     timeline: Timeline = Field(default_factory=Timeline)
     progress: Progress = Field(default_factory=Progress)
+    failed_pools: list[FailedPool] = Field(default_factory=list)
 
     def stepped(self, phase: Phase, started: str, at: datetime, **created: object) -> RunState:
         """The run entered `phase`: record what the step created and when it first started (a retried step

@@ -138,9 +138,9 @@ def _pooled_client(service: str, *args: Any, **kwargs: Any) -> Any:
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # EC2's launch template physics, which moto lacks: a new version inherits its SourceVersion, and a fleet
-    # launches from the version it names.
+    # launches from the version it names; its request history, ActivityStatus and ValidUntil.
     patches.inherit_launch_template_source_versions()
-    patches.launch_fleets_from_requested_versions()
+    patches.install_fleet_model()
     with mock_aws():
         aws.reset_clients()
         monkeypatch.setattr(boto3, "client", _pooled_client)

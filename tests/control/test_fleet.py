@@ -14,7 +14,7 @@ from spotfill_control.errors import (
 )
 from spotfill_control.handlers import check_registration as check_handler
 from spotfill_control.handlers import request_fleet as request_handler
-from spotfill_control.run import RUN_ID_TAG, Resources, RunState, Timeline
+from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, Resources, RunState, Timeline
 from spotfill_control.spec import BackfillSpec
 
 from .conftest import FailingClient, prepared_run, sample_spec
@@ -101,7 +101,6 @@ def test_fleet_cannot_be_requested_before_its_launch_template_version_exists(s3_
 @pytest.mark.parametrize(
     ("state", "activity", "error"),
     [
-        ("active", "error", "reports an error"),
         ("failed", None, "is failed"),
         ("cancelled_terminating", "fulfilled", "is cancelled_terminating"),
         ("cancelled_running", "fulfilled", "is cancelled_running"),
@@ -115,6 +114,112 @@ def test_fleet_errors_and_cancellations_end_the_run(state, activity, error):
 def test_a_fleet_starting_up_is_healthy():
     fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("submitted", "pending_fulfillment", 4, 0))
     fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "fulfilled", 4, 4))
+
+
+TYPES = ["c5.xlarge", "c5.2xlarge"]
+
+
+def _error_event(sub_type: str, description: str) -> dict:
+    return {
+        "EventType": "error",
+        "EventInformation": {"EventSubType": sub_type, "EventDescription": description},
+        "Timestamp": STARTED,
+    }
+
+
+UNSUPPORTED_IN_ZONE = _error_event(
+    "spotFleetRequestConfigurationInvalid",
+    "c5.2xlarge, ami-0123456789abcdef0, Linux/UNIX (Amazon VPC), us-east-1e, Unsupported: The requested "
+    "instance type is not supported in the requested Availability Zone.",
+)
+NO_CAPACITY = _error_event(
+    "spotFleetRequestConfigurationInvalid",
+    "c5.xlarge, ami-0123456789abcdef0, Linux/UNIX, us-east-1a, InsufficientInstanceCapacity: There is no "
+    "Spot capacity available that matches your request.",
+)
+
+
+def test_a_pool_error_names_its_instance_type_zone_and_code():
+    error = fleet.parse_fleet_error(UNSUPPORTED_IN_ZONE, TYPES)
+    assert (error.instance_type, error.availability_zone, error.code) == (
+        "c5.2xlarge",
+        "us-east-1e",
+        "Unsupported",
+    )
+    assert not error.fatal
+    assert str(error.as_failed_pool()) == "c5.2xlarge in us-east-1e: Unsupported"
+
+
+def test_an_error_without_a_code_keeps_its_sub_type_and_the_platform_is_not_taken_for_one():
+    event = _error_event(
+        "spotFleetRequestConfigurationInvalid",
+        "c5.xlarge, ami-0123, Linux/UNIX: The associatePublicIPAddress parameter can only be specified for "
+        "the network interface with DeviceIndex 0.",
+    )
+    pool = fleet.parse_fleet_error(event, TYPES).as_failed_pool()
+    assert (pool.instance_type, pool.availability_zone, pool.error) == (
+        "c5.xlarge",
+        None,
+        "spotFleetRequestConfigurationInvalid",
+    )
+
+
+def test_a_fleet_whose_pools_fail_while_others_may_fill_is_healthy():
+    # given EC2's ActivityStatus `error` for one pool not supported in its zone and one without capacity
+    errors = [fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY)]
+    # then the run goes on: other pools may still fill
+    fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "error", 4, 2), errors)
+
+
+@pytest.mark.parametrize(
+    ("event", "named"),
+    [
+        (
+            _error_event("iamFleetRoleInvalid", "The fleet role may not launch instances."),
+            "iamFleetRoleInvalid",
+        ),
+        (
+            _error_event(
+                "allLaunchSpecsTemporarilyBlacklisted", "None of the launch specifications is valid."
+            ),
+            "allLaunchSpecsTemporarilyBlacklisted",
+        ),
+        (
+            _error_event(
+                "spotFleetRequestConfigurationInvalid",
+                "c5.xlarge, ami-0123, Linux/UNIX, us-east-1a, InvalidAMIID.NotFound: No such image",
+            ),
+            "InvalidAMIID.NotFound",
+        ),
+    ],
+)
+def test_errors_that_no_pool_escapes_end_the_run_naming_the_failed_pools(event, named):
+    # given a pool that failed on its own and an error every pool shares
+    errors = [fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, event)]
+    # then the run ends with both in the reason
+    with pytest.raises(FleetRequestError, match="can never be fulfilled") as raised:
+        fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "error", 4, 0), errors)
+    assert named in str(raised.value)
+    assert "c5.2xlarge in us-east-1e: Unsupported" in str(raised.value)
+
+
+def test_failed_pools_are_kept_once_each_and_bounded():
+    run = pure_run()
+    errors = [
+        fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY, UNSUPPORTED_IN_ZONE)
+    ]
+    run = fleet.with_failed_pools(run, errors)
+    assert [str(p) for p in run.failed_pools] == [
+        "c5.2xlarge in us-east-1e: Unsupported",
+        "c5.xlarge in us-east-1a: InsufficientInstanceCapacity",
+    ]
+    many = [
+        fleet.FleetError(
+            "spotFleetRequestConfigurationInvalid", "x", "c5.xlarge", f"us-east-1{z}", "Unsupported"
+        )
+        for z in "abcdefghijklmnopqrstuvwxyz"
+    ]
+    assert len(fleet.with_failed_pools(run, many).failed_pools) == FAILED_POOLS_LIMIT
 
 
 # ----------------------------------------------------------------------------------------- handlers, moto
@@ -233,3 +338,50 @@ def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, reque
     world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
     with pytest.raises(FleetRequestError, match="no longer exists"):
         check_handler.handler({"run": requested}, lambda_context)
+
+
+# ------------------------------------------------------------------------- failing pools, EC2's history
+
+
+@pytest.fixture
+def failing_pools():
+    """EC2 as the local cloud models it (request history, ActivityStatus), with pools made to fail."""
+    from spotfill.localcloud import patches
+
+    patches.install_fleet_model()
+    yield patches.set_failing_pools
+    patches.set_failing_pools({})
+
+
+@pytest.mark.aws
+def test_one_failing_pool_while_the_others_fill_is_recorded_and_registration_goes_on(
+    world, lambda_context, failing_pools
+):
+    # given c5.2xlarge unsupported in every zone, c5.xlarge filling the fleet
+    failing_pools({"c5.2xlarge": "Unsupported"})
+    requested = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
+    fleet_id = requested["resources"]["spot_fleet_request_id"]
+    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        "SpotFleetRequestConfigs"
+    ][0]
+    assert config["ActivityStatus"] == "error"
+    # when CheckRegistration looks at the fleet, then the run waits on and records the pool that failed
+    run = check_handler.handler({"run": requested}, lambda_context)
+    assert run["phase"] == "fleet_requested"
+    assert {(p["instance_type"], p["error"]) for p in run["failed_pools"]} == {("c5.2xlarge", "Unsupported")}
+    assert all(p["availability_zone"] for p in run["failed_pools"])
+    assert state_store.load(run["run_id"], world.s3).failed_pools
+
+
+@pytest.mark.aws
+def test_every_pool_failing_ends_the_run_with_a_reason_naming_the_pools(world, lambda_context, failing_pools):
+    # given no pool of the request can launch
+    failing_pools({"c5.xlarge": "InsufficientInstanceCapacity", "c5.2xlarge": "Unsupported"})
+    requested = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
+    # when CheckRegistration looks, then the run fails at once, before any capacity is paid for
+    with pytest.raises(FleetRequestError, match="allLaunchSpecsTemporarilyBlacklisted") as raised:
+        check_handler.handler({"run": requested}, lambda_context)
+    assert "c5.xlarge in us-east-1" in str(raised.value) and "InsufficientInstanceCapacity" in str(
+        raised.value
+    )
+    assert "c5.2xlarge in us-east-1" in str(raised.value) and "Unsupported" in str(raised.value)

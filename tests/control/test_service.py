@@ -12,10 +12,8 @@ from .conftest import CONTROL_BUCKET, EXECUTION_ARN, prepared_run, sample_spec
 
 @pytest.fixture
 def registered(world, lambda_context) -> dict:
-    """A run whose fleet has two instances registered in the run's cluster."""
-    run = request_fleet.handler(
-        {"run": prepared_run(world, lambda_context, service__tasks_per_instance=2)}, None
-    )
+    """A run of three shards whose fleet has two instances registered in the run's cluster."""
+    run = request_fleet.handler({"run": prepared_run(world, lambda_context)}, None)
     for _ in range(2):
         world.register_instance(run["resources"]["cluster_name"])
     return check_registration.handler({"run": run}, lambda_context)
@@ -31,18 +29,31 @@ def _service(world, run: dict) -> dict:
 
 @pytest.mark.aws
 def test_service_runs_tasks_per_instance_on_every_registered_instance(world, lambda_context, registered):
-    # when ScaleService runs for a run with two registered instances and two tasks per instance
+    # when ScaleService runs for a run with two registered instances and one task per instance
     run = scale_service.handler({"run": registered}, lambda_context)
-    # then one EC2 service of four spread tasks runs the run's task definition, and monitoring starts
+    # then one EC2 service of two spread tasks runs the run's task definition, and monitoring starts
     service = _service(world, run)
     assert service["serviceName"] == f"spotfill-{run['run_id']}"
-    assert service["desiredCount"] == 4
+    assert service["desiredCount"] == 2
     assert service["launchType"] == "EC2"
     assert service["taskDefinition"] == run["resources"]["task_definition_arn"]
     assert {"key": RUN_ID_TAG, "value": run["run_id"]} in service["tags"]
     assert run["phase"] == "monitoring"
     assert run["timeline"]["processing_started_at"]
     assert state_store.load(run["run_id"], world.s3).resources.service_name == service["serviceName"]
+
+
+def test_a_starting_service_gets_tasks_per_instance_on_each_registered_instance_but_no_more_than_shards():
+    run = RunState.model_validate(
+        {
+            "run_id": "r",
+            "spec": sample_spec(service__tasks_per_instance=2),
+            "shards_total": 5,
+            "shards_skipped": 1,
+        }
+    )
+    # 4 shards to do, 2 tasks per instance
+    assert [cluster.desired_tasks(run, registered) for registered in (0, 1, 2, 3)] == [1, 2, 4, 4]
 
 
 class Recorder:
@@ -78,7 +89,7 @@ def test_retried_scale_service_keeps_one_service(world, lambda_context, register
     run = scale_service.handler({"run": registered}, lambda_context)
     services = world.ecs.list_services(cluster=run["resources"]["cluster_name"])["serviceArns"]
     assert len(services) == 1
-    assert _service(world, run)["desiredCount"] == 6
+    assert _service(world, run)["desiredCount"] == 3
 
 
 @pytest.mark.aws

@@ -173,6 +173,9 @@ _SHARED_LOADER = botocore.loaders.create_loader()
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     moto_shims.install()
+    from spotfill.localcloud import patches
+
+    patches.install_fleet_model()  # EC2's Spot Fleet history, ActivityStatus and ValidUntil (moto has none)
     # moto parses thousands of public AMIs per fresh EC2 backend; these tests need none of them (and moto
     # does not validate image ids), which keeps each test's setup well under a second.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")

@@ -182,7 +182,12 @@ def test_the_report_carries_counts_cost_and_throughput():
     assert document["status"] == "completed_with_failures"
     assert document["shards"]["failed_keys"] == ["s3://data/in/d.npy"]
     assert document["shards"]["requeued"] == 1 and document["shards"]["retried"] == 1
-    assert document["instances"] == {"count": 1, "hours_by_type": {"c5.xlarge": 2.0}, "interruptions": 2}
+    assert document["instances"] == {
+        "count": 1,
+        "hours_by_type": {"c5.xlarge": 2.0},
+        "interruptions": 2,
+        "failed_pools": [],
+    }
     assert document["cost_usd"]["spot"] == pytest.approx(0.1)
     assert document["cost_usd"]["on_demand_equivalent"] == pytest.approx(0.34)
     assert document["cost_usd"]["per_million_predictions"] == pytest.approx(0.1 / 0.3, abs=1e-6)

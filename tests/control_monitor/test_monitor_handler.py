@@ -198,6 +198,24 @@ def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world,
     assert service["desiredCount"] == 1
 
 
+def test_monitor_raises_the_service_as_instances_register_up_to_the_remaining_shards(
+    world, running_run, lambda_context
+):
+    # given a service sized when one instance had registered, and now every fleet instance registered (4)
+    cluster, service = running_run["resources"]["cluster_name"], running_run["resources"]["service_name"]
+    world.ecs.update_service(cluster=cluster, service=service, desiredCount=1)
+    registered = world.ecs.list_container_instances(cluster=cluster, status="ACTIVE")["containerInstanceArns"]
+    assert len(registered) == 4
+
+    # when monitor looks while the 3 shards are still queued
+    monitor.handler({"run": running_run}, lambda_context)
+
+    # then the service runs a task per registered instance, but no more than the 3 shards left
+    assert (
+        world.ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"] == 3
+    )
+
+
 def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context):
     # given plenty of work left (3 shards, 4 units)
     fleet_id = running_run["resources"]["spot_fleet_request_id"]

@@ -135,10 +135,46 @@ def test_capacity_never_drops_to_zero():
     assert lowered(current=4, remaining_shards=0, tasks_per_instance=1, max_weight=1) == 1
 
 
+def test_desired_count_rises_with_every_registered_instance_while_work_is_plenty():
+    # 100 shards left, 2 tasks per instance: each instance that registers adds two tasks
+    assert [progress.desired_count(n, 2, remaining_shards=100) for n in (1, 2, 3, 10)] == [2, 4, 6, 20]
+
+
 def test_desired_count_is_one_task_per_remaining_shard_at_most():
-    assert progress.lowered_desired_count(current=8, remaining_shards=3) == 3
-    assert progress.lowered_desired_count(current=2, remaining_shards=3) is None
-    assert progress.lowered_desired_count(current=2, remaining_shards=0) == 1
+    assert progress.desired_count(registered_instances=8, tasks_per_instance=1, remaining_shards=3) == 3
+    assert progress.desired_count(registered_instances=2, tasks_per_instance=1, remaining_shards=3) == 2
+
+
+def test_desired_count_is_never_zero_while_work_remains():
+    assert progress.desired_count(registered_instances=0, tasks_per_instance=2, remaining_shards=5) == 1
+    assert progress.desired_count(registered_instances=4, tasks_per_instance=2, remaining_shards=0) == 1
+
+
+def test_a_count_lowered_for_few_shards_is_not_raised_again_by_late_capacity():
+    # given the count lowered to the 2 shards left while 2 instances had registered
+    lowered_count = progress.desired_count(registered_instances=2, tasks_per_instance=2, remaining_shards=2)
+    # when 8 more instances register and the shards keep falling, the count only falls
+    later = [progress.desired_count(10, 2, remaining) for remaining in (2, 1, 1)]
+    assert [lowered_count, *later] == [2, 2, 1, 1]
+
+
+def test_a_fleet_past_its_valid_until_ends_the_run_as_timed_out():
+    # given a fleet EC2 expired (ValidUntil passed: it terminated the instances) while shards remain
+    run = make_run()
+    run.resources.spot_fleet_request_id = "sfr-1"
+    seen = progress.Iteration(remaining=3, fleet_state="cancelled", fleet_valid_until=T0)
+    # then the run times out, naming the expiry and the limit behind it
+    with pytest.raises(RunTimeoutError, match=r"sfr-1 expired at .*limits\.max_runtime_seconds.*3 shard"):
+        progress.check_fleet(run, seen, now=T0 + timedelta(seconds=1))
+
+
+def test_a_fleet_cancelled_before_its_valid_until_is_a_fleet_error():
+    from spotfill_control.errors import FleetRequestError
+
+    run = make_run()
+    seen = progress.Iteration(remaining=3, fleet_state="cancelled", fleet_valid_until=T0)
+    with pytest.raises(FleetRequestError, match="is cancelled while 3 shard"):
+        progress.check_fleet(run, seen, now=T0 - timedelta(seconds=1))
 
 
 # ------------------------------------------------------------------------------------------ interruptions

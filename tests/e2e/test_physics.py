@@ -5,8 +5,10 @@ These drive EC2 and ECS by hand (no state machine), as the control plane would."
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -82,7 +84,9 @@ def _run_scope(cloud, cluster: str, desired: int, stop_timeout: int = 2) -> None
     )
 
 
-def _request_fleet(cloud, version: str, capacity: int) -> str:
+def _request_fleet(
+    cloud, version: str, capacity: int, types: tuple[str, ...] = ("c5.xlarge",), **config: object
+) -> str:
     ec2 = cloud.client("ec2")
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
     return ec2.request_spot_fleet(
@@ -96,9 +100,12 @@ def _request_fleet(cloud, version: str, capacity: int) -> str:
                         "LaunchTemplateId": cloud.outputs.launch_template_id,
                         "Version": version,
                     },
-                    "Overrides": [{"InstanceType": "c5.xlarge", "SubnetId": subnet, "WeightedCapacity": 1.0}],
+                    "Overrides": [
+                        {"InstanceType": t, "SubnetId": subnet, "WeightedCapacity": 1.0} for t in types
+                    ],
                 }
             ],
+            **config,
         }
     )["SpotFleetRequestId"]
 
@@ -116,8 +123,8 @@ def _instance_states(cloud, fleet_id: str) -> list[str]:
 
 
 def test_fleet_instances_boot_join_the_cluster_in_their_user_data_and_run_the_services_tasks(local_cloud):
-    # given a run scope whose service wants two tasks, and a launch template version that joins it
-    _run_scope(local_cloud, "run-one", desired=2)
+    # given a run scope with a service, and a launch template version that joins it
+    _run_scope(local_cloud, "run-one", desired=0)
     version = _launch_template_version(local_cloud, "run-one")
 
     # when a fleet of two is requested
@@ -128,7 +135,9 @@ def test_fleet_instances_boot_join_the_cluster_in_their_user_data_and_run_the_se
     eventually(lambda: _instance_states(local_cloud, fleet_id) == ["running", "running"])
     ecs = local_cloud.client("ecs")
     eventually(lambda: len(ecs.list_container_instances(cluster="run-one")["containerInstanceArns"]) == 2)
-    # and two worker processes run, one per instance, with the task's environment and the emulator's endpoint
+    # and once the service wants two tasks, two worker processes run, spread one per instance, with the task's
+    # environment and the emulator's endpoint
+    ecs.update_service(cluster="run-one", service="workers", desiredCount=2)
     tasks = eventually(
         lambda: len(tasks_in(local_cloud, "run-one")) == 2 and tasks_in(local_cloud, "run-one")
     )
@@ -213,6 +222,83 @@ def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet
     eventually(
         lambda: not [t for t in agent.tasks if t.cluster == "run-spot"] and not fleet.running_machines()
     )
+
+
+def test_instances_boot_one_by_one_and_a_failing_pool_reports_an_error_while_the_others_fill(local_cloud):
+    from spotfill.localcloud import patches
+
+    # given c5.xlarge unsupported in every zone
+    patches.set_failing_pools({"c5.xlarge": "Unsupported"})
+    try:
+        # when a fleet of three over c5.xlarge and m5.xlarge is requested
+        _run_scope(local_cloud, "run-pools", desired=3)
+        fleet_id = _request_fleet(
+            local_cloud,
+            _launch_template_version(local_cloud, "run-pools"),
+            capacity=3,
+            types=("c5.xlarge", "m5.xlarge"),
+        )
+    finally:
+        patches.set_failing_pools({})
+
+    # then EC2 reports the failed pool (ActivityStatus error, an error event naming the type and zone) ...
+    ec2 = local_cloud.client("ec2")
+    config = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"][0]
+    assert config["SpotFleetRequestState"] == "active" and config["ActivityStatus"] == "error"
+    history = ec2.describe_spot_fleet_request_history(
+        SpotFleetRequestId=fleet_id, StartTime=datetime.now(UTC) - timedelta(minutes=5), EventType="error"
+    )["HistoryRecords"]
+    (error,) = history
+    assert error["EventInformation"]["EventDescription"].startswith("c5.xlarge, ")
+    assert "Unsupported: " in error["EventInformation"]["EventDescription"]
+    # ... while the other pool fills, its instances running one by one, at least the boot interval apart
+    eventually(lambda: _instance_states(local_cloud, fleet_id) == ["running"] * 3)
+    machines = [m for m in local_cloud.fleet.machines.values() if m.fleet_id == fleet_id]
+    assert {m.instance_type for m in machines} == {"m5.xlarge"}
+    boots = sorted(m.booted_at for m in machines)
+    assert all(b - a >= local_cloud.fleet.boot_interval for a, b in itertools.pairwise(boots))
+    eventually(lambda: len(tasks_in(local_cloud, "run-pools")) == 3)
+
+
+def test_a_fleet_past_its_valid_until_expires_and_its_instances_are_terminated(local_cloud):
+    # given a fleet of two with a ValidUntil, which terminates its instances on expiry, running its tasks
+    _run_scope(local_cloud, "run-expiry", desired=2)
+    valid_until = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    fleet_id = _request_fleet(
+        local_cloud,
+        _launch_template_version(local_cloud, "run-expiry"),
+        capacity=2,
+        ValidUntil=valid_until,
+        TerminateInstancesWithExpiration=True,
+    )
+    ec2 = local_cloud.client("ec2")
+    config = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"][0]
+    assert config["SpotFleetRequestConfig"]["ValidUntil"] == valid_until
+    eventually(lambda: len(tasks_in(local_cloud, "run-expiry")) == 2)
+    instance_ids = {m.instance_id for m in local_cloud.fleet.machines.values() if m.fleet_id == fleet_id}
+
+    # when EC2's clock reaches its ValidUntil (the hour is skipped by moving the request's ValidUntil to now)
+    local_cloud.fleet.backend.spot_fleet_requests[fleet_id].valid_until = datetime.now(UTC)
+
+    # then EC2 expires it, terminates its instances and their tasks stop
+    eventually(
+        lambda: (
+            ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"][0][
+                "SpotFleetRequestState"
+            ]
+            == "cancelled"
+        ),
+        timeout=30,
+    )
+    reservations = ec2.describe_instances(InstanceIds=sorted(instance_ids))["Reservations"]
+    assert {i["State"]["Name"] for r in reservations for i in r["Instances"]} == {"terminated"}
+    events = ec2.describe_spot_fleet_request_history(
+        SpotFleetRequestId=fleet_id, StartTime=datetime.now(UTC) - timedelta(minutes=5)
+    )["HistoryRecords"]
+    assert ("fleetRequestChange", "expired") in [
+        (e["EventType"], e["EventInformation"]["EventSubType"]) for e in events
+    ]
+    eventually(lambda: not tasks_in(local_cloud, "run-expiry"), timeout=30)
 
 
 def test_the_local_cloud_uses_python_of_this_environment_for_worker_commands():

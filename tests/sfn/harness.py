@@ -9,8 +9,12 @@ not do:
 
 - the ECS agent: every instance of an active Spot Fleet registers into the ECS cluster named in the user data
   it booted with (`ECS_CLUSTER=...`, from the run's launch template version), as the ECS-optimized AMI's agent
-  does. Fleet instances boot from the launch template version the fleet request names (moto would take the
-  latest; `fill_moto_gaps` makes it EC2's way).
+  does, after a boot time and one at a time (`register_after_seconds`, `register_interval_seconds`): on AWS
+  a fleet's instances register over minutes, not at once.
+- EC2's side of a Spot Fleet, from the local cloud's model of it (`spotfill.localcloud.patches`): launches
+  from the request's own launch template version into every override, `ActivityStatus`, the request history
+  (`DescribeSpotFleetRequestHistory`), pools that fail (`failing_pools`: an `error` event per pool while the
+  others fill) and `ValidUntil` (an expired request's instances are terminated on the physics' clock).
 - the workers: while the run's service has desired tasks, they receive shard messages from the queue named in
   the service's task definition (`SPOTFILL_QUEUE_URL`), write the output object each message names (with
   `spotfill-rows` and `spotfill-run-id` metadata) and delete the message.
@@ -42,6 +46,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
 
@@ -50,6 +55,7 @@ from moto import mock_aws
 
 from spotfill.deploy import StackOutputs, deploy_stack, update_stack
 from spotfill.lambdas import Dispatcher, Invocation, inprocess_lambdas
+from spotfill.localcloud import patches
 
 REGION = "us-east-1"
 SFN_CONFIG = {"stepfunctions": {"execute_state_machine": True}}
@@ -64,6 +70,12 @@ class Knobs:
 
     register: bool = True  # False: instances never join the cluster (registration timeout)
     register_after_seconds: float = 0.0  # boot time before an instance registers
+    register_interval_seconds: float = 0.0  # instances register one at a time, at least this far apart
+    # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
+    failing_pools: dict[str, str] = field(default_factory=dict)
+    # EC2 expires a fleet this long after the physics first sees it, not at the ValidUntil the run asked for
+    # (limits.max_runtime_seconds, 60 s at least): an expiry without the wait. None: the ValidUntil requested.
+    fleet_valid_for_seconds: float | None = None
     fleet_fails: bool = False  # EC2 reports the fleet `failed` right after it is requested
     tick_seconds: float = 0.25  # the physics' clock
     shards_per_tick: int = 1  # how fast the workers are, so outputs appear while the run monitors
@@ -81,6 +93,10 @@ class PhysicsLog:
     lost: list[str] = field(default_factory=list)  # shard URIs
     poisoned_receives: int = 0
     errors: list[str] = field(default_factory=list)
+    expired: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # fleet expired on ValidUntil -> its instances
+    desired_counts: list[int] = field(default_factory=list)  # every desired count the run's service had
 
 
 class Physics(threading.Thread):
@@ -97,15 +113,23 @@ class Physics(threading.Thread):
         self._s3 = session.client("s3")
         self._first_seen: dict[str, float] = {}
         self._registered: set[str] = set()
+        self._last_registered_at: float | None = None
+        self._valid_until_set: set[str] = set()
         self._clusters: dict[str, str | None] = {}  # instance id -> cluster named in its user data
+
+    def start(self) -> None:
+        patches.set_failing_pools(self.knobs.failing_pools)
+        super().start()
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
+        patches.set_failing_pools({})
 
     def run(self) -> None:
         while not self._halt.is_set():
             try:
+                self._expire()
                 self._boot_and_register()
                 self._work()
             except Exception as exc:  # the physics must not die silently: tests assert on log.errors
@@ -113,6 +137,22 @@ class Physics(threading.Thread):
             self._halt.wait(self.knobs.tick_seconds)
 
     # ---- EC2 and the ECS agent
+
+    def _expire(self) -> None:
+        """EC2's clock: requests past their ValidUntil expire and their instances are terminated."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
+        if self.knobs.fleet_valid_for_seconds is not None:
+            for fleet in list(backend.spot_fleet_requests.values()):
+                if fleet.id not in self._valid_until_set:
+                    self._valid_until_set.add(fleet.id)
+                    fleet.valid_until = datetime.now(UTC) + timedelta(
+                        seconds=self.knobs.fleet_valid_for_seconds
+                    )
+        patches.expire_fleets(backend)
+        self.log.expired.update(patches.expired_fleets(backend))
 
     def _boot_and_register(self) -> None:
         for fleet in self._ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
@@ -135,6 +175,11 @@ class Physics(threading.Thread):
                     continue
                 if time.monotonic() - booted_at < self.knobs.register_after_seconds:
                     continue
+                if (
+                    self._last_registered_at is not None
+                    and time.monotonic() - self._last_registered_at < self.knobs.register_interval_seconds
+                ):
+                    return  # one at a time: the next instance registers on a later tick
                 cluster = self._cluster_of(instance_id)
                 if cluster is None:
                     continue
@@ -147,6 +192,7 @@ class Physics(threading.Thread):
                     cluster=cluster, instanceIdentityDocument=json.dumps(document)
                 )
                 self._registered.add(instance_id)
+                self._last_registered_at = time.monotonic()
                 self.log.registered.append((cluster, instance_id))
 
     def _cluster_of(self, instance_id: str) -> str | None:
@@ -190,7 +236,11 @@ class Physics(threading.Thread):
             for service in self._ecs.describe_services(cluster=cluster_arn, services=service_arns)[
                 "services"
             ]:
-                if service.get("status") != "ACTIVE" or service.get("desiredCount", 0) <= 0:
+                if service.get("status") != "ACTIVE":
+                    continue
+                if self.log.desired_counts[-1:] != [service["desiredCount"]]:
+                    self.log.desired_counts.append(service["desiredCount"])
+                if service["desiredCount"] <= 0:
                     continue
                 task = self._ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
                 (container,) = task["taskDefinition"]["containerDefinitions"]
@@ -535,6 +585,8 @@ def fill_moto_gaps() -> None:
       launches from the version its request names; `CreateLaunchTemplateVersion` inherits its
       `SourceVersion`; a stack update updates what references an updated resource, and a launch template's
       `LatestVersionNumber` is the version CloudFormation made.
+    - Spot Fleet's ActivityStatus, request history, failing pools and ValidUntil: the local cloud's model of
+      them (`spotfill.localcloud.patches.install_fleet_model`).
     """
     from spotfill.localcloud import patches
 
@@ -542,7 +594,7 @@ def fill_moto_gaps() -> None:
     global _gaps_filled
     if _gaps_filled:
         return
-    patches.launch_fleets_from_requested_versions()
+    patches.install_fleet_model()
     patches.inherit_launch_template_source_versions()
     patches.update_stacks_as_cloudformation_does()
     from moto.core.responses import ActionResult

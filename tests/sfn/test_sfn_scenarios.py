@@ -378,3 +378,82 @@ def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lamb
     if state != "Validate":
         assert outcome.report is not None and outcome.report["status"] == "failed"
     assert_nothing_left(cloud.session, outcome.run_id)
+
+
+# ------------------------------------------------------------------------------ capacity as EC2 delivers it
+
+
+def _rises_then_falls(counts: list[int]) -> bool:
+    peak = counts.index(max(counts))
+    return counts[: peak + 1] == sorted(counts[: peak + 1]) and counts[peak:] == sorted(
+        counts[peak:], reverse=True
+    )
+
+
+def test_service_grows_a_task_for_every_instance_as_instances_register_one_by_one(cloud, lambdas):
+    # given a 4-instance fleet whose instances register two seconds apart, and work for all of them
+    spec = cloud.spec("staggered", shards=24, fleet={"instance_types": ["c5.large"], "target_capacity": 4})
+
+    outcome = cloud.run(spec, Knobs(tick_seconds=0.6, register_interval_seconds=2.0))
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert len(cloud.outputs("staggered")) == 24
+    registered = len(outcome.physics.registered)
+    assert registered == 4
+    counts = outcome.physics.desired_counts
+    # then the service started on what had registered, grew to a task per registered instance, and only fell
+    # once the shards ran out (raising and lowering never fight)
+    assert counts[0] < registered, counts
+    assert max(counts) == registered, counts
+    assert _rises_then_falls(counts), counts
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas):
+    # given c5.large not supported in any zone of the request, m5.large filling the fleet
+    spec = cloud.spec(
+        "onepool", shards=3, fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2}
+    )
+
+    outcome = cloud.run(spec, Knobs(failing_pools={"c5.large": "Unsupported"}))
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert len(cloud.outputs("onepool")) == 3
+    failed = outcome.report["instances"]["failed_pools"]
+    assert failed and {(p["instance_type"], p["error"]) for p in failed} == {("c5.large", "Unsupported")}
+    assert all(p["availability_zone"] for p in failed)
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_naming_the_pools(cloud, lambdas):
+    spec = cloud.spec(
+        "nopool", shards=2, fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2}
+    )
+
+    outcome = cloud.run(
+        spec, Knobs(failing_pools={"c5.large": "InsufficientInstanceCapacity", "m5.large": "Unsupported"})
+    )
+
+    _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
+    assert outcome.last.failures() == [("CheckRegistration", "FleetRequestError")]
+    reason = _cause_message(outcome)
+    assert "c5.large in us-east-1" in reason and "InsufficientInstanceCapacity" in reason
+    assert "m5.large in us-east-1" in reason and "Unsupported" in reason
+    assert outcome.physics.registered == []  # nothing launched, nothing paid for
+    assert outcome.report["status"] == "failed"
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cloud, lambdas):
+    # given workers that never finish a shard, and EC2 expiring the fleet (ValidUntil) 4 s after its request
+    spec = cloud.spec("expired", shards=3, limits={"stall_timeout_seconds": 60})
+
+    outcome = cloud.run(spec, Knobs(stop_after=0, fleet_valid_for_seconds=4))
+
+    # then EC2 terminated the fleet's instances, and the run failed with a reason naming the expiry
+    (fleet_id,) = outcome.physics.fleets
+    assert sorted(outcome.physics.expired[fleet_id]) == sorted(i for _, i in outcome.physics.registered)
+    _assert_failed_through_teardown_and_report(outcome, "RunTimeoutError")
+    assert f"spot fleet {fleet_id} expired" in _cause_message(outcome)
+    assert "limits.max_runtime_seconds" in _cause_message(outcome)
+    assert_nothing_left(cloud.session, outcome.run_id)

@@ -289,7 +289,7 @@ def _ec2(call: RecordedCall, account: Account) -> list[Need]:
         return [
             Need(f"ec2:{op}", account.arn("ec2", f"spot-fleet-request/{i}")) for i in p["SpotFleetRequestIds"]
         ]
-    if op == "ModifySpotFleetRequest":
+    if op in ("ModifySpotFleetRequest", "DescribeSpotFleetRequestHistory"):
         return [Need(f"ec2:{op}", account.arn("ec2", f"spot-fleet-request/{p['SpotFleetRequestId']}"))]
     if op == "TerminateInstances":
         return [

@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class LocalCloudOptions:
     port: int | None = None
+    # EC2's physics, in seconds (on AWS: instances boot and register over minutes). A fleet's first instance
+    # runs `boot_delay` after launch, the others one by one, `boot_interval` apart.
     boot_delay: float = 2.0
+    boot_interval: float = 0.5
+    # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
+    failing_pools: dict[str, str] = field(default_factory=dict)
     chaos: ChaosSpec | None = None
     run_dir: Path | None = None
     stack_name: str = "spotfill"
@@ -94,6 +99,8 @@ class LocalCloud:
         self._stack.callback(_forget_cached_clients)
         patches.install(self.endpoint_url)
         patches.raise_spot_quotas(self.region)
+        patches.set_failing_pools(self.options.failing_pools)
+        self._stack.callback(patches.set_failing_pools, {})
         from spotfill.lambdas import inprocess_lambdas
 
         self.dispatcher = self._stack.enter_context(inprocess_lambdas())
@@ -113,6 +120,7 @@ class LocalCloud:
             self.options.boot_delay,
             on_boot=self.agent.on_boot,
             on_terminate=self.agent.on_terminate,
+            boot_interval=self.options.boot_interval,
         )
         self._execution_events = ExecutionStatusEvents(self.endpoint_url, self.region)
         self.agent.start()

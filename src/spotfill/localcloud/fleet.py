@@ -1,7 +1,9 @@
 """EC2 physics moto leaves out: instances take a while to boot, and a maintained fleet replaces lost ones.
 
 moto marks a fleet's instances `running` the moment the request is made; here a new instance shows as
-`pending` for the boot delay and only then becomes `running` and reaches the ECS agent. moto lowers a fleet's
+`pending` for the boot delay and only then becomes `running` and reaches the ECS agent, one at a time: a
+fleet's instances boot at least `boot_interval` apart (on AWS a fleet's instances register over minutes).
+Fleets past their `ValidUntil` expire on this clock too (`patches.expire_fleets`). moto lowers a fleet's
 fulfilled capacity when one of its instances terminates but never launches a replacement; AWS does for a
 `maintain` fleet, so this does too. Both act on moto's in-process models, because the API has no verb for
 "the instance finished booting" or "the fleet launched a replacement".
@@ -19,6 +21,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import StateReason
 
+from spotfill.localcloud import patches
+
 log = logging.getLogger(__name__)
 
 
@@ -30,6 +34,7 @@ class Machine:
     instance_type: str
     fleet_id: str
     launched_at: float
+    booted_at: float | None = None  # monotonic seconds it became running
     booted: bool = False
     terminated: bool = False
     interrupted: bool = False
@@ -46,9 +51,11 @@ class FleetEmulator:
         on_boot: Callable[[Machine], None],
         on_terminate: Callable[[Machine], None],
         tick: float = 0.25,
+        boot_interval: float = 0.0,
     ) -> None:
         self.region = region
         self.boot_delay = boot_delay
+        self.boot_interval = boot_interval
         self.on_boot = on_boot
         self.on_terminate = on_terminate
         self.tick = tick
@@ -89,6 +96,11 @@ class FleetEmulator:
         booted: list[Machine] = []
         gone: list[Machine] = []
         with self._lock:
+            patches.expire_fleets(self.backend)
+            last_boot: dict[str, float] = {}
+            for machine in self.machines.values():
+                if machine.booted_at is not None:
+                    last_boot[machine.fleet_id] = max(last_boot.get(machine.fleet_id, 0.0), machine.booted_at)
             for fleet in list(self.backend.spot_fleet_requests.values()):
                 for request in list(fleet.spot_requests):
                     instance = request.instance
@@ -104,9 +116,17 @@ class FleetEmulator:
                     machine.terminated = True
                     machine.terminated_at = time.time()
                     gone.append(machine)
-                elif not machine.booted and now - machine.launched_at >= self.boot_delay:
+                elif (
+                    not machine.booted
+                    and now - machine.launched_at >= self.boot_delay
+                    and (
+                        machine.fleet_id not in last_boot
+                        or now - last_boot[machine.fleet_id] >= self.boot_interval
+                    )
+                ):
                     instance._state.name, instance._state.code = "running", 16
-                    machine.booted = True
+                    machine.booted, machine.booted_at = True, now
+                    last_boot[machine.fleet_id] = now
                     booted.append(machine)
         for callback, machines in ((self.on_terminate, gone), (self.on_boot, booted)):
             for machine in machines:

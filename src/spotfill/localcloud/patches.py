@@ -17,6 +17,16 @@ server runs in this process), never the code under test:
   made since through the API (a run's own version). Both as CloudFormation does them, here.
 - Spot Fleet instances start `pending` (moto makes them `running` at once); the EC2 emulator
   (`spotfill.localcloud.fleet`) makes them `running` after the boot delay.
+- Spot Fleet requests have no `ActivityStatus`, no request history (`DescribeSpotFleetRequestHistory` is not
+  implemented), ignore `ValidUntil`, and never fail a pool. Here a request keeps EC2's history (`submitted`,
+  `active`, `launched`, `error`, `expired`, `terminated` events), its `ActivityStatus` (`error` once a pool
+  failed, as on EC2, even while other pools fill), its `ValidUntil`: `expire_fleets` (run by the physics'
+  clock) ends an expired request and terminates its instances when `TerminateInstancesWithExpiration` is set.
+  `set_failing_pools` makes pools (an instance type, or `type@zone`) fail as EC2 reports it: an `error` event
+  per pool (`Unsupported`, `InsufficientInstanceCapacity`, ...) while the other pools fill, and
+  `allLaunchSpecsTemporarilyBlacklisted` once no pool is left (and a request that never launched an
+  instance can be cancelled, which moto refuses). `install_fleet_model` installs only these
+  Spot Fleet patches (the Step Functions harness uses moto in process, without the rest).
 - EC2 `DeleteLaunchTemplateVersions` is not implemented by moto (a 500); teardown removes the run's launch
   template version with it, so it is implemented here (deleted versions vanish from describe calls).
 - Step Functions: with execution on, moto names an execution started without a name `None` (every such
@@ -75,7 +85,7 @@ def install(endpoint_url: str) -> None:
         _endpoint["url"] = endpoint_url
         if _installed:
             return
-        launch_fleets_from_requested_versions()
+        _install_fleet_model()
         _patch_pending_fleet_instances()
         inherit_launch_template_source_versions()
         update_stacks_as_cloudformation_does()
@@ -178,6 +188,25 @@ def _once(name: str) -> bool:
             return False
         _done.add(name)
         return True
+
+
+def install_fleet_model() -> None:
+    """The Spot Fleet patches alone (idempotent): launch template versions and every override, request
+    history, ActivityStatus, ValidUntil and failing pools."""
+    with _lock:
+        _install_fleet_model()
+
+
+_fleet_model_installed = False
+
+
+def _install_fleet_model() -> None:
+    global _fleet_model_installed
+    if _fleet_model_installed:
+        return
+    launch_fleets_from_requested_versions()
+    _patch_spot_fleet_lifecycle()
+    _fleet_model_installed = True
 
 
 # --- Spot Fleet: the launch template version and every override ---------------------------------------
@@ -391,6 +420,263 @@ def _referenced(node: Any) -> set[str]:
         for item in node:
             found |= _referenced(item)
     return found
+
+# --- Spot Fleet: request history, ActivityStatus, failing pools, ValidUntil ------------------------------
+
+# What EC2 says when a pool cannot launch (the code starts the event's description, as on EC2).
+POOL_ERRORS = {
+    "Unsupported": "The requested instance type is not supported in the requested Availability Zone.",
+    "InsufficientInstanceCapacity": "There is no Spot capacity available that matches your request.",
+}
+LIVE_FLEET_STATES = ("submitted", "active", "modifying")
+_failing_pools: dict[str, str] = {}  # "type" or "type@zone" -> error code
+
+
+def set_failing_pools(pools: dict[str, str]) -> None:
+    """From now on the pools named (an instance type in every zone, or `type@zone`) fail to launch with the
+    error code given (`Unsupported`, `InsufficientInstanceCapacity`, ...); an empty dict heals every pool."""
+    unknown = sorted(code for code in pools.values() if code not in POOL_ERRORS)
+    if unknown:
+        raise ValueError(f"unknown pool error code(s) {unknown}; known: {sorted(POOL_ERRORS)}")
+    _failing_pools.clear()
+    _failing_pools.update(pools)
+
+
+def record_fleet_event(
+    fleet: Any, event_type: str, sub_type: str, description: str = "", instance_id: str | None = None
+) -> None:
+    """Append an event to the request's history (what DescribeSpotFleetRequestHistory answers)."""
+    information: dict[str, str] = {"EventSubType": sub_type}
+    if description:
+        information["EventDescription"] = description
+    if instance_id:
+        information["InstanceId"] = instance_id
+    fleet.__dict__.setdefault("_spotfill_history", []).append(
+        {"EventType": event_type, "EventInformation": information, "Timestamp": datetime.now(UTC)}
+    )
+
+
+def fleet_history(fleet: Any) -> list[dict[str, Any]]:
+    return list(fleet.__dict__.get("_spotfill_history", []))
+
+
+def _zone_of(fleet: Any, subnet_id: str | None) -> str | None:
+    if not subnet_id:
+        return None
+    try:
+        return fleet.ec2_backend.get_subnet(subnet_id).availability_zone
+    except Exception:
+        return None
+
+
+def _pool_failure(fleet: Any, spec: Any) -> str | None:
+    zone = _zone_of(fleet, spec.subnet_id)
+    return _failing_pools.get(f"{spec.instance_type}@{zone}") or _failing_pools.get(spec.instance_type)
+
+
+def _patch_spot_fleet_lifecycle() -> None:
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.spot_requests import SpotFleetRequest
+    from moto.ec2.responses.spot_fleets import SpotFleets
+
+    original_create = SpotFleetRequest.create_spot_requests
+
+    def create_spot_requests(self: Any, weight_to_add: float) -> None:
+        """Launch only into pools that do not fail; each failing pool reports an `error` event once."""
+        reported = self.__dict__.setdefault("_spotfill_failed_specs", set())
+        usable = []
+        for spec in self.launch_specs:
+            code = _pool_failure(self, spec)
+            if code is None:
+                usable.append(spec)
+                continue
+            if id(spec) not in reported:
+                reported.add(id(spec))
+                zone = _zone_of(self, spec.subnet_id) or "unknown zone"
+                record_fleet_event(
+                    self,
+                    "error",
+                    "spotFleetRequestConfigurationInvalid",
+                    f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
+                    f"{POOL_ERRORS[code]}",
+                )
+        if not usable:
+            if "_spotfill_all_blacklisted" not in self.__dict__:
+                self.__dict__["_spotfill_all_blacklisted"] = True
+                record_fleet_event(
+                    self,
+                    "error",
+                    "allLaunchSpecsTemporarilyBlacklisted",
+                    "None of the launch specifications is valid and several attempts to launch instances "
+                    "have failed.",
+                )
+            return
+        before = {id(r) for r in self.spot_requests}
+        launch_specs = self.launch_specs
+        self.launch_specs = usable
+        try:
+            original_create(self, weight_to_add)
+        finally:
+            self.launch_specs = launch_specs
+        for request in self.spot_requests:
+            if id(request) not in before and request.instance is not None:
+                record_fleet_event(self, "instanceChange", "launched", instance_id=request.instance.id)
+
+    SpotFleetRequest.create_spot_requests = create_spot_requests
+
+    original_terminate = SpotFleetRequest.terminate_instances
+
+    def terminate_instances(self: Any) -> None:
+        # moto asks EC2 to terminate no instance at all (an error) when the fleet never launched one.
+        if any(r.instance is not None for r in self.spot_requests):
+            original_terminate(self)
+
+    SpotFleetRequest.terminate_instances = terminate_instances
+
+    def activity_status(self: Any) -> str | None:
+        if self.state not in LIVE_FLEET_STATES:
+            return None
+        if any(e["EventType"] == "error" for e in fleet_history(self)):
+            return "error"  # as on EC2: once a launch failed, even while other pools fill
+        if self.fulfilled_capacity >= self.target_capacity:
+            return "fulfilled"
+        return "pending_fulfillment"
+
+    SpotFleetRequest.activity_status = property(activity_status)
+
+    original_config = SpotFleetRequest.spot_fleet_request_config
+
+    def spot_fleet_request_config(self: Any) -> dict[str, Any]:
+        config = dict(original_config.fget(self))
+        if self.__dict__.get("valid_until") is not None:
+            config["ValidUntil"] = self.valid_until
+            config["TerminateInstancesWithExpiration"] = self.terminate_instances_with_expiration
+        return config
+
+    SpotFleetRequest.spot_fleet_request_config = property(spot_fleet_request_config)
+
+    original_request = SpotFleets.request_spot_fleet
+
+    def request_spot_fleet(self: Any) -> Any:
+        result = original_request(self)
+        config = self._get_param("SpotFleetRequestConfig", {})
+        fleet = self.ec2_backend.spot_fleet_requests[result.result["SpotFleetRequestId"]]
+        valid_until = config.get("ValidUntil")
+        if valid_until:
+            fleet.valid_until = _timestamp(valid_until)
+            fleet.terminate_instances_with_expiration = str(
+                config.get("TerminateInstancesWithExpiration", "false")
+            ).lower() in ("true", "1")
+        history = fleet.__dict__.setdefault("_spotfill_history", [])
+        now = datetime.now(UTC)
+        history[:0] = [
+            {"EventType": "fleetRequestChange", "EventInformation": {"EventSubType": s}, "Timestamp": now}
+            for s in ("submitted", "active")
+        ]
+        return result
+
+    SpotFleets.request_spot_fleet = request_spot_fleet
+
+    def describe_spot_fleet_request_history(self: Any) -> Any:
+        from moto.core.responses import ActionResult
+
+        fleet_id = self._get_param("SpotFleetRequestId")
+        start = _timestamp(self._get_param("StartTime"))
+        event_type = self._get_param("EventType")
+        fleet = self.ec2_backend.spot_fleet_requests.get(fleet_id)
+        if fleet is None:
+            raise EC2ClientError(
+                "InvalidSpotFleetRequestId.NotFound", f"The spot fleet request ID '{fleet_id}' does not exist"
+            )
+        records = [
+            record
+            for record in fleet_history(fleet)
+            if record["Timestamp"] >= start and (not event_type or record["EventType"] == event_type)
+        ]
+        return ActionResult(
+            {
+                "HistoryRecords": records,
+                "LastEvaluatedTime": datetime.now(UTC),
+                "SpotFleetRequestId": fleet_id,
+                "StartTime": start,
+            }
+        )
+
+    SpotFleets.describe_spot_fleet_request_history = describe_spot_fleet_request_history
+
+    # EC2's clock for ValidUntil runs whether or not the physics ticks: whoever looks at a fleet past its
+    # ValidUntil sees it expired.
+    for name in ("describe_spot_fleet_requests", "describe_spot_fleet_instances"):
+        setattr(SpotFleets, name, _expiring_first(getattr(SpotFleets, name)))
+
+
+def _expiring_first(describe: Any) -> Any:
+    def described(self: Any) -> Any:
+        expire_fleets(self.ec2_backend)
+        return describe(self)
+
+    described.__name__ = describe.__name__
+    return described
+
+
+def expired_fleets(backend: Any) -> dict[str, list[str]]:
+    """Every request that expired so far -> the instances EC2 terminated when it did (from its history)."""
+    expired: dict[str, list[str]] = {}
+    for fleet in list(backend.spot_fleet_requests.values()):
+        history = fleet_history(fleet)
+        marks = [
+            i
+            for i, e in enumerate(history)
+            if e["EventType"] == "fleetRequestChange" and e["EventInformation"]["EventSubType"] == "expired"
+        ]
+        if marks:
+            expired[fleet.id] = [
+                e["EventInformation"]["InstanceId"]
+                for e in history[marks[0] :]
+                if e["EventType"] == "instanceChange"
+                and e["EventInformation"]["EventSubType"] == "terminated"
+            ]
+    return expired
+
+
+def _timestamp(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def expire_fleets(backend: Any, now: datetime | None = None) -> dict[str, list[str]]:
+    """EC2's clock for `ValidUntil`: every live request past it expires (an `expired` event); with
+    `TerminateInstancesWithExpiration` its instances are terminated and the request ends `cancelled`, else it
+    is `cancelled_running` and they run on. Returns each request that expired now -> the instances it
+    terminated."""
+    now = now or datetime.now(UTC)
+    expired: dict[str, list[str]] = {}
+    for fleet in list(backend.spot_fleet_requests.values()):
+        valid_until = fleet.__dict__.get("valid_until")
+        if valid_until is None or fleet.state not in LIVE_FLEET_STATES or now < valid_until:
+            continue
+        record_fleet_event(fleet, "fleetRequestChange", "expired")
+        expired[fleet.id] = []
+        if not fleet.__dict__.get("terminate_instances_with_expiration"):
+            fleet.state = "cancelled_running"
+            continue
+        alive = [
+            r.instance.id
+            for r in fleet.spot_requests
+            if r.instance is not None and r.instance._state.name in ("pending", "running")
+        ]
+        fleet.target_capacity = 0
+        fleet.fulfilled_capacity = 0.0
+        fleet.spot_requests = []
+        if alive:
+            backend.terminate_instances(alive)
+        for instance_id in alive:
+            record_fleet_event(fleet, "instanceChange", "terminated", instance_id=instance_id)
+        expired[fleet.id] = alive
+        fleet.state = "cancelled"
+    return expired
 
 
 # --- EC2: DeleteLaunchTemplateVersions ------------------------------------------------------------------
