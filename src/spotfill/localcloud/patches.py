@@ -421,6 +421,7 @@ def _referenced(node: Any) -> set[str]:
             found |= _referenced(item)
     return found
 
+
 # --- Spot Fleet: request history, ActivityStatus, failing pools, ValidUntil ------------------------------
 
 # What EC2 says when a pool cannot launch (the code starts the event's description, as on EC2).
