@@ -756,6 +756,11 @@ def current_principal() -> Principal | None:
     return None if principal is _NOBODY else principal  # type: ignore[return-value]
 
 
+def acting_as_nobody() -> bool:
+    """Whether this thread explicitly acts as nobody (the evaluator's own lookups, a role being loaded)."""
+    return getattr(_acting, "principal", None) is _NOBODY
+
+
 @contextmanager
 def acting_as(principal: Principal | None) -> Iterator[None]:
     """Calls on this thread act as `principal` (None: as nobody, not evaluated) for the block."""
