@@ -367,6 +367,13 @@ def _privilege(action: str) -> dict[str, Any]:
     return data["privileges"][lower]
 
 
+def supports_resource_level_permissions(action: str) -> bool:
+    """Whether some resource type of the action can be named in a statement's Resource (else only "*")."""
+    if "*" in action:
+        raise ValueError(f"{action}: a wildcard action names no single action")
+    return any(name for name in _privilege(action)["resource_types"])
+
+
 def _tail(value: str, sep: str = "/") -> str:
     return value.rsplit(sep, 1)[-1]
 

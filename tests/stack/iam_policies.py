@@ -105,3 +105,23 @@ def ungranted(
                     f"no statement of {function}'s role in template.yaml grants it"
                 )
     return sorted(missing)
+
+
+def resource_level_actions_granted_on_star(translated: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(role, statement, action) for every Allow with `Resource: "*"` of an action that supports
+    resource-level permissions, over every role of the template (functions', the task, instance, fleet, state
+    machine and event rule roles): such a grant is wider than it need be unless a condition key scopes it."""
+    from spotfill.iam import supports_resource_level_permissions
+
+    found = []
+    for role_id, resource in translated["Resources"].items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            for statement in _statements_of(policy["PolicyDocument"], policy["PolicyName"]):
+                if statement.effect != "Allow" or "*" not in statement.resources:
+                    continue
+                for action in statement.actions:
+                    if supports_resource_level_permissions(action):
+                        found.append((role_id, statement.source, action))
+    return sorted(found)

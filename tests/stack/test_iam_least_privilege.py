@@ -11,6 +11,7 @@ escaped it.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import uuid
@@ -37,6 +38,7 @@ from .iam_policies import (
     handler_functions,
     is_allowed,
     needs_of,
+    resource_level_actions_granted_on_star,
     ungranted,
 )
 
@@ -290,6 +292,39 @@ def test_no_policy_grants_a_full_access_action_or_resource_wildcard_on_a_service
                     [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
                 )
                 assert not any(a == "*" or a.endswith(":*") for a in actions), (policy["PolicyName"], actions)
+
+
+# Statements that grant an action supporting resource-level permissions on "*", each with why it must stay.
+RESOURCE_STAR_BUT_NEEDED: dict[tuple[str, str], str] = {
+    (
+        "RequestFleetFunctionRole",
+        "ec2:RequestSpotFleet",
+    ): "the request names images, subnets, security groups and a launch template besides the fleet it "
+    "creates; what the fleet may do is scoped by the iam:PassRole grants (fleet and instance roles only) and "
+    "the tag-on-create condition",
+}
+
+
+def test_no_role_grants_an_action_that_takes_a_resource_arn_on_star_without_a_written_reason(translated):
+    wide = resource_level_actions_granted_on_star(translated)
+    unexplained = [(r, s, a) for r, s, a in wide if (r, a) not in RESOURCE_STAR_BUT_NEEDED]
+    assert not unexplained, "\n".join(f"{r} ({s}) grants {a} on *" for r, s, a in unexplained)
+    stale = set(RESOURCE_STAR_BUT_NEEDED) - {(r, a) for r, _, a in wide}
+    assert not stale, f"listed but no longer granted on *: {sorted(stale)}"
+
+
+def test_a_grant_widened_to_star_is_caught(translated):
+    # given template.yaml with Teardown's fleet cancellation widened from spot-fleet-request/* to *
+    widened = copy.deepcopy(translated)
+    (policy,) = widened["Resources"]["TeardownFunctionRole"]["Properties"]["Policies"]
+    (cancel,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Sid") == "CancelFleet"]
+    cancel["Resource"] = "*"
+    # when the check runs, then it names the role, the statement and the action
+    assert (
+        "TeardownFunctionRole",
+        f"{policy['PolicyName']}/CancelFleet",
+        "ec2:CancelSpotFleetRequests",
+    ) in resource_level_actions_granted_on_star(widened)
 
 
 # ------------------------------------------------------------------------------------------ the scenarios
