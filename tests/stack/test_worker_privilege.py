@@ -109,7 +109,7 @@ def test_every_aws_call_of_the_worker_is_granted_to_the_task_role_and_every_gran
         }
         translated = translate_template(load_template(), region=REGION)
         statements = role_statements(translated, "WorkerTaskRole", physical, session.client("iam"))
-        account = Account(REGION, "123456789012", str, lambda *_: {}, lambda _: {})
+        account = Account(REGION, "123456789012")
         needs = [(call, need) for call in recorder.calls for need in needs_of(call, account)]
         assert needs, "the worker made no AWS call"
         missing = sorted(

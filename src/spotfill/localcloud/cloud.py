@@ -95,7 +95,8 @@ class LocalCloud:
         patches.install(self.endpoint_url)
         from spotfill.lambdas import inprocess_lambdas
 
-        self.dispatcher = self._stack.enter_context(inprocess_lambdas())
+        # IAM enforced: each handler acts as its function's role (the ECS agent's workers as the task role).
+        self.dispatcher = self._stack.enter_context(inprocess_lambdas(enforce_iam=True))
         from spotfill.deploy import deploy_stack
 
         self.outputs = deploy_stack(self.options.stack_name, region=self.region)
