@@ -602,9 +602,9 @@ def _context(
         if "Delimiter" in params:
             context["s3:delimiter"] = params["Delimiter"]
     if prefix == "ecs" and "ecs:cluster" in keys:
-        (cluster,) = _ecs_cluster_name(params, operation) or ["default"]
+        cluster = _values(params, "cluster") or ["default"]  # the cluster the call works in
         context["ecs:cluster"] = account.fill(
-            "arn:${Partition}:ecs:${Region}:${Account}:cluster/${Name}", {"Name": cluster}
+            "arn:${Partition}:ecs:${Region}:${Account}:cluster/${Name}", {"Name": _tail(cluster[0])}
         )
     if prefix == "cloudwatch" and "cloudwatch:namespace" in keys and "Namespace" in params:
         context["cloudwatch:namespace"] = params["Namespace"]
