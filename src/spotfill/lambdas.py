@@ -50,9 +50,6 @@ from moto.awslambda.models import LambdaFunction
 # Variables that change how boto3 clients are built: when one of them changes, cached clients are stale.
 _CLIENT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
-# boto3 client names whose IAM action prefix differs from the name.
-_IAM_PREFIX = {"stepfunctions": "states"}
-
 
 @dataclass(frozen=True)
 class AwsCall:
@@ -63,9 +60,14 @@ class AwsCall:
 
     @property
     def iam_action(self) -> str:
-        """`prefix:Operation`. For most services this is the IAM action; S3 object/bucket calls need a mapping
-        (ListObjectsV2 is authorised by s3:ListBucket, HeadObject by s3:GetObject)."""
-        return f"{_IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
+        """The IAM action that authorises the call, as `spotfill.iam` maps it (ListObjectsV2 is s3:ListBucket,
+        HeadObject s3:GetObject, SendMessageBatch sqs:SendMessage, ...); the actions a call implies (PassRole,
+        tag-on-create) and its resources are `spotfill.iam.requests_of`'s."""
+        from spotfill.iam import OPERATION_ACTIONS, iam_prefix
+
+        return OPERATION_ACTIONS.get(
+            (self.service, self.operation), f"{iam_prefix(self.service)}:{self.operation}"
+        )
 
 
 @dataclass
