@@ -783,6 +783,19 @@ def acting_as(principal: Principal | None) -> Iterator[None]:
             del _acting.principal
 
 
+@contextmanager
+def process_acting_as(principal: Principal) -> Iterator[None]:
+    """Every thread of this process acts as `principal` for the block (unless it says otherwise), as in a
+    worker process: tests run the worker in process this way."""
+    global _process_principal
+    saved = _process_principal
+    _process_principal = principal
+    try:
+        yield
+    finally:
+        _process_principal = saved
+
+
 # ------------------------------------------------------------------------------------------ enforcement
 
 _PARAMS_KEY = "spotfill.iam.params"
