@@ -374,6 +374,37 @@ def supports_resource_level_permissions(action: str) -> bool:
     return any(name for name in _privilege(action)["resource_types"])
 
 
+def _format_pattern(arn_format: str) -> re.Pattern[str]:
+    """An ARN format as a regex: names that hold paths (object keys, role paths) may contain "/"."""
+
+    def placeholder(name: str) -> str:
+        if name in _ACCOUNT_PLACEHOLDERS:
+            return "[^:]*"
+        if any(word in name for word in ("Object", "Path", "ParameterName", "LogStream")):
+            return ".+"
+        return "[^:/]+"
+
+    pieces = _PLACEHOLDER.split(arn_format)  # text, placeholder name, text, ...
+    regex = "".join(re.escape(p) if i % 2 == 0 else placeholder(p) for i, p in enumerate(pieces))
+    return re.compile(f"^{regex}$")
+
+
+def grants_something(action: str, resource: str) -> bool:
+    """Whether a statement's Resource can name a resource the action is authorised on: `*` always; an ARN
+    pattern only when it matches the ARN format of one of the action's resource types (an action that takes
+    no resource ARN, such as ecs:ListServices, is granted by nothing but `*`)."""
+    if resource == "*":
+        return True
+    prefix = action.split(":", 1)[0]
+    data = _service_data(prefix)
+    literal = resource.replace("*", "x").replace("?", "x")
+    return any(
+        _format_pattern(data["resources"][name]["arn"]).match(literal)
+        for name in _privilege(action)["resource_types"]
+        if name
+    )
+
+
 def _tail(value: str, sep: str = "/") -> str:
     return value.rsplit(sep, 1)[-1]
 

@@ -273,3 +273,27 @@ def test_teardown_functions_may_list_the_services_of_a_run_cluster_and_no_other(
         assert ecs.list_services(cluster="spotfill-listed")["serviceArns"] == []
         error = _error(lambda: ecs.list_services(cluster="production"))
     assert error.response["Error"]["Code"] == "AccessDeniedException"
+
+
+def test_every_statement_of_every_role_names_a_resource_each_of_its_actions_is_authorised_on(deployed):
+    # An action scoped to an ARN it is never authorised on is granted nothing (ecs:ListServices on a cluster
+    # ARN was): each Allow's resources must match the ARN format of a resource type of each of its actions.
+    stack, session = deployed
+    client = session.client("iam")
+    roles = [
+        r["PhysicalResourceId"]
+        for r in session.client("cloudformation").list_stack_resources(StackName=stack.stack_name)[
+            "StackResourceSummaries"
+        ]
+        if r["ResourceType"] == "AWS::IAM::Role"
+    ]
+    assert len(roles) >= 12  # ten functions, the task role, the state machine's, the rules', ...
+    granting_nothing = [
+        f"{role} ({statement.source}): {action} on {list(statement.resources)}"
+        for role in roles
+        for statement in iam.role_statements_from_iam(client, role)
+        if statement.effect == "Allow"
+        for action in statement.actions
+        if not any(iam.grants_something(action, resource) for resource in statement.resources)
+    ]
+    assert not granting_nothing, "\n".join(granting_nothing)
