@@ -28,11 +28,11 @@ Two parts:
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -839,7 +839,7 @@ class Evaluated:
     principal: Principal
     service: str
     operation: str
-    params: Mapping[str, Any] = field(hash=False)
+    params: Mapping[str, Any] = field(hash=False)  # kept for denied calls only
     decisions: tuple[tuple[Request, Decision], ...] = field(hash=False)
 
     @property
@@ -896,12 +896,14 @@ def _response(
 
 
 class Enforcer:
-    """The botocore hooks, and a log of every evaluated call (the least-privilege test reads it)."""
+    """The botocore hooks, and a log of the evaluated calls (the least-privilege tests read it): every
+    denied call in `denied`, and in `evaluated` every call, or the latest `keep` (a long-running cloud)."""
 
-    def __init__(self, lookups: AwsLookups, region: str | None = None) -> None:
+    def __init__(self, lookups: AwsLookups, region: str | None = None, keep: int | None = None) -> None:
         self.lookups = lookups
         self.region = region
-        self.evaluated: list[Evaluated] = []
+        self.evaluated: deque[Evaluated] = deque(maxlen=keep)
+        self.denied: list[Evaluated] = []
         self._lock = threading.Lock()
 
     def hook(self, client: Any) -> None:
@@ -915,8 +917,8 @@ class Enforcer:
         return self.lookups.account(self.region or region, principal.account_id)
 
     def _keep_params(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        if current_principal() is not None:
-            context[_PARAMS_KEY] = copy.deepcopy(params)
+        if current_principal() is not None:  # a shallow copy: botocore rewrites some in place, bodies stay
+            context[_PARAMS_KEY] = dict(params)
 
     def _before_call(self, model: Any, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict] | None:
         principal = current_principal()
@@ -930,8 +932,12 @@ class Enforcer:
             account = self.account(principal, region)
             requests = requests_of(service, model.name, params, account)
         decisions = tuple((r, evaluate(principal.statements, r)) for r in requests)
+        allowed = all(decision.allowed for _, decision in decisions)
+        evaluated = Evaluated(principal, service, model.name, {} if allowed else params, decisions)
         with self._lock:
-            self.evaluated.append(Evaluated(principal, service, model.name, params, decisions))
+            self.evaluated.append(evaluated)
+            if not allowed:
+                self.denied.append(evaluated)
         for request, decision in decisions:
             if not decision.allowed:
                 message = denial_message(principal, request, decision, service)
@@ -1032,11 +1038,14 @@ def _default_client(service: str) -> Any:
 
 
 @contextmanager
-def enforcing(client: Callable[[str], Any] | None = None, region: str | None = None) -> Iterator[Enforcer]:
+def enforcing(
+    client: Callable[[str], Any] | None = None, region: str | None = None, keep: int | None = None
+) -> Iterator[Enforcer]:
     """IAM enforced on every client created in the block, for whichever principal acts on the calling thread.
 
-    `client(service)` makes the clients the evaluator looks resources up with (as nobody); default boto3's."""
-    enforcer = Enforcer(AwsLookups(client or _default_client), region)
+    `client(service)` makes the clients the evaluator looks resources up with (as nobody); default boto3's.
+    `keep`: how many evaluated calls the log keeps (None: all; denied calls are always kept)."""
+    enforcer = Enforcer(AwsLookups(client or _default_client), region, keep)
     _install(enforcer)
     try:
         yield enforcer

@@ -284,14 +284,17 @@ def _acting_as(principal: Any) -> Iterator[None]:
 
 
 @contextmanager
-def inprocess_lambdas(max_records: int | None = None, *, enforce_iam: bool = False) -> Iterator[Dispatcher]:
+def inprocess_lambdas(
+    max_records: int | None = None, *, enforce_iam: bool = False, iam_log_size: int | None = None
+) -> Iterator[Dispatcher]:
     """Dispatch every moto Lambda invocation to its handler in this process, for the length of the block.
 
     Use it around `mock_aws()` work or around a `ThreadedMotoServer`: both run moto's backend in this process.
     Nested use is allowed; the innermost dispatcher handles invocations. `max_records` keeps only the latest
     invocations (a long-lived local cloud); None keeps them all (tests). `enforce_iam`: each handler acts as
     its function's role, and every call it makes is evaluated (`spotfill.iam.enforcing`); the enforcer is
-    the dispatcher's `iam` attribute.
+    the dispatcher's `iam` attribute, whose log keeps the latest `iam_log_size` calls (None: all) and every
+    denied one.
     """
     with contextlib.ExitStack() as stack:
         principal_of = None
@@ -299,7 +302,7 @@ def inprocess_lambdas(max_records: int | None = None, *, enforce_iam: bool = Fal
         if enforce_iam:
             from spotfill import iam
 
-            enforcer = stack.enter_context(iam.enforcing())
+            enforcer = stack.enter_context(iam.enforcing(keep=iam_log_size))
             principals = iam.RolePrincipals(_admin_client)
 
             def principal_of(fn: LambdaFunction) -> Any:

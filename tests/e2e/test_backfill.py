@@ -70,7 +70,7 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     assert sorted(keys) == [f"outputs/digits/part-{i:05d}.npy" for i in range(8)]
     # and IAM was enforced on every call: functions as their roles, none denied, each worker as the task role
     assert local_cloud.dispatcher.iam.evaluated
-    assert iam.describe(local_cloud.dispatcher.iam.evaluated) == []
+    assert iam.describe(local_cloud.dispatcher.iam.denied) == []
     task_logs = list((local_cloud.run_dir / "logs").rglob("*.log"))
     assert task_logs and all(worker_iam.ENFORCED_LINE in log.read_text() for log in task_logs)
     # and nothing is left running or allocated

@@ -15,7 +15,7 @@ from .harness import Cloud, deployed_cloud
 def cloud() -> Cloud:
     with deployed_cloud() as deployed:
         yield deployed
-        denied = iam.describe(deployed.lambdas.iam.evaluated)
+        denied = iam.describe(deployed.lambdas.iam.denied)
         assert not denied, "calls IAM denied:\n" + "\n".join(denied)
 
 
@@ -23,8 +23,8 @@ def cloud() -> Cloud:
 def lambdas(cloud: Cloud):
     """The dispatcher, with no failure left injected by an earlier test."""
     cloud.lambdas.clear_failures()
-    evaluated = len(cloud.lambdas.iam.evaluated)
+    earlier = len(cloud.lambdas.iam.denied)
     yield cloud.lambdas
     cloud.lambdas.clear_failures()
-    denied = iam.describe(cloud.lambdas.iam.evaluated[evaluated:])
+    denied = iam.describe(cloud.lambdas.iam.denied[earlier:])
     assert not denied, "calls IAM denied:\n" + "\n".join(denied)
