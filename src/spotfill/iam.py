@@ -333,11 +333,14 @@ class AwsLookups:
             raise UnmappedCall(f"instance profile {arn} holds {len(roles)} roles, not one")
         return roles[0]["Arn"]
 
-    def launch_template_data(self, template_id: str, version: str) -> dict[str, Any]:
+    def launch_template_data(self, template: str, version: str) -> dict[str, Any]:
+        named = (
+            {"LaunchTemplateId": template} if template.startswith("lt-") else {"LaunchTemplateName": template}
+        )
         with acting_as(None):
-            (found,) = self._client("ec2").describe_launch_template_versions(
-                LaunchTemplateId=template_id, Versions=[version]
-            )["LaunchTemplateVersions"]
+            (found,) = self._client("ec2").describe_launch_template_versions(**named, Versions=[version])[
+                "LaunchTemplateVersions"
+            ]
         return found["LaunchTemplateData"]
 
 
@@ -688,9 +691,10 @@ def _implied_requests(
             )
         for launch_config in config.get("LaunchTemplateConfigs", []):
             specification = launch_config["LaunchTemplateSpecification"]
-            data = account.launch_template_data(
-                specification["LaunchTemplateId"], str(specification["Version"])
-            )
+            template = specification.get("LaunchTemplateId") or specification.get("LaunchTemplateName")
+            if not template:
+                raise UnmappedCall(f"ec2.{operation}: a launch template specification names no template")
+            data = account.launch_template_data(template, str(specification.get("Version", "$Default")))
             profiles.append(data.get("IamInstanceProfile", {}).get("Arn", ""))
         profiles += [
             s.get("IamInstanceProfile", {}).get("Arn", "") for s in config.get("LaunchSpecifications", [])
