@@ -65,6 +65,20 @@ def is_transient(exc: Exception) -> bool:
     return error.get("Code") in _TRANSIENT_CODES or status >= 500
 
 
+MISSING_KEY_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+def is_missing_key(exc: Exception) -> bool:
+    """Whether an S3 GetObject/HeadObject error says the key does not exist (HTTP 404).
+
+    A 403 never does: S3 answers a missing key with 403 AccessDenied to a principal without s3:ListBucket on
+    the bucket, and reading that as "missing" would hide a real denial. Every function that probes a key
+    that may be missing is granted s3:ListBucket on that bucket (docs/contracts.md, "IAM")."""
+    if not isinstance(exc, ClientError):
+        return False
+    return exc.response.get("Error", {}).get("Code") in MISSING_KEY_CODES
+
+
 @contextmanager
 def transient_errors_retried(what: str) -> Iterator[None]:
     """Re-raise a transient AWS error as `TransientAwsError`, which the state machine retries; any other

@@ -34,6 +34,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotfill_control.aws import is_missing_key
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import FleetRequestError, RunTimeoutError, SpotfillError, StallError
 from spotfill_control.fleet import capacity_weights
@@ -322,7 +323,7 @@ def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -
         try:
             metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing_key(exc):
                 continue  # overwritten or removed between the listing and now
             raise
         if "spotfill-rows" in metadata:

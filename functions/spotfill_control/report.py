@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from spotfill_control import cost, state_store
+from spotfill_control.aws import is_missing_key
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.progress import Clients, list_output_uris
@@ -124,7 +125,7 @@ def count_sampled_rows(sample: OutputSample, s3: Any) -> tuple[int, bool]:
         try:
             metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if is_missing_key(exc):
                 return None
             raise
         value = metadata.get("spotfill-rows")
@@ -534,7 +535,7 @@ def report_exists(run_id: str, s3: Any, bucket: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=report_key(run_id))
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if is_missing_key(exc):
             return False
         raise
     return True

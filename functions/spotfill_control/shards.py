@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control.aws import is_transient
+from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.spec import (
@@ -402,7 +402,7 @@ def _get(s3: Any, bucket: str, key: str) -> bytes | None:
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if is_missing_key(exc):
             return None
         raise
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotfill_control.aws import is_missing_key
 from spotfill_control.config import settings
 from spotfill_control.run import RunState
 
@@ -72,6 +73,6 @@ def _get(s3: Any, bucket: str, key: str) -> bytes | None:
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_missing_key(exc):
             return None
         raise

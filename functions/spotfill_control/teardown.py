@@ -24,7 +24,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotfill_control import state_store
-from spotfill_control.aws import is_transient
+from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.progress import Clients, read_messages, shard_of
@@ -360,7 +360,7 @@ def read_dead_letters(run_id: str, s3: Any, bucket: str) -> list[str] | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=dead_letters_key(run_id))["Body"].read()
     except ClientError as exc:
-        if _code(exc) in ("NoSuchKey", "404"):
+        if is_missing_key(exc):
             return None
         raise
     return list(json.loads(body).get("shards", []))

@@ -42,7 +42,7 @@ from botocore.exceptions import ClientError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from spotfill_control import shards, state_store
-from spotfill_control.aws import is_transient
+from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.fleet import subnets_for
@@ -285,7 +285,7 @@ def check_model_readable(spec: BackfillSpec, s3: Any) -> None:
         if is_transient(exc):
             raise TransientAwsError(f"model.uri: {exc}") from exc
         code = exc.response.get("Error", {}).get("Code", "")
-        reason = "does not exist" if code in ("404", "NoSuchKey", "NotFound") else f"is not readable ({code})"
+        reason = "does not exist" if is_missing_key(exc) else f"is not readable ({code})"
         raise InvalidSpecError(f"model.uri: {spec.model.uri} {reason}.") from None
 
 

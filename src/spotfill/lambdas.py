@@ -18,6 +18,11 @@ calls the handler made, on its own thread or on threads it started, such as a th
 least-privilege test compares them with the template's policies) and can inject a failure into a named
 function, before or after its handler runs.
 
+With `enforce_iam=True` every invocation acts as its function's execution role (`spotfill.iam`): each AWS
+call the handler makes, on its thread or in a thread pool it submits work to, is evaluated against the
+policies of the role as deployed (its inline and attached policies, read from the emulator's IAM once per
+role), and a call the role does not grant fails as AWS fails it.
+
 All control functions share one environment (template `Globals`), but the process has one `os.environ`: the
 dispatcher applies a function's variables under a lock for the length of the invocation and restores them
 after, clearing `spotfill_control.config.settings()` so the handler sees exactly that function's
@@ -26,6 +31,7 @@ configuration.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -44,9 +50,6 @@ from moto.awslambda.models import LambdaFunction
 # Variables that change how boto3 clients are built: when one of them changes, cached clients are stale.
 _CLIENT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
-# boto3 client names whose IAM action prefix differs from the name.
-_IAM_PREFIX = {"stepfunctions": "states", "service-quotas": "servicequotas"}
-
 
 @dataclass(frozen=True)
 class AwsCall:
@@ -57,9 +60,14 @@ class AwsCall:
 
     @property
     def iam_action(self) -> str:
-        """`prefix:Operation`. For most services this is the IAM action; S3 object/bucket calls need a mapping
-        (ListObjectsV2 is authorised by s3:ListBucket, HeadObject by s3:GetObject)."""
-        return f"{_IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
+        """The IAM action that authorises the call, as `spotfill.iam` maps it (ListObjectsV2 is s3:ListBucket,
+        HeadObject s3:GetObject, SendMessageBatch sqs:SendMessage, ...); the actions a call implies (PassRole,
+        tag-on-create) and its resources are `spotfill.iam.requests_of`'s."""
+        from spotfill.iam import OPERATION_ACTIONS, iam_prefix
+
+        return OPERATION_ACTIONS.get(
+            (self.service, self.operation), f"{iam_prefix(self.service)}:{self.operation}"
+        )
 
 
 @dataclass
@@ -120,8 +128,12 @@ class LambdaContext:
 class Dispatcher:
     """Calls handlers for moto's Lambda, records invocations, and injects failures on request."""
 
-    def __init__(self, max_records: int | None = None) -> None:
+    def __init__(
+        self, max_records: int | None = None, principal_of: Callable[[LambdaFunction], Any] | None = None
+    ) -> None:
         self.invocations: list[Invocation] = []
+        self._principal_of = principal_of  # the function -> the principal its handler acts as
+        self.iam: Any = None  # the spotfill.iam.Enforcer, when IAM is enforced
         self._max_records = max_records
         self._injections: dict[str, _Injection] = {}
         self._lock = threading.RLock()  # one invocation at a time: os.environ is process-wide
@@ -189,7 +201,8 @@ class Dispatcher:
             if self._max_records is not None and len(self.invocations) > self._max_records:
                 del self.invocations[: len(self.invocations) - self._max_records]
             injection = self._take_injection(invocation)
-        with self._lock, _environment(fn):
+        principal = self._principal_of(fn) if self._principal_of is not None else None
+        with self._lock, _environment(fn), _acting_as(principal):
             outer = self.current_invocation()  # a handler that invokes another function synchronously
             self._current.invocation = invocation
             try:
@@ -260,14 +273,53 @@ class Dispatcher:
 
 
 @contextmanager
-def inprocess_lambdas(max_records: int | None = None) -> Iterator[Dispatcher]:
+def _acting_as(principal: Any) -> Iterator[None]:
+    if principal is None:
+        yield
+        return
+    from spotfill import iam
+
+    with iam.acting_as(principal):
+        yield
+
+
+@contextmanager
+def inprocess_lambdas(
+    max_records: int | None = None, *, enforce_iam: bool = False, iam_log_size: int | None = None
+) -> Iterator[Dispatcher]:
     """Dispatch every moto Lambda invocation to its handler in this process, for the length of the block.
 
     Use it around `mock_aws()` work or around a `ThreadedMotoServer`: both run moto's backend in this process.
     Nested use is allowed; the innermost dispatcher handles invocations. `max_records` keeps only the latest
-    invocations (a long-lived local cloud); None keeps them all (tests).
+    invocations (a long-lived local cloud); None keeps them all (tests). `enforce_iam`: each handler acts as
+    its function's role, and every call it makes is evaluated (`spotfill.iam.enforcing`); the enforcer is
+    the dispatcher's `iam` attribute, whose log keeps the latest `iam_log_size` calls (None: all) and every
+    denied one.
     """
-    dispatcher = Dispatcher(max_records)
+    with contextlib.ExitStack() as stack:
+        principal_of = None
+        enforcer = None
+        if enforce_iam:
+            from spotfill import iam
+
+            enforcer = stack.enter_context(iam.enforcing(keep=iam_log_size))
+            principals = iam.RolePrincipals(_admin_client)
+
+            def principal_of(fn: LambdaFunction) -> Any:
+                return principals(fn.role, fn.function_name)
+
+        dispatcher = Dispatcher(max_records, principal_of)
+        dispatcher.iam = enforcer
+        yield from _dispatching(dispatcher)
+
+
+def _admin_client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service)
+
+
+def _dispatching(dispatcher: Dispatcher) -> Iterator[Dispatcher]:
     original_invoke = LambdaFunction.invoke
     original_call = botocore.client.BaseClient._make_api_call
     original_start = threading.Thread.start

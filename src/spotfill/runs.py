@@ -13,6 +13,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from spotfill_control import state_store
+from spotfill_control.aws import is_missing_key
 from spotfill_control.run import RunState
 from spotfill_control.shards import read_shard_index, split_s3_uri
 
@@ -145,7 +146,7 @@ def read_report(session: Session, stack: Stack, run_id: str) -> dict[str, Any] |
     try:
         body = session.client("s3").get_object(Bucket=stack.control_bucket, Key=f"reports/{run_id}.json")
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_missing_key(exc):
             return None
         raise CliError(f"cannot read the report of run {run_id}: {_aws_message(exc)}") from None
     return json.loads(body["Body"].read())
@@ -279,7 +280,11 @@ class RunWatcher:
                 try:
                     head = s3.head_object(Bucket=bucket, Key=key)
                     self._rows[key] = int(head.get("Metadata", {}).get("spotfill-rows", 0))
-                except (ClientError, ValueError):
+                except ValueError:
+                    self._rows[key] = 0
+                except ClientError as exc:  # removed since the listing; anything else is a real error
+                    if not is_missing_key(exc):
+                        raise
                     self._rows[key] = 0
         snap.shards_done = len(keys)
         snap.predictions = sum(self._rows.values())

@@ -7,7 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from spotfill import iam
 from spotfill.demo import check_outputs
+from spotfill.localcloud import worker_iam
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
 
 from .helpers import eventually, worker_records
@@ -58,6 +60,11 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
         ]
     ]
     assert sorted(keys) == [f"outputs/digits/part-{i:05d}.npy" for i in range(8)]
+    # and IAM was enforced on every call: functions as their roles, none denied, each worker as the task role
+    assert local_cloud.dispatcher.iam.evaluated
+    assert iam.describe(local_cloud.dispatcher.iam.denied) == []
+    task_logs = list((local_cloud.run_dir / "logs").rglob("*.log"))
+    assert task_logs and all(worker_iam.ENFORCED_LINE in log.read_text() for log in task_logs)
     # and nothing is left running or allocated
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 

@@ -694,7 +694,7 @@ def deployed_cloud(stack_name: str = "sfn") -> Iterator[Cloud]:
     with (
         mock.patch.dict(os.environ, fake_account),
         mock_aws(config=SFN_CONFIG),
-        inprocess_lambdas() as lambdas,
+        inprocess_lambdas(enforce_iam=True) as lambdas,
     ):
         session = boto3.session.Session(region_name=REGION)
         _prepare_account(session)

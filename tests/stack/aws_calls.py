@@ -23,6 +23,8 @@ from typing import Any
 
 import botocore.session
 
+from spotfill.iam import acting_as_nobody
+
 HANDLER_PACKAGE = "spotfill_control.handlers."
 _PARAMS_KEY = "spotfill.api_params"
 _inherited = threading.local()  # the handler that submitted the task this pool thread runs
@@ -58,7 +60,7 @@ class CallRecorder:
 
     def _record(self, model: Any, context: dict[str, Any], **_: Any) -> None:
         handler = self.attribute_all_to or current_handler()
-        if handler is None:
+        if handler is None or acting_as_nobody():  # spotfill.iam's own lookups, inside a handler's call
             return
         call = RecordedCall(
             handler=handler,

@@ -3,6 +3,8 @@
 The worker runs in process against the stack deployed in moto (a good shard, and a corrupt one that it must
 record as an error and leave to the dead-letter queue); every client it creates is recorded, and each call is
 checked against `WorkerTaskRole` in template.yaml, as the control functions are in test_iam_least_privilege.
+The worker runs acting as the task role with IAM enforced (`spotfill.iam`), as the local cloud's workers do:
+no call may be denied, not even a HeadObject of an output not yet written (403 without s3:ListBucket).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
+from spotfill import iam
 from spotfill.deploy import deploy_stack, load_template, translate_template
 
 from .aws_calls import recording_aws_calls
@@ -81,8 +84,21 @@ def test_every_aws_call_of_the_worker_is_granted_to_the_task_role_and_every_gran
             }
             sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
 
-        # when the worker drains the queue with clients of its own
-        with recording_aws_calls(attribute_all_to="worker") as recorder:
+        physical = {
+            r["LogicalResourceId"]: r["PhysicalResourceId"]
+            for r in session.client("cloudformation").list_stack_resources(StackName=stack.stack_name)[
+                "StackResourceSummaries"
+            ]
+        }
+        task_role = session.client("iam").get_role(RoleName=physical["WorkerTaskRole"])["Role"]["Arn"]
+        principal = iam.RolePrincipals(session.client)(task_role, "task")
+
+        # when the worker drains the queue with clients of its own, acting as the task role (IAM enforced)
+        with (
+            iam.enforcing() as enforcer,
+            iam.process_acting_as(principal),
+            recording_aws_calls(attribute_all_to="worker") as recorder,
+        ):
             config = WorkerConfig.model_validate(
                 {
                     "run_id": RUN_ID,
@@ -100,16 +116,12 @@ def test_every_aws_call_of_the_worker_is_granted_to_the_task_role_and_every_gran
         assert s3.list_objects_v2(Bucket=data, Prefix="outputs/")["KeyCount"] == 1
         assert s3.list_objects_v2(Bucket=control, Prefix=f"runs/{RUN_ID}/errors/")["KeyCount"] >= 1
 
-        # then every call is granted to the task role, and the role grants nothing the worker does not use
-        physical = {
-            r["LogicalResourceId"]: r["PhysicalResourceId"]
-            for r in session.client("cloudformation").list_stack_resources(StackName=stack.stack_name)[
-                "StackResourceSummaries"
-            ]
-        }
+        # then no call was denied, every call is granted to the task role, and it grants nothing unused
+        assert enforcer.evaluated, "the worker made no AWS call IAM evaluated"
+        assert iam.describe(enforcer.evaluated) == []
         translated = translate_template(load_template(), region=REGION)
         statements = role_statements(translated, "WorkerTaskRole", physical, session.client("iam"))
-        account = Account(REGION, "123456789012", str, lambda *_: {}, lambda _: {})
+        account = Account(REGION, "123456789012")
         needs = [(call, need) for call in recorder.calls for need in needs_of(call, account)]
         assert needs, "the worker made no AWS call"
         missing = sorted(

@@ -28,6 +28,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
+from spotfill.localcloud import worker_iam
 from spotfill.localcloud.fleet import Machine
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class EcsAgent:
         self.tasks_started = 0
         self.tasks_died = 0
         self._task_definitions: dict[str, dict[str, Any]] = {}
+        self._iam_site: Path | None = None  # the sitecustomize that makes a task act as its task role
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="localcloud-ecs-agent", daemon=True)
@@ -102,6 +104,7 @@ class EcsAgent:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._iam_site = worker_iam.site_directory(self.log_dir.parent)
         self._thread.start()
 
     def stop(self, grace: float = 5.0) -> None:
@@ -307,7 +310,8 @@ class EcsAgent:
         return self._task_definitions[arn]
 
     def _start_task(self, cluster: str, service: str, task_definition_arn: str, instance_id: str) -> None:
-        container = self._task_definition(task_definition_arn)["containerDefinitions"][0]
+        task_definition = self._task_definition(task_definition_arn)
+        container = task_definition["containerDefinitions"][0]
         command = worker_command(container.get("command"))
         environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         environment.update({"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -318,6 +322,13 @@ class EcsAgent:
         # never probe the link-local IMDS address from a developer's machine.
         environment["SPOTFILL_SPOT_NOTICE"] = "false"
         task_id = uuid.uuid4().hex
+        # The task acts as its task role: every AWS call of the worker is evaluated against its policies.
+        if task_definition.get("taskRoleArn") and self._iam_site is not None:
+            environment.update(
+                worker_iam.task_environment(
+                    task_definition["taskRoleArn"], task_id, self._iam_site, environment.get("PYTHONPATH")
+                )
+            )
         log_path = self.log_dir / cluster / f"{service}-{task_id[:12]}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:

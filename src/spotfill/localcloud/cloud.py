@@ -103,7 +103,8 @@ class LocalCloud:
         self._stack.callback(patches.set_failing_pools, {})
         from spotfill.lambdas import inprocess_lambdas
 
-        self.dispatcher = self._stack.enter_context(inprocess_lambdas())
+        # IAM enforced: each handler acts as its function's role (the ECS agent's workers as the task role).
+        self.dispatcher = self._stack.enter_context(inprocess_lambdas(enforce_iam=True, iam_log_size=10_000))
         from spotfill.deploy import deploy_stack
 
         self.outputs = deploy_stack(self.options.stack_name, region=self.region)
