@@ -219,7 +219,7 @@ def _object_exists(bucket: str, key: str, s3: Any) -> bool:
     except ClientError as exc:
         if is_transient(exc):
             raise TransientAwsError(f"manifest s3://{bucket}/{key}: {exc}") from exc
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if is_missing_key(exc):
             return False
         raise InvalidSpecError(
             f"manifest s3://{bucket}/{key}: cannot be read ({exc.response.get('Error', {}).get('Code', '')})."

@@ -25,8 +25,6 @@ from spotfill_control.config import Settings, settings
 
 from spotfill.localcloud import patches
 
-from . import moto_shims
-
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 CONTROL_BUCKET = "spotfill-control-monitor"
@@ -172,9 +170,9 @@ _SHARED_LOADER = botocore.loaders.create_loader()
 
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    moto_shims.install()
     from spotfill.localcloud import patches
 
+    patches.delete_launch_template_versions_as_ec2_does()
     patches.install_fleet_model()  # EC2's Spot Fleet history, ActivityStatus and ValidUntil (moto has none)
     # moto parses thousands of public AMIs per fresh EC2 backend; these tests need none of them (and moto
     # does not validate image ids), which keeps each test's setup well under a second.

@@ -577,8 +577,8 @@ _gaps_filled = False
 def fill_moto_gaps() -> None:
     """Implement the AWS APIs spotfill calls that moto 5.2.5 lacks (in process, idempotent).
 
-    - `ec2:DeleteLaunchTemplateVersions` (teardown removes the run's launch template version): moto raises
-      NotImplemented. Deleted versions keep their number (EC2 never reuses one) and are no longer found.
+    - `ec2:DeleteLaunchTemplateVersions` (teardown removes the run's launch template version), which moto
+      lacks: the local cloud's `patches.delete_launch_template_versions_as_ec2_does`, shared.
     - EC2 Spot vCPU quotas in Service Quotas and settable instance type offerings: the local cloud's
       `patches.patch_account_limits`, shared.
     - The launch template physics the local cloud has too (`spotfill.localcloud.patches`): a Spot Fleet
@@ -597,53 +597,7 @@ def fill_moto_gaps() -> None:
     patches.install_fleet_model()
     patches.inherit_launch_template_source_versions()
     patches.update_stacks_as_cloudformation_does()
-    from moto.core.responses import ActionResult
-    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
-    from moto.ec2.models.launch_templates import LaunchTemplate
-    from moto.ec2.responses import EC2Response
-
-    original_get_version = LaunchTemplate.get_version
-
-    def get_version(self: Any, num: Any) -> Any:
-        version = original_get_version(self, num)
-        if getattr(version, "deleted", False):
-            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
-        return version
-
-    def delete_launch_template_versions(self: Any) -> ActionResult:
-        template_id = self._get_param("LaunchTemplateId")
-        name = self._get_param("LaunchTemplateName")
-        template = (
-            self.ec2_backend.get_launch_template(template_id)
-            if template_id
-            else self.ec2_backend.get_launch_template_by_name(name)
-        )
-        deleted, failed = [], []
-        for number in self._get_param("Versions", []):
-            entry = {
-                "LaunchTemplateId": template.id,
-                "LaunchTemplateName": template.name,
-                "VersionNumber": int(number),
-            }
-            try:
-                version = template.get_version(number)
-            except (InvalidLaunchTemplateVersionNotFound, ValueError):
-                failed.append({**entry, "ResponseError": {"Code": "launchTemplateVersionDoesNotExist"}})
-                continue
-            if template.is_default(version):
-                failed.append({**entry, "ResponseError": {"Code": "launchTemplateVersionIsDefaultVersion"}})
-                continue
-            version.deleted = True
-            deleted.append(entry)
-        return ActionResult(
-            {
-                "SuccessfullyDeletedLaunchTemplateVersions": deleted,
-                "UnsuccessfullyDeletedLaunchTemplateVersions": failed,
-            }
-        )
-
-    LaunchTemplate.get_version = get_version  # type: ignore[method-assign]
-    EC2Response.delete_launch_template_versions = delete_launch_template_versions  # type: ignore[attr-defined]
+    patches.delete_launch_template_versions_as_ec2_does()
     _gaps_filled = True
 
 
@@ -660,6 +614,16 @@ def set_spot_quota(code: str, vcpus: float | None) -> None:
     from spotfill.localcloud import patches
 
     patches.set_service_quota(code, vcpus, region=REGION)
+
+
+@contextmanager
+def spot_quota(code: str, vcpus: float | None) -> Iterator[None]:
+    """The account's Spot vCPU quota `code` is `vcpus` for the block, then as the account had it."""
+    set_spot_quota(code, vcpus)
+    try:
+        yield
+    finally:
+        set_spot_quota(code, ACCOUNT_SPOT_VCPUS.get(code))
 
 
 def _prepare_account(session: boto3.session.Session) -> None:

@@ -12,7 +12,9 @@ import json
 
 import pytest
 
-from .harness import ACCOUNT_SPOT_VCPUS, Cloud, Knobs, Outcome, assert_nothing_left, set_spot_quota
+from spotfill import iam
+
+from .harness import Cloud, Knobs, Outcome, assert_nothing_left, spot_quota
 
 pytestmark = pytest.mark.sfn
 
@@ -89,12 +91,9 @@ def test_happy_path_passes_preflight_against_the_account_in_validate(happy):
 
 def test_run_over_the_spot_quota_fails_in_validate_and_leaves_nothing(cloud, lambdas):
     # given an account whose Standard spot quota (3 vCPUs) is below the run's 2 x c5.large (4 vCPUs)
-    set_spot_quota("L-34B43A08", 3)
-    try:
+    with spot_quota("L-34B43A08", 3):
         # when the run starts
         outcome = cloud.run(cloud.spec("overquota", shards=2))
-    finally:
-        set_spot_quota("L-34B43A08", ACCOUNT_SPOT_VCPUS["L-34B43A08"])  # never changed again
 
     # then Validate fails it, naming the quota, before anything is created, and it is reported as invalid
     _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
@@ -209,7 +208,8 @@ def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas, monkeypatch
 
     def prepare_then_delete_the_subnet(event, context):
         result = prepare(event, context)
-        ec2.delete_subnet(SubnetId=subnet_id)
+        with iam.acting_as(None):  # the test deletes it, not the function's role
+            ec2.delete_subnet(SubnetId=subnet_id)
         return result
 
     monkeypatch.setattr(prepare_run, "handler", prepare_then_delete_the_subnet)
@@ -391,10 +391,12 @@ def _rises_then_falls(counts: list[int]) -> bool:
 
 
 def test_service_grows_a_task_for_every_instance_as_instances_register_one_by_one(cloud, lambdas):
-    # given a 4-instance fleet whose instances register two seconds apart, and work for all of them
+    # given a 4-instance fleet whose instances register two seconds apart, work for all of them, and a Spot
+    # quota its 8 vCPUs fit
     spec = cloud.spec("staggered", shards=24, fleet={"instance_types": ["c5.large"], "target_capacity": 4})
 
-    outcome = cloud.run(spec, Knobs(tick_seconds=0.6, register_interval_seconds=2.0))
+    with spot_quota("L-34B43A08", 8):
+        outcome = cloud.run(spec, Knobs(tick_seconds=0.6, register_interval_seconds=2.0))
 
     assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
     assert len(cloud.outputs("staggered")) == 24

@@ -89,7 +89,7 @@ def install(endpoint_url: str) -> None:
         _patch_pending_fleet_instances()
         inherit_launch_template_source_versions()
         update_stacks_as_cloudformation_does()
-        _patch_delete_launch_template_versions()
+        delete_launch_template_versions_as_ec2_does()
         _patch_execution_names()
         _patch_ecs_deregistration_error()
         _patch_rule_targets()
@@ -683,70 +683,79 @@ def expire_fleets(backend: Any, now: datetime | None = None) -> dict[str, list[s
 # --- EC2: DeleteLaunchTemplateVersions ------------------------------------------------------------------
 
 
-def _patch_delete_launch_template_versions() -> None:
+def delete_launch_template_versions_as_ec2_does() -> None:
+    """`DeleteLaunchTemplateVersions`, which moto 5.2.5 does not implement (idempotent).
+
+    As on EC2: a deleted version can no longer be described or launched from and its number is never reused,
+    `$Latest` is the newest remaining version, and a version that cannot be deleted (missing, or the default)
+    is reported per version in the response (`launchTemplateVersionDoesNotExist`, `unexpectedError`: the
+    only codes the API's `ResponseError` has), not raised."""
+    if not _once("delete_launch_template_versions_as_ec2_does"):
+        return
     from moto.core.responses import ActionResult
-    from moto.ec2.models.launch_templates import LaunchTemplateBackend
+    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
+    from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateBackend
     from moto.ec2.responses.launch_templates import LaunchTemplates
 
-    def delete_launch_template_versions(self: Any) -> Any:
+    original_get_version = LaunchTemplate.get_version
+    original_describe = LaunchTemplateBackend.describe_launch_template_versions
+
+    def deleted(template: Any) -> set[int]:
+        return template.__dict__.setdefault("_spotfill_deleted_versions", set())
+
+    def get_version(self: Any, num: Any) -> Any:
+        if str(num).lower() == "$latest":
+            for version in reversed(self.versions):
+                if version.number not in deleted(self):
+                    return version
+        version = original_get_version(self, num)
+        if version.number in deleted(self):
+            raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
+        return version
+
+    def describe_launch_template_versions(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return [(t, v) for t, v in original_describe(self, *args, **kwargs) if v.number not in deleted(t)]
+
+    def delete_launch_template_versions(self: Any) -> ActionResult:
         name = self._get_param("LaunchTemplateName")
         template_id = self._get_param("LaunchTemplateId")
-        versions = [str(v) for v in self._get_param("Versions", [])]
         self.error_on_dryrun()
-        if template_id:
-            template = self.ec2_backend.get_launch_template(template_id)
-        else:
-            template = self.ec2_backend.get_launch_template_by_name(name)
-        deleted_numbers = template.__dict__.setdefault("_spotfill_deleted_versions", set())
-        ok, failed = [], []
-        for version in versions:
+        template = (
+            self.ec2_backend.get_launch_template(template_id)
+            if template_id
+            else self.ec2_backend.get_launch_template_by_name(name)
+        )
+        done, failed = [], []
+        for raw in self._get_param("Versions", []):
             entry = {"LaunchTemplateId": template.id, "LaunchTemplateName": template.name}
-            number = int(version) if version.isdigit() else None
-            if number is None or number < 1 or number > len(template.versions) or number in deleted_numbers:
-                failed.append(
-                    {
-                        **entry,
-                        "VersionNumber": number or 0,
-                        "ResponseError": {
-                            "Code": "launchTemplateVersionDoesNotExist",
-                            "Message": "The specified launch template version does not exist.",
-                        },
-                    }
+            number = int(raw) if str(raw).isdigit() else None
+            if number is None or number < 1 or number > len(template.versions) or number in deleted(template):
+                code, message = (
+                    "launchTemplateVersionDoesNotExist",
+                    "The specified launch template version does not exist.",
                 )
             elif number == template.default_version_number:
-                failed.append(
-                    {
-                        **entry,
-                        "VersionNumber": number,
-                        "ResponseError": {
-                            "Code": "launchTemplateVersionIsDefault",
-                            "Message": "The default version of a launch template cannot be deleted.",
-                        },
-                    }
+                code, message = (
+                    "unexpectedError",
+                    "You cannot delete the default version of a launch template.",
                 )
             else:
-                deleted_numbers.add(number)
-                ok.append({**entry, "VersionNumber": number})
+                deleted(template).add(number)
+                done.append({**entry, "VersionNumber": number})
+                continue
+            failed.append(
+                {**entry, "VersionNumber": number or 0, "ResponseError": {"Code": code, "Message": message}}
+            )
         return ActionResult(
             {
-                "SuccessfullyDeletedLaunchTemplateVersions": ok,
+                "SuccessfullyDeletedLaunchTemplateVersions": done,
                 "UnsuccessfullyDeletedLaunchTemplateVersions": failed,
             }
         )
 
-    LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions
-
-    original_describe = LaunchTemplateBackend.describe_launch_template_versions
-
-    def describe_launch_template_versions(self: Any, *args: Any, **kwargs: Any) -> Any:
-        found = original_describe(self, *args, **kwargs)
-        return [
-            (template, version)
-            for template, version in found
-            if version.number not in template.__dict__.get("_spotfill_deleted_versions", set())
-        ]
-
+    LaunchTemplate.get_version = get_version
     LaunchTemplateBackend.describe_launch_template_versions = describe_launch_template_versions
+    LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions
 
 
 # --- Step Functions: executions started without a name --------------------------------------------------
