@@ -241,8 +241,12 @@ class LocalCloud:
                 described = ecs.describe_clusters(clusters=[cluster_arn])["clusters"]
                 if described and described[0]["status"] == "ACTIVE":
                     found.append(f"cluster {name}")
+        # A queue's physical id is its URL, whose host is the emulator's own idea of it: compare by name.
+        stack_queues = {owned.rsplit("/", 1)[-1] for owned in stack_owned}
         found.extend(
-            f"queue {url}" for url in sqs.list_queues().get("QueueUrls", []) if url not in stack_owned
+            f"queue {url}"
+            for url in sqs.list_queues().get("QueueUrls", [])
+            if url.rsplit("/", 1)[-1] not in stack_queues
         )
         return found
 
