@@ -465,7 +465,6 @@ def iterate(
     # queue seen idle here means every output of a finished shard is already in the listing below.
     seen.queue = queue_depth(resources.queue_url, clients.sqs)
     seen.dead_letter_queue = queue_depth(resources.dead_letter_queue_url, clients.sqs)
-    seen.model_error = read_model_error(run.run_id, clients.s3, control_bucket)
     if seen.queue.idle:
         done, done_sample = _reconcile(run, clients, control_bucket, seen)
     else:
@@ -476,6 +475,8 @@ def iterate(
     _update_throughput(run, shards_per_second, done_sample, clients.s3, control_bucket)
     # Requeued shards count as progress: they deserve a stall timeout of their own to be picked up.
     moved = seen.outputs_done + seen.dead_letters > progress.outputs_done + progress.dead_letters
+    if not moved:  # a model no worker can load moves nothing: look for its error record (one small listing)
+        seen.model_error = read_model_error(run.run_id, clients.s3, control_bucket)
     if moved or seen.requeued or progress.last_progress_at is None:
         progress.last_progress_at = now
     progress.outputs_done = seen.outputs_done
