@@ -15,7 +15,7 @@ from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
-from spotfill_control.shards import VISIBILITY_TIMEOUT_SECONDS
+from spotfill_control.shards import VISIBILITY_TIMEOUT_SECONDS, model_error_key
 
 STOP_TIMEOUT_SECONDS = 120  # SIGTERM → SIGKILL; also the worker's SPOTFILL_STOP_TIMEOUT
 CONTAINER_NAME = "worker"
@@ -44,7 +44,7 @@ def create_cluster(run: RunState, ecs: Any) -> str:
     return run.scoped_name
 
 
-def worker_environment(run: RunState, queue_url: str) -> dict[str, str]:
+def worker_environment(run: RunState, queue_url: str, control_bucket: str | None = None) -> dict[str, str]:
     """The worker's configuration (docs/contracts.md, "Worker environment"); optional values are left out."""
     spec = run.spec
     env = {
@@ -61,6 +61,10 @@ def worker_environment(run: RunState, queue_url: str) -> dict[str, str]:
         env["SPOTFILL_ID_COLUMN"] = spec.input.id_column
     if spec.service.batch_size:
         env["SPOTFILL_BATCH_SIZE"] = str(spec.service.batch_size)
+    if run.resources.dead_letter_queue_url:
+        env["SPOTFILL_DEAD_LETTER_QUEUE_URL"] = run.resources.dead_letter_queue_url
+    if control_bucket:
+        env["SPOTFILL_MODEL_ERROR_URI"] = f"s3://{control_bucket}/{model_error_key(run.run_id)}"
     return env
 
 
@@ -74,7 +78,8 @@ def task_definition(run: RunState, settings: Settings, queue_url: str, region: s
         "cpu": spec.service.cpu,
         "memoryReservation": spec.service.memory,
         "environment": [
-            {"name": k, "value": v} for k, v in sorted(worker_environment(run, queue_url).items())
+            {"name": k, "value": v}
+            for k, v in sorted(worker_environment(run, queue_url, settings.control_bucket).items())
         ],
         "stopTimeout": STOP_TIMEOUT_SECONDS,
         "logConfiguration": {

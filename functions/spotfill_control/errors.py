@@ -36,3 +36,7 @@ class RunTimeoutError(SpotfillError):
 
 class TransientAwsError(SpotfillError):
     """An AWS call failed in a way worth retrying (throttling, 5xx). The ASL retries it with backoff."""
+
+
+class ModelLoadError(SpotfillError):
+    """A worker could not load the run's model (its error record names the reason); no retry can fix it."""

@@ -36,13 +36,20 @@ from botocore.exceptions import ClientError
 
 from spotfill_control.aws import is_missing_key
 from spotfill_control.cluster import count_registered_instances, desired_count
-from spotfill_control.errors import FleetRequestError, RunTimeoutError, SpotfillError, StallError
+from spotfill_control.errors import (
+    FleetRequestError,
+    ModelLoadError,
+    RunTimeoutError,
+    SpotfillError,
+    StallError,
+)
 from spotfill_control.fleet import capacity_weights
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import (
     Shard,
     ShardRef,
     iter_shards,
+    model_error_key,
     output_uri_for,
     read_shard_index,
     send_shards,
@@ -101,6 +108,7 @@ class Iteration:
     service_desired_count: int | None = None
     fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
     fleet_valid_until: datetime | None = None  # the request's ValidUntil, when EC2 reports it
+    model_error: dict[str, Any] | None = None  # the record a worker wrote when the model could not load
 
 
 # ------------------------------------------------------------------------------------------ pure arithmetic
@@ -198,6 +206,38 @@ def check_fleet(run: RunState, seen: Iteration, now: datetime | None = None) -> 
             f"spot fleet {run.resources.spot_fleet_request_id} is {seen.fleet_state} while "
             f"{seen.remaining} shard(s) remain"
         )
+
+
+def check_model(run: RunState, seen: Iteration) -> None:
+    """Raise ModelLoadError when a worker recorded that the model cannot load: no worker will ever process a
+    shard, so the run fails now (teardown and the report follow) instead of at the stall timeout."""
+    record = seen.model_error
+    if record is None:
+        return
+    reason = f"{record.get('error_type') or 'Error'}: {record.get('error') or 'no reason given'}"
+    raise ModelLoadError(f"the model {run.spec.model.uri} cannot be loaded by the workers: {reason}")
+
+
+def read_model_error(run_id: str, s3: Any, control_bucket: str) -> dict[str, Any] | None:
+    """The model-load error record, or None. Listed before it is read: a GetObject of a missing key answers
+    403, not 404, to a role whose ListBucket is limited to a prefix (docs/contracts.md, "IAM")."""
+    key = model_error_key(run_id)
+    listed = s3.list_objects_v2(Bucket=control_bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    if not any(obj["Key"] == key for obj in listed):
+        return None
+    try:
+        body = s3.get_object(Bucket=control_bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if is_missing_key(exc):
+            return None
+        raise
+    try:
+        record = json.loads(body)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return {"error_type": "ModelLoadError", "error": body.decode(errors="replace")[:2000]}
+    return record
 
 
 def enforce_limits(run: RunState, now: datetime) -> None:
@@ -435,6 +475,8 @@ def iterate(
     _update_throughput(run, shards_per_second, done_sample, clients.s3, control_bucket)
     # Requeued shards count as progress: they deserve a stall timeout of their own to be picked up.
     moved = seen.outputs_done + seen.dead_letters > progress.outputs_done + progress.dead_letters
+    if not moved:  # a model no worker can load moves nothing: look for its error record (one small listing)
+        seen.model_error = read_model_error(run.run_id, clients.s3, control_bucket)
     if moved or seen.requeued or progress.last_progress_at is None:
         progress.last_progress_at = now
     progress.outputs_done = seen.outputs_done

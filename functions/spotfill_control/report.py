@@ -39,6 +39,8 @@ PREDICTION_SAMPLE_SIZE = 500
 FAILED_KEYS_LIMIT = (
     1_000  # the report lists at most this many failed shards (the full list: dead_letters.json)
 )
+FAILED_ERRORS_LIMIT = 100  # the report quotes the error records of at most this many failed shards
+NOTIFIED_FAILED_ERRORS = 3  # the notification quotes this many of them
 
 
 class StepError(BaseModel):
@@ -97,6 +99,7 @@ class Facts:
     shards_skipped: int = 0
     succeeded: int = 0
     failed_keys: list[str] = field(default_factory=list)
+    failed_errors: list[dict[str, Any]] = field(default_factory=list)
     unprocessed: int = 0
     retried: int = 0
     predictions: int = 0
@@ -158,6 +161,7 @@ class ShardTally:
     skipped: int = 0
     succeeded: int = 0
     failed: list[str] = field(default_factory=list)
+    failed_error_uris: dict[str, str] = field(default_factory=dict)  # failed shard -> its error record
     unprocessed: int = 0
     retried: int = 0
     outputs: OutputSample = field(default_factory=lambda: OutputSample())
@@ -174,6 +178,8 @@ class ShardTally:
             self.outputs.add(shard.output)
         elif shard.shard in dead:
             self.failed.append(shard.shard)
+            if shard.error in error_records and len(self.failed_error_uris) < FAILED_ERRORS_LIMIT:
+                self.failed_error_uris[shard.shard] = shard.error
         else:
             self.unprocessed += 1
 
@@ -233,6 +239,35 @@ def tally_shards(
     return tally
 
 
+def read_failed_errors(error_uris: Mapping[str, str], s3: Any) -> list[dict[str, Any]]:
+    """Each failed shard with the error its record names (the worker's last failure), sorted by shard."""
+
+    def read(item: tuple[str, str]) -> dict[str, Any] | None:
+        shard, uri = item
+        bucket, key = split_s3_uri(uri)
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if is_missing_key(exc):
+                return None
+            raise
+        try:
+            record = json.loads(body)
+        except ValueError:
+            record = {}
+        record = record if isinstance(record, dict) else {}
+        return {
+            "shard": shard,
+            "error_type": record.get("error_type"),
+            "error": record.get("error") or body.decode(errors="replace")[:2000],
+            "error_record": uri,
+        }
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = [r for r in pool.map(read, sorted(error_uris.items())) if r is not None]
+    return found
+
+
 def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Facts:
     facts = Facts(shards_total=run.shards_total, shards_skipped=run.shards_skipped)
     stream = iter_shards(run.run_id, s3, bucket)
@@ -242,6 +277,7 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
         tally = tally_shards(stream, present, dead or [], error_record_uris(run.run_id, s3, bucket))
         del present
         facts.succeeded, facts.failed_keys = tally.succeeded, tally.failed
+        facts.failed_errors = read_failed_errors(tally.failed_error_uris, s3)
         facts.unprocessed, facts.retried = tally.unprocessed, tally.retried
         facts.shards_total, facts.shards_skipped = tally.total, tally.skipped
         facts.predictions, facts.predictions_exact = count_sampled_rows(tally.outputs, s3)
@@ -340,6 +376,7 @@ def build_report(
                 "failed": len(facts.failed_keys),
                 "failed_keys": facts.failed_keys[:FAILED_KEYS_LIMIT],
                 "failed_keys_truncated": len(facts.failed_keys) > FAILED_KEYS_LIMIT,
+                "failed_errors": facts.failed_errors,
                 "unprocessed": facts.unprocessed,
                 "retried": facts.retried,
                 "requeued": run.progress.requeued,
@@ -418,6 +455,8 @@ def notification(report: Mapping[str, Any]) -> tuple[str, str]:
         lines.append(
             f"Shards: {s['succeeded']} succeeded, {s['failed']} failed, {s['unprocessed']} unprocessed"
         )
+        for failed in s.get("failed_errors", [])[:NOTIFIED_FAILED_ERRORS]:
+            lines.append(f"Failed: {failed['shard']}: {failed['error_type']}: {failed['error']}"[:500])
         lines.append(f"Predictions: {report['predictions']['total']}")
         lines.append(f"Spot cost: ${report['cost_usd']['spot']:.4f}")
     lines.append(f"Report: {report['report_uri']}")

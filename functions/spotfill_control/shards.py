@@ -114,7 +114,15 @@ def shard_part_key(run_id: str, number: int) -> str:
     return f"runs/{run_id}/shards/part-{number:05d}.jsonl.gz"
 
 
+def model_error_key(run_id: str) -> str:
+    """The record a worker writes when the model cannot load (docs/contracts.md); the monitor fails the run on
+    it. No shard's error record can have this key: theirs end in the shard's extension and ``.json``."""
+    return f"runs/{run_id}/errors/model-load.json"
+
+
 def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` split at the first ``/`` after the bucket; the key is opaque and kept verbatim
+    (not a URL: ``#``, ``?``, ``%`` and the rest are part of it). The worker's ``S3Uri.parse`` agrees."""
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r}")
     bucket, _, key = uri[len("s3://") :].partition("/")

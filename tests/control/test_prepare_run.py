@@ -44,6 +44,7 @@ def pure_run(**overrides) -> RunState:
 
 def test_task_definition_configures_the_worker_from_the_spec(s3_world):
     run = pure_run(input__id_column="id", service__batch_size=256)
+    run.resources.dead_letter_queue_url = "https://dead-letters"
     definition = cluster.task_definition(run, s3_world.settings, "https://queue", "us-east-1")
     container = definition["containerDefinitions"][0]
     env = {e["name"]: e["value"] for e in container["environment"]}
@@ -62,6 +63,8 @@ def test_task_definition_configures_the_worker_from_the_spec(s3_world):
         "SPOTFILL_BATCH_SIZE": "256",
         "SPOTFILL_VISIBILITY_TIMEOUT": "120",
         "SPOTFILL_STOP_TIMEOUT": "120",
+        "SPOTFILL_DEAD_LETTER_QUEUE_URL": "https://dead-letters",
+        "SPOTFILL_MODEL_ERROR_URI": f"s3://{s3_world.settings.control_bucket}/runs/{run.run_id}/errors/model-load.json",
     }
     assert container["stopTimeout"] == 120
     assert container["image"] == s3_world.settings.worker_image

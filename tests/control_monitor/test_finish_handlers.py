@@ -51,6 +51,7 @@ def test_report_of_a_successful_run_has_every_figure(world, running_run, lambda_
         "failed": 0,
         "failed_keys": [],
         "failed_keys_truncated": False,
+        "failed_errors": [],
         "unprocessed": 0,
         "retried": 1,
         "requeued": 0,
@@ -99,6 +100,51 @@ def test_report_lists_dead_lettered_shards_as_failed(world, running_run, lambda_
     assert document["shards"]["succeeded"] == 2
     assert document["predictions"]["total"] == 2 * ROWS_PER_SHARD
     assert "succeeded with failed shards" in world.received(world.notifications_queue)[0]["Subject"]
+
+
+def test_report_names_each_failed_shard_with_the_error_its_record_holds(world, running_run, lambda_context):
+    # given a run whose third shard went to the dead-letter queue with an error record
+    entry = world.shard_list(running_run)["shards"][2]
+    bucket, key = entry["error"][len("s3://") :].split("/", 1)
+    record = {"error_type": "ShardFormatError", "error": "cannot decode shard as npy: bad header"}
+    world.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
+    run = finish_processing(world, running_run, lambda_context, dead_letter=2)
+    state = {"run": teardown.handler({"run": run}, lambda_context)}
+
+    # when it is reported
+    report.handler(state, lambda_context)
+
+    # then the failed shard is listed with its error
+    document = world.report(run["run_id"])
+    assert document["shards"]["failed_errors"] == [
+        {"shard": entry["shard"], **record, "error_record": entry["error"]}
+    ]
+    message = world.received(world.notifications_queue)[0]["Message"]
+    assert f"{entry['shard']}: ShardFormatError: cannot decode shard as npy: bad header" in message
+
+
+def test_report_of_a_run_whose_model_cannot_load_carries_the_loaders_reason(
+    world, running_run, lambda_context
+):
+    # given a worker's model-load error record, and the monitor's error as the ASL's Catch hands it on
+    from .test_monitor_handler import write_model_error
+
+    write_model_error(world, running_run, "cannot load Keras model broken.keras: not a zip file")
+    with pytest.raises(Exception) as raised:
+        monitor.handler({"run": running_run}, lambda_context)
+    cause = json.dumps({"errorType": type(raised.value).__name__, "errorMessage": str(raised.value)})
+    state = {"run": running_run, "error": {"Error": type(raised.value).__name__, "Cause": cause}}
+    state["run"] = teardown.handler(state, lambda_context)
+
+    # when it is reported
+    summary = report.handler(state, lambda_context)
+
+    # then the run failed with ModelLoadError, and the reason is the loader's
+    document = world.report(running_run["run_id"])
+    assert summary["status"] == document["status"] == "failed"
+    assert document["error"]["type"] == "ModelLoadError"
+    assert document["reason"].startswith("ModelLoadError: the model ")
+    assert "cannot load Keras model broken.keras: not a zip file" in document["reason"]
 
 
 def test_report_of_a_failed_run_names_the_error(world, running_run, lambda_context):

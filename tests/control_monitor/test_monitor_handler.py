@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from spotfill_control.errors import FleetRequestError, RunTimeoutError, StallError
+from spotfill_control.errors import FleetRequestError, ModelLoadError, RunTimeoutError, StallError
 from spotfill_control.handlers import monitor
 
 from .conftest import ROWS_PER_SHARD
@@ -150,6 +150,30 @@ def test_monitor_raises_stall_error_when_nothing_moved_for_the_stall_timeout(
         monitor.handler({"run": running_run}, lambda_context)
 
     # and what it saw is persisted for the report
+    assert world.stored_run(running_run["run_id"])["progress"]["iterations"] == 1
+
+
+def write_model_error(world, run: dict, error: str) -> None:
+    """What a worker writes when the model cannot load (worker.py `_record_model_error`)."""
+    record = {"run_id": run["run_id"], "model": "s3://m/model.keras", "error_type": "ModelLoadError"}
+    world.s3.put_object(
+        Bucket=world.settings.control_bucket,
+        Key=f"runs/{run['run_id']}/errors/model-load.json",
+        Body=json.dumps({**record, "error": error}).encode(),
+    )
+
+
+def test_monitor_fails_the_run_at_once_with_the_loaders_reason_when_a_worker_could_not_load_the_model(
+    world, running_run, lambda_context
+):
+    # given a run that just started (far from its stall timeout) and a worker's model-load error record
+    write_model_error(world, running_run, "cannot load Keras model broken.keras: not a zip file")
+
+    # when monitor looks, then it fails the run with the reason the worker recorded
+    with pytest.raises(ModelLoadError, match=r"cannot be loaded .*broken\.keras: not a zip file"):
+        monitor.handler({"run": running_run}, lambda_context)
+
+    # and what it saw is persisted for teardown and the report
     assert world.stored_run(running_run["run_id"])["progress"]["iterations"] == 1
 
 

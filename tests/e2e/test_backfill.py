@@ -173,6 +173,35 @@ def test_two_manifests_uploaded_at_once_make_two_isolated_runs(local_cloud, digi
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
 
+def test_shards_named_with_hash_question_mark_percent_and_spaces_are_backfilled_to_their_own_keys(
+    local_cloud, digits, quiet_console, tmp_path
+):
+    # given shards whose keys a URL parser would cut ('#', '?') or decode ('%', '+')
+    import shutil
+
+    input_dir = tmp_path / "inputs"
+    input_dir.mkdir()
+    names = ["part #1.npy", "part?x=2.npy", "100% + naïve.npy"]
+    originals = sorted(digits.input_dir.glob("*.npy"))[: len(names)]
+    shards = []
+    for name, original in zip(names, originals, strict=True):
+        shutil.copy(original, input_dir / name)
+        shards.append(input_dir / name)
+    spec = _spec(local_cloud, "hostile")
+
+    # when the backfill runs
+    arn = upload_and_trigger(local_cloud, spec, digits.model_path, shards, input_dir)
+    result = follow_run(local_cloud, arn, quiet_console, timeout=240)
+
+    # then every shard succeeded, and its output sits at its own verbatim key with the model's predictions
+    assert result.report["status"] == "succeeded", result.report.get("reason")
+    assert result.report["shards"]["succeeded"] == len(names)
+    result.outputs = download_outputs(local_cloud, spec, shards, input_dir, tmp_path / "out")
+    reference = {n: digits.reference[o.name] for n, o in zip(names, originals, strict=True)}
+    assert check_outputs(result, reference) == []
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+
+
 def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
     local_cloud, digits, quiet_console, tmp_path
 ):
@@ -201,6 +230,16 @@ def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
         f"s3://{bucket}/inputs/poisoned/part-90000.npy",
         f"s3://{bucket}/inputs/poisoned/part-90001.npy",
     ]
+    # each with the error its worker recorded, sent to the dead-letter queue on its first failure
+    failed_errors = result.report["shards"]["failed_errors"]
+    assert [e["shard"] for e in failed_errors] == result.report["shards"]["failed_keys"]
+    assert all(e["error_type"] == "ShardFormatError" for e in failed_errors), failed_errors
+    assert all("cannot decode shard as npy" in e["error"] for e in failed_errors), failed_errors
+    records = [r for log in (local_cloud.run_dir / "logs").rglob("*.log") for r in worker_records(log)]
+    dead_lettered = {r["shard"] for r in records if r.get("event") == "shard_dead_lettered"}
+    assert (
+        sorted(s for s in dead_lettered if "/inputs/poisoned/" in s) == result.report["shards"]["failed_keys"]
+    )
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
     # when the shards are fixed and the run is redriven with the CLI

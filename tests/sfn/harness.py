@@ -82,6 +82,9 @@ class Knobs:
     stop_after: int | None = None  # workers hang after writing this many outputs (a stall)
     lose: frozenset[str] = frozenset()  # shard file names whose first message is lost without an output
     poison: frozenset[str] = frozenset()  # shard file names the workers fail on every time
+    # The workers cannot load the model: each writes this reason in the model-load error record (at the
+    # task definition's SPOTFILL_MODEL_ERROR_URI, as the real worker does) and processes nothing.
+    model_cannot_load: str | None = None
     rows_per_shard: int = 16
 
 
@@ -212,7 +215,10 @@ class Physics(threading.Thread):
 
     def _work(self) -> None:
         budget = self.knobs.shards_per_tick
-        for queue_url, run_id in self._queues_with_running_tasks():
+        for queue_url, run_id, model_error_uri in self._queues_with_running_tasks():
+            if self.knobs.model_cannot_load is not None:
+                self._record_model_error(run_id, model_error_uri)
+                continue
             while budget > 0:
                 if self.knobs.stop_after is not None and len(self.log.written) >= self.knobs.stop_after:
                     return
@@ -224,7 +230,12 @@ class Physics(threading.Thread):
                 budget -= 1
                 self._handle(queue_url, run_id, messages[0])
 
-    def _queues_with_running_tasks(self) -> Iterator[tuple[str, str]]:
+    def _record_model_error(self, run_id: str, model_error_uri: str) -> None:
+        bucket, key = model_error_uri[len("s3://") :].split("/", 1)
+        record = {"run_id": run_id, "error_type": "ModelLoadError", "error": self.knobs.model_cannot_load}
+        self._s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
+
+    def _queues_with_running_tasks(self) -> Iterator[tuple[str, str, str]]:
         for cluster_arn in self._ecs.list_clusters()["clusterArns"]:
             if not self._ecs.list_container_instances(cluster=cluster_arn, status="ACTIVE")[
                 "containerInstanceArns"
@@ -245,7 +256,11 @@ class Physics(threading.Thread):
                 task = self._ecs.describe_task_definition(taskDefinition=service["taskDefinition"])
                 (container,) = task["taskDefinition"]["containerDefinitions"]
                 environment = {e["name"]: e["value"] for e in container.get("environment", [])}
-                yield environment["SPOTFILL_QUEUE_URL"], environment["SPOTFILL_RUN_ID"]
+                yield (
+                    environment["SPOTFILL_QUEUE_URL"],
+                    environment["SPOTFILL_RUN_ID"],
+                    environment["SPOTFILL_MODEL_ERROR_URI"],
+                )
 
     def _handle(self, queue_url: str, run_id: str, message: dict[str, Any]) -> None:
         body = json.loads(message["Body"])

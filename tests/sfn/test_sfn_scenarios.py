@@ -244,6 +244,23 @@ def test_run_without_progress_for_the_stall_timeout_fails_as_stalled(cloud, lamb
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
+def test_model_the_workers_cannot_load_fails_the_run_at_once_with_the_loaders_reason(cloud, lambdas):
+    # given workers that cannot load the model, and a stall timeout far beyond the test
+    reason = "cannot load Keras model digits.keras: File is not a zip file"
+    spec = cloud.spec("badmodel", shards=2, limits={"stall_timeout_seconds": 3600})
+
+    # when the run starts
+    outcome = cloud.run(spec, Knobs(model_cannot_load=reason))
+
+    # then the monitor fails it with ModelLoadError, torn down and reported with the reason
+    _assert_failed_through_teardown_and_report(outcome, "ModelLoadError")
+    assert reason in _cause_message(outcome)
+    assert outcome.report["status"] == "failed"
+    assert reason in outcome.report["reason"]
+    assert cloud.outputs("badmodel") == []
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
 def test_shard_that_always_fails_ends_in_the_dead_letter_queue_and_the_run_completes(cloud, lambdas):
     outcome = cloud.run(cloud.spec("poison", shards=3), Knobs(poison=frozenset({"part-00001.npy"})))
 

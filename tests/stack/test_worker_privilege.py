@@ -1,7 +1,7 @@
 """Least privilege for the data plane: every AWS call the real worker makes is granted to the task role.
 
 The worker runs in process against the stack deployed in moto (a good shard, and a corrupt one that it must
-record as an error and leave to the dead-letter queue); every client it creates is recorded, and each call is
+record as an error and send to the dead-letter queue); every client it creates is recorded, and each call is
 checked against `WorkerTaskRole` in template.yaml, as the control functions are in test_iam_least_privilege.
 The worker runs acting as the task role with IAM enforced (`spotfill.iam`), as the local cloud's workers do:
 no call may be denied, not even a HeadObject of an output not yet written (403 without s3:ListBucket).
@@ -109,12 +109,16 @@ def test_every_aws_call_of_the_worker_is_granted_to_the_task_role_and_every_gran
                     "receive_wait_seconds": 1,
                     "exit_when_idle_seconds": 2,
                     "spot_notice": False,
+                    "dead_letter_queue_url": dlq,
+                    "model_error_uri": f"s3://{control}/runs/{RUN_ID}/errors/model-load.json",
                 }
             )
             Worker(config, Clients(), Telemetry(RUN_ID, io.StringIO())).run(install_signals=False)
 
         assert s3.list_objects_v2(Bucket=data, Prefix="outputs/")["KeyCount"] == 1
         assert s3.list_objects_v2(Bucket=control, Prefix=f"runs/{RUN_ID}/errors/")["KeyCount"] >= 1
+        dead = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10)["Messages"]
+        assert [json.loads(m["Body"])["shard"] for m in dead] == [f"s3://{data}/inputs/part-1.npy"]
 
         # then no call was denied, every call is granted to the task role, and it grants nothing unused
         assert enforcer.evaluated, "the worker made no AWS call IAM evaluated"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 RETRY_CONFIG = {"mode": "adaptive", "max_attempts": 10}
 
@@ -22,10 +21,13 @@ class S3Uri:
 
     @classmethod
     def parse(cls, uri: str) -> S3Uri:
-        parsed = urlparse(uri)
-        if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.lstrip("/"):
+        """``s3://bucket/key`` split at the first ``/`` after the bucket: the key is opaque, taken verbatim
+        (``#``, ``?``, ``%``, ``+``, spaces, ``//``, a leading ``/`` are all part of it), exactly as the
+        control plane's ``shards.split_s3_uri`` splits it. Not a URL: nothing is decoded or cut off."""
+        bucket, _, key = uri[len("s3://") :].partition("/") if uri.startswith("s3://") else ("", "", "")
+        if not bucket or not key:
             raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
-        return cls(parsed.netloc, parsed.path.lstrip("/"))
+        return cls(bucket, key)
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"

@@ -69,6 +69,11 @@ class WorkerConfig(BaseModel):
     xla: bool = False
     mixed_precision: bool = False
     spot_notice: bool = True
+    # Where a shard that can never succeed (undecodable, or rows that do not fit the model) is sent at once,
+    # instead of waiting out the queue's maxReceiveCount; unset: it is left to SQS's redrive.
+    dead_letter_queue_url: str | None = None
+    # Where the worker writes its error record when the model cannot load (the monitor fails the run on it).
+    model_error_uri: str | None = None
 
     @field_validator("model_uri")
     @classmethod
@@ -76,6 +81,13 @@ class WorkerConfig(BaseModel):
         if not value.startswith("s3://") or not value.endswith((".keras", ".tar.gz", ".tgz")):
             raise ValueError("must be s3://bucket/key ending in .keras or .tar.gz (a SavedModel archive)")
         return value
+
+    @field_validator("model_error_uri")
+    @classmethod
+    def _model_error_uri_is_s3(cls, value: str | None) -> str | None:
+        if value and not value.startswith("s3://"):
+            raise ValueError("must be an s3://bucket/key URI")
+        return value or None
 
     @field_validator("id_column")
     @classmethod

@@ -80,8 +80,12 @@ def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:
     except Exception as exc:
         raise ModelLoadError(f"cannot load Keras model {path.name}: {exc}") from exc
     inputs = getattr(model, "inputs", None) or []
-    if len(inputs) != 1 or len(getattr(model, "outputs", None) or [None]) != 1:
-        raise ModelLoadError("the worker serves models with exactly one input and one output")
+    outputs = getattr(model, "outputs", None) or [None]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelLoadError(
+            f"Keras model {path.name} has {len(inputs)} input(s) and {len(outputs)} output(s), "
+            "but the worker serves models with exactly one input and one output"
+        )
     shape = tuple(inputs[0].shape)[1:]
     dtype = np.dtype(str(inputs[0].dtype))
     if mixed_precision:
@@ -199,3 +203,48 @@ class Predictor:
                 raise ShardAborted(f"stopped after {done} of {total} rows")
         outputs.append(pending[0].numpy()[: pending[1]])  # type: ignore[index]
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
+
+class SampleMismatchError(ValueError):
+    """A sample shard cannot be decoded, or its rows do not fit the model (one sentence naming both)."""
+
+
+def check_model_and_sample(
+    model_path: Path | str,
+    sample_shard_path: Path | str,
+    input_format: str,
+    id_column: str | None = None,
+    image_scale: str = "unit",
+    rows: int = 8,
+) -> ModelInput:
+    """Load the model and push the first ``rows`` rows of a sample shard through it, as the worker would.
+
+    Meant for a pre-check before a run starts (``spotfill run --local``): raises ``ModelLoadError`` when the
+    model cannot load or has a form the worker cannot serve, and ``SampleMismatchError`` when the sample
+    cannot be decoded as ``input_format`` or its rows do not fit the model; each message is one sentence.
+    Returns what the model accepts.
+    """
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ShapeMismatchError, ShardFormatError, decode
+
+    model_path, sample_shard_path = Path(model_path), Path(sample_shard_path)
+    model = load_model(model_path)
+    try:
+        data = sample_shard_path.read_bytes()
+        decoded = decode(
+            data, InputFormat(input_format), model.model_input, id_column, ImageScale(image_scale)
+        )
+        batch = decoded.features[:rows]
+        if len(batch):
+            Predictor(model, batch_size=max(1, len(batch))).predict(batch)
+    except (OSError, ValueError, ShardFormatError, ShapeMismatchError) as exc:
+        raise SampleMismatchError(
+            f"sample shard {sample_shard_path.name} does not fit model {model_path.name} "
+            f"(input shape {model.model_input.shape}, dtype {model.model_input.dtype}): {exc}"
+        ) from exc
+    except Exception as exc:  # the forward pass itself refused the rows
+        raise SampleMismatchError(
+            f"model {model_path.name} cannot predict the rows of sample shard {sample_shard_path.name}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return model.model_input

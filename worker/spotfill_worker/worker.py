@@ -32,7 +32,7 @@ from typing import Any
 
 from spotfill_worker.clients import Clients, S3Uri
 from spotfill_worker.config import Classifier, ConfigError, WorkerConfig
-from spotfill_worker.formats import Rows, decode, encode
+from spotfill_worker.formats import Rows, ShapeMismatchError, ShardFormatError, decode, encode
 from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_signal_handlers
 from spotfill_worker.leases import Delivery, Leases
 from spotfill_worker.telemetry import Telemetry
@@ -47,6 +47,10 @@ _PREDICTORS: dict[tuple[int, int, bool], Any] = {}  # (id(LoadedModel), batch si
 CONFLICT_ATTEMPTS = 5
 CONFLICT_BACKOFF = 0.2
 CONFLICT_BACKOFF_CAP = 2.0
+
+
+# Errors no retry can fix: the shard goes to the dead-letter queue on its first failure.
+POISON_ERRORS = (ShardFormatError, ShapeMismatchError)
 
 
 class OutputWriteConflict(RuntimeError):
@@ -128,6 +132,7 @@ class Worker:
             self.predictor = self._load_predictor()
         except Exception as exc:
             self.telemetry.log("model_load_failed", level="ERROR", error=f"{type(exc).__name__}: {exc}")
+            self._record_model_error(exc)
             return 1
         if self.stop.requested:
             self.telemetry.log("worker_stopped", reason=self.stop.reason, shards=0)
@@ -198,6 +203,34 @@ class Worker:
             seconds=round(time.perf_counter() - started, 3),
         )
         return predictor
+
+    def _record_model_error(self, exc: BaseException) -> None:
+        """Write the model-load error record the monitor fails the run on (docs/contracts.md)."""
+        if not self.config.model_error_uri:
+            return
+        record = {
+            "run_id": self.config.run_id,
+            "model": self.config.model_uri,
+            "error_type": type(exc).__name__,
+            "error": str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[
+                -4000:
+            ],
+            "worker": socket.gethostname(),
+            "time": datetime.now(UTC).isoformat(),
+        }
+        location = S3Uri.parse(self.config.model_error_uri)
+        try:
+            self.clients.s3.put_object(
+                Bucket=location.bucket,
+                Key=location.key,
+                Body=json.dumps(record, indent=2).encode(),
+                ContentType="application/json",
+            )
+        except Exception as write_exc:
+            self.telemetry.log("error_record_failed", level="ERROR", error=str(write_exc))
+            return
+        self.telemetry.log("model_error_recorded", error_record=self.config.model_error_uri)
 
     @staticmethod
     def _warm_up(predictor: Any) -> None:
@@ -490,7 +523,9 @@ class Worker:
     # ------------------------------------------------------------------------------------------ poison
 
     def _fail(self, item: Prepared, exc: BaseException) -> None:
-        """Record the error and leave the message to time out, so SQS redrives it after the receive limit."""
+        """Record the error; a shard no retry can fix (``POISON_ERRORS``) goes to the dead-letter queue now,
+        any other failure leaves its message to time out, so SQS delivers it again (and redrives it to the
+        dead-letter queue after the receive limit)."""
         self.leases.drop(item.delivery)
         with self._busy_lock:
             self.shards_failed += 1
@@ -532,6 +567,22 @@ class Worker:
             errors=1,
         )
         self.telemetry.metrics(predictions=0, shards=0, shard_seconds=0.0, shard_errors=1)
+        if isinstance(exc, POISON_ERRORS) and self.config.dead_letter_queue_url:
+            self._dead_letter(item, record["shard"])
+
+    def _dead_letter(self, item: Prepared, shard: str | None) -> None:
+        """Move the message to the run's dead-letter queue: send its body there, then delete it here."""
+        try:
+            self.clients.sqs.send_message(
+                QueueUrl=self.config.dead_letter_queue_url, MessageBody=item.delivery.body
+            )
+            self.clients.sqs.delete_message(
+                QueueUrl=self.config.queue_url, ReceiptHandle=item.delivery.receipt_handle
+            )
+        except Exception as exc:  # left to time out: SQS redrives it after the receive limit
+            self.telemetry.log("dead_letter_failed", level="WARNING", shard=shard, error=str(exc))
+            return
+        self.telemetry.log("shard_dead_lettered", shard=shard, message_id=item.delivery.message_id)
 
 
 def main(environ: Any = None) -> int:

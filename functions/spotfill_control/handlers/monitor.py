@@ -49,6 +49,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="ShardsTotal", unit=MetricUnit.Count, value=run.shards_total)
     metrics.add_metric(name="ShardsDone", unit=MetricUnit.Count, value=seen.outputs_done)
     metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=seen.dead_letters)
+    progress.check_model(run, seen)
     progress.check_fleet(run, seen)
     progress.enforce_limits(run, now)
     return run.model_dump(mode="json")
