@@ -2,11 +2,17 @@
 
 Capacity is weighted by vCPUs: the smallest instance type in the request weighs 1, a type with twice the
 vCPUs weighs 2, so `fleet.target_capacity` means "this many of the smallest type, or the same vCPUs".
+
+The request never asks more than the work can use (`fleet_target_capacity`): each instance runs
+`service.tasks_per_instance` tasks whatever its type, so the shards left after PrepareRun keep at most
+`ceil(shards / tasks_per_instance)` instances busy; the target is capped at that many units, which is at most
+that many instances of any mix (every type weighs 1 or more), so no instance is requested only to idle.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -166,6 +172,22 @@ def capacity_weights(instance_types: list[str]) -> dict[str, float]:
     return {name: round(CATALOG[name].vcpus / smallest, 3) for name in instance_types}
 
 
+def fleet_target_capacity(target_capacity: int, remaining_shards: int, tasks_per_instance: int) -> int:
+    """The fleet's target capacity (weighted units): the spec's `target_capacity`, capped at the instances the
+    remaining shards keep busy, `ceil(remaining / tasks_per_instance)`, and at least 1."""
+    usable = math.ceil(remaining_shards / tasks_per_instance)
+    return max(1, min(target_capacity, usable))
+
+
+def requested_capacity(run: RunState) -> int:
+    """The target capacity the run's fleet is requested with (after PrepareRun, which counts its shards)."""
+    return fleet_target_capacity(
+        run.spec.fleet.target_capacity,
+        max(0, run.shards_total - run.shards_skipped),
+        run.spec.service.tasks_per_instance,
+    )
+
+
 def subnets_for(fleet: FleetSpec, settings: Settings) -> list[str]:
     return list(fleet.subnets) or list(settings.default_subnets)
 
@@ -181,7 +203,7 @@ def build_fleet_request(run: RunState, settings: Settings, now: datetime) -> dic
         "ClientToken": run.run_id,
         "IamFleetRole": settings.fleet_role_arn,
         "AllocationStrategy": fleet.allocation_strategy,
-        "TargetCapacity": fleet.target_capacity,
+        "TargetCapacity": requested_capacity(run),
         "Type": "maintain",
         "ValidUntil": started + timedelta(seconds=run.spec.limits.max_runtime_seconds),
         "TerminateInstancesWithExpiration": True,

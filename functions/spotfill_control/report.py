@@ -25,6 +25,7 @@ from spotfill_control import cost, state_store
 from spotfill_control.aws import is_missing_key
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.fleet import requested_capacity
 from spotfill_control.progress import Clients, list_output_uris
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
@@ -382,6 +383,7 @@ def build_report(
                 "requeued": run.progress.requeued,
             },
             "predictions": {"total": facts.predictions, "exact": facts.predictions_exact},
+            "capacity": capacity_of(run),
             "phases_seconds": {
                 "validate": seconds_between(t.started_at, t.validated_at),
                 "fleet_fulfilled": seconds_between(t.fleet_requested_at, t.fleet_fulfilled_at),
@@ -418,6 +420,27 @@ def build_report(
         }
     )
     return document
+
+
+def capacity_of(run: RunState) -> dict[str, Any]:
+    """The fleet capacity the spec asked for and the capacity the fleet was requested with (None when no
+    fleet was requested), and why they differ: the request never asks more than the pending shards use."""
+    asked = run.spec.fleet.target_capacity
+    requested = requested_capacity(run) if run.resources.spot_fleet_request_id else None
+    capped = requested is not None and requested < asked
+    pending = max(0, run.shards_total - run.shards_skipped)
+    per_instance = run.spec.service.tasks_per_instance
+    return {
+        "spec_target_capacity": asked,
+        "fleet_target_capacity": requested,
+        "capped": capped,
+        "reason": (
+            f"capped at {requested}: {pending} pending shard(s) at {per_instance} task(s) per instance "
+            f"keep at most {requested} instance(s) busy"
+            if capped
+            else None
+        ),
+    }
 
 
 def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:

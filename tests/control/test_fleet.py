@@ -26,6 +26,7 @@ def pure_run(**overrides) -> RunState:
     return RunState(
         run_id="demo-20261127060000-abcdef",
         spec=BackfillSpec.model_validate(sample_spec(**overrides)),
+        shards_total=10,
         resources=Resources(launch_template_version=7),
         timeline=Timeline(started_at=STARTED),
     )
@@ -41,6 +42,33 @@ def test_capacity_is_weighted_by_vcpus_relative_to_the_smallest_type():
         "c5.9xlarge": 9.0,
     }
     assert fleet.capacity_weights(["c5.2xlarge", "c5.9xlarge"]) == {"c5.2xlarge": 1.0, "c5.9xlarge": 4.5}
+
+
+@pytest.mark.parametrize(
+    ("target_capacity", "remaining_shards", "tasks_per_instance", "expected"),
+    [
+        (6, 4, 1, 4),  # 4 shards keep 4 one-task instances busy, not 6
+        (5000, 4, 1, 4),
+        (6, 4, 2, 2),  # two tasks per instance: 2 instances run all 4 shards
+        (6, 5, 2, 3),  # ceil(5 / 2)
+        (2, 40, 1, 2),  # the spec asks less than the work could use: kept
+        (3, 0, 1, 1),  # never zero (a run whose shards are all done skips the fleet anyway)
+    ],
+)
+def test_fleet_target_capacity_is_capped_at_the_instances_the_remaining_shards_keep_busy(
+    target_capacity, remaining_shards, tasks_per_instance, expected
+):
+    assert fleet.fleet_target_capacity(target_capacity, remaining_shards, tasks_per_instance) == expected
+
+
+def test_fleet_request_asks_no_more_capacity_than_the_pending_shards_use(s3_world):
+    # given a spec asking 4 units, 10 shards of which 8 already have their outputs
+    run = pure_run().model_copy(update={"shards_total": 10, "shards_skipped": 8})
+    # when the request is built
+    request = fleet.build_fleet_request(run, s3_world.settings, STARTED)
+    # then it asks for the 2 instances the 2 pending shards use (one task each)
+    assert run.spec.fleet.target_capacity == 4
+    assert request["TargetCapacity"] == 2
 
 
 def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world):

@@ -225,23 +225,25 @@ def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world,
 def test_monitor_raises_the_service_as_instances_register_up_to_the_remaining_shards(
     world, running_run, lambda_context
 ):
-    # given a service sized when one instance had registered, and now every fleet instance registered (4)
+    # given a service sized when one instance had registered, and now every fleet instance registered (3: the
+    # request is capped at the 3 shards), and one shard done
     cluster, service = running_run["resources"]["cluster_name"], running_run["resources"]["service_name"]
     world.ecs.update_service(cluster=cluster, service=service, desiredCount=1)
     registered = world.ecs.list_container_instances(cluster=cluster, status="ACTIVE")["containerInstanceArns"]
-    assert len(registered) == 4
+    assert len(registered) == 3
+    world.write_output(running_run, 0)
 
-    # when monitor looks while the 3 shards are still queued
+    # when monitor looks while the 2 other shards are still queued
     monitor.handler({"run": running_run}, lambda_context)
 
-    # then the service runs a task per registered instance, but no more than the 3 shards left
+    # then the service runs a task per registered instance, but no more than the 2 shards left
     assert (
-        world.ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"] == 3
+        world.ecs.describe_services(cluster=cluster, services=[service])["services"][0]["desiredCount"] == 2
     )
 
 
 def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context):
-    # given plenty of work left (3 shards, 4 units)
+    # given plenty of work left (3 shards, 3 units: the spec's 4 capped at the 3 shards)
     fleet_id = running_run["resources"]["spot_fleet_request_id"]
 
     # when monitor looks
@@ -251,7 +253,7 @@ def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context)
     config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
         "SpotFleetRequestConfigs"
     ][0]
-    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 4
+    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 3
 
 
 def test_monitor_counts_an_instance_that_vanished_as_a_spot_interruption(world, running_run, lambda_context):

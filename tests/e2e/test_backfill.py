@@ -110,6 +110,64 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     assert cleanup[0].event["detail"]["status"] == "FAILED"
 
 
+def test_an_upload_event_delivered_again_starts_no_second_execution(local_cloud):
+    # given a manifest uploaded under backfills/ (one that fails in Validate, so the run ends at once)
+    spec = _spec(local_cloud, "redelivered")
+    spec["fleet"]["instance_types"] = ["c5.huge"]
+    before = datetime.now(UTC).replace(microsecond=0)
+    local_cloud.client("s3").put_object(
+        Bucket=local_cloud.outputs.control_bucket,
+        Key="backfills/redelivered.json",
+        Body=json.dumps(spec).encode(),
+    )
+    from spotfill.runs import Session, wait_for_execution_started_after
+
+    session = Session(local_cloud.endpoint_url, local_cloud.region)
+    execution_arn = wait_for_execution_started_after(session, session.stack(), before)
+    sfn = local_cloud.client("stepfunctions")
+    delivered = json.loads(sfn.describe_execution(executionArn=execution_arn)["input"])
+    assert delivered["detail"]["object"]["version-id"]  # the control bucket is versioned
+
+    # when EventBridge delivers the upload's S3 event again (another event id, as at-least-once delivery may)
+    local_cloud.client("events").put_events(
+        Entries=[
+            {
+                "Source": "aws.s3",
+                "DetailType": "Object Created",
+                "Resources": delivered["resources"],
+                "Detail": json.dumps(delivered["detail"]),
+            }
+        ]
+    )
+
+    # then Step Functions refused a second execution: one run for the upload
+    machine = local_cloud.outputs.state_machine_arn
+
+    def executions_of_the_upload() -> list[str]:
+        found = []
+        for execution in sfn.list_executions(stateMachineArn=machine)["executions"]:
+            if execution["startDate"] < before:
+                continue
+            started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+            if started.get("detail", {}).get("object", {}).get("key") == "backfills/redelivered.json":
+                found.append(execution["executionArn"])
+        return found
+
+    def starts() -> list:
+        return [
+            i
+            for i in local_cloud.dispatcher.invocations
+            if i.name == "start_backfill"
+            and i.event.get("detail", {}).get("object", {}).get("key") == "backfills/redelivered.json"
+            and i.ended_at is not None
+        ]
+
+    eventually(lambda: len(starts()) == 2 or len(executions_of_the_upload()) > 1, timeout=30)
+    assert executions_of_the_upload() == [execution_arn]
+    assert all(i.succeeded for i in starts()), [(i.error_type, i.error_message) for i in starts()]
+    eventually(lambda: sfn.describe_execution(executionArn=execution_arn)["status"] != "RUNNING", 60)
+
+
 def test_a_schedule_rule_fired_on_demand_starts_an_execution_with_the_event_time(local_cloud):
     # given the stack's schedule rule (disabled by default, as deployed)
     events = local_cloud.client("events")

@@ -111,3 +111,23 @@ def test_instance_type_offerings_follow_what_a_test_sets():
         assert zones_of("g5.xlarge", "region") == ["us-east-1"]
         assert len(zones_of("g5.xlarge", "availability-zone-id")) == 1
         assert zones_of("c5.xlarge")  # other types keep moto's offerings
+
+
+def test_s3_event_reaches_rule_targets_shaped_as_s3_sends_it():
+    from spotfill.localcloud import patches
+
+    # given moto's EventBridge event of a put to an unversioned bucket and of one to a versioned bucket
+    moto_event = {
+        "source": "aws.s3",
+        "time": 1_796_000_000,
+        "detail": {"object": {"key": "backfills/a b+c.json", "size": 2, "eTag": "abc", "version-id": None}},
+    }
+    versioned = {**moto_event, "detail": {"object": {**moto_event["detail"]["object"], "version-id": "v1"}}}
+
+    # when the local cloud shapes them for a rule target
+    shaped, shaped_versioned = patches.aws_shaped_event(moto_event), patches.aws_shaped_event(versioned)
+
+    # then they read as S3's: the key URL-encoded, the ETag as `etag`, a version id only where there is one
+    assert shaped["detail"]["object"] == {"key": "backfills/a+b%2Bc.json", "size": 2, "etag": "abc"}
+    assert shaped_versioned["detail"]["object"]["version-id"] == "v1"
+    assert shaped["time"] == "2026-11-30T00:53:20Z"

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest import mock
+from urllib.parse import quote_plus
 
 import boto3
 from moto import mock_aws
@@ -513,7 +514,6 @@ class Cloud:
         """Deliver the execution's "Step Functions Execution Status Change" event to the Lambda targets of the
         rules it matches, synchronously (moto matches rules but delivers no Lambda targets). Returns the
         function ARNs invoked."""
-        events, lambda_ = self.session.client("events"), self.session.client("lambda")
         described = self.sfn.describe_execution(executionArn=execution.arn)
         detail = {
             "executionArn": execution.arn,
@@ -538,18 +538,62 @@ class Cloud:
             "resources": [execution.arn],
             "detail": detail,
         }
-        invoked = []
+        return [arn for arn, _ in self.deliver(event)]
+
+    def deliver(self, event: dict[str, Any]) -> list[tuple[str, Any]]:
+        """Deliver an event to the Lambda and state machine targets of the enabled rules it matches,
+        synchronously, as EventBridge would (moto matches rules but delivers neither). Returns (target ARN,
+        the function's result or `{"execution_arn"}` of the execution started) for each target."""
+        events, lambda_ = self.session.client("events"), self.session.client("lambda")
+        invoked: list[tuple[str, Any]] = []
         for rule in events.list_rules()["Rules"]:
-            if rule.get("State") != "ENABLED" or not _matches(
-                json.loads(rule.get("EventPattern") or "{}"), event
-            ):
+            # a schedule rule (no pattern) matches no event
+            if rule.get("State") != "ENABLED" or not rule.get("EventPattern"):
+                continue
+            if not _matches(json.loads(rule["EventPattern"]), event):
                 continue
             for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
-                if ":lambda:" not in target["Arn"]:
-                    continue
-                lambda_.invoke(FunctionName=target["Arn"], Payload=json.dumps(event).encode())
-                invoked.append(target["Arn"])
+                payload = json.dumps(patches.target_input(target, event))
+                if ":lambda:" in target["Arn"]:
+                    response = lambda_.invoke(FunctionName=target["Arn"], Payload=payload.encode())
+                    invoked.append((target["Arn"], json.loads(response["Payload"].read() or b"null")))
+                elif ":states:" in target["Arn"]:
+                    # EventBridge names no execution: each delivery is a new one (a uuid, as AWS names it)
+                    started = self.sfn.start_execution(
+                        stateMachineArn=target["Arn"], name=str(uuid.uuid4()), input=payload
+                    )
+                    invoked.append((target["Arn"], {"execution_arn": started["executionArn"]}))
         return invoked
+
+    def upload_manifest(self, key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Put a manifest into the control bucket; returns the S3 "Object Created" event AWS sends EventBridge
+        for it (URL-encoded key, the new version's id and ETag), for `deliver`."""
+        put = self.s3.put_object(Bucket=self.stack.control_bucket, Key=key, Body=json.dumps(spec).encode())
+        return {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "account": self.stack.state_machine_arn.split(":")[4],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "region": REGION,
+            "resources": [f"arn:aws:s3:::{self.stack.control_bucket}"],
+            "detail": {
+                "version": "0",
+                "bucket": {"name": self.stack.control_bucket},
+                "object": {
+                    "key": quote_plus(key, safe="/"),
+                    "size": len(json.dumps(spec)),
+                    "etag": put["ETag"].strip('"'),
+                    "version-id": put["VersionId"],
+                    "sequencer": f"{time.time_ns():018X}",
+                },
+                "request-id": uuid.uuid4().hex[:16].upper(),
+                "requester": self.stack.state_machine_arn.split(":")[4],
+                "source-ip-address": "203.0.113.15",
+                "reason": "PutObject",
+            },
+        }
 
     def report(self, run_id: str) -> dict[str, Any] | None:
         try:
@@ -564,7 +608,9 @@ class Cloud:
 
 
 def _matches(pattern: Any, value: Any) -> bool:
-    """EventBridge pattern matching, for the exact-value lists spotfill's rules use."""
+    """EventBridge pattern matching, for the exact-value lists and prefixes spotfill's rules use."""
+    if isinstance(pattern, dict) and set(pattern) == {"prefix"}:
+        return isinstance(value, str) and value.startswith(pattern["prefix"])
     if isinstance(pattern, dict):
         return isinstance(value, dict) and all(_matches(p, value.get(k)) for k, p in pattern.items())
     if isinstance(pattern, list):

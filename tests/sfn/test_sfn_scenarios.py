@@ -428,6 +428,29 @@ def test_service_grows_a_task_for_every_instance_as_instances_register_one_by_on
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
+def test_fleet_asks_no_more_capacity_than_the_shards_use_and_the_report_says_it_was_capped(cloud, lambdas):
+    # given 4 shards, one task per instance, a spec asking 6 c5.large, and a Spot quota that fits the 6
+    spec = cloud.spec("capped", shards=4, fleet={"instance_types": ["c5.large"], "target_capacity": 6})
+
+    with spot_quota("L-34B43A08", 64):
+        outcome = cloud.run(spec, SLOW_WORKERS)
+
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert len(cloud.outputs("capped")) == 4
+    # then the fleet was requested with the 4 units the 4 shards use, and no more than 4 instances came up
+    assert len(outcome.physics.registered) == 4
+    assert max(m["progress"]["fleet_target_capacity"] for m in outcome.monitor_results()) <= 4
+    assert max(outcome.physics.desired_counts) <= 4
+    # and the report says so
+    assert outcome.report["capacity"] == {
+        "spec_target_capacity": 6,
+        "fleet_target_capacity": 4,
+        "capped": True,
+        "reason": "capped at 4: 4 pending shard(s) at 1 task(s) per instance keep at most 4 instance(s) busy",
+    }
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
 def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas):
     # given c5.large not supported in any zone of the request, m5.large filling the fleet
     spec = cloud.spec(

@@ -35,7 +35,11 @@ STATE_MACHINE_FUNCTIONS = {
     "TeardownFunction": "teardown",
     "ReportFunction": "report",
 }
-ALL_FUNCTIONS = {**STATE_MACHINE_FUNCTIONS, "CleanupOnExitFunction": "cleanup_on_exit"}
+ALL_FUNCTIONS = {
+    **STATE_MACHINE_FUNCTIONS,
+    "CleanupOnExitFunction": "cleanup_on_exit",
+    "StartBackfillFunction": "start_backfill",
+}
 
 # docs/contracts.md, "Control-plane configuration".
 CONTROL_ENVIRONMENT = {
@@ -157,19 +161,30 @@ def test_data_bucket_is_encrypted_private_and_tls_only(stack: StackOutputs, tran
     _assert_tls_only(translated, "DataBucket")
 
 
-def test_manifest_put_under_backfills_matches_the_rule_that_starts_the_state_machine(stack: StackOutputs):
+def test_manifest_put_under_backfills_matches_the_rule_whose_function_starts_the_state_machine(
+    stack: StackOutputs,
+):
     # given the manifest rule, with a queue added as a second target so moto delivers what the rule matches
-    events, s3 = boto3.client("events"), boto3.client("s3")
+    events, s3, lambda_ = boto3.client("events"), boto3.client("s3"), boto3.client("lambda")
     rule = _rule_named(events, "ManifestUploadedRule")
     targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
-    assert [t["Arn"] for t in targets] == [stack.state_machine_arn]
-    role_name = targets[0]["RoleArn"].rsplit("/", 1)[1]
+    starter = stack.function("StartBackfillFunction")
+    assert [t["Arn"] for t in targets] == [starter.arn]
+    # EventBridge may invoke it for this rule only, and it may start this state machine only
+    (permission,) = json.loads(lambda_.get_policy(FunctionName=starter.name)["Policy"])["Statement"]
+    assert permission["Principal"] == {"Service": "events.amazonaws.com"}
+    assert permission["Action"] == "lambda:InvokeFunction"
+    assert permission["Condition"] == {"ArnLike": {"AWS:SourceArn": rule["Arn"]}}
+    role_name = lambda_.get_function_configuration(FunctionName=starter.name)["Role"].rsplit("/", 1)[1]
     statements = role_statements(role_name)
-    assert {
-        "Effect": "Allow",
-        "Action": "states:StartExecution",
-        "Resource": stack.state_machine_arn,
-    } in statements
+    assert [s for s in statements if s.get("Sid") == "StartBackfill"] == [
+        {
+            "Sid": "StartBackfill",
+            "Effect": "Allow",
+            "Action": "states:StartExecution",
+            "Resource": stack.state_machine_arn,
+        }
+    ]
     with rule_probe(rule["Name"]) as drain:
         # when a manifest lands under backfills/, and a report under reports/
         s3.put_object(Bucket=stack.control_bucket, Key="backfills/digits.json", Body=b"{}")
@@ -202,6 +217,11 @@ def test_every_function_gets_the_control_plane_environment_pointing_at_stack_res
         lambda_.get_function_configuration(FunctionName=f.name)["Environment"]["Variables"]
         for f in stack.functions.values()
     ]
+    # (StartBackfill also gets the state machine it starts)
+    starter = stack.function("StartBackfillFunction").name
+    starter_env = lambda_.get_function_configuration(FunctionName=starter)["Environment"]["Variables"]
+    assert starter_env.get("STATE_MACHINE_ARN") == stack.state_machine_arn
+    environments = [{k: v for k, v in env.items() if k != "STATE_MACHINE_ARN"} for env in environments]
     # then every function sees the same, complete environment
     assert all(env == environments[0] for env in environments)
     env = environments[0]

@@ -67,6 +67,10 @@ UNEXERCISED_BUT_NEEDED: dict[tuple[str, str], str] = {
         "CleanupOnExitFunction",
         "sqs:SendMessage",
     ): "Lambda dead-letters a failed asynchronous invoke as the role",
+    (
+        "StartBackfillFunction",
+        "sqs:SendMessage",
+    ): "Lambda dead-letters a failed asynchronous invoke as the role",
 }
 
 
@@ -282,6 +286,7 @@ def test_each_function_is_granted_only_its_own_statements(translated):
         "teardown",
         "report",
         "cleanup_on_exit",
+        "start_backfill",
     }
 
 
@@ -448,6 +453,13 @@ def recorded(translated) -> Iterator[Recorded]:
         }
         for trigger in (uploaded, tick):
             _invoke(cloud, "ValidateFunction", _validate_event(stack, trigger))
+        # the manifest rule's StartBackfill starts an execution for an upload (an invalid manifest: it ends
+        # in Validate), and is refused the second time the same event arrives
+        invalid = cloud.upload_manifest("backfills/privilege-invalid.json", {"name": "privilege-invalid"})
+        [(_, started)] = cloud.deliver(invalid)
+        assert cloud.wait(started["execution_arn"]).error == "InvalidSpecError"
+        [(_, again)] = cloud.deliver(invalid)
+        assert again["refused"] is True
 
         grants = function_statements(
             translated, _physical_ids(cloud.session, stack.stack_name), cloud.session.client("iam")

@@ -1070,7 +1070,8 @@ def _patch_rule_targets() -> None:
 def aws_shaped_event(event: dict[str, Any]) -> dict[str, Any]:
     """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string. moto puts an S3
     object's key in its EventBridge event as is; S3 URL-encodes keys in its events (form encoding, `/` kept),
-    as AWS's own parsers of the EventBridge event expect (docs/contracts.md)."""
+    as AWS's own parsers of the EventBridge event expect (docs/contracts.md). moto names the object's ETag
+    `eTag` and sends `version-id: null` for an unversioned bucket; S3 sends `etag`, and no version id."""
     shaped = copy.deepcopy(dict(event))
     shaped.pop("ingestion-time", None)
     if isinstance(shaped.get("time"), int | float):
@@ -1079,6 +1080,11 @@ def aws_shaped_event(event: dict[str, Any]) -> dict[str, Any]:
     s3_object = shaped.get("detail", {}).get("object") if shaped.get("source") == "aws.s3" else None
     if isinstance(s3_object, dict) and isinstance(s3_object.get("key"), str):
         s3_object["key"] = quote_plus(s3_object["key"], safe="/")
+    if isinstance(s3_object, dict):
+        if "eTag" in s3_object:
+            s3_object["etag"] = s3_object.pop("eTag")
+        if s3_object.get("version-id") is None:
+            s3_object.pop("version-id", None)
     return shaped
 
 
