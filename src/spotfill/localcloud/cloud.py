@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -42,7 +43,10 @@ class LocalCloudOptions:
     # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
     failing_pools: dict[str, str] = field(default_factory=dict)
     chaos: ChaosSpec | None = None
+    # Worker logs, emulator and function logs. None: a temporary folder, removed when the cloud stops unless
+    # keep_run_dir (a given run_dir is always kept).
     run_dir: Path | None = None
+    keep_run_dir: bool = False
     stack_name: str = "spotfill"
     # Variables laid over every worker's task environment (tests shorten SQS leases with it).
     worker_environment: dict[str, str] = field(default_factory=dict)
@@ -56,6 +60,7 @@ class LocalCloud:
         self.server = EmulatorServer(self.options.port)
         self.region = REGION
         self.run_dir = self.options.run_dir or Path(tempfile.mkdtemp(prefix="spotfill-local-"))
+        self.removes_run_dir = self.options.run_dir is None and not self.options.keep_run_dir
         self.outputs: Any = None
         self.fleet: FleetEmulator | None = None
         self.agent: EcsAgent | None = None
@@ -178,6 +183,8 @@ class LocalCloud:
             self._stack.close()
         finally:
             self._restore_environment()
+            if self.removes_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _set_environment(self, values: dict[str, str]) -> None:
         for key, value in values.items():
