@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from spotfill.cli import main
+from spotfill.localcloud import LocalCloud, LocalCloudOptions
+from spotfill.localcloud.cloud import OWNER_FILE, reclaim_abandoned_run_dirs
 from spotfill.localrun import plan_outputs
 
 from .helpers import eventually
@@ -205,6 +207,37 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
 # --- items 5 and 7: interrupted and killed runs ---------------------------------------------------------
 
 
+def test_a_local_cloud_removes_its_temporary_folder_and_those_of_killed_runs_but_never_a_kept_one(
+    tmp_path, monkeypatch
+):
+    # given the temporary folder of a killed run, that of a live local cloud, and one kept (no owner file)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    killed, kept = tmp_path / "spotfill-local-killed", tmp_path / "spotfill-local-kept"
+    killed.mkdir()
+    kept.mkdir()
+    (killed / OWNER_FILE).write_text(f"{int(finished.stdout)}:1")
+    live = LocalCloud(LocalCloudOptions())
+
+    # when another local cloud is made with no run folder given, and then stopped
+    cloud = LocalCloud(LocalCloudOptions())
+    own = cloud.run_dir
+    assert own.parent == tmp_path and own.is_dir()
+    cloud.stop()
+
+    # then the killed run's folder went when it was made, its own when it stopped; the others stay
+    assert not killed.exists() and not own.exists()
+    assert live.run_dir.is_dir() and kept.is_dir()
+    live.stop()
+    assert not live.run_dir.exists()
+    # and a folder asked to be kept stays after stop
+    kept_cloud = LocalCloud(LocalCloudOptions(keep_run_dir=True))
+    kept_cloud.stop()
+    assert kept_cloud.run_dir.is_dir() and not (kept_cloud.run_dir / OWNER_FILE).exists()
+
+
 def _environment(tmp: Path) -> dict[str, str]:
     tmp.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -249,6 +282,12 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited; only its parent's wait is left
 
 
+def _shards_done(tmp: Path) -> int:
+    """Shards done by the workers of the run whose temporary folder is under `tmp` (their logs)."""
+    logs = tmp.glob("spotfill-local-*/logs/*/*.log")
+    return sum(log.read_text(errors="replace").count('"shard_done"') for log in logs)
+
+
 def _poisoned_input(digits, tmp_path: Path) -> Path:
     """Good shards and one that cannot be decoded: the run stays open (the bad shard waits out its SQS
     visibility timeout before each retry) long after the good ones are done."""
@@ -262,11 +301,15 @@ def _poisoned_input(digits, tmp_path: Path) -> Path:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for worker processes")
 def test_sigkill_of_run_local_leaves_no_worker_process_behind(digits, tmp_path):
-    # given run --local with a worker running
+    # given run --local whose worker is busy (past its start-up, pulling shards from the queue)
     input_dir = _poisoned_input(digits, tmp_path)
-    process = _start_run(input_dir, tmp_path / "out", digits.model_path, tmp_path / "tmp", tmp_path / "log")
+    tmp = tmp_path / "tmp"
+    process = _start_run(input_dir, tmp_path / "out", digits.model_path, tmp, tmp_path / "log")
     try:
-        workers = eventually(lambda: process.poll() is None and _workers_of(process.pid), timeout=300)
+        eventually(lambda: process.poll() is not None or _shards_done(tmp) >= 3, timeout=300)
+        assert process.poll() is None, (tmp_path / "log").read_text()
+        workers = _workers_of(process.pid)
+        assert workers
 
         # when the run is killed with SIGKILL (no chance to clean up)
         process.kill()
@@ -274,6 +317,9 @@ def test_sigkill_of_run_local_leaves_no_worker_process_behind(digits, tmp_path):
 
         # then every worker it started exits on its own
         eventually(lambda: not any(_alive(pid) for pid in workers), timeout=60)
+        # and the temporary folder it had no chance to remove is removed by the next local cloud
+        abandoned = list(tmp.glob("spotfill-local-*"))
+        assert len(abandoned) == 1 and reclaim_abandoned_run_dirs(tmp) == abandoned
     finally:
         if process.poll() is None:
             process.kill()
@@ -286,12 +332,8 @@ def test_sigterm_of_run_local_keeps_finished_outputs_stops_workers_and_removes_i
     output_dir, tmp = tmp_path / "out", tmp_path / "tmp"
     process = _start_run(input_dir, output_dir, digits.model_path, tmp, tmp_path / "log")
 
-    def good_shards_done() -> bool:
-        logs = tmp.glob("spotfill-local-*/logs/*/*.log")
-        return sum(log.read_text(errors="replace").count('"shard_done"') for log in logs) >= 3
-
     try:
-        eventually(lambda: process.poll() is not None or good_shards_done(), timeout=300)
+        eventually(lambda: process.poll() is not None or _shards_done(tmp) >= 3, timeout=300)
         assert process.poll() is None, (tmp_path / "log").read_text()
         workers = _workers_of(process.pid)
         assert workers
