@@ -79,13 +79,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         console=console,
         name=args.name,
         port=args.port,
+        overwrite=args.overwrite,
+        keep_run_dir=args.keep_run_dir,
     )
     if result.report:
         console.print(report_table(result.report))
-    console.print(f"{len(result.outputs)} output file(s) in {args.output}")
+    kept = f" ({len(result.skipped)} kept from an earlier run)" if result.skipped else ""
+    console.print(f"{len(result.outputs)} output file(s) in {args.output}{kept}")
+    logs = (
+        f"; worker logs in {result.run_dir / 'logs'}"
+        if result.run_dir
+        else "; --keep-run-dir keeps the worker logs"
+    )
+    if result.run_dir:
+        console.print(f"the local cloud's folder is kept: {result.run_dir}")
+    missing = f"{len(result.missing)} output(s) are missing: {'; '.join(result.missing[:5])}"
     if not result.succeeded:
+        if result.missing:
+            err_console.print(f"spotfill: {missing}", markup=False)
         reason = (result.report or {}).get("reason") or result.snapshot.error or result.snapshot.status
-        raise CliError(f"the run ended {result.status}: {reason}")
+        raise CliError(f"the run ended {result.status}: {reason}{logs}")
+    if result.missing:
+        raise CliError(missing)
     return 0
 
 
@@ -257,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--chaos", help="kill=K,interrupt=I,conflict=C")
     run.add_argument("--name", default="local", help="the backfill's name")
     run.add_argument("--port", type=int)
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="compute every shard again (default: skip shards whose output in --output is complete)",
+    )
+    run.add_argument(
+        "--keep-run-dir", action="store_true", help="keep the local cloud's temporary folder (worker logs)"
+    )
     run.set_defaults(func=cmd_run)
 
     local = sub.add_parser("local", help="the local cloud")

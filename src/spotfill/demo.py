@@ -142,6 +142,7 @@ def run_demo(
         console=console,
         name="digits-demo",
         run_dir=work_dir / "local",
+        overwrite=True,  # fresh shards each time: earlier outputs in work_dir are never reused
         port=port,
     )
     if result.report:

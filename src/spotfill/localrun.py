@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +44,9 @@ class LocalRunResult:
     interruptions_done: int = 0
     kills_done: int = 0
     leftovers: list[str] = field(default_factory=list)
+    skipped: dict[str, Path] = field(default_factory=dict)  # complete outputs of an earlier run, kept
+    missing: list[str] = field(default_factory=list)  # outputs not downloaded, each with the reason
+    run_dir: Path | None = None  # the local cloud's folder (worker logs), None once removed
 
     @property
     def orchestration_overhead_seconds(self) -> float | None:
@@ -66,6 +74,156 @@ def input_shards(input_dir: Path, input_format: str) -> list[Path]:
     if not shards:
         raise CliError(f"no {input_format} shards ({', '.join(extensions)}) under {input_dir}")
     return shards
+
+
+def check_output_dir(output_dir: Path, input_dir: Path) -> None:
+    """Before any work: the outputs can neither overwrite nor mix with the inputs; the folder is writable."""
+    outputs, inputs = output_dir.resolve(), input_dir.resolve()  # symlinks and `..` resolved
+    if outputs == inputs or outputs.is_relative_to(inputs) or inputs.is_relative_to(outputs):
+        inside = outputs.is_relative_to(inputs)
+        relation = "is" if outputs == inputs else "is inside" if inside else "contains"
+        raise CliError(
+            f"--output {output_dir} {relation} --input {input_dir}: outputs would overwrite or mix with the "
+            "input shards, so choose an output folder outside the input folder"
+        )
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CliError(f"--output {output_dir} is a file, not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the output folder {output_dir}: {exc.strerror or exc}") from None
+    probe = output_dir / f".spotfill-write-probe-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"cannot write in the output folder {output_dir}: {exc.strerror or exc}") from None
+
+
+def output_name(relative: str, input_format: str, output_format: str) -> str:
+    """The output file of an input shard (its path under the input folder): the same name, the output's
+    extension (as the control plane names output keys)."""
+    stem = relative
+    for ext in INPUT_EXTENSIONS[input_format]:
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    return stem + OUTPUT_EXTENSIONS[output_format]
+
+
+def shard_rows(path: Path, input_format: str) -> int | None:
+    """Rows in an input shard as the worker decodes them, or None when it cannot be read."""
+    import numpy as np
+
+    try:
+        if input_format == "npy":
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        if input_format == "npz":
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = [archive[n] for n in archive.files]
+                named = archive["x"] if "x" in archive.files else None
+            return int((named if named is not None else arrays[0]).shape[0]) if arrays else None
+        if input_format == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if input_format == "csv":
+            import pyarrow.csv as pacsv
+
+            return int(pacsv.read_csv(path).num_rows)
+        if input_format == "jsonl":
+            return sum(1 for line in path.read_text().splitlines() if line.strip())
+        if input_format == "images":
+            import tarfile
+
+            from spotfill_worker.formats import IMAGE_SUFFIXES
+
+            with tarfile.open(path, mode="r:*") as archive:
+                return sum(1 for m in archive if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES))
+    except Exception:
+        return None
+    return None
+
+
+def output_rows(path: Path, output_format: str) -> int | None:
+    """Rows in an output file, or None when it does not decode (missing, truncated, not an output)."""
+    import numpy as np
+
+    try:
+        if output_format == "npy":
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        if output_format == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if output_format == "jsonl":
+            text = path.read_text()
+            if text and not text.endswith("\n"):
+                return None  # cut short
+            return sum(1 for line in text.splitlines() if line.strip() and json.loads(line) is not None)
+    except Exception:
+        return None
+    return None
+
+
+@dataclass
+class OutputPlan:
+    """Which shards a run computes, given what the output folder already holds."""
+
+    to_run: list[Path]
+    complete: dict[str, Path]  # input shard name -> its complete output, kept and skipped
+    incomplete: list[str]  # outputs that exist but do not decode with the shard's row count: recomputed
+    stale: list[Path]  # output files no input shard names: left alone
+
+
+def plan_outputs(
+    shards: list[Path],
+    input_dir: Path,
+    output_dir: Path,
+    input_format: str,
+    output_format: str,
+    overwrite: bool = False,
+) -> OutputPlan:
+    """A shard whose output exists and decodes with the shard's row count is done (as on AWS, where a shard
+    whose output object exists is skipped); with `overwrite` every shard is computed again."""
+    plan = OutputPlan([], {}, [], [])
+    expected: set[Path] = set()
+    for shard in shards:
+        relative = shard.relative_to(input_dir).as_posix()
+        target = output_dir / output_name(relative, input_format, output_format)
+        expected.add(target)
+        if overwrite or not target.exists():
+            plan.to_run.append(shard)
+            continue
+        rows = output_rows(target, output_format)
+        if rows is not None and rows == shard_rows(shard, input_format):
+            plan.complete[relative] = target
+        else:
+            plan.incomplete.append(target.relative_to(output_dir).as_posix())
+            plan.to_run.append(shard)
+    if output_dir.is_dir():
+        extension = OUTPUT_EXTENSIONS[output_format]
+        plan.stale = sorted(p for p in output_dir.rglob(f"*{extension}") if p.is_file() and p not in expected)
+    return plan
+
+
+@contextlib.contextmanager
+def termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does (KeyboardInterrupt): finished outputs are downloaded and
+    the local cloud is torn down, its workers with it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {signum: signal.signal(signum, interrupt) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def manifest(
@@ -178,27 +336,62 @@ def _end_times(cloud: LocalCloud, run_id: str) -> tuple[float | None, float | No
 
 def download_outputs(
     cloud: LocalCloud, spec: dict[str, Any], shards: list[Path], input_dir: Path, output_dir: Path
-):
-    """One output file per input shard, named after it, under output_dir."""
+) -> dict[str, Path]:
+    """One output file per input shard, named after it, under output_dir. Shards without an output (failed:
+    the report says why) are left out; an output that cannot be downloaded is an error naming it and the
+    reason, raised once every other output is downloaded."""
+    outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
+    if failures:
+        raise CliError(_failures_sentence(failures, output_dir))
+    return outputs
+
+
+def fetch_outputs(
+    cloud: LocalCloud, spec: dict[str, Any], shards: list[Path], input_dir: Path, output_dir: Path
+) -> tuple[dict[str, Path], list[str]]:
+    """The outputs downloaded (input shard name -> file) and, for each that exists but could not be
+    downloaded, `name (reason)`."""
+    from botocore.exceptions import ClientError
+
     s3 = cloud.client("s3")
     bucket, prefix = spec["output"]["uri"][len("s3://") :].split("/", 1)
-    extension = OUTPUT_EXTENSIONS[spec["output"]["format"]]
     outputs: dict[str, Path] = {}
+    failures: list[str] = []
     for shard in shards:
         relative = shard.relative_to(input_dir).as_posix()
-        stem = relative
-        for ext in INPUT_EXTENSIONS[spec["input"]["format"]]:
-            if stem.endswith(ext):
-                stem = stem[: -len(ext)]
-        key = prefix + stem + extension
-        target = output_dir / (stem + extension)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        name = output_name(relative, spec["input"]["format"], spec["output"]["format"])
+        target = output_dir / name
         try:
-            s3.download_file(bucket, key, str(target))
-        except Exception:
+            s3.head_object(Bucket=bucket, Key=prefix + name)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                continue  # no output: the shard failed or was not processed
+            failures.append(f"{name} ({_reason(exc)})")
+            continue
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, prefix + name, str(target))
+        except Exception as exc:
+            failures.append(f"{name} ({_reason(exc)})")
             continue
         outputs[relative] = target
-    return outputs
+    return outputs, failures
+
+
+def _reason(exc: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code')}: {error.get('Message')}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _failures_sentence(failures: list[str], output_dir: Path) -> str:
+    shown = "; ".join(failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+    return f"{len(failures)} output(s) could not be written to {output_dir}: {shown}"
 
 
 def run_local(
@@ -213,9 +406,14 @@ def run_local(
     console: Console,
     name: str = "local",
     run_dir: Path | None = None,
+    keep_run_dir: bool = False,
+    overwrite: bool = False,
     port: int | None = None,
     timeout: float | None = None,
 ) -> LocalRunResult:
+    """Run the backfill of input_dir's shards into output_dir. Shards whose output there is already complete
+    are skipped unless `overwrite`. SIGTERM and SIGHUP end it as Ctrl-C does: the outputs finished so far are
+    downloaded, then the local cloud and its workers are torn down, and KeyboardInterrupt propagates."""
     if not model_path.is_file():
         raise CliError(f"model file {model_path} does not exist")
     if not model_path.name.endswith((".keras", ".tar.gz", ".tgz")):
@@ -225,12 +423,74 @@ def run_local(
     if instances < 1:
         raise CliError("--instances must be at least 1")
     shards = input_shards(input_dir, input_format)
+    check_output_dir(output_dir, input_dir)
+    plan = plan_outputs(shards, input_dir, output_dir, input_format, output_format, overwrite)
+    _say_plan(console, plan, output_dir, len(shards))
+    if not plan.to_run:
+        snapshot = Snapshot("", status="SUCCEEDED")
+        return LocalRunResult("", snapshot, None, outputs=dict(plan.complete), skipped=dict(plan.complete))
+    with termination_as_interrupt():
+        return _run_in_local_cloud(
+            model_path,
+            input_dir,
+            output_dir,
+            plan,
+            input_format=input_format,
+            output_format=output_format,
+            instances=instances,
+            chaos=chaos,
+            console=console,
+            name=name,
+            options=LocalCloudOptions(port=port, chaos=chaos, run_dir=run_dir, keep_run_dir=keep_run_dir),
+            timeout=timeout,
+        )
+
+
+def _say_plan(console: Console, plan: OutputPlan, output_dir: Path, total: int) -> None:
+    if plan.complete:
+        console.print(
+            f"{len(plan.complete)} of {total} shard(s) already have a complete output in {output_dir}: "
+            "skipped (--overwrite computes them again)"
+        )
+    if plan.incomplete:
+        console.print(
+            f"{len(plan.incomplete)} output(s) in {output_dir} are incomplete and will be computed again: "
+            + ", ".join(plan.incomplete[:5])
+            + (" ..." if len(plan.incomplete) > 5 else "")
+        )
+    if plan.stale:
+        names = [p.relative_to(output_dir).as_posix() for p in plan.stale]
+        console.print(
+            f"{len(names)} file(s) in {output_dir} match no input shard (left alone): "
+            + ", ".join(names[:5])
+            + (" ..." if len(names) > 5 else "")
+        )
+
+
+def _run_in_local_cloud(
+    model_path: Path,
+    input_dir: Path,
+    output_dir: Path,
+    plan: OutputPlan,
+    *,
+    input_format: str,
+    output_format: str,
+    instances: int,
+    chaos: ChaosSpec | None,
+    console: Console,
+    name: str,
+    options: LocalCloudOptions,
+    timeout: float | None,
+) -> LocalRunResult:
+    shards = plan.to_run
     started = time.monotonic()
-    options = LocalCloudOptions(port=port, chaos=chaos, run_dir=run_dir)
     with console.status("starting the local cloud (moto, the stack, the EC2/ECS physics)"):
         cloud = LocalCloud(options).__enter__()
+    spec: dict[str, Any] | None = None
     try:
-        console.print(f"local cloud at {cloud.endpoint_url}; worker logs in {cloud.run_dir / 'logs'}")
+        kept = "removed at the end; --keep-run-dir keeps it" if cloud.removes_run_dir else "kept"
+        logs = cloud.run_dir / "logs"
+        console.print(f"local cloud at {cloud.endpoint_url}; worker logs in {logs} ({kept})")
         model_name = "model.tar.gz" if model_path.name.endswith((".tar.gz", ".tgz")) else "model.keras"
         spec = manifest(
             name,
@@ -244,10 +504,43 @@ def run_local(
             execution_arn = upload_and_trigger(cloud, spec, model_path, shards, input_dir)
         console.print(f"execution {execution_arn.rsplit(':', 1)[-1]} started by the manifest upload")
         result = follow_run(cloud, execution_arn, console, timeout=timeout)
-        result.outputs = download_outputs(cloud, spec, shards, input_dir, output_dir)
+        outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
+        result.outputs = {**plan.complete, **outputs}
+        result.skipped = dict(plan.complete)
+        result.missing = failures
+        if result.succeeded:
+            result.missing += [
+                f"{output_name(s.relative_to(input_dir).as_posix(), input_format, output_format)} "
+                "(the run succeeded but wrote no such output)"
+                for s in shards
+                if s.relative_to(input_dir).as_posix() not in outputs
+            ]
         cloud.wait_idle(timeout=10)
         result.leftovers = cloud.leftovers()
         result.wall_seconds = time.monotonic() - started
+        result.run_dir = None if cloud.removes_run_dir else cloud.run_dir
         return result
+    except KeyboardInterrupt:
+        if spec is not None:
+            _keep_finished_outputs(cloud, spec, shards, input_dir, output_dir, console)
+        raise
     finally:
         cloud.__exit__(None, None, None)
+
+
+def _keep_finished_outputs(
+    cloud: LocalCloud,
+    spec: dict[str, Any],
+    shards: list[Path],
+    input_dir: Path,
+    output_dir: Path,
+    console: Console,
+) -> None:
+    """Interrupted: download the outputs written so far, so a re-run computes only the rest."""
+    outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
+    console.print(
+        f"interrupted: {len(outputs)} finished output(s) of {len(shards)} downloaded to {output_dir}; "
+        "a re-run computes the rest"
+    )
+    if failures:
+        console.print(_failures_sentence(failures, output_dir), markup=False)

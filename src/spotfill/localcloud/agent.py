@@ -322,6 +322,9 @@ class EcsAgent:
         # never probe the link-local IMDS address from a developer's machine.
         environment["SPOTFILL_SPOT_NOTICE"] = "false"
         task_id = uuid.uuid4().hex
+        # The worker exits when this process is gone (killed, even with SIGKILL), never orphaned.
+        if self._iam_site is not None:
+            environment.update(worker_iam.lifeline_environment(self._iam_site, environment.get("PYTHONPATH")))
         # The task acts as its task role: every AWS call of the worker is evaluated against its policies.
         if task_definition.get("taskRoleArn") and self._iam_site is not None:
             environment.update(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +33,10 @@ from spotfill.localcloud.server import FAKE_CREDENTIALS, REGION, EmulatorServer
 log = logging.getLogger(__name__)
 
 
+RUN_DIR_PREFIX = "spotfill-local-"  # a temporary run folder's name
+OWNER_FILE = ".spotfill-owner"  # in a temporary run folder: `pid:start time` of the process that removes it
+
+
 @dataclass(frozen=True)
 class LocalCloudOptions:
     port: int | None = None
@@ -42,7 +47,10 @@ class LocalCloudOptions:
     # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
     failing_pools: dict[str, str] = field(default_factory=dict)
     chaos: ChaosSpec | None = None
+    # Worker logs, emulator and function logs. None: a temporary folder, removed when the cloud stops unless
+    # keep_run_dir (a given run_dir is always kept).
     run_dir: Path | None = None
+    keep_run_dir: bool = False
     stack_name: str = "spotfill"
     # Variables laid over every worker's task environment (tests shorten SQS leases with it).
     worker_environment: dict[str, str] = field(default_factory=dict)
@@ -55,7 +63,12 @@ class LocalCloud:
         self.options = options or LocalCloudOptions()
         self.server = EmulatorServer(self.options.port)
         self.region = REGION
-        self.run_dir = self.options.run_dir or Path(tempfile.mkdtemp(prefix="spotfill-local-"))
+        self.run_dir = self.options.run_dir or Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
+        self.removes_run_dir = self.options.run_dir is None and not self.options.keep_run_dir
+        if self.removes_run_dir:
+            # A process killed with SIGKILL cannot remove its folder: the next local cloud does.
+            (self.run_dir / OWNER_FILE).write_text(_process_identity(os.getpid()) or "")
+            reclaim_abandoned_run_dirs(self.run_dir.parent)
         self.outputs: Any = None
         self.fleet: FleetEmulator | None = None
         self.agent: EcsAgent | None = None
@@ -178,6 +191,8 @@ class LocalCloud:
             self._stack.close()
         finally:
             self._restore_environment()
+            if self.removes_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def _set_environment(self, values: dict[str, str]) -> None:
         for key, value in values.items():
@@ -258,6 +273,39 @@ class LocalCloud:
         ):
             owned.update(r.get("PhysicalResourceId", "") for r in page["StackResourceSummaries"])
         return owned
+
+
+def reclaim_abandoned_run_dirs(parent: Path) -> list[Path]:
+    """Remove the temporary folders (`spotfill-local-*` holding an owner file) whose local cloud's process is
+    gone, as after a SIGKILL; kept folders have no owner file and are never touched. The folders removed."""
+    removed = []
+    for directory in parent.glob(f"{RUN_DIR_PREFIX}*"):
+        try:
+            owner = (directory / OWNER_FILE).read_text().strip()
+        except OSError:
+            continue
+        pid = owner.split(":", 1)[0]
+        if not pid.isdigit() or _process_identity(int(pid)) == owner:
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    return removed
+
+
+def _process_identity(pid: int) -> str | None:
+    """`pid:start time` of a live process (the start time tells a reused pid apart, where /proc has it), or
+    None when no such process exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    try:
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "?"
+    return f"{pid}:{started}"
 
 
 def _forget_cached_clients() -> None:

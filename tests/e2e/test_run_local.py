@@ -1,0 +1,356 @@
+"""`spotfill run --local` loses nothing and leaves nothing: the output folder is checked before any work,
+inputs are never overwritten, finished outputs survive a re-run and an interruption, and no worker process
+or temporary folder outlives the run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spotfill.cli import main
+from spotfill.localcloud import LocalCloud, LocalCloudOptions
+from spotfill.localcloud.cloud import OWNER_FILE, reclaim_abandoned_run_dirs
+from spotfill.localrun import plan_outputs
+
+from .helpers import eventually
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _error(capsys) -> str:
+    printed = capsys.readouterr()
+    assert "Traceback" not in printed.err
+    lines = [line for line in printed.err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("spotfill: error: "), printed.err
+    assert "local cloud at" not in printed.out  # refused before any work
+    return " ".join(lines)
+
+
+def _run(model: Path, input_dir: Path, output_dir: Path, *extra: str) -> int:
+    return main(
+        [
+            "run",
+            "--local",
+            "--model",
+            str(model),
+            "--input",
+            str(input_dir),
+            "--output",
+            str(output_dir),
+            "--input-format",
+            "npy",
+            "--output-format",
+            "npy",
+            "--instances",
+            "1",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture
+def shards(tmp_path):
+    """A model file and a folder of two small npy shards (what is checked before any work needs no TF)."""
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"x")
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    for i in range(2):
+        np.save(input_dir / f"part-{i:05d}.npy", np.zeros((3, 4), dtype=np.float32))
+    return model, input_dir
+
+
+# --- item 2: the output location is checked before any work ---------------------------------------------
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(shards, tmp_path, capsys):
+    model, input_dir = shards
+    output = tmp_path / "out.npy"
+    output.write_bytes(b"not a folder")
+    assert _run(model, input_dir, output) == 2
+    assert f"--output {output} is a file, not a folder" in _error(capsys)
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_before_any_work(shards, tmp_path, capsys):
+    model, input_dir = shards
+    blocker = tmp_path / "blocker"
+    blocker.write_bytes(b"a file where a folder would go")
+    assert _run(model, input_dir, blocker / "out") == 2
+    assert f"cannot create the output folder {blocker / 'out'}" in _error(capsys)
+
+
+# --- item 3: inputs are never overwritten -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output_of", "relation"),
+    [
+        (lambda i: i, "is"),
+        (lambda i: i / "predictions", "is inside"),
+        (lambda i: i / "sub" / ".." / "..", "contains"),
+        (lambda i: i.parent / "link-to-in", "is"),
+    ],
+    ids=["same-folder", "inside", "contains-via-dotdot", "symlink-to-input"],
+)
+def test_an_output_folder_overlapping_the_input_is_refused_and_no_shard_is_touched(
+    shards, tmp_path, capsys, output_of, relation
+):
+    # given an output folder that is, is inside or contains the input folder (through `..` or a symlink)
+    model, input_dir = shards
+    (tmp_path / "link-to-in").symlink_to(input_dir)
+    before = {p.name: p.read_bytes() for p in input_dir.iterdir()}
+    output = output_of(input_dir)
+
+    # when run --local is asked to write there
+    code = _run(model, input_dir, output)
+
+    # then it refuses in one sentence, and every input shard is as it was
+    assert code == 2
+    assert f"{relation} --input {input_dir}" in _error(capsys)
+    assert {p.name: p.read_bytes() for p in input_dir.iterdir()} == before
+
+
+# --- item 5: re-runs skip what is complete -------------------------------------------------------------
+
+
+def test_a_rerun_whose_outputs_are_all_complete_computes_nothing_and_reports_stale_files(
+    shards, tmp_path, capsys
+):
+    # given an output folder holding a complete output for every shard, and one for a shard since removed
+    model, input_dir = shards
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    for shard in input_dir.iterdir():
+        np.save(output_dir / shard.name, np.full((3, 10), 7.0, dtype=np.float32))
+    np.save(output_dir / "part-09999.npy", np.ones((2, 10), dtype=np.float32))
+    before = {p.name: p.read_bytes() for p in output_dir.iterdir()}
+
+    # when run --local runs again (with a model that could not even load: nothing is computed)
+    code = _run(model, input_dir, output_dir)
+
+    # then it succeeds without starting anything, keeps every output and names the stale one, deleting nothing
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "local cloud at" not in printed.out
+    assert "2 of 2 shard(s) already have a complete output" in printed.out
+    assert "match no input shard (left alone): part-09999.npy" in printed.out
+    assert {p.name: p.read_bytes() for p in output_dir.iterdir()} == before
+
+
+def test_outputs_with_the_wrong_row_count_or_cut_short_are_computed_again_and_overwrite_recomputes_all(
+    shards, tmp_path
+):
+    # given one complete output, one with too few rows and one cut short
+    _, input_dir = shards
+    np.save(input_dir / "part-00002.npy", np.zeros((3, 4), dtype=np.float32))
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    np.save(output_dir / "part-00000.npy", np.zeros((3, 10), dtype=np.float32))
+    np.save(output_dir / "part-00001.npy", np.zeros((2, 10), dtype=np.float32))
+    np.save(output_dir / "part-00002.npy", np.zeros((3, 10), dtype=np.float32))
+    cut = output_dir / "part-00002.npy"
+    cut.write_bytes(cut.read_bytes()[:-20])
+    shard_paths = sorted(input_dir.iterdir())
+
+    # when the run is planned
+    plan = plan_outputs(shard_paths, input_dir, output_dir, "npy", "npy")
+    everything = plan_outputs(shard_paths, input_dir, output_dir, "npy", "npy", overwrite=True)
+
+    # then only the complete output is kept; with --overwrite every shard runs
+    assert list(plan.complete) == ["part-00000.npy"]
+    assert [p.name for p in plan.to_run] == ["part-00001.npy", "part-00002.npy"]
+    assert plan.incomplete == ["part-00001.npy", "part-00002.npy"]
+    assert everything.to_run == shard_paths and not everything.complete
+
+
+def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error_naming_it(
+    digits, tmp_path, capsys
+):
+    # given three shards: one whose output is already complete (from an earlier run, values the model would
+    # not give), one whose output cannot be written (a folder stands at its name), one with no output yet
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    shards = digits.shards()[:3]
+    for shard in shards:
+        (input_dir / shard.name).write_bytes(shard.read_bytes())
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    earlier = np.full_like(digits.reference[shards[0].name], 0.5)
+    np.save(output_dir / shards[0].name, earlier)
+    (output_dir / shards[1].name).mkdir()
+
+    # when run --local runs
+    code = _run(digits.model_path, input_dir, output_dir)
+
+    # then it fails naming the output it could not write and why, after downloading the others
+    printed = capsys.readouterr()
+    assert code != 0
+    assert "Traceback" not in printed.err
+    error = [line for line in printed.err.splitlines() if line.startswith("spotfill: error: ")]
+    assert error and shards[1].name in error[0] and "Is a directory" in error[0], printed.err
+    np.testing.assert_allclose(
+        np.load(output_dir / shards[2].name), digits.reference[shards[2].name], atol=1e-5
+    )
+    # and the complete output was kept, not computed again
+    assert "1 of 3 shard(s) already have a complete output" in printed.out
+    np.testing.assert_array_equal(np.load(output_dir / shards[0].name), earlier)
+
+
+# --- items 5 and 7: interrupted and killed runs ---------------------------------------------------------
+
+
+def test_a_local_cloud_removes_its_temporary_folder_and_those_of_killed_runs_but_never_a_kept_one(
+    tmp_path, monkeypatch
+):
+    # given the temporary folder of a killed run, that of a live local cloud, and one kept (no owner file)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    killed, kept = tmp_path / "spotfill-local-killed", tmp_path / "spotfill-local-kept"
+    killed.mkdir()
+    kept.mkdir()
+    (killed / OWNER_FILE).write_text(f"{int(finished.stdout)}:1")
+    live = LocalCloud(LocalCloudOptions())
+
+    # when another local cloud is made with no run folder given, and then stopped
+    cloud = LocalCloud(LocalCloudOptions())
+    own = cloud.run_dir
+    assert own.parent == tmp_path and own.is_dir()
+    cloud.stop()
+
+    # then the killed run's folder went when it was made, its own when it stopped; the others stay
+    assert not killed.exists() and not own.exists()
+    assert live.run_dir.is_dir() and kept.is_dir()
+    live.stop()
+    assert not live.run_dir.exists()
+    # and a folder asked to be kept stays after stop
+    kept_cloud = LocalCloud(LocalCloudOptions(keep_run_dir=True))
+    kept_cloud.stop()
+    assert kept_cloud.run_dir.is_dir() and not (kept_cloud.run_dir / OWNER_FILE).exists()
+
+
+def _environment(tmp: Path) -> dict[str, str]:
+    tmp.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("src", "functions", "worker"))
+    env["TMPDIR"] = str(tmp)  # the run's temporary folder lands here
+    env["COLUMNS"] = "200"  # one line per message
+    return env
+
+
+def _start_run(input_dir: Path, output_dir: Path, model: Path, tmp: Path, log: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "spotfill.cli", "run", "--local", "--model", str(model)]
+    command += ["--input", str(input_dir), "--output", str(output_dir), "--output-format", "npy"]
+    command += ["--instances", "1"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command, env=_environment(tmp), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _workers_of(pid: int) -> set[int]:
+    """Worker processes (`spotfill_worker` in the command line) whose parent is `pid`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if b"spotfill_worker" in cmdline and parent == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited; only its parent's wait is left
+
+
+def _shards_done(tmp: Path) -> int:
+    """Shards done by the workers of the run whose temporary folder is under `tmp` (their logs)."""
+    logs = tmp.glob("spotfill-local-*/logs/*/*.log")
+    return sum(log.read_text(errors="replace").count('"shard_done"') for log in logs)
+
+
+def _poisoned_input(digits, tmp_path: Path) -> Path:
+    """Good shards and one that cannot be decoded: the run stays open (the bad shard waits out its SQS
+    visibility timeout before each retry) long after the good ones are done."""
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    for shard in digits.shards()[:3]:
+        (input_dir / shard.name).write_bytes(shard.read_bytes())
+    (input_dir / "part-90000.npy").write_bytes(b"this is not a numpy file")
+    return input_dir
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for worker processes")
+def test_sigkill_of_run_local_leaves_no_worker_process_behind(digits, tmp_path):
+    # given run --local whose worker is busy (past its start-up, pulling shards from the queue)
+    input_dir = _poisoned_input(digits, tmp_path)
+    tmp = tmp_path / "tmp"
+    process = _start_run(input_dir, tmp_path / "out", digits.model_path, tmp, tmp_path / "log")
+    try:
+        eventually(lambda: process.poll() is not None or _shards_done(tmp) >= 3, timeout=300)
+        assert process.poll() is None, (tmp_path / "log").read_text()
+        workers = _workers_of(process.pid)
+        assert workers
+
+        # when the run is killed with SIGKILL (no chance to clean up)
+        process.kill()
+        process.wait(timeout=30)
+
+        # then every worker it started exits on its own
+        eventually(lambda: not any(_alive(pid) for pid in workers), timeout=60)
+        # and the temporary folder it had no chance to remove is removed by the next local cloud
+        abandoned = list(tmp.glob("spotfill-local-*"))
+        assert len(abandoned) == 1 and reclaim_abandoned_run_dirs(tmp) == abandoned
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for worker processes")
+def test_sigterm_of_run_local_keeps_finished_outputs_stops_workers_and_removes_its_folder(digits, tmp_path):
+    # given run --local whose good shards are done while a poison shard keeps the run open
+    input_dir = _poisoned_input(digits, tmp_path)
+    output_dir, tmp = tmp_path / "out", tmp_path / "tmp"
+    process = _start_run(input_dir, output_dir, digits.model_path, tmp, tmp_path / "log")
+
+    try:
+        eventually(lambda: process.poll() is not None or _shards_done(tmp) >= 3, timeout=300)
+        assert process.poll() is None, (tmp_path / "log").read_text()
+        workers = _workers_of(process.pid)
+        assert workers
+
+        # when the run gets SIGTERM (as from `kill` or a service manager)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+    # then it ends as Ctrl-C does, having downloaded the finished outputs, and says how many
+    printed = (tmp_path / "log").read_text()
+    assert code == 130, printed
+    assert "interrupted: 3 finished output(s) of 4 downloaded" in printed
+    for shard in digits.shards()[:3]:
+        np.testing.assert_allclose(np.load(output_dir / shard.name), digits.reference[shard.name], atol=1e-5)
+    # and its workers are gone and its temporary folder removed
+    assert not any(_alive(pid) for pid in workers)
+    assert not list(tmp.glob("spotfill-local-*"))
