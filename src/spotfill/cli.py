@@ -303,6 +303,25 @@ def _backfill_name(text: str) -> str:
     return text
 
 
+# StartExecution's `name`: 1 to 80 characters, none of them white space, brackets, wildcards, these special
+# characters or control characters (the Step Functions API reference).
+_EXECUTION_NAME_REFUSED = re.compile(r'[\s<>{}\[\]?*"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f]')
+_EXECUTION_NAME_LONGEST = 80
+
+
+def _execution_name(text: str) -> str:
+    """An argparse `type=` for `start --name`, checked as StartExecution checks it."""
+    refused = _EXECUTION_NAME_REFUSED.search(text)
+    if not text or len(text) > _EXECUTION_NAME_LONGEST or refused:
+        why = f"has {refused.group()!r}" if refused else f"has {len(text)} characters"
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {_EXECUTION_NAME_LONGEST} characters with no white space, brackets, wildcards "
+            f"or any of \" # % \\ ^ | ~ ` $ & , ; : / (Step Functions' execution names), "
+            f"got {text!r}, which {why}"
+        )
+    return text
+
+
 _port = _whole_number(1, 65535, "a TCP port")
 
 
@@ -404,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = command(sub, "start", "start a backfill from a spec (JSON)")
     start.add_argument("--input", required=True, help="the backfill spec as a JSON file")
-    start.add_argument("--name", help="execution name (default: one Step Functions makes up)")
+    start.add_argument(
+        "--name", type=_execution_name, help="execution name (default: one Step Functions makes up)"
+    )
     start.add_argument("--watch", action="store_true", help="follow it to the end")
     _aws_options(start)
     start.set_defaults(func=cmd_start)

@@ -135,3 +135,9 @@ def test_option_defaults_in_help_are_the_parser_defaults():
 def test_no_help_text_has_literal_backticks():
     for command, parser in _subparsers(build_parser()).items():
         assert "`" not in parser.format_help(), command
+
+
+@pytest.mark.parametrize("name", ["my run", "a/b", "x" * 81], ids=["space", "slash", "81-characters"])
+def test_an_execution_name_step_functions_would_refuse_is_refused_naming_the_flag(capsys, name):
+    error = _refused(capsys, ["start", "--input", "spec.json", "--name", name])
+    assert "argument --name: must be 1 to 80 characters with no white space" in error
