@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from spotfill_control.instance_types import CATALOG
 
@@ -31,6 +31,7 @@ OUTPUT_EXTENSIONS: dict[str, str] = {"parquet": ".parquet", "npy": ".npy", "json
 
 
 class _Model(BaseModel):
+    # Numbers are strict (each numeric field has `strict=True`): `true` or `"2"` is refused, not read as 1.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -44,7 +45,7 @@ def _check_s3_uri(value: str) -> str:
 
 
 class ImageOptions(_Model):
-    size: tuple[int, int] | None = Field(
+    size: tuple[StrictInt, StrictInt] | None = Field(
         default=None, description="resize to (height, width); default: the model's input"
     )
     scale: Literal["unit", "symmetric", "none"] = "unit"
@@ -102,11 +103,11 @@ class ModelSpec(_Model):
 class FleetSpec(_Model):
     instance_types: list[str] = Field(min_length=1, max_length=20)
     target_capacity: int = Field(
-        default=2, ge=1, le=5000, description="instances (weighted by vCPUs / smallest type)"
+        default=2, ge=1, le=5000, strict=True, description="instances (weighted by vCPUs / smallest type)"
     )
     allocation_strategy: AllocationStrategy = "priceCapacityOptimized"
     max_hourly_price: float | None = Field(
-        default=None, gt=0, description="cap on the fleet's total spend per hour"
+        default=None, gt=0, strict=True, description="cap on the fleet's total spend per hour"
     )
     subnets: list[str] = Field(default_factory=list, description="empty: the stack's default subnets")
 
@@ -139,12 +140,16 @@ class FleetSpec(_Model):
 
 
 class ServiceSpec(_Model):
-    tasks_per_instance: int = Field(default=1, ge=1, le=64)
+    tasks_per_instance: int = Field(default=1, ge=1, le=64, strict=True)
     cpu: int = Field(
-        default=1024, ge=128, le=196608, description="CPU units reserved per task (1024 = 1 vCPU)"
+        default=1024,
+        ge=128,
+        le=196608,
+        strict=True,
+        description="CPU units reserved per task (1024 = 1 vCPU)",
     )
-    memory: int = Field(default=3072, ge=256, le=786432, description="MiB reserved per task")
-    batch_size: int | None = Field(default=None, ge=1, le=65536)
+    memory: int = Field(default=3072, ge=256, le=786432, strict=True, description="MiB reserved per task")
+    batch_size: int | None = Field(default=None, ge=1, le=65536, strict=True)
 
 
 # Step Functions keeps at most 25,000 events in one execution's history, so the monitor loop hands the run
@@ -180,14 +185,15 @@ MAX_RUNTIME_SECONDS = SQS_MAX_RETENTION_SECONDS - RETENTION_MARGIN_SECONDS  # 13
 
 
 class LimitsSpec(_Model):
-    max_runtime_seconds: int = Field(default=86_400, ge=60)
-    registration_timeout_seconds: int = Field(default=900, ge=1, le=7_200)
-    stall_timeout_seconds: int = Field(default=1_800, ge=1, le=86_400)
-    poll_interval_seconds: int = Field(default=60, ge=1, le=3_600)
+    max_runtime_seconds: int = Field(default=86_400, ge=60, strict=True)
+    registration_timeout_seconds: int = Field(default=900, ge=1, le=7_200, strict=True)
+    stall_timeout_seconds: int = Field(default=1_800, ge=1, le=86_400, strict=True)
+    poll_interval_seconds: int = Field(default=60, ge=1, le=3_600, strict=True)
     handover_after_iterations: int | None = Field(
         default=DEFAULT_HANDOVER_AFTER_ITERATIONS,
         ge=1,
         le=MAX_HANDOVER_AFTER_ITERATIONS,
+        strict=True,
         description="monitor iterations per execution before continue-as-new; null: the computed default",
     )
 

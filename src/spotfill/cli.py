@@ -1,6 +1,8 @@
-"""`spotfill`: run backfills on the local cloud or on AWS, and follow them.
+"""spotfill: run backfills on the local cloud or on AWS, and follow them.
 
-Errors are one sentence on stderr and a non-zero exit status; `SPOTFILL_DEBUG=1` shows tracebacks.
+Errors are one sentence on stderr and a non-zero exit status; `SPOTFILL_DEBUG=1` shows tracebacks. Arguments
+are checked as they are parsed, in the CLI's own terms (the flag and what it accepts); the ranges come from
+the spec model (`spotfill_control.spec`), so the CLI and Validate agree.
 """
 
 from __future__ import annotations
@@ -8,13 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from annotated_types import Ge, Gt, Le, Lt, MaxLen
+from pydantic import BaseModel
 from rich.console import Console
+from spotfill_control.spec import BackfillSpec, FleetSpec
 
 from spotfill.runs import DEFAULT_STACK_NAME, CliError
 
@@ -46,6 +54,12 @@ def _session(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from spotfill.tensorflow_quiet import import_tensorflow
+
+    chaos = _chaos(args.chaos)
+    import_tensorflow(
+        verbose=args.verbose
+    )  # before anything else loads it: its start-up lines unless --verbose
     from spotfill.demo import run_demo
 
     ok, _ = run_demo(
@@ -54,17 +68,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shards=args.shards,
         rows_per_shard=args.rows_per_shard,
         instances=args.instances,
-        chaos=_chaos(args.chaos),
+        chaos=chaos,
         port=args.port,
     )
     return 0 if ok else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not args.local:
-        raise CliError(
-            "spotfill run needs --local; against AWS, upload your data and use `spotfill start --input FILE`"
-        )
     from spotfill.localrun import run_local
     from spotfill.progress_display import report_table
 
@@ -234,6 +244,120 @@ def cmd_redrive(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default. An option whose default is None says in its own help what
+    leaving it out means (`default: ...`), and a required one has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or action.required
+            or not action.option_strings
+            or action.default in (None, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _bounds(model: type[BaseModel], field: str) -> tuple[int | None, int | None]:
+    """The inclusive range the spec model allows for a whole-number field."""
+    low = high = None
+    for constraint in model.model_fields[field].metadata:
+        if isinstance(constraint, Ge):
+            low = int(constraint.ge)
+        elif isinstance(constraint, Gt):
+            low = int(constraint.gt) + 1
+        elif isinstance(constraint, Le):
+            high = int(constraint.le)
+        elif isinstance(constraint, Lt):
+            high = int(constraint.lt) - 1
+    return low, high
+
+
+def _whole_number(low: int | None = None, high: int | None = None, what: str = "") -> Callable[[str], int]:
+    """An argparse `type=`: a whole number in [low, high], refused as `argument --flag: must be ...`."""
+    span = (
+        f"from {low} to {high}"
+        if low is not None and high is not None
+        else f"at least {low}"
+        if low is not None
+        else f"at most {high}"
+    )
+    suffix = f" ({what})" if what else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number {span}{suffix}, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {span}{suffix}, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def _instances() -> Callable[[str], int]:
+    low, high = _bounds(FleetSpec, "target_capacity")
+    return _whole_number(low, high, "the fleet's target capacity")
+
+
+def _backfill_name(text: str) -> str:
+    """An argparse `type=` for a backfill's name, checked against the spec's `name` field."""
+    field = BackfillSpec.model_fields["name"]
+    longest = next(c.max_length for c in field.metadata if isinstance(c, MaxLen))
+    pattern = next(c.pattern for c in field.metadata if getattr(c, "pattern", None))
+    if len(text) > longest or not re.fullmatch(pattern, text):
+        raise argparse.ArgumentTypeError(
+            f"must be at most {longest} letters, digits, '_', '.' or '-', starting with a letter or digit "
+            f"(the spec's name: {pattern}), got {text!r}"
+        )
+    return text
+
+
+# StartExecution's `name`: 1 to 80 characters, none of them white space, brackets, wildcards, these special
+# characters or control characters (the Step Functions API reference).
+_EXECUTION_NAME_REFUSED = re.compile(r'[\s<>{}\[\]?*"#%\\^|~`$&,;:/\x00-\x1f\x7f-\x9f]')
+_EXECUTION_NAME_LONGEST = 80
+
+
+def _execution_name(text: str) -> str:
+    """An argparse `type=` for `start --name`, checked as StartExecution checks it."""
+    refused = _EXECUTION_NAME_REFUSED.search(text)
+    if not text or len(text) > _EXECUTION_NAME_LONGEST or refused:
+        why = f"has {refused.group()!r}" if refused else f"has {len(text)} characters"
+        raise argparse.ArgumentTypeError(
+            f"must be 1 to {_EXECUTION_NAME_LONGEST} characters with no white space, brackets, wildcards "
+            f"or any of \" # % \\ ^ | ~ ` $ & , ; : / (Step Functions' execution names), "
+            f"got {text!r}, which {why}"
+        )
+    return text
+
+
+_port = _whole_number(1, 65535, "a TCP port")
+
+
+def _chaos_help() -> str:
+    from spotfill.localcloud.chaos import ChaosSpec
+
+    return (
+        "kill=K,interrupt=I,conflict=C[,every=SECONDS][,warmup=SECONDS]: kill K workers, interrupt I "
+        "instances and answer C output writes with 409 ConditionalRequestConflict during the run, one event "
+        f"every= seconds (default: every={ChaosSpec.every:g}) once a worker has been busy warmup= seconds "
+        f"(default: warmup={ChaosSpec.warmup:g}); default: no chaos"
+    )
+
+
+def _version() -> str:
+    try:
+        return version("spotfill")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _aws_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", help="AWS endpoint (default: $AWS_ENDPOINT_URL, else real AWS)")
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
@@ -241,81 +365,108 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spotfill", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="spotfill", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="a whole backfill on the local cloud, checked against model.predict")
-    demo.add_argument("--shards", type=int, default=50)
-    demo.add_argument("--rows-per-shard", type=int, default=2000)
-    demo.add_argument("--instances", type=int, default=2)
+    def command(subparsers: Any, name: str, text: str) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+    from spotfill.demo import DEMO_ROWS_PER_SHARD, DEMO_SHARDS
+
+    chaos_help = _chaos_help()
+    demo = command(sub, "demo", "a whole backfill on the local cloud, checked against model.predict")
     demo.add_argument(
-        "--chaos",
-        help="kill=K,interrupt=I,conflict=C: kill workers, interrupt instances and answer C output writes "
-        "with 409 ConditionalRequestConflict during the run",
+        "--shards", type=_whole_number(1), default=DEMO_SHARDS, help="input shards to write and run"
     )
+    demo.add_argument(
+        "--rows-per-shard", type=_whole_number(1), default=DEMO_ROWS_PER_SHARD, help="digit images per shard"
+    )
+    demo.add_argument("--instances", type=_instances(), default=2, help="spot instances in the fleet")
+    demo.add_argument("--chaos", help=chaos_help)
     demo.add_argument(
         "--work-dir", help="where data, outputs and worker logs go (default: a temporary folder)"
     )
-    demo.add_argument("--port", type=int, help="the emulator's port (default: any free one)")
+    demo.add_argument("--port", type=_port, help="the emulator's port (default: any free one)")
+    demo.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up lines (C++ logging, the oneDNN notice) on stderr",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="run your model over your shards")
-    run.add_argument("--local", action="store_true", help="on the local cloud (required for now)")
+    run = command(sub, "run", "run your model over your shards on the local cloud")
+    run.add_argument(
+        "--local",
+        action="store_true",
+        required=True,
+        help="on the local cloud; required for now: against AWS, upload your data and use "
+        "spotfill start --input SPEC",
+    )
     run.add_argument("--model", required=True, help=".keras file or SavedModel .tar.gz")
     run.add_argument("--input", required=True, help="folder of input shards")
     run.add_argument("--output", required=True, help="folder for the outputs (one file per input shard)")
     run.add_argument(
-        "--input-format", default="npy", choices=["npy", "npz", "parquet", "csv", "jsonl", "images"]
+        "--input-format",
+        default="npy",
+        choices=["npy", "npz", "parquet", "csv", "jsonl", "images"],
+        help="the input shards' format",
     )
-    run.add_argument("--output-format", default="parquet", choices=["parquet", "npy", "jsonl"])
-    run.add_argument("--instances", type=int, default=2)
-    run.add_argument("--chaos", help="kill=K,interrupt=I,conflict=C")
-    run.add_argument("--name", default="local", help="the backfill's name")
-    run.add_argument("--port", type=int)
+    run.add_argument(
+        "--output-format", default="parquet", choices=["parquet", "npy", "jsonl"], help="the outputs' format"
+    )
+    run.add_argument("--instances", type=_instances(), default=2, help="spot instances in the fleet")
+    run.add_argument("--chaos", help=chaos_help)
+    run.add_argument("--name", type=_backfill_name, default="local", help="the backfill's name")
+    run.add_argument("--port", type=_port, help="the emulator's port (default: any free one)")
     run.add_argument(
         "--overwrite",
         action="store_true",
-        help="compute every shard again (default: skip shards whose output in --output is complete)",
+        help="compute every shard again (otherwise shards whose output in --output is complete are skipped)",
     )
     run.add_argument(
         "--keep-run-dir", action="store_true", help="keep the local cloud's temporary folder (worker logs)"
     )
     run.set_defaults(func=cmd_run)
 
-    local = sub.add_parser("local", help="the local cloud")
+    local = command(sub, "local", "the local cloud")
     local_sub = local.add_subparsers(dest="local_command", required=True, metavar="COMMAND")
-    up = local_sub.add_parser("up", help="run the local cloud in the foreground")
-    up.add_argument("--port", type=int, default=DEFAULT_LOCAL_PORT)
-    up.add_argument("--chaos", help="kill=K,interrupt=I,conflict=C")
-    up.add_argument("--run-dir", help="where worker logs go")
+    up = command(local_sub, "up", "run the local cloud in the foreground")
+    up.add_argument("--port", type=_port, default=DEFAULT_LOCAL_PORT, help="the emulator's port")
+    up.add_argument("--chaos", help=chaos_help)
+    up.add_argument("--run-dir", help="where worker logs go (default: a temporary folder)")
     up.set_defaults(func=cmd_local_up)
-    outputs = local_sub.add_parser("outputs", help="print the running local cloud's stack outputs as JSON")
-    outputs.add_argument("--port", type=int, default=DEFAULT_LOCAL_PORT)
-    outputs.add_argument("--region")
-    outputs.add_argument("--stack", default=DEFAULT_STACK_NAME)
+    outputs = command(local_sub, "outputs", "print the running local cloud's stack outputs as JSON")
+    outputs.add_argument("--port", type=_port, default=DEFAULT_LOCAL_PORT, help="the local cloud's port")
+    outputs.add_argument("--region", help="AWS region (default: us-east-1)")
+    outputs.add_argument("--stack", default=DEFAULT_STACK_NAME, help="the spotfill stack's name")
     outputs.set_defaults(func=cmd_local_outputs)
 
-    start = sub.add_parser("start", help="start a backfill from a spec (JSON)")
+    start = command(sub, "start", "start a backfill from a spec (JSON)")
     start.add_argument("--input", required=True, help="the backfill spec as a JSON file")
-    start.add_argument("--name", help="execution name")
+    start.add_argument(
+        "--name", type=_execution_name, help="execution name (default: one Step Functions makes up)"
+    )
     start.add_argument("--watch", action="store_true", help="follow it to the end")
     _aws_options(start)
     start.set_defaults(func=cmd_start)
 
-    watch = sub.add_parser("watch", help="follow an execution to its end, then print its report")
+    watch = command(sub, "watch", "follow an execution to its end, then print its report")
     watch.add_argument("execution", help="execution ARN or name")
     _aws_options(watch)
     watch.set_defaults(func=cmd_watch)
 
-    report = sub.add_parser("report", help="print a run's report")
+    report = command(sub, "report", "print a run's report")
     report.add_argument("run", help="run id")
-    report.add_argument("--json", action="store_true")
+    report.add_argument("--json", action="store_true", help="print the report as JSON rather than a table")
     _aws_options(report)
     report.set_defaults(func=cmd_report)
 
-    redrive = sub.add_parser("redrive", help="queue a run's dead-lettered shards again, in a new execution")
+    redrive = command(sub, "redrive", "queue a run's dead-lettered shards again, in a new execution")
     redrive.add_argument("run", help="run id")
-    redrive.add_argument("--watch", action="store_true")
+    redrive.add_argument("--watch", action="store_true", help="follow the new execution to the end")
     _aws_options(redrive)
     redrive.set_defaults(func=cmd_redrive)
     return parser

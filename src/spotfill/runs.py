@@ -212,6 +212,21 @@ def successor_execution(described: dict[str, Any]) -> str | None:
     return arn if isinstance(arn, str) and arn != described.get("executionArn") else None
 
 
+def failure_sentence(error: str | None, cause: str | None) -> str:
+    """An execution's failure as one sentence. A failed Lambda task's cause is its error payload, a JSON
+    `{"errorMessage", "errorType", "stackTrace"}`: the sentence is its `errorMessage` (an invalid spec's
+    reads `invalid input: fleet.target_capacity: ...`), never the stack trace."""
+    try:
+        payload = json.loads(cause) if cause else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and isinstance(payload.get("errorMessage"), str):
+        message = payload["errorMessage"].strip()
+        kind = payload.get("errorType") or error
+        return f"invalid input: {message}" if kind == "InvalidSpecError" else message
+    return f"{error or ''}: {cause or ''}".strip(": ")
+
+
 @dataclass
 class RunWatcher:
     """Polls a run's execution and the run; `poll()` returns a fresh `Snapshot`. When the execution hands
@@ -241,7 +256,7 @@ class RunWatcher:
         snap.status = described["status"]
         snap.output = described.get("output")
         if described.get("error") or described.get("cause"):
-            snap.error = f"{described.get('error', '')}: {described.get('cause', '')}".strip(": ")
+            snap.error = failure_sentence(described.get("error"), described.get("cause"))
         snap.state = self._current_state(sfn)
         run = run_for_execution(self.session, self.stack, self.execution_arn)
         if run is not None:

@@ -103,6 +103,33 @@ INVALID_SPECS = [
         "fleet.target_capacity",
         "valid integer",
     ),
+    # numbers are strict: a boolean or a number in a string is refused, never read as 1 or 2
+    ("capacity-boolean", with_value("fleet.target_capacity", True), "fleet.target_capacity", "valid integer"),
+    (
+        "capacity-in-a-string",
+        with_value("fleet.target_capacity", "2"),
+        "fleet.target_capacity",
+        "valid integer",
+    ),
+    ("price-boolean", with_value("fleet.max_hourly_price", True), "fleet.max_hourly_price", "valid number"),
+    (
+        "tasks-in-a-string",
+        with_value("service.tasks_per_instance", "2"),
+        "service.tasks_per_instance",
+        "valid integer",
+    ),
+    (
+        "poll-boolean",
+        with_value("limits.poll_interval_seconds", True),
+        "limits.poll_interval_seconds",
+        "valid integer",
+    ),
+    (
+        "image-size-boolean",
+        with_value("input.image", {"size": [True, 8]}),
+        "input.image.size[0]",
+        "valid integer",
+    ),
     (
         "unknown-allocation-strategy",
         with_value("fleet.allocation_strategy", "cheapest"),
@@ -181,6 +208,19 @@ def test_every_problem_of_a_spec_is_reported_one_sentence_each():
         spec_from_document(document)
     sentences = str(raised.value).rstrip(".").split(". ")
     assert [s.split(":")[0] for s in sentences] == ["fleet.target_capacity", "limits.poll_interval_seconds"]
+
+
+def test_numbers_of_a_spec_decoded_from_json_text_validate():
+    # given a spec as a manifest carries it: JSON text, its numbers JSON integers and a float price
+    document = with_value("fleet.max_hourly_price", 2)
+    document["input"]["image"] = {"size": [8, 8]}
+    # when it is decoded and validated
+    spec = spec_from_document(json.loads(json.dumps(document)))
+    # then the strict numeric fields accept them
+    assert spec.fleet.target_capacity == document["fleet"]["target_capacity"]
+    assert spec.fleet.max_hourly_price == 2.0
+    assert spec.input.image.size == (8, 8)
+    assert spec.limits.poll_interval_seconds == document["limits"]["poll_interval_seconds"]
 
 
 def test_spec_that_is_not_an_object_is_rejected():

@@ -19,12 +19,6 @@ def _one_sentence_error(capsys) -> str:
     return " ".join(lines)
 
 
-def test_run_without_local_says_what_to_use_instead(capsys, tmp_path):
-    code = main(["run", "--model", "m.keras", "--input", str(tmp_path), "--output", str(tmp_path)])
-    assert code == 2
-    assert "--local" in _one_sentence_error(capsys)
-
-
 def test_run_local_with_a_missing_model_names_it(capsys, tmp_path):
     code = main(
         [
@@ -51,6 +45,89 @@ def test_run_local_with_no_shards_of_the_format_says_so(capsys, tmp_path):
     )
     assert code == 2
     assert "no npy shards" in _one_sentence_error(capsys)
+
+
+def test_run_local_of_a_spec_validate_refuses_prints_its_one_sentence_not_the_lambda_payload(
+    capsys, tmp_path
+):
+    # given shards and a run asking more instances than the local cloud's spot vCPU quota allows
+    from spotfill.localcloud.patches import LOCAL_CLOUD_SPOT_VCPUS
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "part-0.npy").write_bytes(b"never read")
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"never loaded")
+    c5_xlarge_vcpus = 4
+    instances = int(LOCAL_CLOUD_SPOT_VCPUS["L-34B43A08"]) // c5_xlarge_vcpus + 1
+
+    # when `spotfill run --local` runs it, so Validate fails it on the local cloud
+    code = main(
+        [
+            "run",
+            "--local",
+            "--model",
+            str(model),
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--instances",
+            str(instances),
+        ]
+    )
+
+    # then the error is the errorMessage of Validate's Lambda error, with no stack trace or payload around it
+    assert code == 2
+    error = _one_sentence_error(capsys)
+    assert error.startswith("spotfill: error: the run ended failed: invalid input: fleet.target_capacity: ")
+    for payload_word in ("stackTrace", "errorType", "errorMessage"):
+        assert payload_word not in error
+
+
+def _demo_stderr(tmp_path, *extra: str) -> str:
+    """stderr of a real `spotfill demo` (another process: TensorFlow loads once per process) that trains its
+    model, predicts with it in-process, then stops at the local cloud's port, which the test holds."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(root / d) for d in ("src", "functions", "worker"))}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        done = subprocess.run(
+            [
+                sys.executable,
+                *("-m", "spotfill.cli", "demo", "--shards", "1", "--rows-per-shard", "10"),
+                *("--port", str(port), "--work-dir", str(tmp_path / "demo"), *extra),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+    assert done.returncode == 1 and "model " in done.stdout  # it got past training and predicting
+    return done.stderr
+
+
+TENSORFLOW_START_UP = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard")
+
+
+def test_demo_prints_only_spotfills_own_lines_and_shows_tensorflows_start_up_with_verbose(tmp_path):
+    # when the demo runs without --verbose / then stderr is spotfill's own error line only
+    quiet = _demo_stderr(tmp_path / "quiet")
+    assert [line for line in quiet.splitlines() if line.strip()] == [
+        line for line in quiet.splitlines() if line.startswith("spotfill: error: ") and "in use" in line
+    ]
+    assert not any(marker in quiet for marker in TENSORFLOW_START_UP)
+    # when it runs with --verbose / then TensorFlow's start-up lines are there
+    verbose = _demo_stderr(tmp_path / "verbose", "--verbose")
+    assert "oneDNN custom operations" in verbose and "absl::InitializeLog" in verbose
 
 
 def test_watch_against_an_unreachable_endpoint_is_one_sentence(capsys):

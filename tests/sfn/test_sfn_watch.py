@@ -71,3 +71,40 @@ def test_watch_exits_non_zero_when_the_execution_a_run_was_handed_over_to_fails(
     assert successors and successors[0]["status"] == "FAILED"
     assert status != 0
     assert "ended failed" in capsys.readouterr().err
+
+
+def test_start_watch_of_an_invalid_spec_prints_the_validation_error_as_one_sentence_and_exits_non_zero(
+    cloud, lambdas, tmp_path, capsys
+):
+    # given a spec naming an instance type that does not exist
+    import json
+
+    spec = cloud.spec("watch-invalid", shards=1)
+    spec["fleet"]["instance_types"] = ["x9.huge"]
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+
+    # when it is started and watched
+    status = cli.main(
+        [
+            "start",
+            "--input",
+            str(path),
+            "--name",
+            "watch-invalid-1",
+            "--watch",
+            "--stack",
+            cloud.stack.stack_name,
+            "--region",
+            cloud.stack.region,
+        ]
+    )
+
+    # then the error is Validate's one sentence naming the field, without the Lambda payload around it
+    err = capsys.readouterr().err
+    assert status != 0
+    errors = [line for line in err.splitlines() if line.startswith("spotfill: error: ")]
+    assert len(errors) == 1
+    assert "invalid input: fleet.instance_types: unknown instance type(s) x9.huge" in errors[0]
+    for payload_word in ("stackTrace", "errorType", "errorMessage", "Traceback"):
+        assert payload_word not in err

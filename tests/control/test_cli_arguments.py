@@ -1,0 +1,143 @@
+"""The CLI's arguments as people expect them: checked as they are parsed, in the CLI's own terms (the flag and
+what it accepts, the ranges taken from the spec model), every option's help showing its default, a version.
+No cloud is needed: argparse refuses bad arguments before any command runs."""
+
+from __future__ import annotations
+
+import argparse
+from importlib.metadata import version
+
+import pytest
+from spotfill_control.spec import FleetSpec
+
+from spotfill.cli import build_parser, main
+
+
+def _refused(capsys, argv: list[str]) -> str:
+    """Run the CLI with arguments argparse must refuse; the error line (exit status 2, no traceback)."""
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+RUN = ["run", "--local", "--model", "m.keras", "--input", "in", "--output", "out"]
+
+
+def _target_capacity_range() -> tuple[int, int]:
+    constraints = FleetSpec.model_fields["target_capacity"].metadata
+    low = next(c.ge for c in constraints if hasattr(c, "ge"))
+    high = next(c.le for c in constraints if hasattr(c, "le"))
+    return low, high
+
+
+@pytest.mark.parametrize("command", [RUN, ["demo"]], ids=["run", "demo"])
+def test_instances_beyond_the_spec_range_are_refused_naming_the_flag_and_the_range(capsys, command):
+    # given the fleet's target capacity range in the spec model
+    low, high = _target_capacity_range()
+    # when one more instance than it allows is asked for
+    error = _refused(capsys, [*command, "--instances", str(high + 1)])
+    # then the error names the flag and the range, not the spec's field
+    assert f"argument --instances: must be from {low} to {high}" in error
+    assert "target_capacity" not in error
+
+
+def test_a_run_name_the_spec_would_refuse_is_refused_naming_the_flag(capsys):
+    error = _refused(capsys, [*RUN, "--name", "my run"])
+    assert "argument --name: must be at most 64 letters, digits" in error
+    assert "'my run'" in error
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["demo", "--shards", "0"], "argument --shards: must be at least 1, got 0"),
+        (["demo", "--rows-per-shard", "0"], "argument --rows-per-shard: must be at least 1, got 0"),
+        (["demo", "--shards", "many"], "argument --shards: must be a whole number at least 1, got 'many'"),
+        (["demo", "--port", "70000"], "argument --port: must be from 1 to 65535 (a TCP port), got 70000"),
+        (["local", "up", "--port", "0"], "argument --port: must be from 1 to 65535 (a TCP port), got 0"),
+    ],
+    ids=["zero-shards", "zero-rows", "shards-not-a-number", "port-too-high", "port-zero"],
+)
+def test_demo_and_local_cloud_numbers_are_checked_at_parse_time(capsys, argv, expected):
+    assert expected in _refused(capsys, argv)
+
+
+def test_run_without_local_is_refused_by_the_usage_line_that_shows_local_as_required(capsys):
+    # given `run` needs --local for now / when it is left out
+    error = _refused(capsys, ["run", "--model", "m.keras", "--input", "in", "--output", "out"])
+    # then argparse names it, and the usage shows it required (not in brackets)
+    assert "the following arguments are required: --local" in error
+    usage = _subparsers(build_parser())["run"].format_usage()
+    assert " --local " in usage and "[--local]" not in usage
+
+
+def test_version_is_the_installed_package_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"spotfill {version('spotfill')}"
+
+
+def _subparsers(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command's parser, keyed by its command line: '' for spotfill itself, 'local up', ..."""
+    found = {prefix.strip(): parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(_subparsers(sub, f"{prefix} {name}"))
+    return found
+
+
+def _options() -> list[tuple[str, argparse.ArgumentParser, argparse.Action]]:
+    return [
+        (f"{command} {action.option_strings[-1]}".strip(), parser, action)
+        for command, parser in _subparsers(build_parser()).items()
+        for action in parser._actions
+        if action.option_strings and not isinstance(action, argparse._HelpAction | argparse._VersionAction)
+    ]
+
+
+def test_every_option_has_help_that_shows_its_default():
+    # given every option of every command / when its help is rendered as --help renders it
+    missing = []
+    for name, parser, action in _options():
+        if action.required:
+            continue
+        text = parser._get_formatter()._expand_help(action)
+        # then it says what leaving it out means
+        if "default:" not in text:
+            missing.append(f"{name}: {text!r}")
+    assert not missing, missing
+
+
+def test_option_defaults_in_help_are_the_parser_defaults():
+    by_name = {name: (parser, action) for name, parser, action in _options()}
+    for name, expected in [
+        ("demo --shards", "(default: 50)"),
+        ("demo --rows-per-shard", "(default: 2000)"),
+        ("run --instances", "(default: 2)"),
+        ("local up --port", "(default: 4599)"),
+        ("run --output-format", "(default: parquet)"),
+        ("report --json", "(default: False)"),
+        ("redrive --watch", "(default: False)"),
+        ("demo --chaos", "(default: every=2)"),
+        ("run --chaos", "(default: warmup=3)"),
+    ]:
+        parser, action = by_name[name]
+        assert expected in parser._get_formatter()._expand_help(action), name
+
+
+def test_no_help_text_has_literal_backticks():
+    for command, parser in _subparsers(build_parser()).items():
+        assert "`" not in parser.format_help(), command
+
+
+@pytest.mark.parametrize("name", ["my run", "a/b", "x" * 81], ids=["space", "slash", "81-characters"])
+def test_an_execution_name_step_functions_would_refuse_is_refused_naming_the_flag(capsys, name):
+    error = _refused(capsys, ["start", "--input", "spec.json", "--name", name])
+    assert "argument --name: must be 1 to 80 characters with no white space" in error
