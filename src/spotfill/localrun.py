@@ -429,6 +429,7 @@ def run_local(
     if not plan.to_run:
         snapshot = Snapshot("", status="SUCCEEDED")
         return LocalRunResult("", snapshot, None, outputs=dict(plan.complete), skipped=dict(plan.complete))
+    check_model_and_shards(model_path, plan.to_run, input_format)
     with termination_as_interrupt():
         return _run_in_local_cloud(
             model_path,
@@ -444,6 +445,20 @@ def run_local(
             options=LocalCloudOptions(port=port, chaos=chaos, run_dir=run_dir, keep_run_dir=keep_run_dir),
             timeout=timeout,
         )
+
+
+def check_model_and_shards(model_path: Path, shards: list[Path], input_format: str) -> None:
+    """Before anything starts: the model loads as the worker loads it, and the first shard to compute decodes
+    and goes through it (a model or shards that can never work cost no local cloud, no upload, no wait)."""
+    from spotfill.tensorflow_quiet import import_tensorflow
+
+    import_tensorflow()
+    from spotfill_worker.model import ModelLoadError, SampleMismatchError, check_model_and_sample
+
+    try:
+        check_model_and_sample(model_path, shards[0], input_format)
+    except (ModelLoadError, SampleMismatchError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def _say_plan(console: Console, plan: OutputPlan, output_dir: Path, total: int) -> None:

@@ -204,6 +204,24 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
     np.testing.assert_array_equal(np.load(output_dir / shards[0].name), earlier)
 
 
+# --- item 6: a model or shards that can never work are refused before the local cloud starts ----------------
+
+
+def test_a_keras_file_that_is_not_a_model_is_refused_before_any_work(shards, tmp_path, capsys):
+    model, input_dir = shards  # m.keras holds one byte, not a model
+    assert _run(model, input_dir, tmp_path / "out") == 2
+    error = _error(capsys)
+    assert "m.keras" in error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_shards_whose_rows_do_not_fit_the_model_are_refused_before_any_work(digits, shards, tmp_path, capsys):
+    _, input_dir = shards  # rows of 4 features; the digits model takes 8x8 images
+    assert _run(digits.model_path, input_dir, tmp_path / "out") == 2
+    error = _error(capsys)
+    assert "part-00000.npy" in error and digits.model_path.name in error
+
+
 # --- items 5 and 7: interrupted and killed runs ---------------------------------------------------------
 
 
