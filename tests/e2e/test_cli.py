@@ -48,15 +48,16 @@ def test_run_local_with_no_shards_of_the_format_says_so(capsys, tmp_path):
 
 
 def test_run_local_of_a_spec_validate_refuses_prints_its_one_sentence_not_the_lambda_payload(
-    capsys, tmp_path
+    capsys, tmp_path, digits
 ):
-    # given shards and a run asking more instances than the local cloud's spot vCPU quota allows
+    # given a model and a shard that fit, and a run asking more instances than the local cloud's spot vCPU
+    # quota allows
     from spotfill.localcloud.patches import LOCAL_CLOUD_SPOT_VCPUS
 
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "part-0.npy").write_bytes(b"never read")
-    model = tmp_path / "m.keras"
-    model.write_bytes(b"never loaded")
+    shard = digits.shards()[0]
+    (tmp_path / "in" / shard.name).write_bytes(shard.read_bytes())
+    model = digits.model_path
     c5_xlarge_vcpus = 4
     instances = int(LOCAL_CLOUD_SPOT_VCPUS["L-34B43A08"]) // c5_xlarge_vcpus + 1
 
