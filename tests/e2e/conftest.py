@@ -22,7 +22,12 @@ def shared_cloud(tmp_path_factory):
     keep = os.environ.get("SPOTFILL_KEEP_ENDPOINT")
     os.environ["SPOTFILL_KEEP_ENDPOINT"] = "1"
     try:
-        options = LocalCloudOptions(boot_delay=1.0, run_dir=run_dir, worker_environment=FAST_WORKERS)
+        options = LocalCloudOptions(
+            boot_delay=1.0,
+            run_dir=run_dir,
+            worker_environment=FAST_WORKERS,
+            extra_worker_modules=("spotfill_fake_worker",),  # test_physics.py's stand-in worker
+        )
         with LocalCloud(options) as cloud:
             yield cloud
     finally:

@@ -409,17 +409,27 @@ class EcsAgent:
         registration = self.registrations.get(instance_id)
         if registration is None or not registration.container_instance_arn:
             return
-        started = self.ecs.start_task(
-            cluster=cluster,
-            taskDefinition=task_definition_arn,
-            containerInstances=[registration.container_instance_arn],
-            startedBy=f"ecs-svc/{service}"[:36],
+        # moto's StartTask cannot size a container that sets only memoryReservation: the stopped task is
+        # recorded in its ECS backend directly, where ListTasks and DescribeTasks find it.
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ecs.models import Task as EcsTask
+        from moto.ecs.models import ecs_backends
+
+        backend = ecs_backends[DEFAULT_ACCOUNT_ID][self.region]
+        task = EcsTask(
+            backend.clusters[cluster],
+            backend.describe_task_definition(task_definition_arn),
+            registration.container_instance_arn,
+            None,
+            backend=backend,
             group=f"service:{service}",
+            launch_type="EC2",
+            started_by=f"ecs-svc/{service}"[:36],
         )
-        for task in started["tasks"]:
-            self.ecs.stop_task(
-                cluster=cluster, task=task["taskArn"], reason=f"CannotStartContainerError: {reason}"[:255]
-            )
+        task.desired_status = "STOPPED"
+        task.last_status = "STOPPED"
+        task.stopped_reason = f"CannotStartContainerError: {reason}"[:255]
+        backend.tasks.setdefault(cluster, {})[task.task_arn] = task
 
     def _begin_stop(self, task: Task) -> None:
         if task.stopping_since is None:
