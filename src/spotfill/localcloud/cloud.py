@@ -282,7 +282,9 @@ class LocalCloud:
 
 def _forget_cached_clients() -> None:
     """The control plane caches boto3 clients per process (a Lambda container's lifetime); a new local cloud
-    is a new endpoint, so clients made for an earlier one must go."""
+    is a new endpoint with its own credentials, so clients made for an earlier one must go, and so must
+    boto3's default session (it keeps the credentials it first resolved)."""
+    boto3.DEFAULT_SESSION = None
     try:
         from spotfill_control import aws, config
     except ImportError:
