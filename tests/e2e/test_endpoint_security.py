@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
@@ -106,6 +107,38 @@ def test_a_request_signed_with_the_access_key_id_but_another_secret_is_refused(s
         _client(shared_cloud, "ecs", key_id, "not-the-secret").list_clusters()
 
     assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
+def test_a_request_signed_an_hour_ago_is_refused(shared_cloud, monkeypatch):
+    # given a ListClusters request signed with the cloud's credentials, but an hour ago (a replay)
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    keys = shared_cloud.credentials
+    an_hour_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=1)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: an_hour_ago)
+    signed = AWSRequest(
+        method="POST",
+        url=f"{shared_cloud.endpoint_url}/",
+        data=b"{}",
+        headers={
+            "Content-Type": "application/x-amz-json-1.1",
+            "X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters",
+        },
+    )
+    botocore.auth.SigV4Auth(
+        Credentials(keys.access_key_id, keys.secret_access_key), "ecs", shared_cloud.region
+    ).add_auth(signed)
+
+    # when it reaches the endpoint
+    status, _, body = _http(
+        urllib.request.Request(signed.url, data=b"{}", headers=dict(signed.headers.items()), method="POST")
+    )
+
+    # then it is refused as too old
+    assert status == 403
+    assert b"RequestTimeTooSkewed" in body
 
 
 @pytest.mark.parametrize("signature_version", ["s3v4", None])

@@ -12,8 +12,9 @@ through its ECS agent start processes. The guard refuses, before moto sees them:
   must match, with an AWS-shaped 403 (`InvalidClientTokenId` for another access key id or no signature,
   `SignatureDoesNotMatch` for a wrong signature).
 
-The payload hash is taken from `X-Amz-Content-SHA256` when the client sends one (S3), as AWS does; the body
-itself is then not re-hashed.
+A signed request is accepted within 15 minutes of its `X-Amz-Date` (`RequestTimeTooSkewed` otherwise), a
+presigned URL until it expires. The payload hash is taken from `X-Amz-Content-SHA256` when the client sends
+one (S3), as AWS does; the body itself is then not re-hashed.
 """
 
 from __future__ import annotations
@@ -24,14 +25,17 @@ import hmac
 import io
 import json
 import re
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 _SIGNED_HEADERS = re.compile(r"SignedHeaders=([^,\s]+)")
 _SIGNATURE = re.compile(r"Signature=([0-9a-f]+)")
+MAX_SKEW = timedelta(minutes=15)
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
@@ -112,6 +116,7 @@ def check_signature(environ: dict[str, Any], body: bytes, credentials: Credentia
             "the security token included in the request is invalid: "
             "use the access key id `spotfill local up` printed",
         )
+    _check_time(timestamp, params.get("X-Amz-Expires") if presigned else None)
     _, day, region, service = credential.groups()
     if presigned:
         query_pairs = [(k, v) for k, v in _raw_pairs(query) if k != "X-Amz-Signature"]
@@ -155,6 +160,27 @@ def check_signature(environ: dict[str, Any], body: bytes, credentials: Credentia
     )
 
 
+def _check_time(timestamp: str, expires: str | None) -> None:
+    """A signed request is good for 15 minutes either side of now (AWS's allowed skew); a presigned URL until
+    it expires."""
+    try:
+        signed_at = datetime.strptime(timestamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        lifetime = timedelta(seconds=int(expires)) if expires is not None else None
+    except ValueError:
+        raise Refused(
+            "IncompleteSignature", "the request's X-Amz-Date or X-Amz-Expires is malformed"
+        ) from None
+    now = datetime.now(UTC)
+    if lifetime is not None:
+        if not signed_at - MAX_SKEW <= now <= signed_at + lifetime:
+            raise Refused("AccessDenied", "the presigned URL has expired")
+    elif abs(now - signed_at) > MAX_SKEW:
+        raise Refused(
+            "RequestTimeTooSkewed",
+            "the difference between the request time and the current time is too large",
+        )
+
+
 def _check_presigned_v2(environ: dict[str, Any], params: dict[str, str], credentials: Credentials) -> None:
     """An S3 URL presigned with Signature Version 2 (what `generate_presigned_url` makes by default)."""
     if params["AWSAccessKeyId"] != credentials.access_key_id:
@@ -168,6 +194,12 @@ def _check_presigned_v2(environ: dict[str, Any], params: dict[str, str], credent
     if subresources:
         resource += "?" + "&".join(f"{k}={v}" if v else k for k, v in subresources)
     method = environ.get("REQUEST_METHOD", "GET").upper()
+    try:
+        expires = int(params["Expires"])
+    except ValueError:
+        raise Refused("AccessDenied", "the presigned URL's Expires is not a number") from None
+    if expires < time.time():
+        raise Refused("AccessDenied", "the presigned URL has expired")
     md5, content_type = environ.get("HTTP_CONTENT_MD5", ""), environ.get("CONTENT_TYPE", "")
     amz = sorted(
         (k[5:].lower().replace("_", "-"), v) for k, v in environ.items() if k.startswith("HTTP_X_AMZ_")
