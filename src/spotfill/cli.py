@@ -112,7 +112,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         console.print("use it with these credentials (the endpoint refuses any other); Ctrl-C stops it:")
         print(
             f"export AWS_ENDPOINT_URL={cloud.endpoint_url} AWS_ACCESS_KEY_ID={keys.access_key_id} "
-            f"AWS_SECRET_ACCESS_KEY={keys.secret_access_key} AWS_DEFAULT_REGION={cloud.region}",
+            f"AWS_SECRET_ACCESS_KEY={keys.secret_access_key} AWS_SESSION_TOKEN= "
+            f"AWS_DEFAULT_REGION={cloud.region}",
             flush=True,
         )
         print("READY", flush=True)

@@ -30,10 +30,13 @@ def generate_credentials() -> Credentials:
 
 
 def credential_environment(credentials: Credentials) -> dict[str, str]:
-    """What every client of the emulator uses: its credentials (never real ones) and its Region."""
+    """What every client of the emulator uses: its credentials (never real ones: an empty session token, so a
+    real one in the environment is not sent along) and its Region."""
     return {
         "AWS_ACCESS_KEY_ID": credentials.access_key_id,
         "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+        "AWS_SESSION_TOKEN": "",
+        "AWS_SECURITY_TOKEN": "",
         "AWS_DEFAULT_REGION": REGION,
         "AWS_REGION": REGION,
         "AWS_EC2_METADATA_DISABLED": "true",
