@@ -132,9 +132,14 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         outputs = cloud.stack_outputs()
         console.print(f"local cloud ready at {cloud.endpoint_url} (worker logs in {cloud.run_dir / 'logs'})")
         print(json.dumps(outputs, indent=2), flush=True)
-        console.print(
-            f"use it with: AWS_ENDPOINT_URL={cloud.endpoint_url} AWS_ACCESS_KEY_ID=testing "
-            "AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 aws ...  (Ctrl-C stops it)"
+        # The endpoint answers only requests signed with these (fresh for every `local up`).
+        keys = cloud.credentials
+        console.print("use it with these credentials (the endpoint refuses any other); Ctrl-C stops it:")
+        print(
+            f"export AWS_ENDPOINT_URL={cloud.endpoint_url} AWS_ACCESS_KEY_ID={keys.access_key_id} "
+            f"AWS_SECRET_ACCESS_KEY={keys.secret_access_key} AWS_SESSION_TOKEN= "
+            f"AWS_DEFAULT_REGION={cloud.region}",
+            flush=True,
         )
         print("READY", flush=True)
         stop.wait()
@@ -148,8 +153,11 @@ def cmd_local_outputs(args: argparse.Namespace) -> int:
     from spotfill.runs import Session
 
     endpoint = f"http://127.0.0.1:{args.port}"
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    if not os.environ.get("AWS_ACCESS_KEY_ID") or not os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        raise CliError(
+            "spotfill local outputs needs the credentials `spotfill local up` printed "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )
     session = Session(endpoint, args.region or "us-east-1")
     stack = session.stack(args.stack)
     print(

@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from spotfill.localcloud import LocalCloud, LocalCloudOptions
+from spotfill.localcloud.cloud import _forget_cached_clients
 
 from .helpers import FAST_WORKERS, Digits, write_digits
 
@@ -22,7 +23,12 @@ def shared_cloud(tmp_path_factory):
     keep = os.environ.get("SPOTFILL_KEEP_ENDPOINT")
     os.environ["SPOTFILL_KEEP_ENDPOINT"] = "1"
     try:
-        options = LocalCloudOptions(boot_delay=1.0, run_dir=run_dir, worker_environment=FAST_WORKERS)
+        options = LocalCloudOptions(
+            boot_delay=1.0,
+            run_dir=run_dir,
+            worker_environment=FAST_WORKERS,
+            extra_worker_modules=("spotfill_fake_worker",),  # test_physics.py's stand-in worker
+        )
         with LocalCloud(options) as cloud:
             yield cloud
     finally:
@@ -37,6 +43,7 @@ def local_cloud(shared_cloud, aws_credentials, monkeypatch):
     """The module's local cloud, with this process's environment pointing at it for the test."""
     for key, value in shared_cloud.client_environment.items():
         monkeypatch.setenv(key, value)
+    _forget_cached_clients()  # made with another test's credentials
     yield shared_cloud
     assert shared_cloud.wait_idle(timeout=30), shared_cloud.leftovers()
 

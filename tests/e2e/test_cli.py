@@ -146,6 +146,19 @@ def test_watch_against_an_unreachable_endpoint_is_one_sentence(capsys):
     assert "cannot reach AWS" in _one_sentence_error(capsys)
 
 
+def test_local_outputs_without_the_credentials_local_up_printed_says_so(capsys, monkeypatch):
+    # given no credentials in the environment (the endpoint accepts only those `local up` printed)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+
+    # when the outputs are asked for
+    code = main(["local", "outputs", "--port", str(free_port())])
+
+    # then one sentence says what is missing
+    assert code != 0
+    assert "credentials `spotfill local up` printed" in _one_sentence_error(capsys)
+
+
 def test_a_bad_chaos_spec_is_rejected_with_the_offending_part(capsys):
     code = main(["demo", "--chaos", "kill=3,explode=1"])
     assert code == 2

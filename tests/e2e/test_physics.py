@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -16,18 +18,18 @@ from .helpers import eventually
 
 pytestmark = pytest.mark.e2e
 
-# A stand-in worker: reports its environment, then waits; on SIGTERM it writes "drained" and exits 0.
-FAKE_WORKER = (
-    "import json,os,signal,sys,time\n"
-    "print(json.dumps({k: os.environ.get(k) for k in ('AWS_ENDPOINT_URL','SPOTFILL_RUN_ID')}), flush=True)\n"
-    "signal.signal(signal.SIGTERM, lambda *a: (print('drained', flush=True), sys.exit(0)))\n"
-    "time.sleep(600)\n"
-)
+# A stand-in worker (reports its environment, then waits; on SIGTERM it writes "drained" and exits 0), which
+# the module's local cloud allows besides the worker (tests/e2e/conftest.py); found on PYTHONPATH.
+STANDIN = Path(__file__).resolve().parent / "standin"
+FAKE_WORKER_MODULE = "spotfill_fake_worker"
 
 
 @pytest.fixture
-def local_cloud(shared_cloud):
+def local_cloud(shared_cloud, monkeypatch):
     """The module's cloud; each test works in its own clusters and cleans up its fleets and services."""
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(p for p in (str(STANDIN), os.environ.get("PYTHONPATH")) if p)
+    )
     yield shared_cloud
     ec2, ecs = shared_cloud.client("ec2"), shared_cloud.client("ecs")
     fleets = [c["SpotFleetRequestId"] for c in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]]
@@ -62,25 +64,28 @@ def _launch_template_version(cloud, cluster: str) -> str:
     return str(version["LaunchTemplateVersion"]["VersionNumber"])
 
 
-def _run_scope(cloud, cluster: str, desired: int, stop_timeout: int = 2) -> None:
+def _run_scope(
+    cloud, cluster: str, desired: int, stop_timeout: int = 2, service: str = "workers", **container: object
+) -> None:
     ecs = cloud.client("ecs")
     ecs.create_cluster(clusterName=cluster)
     task_definition = ecs.register_task_definition(
-        family=cluster,
+        family=f"{cluster}-{service}",
         cpu="1024",
         memory="2048",
         containerDefinitions=[
             {
                 "name": "worker",
                 "image": "spotfill-worker:local",
-                "command": ["python", "-c", FAKE_WORKER],
+                "command": ["python", "-m", FAKE_WORKER_MODULE],
                 "environment": [{"name": "SPOTFILL_RUN_ID", "value": cluster}],
                 "stopTimeout": stop_timeout,
+                **container,
             }
         ],
     )["taskDefinition"]["taskDefinitionArn"]
     ecs.create_service(
-        cluster=cluster, serviceName="workers", taskDefinition=task_definition, desiredCount=desired
+        cluster=cluster, serviceName=service, taskDefinition=task_definition, desiredCount=desired
     )
 
 
@@ -305,7 +310,98 @@ def test_the_local_cloud_uses_python_of_this_environment_for_worker_commands():
     from spotfill.localcloud.agent import worker_command
 
     assert worker_command(["python", "-m", "spotfill_worker"]) == [sys.executable, "-m", "spotfill_worker"]
+    assert worker_command(["/usr/bin/python3.12", "-m", "spotfill_worker"]) == [
+        sys.executable,
+        "-m",
+        "spotfill_worker",
+    ]
     assert worker_command(None) == [sys.executable, "-m", "spotfill_worker"]
+
+
+@pytest.mark.parametrize(
+    ("command", "entry_point"),
+    [
+        (["/bin/sh", "-c", "id"], None),
+        (["python", "-c", "import os"], None),
+        (["python", "-m", "spotfill_worker", "--extra"], None),
+        (["python", "-m", "http.server"], None),
+        (["python", "-m", "spotfill_worker"], ["/bin/sh", "-c"]),
+    ],
+)
+def test_the_agent_runs_no_command_but_the_worker(command, entry_point):
+    from spotfill.localcloud.agent import TaskRefused, worker_command
+
+    with pytest.raises(TaskRefused, match="runs only the worker"):
+        worker_command(command, entry_point)
+
+
+@pytest.mark.parametrize(
+    "name", ["PYTHONPATH", "PYTHONSTARTUP", "LD_PRELOAD", "SPOTFILL_IAM_ROLE_ARN", "AWS_CA_BUNDLE"]
+)
+def test_a_task_definition_may_set_only_the_workers_settings_in_its_environment(name):
+    from spotfill.localcloud.agent import TaskRefused, task_environment
+
+    assert task_environment([{"name": "SPOTFILL_RUN_ID", "value": "r"}]) == {"SPOTFILL_RUN_ID": "r"}
+    with pytest.raises(TaskRefused, match=name):
+        task_environment([{"name": "SPOTFILL_RUN_ID", "value": "r"}, {"name": name, "value": "/tmp/x"}])
+
+
+def test_a_task_definition_that_runs_anything_but_the_worker_starts_no_process_and_is_reported_stopped(
+    local_cloud, tmp_path
+):
+    # given three services whose task definitions would each write a marker file: a shell command, an entry
+    # point, and a PYTHONPATH that plants a sitecustomize module in front of the (allowed) command
+    markers = {name: tmp_path / f"{name}.marker" for name in ("shell", "entry", "env")}
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "sitecustomize.py").write_text(f"open({str(markers['env'])!r}, 'w').write('planted')\n")
+    _run_scope(
+        local_cloud, "run-inject", 0, service="shell", command=["/bin/sh", "-c", f"id > {markers['shell']}"]
+    )
+    _run_scope(
+        local_cloud,
+        "run-inject",
+        0,
+        service="entry",
+        entryPoint=["/bin/sh", "-c"],
+        command=[f"id > {markers['entry']}"],
+    )
+    _run_scope(
+        local_cloud,
+        "run-inject",
+        0,
+        service="env",
+        environment=[
+            {"name": "SPOTFILL_RUN_ID", "value": "run-inject"},
+            {"name": "PYTHONPATH", "value": str(planted)},
+        ],
+    )
+    _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-inject"), capacity=1)
+    ecs = local_cloud.client("ecs")
+    eventually(lambda: len(ecs.list_container_instances(cluster="run-inject")["containerInstanceArns"]) == 1)
+
+    # when each service wants a task
+    for service in markers:
+        ecs.update_service(cluster="run-inject", service=service, desiredCount=1)
+
+    # then every one is reported stopped with the reason, as ECS reports a task that cannot start
+    stopped = eventually(
+        lambda: (
+            len(arns := ecs.list_tasks(cluster="run-inject", desiredStatus="STOPPED")["taskArns"]) == 3
+            and arns
+        )
+    )
+    described = ecs.describe_tasks(cluster="run-inject", tasks=stopped)["tasks"]
+    assert {t["lastStatus"] for t in described} == {"STOPPED"}
+    reasons = sorted(t["stoppedReason"] for t in described)
+    assert all(r.startswith("CannotStartContainerError: ") for r in reasons), reasons
+    assert sum("runs only the worker" in r for r in reasons) == 2
+    assert sum("'PYTHONPATH'" in r for r in reasons) == 1
+    # and the refusals are in the agent's log, and no process ran: no marker was ever written
+    log = (local_cloud.run_dir / "emulator.log").read_text()
+    assert log.count("refused to start a task of") >= 3
+    assert not tasks_in(local_cloud, "run-inject")
+    assert not [m.name for m in markers.values() if m.exists()]
 
 
 def test_the_local_cloud_account_has_raised_spot_quotas(local_cloud):

@@ -1,4 +1,5 @@
-"""A real client: the AWS CLI drives a backfill on `spotfill local up`, knowing only its endpoint."""
+"""A real client: the AWS CLI drives a backfill on `spotfill local up`, knowing only the endpoint and the
+credentials it prints."""
 
 from __future__ import annotations
 
@@ -20,23 +21,23 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
-def _aws(endpoint: str, *args: str) -> str:
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    env.pop("AWS_ENDPOINT_URL", None)
-    completed = subprocess.run(
-        [str(BIN / "aws"), "--endpoint-url", endpoint, "--output", "json", *args],
+def _printed_credentials(log: str) -> dict[str, str]:
+    """The variables of the `export ...` line `spotfill local up` prints."""
+    line = next(line for line in log.splitlines() if line.startswith("export AWS_ENDPOINT_URL="))
+    return dict(item.split("=", 1) for item in line.split()[1:])
+
+
+def _aws(credentials: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(credentials)
+    return subprocess.run(
+        [str(BIN / "aws"), "--endpoint-url", credentials["AWS_ENDPOINT_URL"], "--output", "json", *args],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
-        check=True,
+        check=check,
     )
-    return completed.stdout
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def local_up(tmp_path):
             lambda: "READY" in (tmp_path / "local-up.log").read_text() or process.poll() is not None, 90
         )
         assert process.poll() is None, (tmp_path / "local-up.log").read_text()
-        yield f"http://127.0.0.1:{port}", port
+        yield port, _printed_credentials((tmp_path / "local-up.log").read_text())
     finally:
         process.terminate()
         try:
@@ -65,37 +66,42 @@ def local_up(tmp_path):
 
 
 def test_the_aws_cli_drives_a_backfill_on_spotfill_local_up(local_up, digits, tmp_path):
-    endpoint, port = local_up
-    # given the stack outputs, as `spotfill local outputs` prints them
+    port, credentials = local_up
+    # given the credentials `local up` printed (the endpoint refuses any other), and the stack outputs, as
+    # `spotfill local outputs` prints them with those credentials
+    assert credentials["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{port}"
+    refused = _aws({**credentials, "AWS_ACCESS_KEY_ID": "testing"}, "s3", "ls", check=False)
+    assert refused.returncode != 0 and "InvalidClientTokenId" in refused.stderr
     printed = subprocess.run(
         [str(BIN / "spotfill"), "local", "outputs", "--port", str(port)],
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **credentials},
     ).stdout
     outputs = json.loads(printed)
     data, control = outputs["DataBucket"], outputs["ControlBucket"]
 
     # when the AWS CLI uploads the model, the shards and then a manifest under backfills/
-    _aws(endpoint, "s3", "cp", str(digits.model_path), f"s3://{data}/models/cli/model.keras")
+    _aws(credentials, "s3", "cp", str(digits.model_path), f"s3://{data}/models/cli/model.keras")
     for shard in digits.shards()[:3]:
-        _aws(endpoint, "s3", "cp", str(shard), f"s3://{data}/inputs/cli/{shard.name}")
+        _aws(credentials, "s3", "cp", str(shard), f"s3://{data}/inputs/cli/{shard.name}")
     spec = manifest("cli", data, "models/cli/model.keras", "npy", "npy", instances=1)
     manifest_path = tmp_path / "cli.json"
     manifest_path.write_text(json.dumps(spec))
-    _aws(endpoint, "s3", "cp", str(manifest_path), f"s3://{control}/backfills/cli.json")
+    _aws(credentials, "s3", "cp", str(manifest_path), f"s3://{control}/backfills/cli.json")
 
     # then an execution starts, and describe-execution sees it succeed
     def executions():
         listed = json.loads(
             _aws(
-                endpoint,
+                credentials,
                 "stepfunctions",
                 "list-executions",
                 "--state-machine-arn",
                 outputs["StateMachineArn"],
-            )
+            ).stdout
         )
         return listed["executions"]
 
@@ -103,14 +109,14 @@ def test_the_aws_cli_drives_a_backfill_on_spotfill_local_up(local_up, digits, tm
 
     def finished():
         described = json.loads(
-            _aws(endpoint, "stepfunctions", "describe-execution", "--execution-arn", execution_arn)
+            _aws(credentials, "stepfunctions", "describe-execution", "--execution-arn", execution_arn).stdout
         )
         return described if described["status"] != "RUNNING" else None
 
     described = eventually(finished, timeout=240, interval=2.0)
     assert described["status"] == "SUCCEEDED", described.get("cause")
     listed = json.loads(
-        _aws(endpoint, "s3api", "list-objects-v2", "--bucket", data, "--prefix", "outputs/cli/")
+        _aws(credentials, "s3api", "list-objects-v2", "--bucket", data, "--prefix", "outputs/cli/").stdout
     )
     assert sorted(o["Key"] for o in listed["Contents"]) == [
         f"outputs/cli/{s.name}" for s in digits.shards()[:3]

@@ -3,9 +3,17 @@ services' tasks as local worker processes.
 
 moto keeps ECS bookkeeping (clusters, services, task definitions, container instances) but runs nothing; it
 reports a service's running count equal to its desired count. This agent is the part of ECS that a backfill
-feels: a task is a real `python -m spotfill_worker` process with the task definition's command and
-environment, stopped with SIGTERM then SIGKILL after the container's stop timeout, as ECS does on scale-down
-and on spot draining, and replaced when it dies while its service still wants it.
+feels: a task is a real `python -m spotfill_worker` process with the task definition's environment, stopped
+with SIGTERM then SIGKILL after the container's stop timeout, as ECS does on scale-down and on spot
+draining, and replaced when it dies while its service still wants it.
+
+Anyone who can register a task definition could otherwise run any program on this machine, so the agent runs
+only the worker: a container whose entry point is set, whose command is anything but the image's default
+(the worker) or `python -m spotfill_worker`, or whose environment names a variable other than the worker's
+`SPOTFILL_*` settings, is refused: no process starts, the refusal goes to the agent's log and the task shows
+as STOPPED with the reason as its `stoppedReason` (`ListTasks` with `desiredStatus=STOPPED`, `DescribeTasks`),
+as ECS shows a task that cannot start. The process gets only the agent's own variables (the emulator's
+endpoint and credentials, the task role's) and the task definition's `SPOTFILL_*` ones.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from botocore.exceptions import ClientError
 
 from spotfill.localcloud import worker_iam
 from spotfill.localcloud.fleet import Machine
+from spotfill.localcloud.guard import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,11 @@ SHUTDOWN_GRACE = 10.0  # an instance's shutdown gives its containers this long a
 DEREGISTRATION_DELAY = 5.0  # ECS notices a terminated instance and deregisters it after this long
 _CLUSTER_LINE = re.compile(r"ECS_CLUSTER=([A-Za-z0-9_\-]+)")
 _PYTHON = re.compile(r"^(python|python3(\.\d+)?)$")
+WORKER_MODULE = "spotfill_worker"
+# What a task definition's environment may set: the worker's settings (spotfill_worker.config), except the
+# variables by which the agent makes a task act as its task role.
+_TASK_VARIABLE = re.compile(r"^SPOTFILL_[A-Z0-9_]+$")
+_AGENT_VARIABLES = frozenset({worker_iam.ROLE_VARIABLE, worker_iam.SESSION_VARIABLE})
 # The parent's variables a worker process may inherit; everything AWS_* comes from the emulator instead.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "TZ")
 
@@ -69,6 +83,10 @@ class Task:
             return False
 
 
+class TaskRefused(Exception):
+    """The task definition asks for something other than the worker; the message says what."""
+
+
 @dataclass
 class Registration:
     machine: Machine
@@ -80,15 +98,33 @@ class EcsAgent:
     """One agent loop for all instances (each instance's agent would do the same, just less efficiently)."""
 
     def __init__(
-        self, endpoint_url: str, region: str, environment: dict[str, str], log_dir: Path, tick: float = 0.5
+        self,
+        endpoint_url: str,
+        region: str,
+        environment: dict[str, str],
+        log_dir: Path,
+        tick: float = 0.5,
+        credentials: Credentials | None = None,
+        extra_worker_modules: tuple[str, ...] = (),
     ) -> None:
         self.endpoint_url = endpoint_url
         self.region = region
-        self.environment = environment  # AWS_ENDPOINT_URL, fake credentials, region
+        self.environment = environment  # AWS_ENDPOINT_URL, the emulator's credentials, region
         self.log_dir = log_dir
         self.tick = tick
-        self.ec2 = boto3.client("ec2", endpoint_url=endpoint_url, region_name=region)
-        self.ecs = boto3.client("ecs", endpoint_url=endpoint_url, region_name=region)
+        # Test-only: modules besides the worker that a task may run with `python -m` (the CLI sets none).
+        self.worker_modules = (WORKER_MODULE, *extra_worker_modules)
+        keys = (
+            {
+                "aws_access_key_id": credentials.access_key_id,
+                "aws_secret_access_key": credentials.secret_access_key,
+            }
+            if credentials
+            else {}
+        )
+        self.ec2 = boto3.client("ec2", endpoint_url=endpoint_url, region_name=region, **keys)
+        self.ecs = boto3.client("ecs", endpoint_url=endpoint_url, region_name=region, **keys)
+        self.refused: dict[str, str] = {}  # task definition ARN -> why the agent will not run it
         self.registrations: dict[str, Registration] = {}
         self.instance_clusters: dict[str, str] = {}  # every instance that ever joined -> its cluster
         self.tasks: list[Task] = []
@@ -263,6 +299,8 @@ class EcsAgent:
             ]:
                 self._begin_stop(task)
             for _ in range(max(0, desired - len(running))):
+                if task_definition in self.refused:
+                    break
                 instance_id = self._place(cluster, task_definition)
                 if instance_id is None:
                     break
@@ -311,11 +349,20 @@ class EcsAgent:
 
     def _start_task(self, cluster: str, service: str, task_definition_arn: str, instance_id: str) -> None:
         task_definition = self._task_definition(task_definition_arn)
-        container = task_definition["containerDefinitions"][0]
-        command = worker_command(container.get("command"))
+        try:
+            if len(task_definition["containerDefinitions"]) != 1:
+                raise TaskRefused("the task definition must have exactly one container, the worker")
+            container = task_definition["containerDefinitions"][0]
+            command = worker_command(
+                container.get("command"), container.get("entryPoint"), self.worker_modules
+            )
+            task_variables = task_environment(container.get("environment", []))
+        except TaskRefused as refused:
+            self._refuse(cluster, service, task_definition_arn, instance_id, str(refused))
+            return
         environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         environment.update({"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
-        environment.update({e["name"]: e["value"] for e in container.get("environment", [])})
+        environment.update(task_variables)
         environment.update(self.environment)
         environment["ECS_CONTAINER_INSTANCE_ID"] = instance_id
         # There is no instance metadata service here (interruptions arrive as SIGTERM), and the worker must
@@ -350,6 +397,43 @@ class EcsAgent:
         )
         self.tasks_started += 1
 
+    def _refuse(
+        self, cluster: str, service: str, task_definition_arn: str, instance_id: str, reason: str
+    ) -> None:
+        """Start no process; the task shows as STOPPED with the reason, as ECS shows one that cannot start."""
+        self.refused[task_definition_arn] = reason
+        log.error(
+            "refused to start a task of %s (service %s, cluster %s): %s",
+            task_definition_arn,
+            service,
+            cluster,
+            reason,
+        )
+        registration = self.registrations.get(instance_id)
+        if registration is None or not registration.container_instance_arn:
+            return
+        # moto's StartTask cannot size a container that sets only memoryReservation: the stopped task is
+        # recorded in its ECS backend directly, where ListTasks and DescribeTasks find it.
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ecs.models import Task as EcsTask
+        from moto.ecs.models import ecs_backends
+
+        backend = ecs_backends[DEFAULT_ACCOUNT_ID][self.region]
+        task = EcsTask(
+            backend.clusters[cluster],
+            backend.describe_task_definition(task_definition_arn),
+            registration.container_instance_arn,
+            None,
+            backend=backend,
+            group=f"service:{service}",
+            launch_type="EC2",
+            started_by=f"ecs-svc/{service}"[:36],
+        )
+        task.desired_status = "STOPPED"
+        task.last_status = "STOPPED"
+        task.stopped_reason = f"CannotStartContainerError: {reason}"[:255]
+        backend.tasks.setdefault(cluster, {})[task.task_arn] = task
+
     def _begin_stop(self, task: Task) -> None:
         if task.stopping_since is None:
             task.stopping_since = time.monotonic()
@@ -377,13 +461,40 @@ class EcsAgent:
             return [t for t in self.tasks if t.alive and t.stopping_since is None]
 
 
-def worker_command(command: list[str] | None) -> list[str]:
-    """The container's command, run with this interpreter (the image's `python` is this venv's here)."""
+def worker_command(
+    command: list[str] | None,
+    entry_point: list[str] | None = None,
+    modules: tuple[str, ...] = (WORKER_MODULE,),
+) -> list[str]:
+    """The worker's command line, run with this interpreter (the image's `python` is this venv's here): the
+    image's default (no command) or `python -m spotfill_worker`; anything else raises TaskRefused."""
+    if entry_point:
+        raise TaskRefused(f"the local cloud runs only the worker, not the entry point {entry_point!r}")
     if not command:
-        return [sys.executable, "-m", "spotfill_worker"]
-    if _PYTHON.match(os.path.basename(command[0])):
-        return [sys.executable, *command[1:]]
-    return list(command)
+        return [sys.executable, "-m", WORKER_MODULE]
+    if (
+        len(command) == 3
+        and _PYTHON.match(os.path.basename(command[0]))
+        and command[1] == "-m"
+        and command[2] in modules
+    ):
+        return [sys.executable, "-m", command[2]]
+    raise TaskRefused(f"the local cloud runs only the worker (python -m {WORKER_MODULE}), not {command!r}")
+
+
+def task_environment(variables: list[dict[str, str]]) -> dict[str, str]:
+    """The task definition's environment, which may set only the worker's SPOTFILL_* settings (a variable
+    such as PYTHONPATH, PYTHONSTARTUP or LD_PRELOAD would run code of the task definition's choosing)."""
+    environment = {}
+    for variable in variables:
+        name = variable.get("name", "")
+        if not _TASK_VARIABLE.match(name) or name in _AGENT_VARIABLES:
+            raise TaskRefused(
+                "the task definition's environment may set only the worker's SPOTFILL_* settings, "
+                f"not {name!r}"
+            )
+        environment[name] = variable.get("value", "")
+    return environment
 
 
 def _decode_user_data(value: str) -> str:

@@ -28,7 +28,8 @@ from spotfill.localcloud.agent import EcsAgent
 from spotfill.localcloud.chaos import Chaos, ChaosSpec
 from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
 from spotfill.localcloud.fleet import FleetEmulator
-from spotfill.localcloud.server import FAKE_CREDENTIALS, REGION, EmulatorServer
+from spotfill.localcloud.guard import Credentials
+from spotfill.localcloud.server import REGION, EmulatorServer, credential_environment
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class LocalCloudOptions:
     stack_name: str = "spotfill"
     # Variables laid over every worker's task environment (tests shorten SQS leases with it).
     worker_environment: dict[str, str] = field(default_factory=dict)
+    # The only credentials the endpoint accepts; None: a fresh random access key (what `local up` prints).
+    credentials: Credentials | None = None
+    # Test-only (the CLI never sets it): the agent may run `python -m MODULE` for these modules besides the
+    # worker, so the physics tests can run a stand-in worker.
+    extra_worker_modules: tuple[str, ...] = ()
 
 
 class LocalCloud:
@@ -61,7 +67,7 @@ class LocalCloud:
 
     def __init__(self, options: LocalCloudOptions | None = None) -> None:
         self.options = options or LocalCloudOptions()
-        self.server = EmulatorServer(self.options.port)
+        self.server = EmulatorServer(self.options.port, self.options.credentials)
         self.region = REGION
         self.run_dir = self.options.run_dir or Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
         self.removes_run_dir = self.options.run_dir is None and not self.options.keep_run_dir
@@ -85,10 +91,22 @@ class LocalCloud:
     @property
     def client_environment(self) -> dict[str, str]:
         """What a client (the CLI, a worker, the AWS CLI) needs in its environment to reach this cloud."""
-        return {**FAKE_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint_url}
+        return {**credential_environment(self.credentials), "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    @property
+    def credentials(self) -> Credentials:
+        """The only access key the endpoint accepts."""
+        return self.server.credentials
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region)
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.credentials.access_key_id,
+            aws_secret_access_key=self.credentials.secret_access_key,
+            aws_session_token=None,
+        )
 
     def __enter__(self) -> LocalCloud:
         try:
@@ -128,6 +146,8 @@ class LocalCloud:
             self.region,
             {**self.options.worker_environment, **self.client_environment},
             self.run_dir / "logs",
+            credentials=self.credentials,
+            extra_worker_modules=self.options.extra_worker_modules,
         )
         self.fleet = FleetEmulator(
             self.region,
@@ -310,7 +330,9 @@ def _process_identity(pid: int) -> str | None:
 
 def _forget_cached_clients() -> None:
     """The control plane caches boto3 clients per process (a Lambda container's lifetime); a new local cloud
-    is a new endpoint, so clients made for an earlier one must go."""
+    is a new endpoint with its own credentials, so clients made for an earlier one must go, and so must
+    boto3's default session (it keeps the credentials it first resolved)."""
+    boto3.DEFAULT_SESSION = None
     try:
         from spotfill_control import aws, config
     except ImportError:

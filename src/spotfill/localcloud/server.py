@@ -8,24 +8,39 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import urllib.request
+from typing import Any
 
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from spotfill.localcloud.guard import Credentials, Guard
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
 
-# What every client of the emulator uses; moto accepts any credentials, these make sure none are real.
-FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_REGION": REGION,
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
+
+def generate_credentials() -> Credentials:
+    """A fresh access key for one local cloud: the endpoint refuses requests signed with any other."""
+    return Credentials("SPOTFILLLOCAL" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+
+
+def credential_environment(credentials: Credentials) -> dict[str, str]:
+    """What every client of the emulator uses: its credentials (never real ones: an empty session token, so a
+    real one in the environment is not sent along) and its Region."""
+    return {
+        "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+        "AWS_SESSION_TOKEN": "",
+        "AWS_SECURITY_TOKEN": "",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 def free_port() -> int:
@@ -39,13 +54,32 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
+class _GuardedMotoServer(ThreadedMotoServer):
+    """moto's threaded server with its app behind `spotfill.localcloud.guard.Guard`."""
+
+    def __init__(self, ip_address: str, port: int, credentials: Credentials) -> None:
+        super().__init__(ip_address=ip_address, port=port, verbose=False)
+        self._credentials = credentials
+
+    def _server_entry(self) -> None:
+        origins = (f"http://{HOST}:{self._port}", f"http://localhost:{self._port}")
+        app = Guard(DomainDispatcherApplication(create_backend_app), origins, self._credentials)
+        self._server = make_server(
+            self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 class EmulatorServer:
-    """moto's threaded server on 127.0.0.1 with Step Functions execution switched on.
+    """moto's threaded server on 127.0.0.1 with Step Functions execution switched on, answering only requests
+    signed with `credentials` and no browser's cross-origin request (`spotfill.localcloud.guard`).
 
     moto keeps its state per process, so one process runs one emulator at a time (start resets it)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, credentials: Credentials | None = None) -> None:
         self.port = port or free_port()
+        self.credentials = credentials or generate_credentials()
         self._server: ThreadedMotoServer | None = None
 
     @property
@@ -57,7 +91,8 @@ class EmulatorServer:
             raise OSError(f"port {self.port} on {HOST} is already in use")
         # moto's Step Functions interpreter calls back into http://localhost:$MOTO_PORT for every Task.
         os.environ["MOTO_PORT"] = str(self.port)
-        self._server = ThreadedMotoServer(ip_address=HOST, port=self.port, verbose=False)
+        _sign_step_functions_calls(self.credentials)
+        self._server = _GuardedMotoServer(HOST, self.port, self.credentials)
         self._server.start()
         # moto's backends are per process, not per server: start from an empty account.
         self._post("/moto-api/reset", None)
@@ -67,12 +102,15 @@ class EmulatorServer:
         self._post("/moto-api/config", config)
 
     def _post(self, path: str, body: dict | None) -> None:
-        request = urllib.request.Request(
-            f"{self.endpoint_url}{path}",
-            data=json.dumps(body or {}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials as BotoCredentials
+
+        url, data = f"{self.endpoint_url}{path}", json.dumps(body or {}).encode()
+        signed = AWSRequest(method="POST", url=url, data=data, headers={"Content-Type": "application/json"})
+        keys = BotoCredentials(self.credentials.access_key_id, self.credentials.secret_access_key)
+        SigV4Auth(keys, "moto", REGION).add_auth(signed)
+        request = urllib.request.Request(url, data=data, headers=dict(signed.headers.items()), method="POST")
         with urllib.request.urlopen(request, timeout=10) as response:
             response.read()
 
@@ -80,3 +118,23 @@ class EmulatorServer:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+
+def _sign_step_functions_calls(credentials: Credentials) -> None:
+    """moto's Step Functions interpreter calls the emulator back over HTTP for every Task, signed with fixed
+    fake keys: it signs with the local cloud's credentials instead."""
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    boto_client.boto3 = _Boto3WithCredentials(credentials)  # type: ignore[attr-defined]
+
+
+class _Boto3WithCredentials:
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        import boto3
+
+        kwargs["aws_access_key_id"] = self._credentials.access_key_id
+        kwargs["aws_secret_access_key"] = self._credentials.secret_access_key
+        return boto3.client(*args, **kwargs)

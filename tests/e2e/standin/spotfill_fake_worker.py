@@ -1,0 +1,13 @@
+"""A stand-in worker for the physics tests, run by the local cloud's agent as `python -m spotfill_fake_worker`
+(allowed only through the test-only `LocalCloudOptions.extra_worker_modules`): it reports its environment,
+then waits; on SIGTERM it writes "drained" and exits 0."""
+
+import json
+import os
+import signal
+import sys
+import time
+
+print(json.dumps({k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "SPOTFILL_RUN_ID")}), flush=True)
+signal.signal(signal.SIGTERM, lambda *a: (print("drained", flush=True), sys.exit(0)))
+time.sleep(600)
