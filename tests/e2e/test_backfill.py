@@ -120,11 +120,21 @@ def test_an_upload_event_delivered_again_starts_no_second_execution(local_cloud)
         Key="backfills/redelivered.json",
         Body=json.dumps(spec).encode(),
     )
-    from spotfill.runs import Session, wait_for_execution_started_after
-
-    session = Session(local_cloud.endpoint_url, local_cloud.region)
-    execution_arn = wait_for_execution_started_after(session, session.stack(), before)
     sfn = local_cloud.client("stepfunctions")
+    machine = local_cloud.outputs.state_machine_arn
+
+    def executions_of_the_upload() -> list[str]:
+        found = []
+        for execution in sfn.list_executions(stateMachineArn=machine)["executions"]:
+            if execution["startDate"] < before:
+                continue
+            started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
+            if started.get("detail", {}).get("object", {}).get("key") == "backfills/redelivered.json":
+                found.append(execution["executionArn"])
+        return found
+
+    # (found by its key: another test's upload may start its execution in the same second)
+    (execution_arn,) = eventually(executions_of_the_upload, timeout=60)
     delivered = json.loads(sfn.describe_execution(executionArn=execution_arn)["input"])
     assert delivered["detail"]["object"]["version-id"]  # the control bucket is versioned
 
@@ -141,18 +151,6 @@ def test_an_upload_event_delivered_again_starts_no_second_execution(local_cloud)
     )
 
     # then Step Functions refused a second execution: one run for the upload
-    machine = local_cloud.outputs.state_machine_arn
-
-    def executions_of_the_upload() -> list[str]:
-        found = []
-        for execution in sfn.list_executions(stateMachineArn=machine)["executions"]:
-            if execution["startDate"] < before:
-                continue
-            started = json.loads(sfn.describe_execution(executionArn=execution["executionArn"])["input"])
-            if started.get("detail", {}).get("object", {}).get("key") == "backfills/redelivered.json":
-                found.append(execution["executionArn"])
-        return found
-
     def starts() -> list:
         return [
             i
