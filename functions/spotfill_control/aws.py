@@ -79,6 +79,17 @@ def is_missing_key(exc: Exception) -> bool:
     return exc.response.get("Error", {}).get("Code") in MISSING_KEY_CODES
 
 
+def read_object(s3: Any, bucket: str, key: str) -> bytes | None:
+    """The object's body, or None when the key does not exist (as `is_missing_key` decides); any other error
+    is raised."""
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if is_missing_key(exc):
+            return None
+        raise
+
+
 @contextmanager
 def transient_errors_retried(what: str) -> Iterator[None]:
     """Re-raise a transient AWS error as `TransientAwsError`, which the state machine retries; any other

@@ -34,7 +34,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control.aws import is_missing_key
+from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import (
     FleetRequestError,
@@ -225,12 +225,9 @@ def read_model_error(run_id: str, s3: Any, control_bucket: str) -> dict[str, Any
     listed = s3.list_objects_v2(Bucket=control_bucket, Prefix=key, MaxKeys=1).get("Contents", [])
     if not any(obj["Key"] == key for obj in listed):
         return None
-    try:
-        body = s3.get_object(Bucket=control_bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if is_missing_key(exc):
-            return None
-        raise
+    body = read_object(s3, control_bucket, key)
+    if body is None:
+        return None
     try:
         record = json.loads(body)
     except ValueError:

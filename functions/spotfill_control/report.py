@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from spotfill_control import cost, state_store
-from spotfill_control.aws import is_missing_key
+from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.fleet import requested_capacity
@@ -246,12 +246,9 @@ def read_failed_errors(error_uris: Mapping[str, str], s3: Any) -> list[dict[str,
     def read(item: tuple[str, str]) -> dict[str, Any] | None:
         shard, uri = item
         bucket, key = split_s3_uri(uri)
-        try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            if is_missing_key(exc):
-                return None
-            raise
+        body = read_object(s3, bucket, key)
+        if body is None:
+            return None
         try:
             record = json.loads(body)
         except ValueError:

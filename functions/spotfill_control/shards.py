@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control.aws import is_missing_key, is_transient
+from spotfill_control.aws import is_transient, read_object
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.spec import (
@@ -406,15 +406,6 @@ def shards_of_part(index: ShardIndex, body: bytes, control_bucket: str) -> Itera
         yield namer.ref(shard, skipped)
 
 
-def _get(s3: Any, bucket: str, key: str) -> bytes | None:
-    try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if is_missing_key(exc):
-            return None
-        raise
-
-
 def _put(s3: Any, bucket: str) -> Callable[[str, bytes], None]:
     def put(key: str, body: bytes) -> None:
         content_type = "application/json" if key.endswith(".json") else "application/gzip"
@@ -441,7 +432,7 @@ def write_shard_list(shard_list: ShardList, spec: BackfillSpec, s3: Any, control
 
 def read_shard_index(run_id: str, s3: Any, control_bucket: str) -> ShardIndex | None:
     """The index of the run's shard list (a few KB whatever the run's size); None before prepare finished."""
-    body = _get(s3, control_bucket, shard_index_key(run_id))
+    body = read_object(s3, control_bucket, shard_index_key(run_id))
     return None if body is None else ShardIndex.model_validate_json(body)
 
 
@@ -454,7 +445,7 @@ def iter_shards(
     """
     index = index or read_shard_index(run_id, s3, control_bucket)
     if index is None:
-        legacy = _get(s3, control_bucket, shard_list_key(run_id))
+        legacy = read_object(s3, control_bucket, shard_list_key(run_id))
         if legacy is None:
             return None
         listed = ShardList.model_validate_json(legacy).shards
@@ -462,7 +453,7 @@ def iter_shards(
 
     def shards() -> Iterator[ShardRef]:
         for part in index.parts:
-            body = _get(s3, control_bucket, part.key)
+            body = read_object(s3, control_bucket, part.key)
             if body is None:
                 raise SpotfillError(f"s3://{control_bucket}/{part.key} is missing from the run's shard list")
             yield from shards_of_part(index, body, control_bucket)

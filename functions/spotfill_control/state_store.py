@@ -15,9 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from spotfill_control.aws import is_missing_key
+from spotfill_control.aws import read_object
 from spotfill_control.config import settings
 from spotfill_control.run import RunState
 
@@ -56,23 +54,14 @@ def persist(run: RunState, s3: Any, bucket: str | None = None) -> None:
 def load(run_id: str, s3: Any, bucket: str | None = None) -> RunState | None:
     """The run's latest persisted state, or None when it was never persisted."""
     bucket = bucket or settings().control_bucket
-    body = _get(s3, bucket, state_key(run_id))
+    body = read_object(s3, bucket, state_key(run_id))
     return None if body is None else RunState.model_validate_json(body)
 
 
 def load_by_execution(execution_arn: str, s3: Any, bucket: str | None = None) -> RunState | None:
     """The run an execution worked on, or None when the execution failed before a run existed."""
     bucket = bucket or settings().control_bucket
-    body = _get(s3, bucket, execution_key(execution_arn))
+    body = read_object(s3, bucket, execution_key(execution_arn))
     if body is None:
         return None
     return load(json.loads(body)["run_id"], s3, bucket)
-
-
-def _get(s3: Any, bucket: str, key: str) -> bytes | None:
-    try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if is_missing_key(exc):
-            return None
-        raise
