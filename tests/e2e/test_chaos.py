@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 def test_a_run_survives_ten_kills_and_five_spot_interruptions(tmp_path, digits, quiet_console):
     # given 200 small shards and a local cloud that kills 10 workers and reclaims 5 instances during the run
     data = write_digits(tmp_path / "data", shards=200, rows=50, model_path=digits.model_path)
-    chaos = ChaosSpec(kill=10, interrupt=5, every=0.5, warmup=0.5)
+    chaos = ChaosSpec(kill=10, interrupt=5, every=1.0, warmup=0.5)
     options = LocalCloudOptions(
         boot_delay=1.0, run_dir=tmp_path / "local", chaos=chaos, worker_environment=FAST_WORKERS
     )

@@ -173,7 +173,8 @@ def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the
 
 def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas):
     outcome = cloud.run(
-        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 2}),
+        # long enough for a second poll even when an iteration is slow on a loaded machine
+        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 6}),
         Knobs(register=False),
     )
 
