@@ -208,18 +208,14 @@ class Worker:
         """Write the model-load error record the monitor fails the run on (docs/contracts.md)."""
         if not self.config.model_error_uri:
             return
-        record = {
-            "run_id": self.config.run_id,
-            "model": self.config.model_uri,
-            "error_type": type(exc).__name__,
-            "error": str(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[
-                -4000:
-            ],
-            "worker": socket.gethostname(),
-            "time": datetime.now(UTC).isoformat(),
-        }
-        location = S3Uri.parse(self.config.model_error_uri)
+        record = {"run_id": self.config.run_id, "model": self.config.model_uri, **_error_fields(exc)}
+        if self._write_error_record(self.config.model_error_uri, record):
+            self.telemetry.log("model_error_recorded", error_record=self.config.model_error_uri)
+
+    def _write_error_record(self, uri: str, record: dict[str, Any]) -> bool:
+        """Put an error record as JSON at `uri`; a failed write is logged, never raised (the failure it
+        records is what matters). Whether it was written."""
+        location = S3Uri.parse(uri)
         try:
             self.clients.s3.put_object(
                 Bucket=location.bucket,
@@ -229,8 +225,8 @@ class Worker:
             )
         except Exception as write_exc:
             self.telemetry.log("error_record_failed", level="ERROR", error=str(write_exc))
-            return
-        self.telemetry.log("model_error_recorded", error_record=self.config.model_error_uri)
+            return False
+        return True
 
     @staticmethod
     def _warm_up(predictor: Any) -> None:
@@ -530,32 +526,17 @@ class Worker:
         with self._busy_lock:
             self.shards_failed += 1
         message = item.message
-        summary = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[-4000:]
         record = {
             "run_id": self.config.run_id,
             "shard": message.shard if message else None,
             "output": message.output if message else None,
             "message_id": item.delivery.message_id,
             "receive_count": item.delivery.receive_count,
-            "error_type": type(exc).__name__,
-            "error": str(exc),
-            "traceback": summary,
-            "worker": socket.gethostname(),
-            "time": datetime.now(UTC).isoformat(),
+            **_error_fields(exc),
         }
         written_to = None
-        if message is not None:
-            location = S3Uri.parse(message.error)
-            try:
-                self.clients.s3.put_object(
-                    Bucket=location.bucket,
-                    Key=location.key,
-                    Body=json.dumps(record, indent=2).encode(),
-                    ContentType="application/json",
-                )
-                written_to = message.error
-            except Exception as write_exc:
-                self.telemetry.log("error_record_failed", level="ERROR", error=str(write_exc))
+        if message is not None and self._write_error_record(message.error, record):
+            written_to = message.error
         self.telemetry.log(
             "shard_failed",
             level="ERROR",
@@ -595,3 +576,14 @@ def main(environ: Any = None) -> int:
         print(json.dumps(line), flush=True)
         return 2
     return Worker(config).run()
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    """What every error record says of the failure: its type, message, the traceback's tail, where, when."""
+    return {
+        "error_type": type(exc).__name__,
+        "error": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[-4000:],
+        "worker": socket.gethostname(),
+        "time": datetime.now(UTC).isoformat(),
+    }
