@@ -279,3 +279,18 @@ def install_in_process() -> None:
 
         BotocoreStubber.process_request = process_request
         _in_process = True
+
+
+def emulated_facts(names: Iterable[str], region: str = "us-east-1") -> dict[str, Any]:
+    """The facts Validate would cache for these types on the emulated cloud (`run.instance_types`): EC2's
+    description (moto's copy of AWS's instance type data) priced by the emulated Price List. For tests and
+    tools that build a run without running Validate."""
+    from moto.ec2.models.instance_types import INSTANCE_TYPES
+    from spotfill_control.instance_types import facts_of
+
+    return {
+        name: facts_of(INSTANCE_TYPES[name]).model_copy(
+            update={"on_demand_hourly_usd": on_demand_price(name, region), "price_source": "price-list"}
+        )
+        for name in names
+    }
