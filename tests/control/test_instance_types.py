@@ -113,10 +113,12 @@ def test_an_unreachable_price_list_falls_back_to_the_static_table(world):
 
 @pytest.mark.aws
 def test_a_throttled_price_list_after_retries_falls_back(world):
-    client = FailingClient(
-        aws.client("pricing", prices.PRICING_REGION), "get_paginator", "ThrottlingException"
-    )
-    found = prices.on_demand_prices(["c5.xlarge"], "us-east-1", client)
+    class Throttled:  # what the client raises once its own retries are spent
+        def get_paginator(self, name: str) -> Any:
+            error = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+            raise ClientError(error, "GetProducts")
+
+    found = prices.on_demand_prices(["c5.xlarge"], "us-east-1", Throttled())
     assert found["c5.xlarge"].source == "static-table"
 
 
