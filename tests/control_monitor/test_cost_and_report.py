@@ -392,3 +392,26 @@ def test_predictions_of_few_outputs_are_counted_exactly():
     s3 = CountingS3()
     assert report.count_sampled_rows(sample, s3) == (7 * report.EXACT_PREDICTION_COUNT_LIMIT, True)
     assert s3.heads == report.EXACT_PREDICTION_COUNT_LIMIT
+
+
+def test_the_report_table_shows_cost_per_purchase_option_and_flags_static_table_prices():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import report_table
+
+    # given a run with a spot and an on-demand instance, priced from the static table
+    run = make_run()
+    run.instance_types = priced(0.17, "static-table")
+    usages = [usage("c5.xlarge", 2, name="i-spot"), usage("c5.xlarge", 1, name="i-od", option="on-demand")]
+    summary = cost.summarise(usages, {("c5.xlarge", "us-east-1a"): 0.05}, run.instance_types)
+    out = io.StringIO()
+    # when the CLI renders its report
+    Console(file=out, width=300, color_system=None).print(
+        report_table(build(run, cost=summary, usages=usages))
+    )
+    text = out.getvalue()
+    # then the cost line gives the total, each purchase option's dollars and hours, and the price source
+    assert "$0.2700 (spot $0.1000 (2.0000h), on-demand $0.1700 (1.0000h)) vs $0.5100 on demand" in text
+    assert "on-demand prices of c5.xlarge from the static table" in text
