@@ -560,3 +560,23 @@ def test_any_instance_type_ec2_offers_validates_and_runs_on_its_own_architecture
         hours * pricing.on_demand_price(instance_type, "us-east-1"), abs=1e-5
     )
     assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_a_refusing_price_list_falls_back_to_the_static_table_and_the_report_flags_it(cloud, lambdas):
+    # given the Price List API refusing (an account without pricing:GetProducts, say)
+    pricing.PRICE_LIST_OUTAGE.refuse("AccessDeniedException")
+    try:
+        outcome = cloud.run(cloud.spec("price-fallback", shards=2), SLOW_WORKERS)
+    finally:
+        pricing.PRICE_LIST_OUTAGE.restore()
+
+    # then the run still validates and runs, its on-demand figures from the static table, flagged as such
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    spent = outcome.report["cost_usd"]
+    assert spent["on_demand_prices"] == {"c5.large": {"usd_per_hour": 0.085, "source": "static-table"}}
+    assert spent["static_table_prices"] == ["c5.large"]
+    hours = outcome.report["instances"]["hours_by_type"]["c5.large"]
+    assert spent["on_demand_equivalent"] == pytest.approx(hours * 0.085, abs=1e-5)
+    # while spot prices still come from the spot price history
+    assert spent["spot"] == pytest.approx(hours * pricing.spot_price("c5.large"), abs=1e-5)
+    assert_nothing_left(cloud.session, outcome.run_id)
