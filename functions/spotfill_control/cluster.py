@@ -44,6 +44,10 @@ def create_cluster(run: RunState, ecs: Any) -> str:
     return run.scoped_name
 
 
+# ECS's names (RuntimePlatform.cpuArchitecture) for EC2's architectures.
+ECS_CPU_ARCHITECTURE = {"x86_64": "X86_64", "arm64": "ARM64"}
+
+
 def worker_environment(run: RunState, queue_url: str, control_bucket: str | None = None) -> dict[str, str]:
     """The worker's configuration (docs/contracts.md, "Worker environment"); optional values are left out."""
     spec = run.spec
@@ -73,7 +77,7 @@ def task_definition(run: RunState, settings: Settings, queue_url: str, region: s
     spec = run.spec
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
-        "image": settings.worker_image,
+        "image": settings.worker_image_of(run.architecture),
         "essential": True,
         "cpu": spec.service.cpu,
         "memoryReservation": spec.service.memory,
@@ -91,7 +95,7 @@ def task_definition(run: RunState, settings: Settings, queue_url: str, region: s
             },
         },
     }
-    if spec.fleet.uses_gpu:
+    if run.uses_gpu:
         container["resourceRequirements"] = [{"type": "GPU", "value": "1"}]
     return {
         "family": run.scoped_name,
@@ -99,6 +103,11 @@ def task_definition(run: RunState, settings: Settings, queue_url: str, region: s
         "executionRoleArn": settings.execution_role_arn,
         "networkMode": "bridge",
         "requiresCompatibilities": ["EC2"],
+        # ECS places the task only on instances of this architecture; the image is built for it.
+        "runtimePlatform": {
+            "cpuArchitecture": ECS_CPU_ARCHITECTURE[run.architecture],
+            "operatingSystemFamily": "LINUX",
+        },
         # Task-level sizes are what placement reserves on an instance (and the task's memory ceiling).
         "cpu": str(spec.service.cpu),
         "memory": str(spec.service.memory),

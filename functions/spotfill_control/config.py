@@ -9,6 +9,7 @@ from functools import lru_cache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spotfill_control.errors import ConfigurationError
+from spotfill_control.instance_types import InstanceTypeFacts
 
 
 class Settings(BaseModel):
@@ -18,6 +19,8 @@ class Settings(BaseModel):
 
     control_bucket: str = Field(alias="CONTROL_BUCKET", min_length=3)
     worker_image: str = Field(alias="WORKER_IMAGE", min_length=1)
+    # The worker image for arm64 (Graviton) instance types; empty: the stack runs x86_64 types only.
+    worker_image_arm64: str = Field(default="", alias="WORKER_IMAGE_ARM64")
     task_role_arn: str = Field(alias="TASK_ROLE_ARN", min_length=1)
     execution_role_arn: str = Field(alias="EXECUTION_ROLE_ARN", min_length=1)
     fleet_role_arn: str = Field(alias="FLEET_ROLE_ARN", min_length=1)
@@ -37,6 +40,14 @@ class Settings(BaseModel):
         if isinstance(value, str):
             return tuple(s.strip() for s in value.split(",") if s.strip())
         return value
+
+    def worker_image_of(self, architecture: str) -> str:
+        """The worker image built for this CPU architecture ("x86_64" or "arm64")."""
+        return self.worker_image_arm64 if architecture == "arm64" else self.worker_image
+
+    def worker_image_for(self, facts: Mapping[str, InstanceTypeFacts]) -> str:
+        """The worker image of a run of these instance types (one architecture; x86_64 when none known)."""
+        return self.worker_image_of(next((f.architecture for f in facts.values()), "x86_64"))
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Settings:

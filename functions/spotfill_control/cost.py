@@ -1,9 +1,12 @@
-"""What a run cost: instance-hours by type, spot cost, the on-demand equivalent, cost per million predictions.
+"""What a run cost: instance-hours by type and purchase option, what they cost, the on-demand equivalent.
 
 Instance-hours run from each fleet instance's launch time to its termination (the time in its state
-transition reason), or to the end of teardown for one still shutting down. The spot price of a type in a
-zone is the time-weighted average of its DescribeSpotPriceHistory over the run's window; the on-demand
-equivalent prices the same hours from the static table in `instance_types.CATALOG`.
+transition reason), or to the end of teardown for one still shutting down. An instance is spot when EC2
+describes it with `InstanceLifecycle: "spot"`, otherwise on demand. A spot instance is charged the
+time-weighted average of its type and zone's DescribeSpotPriceHistory over the run's window (its on-demand
+price where EC2 has no history: listed as unpriced); an on-demand instance, and the on-demand equivalent of
+every hour, the run's on-demand price of its type (`run.instance_types`, resolved at Validate from the Price
+List, or the static table when that was unavailable: each figure carries its source).
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from spotfill_control.instance_types import CATALOG
+from spotfill_control.instance_types import InstanceTypeFacts, PriceSource
 from spotfill_control.run import RUN_ID_TAG
+
+PurchaseOption = Literal["spot", "on-demand"]
+PURCHASE_OPTIONS: tuple[PurchaseOption, ...] = ("spot", "on-demand")
 
 PRODUCT_DESCRIPTION = "Linux/UNIX"
 _TERMINATION_TIME = re.compile(r"\((\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}) (?:GMT|UTC)\)")
@@ -29,6 +35,7 @@ class InstanceUsage:
     availability_zone: str
     launched_at: datetime
     ended_at: datetime
+    purchase_option: PurchaseOption = "spot"
 
     @property
     def hours(self) -> float:
@@ -36,15 +43,44 @@ class InstanceUsage:
 
 
 @dataclass(frozen=True)
+class OptionCost:
+    """The instances of one purchase option: how many, their hours and what they cost."""
+
+    instances: int = 0
+    hours: float = 0.0
+    usd: float = 0.0
+
+
+@dataclass(frozen=True)
 class CostSummary:
     hours_by_type: dict[str, float]
-    spot_usd: float
-    on_demand_usd: float
-    unpriced: list[str]  # "type/zone" with no spot price history: priced on demand in spot_usd
+    by_purchase_option: dict[PurchaseOption, OptionCost]
+    on_demand_usd: float  # every hour at its type's on-demand price (the "had it all been on demand" figure)
+    unpriced: list[str]  # "type/zone" of spot instances with no spot price history: charged on demand
+    on_demand_price_sources: dict[str, PriceSource]  # type -> where its on-demand price came from
+
+    @property
+    def total_usd(self) -> float:
+        """What the run's instances cost: spot hours at spot prices, on-demand hours at on-demand prices."""
+        return sum(option.usd for option in self.by_purchase_option.values())
+
+    @property
+    def spot_usd(self) -> float:
+        return self.by_purchase_option["spot"].usd
 
     @property
     def savings_fraction(self) -> float | None:
-        return None if self.on_demand_usd <= 0 else 1 - self.spot_usd / self.on_demand_usd
+        return None if self.on_demand_usd <= 0 else 1 - self.total_usd / self.on_demand_usd
+
+    @property
+    def static_table_types(self) -> list[str]:
+        """Types whose on-demand figures come from the static fallback table, not the Price List."""
+        return sorted(t for t, source in self.on_demand_price_sources.items() if source == "static-table")
+
+    @property
+    def types_without_on_demand_price(self) -> list[str]:
+        """Types with no on-demand price at all (their on-demand figures count as zero)."""
+        return sorted(t for t, source in self.on_demand_price_sources.items() if source == "unknown")
 
 
 # ------------------------------------------------------------------------------------------ pure arithmetic
@@ -70,6 +106,7 @@ def usage_of(instance: Mapping[str, Any], ended_by: datetime) -> InstanceUsage:
         availability_zone=instance.get("Placement", {}).get("AvailabilityZone", ""),
         launched_at=launched,
         ended_at=max(launched, min(ended, ended_by)),
+        purchase_option="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
     )
 
 
@@ -109,25 +146,41 @@ def time_weighted_price(
     return total / (end - start).total_seconds()
 
 
-def summarise(usages: list[InstanceUsage], prices: Mapping[tuple[str, str], float]) -> CostSummary:
-    """Spot cost at each type/zone's average price (on-demand where no price is known), and on demand."""
-    spot = on_demand = 0.0
+def summarise(
+    usages: list[InstanceUsage],
+    prices: Mapping[tuple[str, str], float],
+    instance_types: Mapping[str, InstanceTypeFacts],
+) -> CostSummary:
+    """Each instance at the price of its purchase option (a spot one without a spot price at on-demand), and
+    every hour on demand, with the source of each on-demand price."""
+    instances: dict[PurchaseOption, int] = defaultdict(int)
+    hours: dict[PurchaseOption, float] = defaultdict(float)
+    usd: dict[PurchaseOption, float] = defaultdict(float)
+    on_demand = 0.0
     unpriced: set[str] = set()
+    sources: dict[str, PriceSource] = {}
     for usage in usages:
-        on_demand_rate = (
-            CATALOG[usage.instance_type].on_demand_hourly_usd if usage.instance_type in CATALOG else 0.0
-        )
-        rate = prices.get((usage.instance_type, usage.availability_zone))
-        if rate is None:
-            unpriced.add(f"{usage.instance_type}/{usage.availability_zone}")
-            rate = on_demand_rate
-        spot += usage.hours * rate
+        facts = instance_types.get(usage.instance_type)
+        on_demand_rate = (facts.on_demand_hourly_usd if facts else None) or 0.0
+        sources[usage.instance_type] = facts.price_source if facts else "unknown"
+        rate = on_demand_rate
+        if usage.purchase_option == "spot":
+            spot_rate = prices.get((usage.instance_type, usage.availability_zone))
+            if spot_rate is None:
+                unpriced.add(f"{usage.instance_type}/{usage.availability_zone}")
+            else:
+                rate = spot_rate
+        option = usage.purchase_option
+        instances[option] += 1
+        hours[option] += usage.hours
+        usd[option] += usage.hours * rate
         on_demand += usage.hours * on_demand_rate
     return CostSummary(
         hours_by_type=hours_by_type(usages),
-        spot_usd=spot,
+        by_purchase_option={o: OptionCost(instances[o], hours[o], usd[o]) for o in PURCHASE_OPTIONS},
         on_demand_usd=on_demand,
         unpriced=sorted(unpriced),
+        on_demand_price_sources=dict(sorted(sources.items())),
     )
 
 
@@ -183,12 +236,18 @@ def spot_prices(
 
 
 def run_cost(
-    run_id: str, known_ids: Iterable[str], window_start: datetime, window_end: datetime, ec2: Any
+    run_id: str,
+    known_ids: Iterable[str],
+    window_start: datetime,
+    window_end: datetime,
+    ec2: Any,
+    instance_types: Mapping[str, InstanceTypeFacts],
 ) -> tuple[list[InstanceUsage], CostSummary]:
     usages = [usage_of(i, window_end) for i in run_instances(run_id, known_ids, ec2)]
     start = min([window_start, *(u.launched_at for u in usages)])
-    prices = spot_prices(((u.instance_type, u.availability_zone) for u in usages), start, window_end, ec2)
-    return usages, summarise(usages, prices)
+    spot = [(u.instance_type, u.availability_zone) for u in usages if u.purchase_option == "spot"]
+    prices = spot_prices(spot, start, window_end, ec2)
+    return usages, summarise(usages, prices, instance_types)
 
 
 def _aware(value: datetime | str) -> datetime:

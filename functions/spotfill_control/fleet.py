@@ -1,7 +1,8 @@
 """The run's Spot Fleet: its launch template version, the request, and reading its state back.
 
-Capacity is weighted by vCPUs: the smallest instance type in the request weighs 1, a type with twice the
-vCPUs weighs 2, so `fleet.target_capacity` means "this many of the smallest type, or the same vCPUs".
+Capacity is weighted by vCPUs (GPUs for a GPU fleet; `instance_types.capacity_weights`): the smallest
+instance type in the request weighs 1, a type with twice the vCPUs weighs 2, so `fleet.target_capacity` means
+"this many of the smallest type, or the same vCPUs (GPUs)".
 
 The request never asks more than the work can use (`fleet_target_capacity`): each instance runs
 `service.tasks_per_instance` tasks whatever its type, so the shards left after PrepareRun keep at most
@@ -31,12 +32,14 @@ from spotfill_control.errors import (
     RunTimeoutError,
     TransientAwsError,
 )
-from spotfill_control.instance_types import CATALOG
+from spotfill_control.instance_types import capacity_weights
 from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, FailedPool, RunState, utcnow
 from spotfill_control.spec import FleetSpec
 
-# The ECS-optimized Amazon Linux 2023 AMIs, as public SSM parameters (every catalog type is x86_64).
+# The ECS-optimized Amazon Linux 2023 AMIs, as public SSM parameters: x86_64, arm64 (Graviton), and the GPU
+# variant (x86_64 only; Validate refuses arm64 GPU types).
 CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
+ARM64_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id"
 GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 LIVE_STATES = ("submitted", "active", "modifying")
 FAILED_STATES = ("failed", "cancelled", "cancelled_running", "cancelled_terminating")
@@ -84,26 +87,28 @@ def user_data(run: RunState) -> str:
         "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true",
         "ECS_CONTAINER_STOP_TIMEOUT=120s",
     ]
-    if run.spec.fleet.uses_gpu:
+    if run.uses_gpu:
         lines.append("ECS_ENABLE_GPU_SUPPORT=true")
     lines.append("EOF")
     return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
 
 
-def ami_parameter(fleet: FleetSpec) -> str:
-    """The public SSM parameter naming the AMI of the fleet's kind."""
-    return GPU_AMI_PARAMETER if fleet.uses_gpu else CPU_AMI_PARAMETER
+def ami_parameter(run: RunState) -> str:
+    """The public SSM parameter naming the AMI of the run's kind: GPU, arm64 or x86_64."""
+    if run.uses_gpu:
+        return GPU_AMI_PARAMETER
+    return ARM64_AMI_PARAMETER if run.architecture == "arm64" else CPU_AMI_PARAMETER
 
 
 def resolve_image_id(run: RunState, ssm: Any) -> str:
-    """The current ECS-optimized AMI for the run's kind (CPU or GPU), read when the run starts."""
-    name = ami_parameter(run.spec.fleet)
+    """The current ECS-optimized AMI for the run's kind (GPU, arm64 or x86_64), read when the run starts."""
+    name = ami_parameter(run)
     try:
         return ssm.get_parameter(Name=name)["Parameter"]["Value"]
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ParameterNotFound":
             raise _aws_error(f"ssm.get_parameter({name})", exc) from exc
-        kind = "GPU " if run.spec.fleet.uses_gpu else ""
+        kind = "GPU " if run.uses_gpu else f"{run.architecture} "
         raise InvalidSpecError(
             f"fleet.instance_types: region {ssm.meta.region_name} has no ECS-optimized Amazon Linux 2023 "
             f"{kind}AMI (public SSM parameter {name} not found), so "
@@ -166,12 +171,6 @@ def create_launch_template_version(run: RunState, ec2: Any, settings: Settings, 
 # ---------------------------------------------------------------------------------------------- request
 
 
-def capacity_weights(instance_types: list[str]) -> dict[str, float]:
-    """vCPUs of each type / vCPUs of the smallest (so the smallest weighs 1)."""
-    smallest = min(CATALOG[name].vcpus for name in instance_types)
-    return {name: round(CATALOG[name].vcpus / smallest, 3) for name in instance_types}
-
-
 def fleet_target_capacity(target_capacity: int, remaining_shards: int, tasks_per_instance: int) -> int:
     """The fleet's target capacity (weighted units): the spec's `target_capacity`, capped at the instances the
     remaining shards keep busy, `ceil(remaining / tasks_per_instance)`, and at least 1."""
@@ -197,7 +196,7 @@ def build_fleet_request(run: RunState, settings: Settings, now: datetime) -> dic
     if run.resources.launch_template_version is None:
         raise FleetRequestError("the run has no launch template version: PrepareRun did not finish")
     fleet = run.spec.fleet
-    weights = capacity_weights(fleet.instance_types)
+    weights = capacity_weights(run.instance_types)
     started = run.timeline.started_at or now
     config: dict[str, Any] = {
         "ClientToken": run.run_id,

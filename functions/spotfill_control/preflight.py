@@ -2,7 +2,8 @@
 
 Three checks, each failing with one `InvalidSpecError` sentence that names what to change:
 
-1. Spot vCPU quotas. Spot Fleet capacity is weighted by vCPUs (`fleet.capacity_weights`); the fleet keeps
+1. Spot vCPU quotas. Fleet capacity is weighted by vCPUs, or GPUs for GPU types
+   (`instance_types.capacity_weights`); the fleet keeps
    launching while its fulfilled capacity is below the target, so it may end above it by up to one instance
    of the largest type. The worst case, per quota family (Standard, G and VT, P, ...), must fit the account's
    quota (Service Quotas `GetServiceQuota`, or `GetAWSDefaultServiceQuota` where the quota was never changed)
@@ -26,9 +27,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotfill_control import prices
 from spotfill_control.aws import transient_errors_retried
 from spotfill_control.errors import InvalidSpecError
-from spotfill_control.instance_types import CATALOG
+from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
 from spotfill_control.run import utcnow
 from spotfill_control.spec import BackfillSpec
 
@@ -65,13 +67,19 @@ _FAMILY = re.compile(r"^([a-z]+)\d")
 
 
 def spot_quota_of(instance_type: str) -> SpotQuota:
-    """The Spot vCPU quota an instance type counts against (`c5.xlarge` -> Standard, `g4dn.xlarge` -> G)."""
+    """The Spot vCPU quota an instance type counts against, from its family letters: an exact family prefix
+    (`inf2` -> Inf, `trn1` -> Trn, `dl1` -> DL, `vt1` -> G and VT), else the first letter (`c7gn` -> Standard,
+    `im4gn` -> Standard, `g6e` -> G and VT, `p5` -> P, `x2iedn` -> X)."""
     match = _FAMILY.match(instance_type)
     letters = match.group(1) if match else ""
-    for quota in SPOT_QUOTAS:
-        if letters in quota.prefixes:
-            return quota
-    raise ValueError(f"instance type {instance_type} belongs to no known Spot vCPU quota")
+    for candidate in (letters, letters[:1]):
+        for quota in SPOT_QUOTAS:
+            if candidate and candidate in quota.prefixes:
+                return quota
+    raise InvalidSpecError(
+        f"fleet.instance_types: {instance_type} belongs to no EC2 Spot vCPU quota (families A, C, D, H, I, "
+        "M, R, T, Z, G, VT, P, X, DL, Inf, F, Trn run as spot)."
+    )
 
 
 def _sums_below(values: list[int], bound: int) -> int:
@@ -86,18 +94,37 @@ def _sums_below(values: list[int], bound: int) -> int:
     return reachable.bit_length() - 1
 
 
-def worst_case_vcpus(instance_types: list[str], target_capacity: int) -> dict[SpotQuota, int]:
+def _most_vcpus_below(items: list[tuple[int, int]], bound: int) -> int:
+    """The most vCPUs of any mix of (capacity measure, vCPUs) items, each usable any number of times, whose
+    measures sum below `bound` (an unbounded knapsack over the measure)."""
+    best = [0] * max(bound, 1)
+    for capacity in range(1, bound):
+        best[capacity] = max(
+            [best[capacity - 1]] + [best[capacity - m] + v for m, v in items if m <= capacity]
+        )
+    return best[bound - 1] if bound > 0 else 0
+
+
+def worst_case_vcpus(facts: dict[str, InstanceTypeFacts], target_capacity: int) -> dict[SpotQuota, int]:
     """Per quota, the most vCPUs of that quota's types a fleet of this target capacity may run at once.
 
-    Capacity is vCPUs / the smallest type's vCPUs, and the fleet launches while below its target: the worst
-    case for a quota is every instance from its types, the largest sum of their vCPUs still below the target's
-    vCPUs, plus one more of its largest type."""
-    smallest = min(CATALOG[name].vcpus for name in instance_types)
-    target_vcpus = target_capacity * smallest
-    by_quota: dict[SpotQuota, list[int]] = {}
-    for name in instance_types:
-        by_quota.setdefault(spot_quota_of(name), []).append(CATALOG[name].vcpus)
-    return {quota: _sums_below(vcpus, target_vcpus) + max(vcpus) for quota, vcpus in by_quota.items()}
+    Capacity is weighted (`instance_types.capacity_weights`: vCPUs, or GPUs for GPU types, over the smallest),
+    and the fleet launches while below its target: the worst case for a quota is every instance from its
+    types, the most vCPUs whose capacity is still below the target, plus one more of its largest type."""
+    measure = {name: (f.gpus if f.is_gpu else f.vcpus) for name, f in facts.items()}
+    bound = target_capacity * min(measure.values())
+    by_quota: dict[SpotQuota, list[InstanceTypeFacts]] = {}
+    for name, f in facts.items():
+        by_quota.setdefault(spot_quota_of(name), []).append(f)
+    worst: dict[SpotQuota, int] = {}
+    for quota, members in by_quota.items():
+        vcpus = [f.vcpus for f in members]
+        if all(measure[f.name] == f.vcpus for f in members):  # weights are vCPUs: a fast bitset
+            below = _sums_below(vcpus, bound)
+        else:
+            below = _most_vcpus_below([(measure[f.name], f.vcpus) for f in members], bound)
+        worst[quota] = below + max(vcpus)
+    return worst
 
 
 @dataclass(frozen=True)
@@ -145,27 +172,33 @@ def read_usage(metric: dict[str, Any] | None, cloudwatch: Any, now: datetime) ->
     return float(max(points, key=lambda p: p["Timestamp"])[statistic])
 
 
-def _largest_fitting_capacity(instance_types: list[str], quota: SpotQuota, available: float) -> int:
+def _largest_fitting_capacity(facts: dict[str, InstanceTypeFacts], quota: SpotQuota, available: float) -> int:
     """The largest target capacity whose worst case for `quota` fits `available` vCPUs (0: none does)."""
     low, high = 0, 5000
     while low < high:
         middle = (low + high + 1) // 2
-        if worst_case_vcpus(instance_types, middle)[quota] <= available:
+        if worst_case_vcpus(facts, middle)[quota] <= available:
             low = middle
         else:
             high = middle - 1
     return low
 
 
-def check_spot_quotas(spec: BackfillSpec, servicequotas: Any, cloudwatch: Any, now: datetime) -> None:
+def check_spot_quotas(
+    spec: BackfillSpec,
+    facts: dict[str, InstanceTypeFacts],
+    servicequotas: Any,
+    cloudwatch: Any,
+    now: datetime,
+) -> None:
     fleet = spec.fleet
-    for quota, worst in worst_case_vcpus(fleet.instance_types, fleet.target_capacity).items():
+    for quota, worst in worst_case_vcpus(facts, fleet.target_capacity).items():
         found = read_spot_quota(quota, servicequotas)
         used = read_usage(found.usage_metric, cloudwatch, now)
         available = found.value - used
         if worst <= available:
             continue
-        fits = _largest_fitting_capacity(fleet.instance_types, quota, available)
+        fits = _largest_fitting_capacity(facts, quota, available)
         lower = (
             f"lower fleet.target_capacity to {fits} or less"
             if fits
@@ -307,20 +340,31 @@ def check_worker_image(uri: str, ecr_in: Callable[[str], Any]) -> EcrImage | Non
 
 @dataclass
 class Preflight:
-    """The account's clients a preflight reads (`ecr_in(region)`: an ECR client of that Region), and the
-    notes of the last one (types offered in only some of the subnets' zones)."""
+    """The account's clients a preflight reads (`ecr_in(region)`: an ECR client of that Region; `pricing`: a
+    Price List client), and the notes of the last one (types offered in only some of the subnets' zones)."""
 
     servicequotas: Any
     cloudwatch: Any
     ec2: Any
     ecr_in: Callable[[str], Any]
+    pricing: Any
     notes: list[str] = field(default_factory=list)
 
+    def instance_types(self, spec: BackfillSpec) -> dict[str, InstanceTypeFacts]:
+        """The spec's types as EC2 describes them, priced on demand (Price List, else the static table)."""
+        facts = describe_instance_types(list(spec.fleet.instance_types), self.ec2)
+        return prices.priced(facts, self.ec2.meta.region_name, self.pricing)
+
     def check(
-        self, spec: BackfillSpec, subnets: list[str], worker_image: str, now: datetime | None = None
+        self,
+        spec: BackfillSpec,
+        facts: dict[str, InstanceTypeFacts],
+        subnets: list[str],
+        worker_image: str,
+        now: datetime | None = None,
     ) -> None:
         """All three checks, cheapest failure first; raises `InvalidSpecError` naming what to change."""
         offerings = check_offerings(spec, subnets, self.ec2)
-        check_spot_quotas(spec, self.servicequotas, self.cloudwatch, now or utcnow())
+        check_spot_quotas(spec, facts, self.servicequotas, self.cloudwatch, now or utcnow())
         check_worker_image(worker_image, self.ecr_in)
         self.notes = offerings.notes()

@@ -620,7 +620,7 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
     fleet_id = run.resources.spot_fleet_request_id
     assert fleet_id is not None
     view = describe_fleet(
-        fleet_id, progress.known_instances, capacity_weights(run.spec.fleet.instance_types), clients.ec2
+        fleet_id, progress.known_instances, capacity_weights(run.instance_types), clients.ec2
     )
     if view is None:
         progress.known_instances = []

@@ -2,8 +2,9 @@
 
 Written at the end of every run, success or failure, and for invalid input too (no run yet: the report's
 run id then comes from the execution name). The figures (docs/contracts.md, "The run report"):
-status and reason; shard and prediction counts; phase durations; instance-hours by type; spot cost, the
-on-demand equivalent and cost per million predictions; mean and peak throughput; interruptions seen.
+status and reason; shard and prediction counts; phase durations; instance-hours by type; the cost in all and
+per purchase option (spot, on demand), the on-demand equivalent and where each on-demand price came from,
+cost per million predictions; mean and peak throughput; interruptions seen.
 
 `build_report` is pure; `gather` reads what it needs from AWS; `publish` writes and announces it.
 """
@@ -283,12 +284,44 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
     window_end = run.timeline.teardown_ended_at or now
     if run.resources.spot_fleet_request_id or run.progress.known_instances:
         facts.usages, facts.cost = cost.run_cost(
-            run.run_id, run.progress.known_instances, window_start, window_end, ec2
+            run.run_id, run.progress.known_instances, window_start, window_end, ec2, run.instance_types
         )
     return facts
 
 
 # ------------------------------------------------------------------------------------------ the report
+
+
+def cost_section(summary: cost.CostSummary | None, predictions: int, run: RunState) -> dict[str, Any]:
+    """The report's `cost_usd`: what the run cost in all and per purchase option, the on-demand equivalent,
+    and where each on-demand figure came from (Price List, or the flagged static fallback table)."""
+    total_usd = summary.total_usd if summary else 0.0
+    on_demand_usd = summary.on_demand_usd if summary else 0.0
+    options = summary.by_purchase_option if summary else {}
+    return {
+        "total": round(total_usd, 6),
+        "spot": round(summary.spot_usd if summary else 0.0, 6),
+        "by_purchase_option": {
+            option: {
+                "instances": spent.instances,
+                "hours": round(spent.hours, 6),
+                "usd": round(spent.usd, 6),
+                "price": "spot price history" if option == "spot" else "on-demand price",
+            }
+            for option, spent in options.items()
+        },
+        "on_demand_equivalent": round(on_demand_usd, 6),
+        "savings_fraction": _round(summary.savings_fraction if summary else None, 4),
+        "per_million_predictions": _round(cost.cost_per_million(total_usd, predictions)),
+        "on_demand_per_million_predictions": _round(cost.cost_per_million(on_demand_usd, predictions)),
+        "on_demand_prices": {
+            name: {"usd_per_hour": f.on_demand_hourly_usd, "source": f.price_source}
+            for name, f in run.instance_types.items()
+        },
+        "static_table_prices": summary.static_table_types if summary else [],
+        "types_without_on_demand_price": summary.types_without_on_demand_price if summary else [],
+        "unpriced": summary.unpriced if summary else [],
+    }
 
 
 def status_of(
@@ -355,8 +388,6 @@ def build_report(
     processing_end = t.processing_ended_at or t.teardown_started_at or now
     processing_seconds = seconds_between(t.processing_started_at, processing_end)
     summary = facts.cost
-    spot_usd = summary.spot_usd if summary else 0.0
-    on_demand_usd = summary.on_demand_usd if summary else 0.0
     document.update(
         {
             "name": run.spec.name,
@@ -398,16 +429,7 @@ def build_report(
                 "interruptions": run.progress.interruptions,
                 "failed_pools": [pool.model_dump() for pool in run.failed_pools],
             },
-            "cost_usd": {
-                "spot": round(spot_usd, 6),
-                "on_demand_equivalent": round(on_demand_usd, 6),
-                "savings_fraction": _round(summary.savings_fraction if summary else None, 4),
-                "per_million_predictions": _round(cost.cost_per_million(spot_usd, facts.predictions)),
-                "on_demand_per_million_predictions": _round(
-                    cost.cost_per_million(on_demand_usd, facts.predictions)
-                ),
-                "unpriced": summary.unpriced if summary else [],
-            },
+            "cost_usd": cost_section(summary, facts.predictions, run),
             "throughput": {
                 "mean_shards_per_second": _round(per_second(facts.succeeded, processing_seconds)),
                 "peak_shards_per_second": round(run.progress.peak_shards_per_second, 6),
@@ -453,6 +475,7 @@ def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
         "shards_failed": shards.get("failed", 0),
         "predictions": report.get("predictions", {}).get("total", 0),
         "spot_cost_usd": report.get("cost_usd", {}).get("spot"),
+        "cost_usd": report.get("cost_usd", {}).get("total"),
     }
 
 
@@ -478,7 +501,7 @@ def notification(report: Mapping[str, Any]) -> tuple[str, str]:
         for failed in s.get("failed_errors", [])[:NOTIFIED_FAILED_ERRORS]:
             lines.append(f"Failed: {failed['shard']}: {failed['error_type']}: {failed['error']}"[:500])
         lines.append(f"Predictions: {report['predictions']['total']}")
-        lines.append(f"Spot cost: ${report['cost_usd']['spot']:.4f}")
+        lines.append(f"Cost: ${report['cost_usd']['total']:.4f}")
     lines.append(f"Report: {report['report_uri']}")
     return subject.encode("ascii", "replace").decode(), "\n".join(lines)
 

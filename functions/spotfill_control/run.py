@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from spotfill_control.instance_types import Architecture, InstanceTypeFacts
 from spotfill_control.spec import BackfillSpec
 
 Phase = Literal["validated", "prepared", "fleet_requested", "registered", "monitoring", "done"]
@@ -110,6 +111,8 @@ class RunState(_State):
     timeline: Timeline = Field(default_factory=Timeline)
     progress: Progress = Field(default_factory=Progress)
     failed_pools: list[FailedPool] = Field(default_factory=list)
+    # The spec's instance types as EC2 and the Price List described them at Validate (name -> facts).
+    instance_types: dict[str, InstanceTypeFacts] = Field(default_factory=dict)
 
     def stepped(self, phase: Phase, started: str, at: datetime, **created: object) -> RunState:
         """The run entered `phase`: record what the step created and when it first started (a retried step
@@ -121,6 +124,16 @@ class RunState(_State):
                 "timeline": self.timeline.model_copy(update={started: getattr(self.timeline, started) or at}),
             }
         )
+
+    @property
+    def uses_gpu(self) -> bool:
+        """Whether the run's fleet is of GPU types (Validate admits only all-GPU or all-CPU fleets)."""
+        return any(f.is_gpu for f in self.instance_types.values())
+
+    @property
+    def architecture(self) -> Architecture:
+        """The one CPU architecture of the run's instance types (Validate admits no mix)."""
+        return next((f.architecture for f in self.instance_types.values()), "x86_64")
 
     @property
     def run_prefix(self) -> str:

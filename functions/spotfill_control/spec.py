@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from spotfill_control.instance_types import CATALOG
+from spotfill_control.instance_types import check_name
 
 InputFormat = Literal["npy", "npz", "parquet", "csv", "jsonl", "images"]
 OutputFormat = Literal["parquet", "npy", "jsonl"]
@@ -103,7 +103,11 @@ class ModelSpec(_Model):
 class FleetSpec(_Model):
     instance_types: list[str] = Field(min_length=1, max_length=20)
     target_capacity: int = Field(
-        default=2, ge=1, le=5000, strict=True, description="instances (weighted by vCPUs / smallest type)"
+        default=2,
+        ge=1,
+        le=5000,
+        strict=True,
+        description="capacity units: the smallest type weighs 1, others by vCPUs (GPUs for GPU types)",
     )
     allocation_strategy: AllocationStrategy = "priceCapacityOptimized"
     max_hourly_price: float | None = Field(
@@ -113,17 +117,13 @@ class FleetSpec(_Model):
 
     @field_validator("instance_types")
     @classmethod
-    def _known_types(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in CATALOG]
-        if unknown:
-            raise ValueError(
-                f"unknown instance type(s) {', '.join(unknown)}; known: {', '.join(sorted(CATALOG))}"
-            )
+    def _type_names(cls, value: list[str]) -> list[str]:
+        # Only the shape of each name: which types exist (and their architecture, GPUs, price) is EC2's
+        # answer, read at Validate (`spotfill_control.instance_types.describe_instance_types`).
+        for name in value:
+            check_name(name)
         if len(set(value)) != len(value):
             raise ValueError("lists an instance type twice")
-        gpu = {CATALOG[name].is_gpu for name in value}
-        if len(gpu) > 1:
-            raise ValueError("mixes GPU and CPU instance types; a fleet runs one image, so use one kind")
         return value
 
     @field_validator("subnets")
@@ -133,10 +133,6 @@ class FleetSpec(_Model):
         if bad:
             raise ValueError(f"not subnet ids: {', '.join(bad)}")
         return value
-
-    @property
-    def uses_gpu(self) -> bool:
-        return CATALOG[self.instance_types[0]].is_gpu
 
 
 class ServiceSpec(_Model):
@@ -242,13 +238,5 @@ class BackfillSpec(_Model):
         if self.limits.registration_timeout_seconds >= self.limits.max_runtime_seconds:
             raise ValueError(
                 "limits.registration_timeout_seconds must be shorter than limits.max_runtime_seconds"
-            )
-        smallest = min(CATALOG[name].memory_mib for name in self.fleet.instance_types)
-        # The ECS agent and the OS keep some memory; a task that cannot fit never starts.
-        needed = self.service.memory * self.service.tasks_per_instance
-        if needed > smallest * 0.9:
-            raise ValueError(
-                f"service.memory x tasks_per_instance = {needed} MiB does not fit the smallest instance type "
-                f"({smallest} MiB, ~90% usable)"
             )
         return self

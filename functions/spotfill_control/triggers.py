@@ -22,8 +22,10 @@ Execution inputs Validate accepts (docs/contracts.md, "The backfill spec"):
 4. `{"resume": RunState}` from continue-as-new: passed through, re-pointed at the new execution.
 
 Every problem becomes an `InvalidSpecError` naming the field path and the reason, raised before anything that
-costs money exists. Last comes the preflight against the account (`spotfill_control.preflight`): Spot vCPU
-quotas, instance type offerings in the subnets' zones, the worker image in ECR.
+costs money exists. Last comes the account: the instance types as EC2 describes them and their on-demand
+prices (`spotfill_control.instance_types`, `spotfill_control.prices`; kept on the run as
+`run.instance_types`), then the preflight (`spotfill_control.preflight`): Spot vCPU quotas, instance type
+offerings in the subnets' zones, the worker image of the run's architecture in ECR.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.fleet import subnets_for
-from spotfill_control.instance_types import CATALOG
+from spotfill_control.instance_types import InstanceTypeFacts, check_fleet_kind
 from spotfill_control.preflight import Preflight
 from spotfill_control.run import RunState, Timeline, utcnow
 from spotfill_control.spec import BackfillSpec
@@ -289,16 +291,44 @@ def check_model_readable(spec: BackfillSpec, s3: Any) -> None:
         raise InvalidSpecError(f"model.uri: {spec.model.uri} {reason}.") from None
 
 
-def check_gpu_tasks(spec: BackfillSpec) -> None:
+def check_gpu_tasks(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
     """Each GPU task reserves a whole GPU, so more tasks per instance than GPUs would never place."""
-    if not spec.fleet.uses_gpu:
-        return
-    gpus = min(CATALOG[name].gpus for name in spec.fleet.instance_types)
-    if spec.service.tasks_per_instance > gpus:
+    gpus = min(f.gpus for f in facts.values())
+    if gpus and spec.service.tasks_per_instance > gpus:
         raise InvalidSpecError(
             f"service.tasks_per_instance: {spec.service.tasks_per_instance} tasks need a GPU each, "
             f"but the smallest GPU instance type has {gpus}."
         )
+
+
+def check_task_memory(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
+    """The ECS agent and the OS keep some memory; a task that does not fit never starts."""
+    smallest = min(facts.values(), key=lambda f: f.memory_mib)
+    needed = spec.service.memory * spec.service.tasks_per_instance
+    if needed > smallest.memory_mib * 0.9:
+        raise InvalidSpecError(
+            f"service.memory: memory x tasks_per_instance = {needed} MiB does not fit the smallest instance "
+            f"type ({smallest.name}, {smallest.memory_mib} MiB, ~90% usable)."
+        )
+
+
+def check_worker_image_for(facts: dict[str, InstanceTypeFacts], settings: Settings) -> None:
+    """arm64 types run the arm64 worker image, which the stack must name."""
+    arm = [f.name for f in facts.values() if f.architecture == "arm64"]
+    if arm and not settings.worker_image_arm64:
+        raise InvalidSpecError(
+            f"fleet.instance_types: {', '.join(arm)} {'is' if len(arm) == 1 else 'are'} arm64 (Graviton), "
+            "and the stack has no arm64 worker image: set the stack's WorkerImageArm64 parameter (build "
+            "worker/Dockerfile for linux/arm64), or choose x86_64 types."
+        )
+
+
+def check_fleet_types(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts], settings: Settings) -> None:
+    """What the run's instance types, as EC2 described them, must satisfy before anything is created."""
+    check_fleet_kind(facts)
+    check_worker_image_for(facts, settings)
+    check_gpu_tasks(spec, facts)
+    check_task_memory(spec, facts)
 
 
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
@@ -331,15 +361,17 @@ def validate(
         state_store.persist(run, s3, settings.control_bucket)
         return run
     spec = request.spec
-    check_gpu_tasks(spec)
     check_subnets(spec, settings)
     check_model_readable(spec, s3)
     found = shards.list_shards(spec.input, s3)
     if not found:
         raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
     shards.output_uris(spec, found)  # raises when two shards would write the same output
+    facts: dict[str, InstanceTypeFacts] = {}
     if preflight is not None:
-        preflight.check(spec, subnets_for(spec.fleet, settings), settings.worker_image, now)
+        facts = preflight.instance_types(spec)
+        check_fleet_types(spec, facts, settings)
+        preflight.check(spec, facts, subnets_for(spec.fleet, settings), settings.worker_image_for(facts), now)
     run = RunState(
         run_id=new_run_id(spec.name, now),
         spec=spec,
@@ -349,6 +381,7 @@ def validate(
         source=request.source,
         manifest_uri=request.manifest_uri,
         shards_total=len(found),
+        instance_types=facts,
         timeline=Timeline(started_at=event.started_at or now, validated_at=now),
     )
     state_store.persist(run, s3, settings.control_bucket)

@@ -402,7 +402,7 @@ def deploy_stack(
     - Talks to whatever AWS boto3 reaches: moto in process under `mock_aws()`, or a moto server through
       `AWS_ENDPOINT_URL`. Never point it at a real account (it would work, but `sam deploy` is the way there).
     - `parameters` override the template's parameters; `VpcId` and `Subnets` default to the emulator's default
-      VPC and its subnets, `WorkerImage` to `spotfill-worker:local`.
+      VPC and its subnets, `WorkerImage` and `WorkerImageArm64` to `spotfill-worker:local`.
     - Code and ASL are read from the template's folder (`CodeUri`, `DefinitionUri`), so edits to `functions/`
       or `statemachine/` need no build step; they are uploaded to `spotfill-artifacts-<account>-<region>`.
     - Functions are created with their real `Handler` and `Environment`; moto runs no code, so whoever invokes
@@ -428,7 +428,13 @@ def deploy_stack(
             "read it with read_stack_outputs, or deploy under another name"
         )
     vpc_id, subnets = _default_network(ec2)
-    parameter_values = {"VpcId": vpc_id, "Subnets": ",".join(subnets), "WorkerImage": DEFAULT_WORKER_IMAGE}
+    parameter_values = {
+        "VpcId": vpc_id,
+        "Subnets": ",".join(subnets),
+        # The local cloud runs the worker as a process on any architecture: one image stands for both.
+        "WorkerImage": DEFAULT_WORKER_IMAGE,
+        "WorkerImageArm64": DEFAULT_WORKER_IMAGE,
+    }
     parameter_values.update(parameters or {})
 
     cfn_template, emulator_template = _packaged_templates(session, template_path, region)

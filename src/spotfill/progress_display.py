@@ -135,10 +135,19 @@ def report_table(report: dict[str, Any]) -> Table:
         )
     cost = report.get("cost_usd", {})
     if cost:
+        options = cost.get("by_purchase_option", {})
+        split = ", ".join(
+            f"{name} ${spent.get('usd', 0):.4f} ({spent.get('hours', 0):.4f}h)"
+            for name, spent in options.items()
+            if spent.get("instances")
+        )
+        static = cost.get("static_table_prices") or []
         table.add_row(
             "cost",
-            f"${cost.get('spot', 0):.4f} spot vs ${cost.get('on_demand_equivalent', 0):.4f} on demand; "
-            f"${cost.get('per_million_predictions') or 0:.4f} per million predictions",
+            f"${cost.get('total', cost.get('spot', 0)):.4f}{f' ({split})' if split else ''} vs "
+            f"${cost.get('on_demand_equivalent', 0):.4f} on demand; "
+            f"${cost.get('per_million_predictions') or 0:.4f} per million predictions"
+            + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
         )
     table.add_row("report", str(report.get("report_uri", "-")))
     return table

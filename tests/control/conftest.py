@@ -151,6 +151,7 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 FAKE_ENVIRONMENT = {
     "CONTROL_BUCKET": CONTROL_BUCKET,
     "WORKER_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spotfill-worker:test",
+    "WORKER_IMAGE_ARM64": "123456789012.dkr.ecr.us-east-1.amazonaws.com/spotfill-worker:test-arm64",
     "TASK_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-task",
     "EXECUTION_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-execution",
     "FLEET_ROLE_ARN": "arn:aws:iam::123456789012:role/spotfill-fleet",
@@ -269,6 +270,7 @@ def _build_account(world: World) -> None:
     for code, vcpus in ACCOUNT_SPOT_VCPUS.items():
         patches.set_service_quota(code, vcpus, region=REGION)
     push_worker_image(WORKER_REPOSITORY, world.settings.worker_image.rsplit(":", 1)[1])
+    push_worker_image(WORKER_REPOSITORY, world.settings.worker_image_arm64.rsplit(":", 1)[1])
 
 
 @pytest.fixture

@@ -17,15 +17,19 @@ from spotfill_control.handlers import request_fleet as request_handler
 from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, Resources, RunState, Timeline
 from spotfill_control.spec import BackfillSpec
 
+from spotfill.localcloud.pricing import emulated_facts
+
 from .conftest import FailingClient, prepared_run, sample_spec
 
 STARTED = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
 
 
 def pure_run(**overrides) -> RunState:
+    spec = BackfillSpec.model_validate(sample_spec(**overrides))
     return RunState(
         run_id="demo-20261127060000-abcdef",
-        spec=BackfillSpec.model_validate(sample_spec(**overrides)),
+        spec=spec,
+        instance_types=emulated_facts(spec.fleet.instance_types),
         shards_total=10,
         resources=Resources(launch_template_version=7),
         timeline=Timeline(started_at=STARTED),
@@ -36,12 +40,24 @@ def pure_run(**overrides) -> RunState:
 
 
 def test_capacity_is_weighted_by_vcpus_relative_to_the_smallest_type():
-    assert fleet.capacity_weights(["c5.xlarge", "c5.2xlarge", "c5.9xlarge"]) == {
+    assert fleet.capacity_weights(emulated_facts(["c5.xlarge", "c5.2xlarge", "c5.9xlarge"])) == {
         "c5.xlarge": 1.0,
         "c5.2xlarge": 2.0,
         "c5.9xlarge": 9.0,
     }
-    assert fleet.capacity_weights(["c5.2xlarge", "c5.9xlarge"]) == {"c5.2xlarge": 1.0, "c5.9xlarge": 4.5}
+    weights = fleet.capacity_weights(emulated_facts(["c5.2xlarge", "c5.9xlarge"]))
+    assert weights == {"c5.2xlarge": 1.0, "c5.9xlarge": 4.5}
+    # Graviton types weigh by vCPUs alike
+    assert fleet.capacity_weights(emulated_facts(["m7g.large", "m7g.2xlarge"])) == {
+        "m7g.large": 1.0,
+        "m7g.2xlarge": 4.0,
+    }
+
+
+def test_gpu_fleet_capacity_is_weighted_by_gpus_not_vcpus():
+    # g4dn.xlarge: 1 GPU / 4 vCPUs, g4dn.2xlarge: 1 GPU / 8 vCPUs, g4dn.12xlarge: 4 GPUs / 48 vCPUs
+    weights = fleet.capacity_weights(emulated_facts(["g4dn.xlarge", "g4dn.2xlarge", "g4dn.12xlarge"]))
+    assert weights == {"g4dn.xlarge": 1.0, "g4dn.2xlarge": 1.0, "g4dn.12xlarge": 4.0}
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ import pytest
 from spotfill_control import aws
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.handlers import validate as validate_handler
-from spotfill_control.instance_types import CATALOG
 from spotfill_control.preflight import (
     Preflight,
     check_offerings,
@@ -23,6 +22,7 @@ from spotfill_control.preflight import (
 from spotfill_control.spec import BackfillSpec
 
 from spotfill.localcloud import patches
+from spotfill.localcloud.pricing import emulated_facts as facts
 
 from .conftest import CONTROL_BUCKET, REGION, WORKER_REPOSITORY, FailingClient, push_worker_image, sample_spec
 
@@ -40,17 +40,40 @@ def preflight() -> Preflight:
         aws.client("cloudwatch"),
         aws.client("ec2"),
         lambda r: aws.client("ecr", r),
+        aws.client("pricing", "us-east-1"),
     )
 
 
 # ---------------------------------------------------------------------------------------------- arithmetic
 
 
-def test_every_catalog_type_counts_against_one_spot_quota():
-    assert {spot_quota_of(name).family for name in CATALOG} == {"Standard", "G and VT", "P"}
-    assert spot_quota_of("c5a.xlarge").code == STANDARD
-    assert spot_quota_of("g4dn.xlarge").code == "L-3819A6DF"
-    assert spot_quota_of("p3.2xlarge").code == "L-7212CCBC"
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("c5a.xlarge", "Standard"),
+        ("c7gn.large", "Standard"),
+        ("m7i.large", "Standard"),
+        ("im4gn.large", "Standard"),
+        ("z1d.large", "Standard"),
+        ("g6e.xlarge", "G and VT"),
+        ("vt1.3xlarge", "G and VT"),
+        ("p5.48xlarge", "P"),
+        ("x2iedn.xlarge", "X"),
+        ("inf2.xlarge", "Inf"),
+        ("trn1.2xlarge", "Trn"),
+        ("dl1.24xlarge", "DL"),
+        ("f1.2xlarge", "F"),
+    ],
+)
+def test_any_family_counts_against_its_spot_quota(name, family):
+    assert spot_quota_of(name).family == family
+
+
+def test_a_family_of_no_spot_quota_is_a_spec_error_naming_the_type():
+    with pytest.raises(
+        InvalidSpecError, match=r"^fleet\.instance_types: u-6tb1\.metal belongs to no EC2 Spot"
+    ):
+        spot_quota_of("u-6tb1.metal")
 
 
 @pytest.mark.parametrize(
@@ -63,13 +86,20 @@ def test_every_catalog_type_counts_against_one_spot_quota():
     ],
 )
 def test_worst_case_is_the_most_vcpus_below_the_target_plus_the_largest_type(types, target, worst):
-    (vcpus,) = worst_case_vcpus(types, target).values()
+    (vcpus,) = worst_case_vcpus(facts(types), target).values()
     assert vcpus == worst
 
 
+def test_worst_case_of_a_gpu_fleet_follows_its_gpu_weights():
+    # g4dn.xlarge: 1 GPU, 4 vCPUs; g4dn.12xlarge: 4 GPUs, 48 vCPUs. Target 2 (GPUs): below it one xlarge
+    # (1 GPU, 4 vCPUs) may run, then one 12xlarge more
+    (vcpus,) = worst_case_vcpus(facts(["g4dn.xlarge", "g4dn.12xlarge"]), 2).values()
+    assert vcpus == 4 + 48
+
+
 def test_worst_case_is_counted_per_quota_family():
-    worst = worst_case_vcpus(["g4dn.xlarge", "p3.2xlarge"], 2)  # target 8 vCPUs
-    assert {quota.family: vcpus for quota, vcpus in worst.items()} == {"G and VT": 8, "P": 8}
+    worst = worst_case_vcpus(facts(["g4dn.xlarge", "p4d.24xlarge"]), 2)  # target 2 GPUs
+    assert {quota.family: vcpus for quota, vcpus in worst.items()} == {"G and VT": 4 + 4, "P": 96}
 
 
 # ---------------------------------------------------------------------------------------------- quotas
@@ -81,7 +111,13 @@ def test_quota_exceeded_names_the_quota_its_value_the_requested_vcpus_and_the_fi
     patches.set_service_quota(STANDARD, 8, region=REGION)
     # when a fleet of c5.xlarge/c5.2xlarge at target capacity 4 (up to 20 vCPUs) is checked
     with pytest.raises(InvalidSpecError) as raised:
-        check_spot_quotas(spec(), aws.client("service-quotas"), aws.client("cloudwatch"), datetime.now(UTC))
+        check_spot_quotas(
+            spec(),
+            facts(["c5.xlarge", "c5.2xlarge"]),
+            aws.client("service-quotas"),
+            aws.client("cloudwatch"),
+            datetime.now(UTC),
+        )
     # then one sentence names the quota, its value, the worst case, the usage and both fixes
     message = str(raised.value)
     assert message.startswith("fleet.target_capacity: 4 may launch up to 20 vCPUs of Standard spot instances")
@@ -111,7 +147,13 @@ def test_running_spot_instances_use_up_the_shared_quota(world):
     )
     # when a fleet of up to 20 vCPUs is checked / then the 6 left are not enough
     with pytest.raises(InvalidSpecError) as raised:
-        check_spot_quotas(spec(), aws.client("service-quotas"), aws.client("cloudwatch"), now)
+        check_spot_quotas(
+            spec(),
+            facts(["c5.xlarge", "c5.2xlarge"]),
+            aws.client("service-quotas"),
+            aws.client("cloudwatch"),
+            now,
+        )
     assert "is 256 vCPUs" in str(raised.value)
     assert "250 of them in use now" in str(raised.value)
     assert "to at least 270 vCPUs" in str(raised.value)
@@ -127,6 +169,7 @@ def test_a_quota_never_changed_falls_back_to_the_aws_default_of_a_new_account(wo
     with pytest.raises(InvalidSpecError, match=r"is 0 vCPUs.*no target capacity fits what is left"):
         check_spot_quotas(
             spec(fleet__instance_types=["g4dn.xlarge"], fleet__target_capacity=1, service__memory=2048),
+            facts(["g4dn.xlarge"]),
             servicequotas,
             aws.client("cloudwatch"),
             datetime.now(UTC),
@@ -154,7 +197,7 @@ def test_a_throttled_preflight_call_stays_retryable(world, client, operation):
         setattr(checks, client, FailingClient(getattr(checks, client), operation, "ThrottlingException"))
     # when the preflight runs / then the error is the one the state machine retries
     with pytest.raises(TransientAwsError):
-        checks.check(spec(), world.subnets, world.settings.worker_image)
+        checks.check(spec(), facts(["c5.xlarge", "c5.2xlarge"]), world.subnets, world.settings.worker_image)
 
 
 # ---------------------------------------------------------------------------------------------- offerings
@@ -282,6 +325,6 @@ def test_validate_passes_preflight_and_keeps_the_notes(world):
     checks = preflight()
     # when the whole preflight runs / then it passes, noting where c5.xlarge can go
 
-    checks.check(spec(), world.subnets, world.settings.worker_image)
+    checks.check(spec(), facts(["c5.xlarge", "c5.2xlarge"]), world.subnets, world.settings.worker_image)
 
     assert [note.split(" ")[0] for note in checks.notes] == ["c5.xlarge"]

@@ -20,6 +20,8 @@ from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.spec import BackfillSpec
 from spotfill_control.teardown import teardown_and_persist
 
+from spotfill.localcloud.pricing import emulated_facts
+
 from .conftest import (
     CONTROL_BUCKET,
     CPU_AMI_PARAMETER,
@@ -34,8 +36,11 @@ from .conftest import (
 
 
 def pure_run(**overrides) -> RunState:
+    spec = BackfillSpec.model_validate(sample_spec(**overrides))
     return RunState(
-        run_id="demo-20261127060000-abcdef", spec=BackfillSpec.model_validate(sample_spec(**overrides))
+        run_id="demo-20261127060000-abcdef",
+        spec=spec,
+        instance_types=emulated_facts(spec.fleet.instance_types),
     )
 
 
@@ -83,6 +88,28 @@ def test_gpu_fleets_reserve_one_gpu_per_task(s3_world):
     run = pure_run(fleet__instance_types=["g4dn.xlarge", "g5.xlarge"], service__memory=4096)
     container = cluster.task_definition(run, s3_world.settings, "q", "us-east-1")["containerDefinitions"][0]
     assert container["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+
+
+def test_each_architecture_runs_its_own_image_on_instances_of_that_architecture(s3_world):
+    # given an x86_64 run and an arm64 (Graviton) run
+    x86 = cluster.task_definition(pure_run(), s3_world.settings, "q", "us-east-1")
+    arm = cluster.task_definition(
+        pure_run(fleet__instance_types=["m7g.large", "c7g.xlarge"]), s3_world.settings, "q", "us-east-1"
+    )
+    # then each task definition names its architecture's image, and ECS places it only on that architecture
+    assert x86["containerDefinitions"][0]["image"] == s3_world.settings.worker_image
+    assert x86["runtimePlatform"] == {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
+    assert arm["containerDefinitions"][0]["image"] == s3_world.settings.worker_image_arm64
+    assert arm["runtimePlatform"] == {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
+    assert s3_world.settings.worker_image_arm64 != s3_world.settings.worker_image
+
+
+def test_the_ami_follows_the_runs_architecture_and_accelerator():
+    assert fleet.ami_parameter(pure_run()) == fleet.CPU_AMI_PARAMETER
+    assert fleet.ami_parameter(pure_run(fleet__instance_types=["m7g.large"])) == (
+        "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id"
+    )
+    assert fleet.ami_parameter(pure_run(fleet__instance_types=["g6e.xlarge"])) == fleet.GPU_AMI_PARAMETER
 
 
 def test_user_data_joins_the_run_cluster_with_spot_draining():

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from spotfill_control import cost, report
+from spotfill_control.instance_types import InstanceTypeFacts
 from spotfill_control.run import RunState
 from spotfill_control.shards import Shard
 from spotfill_control.spec import BackfillSpec
@@ -16,9 +17,29 @@ HOUR = timedelta(hours=1)
 
 
 def usage(
-    instance_type: str, hours: float, zone: str = "us-east-1a", name: str = "i-1"
+    instance_type: str, hours: float, zone: str = "us-east-1a", name: str = "i-1", option: str = "spot"
 ) -> cost.InstanceUsage:
-    return cost.InstanceUsage(name, instance_type, zone, T0, T0 + hours * HOUR)
+    return cost.InstanceUsage(name, instance_type, zone, T0, T0 + hours * HOUR, option)
+
+
+def priced(usd: float | None, source: str = "price-list") -> dict[str, InstanceTypeFacts]:
+    """c5.xlarge as Validate caches it, with this on-demand price and source."""
+    return {
+        "c5.xlarge": InstanceTypeFacts(
+            name="c5.xlarge",
+            vcpus=4,
+            memory_mib=8192,
+            gpus=0,
+            architecture="x86_64",
+            on_demand_hourly_usd=usd,
+            price_source=source,
+        )
+    }
+
+
+# The Price List's figure (not the static table's 0.17), as the run caches it.
+ON_DEMAND = 0.1734
+PRICED = priced(ON_DEMAND)
 
 
 # ------------------------------------------------------------------------------------------ prices
@@ -90,19 +111,58 @@ def test_hours_add_up_by_instance_type():
     assert hours == {"c5.xlarge": pytest.approx(3.0), "m5.xlarge": pytest.approx(0.5)}
 
 
-def test_spot_cost_prices_each_type_and_zone_and_on_demand_uses_the_catalog():
+def test_spot_cost_prices_each_type_and_zone_and_on_demand_uses_the_runs_price():
     usages = [usage("c5.xlarge", 2, "us-east-1a"), usage("c5.xlarge", 1, "us-east-1b")]
-    summary = cost.summarise(usages, {("c5.xlarge", "us-east-1a"): 0.05, ("c5.xlarge", "us-east-1b"): 0.08})
-    assert summary.spot_usd == pytest.approx(2 * 0.05 + 1 * 0.08)
-    assert summary.on_demand_usd == pytest.approx(3 * 0.17)
-    assert summary.savings_fraction == pytest.approx(1 - 0.18 / 0.51)
+    spot = {("c5.xlarge", "us-east-1a"): 0.05, ("c5.xlarge", "us-east-1b"): 0.08}
+    summary = cost.summarise(usages, spot, PRICED)
+    assert summary.spot_usd == summary.total_usd == pytest.approx(2 * 0.05 + 1 * 0.08)
+    assert summary.on_demand_usd == pytest.approx(3 * ON_DEMAND)
+    assert summary.savings_fraction == pytest.approx(1 - 0.18 / (3 * ON_DEMAND))
     assert summary.unpriced == []
+    assert summary.on_demand_price_sources == {"c5.xlarge": "price-list"}
 
 
 def test_hours_without_a_spot_price_are_priced_on_demand_and_flagged():
-    summary = cost.summarise([usage("c5.xlarge", 1, "us-east-1c")], {})
-    assert summary.spot_usd == pytest.approx(0.17)
+    summary = cost.summarise([usage("c5.xlarge", 1, "us-east-1c")], {}, PRICED)
+    assert summary.spot_usd == pytest.approx(ON_DEMAND)
     assert summary.unpriced == ["c5.xlarge/us-east-1c"]
+
+
+def test_on_demand_instances_are_charged_on_demand_and_split_from_spot_ones():
+    # given a spot instance (2 h at $0.05) and an on-demand one (1 h) of the same type and zone
+    usages = [
+        usage("c5.xlarge", 2, name="i-spot"),
+        usage("c5.xlarge", 1, name="i-od", option="on-demand"),
+    ]
+    summary = cost.summarise(usages, {("c5.xlarge", "us-east-1a"): 0.05}, PRICED)
+    # then each is charged the price of its purchase option, and the hours and dollars are split by it
+    assert summary.by_purchase_option["spot"] == cost.OptionCost(1, pytest.approx(2.0), pytest.approx(0.1))
+    assert summary.by_purchase_option["on-demand"] == cost.OptionCost(
+        1, pytest.approx(1.0), pytest.approx(ON_DEMAND)
+    )
+    assert summary.total_usd == pytest.approx(0.1 + ON_DEMAND)
+    assert summary.on_demand_usd == pytest.approx(3 * ON_DEMAND)
+
+
+def test_an_instance_is_spot_only_when_ec2_says_its_lifecycle_is_spot():
+    described = {
+        "InstanceId": "i-1",
+        "InstanceType": "c5.xlarge",
+        "LaunchTime": T0,
+        "State": {"Name": "running"},
+    }
+    assert cost.usage_of({**described, "InstanceLifecycle": "spot"}, T0 + HOUR).purchase_option == "spot"
+    assert cost.usage_of(described, T0 + HOUR).purchase_option == "on-demand"
+
+
+def test_static_table_and_missing_on_demand_prices_are_flagged():
+    table = cost.summarise([usage("c5.xlarge", 1)], {}, priced(0.17, "static-table"))
+    assert table.static_table_types == ["c5.xlarge"]
+    unknown = cost.summarise(
+        [usage("c5.xlarge", 1)], {("c5.xlarge", "us-east-1a"): 0.05}, priced(None, "unknown")
+    )
+    assert unknown.types_without_on_demand_price == ["c5.xlarge"]
+    assert unknown.on_demand_usd == 0.0 and unknown.spot_usd == pytest.approx(0.05)
 
 
 def test_cost_per_million_predictions():
@@ -124,7 +184,12 @@ def make_run() -> RunState:
             "fleet": {"instance_types": ["c5.xlarge"]},
         }
     )
-    run = RunState(run_id="digits-1", spec=spec, execution_arn="arn:aws:states:us-east-1:1:execution:sm:e-1")
+    run = RunState(
+        run_id="digits-1",
+        spec=spec,
+        execution_arn="arn:aws:states:us-east-1:1:execution:sm:e-1",
+        instance_types=PRICED,
+    )
     t = run.timeline
     t.started_at, t.validated_at = T0, T0 + timedelta(seconds=2)
     t.fleet_requested_at, t.fleet_fulfilled_at = T0 + timedelta(seconds=10), T0 + timedelta(seconds=70)
@@ -148,7 +213,7 @@ def facts(**overrides) -> report.Facts:
         retried=1,
         predictions=300_000,
         usages=[usage("c5.xlarge", 2)],
-        cost=cost.summarise([usage("c5.xlarge", 2)], {("c5.xlarge", "us-east-1a"): 0.05}),
+        cost=cost.summarise([usage("c5.xlarge", 2)], {("c5.xlarge", "us-east-1a"): 0.05}, PRICED),
     )
     return report.Facts(**{**base, **overrides})
 
@@ -188,14 +253,34 @@ def test_the_report_carries_counts_cost_and_throughput():
         "interruptions": 2,
         "failed_pools": [],
     }
-    assert document["cost_usd"]["spot"] == pytest.approx(0.1)
-    assert document["cost_usd"]["on_demand_equivalent"] == pytest.approx(0.34)
-    assert document["cost_usd"]["per_million_predictions"] == pytest.approx(0.1 / 0.3, abs=1e-6)
+    spent = document["cost_usd"]
+    assert spent["total"] == spent["spot"] == pytest.approx(0.1)
+    assert spent["by_purchase_option"]["spot"] == {
+        "instances": 1,
+        "hours": 2.0,
+        "usd": pytest.approx(0.1),
+        "price": "spot price history",
+    }
+    assert spent["by_purchase_option"]["on-demand"]["instances"] == 0
+    assert spent["on_demand_equivalent"] == pytest.approx(2 * ON_DEMAND)
+    assert spent["on_demand_prices"] == {"c5.xlarge": {"usd_per_hour": ON_DEMAND, "source": "price-list"}}
+    assert spent["static_table_prices"] == [] and spent["types_without_on_demand_price"] == []
+    assert spent["per_million_predictions"] == pytest.approx(0.1 / 0.3, abs=1e-6)
     assert document["throughput"]["mean_shards_per_second"] == pytest.approx(3 / 1000)
     assert document["throughput"]["mean_predictions_per_second"] == pytest.approx(300.0)
     assert document["throughput"]["peak_predictions_per_second"] == 500.0
     assert document["report_uri"] == "s3://control/reports/digits-1.json"
     json.dumps(document)  # the report is plain JSON
+
+
+def test_the_report_flags_on_demand_figures_from_the_static_table():
+    run = make_run()
+    run.instance_types = priced(0.17, "static-table")
+    summary = cost.summarise([usage("c5.xlarge", 2)], {}, run.instance_types)
+    spent = build(run, cost=summary)["cost_usd"]
+    assert spent["static_table_prices"] == ["c5.xlarge"]
+    assert spent["on_demand_prices"]["c5.xlarge"] == {"usd_per_hour": 0.17, "source": "static-table"}
+    assert spent["unpriced"] == ["c5.xlarge/us-east-1a"]
 
 
 def test_a_run_without_failures_succeeded():
@@ -307,3 +392,26 @@ def test_predictions_of_few_outputs_are_counted_exactly():
     s3 = CountingS3()
     assert report.count_sampled_rows(sample, s3) == (7 * report.EXACT_PREDICTION_COUNT_LIMIT, True)
     assert s3.heads == report.EXACT_PREDICTION_COUNT_LIMIT
+
+
+def test_the_report_table_shows_cost_per_purchase_option_and_flags_static_table_prices():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import report_table
+
+    # given a run with a spot and an on-demand instance, priced from the static table
+    run = make_run()
+    run.instance_types = priced(0.17, "static-table")
+    usages = [usage("c5.xlarge", 2, name="i-spot"), usage("c5.xlarge", 1, name="i-od", option="on-demand")]
+    summary = cost.summarise(usages, {("c5.xlarge", "us-east-1a"): 0.05}, run.instance_types)
+    out = io.StringIO()
+    # when the CLI renders its report
+    Console(file=out, width=300, color_system=None).print(
+        report_table(build(run, cost=summary, usages=usages))
+    )
+    text = out.getvalue()
+    # then the cost line gives the total, each purchase option's dollars and hours, and the price source
+    assert "$0.2700 (spot $0.1000 (2.0000h), on-demand $0.1700 (1.0000h)) vs $0.5100 on demand" in text
+    assert "on-demand prices of c5.xlarge from the static table" in text

@@ -9,7 +9,7 @@ import pytest
 
 from spotfill import iam
 from spotfill.demo import check_outputs
-from spotfill.localcloud import worker_iam
+from spotfill.localcloud import pricing, worker_iam
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
 
 from .helpers import eventually, worker_records
@@ -66,6 +66,41 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     task_logs = list((local_cloud.run_dir / "logs").rglob("*.log"))
     assert task_logs and all(worker_iam.ENFORCED_LINE in log.read_text() for log in task_logs)
     # and nothing is left running or allocated
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+
+
+def test_an_arm64_graviton_backfill_runs_and_is_priced_from_the_price_list(
+    local_cloud, digits, quiet_console, tmp_path
+):
+    # given a manifest whose fleet is an arm64 (Graviton) type, outside the old price table
+    spec = _spec(local_cloud, "graviton")
+    spec["fleet"]["instance_types"] = ["m7g.xlarge"]
+
+    # when it is uploaded
+    execution_arn = upload_and_trigger(
+        local_cloud, spec, digits.model_path, digits.shards(), digits.input_dir
+    )
+    result = follow_run(local_cloud, execution_arn, quiet_console, timeout=240)
+
+    # then it validates and runs on m7g.xlarge instances, and every output equals the model's predictions
+    assert result.snapshot.status == "SUCCEEDED", result.snapshot.error
+    report = result.report
+    assert report["shards"]["succeeded"] == 8
+    assert list(report["instances"]["hours_by_type"]) == ["m7g.xlarge"]
+    result.outputs = download_outputs(local_cloud, spec, digits.shards(), digits.input_dir, tmp_path / "out")
+    assert check_outputs(result, digits.reference) == []
+    # and its on-demand price came from the Price List the local cloud serves over HTTP, not the static table
+    cost = report["cost_usd"]
+    assert cost["on_demand_prices"] == {
+        "m7g.xlarge": {
+            "usd_per_hour": pricing.on_demand_price("m7g.xlarge", "us-east-1"),
+            "source": "price-list",
+        }
+    }
+    assert cost["static_table_prices"] == [] and cost["unpriced"] == []
+    assert cost["by_purchase_option"]["spot"]["instances"] >= 1
+    assert 0 < cost["total"] < cost["on_demand_equivalent"]
+    assert iam.describe(local_cloud.dispatcher.iam.denied) == []
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
 

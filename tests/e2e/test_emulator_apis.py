@@ -1,5 +1,5 @@
-"""The APIs the local cloud serves for moto, checked in process (`mock_aws`): the spot market, EC2 Spot vCPU
-quotas and instance type offerings.
+"""The APIs the local cloud serves for moto, checked in process (`mock_aws`): the spot market, the Price List,
+EC2 Spot vCPU quotas and instance type offerings.
 
 They live apart from the local-cloud modules on purpose: leaving `mock_aws()` resets the process's moto
 backends, which a module's shared local cloud (a moto server in this same process) would lose."""
@@ -12,17 +12,20 @@ from botocore.exceptions import ClientError
 pytestmark = pytest.mark.aws
 
 
-def test_the_emulated_spot_market_quotes_every_catalog_type_in_every_zone_below_on_demand():
+# Types of the old static table and beyond it: Graviton, current generations, GPUs.
+QUOTED_TYPES = ["c5.xlarge", "g4dn.xlarge", "m7g.large", "c7g.xlarge", "c7i.large", "m7i.large", "g6e.xlarge"]
+
+
+def test_the_emulated_spot_market_quotes_any_type_in_every_zone_below_on_demand():
     # given the local cloud's spot market over moto (whose own offerings leave some zones out)
     from datetime import UTC, datetime, timedelta
 
     import boto3
     from moto import mock_aws
-    from spotfill_control.instance_types import CATALOG
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud import patches, pricing
 
-    patches._patch_spot_price_history()
+    patches.patch_account_limits()
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
         zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
@@ -36,14 +39,86 @@ def test_the_emulated_spot_market_quotes_every_catalog_type_in_every_zone_below_
                 StartTime=datetime.now(UTC) - timedelta(hours=1),
                 EndTime=datetime.now(UTC),
             )["SpotPriceHistory"]
-            for name in CATALOG
+            for name in QUOTED_TYPES
             for zone in zones
         }
 
-    # then each gets exactly one price, 35% of on demand, stamped at the window's start
+    # then each gets exactly one price, 35% of its us-east-1 on-demand price, stamped at the window's start
     for (name, zone), history in quotes.items():
         assert [(h["InstanceType"], h["AvailabilityZone"]) for h in history] == [(name, zone)]
-        assert float(history[0]["SpotPrice"]) == pytest.approx(CATALOG[name].on_demand_hourly_usd * 0.35)
+        on_demand = pricing.on_demand_price(name, "us-east-1")
+        assert float(history[0]["SpotPrice"]) == pytest.approx(on_demand * 0.35, abs=1e-6)
+
+
+def test_the_emulated_price_list_answers_get_products_as_aws_shapes_it():
+    # given the local cloud's Price List Query API over moto (which has no Pricing service)
+    import json
+
+    import boto3
+    from moto import mock_aws
+
+    from spotfill.localcloud import patches, pricing
+
+    patches.patch_account_limits()
+    with mock_aws():
+        client = boto3.client("pricing", region_name="us-east-1")
+
+        def products(name: str, region: str, **attributes: str) -> list[dict]:
+            filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": name}]
+            filters += [{"Type": "TERM_MATCH", "Field": "regionCode", "Value": region}]
+            filters += [{"Type": "TERM_MATCH", "Field": k, "Value": v} for k, v in attributes.items()]
+            pages = client.get_paginator("get_products").paginate(ServiceCode="AmazonEC2", Filters=filters)
+            return [json.loads(entry) for page in pages for entry in page["PriceList"]]
+
+        linux = {
+            "operatingSystem": "Linux",
+            "tenancy": "Shared",
+            "preInstalledSw": "NA",
+            "capacitystatus": "Used",
+        }
+        # when a type is asked for with the plain Linux filters, in two regions, and without them
+        east = products("m7g.large", "us-east-1", **linux)
+        west = products("m7g.large", "eu-west-1", **linux)
+        every = products("m7g.large", "us-east-1")
+        unknown = products("z9.mega", "us-east-1", **linux)
+
+    # then one product matches, shaped as AWS's, priced per region; other variants match looser filters
+    (product,) = east
+    assert product["product"]["attributes"]["operation"] == "RunInstances"
+    (offer,) = product["terms"]["OnDemand"].values()
+    (dimension,) = offer["priceDimensions"].values()
+    assert dimension["unit"] == "Hrs"
+    east_usd = float(dimension["pricePerUnit"]["USD"])
+    assert east_usd == pricing.on_demand_price("m7g.large", "us-east-1")
+    (west_product,) = west
+    (west_offer,) = west_product["terms"]["OnDemand"].values()
+    (west_dimension,) = west_offer["priceDimensions"].values()
+    assert float(west_dimension["pricePerUnit"]["USD"]) > east_usd
+    assert len(every) > 1 and unknown == []
+    # and the on-demand price is no round multiple of the spot price, so a mix-up shows
+    ratio = east_usd / pricing.spot_price("m7g.large")
+    assert abs(ratio - round(ratio)) > 0.1
+
+
+def test_a_refusing_price_list_answers_its_error_until_restored():
+    import boto3
+    from moto import mock_aws
+
+    from spotfill.localcloud import patches
+    from spotfill.localcloud.pricing import PRICE_LIST_OUTAGE
+
+    patches.patch_account_limits()
+    filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": "c5.xlarge"}]
+    with mock_aws():
+        client = boto3.client("pricing", region_name="us-east-1")
+        PRICE_LIST_OUTAGE.refuse("AccessDeniedException")
+        try:
+            with pytest.raises(ClientError) as refused:
+                client.get_products(ServiceCode="AmazonEC2", Filters=filters)
+        finally:
+            PRICE_LIST_OUTAGE.restore()
+        assert client.get_products(ServiceCode="AmazonEC2", Filters=filters)["PriceList"]
+    assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
 
 
 def test_the_emulator_serves_ec2_spot_quotas_as_aws_does():

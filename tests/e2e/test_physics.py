@@ -65,11 +65,18 @@ def _launch_template_version(cloud, cluster: str) -> str:
 
 
 def _run_scope(
-    cloud, cluster: str, desired: int, stop_timeout: int = 2, service: str = "workers", **container: object
+    cloud,
+    cluster: str,
+    desired: int,
+    stop_timeout: int = 2,
+    service: str = "workers",
+    platform: dict | None = None,
+    **container: object,
 ) -> None:
     ecs = cloud.client("ecs")
     ecs.create_cluster(clusterName=cluster)
     task_definition = ecs.register_task_definition(
+        **({"runtimePlatform": platform} if platform else {}),
         family=f"{cluster}-{service}",
         cpu="1024",
         memory="2048",
@@ -151,6 +158,23 @@ def test_fleet_instances_boot_join_the_cluster_in_their_user_data_and_run_the_se
     for lines in first_lines:
         environment = json.loads(lines[0])
         assert environment == {"AWS_ENDPOINT_URL": local_cloud.endpoint_url, "SPOTFILL_RUN_ID": "run-one"}
+
+
+def test_a_task_runs_only_on_an_instance_of_its_runtime_platforms_architecture(local_cloud):
+    # given an arm64 task definition, and an x86_64 instance registered in its cluster
+    arm64 = {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
+    _run_scope(local_cloud, "run-arm", desired=0, platform=arm64)
+    version = _launch_template_version(local_cloud, "run-arm")
+    _request_fleet(local_cloud, version, capacity=1, types=("c5.xlarge",))
+    ecs, ec2 = local_cloud.client("ecs"), local_cloud.client("ec2")
+    eventually(lambda: len(ecs.list_container_instances(cluster="run-arm")["containerInstanceArns"]) == 1)
+    # when the service wants a task, and only then an arm64 (Graviton) instance joins
+    ecs.update_service(cluster="run-arm", service="workers", desiredCount=1)
+    _request_fleet(local_cloud, version, capacity=1, types=("m7g.xlarge",))
+    # then the task waits for the arm64 instance and runs there, never on the x86_64 one
+    (task,) = eventually(lambda: tasks_in(local_cloud, "run-arm"), timeout=60)
+    (reservation,) = ec2.describe_instances(InstanceIds=[task.instance_id])["Reservations"]
+    assert reservation["Instances"][0]["InstanceType"] == "m7g.xlarge"
 
 
 def test_a_second_run_scope_gets_its_own_instances_from_its_own_launch_template_version(local_cloud):

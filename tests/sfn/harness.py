@@ -648,6 +648,8 @@ def fill_moto_gaps() -> None:
       `LatestVersionNumber` is the version CloudFormation made.
     - Spot Fleet's ActivityStatus, request history, failing pools and ValidUntil: the local cloud's model of
       them (`spotfill.localcloud.patches.install_fleet_model`).
+    - The Price List Query API (`pricing:GetProducts`) and spot prices in DescribeSpotPriceHistory:
+      `patches.patch_account_limits` too (`spotfill.localcloud.pricing`).
     """
     from spotfill.localcloud import patches
 
@@ -668,6 +670,9 @@ def fill_moto_gaps() -> None:
 ACCOUNT_SPOT_VCPUS: dict[str, float | None] = {"L-34B43A08": None, "L-3819A6DF": 64}
 WORKER_REPOSITORY = "spotfill-worker"
 WORKER_IMAGE = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{WORKER_REPOSITORY}:sfn"
+# The arm64 (Graviton) image, in a repository of its own so that its grant is exercised apart.
+WORKER_REPOSITORY_ARM64 = "spotfill-worker-arm64"
+WORKER_IMAGE_ARM64 = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{WORKER_REPOSITORY_ARM64}:sfn"
 
 
 def set_spot_quota(code: str, vcpus: float | None) -> None:
@@ -691,15 +696,16 @@ def _prepare_account(session: boto3.session.Session) -> None:
     for code, vcpus in ACCOUNT_SPOT_VCPUS.items():
         set_spot_quota(code, vcpus)
     ecr = session.client("ecr")
-    ecr.create_repository(repositoryName=WORKER_REPOSITORY)
     config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023}
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": {**config, "digest": "sha256:" + "5f" * 32},
-        "layers": [],
-    }
-    ecr.put_image(repositoryName=WORKER_REPOSITORY, imageManifest=json.dumps(manifest), imageTag="sfn")
+    for repository, digit in ((WORKER_REPOSITORY, "5f"), (WORKER_REPOSITORY_ARM64, "a6")):
+        ecr.create_repository(repositoryName=repository)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {**config, "digest": "sha256:" + digit * 32},
+            "layers": [],
+        }
+        ecr.put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag="sfn")
 
 
 @contextmanager
@@ -723,7 +729,9 @@ def deployed_cloud(stack_name: str = "sfn") -> Iterator[Cloud]:
     ):
         session = boto3.session.Session(region_name=REGION)
         _prepare_account(session)
-        stack = deploy_stack(stack_name, {"WorkerImage": WORKER_IMAGE}, session=session)
+        stack = deploy_stack(
+            stack_name, {"WorkerImage": WORKER_IMAGE, "WorkerImageArm64": WORKER_IMAGE_ARM64}, session=session
+        )
         yield Cloud(session, stack, lambdas)
 
 

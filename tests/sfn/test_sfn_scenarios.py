@@ -13,6 +13,7 @@ import json
 import pytest
 
 from spotfill import iam
+from spotfill.localcloud import pricing
 
 from .harness import Cloud, Knobs, Outcome, assert_nothing_left, spot_quota
 
@@ -499,4 +500,83 @@ def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cl
     _assert_failed_through_teardown_and_report(outcome, "RunTimeoutError")
     assert f"spot fleet {fleet_id} expired" in _cause_message(outcome)
     assert "limits.max_runtime_seconds" in _cause_message(outcome)
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+@pytest.mark.parametrize(
+    ("name", "instance_type", "architecture"),
+    [("graviton", "m7g.large", "arm64"), ("current-gen", "c7i.large", "x86_64")],
+)
+def test_any_instance_type_ec2_offers_validates_and_runs_on_its_own_architecture(
+    cloud, lambdas, name, instance_type, architecture
+):
+    # given a run of an arm64 (Graviton) type, or of an x86_64 type outside the old price table
+    spec = cloud.spec(name, shards=3, fleet={"instance_types": [instance_type], "target_capacity": 2})
+
+    outcome = cloud.run(spec, SLOW_WORKERS)
+
+    # then it validates and runs to the end
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert len(cloud.outputs(name)) == 3
+    (validated,) = outcome.executions[0].lambda_outputs("Validate")
+    facts = validated["run"]["instance_types"][instance_type]
+    assert (facts["vcpus"], facts["architecture"], facts["gpus"]) == (2, architecture, 0)
+    # on instances of that type, booted from the ECS-optimized AMI of its architecture
+    ec2, ssm = cloud.session.client("ec2"), cloud.session.client("ssm")
+    instance_ids = [instance for _, instance in outcome.physics.registered]
+    described = [
+        i for r in ec2.describe_instances(InstanceIds=instance_ids)["Reservations"] for i in r["Instances"]
+    ]
+    assert {i["InstanceType"] for i in described} == {instance_type}
+    variant = "arm64/" if architecture == "arm64" else ""
+    parameter = f"/aws/service/ecs/optimized-ami/amazon-linux-2023/{variant}recommended/image_id"
+    expected_ami = ssm.get_parameter(Name=parameter)["Parameter"]["Value"]
+    assert {i["ImageId"] for i in described} == {expected_ami}
+    # running the worker image of that architecture, placed on that architecture only
+    (prepared,) = outcome.executions[0].lambda_outputs("PrepareRun")
+    definition = cloud.session.client("ecs").describe_task_definition(
+        taskDefinition=prepared["resources"]["task_definition_arn"]
+    )["taskDefinition"]
+    assert (
+        definition["runtimePlatform"]["cpuArchitecture"]
+        == {"arm64": "ARM64", "x86_64": "X86_64"}[architecture]
+    )
+    image = definition["containerDefinitions"][0]["image"]
+    assert image.endswith("spotfill-worker-arm64:sfn" if architecture == "arm64" else "spotfill-worker:sfn")
+    # and the report prices its hours: spot from the spot price history, the on-demand equivalent from the
+    # Price List of the run's region
+    spent = outcome.report["cost_usd"]
+    assert spent["on_demand_prices"] == {
+        instance_type: {
+            "usd_per_hour": pricing.on_demand_price(instance_type, "us-east-1"),
+            "source": "price-list",
+        }
+    }
+    assert spent["static_table_prices"] == [] and spent["unpriced"] == []
+    hours = outcome.report["instances"]["hours_by_type"][instance_type]
+    assert spent["by_purchase_option"]["spot"]["hours"] == pytest.approx(hours, abs=1e-5)
+    assert spent["spot"] == pytest.approx(hours * pricing.spot_price(instance_type), abs=1e-5)
+    assert spent["on_demand_equivalent"] == pytest.approx(
+        hours * pricing.on_demand_price(instance_type, "us-east-1"), abs=1e-5
+    )
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+def test_a_refusing_price_list_falls_back_to_the_static_table_and_the_report_flags_it(cloud, lambdas):
+    # given the Price List API refusing (an account without pricing:GetProducts, say)
+    pricing.PRICE_LIST_OUTAGE.refuse("AccessDeniedException")
+    try:
+        outcome = cloud.run(cloud.spec("price-fallback", shards=2), SLOW_WORKERS)
+    finally:
+        pricing.PRICE_LIST_OUTAGE.restore()
+
+    # then the run still validates and runs, its on-demand figures from the static table, flagged as such
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    spent = outcome.report["cost_usd"]
+    assert spent["on_demand_prices"] == {"c5.large": {"usd_per_hour": 0.085, "source": "static-table"}}
+    assert spent["static_table_prices"] == ["c5.large"]
+    hours = outcome.report["instances"]["hours_by_type"]["c5.large"]
+    assert spent["on_demand_equivalent"] == pytest.approx(hours * 0.085, abs=1e-5)
+    # while spot prices still come from the spot price history
+    assert spent["spot"] == pytest.approx(hours * pricing.spot_price("c5.large"), abs=1e-5)
     assert_nothing_left(cloud.session, outcome.run_id)

@@ -105,6 +105,9 @@ def test_start_watch_of_an_invalid_spec_prints_the_validation_error_as_one_sente
     assert status != 0
     errors = [line for line in err.splitlines() if line.startswith("spotfill: error: ")]
     assert len(errors) == 1
-    assert "invalid input: fleet.instance_types: unknown instance type(s) x9.huge" in errors[0]
+    assert (
+        "invalid input: fleet.instance_types: x9.huge is not an instance type of region us-east-1"
+        in errors[0]
+    )
     for payload_word in ("stackTrace", "errorType", "errorMessage", "Traceback"):
         assert payload_word not in err

@@ -45,6 +45,7 @@ ALL_FUNCTIONS = {
 CONTROL_ENVIRONMENT = {
     "CONTROL_BUCKET",
     "WORKER_IMAGE",
+    "WORKER_IMAGE_ARM64",
     "TASK_ROLE_ARN",
     "EXECUTION_ROLE_ARN",
     "FLEET_ROLE_ARN",
@@ -228,7 +229,7 @@ def test_every_function_gets_the_control_plane_environment_pointing_at_stack_res
     assert set(env) == CONTROL_ENVIRONMENT
     # and every value names something that exists
     assert env["CONTROL_BUCKET"] == stack.control_bucket
-    assert env["WORKER_IMAGE"] == "spotfill-worker:local"
+    assert env["WORKER_IMAGE"] == env["WORKER_IMAGE_ARM64"] == "spotfill-worker:local"
     for key in ("TASK_ROLE_ARN", "EXECUTION_ROLE_ARN", "FLEET_ROLE_ARN"):
         iam.get_role(RoleName=env[key].rsplit("/", 1)[1])
     profile = iam.get_instance_profile(InstanceProfileName=env["INSTANCE_PROFILE_ARN"].rsplit("/", 1)[1])

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from moto import mock_aws
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.instance_types import check_fleet_kind, describe_instance_types
 from spotfill_control.spec import BackfillSpec
 from spotfill_control.triggers import ValidateEvent, resolve_placeholders, spec_from_document, validate
 
@@ -82,16 +83,32 @@ def test_execution_aborted_is_a_status_change_the_cleanup_rule_selects():
     ("name", "field"),
     [
         ("missing_model.json", "model"),
-        ("unknown_instance_type.json", "fleet.instance_types"),
         ("mistyped_target_capacity.json", "fleet.target_capacity"),
         ("poll_interval_out_of_range.json", "limits.poll_interval_seconds"),
-        ("mixed_gpu_and_cpu.json", "fleet.instance_types"),
     ],
 )
 def test_invalid_spec_samples_fail_naming_their_field(name: str, field: str):
     with pytest.raises(InvalidSpecError) as raised:
         spec_from_document(load(f"invalid/{name}"))
     assert str(raised.value).startswith(f"{field}:")
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("unknown_instance_type.json", "z9.mega is not an instance type of region us-east-1"),
+        ("mixed_gpu_and_cpu.json", "mixes GPU types (g5.xlarge) and CPU types"),
+    ],
+)
+def test_samples_whose_instance_types_ec2_finds_invalid_fail_naming_them(name: str, problem: str):
+    # given a spec that is well-formed (the spec checks names only)
+    spec = spec_from_document(load(f"invalid/{name}"))
+    # when EC2 describes its instance types, as Validate asks it to
+    with mock_aws(), pytest.raises(InvalidSpecError) as raised:
+        check_fleet_kind(describe_instance_types(spec.fleet.instance_types, boto3.client("ec2")))
+    # then the error names the field and what is wrong with the types
+    assert str(raised.value).startswith(f"fleet.instance_types: {problem}")
 
 
 def test_malformed_manifest_sample_is_not_json():

@@ -440,6 +440,15 @@ def recorded(translated) -> Iterator[Recorded]:
         _invoke(cloud, "TeardownFunction", {"run": run})
         assert_nothing_left(cloud.session)
 
+        # an arm64 (Graviton) run and one of a type outside the old price table, up to their preparation (the
+        # arm64 AMI comes from SSM), then torn down
+        for name, types in (("privilege-arm64", ["m7g.large"]), ("privilege-c7i", ["c7i.large"])):
+            spec = cloud.spec(name, shards=1, fleet={"instance_types": types, "target_capacity": 1})
+            run = _invoke(cloud, "ValidateFunction", _validate_event(stack, spec))["run"]
+            run = _invoke(cloud, "PrepareRunFunction", {"run": run})
+            _invoke(cloud, "TeardownFunction", {"run": run})
+            assert_nothing_left(cloud.session)
+
         # the two other triggers, through Validate: a manifest under backfills/ and a scheduled manifest
         manifest = cloud.spec("privilege-s3", shards=1)
         s3.put_object(Bucket=stack.control_bucket, Key="backfills/privilege.json", Body=json.dumps(manifest))

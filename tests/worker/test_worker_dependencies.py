@@ -50,3 +50,32 @@ def test_the_declared_boto3_floor_has_put_object_if_none_match(source):
         f"{source} allows boto3 {floor}, older than {FIRST_BOTO3_WITH_PUT_OBJECT_IF_NONE_MATCH}, "
         "the first whose PutObject takes IfNoneMatch"
     )
+
+
+def _dockerfile_arg(name: str) -> str:
+    prefix = f"ARG {name}="
+    (value,) = [
+        line.removeprefix(prefix).strip()
+        for line in (ROOT / "worker" / "Dockerfile").read_text().splitlines()
+        if line.startswith(prefix)
+    ]
+    return value
+
+
+def test_the_image_pins_the_tensorflow_and_keras_the_tests_run():
+    # given the TensorFlow and Keras this environment's tests run with
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        tensorflow = version("tensorflow-cpu")
+    except PackageNotFoundError:
+        tensorflow = version("tensorflow")
+    # then the image (both architectures, and the GPU target) installs the same versions
+    assert _dockerfile_arg("TF_VERSION") == tensorflow
+    assert _dockerfile_arg("KERAS_VERSION") == version("keras")
+    # and within the ranges the project declares
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for line in declared:
+        requirement = Requirement(line)
+        if requirement.name in ("tensorflow", "tensorflow-cpu"):
+            assert Version(tensorflow) in requirement.specifier, line

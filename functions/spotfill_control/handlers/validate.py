@@ -6,6 +6,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from spotfill_control.aws import client
 from spotfill_control.config import settings
 from spotfill_control.preflight import Preflight
+from spotfill_control.prices import PRICING_REGION
 from spotfill_control.triggers import ValidateEvent, validate
 
 logger = Logger()
@@ -14,12 +15,21 @@ logger = Logger()
 def handler(event: dict, context: object) -> dict:
     request = parse(event=event, model=ValidateEvent)
     preflight = Preflight(
-        client("service-quotas"), client("cloudwatch"), client("ec2"), lambda region: client("ecr", region)
+        client("service-quotas"),
+        client("cloudwatch"),
+        client("ec2"),
+        lambda region: client("ecr", region),
+        client("pricing", PRICING_REGION),
     )
     run = validate(request, client("s3"), settings(), preflight=preflight)
     logger.append_keys(run_id=run.run_id)
     logger.info(
         "run validated",
-        extra={"source": run.source, "shards": run.shards_total, "preflight_notes": preflight.notes},
+        extra={
+            "source": run.source,
+            "shards": run.shards_total,
+            "preflight_notes": preflight.notes,
+            "instance_types": {n: f.model_dump() for n, f in run.instance_types.items()},
+        },
     )
     return {"run": run.model_dump(mode="json")}

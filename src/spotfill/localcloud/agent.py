@@ -307,12 +307,14 @@ class EcsAgent:
                 self._start_task(cluster, service, task_definition, instance_id)
 
     def _place(self, cluster: str, task_definition_arn: str) -> str | None:
-        """ECS spread placement: the registered, undrained instance with the fewest tasks that has room."""
-        from spotfill_control.instance_types import CATALOG
+        """ECS spread placement: the registered, undrained instance with the fewest tasks that has room and
+        the task definition's CPU architecture (`runtimePlatform.cpuArchitecture`, X86_64 when unset)."""
+        from moto.ec2.models.instance_types import INSTANCE_TYPES
 
         definition = self._task_definition(task_definition_arn)
         cpu = int(definition.get("cpu") or definition["containerDefinitions"][0].get("cpu") or 0)
         memory = int(definition.get("memory") or definition["containerDefinitions"][0].get("memory") or 0)
+        wanted = ((definition.get("runtimePlatform") or {}).get("cpuArchitecture") or "X86_64").lower()
         candidates = []
         for registration in self.registrations.values():
             machine = registration.machine
@@ -323,11 +325,14 @@ class EcsAgent:
             ):
                 continue
             on_it = [t for t in self.tasks if t.instance_id == machine.instance_id and t.alive]
-            kind = CATALOG.get(machine.instance_type)
+            kind = INSTANCE_TYPES.get(machine.instance_type)
             if kind is not None:
+                if wanted not in kind["ProcessorInfo"]["SupportedArchitectures"]:
+                    continue
                 used_cpu = sum(int(self._cpu_of(t.task_definition_arn)) for t in on_it)
                 used_memory = sum(int(self._memory_of(t.task_definition_arn)) for t in on_it)
-                if used_cpu + cpu > kind.vcpus * 1024 or used_memory + memory > kind.memory_mib:
+                vcpus, memory_mib = kind["VCpuInfo"]["DefaultVCpus"], kind["MemoryInfo"]["SizeInMiB"]
+                if used_cpu + cpu > vcpus * 1024 or used_memory + memory > memory_mib:
                     continue
             candidates.append((len(on_it), machine.launched_at, machine.instance_id))
         return min(candidates)[2] if candidates else None

@@ -34,8 +34,12 @@ server runs in this process), never the code under test:
 - ECS: deregistering a container instance that is no longer registered is a 500 in moto (a bare
   `Exception`), which clients retry for a minute; ECS answers with a client error. So does this.
 - EC2 `DescribeSpotPriceHistory` answers a placeholder price of $0.00001 stamped 2006, so every run would
-  cost nothing. The emulated spot market quotes each type at `SPOT_DISCOUNT` of its on-demand price (the
-  article's $0.50 against $1.42 per million predictions), from the start of the window asked for.
+  cost nothing. The emulated spot market quotes each type EC2 knows at `pricing.SPOT_DISCOUNT` of its
+  emulated us-east-1 on-demand price (the article's $0.50 against $1.42 per million predictions), from the
+  start of the window asked for.
+- The AWS Price List Query API (`pricing:GetProducts`) is not in moto at all: `spotfill.localcloud.pricing`
+  serves it, in process here and over HTTP by the local cloud's server, with region-dependent on-demand
+  prices for every type moto's EC2 describes.
 - Service Quotas: moto knows only VPC quotas. The EC2 Spot vCPU quotas are served as AWS serves them: the
   AWS default (`GetAWSDefaultServiceQuota`, a new account's values) and, for a quota never changed,
   `NoSuchResourceException` from `GetServiceQuota`; `set_service_quota` (tests) or
@@ -71,6 +75,8 @@ from urllib.parse import quote_plus
 
 import boto3
 
+from spotfill.localcloud import pricing
+
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
@@ -93,7 +99,6 @@ def install(endpoint_url: str) -> None:
         _patch_execution_names()
         _patch_ecs_deregistration_error()
         _patch_rule_targets()
-        _patch_spot_price_history()
         patch_sqs_visibility_limit()
         install_conditional_write_conflicts()
         _installed = True
@@ -778,27 +783,17 @@ def _patch_execution_names() -> None:
 
 # --- EC2: a spot market with prices ----------------------------------------------------------------------
 
-SPOT_DISCOUNT = 0.35
-
-
-def spot_price(instance_type: str) -> float | None:
-    """The emulated spot price (USD per hour) of a type in the catalog, None for any other type."""
-    from spotfill_control.instance_types import CATALOG
-
-    known = CATALOG.get(instance_type)
-    return None if known is None else round(known.on_demand_hourly_usd * SPOT_DISCOUNT, 6)
-
 
 def _patch_spot_price_history() -> None:
     from moto.core.responses import ActionResult
     from moto.ec2.responses.spot_instances import SpotInstances
 
     def describe_spot_price_history(self: Any) -> Any:
-        # Every catalog type in every zone (moto's offerings leave some zones out, e.g. no c5 in us-east-1e,
-        # while its fleets still place instances there).
-        from spotfill_control.instance_types import CATALOG
+        # Each type asked for (else those of the static price table) in every zone (moto's offerings leave
+        # some zones out, e.g. no c5 in us-east-1e, while its fleets still place instances there).
+        from spotfill_control.instance_types import STATIC_ON_DEMAND_USD
 
-        types = self._get_param("InstanceTypes", []) or sorted(CATALOG)
+        types = self._get_param("InstanceTypes", []) or sorted(STATIC_ON_DEMAND_USD)
         zones = self._filters_from_querystring().get("availability-zone") or [
             zone.name for zone in self.ec2_backend.describe_availability_zones()
         ]
@@ -812,7 +807,7 @@ def _patch_spot_price_history() -> None:
                 "Timestamp": start,
             }
             for instance_type in types
-            if (price := spot_price(instance_type)) is not None
+            if (price := pricing.spot_price(instance_type)) is not None
             for zone in zones
         ]
         return ActionResult({"SpotPriceHistory": history})
@@ -903,14 +898,17 @@ def set_instance_type_offerings(
 
 
 def patch_account_limits() -> None:
-    """Serve EC2 Spot vCPU quotas and controllable instance type offerings (idempotent, in process: the local
-    cloud's server and the tests' in-process moto alike)."""
+    """Serve EC2 Spot vCPU quotas, controllable instance type offerings, a spot market with prices and the
+    Price List's on-demand prices (idempotent, in process: the local cloud's server and the tests'
+    in-process moto alike)."""
     global _limits_patched
     with _limits_lock:
         if _limits_patched:
             return
         _patch_service_quotas()
         _patch_instance_type_offerings()
+        _patch_spot_price_history()
+        pricing.install_in_process()
         _limits_patched = True
 
 

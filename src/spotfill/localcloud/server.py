@@ -18,6 +18,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 from spotfill.localcloud.guard import Credentials, Guard
+from spotfill.localcloud.pricing import PriceListRouter
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -55,7 +56,8 @@ def port_in_use(port: int) -> bool:
 
 
 class _GuardedMotoServer(ThreadedMotoServer):
-    """moto's threaded server with its app behind `spotfill.localcloud.guard.Guard`."""
+    """moto's threaded server with its app behind `spotfill.localcloud.guard.Guard`, and the Price List API
+    (`spotfill.localcloud.pricing`, which moto lacks) in front of moto."""
 
     def __init__(self, ip_address: str, port: int, credentials: Credentials) -> None:
         super().__init__(ip_address=ip_address, port=port, verbose=False)
@@ -63,7 +65,9 @@ class _GuardedMotoServer(ThreadedMotoServer):
 
     def _server_entry(self) -> None:
         origins = (f"http://{HOST}:{self._port}", f"http://localhost:{self._port}")
-        app = Guard(DomainDispatcherApplication(create_backend_app), origins, self._credentials)
+        app = Guard(
+            PriceListRouter(DomainDispatcherApplication(create_backend_app)), origins, self._credentials
+        )
         self._server = make_server(
             self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
         )
