@@ -22,7 +22,7 @@ def test_the_emulated_spot_market_quotes_every_catalog_type_in_every_zone_below_
 
     from spotfill.localcloud import patches
 
-    patches._patch_spot_price_history()
+    patches.quote_spot_prices()
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
         zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]

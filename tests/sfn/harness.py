@@ -648,6 +648,8 @@ def fill_moto_gaps() -> None:
       `LatestVersionNumber` is the version CloudFormation made.
     - Spot Fleet's ActivityStatus, request history, failing pools and ValidUntil: the local cloud's model of
       them (`spotfill.localcloud.patches.install_fleet_model`).
+    - `ec2:DescribeSpotPriceHistory` with prices (moto quotes $0.00001 stamped 2006): the local cloud's spot
+      market (`patches.quote_spot_prices`), which the monitor's budget and the report price runs with.
     """
     from spotfill.localcloud import patches
 
@@ -659,6 +661,7 @@ def fill_moto_gaps() -> None:
     patches.inherit_launch_template_source_versions()
     patches.update_stacks_as_cloudformation_does()
     patches.delete_launch_template_versions_as_ec2_does()
+    patches.quote_spot_prices()
     _gaps_filled = True
 
 

@@ -93,7 +93,7 @@ def install(endpoint_url: str) -> None:
         _patch_execution_names()
         _patch_ecs_deregistration_error()
         _patch_rule_targets()
-        _patch_spot_price_history()
+        quote_spot_prices()
         patch_sqs_visibility_limit()
         install_conditional_write_conflicts()
         _installed = True
@@ -789,7 +789,7 @@ def spot_price(instance_type: str) -> float | None:
     return None if known is None else round(known.on_demand_hourly_usd * SPOT_DISCOUNT, 6)
 
 
-def _patch_spot_price_history() -> None:
+def quote_spot_prices() -> None:
     from moto.core.responses import ActionResult
     from moto.ec2.responses.spot_instances import SpotInstances
 
