@@ -37,7 +37,7 @@ from typing import Any
 from spotfill_control import cost
 from spotfill_control.cluster import STOP_TIMEOUT_SECONDS
 from spotfill_control.errors import BudgetReached
-from spotfill_control.fleet import capacity_weights
+from spotfill_control.fleet import capacity_weights, requested_capacity
 from spotfill_control.instance_types import CATALOG
 from spotfill_control.run import RunState, SpotPrice
 
@@ -267,13 +267,18 @@ def accrue_run(run: RunState, now: datetime, ec2: Any) -> list[Billing]:
 
 
 def project_run(run: RunState, found: list[Billing]) -> Projection:
-    """Project the accrued cost over the horizon at the fleet's hourly price (its target as the poll left
-    it: lowered by the tail scale-down, 0 once draining) and record it in the run."""
+    """Project the accrued cost over the horizon at the fleet's hourly price and record it in the run. The
+    fleet's target is the last one seen (before this poll's tail scale-down, so never too low; the requested
+    capacity before the first poll), 0 once draining."""
     types = run.spec.fleet.instance_types
     weights = capacity_weights(types)
     prices = price_table(run)
     ceiling = ceiling_per_unit(types, prices, weights, {t: on_demand_hourly_usd(run, t) for t in types})
-    target = 0 if run.budget.draining_since else (run.progress.fleet_target_capacity or 0)
+    target = run.progress.fleet_target_capacity
+    if target is None:
+        target = requested_capacity(run)
+    if run.budget.draining_since is not None:
+        target = 0
     hourly = fleet_hourly_usd(found, target, weights, ceiling)
     projection = project(run.budget.accrued_usd, hourly, run.spec.limits.poll_interval_seconds)
     run.budget.hourly_usd = projection.hourly_usd
@@ -292,22 +297,18 @@ def stop_new_capacity(run: RunState, ec2: Any) -> None:
     )
 
 
-def drain_if_due(
-    run: RunState, projection: Projection, done: bool, ec2: Any, ecs: Any, now: datetime
-) -> None:
-    """Start the drain when the projection reaches the cap (once; never for a finished run)."""
-    if done or run.budget.draining_since is not None:
-        return
-    if must_drain(run.spec.limits.max_total_usd, projection.projected_usd):
-        start_drain(run, ec2, ecs, now)
+def drain_if_due(run: RunState, projection: Projection, ecs: Any, now: datetime) -> None:
+    """Start the drain when the projection reaches the cap (once). The fleet's target goes to 0 when the
+    monitor looks at the fleet (`progress`), as soon as the fleet takes a new target."""
+    if run.budget.draining_since is None and must_drain(
+        run.spec.limits.max_total_usd, projection.projected_usd
+    ):
+        start_drain(run, ecs, now)
 
 
-def start_drain(run: RunState, ec2: Any, ecs: Any, now: datetime) -> None:
-    """No new capacity, and no worker takes another shard: ECS stops every task of the service (SIGTERM;
-    the worker finishes the shard in hand before the stop timeout if it can, else puts it back)."""
-    if run.resources.spot_fleet_request_id:
-        stop_new_capacity(run, ec2)
-        run.progress.fleet_target_capacity = 0
+def start_drain(run: RunState, ecs: Any, now: datetime) -> None:
+    """No worker takes another shard: ECS stops every task of the service (SIGTERM; the worker finishes the
+    shard in hand before the stop timeout if it can, else puts it back)."""
     cluster, service = run.resources.cluster_name, run.resources.service_name
     if cluster and service:
         ecs.update_service(cluster=cluster, service=service, desiredCount=0)

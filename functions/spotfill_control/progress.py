@@ -488,12 +488,12 @@ def iterate(
     progress.last_checked_at = now
 
     if resources.spot_fleet_request_id:
-        # Accrued before the fleet is looked at: the instances the last poll saw alive tell when those
-        # terminated without a stated time ended.
+        # The budget first: the instances the last poll saw alive tell when those terminated without a stated
+        # time ended, and a drain it starts keeps the fleet look below from resizing anything.
         billed = budget.accrue_run(run, now, clients.ec2)
+        if not done:
+            budget.drain_if_due(run, budget.project_run(run, billed), clients.ecs, now)
         _watch_fleet(run, clients, seen, done)
-        projection = budget.project_run(run, billed)
-        budget.drain_if_due(run, projection, done, clients.ec2, clients.ecs, now)
 
     if done:
         progress.state = "done"
@@ -645,9 +645,16 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
     progress.known_instances = sorted(view.alive)
     progress.fleet_target_capacity = view.target_capacity
     seen.fleet_target_capacity = view.target_capacity
-    if done or not view.active or run.budget.draining_since is not None:
+    if done or not view.active:
         # Done: teardown removes everything, resizing now would only race it. A fleet that ended brings no
-        # capacity: check_fleet fails the run. Draining for the dollar cap: the service stays at 0 tasks.
+        # capacity: check_fleet fails the run.
+        return
+    if run.budget.draining_since is not None:
+        # Draining for the dollar cap: the service stays at 0 tasks, and the fleet goes to target 0 once it
+        # takes a new target (not while it is still modifying).
+        if view.state == "active" and view.target_capacity > 0:
+            budget.stop_new_capacity(run, clients.ec2)
+            progress.fleet_target_capacity = seen.fleet_target_capacity = 0
         return
     _size_service(run, clients, seen)
     if view.state != "active":

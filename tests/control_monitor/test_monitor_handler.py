@@ -117,6 +117,36 @@ def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
     assert world.stored_run(run["run_id"])["budget"]["draining_since"] == draining["budget"]["draining_since"]
 
 
+def test_a_drain_that_starts_while_the_fleet_is_modifying_lowers_it_once_the_fleet_settles(
+    world, start_run, lambda_context
+):
+    # given a run over its cap whose fleet is still applying an earlier change (EC2 takes no new target then)
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    run = start_run(max_total_usd=0.0001)
+    fleet_id = run["resources"]["spot_fleet_request_id"]
+    fleet = ec2_backends[DEFAULT_ACCOUNT_ID][world.ec2.meta.region_name].spot_fleet_requests[fleet_id]
+    fleet.state = "modifying"
+
+    def target() -> int:
+        configs = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+            "SpotFleetRequestConfigs"
+        ]
+        return configs[0]["SpotFleetRequestConfig"]["TargetCapacity"]
+
+    # when monitor looks, then it drains the service but leaves the fleet's target alone
+    draining = monitor.handler({"run": run}, lambda_context)
+    assert draining["budget"]["draining_since"] is not None
+    assert target() > 0
+
+    # when the fleet settles, the next poll sets its target to 0 (and, no shard in hand, ends the run)
+    fleet.state = "active"
+    with pytest.raises(BudgetReached):
+        monitor.handler({"run": draining}, lambda_context)
+    assert target() == 0
+
+
 def test_monitor_finishes_when_every_shard_has_an_output(world, running_run, lambda_context):
     # given every shard done and every message deleted
     world.drain_queue(running_run)
