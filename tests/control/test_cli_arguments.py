@@ -196,3 +196,14 @@ def test_watch_shows_the_cost_so_far_against_the_cap_and_a_drain():
     Console(file=out, width=120, color_system=None).print(render(snap))
     assert "cost $0.0001530 of $0.0002000 cap (76%)" in out.getvalue()
     assert "draining: budget nearly reached" in out.getvalue()
+
+
+def test_a_local_run_with_a_cap_builds_a_spec_that_carries_it_exactly():
+    from spotfill_control.spec import BackfillSpec
+
+    from spotfill.localrun import manifest
+
+    spec = manifest("capped", "data", "models/m.keras", "npy", "npy", instances=2, max_total_usd=0.0002)
+    assert BackfillSpec.model_validate(spec).limits.max_total_usd == 0.0002
+    uncapped = manifest("free", "data", "models/m.keras", "npy", "npy", instances=2)
+    assert BackfillSpec.model_validate(uncapped).limits.max_total_usd is None
