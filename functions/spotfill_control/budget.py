@@ -323,9 +323,8 @@ def check_budget(run: RunState, in_flight: int, now: datetime) -> None:
     cap = run.spec.limits.max_total_usd
     unfinished = max(0, run.shards_total - run.shards_skipped - run.progress.outputs_done)
     raise BudgetReached(
-        f"run {run.run_id} drained before its projected cost ${format_usd(budget.projected_usd)} crossed "
-        f"limits.max_total_usd = ${format_usd(cap or 0.0)}; "
-        f"it cost ${format_usd(budget.accrued_usd)} so far, "
+        f"run {run.run_id} drained when its projected cost reached limits.max_total_usd = "
+        f"${format_usd(cap or 0.0)}; it cost ${format_usd(budget.accrued_usd)} so far, "
         f"{run.progress.outputs_done} shard(s) done and about {unfinished} unfinished: "
         f"`spotfill redrive {run.run_id} --max-total-usd <new cap>` queues them in a new run"
     )

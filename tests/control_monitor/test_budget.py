@@ -256,7 +256,7 @@ def test_a_finished_drain_raises_budget_reached_naming_the_cap_the_cost_and_redr
     with pytest.raises(BudgetReached) as raised:
         budget.check_budget(run, 0, at(10))
     message = str(raised.value)
-    assert "$0.0002000" in message and "$0.0001234" in message
+    assert "limits.max_total_usd = $0.0002000" in message and "it cost $0.0001234 so far" in message
     assert "about 6 unfinished" in message and f"spotfill redrive {run.run_id} --max-total-usd" in message
 
     run.progress.state = "done"
