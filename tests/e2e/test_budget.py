@@ -16,12 +16,12 @@ from .helpers import write_digits
 pytestmark = pytest.mark.e2e
 
 INSTANCES = 2
-SHARDS = 100
+SHARDS = 150
 POLL_SECONDS = 1
 # Seconds of the whole fleet's time the cap pays for beyond the projection's reserve (a poll and a drain):
 # the instances boot, register and their workers load the model in a few of them, and two workers get
 # through a few shards a second, far fewer than SHARDS in the rest, so the drain comes mid-run.
-FLEET_SECONDS_BEYOND_THE_RESERVE = 10
+FLEET_SECONDS_BEYOND_THE_RESERVE = 9
 
 
 def test_a_run_with_a_small_cap_drains_mid_run_within_one_poll_of_the_cap_and_redrive_finishes_it(
