@@ -40,3 +40,8 @@ class TransientAwsError(SpotfillError):
 
 class ModelLoadError(SpotfillError):
     """A worker could not load the run's model (its error record names the reason); no retry can fix it."""
+
+
+class BudgetReached(SpotfillError):
+    """The run drained before its projected cost crossed `limits.max_total_usd`; its unfinished shards wait
+    for `spotfill redrive`. The execution fails with this error so nobody takes it for a finished backfill."""

@@ -19,7 +19,9 @@ from that:
 
 The pure arithmetic sits in small functions at the top; the AWS reads and writes take clients as arguments.
 Limits (stall, maximum runtime) are enforced by `enforce_limits`, after the handler persisted what this
-iteration saw, so the report of a stalled run still has its last figures.
+iteration saw, so the report of a stalled run still has its last figures. Each iteration with a fleet also
+accrues the run's cost and drains the run before it would cross `limits.max_total_usd`
+(`spotfill_control.budget`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotfill_control import budget
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import (
@@ -250,7 +253,8 @@ def enforce_limits(run: RunState, now: datetime) -> None:
             f"{run.progress.outputs_done} outputs, {run.progress.dead_letters} dead letters"
         )
     last = run.progress.last_progress_at
-    if last is not None and (now - last).total_seconds() > limits.stall_timeout_seconds:
+    draining = run.budget.draining_since is not None  # no progress is the point: the drain has its own end
+    if not draining and last is not None and (now - last).total_seconds() > limits.stall_timeout_seconds:
         raise StallError(
             f"run {run.run_id} made no progress for {int((now - last).total_seconds())} s "
             f"(limits.stall_timeout_seconds = {limits.stall_timeout_seconds}): "
@@ -484,6 +488,11 @@ def iterate(
     progress.last_checked_at = now
 
     if resources.spot_fleet_request_id:
+        # The budget first: the instances the last poll saw alive tell when those terminated without a stated
+        # time ended, and a drain it starts keeps the fleet look below from resizing anything.
+        billed = budget.accrue_run(run, now, clients.ec2)
+        if not done:
+            budget.drain_if_due(run, budget.project_run(run, billed), clients.ecs, now)
         _watch_fleet(run, clients, seen, done)
 
     if done:
@@ -639,6 +648,13 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
     if done or not view.active:
         # Done: teardown removes everything, resizing now would only race it. A fleet that ended brings no
         # capacity: check_fleet fails the run.
+        return
+    if run.budget.draining_since is not None:
+        # Draining for the dollar cap: the service stays at 0 tasks, and the fleet goes to target 0 once it
+        # takes a new target (not while it is still modifying).
+        if view.state == "active" and view.target_capacity > 0:
+            budget.stop_new_capacity(run, clients.ec2)
+            progress.fleet_target_capacity = seen.fleet_target_capacity = 0
         return
     _size_service(run, clients, seen)
     if view.state != "active":

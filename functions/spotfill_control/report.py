@@ -24,15 +24,16 @@ from pydantic import BaseModel, ConfigDict
 
 from spotfill_control import cost, state_store
 from spotfill_control.aws import is_missing_key, read_object
+from spotfill_control.budget import format_usd
 from spotfill_control.config import Settings
-from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.errors import BudgetReached, SpotfillError, TransientAwsError
 from spotfill_control.fleet import requested_capacity
 from spotfill_control.progress import Clients, list_output_uris
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
 from spotfill_control.teardown import read_dead_letters, teardown_and_persist
 
-Status = Literal["succeeded", "completed_with_failures", "failed", "invalid"]
+Status = Literal["succeeded", "completed_with_failures", "budget_reached", "failed", "invalid"]
 EVENT_SOURCE = "spotfill"
 EVENT_DETAIL_TYPE = "Backfill Run Finished"
 # Outputs whose `spotfill-rows` are read one by one; beyond this the total is estimated from a sample.
@@ -41,6 +42,8 @@ PREDICTION_SAMPLE_SIZE = 500
 FAILED_KEYS_LIMIT = (
     1_000  # the report lists at most this many failed shards (the full list: dead_letters.json)
 )
+# Dollar figures keep 8 decimals: a local-cloud run costs fractions of a cent, and so does its cap.
+USD_DIGITS = 8
 FAILED_ERRORS_LIMIT = 100  # the report quotes the error records of at most this many failed shards
 NOTIFIED_FAILED_ERRORS = 3  # the notification quotes this many of them
 
@@ -299,18 +302,18 @@ def cost_section(summary: cost.CostSummary | None, predictions: int, run: RunSta
     on_demand_usd = summary.on_demand_usd if summary else 0.0
     options = summary.by_purchase_option if summary else {}
     return {
-        "total": round(total_usd, 6),
-        "spot": round(summary.spot_usd if summary else 0.0, 6),
+        "total": round(total_usd, USD_DIGITS),
+        "spot": round(summary.spot_usd if summary else 0.0, USD_DIGITS),
         "by_purchase_option": {
             option: {
                 "instances": spent.instances,
                 "hours": round(spent.hours, 6),
-                "usd": round(spent.usd, 6),
+                "usd": round(spent.usd, USD_DIGITS),
                 "price": "spot price history" if option == "spot" else "on-demand price",
             }
             for option, spent in options.items()
         },
-        "on_demand_equivalent": round(on_demand_usd, 6),
+        "on_demand_equivalent": round(on_demand_usd, USD_DIGITS),
         "savings_fraction": _round(summary.savings_fraction if summary else None, 4),
         "per_million_predictions": _round(cost.cost_per_million(total_usd, predictions)),
         "on_demand_per_million_predictions": _round(cost.cost_per_million(on_demand_usd, predictions)),
@@ -330,6 +333,8 @@ def status_of(
     if error is not None:
         if error.Error == "InvalidSpecError":
             return "invalid", f"invalid input: {error.message}"
+        if error.Error == BudgetReached.__name__:
+            return "budget_reached", f"budget reached: {error.message}"
         return "failed", f"{error.Error}: {error.message}".rstrip(": ")
     if run is None:
         return "failed", "the execution ended before a run existed"
@@ -430,6 +435,7 @@ def build_report(
                 "failed_pools": [pool.model_dump() for pool in run.failed_pools],
             },
             "cost_usd": cost_section(summary, facts.predictions, run),
+            "budget": budget_of(run),
             "throughput": {
                 "mean_shards_per_second": _round(per_second(facts.succeeded, processing_seconds)),
                 "peak_shards_per_second": round(run.progress.peak_shards_per_second, 6),
@@ -462,6 +468,20 @@ def capacity_of(run: RunState) -> dict[str, Any]:
     }
 
 
+def budget_of(run: RunState) -> dict[str, Any]:
+    """The dollar cap and what the monitor accrued against it (the cost above is the report's own reckoning
+    from each instance's hours and the time-weighted spot price)."""
+    b = run.budget
+    return {
+        "max_total_usd": run.spec.limits.max_total_usd,
+        "accrued_usd": round(b.accrued_usd, USD_DIGITS),
+        "accrued_through": b.accrued_through.isoformat() if b.accrued_through else None,
+        "last_projected_usd": round(b.projected_usd, USD_DIGITS),
+        "fleet_hourly_usd": round(b.hourly_usd, USD_DIGITS),
+        "drain_started_at": b.draining_since.isoformat() if b.draining_since else None,
+    }
+
+
 def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
     """The small summary the Report state returns and the EventBridge event carries."""
     shards = report.get("shards", {})
@@ -482,6 +502,7 @@ def summary_of(report: Mapping[str, Any]) -> dict[str, Any]:
 SUBJECT_WORDS: dict[str, str] = {
     "succeeded": "succeeded",
     "completed_with_failures": "succeeded with failed shards",
+    "budget_reached": "stopped: budget reached",
     "failed": "failed",
     "invalid": "failed: invalid input",
 }
@@ -501,7 +522,10 @@ def notification(report: Mapping[str, Any]) -> tuple[str, str]:
         for failed in s.get("failed_errors", [])[:NOTIFIED_FAILED_ERRORS]:
             lines.append(f"Failed: {failed['shard']}: {failed['error_type']}: {failed['error']}"[:500])
         lines.append(f"Predictions: {report['predictions']['total']}")
-        lines.append(f"Cost: ${report['cost_usd']['total']:.4f}")
+        lines.append(f"Cost: ${format_usd(report['cost_usd']['total'])}")
+        cap = report.get("budget", {}).get("max_total_usd")
+        if cap is not None:
+            lines.append(f"Cap: ${format_usd(cap)} (limits.max_total_usd)")
     lines.append(f"Report: {report['report_uri']}")
     return subject.encode("ascii", "replace").decode(), "\n".join(lines)
 

@@ -78,6 +78,30 @@ class Progress(_State):
     rows_sampled_total: int = 0
 
 
+class SpotPrice(_State):
+    """The spot price in effect for an instance type in a zone when the budget last read it."""
+
+    instance_type: str
+    availability_zone: str
+    usd_per_hour: float
+
+
+class Budget(_State):
+    """The run's cost as the monitor accrues it, and the dollar cap's drain (`spotfill_control.budget`).
+
+    A few numbers and one price per instance type and zone, never a record per instance: the cost is added
+    up poll by poll over [accrued_through, now], so the run state stays small with thousands of instances.
+    """
+
+    accrued_usd: float = 0.0
+    accrued_through: datetime | None = None  # None: nothing accrued yet (the first poll counts from launch)
+    hourly_usd: float = 0.0  # what the fleet costs per hour: its instances and the capacity still to come
+    projected_usd: float = 0.0  # accrued + hourly x (the next poll + a drain), compared with the cap
+    spot_prices: list[SpotPrice] = Field(default_factory=list)
+    spot_prices_at: datetime | None = None
+    draining_since: datetime | None = None  # the cap is near: no new capacity, workers finish what they hold
+
+
 class FailedPool(_State):
     """A capacity pool of the fleet (an instance type in a zone) that EC2 could not launch into, or an
     account-wide fleet error that names no pool: from the fleet's request history (`error` events)."""
@@ -113,6 +137,7 @@ class RunState(_State):
     failed_pools: list[FailedPool] = Field(default_factory=list)
     # The spec's instance types as EC2 and the Price List described them at Validate (name -> facts).
     instance_types: dict[str, InstanceTypeFacts] = Field(default_factory=dict)
+    budget: Budget = Field(default_factory=Budget)
 
     def stepped(self, phase: Phase, started: str, at: datetime, **created: object) -> RunState:
         """The run entered `phase`: record what the step created and when it first started (a retried step

@@ -192,6 +192,14 @@ class LimitsSpec(_Model):
         strict=True,
         description="monitor iterations per execution before continue-as-new; null: the computed default",
     )
+    max_total_usd: float | None = Field(
+        default=None,
+        gt=0,
+        strict=True,
+        allow_inf_nan=False,
+        description="cap on the whole run's instance cost in USD; the monitor drains the run before its "
+        "projected cost crosses it (docs/contracts.md, 'The dollar cap'); null: no cap",
+    )
 
     @field_validator("max_runtime_seconds")
     @classmethod

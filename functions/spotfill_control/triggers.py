@@ -329,6 +329,21 @@ def check_fleet_types(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts], s
     check_worker_image_for(facts, settings)
     check_gpu_tasks(spec, facts)
     check_task_memory(spec, facts)
+    check_priced_for_cap(spec, facts)
+
+
+def check_priced_for_cap(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
+    """A dollar cap bounds spend only if every type has a price: the budget prices on-demand instances, and
+    spot capacity not yet launched, at the on-demand price."""
+    if spec.limits.max_total_usd is None:
+        return
+    unpriced = sorted(name for name, f in facts.items() if f.on_demand_hourly_usd is None)
+    if unpriced:
+        raise InvalidSpecError(
+            f"limits.max_total_usd: no on-demand price for {', '.join(unpriced)} (neither the Price List nor "
+            "the static table lists it), so the cap cannot bound what it costs: choose other types or drop "
+            "the cap."
+        )
 
 
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:

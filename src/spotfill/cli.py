@@ -88,6 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         chaos=_chaos(args.chaos),
         console=console,
         name=args.name,
+        max_total_usd=args.max_total_usd,
         port=args.port,
         overwrite=args.overwrite,
         keep_run_dir=args.keep_run_dir,
@@ -244,7 +245,7 @@ def cmd_redrive(args: argparse.Namespace) -> int:
 
     session = _session(args)
     stack = session.stack(args.stack)
-    execution_arn = redrive(session, stack, args.run)
+    execution_arn = redrive(session, stack, args.run, max_total_usd=args.max_total_usd)
     print(execution_arn, flush=True)
     return _watch(session, stack, execution_arn) if args.watch else 0
 
@@ -311,6 +312,21 @@ def _whole_number(low: int | None = None, high: int | None = None, what: str = "
 def _instances() -> Callable[[str], int]:
     low, high = _bounds(FleetSpec, "target_capacity")
     return _whole_number(low, high, "the fleet's target capacity")
+
+
+def _dollar_cap(text: str) -> float:
+    """An argparse `type=` for `--max-total-usd`, checked as the spec checks `limits.max_total_usd`."""
+    from pydantic import ValidationError
+    from spotfill_control.spec import LimitsSpec
+
+    try:
+        value = float(text)
+        LimitsSpec(max_total_usd=value)
+    except (ValueError, ValidationError):
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of US dollars greater than 0 (limits.max_total_usd), got {text!r}"
+        ) from None
+    return value
 
 
 def _backfill_name(text: str) -> str:
@@ -427,6 +443,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--instances", type=_instances(), default=2, help="spot instances in the fleet")
     run.add_argument("--chaos", help=chaos_help)
+    run.add_argument(
+        "--max-total-usd",
+        type=_dollar_cap,
+        help="cap on the whole run's cost in US dollars, limits.max_total_usd (default: no cap)",
+    )
     run.add_argument("--name", type=_backfill_name, default="local", help="the backfill's name")
     run.add_argument("--port", type=_port, help="the emulator's port (default: any free one)")
     run.add_argument(
@@ -472,8 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
     _aws_options(report)
     report.set_defaults(func=cmd_report)
 
-    redrive = command(sub, "redrive", "queue a run's dead-lettered shards again, in a new execution")
+    redrive = command(
+        sub, "redrive", "queue a run's dead-lettered and unfinished shards again, in a new execution"
+    )
     redrive.add_argument("run", help="run id")
+    redrive.add_argument(
+        "--max-total-usd",
+        type=_dollar_cap,
+        help="the new run's dollar cap, limits.max_total_usd (default: the run's own cap, if it had one)",
+    )
     redrive.add_argument("--watch", action="store_true", help="follow the new execution to the end")
     _aws_options(redrive)
     redrive.set_defaults(func=cmd_redrive)

@@ -235,6 +235,7 @@ def manifest(
     instances: int,
     tasks_per_instance: int = 1,
     poll_interval: int = 1,
+    max_total_usd: float | None = None,
 ) -> dict[str, Any]:
     return {
         "name": name,
@@ -248,6 +249,7 @@ def manifest(
             "registration_timeout_seconds": 120,
             "stall_timeout_seconds": 180,
             "poll_interval_seconds": poll_interval,
+            "max_total_usd": max_total_usd,
         },
     }
 
@@ -410,6 +412,7 @@ def run_local(
     overwrite: bool = False,
     port: int | None = None,
     timeout: float | None = None,
+    max_total_usd: float | None = None,
 ) -> LocalRunResult:
     """Run the backfill of input_dir's shards into output_dir. Shards whose output there is already complete
     are skipped unless `overwrite`. SIGTERM and SIGHUP end it as Ctrl-C does: the outputs finished so far are
@@ -444,6 +447,7 @@ def run_local(
             name=name,
             options=LocalCloudOptions(port=port, chaos=chaos, run_dir=run_dir, keep_run_dir=keep_run_dir),
             timeout=timeout,
+            max_total_usd=max_total_usd,
         )
 
 
@@ -496,6 +500,7 @@ def _run_in_local_cloud(
     name: str,
     options: LocalCloudOptions,
     timeout: float | None,
+    max_total_usd: float | None = None,
 ) -> LocalRunResult:
     shards = plan.to_run
     started = time.monotonic()
@@ -514,6 +519,7 @@ def _run_in_local_cloud(
             input_format,
             output_format,
             instances,
+            max_total_usd=max_total_usd,
         )
         with console.status(f"uploading the model and {len(shards)} shards, then the manifest"):
             execution_arn = upload_and_trigger(cloud, spec, model_path, shards, input_dir)

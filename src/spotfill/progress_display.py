@@ -1,5 +1,5 @@
 """The live progress display: shards done/total, predictions per second, ETA, instances and tasks, the
-workflow's current state; and the run report as a table."""
+workflow's current state, the cost so far against the run's dollar cap; and the run report as a table."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+from spotfill_control.budget import format_usd
 
 from spotfill.runs import RunWatcher, Snapshot
 
@@ -51,7 +52,19 @@ def render(snap: Snapshot) -> Group:
         _duration(snap.elapsed),
     )
     header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
-    return Group(header, bar, line, status)
+    return Group(header, bar, line, status, spending(snap))
+
+
+def spending(snap: Snapshot) -> Text:
+    """The cost so far against the cap, e.g. `cost $0.0001532 of $0.0002000 cap (77%)  draining`."""
+    cost = "-" if snap.cost_usd is None else f"${format_usd(snap.cost_usd)}"
+    parts: list[str | tuple[str, str]] = [("cost ", "bold"), cost]
+    if snap.max_total_usd is not None:
+        share = f" ({(snap.cost_usd or 0.0) / snap.max_total_usd:.0%})" if snap.cost_usd is not None else ""
+        parts.append(f" of ${format_usd(snap.max_total_usd)} cap{share}")
+    if snap.draining:
+        parts.append(("  draining: budget nearly reached", "yellow"))
+    return Text.assemble(*parts)
 
 
 def follow(
@@ -106,6 +119,7 @@ def report_table(report: dict[str, Any]) -> Table:
             f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
             f"{shards.get('skipped_existing', 0)} skipped (output existed), "
             f"{shards.get('retried', 0)} retried, "
+            f"{shards.get('unprocessed', 0)} unfinished (spotfill redrive), "
             f"of {shards.get('total', 0)}",
         )
         for key in shards.get("failed_keys", [])[:10]:
@@ -133,6 +147,10 @@ def report_table(report: dict[str, Any]) -> Table:
             "instances",
             f"{instances.get('count', 0)} ({hours or '-'}), {instances.get('interruptions', 0)} interrupted",
         )
+    cap = report.get("budget", {}).get("max_total_usd")
+    if cap is not None:
+        accrued = report["budget"].get("accrued_usd") or 0.0
+        table.add_row("budget", f"${format_usd(accrued)} accrued of ${format_usd(cap)} cap")
     cost = report.get("cost_usd", {})
     if cost:
         options = cost.get("by_purchase_option", {})
@@ -144,8 +162,8 @@ def report_table(report: dict[str, Any]) -> Table:
         static = cost.get("static_table_prices") or []
         table.add_row(
             "cost",
-            f"${cost.get('total', cost.get('spot', 0)):.4f}{f' ({split})' if split else ''} vs "
-            f"${cost.get('on_demand_equivalent', 0):.4f} on demand; "
+            f"${format_usd(cost.get('total', cost.get('spot', 0)))}{f' ({split})' if split else ''} vs "
+            f"${format_usd(cost.get('on_demand_equivalent', 0))} on demand; "
             f"${cost.get('per_million_predictions') or 0:.4f} per million predictions"
             + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
         )

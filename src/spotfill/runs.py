@@ -162,14 +162,18 @@ def report_from_execution_output(output: str | None) -> dict[str, Any] | None:
     return document.get("report") if isinstance(document, dict) else None
 
 
-def redrive(session: Session, stack: Stack, run_id: str) -> str:
+def redrive(session: Session, stack: Stack, run_id: str, max_total_usd: float | None = None) -> str:
     """Another attempt for the shards a run could not finish: a new execution of the same spec. Prepare skips
-    every shard whose output exists, so only the dead-lettered (and any unprocessed) shards are queued."""
+    every shard whose output exists, so only the dead-lettered and unprocessed shards (a run that failed or
+    reached its budget) are queued. The new run has a budget of its own: `max_total_usd` if given, else the
+    old run's cap."""
     run = load_run(session, stack, run_id)
     if run is None:
         raise CliError(f"no run {run_id!r} in s3://{stack.control_bucket}/runs/")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     spec = json.loads(run.spec.model_dump_json())
+    if max_total_usd is not None:
+        spec["limits"]["max_total_usd"] = max_total_usd
     return start_execution(session, stack, spec, name=f"redrive-{run_id}-{stamp}"[:80])
 
 
@@ -192,6 +196,9 @@ class Snapshot:
     elapsed: float = 0.0
     error: str | None = None
     output: str | None = None
+    cost_usd: float | None = None  # what the monitor accrued so far (None: it has not looked yet)
+    max_total_usd: float | None = None  # the run's dollar cap, if it has one
+    draining: bool = False  # the cap is near: no new capacity, workers finish the shards in hand
 
     @property
     def finished(self) -> bool:
@@ -280,6 +287,9 @@ class RunWatcher:
 
     def _fill_progress(self, snap: Snapshot, run: RunState) -> None:
         snap.run_id = run.run_id
+        snap.cost_usd = run.budget.accrued_usd if run.budget.accrued_through else None
+        snap.max_total_usd = run.spec.limits.max_total_usd
+        snap.draining = run.budget.draining_since is not None
         s3 = self.session.client("s3")
         if self._total is None:
             index = read_shard_index(run.run_id, s3, self.stack.control_bucket)

@@ -141,3 +141,69 @@ def test_no_help_text_has_literal_backticks():
 def test_an_execution_name_step_functions_would_refuse_is_refused_naming_the_flag(capsys, name):
     error = _refused(capsys, ["start", "--input", "spec.json", "--name", name])
     assert "argument --name: must be 1 to 80 characters with no white space" in error
+
+
+@pytest.mark.parametrize("command", [RUN, ["redrive", "run-1"]], ids=["run", "redrive"])
+@pytest.mark.parametrize("text", ["0", "-1", "inf", "nan", "two"])
+def test_a_dollar_cap_that_is_not_a_positive_number_is_refused_naming_the_flag(capsys, command, text):
+    error = _refused(capsys, [*command, "--max-total-usd", text])
+    assert "--max-total-usd" in error and "greater than 0" in error and repr(text) in error
+
+
+@pytest.mark.parametrize("command", [RUN, ["redrive", "run-1"]], ids=["run", "redrive"])
+def test_a_tiny_dollar_cap_is_parsed_exactly(command):
+    assert build_parser().parse_args([*command, "--max-total-usd", "0.0002"]).max_total_usd == 0.0002
+
+
+def test_redrive_gives_the_new_run_the_new_cap_or_else_the_old_one(monkeypatch):
+    # given a run that reached its cap of $5
+    from spotfill_control.run import RunState
+    from spotfill_control.spec import BackfillSpec
+
+    from spotfill import runs
+
+    spec = BackfillSpec.model_validate(
+        {
+            "input": {"uri": "s3://d/in/", "format": "npy"},
+            "output": {"uri": "s3://d/out/"},
+            "model": {"uri": "s3://d/m.keras"},
+            "fleet": {"instance_types": ["c5.xlarge"]},
+            "limits": {"max_total_usd": 5.0},
+        }
+    )
+    started: list[dict] = []
+    monkeypatch.setattr(runs, "load_run", lambda *_: RunState(run_id="run-1", spec=spec))
+    monkeypatch.setattr(runs, "start_execution", lambda _s, _t, body, name: started.append(body) or name)
+
+    # when it is redriven with a new cap, then without one
+    runs.redrive(None, None, "run-1", max_total_usd=12.5)
+    runs.redrive(None, None, "run-1")
+
+    # then the first new run may spend $12.50, the second its own $5 again
+    assert [body["limits"]["max_total_usd"] for body in started] == [12.5, 5.0]
+
+
+def test_watch_shows_the_cost_so_far_against_the_cap_and_a_drain():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import render
+    from spotfill.runs import Snapshot
+
+    snap = Snapshot("arn:x", run_id="r-1", cost_usd=0.000153, max_total_usd=0.0002, draining=True)
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(render(snap))
+    assert "cost $0.0001530 of $0.0002000 cap (76%)" in out.getvalue()
+    assert "draining: budget nearly reached" in out.getvalue()
+
+
+def test_a_local_run_with_a_cap_builds_a_spec_that_carries_it_exactly():
+    from spotfill_control.spec import BackfillSpec
+
+    from spotfill.localrun import manifest
+
+    spec = manifest("capped", "data", "models/m.keras", "npy", "npy", instances=2, max_total_usd=0.0002)
+    assert BackfillSpec.model_validate(spec).limits.max_total_usd == 0.0002
+    uncapped = manifest("free", "data", "models/m.keras", "npy", "npy", instances=2)
+    assert BackfillSpec.model_validate(uncapped).limits.max_total_usd is None

@@ -174,6 +174,7 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     patches.delete_launch_template_versions_as_ec2_does()
     patches.install_fleet_model()  # EC2's Spot Fleet history, ActivityStatus and ValidUntil (moto has none)
+    patches.quote_spot_prices()  # spot prices the budget and the report can price runs with
     # moto parses thousands of public AMIs per fresh EC2 backend; these tests need none of them (and moto
     # does not validate image ids), which keeps each test's setup well under a second.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")

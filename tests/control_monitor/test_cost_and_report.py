@@ -344,6 +344,34 @@ def test_the_notification_subject_says_succeeded_or_failed():
     assert report.notification(failed)[0] == "spotfill run digits-1 failed"
 
 
+def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_accrued_cost():
+    run = make_run()
+    run = run.model_copy(
+        update={
+            "spec": run.spec.model_copy(
+                update={"limits": run.spec.limits.model_copy(update={"max_total_usd": 0.0002})}
+            )
+        }
+    )
+    run.budget.accrued_usd, run.budget.draining_since = 0.000187654321, T0 + timedelta(seconds=900)
+    cause = json.dumps(
+        {"errorType": "BudgetReached", "errorMessage": "run digits-1 drained", "stackTrace": []}
+    )
+
+    document = build(
+        run, error=report.StepError(Error="BudgetReached", Cause=cause), failed_keys=[], unprocessed=2
+    )
+
+    assert document["status"] == "budget_reached"
+    assert document["reason"] == "budget reached: run digits-1 drained"
+    assert document["budget"]["max_total_usd"] == 0.0002
+    assert document["budget"]["accrued_usd"] == 0.00018765  # eight decimals: fractions of a cent show
+    assert document["budget"]["drain_started_at"] == (T0 + timedelta(seconds=900)).isoformat()
+    subject, message = report.notification(document)
+    assert subject == "spotfill run digits-1 stopped: budget reached"
+    assert "Cap: $0.0002000" in message
+
+
 def test_the_notification_subject_fits_sns_limits():
     run = make_run()
     run.run_id = "x" * 120

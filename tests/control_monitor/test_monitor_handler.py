@@ -7,7 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from spotfill_control.errors import FleetRequestError, ModelLoadError, RunTimeoutError, StallError
+from spotfill_control.errors import (
+    BudgetReached,
+    FleetRequestError,
+    ModelLoadError,
+    RunTimeoutError,
+    StallError,
+)
 from spotfill_control.handlers import monitor
 
 from .conftest import ROWS_PER_SHARD
@@ -57,6 +63,88 @@ def test_monitor_emits_shard_totals_as_embedded_metrics_for_the_dashboard(
     assert (records[0]["ShardsTotal"], records[0]["ShardsDone"], records[0]["DeadLetters"]) == ([3], [1], [0])
     dashboard = (Path(__file__).parents[2] / "template.yaml").read_text()
     assert '{spotfill,RunId,service} MetricName=\\"ShardsTotal\\"' in dashboard
+
+
+def test_monitor_emits_the_cost_so_far_and_the_cap_for_the_dashboard(
+    world, start_run, lambda_context, capsys, monkeypatch
+):
+    # given a run with a cap far above what it costs
+    run = start_run(max_total_usd=500)
+
+    # when monitor looks
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "spotfill")
+    monitor.metrics.service = "spotfill"
+    after = monitor.handler({"run": run}, lambda_context)
+
+    # then the EMF record carries the cost accrued since the instances launched, and the cap
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert record["CostSoFarUsd"] == [after["budget"]["accrued_usd"]] and after["budget"]["accrued_usd"] > 0
+    assert record["MaxTotalUsd"] == [500.0]
+    assert after["budget"]["draining_since"] is None
+    dashboard = (Path(__file__).parents[2] / "template.yaml").read_text()
+    for name in ("CostSoFarUsd", "MaxTotalUsd"):
+        assert f'{{spotfill,RunId,service}} MetricName=\\"{name}\\"' in dashboard
+
+
+def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
+    world, start_run, lambda_context
+):
+    # given a run whose cap is below what the fleet costs over a poll and a drain
+    run = start_run(max_total_usd=0.0001)
+    fleet_id = run["resources"]["spot_fleet_request_id"]
+    instances = world.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+
+    # when monitor looks
+    draining = monitor.handler({"run": run}, lambda_context)
+
+    # then it drains: the fleet's target is 0 with its instances still running, the service runs no task
+    assert draining["budget"]["draining_since"] is not None
+    assert draining["budget"]["projected_usd"] >= 0.0001
+    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        "SpotFleetRequestConfigs"
+    ][0]
+    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 0
+    states = world.ec2.describe_instances(InstanceIds=[i["InstanceId"] for i in instances])
+    assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} == {"running"}
+    (service,) = world.ecs.describe_services(
+        cluster=run["resources"]["cluster_name"], services=[run["resources"]["service_name"]]
+    )["services"]
+    assert service["desiredCount"] == 0
+
+    # and the next poll, no worker holding a shard, ends the run: BudgetReached, the drain kept in S3
+    with pytest.raises(BudgetReached, match=r"limits\.max_total_usd"):
+        monitor.handler({"run": draining}, lambda_context)
+    assert world.stored_run(run["run_id"])["budget"]["draining_since"] == draining["budget"]["draining_since"]
+
+
+def test_a_drain_that_starts_while_the_fleet_is_modifying_lowers_it_once_the_fleet_settles(
+    world, start_run, lambda_context
+):
+    # given a run over its cap whose fleet is still applying an earlier change (EC2 takes no new target then)
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    run = start_run(max_total_usd=0.0001)
+    fleet_id = run["resources"]["spot_fleet_request_id"]
+    fleet = ec2_backends[DEFAULT_ACCOUNT_ID][world.ec2.meta.region_name].spot_fleet_requests[fleet_id]
+    fleet.state = "modifying"
+
+    def target() -> int:
+        configs = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+            "SpotFleetRequestConfigs"
+        ]
+        return configs[0]["SpotFleetRequestConfig"]["TargetCapacity"]
+
+    # when monitor looks, then it drains the service but leaves the fleet's target alone
+    draining = monitor.handler({"run": run}, lambda_context)
+    assert draining["budget"]["draining_since"] is not None
+    assert target() > 0
+
+    # when the fleet settles, the next poll sets its target to 0 (and, no shard in hand, ends the run)
+    fleet.state = "active"
+    with pytest.raises(BudgetReached):
+        monitor.handler({"run": draining}, lambda_context)
+    assert target() == 0
 
 
 def test_monitor_finishes_when_every_shard_has_an_output(world, running_run, lambda_context):

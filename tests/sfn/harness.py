@@ -661,6 +661,7 @@ def fill_moto_gaps() -> None:
     patches.inherit_launch_template_source_versions()
     patches.update_stacks_as_cloudformation_does()
     patches.delete_launch_template_versions_as_ec2_does()
+    patches.quote_spot_prices()
     _gaps_filled = True
 
 

@@ -579,4 +579,35 @@ def test_a_refusing_price_list_falls_back_to_the_static_table_and_the_report_fla
     assert spent["on_demand_equivalent"] == pytest.approx(hours * 0.085, abs=1e-5)
     # while spot prices still come from the spot price history
     assert spent["spot"] == pytest.approx(hours * pricing.spot_price("c5.large"), abs=1e-5)
+def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with_nothing_left(cloud, lambdas):
+    # given a cap that pays for the projection's reserve (a poll and a drain at the fleet's hourly price) and
+    # about four seconds of the fleet beyond it, and more shards than the workers finish in that time
+    from spotfill_control import budget
+    from spotfill.localcloud.pricing import on_demand_price, spot_price
+
+    hourly = 2 * spot_price("c5.large")
+    poll = 1
+    cap = hourly * (budget.horizon_seconds(poll) + 4) / 3600
+    assert spot_price("c5.large") < on_demand_price("c5.large", "us-east-1")
+    spec = cloud.spec("budget", shards=40, limits={"max_total_usd": cap, "poll_interval_seconds": poll})
+
+    # when the run goes
+    outcome = cloud.run(spec, SLOW_WORKERS, timeout=120)
+
+    # then it drains (no new capacity, no tasks) and fails with BudgetReached through teardown and report
+    _assert_failed_through_teardown_and_report(outcome, "BudgetReached")
+    assert outcome.last.failures()[-1] == ("Monitor", "BudgetReached")
+    draining = [m for m in outcome.monitor_results() if m["budget"]["draining_since"]]
+    assert draining, "no monitor poll drained the run"
+    assert draining[0]["progress"]["fleet_target_capacity"] == 0
+    assert outcome.physics.desired_counts[-1] == 0
+    report = outcome.report
+    assert report["status"] == "budget_reached"
+    assert "budget reached" in report["reason"] and "spotfill redrive" in report["reason"]
+    assert 0 < report["shards"]["succeeded"] < 40
+    assert report["shards"]["unprocessed"] == 40 - report["shards"]["succeeded"]
+    # the monitor's accrual stayed under the cap, and the report's own reckoning within a poll of it
+    assert report["budget"]["max_total_usd"] == cap
+    assert 0 < report["budget"]["accrued_usd"] < cap
+    assert report["cost_usd"]["spot"] <= cap + poll * hourly / 3600
     assert_nothing_left(cloud.session, outcome.run_id)

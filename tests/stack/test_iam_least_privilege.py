@@ -400,6 +400,18 @@ def _abort_while_monitoring(cloud: Any, spec: dict) -> None:
         physics.stop()
 
 
+def _capped(spec: dict, seconds: float) -> dict:
+    """The spec with a cap that pays for the budget's reserve (a poll and a drain) and `seconds` more."""
+    from spotfill_control import budget
+
+    from spotfill.localcloud.patches import spot_price
+
+    hourly = spec["fleet"]["target_capacity"] * spot_price(spec["fleet"]["instance_types"][0])
+    poll = spec["limits"]["poll_interval_seconds"]
+    spec["limits"]["max_total_usd"] = hourly * (budget.horizon_seconds(poll) + seconds) / 3600
+    return spec
+
+
 def _entered(cloud: Any, execution_arn: str) -> list[str]:
     events = cloud.sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
     return [e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e]
@@ -423,6 +435,13 @@ def recorded(translated) -> Iterator[Recorded]:
         failed = cloud.run(cloud.spec("privilege-failed", shards=2), Knobs(fleet_fails=True))
         assert failed.status == "FAILED"
         assert "cleanup_on_exit" in cloud.lambdas.invoked()
+        assert_nothing_left(cloud.session)
+        # a run that reaches its dollar cap: the monitor prices it (DescribeSpotPriceHistory), drains it (the
+        # fleet's target to 0, the service to 0 tasks) and it fails BudgetReached
+        capped = cloud.run(
+            _capped(cloud.spec("privilege-budget", shards=20), seconds=4), Knobs(tick_seconds=0.6)
+        )
+        assert capped.error == "BudgetReached", (capped.entered(), capped.last.cause)
         assert_nothing_left(cloud.session)
 
         # an aborted run: the state machine cannot clean up, cleanup_on_exit must

@@ -9,7 +9,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control import progress, state_store
+from spotfill_control import budget, progress, state_store
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.run import RunEvent, utcnow
@@ -43,12 +43,20 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "interruptions": seen.interruptions,
             "fleet_target_capacity": seen.fleet_target_capacity,
             "service_desired_count": seen.service_desired_count,
+            "cost_so_far_usd": run.budget.accrued_usd,
+            "projected_usd": run.budget.projected_usd,
+            "max_total_usd": run.spec.limits.max_total_usd,
+            "draining_since": run.budget.draining_since and run.budget.draining_since.isoformat(),
         },
     )
     metrics.add_dimension(name="RunId", value=run.run_id)
     metrics.add_metric(name="ShardsTotal", unit=MetricUnit.Count, value=run.shards_total)
     metrics.add_metric(name="ShardsDone", unit=MetricUnit.Count, value=seen.outputs_done)
     metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=seen.dead_letters)
+    metrics.add_metric(name="CostSoFarUsd", unit=MetricUnit.NoUnit, value=run.budget.accrued_usd)
+    if run.spec.limits.max_total_usd is not None:
+        metrics.add_metric(name="MaxTotalUsd", unit=MetricUnit.NoUnit, value=run.spec.limits.max_total_usd)
+    budget.check_budget(run, seen.queue.in_flight, now)
     progress.check_model(run, seen)
     progress.check_fleet(run, seen)
     progress.enforce_limits(run, now)

@@ -784,7 +784,7 @@ def _patch_execution_names() -> None:
 # --- EC2: a spot market with prices ----------------------------------------------------------------------
 
 
-def _patch_spot_price_history() -> None:
+def quote_spot_prices() -> None:
     from moto.core.responses import ActionResult
     from moto.ec2.responses.spot_instances import SpotInstances
 
@@ -907,7 +907,7 @@ def patch_account_limits() -> None:
             return
         _patch_service_quotas()
         _patch_instance_type_offerings()
-        _patch_spot_price_history()
+        quote_spot_prices()
         pricing.install_in_process()
         _limits_patched = True
 
