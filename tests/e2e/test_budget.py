@@ -8,7 +8,7 @@ from spotfill_control import budget
 
 from spotfill.cli import main
 from spotfill.demo import check_outputs
-from spotfill.localcloud.patches import spot_price
+from spotfill.localcloud.pricing import spot_price
 from spotfill.localrun import download_outputs, follow_run, manifest, upload_and_trigger
 
 from .helpers import write_digits

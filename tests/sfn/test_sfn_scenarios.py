@@ -583,6 +583,7 @@ def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with
     # given a cap that pays for the projection's reserve (a poll and a drain at the fleet's hourly price) and
     # about four seconds of the fleet beyond it, and more shards than the workers finish in that time
     from spotfill_control import budget
+
     from spotfill.localcloud.pricing import on_demand_price, spot_price
 
     hourly = 2 * spot_price("c5.large")

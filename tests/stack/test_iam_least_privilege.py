@@ -404,7 +404,7 @@ def _capped(spec: dict, seconds: float) -> dict:
     """The spec with a cap that pays for the budget's reserve (a poll and a drain) and `seconds` more."""
     from spotfill_control import budget
 
-    from spotfill.localcloud.patches import spot_price
+    from spotfill.localcloud.pricing import spot_price
 
     hourly = spec["fleet"]["target_capacity"] * spot_price(spec["fleet"]["instance_types"][0])
     poll = spec["limits"]["poll_interval_seconds"]
