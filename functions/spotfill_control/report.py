@@ -281,7 +281,7 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
         facts.predictions, facts.predictions_exact = count_sampled_rows(tally.outputs, s3)
     window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
     window_end = run.timeline.teardown_ended_at or now
-    if run.resources.spot_fleet_request_id or run.progress.known_instances:
+    if run.resources.fleet_id or run.progress.known_instances:
         facts.usages, facts.cost = cost.run_cost(
             run.run_id, run.progress.known_instances, window_start, window_end, ec2
         )
@@ -423,7 +423,7 @@ def capacity_of(run: RunState) -> dict[str, Any]:
     """The fleet capacity the spec asked for and the capacity the fleet was requested with (None when no
     fleet was requested), and why they differ: the request never asks more than the pending shards use."""
     asked = run.spec.fleet.target_capacity
-    requested = requested_capacity(run) if run.resources.spot_fleet_request_id else None
+    requested = requested_capacity(run) if run.resources.fleet_id else None
     capped = requested is not None and requested < asked
     pending = max(0, run.shards_total - run.shards_skipped)
     per_instance = run.spec.service.tasks_per_instance

@@ -267,11 +267,11 @@ def _live_fleets(world, run_id: str) -> list[dict]:
 def test_request_fleet_requests_a_tagged_fleet_and_persists_it(world, lambda_context):
     prepared = prepared_run(world, lambda_context)
     run = request_handler.handler({"run": prepared}, lambda_context)
-    fleet_id = run["resources"]["spot_fleet_request_id"]
+    fleet_id = run["resources"]["fleet_id"]
     assert [c["SpotFleetRequestId"] for c in _live_fleets(world, run["run_id"])] == [fleet_id]
     assert run["phase"] == "fleet_requested"
     assert run["timeline"]["fleet_requested_at"]
-    assert state_store.load(run["run_id"], world.s3).resources.spot_fleet_request_id == fleet_id
+    assert state_store.load(run["run_id"], world.s3).resources.fleet_id == fleet_id
     instances = world.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
     assert instances, "moto fulfils the fleet at once"
 
@@ -285,7 +285,7 @@ def test_request_fleet_retry_does_not_create_second_fleet(world, lambda_context)
     # then one fleet is active and both attempts name it
     live = _live_fleets(world, prepared["run_id"])
     assert len(live) == 1
-    assert first["resources"]["spot_fleet_request_id"] == second["resources"]["spot_fleet_request_id"]
+    assert first["resources"]["fleet_id"] == second["resources"]["fleet_id"]
 
 
 @pytest.mark.aws
@@ -354,7 +354,7 @@ def test_no_registration_within_the_timeout_ends_the_run(world, lambda_context, 
 
 @pytest.mark.aws
 def test_a_cancelled_fleet_ends_the_run(world, lambda_context, requested):
-    fleet_id = requested["resources"]["spot_fleet_request_id"]
+    fleet_id = requested["resources"]["fleet_id"]
     world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
     with pytest.raises(FleetRequestError, match="cancelled"):
         check_handler.handler({"run": requested}, lambda_context)
@@ -362,7 +362,7 @@ def test_a_cancelled_fleet_ends_the_run(world, lambda_context, requested):
 
 @pytest.mark.aws
 def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, requested):
-    fleet_id = requested["resources"]["spot_fleet_request_id"]
+    fleet_id = requested["resources"]["fleet_id"]
     world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
     with pytest.raises(FleetRequestError, match="no longer exists"):
         check_handler.handler({"run": requested}, lambda_context)
@@ -388,7 +388,7 @@ def test_one_failing_pool_while_the_others_fill_is_recorded_and_registration_goe
     # given c5.2xlarge unsupported in every zone, c5.xlarge filling the fleet
     failing_pools({"c5.2xlarge": "Unsupported"})
     requested = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
-    fleet_id = requested["resources"]["spot_fleet_request_id"]
+    fleet_id = requested["resources"]["fleet_id"]
     config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
         "SpotFleetRequestConfigs"
     ][0]

@@ -144,7 +144,7 @@ class World:
         return found.model_dump(mode="json")
 
     def fleet_instances(self, run: dict[str, Any]) -> list[str]:
-        fleet_id = run["resources"]["spot_fleet_request_id"]
+        fleet_id = run["resources"]["fleet_id"]
         active = self.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
         return sorted(i["InstanceId"] for i in active)
 

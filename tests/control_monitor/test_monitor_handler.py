@@ -203,7 +203,7 @@ def test_monitor_raises_run_timeout_past_the_maximum_runtime(world, running_run,
 
 def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world, running_run, lambda_context):
     # given a fleet of 4 capacity units and 4 tasks, and one shard left (queued)
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    fleet_id = running_run["resources"]["fleet_id"]
     world.write_output(running_run, 0)
     world.write_output(running_run, 1)
 
@@ -244,7 +244,7 @@ def test_monitor_raises_the_service_as_instances_register_up_to_the_remaining_sh
 
 def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context):
     # given plenty of work left (3 shards, 3 units: the spec's 4 capped at the 3 shards)
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    fleet_id = running_run["resources"]["fleet_id"]
 
     # when monitor looks
     monitor.handler({"run": running_run}, lambda_context)
@@ -328,7 +328,7 @@ def test_monitor_fails_the_run_when_its_fleet_was_cancelled_with_work_left(
     world, running_run, lambda_context
 ):
     # given someone cancelled the run's fleet (without terminating its instances) while shards remain
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    fleet_id = running_run["resources"]["fleet_id"]
     world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
 
     # when monitor looks, then the run fails at once instead of waiting for the stall timeout
@@ -343,7 +343,7 @@ def test_monitor_finishes_a_run_whose_fleet_is_gone_once_every_output_exists(
     world.drain_queue(running_run)
     for index in range(3):
         world.write_output(running_run, index)
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    fleet_id = running_run["resources"]["fleet_id"]
     world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
 
     # when monitor looks, then the run is simply done

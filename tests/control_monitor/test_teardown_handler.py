@@ -171,7 +171,7 @@ def test_teardown_terminates_instances_a_cancelled_fleet_left_running(world, run
     # given a fleet someone cancelled without terminating its instances
     instances = world.fleet_instances(running_run)
     world.ec2.cancel_spot_fleet_requests(
-        SpotFleetRequestIds=[running_run["resources"]["spot_fleet_request_id"]], TerminateInstances=False
+        SpotFleetRequestIds=[running_run["resources"]["fleet_id"]], TerminateInstances=False
     )
     assert set(world.instance_states(instances).values()) == {"running"}
 

@@ -497,6 +497,6 @@ def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cl
     (fleet_id,) = outcome.physics.fleets
     assert sorted(outcome.physics.expired[fleet_id]) == sorted(i for _, i in outcome.physics.registered)
     _assert_failed_through_teardown_and_report(outcome, "RunTimeoutError")
-    assert f"spot fleet {fleet_id} expired" in _cause_message(outcome)
+    assert f"fleet {fleet_id} expired" in _cause_message(outcome)
     assert "limits.max_runtime_seconds" in _cause_message(outcome)
     assert_nothing_left(cloud.session, outcome.run_id)
