@@ -207,6 +207,7 @@ def _install_fleet_model() -> None:
     launch_fleets_from_requested_versions()
     _patch_spot_fleet_lifecycle()
     _patch_ec2_fleet()
+    service_linked_roles_as_iam_does()
     _fleet_model_installed = True
 
 
@@ -1639,3 +1640,33 @@ def maintain_fleets(backend: Any) -> None:
     _finish_deleted_fleets(backend)
     for fleet in list(backend.fleets.values()):
         maintain_ec2_fleet(fleet)
+
+
+# --- IAM: service-linked roles named and refused twice as IAM does --------------------------------------
+
+# The service-linked roles of EC2's fleets, by service: IAM's names for them (moto derives `...Forec2fleet`).
+SERVICE_LINKED_ROLE_NAMES = {"ec2fleet": "EC2Fleet", "spotfleet": "EC2SpotFleet", "spot": "EC2Spot"}
+
+
+def service_linked_roles_as_iam_does() -> None:
+    """`CreateServiceLinkedRole` names EC2's fleet roles as IAM does (AWSServiceRoleForEC2Fleet, ...), and a
+    role that exists answers `InvalidInput` ("... has been taken in this account"), not moto's
+    `EntityAlreadyExists` (idempotent)."""
+    if not _once("service_linked_roles_as_iam_does"):
+        return
+    from moto.iam import models
+    from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
+
+    models.SERVICE_NAME_CONVERSION.update(SERVICE_LINKED_ROLE_NAMES)
+    original = models.IAMBackend.create_service_linked_role
+
+    def create_service_linked_role(self: Any, service_name: str, description: str, suffix: str) -> Any:
+        try:
+            return original(self, service_name, description, suffix)
+        except EntityAlreadyExists as exc:
+            name = str(exc).split("Role with name ", 1)[-1].split(" already exists", 1)[0]
+            raise InvalidInput(
+                f"Service role name {name} has been taken in this account, please try a different suffix."
+            ) from exc
+
+    models.IAMBackend.create_service_linked_role = create_service_linked_role
