@@ -113,24 +113,32 @@ def decide(
     return None, updates
 
 
-def rebalance(run: RunState, ec2: Any, status: FleetStatus, now: datetime) -> Progress:
-    """One fallback decision, applied: the fleet's targets set (when they change) and the progress after."""
+def _update(progress: Progress, updates: dict[str, Any]) -> None:
+    # In place: the monitoring iteration holds this Progress and goes on updating it.
+    for name, value in updates.items():
+        setattr(progress, name, value)
+
+
+def rebalance(run: RunState, ec2: Any, status: FleetStatus, now: datetime) -> None:
+    """One fallback decision, applied: the fleet's targets set (when they change), the run's progress
+    updated."""
     targets, updates = decide(run.spec.fleet, run.progress, status, now)
     if targets is not None:
         fleet.set_target_capacity(run, ec2, targets.total, targets.on_demand)
-    return run.progress.model_copy(update=updates) if updates else run.progress
+    _update(run.progress, updates)
 
 
-def after_scale_down(progress: Progress, new_total: int, base: int) -> Progress:
+def after_scale_down(progress: Progress, new_total: int, base: int) -> None:
     """The tail lowered the fleet's target: a probe is over, and no more units are on demand by fallback
     than the new target leaves beside the base."""
     room = max(0, new_total - min(base, new_total))
-    return progress.model_copy(
-        update={
+    _update(
+        progress,
+        {
             "on_demand_fallback_units": min(progress.on_demand_fallback_units, room),
             "spot_probe_units": 0,
             "spot_probe_since": None,
-        }
+        },
     )
 
 

@@ -647,11 +647,11 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool, n
         # The tail keeps its on-demand units only as far as the new target reaches; a fallback is over.
         od = min(view.status.on_demand_target_capacity, float(new_target))
         fleet.set_target_capacity(run, clients.ec2, new_target, od)
-        run.progress = on_demand.after_scale_down(run.progress, new_target, run.spec.fleet.on_demand_base)
-        run.progress.fleet_target_capacity = new_target
+        on_demand.after_scale_down(progress, new_target, run.spec.fleet.on_demand_base)
+        progress.fleet_target_capacity = new_target
         seen.fleet_target_capacity = new_target
         return
-    run.progress = on_demand.rebalance(run, clients.ec2, view.status, now)
+    on_demand.rebalance(run, clients.ec2, view.status, now)
 
 
 def _size_service(run: RunState, clients: Clients, seen: Iteration) -> None:

@@ -428,6 +428,11 @@ def capacity_of(run: RunState) -> dict[str, Any]:
     pending = max(0, run.shards_total - run.shards_skipped)
     per_instance = run.spec.service.tasks_per_instance
     return {
+        "fleet_api": run.spec.fleet.api,
+        "fleet_id": run.resources.fleet_id,
+        "on_demand_base": run.spec.fleet.on_demand_base,
+        "on_demand_fallback_after_seconds": run.spec.fleet.on_demand_fallback_after_seconds,
+        "on_demand_fallback_units": run.progress.on_demand_fallback_units,
         "spec_target_capacity": asked,
         "fleet_target_capacity": requested,
         "capped": capped,

@@ -15,8 +15,9 @@ not do:
 - EC2's side of a fleet on either API, from the local cloud's model of it (`spotfill.localcloud.patches`):
   launches from the request's own launch template version into every override, `ActivityStatus`, the history
   (`DescribeFleetHistory`, `DescribeSpotFleetRequestHistory`), ModifyFleet, spot that is short
-  (`spot_capacity`), maintain fleets replacing lost instances, pools that fail (`failing_pools`: an `error` event per pool while the
-  others fill) and `ValidUntil` (an expired request's instances are terminated on the physics' clock).
+  (`spot_capacity`), maintain fleets replacing lost instances, pools that fail (`failing_pools`: an error
+  event per pool while the others fill) and `ValidUntil` (an expired request's instances are terminated on
+  the physics' clock).
 - the workers: while the run's service has desired tasks, they receive shard messages from the queue named in
   the service's task definition (`SPOTFILL_QUEUE_URL`), write the output object each message names (with
   `spotfill-rows` and `spotfill-run-id` metadata) and delete the message.

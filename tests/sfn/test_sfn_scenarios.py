@@ -41,6 +41,10 @@ HANDLERS = {
     "Report": "report",
 }
 SLOW_WORKERS = Knobs(tick_seconds=0.6)  # about 1.7 shards/s: a 1 s poll sees outputs arrive
+# The core scenarios (happy path, fleet failures, a fault in a fleet state, teardown leaving nothing) run on
+# both fleet APIs; the rest run on the default, EC2 Fleet.
+FLEET_APIS = ["ec2-fleet", "spot-fleet"]
+FLEET_ID_PREFIX = {"ec2-fleet": "fleet-", "spot-fleet": "sfr-"}
 
 
 class InjectedFault(Exception):
@@ -58,16 +62,19 @@ def _assert_failed_through_teardown_and_report(outcome: Outcome, error: str) -> 
     assert entered[-4:] == ["Teardown", "Report", "DidItFail", "Failed"], entered
 
 
-@pytest.fixture(scope="module")
-def happy(cloud: Cloud) -> Outcome:
+@pytest.fixture(scope="module", params=FLEET_APIS)
+def happy(cloud: Cloud, request: pytest.FixtureRequest) -> Outcome:
     cloud.lambdas.clear_failures()
-    return cloud.run(cloud.spec("happy", shards=4), SLOW_WORKERS)
+    return cloud.run(cloud.spec(f"happy-{request.param}", shards=4, fleet_api=request.param), SLOW_WORKERS)
 
 
 def test_happy_path_writes_every_output_while_it_monitors_then_tears_down_and_reports(cloud, happy):
     assert happy.status == "SUCCEEDED", (happy.error, happy.last.cause)
     assert happy.entered()[-3:] == ["Report", "DidItFail", "Succeeded"]
-    assert len(cloud.outputs("happy")) == 4
+    api = happy.report["capacity"]["fleet_api"]
+    (fleet_id,) = happy.physics.fleets
+    assert fleet_id.startswith(FLEET_ID_PREFIX[api])  # the fleet lives on the API the spec names
+    assert len(cloud.outputs(f"happy-{api}")) == 4
     seen = [m["progress"]["outputs_done"] for m in happy.monitor_results()]
     assert any(0 < done < 4 for done in seen), f"no monitor iteration saw partial progress: {seen}"
     assert seen[-1] == 4
@@ -171,10 +178,11 @@ def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the
     assert_nothing_left(cloud.session)
 
 
-def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas, api):
     outcome = cloud.run(
         # long enough for a second poll even when an iteration is slow on a loaded machine
-        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 6}),
+        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 6}, fleet_api=api),
         Knobs(register=False),
     )
 
@@ -226,8 +234,9 @@ def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas, monkeypatch
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_fleet_that_ec2_reports_failed_ends_the_run(cloud, lambdas):
-    outcome = cloud.run(cloud.spec("fleetfails", shards=2), Knobs(fleet_fails=True))
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_fleet_that_ec2_reports_failed_ends_the_run(cloud, lambdas, api):
+    outcome = cloud.run(cloud.spec("fleetfails", shards=2, fleet_api=api), Knobs(fleet_fails=True))
 
     _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
     assert outcome.last.failures() == [("CheckRegistration", "FleetRequestError")]
@@ -369,8 +378,12 @@ def test_monitor_hands_the_run_over_to_a_fresh_execution_which_finishes_it(cloud
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-@pytest.mark.parametrize("state", TASKS)
-def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lambdas, state):
+@pytest.mark.parametrize(
+    ("state", "api"),
+    [(state, "ec2-fleet") for state in TASKS]
+    + [(state, "spot-fleet") for state in ("RequestFleet", "Monitor", "Teardown")],
+)
+def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lambdas, state, api):
     handler = HANDLERS[state]
     # The handler does its work and then fails (a crash after its side effects), except ContinueAsNew, which
     # fails before starting the next execution (a run reaches it only when it hands over), and Report, which
@@ -380,7 +393,7 @@ def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lamb
     limits = {"handover_after_iterations": 1} if state == "ContinueAsNew" else {}
 
     outcome = cloud.run(
-        cloud.spec(f"fault-{handler.replace('_', '-')}", shards=3, limits=limits), SLOW_WORKERS
+        cloud.spec(f"fault-{handler.replace('_', '-')}", shards=3, limits=limits, fleet_api=api), SLOW_WORKERS
     )
 
     assert outcome.status == "FAILED", outcome.entered()
@@ -444,6 +457,11 @@ def test_fleet_asks_no_more_capacity_than_the_shards_use_and_the_report_says_it_
     assert max(outcome.physics.desired_counts) <= 4
     # and the report says so
     assert outcome.report["capacity"] == {
+        "fleet_api": "ec2-fleet",
+        "fleet_id": outcome.report["capacity"]["fleet_id"],
+        "on_demand_base": 0,
+        "on_demand_fallback_after_seconds": None,
+        "on_demand_fallback_units": 0,
         "spec_target_capacity": 6,
         "fleet_target_capacity": 4,
         "capped": True,
@@ -452,10 +470,13 @@ def test_fleet_asks_no_more_capacity_than_the_shards_use_and_the_report_says_it_
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas, api):
     # given c5.large not supported in any zone of the request, m5.large filling the fleet
     spec = cloud.spec(
-        "onepool", shards=3, fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2}
+        "onepool",
+        shards=3,
+        fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": api},
     )
 
     outcome = cloud.run(spec, Knobs(failing_pools={"c5.large": "Unsupported"}))
@@ -468,9 +489,14 @@ def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_rep
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_naming_the_pools(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_naming_the_pools(
+    cloud, lambdas, api
+):
     spec = cloud.spec(
-        "nopool", shards=2, fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2}
+        "nopool",
+        shards=2,
+        fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": api},
     )
 
     outcome = cloud.run(
@@ -487,9 +513,10 @@ def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_nami
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cloud, lambdas, api):
     # given workers that never finish a shard, and EC2 expiring the fleet (ValidUntil) 4 s after its request
-    spec = cloud.spec("expired", shards=3, limits={"stall_timeout_seconds": 60})
+    spec = cloud.spec("expired", shards=3, limits={"stall_timeout_seconds": 60}, fleet_api=api)
 
     outcome = cloud.run(spec, Knobs(stop_after=0, fleet_valid_for_seconds=4))
 
