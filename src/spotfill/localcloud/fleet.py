@@ -1,5 +1,9 @@
 """EC2 physics moto leaves out: instances take a while to boot, and a maintained fleet replaces lost ones.
 
+Both fleet APIs: EC2 Fleets (`CreateFleet`, their spot and on-demand instances, kept at each purchase
+option's target by `patches.maintain_fleets`, spot only as far as `patches.set_spot_capacity` allows) and Spot
+Fleet requests.
+
 moto marks a fleet's instances `running` the moment the request is made; here a new instance shows as
 `pending` for the boot delay and only then becomes `running` and reaches the ECS agent, one at a time: a
 fleet's instances boot at least `boot_interval` apart (on AWS a fleet's instances register over minutes).
@@ -39,10 +43,12 @@ class Machine:
     terminated: bool = False
     interrupted: bool = False
     terminated_at: float | None = None  # epoch seconds the emulator saw it terminated
+    lifecycle: str = "spot"  # the purchase option: "spot" or "on-demand" (IMDS instance-life-cycle)
 
 
 class FleetEmulator:
-    """Watches every Spot Fleet in the emulator: boots its instances after a delay, replaces lost ones."""
+    """Watches every fleet in the emulator (EC2 Fleet and Spot Fleet): boots its instances after a delay,
+    replaces lost ones."""
 
     def __init__(
         self,
@@ -76,6 +82,10 @@ class FleetEmulator:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def spot_machines(self) -> list[Machine]:
+        """Running spot instances: what the spot service can reclaim."""
+        return [m for m in self.running_machines() if m.lifecycle == "spot"]
+
     def running_machines(self) -> list[Machine]:
         with self._lock:
             return [m for m in self.machines.values() if m.booted and not m.terminated]
@@ -96,7 +106,7 @@ class FleetEmulator:
         booted: list[Machine] = []
         gone: list[Machine] = []
         with self._lock:
-            patches.expire_fleets(self.backend)
+            patches.maintain_fleets(self.backend)  # ValidUntil of both APIs; EC2 Fleets kept at their targets
             last_boot: dict[str, float] = {}
             for machine in self.machines.values():
                 if machine.booted_at is not None:
@@ -108,6 +118,12 @@ class FleetEmulator:
                         continue
                     self.machines[instance.id] = Machine(instance.id, instance.instance_type, fleet.id, now)
                 self._maintain(fleet)
+            for ec2_fleet in list(self.backend.fleets.values()):
+                for instance, _, lifecycle in patches.ec2_fleet_members(ec2_fleet):
+                    if instance.id not in self.machines:
+                        self.machines[instance.id] = Machine(
+                            instance.id, instance.instance_type, ec2_fleet.id, now, lifecycle=lifecycle
+                        )
             for machine in self.machines.values():
                 if machine.terminated:
                     continue
