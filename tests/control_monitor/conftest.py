@@ -144,9 +144,11 @@ class World:
         return found.model_dump(mode="json")
 
     def fleet_instances(self, run: dict[str, Any]) -> list[str]:
-        fleet_id = run["resources"]["fleet_id"]
-        active = self.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
-        return sorted(i["InstanceId"] for i in active)
+        """The run's fleet's active instances, on whichever API it lives."""
+        from spotfill_control.fleet import fleet_instances
+        from spotfill_control.run import RunState
+
+        return sorted(i.instance_id for i in fleet_instances(RunState.model_validate(run), self.ec2))
 
     def instance_states(self, instance_ids: list[str]) -> dict[str, str]:
         reservations = self.ec2.describe_instances(InstanceIds=instance_ids)["Reservations"]

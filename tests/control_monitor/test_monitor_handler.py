@@ -211,10 +211,8 @@ def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world,
     run = monitor.handler({"run": running_run}, lambda_context)
 
     # then one task is enough, and the fleet keeps room for one instance of the heaviest type (weight 2)
-    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-        "SpotFleetRequestConfigs"
-    ][0]
-    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 2
+    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+    assert described["TargetCapacitySpecification"]["TotalTargetCapacity"] == 2
     assert run["progress"]["fleet_target_capacity"] == 2
     service = world.ecs.describe_services(
         cluster=run["resources"]["cluster_name"], services=[run["resources"]["service_name"]]
@@ -250,10 +248,8 @@ def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context)
     monitor.handler({"run": running_run}, lambda_context)
 
     # then the fleet keeps its capacity
-    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-        "SpotFleetRequestConfigs"
-    ][0]
-    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 3
+    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+    assert described["TargetCapacitySpecification"]["TotalTargetCapacity"] == 3
 
 
 def test_monitor_counts_an_instance_that_vanished_as_a_spot_interruption(world, running_run, lambda_context):
@@ -327,12 +323,12 @@ def test_monitor_result_stays_small(world, running_run, lambda_context):
 def test_monitor_fails_the_run_when_its_fleet_was_cancelled_with_work_left(
     world, running_run, lambda_context
 ):
-    # given someone cancelled the run's fleet (without terminating its instances) while shards remain
+    # given someone deleted the run's fleet (without terminating its instances) while shards remain
     fleet_id = running_run["resources"]["fleet_id"]
-    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
+    world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
 
     # when monitor looks, then the run fails at once instead of waiting for the stall timeout
-    with pytest.raises(FleetRequestError, match="cancelled_running"):
+    with pytest.raises(FleetRequestError, match="deleted_running"):
         monitor.handler({"run": running_run}, lambda_context)
 
 
@@ -344,7 +340,7 @@ def test_monitor_finishes_a_run_whose_fleet_is_gone_once_every_output_exists(
     for index in range(3):
         world.write_output(running_run, index)
     fleet_id = running_run["resources"]["fleet_id"]
-    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
 
     # when monitor looks, then the run is simply done
     assert monitor.handler({"run": running_run}, lambda_context)["progress"]["state"] == "done"
