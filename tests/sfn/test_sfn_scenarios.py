@@ -527,3 +527,37 @@ def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cl
     assert f"fleet {fleet_id} expired" in _cause_message(outcome)
     assert "limits.max_runtime_seconds" in _cause_message(outcome)
     assert_nothing_left(cloud.session, outcome.run_id)
+
+
+# ------------------------------------------------------------------------------------- on demand, spot short
+
+
+def test_spot_short_past_the_fallback_wait_runs_the_shortfall_on_demand_and_the_run_completes(cloud, lambdas):
+    # given a fleet of 2 units, spot holding only 1 c5.large, and a 2 s fallback wait
+    spec = cloud.spec(
+        "fallback",
+        shards=8,
+        fleet={"instance_types": ["c5.large"], "target_capacity": 2, "on_demand_fallback_after_seconds": 2},
+        limits={"stall_timeout_seconds": 30},
+    )
+
+    outcome = cloud.run(spec, Knobs(tick_seconds=1.0, spot_capacity={"c5.large": 1}))
+
+    # then the run completes, the Monitor moved the missing unit on demand, and an on-demand instance ran
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert len(cloud.outputs("fallback")) == 8
+    moved = [m["progress"]["on_demand_fallback_units"] for m in outcome.monitor_results()]
+    assert 1 in moved, moved
+    ec2 = cloud.session.client("ec2")
+    instances = [
+        i
+        for r in ec2.describe_instances(
+            Filters=[{"Name": "tag:spotfill:run-id", "Values": [outcome.run_id]}]
+        )["Reservations"]
+        for i in r["Instances"]
+    ]
+    lifecycles = sorted(i.get("InstanceLifecycle", "on-demand") for i in instances)
+    assert "on-demand" in lifecycles and "spot" in lifecycles, lifecycles
+    registered = {instance for _, instance in outcome.physics.registered}
+    assert {i["InstanceId"] for i in instances if "InstanceLifecycle" not in i} & registered
+    assert_nothing_left(cloud.session, outcome.run_id)
