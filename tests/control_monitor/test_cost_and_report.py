@@ -307,3 +307,33 @@ def test_predictions_of_few_outputs_are_counted_exactly():
     s3 = CountingS3()
     assert report.count_sampled_rows(sample, s3) == (7 * report.EXACT_PREDICTION_COUNT_LIMIT, True)
     assert s3.heads == report.EXACT_PREDICTION_COUNT_LIMIT
+
+
+class MixedS3:
+    """Outputs whose workers ran on spot (even numbers), on demand (odd) or recorded nothing (every 10th)."""
+
+    def head_object(self, Key, **_):
+        number = int(Key.rsplit("/", 1)[-1].split(".")[0])
+        metadata = {"spotfill-rows": "7"}
+        if number % 10:
+            metadata["spotfill-purchase-option"] = "on-demand" if number % 2 else "spot"
+        return {"Metadata": metadata}
+
+
+def test_predictions_are_split_by_the_purchase_option_of_the_instance_that_made_them():
+    sample = report.OutputSample()
+    for i in range(20):
+        sample.add(f"s3://d/out/{i}.npy")
+    total, exact, by_option = report.count_sampled_rows_by_purchase_option(sample, MixedS3())
+    assert (total, exact) == (140, True)
+    assert by_option == {"on-demand": 7 * 10, "spot": 7 * 8, "unknown": 7 * 2}
+
+
+def test_an_estimated_split_scales_like_the_total():
+    sample = report.OutputSample()
+    for i in range(20_000):
+        sample.add(f"s3://d/out/{i}.npy")
+    total, exact, by_option = report.count_sampled_rows_by_purchase_option(sample, MixedS3())
+    assert not exact and total == 7 * 20_000
+    assert abs(sum(by_option.values()) - total) <= len(by_option)
+    assert set(by_option) <= {"spot", "on-demand", "unknown"} and by_option.get("on-demand", 0) > 0
