@@ -558,6 +558,12 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
         errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
         run = with_failed_pools(run, errors)
     check_fleet_healthy(fleet_id, status, errors)
+    if status.state == "active":
+        # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot
+        # fill at all still gets its on-demand capacity before the registration timeout.
+        from spotfill_control import on_demand  # it builds on this module
+
+        on_demand.rebalance(run, ec2, status, now)
     if status.fulfilled and timeline.fleet_fulfilled_at is None:
         timeline = timeline.model_copy(update={"fleet_fulfilled_at": now})
     registered = count_registered_instances(run, ecs)

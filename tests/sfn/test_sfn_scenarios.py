@@ -532,20 +532,20 @@ def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cl
 # ------------------------------------------------------------------------------------- on demand, spot short
 
 
-def test_spot_short_past_the_fallback_wait_runs_the_shortfall_on_demand_and_the_run_completes(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_spot_short_past_the_fallback_wait_runs_the_shortfall_on_demand_and_the_run_completes(
+    cloud, lambdas, api
+):
     # given a fleet of 2 units, spot holding only 1 c5.large, and a 2 s fallback wait
-    spec = cloud.spec(
-        "fallback",
-        shards=8,
-        fleet={"instance_types": ["c5.large"], "target_capacity": 2, "on_demand_fallback_after_seconds": 2},
-        limits={"stall_timeout_seconds": 30},
-    )
+    name = f"fallback-{api}"
+    fleet = {"instance_types": ["c5.large"], "target_capacity": 2, "on_demand_fallback_after_seconds": 2}
+    spec = cloud.spec(name, shards=8, fleet={**fleet, "api": api}, limits={"stall_timeout_seconds": 30})
 
     outcome = cloud.run(spec, Knobs(tick_seconds=1.0, spot_capacity={"c5.large": 1}))
 
     # then the run completes, the Monitor moved the missing unit on demand, and an on-demand instance ran
     assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
-    assert len(cloud.outputs("fallback")) == 8
+    assert len(cloud.outputs(name)) == 8
     moved = [m["progress"]["on_demand_fallback_units"] for m in outcome.monitor_results()]
     assert 1 in moved, moved
     ec2 = cloud.session.client("ec2")
@@ -560,4 +560,25 @@ def test_spot_short_past_the_fallback_wait_runs_the_shortfall_on_demand_and_the_
     assert "on-demand" in lifecycles and "spot" in lifecycles, lifecycles
     registered = {instance for _, instance in outcome.physics.registered}
     assert {i["InstanceId"] for i in instances if "InstanceLifecycle" not in i} & registered
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_no_spot_at_all_falls_back_on_demand_while_waiting_for_registration(cloud, lambdas, api):
+    # given spot that cannot launch a single c5.large, and a 2 s fallback wait well inside the registration
+    # timeout
+    name = f"nospot-{api}"
+    fleet = {"instance_types": ["c5.large"], "target_capacity": 1, "on_demand_fallback_after_seconds": 2}
+    spec = cloud.spec(
+        name, shards=2, fleet={**fleet, "api": api}, limits={"registration_timeout_seconds": 20}
+    )
+
+    outcome = cloud.run(spec, Knobs(spot_capacity={"c5.large": 0}))
+
+    # then CheckRegistration moved the unit on demand, its instance registered, and the run completed
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    checks = outcome.last.lambda_outputs("CheckRegistration")
+    assert checks[-1]["progress"]["on_demand_fallback_units"] == 1
+    assert outcome.last.entered().count("CheckRegistration") >= 2  # it waited the fallback out first
+    assert len(cloud.outputs(name)) == 2
     assert_nothing_left(cloud.session, outcome.run_id)

@@ -66,7 +66,6 @@ class FleetEmulator:
         self.on_terminate = on_terminate
         self.tick = tick
         self.machines: dict[str, Machine] = {}
-        self.replacements = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="localcloud-ec2", daemon=True)
@@ -106,7 +105,7 @@ class FleetEmulator:
         booted: list[Machine] = []
         gone: list[Machine] = []
         with self._lock:
-            patches.maintain_fleets(self.backend)  # ValidUntil of both APIs; EC2 Fleets kept at their targets
+            patches.maintain_fleets(self.backend)  # ValidUntil; both APIs kept at their targets
             last_boot: dict[str, float] = {}
             for machine in self.machines.values():
                 if machine.booted_at is not None:
@@ -117,7 +116,11 @@ class FleetEmulator:
                     if instance is None or instance.id in self.machines:
                         continue
                     self.machines[instance.id] = Machine(instance.id, instance.instance_type, fleet.id, now)
-                self._maintain(fleet)
+                for instance, _ in patches.spot_fleet_on_demand(fleet):
+                    if instance.id not in self.machines:
+                        self.machines[instance.id] = Machine(
+                            instance.id, instance.instance_type, fleet.id, now, lifecycle="on-demand"
+                        )
             for ec2_fleet in list(self.backend.fleets.values()):
                 for instance, _, lifecycle in patches.ec2_fleet_members(ec2_fleet):
                     if instance.id not in self.machines:
@@ -156,33 +159,6 @@ class FleetEmulator:
             return self.backend.get_instance(instance_id)
         except Exception:
             return None
-
-    def _maintain(self, fleet) -> None:
-        """A maintained fleet launches replacements for instances it lost while it is still active."""
-        if fleet.state != "active":
-            return
-        live = 0.0
-        for request in fleet.spot_requests:
-            instance = request.instance
-            if instance is not None and instance._state.name in ("pending", "running"):
-                live += self._weight(fleet, instance)
-        missing = fleet.target_capacity - live
-        if missing > 0:
-            fleet.spot_requests = [
-                r
-                for r in fleet.spot_requests
-                if r.instance is not None and r.instance._state.name != "terminated"
-            ]
-            fleet.fulfilled_capacity = live
-            fleet.create_spot_requests(missing)
-            self.replacements += 1
-
-    @staticmethod
-    def _weight(fleet, instance) -> float:
-        for spec in fleet.launch_specs:
-            if spec.instance_type == instance.instance_type and spec.subnet_id in (None, instance.subnet_id):
-                return float(spec.weighted_capacity)
-        return 1.0
 
     def interrupt(self, machine: Machine) -> None:
         """The spot service reclaims the instance: terminated with the reason AWS gives."""

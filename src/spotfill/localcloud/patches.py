@@ -207,6 +207,7 @@ def _install_fleet_model() -> None:
     launch_fleets_from_requested_versions()
     _patch_spot_fleet_lifecycle()
     _patch_ec2_fleet()
+    _patch_spot_fleet_on_demand()
     service_linked_roles_as_iam_does()
     _fleet_model_installed = True
 
@@ -479,6 +480,38 @@ def _pool_failure(fleet: Any, spec: Any) -> str | None:
     return _failing_pools.get(f"{spec.instance_type}@{zone}") or _failing_pools.get(spec.instance_type)
 
 
+def spot_fleet_usable_specs(fleet: Any) -> list[Any]:
+    """The Spot Fleet's launch specs whose pool does not fail; each failing pool reports an `error` event
+    once, and `allLaunchSpecsTemporarilyBlacklisted` once none is left."""
+    reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
+    usable = []
+    for spec in fleet.launch_specs:
+        code = _pool_failure(fleet, spec)
+        if code is None:
+            usable.append(spec)
+            continue
+        if id(spec) not in reported:
+            reported.add(id(spec))
+            zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+            record_fleet_event(
+                fleet,
+                "error",
+                "spotFleetRequestConfigurationInvalid",
+                f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
+                f"{POOL_ERRORS[code]}",
+            )
+    if not usable and "_spotfill_all_blacklisted" not in fleet.__dict__:
+        fleet.__dict__["_spotfill_all_blacklisted"] = True
+        record_fleet_event(
+            fleet,
+            "error",
+            "allLaunchSpecsTemporarilyBlacklisted",
+            "None of the launch specifications is valid and several attempts to launch instances have "
+            "failed.",
+        )
+    return usable
+
+
 def _patch_spot_fleet_lifecycle() -> None:
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.spot_requests import SpotFleetRequest
@@ -488,33 +521,8 @@ def _patch_spot_fleet_lifecycle() -> None:
 
     def create_spot_requests(self: Any, weight_to_add: float) -> None:
         """Launch only into pools that do not fail; each failing pool reports an `error` event once."""
-        reported = self.__dict__.setdefault("_spotfill_failed_specs", set())
-        usable = []
-        for spec in self.launch_specs:
-            code = _pool_failure(self, spec)
-            if code is None:
-                usable.append(spec)
-                continue
-            if id(spec) not in reported:
-                reported.add(id(spec))
-                zone = _zone_of(self, spec.subnet_id) or "unknown zone"
-                record_fleet_event(
-                    self,
-                    "error",
-                    "spotFleetRequestConfigurationInvalid",
-                    f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
-                    f"{POOL_ERRORS[code]}",
-                )
+        usable = spot_fleet_usable_specs(self)
         if not usable:
-            if "_spotfill_all_blacklisted" not in self.__dict__:
-                self.__dict__["_spotfill_all_blacklisted"] = True
-                record_fleet_event(
-                    self,
-                    "error",
-                    "allLaunchSpecsTemporarilyBlacklisted",
-                    "None of the launch specifications is valid and several attempts to launch instances "
-                    "have failed.",
-                )
             return
         before = {id(r) for r in self.spot_requests}
         launch_specs = self.launch_specs
@@ -1634,12 +1642,14 @@ def _expire_ec2_fleets(backend: Any, now: datetime) -> dict[str, list[str]]:
 
 
 def maintain_fleets(backend: Any) -> None:
-    """EC2's clock for EC2 Fleets: ValidUntil, deletions finishing, and each live maintain fleet kept at its
-    targets (replacing lost instances)."""
+    """EC2's clock for both fleet APIs: ValidUntil, deletions finishing, and each live maintain fleet kept at
+    its targets (replacing lost instances)."""
     expire_fleets(backend)
     _finish_deleted_fleets(backend)
     for fleet in list(backend.fleets.values()):
         maintain_ec2_fleet(fleet)
+    for spot_fleet in list(backend.spot_fleet_requests.values()):
+        maintain_spot_fleet(spot_fleet)
 
 
 # --- IAM: service-linked roles named and refused twice as IAM does --------------------------------------
@@ -1670,3 +1680,203 @@ def service_linked_roles_as_iam_does() -> None:
             ) from exc
 
     models.IAMBackend.create_service_linked_role = create_service_linked_role
+
+
+# --- Spot Fleet: on-demand capacity (OnDemandTargetCapacity), spot shortfalls, maintenance -----------------
+
+_requested = threading.local()  # the OnDemandTargetCapacity of the request being made on this thread
+
+
+def spot_fleet_on_demand(fleet: Any) -> list[tuple[Any, Any]]:
+    """(instance, launch spec) of a Spot Fleet's live on-demand instances."""
+    members = fleet.__dict__.setdefault("_spotfill_on_demand", [])
+    members[:] = [(i, s) for i, s in members if _alive(i)]
+    return list(members)
+
+
+def _spec_of(fleet: Any, request: Any) -> Any:
+    """The launch spec a spot request came from (moto's Spot Fleet does not keep it on the request)."""
+    if getattr(request, "launch_spec", None) is not None:
+        return request.launch_spec
+    instance = request.instance
+    return next(
+        (
+            s
+            for s in fleet.launch_specs
+            if s.instance_type == instance.instance_type and s.subnet_id in (None, instance.subnet_id)
+        ),
+        fleet.launch_specs[0],
+    )
+
+
+def _spot_fleet_members(fleet: Any) -> list[tuple[Any, Any, str]]:
+    spot = [(r.instance, _spec_of(fleet, r), "spot") for r in fleet.spot_requests if _alive(r.instance)]
+    return spot + [(i, s, "on-demand") for i, s in spot_fleet_on_demand(fleet)]
+
+
+def _launch_spot_fleet_on_demand(fleet: Any, spec: Any) -> Any:
+    reservation = fleet.ec2_backend.run_instances(
+        image_id=spec.image_id,
+        count=1,
+        instance_type=spec.instance_type,
+        is_instance_type_default=False,
+        key_name=spec.key_name,
+        security_group_names=spec.group_set,
+        user_data=spec.user_data,
+        placement=None,
+        kernel_id=None,
+        ramdisk_id=None,
+        monitoring_enabled=spec.monitoring_enabled,
+        subnet_id=spec.subnet_id,
+        spot_fleet_id=fleet.id,
+        tags=spec.tag_specifications,
+    )
+    (instance,) = reservation.instances
+    if _pending_launches["on"]:
+        instance._state.name, instance._state.code = "pending", 0
+    fleet.__dict__.setdefault("_spotfill_on_demand", []).append((instance, spec))
+    record_fleet_event(fleet, "instanceChange", "launched", instance_id=instance.id)
+    return instance
+
+
+def maintain_spot_fleet(fleet: Any) -> None:
+    """What EC2 does for a live `maintain` Spot Fleet with on-demand capacity: the on-demand part
+    (`OnDemandTargetCapacity`) and the spot part (the rest) each kept at target; excess terminated (on
+    demand first), missing capacity launched into pools that do not fail, spot as far as it lasts."""
+    if fleet.state not in LIVE_FLEET_STATES:
+        return
+    on_demand_target = min(
+        float(fleet.__dict__.get("on_demand_target_capacity", 0)), float(fleet.target_capacity)
+    )
+    spot_target = float(fleet.target_capacity) - on_demand_target
+    backend = fleet.ec2_backend
+    fleet.spot_requests = [r for r in fleet.spot_requests if r.instance is not None and _alive(r.instance)]
+    members = _spot_fleet_members(fleet)
+    for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
+        mine = [(i, s) for i, s, k in members if k == kind]
+        held = _units(members, kind)
+        while mine and held - _weight(mine[-1][1]) >= target - 1e-9:
+            instance, spec = mine.pop()
+            held -= _weight(spec)
+            backend.terminate_instances([instance.id])
+            record_fleet_event(fleet, "instanceChange", "terminated", instance_id=instance.id)
+    fleet.spot_requests = [r for r in fleet.spot_requests if _alive(r.instance)]
+    members = _spot_fleet_members(fleet)
+    while _units(members, "on-demand") < on_demand_target - 1e-9:
+        usable = spot_fleet_usable_specs(fleet)
+        if not usable:
+            break
+        members.append((_launch_spot_fleet_on_demand(fleet, usable[0]), usable[0], "on-demand"))
+    while _units(members, "spot") < spot_target - 1e-9:
+        specs = [s for s in spot_fleet_usable_specs(fleet) if _spot_room(fleet, s, members)]
+        if not specs:
+            break
+        before = len(fleet.spot_requests)
+        kept = fleet.launch_specs
+        fleet.launch_specs = [specs[0]]
+        try:
+            fleet.create_spot_requests(_weight(specs[0]))
+        finally:
+            fleet.launch_specs = kept
+        if len(fleet.spot_requests) == before:
+            break
+        members.append((fleet.spot_requests[-1].instance, specs[0], "spot"))
+    fleet.fulfilled_capacity = _units(members, "spot") + _units(members, "on-demand")
+
+
+def _patch_spot_fleet_on_demand() -> None:
+    """Spot Fleet's on-demand part, which moto 5.2.5 ignores (every unit is spot there)."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.spot_requests import SpotFleetRequest
+    from moto.ec2.responses.spot_fleets import SpotFleets
+
+    original_init = SpotFleetRequest.__init__
+
+    def __init__(self: Any, ec2_backend: Any, *args: Any, **kwargs: Any) -> None:
+        # moto launches every unit as spot from its constructor; here the fleet launches as EC2 maintains it.
+        target = kwargs.get("target_capacity", 0)
+        kwargs["target_capacity"] = "0"
+        original_init(self, ec2_backend, *args, **kwargs)
+        self.target_capacity = int(float(target))
+        self.__dict__["on_demand_target_capacity"] = int(getattr(_requested, "on_demand", 0) or 0)
+        maintain_spot_fleet(self)
+
+    SpotFleetRequest.__init__ = __init__
+
+    lifecycle_create = SpotFleetRequest.create_spot_requests
+
+    def create_spot_requests(self: Any, weight_to_add: float) -> None:
+        if weight_to_add > 0:  # moto's constructor asks for its (zeroed) target: nothing
+            lifecycle_create(self, weight_to_add)
+
+    SpotFleetRequest.create_spot_requests = create_spot_requests
+
+    lifecycle_terminate = SpotFleetRequest.terminate_instances
+
+    def terminate_instances(self: Any) -> None:
+        lifecycle_terminate(self)
+        if self.target_capacity == 0:  # cancelled with TerminateInstances: the on-demand ones go too
+            alive = [i.id for i, _ in spot_fleet_on_demand(self)]
+            if alive:
+                self.ec2_backend.terminate_instances(alive)
+
+    SpotFleetRequest.terminate_instances = terminate_instances
+
+    config_of = SpotFleetRequest.spot_fleet_request_config
+
+    def spot_fleet_request_config(self: Any) -> dict[str, Any]:
+        config = dict(config_of.fget(self))
+        on_demand = spot_fleet_on_demand(self)
+        config["OnDemandTargetCapacity"] = int(self.__dict__.get("on_demand_target_capacity", 0))
+        config["OnDemandFulfilledCapacity"] = sum(_weight(s) for _, s in on_demand)
+        return config
+
+    SpotFleetRequest.spot_fleet_request_config = property(spot_fleet_request_config)
+
+    original_request = SpotFleets.request_spot_fleet
+
+    def request_spot_fleet(self: Any) -> Any:
+        config = self._get_param("SpotFleetRequestConfig", {})
+        _requested.on_demand = config.get("OnDemandTargetCapacity") or 0
+        try:
+            return original_request(self)
+        finally:
+            _requested.on_demand = 0
+
+    SpotFleets.request_spot_fleet = request_spot_fleet
+
+    def modify_spot_fleet_request(self: Any) -> Any:
+        fleet_id = self._get_param("SpotFleetRequestId")
+        fleet = self.ec2_backend.spot_fleet_requests.get(fleet_id)
+        if fleet is None:
+            raise EC2ClientError(
+                "InvalidSpotFleetRequestId.NotFound", f"The spot fleet request ID '{fleet_id}' does not exist"
+            )
+        total = self._get_param("TargetCapacity")
+        on_demand = self._get_param("OnDemandTargetCapacity")
+        if total is not None:
+            fleet.target_capacity = int(float(total))
+        if on_demand is not None:
+            fleet.__dict__["on_demand_target_capacity"] = int(float(on_demand))
+        maintain_spot_fleet(fleet)
+        return ActionResult({"Return": True})
+
+    SpotFleets.modify_spot_fleet_request = modify_spot_fleet_request
+
+    original_instances = SpotFleets.describe_spot_fleet_instances
+
+    def describe_spot_fleet_instances(self: Any) -> Any:
+        """Spot instances with their request, on-demand ones without (as EC2 lists them)."""
+        result = original_instances(self)
+        fleet = self.ec2_backend.spot_fleet_requests.get(self._get_param("SpotFleetRequestId"))
+        if fleet is not None:
+            alive = {r.instance.id for r in fleet.spot_requests if _alive(r.instance)}
+            active = [i for i in result.result["ActiveInstances"] if i["InstanceId"] in alive]
+            active += [
+                {"InstanceId": i.id, "InstanceType": i.instance_type} for i, _ in spot_fleet_on_demand(fleet)
+            ]
+            result.result["ActiveInstances"] = active
+        return result
+
+    SpotFleets.describe_spot_fleet_instances = _expiring_first(describe_spot_fleet_instances)
