@@ -480,6 +480,17 @@ def recorded(translated) -> Iterator[Recorded]:
         )
         spot_outcome = cloud.run(spot, spot_knobs)
         assert spot_outcome.status == "SUCCEEDED", (spot_outcome.last.error, spot_outcome.last.cause)
+        # no spot at all on each API: the on-demand fallback resizes the fleet while waiting for registration
+        for api in ("ec2-fleet", "spot-fleet"):
+            fleet = {
+                "instance_types": ["c5.large"],
+                "target_capacity": 1,
+                "on_demand_fallback_after_seconds": 1,
+            }
+            no_spot = cloud.spec(f"privilege-nospot-{api}", shards=1, fleet={**fleet, "api": api})
+            no_spot["limits"]["registration_timeout_seconds"] = 20
+            fell_back = cloud.run(no_spot, Knobs(spot_capacity={"c5.large": 0}))
+            assert fell_back.status == "SUCCEEDED", (fell_back.last.error, fell_back.last.cause)
         # a failed run: EC2 fails the fleet; the execution's FAILED status also reaches cleanup_on_exit
         failed = cloud.run(cloud.spec("privilege-failed", shards=2), Knobs(fleet_fails=True))
         assert failed.status == "FAILED"
