@@ -53,8 +53,8 @@ CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommende
 GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 EC2_FLEET_SERVICE = "ec2fleet.amazonaws.com"
 
-# A Spot Fleet reports `ActivityStatus: error` as soon as one launch failed, even while its other pools fill.
-# What failed is in its request history (`error` events). These sub-types mean the request can never be
+# A fleet (either API) reports `ActivityStatus: error` once one launch failed, even while its other pools
+# fill. What failed is in its history (error events). These sub-types mean the request can never be
 # fulfilled: the fleet role may not launch or terminate, or EC2 gave up on every launch specification.
 FATAL_ERROR_SUB_TYPES = frozenset({"iamFleetRoleInvalid", "allLaunchSpecsTemporarilyBlacklisted"})
 # Error codes (they open an event's description after the pool) that every pool shares: the launch template,

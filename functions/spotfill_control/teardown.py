@@ -258,7 +258,7 @@ def terminate_leftovers(
 ) -> None:
     """Make sure every instance of the run is shutting down or terminated.
 
-    The instances of a fleet cancelled just now are terminated by Spot Fleet itself, a little later: they get
+    The instances of a fleet deleted just now are terminated by EC2 itself, a little later: they get
     FLEET_TERMINATION_CHECKS looks before they count as left over. Left-overs are terminated here and must be
     seen going, else TransientAwsError (the ASL retries teardown).
     """
