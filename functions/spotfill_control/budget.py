@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotfill_control import cost
+from spotfill_control import cost, fleet
 from spotfill_control.cluster import STOP_TIMEOUT_SECONDS
 from spotfill_control.errors import BudgetReached
 from spotfill_control.fleet import capacity_weights, requested_capacity
@@ -297,11 +297,7 @@ def stop_new_capacity(run: RunState, ec2: Any) -> None:
     """The fleet launches nothing more: target capacity 0, and the instances it has keep running (no
     termination) so their workers can finish the shards in hand; teardown terminates them. The one place
     the cap changes the fleet."""
-    ec2.modify_spot_fleet_request(
-        SpotFleetRequestId=run.resources.spot_fleet_request_id,
-        TargetCapacity=0,
-        ExcessCapacityTerminationPolicy="noTermination",
-    )
+    fleet.set_target_capacity(run, ec2, 0, keep_instances=True)
 
 
 def drain_if_due(run: RunState, projection: Projection, ecs: Any, now: datetime) -> None:

@@ -19,7 +19,7 @@ class ConfigurationError(SpotfillError):
 
 
 class FleetRequestError(SpotfillError):
-    """The Spot Fleet could not be requested, or it reported an error while starting."""
+    """The fleet (EC2 Fleet or Spot Fleet) could not be requested, or it reported an error while starting."""
 
 
 class RegistrationTimeoutError(SpotfillError):

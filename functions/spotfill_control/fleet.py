@@ -1,4 +1,5 @@
-"""The run's Spot Fleet: its launch template version, the request, and reading its state back.
+"""The run's fleet: its launch template version, the request, and reading its state back, on either API
+(`fleet.api`: EC2 Fleet or Spot Fleet, `spotfill_control.fleet_api`); every fleet call goes through here.
 
 Capacity is weighted by vCPUs (GPUs for a GPU fleet; `instance_types.capacity_weights`): the smallest
 instance type in the request weighs 1, a type with twice the vCPUs weighs 2, so `fleet.target_capacity` means
@@ -30,7 +31,19 @@ from spotfill_control.errors import (
     InvalidSpecError,
     RegistrationTimeoutError,
     RunTimeoutError,
+    SpotfillError,
     TransientAwsError,
+)
+from spotfill_control.fleet_api import (
+    EC2_FLEET_SPOT_STRATEGIES,
+    ENDED_STATES,
+    GONE_STATES,
+    LIVE_STATES,
+    FleetApi,
+    FleetInstance,
+    FleetStatus,
+    api_named,
+    whole_units,
 )
 from spotfill_control.instance_types import capacity_weights
 from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, FailedPool, RunState, utcnow
@@ -41,11 +54,10 @@ from spotfill_control.spec import FleetSpec
 CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
 ARM64_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id"
 GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
-LIVE_STATES = ("submitted", "active", "modifying")
-FAILED_STATES = ("failed", "cancelled", "cancelled_running", "cancelled_terminating")
+EC2_FLEET_SERVICE = "ec2fleet.amazonaws.com"
 
-# A Spot Fleet reports `ActivityStatus: error` as soon as one launch failed, even while its other pools fill.
-# What failed is in its request history (`error` events). These sub-types mean the request can never be
+# A fleet (either API) reports `ActivityStatus: error` once one launch failed, even while its other pools
+# fill. What failed is in its history (error events). These sub-types mean the request can never be
 # fulfilled: the fleet role may not launch or terminate, or EC2 gave up on every launch specification.
 FATAL_ERROR_SUB_TYPES = frozenset({"iamFleetRoleInvalid", "allLaunchSpecsTemporarilyBlacklisted"})
 # Error codes (they open an event's description after the pool) that every pool shares: the launch template,
@@ -191,114 +203,222 @@ def subnets_for(fleet: FleetSpec, settings: Settings) -> list[str]:
     return list(fleet.subnets) or list(settings.default_subnets)
 
 
-def build_fleet_request(run: RunState, settings: Settings, now: datetime) -> dict[str, Any]:
-    """The `SpotFleetRequestConfig` for the run (pure: no AWS calls)."""
+def launch_template_configs(run: RunState, settings: Settings) -> list[dict[str, Any]]:
+    """The run's launch template version, with one override per instance type x subnet, each weighted."""
     if run.resources.launch_template_version is None:
         raise FleetRequestError("the run has no launch template version: PrepareRun did not finish")
     fleet = run.spec.fleet
     weights = capacity_weights(run.instance_types)
-    started = run.timeline.started_at or now
+    return [
+        {
+            "LaunchTemplateSpecification": {
+                "LaunchTemplateId": settings.launch_template_id,
+                "Version": str(run.resources.launch_template_version),
+            },
+            "Overrides": [
+                {"InstanceType": name, "SubnetId": subnet, "WeightedCapacity": weights[name]}
+                for name in fleet.instance_types
+                for subnet in subnets_for(fleet, settings)
+            ],
+        }
+    ]
+
+
+def fleet_tags(run: RunState) -> list[dict[str, Any]]:
+    return [
+        {
+            "ResourceType": api_of(run).resource_type,
+            "Tags": [{"Key": RUN_ID_TAG, "Value": run.run_id}, {"Key": "Name", "Value": run.scoped_name}],
+        }
+    ]
+
+
+def base_on_demand(run: RunState, total: int) -> int:
+    """The units always on demand (`fleet.on_demand_base`), never more than the fleet's target."""
+    return min(run.spec.fleet.on_demand_base, total)
+
+
+def hourly_cap(fleet: FleetSpec) -> str | None:
+    """Each purchase option's `MaxTotalPrice`: the whole hourly cap.
+
+    EC2 enforces a cap per purchase option, never on their sum, and the caps cannot be modified later
+    (ModifyFleet and ModifySpotFleetRequest change capacities only). A fixed split would starve the on-demand
+    fallback of the share spot leaves unused, so each option gets the whole cap (neither alone can spend
+    past it) and the Monitor keeps the sum under it: it moves to on demand only the units the cap leaves
+    room for (`affordable_on_demand_units`)."""
+    return None if fleet.max_hourly_price is None else f"{fleet.max_hourly_price:.4f}"
+
+
+def valid_until(run: RunState, now: datetime) -> datetime:
+    return (run.timeline.started_at or now) + timedelta(seconds=run.spec.limits.max_runtime_seconds)
+
+
+def build_spot_fleet_request(run: RunState, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The `SpotFleetRequestConfig` for the run (pure: no AWS calls)."""
+    fleet = run.spec.fleet
+    total = requested_capacity(run)
     config: dict[str, Any] = {
         "ClientToken": run.run_id,
         "IamFleetRole": settings.fleet_role_arn,
         "AllocationStrategy": fleet.allocation_strategy,
-        "TargetCapacity": requested_capacity(run),
+        "OnDemandAllocationStrategy": "lowestPrice",
+        "TargetCapacity": total,
+        "OnDemandTargetCapacity": base_on_demand(run, total),
         "Type": "maintain",
-        "ValidUntil": started + timedelta(seconds=run.spec.limits.max_runtime_seconds),
+        "ValidUntil": valid_until(run, now),
         "TerminateInstancesWithExpiration": True,
         "InstanceInterruptionBehavior": "terminate",
         "ReplaceUnhealthyInstances": False,
-        "LaunchTemplateConfigs": [
-            {
-                "LaunchTemplateSpecification": {
-                    "LaunchTemplateId": settings.launch_template_id,
-                    "Version": str(run.resources.launch_template_version),
-                },
-                "Overrides": [
-                    {"InstanceType": name, "SubnetId": subnet, "WeightedCapacity": weights[name]}
-                    for name in fleet.instance_types
-                    for subnet in subnets_for(fleet, settings)
-                ],
-            }
-        ],
-        "TagSpecifications": [
-            {
-                "ResourceType": "spot-fleet-request",
-                "Tags": [{"Key": RUN_ID_TAG, "Value": run.run_id}, {"Key": "Name", "Value": run.scoped_name}],
-            }
-        ],
+        "LaunchTemplateConfigs": launch_template_configs(run, settings),
+        "TagSpecifications": fleet_tags(run),
     }
-    if fleet.max_hourly_price is not None:
-        config["SpotMaxTotalPrice"] = f"{fleet.max_hourly_price:.4f}"
+    cap = hourly_cap(fleet)
+    if cap is not None:
+        config["SpotMaxTotalPrice"] = cap
+        config["OnDemandMaxTotalPrice"] = cap
     return config
 
 
-def find_live_fleet(run_id: str, ec2: Any) -> str | None:
-    """The run's fleet if one is already requested and not cancelled (a retried Lambda must not add one)."""
+def build_ec2_fleet_request(run: RunState, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The CreateFleet parameters for the run (pure: no AWS calls): a `maintain` fleet whose capacity
+    beyond `on_demand_base` is spot (`DefaultTargetCapacityType`)."""
+    fleet = run.spec.fleet
+    total = requested_capacity(run)
+    spot_options: dict[str, Any] = {
+        "AllocationStrategy": EC2_FLEET_SPOT_STRATEGIES[fleet.allocation_strategy],
+        "InstanceInterruptionBehavior": "terminate",
+    }
+    on_demand_options: dict[str, Any] = {"AllocationStrategy": "lowest-price"}
+    cap = hourly_cap(fleet)
+    if cap is not None:
+        spot_options["MaxTotalPrice"] = cap
+        on_demand_options["MaxTotalPrice"] = cap
+    return {
+        "ClientToken": run.run_id,
+        "Type": "maintain",
+        "SpotOptions": spot_options,
+        "OnDemandOptions": on_demand_options,
+        "TargetCapacitySpecification": {
+            "TotalTargetCapacity": total,
+            "OnDemandTargetCapacity": base_on_demand(run, total),
+            "SpotTargetCapacity": total - base_on_demand(run, total),
+            "DefaultTargetCapacityType": "spot",
+        },
+        "ExcessCapacityTerminationPolicy": "termination",
+        "LaunchTemplateConfigs": launch_template_configs(run, settings),
+        "ValidUntil": valid_until(run, now),
+        "TerminateInstancesWithExpiration": True,
+        "ReplaceUnhealthyInstances": False,
+        "TagSpecifications": fleet_tags(run),
+    }
+
+
+def build_fleet_request(run: RunState, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The request for the run's fleet on the API its spec names."""
+    if run.spec.fleet.api == "spot-fleet":
+        return build_spot_fleet_request(run, settings, now)
+    return build_ec2_fleet_request(run, settings, now)
+
+
+def api_of(run: RunState) -> FleetApi:
+    return api_named(run.spec.fleet.api)
+
+
+def run_fleet_ids(run: RunState, ec2: Any, live_only: bool = True) -> list[str]:
+    """The run's fleets by their run-id tag (live ones, or every one not gone yet)."""
+    wanted = LIVE_STATES if live_only else None
     try:
-        pages = ec2.get_paginator("describe_spot_fleet_requests").paginate()
-        for page in pages:
-            for config in page.get("SpotFleetRequestConfigs", []):
-                tags = {t["Key"]: t["Value"] for t in config.get("Tags", [])}
-                if tags.get(RUN_ID_TAG) == run_id and config.get("SpotFleetRequestState") in LIVE_STATES:
-                    return config["SpotFleetRequestId"]
+        return [
+            fleet_id
+            for fleet_id, state, tags in api_of(run).find(ec2)
+            if tags.get(RUN_ID_TAG) == run.run_id
+            and (state in wanted if wanted is not None else state not in GONE_STATES)
+        ]
     except ClientError as exc:
-        raise _aws_error("ec2.describe_spot_fleet_requests", exc) from exc
-    return None
+        raise _aws_error(f"{run.spec.fleet.api}: describe fleets", exc) from exc
 
 
-def request_fleet(run: RunState, ec2: Any, settings: Settings, now: datetime | None = None) -> str:
+def ensure_fleet_service_role(iam: Any) -> None:
+    """EC2 Fleet launches through the AWSServiceRoleForEC2Fleet service-linked role, which EC2 does not make
+    for API callers: create it unless the account has it (`InvalidInput`: the name is taken)."""
+    try:
+        iam.create_service_linked_role(AWSServiceName=EC2_FLEET_SERVICE)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code == "InvalidInput" and "has been taken" in str(exc):
+            return
+        raise _aws_error("iam.create_service_linked_role(ec2fleet.amazonaws.com)", exc) from exc
+
+
+def request_fleet(
+    run: RunState, ec2: Any, settings: Settings, now: datetime | None = None, iam: Any = None
+) -> str:
     """Request the run's fleet once: the ClientToken makes EC2 itself idempotent, the tag lookup covers
     emulators that ignore it."""
-    existing = find_live_fleet(run.run_id, ec2)
+    existing = run_fleet_ids(run, ec2)
     if existing:
-        return existing
+        return existing[0]
     now = now or utcnow()
-    deadline = (run.timeline.started_at or now) + timedelta(seconds=run.spec.limits.max_runtime_seconds)
-    if deadline <= now:
+    if valid_until(run, now) <= now:
         raise RunTimeoutError(
             f"limits.max_runtime_seconds ({run.spec.limits.max_runtime_seconds} s) ran out before the fleet "
             "was requested"
         )
+    if run.spec.fleet.api == "ec2-fleet" and iam is not None:
+        ensure_fleet_service_role(iam)
     try:
-        response = ec2.request_spot_fleet(
-            SpotFleetRequestConfig=build_fleet_request(run, settings, now or utcnow())
-        )
+        return api_of(run).request(build_fleet_request(run, settings, now), ec2)
     except ClientError as exc:
-        raise _aws_error("ec2.request_spot_fleet", exc) from exc
-    return response["SpotFleetRequestId"]
+        raise _aws_error(f"{run.spec.fleet.api}: request the fleet", exc) from exc
 
 
 # ---------------------------------------------------------------------------------------------- state
 
 
-@dataclass(frozen=True)
-class FleetStatus:
-    state: str
-    activity: str | None
-    target_capacity: float
-    fulfilled_capacity: float
-
-    @property
-    def fulfilled(self) -> bool:
-        return self.target_capacity > 0 and self.fulfilled_capacity >= self.target_capacity
+def fleet_status(run: RunState, ec2: Any) -> FleetStatus | None:
+    """The run's fleet as EC2 describes it; None when there is none or EC2 no longer knows it."""
+    fleet_id = run.resources.fleet_id
+    if fleet_id is None:
+        return None
+    return api_of(run).describe(fleet_id, ec2)
 
 
-def describe_fleet(fleet_id: str, ec2: Any) -> FleetStatus:
+def describe_fleet(run: RunState, ec2: Any) -> FleetStatus:
+    """The run's fleet; FleetRequestError when it no longer exists."""
     try:
-        configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
+        status = fleet_status(run, ec2)
     except ClientError as exc:
-        raise _aws_error("ec2.describe_spot_fleet_requests", exc) from exc
-    if not configs:
-        raise FleetRequestError(f"spot fleet {fleet_id} no longer exists")
-    config = configs[0]
-    request = config.get("SpotFleetRequestConfig", {})
-    return FleetStatus(
-        state=config.get("SpotFleetRequestState", "unknown"),
-        activity=config.get("ActivityStatus"),
-        target_capacity=float(request.get("TargetCapacity", 0)),
-        fulfilled_capacity=float(request.get("FulfilledCapacity", 0)),
-    )
+        raise _aws_error(f"{run.spec.fleet.api}: describe fleet {run.resources.fleet_id}", exc) from exc
+    if status is None:
+        raise FleetRequestError(f"fleet {run.resources.fleet_id} no longer exists")
+    return status
+
+
+def fleet_instances(run: RunState, ec2: Any) -> list[FleetInstance]:
+    """The run's fleet's active instances (type and purchase option); none when the fleet is gone."""
+    fleet_id = run.resources.fleet_id
+    if fleet_id is None:
+        return []
+    return api_of(run).instances(fleet_id, ec2) or []
+
+
+def set_target_capacity(
+    run: RunState,
+    ec2: Any,
+    total_units: float,
+    on_demand_units: float | None = None,
+    *,
+    keep_instances: bool = False,
+) -> None:
+    """Set the fleet's total target (and its on-demand part, when given; the rest is spot), in weighted
+    units rounded up to whole ones. ModifyFleet or ModifySpotFleetRequest. With `keep_instances` the fleet
+    terminates nothing to meet a lower target (its excess capacity termination policy: no termination)."""
+    fleet_id = run.resources.fleet_id
+    if fleet_id is None:
+        raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
+    total = whole_units(total_units)
+    on_demand = None if on_demand_units is None else min(total, whole_units(on_demand_units))
+    api_of(run).set_target(fleet_id, ec2, total, on_demand, keep_instances)
 
 
 @dataclass(frozen=True)
@@ -345,20 +465,30 @@ def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> 
     )
 
 
-def fleet_errors(fleet_id: str, ec2: Any, since: datetime, instance_types: Sequence[str]) -> list[FleetError]:
-    """The fleet's `error` events since `since` (DescribeSpotFleetRequestHistory, every page)."""
-    records: list[dict[str, Any]] = []
-    kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id, "StartTime": since, "EventType": "error"}
+def fleet_errors(run: RunState, ec2: Any, since: datetime) -> list[FleetError]:
+    """The fleet's error events since `since` (every page of its history: DescribeFleetHistory
+    `service-error`, or DescribeSpotFleetRequestHistory `error`)."""
+    fleet_id = run.resources.fleet_id
+    if fleet_id is None:
+        return []
     try:
-        while True:
-            page = ec2.describe_spot_fleet_request_history(**kwargs)
-            records.extend(page.get("HistoryRecords", []))
-            if not page.get("NextToken"):
-                break
-            kwargs["NextToken"] = page["NextToken"]
+        records = api_of(run).error_records(fleet_id, ec2, since)
     except ClientError as exc:
-        raise _aws_error("ec2.describe_spot_fleet_request_history", exc) from exc
-    return [parse_fleet_error(r, instance_types) for r in records if r.get("EventType") == "error"]
+        raise _aws_error(f"{run.spec.fleet.api}: fleet history of {fleet_id}", exc) from exc
+    return [parse_fleet_error(r, run.spec.fleet.instance_types) for r in records]
+
+
+def delete_fleets(run: RunState, ec2: Any, fleet_ids: Sequence[str]) -> None:
+    """Delete the fleets with their instances (DeleteFleets / CancelSpotFleetRequests, TerminateInstances);
+    one already gone is done; any other failure is raised."""
+    if not fleet_ids:
+        return
+    failures = api_of(run).delete(fleet_ids, ec2)
+    if failures:
+        raise SpotfillError(
+            f"{run.spec.fleet.api}: deleting fleets failed: "
+            + "; ".join(f"{fleet}: {code}: {message}" for fleet, code, message in failures)
+        )
 
 
 def with_failed_pools(run: RunState, errors: Iterable[FleetError]) -> RunState:
@@ -396,43 +526,49 @@ def check_fleet_healthy(fleet_id: str, status: FleetStatus, errors: Sequence[Fle
     """Raise FleetRequestError when the fleet ended, or when its history holds an error no pool escapes.
     A failed pool while others may still fill is not an error (the registration timeout covers a fleet
     that never gets capacity)."""
-    if status.state in FAILED_STATES:
+    if status.state in ENDED_STATES:
         reasons = f": {_named(errors)}" if errors else ""
-        raise FleetRequestError(f"spot fleet {fleet_id} is {status.state}{reasons}")
+        raise FleetRequestError(f"fleet {fleet_id} is {status.state}{reasons}")
     fatal = [e for e in errors if e.fatal]
     if fatal:
         details = "; ".join(dict.fromkeys(f"{e.sub_type}: {e.description}" for e in fatal))
         pools = [e for e in errors if not e.fatal and e.instance_type]
         failed = f"; failed pools: {_named(pools)}" if pools else ""
-        raise FleetRequestError(f"spot fleet {fleet_id} can never be fulfilled: {details}{failed}")
+        raise FleetRequestError(f"fleet {fleet_id} can never be fulfilled: {details}{failed}")
 
 
 # ---------------------------------------------------------------------------------------------- run steps
 
 
-def start_fleet(run: RunState, ec2: Any, settings: Settings, now: datetime | None = None) -> RunState:
+def start_fleet(
+    run: RunState, ec2: Any, settings: Settings, now: datetime | None = None, iam: Any = None
+) -> RunState:
     """RequestFleet: request the run's fleet (once) and record it."""
     now = now or utcnow()
-    fleet_id = request_fleet(run, ec2, settings, now)
-    return run.stepped("fleet_requested", "fleet_requested_at", now, spot_fleet_request_id=fleet_id)
+    fleet_id = request_fleet(run, ec2, settings, now, iam)
+    return run.stepped("fleet_requested", "fleet_requested_at", now, fleet_id=fleet_id)
 
 
 def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None = None) -> RunState:
     """CheckRegistration: fleet errors and timeouts fail; `registered` once an instance joined the cluster."""
     now = now or utcnow()
-    fleet_id = run.resources.spot_fleet_request_id
+    fleet_id = run.resources.fleet_id
     if fleet_id is None:
-        raise FleetRequestError("the run has no spot fleet: RequestFleet did not finish")
-    status = describe_fleet(fleet_id, ec2)
+        raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
+    status = describe_fleet(run, ec2)
     timeline = run.timeline
     requested_at = timeline.fleet_requested_at or now
     errors: list[FleetError] = []
-    if status.state in FAILED_STATES or status.activity == "error":
-        errors = fleet_errors(
-            fleet_id, ec2, requested_at - HISTORY_CLOCK_SLACK, run.spec.fleet.instance_types
-        )
+    if status.state in ENDED_STATES or status.activity == "error":
+        errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
         run = with_failed_pools(run, errors)
     check_fleet_healthy(fleet_id, status, errors)
+    if status.state == "active":
+        # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot
+        # fill at all still gets its on-demand capacity before the registration timeout.
+        from spotfill_control import on_demand  # it builds on this module
+
+        on_demand.rebalance(run, ec2, status, now)
     if status.fulfilled and timeline.fleet_fulfilled_at is None:
         timeline = timeline.model_copy(update={"fleet_fulfilled_at": now})
     registered = count_registered_instances(run, ecs)
@@ -447,7 +583,7 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     if waited > run.spec.limits.registration_timeout_seconds:
         failed = f"; failed pools: {_named_pools(run.failed_pools)}" if run.failed_pools else ""
         raise RegistrationTimeoutError(
-            f"no instance of spot fleet {fleet_id} registered with cluster {run.scoped_name} within "
+            f"no instance of fleet {fleet_id} registered with cluster {run.scoped_name} within "
             f"{run.spec.limits.registration_timeout_seconds} s (fleet {status.state}, "
             f"{status.fulfilled_capacity:g} of {status.target_capacity:g} capacity fulfilled){failed}"
         )

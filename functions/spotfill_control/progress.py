@@ -36,7 +36,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget
+from spotfill_control import budget, fleet, on_demand
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import (
@@ -47,6 +47,7 @@ from spotfill_control.errors import (
     StallError,
 )
 from spotfill_control.fleet import capacity_weights
+from spotfill_control.fleet_api import LIVE_STATES, FleetStatus
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import (
     Shard,
@@ -69,7 +70,7 @@ PEEK_VISIBILITY_SECONDS = 30
 EMPTY_RECEIVES_TOLERATED = 3
 # Instances that count: pending and running ones work (or will); the rest are going away.
 ALIVE_STATES = frozenset({"pending", "running"})
-ACTIVE_FLEET_STATES = frozenset({"submitted", "active", "modifying"})
+ACTIVE_FLEET_STATES = LIVE_STATES
 
 
 @dataclass(frozen=True)
@@ -200,14 +201,13 @@ def check_fleet(run: RunState, seen: Iteration, now: datetime | None = None) -> 
         valid_until = seen.fleet_valid_until
         if valid_until is not None and (now or datetime.now(UTC)) >= valid_until:
             raise RunTimeoutError(
-                f"spot fleet {run.resources.spot_fleet_request_id} expired at {valid_until.isoformat()} "
+                f"fleet {run.resources.fleet_id} expired at {valid_until.isoformat()} "
                 "(its ValidUntil, set from limits.max_runtime_seconds = "
                 f"{run.spec.limits.max_runtime_seconds}) and EC2 terminated its instances while "
                 f"{seen.remaining} shard(s) remain"
             )
         raise FleetRequestError(
-            f"spot fleet {run.resources.spot_fleet_request_id} is {seen.fleet_state} while "
-            f"{seen.remaining} shard(s) remain"
+            f"fleet {run.resources.fleet_id} is {seen.fleet_state} while {seen.remaining} shard(s) remain"
         )
 
 
@@ -375,45 +375,39 @@ def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -
 
 @dataclass(frozen=True)
 class FleetView:
-    state: str
-    active: bool
-    target_capacity: int
-    valid_until: datetime | None
+    status: FleetStatus
     weights: dict[str, float]  # instance type → weighted capacity (as the fleet was requested)
     alive: dict[str, str]  # instance id → type, for pending/running instances
     known_types: dict[str, str]  # instance id → type, for instances described this time
 
+    @property
+    def state(self) -> str:
+        return self.status.state
+
+    @property
+    def active(self) -> bool:
+        return self.status.active
+
+    @property
+    def target_capacity(self) -> int:
+        return int(self.status.target_capacity)
+
+    @property
+    def valid_until(self) -> datetime | None:
+        return self.status.valid_until
+
 
 def describe_fleet(
-    fleet_id: str, extra_ids: Iterable[str], weights: Mapping[str, float], ec2: Any
+    run: RunState, extra_ids: Iterable[str], weights: Mapping[str, float], ec2: Any
 ) -> FleetView | None:
-    """The fleet's state, target and live instances; None when the fleet no longer exists."""
-    try:
-        configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
-    except ClientError as exc:
-        if str(exc.response.get("Error", {}).get("Code", "")).startswith("InvalidSpotFleetRequestId"):
-            return None  # AWS forgets cancelled requests after a while; moto at once
-        raise
-    if not configs:
+    """The run's fleet: state, targets and live instances; None when the fleet no longer exists."""
+    status = fleet.fleet_status(run, ec2)
+    if status is None:
         return None
-    config = configs[0]
-    listed: list[str] = []
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id}
-        if token:
-            kwargs["NextToken"] = token
-        page = ec2.describe_spot_fleet_instances(**kwargs)
-        listed.extend(i["InstanceId"] for i in page.get("ActiveInstances", []))
-        token = page.get("NextToken")
-        if not token:
-            break
+    listed = [i.instance_id for i in fleet.fleet_instances(run, ec2)]
     states = describe_instance_states(set(listed) | set(extra_ids), ec2)
     return FleetView(
-        state=str(config.get("SpotFleetRequestState", "unknown")),
-        active=config.get("SpotFleetRequestState") in ACTIVE_FLEET_STATES,
-        target_capacity=int(config["SpotFleetRequestConfig"]["TargetCapacity"]),
-        valid_until=config["SpotFleetRequestConfig"].get("ValidUntil"),
+        status=status,
         weights=dict(weights),
         alive={i: states[i][1] for i in listed if i in states and states[i][0] in ALIVE_STATES},
         known_types={i: t for i, (_, t) in states.items()},
@@ -487,13 +481,13 @@ def iterate(
     progress.iterations_this_execution += 1
     progress.last_checked_at = now
 
-    if resources.spot_fleet_request_id:
+    if resources.fleet_id:
         # The budget first: the instances the last poll saw alive tell when those terminated without a stated
         # time ended, and a drain it starts keeps the fleet look below from resizing anything.
         billed = budget.accrue_run(run, now, clients.ec2)
         if not done:
             budget.drain_if_due(run, budget.project_run(run, billed), clients.ecs, now)
-        _watch_fleet(run, clients, seen, done)
+        _watch_fleet(run, clients, seen, done, now)
 
     if done:
         progress.state = "done"
@@ -624,13 +618,9 @@ def _sample_outputs(run: RunState, s3: Any, control_bucket: str) -> list[str]:
     return [output_uri_for(shard, index.input, index.output) for shard in index.sample]
 
 
-def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -> None:
+def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool, now: datetime) -> None:
     progress = run.progress
-    fleet_id = run.resources.spot_fleet_request_id
-    assert fleet_id is not None
-    view = describe_fleet(
-        fleet_id, progress.known_instances, capacity_weights(run.instance_types), clients.ec2
-    )
+    view = describe_fleet(run, progress.known_instances, capacity_weights(run.instance_types), clients.ec2)
     if view is None:
         progress.known_instances = []
         seen.fleet_state = "gone"
@@ -664,11 +654,17 @@ def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool) -
 
     tasks_per_instance = run.spec.service.tasks_per_instance
     max_weight = max(view.weights.values(), default=1.0)
-    new_target = lowered_capacity(view.target_capacity, seen.remaining, tasks_per_instance, max_weight)
+    target = on_demand.work_target(progress, view.status)
+    new_target = lowered_capacity(target, seen.remaining, tasks_per_instance, max_weight)
     if new_target is not None:
-        clients.ec2.modify_spot_fleet_request(SpotFleetRequestId=fleet_id, TargetCapacity=new_target)
+        # The tail keeps its on-demand units only as far as the new target reaches; a fallback is over.
+        od = min(view.status.on_demand_target_capacity, float(new_target))
+        fleet.set_target_capacity(run, clients.ec2, new_target, od)
+        on_demand.after_scale_down(progress, new_target, run.spec.fleet.on_demand_base)
         progress.fleet_target_capacity = new_target
         seen.fleet_target_capacity = new_target
+        return
+    on_demand.rebalance(run, clients.ec2, view.status, now)
 
 
 def _size_service(run: RunState, clients: Clients, seen: Iteration) -> None:

@@ -109,6 +109,8 @@ class Facts:
     retried: int = 0
     predictions: int = 0
     predictions_exact: bool = True
+    # predictions by the purchase option of the instance that made them (`spotfill-purchase-option`)
+    predictions_by_purchase_option: dict[str, int] = field(default_factory=dict)
     usages: list[cost.InstanceUsage] = field(default_factory=list)
     cost: cost.CostSummary | None = None
 
@@ -124,11 +126,19 @@ def count_rows(output_uris: list[str], s3: Any) -> tuple[int, bool]:
 def count_sampled_rows(sample: OutputSample, s3: Any) -> tuple[int, bool]:
     """Total `spotfill-rows` of `sample.count` outputs from those kept: exact when all are kept, else the
     sample's mean times the count (at most PREDICTION_SAMPLE_SIZE HeadObject calls beyond the limit)."""
+    total, exact, _ = count_sampled_rows_by_purchase_option(sample, s3)
+    return total, exact
+
+
+def count_sampled_rows_by_purchase_option(sample: OutputSample, s3: Any) -> tuple[int, bool, dict[str, int]]:
+    """`count_sampled_rows`, and the rows split by the purchase option the worker recorded with each output
+    (`spotfill-purchase-option`: spot, on-demand; `unknown` for an output without it), scaled like the
+    total when estimated."""
     if sample.count == 0:
-        return 0, True
+        return 0, True, {}
     chosen = sample.items
 
-    def rows(uri: str) -> int | None:
+    def rows(uri: str) -> tuple[int, str] | None:
         bucket, key = split_s3_uri(uri)
         try:
             metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
@@ -137,15 +147,21 @@ def count_sampled_rows(sample: OutputSample, s3: Any) -> tuple[int, bool]:
                 return None
             raise
         value = metadata.get("spotfill-rows")
-        return int(value) if value is not None else None
+        if value is None:
+            return None
+        return int(value), metadata.get("spotfill-purchase-option") or "unknown"
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         counted = [r for r in pool.map(rows, chosen) if r is not None]
+    by_option: dict[str, int] = {}
+    for value, option in counted:
+        by_option[option] = by_option.get(option, 0) + value
     if sample.exact and len(counted) == len(chosen):
-        return sum(counted), True
+        return sum(by_option.values()), True, by_option
     if not counted:
-        return 0, False
-    return round(sum(counted) / len(counted) * sample.count), False
+        return 0, False, {}
+    scale = sample.count / len(counted)
+    return round(sum(by_option.values()) * scale), False, {k: round(v * scale) for k, v in by_option.items()}
 
 
 def error_record_uris(run_id: str, s3: Any, bucket: str) -> set[str]:
@@ -282,10 +298,14 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
         facts.failed_errors = read_failed_errors(tally.failed_error_uris, s3)
         facts.unprocessed, facts.retried = tally.unprocessed, tally.retried
         facts.shards_total, facts.shards_skipped = tally.total, tally.skipped
-        facts.predictions, facts.predictions_exact = count_sampled_rows(tally.outputs, s3)
+        (
+            facts.predictions,
+            facts.predictions_exact,
+            facts.predictions_by_purchase_option,
+        ) = count_sampled_rows_by_purchase_option(tally.outputs, s3)
     window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
     window_end = run.timeline.teardown_ended_at or now
-    if run.resources.spot_fleet_request_id or run.progress.known_instances:
+    if run.resources.fleet_id or run.progress.known_instances:
         facts.usages, facts.cost = cost.run_cost(
             run.run_id, run.progress.known_instances, window_start, window_end, ec2, run.instance_types
         )
@@ -415,7 +435,11 @@ def build_report(
                 "retried": facts.retried,
                 "requeued": run.progress.requeued,
             },
-            "predictions": {"total": facts.predictions, "exact": facts.predictions_exact},
+            "predictions": {
+                "total": facts.predictions,
+                "exact": facts.predictions_exact,
+                "by_purchase_option": facts.predictions_by_purchase_option,
+            },
             "capacity": capacity_of(run),
             "phases_seconds": {
                 "validate": seconds_between(t.started_at, t.validated_at),
@@ -451,11 +475,16 @@ def capacity_of(run: RunState) -> dict[str, Any]:
     """The fleet capacity the spec asked for and the capacity the fleet was requested with (None when no
     fleet was requested), and why they differ: the request never asks more than the pending shards use."""
     asked = run.spec.fleet.target_capacity
-    requested = requested_capacity(run) if run.resources.spot_fleet_request_id else None
+    requested = requested_capacity(run) if run.resources.fleet_id else None
     capped = requested is not None and requested < asked
     pending = max(0, run.shards_total - run.shards_skipped)
     per_instance = run.spec.service.tasks_per_instance
     return {
+        "fleet_api": run.spec.fleet.api,
+        "fleet_id": run.resources.fleet_id,
+        "on_demand_base": run.spec.fleet.on_demand_base,
+        "on_demand_fallback_after_seconds": run.spec.fleet.on_demand_fallback_after_seconds,
+        "on_demand_fallback_units": run.progress.on_demand_fallback_units,
         "spec_target_capacity": asked,
         "fleet_target_capacity": requested,
         "capped": capped,

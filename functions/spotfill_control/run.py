@@ -37,7 +37,7 @@ class Resources(_State):
     cluster_name: str | None = None
     task_definition_arn: str | None = None
     launch_template_version: int | None = None
-    spot_fleet_request_id: str | None = None
+    fleet_id: str | None = None  # an EC2 Fleet id or a Spot Fleet request id (the spec's fleet.api)
     service_name: str | None = None
 
 
@@ -76,6 +76,14 @@ class Progress(_State):
     peak_predictions_per_second: float = 0.0
     rows_sampled_outputs: int = 0
     rows_sampled_total: int = 0
+    # On-demand fallback (spotfill_control.on_demand): units moved from spot to on demand, since when spot
+    # has been short of its target, when the fallback last changed, and the spot units probing whether spot
+    # is back.
+    on_demand_fallback_units: int = 0
+    spot_short_since: datetime | None = None
+    fallback_changed_at: datetime | None = None
+    spot_probe_units: int = 0
+    spot_probe_since: datetime | None = None
 
 
 class SpotPrice(_State):

@@ -17,6 +17,8 @@ AllocationStrategy = Literal[
     "diversified",
     "capacityOptimizedPrioritized",
 ]
+# The EC2 API that holds the run's fleet: EC2 Fleet (CreateFleet) or the legacy Spot Fleet (RequestSpotFleet).
+FleetApiName = Literal["ec2-fleet", "spot-fleet"]
 
 # File extensions of each input format: a shard under an input prefix is an object with one of these.
 INPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -114,6 +116,19 @@ class FleetSpec(_Model):
         default=None, gt=0, strict=True, description="cap on the fleet's total spend per hour"
     )
     subnets: list[str] = Field(default_factory=list, description="empty: the stack's default subnets")
+    api: FleetApiName = Field(
+        default="ec2-fleet", description="ec2-fleet (CreateFleet) or spot-fleet (the legacy RequestSpotFleet)"
+    )
+    on_demand_base: int = Field(
+        default=0, ge=0, le=5000, strict=True, description="capacity units that are always on demand"
+    )
+    on_demand_fallback_after_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        strict=True,
+        description="spot still short this long: the shortfall runs on demand till spot returns; null: never",
+    )
 
     @field_validator("instance_types")
     @classmethod
@@ -133,6 +148,14 @@ class FleetSpec(_Model):
         if bad:
             raise ValueError(f"not subnet ids: {', '.join(bad)}")
         return value
+
+    @model_validator(mode="after")
+    def _on_demand_within_target(self) -> FleetSpec:
+        if self.on_demand_base > self.target_capacity:
+            raise ValueError(
+                f"on_demand_base ({self.on_demand_base}) exceeds target_capacity ({self.target_capacity})"
+            )
+        return self
 
 
 class ServiceSpec(_Model):

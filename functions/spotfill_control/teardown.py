@@ -23,18 +23,16 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import state_store
+from spotfill_control import fleet, state_store
 from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.fleet_api import GONE_STATES
 from spotfill_control.progress import Clients, read_messages, shard_of
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.shards import dead_letter_queue_name
 
 ALIVE_INSTANCE_STATES = frozenset({"pending", "running", "stopping", "stopped"})
-GONE_FLEET_STATES = frozenset(
-    {"cancelled", "cancelled_terminating", "cancelled_running", "expired", "failed"}
-)
 CLUSTER_BUSY_CODES = frozenset(
     {
         "ClusterContainsServicesException",
@@ -201,59 +199,16 @@ def deregister_task_definitions(family: str, known_arn: str | None, ecs: Any, ou
 # ------------------------------------------------------------------------------------------ EC2
 
 
-def find_fleets(run_id: str, ec2: Any) -> list[str]:
-    """Fleets tagged with the run id that are not cancelled yet."""
-    found = []
-    for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
-        for config in page.get("SpotFleetRequestConfigs", []):
-            tags = {t["Key"]: t["Value"] for t in config.get("Tags", [])}
-            if (
-                tags.get(RUN_ID_TAG) == run_id
-                and config.get("SpotFleetRequestState") not in GONE_FLEET_STATES
-            ):
-                found.append(config["SpotFleetRequestId"])
-    return found
-
-
-def fleet_instance_ids(fleet_id: str, ec2: Any) -> list[str]:
-    ids: list[str] = []
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id}
-        if token:
-            kwargs["NextToken"] = token
-        try:
-            page = ec2.describe_spot_fleet_instances(**kwargs)
-        except ClientError as exc:
-            if _code(exc).startswith("InvalidSpotFleetRequestId"):
-                return ids
-            raise
-        ids.extend(i["InstanceId"] for i in page.get("ActiveInstances", []))
-        token = page.get("NextToken")
-        if not token:
-            return ids
-
-
-def cancel_fleet(fleet_id: str, ec2: Any, outcome: Outcome) -> list[str]:
-    """Cancel the fleet with TerminateInstances; returns the instances it had (to verify they go)."""
-    try:
-        configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"]
-    except ClientError as exc:
-        if _code(exc).startswith("InvalidSpotFleetRequestId"):
-            return []
-        raise
-    if not configs or configs[0].get("SpotFleetRequestState") in GONE_FLEET_STATES:
+def delete_fleet(run: RunState, fleet_id: str, ec2: Any, outcome: Outcome) -> list[str]:
+    """Delete the fleet with its instances (DeleteFleets or CancelSpotFleetRequests, TerminateInstances);
+    returns the instances it had (to verify they go). A fleet already gone is done."""
+    api = fleet.api_of(run)
+    status = api.describe(fleet_id, ec2)
+    if status is None or status.state in GONE_STATES:
         return []
-    instance_ids = fleet_instance_ids(fleet_id, ec2)
-    response = ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
-    for failure in response.get("UnsuccessfulFleetRequests", []):
-        error = failure.get("Error", {})
-        if error.get("Code") in ("fleetRequestIdDoesNotExist", "fleetRequestNotInCancellableState"):
-            continue
-        raise SpotfillError(
-            f"ec2.cancel_spot_fleet_requests {fleet_id}: {error.get('Code')}: {error.get('Message', '')}"
-        )
-    outcome.removed.append(f"spot fleet {fleet_id}")
+    instance_ids = [i.instance_id for i in api.instances(fleet_id, ec2) or []]
+    fleet.delete_fleets(run, ec2, [fleet_id])
+    outcome.removed.append(f"{run.spec.fleet.api} {fleet_id}")
     return instance_ids
 
 
@@ -303,7 +258,7 @@ def terminate_leftovers(
 ) -> None:
     """Make sure every instance of the run is shutting down or terminated.
 
-    The instances of a fleet cancelled just now are terminated by Spot Fleet itself, a little later: they get
+    The instances of a fleet deleted just now are terminated by EC2 itself, a little later: they get
     FLEET_TERMINATION_CHECKS looks before they count as left over. Left-overs are terminated here and must be
     seen going, else TransientAwsError (the ASL retries teardown).
     """
@@ -435,12 +390,14 @@ def teardown(
     ecs, ec2, sqs = clients.ecs, clients.ec2, clients.sqs
     step("service", lambda: remove_services(cluster, resources.service_name, ecs, outcome))
 
-    fleets = step("find fleets", lambda: find_fleets(run.run_id, ec2)) or []
-    if resources.spot_fleet_request_id and resources.spot_fleet_request_id not in fleets:
-        fleets.insert(0, resources.spot_fleet_request_id)
+    fleets = step("find fleets", lambda: fleet.run_fleet_ids(run, ec2, live_only=False)) or []
+    if resources.fleet_id and resources.fleet_id not in fleets:
+        fleets.insert(0, resources.fleet_id)
     cancelled: set[str] = set()
     for fleet_id in fleets:
-        cancelled.update(step(f"fleet {fleet_id}", lambda f=fleet_id: cancel_fleet(f, ec2, outcome)) or [])
+        cancelled.update(
+            step(f"fleet {fleet_id}", lambda f=fleet_id: delete_fleet(run, f, ec2, outcome)) or []
+        )
     instance_ids = [*run.progress.known_instances, *cancelled]
     instance_ids += step("instances", lambda: run_instance_ids(run.run_id, ec2)) or []
     step("terminate", lambda: terminate_leftovers(instance_ids, cancelled, ec2, outcome, sleep))

@@ -2,7 +2,7 @@
 
 A small Keras CNN is trained on scikit-learn's bundled digits (no download), the digits are tiled and
 augmented (shifts, noise) into at least 50 `.npy` shards and 100,000 predictions, and the run goes through
-the real stack: manifest upload → EventBridge → Step Functions → handlers → Spot Fleet → ECS → workers.
+the real stack: manifest upload → EventBridge → Step Functions → handlers → EC2 Fleet → ECS → workers.
 """
 
 from __future__ import annotations

@@ -474,6 +474,22 @@ def _ec2_fleet_ids(params: Mapping[str, Any], operation: str) -> list[str] | Non
     return _values(params, "SpotFleetRequestIds", "SpotFleetRequestId")
 
 
+# The service-linked roles CreateServiceLinkedRole makes, by service (their names are fixed by AWS).
+SERVICE_LINKED_ROLES = {
+    "ec2fleet.amazonaws.com": "AWSServiceRoleForEC2Fleet",
+    "spotfleet.amazonaws.com": "AWSServiceRoleForEC2SpotFleet",
+    "spot.amazonaws.com": "AWSServiceRoleForEC2Spot",
+}
+
+
+def _service_linked_role(params: Mapping[str, Any]) -> list[str]:
+    """`aws-service-role/<service>/<role>`: the path and name of the role CreateServiceLinkedRole makes."""
+    service = params["AWSServiceName"]
+    if service not in SERVICE_LINKED_ROLES:
+        raise UnmappedCall(f"iam.CreateServiceLinkedRole: no known service-linked role for {service}")
+    return [f"aws-service-role/{service}/{SERVICE_LINKED_ROLES[service]}"]
+
+
 def _event_buses(params: Mapping[str, Any], operation: str) -> list[str] | None:
     if operation == "PutEvents":
         return sorted({_tail(e.get("EventBusName") or "default") for e in params["Entries"]})
@@ -525,7 +541,7 @@ PLACEHOLDERS: dict[str, dict[str, Resolver]] = {
         "SnapshotId": lambda p, op: _values(p, "SnapshotIds", "SnapshotId"),
         "NetworkInterfaceId": lambda p, op: _values(p, "NetworkInterfaceIds", "NetworkInterfaceId"),
         "PlacementGroupName": lambda p, op: _values(p, "GroupNames") if "PlacementGroup" in op else None,
-        "FleetId": lambda p, op: _values(p, "FleetIds", "FleetId"),
+        "FleetId": lambda p, op: ["*"] if op == "CreateFleet" else _values(p, "FleetIds", "FleetId"),
     },
     "states": {
         "StateMachineName": lambda p, op: _states_names(p, op, "machine"),
@@ -545,7 +561,9 @@ PLACEHOLDERS: dict[str, dict[str, Resolver]] = {
         "FunctionName": lambda p, op: None if "FunctionName" not in p else [_tail(p["FunctionName"], ":")]
     },
     "iam": {
-        "RoleNameWithPath": lambda p, op: _values(p, "RoleName"),
+        "RoleNameWithPath": lambda p, op: (
+            _service_linked_role(p) if op == "CreateServiceLinkedRole" else _values(p, "RoleName")
+        ),
         "InstanceProfileNameWithPath": lambda p, op: _values(p, "InstanceProfileName"),
         "PolicyNameWithPath": lambda p, op: None,
     },
@@ -616,7 +634,7 @@ def _resources(
 
 def _ec2_resource_context(resource: str, account: Account) -> dict[str, str]:
     """aws:ResourceTag/* (and ec2:ResourceTag/*) of an existing EC2 resource named in the ARN."""
-    match = re.match(r"^arn:[^:]+:ec2:[^:]*:[^:]*:[a-z-]+/((i|sfr|lt)-[0-9a-zA-Z-]+)$", resource)
+    match = re.match(r"^arn:[^:]+:ec2:[^:]*:[^:]*:[a-z-]+/((i|sfr|lt|fleet)-[0-9a-zA-Z-]+)$", resource)
     if not match:
         return {}
     context: dict[str, str] = {}
@@ -642,6 +660,8 @@ def _context(
         )
     if prefix == "cloudwatch" and "cloudwatch:namespace" in keys and "Namespace" in params:
         context["cloudwatch:namespace"] = params["Namespace"]
+    if prefix == "iam" and operation == "CreateServiceLinkedRole":
+        context["iam:AWSServiceName"] = params["AWSServiceName"]
     if prefix == "events" and operation == "PutEvents":
         context["events:source"] = sorted({e["Source"] for e in params["Entries"] if "Source" in e})
         context["events:detail-type"] = sorted(
@@ -682,7 +702,8 @@ def _implied_requests(
             implied.append(Request("iam:PassRole", params[param], {"iam:PassedToService": passed_to}))
     if service == "ec2":
         profiles: list[str] = []
-        config = params.get("SpotFleetRequestConfig", {})
+        # RequestSpotFleet nests its request in SpotFleetRequestConfig; CreateFleet takes it at the top.
+        config = params.get("SpotFleetRequestConfig") or (params if operation == "CreateFleet" else {})
         if config.get("IamFleetRole"):
             implied.append(
                 Request(

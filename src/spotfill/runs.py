@@ -14,6 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from spotfill_control import state_store
 from spotfill_control.aws import is_missing_key
+from spotfill_control.fleet import fleet_instances
 from spotfill_control.run import RunState
 from spotfill_control.shards import read_shard_index, split_s3_uri
 
@@ -329,11 +330,8 @@ class RunWatcher:
 
     def _aws_counts(self, run: RunState) -> tuple[int, int]:
         instances = tasks = 0
-        fleet_id = run.resources.spot_fleet_request_id
         try:
-            if fleet_id:
-                active = self.session.client("ec2").describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)
-                instances = len(active["ActiveInstances"])
+            instances = len(fleet_instances(run, self.session.client("ec2")))
             if run.resources.cluster_name and run.resources.service_name:
                 services = self.session.client("ecs").describe_services(
                     cluster=run.resources.cluster_name, services=[run.resources.service_name]

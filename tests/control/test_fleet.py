@@ -1,4 +1,5 @@
-"""RequestFleet and CheckRegistration: one weighted, bounded, tagged Spot Fleet per run, and its arrival."""
+"""RequestFleet and CheckRegistration: one weighted, bounded, tagged fleet per run (EC2 Fleet by default, Spot
+Fleet when the spec says so), and its arrival."""
 
 from __future__ import annotations
 
@@ -77,18 +78,27 @@ def test_fleet_target_capacity_is_capped_at_the_instances_the_remaining_shards_k
     assert fleet.fleet_target_capacity(target_capacity, remaining_shards, tasks_per_instance) == expected
 
 
-def test_fleet_request_asks_no_more_capacity_than_the_pending_shards_use(s3_world):
+def _total(request: dict) -> int:
+    """The requested total capacity on either API."""
+    if "TargetCapacitySpecification" in request:
+        return request["TargetCapacitySpecification"]["TotalTargetCapacity"]
+    return request["TargetCapacity"]
+
+
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_fleet_request_asks_no_more_capacity_than_the_pending_shards_use(s3_world, api):
     # given a spec asking 4 units, 10 shards of which 8 already have their outputs
-    run = pure_run().model_copy(update={"shards_total": 10, "shards_skipped": 8})
+    run = pure_run(fleet__api=api).model_copy(update={"shards_total": 10, "shards_skipped": 8})
     # when the request is built
     request = fleet.build_fleet_request(run, s3_world.settings, STARTED)
     # then it asks for the 2 instances the 2 pending shards use (one task each)
     assert run.spec.fleet.target_capacity == 4
-    assert request["TargetCapacity"] == 2
+    assert _total(request) == 2
 
 
-def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world):
-    request = fleet.build_fleet_request(pure_run(), s3_world.settings, STARTED)
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world, api):
+    request = fleet.build_fleet_request(pure_run(fleet__api=api), s3_world.settings, STARTED)
     [config] = request["LaunchTemplateConfigs"]
     assert config["LaunchTemplateSpecification"] == {
         "LaunchTemplateId": s3_world.settings.launch_template_id,
@@ -101,8 +111,89 @@ def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world):
     ]
 
 
-def test_fleet_request_is_bounded_idempotent_tagged_and_terminates_on_expiry(s3_world):
+def test_ec2_fleet_is_the_default_a_maintain_fleet_of_spot_beyond_the_on_demand_base(s3_world):
     run = pure_run()
+    request = fleet.build_fleet_request(run, s3_world.settings, STARTED + timedelta(minutes=2))
+    assert run.spec.fleet.api == "ec2-fleet"
+    assert request["ClientToken"] == run.run_id
+    assert request["Type"] == "maintain"
+    assert request["TargetCapacitySpecification"] == {
+        "TotalTargetCapacity": 4,
+        "OnDemandTargetCapacity": 0,
+        "SpotTargetCapacity": 4,
+        "DefaultTargetCapacityType": "spot",
+    }
+    assert request["SpotOptions"] == {
+        "AllocationStrategy": "price-capacity-optimized",
+        "InstanceInterruptionBehavior": "terminate",
+    }
+    assert request["OnDemandOptions"] == {"AllocationStrategy": "lowest-price"}
+    assert request["ExcessCapacityTerminationPolicy"] == "termination"
+    assert request["ValidUntil"] == STARTED + timedelta(seconds=3600)
+    assert request["TerminateInstancesWithExpiration"] is True
+    assert "IamFleetRole" not in request  # EC2 Fleet launches through its service-linked role
+    assert request["TagSpecifications"] == [
+        {
+            "ResourceType": "fleet",
+            "Tags": [
+                {"Key": RUN_ID_TAG, "Value": run.run_id},
+                {"Key": "Name", "Value": f"spotfill-{run.run_id}"},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec_name", "ec2_fleet_name"),
+    [
+        ("priceCapacityOptimized", "price-capacity-optimized"),
+        ("capacityOptimized", "capacity-optimized"),
+        ("capacityOptimizedPrioritized", "capacity-optimized-prioritized"),
+        ("lowestPrice", "lowest-price"),
+        ("diversified", "diversified"),
+    ],
+)
+def test_allocation_strategies_are_spelled_as_each_api_spells_them(s3_world, spec_name, ec2_fleet_name):
+    ec2_fleet = fleet.build_fleet_request(
+        pure_run(fleet__allocation_strategy=spec_name), s3_world.settings, STARTED
+    )
+    spot_fleet = fleet.build_fleet_request(
+        pure_run(fleet__allocation_strategy=spec_name, fleet__api="spot-fleet"), s3_world.settings, STARTED
+    )
+    assert ec2_fleet["SpotOptions"]["AllocationStrategy"] == ec2_fleet_name
+    assert spot_fleet["AllocationStrategy"] == spec_name
+
+
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_the_on_demand_base_is_requested_on_demand_and_the_hourly_cap_bounds_each_purchase_option(
+    s3_world, api
+):
+    run = pure_run(fleet__api=api, fleet__on_demand_base=1, fleet__max_hourly_price=2.5)
+    request = fleet.build_fleet_request(run, s3_world.settings, STARTED)
+    if api == "ec2-fleet":
+        assert request["TargetCapacitySpecification"]["OnDemandTargetCapacity"] == 1
+        assert request["TargetCapacitySpecification"]["SpotTargetCapacity"] == 3
+        assert (
+            request["SpotOptions"]["MaxTotalPrice"] == request["OnDemandOptions"]["MaxTotalPrice"] == "2.5000"
+        )
+    else:
+        assert request["OnDemandTargetCapacity"] == 1
+        assert request["OnDemandAllocationStrategy"] == "lowestPrice"
+        assert request["SpotMaxTotalPrice"] == request["OnDemandMaxTotalPrice"] == "2.5000"
+
+
+def test_an_on_demand_base_above_the_target_capacity_is_refused():
+    with pytest.raises(ValueError, match=r"on_demand_base \(5\) exceeds target_capacity \(4\)"):
+        BackfillSpec.model_validate(sample_spec(fleet__on_demand_base=5))
+
+
+def test_an_unknown_fleet_api_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="ec2-fleet"):
+        BackfillSpec.model_validate(sample_spec(fleet__api="auto-scaling"))
+
+
+def test_spot_fleet_request_is_bounded_idempotent_tagged_and_terminates_on_expiry(s3_world):
+    run = pure_run(fleet__api="spot-fleet")
     request = fleet.build_fleet_request(run, s3_world.settings, STARTED + timedelta(minutes=2))
     assert request["ClientToken"] == run.run_id
     assert request["Type"] == "maintain"
@@ -122,10 +213,12 @@ def test_fleet_request_is_bounded_idempotent_tagged_and_terminates_on_expiry(s3_
         }
     ]
     assert "SpotMaxTotalPrice" not in request
+    assert request["OnDemandTargetCapacity"] == 0
 
 
 def test_budget_cap_strategy_and_subnets_come_from_the_spec_when_given(s3_world):
     run = pure_run(
+        fleet__api="spot-fleet",
         fleet__max_hourly_price=1.5,
         fleet__allocation_strategy="capacityOptimized",
         fleet__subnets=["subnet-aaaa"],
@@ -270,12 +363,10 @@ def test_failed_pools_are_kept_once_each_and_bounded():
 
 
 def _live_fleets(world, run_id: str) -> list[dict]:
-    configs = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
     return [
-        c
-        for c in configs
-        if {"Key": RUN_ID_TAG, "Value": run_id} in c.get("Tags", [])
-        and c["SpotFleetRequestState"] in fleet.LIVE_STATES
+        f
+        for f in world.ec2.describe_fleets()["Fleets"]
+        if {"Key": RUN_ID_TAG, "Value": run_id} in f.get("Tags", []) and f["FleetState"] in fleet.LIVE_STATES
     ]
 
 
@@ -283,13 +374,14 @@ def _live_fleets(world, run_id: str) -> list[dict]:
 def test_request_fleet_requests_a_tagged_fleet_and_persists_it(world, lambda_context):
     prepared = prepared_run(world, lambda_context)
     run = request_handler.handler({"run": prepared}, lambda_context)
-    fleet_id = run["resources"]["spot_fleet_request_id"]
-    assert [c["SpotFleetRequestId"] for c in _live_fleets(world, run["run_id"])] == [fleet_id]
+    fleet_id = run["resources"]["fleet_id"]
+    assert [f["FleetId"] for f in _live_fleets(world, run["run_id"])] == [fleet_id]
     assert run["phase"] == "fleet_requested"
     assert run["timeline"]["fleet_requested_at"]
-    assert state_store.load(run["run_id"], world.s3).resources.spot_fleet_request_id == fleet_id
-    instances = world.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+    assert state_store.load(run["run_id"], world.s3).resources.fleet_id == fleet_id
+    instances = world.ec2.describe_fleet_instances(FleetId=fleet_id)["ActiveInstances"]
     assert instances, "moto fulfils the fleet at once"
+    assert all(i.get("SpotInstanceRequestId") for i in instances)  # all spot: no on-demand base
 
 
 @pytest.mark.aws
@@ -301,14 +393,14 @@ def test_request_fleet_retry_does_not_create_second_fleet(world, lambda_context)
     # then one fleet is active and both attempts name it
     live = _live_fleets(world, prepared["run_id"])
     assert len(live) == 1
-    assert first["resources"]["spot_fleet_request_id"] == second["resources"]["spot_fleet_request_id"]
+    assert first["resources"]["fleet_id"] == second["resources"]["fleet_id"]
 
 
 @pytest.mark.aws
 def test_invalid_fleet_parameters_are_a_fleet_request_error(world, lambda_context):
     run = RunState.model_validate(prepared_run(world, lambda_context))
-    ec2 = FailingClient(world.ec2, "request_spot_fleet", code="InvalidSpotFleetRequestConfig")
-    with pytest.raises(FleetRequestError, match="InvalidSpotFleetRequestConfig"):
+    ec2 = FailingClient(world.ec2, "create_fleet", code="InvalidFleetConfiguration")
+    with pytest.raises(FleetRequestError, match="InvalidFleetConfiguration"):
         fleet.start_fleet(run, ec2, world.settings)
 
 
@@ -316,7 +408,7 @@ def test_invalid_fleet_parameters_are_a_fleet_request_error(world, lambda_contex
 @pytest.mark.parametrize("code", ["RequestLimitExceeded", "InternalError", "Unavailable"])
 def test_throttling_and_outages_are_transient(world, lambda_context, code):
     run = RunState.model_validate(prepared_run(world, lambda_context))
-    ec2 = FailingClient(world.ec2, "request_spot_fleet", code=code)
+    ec2 = FailingClient(world.ec2, "create_fleet", code=code)
     with pytest.raises(TransientAwsError, match=code):
         fleet.start_fleet(run, ec2, world.settings)
 
@@ -369,19 +461,22 @@ def test_no_registration_within_the_timeout_ends_the_run(world, lambda_context, 
 
 
 @pytest.mark.aws
-def test_a_cancelled_fleet_ends_the_run(world, lambda_context, requested):
-    fleet_id = requested["resources"]["spot_fleet_request_id"]
-    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
-    with pytest.raises(FleetRequestError, match="cancelled"):
+def test_a_deleted_fleet_ends_the_run(world, lambda_context, requested):
+    fleet_id = requested["resources"]["fleet_id"]
+    world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
+    with pytest.raises(FleetRequestError, match="deleted_running"):
         check_handler.handler({"run": requested}, lambda_context)
 
 
 @pytest.mark.aws
 def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, requested):
-    fleet_id = requested["resources"]["spot_fleet_request_id"]
-    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    # given a fleet deleted long ago: EC2 has forgotten it
+    fleet_id = requested["resources"]["fleet_id"]
+    world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+    ec2 = FailingClient(world.ec2, "describe_fleets", code="InvalidFleetId.NotFound")
+    # then the run ends, saying so
     with pytest.raises(FleetRequestError, match="no longer exists"):
-        check_handler.handler({"run": requested}, lambda_context)
+        fleet.check_registration(RunState.model_validate(requested), ec2, world.ecs)
 
 
 # ------------------------------------------------------------------------- failing pools, EC2's history
@@ -404,11 +499,9 @@ def test_one_failing_pool_while_the_others_fill_is_recorded_and_registration_goe
     # given c5.2xlarge unsupported in every zone, c5.xlarge filling the fleet
     failing_pools({"c5.2xlarge": "Unsupported"})
     requested = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
-    fleet_id = requested["resources"]["spot_fleet_request_id"]
-    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-        "SpotFleetRequestConfigs"
-    ][0]
-    assert config["ActivityStatus"] == "error"
+    fleet_id = requested["resources"]["fleet_id"]
+    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+    assert described["ActivityStatus"] == "error"
     # when CheckRegistration looks at the fleet, then the run waits on and records the pool that failed
     run = check_handler.handler({"run": requested}, lambda_context)
     assert run["phase"] == "fleet_requested"

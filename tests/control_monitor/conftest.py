@@ -73,16 +73,23 @@ class World:
 
     # ------------------------------------------------------------------ what workers and AWS do
 
-    def write_output(self, run: dict[str, Any], shard_index: int, rows: int = ROWS_PER_SHARD) -> str:
-        """What a worker does when it finishes a shard: the output object, with its metadata, then the
-        shard's message deleted (if it is still queued)."""
+    def write_output(
+        self, run: dict[str, Any], shard_index: int, rows: int = ROWS_PER_SHARD, purchase_option: str = "spot"
+    ) -> str:
+        """What a worker does when it finishes a shard: the output object, with its metadata (rows, run, and
+        the purchase option of its instance), then the shard's message deleted (if it is still queued)."""
         entry = self.shard_list(run)["shards"][shard_index]
         bucket, key = entry["output"][len("s3://") :].split("/", 1)
         self.s3.put_object(
             Bucket=bucket,
             Key=key,
             Body=npy_bytes(rows),
-            Metadata={"spotfill-rows": str(rows), "spotfill-run-id": run["run_id"]},
+            Metadata={
+                "spotfill-rows": str(rows),
+                "spotfill-run-id": run["run_id"],
+                "spotfill-purchase-option": purchase_option,
+                "spotfill-instance-type": "c5.xlarge",
+            },
         )
         self.delete_message_of(run, entry["shard"])
         return entry["output"]
@@ -144,9 +151,11 @@ class World:
         return found.model_dump(mode="json")
 
     def fleet_instances(self, run: dict[str, Any]) -> list[str]:
-        fleet_id = run["resources"]["spot_fleet_request_id"]
-        active = self.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
-        return sorted(i["InstanceId"] for i in active)
+        """The run's fleet's active instances, on whichever API it lives."""
+        from spotfill_control.fleet import fleet_instances
+        from spotfill_control.run import RunState
+
+        return sorted(i.instance_id for i in fleet_instances(RunState.model_validate(run), self.ec2))
 
     def instance_states(self, instance_ids: list[str]) -> dict[str, str]:
         reservations = self.ec2.describe_instances(InstanceIds=instance_ids)["Reservations"]

@@ -443,3 +443,33 @@ def test_the_report_table_shows_cost_per_purchase_option_and_flags_static_table_
     # then the cost line gives the total, each purchase option's dollars and hours, and the price source
     assert "$0.2700 (spot $0.1000 (2.0000h), on-demand $0.1700 (1.0000h)) vs $0.5100 on demand" in text
     assert "on-demand prices of c5.xlarge from the static table" in text
+
+
+class MixedS3:
+    """Outputs whose workers ran on spot (even numbers), on demand (odd) or recorded nothing (every 10th)."""
+
+    def head_object(self, Key, **_):
+        number = int(Key.rsplit("/", 1)[-1].split(".")[0])
+        metadata = {"spotfill-rows": "7"}
+        if number % 10:
+            metadata["spotfill-purchase-option"] = "on-demand" if number % 2 else "spot"
+        return {"Metadata": metadata}
+
+
+def test_predictions_are_split_by_the_purchase_option_of_the_instance_that_made_them():
+    sample = report.OutputSample()
+    for i in range(20):
+        sample.add(f"s3://d/out/{i}.npy")
+    total, exact, by_option = report.count_sampled_rows_by_purchase_option(sample, MixedS3())
+    assert (total, exact) == (140, True)
+    assert by_option == {"on-demand": 7 * 10, "spot": 7 * 8, "unknown": 7 * 2}
+
+
+def test_an_estimated_split_scales_like_the_total():
+    sample = report.OutputSample()
+    for i in range(20_000):
+        sample.add(f"s3://d/out/{i}.npy")
+    total, exact, by_option = report.count_sampled_rows_by_purchase_option(sample, MixedS3())
+    assert not exact and total == 7 * 20_000
+    assert abs(sum(by_option.values()) - total) <= len(by_option)
+    assert set(by_option) <= {"spot", "on-demand", "unknown"} and by_option.get("on-demand", 0) > 0

@@ -56,7 +56,11 @@ def test_report_of_a_successful_run_has_every_figure(world, running_run, lambda_
         "retried": 1,
         "requeued": 0,
     }
-    assert document["predictions"] == {"total": 3 * ROWS_PER_SHARD, "exact": True}
+    assert document["predictions"] == {
+        "total": 3 * ROWS_PER_SHARD,
+        "exact": True,
+        "by_purchase_option": {"spot": 3 * ROWS_PER_SHARD},
+    }
     phases = document["phases_seconds"]
     for phase in ("validate", "registration", "processing", "teardown", "total"):
         assert phases[phase] is not None and phases[phase] >= 0, phase

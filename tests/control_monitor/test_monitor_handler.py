@@ -91,8 +91,8 @@ def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
 ):
     # given a run whose cap is below what the fleet costs over a poll and a drain
     run = start_run(max_total_usd=0.0001)
-    fleet_id = run["resources"]["spot_fleet_request_id"]
-    instances = world.ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+    fleet_id = run["resources"]["fleet_id"]
+    instances = world.ec2.describe_fleet_instances(FleetId=fleet_id)["ActiveInstances"]
 
     # when monitor looks
     draining = monitor.handler({"run": run}, lambda_context)
@@ -100,10 +100,9 @@ def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
     # then it drains: the fleet's target is 0 with its instances still running, the service runs no task
     assert draining["budget"]["draining_since"] is not None
     assert draining["budget"]["projected_usd"] >= 0.0001
-    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-        "SpotFleetRequestConfigs"
-    ][0]
-    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 0
+    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+    assert described["TargetCapacitySpecification"]["TotalTargetCapacity"] == 0
+    assert described["ExcessCapacityTerminationPolicy"] == "no-termination"
     states = world.ec2.describe_instances(InstanceIds=[i["InstanceId"] for i in instances])
     assert {i["State"]["Name"] for r in states["Reservations"] for i in r["Instances"]} == {"running"}
     (service,) = world.ecs.describe_services(
@@ -125,15 +124,13 @@ def test_a_drain_that_starts_while_the_fleet_is_modifying_lowers_it_once_the_fle
     from moto.ec2.models import ec2_backends
 
     run = start_run(max_total_usd=0.0001)
-    fleet_id = run["resources"]["spot_fleet_request_id"]
-    fleet = ec2_backends[DEFAULT_ACCOUNT_ID][world.ec2.meta.region_name].spot_fleet_requests[fleet_id]
+    fleet_id = run["resources"]["fleet_id"]
+    fleet = ec2_backends[DEFAULT_ACCOUNT_ID][world.ec2.meta.region_name].fleets[fleet_id]
     fleet.state = "modifying"
 
     def target() -> int:
-        configs = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-            "SpotFleetRequestConfigs"
-        ]
-        return configs[0]["SpotFleetRequestConfig"]["TargetCapacity"]
+        (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+        return described["TargetCapacitySpecification"]["TotalTargetCapacity"]
 
     # when monitor looks, then it drains the service but leaves the fleet's target alone
     draining = monitor.handler({"run": run}, lambda_context)
@@ -291,7 +288,7 @@ def test_monitor_raises_run_timeout_past_the_maximum_runtime(world, running_run,
 
 def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world, running_run, lambda_context):
     # given a fleet of 4 capacity units and 4 tasks, and one shard left (queued)
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    fleet_id = running_run["resources"]["fleet_id"]
     world.write_output(running_run, 0)
     world.write_output(running_run, 1)
 
@@ -299,10 +296,8 @@ def test_monitor_lowers_fleet_capacity_and_service_when_few_shards_remain(world,
     run = monitor.handler({"run": running_run}, lambda_context)
 
     # then one task is enough, and the fleet keeps room for one instance of the heaviest type (weight 2)
-    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-        "SpotFleetRequestConfigs"
-    ][0]
-    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 2
+    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+    assert described["TargetCapacitySpecification"]["TotalTargetCapacity"] == 2
     assert run["progress"]["fleet_target_capacity"] == 2
     service = world.ecs.describe_services(
         cluster=run["resources"]["cluster_name"], services=[run["resources"]["service_name"]]
@@ -332,16 +327,14 @@ def test_monitor_raises_the_service_as_instances_register_up_to_the_remaining_sh
 
 def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context):
     # given plenty of work left (3 shards, 3 units: the spec's 4 capped at the 3 shards)
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
+    fleet_id = running_run["resources"]["fleet_id"]
 
     # when monitor looks
     monitor.handler({"run": running_run}, lambda_context)
 
     # then the fleet keeps its capacity
-    config = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-        "SpotFleetRequestConfigs"
-    ][0]
-    assert config["SpotFleetRequestConfig"]["TargetCapacity"] == 3
+    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+    assert described["TargetCapacitySpecification"]["TotalTargetCapacity"] == 3
 
 
 def test_monitor_counts_an_instance_that_vanished_as_a_spot_interruption(world, running_run, lambda_context):
@@ -415,12 +408,12 @@ def test_monitor_result_stays_small(world, running_run, lambda_context):
 def test_monitor_fails_the_run_when_its_fleet_was_cancelled_with_work_left(
     world, running_run, lambda_context
 ):
-    # given someone cancelled the run's fleet (without terminating its instances) while shards remain
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
-    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=False)
+    # given someone deleted the run's fleet (without terminating its instances) while shards remain
+    fleet_id = running_run["resources"]["fleet_id"]
+    world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=False)
 
     # when monitor looks, then the run fails at once instead of waiting for the stall timeout
-    with pytest.raises(FleetRequestError, match="cancelled_running"):
+    with pytest.raises(FleetRequestError, match="deleted_running"):
         monitor.handler({"run": running_run}, lambda_context)
 
 
@@ -431,8 +424,8 @@ def test_monitor_finishes_a_run_whose_fleet_is_gone_once_every_output_exists(
     world.drain_queue(running_run)
     for index in range(3):
         world.write_output(running_run, index)
-    fleet_id = running_run["resources"]["spot_fleet_request_id"]
-    world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    fleet_id = running_run["resources"]["fleet_id"]
+    world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
 
     # when monitor looks, then the run is simply done
     assert monitor.handler({"run": running_run}, lambda_context)["progress"]["state"] == "done"

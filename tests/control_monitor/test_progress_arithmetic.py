@@ -161,7 +161,7 @@ def test_a_count_lowered_for_few_shards_is_not_raised_again_by_late_capacity():
 def test_a_fleet_past_its_valid_until_ends_the_run_as_timed_out():
     # given a fleet EC2 expired (ValidUntil passed: it terminated the instances) while shards remain
     run = make_run()
-    run.resources.spot_fleet_request_id = "sfr-1"
+    run.resources.fleet_id = "sfr-1"
     seen = progress.Iteration(remaining=3, fleet_state="cancelled", fleet_valid_until=T0)
     # then the run times out, naming the expiry and the limit behind it
     with pytest.raises(RunTimeoutError, match=r"sfr-1 expired at .*limits\.max_runtime_seconds.*3 shard"):

@@ -17,11 +17,10 @@ def assert_nothing_left(world, run: dict) -> None:
     """No fleet active, no instance running, and no queue, service, cluster, task definition or launch
     template version of the run."""
     run_id = run["run_id"]
-    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
     live = [
         f
-        for f in fleets
-        if f["SpotFleetRequestState"] in ("submitted", "active", "modifying")
+        for f in world.ec2.describe_fleets()["Fleets"]
+        if f["FleetState"] in ("submitted", "active", "modifying")
         and {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get("spotfill:run-id") == run_id
     ]
     assert live == []
@@ -121,8 +120,8 @@ def test_teardown_finds_resources_by_name_when_no_state_names_them(world, runnin
 
     # then the run-scoped fleet (by tag), cluster, service, task definition and queues (by name) are gone;
     # the launch template version is the one thing only the run state can name
-    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
-    assert all(f["SpotFleetRequestState"] not in ("active", "submitted", "modifying") for f in fleets)
+    fleets = world.ec2.describe_fleets()["Fleets"]
+    assert fleets and all(f["FleetState"] not in ("active", "submitted", "modifying") for f in fleets)
     assert world.sqs.list_queues(QueueNamePrefix=f"spotfill-{running_run['run_id']}").get("QueueUrls") is None
     running = world.ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["running"]}])
     assert running["Reservations"] == []
@@ -147,8 +146,8 @@ def test_teardown_still_cancels_the_fleet_when_another_step_fails(world, running
         teardown.handler({"run": broken}, lambda_context)
 
     # and every other step still ran: no fleet, instance, queue or service is left
-    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
-    assert all(f["SpotFleetRequestState"] not in ("active", "submitted", "modifying") for f in fleets)
+    fleets = world.ec2.describe_fleets()["Fleets"]
+    assert fleets and all(f["FleetState"] not in ("active", "submitted", "modifying") for f in fleets)
     assert world.sqs.list_queues(QueueNamePrefix=f"spotfill-{running_run['run_id']}").get("QueueUrls") is None
 
 
@@ -170,9 +169,7 @@ def test_teardown_after_monitor_finished_the_run(world, running_run, lambda_cont
 def test_teardown_terminates_instances_a_cancelled_fleet_left_running(world, running_run, lambda_context):
     # given a fleet someone cancelled without terminating its instances
     instances = world.fleet_instances(running_run)
-    world.ec2.cancel_spot_fleet_requests(
-        SpotFleetRequestIds=[running_run["resources"]["spot_fleet_request_id"]], TerminateInstances=False
-    )
+    world.ec2.delete_fleets(FleetIds=[running_run["resources"]["fleet_id"]], TerminateInstances=False)
     assert set(world.instance_states(instances).values()) == {"running"}
 
     # when the run is torn down
@@ -217,5 +214,5 @@ def test_a_throttled_step_makes_teardown_retry_after_the_other_steps(
         teardown.handler({"run": running_run}, lambda_context)
 
     # and the fleet is gone all the same
-    fleets = world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
-    assert all(f["SpotFleetRequestState"] not in ("active", "submitted", "modifying") for f in fleets)
+    fleets = world.ec2.describe_fleets()["Fleets"]
+    assert fleets and all(f["FleetState"] not in ("active", "submitted", "modifying") for f in fleets)

@@ -110,7 +110,7 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     spec["fleet"]["instance_types"] = ["c5.huge"]
     before = datetime.now(UTC).replace(microsecond=0)
     ec2 = local_cloud.client("ec2")
-    fleets_before = ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
+    fleets_before = ec2.describe_fleets()["Fleets"]
 
     # when it is uploaded
     local_cloud.client("s3").put_object(
@@ -131,7 +131,7 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     assert described["status"] == "FAILED"
     assert "fleet.instance_types" in (described.get("cause", "") + described.get("error", ""))
     assert "c5.huge" in described.get("cause", "")
-    assert ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == fleets_before
+    assert ec2.describe_fleets()["Fleets"] == fleets_before
     # and the failed execution's status change reached the cleanup_on_exit rule, as in AWS
     cleanup = eventually(
         lambda: [

@@ -7,14 +7,17 @@ really wait), and every Lambda invocation running the real handler in this proce
 What is simulated (`Physics`, a background thread), the two things the state machine depends on but moto does
 not do:
 
-- the ECS agent: every instance of an active Spot Fleet registers into the ECS cluster named in the user data
+- the ECS agent: every instance of an active fleet (EC2 Fleet or Spot Fleet) registers into the ECS cluster
+  named in the user data
   it booted with (`ECS_CLUSTER=...`, from the run's launch template version), as the ECS-optimized AMI's agent
   does, after a boot time and one at a time (`register_after_seconds`, `register_interval_seconds`): on AWS
   a fleet's instances register over minutes, not at once.
-- EC2's side of a Spot Fleet, from the local cloud's model of it (`spotfill.localcloud.patches`): launches
-  from the request's own launch template version into every override, `ActivityStatus`, the request history
-  (`DescribeSpotFleetRequestHistory`), pools that fail (`failing_pools`: an `error` event per pool while the
-  others fill) and `ValidUntil` (an expired request's instances are terminated on the physics' clock).
+- EC2's side of a fleet on either API, from the local cloud's model of it (`spotfill.localcloud.patches`):
+  launches from the request's own launch template version into every override, `ActivityStatus`, the history
+  (`DescribeFleetHistory`, `DescribeSpotFleetRequestHistory`), ModifyFleet, spot that is short
+  (`spot_capacity`), maintain fleets replacing lost instances, pools that fail (`failing_pools`: an error
+  event per pool while the others fill) and `ValidUntil` (an expired request's instances are terminated on
+  the physics' clock).
 - the workers: while the run's service has desired tasks, they receive shard messages from the queue named in
   the service's task definition (`SPOTFILL_QUEUE_URL`), write the output object each message names (with
   `spotfill-rows` and `spotfill-run-id` metadata) and delete the message.
@@ -78,6 +81,8 @@ class Knobs:
     # (limits.max_runtime_seconds, 60 s at least): an expiry without the wait. None: the ValidUntil requested.
     fleet_valid_for_seconds: float | None = None
     fleet_fails: bool = False  # EC2 reports the fleet `failed` right after it is requested
+    # Spot is short: a fleet gets at most this many spot units of each type named (patches.set_spot_capacity)
+    spot_capacity: dict[str, float] = field(default_factory=dict)
     tick_seconds: float = 0.25  # the physics' clock
     shards_per_tick: int = 1  # how fast the workers are, so outputs appear while the run monitors
     stop_after: int | None = None  # workers hang after writing this many outputs (a stall)
@@ -123,12 +128,14 @@ class Physics(threading.Thread):
 
     def start(self) -> None:
         patches.set_failing_pools(self.knobs.failing_pools)
+        patches.set_spot_capacity(self.knobs.spot_capacity)
         super().start()
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
         patches.set_failing_pools({})
+        patches.set_spot_capacity({})
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -149,29 +156,26 @@ class Physics(threading.Thread):
 
         backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
         if self.knobs.fleet_valid_for_seconds is not None:
-            for fleet in list(backend.spot_fleet_requests.values()):
+            for fleet in [*backend.spot_fleet_requests.values(), *backend.fleets.values()]:
                 if fleet.id not in self._valid_until_set:
                     self._valid_until_set.add(fleet.id)
                     fleet.valid_until = datetime.now(UTC) + timedelta(
                         seconds=self.knobs.fleet_valid_for_seconds
                     )
-        patches.expire_fleets(backend)
+        patches.maintain_fleets(backend)
         self.log.expired.update(patches.expired_fleets(backend))
 
     def _boot_and_register(self) -> None:
-        for fleet in self._ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
-            fleet_id = fleet["SpotFleetRequestId"]
-            if fleet["SpotFleetRequestState"] not in ACTIVE_FLEET_STATES:
+        for fleet_id, state, tags in live_fleets(self._ec2):
+            if state not in ACTIVE_FLEET_STATES:
                 continue
-            self.log.fleets[fleet_id] = {t["Key"]: t["Value"] for t in fleet.get("Tags", [])}.get(RUN_TAG)
+            self.log.fleets[fleet_id] = tags.get(RUN_TAG)
             if self.knobs.fleet_fails:
                 _set_fleet_state(fleet_id, "failed")
                 continue
             if not self.knobs.register:
                 continue
-            instances = self._ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)[
-                "ActiveInstances"
-            ]
+            instances = fleet_active_instances(self._ec2, fleet_id)
             for instance in instances:
                 instance_id = instance["InstanceId"]
                 booted_at = self._first_seen.setdefault(instance_id, time.monotonic())
@@ -295,7 +299,22 @@ def _set_fleet_state(fleet_id: str, state: str) -> None:
     from moto.ec2.models import ec2_backends
 
     backend = ec2_backends[DEFAULT_ACCOUNT_ID][REGION]
-    backend.spot_fleet_requests[fleet_id].state = state
+    (backend.spot_fleet_requests.get(fleet_id) or backend.fleets[fleet_id]).state = state
+
+
+def live_fleets(ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(id, state, tags) of every fleet on either API: EC2 Fleets and Spot Fleet requests."""
+    for fleet in ec2.describe_fleets()["Fleets"]:
+        yield fleet["FleetId"], fleet["FleetState"], {t["Key"]: t["Value"] for t in fleet.get("Tags", [])}
+    for config in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
+        tags = {t["Key"]: t["Value"] for t in config.get("Tags", [])}
+        yield config["SpotFleetRequestId"], config["SpotFleetRequestState"], tags
+
+
+def fleet_active_instances(ec2: Any, fleet_id: str) -> list[dict[str, Any]]:
+    if fleet_id.startswith("sfr-"):
+        return ec2.describe_spot_fleet_instances(SpotFleetRequestId=fleet_id)["ActiveInstances"]
+    return ec2.describe_fleet_instances(FleetId=fleet_id)["ActiveInstances"]
 
 
 # ------------------------------------------------------------------------------------------- executions
@@ -400,7 +419,13 @@ class Cloud:
         return f"s3://{self.stack.data_bucket}/inputs/{name}/"
 
     def spec(
-        self, name: str, *, shards: int = 3, limits: dict[str, Any] | None = None, **overrides: Any
+        self,
+        name: str,
+        *,
+        shards: int = 3,
+        limits: dict[str, Any] | None = None,
+        fleet_api: str = "ec2-fleet",
+        **overrides: Any,
     ) -> dict:
         """A small backfill spec over fresh inputs: 1 s polls and short timeouts, so a run takes seconds."""
         input_uri = self.put_inputs(name, shards)
@@ -409,7 +434,7 @@ class Cloud:
             "input": {"uri": input_uri, "format": "npy"},
             "output": {"uri": f"s3://{self.stack.data_bucket}/outputs/{name}/", "format": "jsonl"},
             "model": {"uri": f"s3://{self.stack.data_bucket}/models/{name}.keras"},
-            "fleet": {"instance_types": ["c5.large"], "target_capacity": 2},
+            "fleet": {"instance_types": ["c5.large"], "target_capacity": 2, "api": fleet_api},
             "service": {"tasks_per_instance": 1, "cpu": 1024, "memory": 2048},
             "limits": {
                 "max_runtime_seconds": 600,
@@ -741,12 +766,10 @@ def leftovers(session: boto3.session.Session, run_id: str | None = None) -> dict
     ec2, ecs, sqs = session.client("ec2"), session.client("ecs"), session.client("sqs")
     scope = f"spotfill-{run_id}" if run_id else "spotfill-"
     left: dict[str, list[str]] = {}
-    fleets = ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]
     left["active fleets"] = [
-        f["SpotFleetRequestId"]
-        for f in fleets
-        if f["SpotFleetRequestState"] in ACTIVE_FLEET_STATES
-        and (run_id is None or {t["Key"]: t["Value"] for t in f.get("Tags", [])}.get(RUN_TAG) == run_id)
+        fleet_id
+        for fleet_id, state, tags in live_fleets(ec2)
+        if state in ACTIVE_FLEET_STATES and (run_id is None or tags.get(RUN_TAG) == run_id)
     ]
     reservations = ec2.describe_instances(
         Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]
@@ -776,6 +799,6 @@ def leftovers(session: boto3.session.Session, run_id: str | None = None) -> dict
 
 
 def assert_nothing_left(session: boto3.session.Session, run_id: str | None = None) -> None:
-    """No active spot fleet, no running instance, no run-scoped queue, service, cluster or task definition."""
+    """No active fleet, no running instance, no run-scoped queue, service, cluster or task definition."""
     left = leftovers(session, run_id)
     assert not left, f"left behind after the run: {left}"

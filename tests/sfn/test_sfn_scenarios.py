@@ -42,6 +42,10 @@ HANDLERS = {
     "Report": "report",
 }
 SLOW_WORKERS = Knobs(tick_seconds=0.6)  # about 1.7 shards/s: a 1 s poll sees outputs arrive
+# The core scenarios (happy path, fleet failures, a fault in a fleet state, teardown leaving nothing) run on
+# both fleet APIs; the rest run on the default, EC2 Fleet.
+FLEET_APIS = ["ec2-fleet", "spot-fleet"]
+FLEET_ID_PREFIX = {"ec2-fleet": "fleet-", "spot-fleet": "sfr-"}
 
 
 class InjectedFault(Exception):
@@ -59,16 +63,19 @@ def _assert_failed_through_teardown_and_report(outcome: Outcome, error: str) -> 
     assert entered[-4:] == ["Teardown", "Report", "DidItFail", "Failed"], entered
 
 
-@pytest.fixture(scope="module")
-def happy(cloud: Cloud) -> Outcome:
+@pytest.fixture(scope="module", params=FLEET_APIS)
+def happy(cloud: Cloud, request: pytest.FixtureRequest) -> Outcome:
     cloud.lambdas.clear_failures()
-    return cloud.run(cloud.spec("happy", shards=4), SLOW_WORKERS)
+    return cloud.run(cloud.spec(f"happy-{request.param}", shards=4, fleet_api=request.param), SLOW_WORKERS)
 
 
 def test_happy_path_writes_every_output_while_it_monitors_then_tears_down_and_reports(cloud, happy):
     assert happy.status == "SUCCEEDED", (happy.error, happy.last.cause)
     assert happy.entered()[-3:] == ["Report", "DidItFail", "Succeeded"]
-    assert len(cloud.outputs("happy")) == 4
+    api = happy.report["capacity"]["fleet_api"]
+    (fleet_id,) = happy.physics.fleets
+    assert fleet_id.startswith(FLEET_ID_PREFIX[api])  # the fleet lives on the API the spec names
+    assert len(cloud.outputs(f"happy-{api}")) == 4
     seen = [m["progress"]["outputs_done"] for m in happy.monitor_results()]
     assert any(0 < done < 4 for done in seen), f"no monitor iteration saw partial progress: {seen}"
     assert seen[-1] == 4
@@ -172,10 +179,11 @@ def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the
     assert_nothing_left(cloud.session)
 
 
-def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas, api):
     outcome = cloud.run(
         # long enough for a second poll even when an iteration is slow on a loaded machine
-        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 6}),
+        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 6}, fleet_api=api),
         Knobs(register=False),
     )
 
@@ -227,8 +235,9 @@ def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas, monkeypatch
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_fleet_that_ec2_reports_failed_ends_the_run(cloud, lambdas):
-    outcome = cloud.run(cloud.spec("fleetfails", shards=2), Knobs(fleet_fails=True))
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_fleet_that_ec2_reports_failed_ends_the_run(cloud, lambdas, api):
+    outcome = cloud.run(cloud.spec("fleetfails", shards=2, fleet_api=api), Knobs(fleet_fails=True))
 
     _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
     assert outcome.last.failures() == [("CheckRegistration", "FleetRequestError")]
@@ -370,8 +379,12 @@ def test_monitor_hands_the_run_over_to_a_fresh_execution_which_finishes_it(cloud
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-@pytest.mark.parametrize("state", TASKS)
-def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lambdas, state):
+@pytest.mark.parametrize(
+    ("state", "api"),
+    [(state, "ec2-fleet") for state in TASKS]
+    + [(state, "spot-fleet") for state in ("RequestFleet", "Monitor", "Teardown")],
+)
+def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lambdas, state, api):
     handler = HANDLERS[state]
     # The handler does its work and then fails (a crash after its side effects), except ContinueAsNew, which
     # fails before starting the next execution (a run reaches it only when it hands over), and Report, which
@@ -381,7 +394,7 @@ def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lamb
     limits = {"handover_after_iterations": 1} if state == "ContinueAsNew" else {}
 
     outcome = cloud.run(
-        cloud.spec(f"fault-{handler.replace('_', '-')}", shards=3, limits=limits), SLOW_WORKERS
+        cloud.spec(f"fault-{handler.replace('_', '-')}", shards=3, limits=limits, fleet_api=api), SLOW_WORKERS
     )
 
     assert outcome.status == "FAILED", outcome.entered()
@@ -445,6 +458,11 @@ def test_fleet_asks_no_more_capacity_than_the_shards_use_and_the_report_says_it_
     assert max(outcome.physics.desired_counts) <= 4
     # and the report says so
     assert outcome.report["capacity"] == {
+        "fleet_api": "ec2-fleet",
+        "fleet_id": outcome.report["capacity"]["fleet_id"],
+        "on_demand_base": 0,
+        "on_demand_fallback_after_seconds": None,
+        "on_demand_fallback_units": 0,
         "spec_target_capacity": 6,
         "fleet_target_capacity": 4,
         "capped": True,
@@ -453,10 +471,13 @@ def test_fleet_asks_no_more_capacity_than_the_shards_use_and_the_report_says_it_
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas, api):
     # given c5.large not supported in any zone of the request, m5.large filling the fleet
     spec = cloud.spec(
-        "onepool", shards=3, fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2}
+        "onepool",
+        shards=3,
+        fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": api},
     )
 
     outcome = cloud.run(spec, Knobs(failing_pools={"c5.large": "Unsupported"}))
@@ -469,9 +490,14 @@ def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_rep
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_naming_the_pools(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_naming_the_pools(
+    cloud, lambdas, api
+):
     spec = cloud.spec(
-        "nopool", shards=2, fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2}
+        "nopool",
+        shards=2,
+        fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": api},
     )
 
     outcome = cloud.run(
@@ -488,9 +514,10 @@ def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_nami
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
-def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cloud, lambdas):
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cloud, lambdas, api):
     # given workers that never finish a shard, and EC2 expiring the fleet (ValidUntil) 4 s after its request
-    spec = cloud.spec("expired", shards=3, limits={"stall_timeout_seconds": 60})
+    spec = cloud.spec("expired", shards=3, limits={"stall_timeout_seconds": 60}, fleet_api=api)
 
     outcome = cloud.run(spec, Knobs(stop_after=0, fleet_valid_for_seconds=4))
 
@@ -498,7 +525,7 @@ def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cl
     (fleet_id,) = outcome.physics.fleets
     assert sorted(outcome.physics.expired[fleet_id]) == sorted(i for _, i in outcome.physics.registered)
     _assert_failed_through_teardown_and_report(outcome, "RunTimeoutError")
-    assert f"spot fleet {fleet_id} expired" in _cause_message(outcome)
+    assert f"fleet {fleet_id} expired" in _cause_message(outcome)
     assert "limits.max_runtime_seconds" in _cause_message(outcome)
     assert_nothing_left(cloud.session, outcome.run_id)
 
@@ -579,6 +606,9 @@ def test_a_refusing_price_list_falls_back_to_the_static_table_and_the_report_fla
     assert spent["on_demand_equivalent"] == pytest.approx(hours * 0.085, abs=1e-5)
     # while spot prices still come from the spot price history
     assert spent["spot"] == pytest.approx(hours * pricing.spot_price("c5.large"), abs=1e-5)
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
 def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with_nothing_left(cloud, lambdas):
     # given a cap that pays for the projection's reserve (a poll and a drain at the fleet's hourly price) and
     # about four seconds of the fleet beyond it, and more shards than the workers finish in that time
@@ -611,4 +641,59 @@ def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with
     assert report["budget"]["max_total_usd"] == cap
     assert 0 < report["budget"]["accrued_usd"] < cap
     assert report["cost_usd"]["spot"] <= cap + poll * hourly / 3600
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+# ------------------------------------------------------------------------------------- on demand, spot short
+
+
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_spot_short_past_the_fallback_wait_runs_the_shortfall_on_demand_and_the_run_completes(
+    cloud, lambdas, api
+):
+    # given a fleet of 2 units, spot holding only 1 c5.large, and a 2 s fallback wait
+    name = f"fallback-{api}"
+    fleet = {"instance_types": ["c5.large"], "target_capacity": 2, "on_demand_fallback_after_seconds": 2}
+    spec = cloud.spec(name, shards=8, fleet={**fleet, "api": api}, limits={"stall_timeout_seconds": 30})
+
+    outcome = cloud.run(spec, Knobs(tick_seconds=1.0, spot_capacity={"c5.large": 1}))
+
+    # then the run completes, the Monitor moved the missing unit on demand, and an on-demand instance ran
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    assert len(cloud.outputs(name)) == 8
+    moved = [m["progress"]["on_demand_fallback_units"] for m in outcome.monitor_results()]
+    assert 1 in moved, moved
+    ec2 = cloud.session.client("ec2")
+    instances = [
+        i
+        for r in ec2.describe_instances(
+            Filters=[{"Name": "tag:spotfill:run-id", "Values": [outcome.run_id]}]
+        )["Reservations"]
+        for i in r["Instances"]
+    ]
+    lifecycles = sorted(i.get("InstanceLifecycle", "on-demand") for i in instances)
+    assert "on-demand" in lifecycles and "spot" in lifecycles, lifecycles
+    registered = {instance for _, instance in outcome.physics.registered}
+    assert {i["InstanceId"] for i in instances if "InstanceLifecycle" not in i} & registered
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_no_spot_at_all_falls_back_on_demand_while_waiting_for_registration(cloud, lambdas, api):
+    # given spot that cannot launch a single c5.large, and a 2 s fallback wait well inside the registration
+    # timeout
+    name = f"nospot-{api}"
+    fleet = {"instance_types": ["c5.large"], "target_capacity": 1, "on_demand_fallback_after_seconds": 2}
+    spec = cloud.spec(
+        name, shards=2, fleet={**fleet, "api": api}, limits={"registration_timeout_seconds": 20}
+    )
+
+    outcome = cloud.run(spec, Knobs(spot_capacity={"c5.large": 0}))
+
+    # then CheckRegistration moved the unit on demand, its instance registered, and the run completed
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    checks = outcome.last.lambda_outputs("CheckRegistration")
+    assert checks[-1]["progress"]["on_demand_fallback_units"] == 1
+    assert outcome.last.entered().count("CheckRegistration") >= 2  # it waited the fallback out first
+    assert len(cloud.outputs(name)) == 2
     assert_nothing_left(cloud.session, outcome.run_id)

@@ -212,6 +212,51 @@ def test_spot_fleet_request_needs_to_pass_the_fleet_role_and_the_instance_role_t
     assert not is_allowed([pass_fleet_to_ec2], needs[1])
 
 
+def test_ec2_fleet_request_passes_only_the_instance_role_and_tags_the_fleet_it_creates():
+    call = _call(
+        "ec2",
+        "CreateFleet",
+        Type="maintain",
+        LaunchTemplateConfigs=[{"LaunchTemplateSpecification": {"LaunchTemplateId": "lt-1", "Version": "2"}}],
+        TagSpecifications=[{"ResourceType": "fleet", "Tags": []}],
+        TargetCapacitySpecification={"TotalTargetCapacity": 1},
+    )
+    needs = needs_of(call, _account())
+    assert Need("ec2:CreateFleet", "arn:aws:ec2:us-east-1:123456789012:fleet/*", needs[0].context) in needs
+    assert (
+        Need(
+            "iam:PassRole",
+            "arn:aws:iam::123456789012:role/instance",
+            {"iam:PassedToService": "ec2.amazonaws.com"},
+        )
+        in needs
+    )
+    tag = Need(
+        "ec2:CreateTags", "arn:aws:ec2:us-east-1:123456789012:fleet/*", {"ec2:CreateAction": "CreateFleet"}
+    )
+    assert tag in needs
+    # no fleet role: EC2 Fleet launches through its service-linked role
+    assert not any(n.action == "iam:PassRole" and "spotfleet" in str(n.context) for n in needs)
+    spot_fleet_tagging = Statement(
+        "Allow",
+        ("ec2:CreateTags",),
+        ("arn:aws:ec2:us-east-1:123456789012:fleet/*",),
+        {"StringEquals": {"ec2:CreateAction": "RequestSpotFleet"}},
+    )
+    assert not is_allowed([spot_fleet_tagging], tag)
+
+
+def test_creating_the_ec2_fleet_service_linked_role_needs_that_role_and_service_only():
+    (need,) = needs_of(
+        _call("iam", "CreateServiceLinkedRole", AWSServiceName="ec2fleet.amazonaws.com"), _account()
+    )
+    assert need.action == "iam:CreateServiceLinkedRole"
+    assert need.resource == (
+        "arn:aws:iam::123456789012:role/aws-service-role/ec2fleet.amazonaws.com/AWSServiceRoleForEC2Fleet"
+    )
+    assert need.context["iam:AWSServiceName"] == "ec2fleet.amazonaws.com"
+
+
 def test_list_services_takes_no_resource_so_a_grant_scoped_to_a_cluster_grants_nothing():
     (need,) = needs_of(_call("ecs", "ListServices", cluster="spotfill-r1"), _account())
     assert (need.action, need.resource) == ("ecs:ListServices", "*")
@@ -311,6 +356,12 @@ RESOURCE_STAR_BUT_NEEDED: dict[tuple[str, str], str] = {
     ): "the request names images, subnets, security groups and a launch template besides the fleet it "
     "creates; what the fleet may do is scoped by the iam:PassRole grants (fleet and instance roles only) and "
     "the tag-on-create condition",
+    (
+        "RequestFleetFunctionRole",
+        "ec2:CreateFleet",
+    ): "the fleet's id exists only once CreateFleet returns, and the call also names the images, subnets, "
+    "security group and launch template of its overrides; the instances it launches are scoped by the "
+    "iam:PassRole grant (the instance role only) and the fleet's tags by the tag-on-create condition",
 }
 
 
@@ -323,17 +374,15 @@ def test_no_role_grants_an_action_that_takes_a_resource_arn_on_star_without_a_wr
 
 
 def test_a_grant_widened_to_star_is_caught(translated):
-    # given template.yaml with Teardown's fleet cancellation widened from spot-fleet-request/* to *
+    # given template.yaml with Teardown's fleet deletion widened from fleet/* and spot-fleet-request/* to *
     widened = copy.deepcopy(translated)
     (policy,) = widened["Resources"]["TeardownFunctionRole"]["Properties"]["Policies"]
-    (cancel,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Sid") == "CancelFleet"]
-    cancel["Resource"] = "*"
-    # when the check runs, then it names the role, the statement and the action
-    assert (
-        "TeardownFunctionRole",
-        f"{policy['PolicyName']}/CancelFleet",
-        "ec2:CancelSpotFleetRequests",
-    ) in resource_level_actions_granted_on_star(widened)
+    (delete,) = [s for s in policy["PolicyDocument"]["Statement"] if s.get("Sid") == "DeleteFleet"]
+    delete["Resource"] = "*"
+    # when the check runs, then it names the role, the statement and each action
+    wide = resource_level_actions_granted_on_star(widened)
+    for action in ("ec2:DeleteFleets", "ec2:CancelSpotFleetRequests"):
+        assert ("TeardownFunctionRole", f"{policy['PolicyName']}/DeleteFleet", action) in wide
 
 
 # ------------------------------------------------------------------------------------------ the scenarios
@@ -431,6 +480,29 @@ def recorded(translated) -> Iterator[Recorded]:
         )
         assert outcome.status == "SUCCEEDED", (outcome.entered(), outcome.last.error, outcome.last.cause)
         assert len(outcome.executions) >= 2
+        # the same on the legacy Spot Fleet API, with a pool that fails (its history read) and a tail lowered
+        spot = cloud.spec(
+            "privilege-spot",
+            shards=4,
+            fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": "spot-fleet"},
+        )
+        # the poisoned shard, retried until it is dead-lettered, is the tail the fleet is lowered for
+        spot_knobs = Knobs(
+            tick_seconds=0.6, failing_pools={"c5.large": "Unsupported"}, poison=frozenset({"part-00003.npy"})
+        )
+        spot_outcome = cloud.run(spot, spot_knobs)
+        assert spot_outcome.status == "SUCCEEDED", (spot_outcome.last.error, spot_outcome.last.cause)
+        # no spot at all on each API: the on-demand fallback resizes the fleet while waiting for registration
+        for api in ("ec2-fleet", "spot-fleet"):
+            fleet = {
+                "instance_types": ["c5.large"],
+                "target_capacity": 1,
+                "on_demand_fallback_after_seconds": 1,
+            }
+            no_spot = cloud.spec(f"privilege-nospot-{api}", shards=1, fleet={**fleet, "api": api})
+            no_spot["limits"]["registration_timeout_seconds"] = 20
+            fell_back = cloud.run(no_spot, Knobs(spot_capacity={"c5.large": 0}))
+            assert fell_back.status == "SUCCEEDED", (fell_back.last.error, fell_back.last.cause)
         # a failed run: EC2 fails the fleet; the execution's FAILED status also reaches cleanup_on_exit
         failed = cloud.run(cloud.spec("privilege-failed", shards=2), Knobs(fleet_fails=True))
         assert failed.status == "FAILED"
@@ -444,11 +516,15 @@ def recorded(translated) -> Iterator[Recorded]:
         assert capped.error == "BudgetReached", (capped.entered(), capped.last.cause)
         assert_nothing_left(cloud.session)
 
-        # an aborted run: the state machine cannot clean up, cleanup_on_exit must
-        _abort_while_monitoring(
-            cloud, cloud.spec("privilege-aborted", shards=2, limits={"stall_timeout_seconds": 60})
-        )
-        assert_nothing_left(cloud.session)
+        # an aborted run on each fleet API: the state machine cannot clean up, cleanup_on_exit must
+        for api in ("ec2-fleet", "spot-fleet"):
+            _abort_while_monitoring(
+                cloud,
+                cloud.spec(
+                    f"privilege-aborted-{api}", shards=2, limits={"stall_timeout_seconds": 60}, fleet_api=api
+                ),
+            )
+            assert_nothing_left(cloud.session)
 
         # a GPU run, up to its preparation (the GPU AMI comes from SSM), then torn down
         gpu = cloud.spec(

@@ -109,6 +109,7 @@ def test_every_aws_call_of_the_worker_is_granted_to_the_task_role_and_every_gran
                     "receive_wait_seconds": 1,
                     "exit_when_idle_seconds": 2,
                     "spot_notice": False,
+                    "instance_metadata": False,
                     "dead_letter_queue_url": dlq,
                     "model_error_uri": f"s3://{control}/runs/{RUN_ID}/errors/model-load.json",
                 }

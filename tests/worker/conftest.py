@@ -217,6 +217,7 @@ def run_worker(cloud):
             "receive_wait_seconds": 1,
             "exit_when_idle_seconds": 0.5,
             "spot_notice": False,
+            "instance_metadata": False,
             **settings,
         }
         stream = io.StringIO()

@@ -90,6 +90,7 @@ def worker_env(cloud, model_uri: str, **extra: str) -> dict[str, str]:
         "SPOTFILL_INPUT_FORMAT": "npy",
         "SPOTFILL_RECEIVE_WAIT_SECONDS": "1",
         "SPOTFILL_SPOT_NOTICE": "false",
+        "SPOTFILL_INSTANCE_METADATA": "false",
         **extra,
     }
 

@@ -69,6 +69,8 @@ class WorkerConfig(BaseModel):
     xla: bool = False
     mixed_precision: bool = False
     spot_notice: bool = True
+    # Read the instance's purchase option and type from IMDS and record them with each output.
+    instance_metadata: bool = True
     # Where a shard that can never succeed (undecodable, or rows that do not fit the model) is sent at once,
     # instead of waiting out the queue's maxReceiveCount; unset: it is left to SQS's redrive.
     dead_letter_queue_url: str | None = None

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+from spotfill_worker.imds import Imds
 
 
 def safety_margin(stop_timeout: float) -> float:
@@ -85,33 +83,20 @@ class SpotNoticeWatcher(threading.Thread):
         self._stop_signal = stop
         self._stop_timeout = stop_timeout
         self._on_event = on_event
-        self._endpoint = (
-            endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT
-        ).rstrip("/")
+        self._imds = Imds(endpoint, timeout)
+        self._endpoint = self._imds.endpoint
         self._interval = interval
-        self._timeout = timeout
         self._finished = threading.Event()
 
     def close(self) -> None:
         self._finished.set()
 
     def _token(self) -> str:
-        request = urllib.request.Request(
-            self._endpoint + "/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"},
-        )
-        with urllib.request.urlopen(request, timeout=self._timeout) as response:
-            return response.read().decode()
+        return self._imds.token()
 
     def _instance_action(self, token: str) -> dict | None:
-        request = urllib.request.Request(
-            self._endpoint + "/latest/meta-data/spot/instance-action",
-            headers={"X-aws-ec2-metadata-token": token},
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as response:
-                return json.loads(response.read().decode())
+            return json.loads(self._imds.get("spot/instance-action", token))
         except urllib.error.HTTPError as exc:
             if exc.code == 404:  # no interruption scheduled
                 return None

@@ -33,6 +33,7 @@ from typing import Any
 from spotfill_worker.clients import Clients, S3Uri
 from spotfill_worker.config import Classifier, ConfigError, WorkerConfig
 from spotfill_worker.formats import Rows, ShapeMismatchError, ShardFormatError, decode, encode
+from spotfill_worker.imds import Imds, InstanceFactsReader
 from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_signal_handlers
 from spotfill_worker.leases import Delivery, Leases
 from spotfill_worker.telemetry import Telemetry
@@ -116,6 +117,7 @@ class Worker:
         # Running estimate of encode + upload seconds: can the shard in hand still finish before a deadline?
         self._upload_seconds = 1.0
         self._classifier = False
+        self._instance_facts: InstanceFactsReader | None = None
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -124,6 +126,9 @@ class Worker:
         if install_signals:
             install_signal_handlers(self.stop, config.stop_timeout)
         self.telemetry.log("worker_starting", config=config.model_dump(mode="json"), pid=os.getpid())
+        if config.instance_metadata:
+            self._instance_facts = InstanceFactsReader(Imds())
+            self._instance_facts.start()
         watcher = None
         if config.spot_notice:
             watcher = SpotNoticeWatcher(self.stop, config.stop_timeout, self.telemetry.log)
@@ -440,8 +445,9 @@ class Worker:
             written = self._put_output(
                 S3Uri.parse(message.output),
                 body,
-                # The metadata lets the control plane count predictions with HeadObject (docs/contracts.md).
-                {"spotfill-rows": str(len(item.rows)), "spotfill-run-id": message.run_id},
+                # The metadata lets the control plane count predictions with HeadObject, by purchase option
+                # (docs/contracts.md).
+                {"spotfill-rows": str(len(item.rows)), "spotfill-run-id": message.run_id, **self._facts()},
             )
             item.timings["upload"] = time.perf_counter() - encoded_at
             self._upload_seconds = 0.5 * self._upload_seconds + 0.5 * (time.perf_counter() - started)
@@ -475,6 +481,11 @@ class Worker:
             with self._busy_lock:
                 self._uploads_in_flight -= 1
                 self._last_busy = time.monotonic()
+
+    def _facts(self) -> dict[str, str]:
+        """The instance's purchase option and type, once IMDS answered (nothing off EC2)."""
+        facts = self._instance_facts.facts if self._instance_facts is not None else None
+        return facts.as_metadata() if facts is not None else {}
 
     def _put_output(self, location: S3Uri, body: bytes, metadata: dict[str, str]) -> bool:
         """Create the output object if it does not exist yet; returns whether this call wrote it.

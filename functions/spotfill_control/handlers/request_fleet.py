@@ -1,4 +1,4 @@
-"""RequestFleet: request the run's Spot Fleet exactly once."""
+"""RequestFleet: request the run's fleet (EC2 Fleet or Spot Fleet) exactly once."""
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
@@ -15,7 +15,7 @@ logger = Logger()
 def handler(event: dict, context: object) -> dict:
     run = parse(event=event, model=RunEvent).run
     logger.append_keys(run_id=run.run_id)
-    run = start_fleet(run, client("ec2"), settings())
+    run = start_fleet(run, client("ec2"), settings(), iam=client("iam"))
     state_store.persist(run, client("s3"))
-    logger.info("fleet requested", extra={"spot_fleet_request_id": run.resources.spot_fleet_request_id})
+    logger.info("fleet requested", extra={"fleet_id": run.resources.fleet_id})
     return run.model_dump(mode="json")

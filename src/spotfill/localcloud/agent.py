@@ -39,6 +39,7 @@ from botocore.exceptions import ClientError
 from spotfill.localcloud import worker_iam
 from spotfill.localcloud.fleet import Machine
 from spotfill.localcloud.guard import Credentials
+from spotfill.localcloud.imds import InstanceMetadataService
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class EcsAgent:
         self.tasks_died = 0
         self._task_definitions: dict[str, dict[str, Any]] = {}
         self._iam_site: Path | None = None  # the sitecustomize that makes a task act as its task role
+        self.metadata = InstanceMetadataService(self._registered_machine)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="localcloud-ecs-agent", daemon=True)
@@ -141,11 +143,13 @@ class EcsAgent:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._iam_site = worker_iam.site_directory(self.log_dir.parent)
+        self.metadata.start()
         self._thread.start()
 
     def stop(self, grace: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self.metadata.stop()
         with self._lock:
             for task in self.tasks:
                 self._signal(task, signal.SIGTERM)
@@ -177,6 +181,11 @@ class EcsAgent:
             self.registrations[machine.instance_id] = Registration(
                 machine, match.group(1) if match else "default"
             )
+
+    def _registered_machine(self, instance_id: str) -> Machine | None:
+        with self._lock:
+            registration = self.registrations.get(instance_id)
+        return registration.machine if registration else None
 
     def on_terminate(self, machine: Machine) -> None:
         """The instance is shutting down: its OS stops the containers (SIGTERM, then SIGKILL after a short
@@ -370,8 +379,9 @@ class EcsAgent:
         environment.update(task_variables)
         environment.update(self.environment)
         environment["ECS_CONTAINER_INSTANCE_ID"] = instance_id
-        # There is no instance metadata service here (interruptions arrive as SIGTERM), and the worker must
-        # never probe the link-local IMDS address from a developer's machine.
+        # The instance's metadata (purchase option, type) comes from the agent's IMDS, never the link-local
+        # address of a developer's machine; interruptions arrive as SIGTERM, so no notice is watched for.
+        environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = self.metadata.endpoint_for(instance_id)
         environment["SPOTFILL_SPOT_NOTICE"] = "false"
         task_id = uuid.uuid4().hex
         # The worker exits when this process is gone (killed, even with SIGKILL), never orphaned.

@@ -146,7 +146,7 @@ class Chaos:
 
     def interrupt_one(self) -> bool:
         busy = {t.instance_id for t in self.agent.running_tasks() if t.busy}
-        machines = [m for m in self.fleet.running_machines() if m.instance_id in busy and not m.interrupted]
+        machines = [m for m in self.fleet.spot_machines() if m.instance_id in busy and not m.interrupted]
         if not machines:
             return False
         machine = self.random.choice(machines)

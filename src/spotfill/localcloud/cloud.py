@@ -260,6 +260,9 @@ class LocalCloud:
         for config in ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"]:
             if config["SpotFleetRequestState"] in ("active", "modifying", "submitted", "cancelled_running"):
                 found.append(f"fleet {config['SpotFleetRequestId']} {config['SpotFleetRequestState']}")
+        for fleet in ec2.describe_fleets()["Fleets"]:
+            if fleet["FleetState"] in ("active", "modifying", "submitted", "deleted_running"):
+                found.append(f"fleet {fleet['FleetId']} {fleet['FleetState']}")
         for reservation in ec2.describe_instances(
             Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
         )["Reservations"]:

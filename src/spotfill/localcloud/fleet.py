@@ -1,5 +1,9 @@
 """EC2 physics moto leaves out: instances take a while to boot, and a maintained fleet replaces lost ones.
 
+Both fleet APIs: EC2 Fleets (`CreateFleet`, their spot and on-demand instances, kept at each purchase
+option's target by `patches.maintain_fleets`, spot only as far as `patches.set_spot_capacity` allows) and Spot
+Fleet requests.
+
 moto marks a fleet's instances `running` the moment the request is made; here a new instance shows as
 `pending` for the boot delay and only then becomes `running` and reaches the ECS agent, one at a time: a
 fleet's instances boot at least `boot_interval` apart (on AWS a fleet's instances register over minutes).
@@ -39,10 +43,12 @@ class Machine:
     terminated: bool = False
     interrupted: bool = False
     terminated_at: float | None = None  # epoch seconds the emulator saw it terminated
+    lifecycle: str = "spot"  # the purchase option: "spot" or "on-demand" (IMDS instance-life-cycle)
 
 
 class FleetEmulator:
-    """Watches every Spot Fleet in the emulator: boots its instances after a delay, replaces lost ones."""
+    """Watches every fleet in the emulator (EC2 Fleet and Spot Fleet): boots its instances after a delay,
+    replaces lost ones."""
 
     def __init__(
         self,
@@ -60,7 +66,6 @@ class FleetEmulator:
         self.on_terminate = on_terminate
         self.tick = tick
         self.machines: dict[str, Machine] = {}
-        self.replacements = 0
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="localcloud-ec2", daemon=True)
@@ -75,6 +80,10 @@ class FleetEmulator:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def spot_machines(self) -> list[Machine]:
+        """Running spot instances: what the spot service can reclaim."""
+        return [m for m in self.running_machines() if m.lifecycle == "spot"]
 
     def running_machines(self) -> list[Machine]:
         with self._lock:
@@ -96,7 +105,7 @@ class FleetEmulator:
         booted: list[Machine] = []
         gone: list[Machine] = []
         with self._lock:
-            patches.expire_fleets(self.backend)
+            patches.maintain_fleets(self.backend)  # ValidUntil; both APIs kept at their targets
             last_boot: dict[str, float] = {}
             for machine in self.machines.values():
                 if machine.booted_at is not None:
@@ -107,7 +116,17 @@ class FleetEmulator:
                     if instance is None or instance.id in self.machines:
                         continue
                     self.machines[instance.id] = Machine(instance.id, instance.instance_type, fleet.id, now)
-                self._maintain(fleet)
+                for instance, _ in patches.spot_fleet_on_demand(fleet):
+                    if instance.id not in self.machines:
+                        self.machines[instance.id] = Machine(
+                            instance.id, instance.instance_type, fleet.id, now, lifecycle="on-demand"
+                        )
+            for ec2_fleet in list(self.backend.fleets.values()):
+                for instance, _, lifecycle in patches.ec2_fleet_members(ec2_fleet):
+                    if instance.id not in self.machines:
+                        self.machines[instance.id] = Machine(
+                            instance.id, instance.instance_type, ec2_fleet.id, now, lifecycle=lifecycle
+                        )
             for machine in self.machines.values():
                 if machine.terminated:
                     continue
@@ -140,33 +159,6 @@ class FleetEmulator:
             return self.backend.get_instance(instance_id)
         except Exception:
             return None
-
-    def _maintain(self, fleet) -> None:
-        """A maintained fleet launches replacements for instances it lost while it is still active."""
-        if fleet.state != "active":
-            return
-        live = 0.0
-        for request in fleet.spot_requests:
-            instance = request.instance
-            if instance is not None and instance._state.name in ("pending", "running"):
-                live += self._weight(fleet, instance)
-        missing = fleet.target_capacity - live
-        if missing > 0:
-            fleet.spot_requests = [
-                r
-                for r in fleet.spot_requests
-                if r.instance is not None and r.instance._state.name != "terminated"
-            ]
-            fleet.fulfilled_capacity = live
-            fleet.create_spot_requests(missing)
-            self.replacements += 1
-
-    @staticmethod
-    def _weight(fleet, instance) -> float:
-        for spec in fleet.launch_specs:
-            if spec.instance_type == instance.instance_type and spec.subnet_id in (None, instance.subnet_id):
-                return float(spec.weighted_capacity)
-        return 1.0
 
     def interrupt(self, machine: Machine) -> None:
         """The spot service reclaims the instance: terminated with the reason AWS gives."""

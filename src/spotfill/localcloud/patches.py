@@ -211,6 +211,9 @@ def _install_fleet_model() -> None:
         return
     launch_fleets_from_requested_versions()
     _patch_spot_fleet_lifecycle()
+    _patch_ec2_fleet()
+    _patch_spot_fleet_on_demand()
+    service_linked_roles_as_iam_does()
     _fleet_model_installed = True
 
 
@@ -239,6 +242,8 @@ def launch_fleets_from_requested_versions() -> None:
 
 def _patch_pending_fleet_instances() -> None:
     from moto.ec2.models.spot_requests import SpotFleetRequest
+
+    _pending_launches["on"] = True
 
     original_create = SpotFleetRequest.create_spot_requests
 
@@ -480,6 +485,38 @@ def _pool_failure(fleet: Any, spec: Any) -> str | None:
     return _failing_pools.get(f"{spec.instance_type}@{zone}") or _failing_pools.get(spec.instance_type)
 
 
+def spot_fleet_usable_specs(fleet: Any) -> list[Any]:
+    """The Spot Fleet's launch specs whose pool does not fail; each failing pool reports an `error` event
+    once, and `allLaunchSpecsTemporarilyBlacklisted` once none is left."""
+    reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
+    usable = []
+    for spec in fleet.launch_specs:
+        code = _pool_failure(fleet, spec)
+        if code is None:
+            usable.append(spec)
+            continue
+        if id(spec) not in reported:
+            reported.add(id(spec))
+            zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+            record_fleet_event(
+                fleet,
+                "error",
+                "spotFleetRequestConfigurationInvalid",
+                f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
+                f"{POOL_ERRORS[code]}",
+            )
+    if not usable and "_spotfill_all_blacklisted" not in fleet.__dict__:
+        fleet.__dict__["_spotfill_all_blacklisted"] = True
+        record_fleet_event(
+            fleet,
+            "error",
+            "allLaunchSpecsTemporarilyBlacklisted",
+            "None of the launch specifications is valid and several attempts to launch instances have "
+            "failed.",
+        )
+    return usable
+
+
 def _patch_spot_fleet_lifecycle() -> None:
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.spot_requests import SpotFleetRequest
@@ -489,33 +526,8 @@ def _patch_spot_fleet_lifecycle() -> None:
 
     def create_spot_requests(self: Any, weight_to_add: float) -> None:
         """Launch only into pools that do not fail; each failing pool reports an `error` event once."""
-        reported = self.__dict__.setdefault("_spotfill_failed_specs", set())
-        usable = []
-        for spec in self.launch_specs:
-            code = _pool_failure(self, spec)
-            if code is None:
-                usable.append(spec)
-                continue
-            if id(spec) not in reported:
-                reported.add(id(spec))
-                zone = _zone_of(self, spec.subnet_id) or "unknown zone"
-                record_fleet_event(
-                    self,
-                    "error",
-                    "spotFleetRequestConfigurationInvalid",
-                    f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
-                    f"{POOL_ERRORS[code]}",
-                )
+        usable = spot_fleet_usable_specs(self)
         if not usable:
-            if "_spotfill_all_blacklisted" not in self.__dict__:
-                self.__dict__["_spotfill_all_blacklisted"] = True
-                record_fleet_event(
-                    self,
-                    "error",
-                    "allLaunchSpecsTemporarilyBlacklisted",
-                    "None of the launch specifications is valid and several attempts to launch instances "
-                    "have failed.",
-                )
             return
         before = {id(r) for r in self.spot_requests}
         launch_specs = self.launch_specs
@@ -628,18 +640,19 @@ def _expiring_first(describe: Any) -> Any:
 def expired_fleets(backend: Any) -> dict[str, list[str]]:
     """Every request that expired so far -> the instances EC2 terminated when it did (from its history)."""
     expired: dict[str, list[str]] = {}
-    for fleet in list(backend.spot_fleet_requests.values()):
+    for fleet in [*backend.spot_fleet_requests.values(), *backend.fleets.values()]:
         history = fleet_history(fleet)
         marks = [
             i
             for i, e in enumerate(history)
-            if e["EventType"] == "fleetRequestChange" and e["EventInformation"]["EventSubType"] == "expired"
+            if e["EventType"] in ("fleetRequestChange", "fleet-change")
+            and e["EventInformation"]["EventSubType"] == "expired"
         ]
         if marks:
             expired[fleet.id] = [
                 e["EventInformation"]["InstanceId"]
                 for e in history[marks[0] :]
-                if e["EventType"] == "instanceChange"
+                if e["EventType"] in ("instanceChange", "instance-change")
                 and e["EventInformation"]["EventSubType"] == "terminated"
             ]
     return expired
@@ -682,6 +695,7 @@ def expire_fleets(backend: Any, now: datetime | None = None) -> dict[str, list[s
             record_fleet_event(fleet, "instanceChange", "terminated", instance_id=instance_id)
         expired[fleet.id] = alive
         fleet.state = "cancelled"
+    expired.update(_expire_ec2_fleets(backend, now))
     return expired
 
 
@@ -1229,3 +1243,638 @@ def patch_sqs_visibility_limit() -> None:
         models.SQSBackend.change_message_visibility = change_message_visibility
         models.SQSBackend.change_message_visibility_batch = change_message_visibility_batch
         _sqs_visibility_patched = True
+
+
+# --- EC2 Fleet: launching, ModifyFleet, DescribeFleetHistory, DeleteFleets, ValidUntil, spot shortfalls ----
+
+# EC2 Fleet's states of a fleet that ended (Spot Fleet's are `cancelled*`).
+DELETED_FLEET_STATES = ("deleted", "deleted_running", "deleted_terminating")
+_spot_capacity: dict[str, float] = {}  # instance type -> spot units of it one fleet can get
+_pending_launches = {"on": False}  # the local cloud's instances boot (pending first); in process they run
+
+
+def set_spot_capacity(units_by_type: dict[str, float]) -> None:
+    """From now on a fleet gets at most this many spot units of each type named (spot is short there:
+    EC2 reports `InsufficientInstanceCapacity` once per type and launches no more); {} ends the shortage.
+    On-demand capacity is never short."""
+    bad = sorted(t for t, units in units_by_type.items() if units < 0)
+    if bad:
+        raise ValueError(f"spot capacity must be >= 0 units, got a negative one for {bad}")
+    _spot_capacity.clear()
+    _spot_capacity.update(units_by_type)
+
+
+def _weight(spec: Any) -> float:
+    return float(spec.weighted_capacity or 1)
+
+
+def _alive(instance: Any) -> bool:
+    return instance is not None and instance._state.name in ("pending", "running")
+
+
+def ec2_fleet_members(fleet: Any) -> list[tuple[Any, Any, str]]:
+    """(instance, launch spec, lifecycle) of every live instance of an EC2 Fleet."""
+    members = [(r.instance, r.launch_spec, "spot") for r in fleet.spot_requests if _alive(r.instance)]
+    members += [(d["instance"], d.get("launch_spec"), "on-demand") for d in fleet.on_demand_instances]
+    return [(i, s, lifecycle) for i, s, lifecycle in members if _alive(i)]
+
+
+def _units(members: list[tuple[Any, Any, str]], lifecycle: str) -> float:
+    return sum(_weight(spec) for _, spec, kind in members if kind == lifecycle and spec is not None)
+
+
+def _ec2_fleet_targets(fleet: Any) -> tuple[float, float]:
+    """(on-demand target, spot target) of an EC2 Fleet: the capacity its default type does not name goes to
+    that type."""
+    spec = fleet.target_capacity_specification
+    total = float(spec.get("TotalTargetCapacity") or 0)
+    on_demand = float(spec.get("OnDemandTargetCapacity") or 0)
+    spot = float(spec.get("SpotTargetCapacity") or 0)
+    if spec.get("DefaultTargetCapacityType", "on-demand") == "spot":
+        on_demand = min(on_demand, total)
+        return on_demand, total - on_demand
+    spot = min(spot, total)
+    return total - spot, spot
+
+
+def _usable_specs(fleet: Any, kind: str) -> list[Any]:
+    """The launch specs whose pool does not fail; each failing pool reports a `service-error` once."""
+    reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
+    usable = []
+    for spec in fleet.launch_specs:
+        code = _pool_failure(fleet, spec)
+        if code is None:
+            usable.append(spec)
+            continue
+        if id(spec) not in reported:
+            reported.add(id(spec))
+            zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+            record_fleet_event(
+                fleet,
+                "service-error",
+                "spotFleetRequestConfigurationInvalid",
+                f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
+                f"{POOL_ERRORS[code]}",
+            )
+    if not usable and "_spotfill_all_blacklisted" not in fleet.__dict__:
+        fleet.__dict__["_spotfill_all_blacklisted"] = True
+        record_fleet_event(
+            fleet,
+            "service-error",
+            "allLaunchSpecsTemporarilyBlacklisted",
+            "None of the launch specifications is valid and several attempts to launch instances have "
+            "failed.",
+        )
+    return usable
+
+
+def _launch_one(fleet: Any, spec: Any, kind: str) -> Any:
+    """Launch one instance of the spec (spot or on demand) and return it."""
+    kept = fleet.launch_specs
+    fleet.launch_specs = [spec]
+    try:
+        if kind == "spot":
+            before = len(fleet.spot_requests)
+            _ORIGINAL_FLEET_CREATE["spot"](fleet, _weight(spec))
+            instance = fleet.spot_requests[before].instance
+        else:
+            before = len(fleet.on_demand_instances)
+            _ORIGINAL_FLEET_CREATE["on-demand"](fleet, _weight(spec))
+            instance = fleet.on_demand_instances[before]["instance"]
+    finally:
+        fleet.launch_specs = kept
+    if _pending_launches["on"]:
+        instance._state.name, instance._state.code = "pending", 0
+    record_fleet_event(fleet, "instance-change", "launched", instance_id=instance.id)
+    return instance
+
+
+_ORIGINAL_FLEET_CREATE: dict[str, Any] = {}
+
+
+def _spot_room(fleet: Any, spec: Any, members: list[tuple[Any, Any, str]]) -> bool:
+    limit = _spot_capacity.get(spec.instance_type)
+    if limit is None:
+        return True
+    held = sum(
+        _weight(s) for i, s, kind in members if kind == "spot" and i.instance_type == spec.instance_type
+    )
+    if held + _weight(spec) <= limit + 1e-9:
+        return True
+    short = fleet.__dict__.setdefault("_spotfill_short_types", set())
+    if spec.instance_type not in short:
+        short.add(spec.instance_type)
+        zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+        record_fleet_event(
+            fleet,
+            "service-error",
+            "spotFleetRequestConfigurationInvalid",
+            f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, "
+            f"InsufficientInstanceCapacity: {POOL_ERRORS['InsufficientInstanceCapacity']}",
+        )
+    return False
+
+
+def maintain_ec2_fleet(fleet: Any) -> None:
+    """What EC2 does for a live `maintain` EC2 Fleet: keep each purchase option at its target. Excess
+    capacity (a lowered target) is terminated, on demand first (`ExcessCapacityTerminationPolicy`
+    `termination`, the default); missing capacity is launched into the pools that do not fail, spot only as
+    far as spot capacity lasts (`set_spot_capacity`)."""
+    if fleet.state not in LIVE_FLEET_STATES or fleet.fleet_type != "maintain":
+        return
+    backend = fleet.ec2_backend
+    on_demand_target, spot_target = _ec2_fleet_targets(fleet)
+    fleet.spot_requests = [r for r in fleet.spot_requests if _alive(r.instance)]
+    fleet.on_demand_instances = [d for d in fleet.on_demand_instances if _alive(d["instance"])]
+    members = ec2_fleet_members(fleet)
+    if fleet.excess_capacity_termination_policy != "no-termination":
+        for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
+            mine = [(i, s) for i, s, k in members if k == kind]
+            held = _units(members, kind)
+            while mine and held - _weight(mine[-1][1]) >= target - 1e-9:
+                instance, spec = mine.pop()
+                held -= _weight(spec)
+                backend.terminate_instances([instance.id])
+                record_fleet_event(fleet, "instance-change", "terminated", instance_id=instance.id)
+        members = ec2_fleet_members(fleet)
+    for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
+        while _units(members, kind) < target - 1e-9:
+            specs = [s for s in _usable_specs(fleet, kind) if kind != "spot" or _spot_room(fleet, s, members)]
+            if not specs:
+                break
+            instance = _launch_one(fleet, specs[0], kind)
+            members.append((instance, specs[0], kind))
+    fleet.fulfilled_on_demand_capacity = _units(members, "on-demand")
+    fleet.fulfilled_spot_capacity = _units(members, "spot")
+    fleet.fulfilled_capacity = fleet.fulfilled_on_demand_capacity + fleet.fulfilled_spot_capacity
+
+
+def _finish_deleted_fleets(backend: Any) -> None:
+    """A `deleted_terminating` fleet is `deleted` once its instances are gone."""
+    for fleet in list(backend.fleets.values()):
+        if fleet.state == "deleted_terminating" and not ec2_fleet_members(fleet):
+            fleet.state = "deleted"
+            fleet.fulfilled_capacity = fleet.fulfilled_on_demand_capacity = fleet.fulfilled_spot_capacity = (
+                0.0
+            )
+            record_fleet_event(fleet, "fleet-change", "deleted")
+
+
+def _patch_ec2_fleet() -> None:
+    """EC2 Fleet as EC2 runs it (moto 5.2.5 launches everything in the constructor, never replaces, and has no
+    ModifyFleet or DescribeFleetHistory)."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.fleets import Fleet
+    from moto.ec2.responses.fleets import Fleets
+
+    _ORIGINAL_FLEET_CREATE["spot"] = Fleet.create_spot_requests
+    _ORIGINAL_FLEET_CREATE["on-demand"] = Fleet.create_on_demand_requests
+    original_init = Fleet.__init__
+
+    def __init__(
+        self: Any,
+        ec2_backend: Any,
+        fleet_id: str,
+        on_demand_options: Any,
+        spot_options: Any,
+        target_capacity_specification: dict[str, Any],
+        *args: Any,
+    ) -> None:
+        # moto launches from its constructor; here the fleet launches as EC2's maintain loop does.
+        empty = {"TotalTargetCapacity": 0, "DefaultTargetCapacityType": "on-demand"}
+        original_init(self, ec2_backend, fleet_id, on_demand_options, spot_options, empty, *args)
+        self.target_capacity_specification = dict(target_capacity_specification)
+        self.target_capacity = int(float(target_capacity_specification.get("TotalTargetCapacity") or 0))
+        if self.valid_until is not None:
+            self.valid_until = _timestamp(self.valid_until)
+        self.terminate_instances_with_expiration = str(self.terminate_instances_with_expiration).lower() in (
+            "true",
+            "1",
+        )
+        for sub_type in ("submitted", "active"):
+            record_fleet_event(self, "fleet-change", sub_type)
+        maintain_ec2_fleet(self)
+
+    Fleet.__init__ = __init__
+
+    def activity_status(self: Any) -> str | None:
+        if self.state not in LIVE_FLEET_STATES:
+            return None
+        if any(e["EventType"] == "service-error" for e in fleet_history(self)):
+            return "error"
+        if self.fulfilled_capacity >= self.target_capacity:
+            return "fulfilled"
+        return "pending_fulfillment"
+
+    Fleet.activity_status = property(activity_status)
+
+    def _fleet(backend: Any, fleet_id: str) -> Any:
+        fleet = backend.fleets.get(fleet_id)
+        if fleet is None:
+            raise EC2ClientError("InvalidFleetId.NotFound", f"The fleet ID '{fleet_id}' does not exist")
+        return fleet
+
+    original_create = Fleets.create_fleet
+
+    def create_fleet(self: Any) -> Any:
+        """An idempotent CreateFleet: the same `ClientToken` answers the fleet it made."""
+        token = self._get_param("ClientToken")
+        if token:
+            for fleet in self.ec2_backend.fleets.values():
+                if fleet.__dict__.get("_spotfill_client_token") == token:
+                    return ActionResult({"FleetId": fleet.id})
+        result = original_create(self)
+        if token:
+            self.ec2_backend.fleets[result.result["FleetId"]].__dict__["_spotfill_client_token"] = token
+        return result
+
+    Fleets.create_fleet = create_fleet
+
+    def modify_fleet(self: Any) -> Any:
+        fleet = _fleet(self.ec2_backend, self._get_param("FleetId"))
+        if fleet.fleet_type != "maintain":
+            raise EC2ClientError("InvalidParameterValue", f"fleet {fleet.id} is not of type maintain")
+        if fleet.state not in LIVE_FLEET_STATES:
+            raise EC2ClientError("IncorrectState", f"fleet {fleet.id} is {fleet.state}")
+        wanted = self._get_param("TargetCapacitySpecification", {}) or {}
+        spec = dict(fleet.target_capacity_specification)
+        for key in ("TotalTargetCapacity", "OnDemandTargetCapacity", "SpotTargetCapacity"):
+            if wanted.get(key) is not None:
+                spec[key] = int(float(wanted[key]))
+        if wanted.get("SpotTargetCapacity") is None and spec.get("DefaultTargetCapacityType") == "spot":
+            spec["SpotTargetCapacity"] = int(spec.get("TotalTargetCapacity") or 0) - int(
+                spec.get("OnDemandTargetCapacity") or 0
+            )
+        if int(spec.get("OnDemandTargetCapacity") or 0) > int(spec.get("TotalTargetCapacity") or 0):
+            raise EC2ClientError(
+                "InvalidParameterValue", "OnDemandTargetCapacity cannot exceed TotalTargetCapacity"
+            )
+        fleet.target_capacity_specification = spec
+        fleet.target_capacity = int(spec.get("TotalTargetCapacity") or 0)
+        policy = self._get_param("ExcessCapacityTerminationPolicy")
+        if policy:
+            fleet.excess_capacity_termination_policy = policy
+        maintain_ec2_fleet(fleet)
+        return ActionResult({"Return": True})
+
+    Fleets.modify_fleet = modify_fleet
+
+    def describe_fleet_history(self: Any) -> Any:
+        fleet_id = self._get_param("FleetId")
+        fleet = _fleet(self.ec2_backend, fleet_id)
+        start = _timestamp(self._get_param("StartTime"))
+        event_type = self._get_param("EventType")
+        records = [
+            r
+            for r in fleet_history(fleet)
+            if r["Timestamp"] >= start and (not event_type or r["EventType"] == event_type)
+        ]
+        return ActionResult(
+            {
+                "HistoryRecords": records,
+                "LastEvaluatedTime": datetime.now(UTC),
+                "FleetId": fleet_id,
+                "StartTime": start,
+            }
+        )
+
+    Fleets.describe_fleet_history = describe_fleet_history
+
+    def describe_fleet_instances(self: Any) -> Any:
+        """Live instances only; `SpotInstanceRequestId` for spot ones only (moto gives on-demand ones their
+        reservation's id)."""
+        expire_fleets(self.ec2_backend)
+        fleet_id = self._get_param("FleetId")
+        fleet = _fleet(self.ec2_backend, fleet_id)
+        active = []
+        for instance, _, lifecycle in ec2_fleet_members(fleet):
+            item = {
+                "InstanceId": instance.id,
+                "InstanceType": instance.instance_type,
+                "InstanceHealth": "healthy",
+            }
+            if lifecycle == "spot":
+                item["SpotInstanceRequestId"] = next(
+                    r.id for r in fleet.spot_requests if r.instance is instance
+                )
+            active.append(item)
+        return ActionResult({"ActiveInstances": active, "FleetId": fleet_id})
+
+    Fleets.describe_fleet_instances = describe_fleet_instances
+
+    def delete_fleets(self: Any) -> Any:
+        """As EC2: per fleet, a missing one is `fleetIdDoesNotExist` and one already deleted
+        `fleetNotInDeletableState` (not raised); TerminateInstances terminates every instance and the fleet
+        is `deleted_terminating` until they are gone."""
+        terminate = self._get_bool_param("TerminateInstances")
+        done, failed = [], []
+        for fleet_id in self._get_param("FleetIds", []):
+            fleet = self.ec2_backend.fleets.get(fleet_id)
+            if fleet is None:
+                failed.append(
+                    {
+                        "Error": {
+                            "Code": "fleetIdDoesNotExist",
+                            "Message": f"The fleet ID '{fleet_id}' does not exist",
+                        },
+                        "FleetId": fleet_id,
+                    }
+                )
+                continue
+            if fleet.state in DELETED_FLEET_STATES:
+                failed.append(
+                    {
+                        "Error": {
+                            "Code": "fleetNotInDeletableState",
+                            "Message": f"The fleet {fleet_id} is {fleet.state}",
+                        },
+                        "FleetId": fleet_id,
+                    }
+                )
+                continue
+            previous = fleet.state
+            alive = [i.id for i, _, _ in ec2_fleet_members(fleet)]
+            if terminate:
+                fleet.state = "deleted_terminating"
+                if alive:
+                    self.ec2_backend.terminate_instances(alive)
+                for instance_id in alive:
+                    record_fleet_event(fleet, "instance-change", "terminated", instance_id=instance_id)
+            else:
+                fleet.state = "deleted_running"
+            record_fleet_event(fleet, "fleet-change", fleet.state)
+            done.append(
+                {"CurrentFleetState": fleet.state, "PreviousFleetState": previous, "FleetId": fleet_id}
+            )
+        _finish_deleted_fleets(self.ec2_backend)
+        return ActionResult({"SuccessfulFleetDeletions": done, "UnsuccessfulFleetDeletions": failed})
+
+    Fleets.delete_fleets = delete_fleets
+    Fleets.describe_fleets = _expiring_first(Fleets.describe_fleets)
+
+
+def _expire_ec2_fleets(backend: Any, now: datetime) -> dict[str, list[str]]:
+    """EC2 Fleet's ValidUntil: an `expired` event; with TerminateInstancesWithExpiration the instances are
+    terminated and the fleet is deleted, else it is `deleted_running`."""
+    expired: dict[str, list[str]] = {}
+    for fleet in list(backend.fleets.values()):
+        valid_until = fleet.valid_until
+        if valid_until is None or fleet.state not in LIVE_FLEET_STATES or now < _timestamp(valid_until):
+            continue
+        record_fleet_event(fleet, "fleet-change", "expired")
+        if not fleet.terminate_instances_with_expiration:
+            fleet.state = "deleted_running"
+            expired[fleet.id] = []
+            continue
+        alive = [i.id for i, _, _ in ec2_fleet_members(fleet)]
+        if alive:
+            backend.terminate_instances(alive)
+        for instance_id in alive:
+            record_fleet_event(fleet, "instance-change", "terminated", instance_id=instance_id)
+        fleet.state = "deleted"
+        fleet.fulfilled_capacity = fleet.fulfilled_on_demand_capacity = fleet.fulfilled_spot_capacity = 0.0
+        record_fleet_event(fleet, "fleet-change", "deleted")
+        expired[fleet.id] = alive
+    return expired
+
+
+def maintain_fleets(backend: Any) -> None:
+    """EC2's clock for both fleet APIs: ValidUntil, deletions finishing, and each live maintain fleet kept at
+    its targets (replacing lost instances)."""
+    expire_fleets(backend)
+    _finish_deleted_fleets(backend)
+    for fleet in list(backend.fleets.values()):
+        maintain_ec2_fleet(fleet)
+    for spot_fleet in list(backend.spot_fleet_requests.values()):
+        maintain_spot_fleet(spot_fleet)
+
+
+# --- IAM: service-linked roles named and refused twice as IAM does --------------------------------------
+
+# The service-linked roles of EC2's fleets, by service: IAM's names for them (moto derives `...Forec2fleet`).
+SERVICE_LINKED_ROLE_NAMES = {"ec2fleet": "EC2Fleet", "spotfleet": "EC2SpotFleet", "spot": "EC2Spot"}
+
+
+def service_linked_roles_as_iam_does() -> None:
+    """`CreateServiceLinkedRole` names EC2's fleet roles as IAM does (AWSServiceRoleForEC2Fleet, ...), and a
+    role that exists answers `InvalidInput` ("... has been taken in this account"), not moto's
+    `EntityAlreadyExists` (idempotent)."""
+    if not _once("service_linked_roles_as_iam_does"):
+        return
+    from moto.iam import models
+    from moto.iam.exceptions import EntityAlreadyExists, InvalidInput
+
+    models.SERVICE_NAME_CONVERSION.update(SERVICE_LINKED_ROLE_NAMES)
+    original = models.IAMBackend.create_service_linked_role
+
+    def create_service_linked_role(self: Any, service_name: str, description: str, suffix: str) -> Any:
+        try:
+            return original(self, service_name, description, suffix)
+        except EntityAlreadyExists as exc:
+            name = str(exc).split("Role with name ", 1)[-1].split(" already exists", 1)[0]
+            raise InvalidInput(
+                f"Service role name {name} has been taken in this account, please try a different suffix."
+            ) from exc
+
+    models.IAMBackend.create_service_linked_role = create_service_linked_role
+
+
+# --- Spot Fleet: on-demand capacity (OnDemandTargetCapacity), spot shortfalls, maintenance -----------------
+
+_requested = threading.local()  # the OnDemandTargetCapacity of the request being made on this thread
+
+
+def spot_fleet_on_demand(fleet: Any) -> list[tuple[Any, Any]]:
+    """(instance, launch spec) of a Spot Fleet's live on-demand instances."""
+    members = fleet.__dict__.setdefault("_spotfill_on_demand", [])
+    members[:] = [(i, s) for i, s in members if _alive(i)]
+    return list(members)
+
+
+def _spec_of(fleet: Any, request: Any) -> Any:
+    """The launch spec a spot request came from (moto's Spot Fleet does not keep it on the request)."""
+    if getattr(request, "launch_spec", None) is not None:
+        return request.launch_spec
+    instance = request.instance
+    return next(
+        (
+            s
+            for s in fleet.launch_specs
+            if s.instance_type == instance.instance_type and s.subnet_id in (None, instance.subnet_id)
+        ),
+        fleet.launch_specs[0],
+    )
+
+
+def _spot_fleet_members(fleet: Any) -> list[tuple[Any, Any, str]]:
+    spot = [(r.instance, _spec_of(fleet, r), "spot") for r in fleet.spot_requests if _alive(r.instance)]
+    return spot + [(i, s, "on-demand") for i, s in spot_fleet_on_demand(fleet)]
+
+
+def _launch_spot_fleet_on_demand(fleet: Any, spec: Any) -> Any:
+    reservation = fleet.ec2_backend.run_instances(
+        image_id=spec.image_id,
+        count=1,
+        instance_type=spec.instance_type,
+        is_instance_type_default=False,
+        key_name=spec.key_name,
+        security_group_names=spec.group_set,
+        user_data=spec.user_data,
+        placement=None,
+        kernel_id=None,
+        ramdisk_id=None,
+        monitoring_enabled=spec.monitoring_enabled,
+        subnet_id=spec.subnet_id,
+        spot_fleet_id=fleet.id,
+        tags=spec.tag_specifications,
+    )
+    (instance,) = reservation.instances
+    if _pending_launches["on"]:
+        instance._state.name, instance._state.code = "pending", 0
+    fleet.__dict__.setdefault("_spotfill_on_demand", []).append((instance, spec))
+    record_fleet_event(fleet, "instanceChange", "launched", instance_id=instance.id)
+    return instance
+
+
+def maintain_spot_fleet(fleet: Any) -> None:
+    """What EC2 does for a live `maintain` Spot Fleet with on-demand capacity: the on-demand part
+    (`OnDemandTargetCapacity`) and the spot part (the rest) each kept at target; excess terminated (on
+    demand first), missing capacity launched into pools that do not fail, spot as far as it lasts."""
+    if fleet.state not in LIVE_FLEET_STATES:
+        return
+    on_demand_target = min(
+        float(fleet.__dict__.get("on_demand_target_capacity", 0)), float(fleet.target_capacity)
+    )
+    spot_target = float(fleet.target_capacity) - on_demand_target
+    backend = fleet.ec2_backend
+    fleet.spot_requests = [r for r in fleet.spot_requests if r.instance is not None and _alive(r.instance)]
+    members = _spot_fleet_members(fleet)
+    for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
+        mine = [(i, s) for i, s, k in members if k == kind]
+        held = _units(members, kind)
+        while mine and held - _weight(mine[-1][1]) >= target - 1e-9:
+            instance, spec = mine.pop()
+            held -= _weight(spec)
+            backend.terminate_instances([instance.id])
+            record_fleet_event(fleet, "instanceChange", "terminated", instance_id=instance.id)
+    fleet.spot_requests = [r for r in fleet.spot_requests if _alive(r.instance)]
+    members = _spot_fleet_members(fleet)
+    while _units(members, "on-demand") < on_demand_target - 1e-9:
+        usable = spot_fleet_usable_specs(fleet)
+        if not usable:
+            break
+        members.append((_launch_spot_fleet_on_demand(fleet, usable[0]), usable[0], "on-demand"))
+    while _units(members, "spot") < spot_target - 1e-9:
+        specs = [s for s in spot_fleet_usable_specs(fleet) if _spot_room(fleet, s, members)]
+        if not specs:
+            break
+        before = len(fleet.spot_requests)
+        kept = fleet.launch_specs
+        fleet.launch_specs = [specs[0]]
+        try:
+            fleet.create_spot_requests(_weight(specs[0]))
+        finally:
+            fleet.launch_specs = kept
+        if len(fleet.spot_requests) == before:
+            break
+        members.append((fleet.spot_requests[-1].instance, specs[0], "spot"))
+    fleet.fulfilled_capacity = _units(members, "spot") + _units(members, "on-demand")
+
+
+def _patch_spot_fleet_on_demand() -> None:
+    """Spot Fleet's on-demand part, which moto 5.2.5 ignores (every unit is spot there)."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.spot_requests import SpotFleetRequest
+    from moto.ec2.responses.spot_fleets import SpotFleets
+
+    original_init = SpotFleetRequest.__init__
+
+    def __init__(self: Any, ec2_backend: Any, *args: Any, **kwargs: Any) -> None:
+        # moto launches every unit as spot from its constructor; here the fleet launches as EC2 maintains it.
+        target = kwargs.get("target_capacity", 0)
+        kwargs["target_capacity"] = "0"
+        original_init(self, ec2_backend, *args, **kwargs)
+        self.target_capacity = int(float(target))
+        self.__dict__["on_demand_target_capacity"] = int(getattr(_requested, "on_demand", 0) or 0)
+        maintain_spot_fleet(self)
+
+    SpotFleetRequest.__init__ = __init__
+
+    lifecycle_create = SpotFleetRequest.create_spot_requests
+
+    def create_spot_requests(self: Any, weight_to_add: float) -> None:
+        if weight_to_add > 0:  # moto's constructor asks for its (zeroed) target: nothing
+            lifecycle_create(self, weight_to_add)
+
+    SpotFleetRequest.create_spot_requests = create_spot_requests
+
+    lifecycle_terminate = SpotFleetRequest.terminate_instances
+
+    def terminate_instances(self: Any) -> None:
+        lifecycle_terminate(self)
+        if self.target_capacity == 0:  # cancelled with TerminateInstances: the on-demand ones go too
+            alive = [i.id for i, _ in spot_fleet_on_demand(self)]
+            if alive:
+                self.ec2_backend.terminate_instances(alive)
+
+    SpotFleetRequest.terminate_instances = terminate_instances
+
+    config_of = SpotFleetRequest.spot_fleet_request_config
+
+    def spot_fleet_request_config(self: Any) -> dict[str, Any]:
+        config = dict(config_of.fget(self))
+        on_demand = spot_fleet_on_demand(self)
+        config["OnDemandTargetCapacity"] = int(self.__dict__.get("on_demand_target_capacity", 0))
+        config["OnDemandFulfilledCapacity"] = sum(_weight(s) for _, s in on_demand)
+        return config
+
+    SpotFleetRequest.spot_fleet_request_config = property(spot_fleet_request_config)
+
+    original_request = SpotFleets.request_spot_fleet
+
+    def request_spot_fleet(self: Any) -> Any:
+        config = self._get_param("SpotFleetRequestConfig", {})
+        _requested.on_demand = config.get("OnDemandTargetCapacity") or 0
+        try:
+            return original_request(self)
+        finally:
+            _requested.on_demand = 0
+
+    SpotFleets.request_spot_fleet = request_spot_fleet
+
+    def modify_spot_fleet_request(self: Any) -> Any:
+        fleet_id = self._get_param("SpotFleetRequestId")
+        fleet = self.ec2_backend.spot_fleet_requests.get(fleet_id)
+        if fleet is None:
+            raise EC2ClientError(
+                "InvalidSpotFleetRequestId.NotFound", f"The spot fleet request ID '{fleet_id}' does not exist"
+            )
+        total = self._get_param("TargetCapacity")
+        on_demand = self._get_param("OnDemandTargetCapacity")
+        if total is not None:
+            fleet.target_capacity = int(float(total))
+        if on_demand is not None:
+            fleet.__dict__["on_demand_target_capacity"] = int(float(on_demand))
+        maintain_spot_fleet(fleet)
+        return ActionResult({"Return": True})
+
+    SpotFleets.modify_spot_fleet_request = modify_spot_fleet_request
+
+    original_instances = SpotFleets.describe_spot_fleet_instances
+
+    def describe_spot_fleet_instances(self: Any) -> Any:
+        """Spot instances with their request, on-demand ones without (as EC2 lists them)."""
+        result = original_instances(self)
+        fleet = self.ec2_backend.spot_fleet_requests.get(self._get_param("SpotFleetRequestId"))
+        if fleet is not None:
+            alive = {r.instance.id for r in fleet.spot_requests if _alive(r.instance)}
+            active = [i for i in result.result["ActiveInstances"] if i["InstanceId"] in alive]
+            active += [
+                {"InstanceId": i.id, "InstanceType": i.instance_type} for i, _ in spot_fleet_on_demand(fleet)
+            ]
+            result.result["ActiveInstances"] = active
+        return result
+
+    SpotFleets.describe_spot_fleet_instances = _expiring_first(describe_spot_fleet_instances)

@@ -1,0 +1,316 @@
+"""The two EC2 APIs a run's fleet can live on, behind one interface.
+
+`fleet.api` in the spec picks one: `ec2-fleet` (CreateFleet, the default) or `spot-fleet` (RequestSpotFleet,
+the API AWS calls legacy, kept for accounts that rely on it). Every fleet call in the control plane and the
+CLI goes through a `FleetApi`, so monitoring, interruption counting, on-demand fallback, cost and teardown
+read the same shapes whichever API holds the fleet:
+
+- `FleetStatus`: state, activity, total and on-demand target, fulfilled capacity, `ValidUntil`;
+- `FleetInstance`: an active instance, its type and purchase option (`spot` or `on-demand`);
+- error history records (`EventInformation`), already filtered to the API's error event type.
+
+Both APIs answer active instances in the same `ActiveInstance` shape: an instance with a
+`SpotInstanceRequestId` is a spot instance, one without is on demand.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from botocore.exceptions import ClientError
+
+from spotfill_control.errors import SpotfillError
+from spotfill_control.spec import FleetApiName
+
+Lifecycle = Literal["spot", "on-demand"]
+
+# The spec's allocation strategies are Spot Fleet's names; EC2 Fleet spells the same strategies in kebab case.
+EC2_FLEET_SPOT_STRATEGIES = {
+    "priceCapacityOptimized": "price-capacity-optimized",
+    "capacityOptimized": "capacity-optimized",
+    "capacityOptimizedPrioritized": "capacity-optimized-prioritized",
+    "lowestPrice": "lowest-price",
+    "diversified": "diversified",
+}
+# DeleteFleets takes at most 100 fleets of type maintain (25 of type instant) per call; more deletes none.
+DELETE_FLEETS_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class FleetInstance:
+    instance_id: str
+    instance_type: str
+    lifecycle: Lifecycle
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    state: str
+    activity: str | None
+    target_capacity: float
+    fulfilled_capacity: float
+    on_demand_target_capacity: float = 0.0
+    on_demand_fulfilled_capacity: float = 0.0
+    valid_until: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def fulfilled(self) -> bool:
+        return self.target_capacity > 0 and self.fulfilled_capacity >= self.target_capacity
+
+    @property
+    def spot_target_capacity(self) -> float:
+        return max(0.0, self.target_capacity - self.on_demand_target_capacity)
+
+    @property
+    def spot_fulfilled_capacity(self) -> float:
+        return max(0.0, self.fulfilled_capacity - self.on_demand_fulfilled_capacity)
+
+
+# States in which a fleet launches and keeps instances (the same names on both APIs).
+LIVE_STATES = frozenset({"submitted", "active", "modifying"})
+# States of a fleet that ended: Spot Fleet cancels a request, EC2 Fleet deletes a fleet.
+ENDED_STATES = frozenset(
+    {
+        "failed",
+        "cancelled",
+        "cancelled_running",
+        "cancelled_terminating",
+        "deleted",
+        "deleted_running",
+        "deleted_terminating",
+    }
+)
+# What teardown need not delete again (an expired request is ended too).
+GONE_STATES = ENDED_STATES | {"expired"}
+
+
+class FleetApi(Protocol):
+    name: FleetApiName
+    resource_type: str  # the ARN resource type and TagSpecifications resource type of the fleet
+
+    def request(self, config: dict[str, Any], ec2: Any) -> str: ...
+    def describe(self, fleet_id: str, ec2: Any) -> FleetStatus | None: ...
+    def find(self, ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]: ...
+    def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None: ...
+    def set_target(
+        self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
+    ) -> None: ...
+    def error_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]: ...
+    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]: ...
+
+
+def _failure(item: dict[str, Any], id_key: str) -> tuple[str, str, str]:
+    error = item.get("Error", {})
+    return str(item.get(id_key, "")), str(error.get("Code")), str(error.get("Message", ""))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _lifecycle(active: dict[str, Any]) -> Lifecycle:
+    return "spot" if active.get("SpotInstanceRequestId") else "on-demand"
+
+
+def _active_instances(pages: Iterator[dict[str, Any]]) -> list[FleetInstance]:
+    return [
+        FleetInstance(i["InstanceId"], str(i.get("InstanceType", "")), _lifecycle(i))
+        for page in pages
+        for i in page.get("ActiveInstances", [])
+    ]
+
+
+def _pages(call: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    """Every page of a NextToken-paged call (the fleet-instance calls have no boto3 paginator)."""
+    while True:
+        page = call(**kwargs)
+        yield page
+        if not page.get("NextToken"):
+            return
+        kwargs["NextToken"] = page["NextToken"]
+
+
+def whole_units(units: float) -> int:
+    """Target capacities are whole weighted units on both APIs: a fraction is rounded up (never less)."""
+    return max(0, math.ceil(units - 1e-9))
+
+
+class SpotFleetApi:
+    """RequestSpotFleet and its kin (legacy; needs the Spot Fleet role, `IamFleetRole`)."""
+
+    name: FleetApiName = "spot-fleet"
+    resource_type = "spot-fleet-request"
+    _missing = "InvalidSpotFleetRequestId"
+
+    def request(self, config: dict[str, Any], ec2: Any) -> str:
+        return ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
+
+    def describe(self, fleet_id: str, ec2: Any) -> FleetStatus | None:
+        try:
+            configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+                "SpotFleetRequestConfigs"
+            ]
+        except ClientError as exc:
+            if _code(exc).startswith(self._missing):
+                return None  # AWS forgets cancelled requests after a while; moto at once
+            raise
+        if not configs:
+            return None
+        config = configs[0]
+        request = config.get("SpotFleetRequestConfig", {})
+        return FleetStatus(
+            state=str(config.get("SpotFleetRequestState", "unknown")),
+            activity=config.get("ActivityStatus"),
+            target_capacity=float(request.get("TargetCapacity", 0)),
+            fulfilled_capacity=float(request.get("FulfilledCapacity", 0)),
+            on_demand_target_capacity=float(request.get("OnDemandTargetCapacity", 0)),
+            on_demand_fulfilled_capacity=float(request.get("OnDemandFulfilledCapacity", 0)),
+            valid_until=request.get("ValidUntil"),
+        )
+
+    def find(self, ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
+        for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
+            for config in page.get("SpotFleetRequestConfigs", []):
+                tags = {t["Key"]: t["Value"] for t in config.get("Tags", [])}
+                yield config["SpotFleetRequestId"], str(config.get("SpotFleetRequestState", "")), tags
+
+    def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None:
+        try:
+            return _active_instances(_pages(ec2.describe_spot_fleet_instances, SpotFleetRequestId=fleet_id))
+        except ClientError as exc:
+            if _code(exc).startswith(self._missing):
+                return None
+            raise
+
+    def set_target(
+        self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
+    ) -> None:
+        kwargs: dict[str, Any] = {"SpotFleetRequestId": fleet_id, "TargetCapacity": total}
+        if on_demand is not None:
+            kwargs["OnDemandTargetCapacity"] = on_demand
+        if keep_instances:
+            kwargs["ExcessCapacityTerminationPolicy"] = "noTermination"
+        ec2.modify_spot_fleet_request(**kwargs)
+
+    def error_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for page in _pages(
+            ec2.describe_spot_fleet_request_history,
+            SpotFleetRequestId=fleet_id,
+            StartTime=since,
+            EventType="error",
+        ):
+            records.extend(r for r in page.get("HistoryRecords", []) if r.get("EventType") == "error")
+        return records
+
+    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]:
+        """Cancel with TerminateInstances; returns (fleet, code, message) for each real failure."""
+        response = ec2.cancel_spot_fleet_requests(
+            SpotFleetRequestIds=list(fleet_ids), TerminateInstances=True
+        )
+        failures = [_failure(f, "SpotFleetRequestId") for f in response.get("UnsuccessfulFleetRequests", [])]
+        return [
+            f
+            for f in failures
+            if f[1] not in ("fleetRequestIdDoesNotExist", "fleetRequestNotInCancellableState")
+        ]
+
+
+class Ec2FleetApi:
+    """CreateFleet (type `maintain`) and its kin: launched through the AWSServiceRoleForEC2Fleet
+    service-linked role, so no role is passed for the fleet itself."""
+
+    name: FleetApiName = "ec2-fleet"
+    resource_type = "fleet"
+    _missing = "InvalidFleetId"
+
+    def request(self, config: dict[str, Any], ec2: Any) -> str:
+        response = ec2.create_fleet(**config)
+        return response["FleetId"]
+
+    def describe(self, fleet_id: str, ec2: Any) -> FleetStatus | None:
+        try:
+            fleets = ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+        except ClientError as exc:
+            if _code(exc).startswith(self._missing):
+                return None
+            raise
+        if not fleets:
+            return None
+        fleet = fleets[0]
+        target = fleet.get("TargetCapacitySpecification", {})
+        return FleetStatus(
+            state=str(fleet.get("FleetState", "unknown")),
+            activity=fleet.get("ActivityStatus"),
+            target_capacity=float(target.get("TotalTargetCapacity", 0)),
+            fulfilled_capacity=float(fleet.get("FulfilledCapacity", 0)),
+            on_demand_target_capacity=float(target.get("OnDemandTargetCapacity", 0)),
+            on_demand_fulfilled_capacity=float(fleet.get("FulfilledOnDemandCapacity", 0)),
+            valid_until=fleet.get("ValidUntil"),
+        )
+
+    def find(self, ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
+        for page in ec2.get_paginator("describe_fleets").paginate():
+            for fleet in page.get("Fleets", []):
+                tags = {t["Key"]: t["Value"] for t in fleet.get("Tags", [])}
+                yield fleet["FleetId"], str(fleet.get("FleetState", "")), tags
+
+    def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None:
+        try:
+            return _active_instances(_pages(ec2.describe_fleet_instances, FleetId=fleet_id))
+        except ClientError as exc:
+            if _code(exc).startswith(self._missing):
+                return None
+            raise
+
+    def set_target(
+        self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
+    ) -> None:
+        target: dict[str, Any] = {"TotalTargetCapacity": total}
+        if on_demand is not None:
+            target["OnDemandTargetCapacity"] = on_demand
+            target["SpotTargetCapacity"] = max(0, total - on_demand)
+        kwargs: dict[str, Any] = {"FleetId": fleet_id, "TargetCapacitySpecification": target}
+        if keep_instances:
+            kwargs["ExcessCapacityTerminationPolicy"] = "no-termination"
+        ec2.modify_fleet(**kwargs)
+
+    def error_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
+        """EC2 Fleet's history types are `instance-change`, `fleet-change` and `service-error` (Spot Fleet's
+        `error`); the error sub-types are the same."""
+        records: list[dict[str, Any]] = []
+        for page in _pages(
+            ec2.describe_fleet_history, FleetId=fleet_id, StartTime=since, EventType="service-error"
+        ):
+            records.extend(r for r in page.get("HistoryRecords", []) if r.get("EventType") == "service-error")
+        return records
+
+    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]:
+        """DeleteFleets with TerminateInstances, at most DELETE_FLEETS_LIMIT per call; a fleet that no longer
+        exists or is already deleted (`fleetIdDoesNotExist`, `fleetNotInDeletableState`) is done."""
+        failures: list[tuple[str, str, str]] = []
+        ids = list(fleet_ids)
+        for start in range(0, len(ids), DELETE_FLEETS_LIMIT):
+            response = ec2.delete_fleets(
+                FleetIds=ids[start : start + DELETE_FLEETS_LIMIT], TerminateInstances=True
+            )
+            failures += [_failure(f, "FleetId") for f in response.get("UnsuccessfulFleetDeletions", [])]
+        return [f for f in failures if f[1] not in ("fleetIdDoesNotExist", "fleetNotInDeletableState")]
+
+
+APIS: dict[str, FleetApi] = {"ec2-fleet": Ec2FleetApi(), "spot-fleet": SpotFleetApi()}
+
+
+def api_named(name: str) -> FleetApi:
+    try:
+        return APIS[name]
+    except KeyError:
+        raise SpotfillError(f"unknown fleet API {name!r}; known: {', '.join(sorted(APIS))}") from None
