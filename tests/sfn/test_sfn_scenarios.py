@@ -183,7 +183,9 @@ def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the
 def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas, api):
     outcome = cloud.run(
         # long enough for a second poll even when an iteration is slow on a loaded machine
-        cloud.spec("unregistered", shards=2, limits={"registration_timeout_seconds": 6}, fleet_api=api),
+        cloud.spec(
+            f"unregistered-{api}", shards=2, limits={"registration_timeout_seconds": 6}, fleet_api=api
+        ),
         Knobs(register=False),
     )
 
@@ -237,7 +239,7 @@ def test_fleet_request_rejected_by_ec2_fails_the_run(cloud, lambdas, monkeypatch
 
 @pytest.mark.parametrize("api", FLEET_APIS)
 def test_fleet_that_ec2_reports_failed_ends_the_run(cloud, lambdas, api):
-    outcome = cloud.run(cloud.spec("fleetfails", shards=2, fleet_api=api), Knobs(fleet_fails=True))
+    outcome = cloud.run(cloud.spec(f"fleetfails-{api}", shards=2, fleet_api=api), Knobs(fleet_fails=True))
 
     _assert_failed_through_teardown_and_report(outcome, "FleetRequestError")
     assert outcome.last.failures() == [("CheckRegistration", "FleetRequestError")]
@@ -394,7 +396,8 @@ def test_failure_in_each_task_state_is_caught_torn_down_and_reported(cloud, lamb
     limits = {"handover_after_iterations": 1} if state == "ContinueAsNew" else {}
 
     outcome = cloud.run(
-        cloud.spec(f"fault-{handler.replace('_', '-')}", shards=3, limits=limits, fleet_api=api), SLOW_WORKERS
+        cloud.spec(f"fault-{handler.replace('_', '-')}-{api}", shards=3, limits=limits, fleet_api=api),
+        SLOW_WORKERS,
     )
 
     assert outcome.status == "FAILED", outcome.entered()
@@ -475,7 +478,7 @@ def test_fleet_asks_no_more_capacity_than_the_shards_use_and_the_report_says_it_
 def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_reported(cloud, lambdas, api):
     # given c5.large not supported in any zone of the request, m5.large filling the fleet
     spec = cloud.spec(
-        "onepool",
+        f"onepool-{api}",
         shards=3,
         fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": api},
     )
@@ -483,7 +486,7 @@ def test_one_pool_failing_while_the_others_fill_does_not_stop_the_run_and_is_rep
     outcome = cloud.run(spec, Knobs(failing_pools={"c5.large": "Unsupported"}))
 
     assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
-    assert len(cloud.outputs("onepool")) == 3
+    assert len(cloud.outputs(f"onepool-{api}")) == 3
     failed = outcome.report["instances"]["failed_pools"]
     assert failed and {(p["instance_type"], p["error"]) for p in failed} == {("c5.large", "Unsupported")}
     assert all(p["availability_zone"] for p in failed)
@@ -495,7 +498,7 @@ def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_nami
     cloud, lambdas, api
 ):
     spec = cloud.spec(
-        "nopool",
+        f"nopool-{api}",
         shards=2,
         fleet={"instance_types": ["c5.large", "m5.large"], "target_capacity": 2, "api": api},
     )
@@ -517,7 +520,7 @@ def test_every_pool_failing_fails_the_run_before_any_instance_with_a_reason_nami
 @pytest.mark.parametrize("api", FLEET_APIS)
 def test_fleet_expiry_terminates_its_instances_and_the_run_fails_as_timed_out(cloud, lambdas, api):
     # given workers that never finish a shard, and EC2 expiring the fleet (ValidUntil) 4 s after its request
-    spec = cloud.spec("expired", shards=3, limits={"stall_timeout_seconds": 60}, fleet_api=api)
+    spec = cloud.spec(f"expired-{api}", shards=3, limits={"stall_timeout_seconds": 60}, fleet_api=api)
 
     outcome = cloud.run(spec, Knobs(stop_after=0, fleet_valid_for_seconds=4))
 

@@ -1446,6 +1446,15 @@ def _patch_ec2_fleet() -> None:
         original_init(self, ec2_backend, fleet_id, on_demand_options, spot_options, empty, *args)
         self.target_capacity_specification = dict(target_capacity_specification)
         self.target_capacity = int(float(target_capacity_specification.get("TotalTargetCapacity") or 0))
+        for spec in self.launch_specs:  # moto reads `GroupSet`; a launch template names `SecurityGroupIds`
+            if not spec.group_set and spec.launch_template_spec:
+                ref = spec.launch_template_spec
+                data = (
+                    ec2_backend.get_launch_template(template_id=ref["LaunchTemplateId"])
+                    .get_version(ref["Version"])
+                    .data
+                )
+                spec.group_set = list(data.get("SecurityGroupIds") or data.get("SecurityGroups") or [])
         if self.valid_until is not None:
             self.valid_until = _timestamp(self.valid_until)
         self.terminate_instances_with_expiration = str(self.terminate_instances_with_expiration).lower() in (
