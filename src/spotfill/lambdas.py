@@ -34,7 +34,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
+import sys
 import threading
 import time
 import traceback
@@ -210,6 +212,7 @@ class Dispatcher:
                     invocation.injected = True
                     raise injection.make()
                 handler = _load_handler(fn.handler)
+                _follow_stdout()
                 result = handler(event, LambdaContext(fn, request_id))
                 if injection is not None:
                     invocation.injected = True
@@ -416,3 +419,18 @@ def _error_payload(exc: BaseException, request_id: str) -> bytes:
             "stackTrace": frames,
         }
     ).encode()
+
+
+def _follow_stdout() -> None:
+    """A Lambda logs to its runtime's stdout. Here every function shares one interpreter whose `sys.stdout`
+    changes (pytest's capture, the CLI's console), and Powertools binds each Logger's handler to the
+    `sys.stdout` of the moment the handler module was first imported: a handler whose stream has since been
+    closed writes to the current one instead of failing with "I/O operation on closed file"."""
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        for log_handler in getattr(logger, "handlers", []):
+            if isinstance(log_handler, logging.StreamHandler) and getattr(
+                log_handler.stream, "closed", False
+            ):
+                # Not setStream: it flushes the old stream first, which a closed file refuses.
+                with log_handler.lock or contextlib.nullcontext():
+                    log_handler.stream = sys.stdout

@@ -155,7 +155,7 @@ def report_table(report: dict[str, Any]) -> Table:
     if cost:
         options = cost.get("by_purchase_option", {})
         split = ", ".join(
-            f"{name} ${spent.get('usd', 0):.4f} ({spent.get('hours', 0):.4f}h)"
+            f"{name} ${format_usd(spent.get('usd', 0))} ({spent.get('hours', 0):.4f}h)"
             for name, spent in options.items()
             if spent.get("instances")
         )
