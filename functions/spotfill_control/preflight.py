@@ -192,7 +192,12 @@ def check_spot_quotas(
     now: datetime,
 ) -> None:
     fleet = spec.fleet
-    for quota, worst in worst_case_vcpus(facts, fleet.target_capacity).items():
+    # The on-demand base never runs on spot; the on-demand fallback only moves spot units on demand (its
+    # probes hand them back as spot, never more than the spot part), so spot holds at most the rest.
+    spot_capacity = fleet.target_capacity - fleet.on_demand_base
+    if spot_capacity <= 0:
+        return
+    for quota, worst in worst_case_vcpus(facts, spot_capacity).items():
         found = read_spot_quota(quota, servicequotas)
         used = read_usage(found.usage_metric, cloudwatch, now)
         available = found.value - used
@@ -200,12 +205,17 @@ def check_spot_quotas(
             continue
         fits = _largest_fitting_capacity(facts, quota, available)
         lower = (
-            f"lower fleet.target_capacity to {fits} or less"
-            if fits
+            f"lower fleet.target_capacity to {fits + fleet.on_demand_base} or less"
+            if fits or fleet.on_demand_base
             else "no target capacity fits what is left"
         )
+        spot_part = (
+            f" ({spot_capacity} of them spot, above fleet.on_demand_base {fleet.on_demand_base})"
+            if fleet.on_demand_base
+            else ""
+        )
         raise InvalidSpecError(
-            f"fleet.target_capacity: {fleet.target_capacity} may launch up to {worst:g} vCPUs of "
+            f"fleet.target_capacity: {fleet.target_capacity}{spot_part} may launch up to {worst:g} vCPUs of "
             f"{quota.family} spot instances ({', '.join(fleet.instance_types)}), but the account's quota "
             f'"{quota.name}" ({quota.code}) in {found.region} is {found.value:g} vCPUs, shared by every '
             f"running spot instance of the account and Region, {used:g} of them in use now: {lower}, or "

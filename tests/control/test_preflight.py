@@ -129,6 +129,28 @@ def test_quota_exceeded_names_the_quota_its_value_the_requested_vcpus_and_the_fi
 
 
 @pytest.mark.aws
+def test_the_on_demand_base_does_not_count_against_the_spot_quota(world):
+    # given an account whose Standard spot quota is 8 vCPUs, and a fleet of 4 units of which 3 always run on
+    # demand: its spot part (1 unit, at most one 8-vCPU c5.2xlarge) fits
+    patches.set_service_quota(STANDARD, 8, region=REGION)
+    clients = aws.client("service-quotas"), aws.client("cloudwatch")
+    types = facts(["c5.xlarge", "c5.2xlarge"])
+    check_spot_quotas(spec(fleet__on_demand_base=3), types, *clients, datetime.now(UTC))
+    # when only 2 of the 4 run on demand, the spot part (2 units, up to 12 vCPUs) does not fit
+    with pytest.raises(InvalidSpecError) as raised:
+        check_spot_quotas(spec(fleet__on_demand_base=2), types, *clients, datetime.now(UTC))
+    # then the error counts the spot part only, and the target that fits keeps the base on demand
+    message = str(raised.value)
+    assert message.startswith(
+        "fleet.target_capacity: 4 (2 of them spot, above fleet.on_demand_base 2) may launch up to 12 vCPUs"
+    )
+    assert "lower fleet.target_capacity to 3 or less" in message
+    # and a fleet entirely on demand needs no spot quota at all
+    patches.set_service_quota(STANDARD, 0, region=REGION)
+    check_spot_quotas(spec(fleet__on_demand_base=4), types, *clients, datetime.now(UTC))
+
+
+@pytest.mark.aws
 def test_running_spot_instances_use_up_the_shared_quota(world):
     # given a quota of 256 vCPUs, 250 of them used by running spot instances (the quota's AWS/Usage metric)
     now = datetime.now(UTC)
