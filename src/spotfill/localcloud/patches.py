@@ -485,9 +485,10 @@ def _pool_failure(fleet: Any, spec: Any) -> str | None:
     return _failing_pools.get(f"{spec.instance_type}@{zone}") or _failing_pools.get(spec.instance_type)
 
 
-def spot_fleet_usable_specs(fleet: Any) -> list[Any]:
-    """The Spot Fleet's launch specs whose pool does not fail; each failing pool reports an `error` event
-    once, and `allLaunchSpecsTemporarilyBlacklisted` once none is left."""
+def usable_specs(fleet: Any, event_type: str = "error") -> list[Any]:
+    """The fleet's launch specs whose pool does not fail; each failing pool reports an error event once, and
+    `allLaunchSpecsTemporarilyBlacklisted` once none is left. The event's type is the API's: Spot Fleet's
+    `error`, EC2 Fleet's `service-error`."""
     reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
     usable = []
     for spec in fleet.launch_specs:
@@ -500,7 +501,7 @@ def spot_fleet_usable_specs(fleet: Any) -> list[Any]:
             zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
             record_fleet_event(
                 fleet,
-                "error",
+                event_type,
                 "spotFleetRequestConfigurationInvalid",
                 f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
                 f"{POOL_ERRORS[code]}",
@@ -509,7 +510,7 @@ def spot_fleet_usable_specs(fleet: Any) -> list[Any]:
         fleet.__dict__["_spotfill_all_blacklisted"] = True
         record_fleet_event(
             fleet,
-            "error",
+            event_type,
             "allLaunchSpecsTemporarilyBlacklisted",
             "None of the launch specifications is valid and several attempts to launch instances have "
             "failed.",
@@ -526,7 +527,7 @@ def _patch_spot_fleet_lifecycle() -> None:
 
     def create_spot_requests(self: Any, weight_to_add: float) -> None:
         """Launch only into pools that do not fail; each failing pool reports an `error` event once."""
-        usable = spot_fleet_usable_specs(self)
+        usable = usable_specs(self)
         if not usable:
             return
         before = {id(r) for r in self.spot_requests}
@@ -1297,37 +1298,6 @@ def _ec2_fleet_targets(fleet: Any) -> tuple[float, float]:
     return total - spot, spot
 
 
-def _usable_specs(fleet: Any, kind: str) -> list[Any]:
-    """The launch specs whose pool does not fail; each failing pool reports a `service-error` once."""
-    reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
-    usable = []
-    for spec in fleet.launch_specs:
-        code = _pool_failure(fleet, spec)
-        if code is None:
-            usable.append(spec)
-            continue
-        if id(spec) not in reported:
-            reported.add(id(spec))
-            zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
-            record_fleet_event(
-                fleet,
-                "service-error",
-                "spotFleetRequestConfigurationInvalid",
-                f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
-                f"{POOL_ERRORS[code]}",
-            )
-    if not usable and "_spotfill_all_blacklisted" not in fleet.__dict__:
-        fleet.__dict__["_spotfill_all_blacklisted"] = True
-        record_fleet_event(
-            fleet,
-            "service-error",
-            "allLaunchSpecsTemporarilyBlacklisted",
-            "None of the launch specifications is valid and several attempts to launch instances have "
-            "failed.",
-        )
-    return usable
-
-
 def _launch_one(fleet: Any, spec: Any, kind: str) -> Any:
     """Launch one instance of the spec (spot or on demand) and return it."""
     kept = fleet.launch_specs
@@ -1399,7 +1369,11 @@ def maintain_ec2_fleet(fleet: Any) -> None:
         members = ec2_fleet_members(fleet)
     for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
         while _units(members, kind) < target - 1e-9:
-            specs = [s for s in _usable_specs(fleet, kind) if kind != "spot" or _spot_room(fleet, s, members)]
+            specs = [
+                s
+                for s in usable_specs(fleet, "service-error")
+                if kind != "spot" or _spot_room(fleet, s, members)
+            ]
             if not specs:
                 break
             instance = _launch_one(fleet, specs[0], kind)
@@ -1770,12 +1744,12 @@ def maintain_spot_fleet(fleet: Any) -> None:
     fleet.spot_requests = [r for r in fleet.spot_requests if _alive(r.instance)]
     members = _spot_fleet_members(fleet)
     while _units(members, "on-demand") < on_demand_target - 1e-9:
-        usable = spot_fleet_usable_specs(fleet)
+        usable = usable_specs(fleet)
         if not usable:
             break
         members.append((_launch_spot_fleet_on_demand(fleet, usable[0]), usable[0], "on-demand"))
     while _units(members, "spot") < spot_target - 1e-9:
-        specs = [s for s in spot_fleet_usable_specs(fleet) if _spot_room(fleet, s, members)]
+        specs = [s for s in usable_specs(fleet) if _spot_room(fleet, s, members)]
         if not specs:
             break
         before = len(fleet.spot_requests)
