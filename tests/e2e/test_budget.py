@@ -57,7 +57,7 @@ def test_a_run_with_a_small_cap_drains_mid_run_within_one_poll_of_the_cap_and_re
     # and what it cost (the report's own reckoning, from each instance's launch to its termination) is at
     # most the cap plus one poll interval of the fleet's hourly price
     one_poll = POLL_SECONDS * hourly / 3600
-    spent = report["cost_usd"]["spot"]
+    spent = report["cost_usd"]["total"]  # every instance at its purchase option's price
     overshoot = spent - cap
     print(
         f"\nbudget e2e: cap ${cap:.8f}, spent ${spent:.8f}, overshoot ${overshoot:.8f} "

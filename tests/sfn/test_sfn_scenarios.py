@@ -643,7 +643,7 @@ def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with
     # the monitor's accrual stayed under the cap, and the report's own reckoning within a poll of it
     assert report["budget"]["max_total_usd"] == cap
     assert 0 < report["budget"]["accrued_usd"] < cap
-    assert report["cost_usd"]["spot"] <= cap + poll * hourly / 3600
+    assert report["cost_usd"]["total"] <= cap + poll * hourly / 3600
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
