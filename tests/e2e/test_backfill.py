@@ -104,10 +104,18 @@ def test_an_arm64_graviton_backfill_runs_and_is_priced_from_the_price_list(
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
 
-def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(local_cloud, quiet_console):
-    # given a manifest whose fleet names an instance type that does not exist
+def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
+    local_cloud, digits, quiet_console
+):
+    # given a manifest whose fleet names an instance type that does not exist (well formed, so only EC2 can
+    # tell), its model and a shard in place so that nothing else is wrong
     spec = _spec(local_cloud, "broken")
     spec["fleet"]["instance_types"] = ["c5.huge"]
+    s3 = local_cloud.client("s3")
+    bucket = local_cloud.outputs.data_bucket
+    s3.upload_file(str(digits.model_path), bucket, "models/broken/model.keras")
+    shard = digits.shards()[0]
+    s3.upload_file(str(shard), bucket, f"inputs/broken/{shard.name}")
     before = datetime.now(UTC).replace(microsecond=0)
     ec2 = local_cloud.client("ec2")
     fleets_before = ec2.describe_fleets()["Fleets"]
