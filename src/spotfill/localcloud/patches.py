@@ -471,6 +471,15 @@ def fleet_history(fleet: Any) -> list[dict[str, Any]]:
     return list(fleet.__dict__.get("_spotfill_history", []))
 
 
+def fleet_history_since(fleet: Any, start: datetime, event_type: str | None) -> list[dict[str, Any]]:
+    """The fleet's history records from `start` on, of `event_type` when one is asked for (either API)."""
+    return [
+        record
+        for record in fleet_history(fleet)
+        if record["Timestamp"] >= start and (not event_type or record["EventType"] == event_type)
+    ]
+
+
 def _zone_of(fleet: Any, subnet_id: str | None) -> str | None:
     if not subnet_id:
         return None
@@ -607,14 +616,9 @@ def _patch_spot_fleet_lifecycle() -> None:
             raise EC2ClientError(
                 "InvalidSpotFleetRequestId.NotFound", f"The spot fleet request ID '{fleet_id}' does not exist"
             )
-        records = [
-            record
-            for record in fleet_history(fleet)
-            if record["Timestamp"] >= start and (not event_type or record["EventType"] == event_type)
-        ]
         return ActionResult(
             {
-                "HistoryRecords": records,
+                "HistoryRecords": fleet_history_since(fleet, start, event_type),
                 "LastEvaluatedTime": datetime.now(UTC),
                 "SpotFleetRequestId": fleet_id,
                 "StartTime": start,
@@ -1508,14 +1512,9 @@ def _patch_ec2_fleet() -> None:
         fleet = _fleet(self.ec2_backend, fleet_id)
         start = _timestamp(self._get_param("StartTime"))
         event_type = self._get_param("EventType")
-        records = [
-            r
-            for r in fleet_history(fleet)
-            if r["Timestamp"] >= start and (not event_type or r["EventType"] == event_type)
-        ]
         return ActionResult(
             {
-                "HistoryRecords": records,
+                "HistoryRecords": fleet_history_since(fleet, start, event_type),
                 "LastEvaluatedTime": datetime.now(UTC),
                 "FleetId": fleet_id,
                 "StartTime": start,
