@@ -28,7 +28,7 @@ INPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "csv": (".csv",),
     "jsonl": (".jsonl", ".ndjson"),
     "images": (".tar",),
-    # Uncompressed TFRecord files; with `input.tfrecord.compression: "GZIP"` the shards are TFRECORD_GZIP_EXTENSIONS.
+    # Plain TFRecord files; with `input.tfrecord.compression: "GZIP"`, TFRECORD_GZIP_EXTENSIONS instead.
     "tfrecord": (".tfrecord", ".tfrecords"),
 }
 TFRECORD_GZIP_EXTENSIONS: tuple[str, ...] = (".tfrecord.gz", ".tfrecords.gz")

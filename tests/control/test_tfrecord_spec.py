@@ -1,4 +1,4 @@
-"""TFRecord input in the spec: `input.tfrecord` is validated strictly, picks the shards, reaches the worker."""
+"""TFRecord input: `input.tfrecord` is validated strictly, picks the shards and reaches the worker."""
 
 from __future__ import annotations
 

@@ -320,7 +320,7 @@ def test_a_truncated_file_is_a_format_error(tmp_path):
     from spotfill_worker.formats import ShardFormatError
 
     data = tfrecord_file(image_records(digits(rows=2)), tmp_path)
-    with pytest.raises(ShardFormatError, match="shard is not an uncompressed TFRecord file: .*truncated"):
+    with pytest.raises(ShardFormatError, match=r"shard is not an uncompressed TFRecord file: .*truncated"):
         _decode(data[:-7])
 
 
@@ -341,12 +341,18 @@ def test_worker_config_needs_the_feature_and_shape_for_tfrecord_input():
         "SPOTFILL_MODEL_URI": "s3://b/m.keras",
         "SPOTFILL_INPUT_FORMAT": "tfrecord",
     }
-    with pytest.raises(ConfigError, match="SPOTFILL_TFRECORD_FEATURE and SPOTFILL_TFRECORD_SHAPE must be set"):
+    with pytest.raises(
+        ConfigError, match="SPOTFILL_TFRECORD_FEATURE and SPOTFILL_TFRECORD_SHAPE must be set"
+    ):
         WorkerConfig.from_env(base)
     with pytest.raises(ConfigError, match=r"SPOTFILL_TFRECORD_SHAPE .*comma-separated.*\(got '28x28'\)"):
-        WorkerConfig.from_env({**base, "SPOTFILL_TFRECORD_FEATURE": "image", "SPOTFILL_TFRECORD_SHAPE": "28x28"})
+        WorkerConfig.from_env(
+            {**base, "SPOTFILL_TFRECORD_FEATURE": "image", "SPOTFILL_TFRECORD_SHAPE": "28x28"}
+        )
     with pytest.raises(ConfigError, match=r"SPOTFILL_TFRECORD_SHAPE .*at least 1.*\(got '28,0'\)"):
-        WorkerConfig.from_env({**base, "SPOTFILL_TFRECORD_FEATURE": "image", "SPOTFILL_TFRECORD_SHAPE": "28,0"})
+        WorkerConfig.from_env(
+            {**base, "SPOTFILL_TFRECORD_FEATURE": "image", "SPOTFILL_TFRECORD_SHAPE": "28,0"}
+        )
     config = WorkerConfig.from_env(
         {**base, "SPOTFILL_TFRECORD_FEATURE": "image", "SPOTFILL_TFRECORD_SHAPE": " 28, 28,1"}
     )

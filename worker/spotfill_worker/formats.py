@@ -2,7 +2,7 @@
 
 Decoding runs in the prefetch thread and encoding in the upload threads, so neither sits on the compute path.
 Every decoder returns ``Rows``: the feature array (rows on axis 0, in input order) and the ids carried to the
-output (the id column's or id feature's values, the image's name inside the tar, or ``None`` for the row index).
+output (the id column's or feature's values, the image's name inside the tar, or ``None`` for the row index).
 """
 
 from __future__ import annotations

@@ -231,9 +231,7 @@ def check_model_and_sample(
 
     model_path, sample_shard_path = Path(model_path), Path(sample_shard_path)
     if tfrecord is not None and not isinstance(tfrecord, TFRecordOptions):
-        tfrecord = TFRecordOptions.model_validate(
-            {k: v for k, v in dict(tfrecord).items() if v is not None}
-        )
+        tfrecord = TFRecordOptions.model_validate({k: v for k, v in dict(tfrecord).items() if v is not None})
     model = load_model(model_path)
     try:
         data = sample_shard_path.read_bytes()
