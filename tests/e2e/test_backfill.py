@@ -386,6 +386,7 @@ def test_a_gzip_tfrecord_backfill_predicts_like_model_predict_and_reports_a_bad_
 
     import numpy as np
     import pyarrow.parquet as pq
+    import tensorflow as tf
 
     input_dir = tmp_path / "inputs"
     input_dir.mkdir()
@@ -395,8 +396,6 @@ def test_a_gzip_tfrecord_backfill_predicts_like_model_predict_and_reports_a_bad_
         _tfrecord_shard(
             input_dir / f"{name}.tfrecord.gz", images, [f"{name}/{i}" for i in range(len(images))], gzip=True
         )
-    import tensorflow as tf
-
     bad = input_dir / "renamed.tfrecord.gz"
     with tf.io.TFRecordWriter(str(bad), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
         pixels = tf.train.Feature(float_list=tf.train.FloatList(value=[0.0] * 64))

@@ -289,7 +289,9 @@ def _decode_tfrecord(data: bytes, options: TFRecordOptions | None, id_column: st
     schema = {options.feature: tf.io.FixedLenFeature(options.shape, feature_dtype)}
     id_kind = None
     if id_column and batches:  # the id feature's value list as the first record holds it: bytes, int64, float
-        id_kind = _feature_kind(_example(batches[0][0].numpy(), 0), id_column, 0, "id feature")
+        first = _example(batches[0][0].numpy(), 0)
+        _feature_kind(first, options.feature, 0, "feature")  # a record without the feature says so first
+        id_kind = _feature_kind(first, id_column, 0, "id feature")
         schema[id_column] = tf.io.FixedLenFeature([], getattr(tf, _DTYPE_OF_LIST[id_kind]))
     features: list[np.ndarray] = []
     ids: list[Any] | None = [] if id_column else None
