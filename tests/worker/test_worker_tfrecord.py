@@ -250,6 +250,13 @@ def _records_with_bad_row(bad: bytes, rows: int = 20, at: int = 17) -> list[byte
             "record 17 has no id feature 'key'",
         ),
         (
+            _records_with_bad_row(example(pixels=[1.0] * 64), at=0),
+            {},
+            "key",
+            "ShardFormatError",
+            "record 0 has no feature 'image' (its features: ['pixels'])",
+        ),
+        (
             _records_with_bad_row(example(image=[1.0] * 64, key=[b"a", b"b"])),
             {},
             "key",
@@ -284,6 +291,7 @@ def _records_with_bad_row(bad: bytes, rows: int = 20, at: int = 17) -> list[byte
         "int64-read-as-float32",
         "float-read-as-int64",
         "missing-id",
+        "first-record-lacks-feature-and-id",
         "two-ids",
         "id-of-another-kind",
         "not-an-example",
