@@ -299,7 +299,7 @@ def _decode_tfrecord(data: bytes, options: TFRecordOptions | None, id_column: st
     for batch in batches:
         try:
             parsed = tf.io.parse_example(batch, schema)
-        except tf.errors.OpError as exc:
+        except (tf.errors.OpError, UnicodeDecodeError) as exc:  # TF's message may quote the record's bytes
             why = _diagnose(batch.numpy(), offset, options, id_column, id_kind, schema, exc)
             raise ShardFormatError(why) from None
         features.append(parsed[options.feature].numpy())
@@ -392,8 +392,8 @@ def _diagnose(
                 return f"record {number}: id feature {id_column!r} holds {count} values, not 1"
         try:
             tf.io.parse_single_example(raw, schema)
-        except tf.errors.OpError as exc:
-            return f"record {number} does not parse: {_first_line(exc.message)}"
+        except (tf.errors.OpError, UnicodeDecodeError) as exc:
+            return f"record {number} does not parse: {_first_line(getattr(exc, 'message', str(exc)))}"
     return f"records {offset} to {offset + len(serialized) - 1} do not parse: {_first_line(str(error))}"
 
 
