@@ -63,6 +63,13 @@ def worker_environment(run: RunState, queue_url: str, control_bucket: str | None
     }
     if spec.input.id_column:
         env["SPOTFILL_ID_COLUMN"] = spec.input.id_column
+    if spec.input.tfrecord is not None:
+        options = spec.input.tfrecord
+        env["SPOTFILL_TFRECORD_FEATURE"] = options.feature
+        env["SPOTFILL_TFRECORD_SHAPE"] = ",".join(str(d) for d in options.shape)
+        env["SPOTFILL_TFRECORD_DTYPE"] = options.dtype
+        if options.compression:
+            env["SPOTFILL_TFRECORD_COMPRESSION"] = options.compression
     if spec.service.batch_size:
         env["SPOTFILL_BATCH_SIZE"] = str(spec.service.batch_size)
     if run.resources.dead_letter_queue_url:

@@ -23,7 +23,6 @@ from spotfill_control.aws import is_transient, read_object
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.spec import (
-    INPUT_EXTENSIONS,
     OUTPUT_EXTENSIONS,
     SQS_MAX_RETENTION_SECONDS,
     BackfillSpec,
@@ -136,7 +135,7 @@ def list_shards(input_spec: InputSpec, s3: Any) -> list[str]:
     """The input's shard URIs: objects under the prefix with the format's extension, or a manifest's."""
     if input_spec.is_prefix:
         bucket, prefix = split_s3_uri(input_spec.uri)
-        extensions = INPUT_EXTENSIONS[input_spec.format]
+        extensions = input_spec.extensions
         keys = list_keys(bucket, prefix, s3, what="input.uri")
         return [f"s3://{bucket}/{k}" for k in sorted(keys) if k.lower().endswith(extensions)]
     return _read_shard_manifest(input_spec, s3)
@@ -178,7 +177,7 @@ def _read_shard_manifest(input_spec: InputSpec, s3: Any) -> list[str]:
             entries = [e for e in entries if e and not e.startswith("#")]
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSpecError(f"input.uri: {input_spec.uri} is not a valid shard list ({exc}).") from None
-    extensions = INPUT_EXTENSIONS[input_spec.format]
+    extensions = input_spec.extensions
     seen: set[str] = set()
     for number, entry in enumerate(entries, start=1):
         where = f"input.uri: {input_spec.uri} entry {number}"
@@ -210,7 +209,7 @@ def output_uri(shard_uri: str, spec: BackfillSpec) -> str:
 
 def output_uri_for(shard_uri: str, input_spec: InputSpec, output_spec: OutputSpec) -> str:
     relative = relative_path(shard_uri, input_spec)
-    for extension in INPUT_EXTENSIONS[input_spec.format]:
+    for extension in input_spec.extensions:
         if relative.lower().endswith(extension):
             relative = relative[: -len(extension)]
             break
@@ -378,7 +377,7 @@ class ShardNamer:
     def __init__(self, input_spec: InputSpec, output_spec: OutputSpec, control_bucket: str, run_id: str):
         base_bucket, base_key = split_s3_uri(input_spec.uri)
         self._under = f"s3://{base_bucket}/{base_key[: base_key.rfind('/') + 1]}"
-        self._extensions = INPUT_EXTENSIONS[input_spec.format]
+        self._extensions = input_spec.extensions
         self._output = output_spec.uri
         self._output_extension = OUTPUT_EXTENSIONS[output_spec.format]
         self._errors = f"s3://{control_bucket}/runs/{run_id}/errors/"

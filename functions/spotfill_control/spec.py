@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from spotfill_control.instance_types import check_name
 
-InputFormat = Literal["npy", "npz", "parquet", "csv", "jsonl", "images"]
+InputFormat = Literal["npy", "npz", "parquet", "csv", "jsonl", "images", "tfrecord"]
 OutputFormat = Literal["parquet", "npy", "jsonl"]
 AllocationStrategy = Literal[
     "priceCapacityOptimized",
@@ -28,7 +28,10 @@ INPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "csv": (".csv",),
     "jsonl": (".jsonl", ".ndjson"),
     "images": (".tar",),
+    # Plain TFRecord files; with `input.tfrecord.compression: "GZIP"`, TFRECORD_GZIP_EXTENSIONS instead.
+    "tfrecord": (".tfrecord", ".tfrecords"),
 }
+TFRECORD_GZIP_EXTENSIONS: tuple[str, ...] = (".tfrecord.gz", ".tfrecords.gz")
 OUTPUT_EXTENSIONS: dict[str, str] = {"parquet": ".parquet", "npy": ".npy", "jsonl": ".jsonl"}
 
 
@@ -53,13 +56,53 @@ class ImageOptions(_Model):
     scale: Literal["unit", "symmetric", "none"] = "unit"
 
 
+# What a TFRecord feature may hold: the `tf.train.Example` list it is read from is float_list or int64_list.
+TFRecordDtype = Literal["float32", "int64"]
+MAX_TFRECORD_VALUES = 64 * 1024 * 1024  # values per record: a shape beyond this is a typo, not an input
+
+
+class TFRecordOptions(_Model):
+    """How to read `tf.train.Example` records (`input.format: "tfrecord"`)."""
+
+    feature: str = Field(min_length=1, description="the feature holding the model's input in every record")
+    shape: list[StrictInt] = Field(
+        min_length=1,
+        max_length=8,
+        description="the feature's shape per record (its values, row-major), e.g. [28, 28, 1]",
+    )
+    dtype: TFRecordDtype = Field(
+        default="float32", description="float32 (the feature is a float_list) or int64 (an int64_list)"
+    )
+    compression: Literal["GZIP"] | None = Field(
+        default=None, description="null: plain TFRecord files; GZIP: gzip-compressed ones (.tfrecord.gz)"
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _positive_dimensions(cls, value: list[int]) -> list[int]:
+        if any(d < 1 for d in value):
+            raise ValueError(f"every dimension must be at least 1, got {value}")
+        size = 1
+        for d in value:
+            size *= d
+        if size > MAX_TFRECORD_VALUES:
+            raise ValueError(f"{value} is {size} values per record, more than {MAX_TFRECORD_VALUES}")
+        return value
+
+
 class InputSpec(_Model):
     uri: str = Field(
         description="s3:// prefix ending in '/', or s3:// URI of a .txt/.json manifest listing shard URIs"
     )
     format: InputFormat
-    id_column: str | None = None
+    id_column: str | None = Field(
+        default=None,
+        description="the id column (CSV, Parquet), field (JSON Lines), array (.npz) or feature (TFRecord)",
+    )
     image: ImageOptions = ImageOptions()
+    tfrecord: TFRecordOptions | None = Field(
+        default=None, description="required with format tfrecord, refused with any other format"
+    )
 
     @field_validator("uri")
     @classmethod
@@ -75,6 +118,13 @@ class InputSpec(_Model):
     @property
     def is_prefix(self) -> bool:
         return self.uri.endswith("/")
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """The file extensions of this input's shards (a shard list's entries must end in one of them)."""
+        if self.tfrecord is not None and self.tfrecord.compression == "GZIP":
+            return TFRECORD_GZIP_EXTENSIONS
+        return INPUT_EXTENSIONS[self.format]
 
 
 class OutputSpec(_Model):
@@ -264,6 +314,15 @@ class BackfillSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> BackfillSpec:
+        source = self.input
+        if source.format == "tfrecord" and source.tfrecord is None:
+            raise ValueError(
+                'input.tfrecord is required with input.format tfrecord: {"feature": <name>, "shape": [...]}'
+            )
+        if source.format != "tfrecord" and source.tfrecord is not None:
+            raise ValueError(f"input.tfrecord is for input.format tfrecord only, not {source.format}")
+        if source.tfrecord is not None and source.id_column == source.tfrecord.feature:
+            raise ValueError(f"input.id_column names the feature the model reads ({source.id_column!r})")
         if self.input.is_prefix and self.output.uri.startswith(self.input.uri):
             raise ValueError("output.uri lies inside input.uri: outputs would be read back as shards")
         if self.limits.registration_timeout_seconds >= self.limits.max_runtime_seconds:

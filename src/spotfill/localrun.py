@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS
+from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, TFRECORD_GZIP_EXTENSIONS
 
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.progress_display import follow
@@ -104,9 +104,11 @@ def output_name(relative: str, input_format: str, output_format: str) -> str:
     """The output file of an input shard (its path under the input folder): the same name, the output's
     extension (as the control plane names output keys)."""
     stem = relative
-    for ext in INPUT_EXTENSIONS[input_format]:
-        if stem.endswith(ext):
+    gzip = TFRECORD_GZIP_EXTENSIONS if input_format == "tfrecord" else ()
+    for ext in (*gzip, *INPUT_EXTENSIONS[input_format]):
+        if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
+            break
     return stem + OUTPUT_EXTENSIONS[output_format]
 
 

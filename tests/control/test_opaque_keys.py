@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from spotfill_control import shards
-from spotfill_control.spec import BackfillSpec
+from spotfill_control.spec import INPUT_EXTENSIONS, TFRECORD_GZIP_EXTENSIONS, BackfillSpec
 from spotfill_worker.clients import S3Uri
 
 from .conftest import CONTROL_BUCKET, DATA_BUCKET, sample_spec
@@ -111,6 +111,7 @@ def test_the_model_error_record_key_can_be_no_shards_error_record_key():
     # a shard's error key ends in its input extension and ".json"; the model's ends in "model-load.json"
     key = shards.model_error_key(RUN_ID)
     assert key == f"runs/{RUN_ID}/errors/model-load.json"
-    for fmt, extensions in shards.INPUT_EXTENSIONS.items():
+    every = {**INPUT_EXTENSIONS, "tfrecord (GZIP)": TFRECORD_GZIP_EXTENSIONS}
+    for fmt, extensions in every.items():
         for extension in extensions:
             assert not "model-load".endswith(extension), fmt

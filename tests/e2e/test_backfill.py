@@ -361,3 +361,73 @@ def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
     result.outputs = redriven
     assert check_outputs(result, fixed) == []
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+
+
+def _tfrecord_shard(path, images, keys, gzip: bool) -> None:
+    """A TFRecord file of tf.train.Example records: `image` (64 floats) and `key` (bytes) per row."""
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type="GZIP" if gzip else "")
+    with tf.io.TFRecordWriter(str(path), options) as writer:
+        for image, key in zip(images, keys, strict=True):
+            feature = {
+                "image": tf.train.Feature(float_list=tf.train.FloatList(value=image.reshape(-1).tolist())),
+                "key": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key.encode()])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_a_gzip_tfrecord_backfill_predicts_like_model_predict_and_reports_a_bad_record_by_feature(
+    local_cloud, digits, quiet_console, tmp_path
+):
+    # given two GZIP TFRecord shards of the digits (feature "image", 8x8x1 floats; ids in "key"), and one
+    # whose records hold the image under another feature name
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    input_dir = tmp_path / "inputs"
+    input_dir.mkdir()
+    names = ["part-00000", "part-00001"]
+    for name in names:
+        images = np.load(digits.input_dir / f"{name}.npy")
+        _tfrecord_shard(
+            input_dir / f"{name}.tfrecord.gz", images, [f"{name}/{i}" for i in range(len(images))], gzip=True
+        )
+    bad = input_dir / "renamed.tfrecord.gz"
+    with tf.io.TFRecordWriter(str(bad), tf.io.TFRecordOptions(compression_type="GZIP")) as writer:
+        pixels = tf.train.Feature(float_list=tf.train.FloatList(value=[0.0] * 64))
+        record = tf.train.Example(features=tf.train.Features(feature={"pixels": pixels}))
+        writer.write(record.SerializeToString())
+    shards = sorted(input_dir.iterdir())
+    spec = manifest(
+        "records", local_cloud.outputs.data_bucket, "models/records/model.keras", "tfrecord", "parquet", 1
+    )
+    spec["input"]["id_column"] = "key"
+    spec["input"]["tfrecord"] = {"feature": "image", "shape": [8, 8, 1], "compression": "GZIP"}
+
+    # when the backfill runs
+    arn = upload_and_trigger(local_cloud, spec, digits.model_path, shards, input_dir)
+    result = follow_run(local_cloud, arn, quiet_console, timeout=240)
+
+    # then both good shards hold model.predict of their rows with the records' keys, in record order
+    assert result.report["status"] == "completed_with_failures", result.report.get("reason")
+    assert result.report["shards"]["succeeded"] == 2
+    s3 = local_cloud.client("s3")
+    bucket = local_cloud.outputs.data_bucket
+    for name in names:
+        body = s3.get_object(Bucket=bucket, Key=f"outputs/records/{name}.parquet")["Body"].read()
+        table = pq.read_table(io.BytesIO(body))
+        expected = digits.reference[f"{name}.npy"]
+        assert table.column("id").to_pylist() == [f"{name}/{i}" for i in range(len(expected))]
+        predictions = np.asarray(table.column("prediction").to_pylist(), dtype=np.float32)
+        np.testing.assert_allclose(predictions, expected, atol=1e-5, rtol=0)
+    # and the bad shard was dead-lettered, the report naming it, its feature and the record
+    assert result.report["shards"]["failed_keys"] == [f"s3://{bucket}/inputs/records/renamed.tfrecord.gz"]
+    (failure,) = result.report["shards"]["failed_errors"]
+    assert failure["shard"] == f"s3://{bucket}/inputs/records/renamed.tfrecord.gz"
+    assert failure["error_type"] == "ShardFormatError"
+    assert "record 0 has no feature 'image' (its features: ['pixels'])" in failure["error"]
+    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()

@@ -10,7 +10,7 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PREFIX = "SPOTFILL_"
 
@@ -22,6 +22,7 @@ class InputFormat(StrEnum):
     CSV = "csv"
     JSONL = "jsonl"
     IMAGES = "images"
+    TFRECORD = "tfrecord"
 
 
 class OutputFormat(StrEnum):
@@ -34,6 +35,34 @@ class ImageScale(StrEnum):
     UNIT = "unit"  # x / 255 -> [0, 1]
     SYMMETRIC = "symmetric"  # x / 127.5 - 1 -> [-1, 1] (MobileNet-style preprocessing)
     NONE = "none"  # raw 0..255 values
+
+
+class TFRecordDtype(StrEnum):
+    FLOAT32 = "float32"  # the feature is a float_list
+    INT64 = "int64"  # the feature is an int64_list
+
+
+class TFRecordCompression(StrEnum):
+    NONE = "none"
+    GZIP = "GZIP"
+
+
+class TFRecordOptions(BaseModel):
+    """How a TFRecord shard's ``tf.train.Example`` records become rows (``input.tfrecord`` of the spec)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    feature: str = Field(min_length=1)
+    shape: tuple[int, ...] = Field(min_length=1)
+    dtype: TFRecordDtype = TFRecordDtype.FLOAT32
+    compression: TFRecordCompression = TFRecordCompression.NONE
+
+    @field_validator("shape")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < 1 for d in value):
+            raise ValueError(f"every dimension must be at least 1, got {list(value)}")
+        return value
 
 
 class Classifier(StrEnum):
@@ -58,6 +87,12 @@ class WorkerConfig(BaseModel):
     output_format: OutputFormat = OutputFormat.PARQUET
     id_column: str | None = None
     image_scale: ImageScale = ImageScale.UNIT
+    # TFRecord input (input_format tfrecord, which requires feature and shape): SPOTFILL_TFRECORD_SHAPE is
+    # comma-separated ("28,28,1").
+    tfrecord_feature: str | None = None
+    tfrecord_shape: tuple[int, ...] | None = None
+    tfrecord_dtype: TFRecordDtype = TFRecordDtype.FLOAT32
+    tfrecord_compression: TFRecordCompression = TFRecordCompression.NONE
     classifier: Classifier = Classifier.AUTO
     batch_size: int | None = Field(default=None, ge=1, le=65536)
     visibility_timeout: int = Field(default=120, ge=1, le=43200)
@@ -91,6 +126,47 @@ class WorkerConfig(BaseModel):
             raise ValueError("must be an s3://bucket/key URI")
         return value or None
 
+    @field_validator("tfrecord_shape", mode="before")
+    @classmethod
+    def _shape_from_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return tuple(int(part) for part in value.split(","))
+            except ValueError:
+                raise ValueError("must be comma-separated whole numbers, e.g. 28,28,1") from None
+        return value
+
+    @field_validator("tfrecord_shape")
+    @classmethod
+    def _shape_positive(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or any(d < 1 for d in value)):
+            raise ValueError("must be one or more dimensions of at least 1, e.g. 28,28,1")
+        return value
+
+    @model_validator(mode="after")
+    def _tfrecord_needs_feature_and_shape(self) -> WorkerConfig:
+        if self.input_format is InputFormat.TFRECORD:
+            missing = [
+                PREFIX + name.upper()
+                for name in ("tfrecord_feature", "tfrecord_shape")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} must be set with input format tfrecord")
+        return self
+
+    @property
+    def tfrecord(self) -> TFRecordOptions | None:
+        """The TFRecord options (input format tfrecord), else ``None``."""
+        if self.input_format is not InputFormat.TFRECORD:
+            return None
+        return TFRecordOptions(
+            feature=self.tfrecord_feature,
+            shape=self.tfrecord_shape,
+            dtype=self.tfrecord_dtype,
+            compression=self.tfrecord_compression,
+        )
+
     @field_validator("id_column")
     @classmethod
     def _empty_id_column_means_none(cls, value: str | None) -> str | None:
@@ -109,7 +185,10 @@ class WorkerConfig(BaseModel):
         except ValidationError as exc:
             problems = []
             for error in exc.errors():
-                field = str(error["loc"][0]) if error["loc"] else "?"
+                if not error["loc"]:  # a check across variables: its message names them
+                    problems.append(str(error["msg"]).removeprefix("Value error, "))
+                    continue
+                field = str(error["loc"][0])
                 variable = PREFIX + field.upper()
                 reason = "is required but not set" if error["type"] == "missing" else error["msg"]
                 shown = env.get(variable)

@@ -2,7 +2,7 @@
 
 Decoding runs in the prefetch thread and encoding in the upload threads, so neither sits on the compute path.
 Every decoder returns ``Rows``: the feature array (rows on axis 0, in input order) and the ids carried to the
-output (the id column's values, the image's name inside the tar, or ``None`` for the row index).
+output (the id column's or feature's values, the image's name inside the tar, or ``None`` for the row index).
 """
 
 from __future__ import annotations
@@ -11,14 +11,23 @@ import io
 import json
 import math
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from spotfill_worker.config import ImageScale, InputFormat, OutputFormat
+from spotfill_worker.config import (
+    ImageScale,
+    InputFormat,
+    OutputFormat,
+    TFRecordCompression,
+    TFRecordDtype,
+    TFRecordOptions,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+TFRECORD_PARSE_BATCH = 1024  # serialized records per tf.io.parse_example call
 
 
 class ShardFormatError(ValueError):
@@ -59,10 +68,16 @@ def decode(
     model_input: ModelInput,
     id_column: str | None = None,
     image_scale: ImageScale = ImageScale.UNIT,
+    tfrecord: TFRecordOptions | None = None,
 ) -> Rows:
-    """Decode one shard and fit its rows to the model input (cast; flat rows reshaped if sizes agree)."""
+    """Decode one shard and fit its rows to the model input (cast; flat rows reshaped if sizes agree).
+
+    ``tfrecord`` (the feature, its shape and dtype, the compression) is required for ``InputFormat.TFRECORD``.
+    """
     try:
-        if fmt is InputFormat.IMAGES:
+        if fmt is InputFormat.TFRECORD:
+            rows = _decode_tfrecord(data, tfrecord, id_column)
+        elif fmt is InputFormat.IMAGES:
             rows = _decode_images(data, model_input, image_scale)
         elif fmt is InputFormat.NPY:
             rows = Rows(np.load(io.BytesIO(data), allow_pickle=False))
@@ -242,6 +257,152 @@ def _decode_images(data: bytes, model_input: ModelInput, scale: ImageScale) -> R
         pixels /= dtype.type(127.5)
         pixels -= dtype.type(1.0)
     return Rows(pixels, names)
+
+
+_TF_DTYPES = {TFRecordDtype.FLOAT32: "float32", TFRecordDtype.INT64: "int64"}
+_LIST_OF_DTYPE = {TFRecordDtype.FLOAT32: "float_list", TFRecordDtype.INT64: "int64_list"}
+_DTYPE_OF_LIST = {"float_list": "float32", "int64_list": "int64", "bytes_list": "string"}
+
+
+def _decode_tfrecord(data: bytes, options: TFRecordOptions | None, id_column: str | None) -> Rows:
+    """Every ``tf.train.Example`` of a TFRecord file: ``options.feature`` as rows of ``options.shape``.
+
+    TensorFlow reads the records (``tf.data.TFRecordDataset``, which checks each record's CRCs) and parses
+    them in batches (``tf.io.parse_example``); when a batch does not parse, its records are examined one by
+    one so the error names the record, the feature and what is wrong with it.
+    """
+    if options is None:
+        raise ShardFormatError("tfrecord input needs the feature's name and shape (input.tfrecord)")
+    import tensorflow as tf
+
+    gzip = options.compression is TFRecordCompression.GZIP
+    with tempfile.NamedTemporaryFile(prefix="spotfill-shard-", suffix=".tfrecord") as handle:
+        handle.write(data)
+        handle.flush()
+        dataset = tf.data.TFRecordDataset(handle.name, compression_type="GZIP" if gzip else "")
+        try:
+            batches = list(dataset.batch(TFRECORD_PARSE_BATCH))
+        except tf.errors.OpError as exc:
+            kind = "a GZIP-compressed TFRecord file" if gzip else "an uncompressed TFRecord file"
+            raise ShardFormatError(f"shard is not {kind}: {_first_line(exc.message)}") from None
+    feature_dtype = getattr(tf, _TF_DTYPES[options.dtype])
+    schema = {options.feature: tf.io.FixedLenFeature(options.shape, feature_dtype)}
+    id_kind = None
+    if id_column and batches:  # the id feature's value list as the first record holds it: bytes, int64, float
+        first = _example(batches[0][0].numpy(), 0)
+        _feature_kind(first, options.feature, 0, "feature")  # a record without the feature says so first
+        id_kind = _feature_kind(first, id_column, 0, "id feature")
+        schema[id_column] = tf.io.FixedLenFeature([], getattr(tf, _DTYPE_OF_LIST[id_kind]))
+    features: list[np.ndarray] = []
+    ids: list[Any] | None = [] if id_column else None
+    offset = 0
+    for batch in batches:
+        try:
+            parsed = tf.io.parse_example(batch, schema)
+        except (tf.errors.OpError, UnicodeDecodeError) as exc:  # TF's message may quote the record's bytes
+            why = _diagnose(batch.numpy(), offset, options, id_column, id_kind, schema, exc)
+            raise ShardFormatError(why) from None
+        features.append(parsed[options.feature].numpy())
+        if ids is not None:
+            ids.extend(_id_values(parsed[id_column].numpy(), id_column, offset))  # type: ignore[index]
+        offset += int(batch.shape[0])
+    if not features:  # a file of no records: no rows
+        return Rows(np.zeros((0, *options.shape), dtype=_TF_DTYPES[options.dtype]), ids)
+    return Rows(np.concatenate(features) if len(features) > 1 else features[0], ids)
+
+
+def _id_values(values: np.ndarray, id_column: str, offset: int) -> list[Any]:
+    if values.dtype != object:
+        return values.tolist()
+    try:
+        return [value.decode("utf-8") for value in values]
+    except UnicodeDecodeError:
+        bad = next(i for i, v in enumerate(values) if not _is_utf8(v))
+        raise ShardFormatError(
+            f"record {offset + bad}: id feature {id_column!r} is not UTF-8 text ({values[bad][:32]!r})"
+        ) from None
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _example(serialized: bytes, number: int) -> Any:
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example.example_pb2 import Example
+
+    try:
+        return Example.FromString(serialized)
+    except DecodeError as exc:
+        raise ShardFormatError(f"record {number} is not a tf.train.Example: {exc}") from None
+
+
+def _feature_kind(example: Any, name: str, number: int, what: str) -> str:
+    if name not in example.features.feature:
+        present = sorted(example.features.feature)
+        raise ShardFormatError(f"record {number} has no {what} {name!r} (its features: {present})")
+    kind = example.features.feature[name].WhichOneof("kind")
+    if kind is None:
+        raise ShardFormatError(f"record {number}: {what} {name!r} holds no value list")
+    return kind
+
+
+def _diagnose(
+    serialized: np.ndarray,
+    offset: int,
+    options: TFRecordOptions,
+    id_column: str | None,
+    id_kind: str | None,
+    schema: dict[str, Any],
+    error: Exception,
+) -> str:
+    """Why a batch of records did not parse: the first record at fault, and what is wrong with it."""
+    import tensorflow as tf
+
+    values_needed = math.prod(options.shape)
+    wanted = _LIST_OF_DTYPE[options.dtype]
+    for index, raw in enumerate(serialized):
+        number = offset + index
+        example = _example(raw, number)
+        kind = _feature_kind(example, options.feature, number, "feature")
+        if kind != wanted:
+            return (
+                f"record {number}: feature {options.feature!r} is {_a(kind)}, "
+                f"but input.tfrecord.dtype {options.dtype.value} reads {wanted}"
+            )
+        count = len(getattr(example.features.feature[options.feature], kind).value)
+        if count != values_needed:
+            return (
+                f"record {number}: feature {options.feature!r} holds {count} values, but "
+                f"input.tfrecord.shape {list(options.shape)} needs {values_needed}"
+            )
+        if id_column:
+            kind = _feature_kind(example, id_column, number, "id feature")
+            count = len(getattr(example.features.feature[id_column], kind).value)
+            if kind != id_kind:
+                return (
+                    f"record {number}: id feature {id_column!r} is {_a(kind)}, "
+                    f"but record 0 holds it as {_a(id_kind)} (one kind per shard)"
+                )
+            if count != 1:
+                return f"record {number}: id feature {id_column!r} holds {count} values, not 1"
+        try:
+            tf.io.parse_single_example(raw, schema)
+        except (tf.errors.OpError, UnicodeDecodeError) as exc:
+            return f"record {number} does not parse: {_first_line(getattr(exc, 'message', str(exc)))}"
+    return f"records {offset} to {offset + len(serialized) - 1} do not parse: {_first_line(str(error))}"
+
+
+def _a(kind: str | None) -> str:
+    return f"an {kind}" if kind and kind[0] in "aeiou" else f"a {kind}"
+
+
+def _first_line(message: str) -> str:
+    return message.strip().splitlines()[0] if message.strip() else message
 
 
 # ---------------------------------------------------------------------------------------------- encoding

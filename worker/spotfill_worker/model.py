@@ -216,23 +216,32 @@ def check_model_and_sample(
     id_column: str | None = None,
     image_scale: str = "unit",
     rows: int = 8,
+    tfrecord: Any = None,
 ) -> ModelInput:
     """Load the model and push the first ``rows`` rows of a sample shard through it, as the worker would.
 
     Meant for a pre-check before a run starts (``spotfill run --local``): raises ``ModelLoadError`` when the
     model cannot load or has a form the worker cannot serve, and ``SampleMismatchError`` when the sample
     cannot be decoded as ``input_format`` or its rows do not fit the model; each message is one sentence.
-    Returns what the model accepts.
+    ``tfrecord`` (a ``TFRecordOptions`` or a mapping of its fields, as ``input.tfrecord`` of the spec) is
+    required for the tfrecord format. Returns what the model accepts.
     """
-    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.config import ImageScale, InputFormat, TFRecordOptions
     from spotfill_worker.formats import ShapeMismatchError, ShardFormatError, decode
 
     model_path, sample_shard_path = Path(model_path), Path(sample_shard_path)
+    if tfrecord is not None and not isinstance(tfrecord, TFRecordOptions):
+        tfrecord = TFRecordOptions.model_validate({k: v for k, v in dict(tfrecord).items() if v is not None})
     model = load_model(model_path)
     try:
         data = sample_shard_path.read_bytes()
         decoded = decode(
-            data, InputFormat(input_format), model.model_input, id_column, ImageScale(image_scale)
+            data,
+            InputFormat(input_format),
+            model.model_input,
+            id_column,
+            ImageScale(image_scale),
+            tfrecord=tfrecord,
         )
         batch = decoded.features[:rows]
         if len(batch):

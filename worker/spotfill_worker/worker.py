@@ -365,6 +365,7 @@ class Worker:
                 self.predictor.model.model_input,
                 id_column=self.config.id_column,
                 image_scale=self.config.image_scale,
+                tfrecord=self.config.tfrecord,
             )
             item.timings["decode"] = time.perf_counter() - decoded_at
         except Exception as exc:
