@@ -16,15 +16,17 @@ Both APIs answer active instances in the same `ActiveInstance` shape: an instanc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from botocore.exceptions import ClientError
 
 from spotfill_control.errors import SpotfillError
 from spotfill_control.spec import FleetApiName
+
+T = TypeVar("T")
 
 Lifecycle = Literal["spot", "on-demand"]
 
@@ -116,6 +118,17 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _unless_gone(missing: str, call: Callable[[], T]) -> T | None:
+    """The call's answer, or None when EC2 says the fleet does not exist (an error code starting `missing`):
+    AWS forgets a cancelled or deleted fleet after a while, moto at once."""
+    try:
+        return call()
+    except ClientError as exc:
+        if _code(exc).startswith(missing):
+            return None
+        raise
+
+
 def _lifecycle(active: dict[str, Any]) -> Lifecycle:
     return "spot" if active.get("SpotInstanceRequestId") else "on-demand"
 
@@ -154,14 +167,10 @@ class SpotFleetApi:
         return ec2.request_spot_fleet(SpotFleetRequestConfig=config)["SpotFleetRequestId"]
 
     def describe(self, fleet_id: str, ec2: Any) -> FleetStatus | None:
-        try:
-            configs = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
-                "SpotFleetRequestConfigs"
-            ]
-        except ClientError as exc:
-            if _code(exc).startswith(self._missing):
-                return None  # AWS forgets cancelled requests after a while; moto at once
-            raise
+        described = _unless_gone(
+            self._missing, lambda: ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])
+        )
+        configs = described["SpotFleetRequestConfigs"] if described else None
         if not configs:
             return None
         config = configs[0]
@@ -183,12 +192,10 @@ class SpotFleetApi:
                 yield config["SpotFleetRequestId"], str(config.get("SpotFleetRequestState", "")), tags
 
     def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None:
-        try:
-            return _active_instances(_pages(ec2.describe_spot_fleet_instances, SpotFleetRequestId=fleet_id))
-        except ClientError as exc:
-            if _code(exc).startswith(self._missing):
-                return None
-            raise
+        return _unless_gone(
+            self._missing,
+            lambda: _active_instances(_pages(ec2.describe_spot_fleet_instances, SpotFleetRequestId=fleet_id)),
+        )
 
     def set_target(
         self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
@@ -237,12 +244,7 @@ class Ec2FleetApi:
         return response["FleetId"]
 
     def describe(self, fleet_id: str, ec2: Any) -> FleetStatus | None:
-        try:
-            fleets = ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
-        except ClientError as exc:
-            if _code(exc).startswith(self._missing):
-                return None
-            raise
+        fleets = _unless_gone(self._missing, lambda: ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"])
         if not fleets:
             return None
         fleet = fleets[0]
@@ -264,12 +266,9 @@ class Ec2FleetApi:
                 yield fleet["FleetId"], str(fleet.get("FleetState", "")), tags
 
     def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None:
-        try:
-            return _active_instances(_pages(ec2.describe_fleet_instances, FleetId=fleet_id))
-        except ClientError as exc:
-            if _code(exc).startswith(self._missing):
-                return None
-            raise
+        return _unless_gone(
+            self._missing, lambda: _active_instances(_pages(ec2.describe_fleet_instances, FleetId=fleet_id))
+        )
 
     def set_target(
         self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
