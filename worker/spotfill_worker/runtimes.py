@@ -27,6 +27,8 @@ KERAS_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 TIMED_REPETITIONS = 2
 REASON_CHARS = 200
+# A line of a converter's message that names what failed (the first line often only introduces it).
+DETAIL = re.compile(r"^\w*(Error|Exception)\b|No conversion rule|not supported|unsupported")
 
 
 class RuntimeUnavailable(Exception):
@@ -260,7 +262,9 @@ def choose_runtime(
 
     candidate: Runtime | None = None
     agreement: tuple[float, float | None] | None = None
-    if requested == "openvino" and device != "CPU":
+    if not len(rows) and requested != "tensorflow":
+        reasons.append("no calibration rows (the first shard is empty): TensorFlow serves")
+    elif requested == "openvino" and device != "CPU":
         reasons.append(f"openvino serves on CPU only; this worker has a {device}")
     elif requested == "openvino" or (requested == "auto" and device == "CPU"):
         candidate, agreement = _try_openvino(model, precision, rows, batch_size, expected, tolerance, reasons)
@@ -377,13 +381,15 @@ def _check_precision(precision: str) -> None:
 
 
 def _short(exc: BaseException) -> str:
-    """An error's first line, and the line naming the underlying error where the first only introduces it
-    (converters wrap tracebacks); ASCII, at most REASON_CHARS characters."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    """An error's first line, with the line naming the underlying failure where the first only introduces it
+    (converters wrap tracebacks and assertion sites); ASCII, at most REASON_CHARS characters."""
+    lines = [line.strip().removeprefix("-- ") for line in str(exc).splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    cause = next((line for line in reversed(lines[1:]) if re.match(r"^\w*(Error|Exception)\b", line)), None)
-    return _ascii(lines[0] if cause is None else f"{lines[0]} {cause}")
+    detail = next((line for line in lines[1:] if DETAIL.search(line)), None)
+    if detail is None:
+        return _ascii(lines[0])
+    return _ascii(detail if lines[0].startswith("Check ") else f"{lines[0]} {detail}")
 
 
 def _ascii(text: str) -> str:
