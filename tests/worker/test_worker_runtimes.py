@@ -243,6 +243,48 @@ def test_bf16_records_its_agreement_with_fp32(cloud, run_worker, digits_cnn):
     np.testing.assert_allclose(outputs, digits_cnn.predict(x), atol=0.1)
 
 
+def test_mixed_precision_is_fp16_through_tensorflow(cloud, run_worker, digits_cnn):
+    # given the older switch SPOTFILL_MIXED_PRECISION on (a CPU here: OpenVINO offers no fp16)
+    x = digits()
+
+    # when the worker serves a shard
+    run, outputs, metadata = serve(
+        cloud, run_worker, "models/digits.keras", digits_cnn.path.read_bytes(), x, mixed_precision=True
+    )
+
+    # then TensorFlow's mixed_float16 serves it, its agreement with FP32 recorded, outputs float32
+    event = chosen(run)
+    assert (event["runtime"], event["precision"]) == ("tensorflow", "fp16")
+    assert metadata["spotfill-precision"] == "fp16"
+    assert metadata["spotfill-runtime-fallback"] == "openvino does not offer fp16 on CPU"
+    assert 0 < float(metadata["spotfill-runtime-max-abs-diff"]) < 0.1
+    assert outputs.dtype == np.float32
+    np.testing.assert_allclose(outputs, digits_cnn.predict(x), atol=0.1)
+
+
+def test_runtime_and_precision_are_read_from_the_environment():
+    from spotfill_worker.config import ConfigError, WorkerConfig
+
+    base = {
+        "SPOTFILL_RUN_ID": "r",
+        "SPOTFILL_QUEUE_URL": "q",
+        "SPOTFILL_MODEL_URI": "s3://b/m.keras",
+        "SPOTFILL_INPUT_FORMAT": "npy",
+    }
+    config = WorkerConfig.from_env(base)
+    assert (config.model_runtime, config.precision) == ("auto", "fp32")
+    config = WorkerConfig.from_env(
+        {**base, "SPOTFILL_MODEL_RUNTIME": "openvino", "SPOTFILL_MODEL_PRECISION": "bf16"}
+    )
+    assert (config.model_runtime, config.precision) == ("openvino", "bf16")
+    assert WorkerConfig.from_env({**base, "SPOTFILL_MIXED_PRECISION": "true"}).precision == "fp16"
+    with pytest.raises(ConfigError, match="SPOTFILL_MODEL_RUNTIME"):
+        WorkerConfig.from_env({**base, "SPOTFILL_MODEL_RUNTIME": "onnx"})
+    both = {**base, "SPOTFILL_MIXED_PRECISION": "true", "SPOTFILL_MODEL_PRECISION": "bf16"}
+    with pytest.raises(ConfigError, match="MIXED_PRECISION=true means SPOTFILL_MODEL_PRECISION=fp16"):
+        WorkerConfig.from_env(both)
+
+
 # ------------------------------------------------------------------------------------------ choose_runtime
 
 

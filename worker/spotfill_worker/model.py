@@ -31,18 +31,17 @@ class ShardAborted(Exception):
     """Prediction stopped between batches because the shard cannot finish before the stop deadline."""
 
 
-def configure_devices(mixed_precision: bool) -> str:
-    """GPU memory growth on (several tasks may share a GPU instance); returns ``"GPU"`` or ``"CPU"``."""
+def configure_devices() -> str:
+    """GPU memory growth on (several tasks may share a GPU instance); returns ``"GPU"`` or ``"CPU"``.
+
+    Reduced precision is set per loaded model (``runtimes.tensorflow_runtime``), never as the global policy.
+    """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         with contextlib.suppress(RuntimeError):  # already initialised in this process
             tf.config.experimental.set_memory_growth(gpu, True)
-    if mixed_precision:
-        import keras
-
-        keras.mixed_precision.set_global_policy("mixed_float16")
     return "GPU" if gpus else "CPU"
 
 

@@ -173,7 +173,7 @@ class Worker:
 
         config = self.config
         started = time.perf_counter()
-        self._device = configure_devices(config.precision == "fp16")
+        self._device = configure_devices()
         location = S3Uri.parse(config.model_uri)
         etag = self.clients.s3.head_object(Bucket=location.bucket, Key=location.key)["ETag"]
         key = (config.model_uri, etag)
