@@ -136,6 +136,9 @@ def openvino_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runtime:
     compiled = model.runtime_cache.get(compiled_key)
     if compiled is None:
         converted = _converted(model, ov)
+        # LATENCY: one stream over all cores, one request per batch. On 2 cores THROUGHPUT (2 streams, a
+        # batch split over an AsyncInferQueue) measured the same at the worker's batch sizes (digits CNN
+        # 1024 and 64, MobileNetV2 32 and 64), so the simpler one serves.
         try:
             compiled = core.compile_model(
                 converted,
@@ -269,8 +272,10 @@ def choose_runtime(
     elif requested == "openvino" or (requested == "auto" and device == "CPU"):
         candidate, agreement = _try_openvino(model, precision, rows, batch_size, expected, tolerance, reasons)
 
+    if tensorflow is not reference:
+        _predict_all(tensorflow, rows, batch_size)  # its warm-up (the reference pass warmed the others)
     timed = [tensorflow] + ([candidate] if candidate is not None else [])
-    measured = [(runtime, _rows_per_second(runtime, rows, batch_size)) for runtime in timed]
+    measured = list(zip(timed, _rows_per_second(timed, rows, batch_size), strict=True))
     tensorflow_rate = measured[0][1]
     if requested == "openvino" and candidate is not None:
         chosen, rate = measured[1]
@@ -362,17 +367,16 @@ def _predict_all(runtime: Runtime, rows: np.ndarray, batch_size: int) -> np.ndar
     return np.concatenate(outputs)
 
 
-def _rows_per_second(runtime: Runtime, rows: np.ndarray, batch_size: int) -> float:
-    """Best of ``TIMED_REPETITIONS`` passes over the rows, after a warm-up pass (traces, first-run costs)."""
-    if not len(rows):
-        return 0.0
-    _predict_all(runtime, rows, batch_size)
-    best = float("inf")
-    for _ in range(TIMED_REPETITIONS):
-        started = time.perf_counter()
-        _predict_all(runtime, rows, batch_size)
-        best = min(best, time.perf_counter() - started)
-    return len(rows) / max(best, 1e-9)
+def _rows_per_second(runtimes: list[Runtime], rows: np.ndarray, batch_size: int) -> list[float]:
+    """Each warm runtime's best of ``TIMED_REPETITIONS`` passes over the rows, the runtimes taking turns so
+    that a neighbour's load on the machine falls on all of them alike."""
+    best = [float("inf")] * len(runtimes)
+    for _ in range(TIMED_REPETITIONS if len(rows) else 0):
+        for i, runtime in enumerate(runtimes):
+            started = time.perf_counter()
+            _predict_all(runtime, rows, batch_size)
+            best[i] = min(best[i], time.perf_counter() - started)
+    return [len(rows) / max(seconds, 1e-9) if len(rows) else 0.0 for seconds in best]
 
 
 def _check_precision(precision: str) -> None:
