@@ -191,7 +191,10 @@ def test_npy_output_is_exactly_the_model_output_in_input_order(cloud, run_worker
     np.testing.assert_allclose(output, expected, atol=ATOL)
     bucket, _, key = message["output"][len("s3://") :].partition("/")
     metadata = cloud.s3.head_object(Bucket=bucket, Key=key)["Metadata"]
-    assert metadata == {"spotfill-rows": str(len(x)), "spotfill-run-id": message["run_id"]}
+    runtime = {k: v for k, v in metadata.items() if k.startswith(("spotfill-runtime", "spotfill-precision"))}
+    assert metadata == {"spotfill-rows": str(len(x)), "spotfill-run-id": message["run_id"], **runtime}
+    assert runtime["spotfill-runtime"] in ("tensorflow", "openvino")
+    assert runtime["spotfill-precision"] == "fp32"
 
 
 def test_jsonl_output_carries_ids_predictions_and_top_classes(cloud, run_worker, tabular_classifier):

@@ -65,6 +65,18 @@ class TFRecordOptions(BaseModel):
         return value
 
 
+class ModelRuntime(StrEnum):
+    AUTO = "auto"  # the fastest runtime that reproduces TensorFlow FP32 on the first shard's rows
+    TENSORFLOW = "tensorflow"
+    OPENVINO = "openvino"
+
+
+class ModelPrecision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
 class Classifier(StrEnum):
     AUTO = "auto"  # a Keras model whose last layer applies softmax
     TRUE = "true"
@@ -102,6 +114,9 @@ class WorkerConfig(BaseModel):
     exit_when_idle_seconds: float | None = Field(default=None, gt=0)
     prefetch_shards: int = Field(default=1, ge=1, le=16)
     xla: bool = False
+    model_runtime: ModelRuntime = ModelRuntime.AUTO
+    model_precision: ModelPrecision = ModelPrecision.FP32
+    # The older switch for mixed_float16: the same as model_precision fp16.
     mixed_precision: bool = False
     spot_notice: bool = True
     # Read the instance's purchase option and type from IMDS and record them with each output.
@@ -154,6 +169,19 @@ class WorkerConfig(BaseModel):
             if missing:
                 raise ValueError(f"{' and '.join(missing)} must be set with input format tfrecord")
         return self
+
+    @model_validator(mode="after")
+    def _mixed_precision_is_fp16(self) -> WorkerConfig:
+        if self.mixed_precision and self.model_precision is ModelPrecision.BF16:
+            raise ValueError(
+                f"{PREFIX}MIXED_PRECISION=true means {PREFIX}MODEL_PRECISION=fp16, not bf16: set one of them"
+            )
+        return self
+
+    @property
+    def precision(self) -> ModelPrecision:
+        """The precision asked for: ``model_precision``, or fp16 where ``mixed_precision`` is on."""
+        return ModelPrecision.FP16 if self.mixed_precision else self.model_precision
 
     @property
     def tfrecord(self) -> TFRecordOptions | None:

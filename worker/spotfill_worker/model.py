@@ -1,6 +1,6 @@
-"""The model: loaded once per process from S3, run through one compiled forward pass.
+"""The model: loaded once per process from S3, run in fixed-size batches through a runtime (``runtimes``).
 
-TensorFlow is imported here and only here, on first use, so importing the package stays cheap.
+TensorFlow is imported on first use only, so importing the package stays cheap.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from spotfill_worker.clients import S3Uri
 from spotfill_worker.formats import ModelInput
+from spotfill_worker.runtimes import Runtime, padded_size, tensorflow_runtime
 
 DEFAULT_BATCH_SIZE = {"CPU": 64, "GPU": 256}
 
@@ -30,18 +31,17 @@ class ShardAborted(Exception):
     """Prediction stopped between batches because the shard cannot finish before the stop deadline."""
 
 
-def configure_devices(mixed_precision: bool) -> str:
-    """GPU memory growth on (several tasks may share a GPU instance); returns ``"GPU"`` or ``"CPU"``."""
+def configure_devices() -> str:
+    """GPU memory growth on (several tasks may share a GPU instance); returns ``"GPU"`` or ``"CPU"``.
+
+    Reduced precision is set per loaded model (``runtimes.tensorflow_runtime``), never as the global policy.
+    """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         with contextlib.suppress(RuntimeError):  # already initialised in this process
             tf.config.experimental.set_memory_growth(gpu, True)
-    if mixed_precision:
-        import keras
-
-        keras.mixed_precision.set_global_policy("mixed_float16")
     return "GPU" if gpus else "CPU"
 
 
@@ -52,6 +52,10 @@ class LoadedModel:
     classifier: bool
     kind: str  # "keras" or "savedmodel"
     keras_model: Any = None
+    # The .keras file or the extracted SavedModel directory: what other runtimes and precisions load from.
+    source: Path | None = None
+    # Per-process conversions and compilations of this model, by runtime and precision (``runtimes``).
+    runtime_cache: dict[str, Any] = field(default_factory=dict)
 
 
 def download_model(s3: Any, uri: str, directory: Path) -> Path:
@@ -72,13 +76,26 @@ def load_model(path: Path, mixed_precision: bool = False) -> LoadedModel:
     raise ModelLoadError(f"unsupported model file {path.name}: expected .keras or .tar.gz (SavedModel)")
 
 
-def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:
+def load_keras_model(path: Path, policy: str | None = None) -> Any:
+    """The Keras model at ``path``, its layers computing in dtype ``policy`` when given ("mixed_float16")."""
     import keras
 
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise ModelLoadError(f"cannot load Keras model {path.name}: {exc}") from exc
+    if policy is not None:
+        # Saved layers pin their dtype policy, so the global policy alone does not reach a loaded model.
+        for layer in model._flatten_layers(include_self=False):
+            if not isinstance(layer, keras.layers.InputLayer):
+                layer.dtype_policy = policy
+    return model
+
+
+def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:
+    import keras
+
+    model = load_keras_model(path, "mixed_float16" if mixed_precision else None)
     inputs = getattr(model, "inputs", None) or []
     outputs = getattr(model, "outputs", None) or [None]
     if len(inputs) != 1 or len(outputs) != 1:
@@ -88,11 +105,6 @@ def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:
         )
     shape = tuple(inputs[0].shape)[1:]
     dtype = np.dtype(str(inputs[0].dtype))
-    if mixed_precision:
-        # Saved layers pin their dtype policy, so the global policy alone does not reach a loaded model.
-        for layer in model._flatten_layers(include_self=False):
-            if not isinstance(layer, keras.layers.InputLayer):
-                layer.dtype_policy = "mixed_float16"
     last = model.layers[-1]
     activation = getattr(last, "activation", None)
     classifier = isinstance(last, keras.layers.Softmax) or activation is keras.activations.softmax
@@ -102,6 +114,7 @@ def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:
         classifier=classifier,
         kind="keras",
         keras_model=model,
+        source=path,
     )
 
 
@@ -136,6 +149,7 @@ def _load_savedmodel_archive(path: Path) -> LoadedModel:
         model_input=ModelInput(tuple(spec.shape)[1:], np.dtype(spec.dtype.as_numpy_dtype)),
         classifier=False,
         kind="savedmodel",
+        source=found[0].parent,
     )
 
 
@@ -153,28 +167,20 @@ def _extract_safely(archive: tarfile.TarFile, directory: Path) -> None:
 
 
 class Predictor:
-    """Fixed-size batches through a ``tf.function`` (XLA optional).
+    """Fixed-size batches through a runtime (default: TensorFlow's ``tf.function``, XLA optional).
 
-    Full batches share one trace; the last, partial batch is padded to the next power of two, so a process
-    traces at most log2(batch size) + 1 shapes however its shards are sized.
+    Full batches share one shape; the last, partial batch is padded to the next power of two, so a process
+    traces at most log2(batch size) + 1 shapes however its shards are sized. A runtime that can ``dispatch``
+    (TensorFlow) keeps one batch in flight, so a GPU queues batch i+1 before batch i is copied back.
     """
 
-    def __init__(self, model: LoadedModel, batch_size: int, xla: bool = False) -> None:
-        import tensorflow as tf
-
+    def __init__(
+        self, model: LoadedModel, batch_size: int, xla: bool = False, runtime: Runtime | None = None
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
-        forward = model.forward
-
-        def compiled(x: Any) -> Any:
-            y = forward(x)
-            return tf.cast(y, tf.float32) if y.dtype in (tf.float16, tf.bfloat16) else y
-
-        self._compiled = tf.function(compiled, jit_compile=xla, reduce_retracing=False)
-        self._tf = tf
-
-    def _padded_size(self, rows: int) -> int:
-        return min(self.batch_size, 1 << max(0, rows - 1).bit_length())
+        self.runtime = runtime if runtime is not None else tensorflow_runtime(model, xla=xla)
+        self.calibration: Any = None  # the runtimes.Calibration that chose the runtime, where one did
 
     def predict(
         self, features: np.ndarray, should_abort: Callable[[int, int, float], bool] | None = None
@@ -183,26 +189,31 @@ class Predictor:
         total = len(features)
         if total == 0:
             empty = np.zeros((1, *features.shape[1:]), dtype=features.dtype)
-            return np.asarray(self._compiled(self._tf.constant(empty)))[:0]
+            return self.runtime(empty)[:0]
+        dispatch = getattr(self.runtime, "dispatch", None)
         started = time.perf_counter()
         outputs: list[np.ndarray] = []
-        pending = None  # one batch in flight, so a GPU queues batch i+1 before batch i is copied back
+        pending = None  # (result not yet read back, rows): the batch in flight
         done = 0
         for start in range(0, total, self.batch_size):
             batch = features[start : start + self.batch_size]
             rows = len(batch)
-            size = self._padded_size(rows)
+            size = padded_size(rows, self.batch_size)
             if size != rows:
                 batch = np.concatenate([batch, np.zeros((size - rows, *batch.shape[1:]), dtype=batch.dtype)])
-            result = self._compiled(self._tf.constant(batch))
+            result = dispatch(batch) if dispatch is not None else self.runtime(batch)
             if pending is not None:
-                outputs.append(pending[0].numpy()[: pending[1]])
+                outputs.append(_read_back(pending[0])[: pending[1]])
                 done += pending[1]
             pending = (result, rows)
             if should_abort is not None and done and should_abort(done, total, time.perf_counter() - started):
                 raise ShardAborted(f"stopped after {done} of {total} rows")
-        outputs.append(pending[0].numpy()[: pending[1]])  # type: ignore[index]
+        outputs.append(_read_back(pending[0])[: pending[1]])  # type: ignore[index]
         return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def _read_back(result: Any) -> np.ndarray:
+    return result if isinstance(result, np.ndarray) else result.numpy()
 
 
 class SampleMismatchError(ValueError):

@@ -38,10 +38,9 @@ from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_
 from spotfill_worker.leases import Delivery, Leases
 from spotfill_worker.telemetry import Telemetry
 
-_MODELS: dict[
-    tuple[str, str, bool], Any
-] = {}  # (model URI, ETag, mixed precision) -> LoadedModel, per process
-_PREDICTORS: dict[tuple[int, int, bool], Any] = {}  # (id(LoadedModel), batch size, XLA) -> Predictor
+_MODELS: dict[tuple[str, str], Any] = {}  # (model URI, ETag) -> LoadedModel, per process
+# (id(LoadedModel), batch size, XLA, runtime asked for, precision) -> Predictor, its runtime calibrated
+_PREDICTORS: dict[tuple[int, int, bool, str, str], Any] = {}
 
 # An output put that answers 409 ConditionalRequestConflict is tried this many times in all, waiting a random
 # time up to CONFLICT_BACKOFF * 2**(n-1) seconds (at most CONFLICT_BACKOFF_CAP) before the n-th retry.
@@ -118,6 +117,10 @@ class Worker:
         self._upload_seconds = 1.0
         self._classifier = False
         self._instance_facts: InstanceFactsReader | None = None
+        self.model: Any = None  # model.LoadedModel, once loaded
+        self.predictor: Any = None  # model.Predictor, once the first shard's rows chose its runtime
+        self._device = "CPU"
+        self._batch_size = 0
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -134,7 +137,7 @@ class Worker:
             watcher = SpotNoticeWatcher(self.stop, config.stop_timeout, self.telemetry.log)
             watcher.start()
         try:
-            self.predictor = self._load_predictor()
+            self.model = self._load_model()
         except Exception as exc:
             self.telemetry.log("model_load_failed", level="ERROR", error=f"{type(exc).__name__}: {exc}")
             self._record_model_error(exc)
@@ -162,34 +165,26 @@ class Worker:
                 watcher.close()
         return 0
 
-    def _load_predictor(self) -> Any:
-        from spotfill_worker.model import (
-            DEFAULT_BATCH_SIZE,
-            Predictor,
-            configure_devices,
-            download_model,
-            load_model,
-        )
+    def _load_model(self) -> Any:
+        """Download and load the model, and warm TensorFlow's full-batch trace up (a forward pass that fails
+        fails the load); the runtime is chosen on the first shard's rows (``_calibrated_predictor``)."""
+        from spotfill_worker.model import DEFAULT_BATCH_SIZE, configure_devices, download_model, load_model
+        from spotfill_worker.runtimes import tensorflow_runtime
 
         config = self.config
         started = time.perf_counter()
-        device = configure_devices(config.mixed_precision)
+        self._device = configure_devices()
         location = S3Uri.parse(config.model_uri)
         etag = self.clients.s3.head_object(Bucket=location.bucket, Key=location.key)["ETag"]
-        key = (config.model_uri, etag, config.mixed_precision)
+        key = (config.model_uri, etag)
         model = _MODELS.get(key)
         if model is None:
-            with tempfile.TemporaryDirectory(prefix="spotfill-model-") as directory:
-                model = load_model(
-                    download_model(self.clients.s3, config.model_uri, Path(directory)), config.mixed_precision
-                )
-            _MODELS[key] = model
-        batch_size = config.batch_size or DEFAULT_BATCH_SIZE[device]
-        predictor_key = (id(model), batch_size, config.xla)
-        predictor = _PREDICTORS.get(predictor_key)
-        if predictor is None:
-            predictor = _PREDICTORS[predictor_key] = Predictor(model, batch_size, xla=config.xla)
-            self._warm_up(predictor)
+            # Kept for the process: other runtimes and precisions convert or reload from this file.
+            directory = Path(tempfile.mkdtemp(prefix="spotfill-model-"))
+            model = _MODELS[key] = load_model(download_model(self.clients.s3, config.model_uri, directory))
+        self._batch_size = config.batch_size or DEFAULT_BATCH_SIZE[self._device]
+        if self._predictor_key(model) not in _PREDICTORS:
+            self._warm_up(tensorflow_runtime(model, xla=config.xla), model, self._batch_size)
         self._classifier = {
             Classifier.AUTO: model.classifier,
             Classifier.TRUE: True,
@@ -202,10 +197,44 @@ class Worker:
             input_shape=list(model.model_input.shape),
             input_dtype=str(model.model_input.dtype),
             classifier=self._classifier,
-            device=device,
-            batch_size=batch_size,
+            device=self._device,
+            batch_size=self._batch_size,
             xla=config.xla,
             seconds=round(time.perf_counter() - started, 3),
+        )
+        return model
+
+    def _predictor_key(self, model: Any) -> tuple:
+        config = self.config
+        return (id(model), self._batch_size, config.xla, str(config.model_runtime), str(config.precision))
+
+    def _calibrated_predictor(self, rows: Any) -> Any:
+        """The process's predictor for this model and setting, its runtime chosen on ``rows`` (the first
+        shard's) the first time; logs the choice (WARNING when a runtime was refused)."""
+        from spotfill_worker.model import Predictor
+        from spotfill_worker.runtimes import choose_runtime
+
+        key = self._predictor_key(self.model)
+        predictor = _PREDICTORS.get(key)
+        if predictor is None:
+            config = self.config
+            runtime, calibration = choose_runtime(
+                self.model,
+                str(config.model_runtime),
+                str(config.precision),
+                rows[: 2 * self._batch_size],
+                batch_size=self._batch_size,
+                xla=config.xla,
+                device=self._device,
+            )
+            predictor = Predictor(self.model, self._batch_size, runtime=runtime)
+            predictor.calibration = calibration
+            _PREDICTORS[key] = predictor
+        calibration = predictor.calibration
+        self.telemetry.log(
+            "runtime_chosen",
+            level="WARNING" if calibration.fallback_reason else "INFO",
+            **calibration.as_log(),
         )
         return predictor
 
@@ -234,15 +263,13 @@ class Worker:
         return True
 
     @staticmethod
-    def _warm_up(predictor: Any) -> None:
+    def _warm_up(runtime: Any, model: Any, batch_size: int) -> None:
         """Trace the full-batch shape now, so the first shard is not the one that pays for it."""
         import numpy as np
 
-        shape = predictor.model.model_input.row_shape
+        shape = model.model_input.row_shape
         if all(d is not None for d in shape):
-            predictor.predict(
-                np.zeros((predictor.batch_size, *shape), dtype=predictor.model.model_input.dtype)
-            )
+            runtime(np.zeros((batch_size, *shape), dtype=model.model_input.dtype))
 
     def _shutdown(self, uploads: ThreadPoolExecutor, receivers: list[threading.Thread]) -> None:
         self._finished.set()
@@ -362,7 +389,7 @@ class Worker:
             item.rows = decode(
                 data,
                 self.config.input_format,
-                self.predictor.model.model_input,
+                self.model.model_input,
                 id_column=self.config.id_column,
                 image_scale=self.config.image_scale,
                 tfrecord=self.config.tfrecord,
@@ -409,6 +436,9 @@ class Worker:
             self.telemetry.log("shard_started", shard=item.message.shard, rows=len(item.rows))
             started = time.perf_counter()
             try:
+                if self.predictor is None:
+                    self.predictor = self._calibrated_predictor(item.rows.features)
+                    started = time.perf_counter()
                 predictions = self.predictor.predict(item.rows.features, should_abort=self._should_abort)
             except ShardAborted as exc:
                 self.leases.release(item.delivery)
@@ -448,7 +478,12 @@ class Worker:
                 body,
                 # The metadata lets the control plane count predictions with HeadObject, by purchase option
                 # (docs/contracts.md).
-                {"spotfill-rows": str(len(item.rows)), "spotfill-run-id": message.run_id, **self._facts()},
+                {
+                    "spotfill-rows": str(len(item.rows)),
+                    "spotfill-run-id": message.run_id,
+                    **self._facts(),
+                    **self.predictor.calibration.as_metadata(),
+                },
             )
             item.timings["upload"] = time.perf_counter() - encoded_at
             self._upload_seconds = 0.5 * self._upload_seconds + 0.5 * (time.perf_counter() - started)

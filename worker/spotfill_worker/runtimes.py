@@ -1,0 +1,402 @@
+"""Runtimes: what runs the forward pass (TensorFlow, or OpenVINO converted from the same model), and which.
+
+``choose_runtime`` checks a candidate against TensorFlow at FP32 on calibration rows (the first shard's),
+keeps it only when it reproduces TensorFlow's outputs (FP32: every output within ``DEFAULT_TOLERANCE``,
+absolute) and then runs the faster of those that pass. Reduced precision is opt in: its agreement with FP32
+is measured and recorded, not enforced. A refused candidate leaves TensorFlow running, with the reason.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from spotfill_worker.model import LoadedModel
+
+RUNTIMES = ("tensorflow", "openvino")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEFAULT_TOLERANCE = 1e-5  # absolute, FP32 calibration against TensorFlow
+
+# Keras dtype policies of TensorFlow's reduced precisions (variables stay float32, layers compute in these).
+KERAS_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+TIMED_REPETITIONS = 2
+REASON_CHARS = 200
+# A line of a converter's message that names what failed (the first line often only introduces it).
+DETAIL = re.compile(r"^\w*(Error|Exception)\b|No conversion rule|not supported|unsupported")
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime cannot serve this model here; ``str()`` is the reason."""
+
+
+class Runtime(Protocol):
+    name: str  # "tensorflow" | "openvino"
+    precision: str  # "fp32" | "bf16" | "fp16"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...  # one batch -> float32 outputs
+
+
+# ------------------------------------------------------------------------------------------------ TensorFlow
+
+
+class TensorFlowRuntime:
+    """The forward pass as one ``tf.function`` (XLA optional), reduced-precision outputs cast to float32.
+
+    ``dispatch`` returns the tensor without waiting for it, so a GPU can queue the next batch meanwhile.
+    """
+
+    name = "tensorflow"
+
+    def __init__(self, forward: Any, *, xla: bool, precision: str) -> None:
+        import tensorflow as tf
+
+        self.precision = precision
+        self.xla = xla
+
+        def compiled(x: Any) -> Any:
+            y = forward(x)
+            return tf.cast(y, tf.float32) if y.dtype in (tf.float16, tf.bfloat16) else y
+
+        self._compiled = tf.function(compiled, jit_compile=xla, reduce_retracing=False)
+        self._tf = tf
+
+    def dispatch(self, batch: np.ndarray) -> Any:
+        return self._compiled(self._tf.constant(batch))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.dispatch(batch).numpy()
+
+
+def tensorflow_runtime(model: LoadedModel, *, xla: bool = False, precision: str = "fp32") -> Runtime:
+    """TensorFlow at ``precision``: FP32 as loaded; bf16/fp16 a copy of a ``.keras`` model whose layers
+    compute in ``mixed_bfloat16`` / ``mixed_float16`` (a SavedModel's dtypes are fixed: RuntimeUnavailable).
+    One per model, precision and XLA setting in a process, so a warm-up's traces serve the calibration too."""
+    _check_precision(precision)
+    key = f"tensorflow:{precision}:{'xla' if xla else 'graph'}"
+    runtime = model.runtime_cache.get(key)
+    if runtime is not None:  # the same tf.function: its traces are reused
+        return runtime
+    if precision == "fp32":
+        forward = model.forward
+    elif model.kind != "keras" or model.source is None:
+        raise RuntimeUnavailable(f"tensorflow {precision} needs a .keras model; a SavedModel runs in fp32")
+    else:
+        from spotfill_worker.model import load_keras_model
+
+        reduced = load_keras_model(model.source, KERAS_POLICIES[precision])
+        forward = lambda x: reduced(x, training=False)  # noqa: E731
+    runtime = model.runtime_cache[key] = TensorFlowRuntime(forward, xla=xla, precision=precision)
+    return runtime
+
+
+# ------------------------------------------------------------------------------------------------ OpenVINO
+
+
+class OpenVinoRuntime:
+    """A compiled OpenVINO model on the CPU, one synchronous request per batch."""
+
+    name = "openvino"
+
+    def __init__(self, compiled: Any, precision: str) -> None:
+        self.precision = precision
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        result = self._request.infer([np.ascontiguousarray(batch)])
+        return np.array(result[0], dtype=np.float32)  # a copy: the request reuses its output buffer
+
+
+def openvino_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runtime:
+    """OpenVINO on the CPU, converted once per process (``model.runtime_cache``), its batch size dynamic.
+
+    Raises RuntimeUnavailable when openvino is not installed, cannot convert or compile the model, or the CPU
+    does not offer ``precision`` (fp16 is not offered on CPUs; bf16 needs BF16 in the CPU's capabilities).
+    """
+    _check_precision(precision)
+    try:
+        import openvino as ov
+    except ImportError:
+        raise RuntimeUnavailable("openvino is not installed") from None
+    core = ov.Core()
+    if precision not in OPENVINO_PRECISIONS:
+        raise RuntimeUnavailable(f"openvino does not offer {precision} on CPU")
+    if precision == "bf16":
+        capabilities = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        if "BF16" not in capabilities:
+            raise RuntimeUnavailable(
+                f"this CPU has no bf16 (openvino CPU capabilities: {', '.join(capabilities)})"
+            )
+    compiled_key = f"openvino:{precision}"
+    compiled = model.runtime_cache.get(compiled_key)
+    if compiled is None:
+        converted = _converted(model, ov)
+        # LATENCY: one stream over all cores, one request per batch. On 2 cores THROUGHPUT (2 streams, a
+        # batch split over an AsyncInferQueue) measured the same at the worker's batch sizes (digits CNN
+        # 1024 and 64, MobileNetV2 32 and 64), so the simpler one serves.
+        try:
+            compiled = core.compile_model(
+                converted,
+                "CPU",
+                {
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+                },
+            )
+        except Exception as exc:
+            raise RuntimeUnavailable(f"openvino cannot compile the model: {_short(exc)}") from exc
+        model.runtime_cache[compiled_key] = compiled
+    return OpenVinoRuntime(compiled, precision)
+
+
+def _converted(model: LoadedModel, ov: Any) -> Any:
+    """The model in OpenVINO's form, batch dimension dynamic; a failed conversion is cached as its reason."""
+    converted = model.runtime_cache.get("openvino")
+    if isinstance(converted, RuntimeUnavailable):
+        raise converted
+    if converted is not None:
+        return converted
+    row_shape = [-1 if d is None else int(d) for d in model.model_input.row_shape]
+    try:
+        if model.kind == "keras":
+            example = np.zeros((1, *[max(d, 1) for d in row_shape]), dtype=model.model_input.dtype)
+            converted = ov.convert_model(model.keras_model, example_input=example)
+        else:
+            converted = ov.convert_model(str(model.source))
+        if len(converted.inputs) != 1 or len(converted.outputs) != 1:
+            raise ValueError(
+                f"converted model has {len(converted.inputs)} inputs and {len(converted.outputs)} outputs"
+            )
+        converted.reshape({0: ov.PartialShape([-1, *row_shape])})
+    except Exception as exc:
+        refused = RuntimeUnavailable(f"openvino cannot convert the model: {_short(exc)}")
+        model.runtime_cache["openvino"] = refused
+        raise refused from exc
+    model.runtime_cache["openvino"] = converted
+    return converted
+
+
+# ------------------------------------------------------------------------------------------------ the choice
+
+
+@dataclass(frozen=True)
+class Calibration:
+    runtime: str  # the runtime chosen
+    requested: str  # "auto" | "tensorflow" | "openvino"
+    precision: str
+    rows: int  # calibration rows used
+    max_abs_diff: float | None  # chosen runtime vs TensorFlow FP32 (None: TensorFlow itself at FP32)
+    # Share of rows whose argmax differs from TensorFlow FP32 (None: not computed).
+    top_class_changed_share: float | None
+    rows_per_second: float  # the chosen runtime's throughput on the calibration rows
+    tensorflow_rows_per_second: float | None
+    fallback_reason: str | None  # why a candidate was refused (None when nothing was refused)
+    # Every runtime timed, as (name, rows/s): the log shows what the chosen one was faster than.
+    measured: tuple[tuple[str, float], ...] = ()
+
+    def as_metadata(self) -> dict[str, str]:
+        """The output object's user metadata (docs/contracts.md, "Output objects"): short ASCII values."""
+        return {
+            "spotfill-runtime": self.runtime,
+            "spotfill-precision": self.precision,
+            "spotfill-runtime-max-abs-diff": "" if self.max_abs_diff is None else repr(self.max_abs_diff),
+            "spotfill-runtime-rows-per-second": f"{self.rows_per_second:.1f}",
+            "spotfill-runtime-top-class-changed": (
+                "" if self.top_class_changed_share is None else repr(self.top_class_changed_share)
+            ),
+            "spotfill-runtime-fallback": _ascii(self.fallback_reason or ""),
+        }
+
+    def as_log(self) -> dict[str, Any]:
+        """The fields of the worker's ``runtime_chosen`` log event."""
+        return {
+            "runtime": self.runtime,
+            "requested": self.requested,
+            "precision": self.precision,
+            "rows": self.rows,
+            "max_abs_diff": self.max_abs_diff,
+            "top_class_changed_share": self.top_class_changed_share,
+            "rows_per_second": round(self.rows_per_second, 1),
+            "tensorflow_rows_per_second": (
+                None if self.tensorflow_rows_per_second is None else round(self.tensorflow_rows_per_second, 1)
+            ),
+            "fallback_reason": self.fallback_reason,
+            "measured_rows_per_second": {name: round(rate, 1) for name, rate in self.measured},
+        }
+
+
+def choose_runtime(
+    model: LoadedModel,
+    requested: str,
+    precision: str,
+    calibration_rows: np.ndarray,
+    *,
+    batch_size: int,
+    xla: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    device: str = "CPU",
+) -> tuple[Runtime, Calibration]:
+    """The runtime to serve ``model`` with, and what calibrating it on ``calibration_rows`` measured.
+
+    ``auto`` runs the faster of TensorFlow and OpenVINO where OpenVINO reproduces TensorFlow FP32 within
+    ``tolerance`` (at FP32; at bf16 its agreement is recorded); ``openvino`` runs OpenVINO when it does, else
+    TensorFlow; ``tensorflow`` runs TensorFlow only. On a GPU (``device``) TensorFlow serves (XLA and mixed
+    precision as configured): an OpenVINO request is refused there. Every refusal is in ``fallback_reason``.
+    """
+    if requested not in ("auto", *RUNTIMES):
+        raise ValueError(f"runtime must be auto or one of {RUNTIMES}, got {requested!r}")
+    _check_precision(precision)
+    rows = np.asarray(calibration_rows)
+    reasons: list[str] = []
+
+    reference = tensorflow_runtime(model, xla=xla)
+    expected = _predict_all(reference, rows, batch_size)
+    tensorflow = reference
+    if precision != "fp32":
+        try:
+            tensorflow = tensorflow_runtime(model, xla=xla, precision=precision)
+        except RuntimeUnavailable as exc:
+            reasons.append(str(exc))
+
+    candidate: Runtime | None = None
+    agreement: tuple[float, float | None] | None = None
+    if not len(rows) and requested != "tensorflow":
+        reasons.append("no calibration rows (the first shard is empty): TensorFlow serves")
+    elif requested == "openvino" and device != "CPU":
+        reasons.append(f"openvino serves on CPU only; this worker has a {device}")
+    elif requested == "openvino" or (requested == "auto" and device == "CPU"):
+        candidate, agreement = _try_openvino(model, precision, rows, batch_size, expected, tolerance, reasons)
+
+    reduced_agreement = None  # TensorFlow at reduced precision against FP32; the pass is its warm-up too
+    if tensorflow is not reference:
+        reduced_agreement = _agreement(_predict_all(tensorflow, rows, batch_size), expected)
+    timed = [tensorflow] + ([candidate] if candidate is not None else [])
+    measured = list(zip(timed, _rows_per_second(timed, rows, batch_size), strict=True))
+    tensorflow_rate = measured[0][1]
+    if requested == "openvino" and candidate is not None:
+        chosen, rate = measured[1]
+    else:
+        chosen, rate = max(measured, key=lambda pair: pair[1])
+
+    if chosen is candidate:
+        assert agreement is not None
+        max_abs_diff, changed = agreement
+    elif chosen is reference:
+        max_abs_diff, changed = None, None
+    else:
+        assert reduced_agreement is not None
+        max_abs_diff, changed = reduced_agreement
+    calibration = Calibration(
+        runtime=chosen.name,
+        requested=requested,
+        precision=chosen.precision,
+        rows=len(rows),
+        max_abs_diff=max_abs_diff,
+        top_class_changed_share=changed,
+        rows_per_second=rate,
+        tensorflow_rows_per_second=tensorflow_rate,
+        fallback_reason="; ".join(reasons) or None,
+        measured=tuple((f"{runtime.name} {runtime.precision}", r) for runtime, r in measured),
+    )
+    return chosen, calibration
+
+
+def _try_openvino(
+    model: LoadedModel,
+    precision: str,
+    rows: np.ndarray,
+    batch_size: int,
+    expected: np.ndarray,
+    tolerance: float,
+    reasons: list[str],
+) -> tuple[Runtime | None, tuple[float, float | None] | None]:
+    """OpenVINO at ``precision`` with its agreement, or (None, None) with the reason appended."""
+    try:
+        candidate = openvino_runtime(model, precision=precision)
+        outputs = _predict_all(candidate, rows, batch_size)
+    except RuntimeUnavailable as exc:
+        reasons.append(str(exc))
+        return None, None
+    except Exception as exc:
+        reasons.append(f"openvino failed on the calibration rows: {_short(exc)}")
+        return None, None
+    if outputs.shape != expected.shape:
+        reasons.append(f"openvino outputs have shape {outputs.shape}, TensorFlow's {expected.shape}")
+        return None, None
+    agreement = _agreement(outputs, expected)
+    max_abs_diff = agreement[0]
+    if precision == "fp32" and not max_abs_diff <= tolerance:
+        reasons.append(
+            f"openvino outputs differ from TensorFlow's by up to {max_abs_diff:.3g} "
+            f"(tolerance {tolerance:g} absolute)"
+        )
+        return None, None
+    return candidate, agreement
+
+
+def _agreement(outputs: np.ndarray, expected: np.ndarray) -> tuple[float, float | None]:
+    """Max absolute difference, and the share of rows whose top class changed (2-D outputs of 2+ columns)."""
+    if not len(expected):
+        return 0.0, None
+    diff = float(np.max(np.abs(outputs.astype(np.float64) - expected.astype(np.float64))))
+    changed = None
+    if expected.ndim == 2 and expected.shape[1] > 1:
+        changed = float(np.mean(outputs.argmax(axis=1) != expected.argmax(axis=1)))
+    return diff, changed
+
+
+def padded_size(rows: int, batch_size: int) -> int:
+    """The batch a runtime sees for ``rows`` rows: the next power of two, at most ``batch_size``, so a traced
+    runtime sees at most log2(batch size) + 1 shapes however its shards are sized."""
+    return min(batch_size, 1 << max(0, rows - 1).bit_length())
+
+
+def _predict_all(runtime: Runtime, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    outputs = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        size = padded_size(len(batch), batch_size)
+        if size != len(batch):
+            batch = np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
+        outputs.append(runtime(batch)[: min(batch_size, len(rows) - start)])
+    if not outputs:
+        return np.zeros((0,), dtype=np.float32)
+    return np.concatenate(outputs)
+
+
+def _rows_per_second(runtimes: list[Runtime], rows: np.ndarray, batch_size: int) -> list[float]:
+    """Each warm runtime's best of ``TIMED_REPETITIONS`` passes over the rows, the runtimes taking turns so
+    that a neighbour's load on the machine falls on all of them alike."""
+    best = [float("inf")] * len(runtimes)
+    for _ in range(TIMED_REPETITIONS if len(rows) else 0):
+        for i, runtime in enumerate(runtimes):
+            started = time.perf_counter()
+            _predict_all(runtime, rows, batch_size)
+            best[i] = min(best[i], time.perf_counter() - started)
+    return [len(rows) / max(seconds, 1e-9) if len(rows) else 0.0 for seconds in best]
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _short(exc: BaseException) -> str:
+    """An error's first line, with the line naming the underlying failure where the first only introduces it
+    (converters wrap tracebacks and assertion sites); ASCII, at most REASON_CHARS characters."""
+    lines = [line.strip().removeprefix("-- ") for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    detail = next((line for line in lines[1:] if DETAIL.search(line)), None)
+    if detail is None:
+        return _ascii(lines[0])
+    return _ascii(detail if lines[0].startswith("Check ") else f"{lines[0]} {detail}")
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode()[:REASON_CHARS]
