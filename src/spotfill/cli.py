@@ -487,22 +487,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="the input shards' format",
     )
     run.add_argument(
-        "--tfrecord-feature", help="with --input-format tfrecord: the feature holding the model's input"
+        "--tfrecord-feature",
+        help="the feature holding the model's input (default: none; needed with --input-format tfrecord)",
     )
     run.add_argument(
         "--tfrecord-shape",
         type=_tfrecord_shape,
-        help="with --input-format tfrecord: the feature's shape per record, e.g. 28,28,1",
+        help="the feature's shape per record, e.g. 28,28,1 (default: none; needed with --input-format "
+        "tfrecord)",
     )
     run.add_argument(
         "--tfrecord-dtype",
         choices=list(get_args(TFRecordDtype)),
-        help="with --input-format tfrecord: float32 (a float_list feature, the default) or int64",
+        help="with --input-format tfrecord: float32 (a float_list feature) or int64 (default: float32)",
     )
     run.add_argument(
         "--tfrecord-compression",
         choices=["GZIP"],
-        help="with --input-format tfrecord: GZIP for gzip-compressed files (.tfrecord.gz)",
+        help="with --input-format tfrecord: GZIP for gzip-compressed files, .tfrecord.gz (default: none)",
     )
     run.add_argument(
         "--output-format", default="parquet", choices=["parquet", "npy", "jsonl"], help="the outputs' format"
