@@ -142,7 +142,8 @@ def count_sampled_rows_by_purchase_option(sample: OutputSample, s3: Any) -> tupl
     return read.predictions, read.exact, read.by_purchase_option
 
 
-# The output metadata keys where the worker records how it computed the output (docs/contracts.md, "Outputs").
+# The output metadata keys where the worker records how it computed each output (docs/contracts.md, "Output
+# objects").
 RUNTIME_KEY = "spotfill-runtime"
 PRECISION_KEY = "spotfill-precision"
 MAX_ABS_DIFF_KEY = "spotfill-runtime-max-abs-diff"

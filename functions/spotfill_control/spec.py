@@ -20,7 +20,8 @@ AllocationStrategy = Literal[
 # The EC2 API that holds the run's fleet: EC2 Fleet (CreateFleet) or the legacy Spot Fleet (RequestSpotFleet).
 FleetApiName = Literal["ec2-fleet", "spot-fleet"]
 # What serves the model's forward pass in the worker: "auto" lets the worker's calibration on the first shard
-# pick the fastest runtime whose outputs match TensorFlow's (docs/contracts.md, "Model runtime").
+# pick the fastest runtime whose outputs match TensorFlow's (docs/contracts.md, "Model runtime and
+# precision").
 ModelRuntime = Literal["auto", "tensorflow", "openvino"]
 ModelPrecision = Literal["fp32", "bf16", "fp16"]
 
