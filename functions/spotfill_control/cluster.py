@@ -55,6 +55,9 @@ def worker_environment(run: RunState, queue_url: str, control_bucket: str | None
         "SPOTFILL_RUN_ID": run.run_id,
         "SPOTFILL_QUEUE_URL": queue_url,
         "SPOTFILL_MODEL_URI": spec.model.uri,
+        # Always set, defaults included: the run's choice, not whatever default the image was built with.
+        "SPOTFILL_MODEL_RUNTIME": spec.model.runtime,
+        "SPOTFILL_MODEL_PRECISION": spec.model.precision,
         "SPOTFILL_INPUT_FORMAT": spec.input.format,
         "SPOTFILL_OUTPUT_FORMAT": spec.output.format,
         "SPOTFILL_IMAGE_SCALE": spec.input.image.scale,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from spotfill_control.fleet import requested_capacity
 from spotfill_control.progress import Clients, list_output_uris
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
+from spotfill_control.spec import ModelSpec
 from spotfill_control.teardown import read_dead_letters, teardown_and_persist
 
 Status = Literal["succeeded", "completed_with_failures", "budget_reached", "failed", "invalid"]
@@ -111,6 +113,8 @@ class Facts:
     predictions_exact: bool = True
     # predictions by the purchase option of the instance that made them (`spotfill-purchase-option`)
     predictions_by_purchase_option: dict[str, int] = field(default_factory=dict)
+    # how the sampled outputs were computed (their `spotfill-runtime*` metadata)
+    runtimes: list[OutputRuntime] = field(default_factory=list)
     usages: list[cost.InstanceUsage] = field(default_factory=list)
     cost: cost.CostSummary | None = None
 
@@ -134,11 +138,75 @@ def count_sampled_rows_by_purchase_option(sample: OutputSample, s3: Any) -> tupl
     """`count_sampled_rows`, and the rows split by the purchase option the worker recorded with each output
     (`spotfill-purchase-option`: spot, on-demand; `unknown` for an output without it), scaled like the
     total when estimated."""
+    read = read_sampled_outputs(sample, s3)
+    return read.predictions, read.exact, read.by_purchase_option
+
+
+# The output metadata keys where the worker records how it computed each output (docs/contracts.md, "Output
+# objects").
+RUNTIME_KEY = "spotfill-runtime"
+PRECISION_KEY = "spotfill-precision"
+MAX_ABS_DIFF_KEY = "spotfill-runtime-max-abs-diff"
+ROWS_PER_SECOND_KEY = "spotfill-runtime-rows-per-second"
+TOP_CLASS_CHANGED_KEY = "spotfill-runtime-top-class-changed"
+FALLBACK_KEY = "spotfill-runtime-fallback"
+FALLBACKS_LIMIT = 5  # distinct fallback reasons the report quotes
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class OutputRuntime:
+    """How the worker computed one output: the runtime its calibration chose and what it measured there."""
+
+    runtime: str
+    precision: str
+    max_abs_diff: float | None
+    top_class_changed: float | None
+    rows_per_second: float | None
+    fallback: str | None
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> OutputRuntime | None:
+        """None for an output without the runtime keys (a worker from before they existed)."""
+        runtime = metadata.get(RUNTIME_KEY)
+        if not runtime:
+            return None
+        return cls(
+            runtime=runtime,
+            precision=metadata.get(PRECISION_KEY) or "unknown",
+            max_abs_diff=_number(metadata.get(MAX_ABS_DIFF_KEY)),
+            top_class_changed=_number(metadata.get(TOP_CLASS_CHANGED_KEY)),
+            rows_per_second=_number(metadata.get(ROWS_PER_SECOND_KEY)),
+            fallback=metadata.get(FALLBACK_KEY) or None,
+        )
+
+
+@dataclass
+class SampledOutputs:
+    """What one HeadObject per sampled output tells: the rows (total, exact or estimated, and by purchase
+    option) and, for each output that records it, the runtime that computed it."""
+
+    predictions: int = 0
+    exact: bool = True
+    by_purchase_option: dict[str, int] = field(default_factory=dict)
+    runtimes: list[OutputRuntime] = field(default_factory=list)
+
+
+def read_sampled_outputs(sample: OutputSample, s3: Any) -> SampledOutputs:
+    """Read the metadata of the sample's outputs once each: `spotfill-rows` (exact when every output is
+    kept, else the sample's mean times the count), the purchase option (`unknown` for an output without
+    it; the split scales like the total) and the runtime keys."""
     if sample.count == 0:
-        return 0, True, {}
+        return SampledOutputs()
     chosen = sample.items
 
-    def rows(uri: str) -> tuple[int, str] | None:
+    def head(uri: str) -> tuple[int, str, OutputRuntime | None] | None:
         bucket, key = split_s3_uri(uri)
         try:
             metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
@@ -149,19 +217,26 @@ def count_sampled_rows_by_purchase_option(sample: OutputSample, s3: Any) -> tupl
         value = metadata.get("spotfill-rows")
         if value is None:
             return None
-        return int(value), metadata.get("spotfill-purchase-option") or "unknown"
+        option = metadata.get("spotfill-purchase-option") or "unknown"
+        return int(value), option, OutputRuntime.from_metadata(metadata)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        counted = [r for r in pool.map(rows, chosen) if r is not None]
+        counted = [r for r in pool.map(head, chosen) if r is not None]
     by_option: dict[str, int] = {}
-    for value, option in counted:
+    for value, option, _ in counted:
         by_option[option] = by_option.get(option, 0) + value
+    runtimes = [runtime for _, _, runtime in counted if runtime is not None]
     if sample.exact and len(counted) == len(chosen):
-        return sum(by_option.values()), True, by_option
+        return SampledOutputs(sum(by_option.values()), True, by_option, runtimes)
     if not counted:
-        return 0, False, {}
+        return SampledOutputs(0, False)
     scale = sample.count / len(counted)
-    return round(sum(by_option.values()) * scale), False, {k: round(v * scale) for k, v in by_option.items()}
+    return SampledOutputs(
+        round(sum(by_option.values()) * scale),
+        False,
+        {k: round(v * scale) for k, v in by_option.items()},
+        runtimes,
+    )
 
 
 def error_record_uris(run_id: str, s3: Any, bucket: str) -> set[str]:
@@ -298,11 +373,10 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
         facts.failed_errors = read_failed_errors(tally.failed_error_uris, s3)
         facts.unprocessed, facts.retried = tally.unprocessed, tally.retried
         facts.shards_total, facts.shards_skipped = tally.total, tally.skipped
-        (
-            facts.predictions,
-            facts.predictions_exact,
-            facts.predictions_by_purchase_option,
-        ) = count_sampled_rows_by_purchase_option(tally.outputs, s3)
+        outputs = read_sampled_outputs(tally.outputs, s3)
+        facts.predictions, facts.predictions_exact = outputs.predictions, outputs.exact
+        facts.predictions_by_purchase_option = outputs.by_purchase_option
+        facts.runtimes = outputs.runtimes
     window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
     window_end = run.timeline.teardown_ended_at or now
     if run.resources.fleet_id or run.progress.known_instances:
@@ -345,6 +419,59 @@ def cost_section(summary: cost.CostSummary | None, predictions: int, run: RunSta
         "types_without_on_demand_price": summary.types_without_on_demand_price if summary else [],
         "unpriced": summary.unpriced if summary else [],
     }
+
+
+def model_runtime_section(model: ModelSpec, runtimes: list[OutputRuntime]) -> dict[str, Any]:
+    """The report's `model_runtime`: what the spec asked for and, over the sampled outputs, the runtimes
+    that computed them, their largest difference from TensorFlow FP32 and share of changed top classes on
+    the calibration rows, each runtime's median calibration throughput and why candidates were refused."""
+    by_runtime: dict[str, int] = {}
+    speeds: dict[str, list[float]] = {}
+    for output in runtimes:
+        by_runtime[output.runtime] = by_runtime.get(output.runtime, 0) + 1
+        if output.rows_per_second is not None:
+            speeds.setdefault(output.runtime, []).append(output.rows_per_second)
+    diffs = [o.max_abs_diff for o in runtimes if o.max_abs_diff is not None]
+    changed = [o.top_class_changed for o in runtimes if o.top_class_changed is not None]
+    return {
+        "requested": model.runtime,
+        "precision": model.precision,
+        "by_runtime": dict(sorted(by_runtime.items(), key=lambda item: (-item[1], item[0]))),
+        "max_abs_diff": max(diffs) if diffs else None,
+        "top_class_changed_share": max(changed) if changed else None,
+        "rows_per_second": {name: round(statistics.median(v), 1) for name, v in sorted(speeds.items())},
+        "fallbacks": sorted({o.fallback for o in runtimes if o.fallback})[:FALLBACKS_LIMIT],
+    }
+
+
+def runtime_sentence(section: Mapping[str, Any]) -> str | None:
+    """The report's runtime in one line, e.g. `runtime openvino (fp32, max diff 3.1e-08 vs TensorFlow) 812
+    rows/s at calibration`; None when no sampled output recorded its runtime."""
+    by_runtime: Mapping[str, int] = section.get("by_runtime") or {}
+    if not by_runtime:
+        return None
+    if len(by_runtime) == 1:
+        used = next(iter(by_runtime))
+    else:
+        used = ", ".join(f"{name} on {count} output(s)" for name, count in by_runtime.items())
+    details = [str(section.get("precision"))]
+    if section.get("requested") not in ("auto", None) and set(by_runtime) != {section["requested"]}:
+        details.insert(0, f"{section['requested']} requested")
+    if section.get("max_abs_diff") is not None:
+        details.append(f"max diff {section['max_abs_diff']:.1e} vs TensorFlow")
+    if section.get("top_class_changed_share") is not None:
+        details.append(f"top class changed on {section['top_class_changed_share']:.2%} of rows")
+    speeds: Mapping[str, float] = section.get("rows_per_second") or {}
+    if len(speeds) == 1 and len(by_runtime) == 1:
+        speed = f" {next(iter(speeds.values())):,.0f} rows/s at calibration"
+    elif speeds:
+        each = ", ".join(f"{name} {value:,.0f}" for name, value in speeds.items())
+        speed = f" {each} rows/s at calibration"
+    else:
+        speed = ""
+    fallbacks = section.get("fallbacks") or []
+    fell_back = f"; fell back to TensorFlow: {'; '.join(fallbacks)}" if fallbacks else ""
+    return f"runtime {used} ({', '.join(details)}){speed}{fell_back}"
 
 
 def status_of(
@@ -459,6 +586,7 @@ def build_report(
                 "failed_pools": [pool.model_dump() for pool in run.failed_pools],
             },
             "cost_usd": cost_section(summary, facts.predictions, run),
+            "model_runtime": model_runtime_section(run.spec.model, facts.runtimes),
             "budget": budget_of(run),
             "throughput": {
                 "mean_shards_per_second": _round(per_second(facts.succeeded, processing_seconds)),
@@ -552,6 +680,9 @@ def notification(report: Mapping[str, Any]) -> tuple[str, str]:
             lines.append(f"Failed: {failed['shard']}: {failed['error_type']}: {failed['error']}"[:500])
         lines.append(f"Predictions: {report['predictions']['total']}")
         lines.append(f"Cost: ${format_usd(report['cost_usd']['total'])}")
+        runtime = runtime_sentence(report.get("model_runtime") or {})
+        if runtime:
+            lines.append(f"Model {runtime}"[:500])
         cap = report.get("budget", {}).get("max_total_usd")
         if cap is not None:
             lines.append(f"Cap: ${format_usd(cap)} (limits.max_total_usd)")

@@ -19,6 +19,11 @@ AllocationStrategy = Literal[
 ]
 # The EC2 API that holds the run's fleet: EC2 Fleet (CreateFleet) or the legacy Spot Fleet (RequestSpotFleet).
 FleetApiName = Literal["ec2-fleet", "spot-fleet"]
+# What serves the model's forward pass in the worker: "auto" lets the worker's calibration on the first shard
+# pick the fastest runtime whose outputs match TensorFlow's (docs/contracts.md, "Model runtime and
+# precision").
+ModelRuntime = Literal["auto", "tensorflow", "openvino"]
+ModelPrecision = Literal["fp32", "bf16", "fp16"]
 
 # File extensions of each input format: a shard under an input prefix is an object with one of these.
 INPUT_EXTENSIONS: dict[str, tuple[str, ...]] = {
@@ -142,6 +147,17 @@ class OutputSpec(_Model):
 
 class ModelSpec(_Model):
     uri: str = Field(description="s3:// URI of a .keras file or a SavedModel .tar.gz archive")
+    runtime: ModelRuntime = Field(
+        default="auto",
+        description="auto: the fastest runtime whose FP32 outputs are within 1e-5 of TensorFlow's on "
+        "calibration rows of the first shard; tensorflow; openvino (CPU types only; falls back to "
+        "TensorFlow, with the reason reported, where it cannot reproduce the model)",
+    )
+    precision: ModelPrecision = Field(
+        default="fp32",
+        description="fp32; bf16 (CPU types with bf16 instructions) or fp16 (GPU types, mixed precision) opt "
+        "in to faster, less exact outputs, their agreement with FP32 reported",
+    )
 
     @field_validator("uri")
     @classmethod

@@ -323,10 +323,35 @@ def check_worker_image_for(facts: dict[str, InstanceTypeFacts], settings: Settin
         )
 
 
+def check_model_runtime(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
+    """The runtime and precision must exist on the fleet's kind: GPU types serve TensorFlow with XLA, in FP32
+    or mixed FP16; CPU types serve TensorFlow or OpenVINO, in FP32 or bf16."""
+    gpu = [f.name for f in facts.values() if f.is_gpu]
+    cpu = [f.name for f in facts.values() if not f.is_gpu]
+    model = spec.model
+    if model.precision == "fp16" and cpu:
+        raise InvalidSpecError(
+            f"model.precision: fp16 is mixed precision on GPU, and {', '.join(cpu)} "
+            f"{'has' if len(cpu) == 1 else 'have'} no GPU: use fp32, or bf16 on CPUs with bf16 instructions."
+        )
+    if model.precision == "bf16" and gpu:
+        raise InvalidSpecError(
+            f"model.precision: bf16 is for CPU types, and {', '.join(gpu)} "
+            f"{'is a GPU type' if len(gpu) == 1 else 'are GPU types'}: use fp16 on GPU."
+        )
+    if model.runtime == "openvino" and gpu:
+        raise InvalidSpecError(
+            f"model.runtime: openvino serves CPU types, and {', '.join(gpu)} "
+            f"{'is a GPU type' if len(gpu) == 1 else 'are GPU types'} (served by TensorFlow with XLA): "
+            "use auto or tensorflow."
+        )
+
+
 def check_fleet_types(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts], settings: Settings) -> None:
     """What the run's instance types, as EC2 described them, must satisfy before anything is created."""
     check_fleet_kind(facts)
     check_worker_image_for(facts, settings)
+    check_model_runtime(spec, facts)
     check_gpu_tasks(spec, facts)
     check_task_memory(spec, facts)
     check_priced_for_cap(spec, facts)

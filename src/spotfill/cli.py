@@ -17,12 +17,19 @@ import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from annotated_types import Ge, Gt, Le, Lt, MaxLen
 from pydantic import BaseModel
 from rich.console import Console
-from spotfill_control.spec import BackfillSpec, FleetSpec
+from spotfill_control.spec import (
+    BackfillSpec,
+    FleetSpec,
+    InputFormat,
+    ModelRuntime,
+    TFRecordDtype,
+    TFRecordOptions,
+)
 
 from spotfill.runs import DEFAULT_STACK_NAME, CliError
 
@@ -92,6 +99,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         port=args.port,
         overwrite=args.overwrite,
         keep_run_dir=args.keep_run_dir,
+        runtime=args.runtime,
+        precision=args.precision,
+        tfrecord=_tfrecord_options(args),
     )
     if result.report:
         console.print(report_table(result.report))
@@ -113,6 +123,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.missing:
         raise CliError(missing)
     return 0
+
+
+def _tfrecord_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`input.tfrecord` from the --tfrecord-* flags: needed with --input-format tfrecord, refused without."""
+    given = [flag for flag in TFRECORD_FLAGS if getattr(args, flag.removeprefix("--").replace("-", "_"))]
+    if args.input_format != "tfrecord":
+        if given:
+            raise CliError(f"{', '.join(given)}: for --input-format tfrecord only, not {args.input_format}")
+        return None
+    missing = [f for f in ("--tfrecord-feature", "--tfrecord-shape") if f not in given]
+    if missing:
+        raise CliError(f"--input-format tfrecord needs {' and '.join(missing)} to find each record's input")
+    return {
+        "feature": args.tfrecord_feature,
+        "shape": args.tfrecord_shape,
+        "dtype": args.tfrecord_dtype or "float32",
+        "compression": args.tfrecord_compression,
+    }
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
@@ -314,6 +342,26 @@ def _instances() -> Callable[[str], int]:
     return _whole_number(low, high, "the fleet's target capacity")
 
 
+TFRECORD_FLAGS = ("--tfrecord-feature", "--tfrecord-shape", "--tfrecord-dtype", "--tfrecord-compression")
+
+
+def _tfrecord_shape(text: str) -> list[int]:
+    """An argparse `type=` for `--tfrecord-shape` (`28,28,1`), checked as the spec checks its shape."""
+    from pydantic import ValidationError
+
+    try:
+        shape = [int(part) for part in text.split(",")]
+        TFRecordOptions(feature="f", shape=shape)
+    except ValueError as exc:
+        invalid = isinstance(exc, ValidationError)
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ") if invalid else ""
+        raise argparse.ArgumentTypeError(
+            f"must be whole numbers separated by commas, e.g. 28,28,1, got {text!r}"
+            + (f": {reason}" if reason else "")
+        ) from None
+    return shape
+
+
 def _dollar_cap(text: str) -> float:
     """An argparse `type=` for `--max-total-usd`, checked as the spec checks `limits.max_total_usd`."""
     from pydantic import ValidationError
@@ -435,11 +483,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input-format",
         default="npy",
-        choices=["npy", "npz", "parquet", "csv", "jsonl", "images"],
+        choices=list(get_args(InputFormat)),
         help="the input shards' format",
     )
     run.add_argument(
+        "--tfrecord-feature",
+        help="the feature holding the model's input (default: none; needed with --input-format tfrecord)",
+    )
+    run.add_argument(
+        "--tfrecord-shape",
+        type=_tfrecord_shape,
+        help="the feature's shape per record, e.g. 28,28,1 (default: none; needed with --input-format "
+        "tfrecord)",
+    )
+    run.add_argument(
+        "--tfrecord-dtype",
+        choices=list(get_args(TFRecordDtype)),
+        help="with --input-format tfrecord: float32 (a float_list feature) or int64 (default: float32)",
+    )
+    run.add_argument(
+        "--tfrecord-compression",
+        choices=["GZIP"],
+        help="with --input-format tfrecord: GZIP for gzip-compressed files, .tfrecord.gz (default: none)",
+    )
+    run.add_argument(
         "--output-format", default="parquet", choices=["parquet", "npy", "jsonl"], help="the outputs' format"
+    )
+    run.add_argument(
+        "--runtime",
+        default="auto",
+        choices=list(get_args(ModelRuntime)),
+        help="model.runtime: auto picks the fastest runtime whose outputs match TensorFlow's within 1e-5",
+    )
+    run.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="model.precision: bf16 opts in to faster, less exact outputs on CPUs with bf16 instructions "
+        "(fp16 is for GPU fleets; the local cloud's are CPU)",
     )
     run.add_argument("--instances", type=_instances(), default=2, help="spot instances in the fleet")
     run.add_argument("--chaos", help=chaos_help)

@@ -134,6 +134,8 @@ def shard_rows(path: Path, input_format: str) -> int | None:
             return int(pacsv.read_csv(path).num_rows)
         if input_format == "jsonl":
             return sum(1 for line in path.read_text().splitlines() if line.strip())
+        if input_format == "tfrecord":
+            return tfrecord_count(path)
         if input_format == "images":
             import tarfile
 
@@ -144,6 +146,21 @@ def shard_rows(path: Path, input_format: str) -> int | None:
     except Exception:
         return None
     return None
+
+
+def tfrecord_count(path: Path) -> int | None:
+    """Records in a TFRecord file (gzip-compressed when named .gz), from its framing alone: each record is
+    its length (8 bytes), a CRC (4), its bytes and another CRC (4). None when a record is cut short."""
+    import gzip
+
+    count = 0
+    with (gzip.open if path.name.lower().endswith(".gz") else open)(path, "rb") as stream:
+        while header := stream.read(12):
+            length = int.from_bytes(header[:8], "little")
+            if len(header) < 12 or len(stream.read(length + 4)) < length + 4:
+                return None
+            count += 1
+    return count
 
 
 def output_rows(path: Path, output_format: str) -> int | None:
@@ -238,12 +255,18 @@ def manifest(
     tasks_per_instance: int = 1,
     poll_interval: int = 1,
     max_total_usd: float | None = None,
+    runtime: str = "auto",
+    precision: str = "fp32",
+    tfrecord: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    source: dict[str, Any] = {"uri": f"s3://{data_bucket}/inputs/{name}/", "format": input_format}
+    if tfrecord is not None:
+        source["tfrecord"] = tfrecord
     return {
         "name": name,
-        "input": {"uri": f"s3://{data_bucket}/inputs/{name}/", "format": input_format},
+        "input": source,
         "output": {"uri": f"s3://{data_bucket}/outputs/{name}/", "format": output_format},
-        "model": {"uri": f"s3://{data_bucket}/{model_key}"},
+        "model": {"uri": f"s3://{data_bucket}/{model_key}", "runtime": runtime, "precision": precision},
         "fleet": {"instance_types": ["c5.xlarge"], "target_capacity": instances},
         "service": {"tasks_per_instance": tasks_per_instance, "cpu": 1024, "memory": 2048},
         "limits": {
@@ -415,6 +438,9 @@ def run_local(
     port: int | None = None,
     timeout: float | None = None,
     max_total_usd: float | None = None,
+    runtime: str = "auto",
+    precision: str = "fp32",
+    tfrecord: dict[str, Any] | None = None,
 ) -> LocalRunResult:
     """Run the backfill of input_dir's shards into output_dir. Shards whose output there is already complete
     are skipped unless `overwrite`. SIGTERM and SIGHUP end it as Ctrl-C does: the outputs finished so far are
@@ -434,7 +460,7 @@ def run_local(
     if not plan.to_run:
         snapshot = Snapshot("", status="SUCCEEDED")
         return LocalRunResult("", snapshot, None, outputs=dict(plan.complete), skipped=dict(plan.complete))
-    check_model_and_shards(model_path, plan.to_run, input_format)
+    check_model_and_shards(model_path, plan.to_run, input_format, tfrecord)
     with termination_as_interrupt():
         return _run_in_local_cloud(
             model_path,
@@ -450,10 +476,13 @@ def run_local(
             options=LocalCloudOptions(port=port, chaos=chaos, run_dir=run_dir, keep_run_dir=keep_run_dir),
             timeout=timeout,
             max_total_usd=max_total_usd,
+            spec_options={"runtime": runtime, "precision": precision, "tfrecord": tfrecord},
         )
 
 
-def check_model_and_shards(model_path: Path, shards: list[Path], input_format: str) -> None:
+def check_model_and_shards(
+    model_path: Path, shards: list[Path], input_format: str, tfrecord: dict[str, Any] | None = None
+) -> None:
     """Before anything starts: the model loads as the worker loads it, and the first shard to compute decodes
     and goes through it (a model or shards that can never work cost no local cloud, no upload, no wait)."""
     from spotfill.tensorflow_quiet import import_tensorflow
@@ -462,7 +491,7 @@ def check_model_and_shards(model_path: Path, shards: list[Path], input_format: s
     from spotfill_worker.model import ModelLoadError, SampleMismatchError, check_model_and_sample
 
     try:
-        check_model_and_sample(model_path, shards[0], input_format)
+        check_model_and_sample(model_path, shards[0], input_format, tfrecord=tfrecord)
     except (ModelLoadError, SampleMismatchError) as exc:
         raise CliError(str(exc)) from None
 
@@ -503,6 +532,7 @@ def _run_in_local_cloud(
     options: LocalCloudOptions,
     timeout: float | None,
     max_total_usd: float | None = None,
+    spec_options: dict[str, Any] | None = None,
 ) -> LocalRunResult:
     shards = plan.to_run
     started = time.monotonic()
@@ -522,6 +552,7 @@ def _run_in_local_cloud(
             output_format,
             instances,
             max_total_usd=max_total_usd,
+            **(spec_options or {}),
         )
         with console.status(f"uploading the model and {len(shards)} shards, then the manifest"):
             execution_arn = upload_and_trigger(cloud, spec, model_path, shards, input_dir)

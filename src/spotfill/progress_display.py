@@ -13,6 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from spotfill_control.budget import format_usd
+from spotfill_control.report import runtime_sentence
 
 from spotfill.runs import RunWatcher, Snapshot
 
@@ -140,6 +141,9 @@ def report_table(report: dict[str, Any]) -> Table:
             f"mean {throughput.get('mean_predictions_per_second') or 0:,.0f}/s, "
             f"peak {throughput.get('peak_predictions_per_second') or 0:,.0f}/s",
         )
+    runtime = runtime_sentence(report.get("model_runtime") or {})
+    if runtime:
+        table.add_row("model", Text(runtime))  # a fallback reason may hold brackets: not markup
     instances = report.get("instances", {})
     if instances:
         hours = ", ".join(f"{k} {v:.4f}h" for k, v in instances.get("hours_by_type", {}).items())

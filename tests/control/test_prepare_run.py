@@ -61,6 +61,8 @@ def test_task_definition_configures_the_worker_from_the_spec(s3_world):
         "SPOTFILL_RUN_ID": run.run_id,
         "SPOTFILL_QUEUE_URL": "https://queue",
         "SPOTFILL_MODEL_URI": f"s3://{DATA_BUCKET}/models/digits.keras",
+        "SPOTFILL_MODEL_RUNTIME": "auto",
+        "SPOTFILL_MODEL_PRECISION": "fp32",
         "SPOTFILL_INPUT_FORMAT": "npy",
         "SPOTFILL_OUTPUT_FORMAT": "parquet",
         "SPOTFILL_ID_COLUMN": "id",
