@@ -156,7 +156,7 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
     interval = span / len(steady)
     loaded = next(line for line in lines if line.get("event") == "model_loaded")
     chosen = next((line for line in lines if line.get("event") == "runtime_chosen"), None)
-    calibration = {k: v for k, v in (chosen or {}).items() if k not in ("event", "time", "level")}
+    calibration = {k: v for k, v in (chosen or {}).items() if k not in ("event", "time", "level", "run_id")}
     return {
         "predictions_per_second": throughput,
         "runtime_requested": runtime,
@@ -203,6 +203,23 @@ def outputs_max_abs_diff(case, s3: Any, bucket: str) -> float:
     return largest
 
 
+def measure_decode(case) -> float:
+    """Seconds to decode one shard with the worker's decoder, alone on an otherwise idle process (best of 3):
+    its CPU cost, which the worker's own decode timings (wall time beside the forward pass) overstate on 2
+    cores."""
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ModelInput, decode
+
+    model_input = ModelInput(case.sample.shape[1:], np.dtype(np.float32))
+    fmt, scale = InputFormat(case.input_format), ImageScale(case.image_scale)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        decode(case.shards[0], fmt, model_input, None, scale)
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
 def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: str) -> dict[str, Any]:
     from bench import raw
 
@@ -235,6 +252,13 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
             flush=True,
         )
     print(f"   outputs vs model.predict: max |diff| {worker['outputs_max_abs_diff']:.2g}", flush=True)
+    decode_alone = measure_decode(case)
+    predict_alone = case.shard_rows / raw_best  # the best runtime's forward pass over one shard
+    print(
+        f"   decode  {decode_alone * 1e3 / case.shard_rows:10.3f} ms per row alone "
+        f"({decode_alone / predict_alone:.0%} of the best runtime's forward pass)",
+        flush=True,
+    )
     naive = measure_naive(case)
     print(f"   naive   {naive:10.1f} predictions/s ({case.naive_rows} rows timed, extrapolated)", flush=True)
     per_runtime: dict[str, Any] = {
@@ -266,6 +290,8 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
         "worker_over_raw_best": predictions / raw_best,
         "worker_over_naive": predictions / naive,
         "outputs_max_abs_diff": worker["outputs_max_abs_diff"],
+        "decode_seconds_per_shard_alone": decode_alone,
+        "decode_alone_over_raw_best_predict": decode_alone / predict_alone,
         "worker_detail": worker,
     }
 
@@ -339,9 +365,9 @@ def table(results: dict[str, Any]) -> str:
     rows.append("")
     rows.append(
         "| case | s/shard | download | decode | predict | encode | upload | predict share | decode/predict "
-        "| moto CPU/shard |"
+        "| decode alone | moto CPU/shard |"
     )
-    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results["cases"].values():
         d = r["worker_detail"]
         s = d["stage_seconds_per_shard"]
@@ -349,7 +375,7 @@ def table(results: dict[str, Any]) -> str:
             f"| {r['title']} | {d['seconds_per_shard']:.3f} | {s['download']:.3f} | {s['decode']:.3f} | "
             f"{s['predict']:.3f} | {s['encode']:.3f} | {s['upload']:.3f} | "
             f"{d['predict_share_of_shard_interval']:.0%} | {d['decode_over_predict']:.0%} | "
-            f"{d['moto_server_cpu_seconds'] / d['shards']:.3f} |"
+            f"{r['decode_seconds_per_shard_alone']:.3f} | {d['moto_server_cpu_seconds'] / d['shards']:.3f} |"
         )
     rows.append("")
     rows.append("targets")
