@@ -9,7 +9,8 @@ CHECKOV_VENV  := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV       := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation
 # The worker image's CPU dependency set in a venv of its own: worker/requirements.txt and the TensorFlow, Keras
-# and OpenVINO versions worker/Dockerfile pins (read from its ARG lines), plus the worker tests' tools.
+# and OpenVINO versions worker/Dockerfile pins (read from its ARG lines), plus the worker tests' tools. Its
+# Python is $(PYTHON), this machine's (the CPU image's is python:3.12-slim's).
 IMAGE_VENV  := .venv-image
 IMAGE_STAMP := $(IMAGE_VENV)/.installed
 dockerfile_arg = $(shell sed -n 's/^ARG $(1)=//p' worker/Dockerfile)
