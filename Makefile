@@ -50,9 +50,10 @@ demo: $(STAMP)
 	$(BIN)/spotfill demo
 
 ## The whole test suite: unit, moto, Step Functions and local-cloud end-to-end tests in .venv, and the worker
-## tests once, in the image's dependency set (test-image-env).
+## tests once, in the image's dependency set (test-image-env). The image's pins are also checked against .venv,
+## whose worker the end-to-end tests run.
 test: $(STAMP) test-image-env
-	$(BIN)/python -m pytest --ignore=tests/worker
+	$(BIN)/python -m pytest --ignore=tests/worker tests tests/worker/test_worker_dependencies.py
 
 ## The worker tests in a clean venv holding exactly the worker image's CPU dependencies (no Docker needed).
 test-image-env: $(IMAGE_STAMP)
