@@ -3,12 +3,21 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 # checkov in a venv of its own: its pins must not meet the project's dependencies.
 CHECKOV_VENV  := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV       := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation
+# The worker image's CPU dependency set in a venv of its own: worker/requirements.txt and the TensorFlow, Keras
+# and OpenVINO versions worker/Dockerfile pins (read from its ARG lines), plus the worker tests' tools. Its
+# Python is $(PYTHON), this machine's (the CPU image's is python:3.12-slim's).
+IMAGE_VENV  := .venv-image
+IMAGE_STAMP := $(IMAGE_VENV)/.installed
+dockerfile_arg = $(shell sed -n 's/^ARG $(1)=//p' worker/Dockerfile)
+# As the image: tensorflow-cpu on x86_64, tensorflow (CPU-only there) on arm64.
+IMAGE_TENSORFLOW := $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),tensorflow-cpu,tensorflow)
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast test-image-env lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,19 +25,39 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
 $(CHECKOV_STAMP): requirements-lint-iac.txt
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-lint-iac.txt
 	touch $(CHECKOV_STAMP)
 
+$(IMAGE_STAMP): worker/requirements.txt worker/Dockerfile requirements-test-image.txt
+	rm -rf $(IMAGE_VENV)
+	$(PYTHON) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/python -m pip install --quiet -r worker/requirements.txt \
+		"$(IMAGE_TENSORFLOW)==$(call dockerfile_arg,TF_VERSION)" \
+		"keras==$(call dockerfile_arg,KERAS_VERSION)" \
+		"openvino==$(call dockerfile_arg,OPENVINO_VERSION)" \
+		-r requirements-test-image.txt
+	touch $(IMAGE_STAMP)
+
 ## Run a whole backfill on the local cloud (emulated AWS, real Keras predictions).
 demo: $(STAMP)
 	$(BIN)/spotfill demo
 
-## The whole test suite: unit, moto, Step Functions, worker and local-cloud end-to-end tests.
-test: $(STAMP)
-	$(BIN)/python -m pytest
+## The whole test suite: unit, moto, Step Functions and local-cloud end-to-end tests in .venv, and the worker
+## tests once, in the image's dependency set (test-image-env). The image's pins are also checked against .venv,
+## whose worker the end-to-end tests run.
+test: $(STAMP) test-image-env
+	$(BIN)/python -m pytest --ignore=tests/worker tests tests/worker/test_worker_dependencies.py
+
+## The worker tests in a clean venv holding exactly the worker image's CPU dependencies (no Docker needed).
+test-image-env: $(IMAGE_STAMP)
+	PYTHONPATH=worker:src:functions $(IMAGE_VENV)/bin/python -m pytest tests/worker
 
 ## Unit tests only (no TensorFlow, no Step Functions waits).
 test-fast: $(STAMP)
@@ -47,8 +76,8 @@ lint: $(STAMP) $(CHECKOV_STAMP)
 	$(CHECKOV) --file .aws-sam/checkov/template.json
 
 ## Throughput of the worker against the model's ceiling; writes bench/results.json.
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .aws-sam build
+	rm -rf $(VENV) $(IMAGE_VENV) .pytest_cache .ruff_cache .aws-sam build

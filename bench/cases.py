@@ -1,4 +1,4 @@
-"""The two benchmark cases: their models (random weights, nothing downloaded) and their shards."""
+"""The benchmark cases: their models (random weights, nothing downloaded) and their shards."""
 
 from __future__ import annotations
 
@@ -25,9 +25,13 @@ class Case:
     shard_suffix: str
 
 
-def _smooth_image(rng: np.random.Generator, size: int = 224) -> np.ndarray:
-    """A photo-like image (gradients and a few blobs): JPEG sizes like real photos, unlike noise."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+def _smooth_image(rng: np.random.Generator, size: int = 224, height: int | None = None, grain: float = 0.0):
+    """A photo-like image (gradients and a few blobs, ``grain``: sensor-like noise): JPEG sizes like real
+    photos, unlike pure noise. ``size`` is the width, and the height too unless ``height`` is given."""
+    height = size if height is None else height
+    yy, xx = np.mgrid[0:height, 0:size].astype(np.float32)
+    yy /= height
+    xx /= size
     channels = []
     for _ in range(3):
         a, b, c = rng.uniform(-1, 1, size=3)
@@ -36,24 +40,21 @@ def _smooth_image(rng: np.random.Generator, size: int = 224) -> np.ndarray:
             cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.2)
             plane += 50 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (r * r))
         channels.append(plane)
-    return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
+    pixels = np.stack(channels, -1)
+    if grain:
+        pixels += rng.normal(0.0, grain, pixels.shape)
+    return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
-def mobilenet_case(directory: Path, shards: int, shard_rows: int, batch_size: int) -> Case:
-    import keras
+def _jpeg(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
-    keras.utils.set_random_seed(0)
-    model = keras.applications.MobileNetV2(weights=None)
-    path = directory / "mobilenetv2.keras"
-    model.save(path)
-    rng = np.random.default_rng(0)
-    pool = [_smooth_image(rng) for _ in range(64)]
-    jpegs = []
-    for pixels in pool:
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-        jpegs.append(buffer.getvalue())
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _tar_shards(jpegs: list[bytes], shards: int, shard_rows: int) -> list[bytes]:
     encoded = []
     for s in range(shards):
         buffer = io.BytesIO()
@@ -64,6 +65,24 @@ def mobilenet_case(directory: Path, shards: int, shard_rows: int, batch_size: in
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
         encoded.append(buffer.getvalue())
+    return encoded
+
+
+def _mobilenet(directory: Path) -> Path:
+    """MobileNetV2 with random weights (seed 0), saved once and shared by the two MobileNetV2 cases."""
+    path = directory / "mobilenetv2.keras"
+    if not path.exists():
+        import keras
+
+        keras.utils.set_random_seed(0)
+        keras.applications.MobileNetV2(weights=None).save(path)
+    return path
+
+
+def mobilenet_case(directory: Path, shards: int, shard_rows: int, batch_size: int) -> Case:
+    path = _mobilenet(directory)
+    rng = np.random.default_rng(0)
+    pool = [_smooth_image(rng) for _ in range(64)]
     sample = np.stack(pool).astype(np.float32) / 127.5 - 1.0
     return Case(
         name="mobilenetv2",
@@ -72,9 +91,35 @@ def mobilenet_case(directory: Path, shards: int, shard_rows: int, batch_size: in
         input_format="images",
         image_scale="symmetric",
         batch_size=batch_size,
-        shards=encoded,
+        shards=_tar_shards([_jpeg(pixels) for pixels in pool], shards, shard_rows),
         shard_rows=shard_rows,
         sample=sample,
+        naive_rows=24,
+        shard_suffix="tar",
+    )
+
+
+def mobilenet_photo_case(directory: Path, shards: int, shard_rows: int, batch_size: int) -> Case:
+    """The model and shard sizes of (a), fed 640x480 photo-like JPEGs that the worker resizes to 224x224."""
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ModelInput, decode
+
+    path = _mobilenet(directory)
+    rng = np.random.default_rng(1)
+    jpegs = [_jpeg(_smooth_image(rng, 640, 480, grain=6.0)) for _ in range(64)]
+    model_input = ModelInput((224, 224, 3), np.dtype(np.float32))
+    # the raw measurements see exactly the rows the worker's decoder makes of these JPEGs
+    sample = decode(_tar_shards(jpegs, 1, 64)[0], InputFormat.IMAGES, model_input, None, ImageScale.SYMMETRIC)
+    return Case(
+        name="mobilenetv2_photo",
+        title="(c) MobileNetV2, 640x480 JPEG resized to 224x224, in .tar shards",
+        model_path=path,
+        input_format="images",
+        image_scale="symmetric",
+        batch_size=batch_size,
+        shards=_tar_shards(jpegs, shards, shard_rows),
+        shard_rows=shard_rows,
+        sample=sample.features,
         naive_rows=24,
         shard_suffix="tar",
     )

@@ -1,6 +1,7 @@
-"""Measure ``raw`` (compiled forward pass, in memory), ``worker`` (end to end through the S3 and SQS APIs of a
-moto server on loopback) and ``naive`` (one ``model.predict`` per row) for each case; print a table and write
-``bench/results.json``.
+"""Measure, for each case, ``raw_tensorflow`` and ``raw_best`` (each runtime's FP32 forward pass in memory,
+interleaved), ``worker`` (end to end through the S3 and SQS APIs of a moto server on loopback, its outputs
+checked against ``model.predict``) and ``naive`` (one ``model.predict`` per row); check the issue's targets,
+print a table and write ``bench/results.json``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ import numpy as np
 
 RESULTS = Path(__file__).with_name("results.json")
 RUN_ID = "bench"
+TOLERANCE = 1e-5  # absolute, the worker's outputs against model.predict (FP32)
+CHECKED_SHARDS = 2  # shards whose outputs are read back and compared
+# The issue's targets on a 2-core machine: worker / raw TensorFlow per case, worker / raw best, and the
+# 640x480 case's worker throughput / the 224x224 case's.
+OVER_RAW_TENSORFLOW = {"mobilenetv2": 1.6, "digits_cnn": 1.0}
+OVER_RAW_BEST = 0.9
+PHOTO_OVER_224 = 0.8
 
 
 def machine() -> dict[str, Any]:
@@ -40,21 +48,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()),
     }
-
-
-def measure_raw(case, seconds: float) -> float:
-    """The ceiling: the worker's own compiled forward pass over batches already in memory."""
-    from spotfill_worker.model import Predictor, load_model
-
-    predictor = Predictor(load_model(case.model_path), case.batch_size)
-    batch = np.resize(case.sample, (case.batch_size, *case.sample.shape[1:]))
-    predictor.predict(batch)  # trace
-    predictor.predict(batch)
-    rows, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        predictor.predict(batch)
-        rows += len(batch)
-    return rows / (time.perf_counter() - started)
 
 
 def measure_naive(case) -> float:
@@ -100,7 +93,7 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def measure_worker(case, endpoint: str, server_pid: int) -> dict[str, Any]:
+def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[str, Any]:
     """Run ``python -m spotfill_worker`` against the moto server until the queue is drained."""
     import boto3
 
@@ -132,6 +125,7 @@ def measure_worker(case, endpoint: str, server_pid: int) -> dict[str, Any]:
         "SPOTFILL_RECEIVE_WAIT_SECONDS": "1",
         "SPOTFILL_EXIT_WHEN_IDLE_SECONDS": "2",
         "SPOTFILL_SPOT_NOTICE": "false",
+        "SPOTFILL_MODEL_RUNTIME": runtime,
     }
     started = time.monotonic()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -161,8 +155,16 @@ def measure_worker(case, endpoint: str, server_pid: int) -> dict[str, Any]:
     per_shard = {k: float(np.mean([s["timings"].get(k, 0.0) for s in steady])) for k in stages}
     interval = span / len(steady)
     loaded = next(line for line in lines if line.get("event") == "model_loaded")
+    chosen = next((line for line in lines if line.get("event") == "runtime_chosen"), None)
+    calibration = {k: v for k, v in (chosen or {}).items() if k not in ("event", "time", "level", "run_id")}
     return {
         "predictions_per_second": throughput,
+        "runtime_requested": runtime,
+        # a worker without runtime choice (no runtime_chosen event) serves through TensorFlow
+        "runtime": calibration.get("runtime", "tensorflow"),
+        "runtime_calibration": calibration or None,
+        "outputs_max_abs_diff": outputs_max_abs_diff(case, s3, bucket),
+        "outputs_checked_shards": min(CHECKED_SHARDS, len(case.shards)),
         "shards": len(shards),
         "rows": sum(s["rows"] for s in shards),
         "process_wall_seconds": wall,
@@ -170,76 +172,236 @@ def measure_worker(case, endpoint: str, server_pid: int) -> dict[str, Any]:
         "seconds_per_shard": interval,
         "stage_seconds_per_shard": per_shard,
         "predict_share_of_shard_interval": per_shard["predict"] / interval,
+        # decode runs in the receiver thread beside predict: on 2 cores its CPU is taken from the forward pass
+        "decode_over_predict": per_shard["decode"] / per_shard["predict"],
         # CPU seconds over the whole worker process (start-up and model load included) and the emulated AWS
         "worker_process_cpu_seconds": worker_cpu,
         "moto_server_cpu_seconds": server_cpu,
     }
 
 
-def run_case(case, endpoint: str, server_pid: int, raw_seconds: float) -> dict[str, Any]:
+def outputs_max_abs_diff(case, s3: Any, bucket: str) -> float:
+    """The worker's outputs for the first shards, read back from S3, against ``model.predict`` on the rows the
+    worker's decoder makes of the same shards: the largest absolute difference."""
+    import io
+
+    import keras
+    import pyarrow.parquet as pq
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ModelInput, decode
+
+    model = keras.models.load_model(case.model_path, compile=False)
+    model_input = ModelInput(tuple(model.inputs[0].shape)[1:], np.dtype(np.float32))
+    largest = 0.0
+    for i, shard in enumerate(case.shards[:CHECKED_SHARDS]):
+        rows = decode(shard, InputFormat(case.input_format), model_input, None, ImageScale(case.image_scale))
+        expected = model.predict(rows.features, batch_size=case.batch_size, verbose=0)
+        body = s3.get_object(Bucket=bucket, Key=f"outputs/part-{i:05d}.parquet")["Body"].read()
+        column = pq.read_table(io.BytesIO(body)).column("prediction").combine_chunks()
+        got = np.asarray(column.flatten()).reshape(expected.shape)
+        largest = max(largest, float(np.max(np.abs(got - expected))))
+    return largest
+
+
+def measure_decode(case) -> float:
+    """Seconds to decode one shard with the worker's decoder, alone on an otherwise idle process (best of 3):
+    its CPU cost, which the worker's own decode timings (wall time beside the forward pass) overstate on 2
+    cores."""
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ModelInput, decode
+
+    model_input = ModelInput(case.sample.shape[1:], np.dtype(np.float32))
+    fmt, scale = InputFormat(case.input_format), ImageScale(case.image_scale)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        decode(case.shards[0], fmt, model_input, None, scale)
+        timings.append(time.perf_counter() - started)
+    return min(timings)
+
+
+def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: str) -> dict[str, Any]:
+    from bench import raw
+
     print(
         f"\n== {case.title}: {len(case.shards)} shards x {case.shard_rows} rows, batch {case.batch_size}",
         flush=True,
     )
-    # The machine is shared: raw is measured just before and just after the worker, and averaged.
-    raw_before = measure_raw(case, raw_seconds / 2)
-    worker = measure_worker(case, endpoint, server_pid)
-    print(f"   worker  {worker['predictions_per_second']:10.1f} predictions/s", flush=True)
-    raw_after = measure_raw(case, raw_seconds / 2)
-    raw = (raw_before + raw_after) / 2
+    batch = np.resize(case.sample, (case.batch_size, *case.sample.shape[1:]))
+    with tempfile.TemporaryDirectory(prefix="spotfill-bench-raw-") as work:
+        runtimes, unavailable = raw.set_up(case.model_path, batch, Path(work))
+        for name, reason in unavailable.items():
+            print(f"   {name}: not measured: {reason}", flush=True)
+        agreement = raw.agreement(runtimes, batch)
+        # The machine is shared: the runtimes are measured in interleaved rounds just before and just after
+        # the worker, and each one's two figures averaged.
+        rounds = 2 if raw_seconds < 10 else 4
+        before = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
+        worker = measure_worker(case, endpoint, server_pid, runtime)
+        after = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
+    figures = {name: (before[name] + after[name]) / 2 for name in before}
+    best = max(figures, key=figures.__getitem__)
+    raw_tensorflow, raw_best = figures["tensorflow"], figures[best]
+    predictions = worker["predictions_per_second"]
+    print(f"   worker  {predictions:10.1f} predictions/s (runtime {worker['runtime']})", flush=True)
+    for r in runtimes:
+        print(
+            f"   raw {r.name:<12} {figures[r.name]:10.1f} predictions/s "
+            f"(before {before[r.name]:.1f}, after {after[r.name]:.1f}; "
+            f"max |diff| vs TensorFlow {agreement[r.name]:.2g})",
+            flush=True,
+        )
+    print(f"   outputs vs model.predict: max |diff| {worker['outputs_max_abs_diff']:.2g}", flush=True)
+    decode_alone = measure_decode(case)
+    predict_alone = case.shard_rows / raw_best  # the best runtime's forward pass over one shard
     print(
-        f"   raw     {raw:10.1f} predictions/s (before {raw_before:.1f}, after {raw_after:.1f})", flush=True
+        f"   decode  {decode_alone * 1e3 / case.shard_rows:10.3f} ms per row alone "
+        f"({decode_alone / predict_alone:.0%} of the best runtime's forward pass)",
+        flush=True,
     )
     naive = measure_naive(case)
     print(f"   naive   {naive:10.1f} predictions/s ({case.naive_rows} rows timed, extrapolated)", flush=True)
+    per_runtime: dict[str, Any] = {
+        r.name: {
+            "raw": figures[r.name],
+            "raw_before_after": [before[r.name], after[r.name]],
+            "raw_rounds": r.rounds,
+            "setup_seconds": r.setup_seconds,
+            "max_abs_diff_vs_tensorflow": agreement[r.name],
+        }
+        for r in runtimes
+    }
+    per_runtime.update({name: {"unavailable": reason} for name, reason in unavailable.items()})
     return {
         "title": case.title,
         "batch_size": case.batch_size,
         "shards": len(case.shards),
         "shard_rows": case.shard_rows,
-        "raw": raw,
-        "raw_before_after": [raw_before, raw_after],
-        "worker": worker["predictions_per_second"],
+        "raw": raw_tensorflow,  # compatibility: raw is TensorFlow's raw forward pass
+        "raw_before_after": per_runtime["tensorflow"]["raw_before_after"],
+        "raw_tensorflow": raw_tensorflow,
+        "raw_best": raw_best,
+        "runtime": {"best": best, "worker": worker["runtime"], "per_runtime": per_runtime},
+        "worker": predictions,
         "naive": naive,
         "naive_sample_rows": case.naive_rows,
-        "worker_over_raw": worker["predictions_per_second"] / raw,
-        "worker_over_naive": worker["predictions_per_second"] / naive,
+        "worker_over_raw": predictions / raw_tensorflow,
+        "worker_over_raw_tensorflow": predictions / raw_tensorflow,
+        "worker_over_raw_best": predictions / raw_best,
+        "worker_over_naive": predictions / naive,
+        "outputs_max_abs_diff": worker["outputs_max_abs_diff"],
+        "decode_seconds_per_shard_alone": decode_alone,
+        "decode_alone_over_raw_best_predict": decode_alone / predict_alone,
         "worker_detail": worker,
     }
 
 
+def _check(name: str, measured: float | None, threshold: float, **detail: Any) -> dict[str, Any]:
+    passed = None if measured is None else measured >= threshold
+    return {"target": name, "measured": measured, "at_least": threshold, "pass": passed, **detail}
+
+
+def targets(cases: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with its measured value and pass/fail (``pass`` null: case not run)."""
+    checks = []
+    for name, threshold in OVER_RAW_TENSORFLOW.items():
+        case = cases.get(name)
+        measured = case["worker_over_raw_tensorflow"] if case else None
+        checks.append(_check("worker / raw TensorFlow", measured, threshold, case=name))
+    for name, case in cases.items():
+        checks.append(_check("worker / raw best", case["worker_over_raw_best"], OVER_RAW_BEST, case=name))
+    photo, square = cases.get("mobilenetv2_photo"), cases.get("mobilenetv2")
+    measured = photo["worker"] / square["worker"] if photo and square else None
+    checks.append(_check("worker 640x480 / 224x224", measured, PHOTO_OVER_224, case="mobilenetv2_photo"))
+    for name, case in cases.items():
+        diff = case["outputs_max_abs_diff"]
+        checks.append(
+            {
+                "target": "outputs vs model.predict",
+                "case": name,
+                "measured": diff,
+                "at_most": TOLERANCE,
+                "pass": diff <= TOLERANCE,
+            }
+        )
+    judged = [c["pass"] for c in checks if c["pass"] is not None]
+    return {"all_pass": bool(judged) and all(judged), "checks": checks}
+
+
 def table(results: dict[str, Any]) -> str:
-    head = "| case | batch | raw (pred/s) | worker (pred/s) | naive (pred/s) | worker/raw | worker/naive |"
-    rows = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    from bench.raw import RUNTIMES as RAW_RUNTIMES
+
+    head = (
+        "| case | batch | raw TF (pred/s) | raw best (pred/s) | worker (pred/s) | naive (pred/s) | "
+        "worker/raw TF | worker/raw best | worker/naive | max diff |"
+    )
+    rows = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["cases"].values():
         rows.append(
-            f"| {r['title']} | {r['batch_size']} | {r['raw']:.1f} | {r['worker']:.1f} | {r['naive']:.1f} | "
-            f"{r['worker_over_raw']:.2f} | {r['worker_over_naive']:.1f} |"
+            f"| {r['title']} | {r['batch_size']} | {r['raw_tensorflow']:.1f} | "
+            f"{r['raw_best']:.1f} ({r['runtime']['best']}) | {r['worker']:.1f} ({r['runtime']['worker']}) | "
+            f"{r['naive']:.1f} | {r['worker_over_raw_tensorflow']:.2f} | {r['worker_over_raw_best']:.2f} | "
+            f"{r['worker_over_naive']:.1f} | {r['outputs_max_abs_diff']:.1e} |"
         )
+    rows.append("")
+    rows.append("raw per runtime (pred/s; max |diff| against TensorFlow on the same batch)")
+    rows.append("")
+    rows.append("| case | " + " | ".join(RAW_RUNTIMES) + " |")
+    rows.append("| --- |" + " ---: |" * len(RAW_RUNTIMES))
+    for r in results["cases"].values():
+        cells = []
+        for name in RAW_RUNTIMES:
+            figure = r["runtime"]["per_runtime"].get(name, {"unavailable": "not tried"})
+            cells.append(
+                "n/a"
+                if "unavailable" in figure
+                else f"{figure['raw']:.1f} ({figure['max_abs_diff_vs_tensorflow']:.1e})"
+            )
+        rows.append(f"| {r['title']} | " + " | ".join(cells) + " |")
     rows.append("")
     rows.append(
         "seconds per shard, steady state (download+decode and encode+upload overlap predict in other threads)"
     )
     rows.append("")
     rows.append(
-        "| case | s/shard | download | decode | predict | encode | upload | predict share | moto CPU/shard |"
+        "| case | s/shard | download | decode | predict | encode | upload | predict share | decode/predict "
+        "| decode alone | moto CPU/shard |"
     )
-    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results["cases"].values():
         d = r["worker_detail"]
         s = d["stage_seconds_per_shard"]
         rows.append(
             f"| {r['title']} | {d['seconds_per_shard']:.3f} | {s['download']:.3f} | {s['decode']:.3f} | "
             f"{s['predict']:.3f} | {s['encode']:.3f} | {s['upload']:.3f} | "
-            f"{d['predict_share_of_shard_interval']:.0%} | {d['moto_server_cpu_seconds'] / d['shards']:.3f} |"
+            f"{d['predict_share_of_shard_interval']:.0%} | {d['decode_over_predict']:.0%} | "
+            f"{r['decode_seconds_per_shard_alone']:.3f} | {d['moto_server_cpu_seconds'] / d['shards']:.3f} |"
         )
+    rows.append("")
+    rows.append("targets")
+    rows.append("")
+    for c in results["targets"]["checks"]:
+        verdict = {True: "pass", False: "MISS", None: "not measured"}[c["pass"]]
+        bound = f">= {c['at_least']}" if "at_least" in c else f"<= {c['at_most']:.0e}"
+        measured = "-" if c["measured"] is None else f"{c['measured']:.3g}"
+        rows.append(f"- {c['target']} ({c['case']}): {measured} (target {bound}): {verdict}")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness works")
-    parser.add_argument("--only", choices=["mobilenetv2", "digits_cnn", "local_demo"], help="run one case")
+    parser.add_argument(
+        "--only",
+        choices=["mobilenetv2", "mobilenetv2_photo", "digits_cnn", "local_demo"],
+        help="run one case",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["auto", "tensorflow", "openvino"],
+        default="auto",
+        help="the worker's SPOTFILL_MODEL_RUNTIME (default auto)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name, value in {
@@ -249,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     }.items():
         os.environ.setdefault(name, value)
 
-    from bench.cases import digits_case, mobilenet_case
+    from bench.cases import digits_case, mobilenet_case, mobilenet_photo_case
 
     started = time.monotonic()
     info = machine()
@@ -263,13 +425,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.only in (None, "mobilenetv2"):
                 size = (3, 32) if args.quick else (10, 128)
                 builders.append(functools.partial(mobilenet_case, directory, *size, batch_size=32))
+            if args.only in (None, "mobilenetv2_photo"):
+                size = (3, 32) if args.quick else (10, 128)  # as (a): only the JPEGs differ
+                builders.append(functools.partial(mobilenet_photo_case, directory, *size, batch_size=32))
             if args.only in (None, "digits_cnn"):
                 size = (3, 1000) if args.quick else (16, 8192)
                 builders.append(functools.partial(digits_case, directory, *size, batch_size=1024))
             for build in builders:
                 case = build()
                 results["cases"][case.name] = run_case(
-                    case, endpoint, server.pid, raw_seconds=3 if args.quick else 15
+                    case, endpoint, server.pid, raw_seconds=4 if args.quick else 30, runtime=args.runtime
                 )
     finally:
         server.terminate()
@@ -281,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         results["local_demo"] = (
             measure_local_demo(shards=10, rows_per_shard=500) if args.quick else measure_local_demo()
         )
+    results["targets"] = targets(results["cases"])
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_seconds"] = time.monotonic() - started
     print("\n" + table(results), flush=True)

@@ -79,3 +79,20 @@ def test_the_image_pins_the_tensorflow_and_keras_the_tests_run():
         requirement = Requirement(line)
         if requirement.name in ("tensorflow", "tensorflow-cpu"):
             assert Version(tensorflow) in requirement.specifier, line
+
+
+def test_the_image_pins_the_openvino_the_tests_run():
+    # given the OpenVINO this environment's tests run with
+    from importlib.metadata import version
+
+    pinned = _dockerfile_arg("OPENVINO_VERSION")
+    # then the image (both targets) installs the same version
+    assert pinned == version("openvino")
+    # and within every range the project declares for it (the image's requirements and the development's)
+    declared = [
+        *tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"],
+        *_lines(ROOT / "worker" / "requirements.txt"),
+    ]
+    for requirement in (Requirement(line) for line in declared):
+        if requirement.name == "openvino":
+            assert Version(pinned) in requirement.specifier, str(requirement)

@@ -174,6 +174,46 @@ def test_larger_jpeg_images_are_resized_to_model_input_and_scaled_symmetrically(
     assert [r["top_class"] for r in records] == expected.argmax(axis=1).tolist()
 
 
+def test_photo_sized_jpegs_are_decoded_at_a_reduced_scale_then_resized_to_the_model_input():
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ModelInput, decode
+
+    # given 640x480 photo-like JPEGs (gradients and grain) and a 224x224 model
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:480, 0:640]
+    images = {
+        f"photo-{i}.jpg": np.clip(
+            np.stack([xx * 0.3 + i * 20, yy * 0.4, (xx + yy) * 0.2], -1) + rng.normal(0, 8, (480, 640, 3)),
+            0,
+            255,
+        ).astype(np.uint8)
+        for i in range(3)
+    }
+    data = image_tar(images, "JPEG")
+
+    # when the worker's decoder reads the shard
+    model_input = ModelInput((224, 224, 3), np.dtype(np.float32))
+    rows = decode(data, InputFormat.IMAGES, model_input, None, ImageScale.UNIT)
+
+    # then each image was decoded by JPEG draft mode at 320x240 (the smallest DCT scale not below 224x224,
+    # about 0.6x the CPU of a full decode) and resized bilinearly to 224x224
+    def resized(raw: bytes, draft: bool) -> np.ndarray:
+        with Image.open(io.BytesIO(raw)) as image:
+            if draft:
+                image.draft("RGB", (224, 224))
+                assert image.size == (320, 240)
+            pixels = image.convert("RGB").resize((224, 224), Image.Resampling.BILINEAR)
+            return np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        raws = [tar.extractfile(member).read() for member in tar]
+    drafted = np.stack([resized(raw, draft=True) for raw in raws])
+    np.testing.assert_array_equal(rows.features, drafted)
+    assert rows.ids == list(images)
+    # (a full-size decode gives other pixels, so the equality above tells the two paths apart)
+    assert not np.array_equal(drafted, np.stack([resized(raw, draft=False) for raw in raws]))
+
+
 def test_npy_output_is_exactly_the_model_output_in_input_order(cloud, run_worker, tabular_classifier):
     # given
     x = features(seed=7)

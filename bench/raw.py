@@ -1,0 +1,124 @@
+"""The raw ceilings: each runtime's FP32 forward pass over batches already in memory, measured side by side.
+
+Self-contained on purpose (it does not ask the worker which runtime it would pick): TensorFlow is the worker's
+own compiled forward pass (``spotfill_worker.model.Predictor``); OpenVINO converts the Keras model in memory
+(``ov.convert_model`` with a dynamic batch) and runs it at FP32 (``INFERENCE_PRECISION_HINT`` f32: on CPUs
+with bf16 instructions OpenVINO's default is bf16); ONNX Runtime runs the model as Keras exports it to ONNX
+(``model.export(format="onnx")``, which needs ``tf2onnx``). A runtime that cannot be set up here is reported
+with its reason instead of a figure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
+
+
+class Unavailable(Exception):
+    """The runtime cannot serve this model here; ``str()`` is the reason."""
+
+
+@dataclass
+class RawRuntime:
+    name: str
+    forward: Callable[[np.ndarray], np.ndarray]
+    setup_seconds: float
+    rounds: list[float] = field(default_factory=list)  # predictions/s of each timed round, in order
+
+
+def _tensorflow(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path) -> Callable:
+    from spotfill_worker.model import Predictor, load_model
+
+    return Predictor(load_model(model_path), len(batch)).predict
+
+
+def _openvino(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path) -> Callable:
+    try:
+        import openvino as ov
+    except ImportError as exc:
+        raise Unavailable(f"openvino is not installed ({exc})") from None
+    try:
+        converted = ov.convert_model(
+            keras_model, example_input=batch[:1], input=[(-1, *batch.shape[1:])]
+        )  # -1: any batch size
+        compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except Exception as exc:
+        raise Unavailable(f"OpenVINO cannot convert the model: {type(exc).__name__}: {exc}") from None
+    return lambda x: compiled(x)[0]
+
+
+def _onnxruntime(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path) -> Callable:
+    try:
+        import onnxruntime
+        import tf2onnx  # noqa: F401  # Keras's ONNX export for the TensorFlow backend
+    except ImportError as exc:
+        raise Unavailable(f"ONNX export needs onnxruntime and tf2onnx: {exc}") from None
+    path = work / f"{model_path.stem}.onnx"
+    try:
+        keras_model(batch[:1])  # Keras exports only a model that has been called
+        keras_model.export(str(path), format="onnx", verbose=False)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise Unavailable(f"Keras cannot export the model to ONNX: {type(exc).__name__}: {exc}") from None
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+_SETUP = {"tensorflow": _tensorflow, "openvino": _openvino, "onnxruntime": _onnxruntime}
+
+
+def set_up(model_path: Path, batch: np.ndarray, work: Path) -> tuple[list[RawRuntime], dict[str, str]]:
+    """Every runtime that can serve the model (TensorFlow first), and why each other one cannot."""
+    import keras
+
+    keras_model = keras.models.load_model(model_path, compile=False)
+    ready, unavailable = [], {}
+    for name in RUNTIMES:
+        started = time.perf_counter()
+        try:
+            forward = _SETUP[name](model_path, keras_model, batch, work)
+        except Unavailable as exc:
+            if name == "tensorflow":
+                raise
+            unavailable[name] = str(exc)
+            continue
+        forward(batch)  # trace, compile, allocate
+        forward(batch)
+        ready.append(RawRuntime(name, forward, time.perf_counter() - started))
+    return ready, unavailable
+
+
+def agreement(runtimes: list[RawRuntime], batch: np.ndarray) -> dict[str, float]:
+    """Each runtime's largest absolute difference from TensorFlow's outputs on the same batch."""
+    reference = np.asarray(runtimes[0].forward(batch), dtype=np.float32)
+    return {
+        r.name: float(np.max(np.abs(np.asarray(r.forward(batch), dtype=np.float32) - reference)))
+        for r in runtimes
+    }
+
+
+def measure(runtimes: list[RawRuntime], batch: np.ndarray, seconds: float, rounds: int) -> dict[str, float]:
+    """``rounds`` rounds of (TensorFlow, OpenVINO, ONNX Runtime, ...), each runtime ``seconds / rounds /
+    len(runtimes)`` per round, so a shared machine's load falls on every runtime alike; predictions/s each."""
+    share = seconds / rounds / len(runtimes)
+    totals = {r.name: [0, 0.0] for r in runtimes}
+    for _ in range(rounds):
+        for runtime in runtimes:
+            rows, started = 0, time.perf_counter()
+            while True:
+                runtime.forward(batch)
+                rows += len(batch)
+                elapsed = time.perf_counter() - started
+                if elapsed >= share:
+                    break
+            totals[runtime.name][0] += rows
+            totals[runtime.name][1] += elapsed
+            runtime.rounds.append(rows / elapsed)
+    return {name: rows / elapsed for name, (rows, elapsed) in totals.items()}
