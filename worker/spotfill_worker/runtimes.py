@@ -202,8 +202,8 @@ class OnnxRuntime:
 
 
 def onnxruntime_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runtime:
-    """ONNX Runtime on the CPU, the model converted once per process by tf2onnx (``model.runtime_cache``),
-    its batch size dynamic.
+    """ONNX Runtime on the CPU, the model converted by tf2onnx and loaded once per process
+    (``model.runtime_cache``), its batch size dynamic.
 
     Raises RuntimeUnavailable when onnxruntime, tf2onnx or onnx is not installed, the model cannot be
     converted or loaded, or ``precision`` is not fp32 (ONNX Runtime's CPU provider computes in FP32).
@@ -212,40 +212,35 @@ def onnxruntime_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runti
     if precision != "fp32":
         raise RuntimeUnavailable(f"onnxruntime does not offer {precision} on CPU")
     try:
+        import onnx  # noqa: F401  # tf2onnx builds its graph with it
         import onnxruntime
-    except ImportError:
-        raise RuntimeUnavailable("onnxruntime is not installed") from None
-    session = model.runtime_cache.get("onnxruntime:session")
+        import tf2onnx
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
+    session = model.runtime_cache.get("onnxruntime")
+    if isinstance(session, RuntimeUnavailable):
+        raise session
     if session is None:
-        serialized = _onnx_model(model)
         options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3  # errors only: the worker's stdout carries JSON records alone
+        options.log_severity_level = 3  # errors only: the worker's stdout carries its JSON records alone
         # Threads: ONNX Runtime's default (one intra-op thread per physical core) measured as fast as any
-        # explicit setting on 2 cores (digits CNN 1024, MobileNetV2 32), so the default serves.
+        # explicit setting on 2 cores (digits CNN batch 1024, MobileNetV2 batch 32), so the default serves.
         try:
-            session = onnxruntime.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+            session = onnxruntime.InferenceSession(
+                _onnx_model(model, tf2onnx), options, providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:
-            refused = RuntimeUnavailable(f"onnxruntime cannot load the converted model: {_short(exc)}")
-            model.runtime_cache["onnxruntime"] = refused
+            refused = RuntimeUnavailable(f"onnxruntime cannot convert or load the model: {_short(exc)}")
+            model.runtime_cache["onnxruntime"] = refused  # the conversion is not tried again
             raise refused from exc
-        model.runtime_cache["onnxruntime:session"] = session
+        model.runtime_cache["onnxruntime"] = session
     return OnnxRuntime(session)
 
 
-def _onnx_model(model: LoadedModel) -> bytes:
+def _onnx_model(model: LoadedModel, tf2onnx: Any) -> bytes:
     """The model as a serialized ONNX graph with a dynamic batch dimension, converted by tf2onnx from the
-    same forward pass TensorFlow runs (a ``.keras`` model or a SavedModel's serving signature, called or
-    not); a failed conversion is cached as its reason."""
-    converted = model.runtime_cache.get("onnxruntime")
-    if isinstance(converted, RuntimeUnavailable):
-        raise converted
-    if converted is not None:
-        return converted
-    try:
-        import onnx  # noqa: F401  # tf2onnx builds its graph with it
-        import tf2onnx
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"{exc.name or 'tf2onnx'} is not installed") from None
+    forward pass TensorFlow runs (a ``.keras`` model, called before or not, or a SavedModel's serving
+    signature)."""
     import tensorflow as tf
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # it logs every conversion step at INFO
@@ -253,19 +248,12 @@ def _onnx_model(model: LoadedModel) -> bytes:
         [None, *model.model_input.row_shape], tf.as_dtype(model.model_input.dtype), name="input"
     )
     forward = tf.function(lambda x: model.forward(x), input_signature=[spec])
-    try:
-        proto, _ = tf2onnx.convert.from_function(forward, input_signature=[spec])
-        if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
-            raise ValueError(
-                f"converted model has {len(proto.graph.input)} inputs and {len(proto.graph.output)} outputs"
-            )
-        converted = proto.SerializeToString()
-    except Exception as exc:
-        refused = RuntimeUnavailable(f"onnxruntime cannot convert the model: {_short(exc)}")
-        model.runtime_cache["onnxruntime"] = refused
-        raise refused from exc
-    model.runtime_cache["onnxruntime"] = converted
-    return converted
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=[spec])
+    if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
+        raise ValueError(
+            f"converted model has {len(proto.graph.input)} inputs and {len(proto.graph.output)} outputs"
+        )
+    return proto.SerializeToString()
 
 
 # ------------------------------------------------------------------------------------------------ the choice
@@ -354,7 +342,7 @@ def choose_runtime(
         except RuntimeUnavailable as exc:
             reasons.append(str(exc))
 
-    names = [requested] if requested in CANDIDATES else list(CANDIDATES) if requested == "auto" else []
+    names = list(CANDIDATES) if requested == "auto" else [requested] if requested in CANDIDATES else []
     candidates: list[tuple[Runtime, tuple[float, float | None]]] = []
     if not len(rows) and requested != "tensorflow":
         reasons.append("no calibration rows (the first shard is empty): TensorFlow serves")
