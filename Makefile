@@ -3,14 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-BENCH_STAMP := $(VENV)/.installed-bench
 # checkov in a venv of its own: its pins must not meet the project's dependencies.
 CHECKOV_VENV  := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV       := $(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation
-# The worker image's CPU dependency set in a venv of its own: worker/requirements.txt and the TensorFlow, Keras
-# and OpenVINO versions worker/Dockerfile pins (read from its ARG lines), plus the worker tests' tools. Its
-# Python is $(PYTHON), this machine's (the CPU image's is python:3.12-slim's).
+# The worker image's CPU dependency set in a venv of its own: worker/requirements.txt and the TensorFlow, Keras,
+# OpenVINO, ONNX Runtime, tf2onnx and onnx versions worker/Dockerfile pins (read from its ARG lines), plus the
+# worker tests' tools. Its Python is $(PYTHON), this machine's (the CPU image's is python:3.12-slim's).
 IMAGE_VENV  := .venv-image
 IMAGE_STAMP := $(IMAGE_VENV)/.installed
 dockerfile_arg = $(shell sed -n 's/^ARG $(1)=//p' worker/Dockerfile)
@@ -25,10 +24,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	touch $(BENCH_STAMP)
-
 $(CHECKOV_STAMP): requirements-lint-iac.txt
 	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -42,6 +37,9 @@ $(IMAGE_STAMP): worker/requirements.txt worker/Dockerfile requirements-test-imag
 		"$(IMAGE_TENSORFLOW)==$(call dockerfile_arg,TF_VERSION)" \
 		"keras==$(call dockerfile_arg,KERAS_VERSION)" \
 		"openvino==$(call dockerfile_arg,OPENVINO_VERSION)" \
+		"onnxruntime==$(call dockerfile_arg,ONNXRUNTIME_VERSION)" \
+		"tf2onnx==$(call dockerfile_arg,TF2ONNX_VERSION)" \
+		"onnx==$(call dockerfile_arg,ONNX_VERSION)" \
 		-r requirements-test-image.txt
 	touch $(IMAGE_STAMP)
 
@@ -76,7 +74,7 @@ lint: $(STAMP) $(CHECKOV_STAMP)
 	$(CHECKOV) --file .aws-sam/checkov/template.json
 
 ## Throughput of the worker against the model's ceiling; writes bench/results.json.
-bench: $(BENCH_STAMP)
+bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:

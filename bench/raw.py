@@ -3,9 +3,9 @@
 Self-contained on purpose (it does not ask the worker which runtime it would pick): TensorFlow is the worker's
 own compiled forward pass (``spotfill_worker.model.Predictor``); OpenVINO converts the Keras model in memory
 (``ov.convert_model`` with a dynamic batch) and runs it at FP32 (``INFERENCE_PRECISION_HINT`` f32: on CPUs
-with bf16 instructions OpenVINO's default is bf16); ONNX Runtime runs the model as Keras exports it to ONNX
-(``model.export(format="onnx")``, which needs ``tf2onnx``). A runtime that cannot be set up here is reported
-with its reason instead of a figure.
+with bf16 instructions OpenVINO's default is bf16); ONNX Runtime runs the model as the worker converts it
+(``spotfill_worker.runtimes.onnxruntime_runtime``: tf2onnx, a dynamic batch). A runtime that cannot be set up
+here is reported with its reason instead of a figure.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ class RawRuntime:
     rounds: list[float] = field(default_factory=list)  # predictions/s of each timed round, in order
 
 
-def _tensorflow(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path) -> Callable:
+def _tensorflow(model_path: Path, keras_model: Any, batch: np.ndarray) -> Callable:
     from spotfill_worker.model import Predictor, load_model
 
     return Predictor(load_model(model_path), len(batch)).predict
 
 
-def _openvino(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path) -> Callable:
+def _openvino(model_path: Path, keras_model: Any, batch: np.ndarray) -> Callable:
     try:
         import openvino as ov
     except ImportError as exc:
@@ -54,27 +54,20 @@ def _openvino(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path)
     return lambda x: compiled(x)[0]
 
 
-def _onnxruntime(model_path: Path, keras_model: Any, batch: np.ndarray, work: Path) -> Callable:
+def _onnxruntime(model_path: Path, keras_model: Any, batch: np.ndarray) -> Callable:
+    from spotfill_worker.model import load_model
+    from spotfill_worker.runtimes import RuntimeUnavailable, onnxruntime_runtime
+
     try:
-        import onnxruntime
-        import tf2onnx  # noqa: F401  # Keras's ONNX export for the TensorFlow backend
-    except ImportError as exc:
-        raise Unavailable(f"ONNX export needs onnxruntime and tf2onnx: {exc}") from None
-    path = work / f"{model_path.stem}.onnx"
-    try:
-        keras_model(batch[:1])  # Keras exports only a model that has been called
-        keras_model.export(str(path), format="onnx", verbose=False)
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise Unavailable(f"Keras cannot export the model to ONNX: {type(exc).__name__}: {exc}") from None
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
+        return onnxruntime_runtime(load_model(model_path))
+    except RuntimeUnavailable as exc:
+        raise Unavailable(str(exc)) from None
 
 
 _SETUP = {"tensorflow": _tensorflow, "openvino": _openvino, "onnxruntime": _onnxruntime}
 
 
-def set_up(model_path: Path, batch: np.ndarray, work: Path) -> tuple[list[RawRuntime], dict[str, str]]:
+def set_up(model_path: Path, batch: np.ndarray) -> tuple[list[RawRuntime], dict[str, str]]:
     """Every runtime that can serve the model (TensorFlow first), and why each other one cannot."""
     import keras
 
@@ -83,7 +76,7 @@ def set_up(model_path: Path, batch: np.ndarray, work: Path) -> tuple[list[RawRun
     for name in RUNTIMES:
         started = time.perf_counter()
         try:
-            forward = _SETUP[name](model_path, keras_model, batch, work)
+            forward = _SETUP[name](model_path, keras_model, batch)
         except Unavailable as exc:
             if name == "tensorflow":
                 raise

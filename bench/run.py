@@ -228,17 +228,16 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
         flush=True,
     )
     batch = np.resize(case.sample, (case.batch_size, *case.sample.shape[1:]))
-    with tempfile.TemporaryDirectory(prefix="spotfill-bench-raw-") as work:
-        runtimes, unavailable = raw.set_up(case.model_path, batch, Path(work))
-        for name, reason in unavailable.items():
-            print(f"   {name}: not measured: {reason}", flush=True)
-        agreement = raw.agreement(runtimes, batch)
-        # The machine is shared: the runtimes are measured in interleaved rounds just before and just after
-        # the worker, and each one's two figures averaged.
-        rounds = 2 if raw_seconds < 10 else 4
-        before = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
-        worker = measure_worker(case, endpoint, server_pid, runtime)
-        after = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
+    runtimes, unavailable = raw.set_up(case.model_path, batch)
+    for name, reason in unavailable.items():
+        print(f"   {name}: not measured: {reason}", flush=True)
+    agreement = raw.agreement(runtimes, batch)
+    # The machine is shared: the runtimes are measured in interleaved rounds just before and just after the
+    # worker, and each one's two figures averaged.
+    rounds = 2 if raw_seconds < 10 else 4
+    before = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
+    worker = measure_worker(case, endpoint, server_pid, runtime)
+    after = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
     figures = {name: (before[name] + after[name]) / 2 for name in before}
     best = max(figures, key=figures.__getitem__)
     raw_tensorflow, raw_best = figures["tensorflow"], figures[best]
@@ -398,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--runtime",
-        choices=["auto", "tensorflow", "openvino"],
+        choices=["auto", "tensorflow", "openvino", "onnxruntime"],
         default="auto",
         help="the worker's SPOTFILL_MODEL_RUNTIME (default auto)",
     )

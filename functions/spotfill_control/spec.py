@@ -22,7 +22,7 @@ FleetApiName = Literal["ec2-fleet", "spot-fleet"]
 # What serves the model's forward pass in the worker: "auto" lets the worker's calibration on the first shard
 # pick the fastest runtime whose outputs match TensorFlow's (docs/contracts.md, "Model runtime and
 # precision").
-ModelRuntime = Literal["auto", "tensorflow", "openvino"]
+ModelRuntime = Literal["auto", "tensorflow", "openvino", "onnxruntime"]
 ModelPrecision = Literal["fp32", "bf16", "fp16"]
 
 # File extensions of each input format: a shard under an input prefix is an object with one of these.
@@ -150,8 +150,8 @@ class ModelSpec(_Model):
     runtime: ModelRuntime = Field(
         default="auto",
         description="auto: the fastest runtime whose FP32 outputs are within 1e-5 of TensorFlow's on "
-        "calibration rows of the first shard; tensorflow; openvino (CPU types only; falls back to "
-        "TensorFlow, with the reason reported, where it cannot reproduce the model)",
+        "calibration rows of the first shard; tensorflow; openvino or onnxruntime (CPU types only; falls "
+        "back to TensorFlow, with the reason reported, where it cannot reproduce the model)",
     )
     precision: ModelPrecision = Field(
         default="fp32",

@@ -325,7 +325,7 @@ def check_worker_image_for(facts: dict[str, InstanceTypeFacts], settings: Settin
 
 def check_model_runtime(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
     """The runtime and precision must exist on the fleet's kind: GPU types serve TensorFlow with XLA, in FP32
-    or mixed FP16; CPU types serve TensorFlow or OpenVINO, in FP32 or bf16."""
+    or mixed FP16; CPU types serve TensorFlow, OpenVINO or ONNX Runtime (FP32 only), in FP32 or bf16."""
     gpu = [f.name for f in facts.values() if f.is_gpu]
     cpu = [f.name for f in facts.values() if not f.is_gpu]
     model = spec.model
@@ -339,9 +339,9 @@ def check_model_runtime(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts])
             f"model.precision: bf16 is for CPU types, and {', '.join(gpu)} "
             f"{'is a GPU type' if len(gpu) == 1 else 'are GPU types'}: use fp16 on GPU."
         )
-    if model.runtime == "openvino" and gpu:
+    if model.runtime in ("openvino", "onnxruntime") and gpu:
         raise InvalidSpecError(
-            f"model.runtime: openvino serves CPU types, and {', '.join(gpu)} "
+            f"model.runtime: {model.runtime} serves CPU types, and {', '.join(gpu)} "
             f"{'is a GPU type' if len(gpu) == 1 else 'are GPU types'} (served by TensorFlow with XLA): "
             "use auto or tensorflow."
         )

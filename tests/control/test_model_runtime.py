@@ -43,9 +43,11 @@ def test_the_runtime_is_auto_and_the_precision_fp32_unless_the_spec_says_otherwi
         sample_spec(model__runtime="openvino", model__precision="bf16")
     ).model
     assert (chosen.runtime, chosen.precision) == ("openvino", "bf16")
+    chosen = BackfillSpec.model_validate(sample_spec(model__runtime="onnxruntime")).model
+    assert (chosen.runtime, chosen.precision) == ("onnxruntime", "fp32")
 
 
-@pytest.mark.parametrize(("field", "value"), [("runtime", "onnxruntime"), ("precision", "int8")])
+@pytest.mark.parametrize(("field", "value"), [("runtime", "onnx"), ("precision", "int8")])
 def test_a_runtime_or_precision_not_offered_is_refused_naming_the_field(field, value):
     with pytest.raises(ValidationError) as raised:
         BackfillSpec.model_validate(sample_spec(**{f"model__{field}": value}))
@@ -71,8 +73,16 @@ def test_a_runtime_or_precision_not_offered_is_refused_naming_the_field(field, v
             {"model__runtime": "openvino", "fleet__instance_types": ["g4dn.xlarge"], "service__memory": 4096},
             r"^model\.runtime: openvino serves CPU types, and g4dn\.xlarge is a GPU type",
         ),
+        (
+            {
+                "model__runtime": "onnxruntime",
+                "fleet__instance_types": ["g5.xlarge"],
+                "service__memory": 4096,
+            },
+            r"^model\.runtime: onnxruntime serves CPU types, and g5\.xlarge is a GPU type",
+        ),
     ],
-    ids=["fp16-on-cpu", "bf16-on-gpu", "openvino-on-gpu"],
+    ids=["fp16-on-cpu", "bf16-on-gpu", "openvino-on-gpu", "onnxruntime-on-gpu"],
 )
 def test_a_runtime_or_precision_the_fleets_kind_cannot_serve_is_refused_at_validate(
     world, lambda_context, overrides, expected
@@ -87,10 +97,11 @@ def test_a_runtime_or_precision_the_fleets_kind_cannot_serve_is_refused_at_valid
     "overrides",
     [
         {"model__runtime": "openvino", "model__precision": "bf16"},
+        {"model__runtime": "onnxruntime"},
         {"model__runtime": "auto", "model__precision": "fp16", "fleet__instance_types": ["g4dn.xlarge"]},
         {"model__runtime": "tensorflow", "fleet__instance_types": ["g5.xlarge"]},
     ],
-    ids=["openvino-bf16-on-cpu", "auto-fp16-on-gpu", "tensorflow-on-gpu"],
+    ids=["openvino-bf16-on-cpu", "onnxruntime-on-cpu", "auto-fp16-on-gpu", "tensorflow-on-gpu"],
 )
 def test_a_runtime_and_precision_the_fleet_serves_validate(world, lambda_context, overrides):
     run = validated_run(world, lambda_context, service__memory=4096, **overrides)

@@ -1,6 +1,6 @@
-"""`model.runtime` on the local cloud: whichever runtime computes a run, its outputs equal `model.predict`,
-and the report names the runtime its outputs record; a model OpenVINO cannot reproduce within 1e-5 falls
-back to TensorFlow, the reason in the report and the worker's log."""
+"""`model.runtime` on the local cloud: whichever runtime computes a run (TensorFlow, OpenVINO, ONNX Runtime),
+its outputs equal `model.predict`, and the report names the runtime its outputs record; a model OpenVINO
+cannot reproduce within 1e-5 falls back to TensorFlow, the reason in the report and the worker's log."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .helpers import Digits, worker_records, write_digits
 
 pytestmark = pytest.mark.e2e
 
-RUNTIMES = ("tensorflow", "openvino")
+RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
 TOLERANCE = 1e-5  # docs/contracts.md, "Model runtime and precision"
 
 
@@ -85,7 +85,7 @@ def _runtime_events(cloud, run_id: str) -> list[dict]:
 def test_every_runtime_computes_outputs_equal_to_model_predict_and_the_report_names_it(
     local_cloud, two_shards, quiet_console, tmp_path, runtime
 ):
-    # given the digits CNN, which OpenVINO reproduces within the tolerance
+    # given the digits CNN, which OpenVINO and ONNX Runtime reproduce within the tolerance
     # when a backfill runs with model.runtime set
     spec, result = _run(local_cloud, two_shards, f"runtime-{runtime}", runtime, quiet_console, tmp_path)
 
@@ -103,7 +103,7 @@ def test_every_runtime_computes_outputs_equal_to_model_predict_and_the_report_na
         assert section["by_runtime"] == {runtime: 2}
         assert section["fallbacks"] == []
     # and what the calibration measured: the runtime's agreement with TensorFlow and its speed
-    if "openvino" in used:
+    if used & {"openvino", "onnxruntime"}:
         assert section["max_abs_diff"] is not None and section["max_abs_diff"] <= TOLERANCE
     assert set(section["rows_per_second"]) == used and all(v > 0 for v in section["rows_per_second"].values())
     # and each worker logged the runtime it chose

@@ -81,18 +81,28 @@ def test_the_image_pins_the_tensorflow_and_keras_the_tests_run():
             assert Version(tensorflow) in requirement.specifier, line
 
 
-def test_the_image_pins_the_openvino_the_tests_run():
-    # given the OpenVINO this environment's tests run with
+@pytest.mark.parametrize(
+    ("package", "arg"),
+    [
+        ("openvino", "OPENVINO_VERSION"),
+        ("onnxruntime", "ONNXRUNTIME_VERSION"),
+        ("tf2onnx", "TF2ONNX_VERSION"),
+        ("onnx", "ONNX_VERSION"),
+    ],
+)
+def test_the_image_pins_the_runtimes_the_tests_run(package, arg):
+    # given the runtime (or converter) this environment's tests run with
     from importlib.metadata import version
 
-    pinned = _dockerfile_arg("OPENVINO_VERSION")
+    pinned = _dockerfile_arg(arg)
     # then the image (both targets) installs the same version
-    assert pinned == version("openvino")
+    assert pinned == version(package)
     # and within every range the project declares for it (the image's requirements and the development's)
     declared = [
         *tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"],
         *_lines(ROOT / "worker" / "requirements.txt"),
     ]
-    for requirement in (Requirement(line) for line in declared):
-        if requirement.name == "openvino":
-            assert Version(pinned) in requirement.specifier, str(requirement)
+    found = [Requirement(line) for line in declared if Requirement(line).name == package]
+    assert len(found) == 2, f"{package} is not declared by both pyproject.toml and worker/requirements.txt"
+    for requirement in found:
+        assert Version(pinned) in requirement.specifier, str(requirement)

@@ -233,7 +233,9 @@ def test_npy_output_is_exactly_the_model_output_in_input_order(cloud, run_worker
     metadata = cloud.s3.head_object(Bucket=bucket, Key=key)["Metadata"]
     runtime = {k: v for k, v in metadata.items() if k.startswith(("spotfill-runtime", "spotfill-precision"))}
     assert metadata == {"spotfill-rows": str(len(x)), "spotfill-run-id": message["run_id"], **runtime}
-    assert runtime["spotfill-runtime"] in ("tensorflow", "openvino")
+    from spotfill_worker.runtimes import RUNTIMES
+
+    assert runtime["spotfill-runtime"] in RUNTIMES
     assert runtime["spotfill-precision"] == "fp32"
 
 

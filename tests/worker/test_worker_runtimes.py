@@ -1,5 +1,6 @@
-"""Runtimes: the worker serves through TensorFlow or OpenVINO, chosen on the first shard's rows, and its
-outputs stay those of model.predict; a runtime that cannot reproduce TensorFlow FP32 is refused, with why."""
+"""Runtimes: the worker serves through TensorFlow, OpenVINO or ONNX Runtime, chosen on the first shard's rows,
+and its outputs stay those of model.predict; a runtime that cannot reproduce TensorFlow FP32 is refused, with
+why."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .conftest import DATA
 pytestmark = pytest.mark.worker
 
 ATOL = 1e-5
+CONVERTED = ("openvino", "onnxruntime")  # runtimes converted from the model, calibrated against TensorFlow
 ROWS = 37  # not a multiple of the batch size (16): the padded last batch is calibrated and served too
 
 
@@ -107,9 +109,9 @@ def unconvertible_savedmodel(tmp_path_factory):
 # ------------------------------------------------------------------------------------------ the worker
 
 
-@pytest.mark.parametrize("runtime", ["auto", "tensorflow", "openvino"])
+@pytest.mark.parametrize("runtime", ["auto", "tensorflow", "openvino", "onnxruntime"])
 def test_each_runtime_predicts_like_model_predict_and_names_itself_in_the_output(
-    runtime, cloud, run_worker, digits_cnn
+    runtime, cloud, run_worker, digits_cnn, capfd
 ):
     # given a digits shard and the runtime asked for
     x = digits()
@@ -118,6 +120,9 @@ def test_each_runtime_predicts_like_model_predict_and_names_itself_in_the_output
     run, outputs, metadata = serve(
         cloud, run_worker, "models/digits.keras", digits_cnn.path.read_bytes(), x, model_runtime=runtime
     )
+
+    # then nothing but its records (here in run.lines) reached stdout: the converters print nothing there
+    assert capfd.readouterr().out == ""
 
     # then its outputs are model.predict's
     np.testing.assert_allclose(outputs, digits_cnn.predict(x), atol=ATOL, rtol=0)
@@ -132,50 +137,56 @@ def test_each_runtime_predicts_like_model_predict_and_names_itself_in_the_output
     # auto runs whichever it measured faster
     measured = event["measured_rows_per_second"]
     if runtime == "auto":
-        assert set(measured) == {"tensorflow fp32", "openvino fp32"}
+        assert set(measured) == {"tensorflow fp32", "openvino fp32", "onnxruntime fp32"}
         assert measured[f"{event['runtime']} fp32"] == max(measured.values())
+        assert event["rows_per_second"] == max(measured.values())
     assert float(metadata["spotfill-runtime-rows-per-second"]) == pytest.approx(event["rows_per_second"])
-    if event["runtime"] == "openvino":
+    if event["runtime"] in CONVERTED:
         assert float(metadata["spotfill-runtime-max-abs-diff"]) <= ATOL
         assert metadata["spotfill-runtime-top-class-changed"] == "0.0"
     else:
         assert metadata["spotfill-runtime-max-abs-diff"] == ""
 
 
-def test_openvino_serves_a_savedmodel_archive(cloud, run_worker, regressor_savedmodel):
-    # given a SavedModel archive (a regressor) and runtime openvino
+@pytest.mark.parametrize("runtime", CONVERTED)
+def test_a_converted_runtime_serves_a_savedmodel_archive(runtime, cloud, run_worker, regressor_savedmodel):
+    # given a SavedModel archive (a regressor) and runtime openvino or onnxruntime
     archive, model = regressor_savedmodel
     x = np.random.default_rng(3).normal(size=(ROWS, 4)).astype(np.float32)
 
     # when the worker serves a shard
     run, outputs, metadata = serve(
-        cloud, run_worker, "models/regressor.tar.gz", archive.read_bytes(), x, model_runtime="openvino"
+        cloud, run_worker, "models/regressor.tar.gz", archive.read_bytes(), x, model_runtime=runtime
     )
 
-    # then OpenVINO served it, converted from the extracted SavedModel, with model.predict's outputs
-    assert chosen(run)["runtime"] == metadata["spotfill-runtime"] == "openvino"
+    # then that runtime served it, converted from the extracted SavedModel, with model.predict's outputs
+    assert chosen(run)["runtime"] == metadata["spotfill-runtime"] == runtime
     assert float(metadata["spotfill-runtime-max-abs-diff"]) <= ATOL
     np.testing.assert_allclose(outputs, model.predict(x, verbose=0), atol=ATOL, rtol=0)
 
 
-def test_a_model_openvino_does_not_reproduce_falls_back_to_tensorflow(
+def test_a_model_no_converted_runtime_reproduces_falls_back_to_tensorflow(
     cloud, run_worker, unreproducible_keras
 ):
-    # given a model OpenVINO converts, but whose outputs it computes in another order (checked: > 1e-5 apart)
+    # given a model OpenVINO and ONNX Runtime convert, but whose outputs they compute in another order
+    # (checked: > 1e-5 apart)
     path, model = unreproducible_keras
     x = digits()
 
     # when the worker serves it with runtime auto
     run, outputs, metadata = serve(cloud, run_worker, "models/huge.keras", path.read_bytes(), x)
 
-    # then TensorFlow serves, the refusal is logged once with the difference, and outputs are model.predict's
+    # then TensorFlow serves, both refusals are logged once with their differences, and outputs are
+    # model.predict's
     event = chosen(run)
     assert event["level"] == "WARNING"
     assert event["runtime"] == metadata["spotfill-runtime"] == "tensorflow"
-    assert "openvino outputs differ from TensorFlow's by up to" in event["fallback_reason"]
+    reasons = event["fallback_reason"].split("; ")
+    assert [reason.split(" ")[0] for reason in reasons] == list(CONVERTED)
+    for reason in reasons:
+        assert " outputs differ from TensorFlow's by up to" in reason
+        assert float(reason.split("by up to ")[1].split(" ")[0]) > ATOL
     assert metadata["spotfill-runtime-fallback"] == event["fallback_reason"]
-    difference = float(event["fallback_reason"].split("by up to ")[1].split(" ")[0])
-    assert difference > ATOL
     np.testing.assert_allclose(outputs, model.predict(x, verbose=0), atol=ATOL, rtol=0)
 
 
@@ -200,24 +211,35 @@ def test_a_savedmodel_openvino_cannot_convert_falls_back_to_tensorflow(
     np.testing.assert_allclose(outputs, reference(x), atol=ATOL, rtol=0)
 
 
-def test_without_openvino_the_worker_serves_through_tensorflow_and_says_so_once(
-    monkeypatch, cloud, run_worker, digits_cnn
+@pytest.mark.parametrize(
+    ("missing", "runtime", "reason"),
+    [
+        (("openvino", "onnxruntime"), "auto", "openvino is not installed; onnxruntime is not installed"),
+        (("onnxruntime",), "onnxruntime", "onnxruntime is not installed"),
+        (("tf2onnx",), "onnxruntime", "tf2onnx is not installed"),
+    ],
+)
+def test_without_a_runtime_the_worker_serves_through_tensorflow_and_says_so_once(
+    missing, runtime, reason, monkeypatch, cloud, run_worker, digits_cnn
 ):
-    # given a process where openvino cannot be imported
-    monkeypatch.setitem(sys.modules, "openvino", None)
+    # given a process where the runtime (or its converter) cannot be imported
+    for module in missing:
+        monkeypatch.setitem(sys.modules, module, None)
     x = digits()
 
-    # when the worker serves two shards with runtime auto
+    # when the worker serves two shards with the runtime asked for
     cloud.put("inputs/part-1.npy", npy_bytes(x[:5]))
     cloud.send_shard("inputs/part-1.npy", "npy")
-    run, outputs, metadata = serve(cloud, run_worker, "models/digits.keras", digits_cnn.path.read_bytes(), x)
+    run, outputs, metadata = serve(
+        cloud, run_worker, "models/digits.keras", digits_cnn.path.read_bytes(), x, model_runtime=runtime
+    )
 
     # then TensorFlow serves both, and the reason is logged once
     assert len(run.events("shard_done")) == 2
     event = chosen(run)
     assert event["level"] == "WARNING"
     assert event["runtime"] == metadata["spotfill-runtime"] == "tensorflow"
-    assert event["fallback_reason"] == metadata["spotfill-runtime-fallback"] == "openvino is not installed"
+    assert event["fallback_reason"] == metadata["spotfill-runtime-fallback"] == reason
     np.testing.assert_allclose(outputs, digits_cnn.predict(x), atol=ATOL, rtol=0)
 
 
@@ -236,15 +258,18 @@ def test_bf16_records_its_agreement_with_fp32(cloud, run_worker, digits_cnn):
     # then the output records bf16 and its measured agreement with TensorFlow FP32 (not held to 1e-5)
     event = chosen(run)
     assert metadata["spotfill-precision"] == event["precision"] == "bf16"
-    assert event["fallback_reason"] is None
+    assert event["fallback_reason"] == "onnxruntime does not offer bf16 on CPU"
     difference = float(metadata["spotfill-runtime-max-abs-diff"])
     assert difference == event["max_abs_diff"] and 0 < difference < 0.1
     assert 0.0 <= float(metadata["spotfill-runtime-top-class-changed"]) <= 1.0
     np.testing.assert_allclose(outputs, digits_cnn.predict(x), atol=0.1)
 
 
+FP16_REFUSED = "openvino does not offer fp16 on CPU; onnxruntime does not offer fp16 on CPU"
+
+
 def test_mixed_precision_is_fp16_through_tensorflow(cloud, run_worker, digits_cnn):
-    # given the older switch SPOTFILL_MIXED_PRECISION on (a CPU here: OpenVINO offers no fp16)
+    # given the older switch SPOTFILL_MIXED_PRECISION on (a CPU here: OpenVINO and ONNX Runtime offer no fp16)
     x = digits()
 
     # when the worker serves a shard
@@ -256,7 +281,7 @@ def test_mixed_precision_is_fp16_through_tensorflow(cloud, run_worker, digits_cn
     event = chosen(run)
     assert (event["runtime"], event["precision"]) == ("tensorflow", "fp16")
     assert metadata["spotfill-precision"] == "fp16"
-    assert metadata["spotfill-runtime-fallback"] == "openvino does not offer fp16 on CPU"
+    assert metadata["spotfill-runtime-fallback"] == FP16_REFUSED
     assert 0 < float(metadata["spotfill-runtime-max-abs-diff"]) < 0.1
     assert outputs.dtype == np.float32
     np.testing.assert_allclose(outputs, digits_cnn.predict(x), atol=0.1)
@@ -277,6 +302,8 @@ def test_runtime_and_precision_are_read_from_the_environment():
         {**base, "SPOTFILL_MODEL_RUNTIME": "openvino", "SPOTFILL_MODEL_PRECISION": "bf16"}
     )
     assert (config.model_runtime, config.precision) == ("openvino", "bf16")
+    onnx = WorkerConfig.from_env({**base, "SPOTFILL_MODEL_RUNTIME": "onnxruntime"})
+    assert onnx.model_runtime == "onnxruntime"
     assert WorkerConfig.from_env({**base, "SPOTFILL_MIXED_PRECISION": "true"}).precision == "fp16"
     with pytest.raises(ConfigError, match="SPOTFILL_MODEL_RUNTIME"):
         WorkerConfig.from_env({**base, "SPOTFILL_MODEL_RUNTIME": "onnx"})
@@ -306,18 +333,33 @@ def choose(model, requested="auto", precision="fp32", rows=None, **options):
 def test_auto_runs_the_faster_of_the_runtimes_that_reproduce_tensorflow(loaded_digits):
     runtime, calibration = choose(loaded_digits)
     rates = dict(calibration.measured)
-    assert set(rates) == {"tensorflow fp32", "openvino fp32"}
+    assert set(rates) == {"tensorflow fp32", "openvino fp32", "onnxruntime fp32"}
     assert runtime.name == calibration.runtime and calibration.rows_per_second == max(rates.values())
     assert calibration.tensorflow_rows_per_second == rates["tensorflow fp32"]
-    if runtime.name == "openvino":
+    if runtime.name in CONVERTED:
         assert calibration.max_abs_diff <= ATOL and calibration.top_class_changed_share == 0.0
 
 
-def test_a_candidate_outside_the_tolerance_is_refused(loaded_digits):
-    # a negative tolerance no difference meets: OpenVINO is refused however close it is
-    runtime, calibration = choose(loaded_digits, "openvino", tolerance=-1.0)
+@pytest.mark.parametrize("requested", CONVERTED)
+def test_a_converted_runtime_asked_for_serves_when_it_reproduces_tensorflow(requested, loaded_digits):
+    runtime, calibration = choose(loaded_digits, requested)
+    assert runtime.name == calibration.runtime == requested and calibration.fallback_reason is None
+    assert 0 <= calibration.max_abs_diff <= ATOL and calibration.top_class_changed_share == 0.0
+    assert dict(calibration.measured).keys() == {"tensorflow fp32", f"{requested} fp32"}
+    assert calibration.rows_per_second == dict(calibration.measured)[f"{requested} fp32"]
+    assert runtime(digits(5)).shape == (5, 10)  # any batch size
+
+
+@pytest.mark.parametrize("requested", ["auto", *CONVERTED])
+def test_a_candidate_outside_the_tolerance_is_refused(requested, loaded_digits):
+    # a negative tolerance no difference meets: each converted runtime is refused however close it is
+    runtime, calibration = choose(loaded_digits, requested, tolerance=-1.0)
     assert runtime.name == "tensorflow" and calibration.max_abs_diff is None
-    assert "differ from TensorFlow's" in calibration.fallback_reason
+    reasons = calibration.fallback_reason.split("; ")
+    assert [reason.split(" ")[0] for reason in reasons] == (
+        list(CONVERTED) if requested == "auto" else [requested]
+    )
+    assert all("differ from TensorFlow's" in r and r.endswith("(tolerance -1 absolute)") for r in reasons)
     assert dict(calibration.measured).keys() == {"tensorflow fp32"}
 
 
@@ -328,18 +370,20 @@ def test_tensorflow_asked_for_calibrates_nothing_else(loaded_digits):
     assert calibration.rows_per_second == calibration.tensorflow_rows_per_second > 0
 
 
-def test_on_a_gpu_tensorflow_serves_and_openvino_is_refused(loaded_digits):
+def test_on_a_gpu_tensorflow_serves_and_converted_runtimes_are_refused(loaded_digits):
     runtime, calibration = choose(loaded_digits, device="GPU")
     assert runtime.name == "tensorflow" and calibration.fallback_reason is None
     assert dict(calibration.measured).keys() == {"tensorflow fp32"}
-    runtime, calibration = choose(loaded_digits, "openvino", device="GPU")
-    assert runtime.name == "tensorflow" and "CPU only" in calibration.fallback_reason
+    for requested in CONVERTED:
+        runtime, calibration = choose(loaded_digits, requested, device="GPU")
+        assert runtime.name == "tensorflow"
+        assert calibration.fallback_reason == f"{requested} serves on CPU only; this worker has a GPU"
 
 
 def test_fp16_on_cpu_is_tensorflow_mixed_float16_with_its_agreement(loaded_digits):
     runtime, calibration = choose(loaded_digits, precision="fp16")
     assert (runtime.name, runtime.precision) == ("tensorflow", "fp16")
-    assert calibration.fallback_reason == "openvino does not offer fp16 on CPU"
+    assert calibration.fallback_reason == FP16_REFUSED
     assert 0 < calibration.max_abs_diff < 0.1 and calibration.top_class_changed_share is not None
 
 

@@ -69,6 +69,7 @@ class ModelRuntime(StrEnum):
     AUTO = "auto"  # the fastest runtime that reproduces TensorFlow FP32 on the first shard's rows
     TENSORFLOW = "tensorflow"
     OPENVINO = "openvino"
+    ONNXRUNTIME = "onnxruntime"
 
 
 class ModelPrecision(StrEnum):

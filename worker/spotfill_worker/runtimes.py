@@ -1,13 +1,15 @@
-"""Runtimes: what runs the forward pass (TensorFlow, or OpenVINO converted from the same model), and which.
+"""Runtimes: what runs the forward pass (TensorFlow, or OpenVINO or ONNX Runtime converted from the same
+model), and which.
 
-``choose_runtime`` checks a candidate against TensorFlow at FP32 on calibration rows (the first shard's),
+``choose_runtime`` checks each candidate against TensorFlow at FP32 on calibration rows (the first shard's),
 keeps it only when it reproduces TensorFlow's outputs (FP32: every output within ``DEFAULT_TOLERANCE``,
-absolute) and then runs the faster of those that pass. Reduced precision is opt in: its agreement with FP32
+absolute) and then runs the fastest of those that pass. Reduced precision is opt in: its agreement with FP32
 is measured and recorded, not enforced. A refused candidate leaves TensorFlow running, with the reason.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import numpy as np
 if TYPE_CHECKING:
     from spotfill_worker.model import LoadedModel
 
-RUNTIMES = ("tensorflow", "openvino")
+RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_TOLERANCE = 1e-5  # absolute, FP32 calibration against TensorFlow
 
@@ -36,7 +38,7 @@ class RuntimeUnavailable(Exception):
 
 
 class Runtime(Protocol):
-    name: str  # "tensorflow" | "openvino"
+    name: str  # "tensorflow" | "openvino" | "onnxruntime"
     precision: str  # "fp32" | "bf16" | "fp16"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...  # one batch -> float32 outputs
@@ -181,13 +183,89 @@ def _converted(model: LoadedModel, ov: Any) -> Any:
     return converted
 
 
+# -------------------------------------------------------------------------------------------- ONNX Runtime
+
+
+class OnnxRuntime:
+    """An ONNX Runtime session on the CPU, one ``run`` per batch."""
+
+    name = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._input = session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        (outputs,) = self._session.run(None, {self._input: np.ascontiguousarray(batch)})
+        return np.asarray(outputs, dtype=np.float32)
+
+
+def onnxruntime_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runtime:
+    """ONNX Runtime on the CPU, the model converted by tf2onnx and loaded once per process
+    (``model.runtime_cache``), its batch size dynamic.
+
+    Raises RuntimeUnavailable when onnxruntime, tf2onnx or onnx is not installed, the model cannot be
+    converted or loaded, or ``precision`` is not fp32 (ONNX Runtime's CPU provider computes in FP32).
+    """
+    _check_precision(precision)
+    if precision != "fp32":
+        raise RuntimeUnavailable(f"onnxruntime does not offer {precision} on CPU")
+    try:
+        import onnx  # noqa: F401  # tf2onnx builds its graph with it
+        import onnxruntime
+        import tf2onnx
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
+    session = model.runtime_cache.get("onnxruntime")
+    if isinstance(session, RuntimeUnavailable):
+        raise session
+    if session is None:
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only: the worker's stdout carries its JSON records alone
+        # Threads: ONNX Runtime's default (one intra-op thread per physical core) measured as fast as any
+        # explicit setting on 2 cores (digits CNN batch 1024, MobileNetV2 batch 32), so the default serves.
+        try:
+            session = onnxruntime.InferenceSession(
+                _onnx_model(model, tf2onnx), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            refused = RuntimeUnavailable(f"onnxruntime cannot convert or load the model: {_short(exc)}")
+            model.runtime_cache["onnxruntime"] = refused  # the conversion is not tried again
+            raise refused from exc
+        model.runtime_cache["onnxruntime"] = session
+    return OnnxRuntime(session)
+
+
+def _onnx_model(model: LoadedModel, tf2onnx: Any) -> bytes:
+    """The model as a serialized ONNX graph with a dynamic batch dimension, converted by tf2onnx from the
+    forward pass TensorFlow runs (a ``.keras`` model, called before or not, or a SavedModel's serving
+    signature)."""
+    import tensorflow as tf
+
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # it logs every conversion step at INFO
+    spec = tf.TensorSpec(
+        [None, *model.model_input.row_shape], tf.as_dtype(model.model_input.dtype), name="input"
+    )
+    forward = tf.function(lambda x: model.forward(x), input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=[spec])
+    if len(proto.graph.input) != 1 or len(proto.graph.output) != 1:
+        raise ValueError(
+            f"converted model has {len(proto.graph.input)} inputs and {len(proto.graph.output)} outputs"
+        )
+    return proto.SerializeToString()
+
+
 # ------------------------------------------------------------------------------------------------ the choice
+
+
+CANDIDATES = {"openvino": openvino_runtime, "onnxruntime": onnxruntime_runtime}  # served on CPU only
 
 
 @dataclass(frozen=True)
 class Calibration:
     runtime: str  # the runtime chosen
-    requested: str  # "auto" | "tensorflow" | "openvino"
+    requested: str  # "auto" | "tensorflow" | "openvino" | "onnxruntime"
     precision: str
     rows: int  # calibration rows used
     max_abs_diff: float | None  # chosen runtime vs TensorFlow FP32 (None: TensorFlow itself at FP32)
@@ -243,10 +321,11 @@ def choose_runtime(
 ) -> tuple[Runtime, Calibration]:
     """The runtime to serve ``model`` with, and what calibrating it on ``calibration_rows`` measured.
 
-    ``auto`` runs the faster of TensorFlow and OpenVINO where OpenVINO reproduces TensorFlow FP32 within
-    ``tolerance`` (at FP32; at bf16 its agreement is recorded); ``openvino`` runs OpenVINO when it does, else
-    TensorFlow; ``tensorflow`` runs TensorFlow only. On a GPU (``device``) TensorFlow serves (XLA and mixed
-    precision as configured): an OpenVINO request is refused there. Every refusal is in ``fallback_reason``.
+    ``auto`` runs the fastest of TensorFlow, OpenVINO and ONNX Runtime among those that reproduce TensorFlow
+    FP32 within ``tolerance`` (at FP32; at reduced precision their agreement is recorded); ``openvino`` or
+    ``onnxruntime`` runs that runtime when it does, else TensorFlow; ``tensorflow`` runs TensorFlow only. On
+    a GPU (``device``) TensorFlow serves (XLA and mixed precision as configured): an OpenVINO or ONNX Runtime
+    request is refused there. Every refusal is in ``fallback_reason``, "; "-joined.
     """
     if requested not in ("auto", *RUNTIMES):
         raise ValueError(f"runtime must be auto or one of {RUNTIMES}, got {requested!r}")
@@ -263,34 +342,37 @@ def choose_runtime(
         except RuntimeUnavailable as exc:
             reasons.append(str(exc))
 
-    candidate: Runtime | None = None
-    agreement: tuple[float, float | None] | None = None
+    names = list(CANDIDATES) if requested == "auto" else [requested] if requested in CANDIDATES else []
+    candidates: list[tuple[Runtime, tuple[float, float | None]]] = []
     if not len(rows) and requested != "tensorflow":
         reasons.append("no calibration rows (the first shard is empty): TensorFlow serves")
-    elif requested == "openvino" and device != "CPU":
-        reasons.append(f"openvino serves on CPU only; this worker has a {device}")
-    elif requested == "openvino" or (requested == "auto" and device == "CPU"):
-        candidate, agreement = _try_openvino(model, precision, rows, batch_size, expected, tolerance, reasons)
+    elif requested in CANDIDATES and device != "CPU":
+        reasons.append(f"{requested} serves on CPU only; this worker has a {device}")
+    elif device == "CPU":
+        for name in names:
+            tried = _try_candidate(name, model, precision, rows, batch_size, expected, tolerance, reasons)
+            if tried is not None:
+                candidates.append(tried)
 
     reduced_agreement = None  # TensorFlow at reduced precision against FP32; the pass is its warm-up too
     if tensorflow is not reference:
         reduced_agreement = _agreement(_predict_all(tensorflow, rows, batch_size), expected)
-    timed = [tensorflow] + ([candidate] if candidate is not None else [])
+    timed = [tensorflow] + [runtime for runtime, _ in candidates]
     measured = list(zip(timed, _rows_per_second(timed, rows, batch_size), strict=True))
     tensorflow_rate = measured[0][1]
-    if requested == "openvino" and candidate is not None:
+    if requested in CANDIDATES and candidates:
         chosen, rate = measured[1]
     else:
         chosen, rate = max(measured, key=lambda pair: pair[1])
 
-    if chosen is candidate:
-        assert agreement is not None
-        max_abs_diff, changed = agreement
-    elif chosen is reference:
+    agreements = {id(runtime): agreement for runtime, agreement in candidates}
+    if chosen is reference:
         max_abs_diff, changed = None, None
-    else:
+    elif chosen is tensorflow:
         assert reduced_agreement is not None
         max_abs_diff, changed = reduced_agreement
+    else:
+        max_abs_diff, changed = agreements[id(chosen)]
     calibration = Calibration(
         runtime=chosen.name,
         requested=requested,
@@ -306,7 +388,8 @@ def choose_runtime(
     return chosen, calibration
 
 
-def _try_openvino(
+def _try_candidate(
+    name: str,
     model: LoadedModel,
     precision: str,
     rows: np.ndarray,
@@ -314,28 +397,28 @@ def _try_openvino(
     expected: np.ndarray,
     tolerance: float,
     reasons: list[str],
-) -> tuple[Runtime | None, tuple[float, float | None] | None]:
-    """OpenVINO at ``precision`` with its agreement, or (None, None) with the reason appended."""
+) -> tuple[Runtime, tuple[float, float | None]] | None:
+    """Runtime ``name`` at ``precision`` with its agreement, or None with the reason appended."""
     try:
-        candidate = openvino_runtime(model, precision=precision)
+        candidate = CANDIDATES[name](model, precision=precision)
         outputs = _predict_all(candidate, rows, batch_size)
     except RuntimeUnavailable as exc:
         reasons.append(str(exc))
-        return None, None
+        return None
     except Exception as exc:
-        reasons.append(f"openvino failed on the calibration rows: {_short(exc)}")
-        return None, None
+        reasons.append(f"{name} failed on the calibration rows: {_short(exc)}")
+        return None
     if outputs.shape != expected.shape:
-        reasons.append(f"openvino outputs have shape {outputs.shape}, TensorFlow's {expected.shape}")
-        return None, None
+        reasons.append(f"{name} outputs have shape {outputs.shape}, TensorFlow's {expected.shape}")
+        return None
     agreement = _agreement(outputs, expected)
     max_abs_diff = agreement[0]
     if precision == "fp32" and not max_abs_diff <= tolerance:
         reasons.append(
-            f"openvino outputs differ from TensorFlow's by up to {max_abs_diff:.3g} "
+            f"{name} outputs differ from TensorFlow's by up to {max_abs_diff:.3g} "
             f"(tolerance {tolerance:g} absolute)"
         )
-        return None, None
+        return None
     return candidate, agreement
 
 
