@@ -3,9 +3,10 @@ instance type and purchase option, running tasks, cost so far, interruptions), f
 projection and the report's charts.
 
 It lives in its own object, `runs/<run id>/series.json` in the control bucket (never in the Step Functions
-payload nor in state.json), and stays bounded: past MAX_SAMPLES, adjacent samples are merged pairwise, so a
-month of 60-second polls keeps at most MAX_SAMPLES samples (a few hundred KB at most) and the resolution
-halves each time (`interval_seconds` doubles).
+payload nor in state.json), and stays bounded: past MAX_SAMPLES, adjacent samples are merged pairwise and the
+resolution halves (`interval_seconds` doubles); later polls then extend the last sample until it spans the
+new interval. A month of 60-second polls keeps between 360 and MAX_SAMPLES evenly spaced samples (about
+200 KB).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from pydantic import BaseModel, Field
 from spotfill_control.aws import read_object
 
 MAX_SAMPLES = 720
+# A poll extends the last sample while the span would stay within this many intervals (polls come a little
+# late), else it starts a new one.
+SPAN_TOLERANCE = 1.25
 
 
 class Sample(BaseModel):
@@ -45,14 +49,19 @@ class Series(BaseModel):
     samples: list[Sample] = Field(default_factory=list)
 
     def add(self, sample: Sample) -> Series:
-        """Append the sample (in place; returns the series); past MAX_SAMPLES, merge adjacent pairs, oldest
-        first (an odd last sample stays as it is)."""
-        self.samples.append(sample)
-        if len(self.samples) > MAX_SAMPLES:
-            pairs = zip(self.samples[0::2], self.samples[1::2], strict=False)
-            halved = [merged(a, b) for a, b in pairs]
-            if len(self.samples) % 2:
-                halved.append(self.samples[-1])
+        """Add the sample (in place; returns the series). When the last sample would still span about the
+        current resolution with the new one, the new one extends it (merged); past MAX_SAMPLES, adjacent
+        pairs are merged, oldest first (an odd last sample stays as it is), and the resolution halves. Every
+        sample so spans about `interval_seconds`."""
+        samples = self.samples
+        if len(samples) >= 2 and sample.t - samples[-2].t <= SPAN_TOLERANCE * self.interval_seconds:
+            samples[-1] = merged(samples[-1], sample)
+        else:
+            samples.append(sample)
+        if len(samples) > MAX_SAMPLES:
+            halved = [merged(a, b) for a, b in zip(samples[0::2], samples[1::2], strict=False)]
+            if len(samples) % 2:
+                halved.append(samples[-1])
             self.samples = halved
             self.interval_seconds *= 2
         return self
