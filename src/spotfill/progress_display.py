@@ -53,7 +53,21 @@ def render(snap: Snapshot) -> Group:
         _duration(snap.elapsed),
     )
     header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
-    return Group(header, bar, line, status, spending(snap))
+    outlook = projection_line(snap)
+    return Group(header, bar, line, status, spending(snap), *([Text(outlook)] if outlook else []))
+
+
+def projection_line(snap: Snapshot) -> str | None:
+    """The monitor's projection, e.g. `ETA 4m12s, cost $0.0021 so far, projected $0.0043`; None before the
+    monitor projected anything."""
+    if not snap.projected and snap.projected_total_usd is None:
+        return None
+    parts = [f"ETA {_duration(snap.eta_seconds) if snap.projected else '-'}"]
+    if snap.cost_usd is not None:
+        parts.append(f"cost ${format_usd(snap.cost_usd)} so far")
+    if snap.projected_total_usd is not None:
+        parts.append(f"projected ${format_usd(snap.projected_total_usd)}")
+    return ", ".join(parts)
 
 
 def spending(snap: Snapshot) -> Text:
@@ -92,11 +106,14 @@ def follow(
         while True:
             total = snap.shards_total if snap.shards_total is not None else "?"
             line = f"{snap.state or '-'} {snap.status.lower()}: shards {snap.shards_done}/{total}"
+            outlook = projection_line(snap)
             key = (snap.status, snap.shards_done, "" if snap.state in _LOOP_STATES else snap.state)
             if key != last:
                 console.print(
                     f"[{_duration(snap.elapsed)}] {line}, {snap.predictions:,} predictions "
                     f"({snap.predictions_per_second:,.0f}/s), {snap.instances} instances, {snap.tasks} tasks"
+                    + (f"; {outlook}" if outlook else ""),
+                    markup=False,
                 )
                 last = key
             if snap.finished or (deadline is not None and time.monotonic() >= deadline):

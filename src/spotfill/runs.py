@@ -200,6 +200,8 @@ class Snapshot:
     cost_usd: float | None = None  # what the monitor accrued so far (None: it has not looked yet)
     max_total_usd: float | None = None  # the run's dollar cap, if it has one
     draining: bool = False  # the cap is near: no new capacity, workers finish the shards in hand
+    projected_total_usd: float | None = None  # the monitor's projection of the run's total cost
+    projected: bool = False  # the ETA is the monitor's projection (else estimated here from the outputs)
 
     @property
     def finished(self) -> bool:
@@ -323,6 +325,10 @@ class RunWatcher:
             shard_rate = snap.predictions_per_second / max(1.0, snap.predictions / max(1, snap.shards_done))
             if snap.shards_total and shard_rate > 0:
                 snap.eta_seconds = max(0.0, (snap.shards_total - snap.shards_done) / shard_rate)
+        if run.projection is not None:
+            snap.projected_total_usd = run.projection.projected_total_usd
+            if run.projection.eta_seconds is not None:
+                snap.eta_seconds, snap.projected = run.projection.eta_seconds, True
         if self.counts is not None:
             snap.instances, snap.tasks = self.counts(run.run_id)
         else:

@@ -3,6 +3,9 @@ across every execution it hands over to, and the exit status is the last executi
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from spotfill import cli
@@ -77,8 +80,6 @@ def test_start_watch_of_an_invalid_spec_prints_the_validation_error_as_one_sente
     cloud, lambdas, tmp_path, capsys
 ):
     # given a spec naming an instance type that does not exist
-    import json
-
     spec = cloud.spec("watch-invalid", shards=1)
     spec["fleet"]["instance_types"] = ["x9.huge"]
     path = tmp_path / "spec.json"
@@ -111,3 +112,24 @@ def test_start_watch_of_an_invalid_spec_prints_the_validation_error_as_one_sente
     )
     for payload_word in ("stackTrace", "errorType", "errorMessage", "Traceback"):
         assert payload_word not in err
+
+
+def test_watch_shows_the_monitors_eta_cost_so_far_and_projected_total(cloud, lambdas, capsys):
+    # given a run slow enough for the monitor to poll while shards finish
+    spec = cloud.spec("watch-projection", shards=6)
+
+    # when it is watched
+    first, status = _watch(cloud, spec)
+
+    # then the progress lines carry the monitor's projection, and the run state its figures
+    out = capsys.readouterr().out
+    assert status == 0
+    lines = [line for line in out.splitlines() if "; ETA " in line]
+    assert lines, out
+    assert re.search(r"; ETA \d+m\d\ds, cost \$[0-9.]+ so far, projected \$[0-9.]+$", lines[0]), lines[0]
+    run = cloud.s3.get_object(
+        Bucket=cloud.stack.control_bucket, Key=f"runs/{_run_id(cloud, first)}/state.json"
+    )["Body"].read()
+    projection = json.loads(run)["projection"]
+    assert projection["eta_seconds"] == 0.0  # the last poll saw the run done
+    assert projection["projected_total_usd"] == json.loads(run)["budget"]["accrued_usd"]
