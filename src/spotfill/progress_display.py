@@ -188,5 +188,31 @@ def report_table(report: dict[str, Any]) -> Table:
             f"${cost.get('per_million_predictions') or 0:.4f} per million predictions"
             + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
         )
+    versus = estimate_line(report.get("estimate_vs_actual"))
+    if versus:
+        table.add_row("estimate", versus)
     table.add_row("report", str(report.get("report_uri", "-")))
     return table
+
+
+def estimate_line(section: dict[str, Any] | None) -> str | None:
+    """The plan's estimate against the run, e.g. `planned 25s, $0.0004, 12,000/s; took 31s (x1.24), $0.0005
+    (x1.25), 10,500/s (x0.88)`; None when the spec carried no estimate."""
+    if not section:
+        return None
+    estimate, actual, error = section.get("estimate", {}), section.get("actual", {}), section.get("error", {})
+
+    def figures(values: dict[str, Any], ratios: dict[str, Any] | None = None) -> str:
+        shown = []
+        for name, show in (
+            ("seconds", lambda v: _duration(v)),
+            ("total_usd", lambda v: f"${format_usd(v)}"),
+            ("predictions_per_second", lambda v: f"{v:,.0f}/s"),
+        ):
+            value = values.get(name)
+            text = "-" if value is None else show(value)
+            ratio = (ratios or {}).get(name)
+            shown.append(f"{text} (x{ratio:.2f})" if ratio is not None else text)
+        return ", ".join(shown)
+
+    return f"planned {figures(estimate)}; took {figures(actual, error)}"

@@ -38,8 +38,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         series = Series(interval_seconds=poll) if first else load_series(clients.s3, bucket, run.run_id)
         series.add(projection.sample_of(run, seen, now, series.last))
         run.projection = projected = projection.project(run, series, now)
-        state_store.persist(run, clients.s3, bucket)
+        # The series first: a persisted run that has polled always has one (the report reads it).
         save_series(clients.s3, bucket, run.run_id, series)
+        state_store.persist(run, clients.s3, bucket)
     logger.info(
         "monitored",
         extra={
