@@ -519,7 +519,8 @@ def test_a_run_without_an_estimate_has_no_comparison_and_its_series_is_summarise
 
     series = Series(interval_seconds=30)
     for i in range(3):
-        series.add(Sample(t=60.0 * i, shards_done=i, shards_total=3, predictions=i, predictions_per_second=1.0))
+        sample = Sample(t=60.0 * i, shards_done=i, shards_total=3, predictions=i, predictions_per_second=1.0)
+        series.add(sample)
 
     document = build(make_run(), series=series)
 
