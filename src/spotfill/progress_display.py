@@ -15,7 +15,7 @@ from rich.text import Text
 from spotfill_control.budget import format_usd
 from spotfill_control.report import runtime_sentence
 
-from spotfill.runs import RunWatcher, Snapshot
+from spotfill.runs import RunRow, RunWatcher, Snapshot
 
 # States the workflow cycles through while it waits: a plain log skips them.
 _LOOP_STATES = ("WaitForWork", "Monitor", "WaitForRegistration", "CheckRegistration")
@@ -216,3 +216,23 @@ def estimate_line(section: dict[str, Any] | None) -> str | None:
         return ", ".join(shown)
 
     return f"planned {figures(estimate)}; took {figures(actual, error)}"
+
+
+def runs_table(rows: list[RunRow]) -> Table:
+    """`spotfill runs`: one line per run, newest first."""
+    table = Table(title="recent runs")
+    longest = max((len(row.run_id) for row in rows), default=3)
+    table.add_column("run", no_wrap=True, min_width=longest)  # a run id is what `report` and `watch` take
+    for name in ("state", "shards", "cost", "per million", "started"):
+        table.add_column(name, justify="right" if name in ("shards", "cost", "per million") else "left")
+    for row in rows:
+        total = "?" if row.shards_total is None else str(row.shards_total)
+        table.add_row(
+            row.run_id,
+            row.state,
+            "-" if row.shards_done is None else f"{row.shards_done}/{total}",
+            "-" if row.cost_usd is None else f"${format_usd(row.cost_usd)}",
+            "-" if row.cost_per_million is None else f"${format_usd(row.cost_per_million)}",
+            "-" if row.started_at is None else f"{row.started_at:%Y-%m-%d %H:%M:%S}Z",
+        )
+    return table
