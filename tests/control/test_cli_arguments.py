@@ -198,6 +198,22 @@ def test_watch_shows_the_cost_so_far_against_the_cap_and_a_drain():
     assert "draining: budget nearly reached" in out.getvalue()
 
 
+def test_watch_shows_the_monitors_eta_cost_so_far_and_projected_total_once_it_projected():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import projection_line, render
+    from spotfill.runs import Snapshot
+
+    snap = Snapshot("arn:x", run_id="r-1", cost_usd=0.0021, eta_seconds=252, projected=True)
+    snap.projected_total_usd = 0.0043
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(render(snap))
+    assert "ETA 4m12s, cost $0.002100 so far, projected $0.004300" in out.getvalue()
+    assert projection_line(Snapshot("arn:x", run_id="r-1", cost_usd=0.0021)) is None  # not projected yet
+
+
 def test_a_local_run_with_a_cap_builds_a_spec_that_carries_it_exactly():
     from spotfill_control.spec import BackfillSpec
 

@@ -105,3 +105,50 @@ def test_capacity_by_pool_counts_live_instances_by_type_and_purchase_option():
         billing("e", "c5.2xlarge", "spot", live=False),  # shutting down
     ]
     assert budget.capacity_by_pool(billings) == {"c5.xlarge/on-demand": 1.0, "c5.xlarge/spot": 2.0}
+
+
+def _run(state: str = "running"):
+    from spotfill_control.run import RunState
+    from spotfill_control.spec import BackfillSpec
+
+    spec = BackfillSpec.model_validate(
+        {
+            "name": "digits",
+            "input": {"uri": "s3://data/in/", "format": "npy"},
+            "output": {"uri": "s3://data/out/"},
+            "model": {"uri": "s3://data/model.keras"},
+            "fleet": {"instance_types": ["c5.xlarge"]},
+            "limits": {"poll_interval_seconds": 30},
+        }
+    )
+    run = RunState(run_id="digits-1", spec=spec, shards_total=12, shards_skipped=2)
+    run.progress.state = state
+    run.progress.outputs_done, run.progress.dead_letters = 5, 1
+    run.progress.rows_sampled_outputs, run.progress.rows_sampled_total = 4, 400  # 100 rows per shard
+    run.budget.accrued_usd, run.budget.hourly_usd = 0.5, 3.6
+    return run
+
+
+def test_the_eta_is_the_remaining_shards_rows_at_the_recent_rate_and_the_total_bills_the_fleet_until_then():
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    series = Series(interval_seconds=30)
+    series.add(_sample(0, predictions=0, capacity={"c5.xlarge/spot": 2.0}))
+    series.add(_sample(1, predictions=600, capacity={"c5.xlarge/spot": 2.0}))  # 10 predictions/s
+
+    projected = projection.project(_run(), series, now)
+
+    assert projected.predictions_per_second == pytest.approx(10.0)
+    assert projected.eta_seconds == pytest.approx(4 * 100 / 10)  # 10 queued - 5 done - 1 dead letter
+    expected = 0.5 + 3.6 * (40 + 30 + budget.TEARDOWN_ALLOWANCE_SECONDS) / 3600
+    assert projected.projected_total_usd == pytest.approx(expected)
+    assert projected.at == now.timestamp()
+
+
+def test_a_finished_run_is_due_now_at_what_it_accrued_and_a_first_poll_has_no_eta():
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    one = Series(interval_seconds=30).add(_sample(0))
+
+    assert projection.project(_run(), one, now).eta_seconds is None
+    assert projection.project(_run(), one, now).projected_total_usd is None
+    done = projection.project(_run("done"), one, now)
+    assert (done.eta_seconds, done.projected_total_usd) == (0.0, 0.5)
