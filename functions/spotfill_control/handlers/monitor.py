@@ -30,9 +30,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     clients = progress.Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
     bucket = settings().control_bucket
     with transient_errors_retried("monitor"):
-        # The first poll starts the series (a GetObject of a key never written is denied, not 404, to a role
-        # whose ListBucket is limited to a prefix); later ones read it, add this poll and write it back.
-        first = run.progress.iterations == 0
+        # A run's first poll (no projection yet: also a run begun before the series existed) starts the
+        # series, since a GetObject of a key never written is denied, not 404, to a role whose ListBucket is
+        # limited to a prefix; later polls read it, add their sample and write it back.
+        first = run.projection is None
         run, seen = progress.iterate(run, clients, bucket, now)
         poll = float(run.spec.limits.poll_interval_seconds)
         series = Series(interval_seconds=poll) if first else load_series(clients.s3, bucket, run.run_id)
