@@ -150,6 +150,12 @@ def test_a_dollar_cap_that_is_not_a_positive_number_is_refused_naming_the_flag(c
     assert "--max-total-usd" in error and "greater than 0" in error and repr(text) in error
 
 
+def test_runs_shows_20_by_default_and_refuses_a_limit_below_1(capsys):
+    assert build_parser().parse_args(["runs"]).limit == 20
+    assert build_parser().parse_args(["runs", "--limit", "3"]).limit == 3
+    assert "argument --limit: must be at least 1" in _refused(capsys, ["runs", "--limit", "0"])
+
+
 @pytest.mark.parametrize("command", [RUN, ["redrive", "run-1"]], ids=["run", "redrive"])
 def test_a_tiny_dollar_cap_is_parsed_exactly(command):
     assert build_parser().parse_args([*command, "--max-total-usd", "0.0002"]).max_total_usd == 0.0002
