@@ -129,9 +129,9 @@ def projected_total_usd(
     accrued_usd: float, hourly_usd: float, eta_seconds: float, poll_interval_seconds: int
 ) -> float:
     """What the run will have cost when it ends at the ETA: the fleet keeps billing at its hourly price
-    until then, then for the poll that sees the end and teardown's start (no drain: nothing is stopped)."""
-    billing = eta_seconds + poll_interval_seconds + TEARDOWN_ALLOWANCE_SECONDS
-    return accrued_usd + hourly_usd * billing / 3600
+    until then and up to the poll that sees the end (no drain: nothing is stopped). Teardown's own seconds
+    are left out: a second or two on the local cloud, about a minute of the fleet on AWS."""
+    return accrued_usd + hourly_usd * (eta_seconds + poll_interval_seconds) / 3600
 
 
 def must_drain(cap_usd: float | None, projected_usd: float) -> bool:

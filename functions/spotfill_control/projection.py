@@ -9,7 +9,7 @@ give the throughput, the ETA and the projected total cost (`RunState.projection`
   type. An estimate, not a measurement per type.
 - ETA: the remaining shards x the mean rows per shard, at that rate; None while there is no rate yet.
 - Projected total: the cost accrued so far, plus the fleet's hourly price (the budget's) until the ETA and
-  through the end's teardown (`budget.projected_total_usd`).
+  the poll that sees the end (`budget.projected_total_usd`).
 """
 
 from __future__ import annotations

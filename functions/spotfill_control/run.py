@@ -118,7 +118,7 @@ class Projection(_State):
     predictions_per_second: float  # recent, whole fleet
     by_instance_type: dict[str, float] = Field(default_factory=dict)  # predictions/s per running instance
     eta_seconds: float | None = None  # None: no rate yet
-    projected_total_usd: float | None = None  # accrued + the fleet's hourly price x (ETA + teardown)
+    projected_total_usd: float | None = None  # accrued + the fleet's hourly price x (ETA + a poll)
 
 
 class FailedPool(_State):

@@ -86,9 +86,9 @@ def test_the_fleet_rate_is_split_by_capacity_weight_per_instance():
     assert projection.rate_by_instance_type(600.0, {}, {}) == {}
 
 
-def test_the_projected_total_bills_the_fleet_until_the_eta_and_teardown():
+def test_the_projected_total_bills_the_fleet_until_the_eta_and_the_poll_that_sees_the_end():
     total = budget.projected_total_usd(1.0, 3.6, eta_seconds=1000, poll_interval_seconds=30)
-    assert total == pytest.approx(1.0 + 3.6 * (1000 + 30 + budget.TEARDOWN_ALLOWANCE_SECONDS) / 3600)
+    assert total == pytest.approx(1.0 + 3.6 * (1000 + 30) / 3600)
 
 
 def test_capacity_by_pool_counts_live_instances_by_type_and_purchase_option():
@@ -139,7 +139,7 @@ def test_the_eta_is_the_remaining_shards_rows_at_the_recent_rate_and_the_total_b
 
     assert projected.predictions_per_second == pytest.approx(10.0)
     assert projected.eta_seconds == pytest.approx(4 * 100 / 10)  # 10 queued - 5 done - 1 dead letter
-    expected = 0.5 + 3.6 * (40 + 30 + budget.TEARDOWN_ALLOWANCE_SECONDS) / 3600
+    expected = 0.5 + 3.6 * (40 + 30) / 3600
     assert projected.projected_total_usd == pytest.approx(expected)
     assert projected.at == now.timestamp()
 
