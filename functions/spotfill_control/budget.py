@@ -61,6 +61,7 @@ class Billing:
     ended_at: datetime | None  # None: still billing
     usd_per_hour: float
     counts_as_capacity: bool  # pending or running: part of the fleet's fulfilled capacity
+    purchase_option: str = "spot"  # "spot" or "on-demand"
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,24 @@ def fleet_hourly_usd(
 def project(accrued_usd: float, hourly_usd: float, poll_interval_seconds: int) -> Projection:
     projected = accrued_usd + hourly_usd * horizon_seconds(poll_interval_seconds) / 3600
     return Projection(accrued_usd=accrued_usd, hourly_usd=hourly_usd, projected_usd=projected)
+
+
+def capacity_by_pool(billings: Iterable[Billing]) -> dict[str, float]:
+    """Pending and running instances by `<instance type>/<spot|on-demand>` (the series' fleet capacity)."""
+    counts: dict[str, float] = defaultdict(float)
+    for b in billings:
+        if b.ended_at is None and b.counts_as_capacity:
+            counts[f"{b.instance_type}/{b.purchase_option}"] += 1
+    return dict(sorted(counts.items()))
+
+
+def projected_total_usd(
+    accrued_usd: float, hourly_usd: float, eta_seconds: float, poll_interval_seconds: int
+) -> float:
+    """What the run will have cost when it ends at the ETA: the fleet keeps billing at its hourly price
+    until then and up to the poll that sees the end (no drain: nothing is stopped). Teardown's own seconds
+    are left out: a second or two on the local cloud, about a minute of the fleet on AWS."""
+    return accrued_usd + hourly_usd * (eta_seconds + poll_interval_seconds) / 3600
 
 
 def must_drain(cap_usd: float | None, projected_usd: float) -> bool:
@@ -186,6 +205,7 @@ def billing_of(
         ended_at=ended,
         usd_per_hour=rate,
         counts_as_capacity=state in CAPACITY_STATES,
+        purchase_option="spot" if instance.get("InstanceLifecycle") == "spot" else "on-demand",
     )
 
 

@@ -110,6 +110,8 @@ class Iteration:
     interruptions: int = 0
     fleet_target_capacity: int | None = None
     service_desired_count: int | None = None
+    running_tasks: int = 0  # the service's running tasks when it was looked at
+    capacity: dict[str, float] = field(default_factory=dict)  # "<type>/<spot|on-demand>" -> live instances
     fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
     fleet_valid_until: datetime | None = None  # the request's ValidUntil, when EC2 reports it
     model_error: dict[str, Any] | None = None  # the record a worker wrote when the model could not load
@@ -429,10 +431,13 @@ def describe_instance_states(instance_ids: set[str], ec2: Any) -> dict[str, tupl
     return result
 
 
-def service_desired_count(cluster: str, service: str, ecs: Any) -> int | None:
+def service_counts(cluster: str, service: str, ecs: Any) -> tuple[int, int] | None:
+    """(desired, running) tasks of the service; None when it is not active."""
     services = ecs.describe_services(cluster=cluster, services=[service]).get("services", [])
     active = [s for s in services if s.get("status") == "ACTIVE"]
-    return int(active[0]["desiredCount"]) if active else None
+    if not active:
+        return None
+    return int(active[0]["desiredCount"]), int(active[0].get("runningCount", 0))
 
 
 # ------------------------------------------------------------------------------------------ the iteration
@@ -485,6 +490,7 @@ def iterate(
         # The budget first: the instances the last poll saw alive tell when those terminated without a stated
         # time ended, and a drain it starts keeps the fleet look below from resizing anything.
         billed = budget.accrue_run(run, now, clients.ec2)
+        seen.capacity = budget.capacity_by_pool(billed)
         if not done:
             budget.drain_if_due(run, budget.project_run(run, billed), clients.ecs, now)
         _watch_fleet(run, clients, seen, done, now)
@@ -672,9 +678,10 @@ def _size_service(run: RunState, clients: Clients, seen: Iteration) -> None:
     cluster, service = run.resources.cluster_name, run.resources.service_name
     if not (cluster and service):
         return
-    desired = service_desired_count(cluster, service, clients.ecs)
-    if desired is None:
+    counts = service_counts(cluster, service, clients.ecs)
+    if counts is None:
         return
+    desired, seen.running_tasks = counts
     wanted = desired_count(
         count_registered_instances(run, clients.ecs), run.spec.service.tasks_per_instance, seen.remaining
     )

@@ -31,6 +31,7 @@ from spotfill_control.errors import BudgetReached, SpotfillError, TransientAwsEr
 from spotfill_control.fleet import requested_capacity
 from spotfill_control.progress import Clients, list_output_uris
 from spotfill_control.run import RunState, utcnow
+from spotfill_control.series import Series, load_series, series_key
 from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
 from spotfill_control.spec import ModelSpec
 from spotfill_control.teardown import read_dead_letters, teardown_and_persist
@@ -117,6 +118,7 @@ class Facts:
     runtimes: list[OutputRuntime] = field(default_factory=list)
     usages: list[cost.InstanceUsage] = field(default_factory=list)
     cost: cost.CostSummary | None = None
+    series: Series = field(default_factory=Series)  # the Monitor's samples (empty when it never polled)
 
 
 def count_rows(output_uris: list[str], s3: Any) -> tuple[int, bool]:
@@ -377,6 +379,7 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
         facts.predictions, facts.predictions_exact = outputs.predictions, outputs.exact
         facts.predictions_by_purchase_option = outputs.by_purchase_option
         facts.runtimes = outputs.runtimes
+    facts.series = load_series(s3, bucket, run.run_id)
     window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
     window_end = run.timeline.teardown_ended_at or now
     if run.resources.fleet_id or run.progress.known_instances:
@@ -594,9 +597,43 @@ def build_report(
                 "mean_predictions_per_second": _round(per_second(facts.predictions, processing_seconds)),
                 "peak_predictions_per_second": round(run.progress.peak_predictions_per_second, 6),
             },
+            "series": {
+                "samples": len(facts.series.samples),
+                "interval_seconds": facts.series.interval_seconds if facts.series.samples else None,
+                "key": series_key(run.run_id) if facts.series.samples else None,
+            },
         }
     )
+    estimate = getattr(run.spec, "estimate", None)
+    if estimate is not None:
+        document["estimate_vs_actual"] = estimate_vs_actual(estimate, document)
     return document
+
+
+def estimate_vs_actual(estimate: Any, document: Mapping[str, Any]) -> dict[str, Any]:
+    """The plan's estimate (the spec's `estimate`) beside what happened, and actual / estimate per figure.
+
+    The actual seconds are the whole run's (`phases_seconds.total`: validation to the end of teardown, as
+    `spotfill plan` estimates them), the actual cost the report's `cost_usd.total`, and the actual throughput
+    the predictions over the processing phase (`predictions.total / phases_seconds.processing`)."""
+    given = estimate.model_dump(mode="json") if isinstance(estimate, BaseModel) else dict(estimate)
+    processing = document["phases_seconds"]["processing"]
+    actual = {
+        "seconds": document["phases_seconds"]["total"],
+        "total_usd": document["cost_usd"]["total"],
+        "predictions_per_second": _round(per_second(document["predictions"]["total"], processing)),
+    }
+    return {
+        "estimate": given,
+        "actual": actual,
+        "error": {name: _ratio(value, given.get(name)) for name, value in actual.items()},
+    }
+
+
+def _ratio(actual: float | None, estimated: Any) -> float | None:
+    if actual is None or not isinstance(estimated, int | float) or estimated <= 0:
+        return None
+    return round(actual / estimated, 4)
 
 
 def capacity_of(run: RunState) -> dict[str, Any]:

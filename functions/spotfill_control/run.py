@@ -110,6 +110,17 @@ class Budget(_State):
     draining_since: datetime | None = None  # the cap is near: no new capacity, workers finish what they hold
 
 
+class Projection(_State):
+    """Where the run is heading, as the last Monitor poll saw it (`spotfill_control.projection`): the
+    recent throughput, the time left at that pace and what the run will have cost by then."""
+
+    at: float  # epoch seconds
+    predictions_per_second: float  # recent, whole fleet
+    by_instance_type: dict[str, float] = Field(default_factory=dict)  # predictions/s per running instance
+    eta_seconds: float | None = None  # None: no rate yet
+    projected_total_usd: float | None = None  # accrued + the fleet's hourly price x (ETA + a poll)
+
+
 class FailedPool(_State):
     """A capacity pool of the fleet (an instance type in a zone) that EC2 could not launch into, or an
     account-wide fleet error that names no pool: from the fleet's request history (`error` events)."""
@@ -146,6 +157,7 @@ class RunState(_State):
     # The spec's instance types as EC2 and the Price List described them at Validate (name -> facts).
     instance_types: dict[str, InstanceTypeFacts] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
+    projection: Projection | None = None
 
     def stepped(self, phase: Phase, started: str, at: datetime, **created: object) -> RunState:
         """The run entered `phase`: record what the step created and when it first started (a retried step

@@ -278,6 +278,16 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     return _watch(session, stack, execution_arn) if args.watch else 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from spotfill.progress_display import runs_table
+    from spotfill.runs import recent_runs
+
+    session = _session(args)
+    stack = session.stack(args.stack)
+    console.print(runs_table(recent_runs(session, stack, args.limit)))
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------------------
 
 
@@ -586,6 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
     redrive.add_argument("--watch", action="store_true", help="follow the new execution to the end")
     _aws_options(redrive)
     redrive.set_defaults(func=cmd_redrive)
+
+    from spotfill.runs import DEFAULT_RUNS_LIMIT
+
+    runs = command(sub, "runs", "recent runs, newest first: state, progress, cost and cost per million")
+    runs.add_argument("--limit", type=_whole_number(1), default=DEFAULT_RUNS_LIMIT, help="runs to show")
+    _aws_options(runs)
+    runs.set_defaults(func=cmd_runs)
     return parser
 
 

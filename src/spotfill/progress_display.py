@@ -15,7 +15,7 @@ from rich.text import Text
 from spotfill_control.budget import format_usd
 from spotfill_control.report import runtime_sentence
 
-from spotfill.runs import RunWatcher, Snapshot
+from spotfill.runs import RunRow, RunWatcher, Snapshot
 
 # States the workflow cycles through while it waits: a plain log skips them.
 _LOOP_STATES = ("WaitForWork", "Monitor", "WaitForRegistration", "CheckRegistration")
@@ -53,7 +53,21 @@ def render(snap: Snapshot) -> Group:
         _duration(snap.elapsed),
     )
     header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
-    return Group(header, bar, line, status, spending(snap))
+    outlook = projection_line(snap)
+    return Group(header, bar, line, status, spending(snap), *([Text(outlook)] if outlook else []))
+
+
+def projection_line(snap: Snapshot) -> str | None:
+    """The monitor's projection, e.g. `ETA 4m12s, cost $0.0021 so far, projected $0.0043`; None before the
+    monitor projected anything."""
+    if not snap.projected and snap.projected_total_usd is None:
+        return None
+    parts = [f"ETA {_duration(snap.eta_seconds) if snap.projected else '-'}"]
+    if snap.cost_usd is not None:
+        parts.append(f"cost ${format_usd(snap.cost_usd)} so far")
+    if snap.projected_total_usd is not None:
+        parts.append(f"projected ${format_usd(snap.projected_total_usd)}")
+    return ", ".join(parts)
 
 
 def spending(snap: Snapshot) -> Text:
@@ -92,11 +106,14 @@ def follow(
         while True:
             total = snap.shards_total if snap.shards_total is not None else "?"
             line = f"{snap.state or '-'} {snap.status.lower()}: shards {snap.shards_done}/{total}"
+            outlook = projection_line(snap)
             key = (snap.status, snap.shards_done, "" if snap.state in _LOOP_STATES else snap.state)
             if key != last:
                 console.print(
                     f"[{_duration(snap.elapsed)}] {line}, {snap.predictions:,} predictions "
                     f"({snap.predictions_per_second:,.0f}/s), {snap.instances} instances, {snap.tasks} tasks"
+                    + (f"; {outlook}" if outlook else ""),
+                    markup=False,
                 )
                 last = key
             if snap.finished or (deadline is not None and time.monotonic() >= deadline):
@@ -171,5 +188,51 @@ def report_table(report: dict[str, Any]) -> Table:
             f"${cost.get('per_million_predictions') or 0:.4f} per million predictions"
             + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
         )
+    versus = estimate_line(report.get("estimate_vs_actual"))
+    if versus:
+        table.add_row("estimate", versus)
     table.add_row("report", str(report.get("report_uri", "-")))
+    return table
+
+
+def estimate_line(section: dict[str, Any] | None) -> str | None:
+    """The plan's estimate against the run, e.g. `planned 25s, $0.0004, 12,000/s; took 31s (x1.24), $0.0005
+    (x1.25), 10,500/s (x0.88)`; None when the spec carried no estimate."""
+    if not section:
+        return None
+    estimate, actual, error = section.get("estimate", {}), section.get("actual", {}), section.get("error", {})
+
+    def figures(values: dict[str, Any], ratios: dict[str, Any] | None = None) -> str:
+        shown = []
+        for name, show in (
+            ("seconds", lambda v: _duration(v)),
+            ("total_usd", lambda v: f"${format_usd(v)}"),
+            ("predictions_per_second", lambda v: f"{v:,.0f}/s"),
+        ):
+            value = values.get(name)
+            text = "-" if value is None else show(value)
+            ratio = (ratios or {}).get(name)
+            shown.append(f"{text} (x{ratio:.2f})" if ratio is not None else text)
+        return ", ".join(shown)
+
+    return f"planned {figures(estimate)}; took {figures(actual, error)}"
+
+
+def runs_table(rows: list[RunRow]) -> Table:
+    """`spotfill runs`: one line per run, newest first."""
+    table = Table(title="recent runs")
+    longest = max((len(row.run_id) for row in rows), default=3)
+    table.add_column("run", no_wrap=True, min_width=longest)  # a run id is what `report` and `watch` take
+    for name in ("state", "shards", "cost", "per million", "started"):
+        table.add_column(name, justify="right" if name in ("shards", "cost", "per million") else "left")
+    for row in rows:
+        total = "?" if row.shards_total is None else str(row.shards_total)
+        table.add_row(
+            row.run_id,
+            row.state,
+            "-" if row.shards_done is None else f"{row.shards_done}/{total}",
+            "-" if row.cost_usd is None else f"${format_usd(row.cost_usd)}",
+            "-" if row.cost_per_million is None else f"${format_usd(row.cost_per_million)}",
+            "-" if row.started_at is None else f"{row.started_at:%Y-%m-%d %H:%M:%S}Z",
+        )
     return table

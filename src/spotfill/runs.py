@@ -14,7 +14,9 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from spotfill_control import state_store
 from spotfill_control.aws import is_missing_key
+from spotfill_control.cost import cost_per_million
 from spotfill_control.fleet import fleet_instances
+from spotfill_control.projection import predictions_so_far
 from spotfill_control.run import RunState
 from spotfill_control.shards import read_shard_index, split_s3_uri
 
@@ -200,6 +202,8 @@ class Snapshot:
     cost_usd: float | None = None  # what the monitor accrued so far (None: it has not looked yet)
     max_total_usd: float | None = None  # the run's dollar cap, if it has one
     draining: bool = False  # the cap is near: no new capacity, workers finish the shards in hand
+    projected_total_usd: float | None = None  # the monitor's projection of the run's total cost
+    projected: bool = False  # the ETA is the monitor's projection (else estimated here from the outputs)
 
     @property
     def finished(self) -> bool:
@@ -323,6 +327,10 @@ class RunWatcher:
             shard_rate = snap.predictions_per_second / max(1.0, snap.predictions / max(1, snap.shards_done))
             if snap.shards_total and shard_rate > 0:
                 snap.eta_seconds = max(0.0, (snap.shards_total - snap.shards_done) / shard_rate)
+        if run.projection is not None:
+            snap.projected_total_usd = run.projection.projected_total_usd
+            if run.projection.eta_seconds is not None:
+                snap.eta_seconds, snap.projected = run.projection.eta_seconds, True
         if self.counts is not None:
             snap.instances, snap.tasks = self.counts(run.run_id)
         else:
@@ -340,3 +348,101 @@ class RunWatcher:
         except ClientError:
             pass
         return instances, tasks
+
+
+# --- recent runs ---------------------------------------------------------------------------------------
+
+DEFAULT_RUNS_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One line of `spotfill runs`: a finished run from its report, or a running one from its state."""
+
+    run_id: str
+    state: str  # the report's status, or "running"
+    shards_done: int | None
+    shards_total: int | None
+    cost_usd: float | None
+    cost_per_million: float | None
+    started_at: datetime | None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def row_of_report(report: dict[str, Any]) -> RunRow:
+    shards = report.get("shards") or {}
+    pending = (shards.get("total") or 0) - (shards.get("skipped_existing") or 0)
+    cost = report.get("cost_usd") or {}
+    started = _parse_time((report.get("timeline") or {}).get("started_at") or report.get("generated_at"))
+    return RunRow(
+        run_id=str(report.get("run_id")),
+        state=str(report.get("status")),
+        shards_done=(shards.get("succeeded", 0) + shards.get("failed", 0)) if shards else None,
+        shards_total=pending if shards else None,
+        cost_usd=cost.get("total"),
+        cost_per_million=cost.get("per_million_predictions"),
+        started_at=started,
+    )
+
+
+def row_of_run(run: RunState, execution_started: datetime | None) -> RunRow:
+    cost = run.budget.accrued_usd
+    return RunRow(
+        run_id=run.run_id,
+        state="running",
+        shards_done=run.progress.outputs_done + run.progress.dead_letters,
+        shards_total=max(0, run.shards_total - run.shards_skipped),
+        cost_usd=cost,
+        cost_per_million=cost_per_million(cost, predictions_so_far(run)),
+        started_at=run.timeline.started_at or execution_started,
+    )
+
+
+def recent_report_keys(session: Session, stack: Stack, limit: int) -> list[str]:
+    """The `limit` most recently written reports (`reports/<run id>.json`), newest first."""
+    s3 = session.client("s3")
+    found: list[tuple[datetime, str]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.control_bucket, Prefix="reports/"):
+        listed = page.get("Contents", [])
+        found.extend((o["LastModified"], o["Key"]) for o in listed if o["Key"].endswith(".json"))
+    return [key for _, key in sorted(found, reverse=True)[:limit]]
+
+
+def recent_runs(session: Session, stack: Stack, limit: int = DEFAULT_RUNS_LIMIT) -> list[RunRow]:
+    """Recent runs, newest first: the running executions' runs (their state in the control bucket) and the
+    runs with a report. A run that continued as new is one run, whichever execution runs it now."""
+    rows: dict[str, RunRow] = {}
+    sfn = session.client("stepfunctions")
+    try:
+        pages = sfn.get_paginator("list_executions").paginate(
+            stateMachineArn=stack.state_machine_arn, statusFilter="RUNNING"
+        )
+        running = [e for page in pages for e in page["executions"]]
+    except ClientError as exc:
+        raise CliError(f"cannot list the running executions: {_aws_message(exc)}") from None
+    for execution in running:
+        run = run_for_execution(session, stack, execution["executionArn"])
+        started = _parse_time(execution.get("startDate"))
+        if run is None:  # not validated yet: no run id, only the execution
+            row = RunRow(execution["name"], "starting", None, None, None, None, started)
+        else:
+            row = row_of_run(run, started)
+        rows[row.run_id] = row
+    for key in recent_report_keys(session, stack, limit):
+        report = read_report(session, stack, key.removeprefix("reports/").removesuffix(".json"))
+        if report is not None and str(report.get("run_id")) not in rows:
+            row = row_of_report(report)
+            rows[row.run_id] = row
+    oldest = datetime.min.replace(tzinfo=UTC)
+    return sorted(rows.values(), key=lambda r: r.started_at or oldest, reverse=True)[:limit]

@@ -150,6 +150,12 @@ def test_a_dollar_cap_that_is_not_a_positive_number_is_refused_naming_the_flag(c
     assert "--max-total-usd" in error and "greater than 0" in error and repr(text) in error
 
 
+def test_runs_shows_20_by_default_and_refuses_a_limit_below_1(capsys):
+    assert build_parser().parse_args(["runs"]).limit == 20
+    assert build_parser().parse_args(["runs", "--limit", "3"]).limit == 3
+    assert "argument --limit: must be at least 1" in _refused(capsys, ["runs", "--limit", "0"])
+
+
 @pytest.mark.parametrize("command", [RUN, ["redrive", "run-1"]], ids=["run", "redrive"])
 def test_a_tiny_dollar_cap_is_parsed_exactly(command):
     assert build_parser().parse_args([*command, "--max-total-usd", "0.0002"]).max_total_usd == 0.0002
@@ -196,6 +202,22 @@ def test_watch_shows_the_cost_so_far_against_the_cap_and_a_drain():
     Console(file=out, width=120, color_system=None).print(render(snap))
     assert "cost $0.0001530 of $0.0002000 cap (76%)" in out.getvalue()
     assert "draining: budget nearly reached" in out.getvalue()
+
+
+def test_watch_shows_the_monitors_eta_cost_so_far_and_projected_total_once_it_projected():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import projection_line, render
+    from spotfill.runs import Snapshot
+
+    snap = Snapshot("arn:x", run_id="r-1", cost_usd=0.0021, eta_seconds=252, projected=True)
+    snap.projected_total_usd = 0.0043
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(render(snap))
+    assert "ETA 4m12s, cost $0.002100 so far, projected $0.004300" in out.getvalue()
+    assert projection_line(Snapshot("arn:x", run_id="r-1", cost_usd=0.0021)) is None  # not projected yet
 
 
 def test_a_local_run_with_a_cap_builds_a_spec_that_carries_it_exactly():

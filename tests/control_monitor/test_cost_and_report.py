@@ -473,3 +473,73 @@ def test_an_estimated_split_scales_like_the_total():
     assert not exact and total == 7 * 20_000
     assert abs(sum(by_option.values()) - total) <= len(by_option)
     assert set(by_option) <= {"spot", "on-demand", "unknown"} and by_option.get("on-demand", 0) > 0
+
+
+ESTIMATE = {
+    "made_at": "2026-12-01T06:40:00Z",
+    "instance_type": "c5.xlarge",
+    "target_capacity": 2,
+    "predictions": 300_000,
+    "predictions_per_second": 400.0,
+    "seconds": 1000.0,
+    "total_usd": 0.08,
+}
+
+
+def _with_estimate(run: RunState, estimate: dict) -> RunState:
+    """The run's spec carrying the plan's estimate (the spec's `estimate` section)."""
+    if "estimate" in BackfillSpec.model_fields:
+        run.spec = BackfillSpec.model_validate({**run.spec.model_dump(mode="json"), "estimate": estimate})
+    else:  # a spec model without the section yet: the report reads it with getattr
+        object.__setattr__(run.spec, "estimate", estimate)
+    return run
+
+
+def test_the_report_compares_the_plans_estimate_with_what_happened():
+    document = build(_with_estimate(make_run(), ESTIMATE))
+
+    versus = document["estimate_vs_actual"]
+    assert versus["estimate"]["seconds"] == 1000.0 and versus["estimate"]["instance_type"] == "c5.xlarge"
+    # the whole run's seconds, the report's total cost, predictions over the processing phase
+    assert versus["actual"] == {
+        "seconds": 1180.0,
+        "total_usd": pytest.approx(0.1),
+        "predictions_per_second": pytest.approx(300.0),
+    }
+    assert versus["error"] == {
+        "seconds": pytest.approx(1.18),
+        "total_usd": pytest.approx(1.25),
+        "predictions_per_second": pytest.approx(0.75),
+    }
+    json.dumps(document)
+
+
+def test_a_run_without_an_estimate_has_no_comparison_and_its_series_is_summarised():
+    from spotfill_control.series import Sample, Series
+
+    series = Series(interval_seconds=30)
+    for i in range(3):
+        sample = Sample(t=60.0 * i, shards_done=i, shards_total=3, predictions=i, predictions_per_second=1.0)
+        series.add(sample)
+
+    document = build(make_run(), series=series)
+
+    assert "estimate_vs_actual" not in document
+    assert document["series"] == {"samples": 3, "interval_seconds": 30, "key": "runs/digits-1/series.json"}
+    assert build(make_run())["series"] == {"samples": 0, "interval_seconds": None, "key": None}
+
+
+def test_the_report_table_says_the_estimate_against_the_run():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import report_table
+
+    out = io.StringIO()
+    Console(file=out, width=300, color_system=None).print(
+        report_table(build(_with_estimate(make_run(), ESTIMATE)))
+    )
+
+    expected = "planned 16m40s, $0.08000, 400/s; took 19m40s (x1.18), $0.1000 (x1.25), 300/s (x0.75)"
+    assert expected in out.getvalue()

@@ -429,3 +429,38 @@ def test_monitor_finishes_a_run_whose_fleet_is_gone_once_every_output_exists(
 
     # when monitor looks, then the run is simply done
     assert monitor.handler({"run": running_run}, lambda_context)["progress"]["state"] == "done"
+
+
+def test_each_poll_adds_a_sample_to_the_run_series_and_projects_the_eta_and_total_cost(
+    world, running_run, lambda_context
+):
+    from spotfill_control.series import load_series, series_key
+
+    # given a run whose workers finish a shard between two polls
+    world.write_output(running_run, 0)
+    first = monitor.handler({"run": running_run}, lambda_context)
+    world.write_output(running_run, 1)
+
+    # when monitor polls again
+    second = monitor.handler({"run": first}, lambda_context)
+
+    # then the series in S3 has a sample per poll, with the latest counters, capacity and cost
+    series = load_series(world.s3, world.settings.control_bucket, running_run["run_id"])
+    assert [s.shards_done for s in series.samples] == [1, 2]
+    assert [s.predictions for s in series.samples] == [ROWS_PER_SHARD, 2 * ROWS_PER_SHARD]
+    last = series.samples[-1]
+    assert last.shards_total == 3 and last.cost_usd == second["budget"]["accrued_usd"] > 0
+    # (the instances alive when the poll began: it lowers the fleet for the last shard afterwards)
+    assert sum(last.capacity.values()) == len(first["progress"]["known_instances"]) > 0
+    assert all(pool.endswith(("/spot", "/on-demand")) for pool in last.capacity)
+    assert series_key(running_run["run_id"]) == f"runs/{running_run['run_id']}/series.json"
+    # and the run carries the projection: the rate since the first poll, one shard left at that rate
+    projection = second["projection"]
+    assert projection["predictions_per_second"] == pytest.approx(
+        ROWS_PER_SHARD / (last.t - series.samples[0].t)
+    )
+    assert projection["eta_seconds"] == pytest.approx(ROWS_PER_SHARD / projection["predictions_per_second"])
+    assert projection["projected_total_usd"] > second["budget"]["accrued_usd"]
+    assert set(projection["by_instance_type"]) <= {"c5.xlarge", "c5.2xlarge"}
+    assert projection["by_instance_type"]
+    assert first["projection"]["eta_seconds"] is None  # one sample: no rate yet

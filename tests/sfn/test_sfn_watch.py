@@ -3,7 +3,12 @@ across every execution it hands over to, and the exit status is the last executi
 
 from __future__ import annotations
 
+import json
+import re
+import time
+
 import pytest
+from spotfill_control.budget import format_usd
 
 from spotfill import cli
 
@@ -77,8 +82,6 @@ def test_start_watch_of_an_invalid_spec_prints_the_validation_error_as_one_sente
     cloud, lambdas, tmp_path, capsys
 ):
     # given a spec naming an instance type that does not exist
-    import json
-
     spec = cloud.spec("watch-invalid", shards=1)
     spec["fleet"]["instance_types"] = ["x9.huge"]
     path = tmp_path / "spec.json"
@@ -111,3 +114,67 @@ def test_start_watch_of_an_invalid_spec_prints_the_validation_error_as_one_sente
     )
     for payload_word in ("stackTrace", "errorType", "errorMessage", "Traceback"):
         assert payload_word not in err
+
+
+def test_watch_shows_the_monitors_eta_cost_so_far_and_projected_total(cloud, lambdas, capsys):
+    # given a run slow enough for the monitor to poll while shards finish
+    spec = cloud.spec("watch-projection", shards=6)
+
+    # when it is watched
+    first, status = _watch(cloud, spec)
+
+    # then the progress lines carry the monitor's projection, and the run state its figures
+    out = capsys.readouterr().out
+    assert status == 0
+    lines = [line for line in out.splitlines() if "; ETA " in line]
+    assert lines, out
+    assert re.search(r"; ETA \d+m\d\ds, cost \$[0-9.]+ so far, projected \$[0-9.]+$", lines[0]), lines[0]
+    run = cloud.s3.get_object(
+        Bucket=cloud.stack.control_bucket, Key=f"runs/{_run_id(cloud, first)}/state.json"
+    )["Body"].read()
+    projection = json.loads(run)["projection"]
+    assert projection["eta_seconds"] == 0.0  # the last poll saw the run done
+    assert projection["projected_total_usd"] == json.loads(run)["budget"]["accrued_usd"]
+
+
+def test_runs_lists_a_running_run_before_a_finished_one_with_progress_and_cost(
+    cloud, lambdas, capsys, monkeypatch
+):
+    from rich.console import Console
+    from spotfill_control import state_store
+
+    monkeypatch.setattr(cli, "console", Console(width=250))  # a terminal wide enough for whole lines
+
+    # given a finished run and, started after it, a run whose fleet never registers (still running)
+    finished = cloud.run(cloud.spec("runs-finished", shards=3))
+    assert finished.status == "SUCCEEDED"
+    running = cloud.start(cloud.spec("runs-running", shards=2))
+    try:
+        deadline = time.monotonic() + 30
+        while state_store.load_by_execution(running, cloud.s3, cloud.stack.control_bucket) is None:
+            assert time.monotonic() < deadline, "the second run never persisted its state"
+            time.sleep(0.1)
+        running_id = _run_id(cloud, running)
+
+        # when the user lists the runs
+        status = cli.main(["runs", "--stack", cloud.stack.stack_name, "--region", cloud.stack.region])
+        limited = capsys.readouterr().out if status else ""
+        status_limited = cli.main(
+            ["runs", "--limit", "1", "--stack", cloud.stack.stack_name, "--region", cloud.stack.region]
+        )
+    finally:
+        cloud.sfn.stop_execution(executionArn=running, error="Aborted", cause="the test is over")
+        cloud.deliver_status_change(cloud.wait(running))
+
+    # then the running run comes first, the finished one after it, each with its progress and cost
+    assert status == 0 and status_limited == 0, limited
+    out = capsys.readouterr().out
+    first_listing, second_listing = out.split("recent runs")[1:]
+    rows = [line for line in first_listing.splitlines() if "runs-" in line]
+    assert running_id in rows[0] and "running" in rows[0] and "0/2" in rows[0]
+    finished_rows = [line for line in rows if finished.run_id in line]
+    assert finished_rows and "succeeded" in finished_rows[0] and "3/3" in finished_rows[0]
+    report = finished.report
+    assert report is not None and f"${format_usd(report['cost_usd']['total'])}" in finished_rows[0]
+    # and --limit keeps the newest
+    assert running_id in second_listing and finished.run_id not in second_listing

@@ -9,10 +9,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control import budget, progress, state_store
+from spotfill_control import budget, progress, projection, state_store
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.run import RunEvent, utcnow
+from spotfill_control.series import Series, load_series, save_series
 
 logger = Logger()
 # Embedded-metric-format records on stdout: Lambda's logs turn them into the dashboard's "shards done vs
@@ -27,9 +28,20 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=run.run_id)
     now = utcnow()
     clients = progress.Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
+    bucket = settings().control_bucket
     with transient_errors_retried("monitor"):
-        run, seen = progress.iterate(run, clients, settings().control_bucket, now)
-        state_store.persist(run, clients.s3, settings().control_bucket)
+        # A run's first poll (no projection yet: also a run begun before the series existed) starts the
+        # series, since a GetObject of a key never written is denied, not 404, to a role whose ListBucket is
+        # limited to a prefix; later polls read it, add their sample and write it back.
+        first = run.projection is None
+        run, seen = progress.iterate(run, clients, bucket, now)
+        poll = float(run.spec.limits.poll_interval_seconds)
+        series = Series(interval_seconds=poll) if first else load_series(clients.s3, bucket, run.run_id)
+        series.add(projection.sample_of(run, seen, now, series.last))
+        run.projection = projected = projection.project(run, series, now)
+        # The series first: a persisted run that has polled always has one (the report reads it).
+        save_series(clients.s3, bucket, run.run_id, series)
+        state_store.persist(run, clients.s3, bucket)
     logger.info(
         "monitored",
         extra={
@@ -46,6 +58,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "cost_so_far_usd": run.budget.accrued_usd,
             "projected_usd": run.budget.projected_usd,
             "max_total_usd": run.spec.limits.max_total_usd,
+            "predictions_per_second": projected.predictions_per_second,
+            "eta_seconds": projected.eta_seconds,
+            "projected_total_usd": projected.projected_total_usd,
             "draining_since": run.budget.draining_since and run.budget.draining_since.isoformat(),
         },
     )
@@ -54,6 +69,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="ShardsDone", unit=MetricUnit.Count, value=seen.outputs_done)
     metrics.add_metric(name="DeadLetters", unit=MetricUnit.Count, value=seen.dead_letters)
     metrics.add_metric(name="CostSoFarUsd", unit=MetricUnit.NoUnit, value=run.budget.accrued_usd)
+    if projected.eta_seconds is not None:
+        metrics.add_metric(name="EtaSeconds", unit=MetricUnit.Seconds, value=projected.eta_seconds)
+    if projected.projected_total_usd is not None:
+        value = projected.projected_total_usd
+        metrics.add_metric(name="ProjectedTotalUsd", unit=MetricUnit.NoUnit, value=value)
     if run.spec.limits.max_total_usd is not None:
         metrics.add_metric(name="MaxTotalUsd", unit=MetricUnit.NoUnit, value=run.spec.limits.max_total_usd)
     budget.check_budget(run, seen.queue.in_flight, now)
