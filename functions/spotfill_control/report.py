@@ -474,6 +474,77 @@ def runtime_sentence(section: Mapping[str, Any]) -> str | None:
     return f"runtime {used} ({', '.join(details)}){speed}{fell_back}"
 
 
+def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The report as (what, value) lines: the table `spotfill report` prints and the HTML page ends with."""
+    rows = [("reason", str(report.get("reason") or "-"))]
+    shards = report.get("shards", {})
+    if shards:
+        rows.append(
+            (
+                "shards",
+                f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
+                f"{shards.get('skipped_existing', 0)} skipped (output existed), "
+                f"{shards.get('retried', 0)} retried, "
+                f"{shards.get('unprocessed', 0)} unfinished (spotfill redrive), "
+                f"of {shards.get('total', 0)}",
+            )
+        )
+        rows += [("  failed", str(key)) for key in shards.get("failed_keys", [])[:10]]
+    predictions = report.get("predictions", {})
+    if predictions:
+        rows.append(("predictions", f"{predictions.get('total', 0):,}"))
+    phases = report.get("phases_seconds", {})
+    if phases:
+        rows.append(
+            ("phases", ", ".join(f"{k} {v:.1f}s" for k, v in phases.items() if isinstance(v, int | float)))
+        )
+    throughput = report.get("throughput", {})
+    if throughput:
+        rows.append(
+            (
+                "throughput",
+                f"mean {throughput.get('mean_predictions_per_second') or 0:,.0f}/s, "
+                f"peak {throughput.get('peak_predictions_per_second') or 0:,.0f}/s",
+            )
+        )
+    runtime = runtime_sentence(report.get("model_runtime") or {})
+    if runtime:
+        rows.append(("model", runtime))
+    instances = report.get("instances", {})
+    if instances:
+        hours = ", ".join(f"{k} {v:.4f}h" for k, v in instances.get("hours_by_type", {}).items())
+        rows.append(
+            (
+                "instances",
+                f"{instances.get('count', 0)} ({hours or '-'}), {instances.get('interruptions', 0)} interrupted",
+            )
+        )
+    cap = (report.get("budget") or {}).get("max_total_usd")
+    if cap is not None:
+        accrued = report["budget"].get("accrued_usd") or 0.0
+        rows.append(("budget", f"${format_usd(accrued)} accrued of ${format_usd(cap)} cap"))
+    spent = report.get("cost_usd", {})
+    if spent:
+        options = spent.get("by_purchase_option", {})
+        split = ", ".join(
+            f"{name} ${format_usd(option.get('usd', 0))} ({option.get('hours', 0):.4f}h)"
+            for name, option in options.items()
+            if option.get("instances")
+        )
+        static = spent.get("static_table_prices") or []
+        rows.append(
+            (
+                "cost",
+                f"${format_usd(spent.get('total', spent.get('spot', 0)))}{f' ({split})' if split else ''} vs "
+                f"${format_usd(spent.get('on_demand_equivalent', 0))} on demand; "
+                f"${spent.get('per_million_predictions') or 0:.4f} per million predictions"
+                + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
+            )
+        )
+    rows.append(("report", str(report.get("report_uri", "-"))))
+    return rows
+
+
 def status_of(
     run: RunState | None, error: StepError | None, teardown_error: StepError | None, failed: int
 ) -> tuple[Status, str]:

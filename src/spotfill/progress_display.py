@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from spotfill_control.budget import format_usd
-from spotfill_control.report import runtime_sentence
+from spotfill_control.report import report_rows
 
 from spotfill.runs import RunWatcher, Snapshot
 
@@ -112,64 +112,6 @@ def report_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"run {report.get('run_id')}: {report.get('status')}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("reason", str(report.get("reason") or "-"))
-    shards = report.get("shards", {})
-    if shards:
-        table.add_row(
-            "shards",
-            f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
-            f"{shards.get('skipped_existing', 0)} skipped (output existed), "
-            f"{shards.get('retried', 0)} retried, "
-            f"{shards.get('unprocessed', 0)} unfinished (spotfill redrive), "
-            f"of {shards.get('total', 0)}",
-        )
-        for key in shards.get("failed_keys", [])[:10]:
-            table.add_row("  failed", str(key))
-    predictions = report.get("predictions", {})
-    if predictions:
-        table.add_row("predictions", f"{predictions.get('total', 0):,}")
-    phases = report.get("phases_seconds", {})
-    if phases:
-        table.add_row(
-            "phases",
-            ", ".join(f"{k} {v:.1f}s" for k, v in phases.items() if isinstance(v, int | float)),
-        )
-    throughput = report.get("throughput", {})
-    if throughput:
-        table.add_row(
-            "throughput",
-            f"mean {throughput.get('mean_predictions_per_second') or 0:,.0f}/s, "
-            f"peak {throughput.get('peak_predictions_per_second') or 0:,.0f}/s",
-        )
-    runtime = runtime_sentence(report.get("model_runtime") or {})
-    if runtime:
-        table.add_row("model", Text(runtime))  # a fallback reason may hold brackets: not markup
-    instances = report.get("instances", {})
-    if instances:
-        hours = ", ".join(f"{k} {v:.4f}h" for k, v in instances.get("hours_by_type", {}).items())
-        table.add_row(
-            "instances",
-            f"{instances.get('count', 0)} ({hours or '-'}), {instances.get('interruptions', 0)} interrupted",
-        )
-    cap = report.get("budget", {}).get("max_total_usd")
-    if cap is not None:
-        accrued = report["budget"].get("accrued_usd") or 0.0
-        table.add_row("budget", f"${format_usd(accrued)} accrued of ${format_usd(cap)} cap")
-    cost = report.get("cost_usd", {})
-    if cost:
-        options = cost.get("by_purchase_option", {})
-        split = ", ".join(
-            f"{name} ${format_usd(spent.get('usd', 0))} ({spent.get('hours', 0):.4f}h)"
-            for name, spent in options.items()
-            if spent.get("instances")
-        )
-        static = cost.get("static_table_prices") or []
-        table.add_row(
-            "cost",
-            f"${format_usd(cost.get('total', cost.get('spot', 0)))}{f' ({split})' if split else ''} vs "
-            f"${format_usd(cost.get('on_demand_equivalent', 0))} on demand; "
-            f"${cost.get('per_million_predictions') or 0:.4f} per million predictions"
-            + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
-        )
-    table.add_row("report", str(report.get("report_uri", "-")))
+    for what, value in report_rows(report):
+        table.add_row(what, Text(value))  # keys and reasons may hold brackets: never markup
     return table
