@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
@@ -34,6 +35,8 @@ from spotfill_control.run import RunState, utcnow
 from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
 from spotfill_control.spec import ModelSpec
 from spotfill_control.teardown import read_dead_letters, teardown_and_persist
+
+logger = Logger(child=True)
 
 Status = Literal["succeeded", "completed_with_failures", "budget_reached", "failed", "invalid"]
 EVENT_SOURCE = "spotfill"
@@ -815,6 +818,13 @@ def report_run(
         execution_arn=execution_arn,
         control_bucket=bucket,
     )
+    document["html_key"] = None
+    page = render_page(document, clients.s3, bucket)
+    if page is not None:
+        document["html_key"] = report_html_key(run_id)
+        clients.s3.put_object(
+            Bucket=bucket, Key=document["html_key"], Body=page.encode(), ContentType="text/html; charset=utf-8"
+        )
     publish(
         document,
         s3=clients.s3,
@@ -825,6 +835,23 @@ def report_run(
         topic=settings.notification_topic_arn,
     )
     return summary_of(document)
+
+
+def report_html_key(run_id: str) -> str:
+    return f"reports/{run_id}.html"
+
+
+def render_page(document: Mapping[str, Any], s3: Any, bucket: str) -> str | None:
+    """The report's HTML page with the run's series (spotfill_control.report_html); None, logged, when it
+    cannot be drawn: the page is a view of the report, whose JSON, event and notification go out regardless."""
+    from spotfill_control import report_html  # matplotlib loads only where a page is drawn
+
+    try:
+        series = report_html.read_series(s3, bucket, document["run_id"])
+        return report_html.render_html(document, series)
+    except Exception:
+        logger.exception("the report's HTML page could not be drawn", extra={"run_id": document["run_id"]})
+        return None
 
 
 @dataclass

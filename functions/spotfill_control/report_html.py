@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,8 @@ from spotfill_control.aws import is_missing_key
 from spotfill_control.budget import format_usd
 from spotfill_control.report import report_rows
 
-CONTENT_TYPE = "text/html; charset=utf-8"
 INTERRUPTION_COLOR = "#d62728"
 WIDTH_INCHES, HEIGHT_INCHES = 9.0, 3.0
-
-
-def html_key(run_id: str) -> str:
-    return f"reports/{run_id}.html"
 
 
 def series_key(run_id: str) -> str:
@@ -123,7 +119,7 @@ def _svg(figure, salt: str) -> str:
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
         figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
-    return text[text.index("<svg") :]
+    return re.sub(r"\s*<metadata>.*?</metadata>", "", text[text.index("<svg") :], flags=re.S)
 
 
 def _timeline(axes, axis: TimeAxis, marks: list[float], ylabel: str) -> None:
