@@ -519,7 +519,8 @@ def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(
             (
                 "instances",
-                f"{instances.get('count', 0)} ({hours or '-'}), {instances.get('interruptions', 0)} interrupted",
+                f"{instances.get('count', 0)} ({hours or '-'}), "
+                f"{instances.get('interruptions', 0)} interrupted",
             )
         )
     cap = (report.get("budget") or {}).get("max_total_usd")
@@ -818,12 +819,11 @@ def report_run(
         execution_arn=execution_arn,
         control_bucket=bucket,
     )
-    document["html_key"] = None
     page = render_page(document, clients.s3, bucket)
+    document["html_key"] = None if page is None else report_html_key(run_id)
     if page is not None:
-        document["html_key"] = report_html_key(run_id)
         clients.s3.put_object(
-            Bucket=bucket, Key=document["html_key"], Body=page.encode(), ContentType="text/html; charset=utf-8"
+            Bucket=bucket, Key=document["html_key"], Body=page.encode(), ContentType=HTML_CONTENT_TYPE
         )
     publish(
         document,
@@ -837,13 +837,16 @@ def report_run(
     return summary_of(document)
 
 
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+
+
 def report_html_key(run_id: str) -> str:
     return f"reports/{run_id}.html"
 
 
 def render_page(document: Mapping[str, Any], s3: Any, bucket: str) -> str | None:
     """The report's HTML page with the run's series (spotfill_control.report_html); None, logged, when it
-    cannot be drawn: the page is a view of the report, whose JSON, event and notification go out regardless."""
+    cannot be drawn: the page is a view of the report, whose JSON, event and notification go out anyway."""
     from spotfill_control import report_html  # matplotlib loads only where a page is drawn
 
     try:

@@ -310,6 +310,6 @@ def render_html(report: Mapping[str, Any], series: Any) -> str:
         f'<p class="reason">{html.escape(str(report.get("reason") or ""))}</p>'
         f"{figures}"
         f'<h2>Report</h2><table class="report">{rows}</table>'
-        f"<p class=\"reason\">generated {html.escape(str(report.get('generated_at') or ''))}</p>"
+        f'<p class="reason">generated {html.escape(str(report.get("generated_at") or ""))}</p>'
         "</body></html>\n"
     )

@@ -50,7 +50,7 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
-    assert not missing, f"{', '.join(missing)} missing: `make browser` installs Debian's chromium and its driver"
+    assert not missing, f"{', '.join(missing)} missing: `make browser` installs Debian's chromium and driver"
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (
