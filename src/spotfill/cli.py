@@ -576,7 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", help="run id")
     report.add_argument("--json", action="store_true", help="print the report as JSON rather than a table")
     report.add_argument(
-        "--html", metavar="FILE", help="also write the report as one self-contained HTML page, with charts"
+        "--html",
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page, with charts (default: no page)",
     )
     _aws_options(report)
     report.set_defaults(func=cmd_report)
