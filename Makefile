@@ -16,7 +16,10 @@ dockerfile_arg = $(shell sed -n 's/^ARG $(1)=//p' worker/Dockerfile)
 # As the image: tensorflow-cpu on x86_64, tensorflow (CPU-only there) on arm64.
 IMAGE_TENSORFLOW := $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),tensorflow-cpu,tensorflow)
 
-.PHONY: demo test test-fast test-image-env lint bench clean
+# The report page's browser test drives Debian's chromium through chromedriver; apt installs them when missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test test-fast test-image-env browser lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,8 +53,13 @@ demo: $(STAMP)
 ## The whole test suite: unit, moto, Step Functions and local-cloud end-to-end tests in .venv, and the worker
 ## tests once, in the image's dependency set (test-image-env). The image's pins are also checked against .venv,
 ## whose worker the end-to-end tests run.
-test: $(STAMP) test-image-env
+test: $(STAMP) test-image-env browser
 	$(BIN)/python -m pytest --ignore=tests/worker tests tests/worker/test_worker_dependencies.py
+
+## Headless chromium and chromedriver for the report page's browser test (Debian packages).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 ## The worker tests in a clean venv holding exactly the worker image's CPU dependencies (no Docker needed).
 test-image-env: $(IMAGE_STAMP)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
@@ -35,6 +36,8 @@ from spotfill_control.series import Series, load_series, series_key
 from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
 from spotfill_control.spec import ModelSpec
 from spotfill_control.teardown import read_dead_letters, teardown_and_persist
+
+logger = Logger(child=True)
 
 Status = Literal["succeeded", "completed_with_failures", "budget_reached", "failed", "invalid"]
 EVENT_SOURCE = "spotfill"
@@ -477,6 +480,114 @@ def runtime_sentence(section: Mapping[str, Any]) -> str | None:
     return f"runtime {used} ({', '.join(details)}){speed}{fell_back}"
 
 
+def duration_text(seconds: float | None) -> str:
+    """`4m12s`, `1h02m03s`; `-` for None."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    minutes, seconds = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def estimate_line(section: Mapping[str, Any] | None) -> str | None:
+    """The plan's estimate against the run, e.g. `planned 25s, $0.0004, 12,000/s; took 31s (x1.24), $0.0005
+    (x1.25), 10,500/s (x0.88)`; None when the spec carried no estimate."""
+    if not section:
+        return None
+    estimate, actual, error = section.get("estimate", {}), section.get("actual", {}), section.get("error", {})
+
+    def figures(values: dict[str, Any], ratios: Mapping[str, Any] | None = None) -> str:
+        shown = []
+        for name, show in (
+            ("seconds", lambda v: duration_text(v)),
+            ("total_usd", lambda v: f"${format_usd(v)}"),
+            ("predictions_per_second", lambda v: f"{v:,.0f}/s"),
+        ):
+            value = values.get(name)
+            text = "-" if value is None else show(value)
+            ratio = (ratios or {}).get(name)
+            shown.append(f"{text} (x{ratio:.2f})" if ratio is not None else text)
+        return ", ".join(shown)
+
+    return f"planned {figures(estimate)}; took {figures(actual, error)}"
+
+
+def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The report as (what, value) lines: the table `spotfill report` prints and the HTML page ends with."""
+    rows = [("reason", str(report.get("reason") or "-"))]
+    shards = report.get("shards", {})
+    if shards:
+        rows.append(
+            (
+                "shards",
+                f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
+                f"{shards.get('skipped_existing', 0)} skipped (output existed), "
+                f"{shards.get('retried', 0)} retried, "
+                f"{shards.get('unprocessed', 0)} unfinished (spotfill redrive), "
+                f"of {shards.get('total', 0)}",
+            )
+        )
+        rows += [("  failed", str(key)) for key in shards.get("failed_keys", [])[:10]]
+    predictions = report.get("predictions", {})
+    if predictions:
+        rows.append(("predictions", f"{predictions.get('total', 0):,}"))
+    phases = report.get("phases_seconds", {})
+    if phases:
+        rows.append(
+            ("phases", ", ".join(f"{k} {v:.1f}s" for k, v in phases.items() if isinstance(v, int | float)))
+        )
+    throughput = report.get("throughput", {})
+    if throughput:
+        rows.append(
+            (
+                "throughput",
+                f"mean {throughput.get('mean_predictions_per_second') or 0:,.0f}/s, "
+                f"peak {throughput.get('peak_predictions_per_second') or 0:,.0f}/s",
+            )
+        )
+    runtime = runtime_sentence(report.get("model_runtime") or {})
+    if runtime:
+        rows.append(("model", runtime))
+    instances = report.get("instances", {})
+    if instances:
+        hours = ", ".join(f"{k} {v:.4f}h" for k, v in instances.get("hours_by_type", {}).items())
+        rows.append(
+            (
+                "instances",
+                f"{instances.get('count', 0)} ({hours or '-'}), "
+                f"{instances.get('interruptions', 0)} interrupted",
+            )
+        )
+    cap = (report.get("budget") or {}).get("max_total_usd")
+    if cap is not None:
+        accrued = report["budget"].get("accrued_usd") or 0.0
+        rows.append(("budget", f"${format_usd(accrued)} accrued of ${format_usd(cap)} cap"))
+    spent = report.get("cost_usd", {})
+    if spent:
+        options = spent.get("by_purchase_option", {})
+        split = ", ".join(
+            f"{name} ${format_usd(option.get('usd', 0))} ({option.get('hours', 0):.4f}h)"
+            for name, option in options.items()
+            if option.get("instances")
+        )
+        static = spent.get("static_table_prices") or []
+        rows.append(
+            (
+                "cost",
+                f"${format_usd(spent.get('total', spent.get('spot', 0)))}{f' ({split})' if split else ''} vs "
+                f"${format_usd(spent.get('on_demand_equivalent', 0))} on demand; "
+                f"${spent.get('per_million_predictions') or 0:.4f} per million predictions"
+                + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
+            )
+        )
+    versus = estimate_line(report.get("estimate_vs_actual"))
+    if versus:
+        rows.append(("estimate", versus))
+    rows.append(("report", str(report.get("report_uri", "-"))))
+    return rows
+
+
 def status_of(
     run: RunState | None, error: StepError | None, teardown_error: StepError | None, failed: int
 ) -> tuple[Status, str]:
@@ -781,6 +892,12 @@ def report_run(
         execution_arn=execution_arn,
         control_bucket=bucket,
     )
+    page = render_page(document, facts.series)
+    document["html_key"] = None if page is None else report_html_key(run_id)
+    if page is not None:
+        clients.s3.put_object(
+            Bucket=bucket, Key=document["html_key"], Body=page.encode(), ContentType=HTML_CONTENT_TYPE
+        )
     publish(
         document,
         s3=clients.s3,
@@ -791,6 +908,25 @@ def report_run(
         topic=settings.notification_topic_arn,
     )
     return summary_of(document)
+
+
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+
+
+def report_html_key(run_id: str) -> str:
+    return f"reports/{run_id}.html"
+
+
+def render_page(document: Mapping[str, Any], series: Series | None) -> str | None:
+    """The report's HTML page with the run's series (spotfill_control.report_html); None, logged, when it
+    cannot be drawn: the page is a view of the report, whose JSON, event and notification go out anyway."""
+    from spotfill_control import report_html  # matplotlib loads only where a page is drawn
+
+    try:
+        return report_html.render_html(document, series)
+    except Exception:
+        logger.exception("the report's HTML page could not be drawn", extra={"run_id": document["run_id"]})
+        return None
 
 
 @dataclass

@@ -254,7 +254,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from spotfill.progress_display import report_table
-    from spotfill.runs import read_report
+    from spotfill.runs import read_report, report_page
 
     session = _session(args)
     stack = session.stack(args.stack)
@@ -265,6 +265,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         console.print(report_table(report))
+    if args.html:
+        page = Path(args.html)
+        page.write_text(report_page(session, stack, report), encoding="utf-8")
+        print(f"HTML report written to {page}", file=sys.stderr)  # stdout keeps the JSON alone
     return 0 if report.get("status") == "succeeded" else 3
 
 
@@ -581,6 +585,11 @@ def build_parser() -> argparse.ArgumentParser:
     report = command(sub, "report", "print a run's report")
     report.add_argument("run", help="run id")
     report.add_argument("--json", action="store_true", help="print the report as JSON rather than a table")
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the report as one self-contained HTML page, with charts (default: no page)",
+    )
     _aws_options(report)
     report.set_defaults(func=cmd_report)
 

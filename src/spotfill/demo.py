@@ -165,4 +165,9 @@ def run_demo(
     elif not result.succeeded:
         reason = (result.report or {}).get("reason") or result.snapshot.error
         console.print(f"[red]the run ended {result.status}[/red]: {reason}")
+    if result.report_page and result.snapshot.run_id:
+        page = work_dir / "reports" / f"{result.snapshot.run_id}.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(result.report_page, encoding="utf-8")
+        console.print(f"HTML report: {page}", markup=False)
     return ok, result

@@ -27,6 +27,7 @@ from spotfill.runs import (
     Snapshot,
     execution_arns,
     read_report,
+    read_report_page,
     report_from_execution_output,
     wait_for_execution_started_after,
 )
@@ -47,6 +48,7 @@ class LocalRunResult:
     skipped: dict[str, Path] = field(default_factory=dict)  # complete outputs of an earlier run, kept
     missing: list[str] = field(default_factory=list)  # outputs not downloaded, each with the reason
     run_dir: Path | None = None  # the local cloud's folder (worker logs), None once removed
+    report_page: str | None = None  # the report's HTML page (reports/<run id>.html), None without a report
 
     @property
     def orchestration_overhead_seconds(self) -> float | None:
@@ -331,6 +333,8 @@ def follow_run(
     if snap.run_id:
         report = read_report(session, stack, snap.run_id) or report
     result = LocalRunResult(execution_arn, snap, report, wall_seconds=time.monotonic() - started)
+    if report and snap.run_id:
+        result.report_page = read_report_page(session, stack, report)
     if snap.run_id:
         result.last_output_at, result.fleet_gone_at = _end_times(cloud, snap.run_id)
     if cloud.chaos is not None:

@@ -13,21 +13,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from spotfill_control.budget import format_usd
-from spotfill_control.report import runtime_sentence
+from spotfill_control.report import duration_text, report_rows
 
 from spotfill.runs import RunRow, RunWatcher, Snapshot
 
 # States the workflow cycles through while it waits: a plain log skips them.
 _LOOP_STATES = ("WaitForWork", "Monitor", "WaitForRegistration", "CheckRegistration")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = round(seconds)
-    minutes, seconds = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
 def render(snap: Snapshot) -> Group:
@@ -40,7 +31,7 @@ def render(snap: Snapshot) -> Group:
         f"{snap.predictions:,}  ",
         f"{snap.predictions_per_second:,.0f}/s  ",
         ("ETA ", "bold"),
-        _duration(snap.eta_seconds),
+        duration_text(snap.eta_seconds),
     )
     status = Text.assemble(
         ("state ", "bold"),
@@ -50,7 +41,7 @@ def render(snap: Snapshot) -> Group:
         ("tasks ", "bold"),
         f"{snap.tasks}  ",
         ("elapsed ", "bold"),
-        _duration(snap.elapsed),
+        duration_text(snap.elapsed),
     )
     header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
     outlook = projection_line(snap)
@@ -62,7 +53,7 @@ def projection_line(snap: Snapshot) -> str | None:
     monitor projected anything."""
     if not snap.projected and snap.projected_total_usd is None:
         return None
-    parts = [f"ETA {_duration(snap.eta_seconds) if snap.projected else '-'}"]
+    parts = [f"ETA {duration_text(snap.eta_seconds) if snap.projected else '-'}"]
     if snap.cost_usd is not None:
         parts.append(f"cost ${format_usd(snap.cost_usd)} so far")
     if snap.projected_total_usd is not None:
@@ -110,7 +101,7 @@ def follow(
             key = (snap.status, snap.shards_done, "" if snap.state in _LOOP_STATES else snap.state)
             if key != last:
                 console.print(
-                    f"[{_duration(snap.elapsed)}] {line}, {snap.predictions:,} predictions "
+                    f"[{duration_text(snap.elapsed)}] {line}, {snap.predictions:,} predictions "
                     f"({snap.predictions_per_second:,.0f}/s), {snap.instances} instances, {snap.tasks} tasks"
                     + (f"; {outlook}" if outlook else ""),
                     markup=False,
@@ -129,93 +120,9 @@ def report_table(report: dict[str, Any]) -> Table:
     table = Table(title=f"run {report.get('run_id')}: {report.get('status')}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    table.add_row("reason", str(report.get("reason") or "-"))
-    shards = report.get("shards", {})
-    if shards:
-        table.add_row(
-            "shards",
-            f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
-            f"{shards.get('skipped_existing', 0)} skipped (output existed), "
-            f"{shards.get('retried', 0)} retried, "
-            f"{shards.get('unprocessed', 0)} unfinished (spotfill redrive), "
-            f"of {shards.get('total', 0)}",
-        )
-        for key in shards.get("failed_keys", [])[:10]:
-            table.add_row("  failed", str(key))
-    predictions = report.get("predictions", {})
-    if predictions:
-        table.add_row("predictions", f"{predictions.get('total', 0):,}")
-    phases = report.get("phases_seconds", {})
-    if phases:
-        table.add_row(
-            "phases",
-            ", ".join(f"{k} {v:.1f}s" for k, v in phases.items() if isinstance(v, int | float)),
-        )
-    throughput = report.get("throughput", {})
-    if throughput:
-        table.add_row(
-            "throughput",
-            f"mean {throughput.get('mean_predictions_per_second') or 0:,.0f}/s, "
-            f"peak {throughput.get('peak_predictions_per_second') or 0:,.0f}/s",
-        )
-    runtime = runtime_sentence(report.get("model_runtime") or {})
-    if runtime:
-        table.add_row("model", Text(runtime))  # a fallback reason may hold brackets: not markup
-    instances = report.get("instances", {})
-    if instances:
-        hours = ", ".join(f"{k} {v:.4f}h" for k, v in instances.get("hours_by_type", {}).items())
-        table.add_row(
-            "instances",
-            f"{instances.get('count', 0)} ({hours or '-'}), {instances.get('interruptions', 0)} interrupted",
-        )
-    cap = report.get("budget", {}).get("max_total_usd")
-    if cap is not None:
-        accrued = report["budget"].get("accrued_usd") or 0.0
-        table.add_row("budget", f"${format_usd(accrued)} accrued of ${format_usd(cap)} cap")
-    cost = report.get("cost_usd", {})
-    if cost:
-        options = cost.get("by_purchase_option", {})
-        split = ", ".join(
-            f"{name} ${format_usd(spent.get('usd', 0))} ({spent.get('hours', 0):.4f}h)"
-            for name, spent in options.items()
-            if spent.get("instances")
-        )
-        static = cost.get("static_table_prices") or []
-        table.add_row(
-            "cost",
-            f"${format_usd(cost.get('total', cost.get('spot', 0)))}{f' ({split})' if split else ''} vs "
-            f"${format_usd(cost.get('on_demand_equivalent', 0))} on demand; "
-            f"${cost.get('per_million_predictions') or 0:.4f} per million predictions"
-            + (f"; on-demand prices of {', '.join(static)} from the static table" if static else ""),
-        )
-    versus = estimate_line(report.get("estimate_vs_actual"))
-    if versus:
-        table.add_row("estimate", versus)
-    table.add_row("report", str(report.get("report_uri", "-")))
+    for what, value in report_rows(report):
+        table.add_row(what, Text(value))  # keys and reasons may hold brackets: never markup
     return table
-
-
-def estimate_line(section: dict[str, Any] | None) -> str | None:
-    """The plan's estimate against the run, e.g. `planned 25s, $0.0004, 12,000/s; took 31s (x1.24), $0.0005
-    (x1.25), 10,500/s (x0.88)`; None when the spec carried no estimate."""
-    if not section:
-        return None
-    estimate, actual, error = section.get("estimate", {}), section.get("actual", {}), section.get("error", {})
-
-    def figures(values: dict[str, Any], ratios: dict[str, Any] | None = None) -> str:
-        shown = []
-        for name, show in (
-            ("seconds", lambda v: _duration(v)),
-            ("total_usd", lambda v: f"${format_usd(v)}"),
-            ("predictions_per_second", lambda v: f"{v:,.0f}/s"),
-        ):
-            value = values.get(name)
-            text = "-" if value is None else show(value)
-            ratio = (ratios or {}).get(name)
-            shown.append(f"{text} (x{ratio:.2f})" if ratio is not None else text)
-        return ", ".join(shown)
-
-    return f"planned {figures(estimate)}; took {figures(actual, error)}"
 
 
 def runs_table(rows: list[RunRow]) -> Table:

@@ -87,6 +87,73 @@ def test_report_of_a_successful_run_has_every_figure(world, running_run, lambda_
     assert messages[0]["Subject"] == f"spotfill run {run['run_id']} succeeded"
 
 
+def _series(run_id: str, samples: int) -> dict:
+    return {
+        "interval_seconds": 5.0,
+        "samples": [
+            {
+                "t": 1_700_000_000.0 + 5 * i,
+                "shards_done": min(3, i),
+                "shards_total": 3,
+                "predictions": min(3, i) * ROWS_PER_SHARD,
+                "predictions_per_second": 1.4,
+                "capacity": {"c5.xlarge/spot": 1.0},
+                "running_tasks": 2,
+                "cost_usd": 0.0001 * i,
+                "interruptions": 0,
+            }
+            for i in range(samples)
+        ],
+    }
+
+
+def test_report_writes_its_html_page_beside_the_json_with_the_runs_series(world, running_run, lambda_context):
+    # given a finished run whose Monitor kept a series
+    run = finish_processing(world, running_run, lambda_context)
+    state = {"run": teardown.handler({"run": run}, lambda_context)}
+    world.s3.put_object(
+        Bucket=world.settings.control_bucket,
+        Key=f"runs/{run['run_id']}/series.json",
+        Body=json.dumps(_series(run["run_id"], 4)).encode(),
+    )
+
+    # when it is reported
+    report.handler(state, lambda_context)
+
+    # then reports/<run id>.html is an HTML page drawing every chart of the series, and the JSON names it
+    document = world.report(run["run_id"])
+    assert document["html_key"] == f"reports/{run['run_id']}.html"
+    page = world.s3.get_object(Bucket=world.settings.control_bucket, Key=document["html_key"])
+    assert page["ContentType"] == "text/html; charset=utf-8"
+    text = page["Body"].read().decode()
+    assert text.startswith("<!DOCTYPE html>") and f"spotfill run {run['run_id']}" in text
+    for chart in ("progress", "throughput", "fleet", "cost"):
+        assert f'data-chart="{chart}" data-empty="false"><h2>' in text, chart
+
+
+def test_a_page_that_cannot_be_drawn_leaves_the_report_whole(world, running_run, lambda_context, monkeypatch):
+    # given a finished run, and a page renderer that fails
+    from spotfill_control import report_html
+
+    def broken(*_):
+        raise ValueError("no fonts here")
+
+    monkeypatch.setattr(report_html, "render_html", broken)
+    run = finish_processing(world, running_run, lambda_context)
+    state = {"run": teardown.handler({"run": run}, lambda_context)}
+
+    # when it is reported
+    summary = report.handler(state, lambda_context)
+
+    # then the JSON report, the event and the notification go out, without a page
+    document = world.report(run["run_id"])
+    assert summary["status"] == document["status"] == "succeeded"
+    assert document["html_key"] is None
+    listed = world.s3.list_objects_v2(Bucket=world.settings.control_bucket, Prefix="reports/")["Contents"]
+    assert [o["Key"] for o in listed] == [f"reports/{run['run_id']}.json"]
+    assert len(world.received(world.notifications_queue)) == 1
+
+
 def test_report_lists_dead_lettered_shards_as_failed(world, running_run, lambda_context):
     # given a run that ended with one shard in the dead-letter queue
     run = finish_processing(world, running_run, lambda_context, dead_letter=2)

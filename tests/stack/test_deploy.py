@@ -58,6 +58,7 @@ CONTROL_ENVIRONMENT = {
     "NOTIFICATION_TOPIC_ARN",
     "EVENT_BUS_NAME",
     "POWERTOOLS_SERVICE_NAME",
+    "MPLCONFIGDIR",
 }
 
 
@@ -252,6 +253,7 @@ def test_every_function_gets_the_control_plane_environment_pointing_at_stack_res
     boto3.client("sns").get_topic_attributes(TopicArn=env["NOTIFICATION_TOPIC_ARN"])
     boto3.client("events").describe_event_bus(Name=env["EVENT_BUS_NAME"])
     assert env["POWERTOOLS_SERVICE_NAME"] == "spotfill"
+    assert env["MPLCONFIGDIR"].startswith("/tmp/")  # the only writable place in a Lambda
 
 
 def test_state_machine_definition_has_no_unresolved_placeholders_and_reaches_only_stack_functions(
