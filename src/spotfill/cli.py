@@ -618,7 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = command(
         sub, "plan", "what a backfill will cost and how long it will take, measured here, before any spend"
     )
-    plan.add_argument("spec", metavar="SPEC", help="the backfill spec: a local JSON file or an s3:// manifest")
+    plan.add_argument(
+        "spec", metavar="SPEC", help="the backfill spec: a local JSON file or an s3:// manifest"
+    )
     plan.add_argument(
         "--local",
         action="store_true",

@@ -47,7 +47,12 @@ PRICE_HISTORY = timedelta(hours=24)
 # launching, instances booting and joining the cluster, the worker image pulled and the task started (before
 # the worker's own start, which plan measures), the monitor noticing the end (half a poll on average), and
 # teardown (the fleet terminated, the cluster emptied).
-AWS_OVERHEADS = {"validate_and_prepare": 15.0, "boot_and_register": 150.0, "image_pull": 60.0, "teardown": 60.0}
+AWS_OVERHEADS = {
+    "validate_and_prepare": 15.0,
+    "boot_and_register": 150.0,
+    "image_pull": 60.0,
+    "teardown": 60.0,
+}
 # The local cloud's fixed costs (its physics and in-process control plane), measured on its runs: Validate,
 # PrepareRun and the fleet request; the first instance's boot delay (`LocalCloudOptions.boot_delay`); the
 # worker process's launch; teardown (fleet terminated, tasks stopped, report written).
@@ -184,7 +189,9 @@ def read_spec(source: str, s3: Any) -> tuple[dict[str, Any], BackfillSpec]:
 
 def stack_settings(cloudformation: Any, lambda_: Any, stack_name: str) -> Settings:
     """The control functions' configuration, as the stack's Validate function has it."""
-    resource = cloudformation.describe_stack_resource(StackName=stack_name, LogicalResourceId="ValidateFunction")
+    resource = cloudformation.describe_stack_resource(
+        StackName=stack_name, LogicalResourceId="ValidateFunction"
+    )
     name = resource["StackResourceDetail"]["PhysicalResourceId"]
     environment = lambda_.get_function_configuration(FunctionName=name).get("Environment", {})
     return Settings.from_environment(environment.get("Variables", {}))
@@ -443,7 +450,8 @@ def assumptions_of(plan: Plan) -> list[str]:
     counted = (
         f"{inputs.rows:,} predictions counted on all {inputs.shards} shards"
         if inputs.exact
-        else f"{inputs.rows:,} predictions estimated from {inputs.sampled} sampled shards of {inputs.shards:,}"
+        else f"{inputs.rows:,} predictions estimated from {inputs.sampled} sampled shards of "
+        f"{inputs.shards:,}"
     )
     lines = [
         counted,
@@ -470,7 +478,9 @@ def assumptions_of(plan: Plan) -> list[str]:
             + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s",
         ]
         if any(not p.calibrated for p in plan.projections):
-            lines.append("GPU types are not calibrated: this machine has no GPU, so their figures are CPU-scaled")
+            lines.append(
+                "GPU types are not calibrated: this machine has no GPU, so their figures are CPU-scaled"
+            )
     lines.append("cost = spot price now x instances x their lifetime (boot to teardown); on-demand not used")
     return lines
 
@@ -489,7 +499,9 @@ def make_plan(
     _, spec = read_spec(source, client("s3"))
     progress("checking the spec as Validate does")
     shard_uris, facts = check(spec, client, settings)
-    progress(f"downloading the model and sample shards, timing the worker's predictor ({len(shard_uris)} shards)")
+    progress(
+        f"downloading the model and sample shards, timing the worker's predictor ({len(shard_uris)} shards)"
+    )
     inputs, measurement = measure(spec, shard_uris, client("s3"))
     ec2 = client("ec2")
     in_spec = set(facts)
@@ -521,7 +533,9 @@ def table(plan: Plan) -> Any:
     def usd(value: float | None, digits: int = 4) -> str:
         return "-" if value is None else f"${value:,.{digits}f}"
 
-    t = Table(title=f"plan for {plan.spec.name}: {plan.inputs.rows:,} predictions, {plan.inputs.shards:,} shards")
+    t = Table(
+        title=f"plan for {plan.spec.name}: {plan.inputs.rows:,} predictions, {plan.inputs.shards:,} shards"
+    )
     for column in (
         "instance type",
         "instances",
@@ -537,7 +551,7 @@ def table(plan: Plan) -> Any:
     for p in plan.projections:
         name = p.instance_type + ("" if p.in_spec else " (suggested)")
         rate = f"{p.predictions_per_second:,.0f}" + ("" if p.calibrated else " (not calibrated)")
-        span = "-" if p.spot.low is None else f"{usd(p.spot.low)}–{usd(p.spot.high)}"
+        span = "-" if p.spot.low is None else f"{usd(p.spot.low)}-{usd(p.spot.high)}"
         on_demand = usd(p.on_demand_usd) + (" (static table)" if p.on_demand_source == "static-table" else "")
         t.add_row(
             name,
