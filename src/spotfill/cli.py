@@ -284,7 +284,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     import_tensorflow()
     stack = session.stack(args.stack)
-    settings = stack_settings(session.client("cloudformation"), session.client("lambda"), stack.name)
+    settings = stack_settings(
+        session.client("stepfunctions"), session.client("lambda"), stack.state_machine_arn
+    )
 
     def say(text: str) -> None:
         if not args.json:

@@ -126,8 +126,9 @@ def plan_run(
 
     path.write_text(json.dumps(spec, indent=2) + "\n")
     session = Session(cloud.endpoint_url, cloud.region)
+    stack = session.stack(cloud.options.stack_name)
     settings = stack_settings(
-        session.client("cloudformation"), session.client("lambda"), cloud.options.stack_name
+        session.client("stepfunctions"), session.client("lambda"), stack.state_machine_arn
     )
     plan = make_plan(str(path), session.client, settings, local=True)
     console.print(table(plan))

@@ -42,6 +42,9 @@ SUGGESTIONS = 5  # other instance types `--suggest` adds
 MIN_TIMED_SECONDS = 1.0  # the timed predictions repeat until they took this long (at most TIMED_ROUNDS)
 TIMED_ROUNDS = 5
 PRICE_HISTORY = timedelta(hours=24)
+# A worker's round trips per shard, each costed as the sample shard's download: receive the message, check
+# for an existing output, download, upload, delete the message, extend the lease.
+REQUESTS_PER_SHARD = 6
 
 # What a run on AWS spends besides predicting, in seconds (assumptions the output states): the fleet
 # launching, instances booting and joining the cluster, the worker image pulled and the task started (before
@@ -187,13 +190,15 @@ def read_spec(source: str, s3: Any) -> tuple[dict[str, Any], BackfillSpec]:
         raise PlanError(f"invalid input: {exc}") from None
 
 
-def stack_settings(cloudformation: Any, lambda_: Any, stack_name: str) -> Settings:
-    """The control functions' configuration, as the stack's Validate function has it."""
-    resource = cloudformation.describe_stack_resource(
-        StackName=stack_name, LogicalResourceId="ValidateFunction"
+def stack_settings(stepfunctions: Any, lambda_: Any, state_machine_arn: str) -> Settings:
+    """The control functions' configuration, as the function the state machine runs as Validate has it."""
+    import json
+
+    definition = json.loads(
+        stepfunctions.describe_state_machine(stateMachineArn=state_machine_arn)["definition"]
     )
-    name = resource["StackResourceDetail"]["PhysicalResourceId"]
-    environment = lambda_.get_function_configuration(FunctionName=name).get("Environment", {})
+    function = definition["States"]["Validate"]["Resource"]
+    environment = lambda_.get_function_configuration(FunctionName=function).get("Environment", {})
     return Settings.from_environment(environment.get("Variables", {}))
 
 
@@ -242,15 +247,38 @@ def _decode(spec: BackfillSpec, data: bytes, model_input: Any) -> Any:
     )
 
 
-def tensorflow_import_seconds() -> float:
-    """How long a fresh Python takes to import TensorFlow here: every worker process pays it once."""
+# A worker's start in a fresh Python, as `python -m spotfill_worker` pays it before its first shard: the
+# worker's imports (TensorFlow among them), the model loaded and warmed up, the runtime chosen on the rows.
+_WORKER_START = """
+import sys
+from pathlib import Path
+import numpy as np
+import spotfill_worker.worker
+from spotfill_worker.model import configure_devices, load_model
+from spotfill_worker.runtimes import choose_runtime, tensorflow_runtime
+path, rows_path, runtime, precision, batch = sys.argv[1:6]
+batch = int(batch)
+device = configure_devices()
+model = load_model(Path(path))
+tensorflow_runtime(model)(np.zeros((batch, *model.model_input.row_shape), model.model_input.dtype))
+choose_runtime(model, runtime, precision, np.load(rows_path), batch_size=batch, device=device)
+"""
+
+
+def worker_start_seconds(spec: BackfillSpec, model_path: Path, rows: Any, batch_size: int) -> float:
+    """How long a fresh worker process takes here from launch to its runtime chosen (`_WORKER_START`)."""
+    import numpy as np
+
+    rows_path = model_path.parent / "calibration-rows.npy"
+    np.save(rows_path, rows)
+    command = [sys.executable, "-c", _WORKER_START, str(model_path), str(rows_path)]
+    command += [spec.model.runtime, spec.model.precision, str(batch_size)]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(sys.path)}
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c", "import tensorflow"],
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-        capture_output=True,
-        check=False,
-    )
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PlanError(f"a fresh worker process could not load the model and choose its runtime: {last}")
     return time.perf_counter() - started
 
 
@@ -268,12 +296,11 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
 
     picked = [shard_uris[i] for i in sample_indices(len(shard_uris))]
     directory = Path(tempfile.mkdtemp(prefix="spotfill-plan-"))
-    started = time.perf_counter()
     device = configure_devices()
-    model = load_model(download_model(s3, spec.model.uri, directory))
+    model_path = download_model(s3, spec.model.uri, directory)
+    model = load_model(model_path)
     batch_size = spec.service.batch_size or DEFAULT_BATCH_SIZE[device]
     tensorflow_runtime(model)(np.zeros((batch_size, *model.model_input.row_shape), model.model_input.dtype))
-    loaded = time.perf_counter() - started
 
     counts, sample, read_seconds = [], None, 0.0
     for uri in picked:
@@ -285,7 +312,6 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
         counts.append(len(_decode(spec, data, model.model_input).features))
     rows = _decode(spec, sample, model.model_input).features
 
-    calibrating = time.perf_counter()
     runtime, calibration = choose_runtime(
         model,
         spec.model.runtime,
@@ -296,7 +322,6 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
     )
     predictor = Predictor(model, batch_size, runtime=runtime)
     predictor.predict(rows[:batch_size])  # warm-up: the partial batch's shape too
-    calibrated = time.perf_counter() - calibrating
 
     timed, rounds, timed_rows = 0.0, 0, 0
     while rounds < TIMED_ROUNDS and (timed < MIN_TIMED_SECONDS or rounds == 0):
@@ -319,7 +344,7 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
         rows_per_second=timed_rows / max(timed, 1e-9),
         cpus=os.cpu_count() or 1,
         shard_read_seconds=read_seconds,
-        worker_start_seconds=tensorflow_import_seconds() + loaded + calibrated,
+        worker_start_seconds=worker_start_seconds(spec, model_path, rows[: 2 * batch_size], batch_size),
     )
     return inputs, measurement
 
@@ -405,14 +430,14 @@ def project(
         if local:
             # Every emulated instance's worker is a process on this machine: together they get its cores.
             rate = m.rows_per_second
-            per_shard_io = 2 * m.shard_read_seconds / max(1, tasks)  # download and upload, in parallel
+            per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)  # tasks in parallel
             boot = LOCAL_OVERHEADS["boot"]
             before = LOCAL_OVERHEADS["validate_and_prepare"]
             after = LOCAL_OVERHEADS["teardown"]
             calibrated = True
         else:
             rate = m.rows_per_second_per_vcpu * f.vcpus * instances
-            per_shard_io = 2 * m.shard_read_seconds / max(1, tasks)
+            per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)
             boot = AWS_OVERHEADS["boot_and_register"] + AWS_OVERHEADS["image_pull"]
             before = AWS_OVERHEADS["validate_and_prepare"]
             after = AWS_OVERHEADS["teardown"]
@@ -458,9 +483,9 @@ def assumptions_of(plan: Plan) -> list[str]:
         f"measured here: {m.rows_per_second:,.0f} rows/s ({m.runtime} {m.precision} on {m.device}, "
         f"{m.cpus} CPUs: {m.rows_per_second_per_vcpu:,.0f} rows/s per vCPU), decode + predict of "
         f"{m.rows:,} sample rows after warm-up",
-        f"worker start {m.worker_start_seconds:.1f}s (TensorFlow import, model load, runtime calibration, as "
-        f"measured here); sample shard read {m.shard_read_seconds * 1000:.0f} ms, counted twice per shard "
-        "(download and upload)",
+        f"worker start {m.worker_start_seconds:.1f}s (a fresh process here: the worker's imports, model "
+        f"load, runtime calibration); sample shard read {m.shard_read_seconds * 1000:.0f} ms, counted "
+        f"{REQUESTS_PER_SHARD} times per shard (the worker's round trips)",
     ]
     if plan.local:
         lines.append(
