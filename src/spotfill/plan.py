@@ -42,9 +42,10 @@ SUGGESTIONS = 5  # other instance types `--suggest` adds
 MIN_TIMED_SECONDS = 1.0  # the timed predictions repeat until they took this long (at most TIMED_ROUNDS)
 TIMED_ROUNDS = 5
 PRICE_HISTORY = timedelta(hours=24)
-# A worker's round trips per shard, each costed as the sample shard's download: receive the message, check
-# for an existing output, download, upload, delete the message, extend the lease.
-REQUESTS_PER_SHARD = 6
+# A worker's per-shard cost besides predicting, in units of the sample shard's download: its round trips
+# (receive the message, check for an existing output, download, upload, delete the message, extend the lease)
+# and the hand-offs between its threads; 10 matches the local cloud's runs.
+REQUESTS_PER_SHARD = 10
 
 # What a run on AWS spends besides predicting, in seconds (assumptions the output states): the fleet
 # launching, instances booting and joining the cluster, the worker image pulled and the task started (before
@@ -59,7 +60,7 @@ AWS_OVERHEADS = {
 # The local cloud's fixed costs (its physics and in-process control plane), measured on its runs: Validate,
 # PrepareRun and the fleet request; the first instance's boot delay (`LocalCloudOptions.boot_delay`); the
 # worker process's launch; teardown (fleet terminated, tasks stopped, report written).
-LOCAL_OVERHEADS = {"validate_and_prepare": 3.0, "boot": 2.0, "teardown": 4.0}
+LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "teardown": 1.5}
 
 
 class PlanError(Exception):
@@ -427,9 +428,12 @@ def project(
     for name, f in facts.items():
         instances = instances_at(spec, f, smallest, inputs.shards)
         tasks = min(inputs.shards, instances * spec.service.tasks_per_instance)
+        start = m.worker_start_seconds
         if local:
-            # Every emulated instance's worker is a process on this machine: together they get its cores.
+            # Every emulated instance's worker is a process on this machine: together they get its cores, and
+            # they start together, beside the local cloud itself (one more process's worth of CPU).
             rate = m.rows_per_second
+            start *= max(1.0, (tasks + 1) / m.cpus)
             per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)  # tasks in parallel
             boot = LOCAL_OVERHEADS["boot"]
             before = LOCAL_OVERHEADS["validate_and_prepare"]
@@ -443,11 +447,10 @@ def project(
             after = AWS_OVERHEADS["teardown"]
             calibrated = not f.is_gpu or m.device == "GPU"
         processing = inputs.rows / rate + per_shard_io * inputs.shards
-        # The fleet is requested one poll after Validate; registration is seen on a poll; the end one poll
-        # (half on average) after the last output.
-        monitored = m.worker_start_seconds + processing + poll / 2
+        # Registration is seen on a poll; the end half a poll (on average) after the last output.
+        monitored = start + processing + poll / 2
         lifetime = boot + poll + monitored + after
-        seconds = before + poll + lifetime
+        seconds = before + lifetime
         price = prices.get(name, SpotPrices(None, None, None)).now
         total = None if price is None else price * instances * lifetime / 3600
         rows.append(
@@ -492,7 +495,8 @@ def assumptions_of(plan: Plan) -> list[str]:
             "local cloud: the emulated instances are worker processes sharing this machine's cores, so the "
             "fleet's rate is this machine's whatever the type; fixed overheads: "
             + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in LOCAL_OVERHEADS.items())
-            + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s"
+            + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s; workers starting "
+            "together take longer when they and the local cloud outnumber the cores"
         )
     else:
         lines += [
