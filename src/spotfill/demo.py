@@ -151,7 +151,7 @@ def estimate_vs_actual(estimate: dict[str, Any], report: dict[str, Any]) -> str:
     for key, label, shown in (
         ("seconds", "duration", lambda v: f"{v:.1f}s"),
         ("total_usd", "cost", lambda v: f"${v:.6f}"),
-        ("predictions_per_second", "predictions/s", lambda v: f"{v:,.0f}"),
+        ("predictions_per_second", "predictions/s over processing", lambda v: f"{v:,.0f}"),
     ):
         planned, happened = estimate.get(key), actual[key]
         if planned and happened is not None:
