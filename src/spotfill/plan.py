@@ -1,12 +1,12 @@
 """`spotfill plan SPEC`: what a backfill will cost and how long it will take, before anything is spent.
 
 The spec is checked by Validate's own checks (`spotfill_control.triggers.check_spec`, with the stack's
-configuration read from its Validate function), so `plan` refuses exactly what the state machine would. Then
-the shards are counted (the rows of up to `SAMPLE_SHARDS` shards, spread over the list, stand for the rest),
-the model and a sample shard are downloaded and put through the worker's own predictor, with the runtime the
-worker would choose, and that measured rate is scaled to each candidate instance type and priced from the
-spot market (DescribeSpotPriceHistory) and the on-demand Price List. Nothing is created or requested: every
-call reads.
+configuration read from the function its state machine runs as Validate), so `plan` refuses exactly what
+the state machine would. Then the shards are counted (the rows of up to `SAMPLE_SHARDS` shards, spread over
+the list, stand for the rest), the model and a sample shard are downloaded and put through the worker's own
+predictor, with the runtime the worker would choose, and that measured rate is scaled to each candidate
+instance type and priced from the spot market (DescribeSpotPriceHistory) and the on-demand Price List.
+Nothing is created or requested: every call reads.
 
 On AWS the rate scales with vCPUs (an assumption the output states: a CPU-bound model, one worker per
 instance using all its cores). On the local cloud (`local=True`) the emulated instances are worker processes

@@ -171,3 +171,27 @@ def test_suggest_adds_other_types_of_the_same_kind(cli_stack, tmp_path, capsys):
     assert 1 <= len(suggested) <= plan.SUGGESTIONS
     assert all(r["gpus"] == 0 and r["vcpus"] >= 4 for r in suggested)
     nothing_requested()
+
+
+def test_on_aws_throughput_scales_with_vcpus_and_on_the_local_cloud_with_this_machine():
+    from spotfill_control.spec import BackfillSpec
+
+    from spotfill.localcloud.pricing import emulated_facts
+
+    spec = BackfillSpec.model_validate(sample_spec(fleet__target_capacity=2))
+    inputs = plan.Inputs(shards=100, rows=1_000_000, sampled=3, exact=False)
+    measured = plan.Measurement("tensorflow", "fp32", "CPU", 2000, 8000.0, 2, 0.0, 5.0)
+    facts = emulated_facts(["c5.xlarge", "c5.2xlarge"])
+    prices = {name: plan.SpotPrices(0.1, 0.1, 0.1) for name in facts}
+
+    def rates(local: bool) -> dict[str, float]:
+        rows = plan.project(spec, inputs, measured, facts, prices, set(facts), local=local)
+        return {r.instance_type: r.predictions_per_second for r in rows}
+
+    aws_rates, local_rates = rates(False), rates(True)
+    # AWS: 4,000 rows/s per vCPU x 4 vCPUs x 2 instances, or x 8 vCPUs x 1 instance (2 units: one c5.2xlarge)
+    assert aws_rates["c5.xlarge"] == pytest.approx(32_000) and aws_rates["c5.2xlarge"] == pytest.approx(
+        32_000
+    )
+    # local: the workers share this machine, whatever the emulated types and counts
+    assert local_rates == {"c5.xlarge": pytest.approx(8000.0), "c5.2xlarge": pytest.approx(8000.0)}
