@@ -626,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--local",
         action="store_true",
-        help="against the local cloud (`spotfill local up`; its credentials in the environment), projected "
+        help="against the local cloud (spotfill local up, its credentials in the environment), projected "
         "for its worker processes sharing this machine",
     )
     plan.add_argument(
