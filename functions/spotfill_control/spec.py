@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from spotfill_control.instance_types import check_name
 
@@ -317,6 +317,19 @@ class LimitsSpec(_Model):
         return self.handover_after_iterations or DEFAULT_HANDOVER_AFTER_ITERATIONS
 
 
+class Estimate(_Model):
+    """What `spotfill plan --write-estimate` projected for the run (its best row): informational only, so the
+    report can set what happened against it. Validate checks its shape and nothing else."""
+
+    made_at: AwareDatetime
+    instance_type: str
+    target_capacity: int = Field(ge=1, strict=True)
+    predictions: int = Field(ge=0, strict=True)
+    predictions_per_second: float = Field(gt=0, allow_inf_nan=False)
+    seconds: float = Field(gt=0, allow_inf_nan=False)
+    total_usd: float = Field(ge=0, allow_inf_nan=False)
+
+
 class BackfillSpec(_Model):
     name: str = Field(
         default="backfill", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -327,6 +340,7 @@ class BackfillSpec(_Model):
     fleet: FleetSpec
     service: ServiceSpec = ServiceSpec()
     limits: LimitsSpec = LimitsSpec()
+    estimate: Estimate | None = Field(default=None, description="spotfill plan's projection; informational")
 
     @model_validator(mode="after")
     def _consistent(self) -> BackfillSpec:

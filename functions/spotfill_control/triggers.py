@@ -382,6 +382,26 @@ def new_run_id(name: str, now: datetime) -> str:
     return f"{stem}-{now.astimezone(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
+def check_spec(
+    spec: BackfillSpec, s3: Any, settings: Settings, now: datetime, *, preflight: Preflight | None
+) -> tuple[list[str], dict[str, InstanceTypeFacts]]:
+    """Every check of a parsed spec, creating nothing: subnets, the model object, the shards (returned, in
+    order), then the account (`preflight`; None only where a caller checks the spec alone) and the instance
+    types' facts (returned). Validate runs it, and so does `spotfill plan`, so both refuse alike."""
+    check_subnets(spec, settings)
+    check_model_readable(spec, s3)
+    found = shards.list_shards(spec.input, s3)
+    if not found:
+        raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
+    shards.output_uris(spec, found)  # raises when two shards would write the same output
+    facts: dict[str, InstanceTypeFacts] = {}
+    if preflight is not None:
+        facts = preflight.instance_types(spec)
+        check_fleet_types(spec, facts, settings)
+        preflight.check(spec, facts, subnets_for(spec.fleet, settings), settings.worker_image_for(facts), now)
+    return found, facts
+
+
 def validate(
     event: ValidateEvent,
     s3: Any,
@@ -401,17 +421,7 @@ def validate(
         state_store.persist(run, s3, settings.control_bucket)
         return run
     spec = request.spec
-    check_subnets(spec, settings)
-    check_model_readable(spec, s3)
-    found = shards.list_shards(spec.input, s3)
-    if not found:
-        raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
-    shards.output_uris(spec, found)  # raises when two shards would write the same output
-    facts: dict[str, InstanceTypeFacts] = {}
-    if preflight is not None:
-        facts = preflight.instance_types(spec)
-        check_fleet_types(spec, facts, settings)
-        preflight.check(spec, facts, subnets_for(spec.fleet, settings), settings.worker_image_for(facts), now)
+    found, facts = check_spec(spec, s3, settings, now, preflight=preflight)
     run = RunState(
         run_id=new_run_id(spec.name, now),
         spec=spec,

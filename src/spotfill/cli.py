@@ -272,6 +272,49 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0 if report.get("status") == "succeeded" else 3
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from spotfill.plan import PlanError, make_plan, read_spec, stack_settings, table, write_estimate
+
+    if args.write_estimate and args.spec.startswith("s3://"):
+        raise CliError("--write-estimate writes into a local spec file, not an s3:// manifest")
+    if args.local:
+        endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or f"http://127.0.0.1:{args.port}"
+        from spotfill.runs import Session
+
+        session = Session(endpoint, args.region or "us-east-1")
+    else:
+        session = _session(args)
+    from spotfill.tensorflow_quiet import import_tensorflow
+
+    import_tensorflow()
+    stack = session.stack(args.stack)
+    settings = stack_settings(
+        session.client("stepfunctions"), session.client("lambda"), stack.state_machine_arn
+    )
+
+    def say(text: str) -> None:
+        if not args.json:
+            err_console.print(text)
+
+    try:
+        plan = make_plan(
+            args.spec, session.client, settings, local=args.local, suggest=args.suggest, progress=say
+        )
+    except PlanError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(plan.as_json(), indent=2, default=str))
+    else:
+        console.print(table(plan))
+        for line in plan.assumptions:
+            console.print(f"- {line}", markup=False, highlight=False)
+    if args.write_estimate:
+        document, _ = read_spec(args.spec, session.client("s3"))
+        write_estimate(Path(args.spec), document, plan)
+        say(f"wrote the estimate ({plan.projections[0].instance_type}) into {args.spec}")
+    return 0
+
+
 def cmd_redrive(args: argparse.Namespace) -> int:
     from spotfill.runs import redrive
 
@@ -592,6 +635,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _aws_options(report)
     report.set_defaults(func=cmd_report)
+
+    plan = command(
+        sub, "plan", "what a backfill will cost and how long it will take, measured here, before any spend"
+    )
+    plan.add_argument(
+        "spec", metavar="SPEC", help="the backfill spec: a local JSON file or an s3:// manifest"
+    )
+    plan.add_argument(
+        "--local",
+        action="store_true",
+        help="against the local cloud (spotfill local up, its credentials in the environment), projected "
+        "for its worker processes sharing this machine",
+    )
+    plan.add_argument(
+        "--port", type=_port, default=DEFAULT_LOCAL_PORT, help="with --local: the local cloud's port"
+    )
+    plan.add_argument(
+        "--suggest", action="store_true", help="also project a few other instance types the region offers"
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON rather than a table")
+    plan.add_argument(
+        "--write-estimate",
+        action="store_true",
+        help="write the best row into SPEC (a local file) as its estimate section, for the report to compare",
+    )
+    _aws_options(plan)
+    plan.set_defaults(func=cmd_plan)
 
     redrive = command(
         sub, "redrive", "queue a run's dead-lettered and unfinished shards again, in a new execution"

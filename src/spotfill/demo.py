@@ -7,16 +7,18 @@ the real stack: manifest upload → EventBridge → Step Functions → handlers 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 
-from spotfill.localcloud import ChaosSpec
+from spotfill.localcloud import ChaosSpec, LocalCloud
 from spotfill.localrun import LocalRunResult, run_local
 from spotfill.progress_display import report_table
 
@@ -114,6 +116,51 @@ def check_outputs(result: LocalRunResult, reference: dict[str, np.ndarray], atol
     return problems
 
 
+def plan_run(
+    cloud: LocalCloud, spec: dict[str, Any], path: Path, console: Console, planned: dict[str, Any]
+) -> dict[str, Any]:
+    """`spotfill plan --local --write-estimate` on the run's manifest, in the local cloud the run uses: print
+    the table and return the manifest with its estimate (the report compares it with what happened)."""
+    from spotfill.plan import make_plan, stack_settings, table, write_estimate
+    from spotfill.runs import Session
+
+    path.write_text(json.dumps(spec, indent=2) + "\n")
+    session = Session(cloud.endpoint_url, cloud.region)
+    stack = session.stack(cloud.options.stack_name)
+    settings = stack_settings(
+        session.client("stepfunctions"), session.client("lambda"), stack.state_machine_arn
+    )
+    plan = make_plan(str(path), session.client, settings, local=True)
+    console.print(table(plan))
+    for line in plan.assumptions:
+        console.print(f"- {line}", markup=False, highlight=False)
+    write_estimate(path, spec, plan)
+    planned["estimate"] = plan.estimate()
+    console.print(f"the plan's estimate is in the run's manifest ({path})")
+    return {"estimate": planned["estimate"]}
+
+
+def estimate_vs_actual(estimate: dict[str, Any], report: dict[str, Any]) -> str:
+    """The plan's estimate beside the run's report (duration, cost, predictions/s) and actual / estimate."""
+    actual = {
+        "seconds": (report.get("phases_seconds") or {}).get("total"),
+        "total_usd": (report.get("cost_usd") or {}).get("total"),
+        "predictions_per_second": (report.get("throughput") or {}).get("mean_predictions_per_second"),
+    }
+    parts = []
+    for key, label, shown in (
+        ("seconds", "duration", lambda v: f"{v:.1f}s"),
+        ("total_usd", "cost", lambda v: f"${v:.6f}"),
+        ("predictions_per_second", "predictions/s over processing", lambda v: f"{v:,.0f}"),
+    ):
+        planned, happened = estimate.get(key), actual[key]
+        if planned and happened is not None:
+            parts.append(
+                f"{label} planned {shown(planned)}, actual {shown(happened)} (x{happened / planned:.2f})"
+            )
+    return "plan vs run: " + "; ".join(parts)
+
+
 def run_demo(
     console: Console,
     work_dir: Path | None = None,
@@ -131,6 +178,7 @@ def run_demo(
         f"model {data.model_path}, {shards} shards x {rows_per_shard:,} rows = "
         f"{shards * rows_per_shard:,} predictions ({time.monotonic() - started:.1f}s)"
     )
+    planned: dict[str, Any] = {}
     result = run_local(
         data.model_path,
         data.input_dir,
@@ -144,9 +192,12 @@ def run_demo(
         run_dir=work_dir / "local",
         overwrite=True,  # fresh shards each time: earlier outputs in work_dir are never reused
         port=port,
+        before_trigger=lambda cloud, spec: plan_run(cloud, spec, work_dir / "spec.json", console, planned),
     )
     if result.report:
         console.print(report_table(result.report))
+    if planned.get("estimate") and result.report:
+        console.print(estimate_vs_actual(planned["estimate"], result.report))
     problems = check_outputs(result, data.reference)
     counted = ((result.report or {}).get("predictions") or {}).get("total")
     if result.succeeded and counted != shards * rows_per_shard:

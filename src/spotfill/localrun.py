@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,10 @@ from spotfill.runs import (
     report_from_execution_output,
     wait_for_execution_started_after,
 )
+
+# Called with the local cloud and the manifest once the model and shards are uploaded, before the manifest is;
+# returns the manifest to upload.
+BeforeTrigger = Callable[[LocalCloud, dict[str, Any]], dict[str, Any]]
 
 
 @dataclass
@@ -299,15 +303,23 @@ def local_counts(cloud: LocalCloud):
 
 
 def upload_and_trigger(
-    cloud: LocalCloud, spec: dict[str, Any], model_path: Path, shards: list[Path], input_dir: Path
+    cloud: LocalCloud,
+    spec: dict[str, Any],
+    model_path: Path,
+    shards: list[Path],
+    input_dir: Path,
+    before_trigger: BeforeTrigger | None = None,
 ) -> str:
-    """Upload model and shards, then the manifest; returns the execution the upload started."""
+    """Upload model and shards, then the manifest (`before_trigger` may amend it first: `spotfill demo` plans
+    the run there and adds the estimate); returns the execution the upload started."""
     s3 = cloud.client("s3")
     bucket, prefix = spec["input"]["uri"][len("s3://") :].split("/", 1)
     model_key = spec["model"]["uri"].split("/", 3)[3]
     s3.upload_file(str(model_path), bucket, model_key)
     for shard in shards:
         s3.upload_file(str(shard), bucket, prefix + shard.relative_to(input_dir).as_posix())
+    if before_trigger is not None:
+        spec.update(before_trigger(cloud, spec))
     session = Session(cloud.endpoint_url, cloud.region)
     stack = session.stack(cloud.options.stack_name)
     known = execution_arns(session, stack)
@@ -445,6 +457,7 @@ def run_local(
     runtime: str = "auto",
     precision: str = "fp32",
     tfrecord: dict[str, Any] | None = None,
+    before_trigger: BeforeTrigger | None = None,
 ) -> LocalRunResult:
     """Run the backfill of input_dir's shards into output_dir. Shards whose output there is already complete
     are skipped unless `overwrite`. SIGTERM and SIGHUP end it as Ctrl-C does: the outputs finished so far are
@@ -481,6 +494,7 @@ def run_local(
             timeout=timeout,
             max_total_usd=max_total_usd,
             spec_options={"runtime": runtime, "precision": precision, "tfrecord": tfrecord},
+            before_trigger=before_trigger,
         )
 
 
@@ -537,6 +551,7 @@ def _run_in_local_cloud(
     timeout: float | None,
     max_total_usd: float | None = None,
     spec_options: dict[str, Any] | None = None,
+    before_trigger: BeforeTrigger | None = None,
 ) -> LocalRunResult:
     shards = plan.to_run
     started = time.monotonic()
@@ -559,7 +574,7 @@ def _run_in_local_cloud(
             **(spec_options or {}),
         )
         with console.status(f"uploading the model and {len(shards)} shards, then the manifest"):
-            execution_arn = upload_and_trigger(cloud, spec, model_path, shards, input_dir)
+            execution_arn = upload_and_trigger(cloud, spec, model_path, shards, input_dir, before_trigger)
         console.print(f"execution {execution_arn.rsplit(':', 1)[-1]} started by the manifest upload")
         result = follow_run(cloud, execution_arn, console, timeout=timeout)
         outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)

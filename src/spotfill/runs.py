@@ -51,12 +51,16 @@ class Session:
     def region(self) -> str:
         return str(self._session.region_name)
 
-    def client(self, service: str) -> Any:
-        if service not in self._clients:
+    def client(self, service: str, region: str | None = None) -> Any:
+        """A client of `service`, in the session's region unless `region` names another (the Price List)."""
+        key = f"{service}@{region}" if region else service
+        if key not in self._clients:
             kwargs: dict[str, Any] = {"endpoint_url": self.endpoint_url} if self.endpoint_url else {}
+            if region:
+                kwargs["region_name"] = region
             config = Config(connect_timeout=5, retries={"mode": "standard", "max_attempts": 3})
-            self._clients[service] = self._session.client(service, config=config, **kwargs)
-        return self._clients[service]
+            self._clients[key] = self._session.client(service, config=config, **kwargs)
+        return self._clients[key]
 
     def stack(self, name: str = DEFAULT_STACK_NAME) -> Stack:
         try:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from spotfill_control.report_html import render_html, series_key
+from spotfill_control.report_html import render_html
+from spotfill_control.series import series_key
 
 from spotfill.cli import main
 from spotfill.localrun import follow_run, manifest, upload_and_trigger

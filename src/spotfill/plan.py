@@ -1,0 +1,604 @@
+"""`spotfill plan SPEC`: what a backfill will cost and how long it will take, before anything is spent.
+
+The spec is checked by Validate's own checks (`spotfill_control.triggers.check_spec`, with the stack's
+configuration read from the function its state machine runs as Validate), so `plan` refuses exactly what
+the state machine would. Then the shards are counted (the rows of up to `SAMPLE_SHARDS` shards, spread over
+the list, stand for the rest), the model and a sample shard are downloaded and put through the worker's own
+predictor, with the runtime the worker would choose, and that measured rate is scaled to each candidate
+instance type and priced from the spot market (DescribeSpotPriceHistory) and the on-demand Price List.
+Nothing is created or requested: every call reads.
+
+On AWS the rate scales with vCPUs (an assumption the output states: a CPU-bound model, one worker per
+instance using all its cores). On the local cloud (`local=True`) the emulated instances are worker processes
+sharing this machine's cores, so the fleet's rate is this machine's, whatever the emulated type, and the
+fixed overheads are the local cloud's (`LOCAL_OVERHEADS`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from spotfill_control import budget, cost, shards
+from spotfill_control.config import Settings
+from spotfill_control.fleet import fleet_target_capacity
+from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
+from spotfill_control.preflight import Preflight
+from spotfill_control.prices import PRICING_REGION, priced
+from spotfill_control.spec import BackfillSpec
+from spotfill_control.triggers import check_spec, read_manifest, spec_from_document
+
+SAMPLE_SHARDS = 3  # shards whose rows are counted (and the first of them measured)
+SUGGESTIONS = 5  # other instance types `--suggest` adds
+MIN_TIMED_SECONDS = 1.0  # the timed predictions repeat until they took this long (at most TIMED_ROUNDS)
+TIMED_ROUNDS = 5
+PRICE_HISTORY = timedelta(hours=24)
+# A worker's per-shard cost besides predicting, in units of the sample shard's download: its round trips
+# (receive the message, check for an existing output, download, upload, delete the message, extend the lease)
+# and the hand-offs between its threads; 10 matches the local cloud's runs.
+REQUESTS_PER_SHARD = 10
+
+# What a run on AWS spends besides predicting, in seconds (assumptions the output states): the fleet
+# launching, instances booting and joining the cluster, the worker image pulled and the task started (before
+# the worker's own start, which plan measures), the monitor noticing the end (half a poll on average), and
+# teardown (the fleet terminated, the cluster emptied).
+AWS_OVERHEADS = {
+    "validate_and_prepare": 15.0,
+    "boot_and_register": 150.0,
+    "image_pull": 60.0,
+    "teardown": 60.0,
+}
+# The local cloud's fixed costs (its physics and in-process control plane), measured on its runs: Validate,
+# PrepareRun and the fleet request; the first instance's boot delay (`LocalCloudOptions.boot_delay`); the
+# worker process's launch; teardown (fleet terminated, tasks stopped, report written).
+LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "teardown": 1.5}
+
+
+class PlanError(Exception):
+    """The spec cannot be planned (invalid: the sentence Validate gives)."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    shards: int
+    rows: int  # predictions the run makes (estimated unless `exact`)
+    sampled: int  # shards whose rows were counted
+    exact: bool
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The worker's predictor on this machine: decode + predict of the sample rows after warm-up."""
+
+    runtime: str
+    precision: str
+    device: str
+    rows: int
+    rows_per_second: float
+    cpus: int
+    shard_read_seconds: float  # downloading the sample shard once
+    worker_start_seconds: float  # TensorFlow import + model load + calibration, as a worker pays them
+
+    @property
+    def rows_per_second_per_vcpu(self) -> float:
+        return self.rows_per_second / self.cpus
+
+
+@dataclass(frozen=True)
+class SpotPrices:
+    now: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True)
+class Projection:
+    instance_type: str
+    in_spec: bool
+    vcpus: int
+    gpus: int
+    instances: int
+    spot: SpotPrices
+    on_demand_usd: float | None
+    on_demand_source: str
+    predictions_per_second: float
+    calibrated: bool  # False: a GPU type projected from a CPU measurement
+    seconds: float  # the whole run, start to teardown (the report's phases_seconds.total)
+    processing_seconds: float  # workers starting to the monitor seeing the last output (phases' processing)
+    total_usd: float | None
+
+
+@dataclass
+class Plan:
+    spec: BackfillSpec
+    inputs: Inputs
+    measurement: Measurement
+    projections: list[Projection]  # best (cheapest per million predictions) first
+    local: bool
+    assumptions: list[str] = field(default_factory=list)
+    made_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def per_million(self, row: Projection) -> float | None:
+        if row.total_usd is None or not self.inputs.rows:
+            return None
+        return row.total_usd / self.inputs.rows * 1e6
+
+    def estimate(self) -> dict[str, Any]:
+        """The best row as the spec's `estimate` section."""
+        best = self.projections[0]
+        return {
+            "made_at": self.made_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "instance_type": best.instance_type,
+            "target_capacity": self.spec.fleet.target_capacity,
+            "predictions": self.inputs.rows,
+            # as the report measures it: over the processing phase, workers' start included
+            "predictions_per_second": round(self.inputs.rows / best.processing_seconds, 3),
+            "seconds": round(best.seconds, 3),
+            "total_usd": round(best.total_usd or 0.0, 8),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        m = self.measurement
+        return {
+            "spec": self.spec.name,
+            "local": self.local,
+            "inputs": vars(self.inputs),
+            "measurement": {**vars(m), "rows_per_second_per_vcpu": m.rows_per_second_per_vcpu},
+            "projections": [
+                {
+                    **{k: v for k, v in vars(p).items() if k != "spot"},
+                    "spot_usd_per_hour": vars(p.spot),
+                    "usd_per_million_predictions": self.per_million(p),
+                }
+                for p in self.projections
+            ],
+            "assumptions": self.assumptions,
+            "estimate": self.estimate(),
+        }
+
+
+# --- reading the spec and the stack ---------------------------------------------------------------------
+
+
+def read_spec(source: str, s3: Any) -> tuple[dict[str, Any], BackfillSpec]:
+    """The spec document and its parsed form, from a local JSON file or an s3:// manifest; an invalid one is
+    a `PlanError` with the sentence Validate gives."""
+    import json
+
+    from spotfill_control.errors import InvalidSpecError
+
+    try:
+        if source.startswith("s3://"):
+            document = read_manifest(source, s3)
+            return document, spec_from_document(document, f"manifest {source}")
+        try:
+            document = json.loads(Path(source).read_text())
+        except OSError as exc:
+            raise PlanError(f"cannot read {source}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise PlanError(f"{source} is not valid JSON: {exc}") from None
+        return document, spec_from_document(document)
+    except InvalidSpecError as exc:
+        raise PlanError(f"invalid input: {exc}") from None
+
+
+def stack_settings(stepfunctions: Any, lambda_: Any, state_machine_arn: str) -> Settings:
+    """The control functions' configuration, as the function the state machine runs as Validate has it."""
+    import json
+
+    definition = json.loads(
+        stepfunctions.describe_state_machine(stateMachineArn=state_machine_arn)["definition"]
+    )
+    function = definition["States"]["Validate"]["Resource"]
+    environment = lambda_.get_function_configuration(FunctionName=function).get("Environment", {})
+    return Settings.from_environment(environment.get("Variables", {}))
+
+
+def check(
+    spec: BackfillSpec, client: Callable[..., Any], settings: Settings
+) -> tuple[list[str], dict[str, InstanceTypeFacts]]:
+    """Validate's checks (the preflight included), with the caller's clients: the shards and the types."""
+    from spotfill_control.errors import InvalidSpecError
+
+    preflight = Preflight(
+        client("service-quotas"),
+        client("cloudwatch"),
+        client("ec2"),
+        lambda region: client("ecr", region),
+        client("pricing", PRICING_REGION),
+    )
+    try:
+        return check_spec(spec, client("s3"), settings, datetime.now(UTC), preflight=preflight)
+    except InvalidSpecError as exc:
+        raise PlanError(f"invalid input: {exc}") from None
+
+
+# --- counting and measuring ----------------------------------------------------------------------------
+
+
+def sample_indices(count: int, wanted: int = SAMPLE_SHARDS) -> list[int]:
+    """Up to `wanted` positions spread over a list of `count`: first, last and evenly between."""
+    if count <= wanted:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
+
+
+def _decode(spec: BackfillSpec, data: bytes, model_input: Any) -> Any:
+    from spotfill_worker.config import ImageScale, InputFormat, TFRecordOptions
+    from spotfill_worker.formats import decode
+
+    source = spec.input
+    tfrecord = TFRecordOptions.model_validate(source.tfrecord.model_dump()) if source.tfrecord else None
+    return decode(
+        data,
+        InputFormat(source.format),
+        model_input,
+        source.id_column,
+        ImageScale(source.image.scale),
+        tfrecord=tfrecord,
+    )
+
+
+# A worker's start in a fresh Python, as `python -m spotfill_worker` pays it before its first shard: the
+# worker's imports (TensorFlow among them), the model loaded and warmed up, the runtime chosen on the rows.
+_WORKER_START = """
+import sys
+from pathlib import Path
+import numpy as np
+import spotfill_worker.worker
+from spotfill_worker.model import configure_devices, load_model
+from spotfill_worker.runtimes import choose_runtime, tensorflow_runtime
+path, rows_path, runtime, precision, batch = sys.argv[1:6]
+batch = int(batch)
+device = configure_devices()
+model = load_model(Path(path))
+tensorflow_runtime(model)(np.zeros((batch, *model.model_input.row_shape), model.model_input.dtype))
+choose_runtime(model, runtime, precision, np.load(rows_path), batch_size=batch, device=device)
+"""
+
+
+def worker_start_seconds(spec: BackfillSpec, model_path: Path, rows: Any, batch_size: int) -> float:
+    """How long a fresh worker process takes here from launch to its runtime chosen (`_WORKER_START`)."""
+    import numpy as np
+
+    rows_path = model_path.parent / "calibration-rows.npy"
+    np.save(rows_path, rows)
+    command = [sys.executable, "-c", _WORKER_START, str(model_path), str(rows_path)]
+    command += [spec.model.runtime, spec.model.precision, str(batch_size)]
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(sys.path)}
+    started = time.perf_counter()
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PlanError(f"a fresh worker process could not load the model and choose its runtime: {last}")
+    return time.perf_counter() - started
+
+
+def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs, Measurement]:
+    """Count rows on the sampled shards and time the worker's predictor on the first of them."""
+    import numpy as np
+    from spotfill_worker.model import (
+        DEFAULT_BATCH_SIZE,
+        Predictor,
+        configure_devices,
+        download_model,
+        load_model,
+    )
+    from spotfill_worker.runtimes import choose_runtime, tensorflow_runtime
+
+    picked = [shard_uris[i] for i in sample_indices(len(shard_uris))]
+    directory = Path(tempfile.mkdtemp(prefix="spotfill-plan-"))
+    device = configure_devices()
+    model_path = download_model(s3, spec.model.uri, directory)
+    model = load_model(model_path)
+    batch_size = spec.service.batch_size or DEFAULT_BATCH_SIZE[device]
+    tensorflow_runtime(model)(np.zeros((batch_size, *model.model_input.row_shape), model.model_input.dtype))
+
+    counts, sample, read_seconds = [], None, 0.0
+    for uri in picked:
+        bucket, key = shards.split_s3_uri(uri)
+        read_started = time.perf_counter()
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if sample is None:
+            read_seconds, sample = time.perf_counter() - read_started, data
+        counts.append(len(_decode(spec, data, model.model_input).features))
+    rows = _decode(spec, sample, model.model_input).features
+
+    runtime, calibration = choose_runtime(
+        model,
+        spec.model.runtime,
+        spec.model.precision,
+        rows[: 2 * batch_size],
+        batch_size=batch_size,
+        device=device,
+    )
+    predictor = Predictor(model, batch_size, runtime=runtime)
+    predictor.predict(rows[:batch_size])  # warm-up: the partial batch's shape too
+
+    timed, rounds, timed_rows = 0.0, 0, 0
+    while rounds < TIMED_ROUNDS and (timed < MIN_TIMED_SECONDS or rounds == 0):
+        t0 = time.perf_counter()
+        predictor.predict(_decode(spec, sample, model.model_input).features)
+        timed += time.perf_counter() - t0
+        rounds += 1
+        timed_rows += len(rows)
+    inputs = Inputs(
+        shards=len(shard_uris),
+        rows=sum(counts) if len(picked) == len(shard_uris) else round(np.mean(counts) * len(shard_uris)),
+        sampled=len(picked),
+        exact=len(picked) == len(shard_uris),
+    )
+    measurement = Measurement(
+        runtime=calibration.runtime,
+        precision=calibration.precision,
+        device=device,
+        rows=len(rows),
+        rows_per_second=timed_rows / max(timed, 1e-9),
+        cpus=os.cpu_count() or 1,
+        shard_read_seconds=read_seconds,
+        worker_start_seconds=worker_start_seconds(spec, model_path, rows[: 2 * batch_size], batch_size),
+    )
+    return inputs, measurement
+
+
+# --- prices -------------------------------------------------------------------------------------------
+
+
+def spot_prices(names: list[str], ec2: Any, now: datetime) -> dict[str, SpotPrices]:
+    """Per type: the cheapest zone's price in effect now, and the lowest and highest of the last 24 hours."""
+    current: dict[str, float] = {}
+    for price in budget.current_spot_prices(names, now, ec2):
+        current[price.instance_type] = min(current.get(price.instance_type, math.inf), price.usd_per_hour)
+    seen: dict[str, list[float]] = {}
+    pages = ec2.get_paginator("describe_spot_price_history").paginate(
+        InstanceTypes=sorted(set(names)),
+        ProductDescriptions=[cost.PRODUCT_DESCRIPTION],
+        StartTime=now - PRICE_HISTORY,
+        EndTime=now,
+    )
+    for page in pages:
+        for entry in page.get("SpotPriceHistory", []):
+            seen.setdefault(entry["InstanceType"], []).append(float(entry["SpotPrice"]))
+    result = {}
+    for name in names:
+        history = seen.get(name, []) + ([current[name]] if name in current else [])
+        result[name] = SpotPrices(
+            current.get(name), min(history) if history else None, max(history) if history else None
+        )
+    return result
+
+
+def suggested_types(facts: dict[str, InstanceTypeFacts], ec2: Any, count: int = SUGGESTIONS) -> list[str]:
+    """A few current-generation spot types of the spec's architecture and kind (CPU or GPU) that the
+    region offers, near the spec's sizes: the smallest `count` not already in the spec by vCPUs above the
+    spec's smallest."""
+    first = next(iter(facts.values()))
+    filters = [
+        {"Name": "current-generation", "Values": ["true"]},
+        {"Name": "processor-info.supported-architecture", "Values": [first.architecture]},
+        {"Name": "supported-usage-class", "Values": ["spot"]},
+    ]
+    smallest = min(f.vcpus for f in facts.values())
+    candidates: list[tuple[int, str]] = []
+    for page in ec2.get_paginator("describe_instance_types").paginate(Filters=filters):
+        for info in page.get("InstanceTypes", []):
+            name = info["InstanceType"]
+            gpus = bool((info.get("GpuInfo") or {}).get("Gpus"))
+            vcpus = int(info["VCpuInfo"]["DefaultVCpus"])
+            if name not in facts and gpus == first.is_gpu and vcpus >= smallest and ".metal" not in name:
+                candidates.append((vcpus, name))
+    return [name for _, name in sorted(candidates)[:count]]
+
+
+# --- projecting ----------------------------------------------------------------------------------------
+
+
+def instances_at(spec: BackfillSpec, facts: InstanceTypeFacts, smallest: int, shard_count: int) -> int:
+    """Instances of one type that fill the requested capacity: capacity is weighted (vCPUs, or GPUs, over the
+    spec's smallest type, `instance_types.capacity_weights`), and never more than the shards keep busy."""
+    target = fleet_target_capacity(spec.fleet.target_capacity, shard_count, spec.service.tasks_per_instance)
+    weight = (facts.gpus if facts.is_gpu else facts.vcpus) / smallest
+    return max(1, math.ceil(target / weight))
+
+
+def project(
+    spec: BackfillSpec,
+    inputs: Inputs,
+    m: Measurement,
+    facts: dict[str, InstanceTypeFacts],
+    prices: dict[str, SpotPrices],
+    in_spec: set[str],
+    *,
+    local: bool,
+) -> list[Projection]:
+    """One projection per type, best (cheapest per million predictions, then fastest) first."""
+    spec_facts = [f for name, f in facts.items() if name in in_spec]
+    smallest = min((f.gpus if f.is_gpu else f.vcpus) for f in spec_facts)
+    poll = spec.limits.poll_interval_seconds
+    rows = []
+    for name, f in facts.items():
+        instances = instances_at(spec, f, smallest, inputs.shards)
+        tasks = min(inputs.shards, instances * spec.service.tasks_per_instance)
+        start = m.worker_start_seconds
+        if local:
+            # Every emulated instance's worker is a process on this machine: together they get its cores, and
+            # they start together, beside the local cloud itself (one more process's worth of CPU).
+            rate = m.rows_per_second
+            start *= max(1.0, (tasks + 1) / m.cpus)
+            per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)  # tasks in parallel
+            boot = LOCAL_OVERHEADS["boot"]
+            before = LOCAL_OVERHEADS["validate_and_prepare"]
+            after = LOCAL_OVERHEADS["teardown"]
+            calibrated = True
+        else:
+            rate = m.rows_per_second_per_vcpu * f.vcpus * instances
+            per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)
+            boot = AWS_OVERHEADS["boot_and_register"] + AWS_OVERHEADS["image_pull"]
+            before = AWS_OVERHEADS["validate_and_prepare"]
+            after = AWS_OVERHEADS["teardown"]
+            calibrated = not f.is_gpu or m.device == "GPU"
+        processing = inputs.rows / rate + per_shard_io * inputs.shards
+        # Registration is seen on a poll; the end half a poll (on average) after the last output.
+        monitored = start + processing + poll / 2
+        lifetime = boot + poll + monitored + after
+        seconds = before + lifetime
+        price = prices.get(name, SpotPrices(None, None, None)).now
+        total = None if price is None else price * instances * lifetime / 3600
+        rows.append(
+            Projection(
+                instance_type=name,
+                in_spec=name in in_spec,
+                vcpus=f.vcpus,
+                gpus=f.gpus,
+                instances=instances,
+                spot=prices.get(name, SpotPrices(None, None, None)),
+                on_demand_usd=f.on_demand_hourly_usd,
+                on_demand_source=f.price_source,
+                predictions_per_second=inputs.rows / processing if processing else rate,
+                calibrated=calibrated,
+                seconds=seconds,
+                processing_seconds=monitored,
+                total_usd=total,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.total_usd is None, r.total_usd or 0.0, r.seconds))
+
+
+def assumptions_of(plan: Plan) -> list[str]:
+    m, inputs = plan.measurement, plan.inputs
+    counted = (
+        f"{inputs.rows:,} predictions counted on all {inputs.shards} shards"
+        if inputs.exact
+        else f"{inputs.rows:,} predictions estimated from {inputs.sampled} sampled shards of "
+        f"{inputs.shards:,}"
+    )
+    lines = [
+        counted,
+        f"measured here: {m.rows_per_second:,.0f} rows/s ({m.runtime} {m.precision} on {m.device}, "
+        f"{m.cpus} CPUs: {m.rows_per_second_per_vcpu:,.0f} rows/s per vCPU), decode + predict of "
+        f"{m.rows:,} sample rows after warm-up",
+        f"worker start {m.worker_start_seconds:.1f}s (a fresh process here: the worker's imports, model "
+        f"load, runtime calibration); sample shard read {m.shard_read_seconds * 1000:.0f} ms, counted "
+        f"{REQUESTS_PER_SHARD} times per shard (the worker's round trips)",
+    ]
+    if plan.local:
+        lines.append(
+            "local cloud: the emulated instances are worker processes sharing this machine's cores, so the "
+            "fleet's rate is this machine's whatever the type; fixed overheads: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in LOCAL_OVERHEADS.items())
+            + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s; workers starting "
+            "together take longer when they and the local cloud outnumber the cores"
+        )
+    else:
+        lines += [
+            "throughput = rows/s per vCPU measured here x the type's vCPUs x instances (a CPU-bound model, "
+            "one worker using an instance's cores; other CPUs differ)",
+            "fixed overheads assumed: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in AWS_OVERHEADS.items())
+            + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s",
+        ]
+        if any(not p.calibrated for p in plan.projections):
+            lines.append(
+                "GPU types are not calibrated: this machine has no GPU, so their figures are CPU-scaled"
+            )
+    lines.append("cost = spot price now x instances x their lifetime (boot to teardown); on-demand not used")
+    return lines
+
+
+def make_plan(
+    source: str,
+    client: Callable[..., Any],
+    settings: Settings,
+    *,
+    local: bool = False,
+    suggest: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Plan:
+    """The whole plan of a spec (a local file or an s3:// manifest); `client(service, region=None)` gives
+    the caller's boto3 clients. Raises `PlanError` for an invalid spec."""
+    _, spec = read_spec(source, client("s3"))
+    progress("checking the spec as Validate does")
+    shard_uris, facts = check(spec, client, settings)
+    progress(
+        f"downloading the model and sample shards, timing the worker's predictor ({len(shard_uris)} shards)"
+    )
+    inputs, measurement = measure(spec, shard_uris, client("s3"))
+    ec2 = client("ec2")
+    in_spec = set(facts)
+    if suggest:
+        progress("looking for other instance types")
+        others = suggested_types(facts, ec2)
+        if others:
+            extra = describe_instance_types(others, ec2)
+            facts = {**facts, **priced(extra, ec2.meta.region_name, client("pricing", PRICING_REGION))}
+    progress("reading spot prices")
+    prices = spot_prices(list(facts), ec2, datetime.now(UTC))
+    rows = project(spec, inputs, measurement, facts, prices, in_spec, local=local)
+    plan = Plan(spec, inputs, measurement, rows, local)
+    plan.assumptions = assumptions_of(plan)
+    return plan
+
+
+def write_estimate(path: Path, document: dict[str, Any], plan: Plan) -> None:
+    """Put the plan's best row into the spec file as its `estimate` section (replacing any earlier one)."""
+    import json
+
+    path.write_text(json.dumps({**document, "estimate": plan.estimate()}, indent=2) + "\n")
+
+
+def table(plan: Plan) -> Any:
+    """The plan as a rich table, best first."""
+    from rich.table import Table
+
+    def usd(value: float | None, digits: int = 4) -> str:
+        return "-" if value is None else f"${value:,.{digits}f}"
+
+    t = Table(
+        title=f"plan for {plan.spec.name}: {plan.inputs.rows:,} predictions, {plan.inputs.shards:,} shards"
+    )
+    for column in (
+        "instance type",
+        "instances",
+        "spot $/h now",
+        "24 h range",
+        "on-demand $/h",
+        "predictions/s",
+        "duration",
+        "cost",
+        "$ per million",
+    ):
+        t.add_column(column, justify="left" if column == "instance type" else "right")
+    for p in plan.projections:
+        name = p.instance_type + ("" if p.in_spec else " (suggested)")
+        rate = f"{p.predictions_per_second:,.0f}" + ("" if p.calibrated else " (not calibrated)")
+        span = "-" if p.spot.low is None else f"{usd(p.spot.low)}-{usd(p.spot.high)}"
+        on_demand = usd(p.on_demand_usd) + (" (static table)" if p.on_demand_source == "static-table" else "")
+        t.add_row(
+            name,
+            str(p.instances),
+            usd(p.spot.now),
+            span,
+            on_demand,
+            rate,
+            _duration(p.seconds),
+            usd(p.total_usd, 6),
+            usd(plan.per_million(p), 6),
+        )
+    return t
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

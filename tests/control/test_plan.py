@@ -1,0 +1,197 @@
+"""`spotfill plan`: Validate's checks with the user's clients, a measured rate, priced projections, and
+nothing created (moto, the `world` of this tier)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from spotfill_control import aws
+from spotfill_control.errors import InvalidSpecError
+from spotfill_control.triggers import ValidateEvent, validate
+
+from spotfill import cli, plan
+from spotfill.runs import Session, Stack
+
+from .conftest import CONTROL_BUCKET, DATA_BUCKET, EXECUTION_ARN, REGION, STATE_MACHINE_ARN, sample_spec
+
+
+@pytest.fixture
+def model_world(world):
+    """The world's shards, with a model the worker can load (64 features -> 10 classes)."""
+    import keras
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10, activation="softmax")])
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.keras"
+        model.save(path)
+        world.s3.put_object(Bucket=DATA_BUCKET, Key="models/digits.keras", Body=path.read_bytes())
+    return world
+
+
+@pytest.fixture
+def cli_stack(model_world, monkeypatch):
+    """The CLI's view of the stack: its outputs, and the Validate function's configuration (the world's)."""
+    stack = Stack("spotfill", CONTROL_BUCKET, DATA_BUCKET, STATE_MACHINE_ARN, {})
+    monkeypatch.setattr(Session, "stack", lambda self, name="spotfill": stack)
+    monkeypatch.setattr(plan, "stack_settings", lambda *_: model_world.settings)
+    return model_world
+
+
+def spec_file(tmp_path: Path, **overrides: Any) -> Path:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(sample_spec(**overrides)))
+    return path
+
+
+def nothing_requested() -> None:
+    """No fleet, spot request, instance or cluster exists: plan only reads."""
+    ec2, ecs = aws.client("ec2"), aws.client("ecs")
+    assert ec2.describe_fleets()["Fleets"] == []
+    assert ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+    assert ec2.describe_instances()["Reservations"] == []
+    assert ecs.list_clusters()["clusterArns"] == []
+    assert boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=CONTROL_BUCKET).get("KeyCount") == 0
+
+
+def test_sample_positions_spread_over_the_shards():
+    assert plan.sample_indices(2) == [0, 1]
+    assert plan.sample_indices(1000) == [0, 500, 999]
+
+
+def test_an_invalid_spec_exits_non_zero_with_validates_sentence(cli_stack, tmp_path, capsys):
+    spec = sample_spec(model__uri=f"s3://{DATA_BUCKET}/models/missing.keras")
+    with pytest.raises(InvalidSpecError) as validated:
+        validate(
+            ValidateEvent(input=spec, execution_arn=EXECUTION_ARN, state_machine_arn=STATE_MACHINE_ARN),
+            cli_stack.s3,
+            cli_stack.settings,
+            preflight=None,
+        )
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert cli.main(["plan", str(path), "--region", REGION]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"spotfill: error: invalid input: {validated.value}" in err
+    nothing_requested()
+
+
+def test_a_preflight_refusal_is_the_state_machines_too(cli_stack, tmp_path, capsys):
+    path = spec_file(tmp_path, fleet__target_capacity=4000)
+    assert cli.main(["plan", str(path), "--region", REGION]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "invalid input: fleet.target_capacity: 4000 may launch up to" in err
+
+
+def test_each_type_gets_prices_and_projections_best_first_and_nothing_is_requested(
+    cli_stack, tmp_path, capsys
+):
+    path = spec_file(tmp_path)
+    assert cli.main(["plan", str(path), "--region", REGION, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["inputs"] == {"shards": 3, "rows": 12, "sampled": 3, "exact": True}
+    assert document["measurement"]["rows_per_second"] > 0
+    rows = document["projections"]
+    assert [r["instance_type"] for r in rows] != [] and {r["instance_type"] for r in rows} == {
+        "c5.xlarge",
+        "c5.2xlarge",
+    }
+    for row in rows:
+        assert row["spot_usd_per_hour"]["now"] > 0
+        assert (
+            row["spot_usd_per_hour"]["low"]
+            <= row["spot_usd_per_hour"]["now"]
+            <= row["spot_usd_per_hour"]["high"]
+        )
+        assert row["on_demand_usd"] > row["spot_usd_per_hour"]["now"]
+        assert row["seconds"] > 0 and row["total_usd"] > 0
+        assert row["usd_per_million_predictions"] == pytest.approx(row["total_usd"] / 12 * 1e6)
+    # target capacity 4 in vCPU units of c5.xlarge: 4 c5.xlarge or 2 c5.2xlarge, capped by 3 shards' work
+    assert {r["instance_type"]: r["instances"] for r in rows} == {"c5.xlarge": 3, "c5.2xlarge": 2}
+    per_million = [r["usd_per_million_predictions"] for r in rows]
+    assert per_million == sorted(per_million)
+    assert any("rows/s per vCPU" in line for line in document["assumptions"])
+    nothing_requested()
+
+
+def test_the_table_names_every_type_and_states_its_assumptions(cli_stack, tmp_path, capsys, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    assert cli.main(["plan", str(spec_file(tmp_path)), "--region", REGION]) == 0
+    out = capsys.readouterr().out
+    assert "c5.xlarge" in out and "c5.2xlarge" in out and "$ per million" in out
+    assert "counted on all 3 shards" in out and "x the type's vCPUs" in out
+
+
+def test_many_shards_are_estimated_from_a_sample_and_said_so(cli_stack, tmp_path):
+    for i in range(3, 10):
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((8, 64), dtype=np.float32))
+        cli_stack.s3.put_object(
+            Bucket=DATA_BUCKET, Key=f"inputs/digits/part-{i:05d}.npy", Body=buffer.getvalue()
+        )
+    session = Session(None, REGION)
+    made = plan.make_plan(str(spec_file(tmp_path)), session.client, cli_stack.settings)
+    # shards 0, 5 and 9 sampled: 4, 8 and 8 rows -> 20/3 per shard x 10 shards
+    assert (made.inputs.shards, made.inputs.sampled, made.inputs.exact, made.inputs.rows) == (
+        10,
+        3,
+        False,
+        67,
+    )
+    assert "67 predictions estimated from 3 sampled shards of 10" in made.assumptions[0]
+
+
+def test_write_estimate_puts_the_best_row_into_the_spec_file(cli_stack, tmp_path):
+    path = spec_file(tmp_path)
+    assert cli.main(["plan", str(path), "--region", REGION, "--write-estimate"]) == 0
+    written = json.loads(path.read_text())
+    estimate = written.pop("estimate")
+    assert written == sample_spec()
+    assert estimate["instance_type"] in ("c5.xlarge", "c5.2xlarge")
+    assert estimate["target_capacity"] == 4 and estimate["predictions"] == 12
+    assert estimate["seconds"] > 0 and estimate["total_usd"] > 0 and estimate["predictions_per_second"] > 0
+    from spotfill_control.spec import BackfillSpec
+
+    assert BackfillSpec.model_validate(json.loads(path.read_text())).estimate is not None
+    nothing_requested()
+
+
+def test_suggest_adds_other_types_of_the_same_kind(cli_stack, tmp_path, capsys):
+    assert cli.main(["plan", str(spec_file(tmp_path)), "--region", REGION, "--json", "--suggest"]) == 0
+    rows = json.loads(capsys.readouterr().out)["projections"]
+    suggested = [r for r in rows if not r["in_spec"]]
+    assert 1 <= len(suggested) <= plan.SUGGESTIONS
+    assert all(r["gpus"] == 0 and r["vcpus"] >= 4 for r in suggested)
+    nothing_requested()
+
+
+def test_on_aws_throughput_scales_with_vcpus_and_on_the_local_cloud_with_this_machine():
+    from spotfill_control.spec import BackfillSpec
+
+    from spotfill.localcloud.pricing import emulated_facts
+
+    spec = BackfillSpec.model_validate(sample_spec(fleet__target_capacity=2))
+    inputs = plan.Inputs(shards=100, rows=1_000_000, sampled=3, exact=False)
+    measured = plan.Measurement("tensorflow", "fp32", "CPU", 2000, 8000.0, 2, 0.0, 5.0)
+    facts = emulated_facts(["c5.xlarge", "c5.2xlarge"])
+    prices = {name: plan.SpotPrices(0.1, 0.1, 0.1) for name in facts}
+
+    def rates(local: bool) -> dict[str, float]:
+        rows = plan.project(spec, inputs, measured, facts, prices, set(facts), local=local)
+        return {r.instance_type: r.predictions_per_second for r in rows}
+
+    aws_rates, local_rates = rates(False), rates(True)
+    # AWS: 4,000 rows/s per vCPU x 4 vCPUs x 2 instances, or x 8 vCPUs x 1 instance (2 units: one c5.2xlarge)
+    assert aws_rates["c5.xlarge"] == pytest.approx(32_000) and aws_rates["c5.2xlarge"] == pytest.approx(
+        32_000
+    )
+    # local: the workers share this machine, whatever the emulated types and counts
+    assert local_rates == {"c5.xlarge": pytest.approx(8000.0), "c5.2xlarge": pytest.approx(8000.0)}
