@@ -360,6 +360,18 @@ class Preflight:
     pricing: Any
     notes: list[str] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, client: Callable[..., Any]) -> Preflight:
+        """The clients from a factory ``client(service, region=None)``: Validate's (the function's Region) or
+        `spotfill plan`'s (the user's)."""
+        return cls(
+            client("service-quotas"),
+            client("cloudwatch"),
+            client("ec2"),
+            lambda region: client("ecr", region),
+            client("pricing", prices.PRICING_REGION),
+        )
+
     def instance_types(self, spec: BackfillSpec) -> dict[str, InstanceTypeFacts]:
         """The spec's types as EC2 describes them, priced on demand (Price List, else the static table)."""
         facts = describe_instance_types(list(spec.fleet.instance_types), self.ec2)

@@ -209,13 +209,7 @@ def check(
     """Validate's checks (the preflight included), with the caller's clients: the shards and the types."""
     from spotfill_control.errors import InvalidSpecError
 
-    preflight = Preflight(
-        client("service-quotas"),
-        client("cloudwatch"),
-        client("ec2"),
-        lambda region: client("ecr", region),
-        client("pricing", PRICING_REGION),
-    )
+    preflight = Preflight.of(client)
     try:
         return check_spec(spec, client("s3"), settings, datetime.now(UTC), preflight=preflight)
     except InvalidSpecError as exc:

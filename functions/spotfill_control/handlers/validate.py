@@ -6,7 +6,6 @@ from aws_lambda_powertools.utilities.parser import parse
 from spotfill_control.aws import client
 from spotfill_control.config import settings
 from spotfill_control.preflight import Preflight
-from spotfill_control.prices import PRICING_REGION
 from spotfill_control.triggers import ValidateEvent, validate
 
 logger = Logger()
@@ -14,13 +13,7 @@ logger = Logger()
 
 def handler(event: dict, context: object) -> dict:
     request = parse(event=event, model=ValidateEvent)
-    preflight = Preflight(
-        client("service-quotas"),
-        client("cloudwatch"),
-        client("ec2"),
-        lambda region: client("ecr", region),
-        client("pricing", PRICING_REGION),
-    )
+    preflight = Preflight.of(client)
     run = validate(request, client("s3"), settings(), preflight=preflight)
     logger.append_keys(run_id=run.run_id)
     logger.info(
