@@ -35,8 +35,24 @@ from spotfill.runs import DEFAULT_STACK_NAME, CliError
 
 DEFAULT_LOCAL_PORT = 4599
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+class CliConsole(Console):
+    """A Console that hard-wraps only on a terminal. Piped or logged, rich would break every sentence at 80
+    columns, mid-path and mid-phrase, and people grep those logs: there a sentence stays on one line (tables
+    still lay out to the width). Decided at each print, as the console writes to whatever `sys.stdout` is
+    then."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        return self._soft_wrap or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap = value
+
+
+console = CliConsole()
+err_console = CliConsole(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _chaos(text: str | None):

@@ -145,6 +145,31 @@ def test_a_rerun_whose_outputs_are_all_complete_computes_nothing_and_reports_sta
     assert {p.name: p.read_bytes() for p in output_dir.iterdir()} == before
 
 
+def test_piped_output_keeps_each_sentence_on_one_line_however_deep_the_output_folder(
+    shards, tmp_path, capsys, monkeypatch
+):
+    # given complete outputs in a folder whose path alone is longer than any terminal, and a narrow width
+    monkeypatch.setenv("COLUMNS", "40")
+    model, input_dir = shards
+    output_dir = tmp_path / ("d" * 60) / ("e" * 60) / "out"
+    output_dir.mkdir(parents=True)
+    for shard in input_dir.iterdir():
+        np.save(output_dir / shard.name, np.full((3, 10), 7.0, dtype=np.float32))
+    np.save(output_dir / "part-09999.npy", np.ones((2, 10), dtype=np.float32))
+
+    # when run --local prints to a pipe (not a terminal)
+    assert _run(model, input_dir, output_dir) == 0
+
+    # then every sentence is whole on its own line, the path unbroken, as grep would find it
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        f"2 of 2 shard(s) already have a complete output in {output_dir}: skipped (--overwrite computes them "
+        "again)" in lines
+    )
+    assert f"1 file(s) in {output_dir} match no input shard (left alone): part-09999.npy" in lines
+    assert f"2 output file(s) in {output_dir} (2 kept from an earlier run)" in lines
+
+
 def test_outputs_with_the_wrong_row_count_or_cut_short_are_computed_again_and_overwrite_recomputes_all(
     shards, tmp_path
 ):
