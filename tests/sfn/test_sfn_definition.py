@@ -104,7 +104,12 @@ def test_every_task_has_comment_timeout_transient_retry_and_catch_all(states):
             assert retrier["BackoffRate"] > 1 and retrier["MaxAttempts"] >= 2, name
         catch_all = [c for c in task.get("Catch", []) if c["ErrorEquals"] == ["States.ALL"]]
         assert len(catch_all) == 1, name
-        assert catch_all[0]["ResultPath"].startswith("$."), name
+        # Validate's input may be any JSON (an array has no field to add the error to): its error replaces it
+        assert (
+            catch_all[0]["ResultPath"] == "$"
+            if name == "Validate"
+            else catch_all[0]["ResultPath"].startswith("$.")
+        ), name
 
 
 def test_every_task_resource_is_its_handlers_function_arn_placeholder(states):
@@ -144,8 +149,11 @@ def test_every_catch_leads_through_teardown_and_report_to_a_fail_state(states):
 
 def test_a_failure_keeps_the_runs_first_error_and_fails_with_its_name(states):
     assert {
-        t["Catch"][0]["ResultPath"] for n, t in _tasks(states).items() if n not in ("Teardown", "Report")
+        t["Catch"][0]["ResultPath"]
+        for n, t in _tasks(states).items()
+        if n not in ("Validate", "Teardown", "Report")
     } == {"$.error"}
+    assert states["NoRunYet"]["Parameters"]["error.$"] == "$"  # Validate's error, in place of its input
     assert states["Teardown"]["Catch"][0]["ResultPath"] == "$.teardown_error"
     assert states["Report"]["Catch"][0]["ResultPath"] == "$.report_error"
     first_choice = states["DidItFail"]["Choices"][0]

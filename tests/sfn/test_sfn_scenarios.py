@@ -158,6 +158,23 @@ def test_run_history_is_40_events_outside_the_loops_and_9_per_poll(happy):
     assert len(history) == 20 + 5 + 15 + 9 * (registration_polls + monitor_polls)  # 5: ScaleService
 
 
+@pytest.mark.parametrize(
+    "execution_input", [[{"name": "an-array"}], "a string", 7], ids=["array", "string", "number"]
+)
+def test_an_input_that_is_not_a_json_object_fails_in_validate_with_its_sentence(
+    cloud, lambdas, execution_input
+):
+    # when an execution starts with JSON that is not an object
+    outcome = cloud.run(execution_input)
+
+    # then Validate names the problem (not the interpreter's TypeError), through teardown and the report
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.entered()[:2] == ["Validate", "NoRunYet"]
+    assert _cause_message(outcome) == f"input: must be a JSON object, got {type(execution_input).__name__}."
+    assert not {"prepare_run", "request_fleet"} & set(outcome.invoked())
+    assert_nothing_left(cloud.session)
+
+
 def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the_field(cloud, lambdas):
     spec = cloud.spec("invalid", shards=1)
     spec["fleet"]["instance_types"] = ["x9.huge"]
