@@ -293,6 +293,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.write_estimate and args.spec.startswith("s3://"):
         raise CliError("--write-estimate writes into a local spec file, not an s3:// manifest")
+    spec = document = None
+    if not args.spec.startswith("s3://"):
+        # Read and checked before any AWS client exists: a bad file is its own error, AWS configured or not.
+        try:
+            document, spec = read_spec(args.spec, s3=None)
+        except PlanError as exc:
+            raise CliError(str(exc)) from None
     if args.local:
         endpoint = args.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or f"http://127.0.0.1:{args.port}"
         from spotfill.runs import Session
@@ -314,7 +321,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     try:
         plan = make_plan(
-            args.spec, session.client, settings, local=args.local, suggest=args.suggest, progress=say
+            args.spec,
+            session.client,
+            settings,
+            local=args.local,
+            suggest=args.suggest,
+            progress=say,
+            spec=spec,
         )
     except PlanError as exc:
         raise CliError(str(exc)) from None
@@ -324,8 +337,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         console.print(table(plan))
         for line in plan.assumptions:
             console.print(f"- {line}", markup=False, highlight=False)
-    if args.write_estimate:
-        document, _ = read_spec(args.spec, session.client("s3"))
+    if args.write_estimate and document is not None:
         write_estimate(Path(args.spec), document, plan)
         say(f"wrote the estimate ({plan.projections[0].instance_type}) into {args.spec}")
     return 0

@@ -516,10 +516,13 @@ def make_plan(
     local: bool = False,
     suggest: bool = False,
     progress: Callable[[str], None] = lambda _: None,
+    spec: BackfillSpec | None = None,
 ) -> Plan:
-    """The whole plan of a spec (a local file or an s3:// manifest); `client(service, region=None)` gives
-    the caller's boto3 clients. Raises `PlanError` for an invalid spec."""
-    _, spec = read_spec(source, client("s3"))
+    """The whole plan of a spec (a local file or an s3:// manifest; `spec`: already read from it);
+    `client(service, region=None)` gives the caller's boto3 clients. Raises `PlanError` for an invalid
+    spec."""
+    if spec is None:
+        _, spec = read_spec(source, client("s3"))
     progress("checking the spec as Validate does")
     shard_uris, facts = check(spec, client, settings)
     progress(

@@ -82,6 +82,48 @@ def test_an_invalid_spec_exits_non_zero_with_validates_sentence(cli_stack, tmp_p
     nothing_requested()
 
 
+@pytest.fixture
+def no_aws_configured(monkeypatch, tmp_path):
+    """No region, no credentials, no configuration files, and any AWS client made is a failure."""
+    for key in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    def no_client(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("an AWS client was made before the spec was read")
+
+    monkeypatch.setattr(boto3.session.Session, "client", no_client)
+
+
+@pytest.mark.parametrize(
+    ("text", "sentence"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "invalid input: spec: must be a JSON object, got list."),
+        (json.dumps(sample_spec(fleet__target_capacity=0)), "invalid input: fleet.target_capacity"),
+    ],
+    ids=["not-json", "array", "model-refuses"],
+)
+def test_a_malformed_spec_is_refused_before_any_aws_client_without_aws_configured(
+    no_aws_configured, tmp_path, capsys, text, sentence
+):
+    # given a spec file that is not JSON, not an object or not a valid spec, and no AWS configuration at all
+    path = tmp_path / "spec.json"
+    path.write_text(text)
+
+    # when it is planned
+    code = cli.main(["plan", str(path)])
+
+    # then the spec's own error comes back, not a region or credentials error
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert sentence in err and "region" not in err and "credentials" not in err.lower(), err
+
+
 def test_a_preflight_refusal_is_the_state_machines_too(cli_stack, tmp_path, capsys):
     path = spec_file(tmp_path, fleet__target_capacity=4000)
     assert cli.main(["plan", str(path), "--region", REGION]) == 2
