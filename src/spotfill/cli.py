@@ -231,6 +231,18 @@ def _read_spec(path: str) -> Any:
         raise CliError(f"{path} is not valid JSON: {exc}") from None
 
 
+def _check_spec_model(path: str, document: Any) -> None:
+    """Before an execution starts: the spec as Validate parses it, refused with Validate's sentence (the checks
+    that need the account, the model object and the shards stay Validate's)."""
+    from spotfill_control.errors import InvalidSpecError
+    from spotfill_control.triggers import spec_from_document
+
+    try:
+        spec_from_document(document)
+    except InvalidSpecError as exc:
+        raise CliError(f"{path}: invalid input: {exc}") from None
+
+
 def _watch(session, stack, execution_arn: str) -> int:
     from spotfill.progress_display import follow, report_table
     from spotfill.runs import RunWatcher, read_report, report_from_execution_output
@@ -253,6 +265,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     from spotfill.runs import start_execution
 
     spec = _read_spec(args.input)
+    _check_spec_model(args.input, spec)
     session = _session(args)
     stack = session.stack(args.stack)
     execution_arn = start_execution(session, stack, spec, name=args.name)

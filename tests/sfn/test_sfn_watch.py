@@ -178,3 +178,34 @@ def test_runs_lists_a_running_run_before_a_finished_one_with_progress_and_cost(
     assert report is not None and f"${format_usd(report['cost_usd']['total'])}" in finished_rows[0]
     # and --limit keeps the newest
     assert running_id in second_listing and finished.run_id not in second_listing
+
+
+@pytest.mark.parametrize(
+    ("document", "sentence"),
+    [
+        ([{"name": "an-array"}], "invalid input: spec: must be a JSON object, got list."),
+        ({"name": "no-fields"}, "invalid input: input: required field is missing."),
+    ],
+    ids=["array", "missing-fields"],
+)
+def test_start_of_an_invalid_spec_exits_non_zero_with_validates_sentence_and_starts_nothing(
+    cloud, lambdas, tmp_path, capsys, document, sentence
+):
+    # given a spec file that Validate would refuse
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(document))
+    sfn = cloud.session.client("stepfunctions")
+    before = sfn.list_executions(stateMachineArn=cloud.stack.state_machine_arn)["executions"]
+
+    # when it is started, without --watch
+    status = cli.main(
+        ["start", "--input", str(path), "--stack", cloud.stack.stack_name, "--region", cloud.stack.region]
+    )
+
+    # then it exits non-zero with Validate's sentence, and no execution exists
+    err = capsys.readouterr().err
+    assert status == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("spotfill: error: ")]
+    assert len(errors) == 1 and f"{path}: {sentence}" in errors[0], err
+    after = sfn.list_executions(stateMachineArn=cloud.stack.state_machine_arn)["executions"]
+    assert len(after) == len(before)
