@@ -349,8 +349,14 @@ def check_budget(run: RunState, in_flight: int, now: datetime) -> None:
         f"run {run.run_id} drained when its projected cost reached limits.max_total_usd = "
         f"${format_usd(cap or 0.0)}; it cost ${format_usd(budget.accrued_usd)} so far, "
         f"{run.progress.outputs_done} shard(s) done and about {unfinished} unfinished: "
-        f"`spotfill redrive {run.run_id} --max-total-usd <new cap>` queues them in a new run"
+        + redrive_advice(run.run_id)
     )
+
+
+def redrive_advice(run_id: str) -> str:
+    """What finishes a drained run's unfinished shards on AWS (the local cloud's `run --local` shows its own
+    advice in this one's place: that cloud is gone when the command returns)."""
+    return f"`spotfill redrive {run_id} --max-total-usd <new cap>` queues them in a new run"
 
 
 def format_usd(value: float) -> str:

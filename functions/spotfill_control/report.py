@@ -513,8 +513,12 @@ def estimate_line(section: Mapping[str, Any] | None) -> str | None:
     return f"planned {figures(estimate)}; took {figures(actual, error)}"
 
 
-def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The report as (what, value) lines: the table `spotfill report` prints and the HTML page ends with."""
+REDRIVE = "spotfill redrive"
+
+
+def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple[str, str]]:
+    """The report as (what, value) lines: the table `spotfill report` prints and the HTML page ends with;
+    `redrive` names what queues unfinished shards again (`run --local` names its own re-run)."""
     rows = [("reason", str(report.get("reason") or "-"))]
     shards = report.get("shards", {})
     if shards:
@@ -524,7 +528,7 @@ def report_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
                 f"{shards.get('succeeded', 0)} succeeded, {shards.get('failed', 0)} failed, "
                 f"{shards.get('skipped_existing', 0)} skipped (output existed), "
                 f"{shards.get('retried', 0)} retried, "
-                f"{shards.get('unprocessed', 0)} unfinished (spotfill redrive), "
+                f"{shards.get('unprocessed', 0)} unfinished ({redrive}), "
                 f"of {shards.get('total', 0)}",
             )
         )

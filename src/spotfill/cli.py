@@ -98,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spotfill.localrun import run_local
+    from spotfill.localrun import LOCAL_REDRIVE, run_local
     from spotfill.progress_display import report_table
 
     result = run_local(
@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tfrecord=_tfrecord_options(args),
     )
     if result.report:
-        console.print(report_table(result.report))
+        console.print(report_table({**result.report, "reason": result.reason}, redrive=LOCAL_REDRIVE))
     kept = f" ({len(result.skipped)} kept from an earlier run)" if result.skipped else ""
     console.print(f"{len(result.outputs)} output file(s) in {args.output}{kept}")
     logs = (
@@ -134,8 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not result.succeeded:
         if result.missing:
             err_console.print(f"spotfill: {missing}", markup=False)
-        reason = (result.report or {}).get("reason") or result.snapshot.error or result.snapshot.status
-        raise CliError(f"the run ended {result.status}: {reason}{logs}")
+        raise CliError(f"the run ended {result.status}: {result.reason}{logs}")
     if result.missing:
         raise CliError(missing)
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,14 @@ from spotfill.runs import (
     read_report_page,
     report_from_execution_output,
     wait_for_execution_started_after,
+)
+
+# After `run --local` returns its local cloud is gone, so `spotfill redrive` has no run to redrive: the same
+# command again finishes the work, as it skips the outputs already complete.
+LOCAL_REDRIVE = "the same spotfill run --local again"
+LOCAL_REDRIVE_ADVICE = (
+    "running the same `spotfill run --local` command again with a higher --max-total-usd computes them "
+    "(it skips the outputs already complete)"
 )
 
 # Called with the local cloud and the manifest once the model and shards are uploaded, before the manifest is;
@@ -64,6 +73,15 @@ class LocalRunResult:
     @property
     def status(self) -> str:
         return (self.report or {}).get("status") or self.snapshot.status.lower()
+
+    @property
+    def reason(self) -> str:
+        """Why the run ended as it did, with the advice that works after a local run (not `spotfill redrive`)."""
+        from spotfill_control.budget import redrive_advice
+
+        reason = (self.report or {}).get("reason") or self.snapshot.error or self.snapshot.status
+        run_id = (self.report or {}).get("run_id") or self.snapshot.run_id
+        return reason.replace(redrive_advice(run_id), LOCAL_REDRIVE_ADVICE) if run_id else reason
 
     @property
     def succeeded(self) -> bool:
@@ -231,21 +249,37 @@ def plan_outputs(
     return plan
 
 
+Check = Callable[[], None]
+
+
 @contextlib.contextmanager
-def termination_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run as Ctrl-C does (KeyboardInterrupt): finished outputs are downloaded and
-    the local cloud is torn down, its workers with it."""
+def termination_as_interrupt() -> Iterator[Check]:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP end the run as KeyboardInterrupt: finished outputs are downloaded
+    and the local cloud is torn down, its workers with it. Yields a check that raises KeyboardInterrupt once
+    any of them has arrived, which the run calls between its steps.
+
+    SIGINT is taken even where the command started with it ignored: a shell without job control starts a
+    background command (`spotfill run --local ... &` in a script) ignoring SIGINT, and `kill -INT` must still
+    stop it. Each signal is also recorded, because a KeyboardInterrupt raised where Python cannot propagate it
+    is lost: in a finaliser (`__del__`, a weakref callback: "Exception ignored in ...") or in library code
+    that catches everything; the check raises it again at the next step."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
+    received: list[str] = []
 
     def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        received.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt(received[-1])
 
-    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    def check() -> None:
+        if received:
+            raise KeyboardInterrupt(received[0])
+
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {signum: signal.signal(signum, interrupt) for signum in signals}
     try:
-        yield
+        yield check
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -334,13 +368,18 @@ def upload_and_trigger(
 
 
 def follow_run(
-    cloud: LocalCloud, execution_arn: str, console: Console, timeout: float | None = None
+    cloud: LocalCloud,
+    execution_arn: str,
+    console: Console,
+    timeout: float | None = None,
+    check: Check = lambda: None,
 ) -> LocalRunResult:
+    """Follow the execution to its end; `check` runs at every poll (termination_as_interrupt's)."""
     session = Session(cloud.endpoint_url, cloud.region)
     stack = session.stack(cloud.options.stack_name)
     watcher = RunWatcher(session, stack, execution_arn, counts=local_counts(cloud))
     started = time.monotonic()
-    snap = follow(watcher, console, timeout=timeout)
+    snap = follow(watcher, console, timeout=timeout, on_poll=lambda _: check())
     report = report_from_execution_output(snap.output)
     if snap.run_id:
         report = read_report(session, stack, snap.run_id) or report
@@ -385,21 +424,21 @@ def download_outputs(
     reason, raised once every other output is downloaded."""
     outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
     if failures:
-        raise CliError(_failures_sentence(failures, output_dir))
+        raise CliError(_failures_sentence(list(failures.values()), output_dir))
     return outputs
 
 
 def fetch_outputs(
     cloud: LocalCloud, spec: dict[str, Any], shards: list[Path], input_dir: Path, output_dir: Path
-) -> tuple[dict[str, Path], list[str]]:
+) -> tuple[dict[str, Path], dict[str, str]]:
     """The outputs downloaded (input shard name -> file) and, for each that exists but could not be
-    downloaded, `name (reason)`."""
+    downloaded, input shard name -> `output name (reason)`."""
     from botocore.exceptions import ClientError
 
     s3 = cloud.client("s3")
     bucket, prefix = spec["output"]["uri"][len("s3://") :].split("/", 1)
     outputs: dict[str, Path] = {}
-    failures: list[str] = []
+    failures: dict[str, str] = {}
     for shard in shards:
         relative = shard.relative_to(input_dir).as_posix()
         name = output_name(relative, spec["input"]["format"], spec["output"]["format"])
@@ -409,13 +448,13 @@ def fetch_outputs(
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 continue  # no output: the shard failed or was not processed
-            failures.append(f"{name} ({_reason(exc)})")
+            failures[relative] = f"{name} ({_reason(exc)})"
             continue
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(bucket, prefix + name, str(target))
         except Exception as exc:
-            failures.append(f"{name} ({_reason(exc)})")
+            failures[relative] = f"{name} ({_reason(exc)})"
             continue
         outputs[relative] = target
     return outputs, failures
@@ -477,8 +516,9 @@ def run_local(
     if not plan.to_run:
         snapshot = Snapshot("", status="SUCCEEDED")
         return LocalRunResult("", snapshot, None, outputs=dict(plan.complete), skipped=dict(plan.complete))
-    check_model_and_shards(model_path, plan.to_run, input_format, tfrecord)
-    with termination_as_interrupt():
+    with termination_as_interrupt() as check:
+        check_model_and_shards(model_path, plan.to_run, input_format, tfrecord)
+        check()
         return _run_in_local_cloud(
             model_path,
             input_dir,
@@ -495,6 +535,7 @@ def run_local(
             max_total_usd=max_total_usd,
             spec_options={"runtime": runtime, "precision": precision, "tfrecord": tfrecord},
             before_trigger=before_trigger,
+            check=check,
         )
 
 
@@ -508,10 +549,16 @@ def check_model_and_shards(
     import_tensorflow()
     from spotfill_worker.model import ModelLoadError, SampleMismatchError, check_model_and_sample
 
-    try:
-        check_model_and_sample(model_path, shards[0], input_format, tfrecord=tfrecord)
-    except (ModelLoadError, SampleMismatchError) as exc:
-        raise CliError(str(exc)) from None
+    # What TensorFlow writes to the temporary folder meanwhile (autograph's generated code, an unpacked
+    # SavedModel) goes into one of this check's own, removed after it: a run leaves nothing in the user's.
+    with tempfile.TemporaryDirectory(prefix="spotfill-check-") as scratch:
+        saved, tempfile.tempdir = tempfile.tempdir, scratch
+        try:
+            check_model_and_sample(model_path, shards[0], input_format, tfrecord=tfrecord)
+        except (ModelLoadError, SampleMismatchError) as exc:
+            raise CliError(str(exc)) from None
+        finally:
+            tempfile.tempdir = saved
 
 
 def _say_plan(console: Console, plan: OutputPlan, output_dir: Path, total: int) -> None:
@@ -552,6 +599,7 @@ def _run_in_local_cloud(
     max_total_usd: float | None = None,
     spec_options: dict[str, Any] | None = None,
     before_trigger: BeforeTrigger | None = None,
+    check: Check = lambda: None,
 ) -> LocalRunResult:
     shards = plan.to_run
     started = time.monotonic()
@@ -559,6 +607,7 @@ def _run_in_local_cloud(
         cloud = LocalCloud(options).__enter__()
     spec: dict[str, Any] | None = None
     try:
+        check()
         kept = "removed at the end; --keep-run-dir keeps it" if cloud.removes_run_dir else "kept"
         logs = cloud.run_dir / "logs"
         console.print(f"local cloud at {cloud.endpoint_url}; worker logs in {logs} ({kept})")
@@ -575,23 +624,27 @@ def _run_in_local_cloud(
         )
         with console.status(f"uploading the model and {len(shards)} shards, then the manifest"):
             execution_arn = upload_and_trigger(cloud, spec, model_path, shards, input_dir, before_trigger)
+        check()
         console.print(f"execution {execution_arn.rsplit(':', 1)[-1]} started by the manifest upload")
-        result = follow_run(cloud, execution_arn, console, timeout=timeout)
+        result = follow_run(cloud, execution_arn, console, timeout=timeout, check=check)
         outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
         result.outputs = {**plan.complete, **outputs}
         result.skipped = dict(plan.complete)
-        result.missing = failures
+        # Each missing output once, with its own reason: one that exists but could not be downloaded (a full
+        # disk) is not also one the run never wrote.
+        result.missing = list(failures.values())
         if result.succeeded:
             result.missing += [
-                f"{output_name(s.relative_to(input_dir).as_posix(), input_format, output_format)} "
+                f"{output_name(relative, input_format, output_format)} "
                 "(the run succeeded but wrote no such output)"
-                for s in shards
-                if s.relative_to(input_dir).as_posix() not in outputs
+                for relative in (s.relative_to(input_dir).as_posix() for s in shards)
+                if relative not in outputs and relative not in failures
             ]
         cloud.wait_idle(timeout=10)
         result.leftovers = cloud.leftovers()
         result.wall_seconds = time.monotonic() - started
         result.run_dir = None if cloud.removes_run_dir else cloud.run_dir
+        check()
         return result
     except KeyboardInterrupt:
         if spec is not None:
@@ -616,4 +669,4 @@ def _keep_finished_outputs(
         "a re-run computes the rest"
     )
     if failures:
-        console.print(_failures_sentence(failures, output_dir), markup=False)
+        console.print(_failures_sentence(list(failures.values()), output_dir), markup=False)

@@ -13,7 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 from spotfill_control.budget import format_usd
-from spotfill_control.report import duration_text, report_rows
+from spotfill_control.report import REDRIVE, duration_text, report_rows
 
 from spotfill.runs import RunRow, RunWatcher, Snapshot
 
@@ -116,11 +116,11 @@ def follow(
     return snap
 
 
-def report_table(report: dict[str, Any]) -> Table:
+def report_table(report: dict[str, Any], redrive: str = REDRIVE) -> Table:
     table = Table(title=f"run {report.get('run_id')}: {report.get('status')}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    for what, value in report_rows(report):
+    for what, value in report_rows(report, redrive):
         table.add_row(what, Text(value))  # keys and reasons may hold brackets: never markup
     return table
 

@@ -229,3 +229,31 @@ def test_a_local_run_with_a_cap_builds_a_spec_that_carries_it_exactly():
     assert BackfillSpec.model_validate(spec).limits.max_total_usd == 0.0002
     uncapped = manifest("free", "data", "models/m.keras", "npy", "npy", instances=2)
     assert BackfillSpec.model_validate(uncapped).limits.max_total_usd is None
+
+
+def test_a_local_run_that_reached_its_cap_advises_running_the_same_command_again_not_redrive(
+    capsys, monkeypatch, tmp_path
+):
+    # given a local run drained at its dollar cap, its report carrying the control plane's (AWS) advice
+    from spotfill_control.budget import redrive_advice
+
+    from spotfill import localrun
+    from spotfill.runs import Snapshot
+
+    run_id = "local-20261206140840-138bd0"
+    reason = f"run {run_id} drained ...: 1 shard(s) done and about 3 unfinished: {redrive_advice(run_id)}"
+    report = {"run_id": run_id, "status": "budget_reached", "reason": reason, "shards": {"unprocessed": 3}}
+    snapshot = Snapshot("arn:exec", status="FAILED", run_id=run_id, error="BudgetReached")
+    monkeypatch.setattr(
+        localrun, "run_local", lambda *args, **kwargs: localrun.LocalRunResult("arn:exec", snapshot, report)
+    )
+
+    # when run --local reports it
+    code = main(["run", "--local", "--model", "m.keras", "--input", "in", "--output", str(tmp_path / "out")])
+
+    # then the advice is what works once that local cloud is gone: the same command again, with a higher cap
+    printed = capsys.readouterr()
+    assert code == 2
+    assert "spotfill redrive" not in printed.out + printed.err
+    error = [line for line in printed.err.splitlines() if line.startswith("spotfill: error: ")]
+    assert len(error) == 1 and localrun.LOCAL_REDRIVE_ADVICE in error[0], printed.err

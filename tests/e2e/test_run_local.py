@@ -215,12 +215,14 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
     # when run --local runs
     code = _run(digits.model_path, input_dir, output_dir)
 
-    # then it fails naming the output it could not write and why, after downloading the others
+    # then it fails naming the output it could not write and why, once and with that reason alone, after
+    # downloading the others
     printed = capsys.readouterr()
     assert code != 0
     assert "Traceback" not in printed.err
     error = [line for line in printed.err.splitlines() if line.startswith("spotfill: error: ")]
-    assert error and shards[1].name in error[0] and "Is a directory" in error[0], printed.err
+    assert len(error) == 1 and shards[1].name in error[0] and "Is a directory" in error[0], printed.err
+    assert "1 output(s) are missing" in error[0] and "wrote no such output" not in printed.err, printed.err
     np.testing.assert_allclose(
         np.load(output_dir / shards[2].name), digits.reference[shards[2].name], atol=1e-5
     )
@@ -397,3 +399,58 @@ def test_sigterm_of_run_local_keeps_finished_outputs_stops_workers_and_removes_i
     # and its workers are gone and its temporary folder removed
     assert not any(_alive(pid) for pid in workers)
     assert not list(tmp.glob("spotfill-local-*"))
+
+
+def _workers_with_temp_under(tmp: Path) -> set[int]:
+    """Worker processes whose temporary folder is under `tmp` (a local cloud task has one in its run's)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline, environ = (entry / "cmdline").read_bytes(), (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"spotfill_worker" in cmdline and str(tmp).encode() in environ:
+            found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for worker processes")
+@pytest.mark.parametrize(
+    ("phase", "how"),
+    [
+        ("model-checked", "finaliser"),
+        ("stack-deploying", "finaliser"),
+        ("cloud-started", "ignored-at-start"),
+        ("triggered", "finaliser"),
+        ("following", "signal"),
+    ],
+)
+def test_an_interrupt_at_any_moment_of_start_up_stops_the_run_and_leaves_nothing(
+    digits, tmp_path, phase, how
+):
+    # given run --local, interrupted (Ctrl-C) when a phase of its start-up is reached: also where Python would
+    # lose the KeyboardInterrupt (inside a finaliser) and where the shell started it ignoring SIGINT
+    input_dir = tmp_path / "in"
+    input_dir.mkdir()
+    for shard in digits.shards()[:2]:
+        (input_dir / shard.name).write_bytes(shard.read_bytes())
+    tmp, marker, log = tmp_path / "tmp", tmp_path / "phase-reached", tmp_path / "log"
+    command = [sys.executable, str(ROOT / "tests" / "e2e" / "standin" / "spotfill_interrupted_run.py")]
+    command += [phase, how, str(marker), "--", "run", "--local", "--model", str(digits.model_path)]
+    command += ["--input", str(input_dir), "--output", str(tmp_path / "out"), "--instances", "1"]
+
+    # when it runs
+    with open(log, "wb") as out:
+        code = subprocess.run(
+            command, env=_environment(tmp), stdout=out, stderr=subprocess.STDOUT, timeout=600
+        ).returncode
+
+    # then it stopped there with 130, removed its temporary folders and left no worker running
+    printed = log.read_text(errors="replace")
+    assert marker.read_text() == phase, printed
+    assert code == 130, printed
+    assert "spotfill: interrupted" in printed
+    assert sorted(p.name for p in tmp.iterdir()) == [], printed
+    assert not _workers_with_temp_under(tmp)

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,7 @@ class Task:
     process: subprocess.Popen
     log_path: Path
     stop_timeout: float
+    scratch: Path | None = None  # its TMPDIR, gone with it (a container's /tmp goes with the container)
     started_at: float = field(default_factory=time.monotonic)
     stopping_since: float | None = None
 
@@ -159,6 +161,7 @@ class EcsAgent:
                     task.process.wait(timeout=max(0.0, deadline - time.monotonic()))
                 self._signal(task, signal.SIGKILL)
                 task.process.wait()
+                _remove_scratch(task)
             self.tasks.clear()
 
     def _run(self) -> None:
@@ -291,6 +294,7 @@ class EcsAgent:
             if task.stopping_since is None:
                 self.tasks_died += 1
                 log.info("task %s on %s exited with %s", task.task_id, task.instance_id, code)
+            _remove_scratch(task)
             self.tasks.remove(task)
 
     def _reconcile(self, wanted: dict[tuple[str, str], tuple[int, str]]) -> None:
@@ -396,6 +400,11 @@ class EcsAgent:
             )
         log_path = self.log_dir / cluster / f"{service}-{task_id[:12]}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Its own temporary folder (the worker's model copy, TensorFlow's generated code), inside the run's
+        # folder rather than the user's TMPDIR, and removed when the task ends.
+        scratch = self.log_dir.parent / "scratch" / task_id[:12]
+        scratch.mkdir(parents=True, exist_ok=True)
+        environment["TMPDIR"] = str(scratch)
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(
                 command,
@@ -408,7 +417,17 @@ class EcsAgent:
             )
         stop_timeout = float(container.get("stopTimeout") or DEFAULT_STOP_TIMEOUT)
         self.tasks.append(
-            Task(task_id, cluster, service, task_definition_arn, instance_id, process, log_path, stop_timeout)
+            Task(
+                task_id,
+                cluster,
+                service,
+                task_definition_arn,
+                instance_id,
+                process,
+                log_path,
+                stop_timeout,
+                scratch,
+            )
         )
         self.tasks_started += 1
 
@@ -495,6 +514,11 @@ def worker_command(
     ):
         return [sys.executable, "-m", command[2]]
     raise TaskRefused(f"the local cloud runs only the worker (python -m {WORKER_MODULE}), not {command!r}")
+
+
+def _remove_scratch(task: Task) -> None:
+    if task.scratch is not None:
+        shutil.rmtree(task.scratch, ignore_errors=True)
 
 
 def task_environment(variables: list[dict[str, str]]) -> dict[str, str]:
