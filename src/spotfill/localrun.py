@@ -76,7 +76,7 @@ class LocalRunResult:
 
     @property
     def reason(self) -> str:
-        """Why the run ended as it did, with the advice that works after a local run (not `spotfill redrive`)."""
+        """Why the run ended so, with the advice that works after a local run (not `spotfill redrive`)."""
         from spotfill_control.budget import redrive_advice
 
         reason = (self.report or {}).get("reason") or self.snapshot.error or self.snapshot.status
