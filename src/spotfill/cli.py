@@ -162,7 +162,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     from spotfill.localcloud import LocalCloud, LocalCloudOptions
 
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # A closed terminal (SIGHUP) stops it as Ctrl-C does: workers stopped, temporary folder removed.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.set())
     options = LocalCloudOptions(
         port=args.port, chaos=_chaos(args.chaos), run_dir=Path(args.run_dir) if args.run_dir else None

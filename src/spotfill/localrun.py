@@ -20,6 +20,7 @@ from rich.console import Console
 from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, TFRECORD_GZIP_EXTENSIONS
 
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
+from spotfill.localcloud.server import check_port_free
 from spotfill.progress_display import follow
 from spotfill.runs import (
     CliError,
@@ -112,16 +113,33 @@ def check_output_dir(output_dir: Path, input_dir: Path) -> None:
         )
     if output_dir.exists() and not output_dir.is_dir():
         raise CliError(f"--output {output_dir} is a file, not a folder")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"cannot create the output folder {output_dir}: {exc.strerror or exc}") from None
+    if not output_dir.exists():
+        # Created only once the run starts (make_output_dir): a refused run creates nothing. Here the nearest
+        # folder that exists must let it be made.
+        existing = next(p for p in output_dir.absolute().parents if p.exists() or p == p.parent)
+        why = (
+            "Not a directory"
+            if not existing.is_dir()
+            else "Permission denied"
+            if not os.access(existing, os.W_OK | os.X_OK)
+            else None
+        )
+        if why:
+            raise CliError(f"cannot create the output folder {output_dir}: {why}: {existing}")
+        return
     probe = output_dir / f".spotfill-write-probe-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise CliError(f"cannot write in the output folder {output_dir}: {exc.strerror or exc}") from None
+
+
+def make_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot create the output folder {output_dir}: {exc.strerror or exc}") from None
 
 
 def output_name(relative: str, input_format: str, output_format: str) -> str:
@@ -509,6 +527,11 @@ def run_local(
         raise CliError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_EXTENSIONS)}")
     if instances < 1:
         raise CliError("--instances must be at least 1")
+    if port is not None:
+        try:
+            check_port_free(port)
+        except OSError as exc:
+            raise CliError(f"cannot start the local cloud: {exc}") from None
     shards = input_shards(input_dir, input_format)
     check_output_dir(output_dir, input_dir)
     plan = plan_outputs(shards, input_dir, output_dir, input_format, output_format, overwrite)
@@ -519,6 +542,7 @@ def run_local(
     with termination_as_interrupt() as check:
         check_model_and_shards(model_path, plan.to_run, input_format, tfrecord)
         check()
+        make_output_dir(output_dir)
         return _run_in_local_cloud(
             model_path,
             input_dir,

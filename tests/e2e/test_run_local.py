@@ -234,12 +234,48 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
 # --- item 6: a model or shards that can never work are refused before the local cloud starts ----------------
 
 
-def test_a_keras_file_that_is_not_a_model_is_refused_before_any_work(shards, tmp_path, capsys):
-    model, input_dir = shards  # m.keras holds one byte, not a model
+def test_a_keras_file_that_is_not_a_model_is_refused_before_any_work_and_creates_nothing(
+    shards, tmp_path, capsys
+):
+    model, input_dir = shards  # m.keras holds one byte, not a model (a .keras file is a zip archive)
     assert _run(model, input_dir, tmp_path / "out") == 2
     error = _error(capsys)
-    assert "m.keras" in error
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert "m.keras is not a valid .keras file" in error and "File not found" not in error
+    assert not (tmp_path / "out").exists()  # a refused run creates nothing
+
+
+def test_a_junk_savedmodel_archive_is_refused_in_one_sentence(shards, tmp_path, capsys):
+    _, input_dir = shards
+    model = tmp_path / "model.tar.gz"
+    model.write_bytes(b"not a tar file, compressed or not")
+    assert _run(model, input_dir, tmp_path / "out") == 2
+    printed = capsys.readouterr()
+    lines = [line for line in printed.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("spotfill: error: "), printed.err
+    assert "model.tar.gz is not a valid SavedModel archive" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_busy_port_is_refused_first_as_local_up_refuses_it_and_creates_nothing(shards, tmp_path, capsys):
+    # given a port something listens on, and a model that could not load either
+    import socket
+
+    model, input_dir = shards
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+
+        # when run --local is asked to use it
+        code = _run(model, input_dir, tmp_path / "out", "--port", str(port))
+
+    # then the port is what it refuses, in local up's words, before the model check and creating nothing
+    assert code == 2
+    error = _error(capsys)
+    assert (
+        f"spotfill: error: cannot start the local cloud: port {port} on 127.0.0.1 is already in use" in error
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_shards_whose_rows_do_not_fit_the_model_are_refused_before_any_work(digits, shards, tmp_path, capsys):
@@ -454,3 +490,30 @@ def test_an_interrupt_at_any_moment_of_start_up_stops_the_run_and_leaves_nothing
     assert "spotfill: interrupted" in printed
     assert sorted(p.name for p in tmp.iterdir()) == [], printed
     assert not _workers_with_temp_under(tmp)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_local_up_stopped_by_a_closed_terminal_or_sigterm_removes_its_temporary_folder(tmp_path, signum):
+    # given `spotfill local up` ready, its run folder a temporary one
+    from spotfill.localcloud.server import free_port
+
+    tmp, log = tmp_path / "tmp", tmp_path / "local-up.log"
+    command = [sys.executable, "-m", "spotfill.cli", "local", "up", "--port", str(free_port())]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=_environment(tmp), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        eventually(lambda: "READY" in log.read_text() or process.poll() is not None, timeout=300)
+        assert process.poll() is None, log.read_text()
+        assert list(tmp.glob("spotfill-local-*")), log.read_text()
+
+        # when its terminal closes (SIGHUP) or it is told to stop (SIGTERM)
+        process.send_signal(signum)
+        code = process.wait(timeout=120)
+
+        # then it stops as on Ctrl-C: exit 0, its temporary folder gone
+        assert code == 0, log.read_text()
+        assert "stopping the local cloud" in log.read_text()
+        assert not list(tmp.glob("spotfill-local-*")), log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()

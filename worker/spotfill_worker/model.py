@@ -9,6 +9,7 @@ import contextlib
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,11 @@ def load_keras_model(path: Path, policy: str | None = None) -> Any:
     """The Keras model at ``path``, its layers computing in dtype ``policy`` when given ("mixed_float16")."""
     import keras
 
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # Keras answers such a file with "File not found", though it exists.
+        raise ModelLoadError(
+            f"{path.name} is not a valid .keras file: a .keras file is a zip archive, this is not"
+        )
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:
@@ -125,8 +131,15 @@ def _load_savedmodel_archive(path: Path) -> LoadedModel:
     try:
         with tarfile.open(path, "r:*") as archive:
             _extract_safely(archive, directory)
+    except tarfile.ReadError:
+        # tarfile's own message lists every compression it tried, a line each.
+        raise ModelLoadError(
+            f"{path.name} is not a valid SavedModel archive: it cannot be read as a tar file (gzip or not)"
+        ) from None
     except Exception as exc:
-        raise ModelLoadError(f"cannot unpack SavedModel archive {path.name}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot unpack SavedModel archive {path.name}: {' '.join(str(exc).split())}"
+        ) from exc
     found = sorted(directory.rglob("saved_model.pb"), key=lambda p: len(p.parts))
     if not found:
         raise ModelLoadError(f"{path.name} holds no saved_model.pb")

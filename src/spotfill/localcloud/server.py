@@ -50,6 +50,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def check_port_free(port: int) -> None:
+    """OSError naming the port when something already listens on it (`local up` and `run --local` say so)."""
+    if port_in_use(port):
+        raise OSError(f"port {port} on {HOST} is already in use")
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         return sock.connect_ex((HOST, port)) == 0
@@ -91,8 +97,7 @@ class EmulatorServer:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
-        if port_in_use(self.port):
-            raise OSError(f"port {self.port} on {HOST} is already in use")
+        check_port_free(self.port)
         # moto's Step Functions interpreter calls back into http://localhost:$MOTO_PORT for every Task.
         os.environ["MOTO_PORT"] = str(self.port)
         _sign_step_functions_calls(self.credentials)
