@@ -240,7 +240,7 @@ def test_a_keras_file_that_is_not_a_model_is_refused_before_any_work_and_creates
     model, input_dir = shards  # m.keras holds one byte, not a model (a .keras file is a zip archive)
     assert _run(model, input_dir, tmp_path / "out") == 2
     error = _error(capsys)
-    assert "m.keras is not a valid .keras file" in error and "File not found" not in error
+    assert "m.keras: not a valid .keras file (a zip archive)" in error and "File not found" not in error
     assert not (tmp_path / "out").exists()  # a refused run creates nothing
 
 
@@ -252,7 +252,7 @@ def test_a_junk_savedmodel_archive_is_refused_in_one_sentence(shards, tmp_path, 
     printed = capsys.readouterr()
     lines = [line for line in printed.err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("spotfill: error: "), printed.err
-    assert "model.tar.gz is not a valid SavedModel archive" in lines[0]
+    assert "SavedModel archive model.tar.gz: not a tar file, gzip-compressed or not" in lines[0]
     assert not (tmp_path / "out").exists()
 
 

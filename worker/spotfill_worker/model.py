@@ -84,7 +84,7 @@ def load_keras_model(path: Path, policy: str | None = None) -> Any:
     if path.is_file() and not zipfile.is_zipfile(path):
         # Keras answers such a file with "File not found", though it exists.
         raise ModelLoadError(
-            f"{path.name} is not a valid .keras file: a .keras file is a zip archive, this is not"
+            f"cannot load Keras model {path.name}: not a valid .keras file (a zip archive), though it exists"
         )
     try:
         model = keras.models.load_model(path, compile=False)
@@ -134,7 +134,7 @@ def _load_savedmodel_archive(path: Path) -> LoadedModel:
     except tarfile.ReadError:
         # tarfile's own message lists every compression it tried, a line each.
         raise ModelLoadError(
-            f"{path.name} is not a valid SavedModel archive: it cannot be read as a tar file (gzip or not)"
+            f"cannot unpack SavedModel archive {path.name}: not a tar file, gzip-compressed or not"
         ) from None
     except Exception as exc:
         raise ModelLoadError(
