@@ -98,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spotfill.localrun import LOCAL_REDRIVE, run_local
+    from spotfill.localrun import LOCAL_REDRIVE, run_local, write_report
     from spotfill.progress_display import report_table
 
     result = run_local(
@@ -121,6 +121,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if result.report:
         console.print(report_table({**result.report, "reason": result.reason}, redrive=LOCAL_REDRIVE))
+    written = write_report(result, Path(args.output), Path(args.report) if args.report else None)
+    if written:
+        console.print(f"report: {' and '.join(str(path) for path in written)}", markup=False)
     kept = f" ({len(result.skipped)} kept from an earlier run)" if result.skipped else ""
     console.print(f"{len(result.outputs)} output file(s) in {args.output}{kept}")
     logs = (
@@ -636,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--keep-run-dir", action="store_true", help="keep the local cloud's temporary folder (worker logs)"
+    )
+    run.add_argument(
+        "--report",
+        metavar="FILE",
+        help="where the run's report goes as an HTML page, with the JSON report beside it as FILE's .json "
+        "(default: beside --output, OUTPUT-report-RUNID.html and .json)",
     )
     run.set_defaults(func=cmd_run)
 

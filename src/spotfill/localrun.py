@@ -478,6 +478,26 @@ def fetch_outputs(
     return outputs, failures
 
 
+def write_report(result: LocalRunResult, output_dir: Path, page: Path | None = None) -> list[Path]:
+    """The run's report, which would go with its local cloud: the HTML page at `page` (default: beside the
+    output folder, `<folder>-report-<run id>.html`) and the JSON report beside it (`.json`). Returns the files
+    written; none without a report."""
+    run_id = (result.report or {}).get("run_id")
+    if not result.report or not run_id:
+        return []
+    page = page or output_dir.parent / f"{output_dir.name}-report-{run_id}.html"
+    document = page.with_suffix(".json")
+    try:
+        page.parent.mkdir(parents=True, exist_ok=True)
+        document.write_text(json.dumps(result.report, indent=2, default=str) + "\n", encoding="utf-8")
+        if result.report_page is None:
+            return [document]
+        page.write_text(result.report_page, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write the run's report to {page}: {exc.strerror or exc}") from None
+    return [page, document]
+
+
 def _reason(exc: BaseException) -> str:
     from botocore.exceptions import ClientError
 

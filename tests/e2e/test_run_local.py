@@ -4,6 +4,7 @@ or temporary folder outlives the run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -229,6 +230,12 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
     # and the complete output was kept, not computed again
     assert "1 of 3 shard(s) already have a complete output" in printed.out
     np.testing.assert_array_equal(np.load(output_dir / shards[0].name), earlier)
+    # and the run's report (its local cloud is gone) is written beside the output folder, and said where
+    pages = list(tmp_path.glob("out-report-*.html"))
+    assert len(pages) == 1 and pages[0].read_text().lstrip().lower().startswith("<!doctype html"), printed.out
+    report = json.loads(pages[0].with_suffix(".json").read_text())
+    assert pages[0].name == f"out-report-{report['run_id']}.html"
+    assert f"report: {pages[0]} and {pages[0].with_suffix('.json')}" in printed.out.splitlines()
 
 
 # --- item 6: a model or shards that can never work are refused before the local cloud starts ----------------
