@@ -3,7 +3,8 @@
 Execution inputs Validate accepts (docs/contracts.md, "The backfill spec"):
 
 1. The EventBridge S3 `Object Created` event of a manifest (JSON, the spec's schema) put under `backfills/`
-   in the control bucket.
+   in the control bucket. The run's spec is the upload the event names (`detail.object.version-id`, else its
+   `etag` as a condition of the read), never whatever was uploaded to the key since (`Upload`).
 2. A schedule event `{"manifest": "s3://<control bucket>/<key>.json", "time": "<ISO 8601>"}`. Inside the
    manifest's string values these placeholders resolve from the event time (UTC):
 
@@ -168,11 +169,40 @@ def resolve_placeholders(document: Any, time: datetime, path: str = "") -> Any:
 # ---------------------------------------------------------------------------------------------- manifests
 
 
-def read_manifest(uri: str, s3: Any) -> Any:
-    """Fetch and decode a JSON manifest; unreadable or malformed manifests are spec errors."""
+@dataclass(frozen=True)
+class Upload:
+    """Which upload of a manifest key an S3 event names: its version id (a versioned bucket: the control
+    bucket is), else its ETag (an unversioned or versioning-suspended bucket, where S3 sends `version-id`
+    "null" or none). Reading the key's newest object instead would run a later upload's spec in this upload's
+    execution, and that spec twice."""
+
+    version_id: str | None
+    etag: str | None
+
+    @classmethod
+    def of_event(cls, version_id: str | None, etag: str | None) -> Upload:
+        version_id = version_id if version_id and version_id != "null" else None
+        if not version_id and not etag:
+            raise InvalidSpecError(
+                "S3 event: detail.object has neither a version-id nor an etag, so which upload of the "
+                "manifest to run is unknown."
+            )
+        return cls(version_id, etag or None)
+
+    def get_arguments(self) -> dict[str, str]:
+        """GetObject's arguments that read this upload and no other: by version id (IAM: s3:GetObjectVersion),
+        else conditional on the ETag (S3 answers 412 PreconditionFailed once another upload replaced it)."""
+        if self.version_id:
+            return {"VersionId": self.version_id}
+        return {"IfMatch": f'"{self.etag}"'}
+
+
+def read_manifest(uri: str, s3: Any, upload: Upload | None = None) -> Any:
+    """Fetch and decode a JSON manifest (the upload an S3 event names, where given); unreadable or malformed
+    manifests, and an upload that a newer one replaced, are spec errors."""
     bucket, key = shards.split_s3_uri(uri)
     try:
-        obj = s3.get_object(Bucket=bucket, Key=key)
+        obj = s3.get_object(Bucket=bucket, Key=key, **(upload.get_arguments() if upload else {}))
         if obj.get("ContentLength", 0) > MAX_MANIFEST_BYTES:
             raise InvalidSpecError(f"manifest {uri}: larger than {MAX_MANIFEST_BYTES} bytes.")
         body = obj["Body"].read()
@@ -180,6 +210,17 @@ def read_manifest(uri: str, s3: Any) -> Any:
         if is_transient(exc):
             raise TransientAwsError(f"manifest {uri}: {exc}") from exc
         code = exc.response.get("Error", {}).get("Code", "")
+        if upload and code in ("PreconditionFailed", "412"):
+            raise InvalidSpecError(
+                f"manifest {uri}: the upload this event names (ETag {upload.etag}) was replaced by a newer "
+                "upload of the key before it was read, and the bucket keeps no versions to read it from: "
+                "this run is refused (the newer upload's own event runs the newer spec)."
+            ) from None
+        if upload and upload.version_id and code in ("NoSuchVersion", "NoSuchKey", "404"):
+            raise InvalidSpecError(
+                f"manifest {uri}: cannot be read: version {upload.version_id}, the upload this event names, "
+                f"no longer exists ({code})."
+            ) from None
         raise InvalidSpecError(f"manifest {uri}: cannot be read ({code}).") from None
     try:
         return json.loads(body)
@@ -257,8 +298,10 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
         event: S3EventNotificationEventBridgeModel = _parse(
             S3EventNotificationEventBridgeModel, trigger, "S3 event"
         )
-        uri = read_manifest_from_event(event.detail.bucket.name, event.detail.object.key, s3, settings)
-        return Request(spec_from_document(read_manifest(uri, s3), f"manifest {uri}"), "s3", uri)
+        s3_object = event.detail.object
+        upload = Upload.of_event(s3_object.version_id, s3_object.etag)
+        uri = read_manifest_from_event(event.detail.bucket.name, s3_object.key, s3, settings)
+        return Request(spec_from_document(read_manifest(uri, s3, upload), f"manifest {uri}"), "s3", uri)
     if "manifest" in trigger:
         schedule: ScheduleTrigger = _parse(ScheduleTrigger, trigger, "schedule event")
         if not schedule.manifest.startswith("s3://"):
