@@ -44,14 +44,14 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from botocore.exceptions import ClientError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from spotfill_control import shards, state_store
+from spotfill_control import budget, shards, state_store
 from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.fleet import subnets_for
 from spotfill_control.instance_types import InstanceTypeFacts, check_fleet_kind
 from spotfill_control.preflight import Preflight
-from spotfill_control.run import RunState, Timeline, utcnow
+from spotfill_control.run import RunState, SpotPrice, Timeline, utcnow
 from spotfill_control.spec import BackfillSpec
 
 MANIFEST_PREFIX = "backfills/"
@@ -414,6 +414,35 @@ def check_priced_for_cap(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]
         )
 
 
+def check_cap_covers_least_cost(
+    spec: BackfillSpec, facts: dict[str, InstanceTypeFacts], spot_prices: list[SpotPrice]
+) -> None:
+    """A cap below the least the run can cost (`budget.least_cost_usd`: one instance of the fleet's cheapest
+    price through its boot and one poll) bounds nothing: the run would spend past it before the first poll
+    could drain it. Priced as the budget prices at run time: the spot prices in effect now, on demand for an
+    on-demand-only fleet or a type with no spot price."""
+    cap = spec.limits.max_total_usd
+    if cap is None:
+        return
+    on_demand = {n: f.on_demand_hourly_usd for n, f in facts.items() if f.on_demand_hourly_usd is not None}
+    name, hourly, option = budget.cheapest_instance(
+        spec.fleet.instance_types,
+        {(p.instance_type, p.availability_zone): p.usd_per_hour for p in spot_prices},
+        on_demand,
+        spot=spec.fleet.on_demand_base < spec.fleet.target_capacity,
+    )
+    poll = spec.limits.poll_interval_seconds
+    least = budget.least_cost_usd(hourly, poll)
+    if cap < least:
+        raise InvalidSpecError(
+            f"limits.max_total_usd: ${budget.format_usd(cap)} is below the least this run can cost, so it "
+            f"cannot bound the spend; the least cap that could is ${budget.format_usd_up(least)}: one {name} "
+            f"(the fleet's cheapest, {option} at ${budget.format_usd(hourly)}/h) billed for "
+            f"{budget.BOOT_ALLOWANCE_SECONDS} s of boot and registration plus one poll interval "
+            f"(limits.poll_interval_seconds = {poll})."
+        )
+
+
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
     if not spec.fleet.subnets and not settings.default_subnets:
         raise InvalidSpecError("fleet.subnets: empty, and the stack sets no default subnets.")
@@ -441,6 +470,9 @@ def check_spec(
     if preflight is not None:
         facts = preflight.instance_types(spec)
         check_fleet_types(spec, facts, settings)
+        if spec.limits.max_total_usd is not None:
+            spot_prices = budget.current_spot_prices(spec.fleet.instance_types, now, preflight.ec2)
+            check_cap_covers_least_cost(spec, facts, spot_prices)
         preflight.check(spec, facts, subnets_for(spec.fleet, settings), settings.worker_image_for(facts), now)
     return found, facts
 
