@@ -52,9 +52,13 @@ from spotfill_control.fleet import subnets_for
 from spotfill_control.instance_types import InstanceTypeFacts, check_fleet_kind
 from spotfill_control.preflight import Preflight
 from spotfill_control.run import RunState, SpotPrice, Timeline, utcnow
-from spotfill_control.spec import BackfillSpec
+from spotfill_control.spec import OUTPUT_EXTENSIONS, BackfillSpec
 
 MANIFEST_PREFIX = "backfills/"
+# Existing outputs whose model Validate reads before Prepare skips their shards: a sample from the first
+# listing page, so a re-run costs one ListObjectsV2 and at most this many HeadObjects whatever its size.
+MODEL_CHECK_SAMPLE = 8
+MODEL_ETAG_METADATA = "spotfill-model-etag"  # written by the worker on every output
 MAX_MANIFEST_BYTES = 256 * 1024
 _LEADING_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+)\b")
 _PLACEHOLDER = re.compile(r"\{([^{}\s\"]*)\}")
@@ -322,16 +326,50 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def check_model_readable(spec: BackfillSpec, s3: Any) -> None:
+def check_model_readable(spec: BackfillSpec, s3: Any) -> str:
+    """The model object exists and is readable; returns its ETag (quotes stripped), the identity its outputs
+    record."""
     bucket, key = shards.split_s3_uri(spec.model.uri)
     try:
-        s3.head_object(Bucket=bucket, Key=key)
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if is_transient(exc):
             raise TransientAwsError(f"model.uri: {exc}") from exc
         code = exc.response.get("Error", {}).get("Code", "")
         reason = "does not exist" if is_missing_key(exc) else f"is not readable ({code})"
         raise InvalidSpecError(f"model.uri: {spec.model.uri} {reason}.") from None
+    return str(head.get("ETag", "")).strip('"')
+
+
+def check_outputs_made_by_model(spec: BackfillSpec, model_etag: str, s3: Any) -> None:
+    """Prepare skips a shard whose output exists: that is right only if this model made it. The worker records
+    the model object's ETag on each output (`spotfill-model-etag`): an existing output that names another
+    refuses the run, naming both, rather than keeping the other model's predictions. The ETag is what Validate
+    (this HeadObject of the model) and the worker (its own, before it downloads the model) both know for
+    free; it changes whenever the model's bytes do (equal bytes uploaded in other multipart part sizes get
+    another ETag too: refused, on the safe side). Bounded: a sample of at most `MODEL_CHECK_SAMPLE` outputs
+    from the first listing page, spread over it, so a wholesale change of model is always caught; an output
+    without the metadata (written before it existed) names no model and is not judged."""
+    bucket, prefix = shards.split_s3_uri(spec.output.uri)
+    extension = OUTPUT_EXTENSIONS[spec.output.format]
+    try:
+        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        keys = [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(extension)]
+        step = max(1, len(keys) // MODEL_CHECK_SAMPLE)
+        for key in keys[::step][:MODEL_CHECK_SAMPLE]:
+            made_by = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(MODEL_ETAG_METADATA)
+            if made_by and made_by != model_etag:
+                raise InvalidSpecError(
+                    f"output.uri: s3://{bucket}/{key} was made by another model (ETag {made_by}) than "
+                    f"model.uri {spec.model.uri} (ETag {model_etag}); this run would skip its shard and keep "
+                    "the other model's predictions: choose another output.uri, or delete the existing "
+                    "outputs to compute them again with this model."
+                )
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"output.uri: {exc}") from exc
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise InvalidSpecError(f"output.uri: {spec.output.uri} cannot be read ({code}).") from None
 
 
 def check_gpu_tasks(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
@@ -461,11 +499,12 @@ def check_spec(
     order), then the account (`preflight`; None only where a caller checks the spec alone) and the instance
     types' facts (returned). Validate runs it, and so does `spotfill plan`, so both refuse alike."""
     check_subnets(spec, settings)
-    check_model_readable(spec, s3)
+    model_etag = check_model_readable(spec, s3)
     found = shards.list_shards(spec.input, s3)
     if not found:
         raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
     shards.output_uris(spec, found)  # raises when two shards would write the same output
+    check_outputs_made_by_model(spec, model_etag, s3)
     facts: dict[str, InstanceTypeFacts] = {}
     if preflight is not None:
         facts = preflight.instance_types(spec)

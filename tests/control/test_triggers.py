@@ -371,6 +371,40 @@ def test_upload_of_a_versioned_key_runs_the_version_its_event_names(world, lambd
     assert invoke(world, events[0], lambda_context)["spec"]["name"] == "first-upload"
 
 
+def _model_etag(world) -> str:
+    return world.s3.head_object(Bucket=DATA_BUCKET, Key="models/digits.keras")["ETag"].strip('"')
+
+
+def _put_output(world, key: str, model_etag: str | None) -> None:
+    metadata = {"spotfill-rows": "3", **({"spotfill-model-etag": model_etag} if model_etag else {})}
+    world.s3.put_object(Bucket=DATA_BUCKET, Key=key, Body=b"PAR1", Metadata=metadata)
+
+
+@pytest.mark.aws
+def test_outputs_made_by_another_model_refuse_the_run_naming_both_models(world, lambda_context):
+    # given outputs of an earlier run with another model in the output folder, for every shard
+    for i in range(3):
+        _put_output(world, f"outputs/digits/part-{i:05d}.parquet", "0123456789abcdef0123456789abcdef")
+    # when Validate runs the spec with this model / then it refuses, naming an output, both models' ETags
+    with pytest.raises(InvalidSpecError) as refused:
+        invoke(world, sample_spec(), lambda_context)
+    message = str(refused.value)
+    assert message.startswith(f"output.uri: s3://{DATA_BUCKET}/outputs/digits/part-0000")
+    assert "was made by another model (ETag 0123456789abcdef0123456789abcdef)" in message
+    assert f"than model.uri s3://{DATA_BUCKET}/models/digits.keras (ETag {_model_etag(world)})" in message
+    # and no run was created
+    assert world.s3.list_objects_v2(Bucket=CONTROL_BUCKET, Prefix="runs/")["KeyCount"] == 0
+
+
+@pytest.mark.aws
+def test_outputs_made_by_the_same_model_or_naming_none_are_kept_for_prepare_to_skip(world, lambda_context):
+    # given an output made by this model, and one written before outputs named their model
+    _put_output(world, "outputs/digits/part-00000.parquet", _model_etag(world))
+    _put_output(world, "outputs/digits/part-00001.parquet", None)
+    # when Validate runs / then the run is created
+    assert invoke(world, sample_spec(), lambda_context)["shards_total"] == 3
+
+
 # (key of the manifest, the key as S3 puts it in the event: URL-encoded, `/` kept)
 MANIFEST_KEYS = [
     ("backfills/nightly digits.json", "backfills/nightly+digits.json"),
