@@ -87,7 +87,7 @@ def month_long_run() -> tuple[dict, dict]:
             "hours_by_type": {"c5.xlarge": 5_800.0, "c6i.xlarge": 1_400.0},
             "interruptions": interruptions,
         },
-        "budget": {"max_total_usd": 450.0, "accrued_usd": round(spent, 6)},
+        "budget": {"max_total_usd": 450.0, "spent_usd": round(spent, 6)},
         "cost_usd": {
             "total": round(spent, 6),
             "on_demand_equivalent": 1_230.0,

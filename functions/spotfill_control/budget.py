@@ -49,6 +49,11 @@ TEARDOWN_ALLOWANCE_SECONDS = 60
 # Instances that are billed: everything EC2 has not finished terminating.
 BILLED_STATES = frozenset({"pending", "running", "shutting-down", "stopping"})
 CAPACITY_STATES = frozenset({"pending", "running"})
+# The least time any instance of a run is billed before the monitor's first poll can see it: EC2 bills a
+# Linux instance per second with a minimum of 60 seconds, and an ECS-optimized instance takes at least about
+# that long to boot and register with the run's cluster (the registration loop waits for it; the first poll
+# counts from launch).
+BOOT_ALLOWANCE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,36 @@ def projected_total_usd(
     until then and up to the poll that sees the end (no drain: nothing is stopped). Teardown's own seconds
     are left out: a second or two on the local cloud, about a minute of the fleet on AWS."""
     return accrued_usd + hourly_usd * (eta_seconds + poll_interval_seconds) / 3600
+
+
+def least_cost_usd(cheapest_hourly_usd: float, poll_interval_seconds: int) -> float:
+    """The least any run of a fleet can cost: one instance at the cheapest price the fleet may launch at,
+    billed through its boot and registration (`BOOT_ALLOWANCE_SECONDS`) and one poll interval, to the first
+    poll that can drain it. A cap below it cannot bound the spend: the run would cost more before the budget
+    could act."""
+    return cheapest_hourly_usd * (BOOT_ALLOWANCE_SECONDS + poll_interval_seconds) / 3600
+
+
+def cheapest_instance(
+    instance_types: Iterable[str],
+    prices: Mapping[tuple[str, str], float],
+    on_demand: Mapping[str, float],
+    *,
+    spot: bool,
+) -> tuple[str, float, str]:
+    """(type, USD per hour, "spot" or "on-demand") of the cheapest instance the fleet may launch, priced as
+    the budget prices it at run time: a spot instance at its type's spot price (its cheapest zone here, since
+    which zone it lands in is not known yet; on demand where no spot price is known), an on-demand one at its
+    type's on-demand price. `spot` False: the fleet launches on demand only."""
+    offers = []
+    for name in instance_types:
+        zones = [p for (t, _), p in prices.items() if t == name]
+        if spot and zones:
+            offers.append((min(zones), name, "spot"))
+        else:
+            offers.append((on_demand[name], name, "on-demand"))
+    price, name, option = min(offers)
+    return name, price, option
 
 
 def must_drain(cap_usd: float | None, projected_usd: float) -> bool:
@@ -345,11 +380,12 @@ def check_budget(run: RunState, in_flight: int, now: datetime) -> None:
         return
     cap = run.spec.limits.max_total_usd
     unfinished = max(0, run.shards_total - run.shards_skipped - run.progress.outputs_done)
+    # No dollar figure here: what the run cost is the report's (through teardown), and the reason is shown
+    # beside it; the accrual so far would be a second total that disagrees with it.
     raise BudgetReached(
         f"run {run.run_id} drained when its projected cost reached limits.max_total_usd = "
-        f"${format_usd(cap or 0.0)}; it cost ${format_usd(budget.accrued_usd)} so far, "
-        f"{run.progress.outputs_done} shard(s) done and about {unfinished} unfinished: "
-        + redrive_advice(run.run_id)
+        f"${format_usd(cap or 0.0)}, {run.progress.outputs_done} shard(s) done and about {unfinished} "
+        "unfinished: " + redrive_advice(run.run_id)
     )
 
 
@@ -357,6 +393,14 @@ def redrive_advice(run_id: str) -> str:
     """What finishes a drained run's unfinished shards on AWS (the local cloud's `run --local` shows its own
     advice in this one's place: that cloud is gone when the command returns)."""
     return f"`spotfill redrive {run_id} --max-total-usd <new cap>` queues them in a new run"
+
+
+def format_usd_up(value: float) -> str:
+    """`format_usd`, rounded up: a least figure that, given back as is, is not below the figure."""
+    if value <= 0 or not math.isfinite(value):
+        return format_usd(value)
+    digits = max(2, 3 - math.floor(math.log10(value)))
+    return f"{math.ceil(value * 10**digits - 1e-9) / 10**digits:.{digits}f}"
 
 
 def format_usd(value: float) -> str:

@@ -564,9 +564,10 @@ def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple
             )
         )
     cap = (report.get("budget") or {}).get("max_total_usd")
-    if cap is not None:
-        accrued = report["budget"].get("accrued_usd") or 0.0
-        rows.append(("budget", f"${format_usd(accrued)} accrued of ${format_usd(cap)} cap"))
+    if cap is not None:  # the run's one cost figure (`cost_usd.total`) against the cap
+        spent_usd = (report.get("cost_usd") or {}).get("total") or 0.0
+        drained = " (drained)" if report["budget"].get("drain_started_at") else ""
+        rows.append(("budget", f"${format_usd(spent_usd)} of ${format_usd(cap)} cap{drained}"))
     spent = report.get("cost_usd", {})
     if spent:
         options = spent.get("by_purchase_option", {})
@@ -705,7 +706,7 @@ def build_report(
             },
             "cost_usd": cost_section(summary, facts.predictions, run),
             "model_runtime": model_runtime_section(run.spec.model, facts.runtimes),
-            "budget": budget_of(run),
+            "budget": budget_of(run, summary.total_usd if summary else 0.0),
             "throughput": {
                 "mean_shards_per_second": _round(per_second(facts.succeeded, processing_seconds)),
                 "peak_shards_per_second": round(run.progress.peak_shards_per_second, 6),
@@ -777,14 +778,15 @@ def capacity_of(run: RunState) -> dict[str, Any]:
     }
 
 
-def budget_of(run: RunState) -> dict[str, Any]:
-    """The dollar cap and what the monitor accrued against it (the cost above is the report's own reckoning
-    from each instance's hours and the time-weighted spot price)."""
+def budget_of(run: RunState, spent_usd: float) -> dict[str, Any]:
+    """The dollar cap against what the run cost, `spent_usd`: the report's one cost figure (`cost_usd.total`,
+    each instance from launch to termination). The monitor's own accrual stops at its last poll, before the
+    drain's end and teardown, so it is a running figure only (`spotfill watch`, the series) and never reported
+    as the run's cost: two totals for one run would contradict each other."""
     b = run.budget
     return {
         "max_total_usd": run.spec.limits.max_total_usd,
-        "accrued_usd": round(b.accrued_usd, USD_DIGITS),
-        "accrued_through": b.accrued_through.isoformat() if b.accrued_through else None,
+        "spent_usd": round(spent_usd, USD_DIGITS),
         "last_projected_usd": round(b.projected_usd, USD_DIGITS),
         "fleet_hourly_usd": round(b.hourly_usd, USD_DIGITS),
         "drain_started_at": b.draining_since.isoformat() if b.draining_since else None,

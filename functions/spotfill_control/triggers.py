@@ -3,7 +3,8 @@
 Execution inputs Validate accepts (docs/contracts.md, "The backfill spec"):
 
 1. The EventBridge S3 `Object Created` event of a manifest (JSON, the spec's schema) put under `backfills/`
-   in the control bucket.
+   in the control bucket. The run's spec is the upload the event names (`detail.object.version-id`, else its
+   `etag` as a condition of the read), never whatever was uploaded to the key since (`Upload`).
 2. A schedule event `{"manifest": "s3://<control bucket>/<key>.json", "time": "<ISO 8601>"}`. Inside the
    manifest's string values these placeholders resolve from the event time (UTC):
 
@@ -43,17 +44,21 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from botocore.exceptions import ClientError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from spotfill_control import shards, state_store
+from spotfill_control import budget, shards, state_store
 from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.fleet import subnets_for
 from spotfill_control.instance_types import InstanceTypeFacts, check_fleet_kind
 from spotfill_control.preflight import Preflight
-from spotfill_control.run import RunState, Timeline, utcnow
-from spotfill_control.spec import BackfillSpec
+from spotfill_control.run import RunState, SpotPrice, Timeline, utcnow
+from spotfill_control.spec import OUTPUT_EXTENSIONS, BackfillSpec
 
 MANIFEST_PREFIX = "backfills/"
+# Existing outputs whose model Validate reads before Prepare skips their shards: a sample from the first
+# listing page, so a re-run costs one ListObjectsV2 and at most this many HeadObjects whatever its size.
+MODEL_CHECK_SAMPLE = 8
+MODEL_ETAG_METADATA = "spotfill-model-etag"  # written by the worker on every output
 MAX_MANIFEST_BYTES = 256 * 1024
 _LEADING_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+)\b")
 _PLACEHOLDER = re.compile(r"\{([^{}\s\"]*)\}")
@@ -168,11 +173,40 @@ def resolve_placeholders(document: Any, time: datetime, path: str = "") -> Any:
 # ---------------------------------------------------------------------------------------------- manifests
 
 
-def read_manifest(uri: str, s3: Any) -> Any:
-    """Fetch and decode a JSON manifest; unreadable or malformed manifests are spec errors."""
+@dataclass(frozen=True)
+class Upload:
+    """Which upload of a manifest key an S3 event names: its version id (a versioned bucket: the control
+    bucket is), else its ETag (an unversioned or versioning-suspended bucket, where S3 sends `version-id`
+    "null" or none). Reading the key's newest object instead would run a later upload's spec in this upload's
+    execution, and that spec twice."""
+
+    version_id: str | None
+    etag: str | None
+
+    @classmethod
+    def of_event(cls, version_id: str | None, etag: str | None) -> Upload:
+        version_id = version_id if version_id and version_id != "null" else None
+        if not version_id and not etag:
+            raise InvalidSpecError(
+                "S3 event: detail.object has neither a version-id nor an etag, so which upload of the "
+                "manifest to run is unknown."
+            )
+        return cls(version_id, etag or None)
+
+    def get_arguments(self) -> dict[str, str]:
+        """GetObject's arguments that read this upload and no other: by version id (IAM: s3:GetObjectVersion),
+        else conditional on the ETag (S3 answers 412 PreconditionFailed once another upload replaced it)."""
+        if self.version_id:
+            return {"VersionId": self.version_id}
+        return {"IfMatch": f'"{self.etag}"'}
+
+
+def read_manifest(uri: str, s3: Any, upload: Upload | None = None) -> Any:
+    """Fetch and decode a JSON manifest (the upload an S3 event names, where given); unreadable or malformed
+    manifests, and an upload that a newer one replaced, are spec errors."""
     bucket, key = shards.split_s3_uri(uri)
     try:
-        obj = s3.get_object(Bucket=bucket, Key=key)
+        obj = s3.get_object(Bucket=bucket, Key=key, **(upload.get_arguments() if upload else {}))
         if obj.get("ContentLength", 0) > MAX_MANIFEST_BYTES:
             raise InvalidSpecError(f"manifest {uri}: larger than {MAX_MANIFEST_BYTES} bytes.")
         body = obj["Body"].read()
@@ -180,6 +214,17 @@ def read_manifest(uri: str, s3: Any) -> Any:
         if is_transient(exc):
             raise TransientAwsError(f"manifest {uri}: {exc}") from exc
         code = exc.response.get("Error", {}).get("Code", "")
+        if upload and code in ("PreconditionFailed", "412"):
+            raise InvalidSpecError(
+                f"manifest {uri}: the upload this event names (ETag {upload.etag}) was replaced by a newer "
+                "upload of the key before it was read, and the bucket keeps no versions to read it from: "
+                "this run is refused (the newer upload's own event runs the newer spec)."
+            ) from None
+        if upload and upload.version_id and code in ("NoSuchVersion", "NoSuchKey", "404"):
+            raise InvalidSpecError(
+                f"manifest {uri}: cannot be read: version {upload.version_id}, the upload this event names, "
+                f"no longer exists ({code})."
+            ) from None
         raise InvalidSpecError(f"manifest {uri}: cannot be read ({code}).") from None
     try:
         return json.loads(body)
@@ -257,8 +302,10 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
         event: S3EventNotificationEventBridgeModel = _parse(
             S3EventNotificationEventBridgeModel, trigger, "S3 event"
         )
-        uri = read_manifest_from_event(event.detail.bucket.name, event.detail.object.key, s3, settings)
-        return Request(spec_from_document(read_manifest(uri, s3), f"manifest {uri}"), "s3", uri)
+        s3_object = event.detail.object
+        upload = Upload.of_event(s3_object.version_id, s3_object.etag)
+        uri = read_manifest_from_event(event.detail.bucket.name, s3_object.key, s3, settings)
+        return Request(spec_from_document(read_manifest(uri, s3, upload), f"manifest {uri}"), "s3", uri)
     if "manifest" in trigger:
         schedule: ScheduleTrigger = _parse(ScheduleTrigger, trigger, "schedule event")
         if not schedule.manifest.startswith("s3://"):
@@ -279,16 +326,50 @@ def normalise(trigger: Any, s3: Any, settings: Settings) -> Request | RunState:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def check_model_readable(spec: BackfillSpec, s3: Any) -> None:
+def check_model_readable(spec: BackfillSpec, s3: Any) -> str:
+    """The model object exists and is readable; returns its ETag (quotes stripped), the identity its outputs
+    record."""
     bucket, key = shards.split_s3_uri(spec.model.uri)
     try:
-        s3.head_object(Bucket=bucket, Key=key)
+        head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if is_transient(exc):
             raise TransientAwsError(f"model.uri: {exc}") from exc
         code = exc.response.get("Error", {}).get("Code", "")
         reason = "does not exist" if is_missing_key(exc) else f"is not readable ({code})"
         raise InvalidSpecError(f"model.uri: {spec.model.uri} {reason}.") from None
+    return str(head.get("ETag", "")).strip('"')
+
+
+def check_outputs_made_by_model(spec: BackfillSpec, model_etag: str, s3: Any) -> None:
+    """Prepare skips a shard whose output exists: that is right only if this model made it. The worker records
+    the model object's ETag on each output (`spotfill-model-etag`): an existing output that names another
+    refuses the run, naming both, rather than keeping the other model's predictions. The ETag is what Validate
+    (this HeadObject of the model) and the worker (its own, before it downloads the model) both know for
+    free; it changes whenever the model's bytes do (equal bytes uploaded in other multipart part sizes get
+    another ETag too: refused, on the safe side). Bounded: a sample of at most `MODEL_CHECK_SAMPLE` outputs
+    from the first listing page, spread over it, so a wholesale change of model is always caught; an output
+    without the metadata (written before it existed) names no model and is not judged."""
+    bucket, prefix = shards.split_s3_uri(spec.output.uri)
+    extension = OUTPUT_EXTENSIONS[spec.output.format]
+    try:
+        page = s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        keys = [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(extension)]
+        step = max(1, len(keys) // MODEL_CHECK_SAMPLE)
+        for key in keys[::step][:MODEL_CHECK_SAMPLE]:
+            made_by = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(MODEL_ETAG_METADATA)
+            if made_by and made_by != model_etag:
+                raise InvalidSpecError(
+                    f"output.uri: s3://{bucket}/{key} was made by another model (ETag {made_by}) than "
+                    f"model.uri {spec.model.uri} (ETag {model_etag}); this run would skip its shard and keep "
+                    "the other model's predictions: choose another output.uri, or delete the existing "
+                    "outputs to compute them again with this model."
+                )
+    except ClientError as exc:
+        if is_transient(exc):
+            raise TransientAwsError(f"output.uri: {exc}") from exc
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise InvalidSpecError(f"output.uri: {spec.output.uri} cannot be read ({code}).") from None
 
 
 def check_gpu_tasks(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]) -> None:
@@ -371,6 +452,35 @@ def check_priced_for_cap(spec: BackfillSpec, facts: dict[str, InstanceTypeFacts]
         )
 
 
+def check_cap_covers_least_cost(
+    spec: BackfillSpec, facts: dict[str, InstanceTypeFacts], spot_prices: list[SpotPrice]
+) -> None:
+    """A cap below the least the run can cost (`budget.least_cost_usd`: one instance of the fleet's cheapest
+    price through its boot and one poll) bounds nothing: the run would spend past it before the first poll
+    could drain it. Priced as the budget prices at run time: the spot prices in effect now, on demand for an
+    on-demand-only fleet or a type with no spot price."""
+    cap = spec.limits.max_total_usd
+    if cap is None:
+        return
+    on_demand = {n: f.on_demand_hourly_usd for n, f in facts.items() if f.on_demand_hourly_usd is not None}
+    name, hourly, option = budget.cheapest_instance(
+        spec.fleet.instance_types,
+        {(p.instance_type, p.availability_zone): p.usd_per_hour for p in spot_prices},
+        on_demand,
+        spot=spec.fleet.on_demand_base < spec.fleet.target_capacity,
+    )
+    poll = spec.limits.poll_interval_seconds
+    least = budget.least_cost_usd(hourly, poll)
+    if cap < least:
+        raise InvalidSpecError(
+            f"limits.max_total_usd: ${budget.format_usd(cap)} is below the least this run can cost, so it "
+            f"cannot bound the spend; the least cap that could is ${budget.format_usd_up(least)}: one {name} "
+            f"(the fleet's cheapest, {option} at ${budget.format_usd(hourly)}/h) billed for "
+            f"{budget.BOOT_ALLOWANCE_SECONDS} s of boot and registration plus one poll interval "
+            f"(limits.poll_interval_seconds = {poll})."
+        )
+
+
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
     if not spec.fleet.subnets and not settings.default_subnets:
         raise InvalidSpecError("fleet.subnets: empty, and the stack sets no default subnets.")
@@ -389,15 +499,19 @@ def check_spec(
     order), then the account (`preflight`; None only where a caller checks the spec alone) and the instance
     types' facts (returned). Validate runs it, and so does `spotfill plan`, so both refuse alike."""
     check_subnets(spec, settings)
-    check_model_readable(spec, s3)
+    model_etag = check_model_readable(spec, s3)
     found = shards.list_shards(spec.input, s3)
     if not found:
         raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
     shards.output_uris(spec, found)  # raises when two shards would write the same output
+    check_outputs_made_by_model(spec, model_etag, s3)
     facts: dict[str, InstanceTypeFacts] = {}
     if preflight is not None:
         facts = preflight.instance_types(spec)
         check_fleet_types(spec, facts, settings)
+        if spec.limits.max_total_usd is not None:
+            spot_prices = budget.current_spot_prices(spec.fleet.instance_types, now, preflight.ec2)
+            check_cap_covers_least_cost(spec, facts, spot_prices)
         preflight.check(spec, facts, subnets_for(spec.fleet, settings), settings.worker_image_for(facts), now)
     return found, facts
 

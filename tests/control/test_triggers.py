@@ -286,6 +286,23 @@ def invoke(world, execution_input, lambda_context) -> dict[str, Any]:
     return validate_handler.handler(world.validate_event(execution_input), lambda_context)["run"]
 
 
+def upload(world, key: str, body: bytes, key_in_event: str | None = None, bucket: str = CONTROL_BUCKET):
+    """Put a manifest and return the event S3 sends for that upload: the test bucket is unversioned, so the
+    event names the upload by its ETag and carries no version id."""
+    put = world.s3.put_object(Bucket=bucket, Key=key, Body=body)
+    event = load_event("s3_manifest_created.json")
+    event["detail"]["bucket"]["name"] = bucket
+    event["detail"]["object"]["key"] = key if key_in_event is None else key_in_event
+    event["detail"]["object"]["etag"] = put["ETag"].strip('"')
+    event["detail"]["object"]["size"] = len(body)
+    del event["detail"]["object"]["version-id"]
+    return event
+
+
+def upload_spec(world, key: str, spec: dict[str, Any], key_in_event: str | None = None) -> dict[str, Any]:
+    return upload(world, key, json.dumps(spec).encode(), key_in_event)
+
+
 @pytest.mark.aws
 def test_spec_as_execution_input_becomes_a_persisted_run(world, lambda_context):
     # given the spec itself as execution input / when Validate runs
@@ -307,19 +324,85 @@ def test_spec_as_execution_input_becomes_a_persisted_run(world, lambda_context):
 @pytest.mark.aws
 def test_manifest_uploaded_under_backfills_starts_a_run_from_its_content(world, lambda_context):
     # given a manifest put under backfills/ and the EventBridge event S3 sends for it
-    world.put_json(CONTROL_BUCKET, "backfills/digits-demo.json", sample_spec(name="from-upload"))
+    event = upload_spec(world, "backfills/digits-demo.json", sample_spec(name="from-upload"))
     # when Validate runs on the event
-    run = invoke(world, load_event("s3_manifest_created.json"), lambda_context)
+    run = invoke(world, event, lambda_context)
     # then the spec is the manifest's
     assert run["source"] == "s3"
     assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/backfills/digits-demo.json"
     assert run["spec"]["name"] == "from-upload"
 
 
-def _s3_event_for(key_in_event: str) -> dict[str, Any]:
-    event = load_event("s3_manifest_created.json")
-    event["detail"]["object"]["key"] = key_in_event
-    return event
+@pytest.mark.aws
+def test_each_upload_of_an_unversioned_key_runs_its_own_spec_and_a_superseded_one_is_refused_naming_it(
+    world, lambda_context
+):
+    # given two uploads to one key a moment apart, in a bucket that keeps no versions
+    first = upload_spec(world, "backfills/tt.json", sample_spec(name="first-upload"))
+    second = upload_spec(world, "backfills/tt.json", sample_spec(name="second-upload"))
+    # when Validate runs on the second upload's event / then it runs the second spec
+    assert invoke(world, second, lambda_context)["spec"]["name"] == "second-upload"
+    # when Validate runs on the first upload's event / then it refuses, naming the upload it was asked to run,
+    # rather than running the second spec a second time
+    etag = first["detail"]["object"]["etag"]
+    with pytest.raises(InvalidSpecError) as refused:
+        invoke(world, first, lambda_context)
+    assert str(refused.value).startswith(f"manifest s3://{CONTROL_BUCKET}/backfills/tt.json: the upload")
+    assert f"(ETag {etag}) was replaced by a newer upload" in str(refused.value)
+    # and only the second upload's run exists
+    runs = world.s3.list_objects_v2(Bucket=CONTROL_BUCKET, Prefix="runs/")["Contents"]
+    assert len({o["Key"].split("/")[1] for o in runs}) == 1
+
+
+@pytest.mark.aws
+def test_upload_of_a_versioned_key_runs_the_version_its_event_names(world, lambda_context):
+    # given a versioned bucket and two uploads to one key a moment apart
+    world.s3.put_bucket_versioning(Bucket=CONTROL_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    events = []
+    for name in ("first-upload", "second-upload"):
+        event = upload_spec(world, "backfills/tt.json", sample_spec(name=name))
+        versions = world.s3.list_object_versions(Bucket=CONTROL_BUCKET, Prefix="backfills/tt.json")
+        event["detail"]["object"]["version-id"] = next(v for v in versions["Versions"] if v["IsLatest"])[
+            "VersionId"
+        ]
+        events.append(event)
+    # when Validate runs on each event, the first one last / then each runs its own upload's spec
+    assert invoke(world, events[1], lambda_context)["spec"]["name"] == "second-upload"
+    assert invoke(world, events[0], lambda_context)["spec"]["name"] == "first-upload"
+
+
+def _model_etag(world) -> str:
+    return world.s3.head_object(Bucket=DATA_BUCKET, Key="models/digits.keras")["ETag"].strip('"')
+
+
+def _put_output(world, key: str, model_etag: str | None) -> None:
+    metadata = {"spotfill-rows": "3", **({"spotfill-model-etag": model_etag} if model_etag else {})}
+    world.s3.put_object(Bucket=DATA_BUCKET, Key=key, Body=b"PAR1", Metadata=metadata)
+
+
+@pytest.mark.aws
+def test_outputs_made_by_another_model_refuse_the_run_naming_both_models(world, lambda_context):
+    # given outputs of an earlier run with another model in the output folder, for every shard
+    for i in range(3):
+        _put_output(world, f"outputs/digits/part-{i:05d}.parquet", "0123456789abcdef0123456789abcdef")
+    # when Validate runs the spec with this model / then it refuses, naming an output, both models' ETags
+    with pytest.raises(InvalidSpecError) as refused:
+        invoke(world, sample_spec(), lambda_context)
+    message = str(refused.value)
+    assert message.startswith(f"output.uri: s3://{DATA_BUCKET}/outputs/digits/part-0000")
+    assert "was made by another model (ETag 0123456789abcdef0123456789abcdef)" in message
+    assert f"than model.uri s3://{DATA_BUCKET}/models/digits.keras (ETag {_model_etag(world)})" in message
+    # and no run was created
+    assert world.s3.list_objects_v2(Bucket=CONTROL_BUCKET, Prefix="runs/")["KeyCount"] == 0
+
+
+@pytest.mark.aws
+def test_outputs_made_by_the_same_model_or_naming_none_are_kept_for_prepare_to_skip(world, lambda_context):
+    # given an output made by this model, and one written before outputs named their model
+    _put_output(world, "outputs/digits/part-00000.parquet", _model_etag(world))
+    _put_output(world, "outputs/digits/part-00001.parquet", None)
+    # when Validate runs / then the run is created
+    assert invoke(world, sample_spec(), lambda_context)["shards_total"] == 3
 
 
 # (key of the manifest, the key as S3 puts it in the event: URL-encoded, `/` kept)
@@ -337,9 +420,9 @@ def test_manifest_key_from_the_event_is_url_decoded_to_the_manifest_it_names(
     world, lambda_context, key, key_in_event
 ):
     # given a manifest whose key needs encoding, and the event S3 sends for its upload
-    world.put_json(CONTROL_BUCKET, key, sample_spec(name="special-key"))
+    event = upload_spec(world, key, sample_spec(name="special-key"), key_in_event)
     # when Validate runs on the event
-    run = invoke(world, _s3_event_for(key_in_event), lambda_context)
+    run = invoke(world, event, lambda_context)
     # then the run was started from that manifest
     assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/{key}"
     assert run["spec"]["name"] == "special-key"
@@ -348,9 +431,9 @@ def test_manifest_key_from_the_event_is_url_decoded_to_the_manifest_it_names(
 @pytest.mark.aws
 def test_manifest_key_sent_unencoded_is_used_as_sent_when_no_decoded_key_exists(world, lambda_context):
     # given a manifest with a literal plus, named as is in the event (a sender that does not URL-encode)
-    world.put_json(CONTROL_BUCKET, "backfills/c++ run.json", sample_spec(name="as-sent"))
+    event = upload_spec(world, "backfills/c++ run.json", sample_spec(name="as-sent"))
     # when Validate runs on the event
-    run = invoke(world, _s3_event_for("backfills/c++ run.json"), lambda_context)
+    run = invoke(world, event, lambda_context)
     # then the key as sent names the manifest (decoded, "backfills/c   run.json" does not exist)
     assert run["manifest_uri"] == f"s3://{CONTROL_BUCKET}/backfills/c++ run.json"
     assert run["spec"]["name"] == "as-sent"
@@ -359,7 +442,8 @@ def test_manifest_key_sent_unencoded_is_used_as_sent_when_no_decoded_key_exists(
 @pytest.mark.aws
 def test_event_key_that_is_not_url_encoded_utf8_is_rejected_naming_the_key(world, lambda_context):
     # given an event whose key decodes to bytes that are not UTF-8
-    event = _s3_event_for("backfills/%FF%FE.json")
+    event = load_event("s3_manifest_created.json")
+    event["detail"]["object"]["key"] = "backfills/%FF%FE.json"
     # when Validate runs / then it fails in one sentence naming the field
     with pytest.raises(InvalidSpecError, match=r"^S3 event: detail\.object\.key '.*%FF%FE\.json' is not a"):
         invoke(world, event, lambda_context)
@@ -401,8 +485,7 @@ def test_resumed_run_passes_through_pointed_at_the_new_execution(world, lambda_c
 
 
 def _bad_manifest(world):
-    world.s3.put_object(Bucket=CONTROL_BUCKET, Key="backfills/digits-demo.json", Body=b'{"name": "x",')
-    return load_event("s3_manifest_created.json")
+    return upload(world, "backfills/digits-demo.json", b'{"name": "x",')
 
 
 def _manifest_elsewhere(world):
@@ -424,10 +507,7 @@ def _manifest_gone(world):
 
 
 def _manifest_with_bad_spec(world):
-    world.put_json(
-        CONTROL_BUCKET, "backfills/digits-demo.json", with_value("fleet.instance_types", ["c5 huge"])
-    )
-    return load_event("s3_manifest_created.json")
+    return upload_spec(world, "backfills/digits-demo.json", with_value("fleet.instance_types", ["c5 huge"]))
 
 
 def _event_without_key(world):
@@ -611,9 +691,11 @@ def test_repository_sample_triggers_start_runs(world, lambda_context, monkeypatc
     world.s3.put_object(Bucket=data, Key="models/ctr.keras", Body=b"model")
     world.s3.put_object(Bucket=data, Key="inputs/digits/part-00000.npy", Body=b"x")
     world.s3.put_object(Bucket=data, Key="inputs/clicks/date=2026-11-26/part-0.parquet", Body=b"x")
-    world.put_json(
-        control, "backfills/digits.json", json.loads((REPOSITORY_EVENTS / "manifest_digits.json").read_text())
-    )
+    world.s3.put_bucket_versioning(Bucket=control, VersioningConfiguration={"Status": "Enabled"})
+    manifest = (REPOSITORY_EVENTS / "manifest_digits.json").read_bytes()
+    put = world.s3.put_object(Bucket=control, Key="backfills/digits.json", Body=manifest)
+    if source == "s3":  # the sample names an upload of its own: S3 chose this one's version id and ETag
+        trigger["detail"]["object"].update({"version-id": put["VersionId"], "etag": put["ETag"].strip('"')})
     scheduled = json.loads((REPOSITORY_EVENTS / "manifest_scheduled.json").read_text())
     world.put_json(control, "schedules/nightly-clicks.json", scheduled)
     monkeypatch.setenv("CONTROL_BUCKET", control)

@@ -245,7 +245,7 @@ def test_the_run_state_stays_small_however_many_instances_the_fleet_ran():
     assert len(many.model_dump_json()) - len(few.model_dump_json()) < 40  # only the digits of one number
 
 
-def test_a_finished_drain_raises_budget_reached_naming_the_cap_the_cost_and_redrive():
+def test_a_finished_drain_raises_budget_reached_naming_the_cap_and_redrive_and_no_second_cost_figure():
     run = a_run(max_total_usd=0.0002)
     run.shards_total = 10
     run.progress.outputs_done = 4
@@ -256,7 +256,8 @@ def test_a_finished_drain_raises_budget_reached_naming_the_cap_the_cost_and_redr
     with pytest.raises(BudgetReached) as raised:
         budget.check_budget(run, 0, at(10))
     message = str(raised.value)
-    assert "limits.max_total_usd = $0.0002000" in message and "it cost $0.0001234 so far" in message
+    assert "limits.max_total_usd = $0.0002000" in message
+    assert "0.0001234" not in message  # the report's cost, beside the reason, is the one figure
     assert "about 6 unfinished" in message and f"spotfill redrive {run.run_id} --max-total-usd" in message
 
     run.progress.state = "done"
@@ -295,3 +296,28 @@ def test_a_cap_that_is_not_a_positive_number_is_refused_naming_the_field(value, 
         spec_from_document(sample_spec(max_total_usd=value))
     assert "limits.max_total_usd" in str(refused.value)
     assert reason in str(refused.value)
+
+
+def test_the_least_a_run_can_cost_is_one_instance_of_its_cheapest_price_through_boot_and_one_poll():
+    # given two types, spot prices in two zones each, and their on-demand prices
+    prices = {("c5.large", "a"): 0.04, ("c5.large", "b"): 0.03, ("m5.large", "a"): 0.035}
+    on_demand = {"c5.large": 0.085, "m5.large": 0.096}
+    # when the fleet may run spot / then its cheapest instance is the cheapest spot price in any zone
+    assert budget.cheapest_instance(["c5.large", "m5.large"], prices, on_demand, spot=True) == (
+        "c5.large",
+        0.03,
+        "spot",
+    )
+    # a type with no spot price known is priced on demand, as the budget prices it
+    assert budget.cheapest_instance(["c6i.large"], {}, {"c6i.large": 0.085}, spot=True)[1:] == (
+        0.085,
+        "on-demand",
+    )
+    # an on-demand-only fleet at its cheapest on-demand price
+    assert budget.cheapest_instance(["c5.large", "m5.large"], prices, on_demand, spot=False) == (
+        "c5.large",
+        0.085,
+        "on-demand",
+    )
+    # and the least cost is that price over the boot allowance and one poll interval
+    assert budget.least_cost_usd(3.6, 30) == pytest.approx(3.6 * (budget.BOOT_ALLOWANCE_SECONDS + 30) / 3600)

@@ -344,7 +344,7 @@ def test_the_notification_subject_says_succeeded_or_failed():
     assert report.notification(failed)[0] == "spotfill run digits-1 failed"
 
 
-def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_accrued_cost():
+def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_what_it_cost():
     run = make_run()
     run = run.model_copy(
         update={
@@ -365,11 +365,42 @@ def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_accr
     assert document["status"] == "budget_reached"
     assert document["reason"] == "budget reached: run digits-1 drained"
     assert document["budget"]["max_total_usd"] == 0.0002
-    assert document["budget"]["accrued_usd"] == 0.00018765  # eight decimals: fractions of a cent show
+    assert document["budget"]["spent_usd"] == document["cost_usd"]["total"] == 0.1
     assert document["budget"]["drain_started_at"] == (T0 + timedelta(seconds=900)).isoformat()
     subject, message = report.notification(document)
     assert subject == "spotfill run digits-1 stopped: budget reached"
     assert "Cap: $0.0002000" in message
+
+
+def test_a_capped_run_shows_one_cost_figure_in_its_report_rows_notification_and_summary():
+    # given a capped run whose monitor accrued less than its instances cost through teardown (its last poll
+    # came before the drain ended and teardown terminated the instances)
+    from spotfill_control.budget import format_usd
+
+    run = make_run()
+    limits = run.spec.limits.model_copy(update={"max_total_usd": 0.25})
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={"limits": limits})})
+    run.budget.accrued_usd, run.budget.draining_since = 0.0931, T0 + timedelta(seconds=900)
+
+    # when the report is built, and shown as rows, the SNS notification and the EventBridge summary
+    document = build(run)
+    rows = dict(report.report_rows(document))
+    _, message = report.notification(document)
+    summary = report.summary_of(document)
+
+    # then every place shows the run's one cost figure, the instances' hours priced through teardown
+    total = document["cost_usd"]["total"]
+    assert total == pytest.approx(2 * 0.05)
+    assert document["budget"]["spent_usd"] == total
+    assert summary["cost_usd"] == total
+    shown = f"${format_usd(total)}"
+    assert rows["budget"] == f"{shown} of $0.2500 cap (drained)"
+    assert rows["cost"].startswith(f"{shown} ")
+    assert f"Cost: {shown}" in message.splitlines()
+    # and the monitor's accrual at its last poll, a second total that disagrees, is shown nowhere
+    accrued = format_usd(0.0931)
+    assert accrued not in json.dumps(document) and accrued not in message
+    assert not [value for value in rows.values() if accrued in value]
 
 
 def test_the_notification_subject_fits_sns_limits():

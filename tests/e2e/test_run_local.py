@@ -18,6 +18,8 @@ from spotfill.cli import main
 from spotfill.localcloud import LocalCloud, LocalCloudOptions
 from spotfill.localcloud.cloud import OWNER_FILE, reclaim_abandoned_run_dirs
 from spotfill.localrun import plan_outputs
+from spotfill.model_record import LocalModel, record_models, recorded_models
+from spotfill.runs import CliError
 
 from .helpers import eventually
 
@@ -236,6 +238,59 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
     report = json.loads(pages[0].with_suffix(".json").read_text())
     assert pages[0].name == f"out-report-{report['run_id']}.html"
     assert f"report: {pages[0]} and {pages[0].with_suffix('.json')}" in printed.out.splitlines()
+    # and the output computed now is recorded as this model's (the kept one's model is not known)
+    assert recorded_models(output_dir) == {shards[2].name: LocalModel.of(digits.model_path)}
+
+
+def _outputs_of_another_model(shards, tmp_path) -> tuple[Path, Path, Path, LocalModel]:
+    """Complete outputs for both shards, recorded as made by another model file than the shards fixture's."""
+    model, input_dir = shards
+    other = tmp_path / "other.keras"
+    other.write_bytes(b"another model")
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    for shard in input_dir.iterdir():
+        np.save(output_dir / shard.name, np.full((3, 10), 7.0, dtype=np.float32))
+    record_models(output_dir, [p.name for p in input_dir.iterdir()], LocalModel.of(other))
+    return model, input_dir, output_dir, LocalModel.of(other)
+
+
+def test_outputs_made_by_another_model_are_refused_naming_both_models_and_overwrite_recomputes_them(
+    shards, tmp_path
+):
+    # given complete outputs that the folder's record says another model made
+    model, input_dir, output_dir, other = _outputs_of_another_model(shards, tmp_path)
+    shard_paths = sorted(input_dir.iterdir())
+    asked = LocalModel.of(model)
+
+    # when the run is planned with this model / then it is refused, naming both models
+    with pytest.raises(CliError) as refused:
+        plan_outputs(shard_paths, input_dir, output_dir, "npy", "npy", model=asked)
+    message = str(refused.value)
+    assert "2 output(s)" in message and "part-00000.npy" in message
+    assert f"made by model {other.describe()}, not by {asked.describe()}" in message
+    # with --overwrite every shard is computed again; with the model that made them, they are complete
+    overwritten = plan_outputs(shard_paths, input_dir, output_dir, "npy", "npy", overwrite=True, model=asked)
+    assert overwritten.to_run == shard_paths
+    same = plan_outputs(shard_paths, input_dir, output_dir, "npy", "npy", model=other)
+    assert sorted(same.complete) == ["part-00000.npy", "part-00001.npy"] and not same.to_run
+
+
+def test_a_rerun_with_another_model_exits_non_zero_before_any_work_and_keeps_every_output(
+    shards, tmp_path, capsys
+):
+    # given outputs another model made
+    model, input_dir, output_dir, other = _outputs_of_another_model(shards, tmp_path)
+    before = {p.name: p.read_bytes() for p in output_dir.iterdir()}
+
+    # when run --local runs with this model
+    code = _run(model, input_dir, output_dir)
+
+    # then it refuses before any work, naming both models, and changes nothing
+    assert code == 2
+    error = _error(capsys)
+    assert other.sha256[:12] in error and LocalModel.of(model).sha256[:12] in error and "--overwrite" in error
+    assert {p.name: p.read_bytes() for p in output_dir.iterdir()} == before
 
 
 # --- item 6: a model or shards that can never work are refused before the local cloud starts ----------------

@@ -629,6 +629,33 @@ def test_a_refusing_price_list_falls_back_to_the_static_table_and_the_report_fla
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
+def test_a_dollar_cap_below_the_least_a_run_can_cost_is_refused_in_validate_naming_the_least_cap(
+    cloud, lambdas
+):
+    # given a cap far below one instance's boot and first poll (the issue's `--max-total-usd 0.000001`)
+    from spotfill_control import budget
+
+    from spotfill.localcloud.pricing import spot_price
+
+    spec = cloud.spec("tiny-cap", shards=2, limits={"max_total_usd": 0.000001, "poll_interval_seconds": 1})
+
+    # when the run goes
+    outcome = cloud.run(spec)
+
+    # then Validate refuses it, naming the least cap: one c5.large at its spot price, booted and polled once
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.failures() == [("Validate", "InvalidSpecError")]
+    least = spot_price("c5.large") * (budget.BOOT_ALLOWANCE_SECONDS + 1) / 3600
+    message = _cause_message(outcome)
+    assert message.startswith("limits.max_total_usd: $0.000001000 is below the least this run can cost")
+    assert f"the least cap that could is ${budget.format_usd_up(least)}: one c5.large" in message
+    # and nothing was launched or queued
+    assert not outcome.physics.fleets
+    assert not outcome.physics.registered
+    assert not [u for u in cloud.session.client("sqs").list_queues().get("QueueUrls", []) if "tiny-cap" in u]
+    assert_nothing_left(cloud.session)
+
+
 def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with_nothing_left(cloud, lambdas):
     # given a cap that pays for the projection's reserve (a poll and a drain at the fleet's hourly price) and
     # about four seconds of the fleet beyond it, and more shards than the workers finish in that time
@@ -657,10 +684,10 @@ def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with
     assert "budget reached" in report["reason"] and "spotfill redrive" in report["reason"]
     assert 0 < report["shards"]["succeeded"] < 40
     assert report["shards"]["unprocessed"] == 40 - report["shards"]["succeeded"]
-    # the monitor's accrual stayed under the cap, and the report's own reckoning within a poll of it
+    # the monitor's accrual stayed under the cap, and the run's cost (through teardown) within a poll of it
     assert report["budget"]["max_total_usd"] == cap
-    assert 0 < report["budget"]["accrued_usd"] < cap
-    assert report["cost_usd"]["total"] <= cap + poll * hourly / 3600
+    assert 0 < outcome.monitor_results()[-1]["budget"]["accrued_usd"] < cap
+    assert report["budget"]["spent_usd"] == report["cost_usd"]["total"] <= cap + poll * hourly / 3600
     assert_nothing_left(cloud.session, outcome.run_id)
 
 

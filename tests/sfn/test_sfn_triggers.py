@@ -64,3 +64,32 @@ def test_upload_event_delivered_twice_starts_one_run_and_one_fleet_and_a_reuploa
     assert _run_id(rerun) not in physics.log.fleets.values()
     assert cloud.report(_run_id(rerun))["source"] == "s3"
     assert_nothing_left(cloud.session)
+
+
+def test_two_uploads_of_one_key_a_moment_apart_each_run_their_own_spec(cloud: Cloud, lambdas):
+    physics = Physics(cloud.session, Knobs(tick_seconds=0.6))
+    physics.start()
+    try:
+        # given two uploads to one manifest key, the second before the first's run has read it
+        first_event = cloud.upload_manifest("backfills/tt.json", cloud.spec("tt-first", shards=1))
+        second_event = cloud.upload_manifest("backfills/tt.json", cloud.spec("tt-second", shards=1))
+
+        # when EventBridge delivers each upload's event
+        [(_, first_started)] = cloud.deliver(first_event)
+        [(_, second_started)] = cloud.deliver(second_event)
+        first = cloud.wait(first_started["execution_arn"])
+        second = cloud.wait(second_started["execution_arn"])
+    finally:
+        physics.stop()
+
+    # then each execution ran the spec of the upload its event names (the control bucket is versioned)
+    assert first.status == "SUCCEEDED", (first.error, first.cause)
+    assert second.status == "SUCCEEDED", (second.error, second.cause)
+    [(first_validated,)] = [first.lambda_outputs("Validate")]
+    [(second_validated,)] = [second.lambda_outputs("Validate")]
+    assert first_validated["run"]["spec"]["name"] == "tt-first"
+    assert second_validated["run"]["spec"]["name"] == "tt-second"
+    # and each spec's shard has its output, once each
+    assert len(cloud.outputs("tt-first")) == 1
+    assert len(cloud.outputs("tt-second")) == 1
+    assert_nothing_left(cloud.session)

@@ -137,6 +137,29 @@ def test_watch_shows_the_monitors_eta_cost_so_far_and_projected_total(cloud, lam
     assert projection["projected_total_usd"] == json.loads(run)["budget"]["accrued_usd"]
 
 
+def test_watch_of_a_finished_run_shows_the_reports_cost_the_one_figure_of_the_run(cloud, lambdas):
+    # given a finished run, whose monitor accrued its cost up to its last poll only
+    from spotfill import runs
+
+    first, status = _watch(cloud, cloud.spec("watch-cost", shards=3))
+    assert status == 0
+    state = json.loads(
+        cloud.s3.get_object(
+            Bucket=cloud.stack.control_bucket, Key=f"runs/{_run_id(cloud, first)}/state.json"
+        )["Body"].read()
+    )
+
+    # when `spotfill watch` polls it
+    session = runs.Session(region=cloud.stack.region)
+    snap = runs.RunWatcher(session, session.stack(cloud.stack.stack_name), first).poll()
+
+    # then its cost, and the projected total, are the report's (through teardown), not the monitor's accrual
+    report = cloud.report(_run_id(cloud, first))
+    assert report is not None and snap.finished
+    assert report["cost_usd"]["total"] != state["budget"]["accrued_usd"]
+    assert snap.cost_usd == snap.projected_total_usd == report["cost_usd"]["total"]
+
+
 def test_runs_lists_a_running_run_before_a_finished_one_with_progress_and_cost(
     cloud, lambdas, capsys, monkeypatch
 ):

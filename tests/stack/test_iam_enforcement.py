@@ -109,6 +109,25 @@ def test_an_explicit_deny_wins_over_an_allow_and_says_so(aws):
     assert "with an explicit deny in an identity-based policy" in str(error)
 
 
+def test_reading_an_s3_object_version_is_s3_get_object_version_not_s3_get_object(aws):
+    # S3 authorises a GetObject or HeadObject that names a VersionId with s3:GetObjectVersion alone
+    s3 = aws.client("s3")
+    s3.put_bucket_versioning(Bucket="bucket", VersioningConfiguration={"Status": "Enabled"})
+    version = s3.put_object(Bucket="bucket", Key="runs/r1/state.json", Body=b"{}")["VersionId"]
+    versioned = {"Bucket": "bucket", "Key": "runs/r1/state.json", "VersionId": version}
+    with iam.acting_as(_principal(_allow("s3:GetObject", "arn:aws:s3:::bucket/*"))):
+        s3.get_object(Bucket="bucket", Key="runs/r1/state.json")
+        error = _error(lambda: s3.get_object(**versioned))
+    assert "is not authorized to perform: s3:GetObjectVersion on resource" in str(error)
+    with iam.acting_as(_principal(_allow("s3:GetObjectVersion", "arn:aws:s3:::bucket/runs/*"))):
+        assert s3.get_object(**versioned)["Body"].read() == b"{}"
+        s3.head_object(**versioned)
+        assert (
+            _error(lambda: s3.get_object(Bucket="bucket", Key="runs/r1/state.json")).response["Error"]["Code"]
+            == "AccessDenied"
+        )
+
+
 # ------------------------------------------------------------------------------------------ S3's missing keys
 
 

@@ -232,7 +232,14 @@ def test_npy_output_is_exactly_the_model_output_in_input_order(cloud, run_worker
     bucket, _, key = message["output"][len("s3://") :].partition("/")
     metadata = cloud.s3.head_object(Bucket=bucket, Key=key)["Metadata"]
     runtime = {k: v for k, v in metadata.items() if k.startswith(("spotfill-runtime", "spotfill-precision"))}
-    assert metadata == {"spotfill-rows": str(len(x)), "spotfill-run-id": message["run_id"], **runtime}
+    model_bucket, _, model_key = model_uri[len("s3://") :].partition("/")
+    model_etag = cloud.s3.head_object(Bucket=model_bucket, Key=model_key)["ETag"].strip('"')
+    assert metadata == {
+        "spotfill-rows": str(len(x)),
+        "spotfill-run-id": message["run_id"],
+        "spotfill-model-etag": model_etag,  # which model made it
+        **runtime,
+    }
     from spotfill_worker.runtimes import RUNTIMES
 
     assert runtime["spotfill-runtime"] in RUNTIMES

@@ -121,6 +121,9 @@ class Worker:
         self.predictor: Any = None  # model.Predictor, once the first shard's rows chose its runtime
         self._device = "CPU"
         self._batch_size = 0
+        self._model_etag = (
+            ""  # the loaded model object's ETag, recorded on every output (spotfill-model-etag)
+        )
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -176,6 +179,7 @@ class Worker:
         self._device = configure_devices()
         location = S3Uri.parse(config.model_uri)
         etag = self.clients.s3.head_object(Bucket=location.bucket, Key=location.key)["ETag"]
+        self._model_etag = etag.strip('"')
         key = (config.model_uri, etag)
         model = _MODELS.get(key)
         if model is None:
@@ -481,6 +485,8 @@ class Worker:
                 {
                     "spotfill-rows": str(len(item.rows)),
                     "spotfill-run-id": message.run_id,
+                    # Which model made it: a later run with another model refuses to keep it (Validate).
+                    "spotfill-model-etag": self._model_etag,
                     **self._facts(),
                     **self.predictor.calibration.as_metadata(),
                 },
