@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 import time
@@ -178,6 +179,29 @@ def create_cloud(s3: Any, sqs: Any, name: str = "shards", max_receive_count: int
         },
     )["QueueUrl"]
     return Cloud(s3, sqs, queue_url, dlq_url)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A moto server on loopback: what a worker process reaches through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def server_cloud(moto_endpoint, request):
+    """A cloud of its own on the module's moto server, for workers run as processes."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name[:40])  # what SQS allows in a queue name
+    return create_cloud(s3, sqs, name=f"shards-{name}-{time.monotonic_ns()}")
 
 
 @pytest.fixture

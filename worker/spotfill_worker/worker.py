@@ -37,6 +37,7 @@ from spotfill_worker.imds import Imds, InstanceFactsReader
 from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_signal_handlers
 from spotfill_worker.leases import Delivery, Leases
 from spotfill_worker.telemetry import Telemetry
+from spotfill_worker.third_party import turn_off_dependency_telemetry
 
 _MODELS: dict[tuple[str, str], Any] = {}  # (model URI, ETag) -> LoadedModel, per process
 # (id(LoadedModel), batch size, XLA, runtime asked for, precision) -> Predictor, its runtime calibrated
@@ -616,6 +617,7 @@ class Worker:
 def main(environ: Any = None) -> int:
     """The process entry point: parse the environment once, then run until stopped or idle."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    turn_off_dependency_telemetry()  # first: whatever loads a runtime later finds its telemetry off
     try:
         config = WorkerConfig.from_env(environ)
     except ConfigError as exc:
