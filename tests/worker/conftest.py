@@ -90,6 +90,24 @@ def image_classifier(models_dir) -> TinyModel:
 
 
 @pytest.fixture(scope="session")
+def lookup_model(models_dir) -> TinyModel:
+    """3 token ids (as float32) -> 2 classes through an Embedding of 10 ids: a row holding an id of 10 or more
+    fails in the forward pass itself (TensorFlow's multi-line InvalidArgumentError), whatever runs it."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Embedding(10, 2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    return _save(model, models_dir, "lookup")
+
+
+@pytest.fixture(scope="session")
 def regressor_savedmodel(models_dir) -> tuple[Path, Any]:
     """A 4 -> 2 linear regressor exported as a SavedModel and packed as .tar.gz."""
     import keras
