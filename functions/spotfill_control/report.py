@@ -360,6 +360,7 @@ def read_failed_errors(error_uris: Mapping[str, str], s3: Any) -> list[dict[str,
             "error_type": record.get("error_type"),
             "error": error,
             "reason": record.get("reason") or reason_of(record.get("error_type"), error),
+            "receive_count": record.get("receive_count"),  # of its last failure: how often it was tried
             "error_record": uri,
         }
 

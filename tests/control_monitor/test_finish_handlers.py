@@ -181,6 +181,7 @@ def test_report_names_each_failed_shard_with_the_error_its_record_holds(world, r
         "error_type": "InvalidArgumentError",
         "error": "Graph execution error:\n\nDetected at node x defined at (most recent call last):\n...",
         "reason": "InvalidArgumentError: indices[0,0] = 50 is not in [0, 10)",
+        "receive_count": 3,
     }
     world.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
     run = finish_processing(world, running_run, lambda_context, dead_letter=2)
