@@ -81,31 +81,38 @@ def _one_line(reason: str) -> None:
 def test_a_shard_the_model_fails_on_is_dead_lettered_and_named_with_its_reason_and_the_rest_are_kept(
     lookup_model, tmp_path
 ):
-    # given three shards the model serves and one whose rows it fails on (past the first, which the pre-check
-    # takes), run with the queue's default visibility timeout (120 s) and stall timeout (180 s)
+    # given three shards the model serves, one whose rows it fails on (past the first, which the pre-check
+    # takes) and one that is not a numpy file, run with the queue's default visibility timeout (120 s) and
+    # stall timeout (180 s)
     model, keras_model = lookup_model
     input_dir = tmp_path / "in"
     input_dir.mkdir()
     good = [_shard(input_dir, f"part-{i}.npy") for i in range(3)]
     _shard(input_dir, "part-9-bad.npy", bad_from=8)
+    (input_dir / "part-8-corrupt.npy").write_bytes(b"this is not a numpy file")
 
     # when it runs
     result = _run(model, input_dir, tmp_path / "out")
 
-    # then the run ended by its own logic (not by the stall timeout), completed with one failure
+    # then the run ended by its own logic (not by the stall timeout), completed with two failures
     report = result.report
     assert result.snapshot.status == "SUCCEEDED", result.snapshot.error
     assert report["status"] == "completed_with_failures", report["reason"]
-    assert "Stall" not in report["reason"]
-    assert report["shards"]["failed"] == 1 and report["shards"]["succeeded"] == 3
-    # and names the shard with a one-line reason, in the report and in the table run --local prints
-    ((failed_key,), (failed,)) = report["shards"]["failed_keys"], report["shards"]["failed_errors"]
-    assert failed_key.endswith("/part-9-bad.npy") and failed["shard"] == failed_key
-    assert failed["reason"] == OUT_OF_RANGE
-    assert report["reason"] == f"1 shard(s) failed and sit in the dead-letter queue: {OUT_OF_RANGE}"
-    assert f"{failed_key}: {OUT_OF_RANGE}" in _printed_table(report)
-    # and it was tried as often as the queue's redrive allows (3 receives) before it was dead-lettered
-    assert failed["receive_count"] == MAX_RECEIVES
+    assert report["reason"] == "2 shard(s) failed and sit in the dead-letter queue"
+    assert report["shards"]["failed"] == 2 and report["shards"]["succeeded"] == 3
+    # and names each failed shard with a one-line reason, in the report and in the table run --local prints
+    corrupt, bad = report["shards"]["failed_errors"]
+    assert [corrupt["shard"], bad["shard"]] == report["shards"]["failed_keys"]
+    assert bad["shard"].endswith("/part-9-bad.npy") and bad["reason"] == OUT_OF_RANGE
+    assert corrupt["shard"].endswith("/part-8-corrupt.npy")
+    assert corrupt["reason"].startswith("ShardFormatError: cannot decode shard as npy")
+    table = _printed_table(report)
+    for failed in (corrupt, bad):
+        _one_line(failed["reason"])
+        assert f"{failed['shard']}: {failed['reason']}" in table
+    # and the shard the model fails on was tried as often as the queue's redrive allows (3 receives) before it
+    # was dead-lettered; the corrupt one, which no retry can fix, went there on its first
+    assert (bad["receive_count"], corrupt["receive_count"]) == (MAX_RECEIVES, 1)
     # and the good outputs are kept, equal to model.predict
     assert sorted(result.outputs) == [p.name for p in good]
     for shard in good:
