@@ -40,6 +40,9 @@ def _tensorflow(model_path: Path, keras_model: Any, batch: np.ndarray) -> Callab
 
 
 def _openvino(model_path: Path, keras_model: Any, batch: np.ndarray) -> Callable:
+    from spotfill_worker.third_party import turn_off_dependency_telemetry
+
+    turn_off_dependency_telemetry()  # as the worker does: the converter reports to Google Analytics otherwise
     try:
         import openvino as ov
     except ImportError as exc:

@@ -6,12 +6,84 @@ this file holds only what all of them need.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 REGION = "us-east-1"
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+# The workers (and the physics tests' stand-in) by their command lines: `python -m <module>`.
+WORKER_COMMANDS = (b"spotfill_worker", b"spotfill_fake_worker")
+SURVIVOR_GRACE_SECONDS = 15.0  # how long a worker stopped at the very end may take to exit
+_SUBREAPER = pytest.StashKey[bool]()  # whether this session became its processes' subreaper
+
+
+# --- no spotfill_worker process the tests started outlives them --------------------------------------------
+
+
+def pytest_sessionstart(session):
+    """Make this process the subreaper of everything the tests start (Linux): a process orphaned by its
+    parent (a worker's forked child, a worker whose local cloud died) is adopted by this one instead of
+    init, so at the end of the session it can still be told apart from other sessions' processes."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        session.config.stash[_SUBREAPER] = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when a `spotfill_worker` process it started is still running (and end it)."""
+    if not session.config.stash.get(_SUBREAPER, False):
+        return
+    deadline = time.monotonic() + SURVIVOR_GRACE_SECONDS
+    survivors = _descendant_workers(os.getpid())
+    while survivors and time.monotonic() < deadline:
+        time.sleep(0.5)
+        survivors = _descendant_workers(os.getpid())
+    for pid in survivors:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if survivors:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        listed = "; ".join(f"{pid}: {command}" for pid, command in survivors.items())
+        message = f"spotfill_worker processes outlived the tests that started them (killed now): {listed}"
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        else:
+            print(message, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _descendant_workers(root: int) -> dict[int, str]:
+    """Live processes under `root` whose command line names the worker: pid -> command line."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X"):  # a zombie has exited; only its parent's wait is left
+            parents[int(entry.name)] = int(fields[1])
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    found, stack = {}, list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        if any(name in commands.get(pid, b"") for name in WORKER_COMMANDS):
+            found[pid] = commands[pid].replace(b"\0", b" ").decode(errors="replace").strip()
+        stack.extend(children.get(pid, []))
+    return found
 
 
 @pytest.fixture(autouse=True)

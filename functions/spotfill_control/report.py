@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -354,16 +354,26 @@ def read_failed_errors(error_uris: Mapping[str, str], s3: Any) -> list[dict[str,
         except ValueError:
             record = {}
         record = record if isinstance(record, dict) else {}
+        error = record.get("error") or body.decode(errors="replace")[:2000]
         return {
             "shard": shard,
             "error_type": record.get("error_type"),
-            "error": record.get("error") or body.decode(errors="replace")[:2000],
+            "error": error,
+            "reason": record.get("reason") or reason_of(record.get("error_type"), error),
+            "receive_count": record.get("receive_count"),  # of its last failure: how often it was tried
             "error_record": uri,
         }
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         found = [r for r in pool.map(read, sorted(error_uris.items())) if r is not None]
     return found
+
+
+def reason_of(error_type: str | None, error: str) -> str:
+    """One line for an error record that carries no `reason` (written before workers wrote one): its type and
+    its message's first line."""
+    first = next((line.strip() for line in error.splitlines() if line.strip()), "")
+    return f"{error_type}: {first}" if error_type else first
 
 
 def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Facts:
@@ -532,7 +542,11 @@ def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple
                 f"of {shards.get('total', 0)}",
             )
         )
-        rows += [("  failed", str(key)) for key in shards.get("failed_keys", [])[:10]]
+        reasons = {e.get("shard"): e.get("reason") for e in shards.get("failed_errors", [])}
+        rows += [
+            ("  failed", f"{key}: {reasons[key]}" if reasons.get(key) else str(key))
+            for key in shards.get("failed_keys", [])[:10]
+        ]
     predictions = report.get("predictions", {})
     if predictions:
         rows.append(("predictions", f"{predictions.get('total', 0):,}"))
@@ -594,8 +608,15 @@ def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple
 
 
 def status_of(
-    run: RunState | None, error: StepError | None, teardown_error: StepError | None, failed: int
+    run: RunState | None,
+    error: StepError | None,
+    teardown_error: StepError | None,
+    failed: int,
+    failed_reasons: Sequence[str] = (),
 ) -> tuple[Status, str]:
+    """The run's status and why, in one sentence. `failed_reasons`: the one-line reasons of the failed shards
+    the report quotes; when every failed shard is quoted with the same one (a model that fails on every
+    shard), the sentence says it."""
     if error is not None:
         if error.Error == "InvalidSpecError":
             return "invalid", f"invalid input: {error.message}"
@@ -607,7 +628,10 @@ def status_of(
     if teardown_error is not None:
         return "failed", f"teardown failed: {teardown_error.Error}: {teardown_error.message}".rstrip(": ")
     if failed:
-        return "completed_with_failures", f"{failed} shard(s) failed and sit in the dead-letter queue"
+        said = f"{failed} shard(s) failed and sit in the dead-letter queue"
+        if len(failed_reasons) == failed and len(set(failed_reasons)) == 1:
+            said += f": {failed_reasons[0]}"
+        return "completed_with_failures", said
     return "succeeded", "every shard has its output"
 
 
@@ -639,7 +663,9 @@ def build_report(
     control_bucket: str,
 ) -> dict[str, Any]:
     """The report document (pure)."""
-    status, reason = status_of(run, error, teardown_error, len(facts.failed_keys))
+    status, reason = status_of(
+        run, error, teardown_error, len(facts.failed_keys), [e["reason"] for e in facts.failed_errors]
+    )
     document: dict[str, Any] = {
         "run_id": run_id,
         "status": status,
@@ -831,7 +857,8 @@ def notification(report: Mapping[str, Any]) -> tuple[str, str]:
             f"Shards: {s['succeeded']} succeeded, {s['failed']} failed, {s['unprocessed']} unprocessed"
         )
         for failed in s.get("failed_errors", [])[:NOTIFIED_FAILED_ERRORS]:
-            lines.append(f"Failed: {failed['shard']}: {failed['error_type']}: {failed['error']}"[:500])
+            why = failed.get("reason") or f"{failed['error_type']}: {failed['error']}"
+            lines.append(f"Failed: {failed['shard']}: {why}"[:500])
         lines.append(f"Predictions: {report['predictions']['total']}")
         lines.append(f"Cost: ${format_usd(report['cost_usd']['total'])}")
         runtime = runtime_sentence(report.get("model_runtime") or {})

@@ -287,6 +287,50 @@ def test_a_run_without_failures_succeeded():
     assert build(make_run(), failed_keys=[])["status"] == "succeeded"
 
 
+def _failed_error(key: str, reason: str) -> dict:
+    return {"shard": key, "error_type": reason.split(":")[0], "error": "...", "reason": reason}
+
+
+def test_a_run_whose_every_shard_failed_for_one_reason_says_it_in_one_sentence():
+    # given two shards that failed with the same one-line reason (a model that fails on every shard)
+    reason = "InvalidArgumentError: indices[0,0] = 50 is not in [0, 10)"
+    keys = ["s3://data/in/a.npy", "s3://data/in/b.npy"]
+    errors = [_failed_error(key, reason) for key in keys]
+
+    # when the run is reported
+    document = build(make_run(), failed_keys=keys, failed_errors=errors)
+
+    # then its reason is one sentence that says why
+    assert document["status"] == "completed_with_failures"
+    assert document["reason"] == f"2 shard(s) failed and sit in the dead-letter queue: {reason}"
+
+
+def test_failed_shards_with_different_reasons_are_counted_and_each_named_with_its_own():
+    import io
+
+    from rich.console import Console
+
+    from spotfill.progress_display import report_table
+
+    # given two shards that failed for different reasons
+    keys = ["s3://data/in/a.npy", "s3://data/in/b.npy"]
+    errors = [
+        _failed_error(keys[0], "ShardFormatError: cannot decode shard as npy: bad header"),
+        _failed_error(keys[1], "InvalidArgumentError: indices[0,0] = 50 is not in [0, 10)"),
+    ]
+
+    # when the run is reported and its table printed (what `spotfill run --local` and `report` print)
+    document = build(make_run(), failed_keys=keys, failed_errors=errors)
+    out = io.StringIO()
+    Console(file=out, width=300, color_system=None).print(report_table(document))
+
+    # then the reason counts them, and the table names each failed shard with its reason
+    assert document["reason"] == "2 shard(s) failed and sit in the dead-letter queue"
+    text = " ".join(out.getvalue().split())
+    for error in errors:
+        assert f"{error['shard']}: {error['reason']}" in text
+
+
 def test_a_run_error_makes_the_report_failed_with_the_lambda_error_message():
     cause = json.dumps(
         {"errorType": "StallError", "errorMessage": "no progress for 1801 s", "stackTrace": []}

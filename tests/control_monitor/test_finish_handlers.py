@@ -177,7 +177,12 @@ def test_report_names_each_failed_shard_with_the_error_its_record_holds(world, r
     # given a run whose third shard went to the dead-letter queue with an error record
     entry = world.shard_list(running_run)["shards"][2]
     bucket, key = entry["error"][len("s3://") :].split("/", 1)
-    record = {"error_type": "ShardFormatError", "error": "cannot decode shard as npy: bad header"}
+    record = {
+        "error_type": "InvalidArgumentError",
+        "error": "Graph execution error:\n\nDetected at node x defined at (most recent call last):\n...",
+        "reason": "InvalidArgumentError: indices[0,0] = 50 is not in [0, 10)",
+        "receive_count": 3,
+    }
     world.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
     run = finish_processing(world, running_run, lambda_context, dead_letter=2)
     state = {"run": teardown.handler({"run": run}, lambda_context)}
@@ -191,7 +196,24 @@ def test_report_names_each_failed_shard_with_the_error_its_record_holds(world, r
         {"shard": entry["shard"], **record, "error_record": entry["error"]}
     ]
     message = world.received(world.notifications_queue)[0]["Message"]
-    assert f"{entry['shard']}: ShardFormatError: cannot decode shard as npy: bad header" in message
+    assert f"{entry['shard']}: InvalidArgumentError: indices[0,0] = 50 is not in [0, 10)\n" in message + "\n"
+
+
+def test_an_error_record_without_a_reason_is_quoted_by_its_type_and_first_line(
+    world, running_run, lambda_context
+):
+    # given a failed shard whose error record (written before workers wrote a reason) has none
+    entry = world.shard_list(running_run)["shards"][2]
+    bucket, key = entry["error"][len("s3://") :].split("/", 1)
+    record = {"error_type": "ShardFormatError", "error": "cannot decode shard as npy:\nbad header"}
+    world.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
+    run = finish_processing(world, running_run, lambda_context, dead_letter=2)
+    state = {"run": teardown.handler({"run": run}, lambda_context)}
+
+    # when it is reported / then its reason is its type and its message's first line
+    report.handler(state, lambda_context)
+    (failed,) = world.report(run["run_id"])["shards"]["failed_errors"]
+    assert failed["reason"] == "ShardFormatError: cannot decode shard as npy:"
 
 
 def test_report_of_a_run_whose_model_cannot_load_carries_the_loaders_reason(

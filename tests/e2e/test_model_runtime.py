@@ -127,3 +127,25 @@ def test_openvino_that_cannot_reproduce_the_model_falls_back_to_tensorflow_with_
     assert section["fallbacks"] and all(reason.strip() for reason in section["fallbacks"])
     events = _runtime_events(local_cloud, result.report["run_id"])
     assert events and all(e["runtime"] == "tensorflow" and e.get("fallback_reason") for e in events)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for the workers' processes")
+def test_a_run_converting_to_openvino_sends_no_telemetry_and_leaves_no_process_of_its_workers_behind(
+    local_cloud, two_shards, quiet_console, tmp_path, monkeypatch
+):
+    # given a backfill computed by OpenVINO, whose converter would report to Google Analytics from a forked
+    # process (which, with no route out, blocks in getaddrinfo and outlives its worker), and workers whose
+    # home folder (where that telemetry keeps its client id and usage counts) is empty
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the agent passes HOME on to the workers
+    _spec, result = _run(local_cloud, two_shards, "no-strays", "openvino", quiet_console, tmp_path)
+    assert result.report["model_runtime"]["by_runtime"] == {"openvino": 2}
+
+    # when the run has ended and its fleet is gone
+    local_cloud.wait_idle(timeout=30)
+
+    # then nothing of it is left: no task, and no process any of its workers started
+    assert local_cloud.leftovers() == []
+    # and no worker's OpenVINO telemetry ran (it writes its usage counts under the home folder first)
+    assert not (home / "intel").exists()

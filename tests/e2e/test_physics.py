@@ -8,6 +8,7 @@ import base64
 import itertools
 import json
 import os
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -218,6 +219,27 @@ def test_scale_down_stops_tasks_with_sigterm_and_a_dead_task_is_replaced(local_c
     eventually(lambda: not [t for t in agent.tasks if t.cluster == "run-scale"])
     assert tasks[1].process.returncode == 0
     assert "drained" in tasks[1].log_path.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for the tasks' processes")
+def test_a_process_an_exited_task_left_running_is_a_leftover(local_cloud):
+    # given a task whose worker forks a child that outlives it
+    stray = [{"name": "SPOTFILL_RUN_ID", "value": "run-stray"}, {"name": "SPOTFILL_FAKE_STRAY", "value": "1"}]
+    _run_scope(local_cloud, "run-stray", desired=1, environment=stray)
+    _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-stray"), capacity=1)
+    (task,) = eventually(lambda: tasks_in(local_cloud, "run-stray"))
+    eventually(lambda: task.log_path.read_text())
+
+    # when the service is scaled to zero and the worker exits
+    local_cloud.client("ecs").update_service(cluster="run-stray", service="workers", desiredCount=0)
+    eventually(lambda: not [t for t in local_cloud.agent.tasks if t.cluster == "run-stray"])
+    assert task.process.returncode == 0
+
+    # then the child it left running is a leftover of the local cloud, named with its task
+    strays = [item for item in local_cloud.leftovers() if item.startswith("process ")]
+    assert len(strays) == 1 and f"of task {task.task_id}: " in strays[0] and FAKE_WORKER_MODULE in strays[0]
+    os.kill(int(strays[0].split()[1]), signal.SIGKILL)  # the test's own process: the fixture checks the rest
+    eventually(lambda: not [item for item in local_cloud.leftovers() if item.startswith("process ")])
 
 
 def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet(local_cloud):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 import time
@@ -86,6 +87,24 @@ def image_classifier(models_dir) -> TinyModel:
         ]
     )
     return _save(model, models_dir, "images")
+
+
+@pytest.fixture(scope="session")
+def lookup_model(models_dir) -> TinyModel:
+    """3 token ids (as float32) -> 2 classes through an Embedding of 10 ids: a row holding an id of 10 or more
+    fails in the forward pass itself (TensorFlow's multi-line InvalidArgumentError), whatever runs it."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Embedding(10, 2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    return _save(model, models_dir, "lookup")
 
 
 @pytest.fixture(scope="session")
@@ -178,6 +197,29 @@ def create_cloud(s3: Any, sqs: Any, name: str = "shards", max_receive_count: int
         },
     )["QueueUrl"]
     return Cloud(s3, sqs, queue_url, dlq_url)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    """A moto server on loopback: what a worker process reaches through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def server_cloud(moto_endpoint, request):
+    """A cloud of its own on the module's moto server, for workers run as processes."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name[:40])  # what SQS allows in a queue name
+    return create_cloud(s3, sqs, name=f"shards-{name}-{time.monotonic_ns()}")
 
 
 @pytest.fixture

@@ -106,3 +106,18 @@ def test_the_image_pins_the_runtimes_the_tests_run(package, arg):
     assert len(found) == 2, f"{package} is not declared by both pyproject.toml and worker/requirements.txt"
     for requirement in found:
         assert Version(pinned) in requirement.specifier, str(requirement)
+
+
+def test_every_image_target_turns_the_runtimes_telemetry_off_in_its_environment():
+    # given the variables the worker sets in code before a runtime loads (spotfill_worker.third_party)
+    from spotfill_worker.third_party import TELEMETRY_OFF_ENVIRONMENT
+
+    stages = (ROOT / "worker" / "Dockerfile").read_text().split("\nFROM ")[1:]
+    assert len(stages) == 2  # gpu, cpu
+    for stage in stages:
+        name = stage.split()[2]  # "<image> AS <name>"
+        # then each target's environment sets them too, for any Python in the image whatever loads first
+        for variable, value in TELEMETRY_OFF_ENVIRONMENT.items():
+            assert f" {variable}={value} " in stage, f"the {name} image does not set {variable}={value}"
+        # and OpenVINO's consent file declines for the image's user
+        assert "echo 0 > /home/spotfill/intel/openvino_telemetry" in stage, name

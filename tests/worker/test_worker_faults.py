@@ -1,5 +1,6 @@
-"""Faults fail fast and say why: opaque shard keys, poison shards straight to the dead-letter queue, a model
-that cannot load recorded where the monitor looks, and the pre-check of a model against a sample shard."""
+"""Faults fail fast and say why: opaque shard keys, poison shards straight to the dead-letter queue, a
+shard the model fails on retried at once and dead-lettered after the queue's receive limit, a model that
+cannot load recorded where the monitor looks, and the pre-check of a model against a sample shard."""
 
 from __future__ import annotations
 
@@ -96,6 +97,38 @@ def test_a_shard_no_retry_can_fix_goes_to_the_dead_letter_queue_on_its_first_fai
     assert cloud.queue_counts() == (0, 0)
     record = json.loads(cloud.get(poison["error"]))
     assert record["error_type"] == error_type and says in record["error"]
+
+
+def test_a_shard_the_model_fails_on_is_retried_at_once_then_dead_lettered_with_a_one_line_reason(
+    cloud, run_worker, lookup_model
+):
+    # given a good shard and one whose rows the model fails on (an id past its embedding), a queue that
+    # redrives to the dead-letter queue after 2 receives, and a visibility timeout far beyond the run
+    model_uri = cloud.put("models/lookup.keras", lookup_model.path.read_bytes())
+    cloud.put("inputs/good.npy", npy_bytes(np.full((6, 3), 4, np.float32)))
+    good = cloud.send_shard("inputs/good.npy", "parquet")
+    cloud.put("inputs/bad.npy", npy_bytes(np.full((6, 3), 50, np.float32)))
+    bad = cloud.send_shard("inputs/bad.npy", "parquet")
+
+    # when the worker runs (and waits a few seconds for redeliveries before it exits idle)
+    run = run_worker(
+        model_uri, "npy", visibility_timeout=300, exit_when_idle_seconds=5, model_runtime="tensorflow"
+    )
+
+    # then the failing shard was delivered again at once, not after the 300 s visibility timeout, failed on
+    # each of its 2 receives, and SQS moved it to the dead-letter queue; the good shard has its output
+    assert run.exit_code == 0
+    assert cloud.exists(good["output"]) and not cloud.exists(bad["output"])
+    failed = run.events("shard_failed")
+    assert [(e["shard"], e["receive_count"]) for e in failed] == [(bad["shard"], 1), (bad["shard"], 2)]
+    assert [json.loads(m["Body"]) for m in cloud.visible_messages(cloud.dlq_url)] == [bad]
+    assert cloud.queue_counts() == (0, 0)
+    # and its error record says why in one line, the full error and traceback beside it
+    record = json.loads(cloud.get(bad["error"]))
+    assert record["error_type"] == "InvalidArgumentError" and record["receive_count"] == 2
+    assert record["reason"] == "InvalidArgumentError: indices[0,0] = 50 is not in [0, 10)"
+    assert "Graph execution error" in record["error"] and record["traceback"]
+    assert failed[-1]["reason"] == record["reason"]
 
 
 @pytest.mark.parametrize("model", ["not-a-model", "two-inputs"])

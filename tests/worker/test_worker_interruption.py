@@ -18,29 +18,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from .conftest import RUN_ID, create_cloud
+from .conftest import RUN_ID
 
 pytestmark = pytest.mark.worker
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def server_cloud(moto_endpoint, request):
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint)
-    sqs = boto3.client("sqs", endpoint_url=moto_endpoint)
-    return create_cloud(s3, sqs, name=f"shards-{request.node.name[:40]}-{time.monotonic_ns()}")
 
 
 class WorkerProcess:

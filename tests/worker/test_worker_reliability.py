@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -354,7 +355,7 @@ def test_an_output_put_answering_409_conflict_is_retried_and_the_shard_completes
     assert cloud.queue_counts() == (0, 0)
 
 
-def test_an_output_put_that_keeps_answering_409_fails_the_shard_and_leaves_its_message_for_redelivery(
+def test_an_output_put_that_keeps_answering_409_fails_the_shard_and_releases_its_message_for_redelivery(
     cloud, run_worker, tabular_classifier, s3_conflicts, aws_calls
 ):
     # given a shard whose output put answers 409 ConditionalRequestConflict every time
@@ -366,22 +367,27 @@ def test_an_output_put_that_keeps_answering_409_fails_the_shard_and_leaves_its_m
     # when
     run = run_worker(model_uri, "npy")
 
-    # then after a bounded number of puts the shard fails as any error does: an error record, no output
+    # then after a bounded number of puts per receive the shard fails as any error does: an error record, no
+    # output (the worker may have received it again before it went idle: each receive fails the same way)
+    from spotfill_worker.worker import CONFLICT_ATTEMPTS, RETRY_BACKOFF
+
     failed = run.events("shard_failed")
-    assert len(failed) == 1 and "OutputWriteConflict" in failed[0]["error"] and "409" in failed[0]["error"]
+    assert failed and all("OutputWriteConflict" in f["error"] and "409" in f["error"] for f in failed)
     record = json.loads(cloud.get(message["error"]))
     assert record["error_type"] == "OutputWriteConflict"
-    from spotfill_worker.worker import CONFLICT_ATTEMPTS
-
-    assert len(s3_conflicts.answered) == CONFLICT_ATTEMPTS
+    assert len(s3_conflicts.answered) == CONFLICT_ATTEMPTS * len(failed)
     assert not cloud.exists(message["output"])
-    # and its message was never deleted: it is still in flight, and SQS delivers it again once its lease ends
+    # and its message was never deleted: it was made visible again after the retry backoff, not left to wait
+    # out its visibility timeout, and SQS delivers it again (or, past the queue's 2 receives, redrives it to
+    # the dead-letter queue)
     assert not any(_deleted(c) for c in aws_calls.calls)
-    assert cloud.queue_counts() == (0, 1)
-    (handle,) = _receipt_handles_by_output(aws_calls)[message["output"]]
-    cloud.sqs.change_message_visibility(QueueUrl=cloud.queue_url, ReceiptHandle=handle, VisibilityTimeout=0)
-    (again,) = cloud.visible_messages()
-    assert json.loads(again["Body"]) == message
+    assert failed[0]["retry_in"] == RETRY_BACKOFF
+    deadline = time.monotonic() + 30
+    while not (again := cloud.visible_messages() or cloud.visible_messages(cloud.dlq_url)) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert [json.loads(m["Body"]) for m in again] == [message]
 
 
 def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environment_endpoint(monkeypatch):
@@ -429,10 +435,11 @@ def test_an_output_probe_answering_403_fails_the_shard_instead_of_counting_the_o
     # when
     run = run_worker(model_uri, "npy")
 
-    # then the shard is not processed as if its output were missing: it fails, and its message stays queued
+    # then the shard is not processed as if its output were missing: it fails (on each receive before the
+    # worker went idle), and its message stays queued (or, past the queue's 2 receives, dead-lettered)
     failed = run.events("shard_failed")
-    assert len(failed) == 1 and "403" in failed[0]["error"]
+    assert failed and all("403" in f["error"] for f in failed)
     assert not run.events("shard_done") and not run.events("shard_skipped")
     assert not cloud.exists(message["output"])
     assert json.loads(cloud.get(message["error"]))["error_type"] == "ClientError"
-    assert cloud.queue_counts() == (0, 1)
+    assert sum(cloud.queue_counts()) + len(cloud.visible_messages(cloud.dlq_url)) == 1

@@ -79,12 +79,13 @@ class Leases:
             self._held.pop(delivery.receipt_handle, None)
         self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=delivery.receipt_handle)
 
-    def release(self, delivery: Delivery) -> bool:
-        """Make the message visible again now; returns whether this worker still held it."""
+    def release(self, delivery: Delivery, after: int = 0) -> bool:
+        """Make the message visible again now, or `after` seconds from now; returns whether this worker still
+        held it."""
         with self._lock:
             if self._held.pop(delivery.receipt_handle, None) is None:
                 return False
-            self._set_visibility([delivery], 0)
+            self._set_visibility([delivery], after)
         return True
 
     def release_all(self) -> list[Delivery]:

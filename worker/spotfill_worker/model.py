@@ -19,6 +19,7 @@ import numpy as np
 
 from spotfill_worker.clients import S3Uri
 from spotfill_worker.formats import ModelInput
+from spotfill_worker.reasons import one_line
 from spotfill_worker.runtimes import Runtime, padded_size, tensorflow_runtime
 
 DEFAULT_BATCH_SIZE = {"CPU": 64, "GPU": 256}
@@ -278,6 +279,6 @@ def check_model_and_sample(
     except Exception as exc:  # the forward pass itself refused the rows
         raise SampleMismatchError(
             f"model {model_path.name} cannot predict the rows of sample shard {sample_shard_path.name}: "
-            f"{type(exc).__name__}: {exc}"
+            f"{one_line(exc)}"
         ) from exc
     return model.model_input

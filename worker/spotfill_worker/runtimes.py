@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from spotfill_worker.third_party import turn_off_dependency_telemetry
+
 if TYPE_CHECKING:
     from spotfill_worker.model import LoadedModel
 
@@ -121,6 +123,7 @@ def openvino_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runtime:
     does not offer ``precision`` (fp16 is not offered on CPUs; bf16 needs BF16 in the CPU's capabilities).
     """
     _check_precision(precision)
+    turn_off_dependency_telemetry()  # before the converter loads: it reports to Google Analytics otherwise
     try:
         import openvino as ov
     except ImportError:
@@ -211,6 +214,7 @@ def onnxruntime_runtime(model: LoadedModel, *, precision: str = "fp32") -> Runti
     _check_precision(precision)
     if precision != "fp32":
         raise RuntimeUnavailable(f"onnxruntime does not offer {precision} on CPU")
+    turn_off_dependency_telemetry()  # before onnxruntime loads: its uploader starts at import otherwise
     try:
         import onnx  # noqa: F401  # tf2onnx builds its graph with it
         import onnxruntime

@@ -36,7 +36,9 @@ from spotfill_worker.formats import Rows, ShapeMismatchError, ShardFormatError, 
 from spotfill_worker.imds import Imds, InstanceFactsReader
 from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_signal_handlers
 from spotfill_worker.leases import Delivery, Leases
+from spotfill_worker.reasons import one_line
 from spotfill_worker.telemetry import Telemetry
+from spotfill_worker.third_party import turn_off_dependency_telemetry
 
 _MODELS: dict[tuple[str, str], Any] = {}  # (model URI, ETag) -> LoadedModel, per process
 # (id(LoadedModel), batch size, XLA, runtime asked for, precision) -> Predictor, its runtime calibrated
@@ -51,6 +53,10 @@ CONFLICT_BACKOFF_CAP = 2.0
 
 # Errors no retry can fix: the shard goes to the dead-letter queue on its first failure.
 POISON_ERRORS = (ShardFormatError, ShapeMismatchError)
+# Any other failed shard is made visible again after RETRY_BACKOFF * 2**(receive count - 1) seconds (at most
+# the visibility timeout): retried promptly, and dead-lettered by SQS after the queue's maxReceiveCount
+# receives, instead of waiting out the visibility timeout before each retry (which outlasts a stall timeout).
+RETRY_BACKOFF = 1
 
 
 class OutputWriteConflict(RuntimeError):
@@ -573,9 +579,16 @@ class Worker:
 
     def _fail(self, item: Prepared, exc: BaseException) -> None:
         """Record the error; a shard no retry can fix (``POISON_ERRORS``) goes to the dead-letter queue now,
-        any other failure leaves its message to time out, so SQS delivers it again (and redrives it to the
-        dead-letter queue after the receive limit)."""
-        self.leases.drop(item.delivery)
+        any other failure makes its message visible again after a short backoff (``RETRY_BACKOFF``), so SQS
+        delivers it again soon and redrives it to the dead-letter queue after the receive limit."""
+        poison = isinstance(exc, POISON_ERRORS) and bool(self.config.dead_letter_queue_url)
+        retry_in = min(
+            self.config.visibility_timeout, RETRY_BACKOFF * 2 ** max(0, item.delivery.receive_count - 1)
+        )
+        if poison:
+            self.leases.drop(item.delivery)
+        else:
+            self.leases.release(item.delivery, after=retry_in)
         with self._busy_lock:
             self.shards_failed += 1
         message = item.message
@@ -597,11 +610,13 @@ class Worker:
             message_id=item.delivery.message_id,
             receive_count=item.delivery.receive_count,
             error=f"{type(exc).__name__}: {exc}",
+            reason=record["reason"],
             error_record=written_to,
+            retry_in=None if poison else retry_in,
             errors=1,
         )
         self.telemetry.metrics(predictions=0, shards=0, shard_seconds=0.0, shard_errors=1)
-        if isinstance(exc, POISON_ERRORS) and self.config.dead_letter_queue_url:
+        if poison:
             self._dead_letter(item, record["shard"])
 
     def _dead_letter(self, item: Prepared, shard: str | None) -> None:
@@ -622,6 +637,7 @@ class Worker:
 def main(environ: Any = None) -> int:
     """The process entry point: parse the environment once, then run until stopped or idle."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    turn_off_dependency_telemetry()  # first: whatever loads a runtime later finds its telemetry off
     try:
         config = WorkerConfig.from_env(environ)
     except ConfigError as exc:
@@ -632,10 +648,12 @@ def main(environ: Any = None) -> int:
 
 
 def _error_fields(exc: BaseException) -> dict[str, Any]:
-    """What every error record says of the failure: its type, message, the traceback's tail, where, when."""
+    """What every error record says of the failure: its type, message, one line saying why (what reports
+    quote), the traceback's tail, where, when."""
     return {
         "error_type": type(exc).__name__,
         "error": str(exc),
+        "reason": one_line(exc),
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))[-4000:],
         "worker": socket.gethostname(),
         "time": datetime.now(UTC).isoformat(),

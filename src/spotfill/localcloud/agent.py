@@ -131,6 +131,9 @@ class EcsAgent:
         self.registrations: dict[str, Registration] = {}
         self.instance_clusters: dict[str, str] = {}  # every instance that ever joined -> its cluster
         self.tasks: list[Task] = []
+        # Sessions of exited tasks (task id -> the worker's pid, which led its session) while anything
+        # the worker started is still in them: on ECS nothing of a container outlives it.
+        self._ended_sessions: dict[str, int] = {}
         self.tasks_started = 0
         self.tasks_died = 0
         self._task_definitions: dict[str, dict[str, Any]] = {}
@@ -162,7 +165,14 @@ class EcsAgent:
                 self._signal(task, signal.SIGKILL)
                 task.process.wait()
                 _remove_scratch(task)
+                self._ended_sessions[task.task_id] = task.process.pid
             self.tasks.clear()
+            # What a worker left behind goes with the local cloud, as a container's processes go with it.
+            for session in self._ended_sessions.values():
+                for pid, _ in session_processes(session):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self._ended_sessions.clear()
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick):
@@ -296,6 +306,7 @@ class EcsAgent:
                 log.info("task %s on %s exited with %s", task.task_id, task.instance_id, code)
             _remove_scratch(task)
             self.tasks.remove(task)
+            self._ended_sessions[task.task_id] = task.process.pid
 
     def _reconcile(self, wanted: dict[tuple[str, str], tuple[int, str]]) -> None:
         for task in self.tasks:
@@ -488,6 +499,20 @@ class EcsAgent:
         with contextlib.suppress(ProcessLookupError):
             task.process.send_signal(signum)
 
+    def stray_processes(self) -> list[str]:
+        """Processes still running in the session of a task that has exited: what its worker started and
+        left behind (a child that outlived it), each as `process <pid> of task <id>: <command line>`."""
+        with self._lock:
+            ended = list(self._ended_sessions.items())
+        found = []
+        for task_id, session in ended:
+            members = session_processes(session)
+            if not members:  # an empty session gains no process: forget it
+                with self._lock:
+                    self._ended_sessions.pop(task_id, None)
+            found.extend(f"process {pid} of task {task_id}: {command}" for pid, command in members)
+        return found
+
     # --- what the progress display shows ---------------------------------------------------------------
 
     def running_tasks(self) -> list[Task]:
@@ -552,3 +577,23 @@ def _json(document: dict[str, Any]) -> str:
     import json
 
     return json.dumps(document)
+
+
+def session_processes(session: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes in the session `session` leads, the leader itself left out
+    (a worker that exited; a process reusing its pid is not one of its children). Empty without /proc."""
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == session:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        if int(fields[3]) == session and fields[0] not in ("Z", "X"):  # a zombie has exited already
+            found.append((int(entry.name), command))
+    return found

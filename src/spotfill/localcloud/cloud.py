@@ -252,8 +252,9 @@ class LocalCloud:
         return False
 
     def leftovers(self) -> list[str]:
-        """Everything still running or allocated beyond the stack itself: fleets, instances, tasks, services,
-        clusters and queues (what a finished run must leave behind: nothing)."""
+        """Everything still running or allocated beyond the stack itself: fleets, instances, tasks (and any
+        process an exited task's worker left running), services, clusters and queues (what a finished run
+        must leave behind: nothing)."""
         found: list[str] = []
         ec2, ecs, sqs = self.client("ec2"), self.client("ecs"), self.client("sqs")
         stack_owned = self._stack_resources()
@@ -269,6 +270,7 @@ class LocalCloud:
             found.extend(f"instance {i['InstanceId']}" for i in reservation["Instances"])
         if self.agent is not None:
             found.extend(f"task {t.task_id} ({t.service})" for t in list(self.agent.tasks) if t.alive)
+            found.extend(self.agent.stray_processes())
         for cluster_arn in ecs.list_clusters()["clusterArns"]:
             name = cluster_arn.rsplit("/", 1)[-1]
             services = ecs.list_services(cluster=cluster_arn)["serviceArns"]
