@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spotfill_control.budget import format_usd
-from spotfill_control.report import report_rows
+from spotfill_control.report import REDRIVE, report_rows
 
 INTERRUPTION_COLOR = "#d62728"
 WIDTH_INCHES, HEIGHT_INCHES = 9.0, 3.0
@@ -268,14 +268,15 @@ def charts(report: Mapping[str, Any], series: Any) -> list[Chart]:
     ]
 
 
-def render_html(report: Mapping[str, Any], series: Any) -> str:
+def render_html(report: Mapping[str, Any], series: Any, redrive: str = REDRIVE) -> str:
     """The page: a heading with the status and reason, the charts, then the report's table. `series` is the
-    run's series as a dict (`{"interval_seconds", "samples"}`), a model with `model_dump()`, or None."""
+    run's series as a dict (`{"interval_seconds", "samples"}`), a model with `model_dump()`, or None;
+    `redrive` names what queues unfinished shards again, as in `report_rows`."""
     run_id = str(report.get("run_id", "?"))
     status = str(report.get("status", "?"))
     rows = "".join(
         f"<tr><th>{html.escape(what)}</th><td>{html.escape(value)}</td></tr>"
-        for what, value in report_rows(report)
+        for what, value in report_rows(report, redrive)
     )
     figures = "".join(_chart_html(chart) for chart in charts(report, series))
     return (

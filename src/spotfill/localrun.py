@@ -30,8 +30,8 @@ from spotfill.runs import (
     Snapshot,
     execution_arns,
     read_report,
-    read_report_page,
     report_from_execution_output,
+    report_page,
     wait_for_execution_started_after,
 )
 
@@ -421,7 +421,9 @@ def follow_run(
         report = read_report(session, stack, snap.run_id) or report
     result = LocalRunResult(execution_arn, snap, report, wall_seconds=time.monotonic() - started)
     if report and snap.run_id:
-        result.report_page = read_report_page(session, stack, report)
+        # Drawn here, not read from the Report function's page: that one advises `spotfill redrive`, which has
+        # no run to redrive once this local cloud is gone.
+        result.report_page = report_page(session, stack, {**report, "reason": result.reason}, LOCAL_REDRIVE)
     if snap.run_id:
         result.last_output_at, result.fleet_gone_at = _end_times(cloud, snap.run_id)
     if cloud.chaos is not None:

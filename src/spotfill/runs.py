@@ -159,9 +159,11 @@ def read_report(session: Session, stack: Stack, run_id: str) -> dict[str, Any] |
     return json.loads(body["Body"].read())
 
 
-def report_page(session: Session, stack: Stack, report: dict[str, Any]) -> str:
+def report_page(session: Session, stack: Stack, report: dict[str, Any], redrive: str | None = None) -> str:
     """The report's HTML page, drawn here with the run's series from the control bucket (none for a run
-    that ended before the Monitor's first poll: its charts then say so)."""
+    that ended before the Monitor's first poll: its charts then say so); `redrive` as `report_rows` takes
+    it."""
+    from spotfill_control.report import REDRIVE
     from spotfill_control.report_html import render_html
     from spotfill_control.series import load_series
 
@@ -169,20 +171,7 @@ def report_page(session: Session, stack: Stack, report: dict[str, Any]) -> str:
         series = load_series(session.client("s3"), stack.control_bucket, report["run_id"])
     except ClientError as exc:
         raise CliError(f"cannot read the series of run {report['run_id']}: {_aws_message(exc)}") from None
-    return render_html(report, series)
-
-
-def read_report_page(session: Session, stack: Stack, report: dict[str, Any]) -> str:
-    """The page the Report function wrote beside the report (`html_key`), or, when it wrote none (drawing
-    failed there), the page drawn here."""
-    if report.get("html_key"):
-        try:
-            body = session.client("s3").get_object(Bucket=stack.control_bucket, Key=report["html_key"])
-            return body["Body"].read().decode()
-        except ClientError as exc:
-            if not is_missing_key(exc):
-                raise CliError(f"cannot read {report['html_key']}: {_aws_message(exc)}") from None
-    return report_page(session, stack, report)
+    return render_html(report, series, redrive or REDRIVE)
 
 
 def report_from_execution_output(output: str | None) -> dict[str, Any] | None:

@@ -134,3 +134,19 @@ def test_a_mixed_fleets_dollars_are_shared_by_hours_at_on_demand_prices():
     # 2M predictions and $0.20 on the small type, 1M and $0.20 on the large one
     assert figures["small"][1] == pytest.approx(0.1) and figures["large"][1] == pytest.approx(0.2)
     assert figures["small"][0] == figures["large"][0] == pytest.approx(1_000_000 / 3600)
+
+
+def test_the_page_names_the_redrive_it_is_given_for_unfinished_shards():
+    # given a run with unfinished shards
+    report = {
+        "run_id": "r-1",
+        "status": "budget_reached",
+        "shards": {"total": 4, "succeeded": 1, "unprocessed": 3},
+    }
+
+    # when its page is drawn for AWS, and for a local run whose cloud is gone
+    aws, local = render_html(report, None), render_html(report, None, redrive="the same command again")
+
+    # then each names its own way to finish them
+    assert "3 unfinished (spotfill redrive)" in aws
+    assert "3 unfinished (the same command again)" in local and "spotfill redrive" not in local

@@ -4,6 +4,7 @@ or temporary folder outlives the run."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from spotfill import localrun
 from spotfill.cli import main
 from spotfill.localcloud import LocalCloud, LocalCloudOptions
 from spotfill.localcloud.cloud import OWNER_FILE, reclaim_abandoned_run_dirs
@@ -238,6 +240,9 @@ def test_a_rerun_computes_only_missing_outputs_and_a_failed_download_is_an_error
     report = json.loads(pages[0].with_suffix(".json").read_text())
     assert pages[0].name == f"out-report-{report['run_id']}.html"
     assert f"report: {pages[0]} and {pages[0].with_suffix('.json')}" in printed.out.splitlines()
+    # and its page advises what works once this local cloud is gone, not `spotfill redrive`
+    page = pages[0].read_text()
+    assert "spotfill redrive" not in page and html.escape(localrun.LOCAL_REDRIVE) in page
     # and the output computed now is recorded as this model's (the kept one's model is not known)
     assert recorded_models(output_dir) == {shards[2].name: LocalModel.of(digits.model_path)}
 
