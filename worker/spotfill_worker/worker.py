@@ -127,9 +127,8 @@ class Worker:
         self.predictor: Any = None  # model.Predictor, once the first shard's rows chose its runtime
         self._device = "CPU"
         self._batch_size = 0
-        self._model_etag = (
-            ""  # the loaded model object's ETag, recorded on every output (spotfill-model-etag)
-        )
+        # the loaded model object's ETag, recorded on every output (spotfill-model-etag)
+        self._model_etag = ""
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
