@@ -11,7 +11,9 @@ SURVIVORS = Path(__file__).resolve().parents[2] / ".ci" / "survivors"
 
 
 def _check(run_tmpdir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([SURVIVORS, str(run_tmpdir)], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [SURVIVORS, str(run_tmpdir)], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_a_process_left_alive_by_a_run_fails_the_check_named_and_is_stopped(tmp_path):
