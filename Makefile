@@ -51,10 +51,13 @@ demo: $(STAMP)
 	$(BIN)/spotfill demo
 
 ## The whole test suite: unit, moto, Step Functions and local-cloud end-to-end tests in .venv, and the worker
-## tests once, in the image's dependency set (test-image-env). The image's pins are also checked against .venv,
-## whose worker the end-to-end tests run.
-test: $(STAMP) test-image-env browser
-	$(BIN)/python -m pytest --ignore=tests/worker tests tests/worker/test_worker_dependencies.py
+## tests once, in the image's dependency set (as test-image-env). The image's pins are also checked against .venv,
+## whose worker the end-to-end tests run. The two venvs and the browser are built side by side, then .ci/test runs
+## both tiers side by side, each over pytest-xdist workers, under a deep TMPDIR, and fails if a process the tests
+## started outlives them.
+test:
+	$(MAKE) --no-print-directory -j3 $(STAMP) $(IMAGE_STAMP) browser
+	VENV=$(VENV) IMAGE_VENV=$(IMAGE_VENV) .ci/test
 
 ## Headless chromium and chromedriver for the report page's browser test (Debian packages).
 browser:
@@ -63,7 +66,7 @@ browser:
 
 ## The worker tests in a clean venv holding exactly the worker image's CPU dependencies (no Docker needed).
 test-image-env: $(IMAGE_STAMP)
-	PYTHONPATH=worker:src:functions $(IMAGE_VENV)/bin/python -m pytest tests/worker
+	PYTHONPATH=worker:src:functions $(IMAGE_VENV)/bin/python -m pytest -n 2 --dist loadfile tests/worker
 
 ## Unit tests only (no TensorFlow, no Step Functions waits).
 test-fast: $(STAMP)

@@ -170,7 +170,9 @@ def test_teardown_terminates_instances_a_cancelled_fleet_left_running(world, run
     # given a fleet someone cancelled without terminating its instances
     instances = world.fleet_instances(running_run)
     world.ec2.delete_fleets(FleetIds=[running_run["resources"]["fleet_id"]], TerminateInstances=False)
-    assert set(world.instance_states(instances).values()) == {"running"}
+    # pending or running: in a process that ran a local cloud before (make test's xdist workers), the local
+    # cloud's fleet model, installed for the whole process, starts fleet instances pending
+    assert instances and set(world.instance_states(instances).values()) <= {"pending", "running"}
 
     # when the run is torn down
     teardown.handler({"run": running_run}, lambda_context)

@@ -5,7 +5,9 @@ every chart with data must have drawn (a non-empty SVG with data marks) with no 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,11 +69,19 @@ def browser():
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    # Chromium puts its singleton socket in $TMPDIR and aborts ("Socket path too long") when that path passes
+    # the 108 bytes a Unix socket's address holds, as under make test's deep TMPDIR: the browser gets a short
+    # one of its own. The pages it opens stay under the tests' TMPDIR.
+    browser_tmp = tempfile.mkdtemp(prefix="chromium-", dir="/tmp")
+    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": browser_tmp})
     try:
-        yield driver
+        driver = webdriver.Chrome(options=options, service=service)
+        try:
+            yield driver
+        finally:
+            driver.quit()
     finally:
-        driver.quit()
+        shutil.rmtree(browser_tmp, ignore_errors=True)
 
 
 def open_page(browser, path: Path) -> dict[str, dict]:
