@@ -52,3 +52,21 @@ def test_a_run_that_left_nothing_alive_passes_the_check_and_other_runs_processes
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_process_whose_tmpdir_lies_below_the_runs_fails_the_check(tmp_path):
+    # given a process left alive with a TMPDIR of its own inside the run's (as a local-cloud worker has)
+    run_tmpdir = tmp_path / "run"
+    left = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        env={**os.environ, "TMPDIR": str(run_tmpdir / "spotfill-local-x" / "tasks" / "t-1" / "tmp")},
+        start_new_session=True,
+    )
+    try:
+        # when the run is checked / then it fails naming the process, which is stopped
+        checked = _check(run_tmpdir)
+        assert checked.returncode == 1 and f"  {left.pid} " in checked.stderr
+        assert left.wait(timeout=30) == -9
+    finally:
+        left.kill()
+        left.wait()
