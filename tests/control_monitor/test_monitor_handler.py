@@ -89,8 +89,9 @@ def test_monitor_emits_the_cost_so_far_and_the_cap_for_the_dashboard(
 def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
     world, start_run, lambda_context
 ):
-    # given a run whose cap is below what the fleet costs over a poll and a drain
-    run = start_run(max_total_usd=0.0001)
+    # given a run whose cap (just above the least Validate accepts) is below what the fleet costs over a poll
+    # and a drain
+    run = start_run(max_total_usd=0.0011)
     fleet_id = run["resources"]["fleet_id"]
     instances = world.ec2.describe_fleet_instances(FleetId=fleet_id)["ActiveInstances"]
 
@@ -99,7 +100,7 @@ def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
 
     # then it drains: the fleet's target is 0 with its instances still running, the service runs no task
     assert draining["budget"]["draining_since"] is not None
-    assert draining["budget"]["projected_usd"] >= 0.0001
+    assert draining["budget"]["projected_usd"] >= 0.0011
     (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
     assert described["TargetCapacitySpecification"]["TotalTargetCapacity"] == 0
     assert described["ExcessCapacityTerminationPolicy"] == "no-termination"
@@ -123,7 +124,7 @@ def test_a_drain_that_starts_while_the_fleet_is_modifying_lowers_it_once_the_fle
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.ec2.models import ec2_backends
 
-    run = start_run(max_total_usd=0.0001)
+    run = start_run(max_total_usd=0.0011)
     fleet_id = run["resources"]["fleet_id"]
     fleet = ec2_backends[DEFAULT_ACCOUNT_ID][world.ec2.meta.region_name].fleets[fleet_id]
     fleet.state = "modifying"

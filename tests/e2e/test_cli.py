@@ -7,6 +7,7 @@ import pytest
 from spotfill.cli import main
 from spotfill.localcloud.chaos import ChaosSpec, interleave
 from spotfill.localcloud.server import free_port
+from spotfill.model_record import RECORD_NAME
 
 pytestmark = pytest.mark.e2e
 
@@ -249,7 +250,8 @@ def test_run_local_writes_one_output_per_shard_equal_to_model_predict(digits, tm
     assert code == 0, printed.err
     # what the handlers print (their metric records) went to the function log, not the user's terminal
     assert '"_aws"' not in printed.out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [s.name for s in shards]
+    # (beside the outputs, the record of the model that made them)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [RECORD_NAME] + [s.name for s in shards]
     for shard in shards:
         np.testing.assert_allclose(
             np.load(tmp_path / "out" / shard.name), digits.reference[shard.name], atol=1e-5
