@@ -9,11 +9,14 @@ import itertools
 import json
 import os
 import signal
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from spotfill.localcloud.agent import session_processes
 
 from .helpers import eventually
 
@@ -242,6 +245,29 @@ def test_a_process_an_exited_task_left_running_is_a_leftover(local_cloud):
     eventually(lambda: not [item for item in local_cloud.leftovers() if item.startswith("process ")])
 
 
+def test_a_killed_task_takes_every_process_it_started_with_it(local_cloud):
+    # given a task whose worker forked a child
+    stray = [
+        {"name": "SPOTFILL_RUN_ID", "value": "run-killed"},
+        {"name": "SPOTFILL_FAKE_STRAY", "value": "1"},
+    ]
+    _run_scope(local_cloud, "run-killed", desired=1, environment=stray)
+    _request_fleet(local_cloud, _launch_template_version(local_cloud, "run-killed"), capacity=1)
+    (task,) = eventually(lambda: tasks_in(local_cloud, "run-killed"))
+    eventually(lambda: task.log_path.read_text())
+    assert len(session_processes(task.process.pid)) == 1  # the child (the worker leads the session)
+
+    # when the task is killed (a crash, the OOM killer: the container stops)
+    local_cloud.agent.kill_task(task)
+    task.process.wait(timeout=30)
+
+    # then its child went with it, as a container's processes go with the container: nothing is left over
+    eventually(lambda: not session_processes(task.process.pid))
+    local_cloud.client("ecs").update_service(cluster="run-killed", service="workers", desiredCount=0)
+    eventually(lambda: not [t for t in local_cloud.agent.tasks if t.cluster == "run-killed"])
+    assert not [item for item in local_cloud.leftovers() if item.startswith("process ")]
+
+
 def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet(local_cloud):
     # given a fleet of one with one task
     _run_scope(local_cloud, "run-spot", desired=1)
@@ -454,3 +480,47 @@ def test_the_local_cloud_account_has_raised_spot_quotas(local_cloud):
     quotas = local_cloud.client("service-quotas")
     assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")["Quota"]["Value"] == 256
     assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]["Value"] == 64
+
+
+_CLOUD = """
+import os, subprocess, sys, time
+from pathlib import Path
+from spotfill.localcloud import worker_iam
+
+site = Path(sys.argv[1])
+environment = {**os.environ, **worker_iam.lifeline_environment(site, os.environ.get("PYTHONPATH"))}
+forks = "import os, time\\nif os.fork() == 0:\\n    time.sleep(600)\\n    os._exit(0)\\ntime.sleep(600)"
+worker = subprocess.Popen([sys.executable, "-c", forks], env=environment, start_new_session=True)
+print(worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="walks /proc for the worker's processes")
+def test_a_worker_whose_local_cloud_is_killed_exits_taking_what_it_started_with_it(tmp_path):
+    # given a local cloud's process that started a worker as the agent does (a session of its own, the
+    # lifeline's sitecustomize), and the worker forked a child (as a library may)
+    from spotfill.localcloud import worker_iam
+
+    site = worker_iam.site_directory(tmp_path)
+    cloud = subprocess.Popen([sys.executable, "-c", _CLOUD, str(site)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(cloud.stdout.readline())
+        eventually(lambda: len(session_processes(worker)) == 1)
+
+        # when the local cloud is killed with SIGKILL (no chance to stop its workers)
+        cloud.kill()
+        cloud.wait(timeout=30)
+
+        # then the worker exits, and its child with it
+        eventually(lambda: not _running(worker) and not session_processes(worker), timeout=60)
+    finally:
+        cloud.kill()
+        cloud.wait()

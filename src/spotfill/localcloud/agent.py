@@ -496,8 +496,14 @@ class EcsAgent:
 
     @staticmethod
     def _signal(task: Task, signum: int) -> None:
+        """SIGTERM to the worker alone, SIGKILL to every process of its task: ECS's stop sends SIGTERM to the
+        container's main process, then kills what is left of the container, children included (each worker
+        leads a process group of its own, start_new_session)."""
         with contextlib.suppress(ProcessLookupError):
-            task.process.send_signal(signum)
+            if signum == signal.SIGKILL:
+                os.killpg(task.process.pid, signum)
+            else:
+                task.process.send_signal(signum)
 
     def stray_processes(self) -> list[str]:
         """Processes still running in the session of a task that has exited: what its worker started and

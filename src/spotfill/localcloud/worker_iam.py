@@ -39,6 +39,7 @@ if _cloud.isdigit():
     # even with SIGKILL), the parent changes (the orphan is adopted): exit at once instead of retrying a dead
     # endpoint. A watchdog thread, not PR_SET_PDEATHSIG, which fires when the forking *thread* exits and is
     # Linux-only. Popped, so processes this one starts do not watch the wrong parent.
+    import signal
     import sys
     import threading
     import time
@@ -47,6 +48,10 @@ if _cloud.isdigit():
         while os.getppid() == cloud:
             time.sleep(0.5)
         print(f"spotfill: the local cloud (process {cloud}) is gone; exiting", file=sys.stderr, flush=True)
+        if os.getpgrp() == os.getpid():
+            # A task's worker leads its process group: what it started goes with it, as a container's
+            # processes go with the container (a child forked by a library has no lifeline of its own).
+            os.killpg(os.getpid(), signal.SIGKILL)
         os._exit(1)
 
     threading.Thread(target=_lifeline, name="spotfill-lifeline", daemon=True).start()
