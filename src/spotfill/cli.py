@@ -98,8 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from spotfill.localrun import LOCAL_REDRIVE, run_local, write_report
-    from spotfill.progress_display import report_table
+    from spotfill.localrun import run_local, write_report
 
     result = run_local(
         Path(args.model),
@@ -120,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tfrecord=_tfrecord_options(args),
     )
     if result.report:
-        console.print(report_table({**result.report, "reason": result.reason}, redrive=LOCAL_REDRIVE))
+        console.print(result.report_table())
     written = write_report(result, Path(args.output), Path(args.report) if args.report else None)
     if written:
         console.print(f"report: {' and '.join(str(path) for path in written)}", markup=False)

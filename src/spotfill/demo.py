@@ -20,7 +20,6 @@ from rich.console import Console
 
 from spotfill.localcloud import ChaosSpec, LocalCloud
 from spotfill.localrun import LocalRunResult, run_local
-from spotfill.progress_display import report_table
 
 DEMO_SHARDS = 50
 DEMO_ROWS_PER_SHARD = 2_000
@@ -195,7 +194,7 @@ def run_demo(
         before_trigger=lambda cloud, spec: plan_run(cloud, spec, work_dir / "spec.json", console, planned),
     )
     if result.report:
-        console.print(report_table(result.report))
+        console.print(result.report_table())
     if planned.get("estimate") and result.report:
         console.print(estimate_vs_actual(planned["estimate"], result.report))
     problems = check_outputs(result, data.reference)

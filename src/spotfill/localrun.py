@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, TFRECORD_GZIP_EXTENSIONS
 
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.localcloud.server import check_port_free
 from spotfill.model_record import LocalModel, record_models, recorded_models
-from spotfill.progress_display import follow
+from spotfill.progress_display import follow, report_table
 from spotfill.runs import (
     CliError,
     RunWatcher,
@@ -84,6 +85,10 @@ class LocalRunResult:
         reason = (self.report or {}).get("reason") or self.snapshot.error or self.snapshot.status
         run_id = (self.report or {}).get("run_id") or self.snapshot.run_id
         return reason.replace(redrive_advice(run_id), LOCAL_REDRIVE_ADVICE) if run_id else reason
+
+    def report_table(self) -> Table:
+        """The report's table as `spotfill report` prints it, with this run's reason and advice."""
+        return report_table({**(self.report or {}), "reason": self.reason}, redrive=LOCAL_REDRIVE)
 
     @property
     def succeeded(self) -> bool:
