@@ -28,27 +28,6 @@ _SUBREAPER = pytest.StashKey[bool]()  # whether this session became its processe
 # --- no spotfill_worker process the tests started outlives them --------------------------------------------
 
 
-# The modules that take longest (measured with --durations on the 2-core CI machine), longest first. make
-# test spreads modules over pytest-xdist workers in collection order (--dist loadfile), so these start first
-# instead of one of them starting last and running on alone at the end.
-LONGEST_MODULES = (
-    "tests/e2e/test_chaos.py",
-    "tests/sfn/test_sfn_scenarios.py",
-    "tests/e2e/test_backfill.py",
-    "tests/e2e/test_model_runtime.py",
-    "tests/e2e/test_run_local.py",
-    "tests/e2e/test_budget.py",
-    "tests/e2e/test_cli.py",
-    "tests/control/test_plan.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {module: position for position, module in enumerate(LONGEST_MODULES)}
-    # a stable sort: every other module keeps its place
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
-
-
 def pytest_sessionstart(session):
     """Make this process the subreaper of everything the tests start (Linux): a process orphaned by its
     parent (a worker's forked child, a worker whose local cloud died) is adopted by this one instead of
