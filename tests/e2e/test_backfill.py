@@ -63,8 +63,11 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     # and IAM was enforced on every call: functions as their roles, none denied, each worker as the task role
     assert local_cloud.dispatcher.iam.evaluated
     assert iam.describe(local_cloud.dispatcher.iam.denied) == []
-    task_logs = list((local_cloud.run_dir / "logs").rglob("*.log"))
-    assert task_logs and all(worker_iam.ENFORCED_LINE in log.read_text() for log in task_logs)
+    # (a task stopped at teardown before its interpreter got as far as sitecustomize wrote nothing at all)
+    task_logs = [log.read_text() for log in (local_cloud.run_dir / "logs").rglob("*.log")]
+    worked = [text for text in task_logs if '"shard_done"' in text]
+    assert worked
+    assert all(worker_iam.ENFORCED_LINE in text for text in task_logs if text.strip())
     # and nothing is left running or allocated
     assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
 
