@@ -4,18 +4,87 @@ Order matters for cleanup: each resource is recorded in `run.resources` and the 
 exists, so a failure halfway (which Step Functions reports without this state's partial result) still leaves
 teardown a complete list, read back with `state_store.load(run_id)`. A retried invocation picks up the
 persisted resources and creates only what is missing.
+
+The shards go part by part (`shards.PART_SIZE`), each part's progress saved in a checkpoint
+(`runs/<run id>/shards/checkpoint.json`), so any size fits in bounded time and memory: an invocation stops
+starting parts once it has used its time budget (`TimeBudget`) and returns the run with phase "preparing"; the
+state machine calls PrepareRun again (IsPrepared), and that call, like a retry after a crash, continues from
+the checkpoint (docs/contracts.md, "PrepareRun").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from spotfill_control import cluster, fleet, shards, state_store
+from spotfill_control.aws import read_object
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.run import RunState, utcnow
+from spotfill_control.spec import InputSpec
+
+CHECKPOINT_LAYOUT = "spotfill-prepare/1"
+# An invocation starts no new part after this share of the time it had left when it began (Lambda: about its
+# Timeout): a part started just before takes well under the rest (docs/contracts.md, "PrepareRun").
+TIME_SHARE = 0.5
+
+
+@dataclass
+class TimeBudget:
+    """How long one invocation may keep starting parts: `seconds` from its creation, on `clock`."""
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    @classmethod
+    def of_context(cls, context: Any) -> TimeBudget:
+        """Half the time the Lambda invocation has left (`context.get_remaining_time_in_millis()`)."""
+        return cls(context.get_remaining_time_in_millis() / 1000 * TIME_SHARE)
+
+    def spent(self) -> bool:
+        return self.clock() - self.started >= self.seconds
+
+
+class PrepareCheckpoint(BaseModel):
+    """`runs/<run id>/shards/checkpoint.json`: how far the shard list got, written after each stored part.
+
+    `after` is the last input key of the stored parts (a prefix input's next listing starts after it);
+    `position` the manifest entries taken (a manifest's shards go in output order); `open_stems` the
+    collision check's state (`shards.OpenStems`); the rest is the shard list writer's.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    layout: Literal["spotfill-prepare/1"] = CHECKPOINT_LAYOUT
+    run_id: str
+    after: str | None = None
+    position: int = 0
+    manifest_etag: str | None = None
+    parts: list[shards.ShardPart] = []
+    total: int = 0
+    pending: int = 0
+    sample: list[str] = []
+    open_stems: list[tuple[str, str]] = []
+
+
+def checkpoint_key(run_id: str) -> str:
+    return f"runs/{run_id}/shards/checkpoint.json"
+
+
+def read_checkpoint(run_id: str, s3: Any, bucket: str) -> PrepareCheckpoint | None:
+    body = read_object(s3, bucket, checkpoint_key(run_id))
+    return None if body is None else PrepareCheckpoint.model_validate_json(body)
 
 
 def prepare_run(
@@ -28,7 +97,10 @@ def prepare_run(
     ssm: Any,
     settings: Settings,
     now: Callable[[], datetime] = utcnow,
+    budget: TimeBudget | None = None,
 ) -> RunState:
+    """The run prepared (phase "prepared"), or, when `budget` ran out before every shard was queued, the run
+    with phase "preparing" to be handed to PrepareRun again (no budget: every shard in this call)."""
     bucket = settings.control_bucket
 
     stored = state_store.load(run.run_id, s3, bucket)
@@ -54,7 +126,11 @@ def prepare_run(
     # The shard list's index is written only after every message is sent, so its presence means "queued".
     index = shards.read_shard_index(run.run_id, s3, bucket)
     if index is None:
-        index = queue_and_store_shards(run, s3, sqs, bucket, resources.queue_url)
+        index = queue_and_store_shards(run, s3, sqs, bucket, resources.queue_url, budget)
+    if index is None:  # the time budget ran out: the checkpoint says where the next invocation goes on
+        run = run.model_copy(update={"phase": "preparing"})
+        state_store.persist(run, s3, bucket)
+        return run
 
     if resources.cluster_name is None:
         record(cluster_name=cluster.create_cluster(run, ecs))
@@ -81,37 +157,89 @@ def prepare_run(
 
 
 def queue_and_store_shards(
-    run: RunState, s3: Any, sqs: Any, bucket: str, queue_url: str | None
-) -> shards.ShardIndex:
-    """List the input, queue a message per shard whose output does not exist yet, store the shard list.
+    run: RunState,
+    s3: Any,
+    sqs: Any,
+    bucket: str,
+    queue_url: str | None,
+    budget: TimeBudget | None = None,
+    part_size: int | None = None,
+) -> shards.ShardIndex | None:
+    """Queue a message per shard whose output does not exist yet and store the shard list, part by part from
+    the checkpoint on; the index once the input is exhausted, or None when `budget` ran out first.
 
-    Shards go part by part (`shards.PART_SIZE`): each part's messages are sent, then the part is stored; the
-    index goes last. A retry after a failure halfway sends some messages twice, which is harmless (one output
-    key per shard).
+    Each part: its stretch of the input is listed, the outputs it would write that exist already are found by
+    listing only their key range (`shards.existing_among`), its messages are sent, the part is stored, then
+    the checkpoint. At least one part goes per call, so every call makes progress. A call that crashes after
+    sending a part's messages and before its checkpoint sends that part again when retried: harmless (one
+    output key per shard) and at most one part. Only one part's shards are in memory.
     """
     assert queue_url is not None
-    found = shards.list_shards(run.spec.input, s3)
-    existing = shards.existing_outputs(run.spec, s3)
-    writer = shards.shard_list_writer(run, s3, bucket)
-    owner: dict[str, str] = {}
-    for chunk in shards.chunked(found, writer.part_size):
-        planned = []
-        for uri in chunk:
-            output = shards.output_uri(uri, run.spec)
-            if output in owner:  # Validate checked this already; a changed input since then is caught here
-                raise InvalidSpecError(
-                    f"input.uri: shards {owner[output]} and {uri} would both write {output}."
-                )
-            owner[output] = uri
-            planned.append(
-                shards.Shard(
-                    shard=uri,
-                    output=output,
-                    error=shards.error_uri(uri, run.spec, bucket, run.run_id),
-                    skipped=output in existing,
-                )
-            )
-        shards.send_shards(run.run_id, [s for s in planned if not s.skipped], queue_url, sqs)
-        for shard in planned:
-            writer.add(shard.shard, shard.skipped)
+    spec = run.spec
+    part_size = part_size or shards.PART_SIZE
+    checkpoint = read_checkpoint(run.run_id, s3, bucket) or PrepareCheckpoint(run_id=run.run_id)
+    writer = shards.shard_list_writer(run, s3, bucket, part_size)
+    writer.resume(checkpoint.parts, checkpoint.total, checkpoint.pending, checkpoint.sample)
+    namer = shards.ShardNamer(spec.input, spec.output, bucket, run.run_id)
+    collisions = shards.OpenStems(namer, checkpoint.open_stems)
+    if spec.input.is_prefix:
+        stream: Iterator[str] = shards.iter_prefix_shards(spec.input, s3, after=checkpoint.after)
+    else:
+        stream, etag = _manifest_stream(spec.input, s3, namer, checkpoint)
+        checkpoint = checkpoint.model_copy(update={"manifest_etag": etag})
+    for number in itertools.count():
+        if number > 0 and budget is not None and budget.spent():
+            return None
+        part = [namer.ref(uri, False) for uri in itertools.islice(stream, part_size)]
+        if not part:
+            break
+        if spec.input.is_prefix:
+            for ref in part:
+                collisions.add(ref)
+        existing = shards.existing_among([ref.output for ref in part], spec.output, s3)
+        shards.send_shards(
+            run.run_id, [ref.as_shard() for ref in part if ref.output not in existing], queue_url, sqs
+        )
+        for ref in part:
+            writer.add(ref.shard, ref.output in existing)
+        writer.flush()
+        checkpoint = checkpoint.model_copy(
+            update={
+                "after": shards.split_s3_uri(part[-1].shard)[1] if spec.input.is_prefix else None,
+                "position": checkpoint.position + len(part),
+                "parts": writer.parts,
+                "total": writer.total,
+                "pending": writer.pending,
+                "sample": writer.sample,
+                "open_stems": collisions.state,
+            }
+        )
+        s3.put_object(
+            Bucket=bucket,
+            Key=checkpoint_key(run.run_id),
+            Body=checkpoint.model_dump_json().encode(),
+            ContentType="application/json",
+        )
+    if writer.total == 0:
+        raise shards.no_shards_error(spec.input)
     return writer.close()
+
+
+def _manifest_stream(
+    input_spec: InputSpec, s3: Any, namer: shards.ShardNamer, checkpoint: PrepareCheckpoint
+) -> tuple[Iterator[str], str]:
+    """A manifest's shards from the checkpoint's position on, in output order (so each part's outputs span a
+    narrow key range, and two shards writing one output are neighbours), and the manifest's ETag. The manifest
+    is read whole on each call (bounded: `shards.MAX_SHARD_MANIFEST_BYTES`) and must not change meanwhile."""
+    entries, etag = shards.read_shard_manifest(input_spec, s3)
+    if checkpoint.manifest_etag is not None and checkpoint.manifest_etag != etag:
+        raise InvalidSpecError(
+            f"input.uri: shard manifest {input_spec.uri} changed while the run was being prepared (ETag "
+            f"{checkpoint.manifest_etag}, now {etag}): start a new run with the new manifest."
+        )
+    outputs = [namer.ref(entry, False).output for entry in entries]
+    order = sorted(range(len(entries)), key=outputs.__getitem__)  # stable: manifest order among equals
+    for earlier, later in itertools.pairwise(order):
+        if outputs[earlier] == outputs[later]:
+            raise shards.collision_error(entries[earlier], entries[later], outputs[later])
+    return (entries[i] for i in order[checkpoint.position :]), etag

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spotfill_control.instance_types import Architecture, InstanceTypeFacts
 from spotfill_control.spec import BackfillSpec
 
-Phase = Literal["validated", "prepared", "fleet_requested", "registered", "monitoring", "done"]
+Phase = Literal["validated", "preparing", "prepared", "fleet_requested", "registered", "monitoring", "done"]
 
 # Every resource a run creates carries this tag (value: the run id); names are `spotfill-<run id>`.
 RUN_ID_TAG = "spotfill:run-id"

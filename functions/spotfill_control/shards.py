@@ -38,6 +38,9 @@ VISIBILITY_TIMEOUT_SECONDS = 120  # the worker's default heartbeat window (SPOTF
 RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS  # both queues; spec.MAX_RUNTIME_SECONDS keeps runs inside it
 SEND_ATTEMPTS = 5
 SEND_WORKERS = 8  # parallel SendMessageBatch calls: a million shards are 100,000 batches
+# A shard manifest is read whole (on each PrepareRun invocation): 32 MiB is about 300,000 shard URIs of 100
+# bytes, whose read, checks and ordering peak near 200 MB (docs/contracts.md). Larger inputs go under a prefix.
+MAX_SHARD_MANIFEST_BYTES = 32 * 1024 * 1024
 
 
 class Shard(BaseModel):
@@ -132,33 +135,84 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def list_shards(input_spec: InputSpec, s3: Any) -> list[str]:
-    """The input's shard URIs: objects under the prefix with the format's extension, or a manifest's."""
+    """Every shard URI of the input in memory: objects under the prefix with the format's extension (in S3's
+    listing order, which is sorted), or a manifest's. For tools and tests; PrepareRun streams them part by part
+    (`iter_prefix_shards`)."""
     if input_spec.is_prefix:
-        bucket, prefix = split_s3_uri(input_spec.uri)
-        extensions = input_spec.extensions
-        keys = list_keys(bucket, prefix, s3, what="input.uri")
-        return [f"s3://{bucket}/{k}" for k in sorted(keys) if k.lower().endswith(extensions)]
-    return _read_shard_manifest(input_spec, s3)
+        return list(iter_prefix_shards(input_spec, s3))
+    return read_shard_manifest(input_spec, s3)[0]
+
+
+def iter_prefix_shards(input_spec: InputSpec, s3: Any, after: str | None = None) -> Iterator[str]:
+    """The shard URIs under an input prefix whose key sorts after `after`, page by page in S3's order."""
+    bucket, prefix = split_s3_uri(input_spec.uri)
+    extensions = input_spec.extensions
+    for key in iter_keys(bucket, prefix, s3, what="input.uri", start_after=after):
+        if key.lower().endswith(extensions):
+            yield f"s3://{bucket}/{key}"
 
 
 def list_keys(bucket: str, prefix: str, s3: Any, what: str) -> list[str]:
-    keys: list[str] = []
+    return list(iter_keys(bucket, prefix, s3, what))
+
+
+def iter_keys(
+    bucket: str, prefix: str, s3: Any, what: str, start_after: str | None = None
+) -> Iterator[str]:
+    """Object keys under `prefix` (folder markers left out), one ListObjectsV2 page at a time, in S3's order
+    (UTF-8 byte order, which is Python's `str` order); from just after `start_after` where given. A caller
+    that stops iterating stops the listing."""
+    arguments: dict[str, str] = {"Bucket": bucket, "Prefix": prefix}
+    if start_after:
+        arguments["StartAfter"] = start_after
+    while True:
+        page = list_page(bucket, prefix, s3, what, **arguments)
+        for obj in page.get("Contents", []):
+            if not obj["Key"].endswith("/"):
+                yield obj["Key"]
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+        # the token carries the position; StartAfter is not sent again
+        arguments = {"Bucket": bucket, "Prefix": prefix, "ContinuationToken": token}
+
+
+def list_page(bucket: str, prefix: str, s3: Any, what: str, **arguments: Any) -> dict[str, Any]:
+    """One ListObjectsV2 call; throttling is a TransientAwsError, a missing or unlistable bucket a spec error
+    naming `what` (the spec field)."""
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys.extend(obj["Key"] for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
+        return s3.list_objects_v2(**({"Bucket": bucket, "Prefix": prefix} | arguments))
     except ClientError as exc:
         if is_transient(exc):
             raise TransientAwsError(f"{what}: listing s3://{bucket}/{prefix}: {exc}") from exc
         code = exc.response.get("Error", {}).get("Code", "")
         reason = f"bucket {bucket} does not exist" if code == "NoSuchBucket" else f"cannot be listed ({code})"
         raise InvalidSpecError(f"{what}: s3://{bucket}/{prefix}: {reason}.") from None
-    return keys
 
 
-def _read_shard_manifest(input_spec: InputSpec, s3: Any) -> list[str]:
+def no_shards_error(input_spec: InputSpec) -> InvalidSpecError:
+    return InvalidSpecError(f"input.uri: no {input_spec.format} shards found under {input_spec.uri}.")
+
+
+def collision_error(first: str, second: str, output: str) -> InvalidSpecError:
+    return InvalidSpecError(f"input.uri: shards {first} and {second} would both write {output}.")
+
+
+def read_shard_manifest(input_spec: InputSpec, s3: Any) -> tuple[list[str], str]:
+    """A shard manifest's entries, checked (s3:// URIs with the format's extension, none twice), and the
+    manifest object's ETag. A manifest is read whole, so its size is bounded (`MAX_SHARD_MANIFEST_BYTES`)."""
     bucket, key = split_s3_uri(input_spec.uri)
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        found = s3.get_object(Bucket=bucket, Key=key)
+        size = found.get("ContentLength", 0)
+        if size > MAX_SHARD_MANIFEST_BYTES:
+            raise InvalidSpecError(
+                f"input.uri: shard manifest {input_spec.uri} is {size:,} bytes, more than the "
+                f"{MAX_SHARD_MANIFEST_BYTES:,} a manifest may have: list the shards under a prefix instead "
+                "(input.uri ending in /), which has no such limit."
+            )
+        body = found["Body"].read()
+        etag = str(found.get("ETag", "")).strip('"')
     except ClientError as exc:
         if is_transient(exc):
             raise TransientAwsError(f"input.uri: reading {input_spec.uri}: {exc}") from exc
@@ -188,7 +242,7 @@ def _read_shard_manifest(input_spec: InputSpec, s3: Any) -> list[str]:
         if entry in seen:
             raise InvalidSpecError(f"{where}: {entry} is listed twice.")
         seen.add(entry)
-    return list(entries)
+    return list(entries), etag
 
 
 # ---------------------------------------------------------------------------------------------- naming
@@ -257,8 +311,30 @@ def plan_shards(
 
 
 def existing_outputs(spec: BackfillSpec, s3: Any) -> set[str]:
+    """Every object under the output prefix (small runs and tests; PrepareRun uses `existing_among`)."""
     bucket, prefix = split_s3_uri(spec.output.uri)
     return {f"s3://{bucket}/{k}" for k in list_keys(bucket, prefix, s3, what="output.uri")}
+
+
+def existing_among(outputs: Iterable[str], output_spec: OutputSpec, s3: Any) -> set[str]:
+    """Which of `outputs` (output URIs of one part) exist: a listing of only the key range they span, from
+    just below the smallest to the largest, each key tested against the part's own outputs, so objects of
+    other runs or unrelated ones under the prefix never count."""
+    bucket, prefix = split_s3_uri(output_spec.uri)
+    head = f"s3://{bucket}/"
+    wanted = {uri[len(head) :] for uri in outputs}
+    if not wanted:
+        return set()
+    smallest, largest = min(wanted), max(wanted)
+    found: set[str] = set()
+    # StartAfter is exclusive: a proper prefix of the smallest key sorts just below it (still under `prefix`,
+    # which every output key extends by a stem and an extension)
+    for key in iter_keys(bucket, prefix, s3, what="output.uri", start_after=smallest[:-1]):
+        if key > largest:
+            break
+        if key in wanted:
+            found.add(head + key)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- storage
@@ -319,7 +395,17 @@ class ShardListWriter:
         self.sample: list[str] = []
         self.total = self.pending = 0
         self._part: list[tuple[str, bool]] = []
-        self._random = random.Random(run_id)
+        self._random = self._part_random()
+
+    def _part_random(self) -> random.Random:
+        # seeded per part, so a PrepareRun resumed at a part boundary samples as one that never stopped
+        return random.Random(f"{self.run_id}/{len(self.parts)}")
+
+    def resume(self, parts: list[ShardPart], total: int, pending: int, sample: list[str]) -> None:
+        """Continue after the stored `parts` (PrepareRun's checkpoint); nothing of a later part is held."""
+        self.parts, self.total, self.pending, self.sample = list(parts), total, pending, list(sample)
+        self._part = []
+        self._random = self._part_random()
 
     def add(self, shard: str, skipped: bool) -> None:
         self._part.append((shard, skipped))
@@ -343,6 +429,7 @@ class ShardListWriter:
         pending = sum(1 for _, skipped in self._part if not skipped)
         self.parts.append(ShardPart(key=key, count=len(self._part), pending=pending))
         self._part = []
+        self._random = self._part_random()
 
     def close(self) -> ShardIndex:
         self.flush()
@@ -386,17 +473,54 @@ class ShardNamer:
         # s3://bucket/key lies under s3://<base bucket>/<folder> exactly when the URI starts with it
         return shard[len(self._under) :] if shard.startswith(self._under) else shard[len("s3://") :]
 
-    def ref(self, shard: str, skipped: bool) -> ShardRef:
-        relative = self.relative(shard)
-        stem = relative
+    def stem(self, relative: str) -> str:
+        """The relative path without the input extension: the output is `<output prefix><stem><extension>`."""
         lowered = relative.lower()
         for extension in self._extensions:
             if lowered.endswith(extension):
-                stem = relative[: -len(extension)]
-                break
+                return relative[: -len(extension)]
+        return relative
+
+    def ref(self, shard: str, skipped: bool) -> ShardRef:
+        relative = self.relative(shard)
         return ShardRef(
-            shard, self._output + stem + self._output_extension, self._errors + relative + ".json", skipped
+            shard,
+            self._output + self.stem(relative) + self._output_extension,
+            self._errors + relative + ".json",
+            skipped,
         )
+
+
+class OpenStems:
+    """Finds two shards that would write one output (`a.jsonl` and `a.ndjson`) in a sorted listing, holding
+    only a few stems in memory, across parts and invocations (`state` goes into PrepareRun's checkpoint).
+
+    Two shards collide exactly when their stems are equal. The keys of both are the stem plus an extension
+    that starts with ".", so in sorted order every key between them starts with `stem + "."`: a stem stays
+    open while the listing is inside that range and is dropped once it leaves it (the listing never comes
+    back). The open stems are prefixes of one another, so there are at most as many as a key has dots.
+    """
+
+    def __init__(self, namer: ShardNamer, state: Iterable[tuple[str, str]] = ()) -> None:
+        self._namer = namer
+        self._open: list[tuple[str, str]] = [(stem, shard) for stem, shard in state]
+
+    @property
+    def state(self) -> list[tuple[str, str]]:
+        return list(self._open)
+
+    def add(self, ref: ShardRef) -> None:
+        """Raises InvalidSpecError when `ref` writes the output of an earlier shard; shards come sorted."""
+        relative = self._namer.relative(ref.shard)
+        stem = self._namer.stem(relative)
+        still_open = []
+        for open_stem, owner in self._open:
+            if relative.startswith(open_stem + "."):
+                if open_stem == stem:
+                    raise collision_error(owner, ref.shard, ref.output)
+                still_open.append((open_stem, owner))
+        still_open.append((stem, ref.shard))
+        self._open = still_open
 
 
 def shards_of_part(index: ShardIndex, body: bytes, control_bucket: str) -> Iterator[ShardRef]:

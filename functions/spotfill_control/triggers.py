@@ -492,18 +492,46 @@ def new_run_id(name: str, now: datetime) -> str:
     return f"{stem}-{now.astimezone(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class ShardSample:
+    """The shards Validate saw: the first listing page of a prefix (`complete` when that page is the whole
+    listing), or every entry of a manifest (bounded by `shards.MAX_SHARD_MANIFEST_BYTES`)."""
+
+    shards: list[str]
+    complete: bool
+
+
+def check_shards_sample(spec: BackfillSpec, s3: Any) -> ShardSample:
+    """The shard checks Validate can make in bounded time: the input exists and is listable, its first
+    listing page has shards (a page holding none, with more pages after it, is left to PrepareRun), and no two
+    shards seen would write one output. PrepareRun, before anything costs money, makes the same checks over
+    the whole input with the same sentences (`prepare.queue_and_store_shards`)."""
+    if not spec.input.is_prefix:
+        found = shards.list_shards(spec.input, s3)
+        sample = ShardSample(found, complete=True)
+    else:
+        bucket, prefix = shards.split_s3_uri(spec.input.uri)
+        page = shards.list_page(bucket, prefix, s3, "input.uri")
+        keys = [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        extensions = spec.input.extensions
+        found = [f"s3://{bucket}/{k}" for k in keys if k.lower().endswith(extensions)]
+        sample = ShardSample(found, complete=not page.get("IsTruncated"))
+    if not sample.shards and sample.complete:
+        raise shards.no_shards_error(spec.input)
+    shards.output_uris(spec, sample.shards)  # raises when two shards would write the same output
+    return sample
+
+
 def check_spec(
     spec: BackfillSpec, s3: Any, settings: Settings, now: datetime, *, preflight: Preflight | None
-) -> tuple[list[str], dict[str, InstanceTypeFacts]]:
-    """Every check of a parsed spec, creating nothing: subnets, the model object, the shards (returned, in
-    order), then the account (`preflight`; None only where a caller checks the spec alone) and the instance
-    types' facts (returned). Validate runs it, and so does `spotfill plan`, so both refuse alike."""
+) -> tuple[ShardSample, dict[str, InstanceTypeFacts]]:
+    """Every check of a parsed spec, creating nothing: subnets, the model object, a bounded sample of the
+    shards (returned: `check_shards_sample`), then the account (`preflight`; None only where a caller checks
+    the spec alone) and the instance types' facts (returned). Validate runs it, and so does `spotfill plan`,
+    so both refuse alike."""
     check_subnets(spec, settings)
     model_etag = check_model_readable(spec, s3)
-    found = shards.list_shards(spec.input, s3)
-    if not found:
-        raise InvalidSpecError(f"input.uri: no {spec.input.format} shards found under {spec.input.uri}.")
-    shards.output_uris(spec, found)  # raises when two shards would write the same output
+    sample = check_shards_sample(spec, s3)
     check_outputs_made_by_model(spec, model_etag, s3)
     facts: dict[str, InstanceTypeFacts] = {}
     if preflight is not None:
@@ -513,7 +541,7 @@ def check_spec(
             spot_prices = budget.current_spot_prices(spec.fleet.instance_types, now, preflight.ec2)
             check_cap_covers_least_cost(spec, facts, spot_prices)
         preflight.check(spec, facts, subnets_for(spec.fleet, settings), settings.worker_image_for(facts), now)
-    return found, facts
+    return sample, facts
 
 
 def validate(
@@ -535,7 +563,7 @@ def validate(
         state_store.persist(run, s3, settings.control_bucket)
         return run
     spec = request.spec
-    found, facts = check_spec(spec, s3, settings, now, preflight=preflight)
+    sample, facts = check_spec(spec, s3, settings, now, preflight=preflight)
     run = RunState(
         run_id=new_run_id(spec.name, now),
         spec=spec,
@@ -544,7 +572,7 @@ def validate(
         execution_arn=event.execution_arn,
         source=request.source,
         manifest_uri=request.manifest_uri,
-        shards_total=len(found),
+        shards_total=len(sample.shards) if sample.complete else 0,  # else counted by PrepareRun
         instance_types=facts,
         timeline=Timeline(started_at=event.started_at or now, validated_at=now),
     )

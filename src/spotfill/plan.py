@@ -206,12 +206,20 @@ def stack_settings(stepfunctions: Any, lambda_: Any, state_machine_arn: str) -> 
 def check(
     spec: BackfillSpec, client: Callable[..., Any], settings: Settings
 ) -> tuple[list[str], dict[str, InstanceTypeFacts]]:
-    """Validate's checks (the preflight included), with the caller's clients: the shards and the types."""
+    """Validate's checks (the preflight included), with the caller's clients, then the checks PrepareRun makes
+    over the whole input (plan lists it all: it counts the shards): the shards and the types."""
     from spotfill_control.errors import InvalidSpecError
 
     preflight = Preflight.of(client)
     try:
-        return check_spec(spec, client("s3"), settings, datetime.now(UTC), preflight=preflight)
+        sample, facts = check_spec(spec, client("s3"), settings, datetime.now(UTC), preflight=preflight)
+        if sample.complete:
+            return sample.shards, facts
+        found = shards.list_shards(spec.input, client("s3"))
+        if not found:
+            raise shards.no_shards_error(spec.input)
+        shards.output_uris(spec, found)  # raises when two shards would write the same output
+        return found, facts
     except InvalidSpecError as exc:
         raise PlanError(f"invalid input: {exc}") from None
 
