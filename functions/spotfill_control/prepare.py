@@ -197,9 +197,7 @@ def queue_and_store_shards(
             for ref in part:
                 collisions.add(ref)
         existing = shards.existing_among([ref.output for ref in part], spec.output, s3)
-        shards.send_shards(
-            run.run_id, [ref.as_shard() for ref in part if ref.output not in existing], queue_url, sqs
-        )
+        shards.send_shards(run.run_id, [ref for ref in part if ref.output not in existing], queue_url, sqs)
         for ref in part:
             writer.add(ref.shard, ref.output in existing)
         writer.flush()
@@ -220,6 +218,8 @@ def queue_and_store_shards(
             Body=checkpoint.model_dump_json().encode(),
             ContentType="application/json",
         )
+        if len(part) < part_size:  # the input ended inside this part
+            break
     if writer.total == 0:
         raise shards.no_shards_error(spec.input)
     return writer.close()

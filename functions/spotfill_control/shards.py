@@ -12,7 +12,7 @@ import gzip
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 
@@ -38,9 +38,11 @@ VISIBILITY_TIMEOUT_SECONDS = 120  # the worker's default heartbeat window (SPOTF
 RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS  # both queues; spec.MAX_RUNTIME_SECONDS keeps runs inside it
 SEND_ATTEMPTS = 5
 SEND_WORKERS = 8  # parallel SendMessageBatch calls: a million shards are 100,000 batches
-# A shard manifest is read whole (on each PrepareRun invocation): 32 MiB is about 300,000 shard URIs of 100
-# bytes, whose read, checks and ordering peak near 200 MB (docs/contracts.md). Larger inputs go under a prefix.
+# A shard manifest is read whole, by Validate and by each PrepareRun invocation: at these bounds its read,
+# checks and ordering peak near 150 MB, under half of Validate's 512 MB (docs/contracts.md, "PrepareRun").
+# Larger inputs go under a prefix, which has no bound.
 MAX_SHARD_MANIFEST_BYTES = 32 * 1024 * 1024
+MAX_SHARD_MANIFEST_ENTRIES = 250_000
 
 
 class Shard(BaseModel):
@@ -53,7 +55,11 @@ class Shard(BaseModel):
 
     def message(self, run_id: str) -> str:
         """The SQS message body (docs/contracts.md): what the worker needs about this shard."""
-        return json.dumps({"run_id": run_id, "shard": self.shard, "output": self.output, "error": self.error})
+        return message_body(run_id, self.shard, self.output, self.error)
+
+
+def message_body(run_id: str, shard: str, output: str, error: str) -> str:
+    return json.dumps({"run_id": run_id, "shard": shard, "output": output, "error": error})
 
 
 class ShardList(BaseModel):
@@ -136,8 +142,8 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 def list_shards(input_spec: InputSpec, s3: Any) -> list[str]:
     """Every shard URI of the input in memory: objects under the prefix with the format's extension (in S3's
-    listing order, which is sorted), or a manifest's. For tools and tests; PrepareRun streams them part by part
-    (`iter_prefix_shards`)."""
+    listing order, which is sorted), or a manifest's. For tools and tests; PrepareRun streams them part by
+    part (`iter_prefix_shards`)."""
     if input_spec.is_prefix:
         return list(iter_prefix_shards(input_spec, s3))
     return read_shard_manifest(input_spec, s3)[0]
@@ -156,9 +162,7 @@ def list_keys(bucket: str, prefix: str, s3: Any, what: str) -> list[str]:
     return list(iter_keys(bucket, prefix, s3, what))
 
 
-def iter_keys(
-    bucket: str, prefix: str, s3: Any, what: str, start_after: str | None = None
-) -> Iterator[str]:
+def iter_keys(bucket: str, prefix: str, s3: Any, what: str, start_after: str | None = None) -> Iterator[str]:
     """Object keys under `prefix` (folder markers left out), one ListObjectsV2 page at a time, in S3's order
     (UTF-8 byte order, which is Python's `str` order); from just after `start_after` where given. A caller
     that stops iterating stops the listing."""
@@ -231,6 +235,12 @@ def read_shard_manifest(input_spec: InputSpec, s3: Any) -> tuple[list[str], str]
             entries = [e for e in entries if e and not e.startswith("#")]
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSpecError(f"input.uri: {input_spec.uri} is not a valid shard list ({exc}).") from None
+    if len(entries) > MAX_SHARD_MANIFEST_ENTRIES:
+        raise InvalidSpecError(
+            f"input.uri: shard manifest {input_spec.uri} lists {len(entries):,} shards, more than the "
+            f"{MAX_SHARD_MANIFEST_ENTRIES:,} a manifest may list: list the shards under a prefix instead "
+            "(input.uri ending in /), which has no such limit."
+        )
     extensions = input_spec.extensions
     seen: set[str] = set()
     for number, entry in enumerate(entries, start=1):
@@ -457,6 +467,9 @@ class ShardRef(NamedTuple):
     def as_shard(self) -> Shard:
         return Shard(shard=self.shard, output=self.output, error=self.error, skipped=self.skipped)
 
+    def message(self, run_id: str) -> str:
+        return message_body(run_id, self.shard, self.output, self.error)
+
 
 class ShardNamer:
     """`output_uri_for` and `error_uri_for` with the spec's parts worked out once (same results, faster)."""
@@ -623,7 +636,7 @@ def create_shard_queue(run: RunState, sqs: Any, dead_letter_queue_url: str) -> s
 
 def send_shards(
     run_id: str,
-    shards: list[Shard],
+    shards: Sequence[Shard | ShardRef],
     queue_url: str,
     sqs: Any,
     sleep: Callable[[float], None] = time.sleep,
@@ -648,7 +661,7 @@ def send_shards(
 
 
 def _send_batch(
-    run_id: str, batch: list[Shard], queue_url: str, sqs: Any, sleep: Callable[[float], None]
+    run_id: str, batch: Sequence[Shard | ShardRef], queue_url: str, sqs: Any, sleep: Callable[[float], None]
 ) -> int:
     pending = {str(i): shard.message(run_id) for i, shard in enumerate(batch)}
     for attempt in range(SEND_ATTEMPTS):
