@@ -11,6 +11,7 @@ import itertools
 import json
 
 import pytest
+from spotfill_control import prepare, shards
 
 from spotfill import iam
 from spotfill.localcloud import pricing
@@ -142,7 +143,7 @@ def test_monitoring_iteration_costs_three_state_transitions_and_nine_history_eve
         ]
 
 
-def test_run_history_is_40_events_outside_the_loops_and_9_per_poll(happy):
+def test_run_history_is_42_events_outside_the_loops_and_9_per_poll(happy):
     """The arithmetic behind the continue-as-new threshold (docs/state-machine.md)."""
     history = happy.last.history
     registration_polls = happy.last.entered().count("CheckRegistration")
@@ -152,10 +153,39 @@ def test_run_history_is_40_events_outside_the_loops_and_9_per_poll(happy):
         i for i, e in enumerate(history) if e.get("stateEnteredEventDetails", {}).get("name") == "Teardown"
     )
 
-    # ExecutionStarted, Validate, IsResumed, PrepareRun, HasPendingShards, RequestFleet
-    assert first_wait == 20
+    # ExecutionStarted, Validate, IsResumed, PrepareRun, IsPrepared, HasPendingShards, RequestFleet
+    assert first_wait == 22
     assert len(history) - first_teardown == 15  # Teardown, Report, DidItFail, Succeeded, ExecutionSucceeded
-    assert len(history) == 20 + 5 + 15 + 9 * (registration_polls + monitor_polls)  # 5: ScaleService
+    assert len(history) == 22 + 5 + 15 + 9 * (registration_polls + monitor_polls)  # 5: ScaleService
+
+
+def test_a_prepare_run_out_of_time_is_invoked_again_and_continues_from_its_checkpoint(
+    cloud, lambdas, monkeypatch
+):
+    # given parts of 2 shards and a PrepareRun whose time budget is spent after its first part
+    monkeypatch.setattr(shards, "PART_SIZE", 2)
+    monkeypatch.setattr(prepare, "TIME_SHARE", 0.0)
+    # when a run of 5 shards (3 parts) starts
+    outcome = cloud.run(cloud.spec("prepare-loop", shards=5), SLOW_WORKERS)
+    # then IsPrepared sent it back to PrepareRun until every part was queued, and every shard was done once
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    entered = outcome.last.entered()
+    assert entered[: entered.index("RequestFleet")] == [
+        "Validate",
+        "IsResumed",
+        *["PrepareRun", "IsPrepared"] * 3,
+        "HasPendingShards",
+    ]
+    assert [run["phase"] for run in outcome.last.lambda_outputs("PrepareRun")] == ["preparing"] * 2 + [
+        "prepared"
+    ]
+    assert len(cloud.outputs("prepare-loop")) == 5
+    assert outcome.report["shards"]["succeeded"] == 5
+    # and each further invocation cost the history 7 events
+    history = outcome.last.history
+    first_wait = next(i for i, e in enumerate(history) if e["type"] == "WaitStateEntered")
+    assert first_wait == 22 + 7 * 2
+    assert_nothing_left(cloud.session, outcome.run_id)
 
 
 @pytest.mark.parametrize(
