@@ -59,6 +59,8 @@ MANIFEST_PREFIX = "backfills/"
 # listing page, so a re-run costs one ListObjectsV2 and at most this many HeadObjects whatever its size.
 MODEL_CHECK_SAMPLE = 8
 MODEL_ETAG_METADATA = "spotfill-model-etag"  # written by the worker on every output
+# Input keys Validate looks at (one ListObjectsV2 page, S3's largest); the whole input is PrepareRun's.
+SHARD_SAMPLE_KEYS = 1000
 MAX_MANIFEST_BYTES = 256 * 1024
 _LEADING_FIELD = re.compile(r"^([a-z_]+(?:\.[a-z_]+)+)\b")
 _PLACEHOLDER = re.compile(r"\{([^{}\s\"]*)\}")
@@ -511,7 +513,7 @@ def check_shards_sample(spec: BackfillSpec, s3: Any) -> ShardSample:
         sample = ShardSample(found, complete=True)
     else:
         bucket, prefix = shards.split_s3_uri(spec.input.uri)
-        page = shards.list_page(bucket, prefix, s3, "input.uri")
+        page = shards.list_page(bucket, prefix, s3, "input.uri", MaxKeys=SHARD_SAMPLE_KEYS)
         keys = [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         extensions = spec.input.extensions
         found = [f"s3://{bucket}/{k}" for k in keys if k.lower().endswith(extensions)]

@@ -11,7 +11,7 @@ import itertools
 import json
 
 import pytest
-from spotfill_control import prepare, shards
+from spotfill_control import prepare, shards, triggers
 
 from spotfill import iam
 from spotfill.localcloud import pricing
@@ -157,6 +157,31 @@ def test_run_history_is_42_events_outside_the_loops_and_9_per_poll(happy):
     assert first_wait == 22
     assert len(history) - first_teardown == 15  # Teardown, Report, DidItFail, Succeeded, ExecutionSucceeded
     assert len(history) == 22 + 5 + 15 + 9 * (registration_polls + monitor_polls)  # 5: ScaleService
+
+
+def test_a_collision_past_validates_sample_fails_in_prepare_with_its_sentence_and_leaves_nothing(
+    cloud, lambdas, monkeypatch
+):
+    # given b.jsonl and b.ndjson (both write b.jsonl's output) past the keys Validate looks at
+    monkeypatch.setattr(triggers, "SHARD_SAMPLE_KEYS", 2)
+    spec = cloud.spec("collide-late", shards=0)
+    bucket = cloud.stack.data_bucket
+    for name in ("a.jsonl", "b.jsonl", "b.ndjson"):
+        cloud.s3.put_object(Bucket=bucket, Key=f"inputs/collide-late/{name}", Body=b'{"x": 1}\n')
+    spec["input"]["format"] = "jsonl"
+    # when the run starts
+    outcome = cloud.run(spec)
+    # then Validate let it through, PrepareRun refused it with Validate's sentence, before any fleet
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.entered()[:4] == ["Validate", "IsResumed", "PrepareRun", "Teardown"]
+    inputs = f"s3://{bucket}/inputs/collide-late"
+    assert _cause_message(outcome) == (
+        f"input.uri: shards {inputs}/b.jsonl and {inputs}/b.ndjson would both write "
+        f"s3://{bucket}/outputs/collide-late/b.jsonl."
+    )
+    assert "request_fleet" not in outcome.invoked()
+    assert outcome.report is not None and outcome.report["status"] == "invalid"
+    assert_nothing_left(cloud.session, outcome.run_id)
 
 
 def test_a_prepare_run_out_of_time_is_invoked_again_and_continues_from_its_checkpoint(
