@@ -196,3 +196,12 @@ def test_resumed_run_goes_straight_back_to_monitoring(states):
     assert resume == {"Variable": "$.run.phase", "StringEquals": "monitoring", "Next": "WaitForWork"}
     assert states["IsWorkDone"]["Choices"][1]["Next"] == "ContinueAsNew"
     assert states["ContinueAsNew"]["Next"] == "HandedOver"
+
+
+def test_a_run_still_preparing_goes_back_to_prepare_run_else_on_to_the_fleet(states):
+    assert states["PrepareRun"]["Next"] == "IsPrepared"
+    is_prepared = states["IsPrepared"]
+    assert is_prepared["Type"] == "Choice" and is_prepared["Comment"]
+    (loop,) = is_prepared["Choices"]
+    assert loop == {"Variable": "$.run.phase", "StringEquals": "preparing", "Next": "PrepareRun"}
+    assert is_prepared["Default"] == "HasPendingShards"
