@@ -218,7 +218,7 @@ def test_objects_of_other_runs_and_unrelated_keys_under_the_output_prefix_are_no
 
 def test_existing_among_stops_listing_past_the_parts_largest_output(world):
     # given 3,000 objects under the output prefix (three listing pages), the part's outputs on the first page
-    for i in range(0, 3000, 1):
+    for i in range(3000):
         world.s3.put_object(Bucket=DATA_BUCKET, Key=f"outputs/digits/o-{i:05d}.parquet", Body=b"")
     spec = BackfillSpec.model_validate(sample_spec())
     calls = _listing_calls(world.s3)
