@@ -5,13 +5,16 @@ process). Every assertion counts bytes or calls, never time."""
 from __future__ import annotations
 
 import json
+import threading
+from typing import Any
 
 import pytest
-from spotfill_control import state_store
+from spotfill_control import aws, state_store, teardown
+from spotfill_control.errors import TransientAwsError
 from spotfill_control.handlers import monitor
 from spotfill_control.run import RunState
 
-from .conftest import CONTROL_BUCKET
+from .conftest import AMI_ID, CONTROL_BUCKET, REGION
 
 pytestmark = pytest.mark.aws
 
@@ -67,3 +70,81 @@ def test_monitor_hands_the_next_poll_its_known_instances_through_s3(world, runni
     assert second["progress"]["interruptions"] == 1
     assert known[0] not in world.known_instances(first["run_id"])
     assert second["progress"]["known_instances_count"] == len(known) - 1
+
+
+# ------------------------------------------------------------------------------------------ teardown
+
+
+class ConcurrencyProbe:
+    """The ECS client, with DeregisterContainerInstance calls counted; the first `gather` calls each wait
+    until that many are in flight together (or 30 s, when the code makes them one at a time), so `peak` tells
+    whether the calls really overlapped without measuring any time."""
+
+    def __init__(self, ecs: Any, gather: int) -> None:
+        self.ecs, self.gather = ecs, gather
+        self.lock, self.gathered = threading.Lock(), threading.Event()
+        self.in_flight = self.peak = 0
+        self.calls: list[str] = []
+
+    def deregister_container_instance(self, **kwargs: Any) -> Any:
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            self.calls.append(kwargs["containerInstance"])
+            if self.in_flight >= self.gather:
+                self.gathered.set()
+        self.gathered.wait(timeout=30)
+        try:
+            return self.ecs.deregister_container_instance(**kwargs)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ecs, name)
+
+
+def _cluster_with_instances(count: int) -> tuple[Any, str, list[str]]:
+    ecs, ec2 = aws.client("ecs"), aws.client("ec2")
+    ecs.create_cluster(clusterName="spotfill-scale")
+    launched = ec2.run_instances(ImageId=AMI_ID, MinCount=count, MaxCount=count, InstanceType="c5.xlarge")
+    arns = []
+    for instance in launched["Instances"]:
+        document = json.dumps(
+            {"instanceId": instance["InstanceId"], "region": REGION, "instanceType": "c5.xlarge"}
+        )
+        found = ecs.register_container_instance(cluster="spotfill-scale", instanceIdentityDocument=document)
+        arns.append(found["containerInstance"]["containerInstanceArn"])
+    return ecs, "spotfill-scale", arns
+
+
+def test_teardown_deregisters_a_thousand_container_instances_concurrently_each_once(moto_aws):
+    # given a cluster holding 1,000 container instances
+    ecs, cluster, arns = _cluster_with_instances(1000)
+    probe = ConcurrencyProbe(ecs, gather=teardown.DEREGISTER_CONCURRENCY)
+
+    # when teardown deregisters them
+    outcome = teardown.Outcome()
+    teardown.deregister_container_instances(cluster, probe, outcome, remaining_seconds=lambda: 500.0)
+
+    # then each was deregistered exactly once, DEREGISTER_CONCURRENCY at a time, and none is left
+    assert sorted(probe.calls) == sorted(arns)
+    assert probe.peak == teardown.DEREGISTER_CONCURRENCY
+    assert len(outcome.removed) == 1000
+    assert ecs.list_container_instances(cluster=cluster)["containerInstanceArns"] == []
+
+
+def test_teardown_short_of_time_stops_deregistering_and_its_retry_goes_on_where_it_stopped(moto_aws):
+    # given 1,000 container instances, and an invocation whose time runs short after the first page of 100
+    ecs, cluster, arns = _cluster_with_instances(1000)
+    probe = ConcurrencyProbe(ecs, gather=1)
+    left = iter([500.0, teardown.DEREGISTER_RESERVE_SECONDS - 1, teardown.DEREGISTER_RESERVE_SECONDS - 1])
+
+    # when teardown deregisters them
+    with pytest.raises(TransientAwsError, match="teardown will retry"):
+        teardown.deregister_container_instances(cluster, probe, teardown.Outcome(), lambda: next(left))
+
+    # then it stopped after one page, and the retried teardown deregisters the other 900, none twice
+    assert len(probe.calls) == 100
+    teardown.deregister_container_instances(cluster, probe, teardown.Outcome(), lambda: 500.0)
+    assert len(probe.calls) == 1000 and sorted(probe.calls) == sorted(arns)
