@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from spotfill_control import aws, state_store, teardown
+from spotfill_control import aws, fleet, state_store, teardown
 from spotfill_control.errors import TransientAwsError
 from spotfill_control.handlers import monitor
-from spotfill_control.run import RunState
+from spotfill_control.run import RUN_ID_TAG, RunState
 
 from .conftest import AMI_ID, CONTROL_BUCKET, REGION
 
@@ -148,3 +149,87 @@ def test_teardown_short_of_time_stops_deregistering_and_its_retry_goes_on_where_
     assert len(probe.calls) == 100
     teardown.deregister_container_instances(cluster, probe, teardown.Outcome(), lambda: 500.0)
     assert len(probe.calls) == 1000 and sorted(probe.calls) == sorted(arns)
+
+
+# ------------------------------------------------------------------------------------------ run lookup
+
+
+class Ec2Calls:
+    """EC2 requests as sent (operation, parameters), recorded on the handlers' cached client."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        self.calls.append((model.name, dict(params)))
+
+    def named(self, operation: str) -> list[dict[str, Any]]:
+        return [p for name, p in self.calls if name == operation]
+
+
+@pytest.fixture
+def ec2_calls(world) -> Iterator[Ec2Calls]:
+    recorder = Ec2Calls()
+    events = aws.client("ec2").meta.events
+    events.register("before-parameter-build.ec2", recorder, unique_id="fleet-scale-ec2")
+    yield recorder
+    events.unregister("before-parameter-build.ec2", unique_id="fleet-scale-ec2")
+
+
+def _other_runs_fleets(world, count: int) -> None:
+    for n in range(count):
+        world.ec2.create_fleet(
+            Type="maintain",
+            TargetCapacitySpecification={"TotalTargetCapacity": 1, "DefaultTargetCapacityType": "spot"},
+            LaunchTemplateConfigs=[
+                {
+                    "LaunchTemplateSpecification": {
+                        "LaunchTemplateId": world.settings.launch_template_id,
+                        "Version": "1",
+                    },
+                    "Overrides": [{"InstanceType": "c5.xlarge"}],
+                }
+            ],
+            TagSpecifications=[
+                {"ResourceType": "fleet", "Tags": [{"Key": RUN_ID_TAG, "Value": f"other-run-{n}"}]}
+            ],
+        )
+
+
+def test_the_runs_fleet_is_found_by_its_tag_without_listing_the_accounts_fleets(
+    world, running_run, ec2_calls
+):
+    # given an account with 60 fleets of other runs besides this run's
+    _other_runs_fleets(world, 60)
+    run = RunState.model_validate(running_run)
+    ec2_calls.calls.clear()
+
+    # when the run's fleets are looked up (RequestFleet's retry, teardown)
+    found = fleet.run_fleet_ids(run, world.ec2, live_only=False)
+
+    # then it is the run's one fleet, found with one DescribeTags and described by its id alone
+    assert found == [run.resources.fleet_id]
+    assert [name for name, _ in ec2_calls.calls] == ["DescribeTags", "DescribeFleets"]
+    assert ec2_calls.named("DescribeFleets") == [{"FleetIds": [run.resources.fleet_id]}]
+
+
+def test_a_spot_fleet_request_is_found_by_its_tag_too(world, start_run, ec2_calls):
+    # given a run on the legacy Spot Fleet API
+    spec_run = start_run()
+    run = RunState.model_validate(spec_run)
+    run = run.model_copy(
+        update={
+            "spec": run.spec.model_copy(
+                update={"fleet": run.spec.fleet.model_copy(update={"api": "spot-fleet"})}
+            )
+        }
+    )
+    request = fleet.request_fleet(run.model_copy(update={"run_id": "spot-run"}), world.ec2, world.settings)
+    ec2_calls.calls.clear()
+
+    # when it is looked up by its run id
+    found = fleet.run_fleet_ids(run.model_copy(update={"run_id": "spot-run"}), world.ec2)
+
+    # then DescribeTags finds it and DescribeSpotFleetRequests is asked about it alone
+    assert found == [request]
+    assert ec2_calls.named("DescribeSpotFleetRequests") == [{"SpotFleetRequestIds": [request]}]

@@ -589,6 +589,16 @@ def _patch_spot_fleet_lifecycle() -> None:
         result = original_request(self)
         config = self._get_param("SpotFleetRequestConfig", {})
         fleet = self.ec2_backend.spot_fleet_requests[result.result["SpotFleetRequestId"]]
+        # EC2 keeps the request's own tags where DescribeTags finds them (resource type spot-fleet-request);
+        # moto shows them on the request only.
+        tags = {
+            t["Key"]: t["Value"]
+            for spec in config.get("TagSpecifications") or []
+            if spec.get("ResourceType") == "spot-fleet-request"
+            for t in spec.get("Tags") or []
+        }
+        if tags:
+            self.ec2_backend.create_tags([fleet.id], tags)
         valid_until = config.get("ValidUntil")
         if valid_until:
             fleet.valid_until = _timestamp(valid_until)
