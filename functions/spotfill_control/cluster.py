@@ -138,14 +138,16 @@ def register_task_definition(run: RunState, ecs: Any, settings: Settings, queue_
 
 
 def count_registered_instances(run: RunState, ecs: Any) -> int:
-    """Container instances ACTIVE in the run's cluster."""
+    """Container instances registered in the run's cluster, ACTIVE or DRAINING (ECS's
+    `registeredContainerInstancesCount`): one DescribeClusters call whatever the fleet's size, where listing
+    them would take a call per 100; 0 while the cluster is not active."""
     try:
-        pages = ecs.get_paginator("list_container_instances").paginate(
-            cluster=run.scoped_name, status="ACTIVE"
-        )
-        return sum(len(page.get("containerInstanceArns", [])) for page in pages)
+        clusters = ecs.describe_clusters(clusters=[run.scoped_name]).get("clusters", [])
     except ClientError as exc:
-        _raise("ecs.list_container_instances", exc)
+        _raise("ecs.describe_clusters", exc)
+    return sum(
+        int(c.get("registeredContainerInstancesCount", 0)) for c in clusters if c.get("status") == "ACTIVE"
+    )
 
 
 def desired_count(registered_instances: int, tasks_per_instance: int, remaining_shards: int) -> int:

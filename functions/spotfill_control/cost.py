@@ -195,7 +195,9 @@ def run_instances(run_id: str, known_ids: Iterable[str], ec2: Any) -> list[dict[
     """Every instance of the run, terminated ones included (EC2 keeps those visible for about an hour)."""
     found: dict[str, dict[str, Any]] = {}
     for page in ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": f"tag:{RUN_ID_TAG}", "Values": [run_id]}]
+        Filters=[{"Name": f"tag:{RUN_ID_TAG}", "Values": [run_id]}],
+        # EC2's largest page: 1,000 instances a call (an unpaginated request may time out at scale).
+        PaginationConfig={"PageSize": 1000},
     ):
         for reservation in page.get("Reservations", []):
             for instance in reservation.get("Instances", []):

@@ -36,7 +36,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget, fleet, on_demand
+from spotfill_control import budget, cost, fleet, on_demand
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import (
@@ -407,7 +407,7 @@ def describe_fleet(
     if status is None:
         return None
     listed = [i.instance_id for i in fleet.fleet_instances(run, ec2)]
-    states = describe_instance_states(set(listed) | set(extra_ids), ec2)
+    states = describe_instance_states(run.run_id, set(listed) | set(extra_ids), ec2)
     return FleetView(
         status=status,
         weights=dict(weights),
@@ -416,19 +416,15 @@ def describe_fleet(
     )
 
 
-def describe_instance_states(instance_ids: set[str], ec2: Any) -> dict[str, tuple[str, str]]:
-    """instance id → (state, type) for the instances EC2 still knows."""
-    result: dict[str, tuple[str, str]] = {}
-    ids = sorted(instance_ids)
-    for start in range(0, len(ids), 200):
-        pages = ec2.get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "instance-id", "Values": ids[start : start + 200]}]
-        )
-        for page in pages:
-            for reservation in page.get("Reservations", []):
-                for instance in reservation.get("Instances", []):
-                    result[instance["InstanceId"]] = (instance["State"]["Name"], instance["InstanceType"])
-    return result
+def describe_instance_states(run_id: str, instance_ids: set[str], ec2: Any) -> dict[str, tuple[str, str]]:
+    """instance id → (state, type) for those of `instance_ids` EC2 still knows: read as the run's instances
+    by their run-id tag (a DescribeInstances page per 1,000), by id only those the tag misses; never a call
+    per 200 ids."""
+    return {
+        i["InstanceId"]: (i["State"]["Name"], i["InstanceType"])
+        for i in cost.run_instances(run_id, instance_ids, ec2)
+        if i["InstanceId"] in instance_ids
+    }
 
 
 def service_counts(cluster: str, service: str, ecs: Any) -> tuple[int, int] | None:

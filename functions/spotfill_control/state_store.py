@@ -59,11 +59,15 @@ def persist(run: RunState, s3: Any, bucket: str | None = None) -> None:
         )
 
 
-def load(run_id: str, s3: Any, bucket: str | None = None) -> RunState | None:
-    """The run's latest persisted state, or None when it was never persisted."""
+def load(run_id: str, s3: Any, bucket: str | None = None, instances: bool = True) -> RunState | None:
+    """The run's latest persisted state, or None when it was never persisted; with its known instances unless
+    `instances` is False (a progress display needs only their count)."""
     bucket = bucket or settings().control_bucket
     body = read_object(s3, bucket, state_key(run_id))
-    return None if body is None else with_known_instances(RunState.model_validate_json(body), s3, bucket)
+    if body is None:
+        return None
+    run = RunState.model_validate_json(body)
+    return with_known_instances(run, s3, bucket) if instances else run
 
 
 def with_known_instances(run: RunState, s3: Any, bucket: str | None = None) -> RunState:
@@ -94,10 +98,12 @@ def save_known_instances(run: RunState, before: Sequence[str], s3: Any, bucket: 
     progress.known_instances_count = len(instances)
 
 
-def load_by_execution(execution_arn: str, s3: Any, bucket: str | None = None) -> RunState | None:
+def load_by_execution(
+    execution_arn: str, s3: Any, bucket: str | None = None, instances: bool = True
+) -> RunState | None:
     """The run an execution worked on, or None when the execution failed before a run existed."""
     bucket = bucket or settings().control_bucket
     body = read_object(s3, bucket, execution_key(execution_arn))
     if body is None:
         return None
-    return load(json.loads(body)["run_id"], s3, bucket)
+    return load(json.loads(body)["run_id"], s3, bucket, instances)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from spotfill_control.errors import TransientAwsError
 from spotfill_control.handlers import monitor
 from spotfill_control.run import RUN_ID_TAG, RunState
 
-from .conftest import AMI_ID, CONTROL_BUCKET, REGION
+from .conftest import AMI_ID, CONTROL_BUCKET, REGION, ROWS_PER_SHARD
 
 pytestmark = pytest.mark.aws
 
@@ -233,3 +234,158 @@ def test_a_spot_fleet_request_is_found_by_its_tag_too(world, start_run, ec2_call
     # then DescribeTags finds it and DescribeSpotFleetRequests is asked about it alone
     assert found == [request]
     assert ec2_calls.named("DescribeSpotFleetRequests") == [{"SpotFleetRequestIds": [request]}]
+
+
+# ------------------------------------------------------------------------------------------ one Monitor poll
+
+
+class AwsCalls:
+    """Every request the handlers' cached clients send, by service and operation."""
+
+    SERVICES = ("s3", "sqs", "ec2", "ecs")
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._hooks = [(s, self._recorder(s)) for s in self.SERVICES]
+
+    def _recorder(self, service: str) -> Any:
+        def record(model: Any, **_: Any) -> None:
+            self.calls[(service, model.name)] += 1
+
+        return record
+
+    def __enter__(self) -> AwsCalls:
+        for service, hook in self._hooks:
+            aws.client(service).meta.events.register(
+                f"before-parameter-build.{service}", hook, f"poll-{service}"
+            )
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for service, _hook in self._hooks:
+            aws.client(service).meta.events.unregister(
+                f"before-parameter-build.{service}", unique_id=f"poll-{service}"
+            )
+
+    def of(self, service: str) -> dict[str, int]:
+        return {op: n for (s, op), n in sorted(self.calls.items()) if s == service}
+
+
+INSTANCES = 1000
+
+
+@pytest.fixture
+def thousand_instance_run(moto_aws, monkeypatch, lambda_context) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """A run of 1,000 shards on a fleet of 1,000 c5.xlarge instances, all registered, its service started."""
+    from spotfill_control.config import settings
+    from spotfill_control.handlers import (
+        check_registration,
+        prepare_run,
+        request_fleet,
+        scale_service,
+        validate,
+    )
+
+    from spotfill.localcloud import patches
+
+    from .conftest import (
+        ACCOUNT,
+        EXECUTION_ARN,
+        STATE_MACHINE_ARN,
+        _build_world,
+        _now_iso,
+        _register_fleet,
+        sample_spec,
+    )
+
+    world = _build_world(monkeypatch, shards=INSTANCES)
+    patches.set_service_quota("L-34B43A08", 4 * INSTANCES + 4, region=REGION, account_id=ACCOUNT)
+    spec = sample_spec()
+    spec["fleet"] = {"instance_types": ["c5.xlarge"], "target_capacity": INSTANCES}
+    event = {
+        "input": spec,
+        "execution_arn": EXECUTION_ARN,
+        "state_machine_arn": STATE_MACHINE_ARN,
+        "started_at": _now_iso(),
+    }
+    run = validate.handler(event, lambda_context)["run"]
+    run = prepare_run.handler({"run": run}, lambda_context)
+    run = request_fleet.handler({"run": run}, lambda_context)
+    _register_fleet(world, run)
+    run = check_registration.handler({"run": run}, lambda_context)
+    run = scale_service.handler({"run": run}, lambda_context)
+    yield world, run
+    settings.cache_clear()
+
+
+def test_one_monitor_poll_at_a_thousand_instances_makes_a_bounded_number_of_calls(
+    thousand_instance_run, lambda_context
+):
+    # given a run on 1,000 instances that the Monitor has polled once (its series and instances.json exist)
+    world, run = thousand_instance_run
+    assert len(world.fleet_instances(run)) == INSTANCES
+    run = monitor.handler({"run": run}, lambda_context)
+    assert run["progress"]["known_instances_count"] == INSTANCES
+
+    # when it polls again while the work is queued
+    with AwsCalls() as calls:
+        run = monitor.handler({"run": run}, lambda_context)
+
+    # then no call is made per instance, nor per 100 or 200 of them: the table in docs/state-machine.md
+    assert calls.of("ec2") == {"DescribeFleetInstances": 1, "DescribeFleets": 1, "DescribeInstances": 2}
+    assert calls.of("ecs") == {"DescribeClusters": 1, "DescribeServices": 1}
+    assert calls.of("sqs") == {"GetQueueAttributes": 2}
+    # (S3: the run's own few objects, and a handful of sampled outputs: none of it grows with the fleet)
+    assert sum(calls.of("s3").values()) <= 12
+    assert calls.of("s3")["GetObject"] == 3  # the series, instances.json, the shard index
+
+
+# ------------------------------------------------------------------------------------------ live progress
+
+
+class _Session:
+    """`runs.Session` over the handlers' cached moto clients."""
+
+    def client(self, service: str, region: str | None = None) -> Any:
+        return aws.client(service)
+
+
+def test_live_progress_reads_the_monitors_figures_and_never_lists_or_heads_outputs(
+    world, running_run, lambda_context, s3_requests
+):
+    # given two polls of the Monitor while workers finish shards (their outputs under the output prefix)
+    from spotfill import runs
+
+    world.write_output(running_run, 0)
+    run = monitor.handler({"run": running_run}, lambda_context)
+    world.write_output(running_run, 1)
+    run = monitor.handler({"run": run}, lambda_context)
+    stack = runs.Stack("spotfill", CONTROL_BUCKET, "data", "arn:sm", {})
+    watcher = runs.RunWatcher(_Session(), stack, run["execution_arn"], counts=lambda run_id: (2, 2))
+    s3_requests.clear()
+
+    # when the display refreshes
+    snap = runs.Snapshot(run["execution_arn"])
+    watcher._fill_progress(snap, RunState.model_validate(run))
+
+    # then its figures are the Monitor's: shards done, predictions, and a rate that is not zero
+    assert snap.shards_done == run["progress"]["outputs_done"] == 2
+    assert snap.predictions == 2 * ROWS_PER_SHARD
+    assert snap.predictions_per_second == run["projection"]["predictions_per_second"] > 0
+    # and the only S3 read is the run's small shard index, once: no listing, no HEAD of any output
+    assert [name for name, _ in s3_requests] == ["GetObject"]
+    watcher._fill_progress(runs.Snapshot(run["execution_arn"]), RunState.model_validate(run))
+    assert [name for name, _ in s3_requests] == ["GetObject"]
+
+
+@pytest.fixture
+def s3_requests(world) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    recorded: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        recorded.append((model.name, dict(params)))
+
+    events = aws.client("s3").meta.events
+    events.register("before-parameter-build.s3", record, unique_id="fleet-scale-s3")
+    yield recorded
+    events.unregister("before-parameter-build.s3", unique_id="fleet-scale-s3")
