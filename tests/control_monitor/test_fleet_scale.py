@@ -214,25 +214,22 @@ def test_the_runs_fleet_is_found_by_its_tag_without_listing_the_accounts_fleets(
     assert ec2_calls.named("DescribeFleets") == [{"FleetIds": [run.resources.fleet_id]}]
 
 
-def test_a_spot_fleet_request_is_found_by_its_tag_too(world, start_run, ec2_calls):
-    # given a run on the legacy Spot Fleet API
-    spec_run = start_run()
-    run = RunState.model_validate(spec_run)
-    run = run.model_copy(
-        update={
-            "spec": run.spec.model_copy(
-                update={"fleet": run.spec.fleet.model_copy(update={"api": "spot-fleet"})}
-            )
-        }
+def test_a_spot_fleet_request_is_found_by_its_tag_too(world, running_run, ec2_calls):
+    # given a run of its own on the legacy Spot Fleet API, in an account with another run's EC2 Fleet
+    run = RunState.model_validate(running_run)
+    spot_fleet = run.spec.fleet.model_copy(update={"api": "spot-fleet"})
+    spot_run = run.model_copy(
+        update={"run_id": "spot-run", "spec": run.spec.model_copy(update={"fleet": spot_fleet})}
     )
-    request = fleet.request_fleet(run.model_copy(update={"run_id": "spot-run"}), world.ec2, world.settings)
+    request = fleet.request_fleet(spot_run, world.ec2, world.settings)
     ec2_calls.calls.clear()
 
     # when it is looked up by its run id
-    found = fleet.run_fleet_ids(run.model_copy(update={"run_id": "spot-run"}), world.ec2)
+    found = fleet.run_fleet_ids(spot_run, world.ec2)
 
     # then DescribeTags finds it and DescribeSpotFleetRequests is asked about it alone
     assert found == [request]
+    assert [name for name, _ in ec2_calls.calls] == ["DescribeTags", "DescribeSpotFleetRequests"]
     assert ec2_calls.named("DescribeSpotFleetRequests") == [{"SpotFleetRequestIds": [request]}]
 
 
