@@ -329,7 +329,7 @@ def test_one_monitor_poll_at_a_thousand_instances_makes_a_bounded_number_of_call
         run = monitor.handler({"run": run}, lambda_context)
 
     # then no call is made per instance, nor per 100 or 200 of them: the table in docs/state-machine.md
-    assert calls.of("ec2") == {"DescribeFleetInstances": 1, "DescribeFleets": 1, "DescribeInstances": 2}
+    assert calls.of("ec2") == {"DescribeFleetInstances": 1, "DescribeFleets": 1, "DescribeInstances": 1}
     assert calls.of("ecs") == {"DescribeClusters": 1, "DescribeServices": 1}
     assert calls.of("sqs") == {"GetQueueAttributes": 2}
     # (S3: the run's own few objects, and a handful of sampled outputs: none of it grows with the fleet)
