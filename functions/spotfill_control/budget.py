@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -300,8 +300,11 @@ def refresh_spot_prices(run: RunState, now: datetime, ec2: Any) -> None:
 # ------------------------------------------------------------------------------------------ each poll
 
 
-def billings(run: RunState, now: datetime, ec2: Any) -> list[Billing]:
-    """Every instance of the run as billed now (call before the poll replaces `progress.known_instances`)."""
+def billings(
+    run: RunState, now: datetime, ec2: Any, instances: Sequence[dict[str, Any]] | None = None
+) -> list[Billing]:
+    """Every instance of the run as billed now (call before the poll replaces `progress.known_instances`);
+    `instances`: the run's instances as `cost.run_instances` read them this poll (else read here)."""
     prices = price_table(run)
     alive_before = set(run.progress.known_instances)
     since = run.budget.accrued_through
@@ -314,14 +317,20 @@ def billings(run: RunState, now: datetime, ec2: Any) -> list[Billing]:
             prices,
             on_demand_hourly_usd(run, instance["InstanceType"]),
         )
-        for instance in cost.run_instances(run.run_id, run.progress.known_instances, ec2)
+        for instance in (
+            instances
+            if instances is not None
+            else cost.run_instances(run.run_id, run.progress.known_instances, ec2)
+        )
     ]
 
 
-def accrue_run(run: RunState, now: datetime, ec2: Any) -> list[Billing]:
+def accrue_run(
+    run: RunState, now: datetime, ec2: Any, instances: Sequence[dict[str, Any]] | None = None
+) -> list[Billing]:
     """Refresh prices if due, add the cost of [accrued_through, now] to the run; returns the billings."""
     refresh_spot_prices(run, now, ec2)
-    found = billings(run, now, ec2)
+    found = billings(run, now, ec2, instances)
     budget = run.budget
     budget.accrued_usd += accrue(found, budget.accrued_through, now)
     budget.accrued_through = now

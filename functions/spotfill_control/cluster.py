@@ -16,6 +16,7 @@ from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.shards import VISIBILITY_TIMEOUT_SECONDS, model_error_key
+from spotfill_control.spec import ECS_TASKS_PER_SERVICE
 
 STOP_TIMEOUT_SECONDS = 120  # SIGTERM → SIGKILL; also the worker's SPOTFILL_STOP_TIMEOUT
 CONTAINER_NAME = "worker"
@@ -137,21 +138,26 @@ def register_task_definition(run: RunState, ecs: Any, settings: Settings, queue_
 
 
 def count_registered_instances(run: RunState, ecs: Any) -> int:
-    """Container instances ACTIVE in the run's cluster."""
+    """Container instances registered in the run's cluster, ACTIVE or DRAINING (ECS's
+    `registeredContainerInstancesCount`): one DescribeClusters call whatever the fleet's size, where listing
+    them would take a call per 100; 0 while the cluster is not active."""
     try:
-        pages = ecs.get_paginator("list_container_instances").paginate(
-            cluster=run.scoped_name, status="ACTIVE"
-        )
-        return sum(len(page.get("containerInstanceArns", [])) for page in pages)
+        clusters = ecs.describe_clusters(clusters=[run.scoped_name]).get("clusters", [])
     except ClientError as exc:
-        _raise("ecs.list_container_instances", exc)
+        _raise("ecs.describe_clusters", exc)
+    return sum(
+        int(c.get("registeredContainerInstancesCount", 0)) for c in clusters if c.get("status") == "ACTIVE"
+    )
 
 
 def desired_count(registered_instances: int, tasks_per_instance: int, remaining_shards: int) -> int:
     """The service's desired count: a task per task slot of the registered instances (so it rises as capacity
     registers), a task per remaining shard at most (so it falls as work runs out, and capacity that registers
-    late never raises it past the work left), and never zero while work remains."""
-    return max(1, min(registered_instances * tasks_per_instance, remaining_shards))
+    late never raises it past the work left), never more than ECS's tasks-per-service quota (Validate refuses
+    a spec that could need more; the fleet may still overshoot its target by an instance), and never zero
+    while work remains."""
+    slots = min(registered_instances * tasks_per_instance, ECS_TASKS_PER_SERVICE)
+    return max(1, min(slots, remaining_shards))
 
 
 def desired_tasks(run: RunState, registered_instances: int) -> int:

@@ -195,12 +195,21 @@ def run_instances(run_id: str, known_ids: Iterable[str], ec2: Any) -> list[dict[
     """Every instance of the run, terminated ones included (EC2 keeps those visible for about an hour)."""
     found: dict[str, dict[str, Any]] = {}
     for page in ec2.get_paginator("describe_instances").paginate(
-        Filters=[{"Name": f"tag:{RUN_ID_TAG}", "Values": [run_id]}]
+        Filters=[{"Name": f"tag:{RUN_ID_TAG}", "Values": [run_id]}],
+        # EC2's largest page: 1,000 instances a call (an unpaginated request may time out at scale).
+        PaginationConfig={"PageSize": 1000},
     ):
         for reservation in page.get("Reservations", []):
             for instance in reservation.get("Instances", []):
                 found[instance["InstanceId"]] = instance
-    missing = sorted(set(known_ids) - set(found))
+    found.update(instances_by_id(set(known_ids) - set(found), ec2))
+    return [found[i] for i in sorted(found)]
+
+
+def instances_by_id(instance_ids: Iterable[str], ec2: Any) -> dict[str, dict[str, Any]]:
+    """The instances EC2 still knows of these ids, 200 ids a call (for the few a tag read misses)."""
+    found: dict[str, dict[str, Any]] = {}
+    missing = sorted(set(instance_ids))
     for start in range(0, len(missing), 200):
         for page in ec2.get_paginator("describe_instances").paginate(
             Filters=[{"Name": "instance-id", "Values": missing[start : start + 200]}]
@@ -208,7 +217,7 @@ def run_instances(run_id: str, known_ids: Iterable[str], ec2: Any) -> list[dict[
             for reservation in page.get("Reservations", []):
                 for instance in reservation.get("Instances", []):
                     found[instance["InstanceId"]] = instance
-    return [found[i] for i in sorted(found)]
+    return found
 
 
 def spot_prices(

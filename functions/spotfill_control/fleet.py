@@ -325,17 +325,33 @@ def api_of(run: RunState) -> FleetApi:
 
 
 def run_fleet_ids(run: RunState, ec2: Any, live_only: bool = True) -> list[str]:
-    """The run's fleets by their run-id tag (live ones, or every one not gone yet)."""
+    """The run's fleets (live ones, or every one not gone yet), found by their run-id tag with EC2
+    DescribeTags (a page, whatever the account's history of fleets) and then described by id: neither
+    DescribeFleets nor DescribeSpotFleetRequests filters by tag, and listing them all grows with every fleet
+    the account ever had."""
+    api = api_of(run)
     wanted = LIVE_STATES if live_only else None
     try:
-        return [
-            fleet_id
-            for fleet_id, state, tags in api_of(run).find(ec2)
-            if tags.get(RUN_ID_TAG) == run.run_id
-            and (state in wanted if wanted is not None else state not in GONE_STATES)
-        ]
+        tagged: set[str] = set()
+        pages = ec2.get_paginator("describe_tags").paginate(
+            Filters=[
+                {"Name": "resource-type", "Values": [api.resource_type]},
+                {"Name": "key", "Values": [RUN_ID_TAG]},
+                {"Name": "value", "Values": [run.run_id]},
+            ]
+        )
+        for page in pages:
+            tagged.update(t["ResourceId"] for t in page.get("Tags", []))
+        found = []
+        for fleet_id in sorted(tagged):
+            status = api.describe(fleet_id, ec2)
+            if status is None:
+                continue
+            if status.state in wanted if wanted is not None else status.state not in GONE_STATES:
+                found.append(fleet_id)
+        return found
     except ClientError as exc:
-        raise _aws_error(f"{run.spec.fleet.api}: describe fleets", exc) from exc
+        raise _aws_error(f"{run.spec.fleet.api}: find the run's fleets by tag", exc) from exc
 
 
 def ensure_fleet_service_role(iam: Any) -> None:

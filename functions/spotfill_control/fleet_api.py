@@ -100,7 +100,6 @@ class FleetApi(Protocol):
 
     def request(self, config: dict[str, Any], ec2: Any) -> str: ...
     def describe(self, fleet_id: str, ec2: Any) -> FleetStatus | None: ...
-    def find(self, ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]: ...
     def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None: ...
     def set_target(
         self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
@@ -185,12 +184,6 @@ class SpotFleetApi:
             valid_until=request.get("ValidUntil"),
         )
 
-    def find(self, ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
-        for page in ec2.get_paginator("describe_spot_fleet_requests").paginate():
-            for config in page.get("SpotFleetRequestConfigs", []):
-                tags = {t["Key"]: t["Value"] for t in config.get("Tags", [])}
-                yield config["SpotFleetRequestId"], str(config.get("SpotFleetRequestState", "")), tags
-
     def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None:
         return _unless_gone(
             self._missing,
@@ -258,12 +251,6 @@ class Ec2FleetApi:
             on_demand_fulfilled_capacity=float(fleet.get("FulfilledOnDemandCapacity", 0)),
             valid_until=fleet.get("ValidUntil"),
         )
-
-    def find(self, ec2: Any) -> Iterator[tuple[str, str, dict[str, str]]]:
-        for page in ec2.get_paginator("describe_fleets").paginate():
-            for fleet in page.get("Fleets", []):
-                tags = {t["Key"]: t["Value"] for t in fleet.get("Tags", [])}
-                yield fleet["FleetId"], str(fleet.get("FleetState", "")), tags
 
     def instances(self, fleet_id: str, ec2: Any) -> list[FleetInstance] | None:
         return _unless_gone(

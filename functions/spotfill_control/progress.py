@@ -29,14 +29,14 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget, fleet, on_demand
+from spotfill_control import budget, cost, fleet, on_demand
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.errors import (
@@ -400,14 +400,22 @@ class FleetView:
 
 
 def describe_fleet(
-    run: RunState, extra_ids: Iterable[str], weights: Mapping[str, float], ec2: Any
+    run: RunState,
+    extra_ids: Iterable[str],
+    weights: Mapping[str, float],
+    ec2: Any,
+    described: Sequence[Mapping[str, Any]] | None = None,
 ) -> FleetView | None:
-    """The run's fleet: state, targets and live instances; None when the fleet no longer exists."""
+    """The run's fleet: state, targets and live instances; None when the fleet no longer exists.
+    `described`: the run's instances as this poll already read them (`cost.run_instances`)."""
     status = fleet.fleet_status(run, ec2)
     if status is None:
         return None
     listed = [i.instance_id for i in fleet.fleet_instances(run, ec2)]
-    states = describe_instance_states(set(listed) | set(extra_ids), ec2)
+    if described is not None:  # an instance launched since that read: described by id
+        read = {i["InstanceId"] for i in described}
+        described = [*described, *cost.instances_by_id(set(listed) - read, ec2).values()]
+    states = describe_instance_states(run.run_id, set(listed) | set(extra_ids), ec2, described)
     return FleetView(
         status=status,
         weights=dict(weights),
@@ -416,19 +424,19 @@ def describe_fleet(
     )
 
 
-def describe_instance_states(instance_ids: set[str], ec2: Any) -> dict[str, tuple[str, str]]:
-    """instance id → (state, type) for the instances EC2 still knows."""
-    result: dict[str, tuple[str, str]] = {}
-    ids = sorted(instance_ids)
-    for start in range(0, len(ids), 200):
-        pages = ec2.get_paginator("describe_instances").paginate(
-            Filters=[{"Name": "instance-id", "Values": ids[start : start + 200]}]
-        )
-        for page in pages:
-            for reservation in page.get("Reservations", []):
-                for instance in reservation.get("Instances", []):
-                    result[instance["InstanceId"]] = (instance["State"]["Name"], instance["InstanceType"])
-    return result
+def describe_instance_states(
+    run_id: str, instance_ids: set[str], ec2: Any, described: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, tuple[str, str]]:
+    """instance id → (state, type) for those of `instance_ids` EC2 still knows: from `described` (the run's
+    instances as this poll read them), else read as the run's instances by their run-id tag (a
+    DescribeInstances page per 1,000) and by id only those the tag misses; never a call per 200 ids."""
+    if described is None:
+        described = cost.run_instances(run_id, instance_ids, ec2)
+    return {
+        i["InstanceId"]: (i["State"]["Name"], i["InstanceType"])
+        for i in described
+        if i["InstanceId"] in instance_ids
+    }
 
 
 def service_counts(cluster: str, service: str, ecs: Any) -> tuple[int, int] | None:
@@ -489,11 +497,14 @@ def iterate(
     if resources.fleet_id:
         # The budget first: the instances the last poll saw alive tell when those terminated without a stated
         # time ended, and a drain it starts keeps the fleet look below from resizing anything.
-        billed = budget.accrue_run(run, now, clients.ec2)
+        # One read of the run's instances serves both (DescribeInstances pages of 1,000 are the poll's
+        # costliest calls to parse).
+        instances = cost.run_instances(run.run_id, progress.known_instances, clients.ec2)
+        billed = budget.accrue_run(run, now, clients.ec2, instances)
         seen.capacity = budget.capacity_by_pool(billed)
         if not done:
             budget.drain_if_due(run, budget.project_run(run, billed), clients.ecs, now)
-        _watch_fleet(run, clients, seen, done, now)
+        _watch_fleet(run, clients, seen, done, now, instances)
 
     if done:
         progress.state = "done"
@@ -624,9 +635,17 @@ def _sample_outputs(run: RunState, s3: Any, control_bucket: str) -> list[str]:
     return [output_uri_for(shard, index.input, index.output) for shard in index.sample]
 
 
-def _watch_fleet(run: RunState, clients: Clients, seen: Iteration, done: bool, now: datetime) -> None:
+def _watch_fleet(
+    run: RunState,
+    clients: Clients,
+    seen: Iteration,
+    done: bool,
+    now: datetime,
+    instances: Sequence[Mapping[str, Any]] | None = None,
+) -> None:
     progress = run.progress
-    view = describe_fleet(run, progress.known_instances, capacity_weights(run.instance_types), clients.ec2)
+    weights = capacity_weights(run.instance_types)
+    view = describe_fleet(run, progress.known_instances, weights, clients.ec2, instances)
     if view is None:
         progress.known_instances = []
         seen.fleet_state = "gone"

@@ -1020,8 +1020,10 @@ def clean_up_after(
     report_clients: ReportClients,
     settings: Settings,
     now: Callable[[], datetime] = utcnow,
+    remaining_seconds: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Tear down and report the run of an execution that ended without doing so itself.
+    """Tear down and report the run of an execution that ended without doing so itself (`remaining_seconds`:
+    the invocation's time left, which bounds teardown's deregistration of container instances).
 
     Ignored: other statuses, and an execution whose run lives on in a newer execution (continue-as-new).
     The report is written unless the run already has one (an execution that failed through the ASL's own
@@ -1041,7 +1043,7 @@ def clean_up_after(
         }
     error = error_of(detail)
     if run is not None:
-        run, _ = teardown_and_persist(run, teardown_clients, settings, now)
+        run, _ = teardown_and_persist(run, teardown_clients, settings, now, remaining_seconds)
     run_id = run.run_id if run is not None else run_id_for_execution(arn, now())
     if report_exists(run_id, report_clients.s3, bucket):
         return {"execution_arn": arn, "run_id": run_id, "action": "torn_down", "reported": False}

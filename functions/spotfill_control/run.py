@@ -69,7 +69,13 @@ class Progress(_State):
     peak_shards_per_second: float = 0.0
     fleet_target_capacity: int | None = None
     interruptions: int = 0
-    known_instances: list[str] = Field(default_factory=list)
+    # The fleet's pending/running instances at the last poll. Kept out of the state Step Functions carries
+    # and of `state.json` (`exclude`): at 5,000 instances the ids alone are ~110 KB of the 256 KiB state
+    # limit. They live in `runs/<run id>/instances.json` (`state_store.save_known_instances`), which
+    # `state_store.load` and the Monitor read back; `known_instances_count` says how many there are, and
+    # None that the file was never written.
+    known_instances: list[str] = Field(default_factory=list, exclude=True)
+    known_instances_count: int | None = None
     # Throughput bookkeeping (spotfill_control.progress): when monitor last looked, and a running sample of
     # output metadata (`spotfill-rows`) from which predictions per second are estimated.
     last_checked_at: datetime | None = None

@@ -168,12 +168,19 @@ class ModelSpec(_Model):
         return value
 
 
+# Amazon ECS quotas a run's one cluster and one service live under (5,000 each by default; ECS lists neither
+# as adjustable). A capacity unit is at least one instance (the smallest type weighs 1), so the fleet's
+# target capacity bounds its instances, and x tasks_per_instance the service's tasks.
+ECS_CONTAINER_INSTANCES_PER_CLUSTER = 5000
+ECS_TASKS_PER_SERVICE = 5000
+
+
 class FleetSpec(_Model):
     instance_types: list[str] = Field(min_length=1, max_length=20)
     target_capacity: int = Field(
         default=2,
         ge=1,
-        le=5000,
+        le=ECS_CONTAINER_INSTANCES_PER_CLUSTER,
         strict=True,
         description="capacity units: the smallest type weighs 1, others by vCPUs (GPUs for GPU types)",
     )
@@ -358,5 +365,15 @@ class BackfillSpec(_Model):
         if self.limits.registration_timeout_seconds >= self.limits.max_runtime_seconds:
             raise ValueError(
                 "limits.registration_timeout_seconds must be shorter than limits.max_runtime_seconds"
+            )
+        tasks = self.fleet.target_capacity * self.service.tasks_per_instance
+        if tasks > ECS_TASKS_PER_SERVICE:
+            per_instance = self.service.tasks_per_instance
+            raise ValueError(
+                f"fleet.target_capacity ({self.fleet.target_capacity}) x service.tasks_per_instance "
+                f"({per_instance}) = {tasks} tasks may run in the run's ECS service, above ECS's quota of "
+                f"{ECS_TASKS_PER_SERVICE} tasks per service: lower fleet.target_capacity to "
+                f"{ECS_TASKS_PER_SERVICE // per_instance} or less, or service.tasks_per_instance to "
+                f"{max(1, ECS_TASKS_PER_SERVICE // self.fleet.target_capacity)} or less"
             )
         return self

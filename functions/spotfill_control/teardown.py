@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,6 +46,12 @@ CLUSTER_DELETE_ATTEMPTS = 12
 CLUSTER_DELETE_PAUSE_SECONDS = 5.0
 FLEET_TERMINATION_CHECKS = 6
 FLEET_TERMINATION_PAUSE_SECONDS = 5.0
+# DeregisterContainerInstance calls in flight at once: 1,000 instances take ~100 rounds, not 1,000 (boto3
+# backs off on ECS's ThrottlingException). Deregistration stops while this much of the invocation is left,
+# for the steps after it; the retried teardown continues (docs/state-machine.md, "Teardown").
+DEREGISTER_CONCURRENCY = 10
+DEREGISTER_BATCH = 100
+DEREGISTER_RESERVE_SECONDS = 120.0
 
 
 def dead_letters_key(run_id: str) -> str:
@@ -130,25 +137,55 @@ def services_gone(cluster: str, ecs: Any) -> bool:
     return all(s.get("status") == "INACTIVE" for s in _describe_services(cluster, names, ecs))
 
 
-def deregister_container_instances(cluster: str, ecs: Any, outcome: Outcome) -> None:
+def deregister_container_instances(
+    cluster: str,
+    ecs: Any,
+    outcome: Outcome,
+    remaining_seconds: Callable[[], float] | None = None,
+) -> None:
+    """Deregister the cluster's container instances that are still registered, DEREGISTER_CONCURRENCY at a
+    time, DEREGISTER_BATCH after another.
+
+    Instances terminated just before have mostly been deregistered by ECS already (a terminated instance whose
+    agent was connected is), and the listing leaves INACTIVE ones out, so only the rest cost a call. Before
+    each batch, when `remaining_seconds()` (the Lambda's time left) is under DEREGISTER_RESERVE_SECONDS, it
+    stops with TransientAwsError: the retried teardown lists what is still registered and goes on from there.
+    """
     try:
-        arns: list[str] = []
+        # Listed in full first (at most 5,000 ARNs, the cluster's quota): paging on while the list shrinks
+        # under deregistration could skip instances.
+        listed: list[str] = []
         for page in ecs.get_paginator("list_container_instances").paginate(cluster=cluster):
-            arns.extend(page.get("containerInstanceArns", []))
+            listed.extend(page.get("containerInstanceArns", []))
+        with ThreadPoolExecutor(max_workers=DEREGISTER_CONCURRENCY) as pool:
+            for start in range(0, len(listed), DEREGISTER_BATCH):
+                arns = listed[start : start + DEREGISTER_BATCH]
+                if remaining_seconds is not None and remaining_seconds() < DEREGISTER_RESERVE_SECONDS:
+                    raise TransientAwsError(
+                        f"cluster {cluster}: stopped deregistering container instances with "
+                        f"{remaining_seconds():.0f} s of this invocation left; teardown will retry and go on"
+                    )
+                done = pool.map(lambda a: _deregister(cluster, a, ecs), arns)
+                for arn, removed in zip(arns, done, strict=True):
+                    if removed:
+                        outcome.removed.append(f"container instance {arn.rsplit('/', 1)[-1]}")
     except ClientError as exc:
         if _code(exc) == "ClusterNotFoundException":
             return
         raise
-    for arn in arns:
-        try:
-            ecs.deregister_container_instance(cluster=cluster, containerInstance=arn, force=True)
-        except ClientError as exc:
-            if _code(exc) in ("ClusterNotFoundException", "InvalidParameterException") and (
-                "not found" in _message(exc).lower() or _code(exc) == "ClusterNotFoundException"
-            ):
-                continue
-            raise
-        outcome.removed.append(f"container instance {arn.rsplit('/', 1)[-1]}")
+
+
+def _deregister(cluster: str, arn: str, ecs: Any) -> bool:
+    """Deregister one container instance; False when it is already gone."""
+    try:
+        ecs.deregister_container_instance(cluster=cluster, containerInstance=arn, force=True)
+    except ClientError as exc:
+        if _code(exc) == "ClusterNotFoundException":
+            return False
+        if _code(exc) == "InvalidParameterException" and "not found" in _message(exc).lower():
+            return False
+        raise
+    return True
 
 
 def delete_cluster(
@@ -368,11 +405,13 @@ def teardown(
     launch_template_id: str,
     now: Callable[[], datetime],
     sleep: Callable[[float], None] = time.sleep,
+    remaining_seconds: Callable[[], float] | None = None,
 ) -> tuple[RunState, Outcome]:
     """Remove everything the run created; returns the run with its teardown timestamps and what was done.
 
     Raises (after every step had its turn) the first error met: TransientAwsError when any error is
-    transient (the ASL retries teardown, which is idempotent), else that error.
+    transient (the ASL retries teardown, which is idempotent), else that error. `remaining_seconds` (the
+    Lambda's time left) bounds the deregistration of container instances.
     """
     run = run.model_copy(deep=True)
     run.timeline.teardown_started_at = run.timeline.teardown_started_at or now()
@@ -402,8 +441,13 @@ def teardown(
     instance_ids += step("instances", lambda: run_instance_ids(run.run_id, ec2)) or []
     step("terminate", lambda: terminate_leftovers(instance_ids, cancelled, ec2, outcome, sleep))
 
-    step("container instances", lambda: deregister_container_instances(cluster, ecs, outcome))
-    step("cluster", lambda: delete_cluster(cluster, ecs, outcome, sleep))
+    step(
+        "container instances",
+        lambda: deregister_container_instances(cluster, ecs, outcome, remaining_seconds),
+    )
+    if not any(name == "container instances" for name, _ in outcome.errors):
+        # A cluster that still holds instances cannot go (ClusterContainsContainerInstancesException).
+        step("cluster", lambda: delete_cluster(cluster, ecs, outcome, sleep))
     step(
         "task definition",
         lambda: deregister_task_definitions(run.scoped_name, resources.task_definition_arn, ecs, outcome),
@@ -461,7 +505,11 @@ def latest_run(run: RunState, s3: Any, bucket: str) -> RunState:
 
 
 def teardown_and_persist(
-    run: RunState, clients: Clients, settings: Settings, now: Callable[[], datetime]
+    run: RunState,
+    clients: Clients,
+    settings: Settings,
+    now: Callable[[], datetime],
+    remaining_seconds: Callable[[], float] | None = None,
 ) -> tuple[RunState, Outcome]:
     run = latest_run(run, clients.s3, settings.control_bucket)
     run, outcome = teardown(
@@ -470,6 +518,7 @@ def teardown_and_persist(
         control_bucket=settings.control_bucket,
         launch_template_id=settings.launch_template_id,
         now=now,
+        remaining_seconds=remaining_seconds,
     )
     state_store.persist(run, clients.s3, settings.control_bucket)
     return run, outcome

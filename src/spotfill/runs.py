@@ -18,10 +18,12 @@ from spotfill_control.cost import cost_per_million
 from spotfill_control.fleet import fleet_instances
 from spotfill_control.projection import predictions_so_far
 from spotfill_control.run import RunState
-from spotfill_control.shards import read_shard_index, split_s3_uri
+from spotfill_control.shards import read_shard_index
 
 DEFAULT_STACK_NAME = "spotfill"
 TERMINAL = ("SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED")
+# Execution history events read per refresh for the current state (newest first).
+HISTORY_EVENTS_READ = 50
 
 
 class CliError(Exception):
@@ -140,7 +142,9 @@ def resolve_execution(session: Session, stack: Stack, execution: str) -> str:
 
 def run_for_execution(session: Session, stack: Stack, execution_arn: str) -> RunState | None:
     try:
-        return state_store.load_by_execution(execution_arn, session.client("s3"), stack.control_bucket)
+        return state_store.load_by_execution(
+            execution_arn, session.client("s3"), stack.control_bucket, instances=False
+        )
     except ClientError:
         return None
 
@@ -270,11 +274,8 @@ class RunWatcher:
     execution_arn: str
     counts: Any = None  # callable(run_id) -> (instances, tasks), for the local cloud
     started: float = field(default_factory=time.monotonic)
-    _rows: dict[str, int] = field(default_factory=dict)
     _run: RunState | None = None
     _total: int | None = None
-    _output_prefix: tuple[str, str] | None = None
-    _rate_window: list[tuple[float, int]] = field(default_factory=list)
     _report: dict[str, Any] | None = None
 
     def poll(self) -> Snapshot:
@@ -310,10 +311,12 @@ class RunWatcher:
             snap.cost_usd = snap.projected_total_usd = total
 
     def _current_state(self, sfn: Any) -> str:
-        events: list[dict[str, Any]] = []
+        # The newest events only: the state entered last is among them, and paging through the whole history
+        # (up to 25,000 events) on every refresh would slow the display as the run grows.
         try:
-            for page in sfn.get_paginator("get_execution_history").paginate(executionArn=self.execution_arn):
-                events.extend(page["events"])
+            events = sfn.get_execution_history(
+                executionArn=self.execution_arn, reverseOrder=True, maxResults=HISTORY_EVENTS_READ
+            )["events"]
         except ClientError:
             return ""
         for event in sorted(events, key=lambda e: e["id"], reverse=True):
@@ -323,43 +326,24 @@ class RunWatcher:
         return ""
 
     def _fill_progress(self, snap: Snapshot, run: RunState) -> None:
+        """Progress as the Monitor last persisted it in the run state (read whole on each refresh: a few KB,
+        whatever the run's size), never a listing of the outputs: shards done, predictions (done outputs x
+        the mean rows per shard of its sample), its recent rate and ETA; instances and tasks from the fleet
+        and the service (or the local cloud's own counts)."""
         snap.run_id = run.run_id
         snap.cost_usd = run.budget.accrued_usd if run.budget.accrued_through else None
         snap.max_total_usd = run.spec.limits.max_total_usd
         snap.draining = run.budget.draining_since is not None
-        s3 = self.session.client("s3")
         if self._total is None:
-            index = read_shard_index(run.run_id, s3, self.stack.control_bucket)
+            index = read_shard_index(run.run_id, self.session.client("s3"), self.stack.control_bucket)
             if index is not None:
                 self._total = index.total
         snap.shards_total = self._total
-        bucket, prefix = split_s3_uri(run.spec.output.uri)
-        keys = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            keys.extend(o["Key"] for o in page.get("Contents", []))
-        for key in keys:
-            if key not in self._rows:
-                try:
-                    head = s3.head_object(Bucket=bucket, Key=key)
-                    self._rows[key] = int(head.get("Metadata", {}).get("spotfill-rows", 0))
-                except ValueError:
-                    self._rows[key] = 0
-                except ClientError as exc:  # removed since the listing; anything else is a real error
-                    if not is_missing_key(exc):
-                        raise
-                    self._rows[key] = 0
-        snap.shards_done = len(keys)
-        snap.predictions = sum(self._rows.values())
-        now = time.monotonic()
-        self._rate_window.append((now, snap.predictions))
-        self._rate_window = [(t, p) for t, p in self._rate_window if now - t <= 10.0]
-        t0, p0 = self._rate_window[0]
-        if now - t0 > 0.5:
-            snap.predictions_per_second = (snap.predictions - p0) / (now - t0)
-            shard_rate = snap.predictions_per_second / max(1.0, snap.predictions / max(1, snap.shards_done))
-            if snap.shards_total and shard_rate > 0:
-                snap.eta_seconds = max(0.0, (snap.shards_total - snap.shards_done) / shard_rate)
+        # Shards whose output existed before the run count as done, as they do in the total.
+        snap.shards_done = run.progress.outputs_done + run.shards_skipped
+        snap.predictions = predictions_so_far(run)
         if run.projection is not None:
+            snap.predictions_per_second = run.projection.predictions_per_second
             snap.projected_total_usd = run.projection.projected_total_usd
             if run.projection.eta_seconds is not None:
                 snap.eta_seconds, snap.projected = run.projection.eta_seconds, True

@@ -173,6 +173,11 @@ class World:
         body = self.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run_id}/state.json")["Body"]
         return json.loads(body.read())
 
+    def known_instances(self, run_id: str) -> list[str]:
+        """The instances the Monitor saw alive at its last poll (`runs/<run id>/instances.json`)."""
+        body = self.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{run_id}/instances.json")["Body"]
+        return list(json.loads(body.read())["instances"])
+
 
 _SHARED_LOADER = botocore.loaders.create_loader()
 

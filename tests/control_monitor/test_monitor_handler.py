@@ -341,8 +341,9 @@ def test_monitor_never_raises_fleet_capacity(world, running_run, lambda_context)
 def test_monitor_counts_an_instance_that_vanished_as_a_spot_interruption(world, running_run, lambda_context):
     # given monitor has seen the fleet's instances once
     run = monitor.handler({"run": running_run}, lambda_context)
-    known = run["progress"]["known_instances"]
+    known = world.known_instances(run["run_id"])
     assert known == world.fleet_instances(running_run)
+    assert run["progress"]["known_instances_count"] == len(known)
 
     # when spot capacity is reclaimed for one of them and monitor looks again
     world.ec2.terminate_instances(InstanceIds=[known[0]])
@@ -350,7 +351,7 @@ def test_monitor_counts_an_instance_that_vanished_as_a_spot_interruption(world, 
 
     # then that is one interruption, and the instance is no longer tracked
     assert run["progress"]["interruptions"] == 1
-    assert known[0] not in run["progress"]["known_instances"]
+    assert known[0] not in world.known_instances(run["run_id"])
 
 
 def test_monitor_does_not_count_instances_removed_by_lowering_capacity(world, running_run, lambda_context):
@@ -452,7 +453,7 @@ def test_each_poll_adds_a_sample_to_the_run_series_and_projects_the_eta_and_tota
     last = series.samples[-1]
     assert last.shards_total == 3 and last.cost_usd == second["budget"]["accrued_usd"] > 0
     # (the instances alive when the poll began: it lowers the fleet for the last shard afterwards)
-    assert sum(last.capacity.values()) == len(first["progress"]["known_instances"]) > 0
+    assert sum(last.capacity.values()) == first["progress"]["known_instances_count"] > 0
     assert all(pool.endswith(("/spot", "/on-demand")) for pool in last.capacity)
     assert series_key(running_run["run_id"]) == f"runs/{running_run['run_id']}/series.json"
     # and the run carries the projection: the rate since the first poll, one shard left at that rate

@@ -57,6 +57,14 @@ UNEXERCISED_BUT_NEEDED: dict[tuple[str, str], str] = {
     ("ScaleServiceFunction", "ecs:UpdateService"): "a retried ScaleService finds its service and resizes it",
     ("PrepareRunFunction", "iam:CreateServiceLinkedRole"): "first cluster in an account",
     ("RequestFleetFunction", "iam:CreateServiceLinkedRole"): "first fleet in an account",
+    (
+        "RequestFleetFunction",
+        "ec2:DescribeFleets",
+    ): "a retried RequestFleet describes the fleet its run-id tag names (DescribeTags)",
+    (
+        "RequestFleetFunction",
+        "ec2:DescribeSpotFleetRequests",
+    ): "a retried RequestFleet describes the Spot Fleet request its run-id tag names (DescribeTags)",
     ("TeardownFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("CleanupOnExitFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("TeardownFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spotfill_control.aws import client
 from spotfill_control.config import settings
@@ -18,7 +19,7 @@ from spotfill_control.report import ExecutionStatusChange, ReportClients, clean_
 logger = Logger()
 
 
-def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     change = ExecutionStatusChange.model_validate(event)
     logger.append_keys(execution_arn=change.detail.executionArn)
     result = clean_up_after(
@@ -28,6 +29,7 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
             s3=client("s3"), ec2=client("ec2"), events=client("events"), sns=client("sns")
         ),
         settings=settings(),
+        remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
     )
     logger.info("cleaned up after execution", extra=result)
     return result

@@ -34,7 +34,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         # series, since a GetObject of a key never written is denied, not 404, to a role whose ListBucket is
         # limited to a prefix; later polls read it, add their sample and write it back.
         first = run.projection is None
+        run = state_store.with_known_instances(run, clients.s3, bucket)
+        known_before = list(run.progress.known_instances)
         run, seen = progress.iterate(run, clients, bucket, now)
+        state_store.save_known_instances(run, known_before, clients.s3, bucket)
         poll = float(run.spec.limits.poll_interval_seconds)
         series = Series(interval_seconds=poll) if first else load_series(clients.s3, bucket, run.run_id)
         series.add(projection.sample_of(run, seen, now, series.last))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
@@ -16,7 +17,7 @@ from spotfill_control.teardown import teardown_and_persist
 logger = Logger()
 
 
-def handler(event: dict[str, Any], context: object) -> dict[str, Any] | None:
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | None:
     finish = FinishEvent.model_validate(event)
     if finish.run is None:
         logger.info("no run to tear down", extra={"error": finish.error.Error if finish.error else None})
@@ -25,7 +26,13 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any] | None:
     clients = Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
     # Covers reading and persisting the run state; the teardown steps translate their own errors.
     with transient_errors_retried("teardown"):
-        run, outcome = teardown_and_persist(finish.run, clients, settings(), utcnow)
+        run, outcome = teardown_and_persist(
+            finish.run,
+            clients,
+            settings(),
+            utcnow,
+            remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
+        )
     logger.info(
         "torn down",
         extra={

@@ -589,6 +589,16 @@ def _patch_spot_fleet_lifecycle() -> None:
         result = original_request(self)
         config = self._get_param("SpotFleetRequestConfig", {})
         fleet = self.ec2_backend.spot_fleet_requests[result.result["SpotFleetRequestId"]]
+        # EC2 keeps the request's own tags where DescribeTags finds them (resource type spot-fleet-request);
+        # moto shows them on the request only.
+        tags = {
+            t["Key"]: t["Value"]
+            for spec in config.get("TagSpecifications") or []
+            if spec.get("ResourceType") == "spot-fleet-request"
+            for t in spec.get("Tags") or []
+        }
+        if tags:
+            self.ec2_backend.create_tags([fleet.id], tags)
         valid_until = config.get("ValidUntil")
         if valid_until:
             fleet.valid_until = _timestamp(valid_until)
@@ -1038,7 +1048,7 @@ def _patch_instance_type_offerings() -> None:
     InstanceTypeOfferingBackend.describe_instance_type_offerings = describe_instance_type_offerings
 
 
-# --- ECS: deregistering an unknown container instance --------------------------------------------------
+# --- ECS: deregistering a container instance (an unknown one; the cluster's count) --------------------------
 
 
 def _patch_ecs_deregistration_error() -> None:
@@ -1053,7 +1063,12 @@ def _patch_ecs_deregistration_error() -> None:
         cluster = self._get_cluster(cluster_str)
         if container_instance_str.split("/")[-1] not in self.container_instances.get(cluster.name, {}):
             raise InvalidParameterException(f"Container instance {container_instance_str} not found.")
-        return original(self, cluster_str, container_instance_str, force)
+        removed = original(self, cluster_str, container_instance_str, force)
+        # ECS counts the cluster's registered instances (DescribeClusters); moto only ever adds to the count.
+        cluster.registered_container_instances_count = max(
+            0, cluster.registered_container_instances_count - 1
+        )
+        return removed
 
     EC2ContainerServiceBackend.deregister_container_instance = deregister_container_instance
 
