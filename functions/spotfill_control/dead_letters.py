@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +27,13 @@ from spotfill_control.errors import SpotfillError
 
 # Messages received, stored as one record and deleted before the next batch is received.
 DRAIN_BATCH = 1_000
-# Receive and delete calls a batch makes at once (each moves at most 10 messages).
-PARALLEL_CALLS = 8
 # Longer than a batch takes from its first receive to its last delete: none of it comes back meanwhile.
 DRAIN_VISIBILITY_SECONDS = 300
 # Teardown waits this long between looks at a queue whose remaining messages are all in flight.
 IN_FLIGHT_PAUSE_SECONDS = 1.0
+# A short poll samples only some SQS servers and may answer empty while messages remain: until the expected
+# messages are moved, an empty answer is asked again as a long poll (all servers), this many times.
+EMPTY_RECEIVES_TOLERATED = 3
 
 
 def records_prefix(run_id: str) -> str:
@@ -79,25 +79,34 @@ def drain(
     bucket: str,
     deadline: Deadline,
     *,
+    expected: int = 0,
     until_empty: bool = False,
-    batch_size: int = DRAIN_BATCH,
+    batch_size: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Drained:
     """Move the queue's messages into records, batch by batch, while `deadline` has time left.
 
-    Without `until_empty` (Monitor) the drain ends at the first empty receive: the next poll goes on. With it
-    (Teardown) an empty receive is trusted only when the queue's attributes count no message, visible or in
-    flight (a batch received by a crashed earlier attempt comes back when its visibility times out).
+    Until `expected` messages (the queue's approximate depth) are moved, an empty answer is asked again as a
+    long poll, up to EMPTY_RECEIVES_TOLERATED times. Without `until_empty` (Monitor) the drain then ends: the
+    next poll goes on. With it (Teardown) an empty answer is trusted only when the queue's attributes count no
+    message, visible or in flight (a batch received by a crashed earlier attempt comes back when its
+    visibility times out).
     """
     drained = Drained()
+    empties = 0
     while not deadline.expired:
-        messages = _receive_batch(queue_url, sqs, batch_size)
+        wait = 1 if empties else 0
+        messages = _receive_batch(queue_url, sqs, batch_size or DRAIN_BATCH, wait)
         if not messages:
+            empties += 1
+            if drained.messages < expected and empties <= EMPTY_RECEIVES_TOLERATED:
+                continue
             if not until_empty or _messages_left(queue_url, sqs) == 0:
                 drained.empty = True
                 return drained
             sleep(min(IN_FLIGHT_PAUSE_SECONDS, max(0.0, deadline.left())))
             continue
+        empties = 0
         _store(run_id, messages, s3, bucket)
         drained.records += 1
         _delete(queue_url, messages, sqs)
@@ -105,36 +114,21 @@ def drain(
     return drained
 
 
-def _receive_batch(queue_url: str, sqs: Any, size: int) -> list[dict[str, Any]]:
-    """Up to about `size` messages (never more than size + 10 x PARALLEL_CALLS), received by parallel
-    callers that each stop at their first empty answer."""
+def _receive_batch(queue_url: str, sqs: Any, size: int, wait_seconds: int) -> list[dict[str, Any]]:
+    """Up to `size` messages (and at most 9 more), received 10 at a time until an empty answer. One call at a
+    time: the local cloud's emulated SQS loses deletes made concurrently, and a batch costs ~200 calls."""
     got: dict[str, dict[str, Any]] = {}
-    lock = threading.Lock()
-
-    def receive() -> None:
-        while True:
-            with lock:
-                if len(got) >= size:
-                    return
-            answer = sqs.receive_message(
-                QueueUrl=queue_url,
-                MaxNumberOfMessages=10,
-                VisibilityTimeout=DRAIN_VISIBILITY_SECONDS,
-                WaitTimeSeconds=0,
-            ).get("Messages", [])
-            if not answer:
-                return
-            with lock:
-                for message in answer:
-                    got[message["MessageId"]] = message
-
-    callers = max(1, min(PARALLEL_CALLS, -(-size // 10)))
-    if callers == 1:
-        receive()
-    else:
-        with ThreadPoolExecutor(max_workers=callers) as pool:
-            for future in [pool.submit(receive) for _ in range(callers)]:
-                future.result()
+    while len(got) < size:
+        answer = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=DRAIN_VISIBILITY_SECONDS,
+            WaitTimeSeconds=wait_seconds,
+        ).get("Messages", [])
+        if not answer:
+            break
+        for message in answer:
+            got[message["MessageId"]] = message
     return list(got.values())
 
 
@@ -160,9 +154,8 @@ def _delete(queue_url: str, messages: list[dict[str, Any]], sqs: Any) -> None:
             reasons = "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in unexpected)
             raise SpotfillError(f"sqs.delete_message_batch failed for dead letters stored in S3: {reasons}")
 
-    batches = [messages[start : start + 10] for start in range(0, len(messages), 10)]
-    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_CALLS, len(batches)))) as pool:
-        list(pool.map(delete, batches))
+    for start in range(0, len(messages), 10):
+        delete(messages[start : start + 10])
 
 
 def _messages_left(queue_url: str, sqs: Any) -> int:

@@ -467,9 +467,10 @@ def estimated_progress(
 
 
 def _estimate(run: RunState, seen: Iteration) -> None:
-    # The dead-letter queue is drained into S3 every poll: its dead letters are those stored plus those left.
-    stored = run.progress.dead_letters_stored
-    dead = QueueDepth(visible=stored + seen.dead_letter_queue.total)
+    # The dead-letter queue is drained into S3 every poll: its dead letters are those stored plus those left
+    # (its depth was read before this poll moved some).
+    left = max(0, seen.dead_letter_queue.total - seen.dead_letters_stored)
+    dead = QueueDepth(visible=run.progress.dead_letters_stored + left)
     seen.outputs_done, seen.dead_letters, seen.remaining = estimated_progress(
         pending_shards(run), seen.queue, dead, run.progress.outputs_done
     )
@@ -488,7 +489,9 @@ def _store_dead_letters(
     depth = seen.dead_letter_queue
     if depth.visible == 0 and not seen.queue.idle:
         return depth.in_flight == 0
-    drained = dead_letters.drain(run.run_id, url, clients.sqs, clients.s3, control_bucket, deadline)
+    drained = dead_letters.drain(
+        run.run_id, url, clients.sqs, clients.s3, control_bucket, deadline, expected=depth.visible
+    )
     seen.dead_letters_stored = drained.messages
     run.progress.dead_letters_stored += drained.messages
     return drained.empty and depth.in_flight == 0
