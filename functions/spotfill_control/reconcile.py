@@ -120,7 +120,7 @@ def listed_keys_in_range(bucket: str, prefix: str, low: str, high: str, s3: Any)
     """(page number, key) for the keys under `prefix` from `low` to `high` (both included), in S3's order.
 
     StartAfter is exclusive; `low` minus its last character sorts just below `low` (a prefix sorts first), so
-    `low` itself is listed and at most a few keys before it. Listing stops at the first key past `high`."""
+    `low` itself is listed, and at most a few keys before it. The listing stops at `high` or just past it."""
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if len(low) > 1:
         kwargs["StartAfter"] = low[:-1]
@@ -128,9 +128,10 @@ def listed_keys_in_range(bucket: str, prefix: str, low: str, high: str, s3: Any)
         for obj in page.get("Contents", []):
             key = obj["Key"]
             if key > high:
-                yield number, ""
                 return
             yield number, key
+            if key == high:  # the last key wanted: no need to fetch the next page to see it end
+                return
 
 
 def verify_part(
