@@ -38,7 +38,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget, dead_letters, fleet, on_demand, reconcile
+from spotfill_control import budget, dead_letters, fleet, on_demand, reconcile, shards
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.deadline import Deadline
@@ -408,6 +408,8 @@ def iterate(
     else:
         done, done_sample = False, None
         _estimate(run, seen)
+        if run.shards_total > shards.PART_SIZE:  # a run of one part has nothing to settle ahead
+            _settle_ahead(run, clients, control_bucket, seen, deadline)
 
     shards_per_second = rate(progress.outputs_done, seen.outputs_done, progress.last_checked_at, now)
     _update_throughput(run, shards_per_second, done_sample, clients.s3, control_bucket)
@@ -495,6 +497,23 @@ def _store_dead_letters(
     seen.dead_letters_stored = drained.messages
     run.progress.dead_letters_stored += drained.messages
     return drained.empty and depth.in_flight == 0
+
+
+def _settle_ahead(
+    run: RunState, clients: Clients, control_bucket: str, seen: Iteration, deadline: Deadline
+) -> None:
+    """While work is queued, settle the parts that are finished already (`reconcile.settle_ahead`): the
+    figures stay the estimate, but the idle polls at the end of a large run have only the last parts left."""
+    index = read_shard_index(run.run_id, clients.s3, control_bucket)
+    if index is None or deadline.expired:
+        return
+    checkpoint = reconcile.load_checkpoint(run.run_id, clients.s3, control_bucket)
+    if checkpoint.settled(len(index.parts)):
+        return
+    dead = set(dead_letters.read_dead_letters(run.run_id, clients.s3, control_bucket) or [])
+    ahead = reconcile.settle_ahead(index, checkpoint, clients.s3, control_bucket, dead, deadline)
+    seen.parts_verified, seen.parts_settled = len(ahead.verified), ahead.settled_now
+    seen.listed_pages = ahead.pages
 
 
 def _reconcile(

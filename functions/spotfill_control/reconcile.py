@@ -238,6 +238,35 @@ def advance(
     return outcome
 
 
+def settle_ahead(
+    index: ShardIndex,
+    checkpoint: Checkpoint,
+    s3: Any,
+    control_bucket: str,
+    dead_letters: set[str],
+    deadline: Deadline,
+) -> PassOutcome:
+    """While the queue still holds work: settle the open parts in order from the first, and stop at the first
+    one that is not settled yet (its shards are likely still queued: PrepareRun queued them in part order).
+    Nothing is requeued and the pass's cursor is not moved; a part found open is not recorded. So most parts
+    are settled during the run, and the idle polls at its end list only the last few, whatever its size."""
+    outcome = PassOutcome()
+    for number in checkpoint.open_parts(len(index.parts)):
+        if deadline.expired:
+            break
+        result = verify_part(index, number, s3, control_bucket, dead_letters)
+        outcome.verified.append(number)
+        outcome.pages += result.listed_pages
+        if result.lost:
+            break
+        if result.failed:
+            _save_failed(index.run_id, number, result.failed, s3, control_bucket)
+        checkpoint.parts[number] = PartCount(done=result.done, failed=len(result.failed), settled=True)
+        outcome.settled_now += 1
+        save_checkpoint(checkpoint, s3, control_bucket)
+    return outcome
+
+
 def _save_failed(run_id: str, number: int, shards: list[str], s3: Any, bucket: str) -> None:
     s3.put_object(
         Bucket=bucket,

@@ -56,6 +56,21 @@ class MemoryQueue:
                 ok.append({"Id": entry["Id"]})
         return {"Successful": ok, "Failed": failed}
 
+    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """Only VisibilityTimeout 0 (what a peek does): the messages are visible again at once."""
+        assert QueueUrl == self.url and 1 <= len(Entries) <= 10
+        self._count("ChangeMessageVisibilityBatch")
+        ok, failed = [], []
+        for entry in Entries:
+            assert entry["VisibilityTimeout"] == 0
+            message = self.in_flight.pop(entry["ReceiptHandle"], None)
+            if message is None:
+                failed.append({"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True})
+            else:
+                self.visible.append(message)
+                ok.append({"Id": entry["Id"]})
+        return {"Successful": ok, "Failed": failed}
+
     def get_queue_attributes(self, QueueUrl: str, AttributeNames: list[str]) -> dict[str, Any]:
         assert QueueUrl == self.url
         self._count("GetQueueAttributes")

@@ -90,7 +90,8 @@ class Run:
         return [self.shards[i] for i in indices]
 
     def poll(self, deadline: Deadline | None = None) -> progress.Iteration:
-        self.state, seen = progress.iterate(self.state, self.clients, CONTROL_BUCKET, NOW, deadline)
+        budget = {} if deadline is None else {"deadline": deadline}
+        self.state, seen = progress.iterate(self.state, self.clients, CONTROL_BUCKET, NOW, **budget)
         return seen
 
     def take_queue(self) -> list[str]:
@@ -142,6 +143,36 @@ def test_an_idle_poll_lists_only_open_parts_and_once_all_are_settled_lists_nothi
     run.poll()
     assert s3_calls.listings(DATA_BUCKET) == []
     assert run.state.progress.outputs_done == 50
+
+
+def test_busy_polls_settle_finished_parts_ahead_so_the_idle_end_lists_only_the_last(
+    world, s3_calls, monkeypatch
+):
+    # given a run of 5 parts of 10 whose first three parts are done, the fourth half done, work still queued
+    from spotfill_control import shards
+
+    monkeypatch.setattr(shards, "PART_SIZE", 10)
+    run = Run(world, 50, part_size=10)
+    run.write_outputs(range(35))
+    queued = json.dumps({"run_id": run.run_id, "shard": run.shards[40]})
+    world.sqs.send_message(QueueUrl=run.state.resources.queue_url, MessageBody=queued)
+
+    # when a busy poll looks, then it settles the three finished parts, stops at the fourth, requeues nothing
+    s3_calls.clear()
+    seen = run.poll()
+    assert (seen.parts_settled, seen.parts_verified, seen.requeued, seen.exact) == (3, 4, 0, False)
+    assert len(s3_calls.listings(DATA_BUCKET)) == 4
+    # and the next busy poll lists from the fourth part on
+    s3_calls.clear()
+    assert run.poll().parts_verified == 1 and len(s3_calls.listings(DATA_BUCKET)) == 1
+
+    # when the work is done and the queue idle, then only the last two parts are listed, to the exact count
+    run.take_queue()
+    run.write_outputs(range(35, 50))
+    s3_calls.clear()
+    seen = run.poll()
+    assert len(s3_calls.listings(DATA_BUCKET)) == 2
+    assert (seen.exact, seen.outputs_done, run.state.progress.state) == (True, 50, "done")
 
 
 def test_another_runs_objects_under_the_same_output_prefix_are_neither_counted_nor_listed(world, s3_calls):
