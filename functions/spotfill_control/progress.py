@@ -2,8 +2,9 @@
 
 Done means every shard has an output object or sits in the dead-letter queue (docs/contracts.md). Monitor
 reads the depth of the queue and the dead-letter queue first, then moves the dead letters into S3 records
-(`spotfill_control.dead_letters`: counted, never peeked). While the queue holds work, it lists no outputs
-and reads no shard list: progress is estimated from the depths and the dead letters stored. Once the queue
+(`spotfill_control.dead_letters`: counted, never peeked). While the queue holds work, progress is estimated
+from the depths and the dead letters stored; a run of more than one part settles its finished parts ahead
+(`reconcile.settle_ahead`), a run of one part reads neither outputs nor its shard list. Once the queue
 and the dead-letter queue are idle, it verifies the run's shard list part by part against the output key
 range each part spans (`spotfill_control.reconcile`: a checkpoint kept across polls, settled parts never
 listed again, within the poll's time budget), and from that:
@@ -385,7 +386,8 @@ def iterate(
 
     Dead letters are moved into S3 records first (bounded by `deadline`). While the queue holds work
     (visible, in flight or delayed) the iteration is cheap: progress is estimated from the queues' depths and
-    the dead letters stored, and neither the output prefix nor the shard list is read. Once the queue and the
+    the dead letters stored, and only the parts finished since the last poll are listed (`_settle_ahead`, in
+    runs of more than one part). Once the queue and the
     dead-letter queue are idle, the exact reconciliation verifies the open parts of the shard list (within
     `deadline`, continuing next poll), requeues lost shards and decides whether the run is done.
     """
