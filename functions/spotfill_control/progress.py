@@ -1,13 +1,16 @@
 """One monitoring iteration: how far the run is, what to queue again, how much fleet it still needs.
 
 Done means every shard has an output object or sits in the dead-letter queue (docs/contracts.md). Monitor
-reads the depth of the queue and the dead-letter queue first. While the queue holds work, it lists no outputs
-and reads no shard list: progress is estimated from the depths. Once the queue looks idle, it compares the
-run's shard list (`runs/<run id>/shards/`, streamed part by part) with a listing of the output prefix, and
-from that:
+reads the depth of the queue and the dead-letter queue first, then moves the dead letters into S3 records
+(`spotfill_control.dead_letters`: counted, never peeked). While the queue holds work, progress is estimated
+from the depths and the dead letters stored; a run of more than one part settles its finished parts ahead
+(`reconcile.settle_ahead`), a run of one part reads neither outputs nor its shard list. Once the queue
+and the dead-letter queue are idle, it verifies the run's shard list part by part against the output key
+range each part spans (`spotfill_control.reconcile`: a checkpoint kept across polls, settled parts never
+listed again, within the poll's time budget), and from that:
 
 - queues again the shards that have neither an output nor a dead letter while the queue is empty and nothing
-  is in flight (a message lost with an instance, or an output deleted by hand);
+  is in flight (a message lost with an instance, or an output deleted by hand), once per finding;
 - sizes the service to the capacity that registered: a task per task slot of the registered instances
   (raised as instances join), never more than the remaining shards, never zero while work remains;
 - lowers the fleet's target capacity once fewer shards remain than the fleet has task slots, so nobody pays
@@ -36,9 +39,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget, cost, fleet, on_demand
+from spotfill_control import budget, cost, dead_letters, fleet, on_demand, reconcile, shards
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
+from spotfill_control.deadline import Deadline
 from spotfill_control.errors import (
     FleetRequestError,
     ModelLoadError,
@@ -52,7 +56,6 @@ from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import (
     Shard,
     ShardRef,
-    iter_shards,
     model_error_key,
     output_uri_for,
     read_shard_index,
@@ -65,9 +68,9 @@ from spotfill_control.shards import (
 ROWS_SAMPLE_SIZE = 5
 # Once this many outputs were sampled the mean is good enough: later iterations read no more metadata.
 ROWS_SAMPLE_LIMIT = 200
-# How long peeked dead letters stay invisible while they are read; they are made visible again right after.
-PEEK_VISIBILITY_SECONDS = 30
-EMPTY_RECEIVES_TOLERATED = 3
+# The time budget of a poll's long work (moving dead letters, verifying parts) without a Lambda context: half
+# the Monitor's Timeout, as `Deadline.of_invocation` gives it on Lambda.
+DEFAULT_BUDGET_SECONDS = 300.0
 # Instances that count: pending and running ones work (or will); the rest are going away.
 ALIVE_STATES = frozenset({"pending", "running"})
 ACTIVE_FLEET_STATES = LIVE_STATES
@@ -115,6 +118,11 @@ class Iteration:
     fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
     fleet_valid_until: datetime | None = None  # the request's ValidUntil, when EC2 reports it
     model_error: dict[str, Any] | None = None  # the record a worker wrote when the model could not load
+    dead_letters_stored: int = 0  # dead-letter messages moved into S3 records by this poll
+    parts_verified: int = 0  # shard-list parts whose outputs this poll listed
+    parts_settled: int = 0  # of those, parts found settled (never listed again)
+    listed_pages: int = 0  # ListObjectsV2 pages of outputs read
+    exact: bool = False  # the counts come from every part's verification (not from the queues' depths)
 
 
 # ------------------------------------------------------------------------------------------ pure arithmetic
@@ -268,14 +276,6 @@ def enforce_limits(run: RunState, now: datetime) -> None:
 # ------------------------------------------------------------------------------------------ AWS reads
 
 
-def list_output_uris(output_prefix_uri: str, s3: Any) -> set[str]:
-    bucket, prefix = split_s3_uri(output_prefix_uri)
-    uris: set[str] = set()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        uris.update(f"s3://{bucket}/{obj['Key']}" for obj in page.get("Contents", []))
-    return uris
-
-
 def queue_depth(queue_url: str | None, sqs: Any) -> QueueDepth:
     if queue_url is None:
         return QueueDepth()
@@ -292,70 +292,6 @@ def queue_depth(queue_url: str | None, sqs: Any) -> QueueDepth:
         in_flight=int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
         delayed=int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
     )
-
-
-def read_messages(
-    queue_url: str, sqs: Any, visibility_timeout: int, expected: int = 0
-) -> list[dict[str, Any]]:
-    """Receive every visible message once (each stays invisible for `visibility_timeout` seconds).
-
-    Short polls sample only some SQS servers and may come back empty while messages remain, so until
-    `expected` messages (the queue's approximate depth) are read, an empty answer is retried as a long poll,
-    up to EMPTY_RECEIVES_TOLERATED times.
-    """
-    messages: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    empties = 0
-    while True:
-        batch = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=visibility_timeout,
-            WaitTimeSeconds=1 if empties else 0,
-        ).get("Messages", [])
-        fresh = [m for m in batch if m["MessageId"] not in seen]
-        if not fresh:
-            empties += 1
-            if len(messages) >= expected or empties > EMPTY_RECEIVES_TOLERATED:
-                return messages
-            continue
-        seen.update(m["MessageId"] for m in fresh)
-        messages.extend(fresh)
-
-
-def shard_of(message: Mapping[str, Any]) -> str | None:
-    """The shard URI a queue message names (None for a message that is not a shard message)."""
-    try:
-        body = json.loads(message["Body"])
-    except (KeyError, TypeError, json.JSONDecodeError):
-        return None
-    shard = body.get("shard") if isinstance(body, dict) else None
-    return shard if isinstance(shard, str) else None
-
-
-def peek_dead_letters(queue_url: str, sqs: Any, expected: int = 0) -> set[str]:
-    """The shards in the dead-letter queue, read without consuming them: received, then made visible again."""
-    messages = read_messages(queue_url, sqs, PEEK_VISIBILITY_SECONDS, expected)
-    for start in range(0, len(messages), 10):
-        batch = messages[start : start + 10]
-        response = sqs.change_message_visibility_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                for i, m in enumerate(batch)
-            ],
-        )
-        if response.get("Failed"):
-            raise_if_unexpected_visibility_failures(response["Failed"])
-    return {s for s in (shard_of(m) for m in messages) if s is not None}
-
-
-def raise_if_unexpected_visibility_failures(failed: list[Mapping[str, Any]]) -> None:
-    # A message deleted meanwhile (ReceiptHandleIsInvalid) is fine; anything else is a real fault.
-    unexpected = [f for f in failed if f.get("Code") not in ("ReceiptHandleIsInvalid", "MessageNotInflight")]
-    if unexpected:
-        reasons = "; ".join(f"{f.get('Code')}: {f.get('Message', '')}" for f in unexpected)
-        raise SpotfillError(f"sqs.change_message_visibility_batch failed for dead letters: {reasons}")
 
 
 def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -> tuple[int, int]:
@@ -452,15 +388,18 @@ def service_counts(cluster: str, service: str, ecs: Any) -> tuple[int, int] | No
 
 
 def iterate(
-    run: RunState, clients: Clients, control_bucket: str, now: datetime
+    run: RunState, clients: Clients, control_bucket: str, now: datetime, deadline: Deadline | None = None
 ) -> tuple[RunState, Iteration]:
     """One monitoring iteration: returns the updated run (not yet persisted) and what it saw.
 
-    While the queue holds work (visible, in flight or delayed) the iteration is cheap: progress is estimated
-    from the queues' depths and neither the output prefix nor the shard list is read. Once the queue looks
-    idle, the exact reconciliation lists the outputs, compares them with the shard list, requeues lost shards
-    and decides whether the run is done.
+    Dead letters are moved into S3 records first (bounded by `deadline`). While the queue holds work
+    (visible, in flight or delayed) the iteration is cheap: progress is estimated from the queues' depths and
+    the dead letters stored, and only the parts finished since the last poll are listed (`_settle_ahead`, in
+    runs of more than one part). Once the queue and the
+    dead-letter queue are idle, the exact reconciliation verifies the open parts of the shard list (within
+    `deadline`, continuing next poll), requeues lost shards and decides whether the run is done.
     """
+    deadline = deadline or Deadline(DEFAULT_BUDGET_SECONDS)
     run = run.model_copy(deep=True)
     progress = run.progress
     resources = run.resources
@@ -473,16 +412,21 @@ def iterate(
     # queue seen idle here means every output of a finished shard is already in the listing below.
     seen.queue = queue_depth(resources.queue_url, clients.sqs)
     seen.dead_letter_queue = queue_depth(resources.dead_letter_queue_url, clients.sqs)
-    if seen.queue.idle:
-        done, done_sample = _reconcile(run, clients, control_bucket, seen)
+    dead_letters_clear = _store_dead_letters(run, clients, control_bucket, seen, deadline)
+    if seen.queue.idle and dead_letters_clear:
+        done, done_sample = _reconcile(run, clients, control_bucket, seen, deadline)
     else:
         done, done_sample = False, None
         _estimate(run, seen)
+        if run.shards_total > shards.PART_SIZE:  # a run of one part has nothing to settle ahead
+            _settle_ahead(run, clients, control_bucket, seen, deadline)
 
     shards_per_second = rate(progress.outputs_done, seen.outputs_done, progress.last_checked_at, now)
     _update_throughput(run, shards_per_second, done_sample, clients.s3, control_bucket)
     # Requeued shards count as progress: they deserve a stall timeout of their own to be picked up.
+    # So do parts newly verified settled: a long verification over several polls is not a stall.
     moved = seen.outputs_done + seen.dead_letters > progress.outputs_done + progress.dead_letters
+    moved = moved or seen.parts_settled > 0
     if not moved:  # a model no worker can load moves nothing: look for its error record (one small listing)
         seen.model_error = read_model_error(run.run_id, clients.s3, control_bucket)
     if moved or seen.requeued or progress.last_progress_at is None:
@@ -538,53 +482,91 @@ def estimated_progress(
 
 
 def _estimate(run: RunState, seen: Iteration) -> None:
+    # The dead-letter queue is drained into S3 every poll: its dead letters are those stored plus those left
+    # (its depth was read before this poll moved some).
+    left = max(0, seen.dead_letter_queue.total - seen.dead_letters_stored)
+    dead = QueueDepth(visible=run.progress.dead_letters_stored + left)
     seen.outputs_done, seen.dead_letters, seen.remaining = estimated_progress(
-        pending_shards(run), seen.queue, seen.dead_letter_queue, run.progress.outputs_done
+        pending_shards(run), seen.queue, dead, run.progress.outputs_done
     )
 
 
+def _store_dead_letters(
+    run: RunState, clients: Clients, control_bucket: str, seen: Iteration, deadline: Deadline
+) -> bool:
+    """Move the dead-letter queue's messages into S3 records (within `deadline`); True when the queue is
+    clear afterwards: nothing left visible and nothing in flight (a batch an earlier, crashed poll received
+    comes back when its visibility times out). An idle queue is drained even when the dead-letter queue's
+    approximate depth says empty: that figure lags, and a missed dead letter would be requeued as lost."""
+    url = run.resources.dead_letter_queue_url
+    if url is None:
+        return True
+    depth = seen.dead_letter_queue
+    if depth.visible == 0 and not seen.queue.idle:
+        return depth.in_flight == 0
+    drained = dead_letters.drain(
+        run.run_id, url, clients.sqs, clients.s3, control_bucket, deadline, expected=depth.visible
+    )
+    seen.dead_letters_stored = drained.messages
+    run.progress.dead_letters_stored += drained.messages
+    return drained.empty and depth.in_flight == 0
+
+
+def _settle_ahead(
+    run: RunState, clients: Clients, control_bucket: str, seen: Iteration, deadline: Deadline
+) -> None:
+    """While work is queued, settle the parts that are finished already (`reconcile.settle_ahead`): the
+    figures stay the estimate, but the idle polls at the end of a large run have only the last parts left."""
+    index = read_shard_index(run.run_id, clients.s3, control_bucket)
+    if index is None or deadline.expired:
+        return
+    checkpoint = reconcile.load_checkpoint(run.run_id, clients.s3, control_bucket)
+    if checkpoint.settled(len(index.parts)):
+        return
+    dead = set(dead_letters.read_dead_letters(run.run_id, clients.s3, control_bucket) or [])
+    ahead = reconcile.settle_ahead(index, checkpoint, clients.s3, control_bucket, dead, deadline)
+    seen.parts_verified, seen.parts_settled = len(ahead.verified), ahead.settled_now
+    seen.listed_pages = ahead.pages
+
+
 def _reconcile(
-    run: RunState, clients: Clients, control_bucket: str, seen: Iteration
-) -> tuple[bool, list[str]]:
-    """The exact count: outputs listed against the shard list (streamed), dead letters peeked, lost shards
-    queued again. Returns (done, a random sample of done outputs for the rows estimate)."""
+    run: RunState, clients: Clients, control_bucket: str, seen: Iteration, deadline: Deadline
+) -> tuple[bool, list[str] | None]:
+    """The exact count: the open parts of the shard list verified against their outputs' key ranges, lost
+    shards queued again (`spotfill_control.reconcile`). Returns (done, a random sample of done outputs for
+    the rows estimate, or None when no part was listed)."""
     resources = run.resources
     index = read_shard_index(run.run_id, clients.s3, control_bucket)
-    stream = iter_shards(run.run_id, clients.s3, control_bucket, index)
-    if stream is None:
+    if index is None:
         raise SpotfillError(
             f"s3://{control_bucket}/{shard_index_key(run.run_id)} is missing: was the run prepared?"
         )
-    present = list_output_uris(run.spec.output.uri, clients.s3)
-    missing: list[ShardRef] = []
-    sampler = Reservoir(ROWS_SAMPLE_SIZE, random.Random())
-    pending = 0
-    for shard in stream:
-        if shard.skipped:
-            continue
-        pending += 1
-        if shard.output in present:
-            sampler.add(shard.output)
-        else:
-            missing.append(shard)
-    del present
-    seen.outputs_done = pending - len(missing)
-    seen.dead_letters = seen.dead_letter_queue.total
+    checkpoint = reconcile.load_checkpoint(run.run_id, clients.s3, control_bucket)
+    dead = set(dead_letters.read_dead_letters(run.run_id, clients.s3, control_bucket) or [])
 
-    # Which shards are dead letters matters only when outputs are missing.
-    dead_lettered: set[str] = set()
-    if resources.dead_letter_queue_url and seen.dead_letters and missing:
-        dead_lettered = peek_dead_letters(resources.dead_letter_queue_url, clients.sqs, seen.dead_letters)
-    # Dead letters whose shard has an output anyway (written, then the delete failed) are not failures.
-    seen.dead_letters = sum(1 for s in missing if s.shard in dead_lettered)
-    lost = [s for s in missing if s.shard not in dead_lettered]
-    done = not lost
-    if lost and resources.queue_url:
-        seen.requeued = send_shards(
-            run.run_id, [s.as_shard() for s in lost], resources.queue_url, clients.sqs
+    def requeue(lost: list[ShardRef]) -> int:
+        if not resources.queue_url:
+            return 0
+        return send_shards(run.run_id, [s.as_shard() for s in lost], resources.queue_url, clients.sqs)
+
+    passed = reconcile.advance(
+        index, checkpoint, clients.s3, control_bucket, dead, deadline, requeue, sample_size=ROWS_SAMPLE_SIZE
+    )
+    seen.requeued = passed.requeued
+    seen.parts_verified, seen.parts_settled = len(passed.verified), passed.settled_now
+    seen.listed_pages = passed.pages
+    parts = len(index.parts)
+    if checkpoint.verified_all(parts):
+        seen.exact = True
+        seen.outputs_done, seen.dead_letters = checkpoint.done, checkpoint.failed
+        seen.remaining = max(0, index.pending - seen.outputs_done - seen.dead_letters)
+    else:  # the first pass is still on its way: the idle queues' estimate until every part was counted
+        seen.outputs_done, seen.dead_letters, seen.remaining = estimated_progress(
+            pending_shards(run), seen.queue, QueueDepth(visible=len(dead)), run.progress.outputs_done
         )
-    seen.remaining = len(missing) - seen.dead_letters
-    return done, sampler.items
+    done = checkpoint.settled(parts)
+    sample = random.sample(passed.outputs, min(ROWS_SAMPLE_SIZE, len(passed.outputs)))
+    return done, (sample if passed.verified else None)
 
 
 class Reservoir:

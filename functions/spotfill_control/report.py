@@ -24,18 +24,30 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control import cost, state_store
+from spotfill_control import cost, reconcile, state_store
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.budget import format_usd
 from spotfill_control.config import Settings
+from spotfill_control.dead_letters import read_dead_letters
+from spotfill_control.deadline import Deadline
 from spotfill_control.errors import BudgetReached, SpotfillError, TransientAwsError
 from spotfill_control.fleet import requested_capacity
-from spotfill_control.progress import Clients, list_output_uris
+from spotfill_control.progress import Clients, Reservoir
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.series import Series, load_series, series_key
-from spotfill_control.shards import Shard, ShardRef, iter_shards, split_s3_uri
+from spotfill_control.shards import (
+    Shard,
+    ShardIndex,
+    ShardNamer,
+    ShardRef,
+    iter_shards,
+    model_error_key,
+    read_shard_index,
+    shards_of_part,
+    split_s3_uri,
+)
 from spotfill_control.spec import ModelSpec
-from spotfill_control.teardown import read_dead_letters, teardown_and_persist
+from spotfill_control.teardown import teardown_and_persist
 
 logger = Logger(child=True)
 
@@ -45,9 +57,11 @@ EVENT_DETAIL_TYPE = "Backfill Run Finished"
 # Outputs whose `spotfill-rows` are read one by one; beyond this the total is estimated from a sample.
 EXACT_PREDICTION_COUNT_LIMIT = 2_000
 PREDICTION_SAMPLE_SIZE = 500
-FAILED_KEYS_LIMIT = (
-    1_000  # the report lists at most this many failed shards (the full list: dead_letters.json)
-)
+PREDICTION_SAMPLE_PARTS = 8  # parts of the shard list read for that sample, beyond the exact limit
+# the report lists at most this many failed shards (all of them: the records in runs/<id>/dead-letters/)
+FAILED_KEYS_LIMIT = 1_000
+# The budget for verifying parts the Monitor left open, without a Lambda context: half the Report's Timeout.
+DEFAULT_BUDGET_SECONDS = 150.0
 # Dollar figures keep 8 decimals: a local-cloud run costs fractions of a cent, and so does its cap.
 USD_DIGITS = 8
 FAILED_ERRORS_LIMIT = 100  # the report quotes the error records of at most this many failed shards
@@ -120,6 +134,11 @@ class Facts:
     # how the sampled outputs were computed (their `spotfill-runtime*` metadata)
     runtimes: list[OutputRuntime] = field(default_factory=list)
     usages: list[cost.InstanceUsage] = field(default_factory=list)
+    # False when the report ran out of time before every part of the shard list was verified: `unverified`
+    # pending shards are then in neither count, and `verification` says so in a sentence.
+    verified: bool = True
+    unverified: int = 0
+    verification: str | None = None
     cost: cost.CostSummary | None = None
     series: Series = field(default_factory=Series)  # the Monitor's samples (empty when it never polled)
 
@@ -203,6 +222,9 @@ class SampledOutputs:
     runtimes: list[OutputRuntime] = field(default_factory=list)
 
 
+_MISSING = object()  # a sampled output that does not exist
+
+
 def read_sampled_outputs(sample: OutputSample, s3: Any) -> SampledOutputs:
     """Read the metadata of the sample's outputs once each: `spotfill-rows` (exact when every output is
     kept, else the sample's mean times the count), the purchase option (`unknown` for an output without
@@ -211,13 +233,13 @@ def read_sampled_outputs(sample: OutputSample, s3: Any) -> SampledOutputs:
         return SampledOutputs()
     chosen = sample.items
 
-    def head(uri: str) -> tuple[int, str, OutputRuntime | None] | None:
+    def head(uri: str) -> tuple[int, str, OutputRuntime | None] | object | None:
         bucket, key = split_s3_uri(uri)
         try:
             metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
         except ClientError as exc:
             if is_missing_key(exc):
-                return None
+                return _MISSING
             raise
         value = metadata.get("spotfill-rows")
         if value is None:
@@ -226,12 +248,15 @@ def read_sampled_outputs(sample: OutputSample, s3: Any) -> SampledOutputs:
         return int(value), option, OutputRuntime.from_metadata(metadata)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        counted = [r for r in pool.map(head, chosen) if r is not None]
+        present = [r for r in pool.map(head, chosen) if r is not _MISSING]
+    counted = [r for r in present if isinstance(r, tuple)]
     by_option: dict[str, int] = {}
     for value, option, _ in counted:
         by_option[option] = by_option.get(option, 0) + value
     runtimes = [runtime for _, _, runtime in counted if runtime is not None]
-    if sample.exact and len(counted) == len(chosen):
+    # Exact when every output was read and each told its rows; candidates without an output (a shard that
+    # failed or never ran) are no outputs, not unknown ones.
+    if sample.exact and len(counted) == len(present) == sample.count:
         return SampledOutputs(sum(by_option.values()), True, by_option, runtimes)
     if not counted:
         return SampledOutputs(0, False)
@@ -376,22 +401,19 @@ def reason_of(error_type: str | None, error: str) -> str:
     return f"{error_type}: {first}" if error_type else first
 
 
-def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Facts:
+def gather(
+    run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime, deadline: Deadline | None = None
+) -> Facts:
+    """The report's facts. The shard counts come from the Monitor's verified parts (`spotfill_control.
+    reconcile`) and the dead-letter records, without listing every output: parts the Monitor left open (a
+    run that failed, stalled or hit its budget) are verified here within `deadline`, and those it cannot
+    reach are reported as unverified."""
     facts = Facts(shards_total=run.shards_total, shards_skipped=run.shards_skipped)
-    stream = iter_shards(run.run_id, s3, bucket)
-    if stream is not None:
-        present = list_output_uris(run.spec.output.uri, s3)
-        dead = read_dead_letters(run.run_id, s3, bucket)
-        tally = tally_shards(stream, present, dead or [], error_record_uris(run.run_id, s3, bucket))
-        del present
-        facts.succeeded, facts.failed_keys = tally.succeeded, tally.failed
-        facts.failed_errors = read_failed_errors(tally.failed_error_uris, s3)
-        facts.unprocessed, facts.retried = tally.unprocessed, tally.retried
-        facts.shards_total, facts.shards_skipped = tally.total, tally.skipped
-        outputs = read_sampled_outputs(tally.outputs, s3)
-        facts.predictions, facts.predictions_exact = outputs.predictions, outputs.exact
-        facts.predictions_by_purchase_option = outputs.by_purchase_option
-        facts.runtimes = outputs.runtimes
+    index = read_shard_index(run.run_id, s3, bucket)
+    if index is not None:
+        _count_shards(run, index, s3, bucket, facts, deadline or Deadline(DEFAULT_BUDGET_SECONDS))
+    else:
+        _count_legacy_shards(run, s3, bucket, facts)
     facts.series = load_series(s3, bucket, run.run_id)
     window_start = run.timeline.fleet_requested_at or run.timeline.started_at or now
     window_end = run.timeline.teardown_ended_at or now
@@ -400,6 +422,102 @@ def gather(run: RunState, s3: Any, ec2: Any, bucket: str, now: datetime) -> Fact
             run.run_id, run.progress.known_instances, window_start, window_end, ec2, run.instance_types
         )
     return facts
+
+
+def _count_shards(
+    run: RunState, index: ShardIndex, s3: Any, bucket: str, facts: Facts, deadline: Deadline
+) -> None:
+    checkpoint = reconcile.load_checkpoint(run.run_id, s3, bucket)
+    dead = set(read_dead_letters(run.run_id, s3, bucket) or [])
+    failed: list[str] = []
+    unfinished_errors: set[str] = set()  # error records of shards verified here without output or dead letter
+    unverified_parts = 0
+    for number, part in enumerate(index.parts):
+        known = checkpoint.parts.get(number)
+        if known is not None and known.settled:
+            facts.succeeded += known.done
+            if known.failed:
+                failed += reconcile.read_failed(run.run_id, number, s3, bucket)
+            continue
+        if deadline.expired:
+            facts.unverified += part.pending
+            unverified_parts += 1
+            continue
+        result = reconcile.verify_part(index, number, s3, bucket, dead)
+        facts.succeeded += result.done
+        failed += result.failed
+        facts.unprocessed += len(result.lost)
+        unfinished_errors.update(ref.error for ref in result.lost)
+    facts.shards_total, facts.shards_skipped = index.total, index.skipped
+    facts.failed_keys = sorted(failed)
+    if unverified_parts:
+        facts.verified = False
+        facts.verification = (
+            f"the count is incomplete: {facts.unverified} shard(s) in {unverified_parts} part(s) of the "
+            f"shard list were not verified within the report's time budget ({deadline.seconds:.0f} s)"
+        )
+
+    # Error records: one per shard that failed at least once (as many as the failures, not the shards).
+    namer = ShardNamer(index.input, index.output, bucket, run.run_id)
+    records = error_record_uris(run.run_id, s3, bucket) - {f"s3://{bucket}/{model_error_key(run.run_id)}"}
+    failed_errors = {shard: namer.ref(shard, False).error for shard in facts.failed_keys}
+    quoted = {shard: uri for shard, uri in failed_errors.items() if uri in records}
+    facts.failed_errors = read_failed_errors(dict(list(quoted.items())[:FAILED_ERRORS_LIMIT]), s3)
+    facts.retried = len(records - set(failed_errors.values()) - unfinished_errors)
+
+    outputs = read_sampled_outputs(prediction_sample(index, s3, bucket, facts.succeeded), s3)
+    facts.predictions, facts.predictions_exact = outputs.predictions, outputs.exact
+    facts.predictions_by_purchase_option = outputs.by_purchase_option
+    facts.runtimes = outputs.runtimes
+
+
+def prediction_sample(
+    index: ShardIndex, s3: Any, bucket: str, succeeded: int, rng: random.Random | None = None
+) -> OutputSample:
+    """The outputs whose metadata gives the predictions, as an `OutputSample` of `succeeded` outputs: every
+    pending shard's output while the run has at most EXACT_PREDICTION_COUNT_LIMIT pending shards (those
+    without one are skipped when read), else PREDICTION_SAMPLE_SIZE drawn at random from
+    PREDICTION_SAMPLE_PARTS parts chosen at random (by their pending shards): a few part reads, never all."""
+    rng = rng or random.Random()
+    numbers = [n for n, part in enumerate(index.parts) if part.pending]
+    sampled = index.pending > EXACT_PREDICTION_COUNT_LIMIT
+    if sampled:
+        weights = [index.parts[n].pending for n in numbers]
+        numbers = sorted(set(rng.choices(numbers, weights=weights, k=PREDICTION_SAMPLE_PARTS)))
+    candidates = Reservoir(PREDICTION_SAMPLE_SIZE if sampled else index.pending, rng)
+    for number in numbers:
+        key = index.parts[number].key
+        body = read_object(s3, bucket, key)
+        if body is None:
+            raise SpotfillError(f"s3://{bucket}/{key} is missing from the run's shard list")
+        for ref in shards_of_part(index, body, bucket):
+            if not ref.skipped:
+                candidates.add(ref.output)
+    sample = OutputSample(rng)
+    sample.items, sample.count = candidates.items, succeeded
+    return sample
+
+
+def _count_legacy_shards(run: RunState, s3: Any, bucket: str, facts: Facts) -> None:
+    """Runs prepared before the parts layout (`shards.json`, small by construction): tallied against a listing
+    of the output prefix, as they always were."""
+    stream = iter_shards(run.run_id, s3, bucket)
+    if stream is None:
+        return
+    out_bucket, prefix = split_s3_uri(run.spec.output.uri)
+    present: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=out_bucket, Prefix=prefix):
+        present.update(f"s3://{out_bucket}/{obj['Key']}" for obj in page.get("Contents", []))
+    dead = read_dead_letters(run.run_id, s3, bucket)
+    tally = tally_shards(stream, present, dead or [], error_record_uris(run.run_id, s3, bucket))
+    facts.succeeded, facts.failed_keys = tally.succeeded, tally.failed
+    facts.failed_errors = read_failed_errors(tally.failed_error_uris, s3)
+    facts.unprocessed, facts.retried = tally.unprocessed, tally.retried
+    facts.shards_total, facts.shards_skipped = tally.total, tally.skipped
+    outputs = read_sampled_outputs(tally.outputs, s3)
+    facts.predictions, facts.predictions_exact = outputs.predictions, outputs.exact
+    facts.predictions_by_purchase_option = outputs.by_purchase_option
+    facts.runtimes = outputs.runtimes
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -542,6 +660,8 @@ def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple
                 f"of {shards.get('total', 0)}",
             )
         )
+        if shards.get("verification"):
+            rows.append(("  count", str(shards["verification"])))
         reasons = {e.get("shard"): e.get("reason") for e in shards.get("failed_errors", [])}
         rows += [
             ("  failed", f"{key}: {reasons[key]}" if reasons.get(key) else str(key))
@@ -666,6 +786,8 @@ def build_report(
     status, reason = status_of(
         run, error, teardown_error, len(facts.failed_keys), [e["reason"] for e in facts.failed_errors]
     )
+    if facts.verification:
+        reason = f"{reason}; {facts.verification}"
     document: dict[str, Any] = {
         "run_id": run_id,
         "status": status,
@@ -706,6 +828,9 @@ def build_report(
                 "unprocessed": facts.unprocessed,
                 "retried": facts.retried,
                 "requeued": run.progress.requeued,
+                "verified": facts.verified,
+                "unverified": facts.unverified,
+                "verification": facts.verification,
             },
             "predictions": {
                 "total": facts.predictions,
@@ -908,13 +1033,15 @@ def report_run(
     clients: ReportClients,
     settings: Settings,
     now: datetime,
+    deadline: Deadline | None = None,
 ) -> dict[str, Any]:
-    """Gather, build, write and announce the run's report; returns its small summary."""
+    """Gather, build, write and announce the run's report; returns its small summary. `deadline` bounds the
+    verification of the parts the Monitor left open (`gather`)."""
     bucket = settings.control_bucket
     if run is None:
         run_id, facts = run_id_for_execution(execution_arn, now), Facts()
     else:
-        run_id, facts = run.run_id, gather(run, clients.s3, clients.ec2, bucket, now)
+        run_id, facts = run.run_id, gather(run, clients.s3, clients.ec2, bucket, now, deadline)
     document = build_report(
         run,
         run_id=run_id,
@@ -1020,9 +1147,9 @@ def clean_up_after(
     report_clients: ReportClients,
     settings: Settings,
     now: Callable[[], datetime] = utcnow,
-    remaining_seconds: Callable[[], float] | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """Tear down and report the run of an execution that ended without doing so itself (`remaining_seconds`:
+    """Tear down and report the run of an execution that ended without doing so itself (`time_left`:
     the invocation's time left, which bounds teardown's deregistration of container instances).
 
     Ignored: other statuses, and an execution whose run lives on in a newer execution (continue-as-new).
@@ -1043,7 +1170,7 @@ def clean_up_after(
         }
     error = error_of(detail)
     if run is not None:
-        run, _ = teardown_and_persist(run, teardown_clients, settings, now, remaining_seconds)
+        run, _ = teardown_and_persist(run, teardown_clients, settings, now, time_left)
     run_id = run.run_id if run is not None else run_id_for_execution(arn, now())
     if report_exists(run_id, report_clients.s3, bucket):
         return {"execution_arn": arn, "run_id": run_id, "action": "torn_down", "reported": False}

@@ -62,6 +62,9 @@ class Progress(_State):
     state: Literal["running", "done", "handover"] = "running"
     outputs_done: int = 0
     dead_letters: int = 0
+    # Dead-letter messages Monitor moved into S3 records (`spotfill_control.dead_letters`); a message stored
+    # twice (a crash between its record and its delete) counts twice here, never in `dead_letters`.
+    dead_letters_stored: int = 0
     requeued: int = 0
     iterations: int = 0
     iterations_this_execution: int = 0

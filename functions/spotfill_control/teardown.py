@@ -7,14 +7,15 @@ the first error is raised; a transient one as `TransientAwsError` so the ASL ret
 
 Order: stop the service (no new work is taken), cancel the fleet with its instances (stops the spend), then
 the cluster (once its service is gone), task definition, launch template version, and last the queues,
-after the dead-letter queue's contents are saved to `runs/<run id>/dead_letters.json` for the report.
+after the dead-letter queue's messages are moved into S3 records (`runs/<run id>/dead-letters/`,
+`spotfill_control.dead_letters`) for the report: batch by batch within a time budget, and a teardown that
+runs out of it is retried and goes on where it stopped, so the queue is deleted only once it is empty.
 Resources the run state does not name (a Lambda that died between creating and recording) are found by
 their run-scoped names (`spotfill-<run id>`) and tags.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +25,13 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import fleet, state_store
-from spotfill_control.aws import is_missing_key, is_transient
+from spotfill_control import dead_letters, fleet, state_store
+from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
+from spotfill_control.deadline import Deadline
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.fleet_api import GONE_STATES
-from spotfill_control.progress import Clients, read_messages, shard_of
+from spotfill_control.progress import Clients
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.shards import dead_letter_queue_name
 
@@ -54,8 +56,19 @@ DEREGISTER_BATCH = 100
 DEREGISTER_RESERVE_SECONDS = 120.0
 
 
-def dead_letters_key(run_id: str) -> str:
-    return f"runs/{run_id}/dead_letters.json"
+# The time budget of the dead-letter drain without a Lambda context: half the Teardown's Timeout.
+DEFAULT_BUDGET_SECONDS = 300.0
+# On Lambda the drain may use the invocation's remaining time but this much, kept for deleting the queues
+# and persisting the run.
+RESERVE_SECONDS = 60.0
+
+
+def drain_deadline(time_left: Callable[[], float] | None) -> Deadline:
+    """The drain's budget: what the invocation has left (`time_left`, seconds) less RESERVE_SECONDS, or
+    DEFAULT_BUDGET_SECONDS without a Lambda context."""
+    if time_left is None:
+        return Deadline(DEFAULT_BUDGET_SECONDS)
+    return Deadline(max(0.0, time_left() - RESERVE_SECONDS))
 
 
 def _code(exc: ClientError) -> str:
@@ -73,7 +86,7 @@ class Outcome:
     removed: list[str] = field(default_factory=list)
     errors: list[tuple[str, Exception]] = field(default_factory=list)
     instances_terminated: list[str] = field(default_factory=list)
-    dead_letters: list[str] | None = None
+    dead_letters: int | None = None  # dead-letter messages moved into S3 records; None: no dead-letter queue
 
 
 # ------------------------------------------------------------------------------------------ ECS
@@ -141,14 +154,14 @@ def deregister_container_instances(
     cluster: str,
     ecs: Any,
     outcome: Outcome,
-    remaining_seconds: Callable[[], float] | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> None:
     """Deregister the cluster's container instances that are still registered, DEREGISTER_CONCURRENCY at a
     time, DEREGISTER_BATCH after another.
 
     Instances terminated just before have mostly been deregistered by ECS already (a terminated instance whose
     agent was connected is), and the listing leaves INACTIVE ones out, so only the rest cost a call. Before
-    each batch, when `remaining_seconds()` (the Lambda's time left) is under DEREGISTER_RESERVE_SECONDS, it
+    each batch, when `time_left()` (the Lambda's time left) is under DEREGISTER_RESERVE_SECONDS, it
     stops with TransientAwsError: the retried teardown lists what is still registered and goes on from there.
     """
     try:
@@ -160,10 +173,10 @@ def deregister_container_instances(
         with ThreadPoolExecutor(max_workers=DEREGISTER_CONCURRENCY) as pool:
             for start in range(0, len(listed), DEREGISTER_BATCH):
                 arns = listed[start : start + DEREGISTER_BATCH]
-                if remaining_seconds is not None and remaining_seconds() < DEREGISTER_RESERVE_SECONDS:
+                if time_left is not None and time_left() < DEREGISTER_RESERVE_SECONDS:
                     raise TransientAwsError(
                         f"cluster {cluster}: stopped deregistering container instances with "
-                        f"{remaining_seconds():.0f} s of this invocation left; teardown will retry and go on"
+                        f"{time_left():.0f} s of this invocation left; teardown will retry and go on"
                     )
                 done = pool.map(lambda a: _deregister(cluster, a, ecs), arns)
                 for arn, removed in zip(arns, done, strict=True):
@@ -347,41 +360,25 @@ def _queue_gone(exc: ClientError) -> bool:
     return _code(exc) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue")
 
 
-def read_dead_letters(run_id: str, s3: Any, bucket: str) -> list[str] | None:
-    """The shards saved by an earlier teardown, or None when none ran."""
-    try:
-        body = s3.get_object(Bucket=bucket, Key=dead_letters_key(run_id))["Body"].read()
-    except ClientError as exc:
-        if is_missing_key(exc):
-            return None
-        raise
-    return list(json.loads(body).get("shards", []))
-
-
 def save_dead_letters(
-    run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str, expected: int = 0
-) -> list[str] | None:
-    """Add the dead-lettered shards to `runs/<run id>/dead_letters.json`; None when the queue is gone.
-
-    The queue is about to be deleted, so its messages are read once with a long visibility timeout; `expected`
-    (the dead letters monitor counted last) keeps the read going past SQS's occasional empty short poll. A
-    retried teardown finds the messages still invisible, which is why the file is only ever added to.
-    """
+    run_id: str, dlq_url: str, sqs: Any, s3: Any, bucket: str, deadline: Deadline
+) -> int | None:
+    """Move every message of the dead-letter queue into S3 records (`dead_letters.drain`, to the end); the
+    number moved, or None when the queue is gone. Raises TransientAwsError when `deadline` passes first: the
+    ASL retries Teardown, which goes on with the messages left (those stored stay stored)."""
     try:
-        messages = read_messages(dlq_url, sqs, visibility_timeout=300, expected=expected)
+        drained = dead_letters.drain(run_id, dlq_url, sqs, s3, bucket, deadline, until_empty=True)
     except ClientError as exc:
         if _queue_gone(exc):
             return None
         raise
-    shards = {s for s in (shard_of(m) for m in messages) if s is not None}
-    shards.update(read_dead_letters(run_id, s3, bucket) or [])
-    s3.put_object(
-        Bucket=bucket,
-        Key=dead_letters_key(run_id),
-        Body=json.dumps({"run_id": run_id, "shards": sorted(shards)}).encode(),
-        ContentType="application/json",
-    )
-    return sorted(shards)
+    if not drained.empty:
+        raise TransientAwsError(
+            f"the dead-letter queue of run {run_id} still holds messages after {deadline.seconds:.0f} s "
+            f"({drained.messages} moved to s3://{bucket}/{dead_letters.records_prefix(run_id)}); "
+            "teardown goes on when retried"
+        )
+    return drained.messages
 
 
 def delete_queue(url: str, sqs: Any, outcome: Outcome) -> None:
@@ -405,13 +402,14 @@ def teardown(
     launch_template_id: str,
     now: Callable[[], datetime],
     sleep: Callable[[float], None] = time.sleep,
-    remaining_seconds: Callable[[], float] | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> tuple[RunState, Outcome]:
     """Remove everything the run created; returns the run with its teardown timestamps and what was done.
+    `time_left` (the seconds the invocation has left) bounds the dead-letter drain (`drain_deadline`) and the
+    deregistration of container instances.
 
     Raises (after every step had its turn) the first error met: TransientAwsError when any error is
-    transient (the ASL retries teardown, which is idempotent), else that error. `remaining_seconds` (the
-    Lambda's time left) bounds the deregistration of container instances.
+    transient (the ASL retries teardown, which is idempotent), else that error.
     """
     run = run.model_copy(deep=True)
     run.timeline.teardown_started_at = run.timeline.teardown_started_at or now()
@@ -443,7 +441,7 @@ def teardown(
 
     step(
         "container instances",
-        lambda: deregister_container_instances(cluster, ecs, outcome, remaining_seconds),
+        lambda: deregister_container_instances(cluster, ecs, outcome, time_left),
     )
     if not any(name == "container instances" for name, _ in outcome.errors):
         # A cluster that still holds instances cannot go (ClusterContainsContainerInstancesException).
@@ -467,7 +465,7 @@ def teardown(
         outcome.dead_letters = step(
             "dead letters",
             lambda: save_dead_letters(
-                run.run_id, dlq, sqs, clients.s3, control_bucket, expected=run.progress.dead_letters
+                run.run_id, dlq, sqs, clients.s3, control_bucket, drain_deadline(time_left)
             ),
         )
         if not any(name == "dead letters" for name, _ in outcome.errors):
@@ -509,7 +507,7 @@ def teardown_and_persist(
     clients: Clients,
     settings: Settings,
     now: Callable[[], datetime],
-    remaining_seconds: Callable[[], float] | None = None,
+    time_left: Callable[[], float] | None = None,
 ) -> tuple[RunState, Outcome]:
     run = latest_run(run, clients.s3, settings.control_bucket)
     run, outcome = teardown(
@@ -518,7 +516,7 @@ def teardown_and_persist(
         control_bucket=settings.control_bucket,
         launch_template_id=settings.launch_template_id,
         now=now,
-        remaining_seconds=remaining_seconds,
+        time_left=time_left,
     )
     state_store.persist(run, clients.s3, settings.control_bucket)
     return run, outcome

@@ -55,6 +55,9 @@ def test_report_of_a_successful_run_has_every_figure(world, running_run, lambda_
         "unprocessed": 0,
         "retried": 1,
         "requeued": 0,
+        "verified": True,
+        "unverified": 0,
+        "verification": None,
     }
     assert document["predictions"] == {
         "total": 3 * ROWS_PER_SHARD,

@@ -127,7 +127,7 @@ def test_teardown_deregisters_a_thousand_container_instances_concurrently_each_o
 
     # when teardown deregisters them
     outcome = teardown.Outcome()
-    teardown.deregister_container_instances(cluster, probe, outcome, remaining_seconds=lambda: 500.0)
+    teardown.deregister_container_instances(cluster, probe, outcome, time_left=lambda: 500.0)
 
     # then each was deregistered exactly once, DEREGISTER_CONCURRENCY at a time, and none is left
     assert sorted(probe.calls) == sorted(arns)

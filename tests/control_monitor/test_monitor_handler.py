@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from spotfill_control.dead_letters import read_dead_letters
 from spotfill_control.errors import (
     BudgetReached,
     FleetRequestError,
@@ -16,7 +17,7 @@ from spotfill_control.errors import (
 )
 from spotfill_control.handlers import monitor
 
-from .conftest import ROWS_PER_SHARD
+from .conftest import CONTROL_BUCKET, ROWS_PER_SHARD
 
 pytestmark = pytest.mark.aws
 
@@ -202,11 +203,12 @@ def test_monitor_counts_dead_letters_and_finishes_when_the_rest_has_outputs(
     # when monitor looks
     run = monitor.handler({"run": running_run}, lambda_context)
 
-    # then the run is done with one dead letter, nothing requeued, and the dead letter still there to report
+    # then the run is done with one dead letter, nothing requeued, and the dead letter moved into S3 to report
     assert run["progress"]["state"] == "done"
     assert run["progress"]["dead_letters"] == 1
     assert run["progress"]["requeued"] == 0
-    assert world.queue_shards(run["resources"]["dead_letter_queue_url"]) == [failed]
+    assert world.queue_shards(run["resources"]["dead_letter_queue_url"]) == []
+    assert read_dead_letters(run["run_id"], world.s3, CONTROL_BUCKET) == [failed]
 
 
 def test_monitor_requeues_only_shards_that_are_not_dead_letters(world, running_run, lambda_context):

@@ -278,39 +278,3 @@ def test_execution_arns_follow_from_the_state_machine_and_name():
     assert arn == "arn:aws:states:us-east-1:123:execution:backfill:r-1-2"
     with pytest.raises(ValueError):
         progress.execution_arn_for("arn:aws:states:us-east-1:123:activity:x", "r-1-2")
-
-
-# ------------------------------------------------------------------------------------------ reading queues
-
-
-class FlakySqs:
-    """A queue whose short polls come back empty now and then, as SQS's do when they miss a server."""
-
-    def __init__(self, answers: list[list[str]]) -> None:
-        self.answers = answers
-        self.waits: list[int] = []
-
-    def receive_message(self, **kwargs):
-        self.waits.append(kwargs["WaitTimeSeconds"])
-        ids = self.answers.pop(0) if self.answers else []
-        return {"Messages": [{"MessageId": i, "Body": "{}", "ReceiptHandle": i} for i in ids]}
-
-
-def test_reading_a_queue_retries_empty_answers_as_long_polls_until_the_expected_messages_arrive():
-    sqs = FlakySqs([["m1"], [], ["m2", "m3"]])
-    messages = progress.read_messages("url", sqs, visibility_timeout=30, expected=3)
-    assert [m["MessageId"] for m in messages] == ["m1", "m2", "m3"]
-    assert sqs.waits[:3] == [0, 0, 1]  # the first empty answer is retried as a long poll
-
-
-def test_reading_a_queue_gives_up_after_a_few_empty_long_polls():
-    sqs = FlakySqs([["m1"]])
-    messages = progress.read_messages("url", sqs, visibility_timeout=30, expected=5)
-    assert [m["MessageId"] for m in messages] == ["m1"]
-    assert len(sqs.waits) == 1 + progress.EMPTY_RECEIVES_TOLERATED + 1
-
-
-def test_reading_a_queue_stops_at_the_first_empty_answer_once_everything_expected_is_read():
-    sqs = FlakySqs([["m1", "m2"], [], ["m3"]])
-    assert len(progress.read_messages("url", sqs, visibility_timeout=30, expected=2)) == 2
-    assert sqs.waits == [0, 0]

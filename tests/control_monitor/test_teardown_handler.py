@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from spotfill_control.dead_letters import read_dead_letters
 from spotfill_control.errors import SpotfillError
 from spotfill_control.handlers import monitor, teardown
 
@@ -64,9 +65,8 @@ def test_teardown_saves_the_dead_letters_before_deleting_the_queue(world, runnin
     # when the run is torn down
     teardown.handler({"run": running_run, "error": {"Error": "StallError", "Cause": "{}"}}, lambda_context)
 
-    # then the dead-lettered shard is kept for the report
-    body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
-    assert json.loads(body["Body"].read())["shards"] == [failed]
+    # then the dead-lettered shard is kept in S3 for the report
+    assert read_dead_letters(running_run["run_id"], world.s3, CONTROL_BUCKET) == [failed]
 
 
 def test_teardown_twice_is_harmless(world, running_run, lambda_context):
@@ -80,8 +80,7 @@ def test_teardown_twice_is_harmless(world, running_run, lambda_context):
     # then it succeeds, keeps the first timestamps, and the saved dead letters survive
     assert_nothing_left(world, running_run)
     assert second["timeline"]["teardown_started_at"] == first["timeline"]["teardown_started_at"]
-    body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
-    assert json.loads(body["Body"].read())["shards"] == [failed]
+    assert read_dead_letters(running_run["run_id"], world.s3, CONTROL_BUCKET) == [failed]
 
 
 def test_teardown_of_a_run_that_was_only_prepared(world, start_run, lambda_context):
@@ -181,21 +180,100 @@ def test_teardown_terminates_instances_a_cancelled_fleet_left_running(world, run
     assert set(world.instance_states(instances).values()) <= {"shutting-down", "terminated"}
 
 
-def test_a_retried_teardown_keeps_the_dead_letters_the_first_attempt_read(world, running_run, lambda_context):
-    # given a first attempt that read the dead-letter queue (its messages now invisible) but did not delete it
+def test_a_teardown_that_stopped_between_storing_and_deleting_dead_letters_goes_on_when_retried(
+    world, running_run, monkeypatch
+):
+    # given a first attempt that stored a batch of dead letters and died before deleting its messages
+    from spotfill_control import dead_letters
+    from spotfill_control.deadline import Deadline
+    from spotfill_control.errors import TransientAwsError
     from spotfill_control.teardown import save_dead_letters
 
-    failed = world.dead_letter(running_run, 0)
+    failed = [world.dead_letter(running_run, i) for i in range(3)]
     url = running_run["resources"]["dead_letter_queue_url"]
-    assert save_dead_letters(running_run["run_id"], url, world.sqs, world.s3, CONTROL_BUCKET) == [failed]
+    run_id = running_run["run_id"]
 
-    # when the retry reads it again and finds nothing visible
-    again = save_dead_letters(running_run["run_id"], url, world.sqs, world.s3, CONTROL_BUCKET)
+    held: list[dict] = []
 
-    # then the saved list still names the dead letter
-    assert again == [failed]
-    body = world.s3.get_object(Bucket=CONTROL_BUCKET, Key=f"runs/{running_run['run_id']}/dead_letters.json")
-    assert json.loads(body["Body"].read())["shards"] == [failed]
+    def died(queue_url, messages, sqs):
+        held.extend(messages)
+        raise RuntimeError("the Lambda died here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(dead_letters, "_delete", died)
+        with pytest.raises(RuntimeError):
+            save_dead_letters(run_id, url, world.sqs, world.s3, CONTROL_BUCKET, Deadline(60))
+    assert read_dead_letters(run_id, world.s3, CONTROL_BUCKET) == sorted(failed)
+
+    # when a retry finds the messages still in flight, then it stops at its deadline and asks to be retried
+    with pytest.raises(TransientAwsError, match="still holds messages"):
+        save_dead_letters(run_id, url, world.sqs, world.s3, CONTROL_BUCKET, Deadline(0.5))
+
+    # and once their visibility timed out, the next retry stores them again and empties the queue
+    for message in held:  # what SQS does when the visibility timeout ends
+        world.sqs.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+        )
+    assert save_dead_letters(run_id, url, world.sqs, world.s3, CONTROL_BUCKET, Deadline(60)) == 3
+    assert read_dead_letters(run_id, world.s3, CONTROL_BUCKET) == sorted(failed)  # stored twice, read once
+    assert world.queue_shards(url) == []
+
+
+def test_teardown_keeps_every_dead_letter_when_there_are_more_than_a_receive_batch(
+    world, running_run, lambda_context, monkeypatch
+):
+    # given 234 dead letters (a drain batch of 40 here: 6 batches, each of 4 receives; moto's receive is
+    # quadratic in the queue's length, so the 1,000s run against an in-memory queue in test_dead_letters.py)
+    from spotfill_control import dead_letters
+
+    monkeypatch.setattr(dead_letters, "DRAIN_BATCH", 40)
+    url = running_run["resources"]["dead_letter_queue_url"]
+    sent = _send_dead_letters(world, running_run, 234)
+
+    # when the run is torn down
+    in_flight = _watch_in_flight(world, monkeypatch)
+    teardown.handler({"run": running_run, "error": {"Error": "StallError", "Cause": "{}"}}, lambda_context)
+
+    # then every one of them is kept in S3, the queue was never holding more than one batch, and it is gone
+    assert read_dead_letters(running_run["run_id"], world.s3, CONTROL_BUCKET) == sorted(sent)
+    assert 0 < max(in_flight) <= 40 + 9
+    assert_nothing_left(world, running_run)
+    assert url
+
+
+def _send_dead_letters(world, run: dict, count: int) -> list[str]:
+    url = run["resources"]["dead_letter_queue_url"]
+    shards = [f"s3://spotfill-data-monitor/inputs/digits/poison-{i:05d}.npy" for i in range(count)]
+    for start in range(0, count, 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps({"run_id": run["run_id"], "shard": shard})}
+            for i, shard in enumerate(shards[start : start + 10])
+        ]
+        world.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    return shards
+
+
+def _watch_in_flight(world, monkeypatch) -> list[int]:
+    """Messages received and not yet deleted, after each receive (from what the calls themselves say)."""
+    from spotfill_control import dead_letters
+
+    in_flight = [0]
+    held: set[str] = set()
+    receive, delete = dead_letters._receive_batch, dead_letters._delete
+
+    def receiving(*args, **kwargs):
+        messages = receive(*args, **kwargs)
+        held.update(m["ReceiptHandle"] for m in messages)
+        in_flight.append(len(held))
+        return messages
+
+    def deleting(url, messages, sqs):
+        delete(url, messages, sqs)
+        held.difference_update(m["ReceiptHandle"] for m in messages)
+
+    monkeypatch.setattr(dead_letters, "_receive_batch", receiving)
+    monkeypatch.setattr(dead_letters, "_delete", deleting)
+    return in_flight
 
 
 def test_a_throttled_step_makes_teardown_retry_after_the_other_steps(

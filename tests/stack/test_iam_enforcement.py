@@ -251,7 +251,7 @@ def _as_function(deployed: tuple[StackOutputs, boto3.session.Session], logical_i
 CONTROL_BUCKET_PROBES = [
     ("ValidateFunction", "backfills/missing.json"),  # a manifest deleted before Validate read it
     ("PrepareRunFunction", "runs/fresh/shards/index.json"),  # not written before the first attempt
-    ("TeardownFunction", "runs/fresh/dead_letters.json"),  # no earlier teardown saved dead letters
+    ("TeardownFunction", "runs/fresh/state.json"),  # a run torn down before any handler persisted it
     ("ReportFunction", "reports/fresh.json"),  # no report yet
     ("CleanupOnExitFunction", "executions/fresh.json"),  # the execution failed before a run existed
 ]

@@ -68,6 +68,14 @@ UNEXERCISED_BUT_NEEDED: dict[tuple[str, str], str] = {
     ("TeardownFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("CleanupOnExitFunction", "sqs:GetQueueUrl"): "a run that failed before its queue URL was kept",
     ("TeardownFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
+    (
+        "TeardownFunction",
+        "sqs:DeleteMessage",
+    ): "dead letters the monitor had not moved to S3 yet (a failed run): stored, then deleted",
+    (
+        "CleanupOnExitFunction",
+        "sqs:DeleteMessage",
+    ): "dead letters the monitor had not moved to S3 yet (a failed run): stored, then deleted",
     ("CleanupOnExitFunction", "ec2:TerminateInstances"): "instances still alive once the fleet is cancelled",
     (
         "CleanupOnExitFunction",

@@ -13,6 +13,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spotfill_control.aws import client
 from spotfill_control.config import settings
+from spotfill_control.deadline import seconds_left
 from spotfill_control.progress import Clients
 from spotfill_control.report import ExecutionStatusChange, ReportClients, clean_up_after
 
@@ -29,7 +30,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             s3=client("s3"), ec2=client("ec2"), events=client("events"), sns=client("sns")
         ),
         settings=settings(),
-        remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
+        time_left=seconds_left(context),
     )
     logger.info("cleaned up after execution", extra=result)
     return result

@@ -12,6 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from spotfill_control import budget, progress, projection, state_store
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
+from spotfill_control.deadline import Deadline
 from spotfill_control.run import RunEvent, utcnow
 from spotfill_control.series import Series, load_series, save_series
 
@@ -34,9 +35,12 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         # series, since a GetObject of a key never written is denied, not 404, to a role whose ListBucket is
         # limited to a prefix; later polls read it, add their sample and write it back.
         first = run.projection is None
+        # Half the invocation's remaining time for moving dead letters and verifying parts; the rest
+        # continues next poll (docs/state-machine.md, "Monitor").
+        budget_left = Deadline.of_invocation(context, progress.DEFAULT_BUDGET_SECONDS)
         run = state_store.with_known_instances(run, clients.s3, bucket)
         known_before = list(run.progress.known_instances)
-        run, seen = progress.iterate(run, clients, bucket, now)
+        run, seen = progress.iterate(run, clients, bucket, now, budget_left)
         state_store.save_known_instances(run, known_before, clients.s3, bucket)
         poll = float(run.spec.limits.poll_interval_seconds)
         series = Series(interval_seconds=poll) if first else load_series(clients.s3, bucket, run.run_id)
@@ -53,6 +57,11 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "dead_letters": seen.dead_letters,
             "remaining": seen.remaining,
             "requeued": seen.requeued,
+            "exact": seen.exact,
+            "dead_letters_stored": seen.dead_letters_stored,
+            "parts_verified": seen.parts_verified,
+            "parts_settled": seen.parts_settled,
+            "output_pages_listed": seen.listed_pages,
             "queue_visible": seen.queue.visible,
             "queue_in_flight": seen.queue.in_flight,
             "interruptions": seen.interruptions,

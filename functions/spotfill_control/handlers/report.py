@@ -8,7 +8,8 @@ from aws_lambda_powertools import Logger
 
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
-from spotfill_control.report import FinishEvent, ReportClients, report_run
+from spotfill_control.deadline import Deadline
+from spotfill_control.report import DEFAULT_BUDGET_SECONDS, FinishEvent, ReportClients, report_run
 from spotfill_control.run import utcnow
 from spotfill_control.teardown import latest_run
 
@@ -31,6 +32,8 @@ def handler(event: dict[str, Any], context: object) -> dict[str, Any]:
             clients=clients,
             settings=settings(),
             now=utcnow(),
+            # half the invocation's remaining time for verifying what the Monitor left open
+            deadline=Deadline.of_invocation(context, DEFAULT_BUDGET_SECONDS),
         )
     logger.info("reported", extra=summary)
     return summary

@@ -9,6 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
+from spotfill_control.deadline import seconds_left
 from spotfill_control.progress import Clients
 from spotfill_control.report import FinishEvent
 from spotfill_control.run import utcnow
@@ -26,19 +27,14 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | N
     clients = Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
     # Covers reading and persisting the run state; the teardown steps translate their own errors.
     with transient_errors_retried("teardown"):
-        run, outcome = teardown_and_persist(
-            finish.run,
-            clients,
-            settings(),
-            utcnow,
-            remaining_seconds=lambda: context.get_remaining_time_in_millis() / 1000,
-        )
+        # The invocation's remaining time bounds the dead-letter drain; a retry goes on where it stopped.
+        run, outcome = teardown_and_persist(finish.run, clients, settings(), utcnow, seconds_left(context))
     logger.info(
         "torn down",
         extra={
             "removed": outcome.removed,
             "instances_terminated": len(outcome.instances_terminated),
-            "dead_letters": None if outcome.dead_letters is None else len(outcome.dead_letters),
+            "dead_letters_stored": outcome.dead_letters,
         },
     )
     return run.model_dump(mode="json")
