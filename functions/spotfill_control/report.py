@@ -748,7 +748,7 @@ def status_of(
     if teardown_error is not None:
         return "failed", f"teardown failed: {teardown_error.Error}: {teardown_error.message}".rstrip(": ")
     if failed:
-        said = f"{failed} shard(s) failed and sit in the dead-letter queue"
+        said = f"{failed} shard(s) failed and were set aside as dead letters"
         if len(failed_reasons) == failed and len(set(failed_reasons)) == 1:
             said += f": {failed_reasons[0]}"
         return "completed_with_failures", said

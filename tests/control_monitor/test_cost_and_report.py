@@ -302,7 +302,7 @@ def test_a_run_whose_every_shard_failed_for_one_reason_says_it_in_one_sentence()
 
     # then its reason is one sentence that says why
     assert document["status"] == "completed_with_failures"
-    assert document["reason"] == f"2 shard(s) failed and sit in the dead-letter queue: {reason}"
+    assert document["reason"] == f"2 shard(s) failed and were set aside as dead letters: {reason}"
 
 
 def test_failed_shards_with_different_reasons_are_counted_and_each_named_with_its_own():
@@ -325,7 +325,7 @@ def test_failed_shards_with_different_reasons_are_counted_and_each_named_with_it
     Console(file=out, width=300, color_system=None).print(report_table(document))
 
     # then the reason counts them, and the table names each failed shard with its reason
-    assert document["reason"] == "2 shard(s) failed and sit in the dead-letter queue"
+    assert document["reason"] == "2 shard(s) failed and were set aside as dead letters"
     text = " ".join(out.getvalue().split())
     for error in errors:
         assert f"{error['shard']}: {error['reason']}" in text

@@ -98,7 +98,7 @@ def test_a_shard_the_model_fails_on_is_dead_lettered_and_named_with_its_reason_a
     report = result.report
     assert result.snapshot.status == "SUCCEEDED", result.snapshot.error
     assert report["status"] == "completed_with_failures", report["reason"]
-    assert report["reason"] == "2 shard(s) failed and sit in the dead-letter queue"
+    assert report["reason"] == "2 shard(s) failed and were set aside as dead letters"
     assert report["shards"]["failed"] == 2 and report["shards"]["succeeded"] == 3
     # and names each failed shard with a one-line reason, in the report and in the table run --local prints
     corrupt, bad = report["shards"]["failed_errors"]
@@ -137,7 +137,7 @@ def test_a_model_that_fails_on_every_shard_is_one_sentence_in_the_report_and_the
     # then the run says why in one sentence: every shard failed, and the model's one-line reason
     report = result.report
     assert report["status"] == "completed_with_failures" and report["shards"]["failed"] == 2
-    assert report["reason"] == f"2 shard(s) failed and sit in the dead-letter queue: {OUT_OF_RANGE}"
+    assert report["reason"] == f"2 shard(s) failed and were set aside as dead letters: {OUT_OF_RANGE}"
     _one_line(report["reason"])
     table = _printed_table(report)
     assert "Graph execution error" not in table and 'File "' not in table
