@@ -1,14 +1,16 @@
-"""The scale rehearsal (`make bench-scale`): one whole run through the real handlers, real boto3, a local endpoint.
+"""The scale rehearsal (`make bench-scale`): one whole run through the real handlers and boto3, locally.
 
-    .venv/bin/python -m bench.scale [--shards 1000000] [--instances 1000] [--poisoned 2000] [--interruptions 20]
+    .venv/bin/python -m bench.scale [--shards 1000000] [--instances 1000] [--poisoned 2000]
+        [--interruptions 20] [--shards-per-poll N] [--calibrate-shards N] [--tracemalloc]
 
 The handlers (functions/spotfill_control/handlers/*.handler) run unchanged, in the order the state machine
-runs them: Validate, PrepareRun (called again while it returns the run with phase "preparing"), HasPendingShards,
-RequestFleet, CheckRegistration until registered, ScaleService, Monitor until done, Teardown, Report. Their
-boto3 clients talk over HTTP to moto's server in a process of its own (`bench.scale_emulator`, whose in-memory
-SQS and S3 backends are patched to scale). Between Monitor polls a fleet of light stand-in workers
-(`bench.scale_world.StandInFleet`, one per emulated instance, no TensorFlow) processes shards through the worker's
-S3 and SQS calls; some instances are reclaimed mid-shard, some shards are poisoned.
+runs them: Validate, PrepareRun (called again while it returns the run with phase "preparing"),
+HasPendingShards, RequestFleet, CheckRegistration until registered, ScaleService, Monitor until done,
+Teardown, Report. Their boto3 clients talk over HTTP to moto's server in a process of its own
+(`bench.scale_emulator`, whose in-memory SQS, S3 and EC2 tag backends are patched to scale). Between Monitor
+polls a fleet of light stand-in workers (`bench.scale_world.StandInFleet`, one per emulated instance, no
+TensorFlow) processes shards through the worker's S3 and SQS calls; some instances are reclaimed mid-shard,
+some shards are poisoned.
 
 For each stage: wall time, CPU time of the handler's thread, peak memory, AWS calls by operation (a botocore
 `before-call` hook on the handlers' session), and each projected to Lambda at the function's MemorySize in
@@ -131,8 +133,8 @@ class Stage:
 
 
 class CallCounter:
-    """Counts the handlers' AWS calls by `service.Operation` while armed (botocore `before-call`), and the wall
-    seconds they took (to `after-call`)."""
+    """Counts the handlers' AWS calls by `service.Operation` while armed (botocore `before-call`), and the
+    wall seconds they took (to `after-call`)."""
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
@@ -215,7 +217,7 @@ class ProjectedContext:
 
 
 def function_limits() -> dict[str, tuple[int, int]]:
-    """Function logical id -> (MemorySize MB, Timeout s), from template.yaml (Globals where a function sets none)."""
+    """Function logical id -> (MemorySize MB, Timeout s), from template.yaml (Globals where it sets none)."""
     from spotfill.deploy import load_template
 
     template = load_template()
@@ -325,6 +327,7 @@ def _rehearse_once(options: Options, calibration: dict[str, Any] | None = None) 
             result = _run(options, emulator, calibration)
             result["setup_seconds"] = round(setup_s, 1)
             result["emulator_rss_mib"] = round(emulator.call("memory") / 2**20, 1)
+            result["emulator_seconds_by_request"] = emulator.call("served")
             result["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         os.environ.clear()
@@ -676,17 +679,20 @@ def _results(
     result = {
         "machine": _machine(),
         "model": {
-            "cpu_share": f"Lambda CPU = MemorySize / {LAMBDA_MB_PER_VCPU} MB of one vCPU; projected seconds = "
-            f"CPU seconds x max(1, {LAMBDA_MB_PER_VCPU} / MemorySize) + AWS calls x {options.call_latency_ms} ms",
+            "cpu_share": f"Lambda CPU = MemorySize / {LAMBDA_MB_PER_VCPU} MB of one vCPU; projected "
+            f"seconds = CPU seconds x max(1, {LAMBDA_MB_PER_VCPU} / MemorySize) + AWS calls x "
+            f"{options.call_latency_ms} ms",
             "memory": ("tracemalloc peak" if options.tracemalloc else "RSS peak minus RSS before the call")
             + f", plus {RUNTIME_BASELINE_MIB} MiB for the loaded runtime, against MemorySize",
             "extrapolated": (
-                "each shard-bound stage's worst invocation fitted as fixed + per-shard cost from the calibration "
-                f"run at {calibration['size']['shards']:,} shards and this one, then evaluated at 1M and 10M"
+                "each shard-bound stage's worst invocation fitted as fixed + per-shard cost from the "
+                f"calibration run at {calibration['size']['shards']:,} shards and this one, evaluated at 1M "
+                "and 10M"
                 if calibration
-                else "each shard-bound stage's worst invocation scaled in proportion to shards (an upper bound)"
+                else "each shard-bound stage's worst invocation scaled in proportion to shards (upper bound)"
             ),
-            "endpoint": "moto's server (its own process, SQS and S3 backends patched to scale: bench/scale_emulator.py)",
+            "endpoint": "moto's server in its own process, its SQS, S3 and EC2 tag backends patched to scale "
+            "(bench/scale_emulator.py)",
         },
         "size": {
             "shards": options.shards,
@@ -774,7 +780,8 @@ def table(result: dict[str, Any]) -> str:
     for api, f in result["monitor_throttles"].items():
         throttle = ", ".join(f"{k} {v:,}" for k, v in f["throttle"].items())
         lines.append(
-            f"| {api} | {f['calls_per_poll']} | {f['per_second_during_poll']} | {throttle} | {f['under_throttle']} |"
+            f"| {api} | {f['calls_per_poll']} | {f['per_second_during_poll']} | {throttle} "
+            f"| {f['under_throttle']} |"
         )
     checks = result["checks"]
     lines += [

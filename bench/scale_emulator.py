@@ -15,7 +15,9 @@ replaces those parts of moto's in-memory backends, here only:
 - SQS time: the queues' clock is the wall clock plus an offset the bench advances (`advance`), so a poll
   interval or a visibility timeout passes without waiting for it;
 - S3 ListObjectsV2 without a delimiter: a sorted index of each bucket's key names, merged with the names
-  added since the last listing, so a page costs O(page) plus the new names.
+  added since the last listing, so a page costs O(page) plus the new names;
+- EC2 tags: a resource's tags looked up, not searched for among all the account's tags (DescribeInstances
+  with a tag filter is otherwise quadratic in instances).
 
 Everything above moto's backends (its HTTP parsing and responses, and all of boto3) is unchanged.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import bisect
 import copy
 import heapq
+import io
 import itertools
 import os
 import threading
@@ -47,7 +50,7 @@ def clock_s() -> float:
     return clock_ms() / 1000.0
 
 
-# --- SQS -----------------------------------------------------------------------------------------------------
+# --- SQS ----------------------------------------------------------------------------------------------------
 
 
 class QueueIndex:
@@ -246,7 +249,7 @@ def _patch_sqs() -> None:
     Backend.purge_queue = purge_queue
 
 
-# --- S3 ------------------------------------------------------------------------------------------------------
+# --- S3 -----------------------------------------------------------------------------------------------------
 
 
 class KeyIndex:
@@ -328,9 +331,31 @@ def _patch_s3() -> None:
     models.S3Backend.list_objects_v2 = list_objects_v2
 
 
+# --- EC2 ------------------------------------------------------------------------------------------------
+
+
+def _patch_ec2_tags() -> None:
+    """A resource's own tags by a dict lookup: moto finds them by matching a regular expression against every
+    tag of the account, once per instance per filter, which makes DescribeInstances quadratic in instances."""
+    from moto.ec2.models.core import TaggedEC2Resource
+    from moto.ec2.utils import EC2_PREFIX_TO_RESOURCE, get_prefix
+
+    def get_tags(self: Any) -> list[dict[str, str]]:
+        tags = self.ec2_backend.tags.get(self.id) if self.id else None
+        if not tags:
+            return []
+        kind = EC2_PREFIX_TO_RESOURCE.get(get_prefix(self.id), "")
+        return [
+            {"resource_id": self.id, "key": k, "value": v, "resource_type": kind} for k, v in tags.items()
+        ]
+
+    TaggedEC2Resource.get_tags = get_tags
+
+
 def install_scaling_patches() -> None:
     _patch_sqs()
     _patch_s3()
+    _patch_ec2_tags()
 
 
 # --- the process -------------------------------------------------------------------------------------------
@@ -363,10 +388,10 @@ def serve(port: int, connection: Any) -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
     class Server(ThreadedMotoServer):
-        """moto's threaded server with the Price List API (which moto lacks) in front, as the local cloud's."""
+        """moto's threaded server, the Price List API (which moto lacks) in front as in the local cloud."""
 
         def _server_entry(self) -> None:
-            app = PriceListRouter(DomainDispatcherApplication(create_backend_app))
+            app = _Timed(PriceListRouter(DomainDispatcherApplication(create_backend_app)))
             self._server = make_server(
                 self._ip_address, self._port, app, True, request_handler=MotoRequestHandler
             )
@@ -399,6 +424,44 @@ def serve(port: int, connection: Any) -> None:
             connection.send(("ok", getattr(physics, command)(*arguments)))
         except Exception as exc:  # the bench raises it with the command's name
             connection.send(("error", f"{command}: {type(exc).__name__}: {exc}"))
+
+
+SERVED: dict[str, list[float]] = {}  # request kind -> [count, seconds]: where the emulator's time goes
+
+
+class _Timed:
+    """WSGI middleware: the time the emulator spends on each kind of request (Action, X-Amz-Target or the S3
+    method), for `Physics.served`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        kind = environ.get("HTTP_X_AMZ_TARGET") or _action(environ) or environ.get("REQUEST_METHOD", "?")
+        started = time.perf_counter()
+        try:
+            return list(self.app(environ, start_response))
+        finally:
+            entry = SERVED.setdefault(kind, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
+
+
+def _action(environ: dict[str, Any]) -> str:
+    from urllib.parse import parse_qs
+
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    if "Action" in query:
+        return query["Action"][0]
+    content_type = environ.get("CONTENT_TYPE", "")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        stream = environ["wsgi.input"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = stream.read(length)
+        environ["wsgi.input"] = io.BytesIO(body)
+        found = parse_qs(body.decode(errors="replace")).get("Action")
+        return found[0] if found else ""
+    return ""
 
 
 class Physics:
@@ -458,6 +521,9 @@ class Physics:
     def advance(self, seconds: float) -> float:
         _offset_ms["value"] += seconds * 1000.0
         return _offset_ms["value"] / 1000.0
+
+    def served(self) -> dict[str, list[float]]:
+        return {k: [v[0], round(v[1], 3)] for k, v in sorted(SERVED.items(), key=lambda kv: -kv[1][1])}
 
     def memory(self) -> int:
         """This process's resident set size in bytes."""

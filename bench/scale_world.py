@@ -1,11 +1,12 @@
 """The scale rehearsal's world: the emulator process, the stack's resources, and the fleet's stand-in workers.
 
-`Emulator` starts `bench.scale_emulator` (moto's server, patched to scale) in a process of its own and sends it
-the commands AWS has no verb for. `build_world` creates what the stack would have (buckets, launch template,
-roles, security group, topic, event bus, the worker image in ECR) and the run's input shards, and sets the
-functions' environment as template.yaml does. `StandInFleet` is the fleet: one light stand-in per emulated
-instance, registered as an ECS container instance of the run's cluster, taking shard messages from the run's
-queue and writing outputs and error records with the worker's own S3 and SQS calls (worker/spotfill_worker).
+`Emulator` starts `bench.scale_emulator` (moto's server, patched to scale) in a process of its own and
+sends it the commands AWS has no verb for. `build_world` creates what the stack would have (buckets, launch
+template, roles, security group, topic, event bus, the worker image in ECR) and the run's input shards, and
+sets the functions' environment as template.yaml does. `StandInFleet` is the fleet: one light stand-in per
+emulated instance, registered as an ECS container instance of the run's cluster, taking shard messages from
+the run's queue and writing outputs and error records with the worker's own S3 and SQS calls
+(worker/spotfill_worker).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class EmulatorError(RuntimeError):
 
 
 class Emulator:
-    """`bench.scale_emulator.serve` in a spawned process; `call(command, *arguments)` runs a Physics method."""
+    """`bench.scale_emulator.serve` in a spawned process; `call(command, *arguments)` runs a Physics one."""
 
     def __init__(self) -> None:
         import socket
@@ -219,8 +220,9 @@ class FleetTally:
 
 class StandInFleet:
     """The run's fleet of light stand-in workers, in the emulator's process (`Physics.start_fleet`), whose
-    boto3 clients moto serves in process (`mock_aws`) from the same backends as the endpoint: `sync` boots and retires them with the emulated EC2,
-    `work` has them process up to N shard messages, `interrupt` reclaims some mid-shard.
+    boto3 clients moto serves in process (`mock_aws`) from the same backends as the endpoint: `sync` boots and
+    retires them with the emulated EC2, `work` has them process up to N shard messages, `interrupt` reclaims
+    some mid-shard.
 
     A shard whose key is in `poisoned` always fails: the stand-in writes the worker's error record and makes
     its message visible again, so SQS redrives it to the dead-letter queue after the receive limit."""
@@ -281,7 +283,7 @@ class StandInFleet:
                 )
 
     def check(self, shards: int) -> dict[str, Any]:
-        """Every shard but the poisoned has exactly one output, the one its stand-in wrote; no poisoned one has."""
+        """Every shard but the poisoned ones has exactly one output, the one its stand-in wrote."""
         expected = {f"s3://{DATA_BUCKET}/{input_key(i)}" for i in range(shards)} - self.poisoned
         listed: list[str] = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(
@@ -316,7 +318,7 @@ class StandInFleet:
         return taken
 
     def interrupt(self, count: int) -> list[str]:
-        """Spot reclaims `count` instances, each holding a batch of messages it received and never finished."""
+        """Spot reclaims `count` instances, each holding a batch of messages it received and never ends."""
         live = sorted(self.instances)
         chosen = self.random.sample(live, min(count, len(live)))
         for instance_id in chosen:
