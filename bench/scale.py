@@ -716,6 +716,13 @@ def _results(
         if figures["worst_invocation"]["over_half_timeout"] or figures["worst_invocation"]["over_half_memory"]
     ]
     result["flagged_stages"] = flagged
+    for target in ("1_000_000", "10_000_000"):
+        result[f"flagged_stages_at_{target}"] = [
+            name
+            for name, figures in stages.items()
+            if figures["extrapolated"].get(target, {}).get("over_half_timeout")
+            or figures["extrapolated"].get(target, {}).get("over_half_memory")
+        ]
     if calibration:
         result["calibration"] = {
             "size": calibration["size"],

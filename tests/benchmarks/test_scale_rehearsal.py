@@ -10,9 +10,9 @@ import pytest
 
 from bench import scale
 
-SHARDS = 4_000
+SHARDS = 3_000
 INSTANCES = 100
-POISONED = 40
+POISONED = 30
 INTERRUPTIONS = 6
 
 
@@ -23,7 +23,7 @@ def rehearsal() -> dict:
         instances=INSTANCES,
         poisoned=POISONED,
         interruptions=INTERRUPTIONS,
-        shards_per_poll=800,
+        shards_per_poll=1_000,
         results=None,
         quiet=True,
     )
