@@ -381,12 +381,7 @@ def _run(options: Options, emulator: Any, calibration: dict[str, Any] | None) ->
     }
     _log(options, f"rehearsal: {shards:,} shards, {instances:,} instances, {len(poisoned):,} poisoned")
     run = harness.call("Validate", event)["run"]
-    for _ in range(MAX_PREPARE_CALLS):
-        run = harness.call("PrepareRun", {"run": run})
-        if run.get("phase") != "preparing":
-            break
-    else:
-        raise RehearsalError(f"PrepareRun still returned phase 'preparing' after {MAX_PREPARE_CALLS} calls")
+    run = prepare(harness.call, run)
     if run["progress"]["state"] == "done":
         raise RehearsalError("PrepareRun found no pending shards: the rehearsal needs work to do")
     run = harness.call("RequestFleet", {"run": run})
@@ -431,6 +426,16 @@ def _run(options: Options, emulator: Any, calibration: dict[str, Any] | None) ->
     summary = harness.call("Report", {"run": torn_down})
     checks = _check(options, run, torn_down, summary, fleet, poisoned)
     return _results(options, harness, fleet, checks, polls, per_poll, len(poisoned), calibration)
+
+
+def prepare(call: Callable[[str, dict[str, Any]], Any], run: dict[str, Any]) -> dict[str, Any]:
+    """PrepareRun until done with preparing: a run it returns with phase "preparing" has more to prepare, and
+    the state machine calls it again with that run (each call is one measured invocation)."""
+    for _ in range(MAX_PREPARE_CALLS):
+        run = call("PrepareRun", {"run": run})
+        if run.get("phase") != "preparing":
+            return run
+    raise RehearsalError(f"PrepareRun still returned phase 'preparing' after {MAX_PREPARE_CALLS} calls")
 
 
 class FleetHandle:

@@ -80,6 +80,29 @@ def test_every_stage_ran_in_the_state_machines_order_and_was_measured(rehearsal)
     assert set(rehearsal["monitor_throttles"]) == {"ec2", "ecs", "s3_put", "s3_get"}
 
 
+def test_prepare_run_is_called_again_with_its_own_result_while_it_returns_phase_preparing():
+    # given a PrepareRun that needs three invocations, each carrying its cursor forward
+    events = []
+
+    def call(stage: str, event: dict) -> dict:
+        events.append((stage, event["run"]["cursor"]))
+        cursor = event["run"]["cursor"] + 1
+        return {"cursor": cursor, "phase": "preparing" if cursor < 3 else "prepared"}
+
+    # when the rehearsal prepares the run
+    run = scale.prepare(call, {"cursor": 0, "phase": "validated"})
+
+    # then each call got the run the previous one returned, and the last result is the prepared run
+    assert events == [("PrepareRun", 0), ("PrepareRun", 1), ("PrepareRun", 2)]
+    assert run == {"cursor": 3, "phase": "prepared"}
+
+
+def test_a_prepare_run_that_never_finishes_stops_the_rehearsal_with_a_sentence(monkeypatch):
+    monkeypatch.setattr(scale, "MAX_PREPARE_CALLS", 5)
+    with pytest.raises(scale.RehearsalError, match="still returned phase 'preparing' after 5 calls"):
+        scale.prepare(lambda stage, event: {"phase": "preparing"}, {"phase": "validated"})
+
+
 def test_a_two_size_fit_separates_the_fixed_cost_from_the_per_shard_cost():
     # given a stage that cost 1 s CPU and 30 MiB at 1,000 shards, 1.9 s and 39 MiB at 10,000
     big = scale.Invocation(2.0, 1.9, 39 * 2**20, Counter({"s3.ListObjectsV2": 11}))
