@@ -834,6 +834,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must not be negative, not {getattr(args, name)}")
     if args.poisoned >= args.shards:
         parser.error(f"--poisoned ({args.poisoned}) must be fewer than --shards ({args.shards})")
+    for name in ("shards_per_poll", "poll_seconds"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    if args.calibrate_shards is not None and not 0 <= args.calibrate_shards < args.shards:
+        parser.error(
+            f"--calibrate-shards ({args.calibrate_shards}) must be 0 (none) or fewer than "
+            f"--shards ({args.shards})"
+        )
     options = Options(
         shards=args.shards,
         instances=args.instances,

@@ -130,6 +130,11 @@ def test_without_a_calibration_the_extrapolation_is_proportional():
         (["--shards", "0"], "--shards must be at least 1, not 0"),
         (["--poisoned", "-1"], "--poisoned must not be negative, not -1"),
         (["--shards", "10", "--poisoned", "10"], "--poisoned (10) must be fewer than --shards (10)"),
+        (["--shards-per-poll", "0"], "--shards-per-poll must be at least 1, not 0"),
+        (
+            ["--shards", "100", "--poisoned", "1", "--calibrate-shards", "100"],
+            "--calibrate-shards (100) must be 0 (none) or fewer",
+        ),
     ],
 )
 def test_bad_sizes_are_refused_with_a_sentence_naming_them(arguments, sentence, capsys):
