@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from bench import scale
+from bench import scale, scale_measure, scale_report
 
 SHARDS = 3_000
 INSTANCES = 100
@@ -67,7 +67,7 @@ def test_the_fleet_was_interrupted_mid_shard_and_poisoned_shards_failed_until_de
 
 def test_every_stage_ran_in_the_state_machines_order_and_was_measured(rehearsal):
     stages = rehearsal["stages"]
-    assert list(stages) == list(scale.STAGES)
+    assert list(stages) == list(scale_measure.STAGES)
     for name in ("Validate", "RequestFleet", "ScaleService", "Teardown", "Report"):
         assert stages[name]["invocations"] == 1, name
     assert stages["Monitor"]["invocations"] == rehearsal["size"]["monitor_polls"] >= 2
@@ -105,11 +105,11 @@ def test_a_prepare_run_that_never_finishes_stops_the_rehearsal_with_a_sentence(m
 
 def test_a_two_size_fit_separates_the_fixed_cost_from_the_per_shard_cost():
     # given a stage that cost 1 s CPU and 30 MiB at 1,000 shards, 1.9 s and 39 MiB at 10,000
-    big = scale.Invocation(2.0, 1.9, 39 * 2**20, Counter({"s3.ListObjectsV2": 11}))
+    big = scale_measure.Invocation(2.0, 1.9, 39 * 2**20, Counter({"s3.ListObjectsV2": 11}))
     small = {"wall_s": 1.1, "cpu_s": 1.0, "peak_mib": 30.0, "aws_calls": {"s3.ListObjectsV2": 2}}
 
     # when extrapolated to a million shards
-    at_million = scale._fit(big, 10_000, small, 1_000)(1_000_000)
+    at_million = scale_report.fit(big, 10_000, small, 1_000)(1_000_000)
 
     # then it is 0.9 s + 0.0001 s a shard, 29 MiB + 1 KiB a shard, 1 call + 1 a thousand shards
     assert at_million.cpu_s == pytest.approx(0.9 + 100.0)
@@ -118,8 +118,8 @@ def test_a_two_size_fit_separates_the_fixed_cost_from_the_per_shard_cost():
 
 
 def test_without_a_calibration_the_extrapolation_is_proportional():
-    measured = scale.Invocation(2.0, 1.0, 2**20, Counter({"sqs.SendMessageBatch": 100}))
-    at_ten_times = scale._fit(measured, 1_000, None, None)(10_000)
+    measured = scale_measure.Invocation(2.0, 1.0, 2**20, Counter({"sqs.SendMessageBatch": 100}))
+    at_ten_times = scale_report.fit(measured, 1_000, None, None)(10_000)
     assert (at_ten_times.cpu_s, at_ten_times.peak_bytes) == (10.0, 10 * 2**20)
     assert at_ten_times.calls["sqs.SendMessageBatch"] == 1_000
 
