@@ -19,7 +19,7 @@ IMAGE_TENSORFLOW := $(if $(filter x86_64 amd64 AMD64,$(shell uname -m)),tensorfl
 # The report page's browser test drives Debian's chromium through chromedriver; apt installs them when missing.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-fast test-image-env browser lint bench clean
+.PHONY: demo test test-fast test-image-env browser lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,13 @@ lint: $(STAMP) $(CHECKOV_STAMP)
 ## Throughput of the worker against the model's ceiling; writes bench/results.json.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+## The scale rehearsal: one run through the real handlers and boto3 against a local endpoint, 1,000 emulated
+## instances, per-stage CPU, memory and AWS calls projected to Lambda; writes bench/scale_results.json.
+## SCALE_ARGS picks the size (e.g. SCALE_ARGS="--shards 100000" where a million takes too long here).
+SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(IMAGE_VENV) .pytest_cache .ruff_cache .aws-sam build

@@ -1,0 +1,143 @@
+"""The scale rehearsal (`make bench-scale`) at a size make test affords: the real handlers, real boto3, moto's
+server in its own process, a hundred stand-in instances. Exactness only (outputs, counts, report, nothing left
+behind), never time."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from bench import scale, scale_measure, scale_report
+
+SHARDS = 3_000
+INSTANCES = 100
+POISONED = 30
+INTERRUPTIONS = 6
+
+
+@pytest.fixture(scope="module")
+def rehearsal() -> dict:
+    options = scale.Options(
+        shards=SHARDS,
+        instances=INSTANCES,
+        poisoned=POISONED,
+        interruptions=INTERRUPTIONS,
+        shards_per_poll=1_000,
+        results=None,
+        quiet=True,
+    )
+    return scale.rehearse(options)
+
+
+def test_every_shard_has_exactly_one_output_and_no_poisoned_shard_has_one(rehearsal):
+    checks = rehearsal["checks"]
+    assert checks["outputs_expected"] == SHARDS - POISONED
+    assert checks["outputs_listed"] == SHARDS - POISONED
+    assert checks["every_shard_one_output"] is True
+    assert checks["no_output_for_poisoned"] is True
+
+
+def test_the_report_is_written_and_counts_the_truth(rehearsal):
+    checks = rehearsal["checks"]
+    assert checks["report_written"] is True
+    assert checks["report_succeeded"] == SHARDS - POISONED
+    assert checks["report_failed"] == POISONED
+    assert checks["report_status"] == "completed_with_failures"
+    assert checks["report_counts_true"] is True
+
+
+def test_nothing_is_left_behind(rehearsal):
+    checks = rehearsal["checks"]
+    assert checks["queues_left"] == []
+    assert checks["cluster_left"] == []
+    assert checks["instances_left"] == 0
+    assert checks["nothing_left_behind"] is True
+    assert checks["passed"] is True
+
+
+def test_the_fleet_was_interrupted_mid_shard_and_poisoned_shards_failed_until_dead_lettered(rehearsal):
+    fleet = rehearsal["fleet"]
+    assert fleet["instances_booted"] >= INSTANCES
+    assert fleet["interrupted_instances"] == INTERRUPTIONS
+    assert fleet["messages_lost_to_interruptions"] > 0
+    # each poisoned shard failed at least once (an error record each time), and never had an output
+    assert fleet["error_records"] == fleet["failures"] >= POISONED
+
+
+def test_every_stage_ran_in_the_state_machines_order_and_was_measured(rehearsal):
+    stages = rehearsal["stages"]
+    assert list(stages) == list(scale_measure.STAGES)
+    for name in ("Validate", "RequestFleet", "ScaleService", "Teardown", "Report"):
+        assert stages[name]["invocations"] == 1, name
+    assert stages["Monitor"]["invocations"] == rehearsal["size"]["monitor_polls"] >= 2
+    for name, stage in stages.items():
+        worst = stage["worst_invocation"]
+        assert sum(worst["aws_calls"].values()) > 0, name
+        assert worst["cpu_s"] >= 0 and worst["peak_mib"] >= 0, name
+        assert stage["function_memory_mb"] >= 128 and stage["function_timeout_s"] >= 3, name
+    # the Monitor's busiest poll is held against each throttle
+    assert set(rehearsal["monitor_throttles"]) == {"ec2", "ecs", "s3_put", "s3_get"}
+
+
+def test_prepare_run_is_called_again_with_its_own_result_while_it_returns_phase_preparing():
+    # given a PrepareRun that needs three invocations, each carrying its cursor forward
+    events = []
+
+    def call(stage: str, event: dict) -> dict:
+        events.append((stage, event["run"]["cursor"]))
+        cursor = event["run"]["cursor"] + 1
+        return {"cursor": cursor, "phase": "preparing" if cursor < 3 else "prepared"}
+
+    # when the rehearsal prepares the run
+    run = scale.prepare(call, {"cursor": 0, "phase": "validated"})
+
+    # then each call got the run the previous one returned, and the last result is the prepared run
+    assert events == [("PrepareRun", 0), ("PrepareRun", 1), ("PrepareRun", 2)]
+    assert run == {"cursor": 3, "phase": "prepared"}
+
+
+def test_a_prepare_run_that_never_finishes_stops_the_rehearsal_with_a_sentence(monkeypatch):
+    monkeypatch.setattr(scale, "MAX_PREPARE_CALLS", 5)
+    with pytest.raises(scale.RehearsalError, match="still returned phase 'preparing' after 5 calls"):
+        scale.prepare(lambda stage, event: {"phase": "preparing"}, {"phase": "validated"})
+
+
+def test_a_two_size_fit_separates_the_fixed_cost_from_the_per_shard_cost():
+    # given a stage that cost 1 s CPU and 30 MiB at 1,000 shards, 1.9 s and 39 MiB at 10,000
+    big = scale_measure.Invocation(2.0, 1.9, 39 * 2**20, Counter({"s3.ListObjectsV2": 11}))
+    small = {"wall_s": 1.1, "cpu_s": 1.0, "peak_mib": 30.0, "aws_calls": {"s3.ListObjectsV2": 2}}
+
+    # when extrapolated to a million shards
+    at_million = scale_report.fit(big, 10_000, small, 1_000)(1_000_000)
+
+    # then it is 0.9 s + 0.0001 s a shard, 29 MiB + 1 KiB a shard, 1 call + 1 a thousand shards
+    assert at_million.cpu_s == pytest.approx(0.9 + 100.0)
+    assert at_million.peak_bytes == pytest.approx(29 * 2**20 + 1_000_000 * 2**20 / 1_000, rel=1e-6)
+    assert at_million.calls["s3.ListObjectsV2"] == 1_001
+
+
+def test_without_a_calibration_the_extrapolation_is_proportional():
+    measured = scale_measure.Invocation(2.0, 1.0, 2**20, Counter({"sqs.SendMessageBatch": 100}))
+    at_ten_times = scale_report.fit(measured, 1_000, None, None)(10_000)
+    assert (at_ten_times.cpu_s, at_ten_times.peak_bytes) == (10.0, 10 * 2**20)
+    assert at_ten_times.calls["sqs.SendMessageBatch"] == 1_000
+
+
+@pytest.mark.parametrize(
+    ("arguments", "sentence"),
+    [
+        (["--shards", "0"], "--shards must be at least 1, not 0"),
+        (["--poisoned", "-1"], "--poisoned must not be negative, not -1"),
+        (["--shards", "10", "--poisoned", "10"], "--poisoned (10) must be fewer than --shards (10)"),
+        (["--shards-per-poll", "0"], "--shards-per-poll must be at least 1, not 0"),
+        (
+            ["--shards", "100", "--poisoned", "1", "--calibrate-shards", "100"],
+            "--calibrate-shards (100) must be 0 (none) or fewer",
+        ),
+    ],
+)
+def test_bad_sizes_are_refused_with_a_sentence_naming_them(arguments, sentence, capsys):
+    with pytest.raises(SystemExit):
+        scale.main(arguments)
+    assert sentence in capsys.readouterr().err
