@@ -1,7 +1,7 @@
 """The scale rehearsal (`make bench-scale`): one whole run through the real handlers and boto3, locally.
 
     .venv/bin/python -m bench.scale [--shards 1000000] [--instances 1000] [--poisoned 2000]
-        [--interruptions 20] [--shards-per-poll N] [--calibrate-shards N] [--tracemalloc]
+        [--interruptions 20] [--shards-per-poll N] [--part-size N] [--calibrate-shards N] [--tracemalloc]
 
 The handlers (functions/spotfill_control/handlers/*.handler) run unchanged, in the order the state machine
 runs them: Validate, PrepareRun (called again while it returns the run with phase "preparing"),
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.scale_measure import CallCounter, Harness
+from bench.scale_measure import CallCounter, Harness, WorkSpy
 from bench.scale_report import results, table
 
 MAX_REGISTRATION_POLLS = 50
@@ -76,6 +76,7 @@ class Options:
     call_latency_ms: float = 5.0
     tracemalloc: bool = False
     calibrate_shards: int | None = None  # a first, smaller run for the fixed-plus-per-shard fit
+    part_size: int | None = None  # shards per part of the shard list (None: shards.PART_SIZE, 50,000)
     results: Path | None = RESULTS
     quiet: bool = False
 
@@ -109,11 +110,18 @@ def rehearse(options: Options) -> dict[str, Any]:
 
 
 def _rehearse_once(options: Options, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    from spotfill_control import shards as shard_list
+
     from bench.scale_world import Emulator, build_world, client_environment
 
     started = time.perf_counter()
     saved = dict(os.environ)
+    saved_part_size = shard_list.PART_SIZE
     try:
+        # The handlers read shards.PART_SIZE when called (prepare.queue_and_store_shards, the Monitor's
+        # settling ahead), so a smaller part makes a small run one of several parts.
+        if options.part_size:
+            shard_list.PART_SIZE = options.part_size
         with Emulator() as emulator:
             os.environ.update(client_environment(emulator.endpoint_url))
             build_world(emulator, options.shards)
@@ -124,6 +132,7 @@ def _rehearse_once(options: Options, calibration: dict[str, Any] | None = None) 
             result["emulator_seconds_by_request"] = emulator.call("served")
             result["seconds"] = round(time.perf_counter() - started, 1)
     finally:
+        shard_list.PART_SIZE = saved_part_size
         os.environ.clear()
         os.environ.update(saved)
         _forget_clients()
@@ -145,8 +154,6 @@ def _run(options: Options, emulator: Any, calibration: dict[str, Any] | None) ->
     from spotfill_control import aws
     from spotfill_control.config import settings
 
-    from bench.scale_world import DATA_BUCKET, MODEL_KEY, input_key, spec
-
     _forget_clients()
     boto3.setup_default_session()
     counter = CallCounter()
@@ -158,7 +165,22 @@ def _run(options: Options, emulator: Any, calibration: dict[str, Any] | None) ->
     # any stage's work.
     for service in WARM_CLIENTS:
         aws.client(service)
-    harness = Harness(counter, tracemalloc=options.tracemalloc, quiet=options.quiet)
+    spy = WorkSpy(counter)
+    harness = Harness(counter, tracemalloc=options.tracemalloc, quiet=options.quiet, spy=spy)
+    spy.install()
+    try:
+        return _stages(options, emulator, calibration, harness)
+    finally:
+        spy.uninstall()
+
+
+def _stages(
+    options: Options, emulator: Any, calibration: dict[str, Any] | None, harness: Harness
+) -> dict[str, Any]:
+    import boto3
+
+    from bench.scale_world import DATA_BUCKET, MODEL_KEY, input_key, spec
+
     shards, instances = options.shards, options.instances
     poisoned_count = min(options.poisoned, shards)
     step = max(1, shards // max(1, poisoned_count))
@@ -352,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--shards-per-poll", type=int, default=None, help="the fleet's work between polls")
     parser.add_argument("--poll-seconds", type=int, default=Options.poll_seconds)
+    parser.add_argument(
+        "--part-size",
+        type=int,
+        default=None,
+        help="shards per part of the shard list (default: spotfill_control.shards.PART_SIZE, 50,000); "
+        "smaller "
+        "parts give a small run several, to measure the cost per part",
+    )
     parser.add_argument("--call-latency-ms", type=float, default=Options.call_latency_ms)
     parser.add_argument("--tracemalloc", action="store_true", help="peak memory by tracemalloc (slower)")
     parser.add_argument(
@@ -371,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must not be negative, not {getattr(args, name)}")
     if args.poisoned >= args.shards:
         parser.error(f"--poisoned ({args.poisoned}) must be fewer than --shards ({args.shards})")
-    for name in ("shards_per_poll", "poll_seconds"):
+    for name in ("shards_per_poll", "poll_seconds", "part_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, not {value}")
@@ -390,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         call_latency_ms=args.call_latency_ms,
         tracemalloc=args.tracemalloc,
         calibrate_shards=args.shards // 10 if args.calibrate_shards is None else args.calibrate_shards,
+        part_size=args.part_size,
         results=args.results,
     )
     result = rehearse(options)

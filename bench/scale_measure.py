@@ -2,7 +2,9 @@
 
 `Harness.call` runs one handler (functions/spotfill_control/handlers, unchanged) with a Lambda context whose
 remaining time runs down as it would at the function's MemorySize, and records an `Invocation`: wall seconds,
-the CPU seconds of the calling thread (`time.thread_time`), the peak memory (RSS sampled during the call minus
+the CPU seconds of the bench's process (`time.process_time`: the handler's thread and any threads it starts,
+such as the Report's HeadObject pool and the Teardown's; the endpoint and the stand-in fleet run in another
+process; `thread_cpu_s` keeps the calling thread's alone), the peak memory (RSS sampled during the call minus
 RSS before it, or the tracemalloc peak), and the AWS calls by `service.Operation` (`CallCounter`, a botocore
 `before-call` / `after-call` hook on the handlers' session).
 """
@@ -40,12 +42,27 @@ STAGES = {
 
 
 @dataclass
+class Unit:
+    """One unit of a looping stage's work inside an invocation: a part prepared (`prepare_part`), a part
+    verified (`verify_part`), or a dead-letter drain (`drain`), with the CPU, wall time and AWS calls it took
+    and its size (`amount`: shards in the part, dead letters moved)."""
+
+    kind: str
+    cpu_s: float
+    wall_s: float
+    calls: Counter[str]
+    amount: int
+
+
+@dataclass
 class Invocation:
     wall_s: float
     cpu_s: float
     peak_bytes: int
     calls: Counter[str]
     call_seconds: Counter[str] = field(default_factory=Counter)
+    units: list[Unit] = field(default_factory=list)
+    thread_cpu_s: float = 0.0
 
 
 @dataclass
@@ -82,6 +99,76 @@ class CallCounter:
 
     def reset(self) -> None:
         self.calls, self.seconds = Counter(), Counter()
+
+
+class WorkSpy:
+    """Marks the units of the looping stages' work, in the bench's process only: passive wrappers around the
+    domain functions the handlers call through their modules (the handlers and the functions are unchanged).
+
+    - PrepareRun calls `shards.existing_among` once per part, at the part's start: a part is the work from one
+      call to the next (its listing, the existence check, the sends, the part and checkpoint writes). The last
+      part of an invocation runs into the invocation's tail and is not counted as a unit.
+    - The Monitor verifies a part in `reconcile.verify_part` (its amount: the part's pending shards).
+    - The Monitor and Teardown move dead letters in `dead_letters.drain` (its amount: the messages moved).
+    """
+
+    def __init__(self, counter: CallCounter) -> None:
+        self.counter = counter
+        self.units: list[Unit] = []
+        self._part: tuple[float, float, Counter[str], int] | None = None
+        self._originals: list[tuple[Any, str, Any]] = []
+
+    def _mark(self) -> tuple[float, float, Counter[str]]:
+        return time.process_time(), time.perf_counter(), Counter(self.counter.calls)
+
+    def _unit(self, kind: str, mark: tuple[float, float, Counter[str]], amount: int) -> Unit:
+        cpu, wall, calls = mark
+        now_cpu, now_wall, now_calls = self._mark()
+        return Unit(kind, now_cpu - cpu, now_wall - wall, now_calls - calls, amount)
+
+    def start(self) -> None:
+        self.units, self._part = [], None
+
+    def install(self) -> None:
+        from spotfill_control import dead_letters, reconcile, shards
+
+        def part_started(original: Callable[..., Any]) -> Callable[..., Any]:
+            def wrapper(outputs: Any, *args: Any, **kwargs: Any) -> Any:
+                outputs = list(outputs)
+                if self._part is not None:
+                    self.units.append(self._unit("prepare_part", self._part[:3], self._part[3]))
+                self._part = (*self._mark(), len(outputs))
+                return original(outputs, *args, **kwargs)
+
+            return wrapper
+
+        Wrap = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+        def around(kind: str, amount: Callable[[Any], int]) -> Wrap:
+            def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+                def wrapper(*args: Any, **kwargs: Any) -> Any:
+                    mark = self._mark()
+                    result = original(*args, **kwargs)
+                    self.units.append(self._unit(kind, mark, amount(result)))
+                    return result
+
+                return wrapper
+
+            return wrap
+
+        for module, name, wrap in (
+            (shards, "existing_among", part_started),
+            (reconcile, "verify_part", around("verify_part", lambda result: int(result.pending))),
+            (dead_letters, "drain", around("drain", lambda result: int(result.messages))),
+        ):
+            original = getattr(module, name)
+            self._originals.append((module, name, original))
+            setattr(module, name, wrap(original))
+
+    def uninstall(self) -> None:
+        while self._originals:
+            module, name, original = self._originals.pop()
+            setattr(module, name, original)
 
 
 class RssSampler:
@@ -160,13 +247,16 @@ def function_limits() -> dict[str, tuple[int, int]]:
 class Harness:
     """Runs the handlers one call at a time and measures each call."""
 
-    def __init__(self, counter: CallCounter, tracemalloc: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self, counter: CallCounter, tracemalloc: bool = False, quiet: bool = False, spy: WorkSpy | None = None
+    ) -> None:
         import importlib
 
         limits = function_limits()
         self.tracemalloc = tracemalloc
         self.quiet = quiet
         self.counter = counter
+        self.spy = spy
         self.stages: dict[str, Stage] = {}
         self.handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
         for stage, (function, module) in STAGES.items():
@@ -180,27 +270,34 @@ class Harness:
         handler = self.handlers[stage_name]
         _release_freed_memory()
         self.counter.reset()
+        if self.spy is not None:
+            self.spy.start()
         self.counter.armed = True
         # stdout swallowed: the Monitor prints its metrics (EMF records) there, as on Lambda
         with contextlib.redirect_stdout(io.StringIO()):
             try:
                 if self.tracemalloc:
                     tracemalloc.start()
-                    wall, cpu = time.perf_counter(), time.thread_time()
+                    wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
                     result = handler(event, context)
-                    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+                    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                    own = time.thread_time() - own
                     peak = tracemalloc.get_traced_memory()[1]
                 else:
                     with RssSampler() as sampler:
                         before = sampler.peak
-                        wall, cpu = time.perf_counter(), time.thread_time()
+                        wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
                         result = handler(event, context)
-                        wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+                        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                        own = time.thread_time() - own
                     peak = max(0, sampler.peak - before)
             finally:
                 tracemalloc.stop()
                 self.counter.armed = False
-        stage.invocations.append(Invocation(wall, cpu, peak, self.counter.calls, self.counter.seconds))
+        units = list(self.spy.units) if self.spy is not None else []
+        stage.invocations.append(
+            Invocation(wall, cpu, peak, self.counter.calls, self.counter.seconds, units, thread_cpu_s=own)
+        )
         if not self.quiet:
             print(
                 f"  {stage_name:<18} {wall:8.2f} s wall {cpu:8.2f} s CPU {peak / 2**20:8.1f} MiB "

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.scale_bounded import bounded
 from bench.scale_measure import LAMBDA_MB_PER_VCPU, Harness, Invocation, Stage
 
 if TYPE_CHECKING:
@@ -79,6 +80,27 @@ def fit(
         )
 
     return fitted
+
+
+def _measured(invocation: Invocation) -> dict[str, Any]:
+    """One invocation as measured (the projections can be made again from these)."""
+    return {
+        "wall_s": round(invocation.wall_s, 4),
+        "cpu_s": round(invocation.cpu_s, 4),
+        "thread_cpu_s": round(invocation.thread_cpu_s, 4),
+        "peak_mib": round(invocation.peak_bytes / 2**20, 2),
+        "aws_calls": dict(sorted(invocation.calls.items())),
+        "units": [
+            {
+                "kind": u.kind,
+                "amount": u.amount,
+                "cpu_s": round(u.cpu_s, 4),
+                "wall_s": round(u.wall_s, 4),
+                "aws_calls": dict(sorted(u.calls.items())),
+            }
+            for u in invocation.units
+        ],
+    }
 
 
 def _monitor_rates(stage: Stage, latency_s: float, poll_seconds: int) -> dict[str, Any]:
@@ -164,6 +186,7 @@ def results(
                 for k, v in sorted(sum((i.call_seconds for i in stage.invocations), Counter()).items())
             },
             "extrapolated": extrapolated,
+            "invocations_measured": [_measured(i) for i in stage.invocations],
         }
     monitor = harness.stages["Monitor"]
     tally = fleet.tally()
@@ -191,6 +214,7 @@ def results(
             "poisoned": poisoned,
             "interruptions": tally["interrupted_instances"],
             "shards_per_poll": per_poll,
+            "part_size": _part_size(),
             "poll_seconds": options.poll_seconds,
             "monitor_polls": polls,
         },
@@ -219,8 +243,16 @@ def results(
             "size": calibration["size"],
             "checks_passed": calibration["checks"]["passed"],
             "worst_invocations": {k: v["worst_invocation"] for k, v in calibration["stages"].items()},
+            "invocations_measured": {k: v["invocations_measured"] for k, v in calibration["stages"].items()},
         }
+    result["bounded"] = bounded(stages, result["size"], latency, result.get("calibration"))
     return result
+
+
+def _part_size() -> int:
+    from spotfill_control import shards
+
+    return int(shards.PART_SIZE)
 
 
 def _machine() -> dict[str, Any]:
@@ -252,24 +284,64 @@ def table(result: dict[str, Any]) -> str:
         f"{size['interruptions']} interrupted, {size['monitor_polls']} Monitor polls",
         "",
         "| stage | calls | worst call: wall s / CPU s / MiB | AWS calls | Lambda s (limit) | MiB (limit) "
-        "| at 1M: Lambda s / MiB | at 10M: Lambda s / MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| per part here: CPU s / calls | one 50k part at Lambda, s | parts per call "
+        "| at 1M: worst call s / MiB / calls | at 10M: worst call s / MiB / calls |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    bounded = result.get("bounded") or {}
+    looping = bounded.get("looping", {})
+    total_bound = bounded.get("total_bound", [])
     for name, s in result["stages"].items():
         w = s["worst_invocation"]
         flag = lambda over: " **over half**" if over else ""  # noqa: E731
-        same = {"lambda_seconds": w["lambda_seconds"], "lambda_memory_mib": w["lambda_memory_mib"]}
-        same.update(over_half_timeout=w["over_half_timeout"], over_half_memory=w["over_half_memory"])
-        e1 = s["extrapolated"].get("1_000_000", same)
-        e10 = s["extrapolated"].get("10_000_000", same)
-        lines.append(
+        row = (
             f"| {name} | {s['invocations']} | {w['wall_s']} / {w['cpu_s']} / {w['peak_mib']} "
             f"| {sum(w['aws_calls'].values())} | {w['lambda_seconds']} ({s['function_timeout_s']})"
             f"{flag(w['over_half_timeout'])} | {w['lambda_memory_mib']} ({s['function_memory_mb']})"
-            f"{flag(w['over_half_memory'])} | {e1['lambda_seconds']}{flag(e1['over_half_timeout'])} / "
-            f"{e1['lambda_memory_mib']}{flag(e1['over_half_memory'])} | {e10['lambda_seconds']}"
-            f"{flag(e10['over_half_timeout'])} / {e10['lambda_memory_mib']}{flag(e10['over_half_memory'])} |"
+            f"{flag(w['over_half_memory'])} "
         )
+        if name in looping:
+            b = looping[name]
+            row += (
+                f"| {b['unit']}: {b['cpu_s_per_part_here']} / {b['calls_per_part_here']:g} "
+                f"| {b['part_lambda_seconds']}{flag(not b['part_fits_half_timeout'])} "
+                f"| {b['parts_per_invocation']} "
+            )
+            for target in ("1_000_000", "10_000_000"):
+                a = b["at"][target]
+                row += (
+                    f"| {a['worst_invocation_lambda_seconds']}{flag(a['over_half_timeout'])} / "
+                    f"{a['lambda_memory_mib']}{flag(a['over_half_memory'])} / {a['invocations']} "
+                )
+        else:
+            row += "| - | - | - "
+            for target in ("1_000_000", "10_000_000"):
+                e = s["extrapolated"].get(target) if name in total_bound else None
+                if e is None:  # bounded by the instances (run at full size) or by a budget: as measured
+                    row += f"| {w['lambda_seconds']} / {w['lambda_memory_mib']} / 1 "
+                else:
+                    row += (
+                        f"| {e['lambda_seconds']}{flag(e['over_half_timeout'])} (fit) / "
+                        f"{e['lambda_memory_mib']}{flag(e['over_half_memory'])} / 1 "
+                    )
+        lines.append(row + "|")
+    drain = bounded.get("drain") or {}
+    if drain:
+        lines += [
+            "",
+            "| dead-letter drain | per 1,000 here: CPU s / calls | per 1,000 at Lambda, s | budget s "
+            "| dead letters per invocation (within half the Timeout) | invocations for 100k |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, d in drain.items():
+            m = d["measured"]
+            lines.append(
+                f"| {name}{'' if d['measured_in'] == name else ' (measured in the Monitor)'} "
+                f"| {m['cpu_s_per_item_overall'] * 1000:.3f} / {m['calls_per_item_overall'] * 1000:.1f} "
+                f"| {d['lambda_seconds_per_1000']} | {d['budget_seconds']:g} "
+                f"| {d['dead_letters_per_invocation']:,} ({d['dead_letters_within_half_timeout']:,}) "
+                f"| {d['invocations_for_100k']} |"
+            )
     lines += [
         "",
         "| Monitor, busiest poll | calls | per s during poll | throttle | under |",
@@ -289,3 +361,27 @@ def table(result: dict[str, Any]) -> str:
         f"succeeded, {checks['report_failed']} failed; nothing left behind: {checks['nothing_left_behind']})",
     ]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Project a stored result again (its measured invocations) and print the table."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.scale_report", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a bench/scale_results.json")
+    parser.add_argument("--call-latency-ms", type=float, default=5.0)
+    parser.add_argument("--write", action="store_true", help="store the new projection in the file")
+    args = parser.parse_args(argv)
+    result = json.loads(args.results.read_text())
+    result["bounded"] = bounded(
+        result["stages"], result["size"], args.call_latency_ms / 1000.0, result.get("calibration")
+    )
+    if args.write:
+        args.results.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

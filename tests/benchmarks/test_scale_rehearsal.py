@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from bench import scale, scale_measure, scale_report
+from bench import scale, scale_bounded, scale_measure, scale_report
 
 SHARDS = 3_000
 INSTANCES = 100
@@ -131,6 +131,7 @@ def test_without_a_calibration_the_extrapolation_is_proportional():
         (["--poisoned", "-1"], "--poisoned must not be negative, not -1"),
         (["--shards", "10", "--poisoned", "10"], "--poisoned (10) must be fewer than --shards (10)"),
         (["--shards-per-poll", "0"], "--shards-per-poll must be at least 1, not 0"),
+        (["--part-size", "0"], "--part-size must be at least 1, not 0"),
         (
             ["--shards", "100", "--poisoned", "1", "--calibrate-shards", "100"],
             "--calibrate-shards (100) must be 0 (none) or fewer",
@@ -141,3 +142,128 @@ def test_bad_sizes_are_refused_with_a_sentence_naming_them(arguments, sentence, 
     with pytest.raises(SystemExit):
         scale.main(arguments)
     assert sentence in capsys.readouterr().err
+
+
+# A run of several parts: the shard list in parts of PART_SHARDS (`--part-size`), so PrepareRun and the
+# Monitor's verification go part by part as they do at 10M shards with 50,000-shard parts.
+PART_SHARDS = 300
+PARTS_RUN = 1_200
+
+
+@pytest.fixture(scope="module")
+def parts_rehearsal() -> dict:
+    options = scale.Options(
+        shards=PARTS_RUN,
+        instances=30,
+        poisoned=12,
+        interruptions=2,
+        shards_per_poll=300,
+        part_size=PART_SHARDS,
+        results=None,
+        quiet=True,
+    )
+    return scale.rehearse(options)
+
+
+def test_a_run_of_several_parts_gives_every_shard_exactly_one_output_and_counts_the_truth(parts_rehearsal):
+    checks = parts_rehearsal["checks"]
+    assert parts_rehearsal["size"]["part_size"] == PART_SHARDS
+    assert checks["outputs_expected"] == checks["outputs_listed"] == PARTS_RUN - 12
+    assert checks["every_shard_one_output"] is True
+    assert checks["no_output_for_poisoned"] is True
+    assert (checks["report_succeeded"], checks["report_failed"]) == (PARTS_RUN - 12, 12)
+    assert checks["passed"] is True
+
+
+def test_the_handlers_read_the_part_size_when_called_and_the_bench_puts_it_back(parts_rehearsal):
+    from spotfill_control import shards
+
+    stages = parts_rehearsal["stages"]
+    prepared = [u for i in stages["PrepareRun"]["invocations_measured"] for u in i["units"]]
+    # each part but the last of each PrepareRun invocation is a unit (the last runs into the call's tail)
+    parts = PARTS_RUN // PART_SHARDS
+    assert [u["amount"] for u in prepared] == [PART_SHARDS] * (parts - stages["PrepareRun"]["invocations"])
+    assert all(u["kind"] == "prepare_part" and u["aws_calls"] for u in prepared)
+    verified = [
+        u for i in stages["Monitor"]["invocations_measured"] for u in i["units"] if u["kind"] == "verify_part"
+    ]
+    assert len(verified) >= parts
+    assert all(0 < u["amount"] <= PART_SHARDS for u in verified)
+    assert shards.PART_SIZE == 50_000  # restored after the run
+
+
+def test_a_run_of_several_parts_is_projected_per_part(parts_rehearsal):
+    bounded = parts_rehearsal["bounded"]
+    assert set(bounded["looping"]) == {"PrepareRun", "Monitor"}
+    prepare = bounded["looping"]["PrepareRun"]
+    assert prepare["measured_part_size"] == PART_SHARDS
+    assert prepare["real_part_size"] == 50_000
+    assert prepare["at"]["10_000_000"]["parts"] == 200
+    assert prepare["at"]["10_000_000"]["invocations"] == -(-200 // prepare["parts_per_invocation"])
+    assert "Monitor" in bounded["drain"]
+
+
+def _invocation(cpu_s: float, calls: int, units: list[dict], peak_mib: float = 10.0) -> dict:
+    return {
+        "wall_s": cpu_s,
+        "cpu_s": cpu_s,
+        "peak_mib": peak_mib,
+        "aws_calls": {"x.Op": calls},
+        "units": units,
+    }
+
+
+def _unit(kind: str, cpu_s: float, calls: int, amount: int) -> dict:
+    return {"kind": kind, "amount": amount, "cpu_s": cpu_s, "wall_s": cpu_s, "aws_calls": {"x.Op": calls}}
+
+
+def test_a_looping_stage_is_projected_per_part_not_as_one_call_over_every_shard():
+    # given a PrepareRun (1,769 MB: one vCPU, 900 s) whose invocation prepared three 5,000-shard parts, each
+    # 1 s of CPU and 100 calls (two counted as units, the third in the call's tail), plus 2 s and 50 calls
+    prepare = _invocation(5.0, 350, [_unit("prepare_part", 1.0, 100, 5_000)] * 2, peak_mib=20.0)
+    stages = {
+        "PrepareRun": {
+            "function_memory_mb": 1769,
+            "function_timeout_s": 900,
+            "invocations_measured": [prepare],
+        }
+    }
+
+    # when projected with 5 ms a call
+    figures = scale_bounded.bounded(stages, {"shards": 15_000, "part_size": 5_000}, 0.005, None)
+
+    # then a 50,000-shard part takes 10 s CPU + 1,000 calls x 5 ms = 15 s; 30 parts start within 450 s
+    looping = figures["looping"]["PrepareRun"]
+    assert looping["part_lambda_seconds"] == pytest.approx(15.0)
+    assert looping["part_fits_half_timeout"] is True
+    assert looping["parts_per_invocation"] == 30
+    assert (looping["fixed_cpu_s_here"], looping["fixed_calls_here"]) == (pytest.approx(2.0), 50)
+    # 1M: 20 parts in one call (2 s + 50 x 5 ms + 20 x 15 s); 10M: 200 parts in 7 calls of at most 30 parts
+    assert looping["at"]["1_000_000"]["invocations"] == 1
+    assert looping["at"]["1_000_000"]["worst_invocation_lambda_seconds"] == pytest.approx(302.2, abs=0.1)
+    assert looping["at"]["10_000_000"]["invocations"] == 7
+    assert looping["at"]["10_000_000"]["worst_invocation_lambda_seconds"] == pytest.approx(452.2, abs=0.1)
+    assert looping["at"]["10_000_000"]["over_half_timeout"] is True  # by less than one part
+    assert looping["at"]["10_000_000"]["over_timeout"] is False
+    # memory: the peak scaled by the part sizes (20 MiB x 10) + the runtime's 100 MiB
+    assert looping["at"]["10_000_000"]["lambda_memory_mib"] == pytest.approx(300.0)
+
+
+def test_dead_letters_are_projected_per_thousand_over_all_drains():
+    # given Monitor drains of 100 and 900 dead letters, 1 s CPU and 200 calls in all, at 1,024 MB
+    units = [_unit("drain", 0.2, 40, 100), _unit("drain", 0.8, 160, 900)]
+    stages = {
+        "Monitor": {"function_memory_mb": 1024, "function_timeout_s": 600, "invocations_measured": []},
+        "Teardown": {"function_memory_mb": 512, "function_timeout_s": 600, "invocations_measured": []},
+    }
+    stages["Monitor"]["invocations_measured"] = [_invocation(2.0, 300, units)]
+    stages["Teardown"]["invocations_measured"] = [_invocation(1.0, 20, [])]
+
+    drain = scale_bounded.bounded(stages, {"shards": 1_000, "part_size": 1_000}, 0.005, None)["drain"]
+
+    # then 1,000 dead letters take 1 s x 1769/1024 + 200 x 5 ms in the Monitor, 1 s x 1769/512 + 1 s in the
+    # Teardown (which found none to drain: projected from the Monitor's drains), against 300 s and 540 s
+    assert drain["Monitor"]["lambda_seconds_per_1000"] == pytest.approx(1769 / 1024 + 1.0, abs=0.01)
+    assert drain["Teardown"]["measured_in"] == "Monitor"
+    assert drain["Teardown"]["lambda_seconds_per_1000"] == pytest.approx(1769 / 512 + 1.0, abs=0.01)
+    assert drain["Teardown"]["budget_seconds"] == 540
