@@ -1,7 +1,8 @@
 """The scale rehearsal (`make bench-scale`): one whole run through the real handlers and boto3, locally.
 
     .venv/bin/python -m bench.scale [--shards 1000000] [--instances 1000] [--poisoned 2000]
-        [--interruptions 20] [--shards-per-poll N] [--part-size N] [--calibrate-shards N] [--tracemalloc]
+        [--interruptions 20] [--shards-per-poll N] [--part-size N] [--timeout STAGE=SECONDS]
+        [--calibrate-shards N] [--tracemalloc]
 
 The handlers (functions/spotfill_control/handlers/*.handler) run unchanged, in the order the state machine
 runs them: Validate, PrepareRun (called again while it returns the run with phase "preparing"),
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.scale_measure import CallCounter, Harness, WorkSpy
+from bench.scale_measure import STAGES, CallCounter, Harness, WorkSpy
 from bench.scale_report import results, table
 
 MAX_REGISTRATION_POLLS = 50
@@ -77,6 +78,7 @@ class Options:
     tracemalloc: bool = False
     calibrate_shards: int | None = None  # a first, smaller run for the fixed-plus-per-shard fit
     part_size: int | None = None  # shards per part of the shard list (None: shards.PART_SIZE, 50,000)
+    timeouts: dict[str, int] = dataclasses.field(default_factory=dict)  # stage -> Timeout s, for the context
     results: Path | None = RESULTS
     quiet: bool = False
 
@@ -166,7 +168,9 @@ def _run(options: Options, emulator: Any, calibration: dict[str, Any] | None) ->
     for service in WARM_CLIENTS:
         aws.client(service)
     spy = WorkSpy(counter)
-    harness = Harness(counter, tracemalloc=options.tracemalloc, quiet=options.quiet, spy=spy)
+    harness = Harness(
+        counter, tracemalloc=options.tracemalloc, quiet=options.quiet, spy=spy, timeouts=options.timeouts
+    )
     spy.install()
     try:
         return _stages(options, emulator, calibration, harness)
@@ -391,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         help="first run the rehearsal at this many shards, to fit each stage as fixed + per-shard cost "
         "(default: a tenth of --shards; 0: no calibration, extrapolate in proportion)",
     )
+    parser.add_argument(
+        "--timeout",
+        action="append",
+        default=[],
+        metavar="STAGE=SECONDS",
+        help="the Timeout the Lambda context of STAGE starts from, instead of template.yaml's, so the "
+        "stage's budget binds at a small size (e.g. PrepareRun=0: one part per call); repeatable",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for name in ("shards", "instances"):
@@ -410,6 +422,15 @@ def main(argv: list[str] | None = None) -> int:
             f"--calibrate-shards ({args.calibrate_shards}) must be 0 (none) or fewer than "
             f"--shards ({args.shards})"
         )
+    timeouts = {}
+    for item in args.timeout:
+        stage, _, seconds = item.partition("=")
+        if stage not in STAGES or not seconds.isdigit():
+            parser.error(
+                f"--timeout {item!r} must be STAGE=SECONDS with STAGE one of {', '.join(STAGES)} and SECONDS "
+                "a whole number of 0 or more"
+            )
+        timeouts[stage] = int(seconds)
     options = Options(
         shards=args.shards,
         instances=args.instances,
@@ -421,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         tracemalloc=args.tracemalloc,
         calibrate_shards=args.shards // 10 if args.calibrate_shards is None else args.calibrate_shards,
         part_size=args.part_size,
+        timeouts=timeouts,
         results=args.results,
     )
     result = rehearse(options)

@@ -170,6 +170,7 @@ def results(
         stages[name] = {
             "function_memory_mb": stage.memory_mb,
             "function_timeout_s": stage.timeout_s,
+            **({} if stage.context_timeout_s is None else {"context_timeout_s": stage.context_timeout_s}),
             "invocations": len(stage.invocations),
             "wall_s_total": round(sum(i.wall_s for i in stage.invocations), 2),
             "cpu_s_total": round(sum(i.cpu_s for i in stage.invocations), 2),

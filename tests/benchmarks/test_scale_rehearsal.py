@@ -133,6 +133,11 @@ def test_without_a_calibration_the_extrapolation_is_proportional():
         (["--shards-per-poll", "0"], "--shards-per-poll must be at least 1, not 0"),
         (["--part-size", "0"], "--part-size must be at least 1, not 0"),
         (
+            ["--timeout", "Prepare=5"],
+            "--timeout 'Prepare=5' must be STAGE=SECONDS with STAGE one of Validate",
+        ),
+        (["--timeout", "Monitor=-1"], "--timeout 'Monitor=-1' must be STAGE=SECONDS"),
+        (
             ["--shards", "100", "--poisoned", "1", "--calibrate-shards", "100"],
             "--calibrate-shards (100) must be 0 (none) or fewer",
         ),
@@ -201,6 +206,35 @@ def test_a_run_of_several_parts_is_projected_per_part(parts_rehearsal):
     assert prepare["at"]["10_000_000"]["parts"] == 200
     assert prepare["at"]["10_000_000"]["invocations"] == -(-200 // prepare["parts_per_invocation"])
     assert "Monitor" in bounded["drain"]
+
+
+def test_a_prepare_run_out_of_time_after_each_part_goes_on_from_its_checkpoint_and_loses_no_shard():
+    # given a PrepareRun whose Lambda context starts with no time left: its budget is spent after the part
+    # every call makes (600 shards in parts of 200)
+    options = scale.Options(
+        shards=600,
+        instances=20,
+        poisoned=6,
+        interruptions=0,
+        shards_per_poll=200,
+        part_size=200,
+        timeouts={"PrepareRun": 0},
+        results=None,
+        quiet=True,
+    )
+
+    # when the rehearsal runs
+    result = scale.rehearse(options)
+
+    # then each call prepared one part (the last call found the input at its end), and the run is exact
+    prepare = result["stages"]["PrepareRun"]
+    assert prepare["invocations"] == 4
+    assert prepare["context_timeout_s"] == 0 and prepare["function_timeout_s"] == 900
+    assert [u for i in prepare["invocations_measured"] for u in i["units"]] == []  # one part a call: no unit
+    checks = result["checks"]
+    assert checks["outputs_expected"] == checks["outputs_listed"] == 594
+    assert (checks["report_succeeded"], checks["report_failed"]) == (594, 6)
+    assert checks["every_shard_one_output"] is True and checks["passed"] is True
 
 
 def _invocation(cpu_s: float, calls: int, units: list[dict], peak_mib: float = 10.0) -> dict:
