@@ -13,13 +13,16 @@ polls a fleet of light stand-in workers (`bench.scale_world.StandInFleet`, one p
 TensorFlow) processes shards through the worker's S3 and SQS calls; some instances are reclaimed mid-shard,
 some shards are poisoned.
 
-For each stage: wall time, CPU time of the handler's thread, peak memory, AWS calls by operation (a botocore
-`before-call` hook on the handlers' session), and each projected to Lambda at the function's MemorySize in
-template.yaml: Lambda gives a function MemorySize / 1,769 MB of one vCPU, so a call's CPU seconds here take
-CPU x max(1, 1769 / MemorySize) there (single-threaded code uses at most one vCPU), plus `--call-latency-ms`
-per AWS call for the round trips the loopback endpoint does not have. A stage is flagged when its projection
-exceeds half the function's Timeout or its memory exceeds half its MemorySize. Measured at `--shards`; the
-figures are also extrapolated linearly in shards to 1M and 10M (stated in the results as `extrapolated`).
+For each stage: wall time, CPU time of the bench's process during the call, peak memory, AWS calls by
+operation (a botocore `before-call` hook on the handlers' session), and each projected to Lambda at the
+function's MemorySize in template.yaml: Lambda gives a function MemorySize / 1,769 MB of one vCPU, so a call's
+CPU seconds here take CPU x max(1, 1769 / MemorySize) there (single-threaded code uses at most one vCPU), plus
+`--call-latency-ms` per AWS call for the round trips the loopback endpoint does not have. A stage is flagged
+when its projection exceeds half the function's Timeout or its memory exceeds half its MemorySize. Measured at
+`--shards`; the stages that loop within a budget (PrepareRun's parts, the Monitor's verification, the
+dead-letter drain) are projected per unit of work and counted in invocations at 1M and 10M
+(`bench.scale_bounded`, the results' `bounded`; `--part-size` gives a small run several parts); the others'
+figures are also fitted in shards to 1M and 10M (`extrapolated`).
 
 Checks at the end: every shard has exactly one output, the queues, fleet and cluster are gone, the report is
 written and its counts equal the truth. Results go to `--results` (bench/scale_results.json by default).
