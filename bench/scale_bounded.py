@@ -17,9 +17,10 @@ The model, per looping stage:
   latency;
 - **fixed**: what an invocation does besides its units (the invocation's CPU and calls less its units'; for
   PrepareRun, whose last part of an invocation runs into its tail, less one more mean part);
-- **units per invocation**: a loop that checks its budget before each unit runs k = max(1, ceil(B / unit))
-  units, B being its budget (half the Timeout for PrepareRun and the Monitor; Timeout less the 60 s reserve
-  for the Teardown's drain), so the worst invocation is fixed + k x unit, which may pass B by up to one unit;
+- **units per invocation**: a loop starts a unit only while one as long as the longest so far still ends
+  within its budget B (`deadline.Deadline.fits_another`; B is half the Timeout for PrepareRun and the Monitor,
+  the Timeout less the 60 s reserve for the Teardown's drain, counted from the invocation's start), so it runs
+  k = max(1, floor((B - fixed) / unit)) units and the worst invocation, fixed + k x unit, stays within B;
 - **invocations at N shards**: ceil(ceil(N / REAL_PART_SIZE) / k) for PrepareRun; for the Monitor, the idle
   polls that verify every part at the end when none was settled ahead (an upper bound: busy polls settle the
   finished parts ahead).
@@ -112,6 +113,14 @@ def _calibration_invocations(calibration: dict[str, Any] | None, name: str) -> l
     return [{**worst, "units": []}] if worst else []
 
 
+def _units_within(budget: float, fixed: float, unit: float) -> int:
+    """How many units an invocation starts: each only while one more still ends within the budget (at least
+    one, as PrepareRun always does a part)."""
+    if unit <= 0:
+        return 1
+    return max(1, math.floor(max(0.0, budget - fixed) / unit))
+
+
 def _looping(
     name: str,
     stage: dict[str, Any],
@@ -128,7 +137,7 @@ def _looping(
     memory, timeout = stage["function_memory_mb"], stage["function_timeout_s"]
     part_s = _unit_at_lambda(cost, REAL_PART_SIZE, memory, latency_s)
     budget = timeout * TIME_SHARE
-    per_invocation = max(1, math.ceil(budget / part_s)) if part_s > 0 else 1
+    per_invocation = _units_within(budget, 0.0, part_s)
     kinds = (kind, "drain")
     tail = 1 if name == "PrepareRun" else 0
     fixed = [_fixed(i, kinds, tail if any(u["kind"] == kind for u in i["units"]) else 0) for i in invocations]
@@ -158,11 +167,12 @@ def _looping(
             else fixed_calls
         )
         fixed_s = cpu * share(memory) + calls * latency_s
-        units_here = min(per_invocation, parts)
-        worst = fixed_s + units_here * part_s
+        per_call = _units_within(budget, fixed_s, part_s)
+        worst = fixed_s + min(per_call, parts) * part_s
         at[f"{target:_}"] = {
             "parts": parts,
-            "invocations": math.ceil(parts / per_invocation),
+            "parts_per_invocation": per_call,
+            "invocations": math.ceil(parts / per_call),
             "fixed_lambda_seconds": round(fixed_s, 2),
             "worst_invocation_lambda_seconds": round(worst, 1),
             "over_half_timeout": worst > timeout / 2,
@@ -237,7 +247,7 @@ def bounded(
     return {
         "model": "per looping stage: the worst measured part's CPU and calls per shard scaled to a "
         f"{REAL_PART_SIZE:,}-shard part at the function's CPU share (+ call latency), units per invocation "
-        "k = max(1, ceil(budget / part)), worst invocation = fixed + k x part, invocations = "
+        "k = max(1, floor((budget - fixed) / part)), worst invocation = fixed + k x part, invocations = "
         "ceil(parts / k); memory = the measured peak x the part-size ratio + the runtime (upper bound); "
         f"{', '.join(TOTAL_BOUND)} fitted fixed + per-shard from two sizes (their work grows with the total)",
         "looping": looping,

@@ -94,9 +94,10 @@ def drain(
     """
     drained = Drained()
     empties = 0
-    while not deadline.expired:
+    while deadline.fits_another():
         wait = 1 if empties else 0
-        messages = _receive_batch(queue_url, sqs, batch_size or DRAIN_BATCH, wait)
+        with deadline.step():
+            messages = _receive_batch(queue_url, sqs, batch_size or DRAIN_BATCH, wait)
         if not messages:
             empties += 1
             if drained.messages < expected and empties <= EMPTY_RECEIVES_TOLERATED:
@@ -107,9 +108,10 @@ def drain(
             sleep(min(IN_FLIGHT_PAUSE_SECONDS, max(0.0, deadline.left())))
             continue
         empties = 0
-        _store(run_id, messages, s3, bucket)
-        drained.records += 1
-        _delete(queue_url, messages, sqs)
+        with deadline.step():  # a batch's receive and its store and delete are one step of the budget
+            _store(run_id, messages, s3, bucket)
+            drained.records += 1
+            _delete(queue_url, messages, sqs)
         drained.messages += len(messages)
     return drained
 

@@ -7,7 +7,8 @@ persisted resources and creates only what is missing.
 
 The shards go part by part (`shards.PART_SIZE`), each part's progress saved in a checkpoint
 (`runs/<run id>/shards/checkpoint.json`), so any size fits in bounded time and memory: an invocation stops
-starting parts once it has used its time budget (`TimeBudget`) and returns the run with phase "preparing"; the
+starting parts once another would not end within its time budget (`deadline.Deadline`, half the time the
+invocation has left) and returns the run with phase "preparing"; the
 state machine calls PrepareRun again (IsPrepared), and that call, like a retry after a crash, continues from
 the checkpoint (docs/contracts.md, "PrepareRun").
 """
@@ -15,9 +16,8 @@ the checkpoint (docs/contracts.md, "PrepareRun").
 from __future__ import annotations
 
 import itertools
-import time
+import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -26,34 +26,15 @@ from pydantic import BaseModel, ConfigDict
 from spotfill_control import cluster, fleet, shards, state_store
 from spotfill_control.aws import read_object
 from spotfill_control.config import Settings
+from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.spec import InputSpec
 
 CHECKPOINT_LAYOUT = "spotfill-prepare/1"
-# An invocation starts no new part after this share of the time it had left when it began (Lambda: about its
-# Timeout): a part started just before takes well under the rest (docs/contracts.md, "PrepareRun").
+# An invocation starts no new part that would not end within this share of the time it had left when it began
+# (Lambda: about its Timeout) (docs/contracts.md, "PrepareRun").
 TIME_SHARE = 0.5
-
-
-@dataclass
-class TimeBudget:
-    """How long one invocation may keep starting parts: `seconds` from its creation, on `clock`."""
-
-    seconds: float
-    clock: Callable[[], float] = time.monotonic
-    started: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.started = self.clock()
-
-    @classmethod
-    def of_context(cls, context: Any) -> TimeBudget:
-        """Half the time the Lambda invocation has left (`context.get_remaining_time_in_millis()`)."""
-        return cls(context.get_remaining_time_in_millis() / 1000 * TIME_SHARE)
-
-    def spent(self) -> bool:
-        return self.clock() - self.started >= self.seconds
 
 
 class PrepareCheckpoint(BaseModel):
@@ -97,7 +78,7 @@ def prepare_run(
     ssm: Any,
     settings: Settings,
     now: Callable[[], datetime] = utcnow,
-    budget: TimeBudget | None = None,
+    budget: Deadline | None = None,
 ) -> RunState:
     """The run prepared (phase "prepared"), or, when `budget` ran out before every shard was queued, the run
     with phase "preparing" to be handed to PrepareRun again (no budget: every shard in this call)."""
@@ -162,7 +143,7 @@ def queue_and_store_shards(
     sqs: Any,
     bucket: str,
     queue_url: str | None,
-    budget: TimeBudget | None = None,
+    budget: Deadline | None = None,
     part_size: int | None = None,
 ) -> shards.ShardIndex | None:
     """Queue a message per shard whose output does not exist yet and store the shard list, part by part from
@@ -177,6 +158,7 @@ def queue_and_store_shards(
     assert queue_url is not None
     spec = run.spec
     part_size = part_size or shards.PART_SIZE
+    budget = budget or Deadline(math.inf)
     checkpoint = read_checkpoint(run.run_id, s3, bucket) or PrepareCheckpoint(run_id=run.run_id)
     writer = shards.shard_list_writer(run, s3, bucket, part_size)
     writer.resume(checkpoint.parts, checkpoint.total, checkpoint.pending, checkpoint.sample)
@@ -188,36 +170,38 @@ def queue_and_store_shards(
         stream, etag = _manifest_stream(spec.input, s3, namer, checkpoint)
         checkpoint = checkpoint.model_copy(update={"manifest_etag": etag})
     for number in itertools.count():
-        if number > 0 and budget is not None and budget.spent():
+        if number > 0 and not budget.fits_another():
             return None
-        part = [namer.ref(uri, False) for uri in itertools.islice(stream, part_size)]
-        if not part:
-            break
-        if spec.input.is_prefix:
+        with budget.step():  # one part: listed, checked, sent, stored, checkpointed
+            part = [namer.ref(uri, False) for uri in itertools.islice(stream, part_size)]
+            if not part:
+                break
+            if spec.input.is_prefix:
+                for ref in part:
+                    collisions.add(ref)
+            existing = shards.existing_among([ref.output for ref in part], spec.output, s3)
+            pending = [ref for ref in part if ref.output not in existing]
+            shards.send_shards(run.run_id, pending, queue_url, sqs)
             for ref in part:
-                collisions.add(ref)
-        existing = shards.existing_among([ref.output for ref in part], spec.output, s3)
-        shards.send_shards(run.run_id, [ref for ref in part if ref.output not in existing], queue_url, sqs)
-        for ref in part:
-            writer.add(ref.shard, ref.output in existing)
-        writer.flush()
-        checkpoint = checkpoint.model_copy(
-            update={
-                "after": shards.split_s3_uri(part[-1].shard)[1] if spec.input.is_prefix else None,
-                "position": checkpoint.position + len(part),
-                "parts": writer.parts,
-                "total": writer.total,
-                "pending": writer.pending,
-                "sample": writer.sample,
-                "open_stems": collisions.state,
-            }
-        )
-        s3.put_object(
-            Bucket=bucket,
-            Key=checkpoint_key(run.run_id),
-            Body=checkpoint.model_dump_json().encode(),
-            ContentType="application/json",
-        )
+                writer.add(ref.shard, ref.output in existing)
+            writer.flush()
+            checkpoint = checkpoint.model_copy(
+                update={
+                    "after": shards.split_s3_uri(part[-1].shard)[1] if spec.input.is_prefix else None,
+                    "position": checkpoint.position + len(part),
+                    "parts": writer.parts,
+                    "total": writer.total,
+                    "pending": writer.pending,
+                    "sample": writer.sample,
+                    "open_stems": collisions.state,
+                }
+            )
+            s3.put_object(
+                Bucket=bucket,
+                Key=checkpoint_key(run.run_id),
+                Body=checkpoint.model_dump_json().encode(),
+                ContentType="application/json",
+            )
         if len(part) < part_size:  # the input ended inside this part
             break
     if writer.total == 0:

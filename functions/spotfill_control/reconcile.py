@@ -214,9 +214,10 @@ def advance(
         if known is not None and known.settled:
             checkpoint.cursor += 1
             continue
-        if deadline.expired:
+        if not deadline.fits_another():
             break
-        result = verify_part(index, number, s3, control_bucket, dead_letters, sample_size, rng)
+        with deadline.step():
+            result = verify_part(index, number, s3, control_bucket, dead_letters, sample_size, rng)
         outcome.verified.append(number)
         outcome.pages += result.listed_pages
         outcome.outputs += result.outputs
@@ -252,9 +253,10 @@ def settle_ahead(
     are settled during the run, and the idle polls at its end list only the last few, whatever its size."""
     outcome = PassOutcome()
     for number in checkpoint.open_parts(len(index.parts)):
-        if deadline.expired:
+        if not deadline.fits_another():
             break
-        result = verify_part(index, number, s3, control_bucket, dead_letters)
+        with deadline.step():
+            result = verify_part(index, number, s3, control_bucket, dead_letters)
         outcome.verified.append(number)
         outcome.pages += result.listed_pages
         if result.lost:

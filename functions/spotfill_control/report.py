@@ -439,11 +439,12 @@ def _count_shards(
             if known.failed:
                 failed += reconcile.read_failed(run.run_id, number, s3, bucket)
             continue
-        if deadline.expired:
+        if not deadline.fits_another():
             facts.unverified += part.pending
             unverified_parts += 1
             continue
-        result = reconcile.verify_part(index, number, s3, bucket, dead)
+        with deadline.step():
+            result = reconcile.verify_part(index, number, s3, bucket, dead)
         facts.succeeded += result.done
         failed += result.failed
         facts.unprocessed += len(result.lost)

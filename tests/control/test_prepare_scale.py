@@ -6,7 +6,6 @@ objects in moto; the memory test streams 100,000 synthetic shards through in-mem
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 import tracemalloc
@@ -16,8 +15,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from spotfill_control import prepare, shards
+from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
-from spotfill_control.prepare import TimeBudget, prepare_run, queue_and_store_shards
+from spotfill_control.prepare import TIME_SHARE, prepare_run, queue_and_store_shards
 from spotfill_control.run import RunState
 from spotfill_control.spec import BackfillSpec
 from spotfill_control.triggers import check_spec
@@ -54,9 +54,26 @@ def _queued_shards(world: Any, queue_url: str) -> Counter[str]:
     return seen
 
 
-def _ticks(per_invocation: int) -> TimeBudget:
-    """A budget that allows `per_invocation` parts: its clock advances one second per reading."""
-    return TimeBudget(seconds=per_invocation, clock=itertools.count().__next__)
+class PartClock:
+    """A clock that reads one second more each time PrepareRun looks up a part's existing outputs: a part
+    takes one second, whatever the machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 0
+        real = shards.existing_among
+
+        def one_second_a_part(*args: Any, **kwargs: Any) -> Any:
+            self.now += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(shards, "existing_among", one_second_a_part)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def budget(self, parts: float) -> Deadline:
+        """An invocation's budget with time for `parts` parts."""
+        return Deadline(parts, clock=self)
 
 
 def _listing_calls(client: Any) -> list[dict[str, Any]]:
@@ -99,6 +116,7 @@ class CrashOn:
 def test_prepare_out_of_time_continues_from_its_checkpoint_and_queues_every_shard_once(
     world, lambda_context, monkeypatch
 ):
+    clock = PartClock(monkeypatch)
     # given 25 shards, parts of 4 (7 parts), and invocations with time for 2 parts each
     monkeypatch.setattr(shards, "PART_SIZE", 4)
     expected = _put_shards(world, [f"s-{i:03d}.npy" for i in range(25)])
@@ -107,7 +125,7 @@ def test_prepare_out_of_time_continues_from_its_checkpoint_and_queues_every_shar
     # when PrepareRun is invoked again while it returns phase "preparing" (as IsPrepared does)
     phases = []
     while True:
-        run = prepare_run(run, settings=world.settings, budget=_ticks(2), **_clients(world))
+        run = prepare_run(run, settings=world.settings, budget=clock.budget(2), **_clients(world))
         phases.append(run.phase)
         if run.phase != "preparing":
             break
@@ -129,12 +147,28 @@ def test_prepare_out_of_time_continues_from_its_checkpoint_and_queues_every_shar
     ]
 
 
+def test_prepare_starts_no_part_that_would_end_past_its_budget(world, lambda_context, monkeypatch):
+    clock = PartClock(monkeypatch)
+    # given 12 shards in parts of 4, and invocations with time for two and a half parts
+    monkeypatch.setattr(shards, "PART_SIZE", 4)
+    _put_shards(world, [f"s-{i:03d}.npy" for i in range(12)])
+    run = _validated(world, lambda_context)
+    # when PrepareRun runs until prepared, each invocation timed on the part clock
+    spent = []
+    while run.phase != "prepared":
+        started = clock.now
+        run = prepare_run(run, settings=world.settings, budget=clock.budget(2.5), **_clients(world))
+        spent.append(clock.now - started)
+    # then each did two parts and stopped before a third would have ended past its budget
+    assert spent == [2, 1]
+
+
 def test_the_prepare_handler_budgets_half_the_time_its_invocation_has_left():
     class Context:
         def get_remaining_time_in_millis(self) -> int:
             return 900_000
 
-    assert TimeBudget.of_context(Context()).seconds == 450
+    assert Deadline.of_invocation(Context(), 0, share=TIME_SHARE).seconds == 450
 
 
 # ---------------------------------------------------------------------------------------------- crashes
@@ -239,6 +273,7 @@ def test_existing_among_stops_listing_past_the_parts_largest_output(world):
 def test_a_collision_across_parts_and_invocations_fails_with_validates_sentence(
     world, lambda_context, monkeypatch
 ):
+    clock = PartClock(monkeypatch)
     # given a.jsonl and a.ndjson (both write a.parquet) with two shards between them, parts of 2, and
     # invocations with time for one part: the two land in different parts and different invocations (and on
     # one listing page, which Validate would have refused: past its first page only PrepareRun sees them)
@@ -250,10 +285,10 @@ def test_a_collision_across_parts_and_invocations_fails_with_validates_sentence(
     )
     run = RunState(run_id="collide-1", spec=spec, instance_types=emulated_facts(spec.fleet.instance_types))
     # when PrepareRun runs invocation after invocation
-    run = prepare_run(run, settings=world.settings, budget=_ticks(1), **_clients(world))
+    run = prepare_run(run, settings=world.settings, budget=clock.budget(1), **_clients(world))
     assert run.phase == "preparing"
     with pytest.raises(InvalidSpecError) as failed:
-        prepare_run(run, settings=world.settings, budget=_ticks(1), **_clients(world))
+        prepare_run(run, settings=world.settings, budget=clock.budget(1), **_clients(world))
     # then the second finds the collision, in the sentence Validate uses
     assert str(failed.value) == (
         f"input.uri: shards {uris[0]} and {uris[3]} would both write s3://{DATA_BUCKET}/outputs/digits/a.parquet."
@@ -349,6 +384,7 @@ def test_a_manifest_listing_more_shards_than_the_bound_is_refused_with_its_count
 
 
 def test_manifest_shards_resume_in_output_order_across_invocations(world, lambda_context, monkeypatch):
+    clock = PartClock(monkeypatch)
     # given a manifest of 7 shards out of order, parts of 2, one part per invocation
     monkeypatch.setattr(shards, "PART_SIZE", 2)
     uris = _put_shards(world, [f"m-{i}.npy" for i in (5, 1, 6, 0, 3, 2, 4)])
@@ -356,7 +392,7 @@ def test_manifest_shards_resume_in_output_order_across_invocations(world, lambda
     run = _validated(world, lambda_context, input__uri=f"s3://{DATA_BUCKET}/lists/today.txt")
     invocations = 0
     while run.phase != "prepared":
-        run = prepare_run(run, settings=world.settings, budget=_ticks(1), **_clients(world))
+        run = prepare_run(run, settings=world.settings, budget=clock.budget(1), **_clients(world))
         invocations += 1
     assert invocations == 4
     assert _queued_shards(world, run.resources.queue_url) == Counter(uris)
@@ -365,16 +401,17 @@ def test_manifest_shards_resume_in_output_order_across_invocations(world, lambda
 
 
 def test_a_manifest_changed_while_preparing_fails_the_run(world, lambda_context, monkeypatch):
+    clock = PartClock(monkeypatch)
     monkeypatch.setattr(shards, "PART_SIZE", 2)
     uris = _put_shards(world, [f"m-{i}.npy" for i in range(5)])
     world.s3.put_object(Bucket=DATA_BUCKET, Key="lists/today.txt", Body="\n".join(uris).encode())
     run = _validated(world, lambda_context, input__uri=f"s3://{DATA_BUCKET}/lists/today.txt")
-    run = prepare_run(run, settings=world.settings, budget=_ticks(1), **_clients(world))
+    run = prepare_run(run, settings=world.settings, budget=clock.budget(1), **_clients(world))
     world.s3.put_object(Bucket=DATA_BUCKET, Key="lists/today.txt", Body="\n".join(uris[:3]).encode())
     with pytest.raises(
         InvalidSpecError, match=r"^input.uri: shard manifest .* changed while the run was being"
     ):
-        prepare_run(run, settings=world.settings, budget=_ticks(1), **_clients(world))
+        prepare_run(run, settings=world.settings, budget=clock.budget(1), **_clients(world))
 
 
 def test_an_input_whose_listing_holds_no_shard_fails_prepare_with_validates_sentence(world, lambda_context):

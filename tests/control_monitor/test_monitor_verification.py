@@ -99,15 +99,29 @@ class Run:
         return self.world.drain_queue({"resources": {"queue_url": self.state.resources.queue_url}})
 
 
-class TickingClock:
-    """A clock that advances one second each time it is read: a Deadline(n) allows about n reads."""
+class WorkClock:
+    """A clock that reads one second more for each unit of work (a part verified, a batch of dead letters
+    received): a Deadline(n) on it has time for about n units, whatever the machine."""
 
-    def __init__(self) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = 0.0
+        for module, name in ((reconcile, "verify_part"), (dead_letters, "_receive_batch")):
+            monkeypatch.setattr(module, name, self._ticking(getattr(module, name)))
+
+    def _ticking(self, work: Any) -> Any:
+        def one_second(*args: Any, **kwargs: Any) -> Any:
+            self.now += 1.0
+            return work(*args, **kwargs)
+
+        return one_second
 
     def __call__(self) -> float:
-        self.now += 1.0
         return self.now
+
+
+@pytest.fixture
+def work_clock(monkeypatch: pytest.MonkeyPatch) -> WorkClock:
+    return WorkClock(monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------ the Monitor
@@ -196,13 +210,15 @@ def test_another_runs_objects_under_the_same_output_prefix_are_neither_counted_n
     assert len(s3_calls.listings(DATA_BUCKET)) == 2
 
 
-def test_a_poll_with_a_tiny_time_budget_stops_and_the_next_continues_to_the_same_exact_count(world):
+def test_a_poll_with_a_tiny_time_budget_stops_and_the_next_continues_to_the_same_exact_count(
+    world, work_clock
+):
     # given 60 shards in 6 parts, 3 of them lost in the last part
     run = Run(world, 60, part_size=10)
     run.write_outputs(i for i in range(60) if i not in (51, 52, 53))
 
     # when a poll has time for two parts only
-    seen = run.poll(Deadline(4, clock=TickingClock()))
+    seen = run.poll(Deadline(4, clock=work_clock))
 
     # then it verified some parts and stopped, the run goes on, and the checkpoint says where it stopped
     checkpoint = reconcile.load_checkpoint(run.run_id, world.s3, CONTROL_BUCKET)
@@ -257,14 +273,14 @@ def test_dead_letters_a_short_poll_missed_are_received_by_long_polls_not_requeue
     assert dead_letters.read_dead_letters(run.run_id, world.s3, CONTROL_BUCKET) == failed
 
 
-def test_a_busy_poll_moves_dead_letters_within_its_budget_and_counts_them_stored(world):
+def test_a_busy_poll_moves_dead_letters_within_its_budget_and_counts_them_stored(world, work_clock):
     # given work still queued, and 2,500 dead letters
     run = Run(world, 3_000, part_size=1_000)
     world.sqs.send_message(QueueUrl=run.state.resources.queue_url, MessageBody="{}")
     run.dead_letter(range(2_500))
 
     # when a poll has time for about one batch, then it stores one batch and counts the rest from the depth
-    seen = run.poll(Deadline(2, clock=TickingClock()))
+    seen = run.poll(Deadline(2, clock=work_clock))
     assert 0 < seen.dead_letters_stored < 2_500
     assert seen.dead_letters == 2_500
     # and the next poll goes on where it stopped
@@ -312,13 +328,13 @@ def test_a_report_finishes_the_verification_a_stopped_run_left_open(world, s3_ca
     assert (facts.succeeded, len(facts.failed_keys), facts.unprocessed, facts.verified) == (40, 5, 5, True)
 
 
-def test_a_report_out_of_time_says_its_count_is_incomplete_instead_of_failing(world):
+def test_a_report_out_of_time_says_its_count_is_incomplete_instead_of_failing(world, work_clock):
     # given a run the Monitor never verified, and a report with time for two parts of six
     run = Run(world, 60, part_size=10)
     run.write_outputs(range(60))
 
     # when the report is written
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW, Deadline(3, clock=TickingClock()))
+    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW, Deadline(3, clock=work_clock))
     document = report.build_report(
         run.state,
         run_id=run.run_id,
