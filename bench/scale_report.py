@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.run import machine
 from bench.scale_bounded import bounded
 from bench.scale_measure import LAMBDA_MB_PER_VCPU, Harness, Invocation, Stage
 
@@ -257,23 +258,14 @@ def _part_size() -> int:
 
 
 def _machine() -> dict[str, Any]:
-    import platform
-
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    described = machine()  # the throughput bench's description, plus the memory this rehearsal needs
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
+        "cpu": described["cpu"],
+        "cores": described["nproc"],
         "memory_gib": round(memory / 2**30, 1),
-        "python": platform.python_version(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "python": described["python"],
+        "load_average_at_end": [round(x, 2) for x in described["load_average"]],
     }
 
 

@@ -158,10 +158,6 @@ def iter_prefix_shards(input_spec: InputSpec, s3: Any, after: str | None = None)
             yield f"s3://{bucket}/{key}"
 
 
-def list_keys(bucket: str, prefix: str, s3: Any, what: str) -> list[str]:
-    return list(iter_keys(bucket, prefix, s3, what))
-
-
 def iter_keys(bucket: str, prefix: str, s3: Any, what: str, start_after: str | None = None) -> Iterator[str]:
     """Object keys under `prefix` (folder markers left out), one ListObjectsV2 page at a time, in S3's order
     (UTF-8 byte order, which is Python's `str` order); from just after `start_after` where given. A caller
@@ -320,12 +316,6 @@ def plan_shards(
     )
 
 
-def existing_outputs(spec: BackfillSpec, s3: Any) -> set[str]:
-    """Every object under the output prefix (small runs and tests; PrepareRun uses `existing_among`)."""
-    bucket, prefix = split_s3_uri(spec.output.uri)
-    return {f"s3://{bucket}/{k}" for k in list_keys(bucket, prefix, s3, what="output.uri")}
-
-
 def existing_among(outputs: Iterable[str], output_spec: OutputSpec, s3: Any) -> set[str]:
     """Which of `outputs` (output URIs of one part) exist: a listing of only the key range they span, from
     just below the smallest to the largest, each key tested against the part's own outputs, so objects of
@@ -370,17 +360,6 @@ def decode_part(body: bytes) -> Iterator[tuple[str, bool]]:
     lines = gzip.decompress(body).decode().splitlines()
     for entry in json.loads("[" + ",".join(line for line in lines if line.strip()) + "]"):
         yield entry["shard"], entry.get("skipped", False) is True
-
-
-def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 class ShardListWriter:
