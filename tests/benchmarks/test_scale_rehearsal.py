@@ -1,6 +1,6 @@
 """The scale rehearsal (`make bench-scale`) at a size make test affords: the real handlers, real boto3, moto's
-server in its own process, a hundred stand-in instances. Exactness only (outputs, counts, report, nothing left
-behind), never time."""
+server in its own process, ten thousand shards in four parts, a hundred stand-in instances. Exactness only
+(outputs, counts, report, nothing left behind), never time."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ import pytest
 
 from bench import scale, scale_bounded, scale_measure, scale_report
 
-SHARDS = 3_000
+SHARDS = 10_000
 INSTANCES = 100
-POISONED = 30
+POISONED = 50
 INTERRUPTIONS = 6
+# The shard list in parts of PART_SHARDS (`--part-size`), so PrepareRun and the Monitor's verification go part
+# by part as they do at 10M shards with 50,000-shard parts.
+PART_SHARDS = 2_500
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,8 @@ def rehearsal() -> dict:
         instances=INSTANCES,
         poisoned=POISONED,
         interruptions=INTERRUPTIONS,
-        shards_per_poll=1_000,
+        shards_per_poll=2_000,
+        part_size=PART_SHARDS,
         results=None,
         quiet=True,
     )
@@ -149,44 +153,23 @@ def test_bad_sizes_are_refused_with_a_sentence_naming_them(arguments, sentence, 
     assert sentence in capsys.readouterr().err
 
 
-# A run of several parts: the shard list in parts of PART_SHARDS (`--part-size`), so PrepareRun and the
-# Monitor's verification go part by part as they do at 10M shards with 50,000-shard parts.
-PART_SHARDS = 300
-PARTS_RUN = 1_200
-
-
-@pytest.fixture(scope="module")
-def parts_rehearsal() -> dict:
-    options = scale.Options(
-        shards=PARTS_RUN,
-        instances=30,
-        poisoned=12,
-        interruptions=2,
-        shards_per_poll=300,
-        part_size=PART_SHARDS,
-        results=None,
-        quiet=True,
-    )
-    return scale.rehearse(options)
-
-
-def test_a_run_of_several_parts_gives_every_shard_exactly_one_output_and_counts_the_truth(parts_rehearsal):
-    checks = parts_rehearsal["checks"]
-    assert parts_rehearsal["size"]["part_size"] == PART_SHARDS
-    assert checks["outputs_expected"] == checks["outputs_listed"] == PARTS_RUN - 12
+def test_a_run_of_several_parts_gives_every_shard_exactly_one_output_and_counts_the_truth(rehearsal):
+    checks = rehearsal["checks"]
+    assert rehearsal["size"]["part_size"] == PART_SHARDS
+    assert checks["outputs_expected"] == checks["outputs_listed"] == SHARDS - POISONED
     assert checks["every_shard_one_output"] is True
     assert checks["no_output_for_poisoned"] is True
-    assert (checks["report_succeeded"], checks["report_failed"]) == (PARTS_RUN - 12, 12)
+    assert (checks["report_succeeded"], checks["report_failed"]) == (SHARDS - POISONED, POISONED)
     assert checks["passed"] is True
 
 
-def test_the_handlers_read_the_part_size_when_called_and_the_bench_puts_it_back(parts_rehearsal):
+def test_the_handlers_read_the_part_size_when_called_and_the_bench_puts_it_back(rehearsal):
     from spotfill_control import shards
 
-    stages = parts_rehearsal["stages"]
+    stages = rehearsal["stages"]
     prepared = [u for i in stages["PrepareRun"]["invocations_measured"] for u in i["units"]]
     # each part but the last of each PrepareRun invocation is a unit (the last runs into the call's tail)
-    parts = PARTS_RUN // PART_SHARDS
+    parts = SHARDS // PART_SHARDS
     assert [u["amount"] for u in prepared] == [PART_SHARDS] * (parts - stages["PrepareRun"]["invocations"])
     assert all(u["kind"] == "prepare_part" and u["aws_calls"] for u in prepared)
     verified = [
@@ -197,8 +180,8 @@ def test_the_handlers_read_the_part_size_when_called_and_the_bench_puts_it_back(
     assert shards.PART_SIZE == 50_000  # restored after the run
 
 
-def test_a_run_of_several_parts_is_projected_per_part(parts_rehearsal):
-    bounded = parts_rehearsal["bounded"]
+def test_a_run_of_several_parts_is_projected_per_part(rehearsal):
+    bounded = rehearsal["bounded"]
     assert set(bounded["looping"]) == {"PrepareRun", "Monitor"}
     prepare = bounded["looping"]["PrepareRun"]
     assert prepare["measured_part_size"] == PART_SHARDS
