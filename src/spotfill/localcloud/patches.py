@@ -1737,7 +1737,8 @@ def _launch_spot_fleet_on_demand(fleet: Any, spec: Any) -> Any:
 def maintain_spot_fleet(fleet: Any) -> None:
     """What EC2 does for a live `maintain` Spot Fleet with on-demand capacity: the on-demand part
     (`OnDemandTargetCapacity`) and the spot part (the rest) each kept at target; excess terminated (on
-    demand first), missing capacity launched into pools that do not fail, spot as far as it lasts."""
+    demand first) unless the last ModifySpotFleetRequest said `ExcessCapacityTerminationPolicy:
+    noTermination`, missing capacity launched into pools that do not fail, spot as far as it lasts."""
     if fleet.state not in LIVE_FLEET_STATES:
         return
     on_demand_target = min(
@@ -1747,10 +1748,11 @@ def maintain_spot_fleet(fleet: Any) -> None:
     backend = fleet.ec2_backend
     fleet.spot_requests = [r for r in fleet.spot_requests if r.instance is not None and _alive(r.instance)]
     members = _spot_fleet_members(fleet)
+    keep = fleet.__dict__.get("_spotfill_excess_policy") == "noTermination"
     for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
         mine = [(i, s) for i, s, k in members if k == kind]
         held = _units(members, kind)
-        while mine and held - _weight(mine[-1][1]) >= target - 1e-9:
+        while not keep and mine and held - _weight(mine[-1][1]) >= target - 1e-9:
             instance, spec = mine.pop()
             held -= _weight(spec)
             backend.terminate_instances([instance.id])
@@ -1850,10 +1852,23 @@ def _patch_spot_fleet_on_demand() -> None:
             )
         total = self._get_param("TargetCapacity")
         on_demand = self._get_param("OnDemandTargetCapacity")
-        if total is not None:
-            fleet.target_capacity = int(float(total))
-        if on_demand is not None:
-            fleet.__dict__["on_demand_target_capacity"] = int(float(on_demand))
+        new_total = int(float(total)) if total is not None else int(fleet.target_capacity)
+        new_on_demand = (
+            int(float(on_demand))
+            if on_demand is not None
+            else int(fleet.__dict__.get("on_demand_target_capacity", 0))
+        )
+        if new_total < new_on_demand:
+            # As EC2 answers it (observed: jenkinsci/ec2-fleet-plugin#130); the API reference gives no text.
+            raise EC2ClientError(
+                "InvalidParameter",
+                f"TargetCapacity ({new_total}) cannot be less than OnDemandTargetCapacity ({new_on_demand}).",
+            )
+        fleet.target_capacity = new_total
+        fleet.__dict__["on_demand_target_capacity"] = new_on_demand
+        policy = self._get_param("ExcessCapacityTerminationPolicy")
+        if policy:
+            fleet.__dict__["_spotfill_excess_policy"] = policy
         maintain_spot_fleet(fleet)
         return ActionResult({"Return": True})
 
