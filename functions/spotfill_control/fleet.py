@@ -57,7 +57,8 @@ GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recomm
 EC2_FLEET_SERVICE = "ec2fleet.amazonaws.com"
 
 # A fleet (either API) reports `ActivityStatus: error` once one launch failed, even while its other pools
-# fill. What failed is in its history (error events). These sub-types mean the request can never be
+# fill. What failed is in its history: error events, and on Spot Fleet `information` events naming a pool
+# EC2 gave up on (`fleet_api.POOL_INFORMATION_SUB_TYPES`). These sub-types mean the request can never be
 # fulfilled: the fleet role may not launch or terminate, or EC2 gave up on every launch specification.
 FATAL_ERROR_SUB_TYPES = frozenset({"iamFleetRoleInvalid", "allLaunchSpecsTemporarilyBlacklisted"})
 # Error codes (they open an event's description after the pool) that every pool shares: the launch template,
@@ -439,7 +440,8 @@ def set_target_capacity(
 
 @dataclass(frozen=True)
 class FleetError:
-    """One `error` event of the fleet's request history, and the pool it names (if any)."""
+    """One failure event of the fleet's request history (an error, or a Spot Fleet pool's `information`
+    event), and the pool it names (if any)."""
 
     sub_type: str
     description: str
@@ -464,8 +466,10 @@ class FleetError:
 
 
 def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> FleetError:
-    """An `error` history record → its pool and code. EC2 describes a pool's failure as
-    `<type>, <ami>, <platform>, <zone>, <Code>: <message>`; other errors name no pool."""
+    """A failure history record → its pool and code. EC2 describes a pool's failure as
+    `<type>, <ami>, <platform>, <zone>, <Code>: <message>` (an error or a `launchSpecTemporarilyBlacklisted`
+    event), or `<type>, <ami>, <platform>, <zone>, <message>` (`launchSpecUnusable`: no code, the sub-type
+    stands for it); other errors name no pool."""
     information = record.get("EventInformation", {})
     description = str(information.get("EventDescription", ""))
     tokens = set(re.split(r"[\s,()]+", description))
@@ -482,13 +486,13 @@ def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> 
 
 
 def fleet_errors(run: RunState, ec2: Any, since: datetime) -> list[FleetError]:
-    """The fleet's error events since `since` (every page of its history: DescribeFleetHistory
-    `service-error`, or DescribeSpotFleetRequestHistory `error`)."""
+    """The fleet's failure events since `since` (every page of its history: DescribeFleetHistory
+    `service-error`, or DescribeSpotFleetRequestHistory `error` and a pool's `information` events)."""
     fleet_id = run.resources.fleet_id
     if fleet_id is None:
         return []
     try:
-        records = api_of(run).error_records(fleet_id, ec2, since)
+        records = api_of(run).failure_records(fleet_id, ec2, since)
     except ClientError as exc:
         raise _aws_error(f"{run.spec.fleet.api}: fleet history of {fleet_id}", exc) from exc
     return [parse_fleet_error(r, run.spec.fleet.instance_types) for r in records]
@@ -574,10 +578,10 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     status = describe_fleet(run, ec2)
     timeline = run.timeline
     requested_at = timeline.fleet_requested_at or now
-    errors: list[FleetError] = []
-    if status.state in ENDED_STATES or status.activity == "error":
-        errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
-        run = with_failed_pools(run, errors)
+    # Read every poll, not only once `ActivityStatus` says `error`: a Spot Fleet pool EC2 gave up on is an
+    # `information` event, which need not change the fleet's activity.
+    errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
+    run = with_failed_pools(run, errors)
     check_fleet_healthy(fleet_id, status, errors)
     if status.state == "active":
         # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot

@@ -494,10 +494,34 @@ def _pool_failure(fleet: Any, spec: Any) -> str | None:
     return _failing_pools.get(f"{spec.instance_type}@{zone}") or _failing_pools.get(spec.instance_type)
 
 
-def usable_specs(fleet: Any, event_type: str = "error") -> list[Any]:
-    """The fleet's launch specs whose pool does not fail; each failing pool reports an error event once, and
-    `allLaunchSpecsTemporarilyBlacklisted` once none is left. The event's type is the API's: Spot Fleet's
-    `error`, EC2 Fleet's `service-error`."""
+def _is_spot_fleet(fleet: Any) -> bool:
+    return type(fleet).__name__ == "SpotFleetRequest"
+
+
+def _error_type(fleet: Any) -> str:
+    """The history's error event type: Spot Fleet's `error`, EC2 Fleet's `service-error` (the EventType and
+    FleetEventType enums of the EC2 API reference)."""
+    return "error" if _is_spot_fleet(fleet) else "service-error"
+
+
+def _pool_description(fleet: Any, spec: Any, code: str) -> str:
+    zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+    return (
+        f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: {POOL_ERRORS[code]}"
+    )
+
+
+def usable_specs(fleet: Any) -> list[Any]:
+    """The fleet's launch specs whose pool does not fail; each failing pool reports an event once, and
+    `allLaunchSpecsTemporarilyBlacklisted` (an error event) once none is left.
+
+    A failing pool's event is the API's: Spot Fleet reports a launch specification it stopped trying as an
+    `information` event, sub-type `launchSpecTemporarilyBlacklisted` ("The configuration is not valid and
+    several attempts to launch instances have failed", EventInformation in the EC2 API reference; the EC2
+    user guide's "Spot Fleet event types": EC2 Spot Fleet Information); EC2 Fleet, whose history has no
+    information type (FleetEventType: instance-change, fleet-change, service-error), a `service-error`
+    `spotFleetRequestConfigurationInvalid`. Either names the pool the way EC2 does:
+    `<type>, <ami>, <platform>, <zone>, <Code>: <message>`."""
     reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
     usable = []
     for spec in fleet.launch_specs:
@@ -507,19 +531,16 @@ def usable_specs(fleet: Any, event_type: str = "error") -> list[Any]:
             continue
         if id(spec) not in reported:
             reported.add(id(spec))
-            zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
-            record_fleet_event(
-                fleet,
-                event_type,
-                "spotFleetRequestConfigurationInvalid",
-                f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
-                f"{POOL_ERRORS[code]}",
-            )
+            if _is_spot_fleet(fleet):
+                event_type, sub_type = "information", "launchSpecTemporarilyBlacklisted"
+            else:
+                event_type, sub_type = "service-error", "spotFleetRequestConfigurationInvalid"
+            record_fleet_event(fleet, event_type, sub_type, _pool_description(fleet, spec, code))
     if not usable and "_spotfill_all_blacklisted" not in fleet.__dict__:
         fleet.__dict__["_spotfill_all_blacklisted"] = True
         record_fleet_event(
             fleet,
-            event_type,
+            _error_type(fleet),
             "allLaunchSpecsTemporarilyBlacklisted",
             "None of the launch specifications is valid and several attempts to launch instances have "
             "failed.",
@@ -535,7 +556,7 @@ def _patch_spot_fleet_lifecycle() -> None:
     original_create = SpotFleetRequest.create_spot_requests
 
     def create_spot_requests(self: Any, weight_to_add: float) -> None:
-        """Launch only into pools that do not fail; each failing pool reports an `error` event once."""
+        """Launch only into pools that do not fail; each failing pool reports one event (`usable_specs`)."""
         usable = usable_specs(self)
         if not usable:
             return
@@ -1353,13 +1374,14 @@ def _spot_room(fleet: Any, spec: Any, members: list[tuple[Any, Any, str]]) -> bo
     short = fleet.__dict__.setdefault("_spotfill_short_types", set())
     if spec.instance_type not in short:
         short.add(spec.instance_type)
-        zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+        # An error event on both APIs (a Spot Fleet's, as EC2 reports it: `error`,
+        # `spotFleetRequestConfigurationInvalid`, "There is no Spot capacity available that matches your
+        # request.").
         record_fleet_event(
             fleet,
-            "service-error",
+            _error_type(fleet),
             "spotFleetRequestConfigurationInvalid",
-            f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, "
-            f"InsufficientInstanceCapacity: {POOL_ERRORS['InsufficientInstanceCapacity']}",
+            _pool_description(fleet, spec, "InsufficientInstanceCapacity"),
         )
     return False
 
@@ -1388,11 +1410,7 @@ def maintain_ec2_fleet(fleet: Any) -> None:
         members = ec2_fleet_members(fleet)
     for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
         while _units(members, kind) < target - 1e-9:
-            specs = [
-                s
-                for s in usable_specs(fleet, "service-error")
-                if kind != "spot" or _spot_room(fleet, s, members)
-            ]
+            specs = [s for s in usable_specs(fleet) if kind != "spot" or _spot_room(fleet, s, members)]
             if not specs:
                 break
             instance = _launch_one(fleet, specs[0], kind)
