@@ -111,6 +111,37 @@ def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world, a
     ]
 
 
+TWENTY_TYPES = [
+    f"{family}.{size}"
+    for family in ("c5", "m5", "r5", "c6i")
+    for size in ("large", "xlarge", "2xlarge", "4xlarge", "12xlarge")
+]
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_ec2_refuses_a_fleet_request_with_more_than_300_overrides(world, api):
+    # given a request for 20 types x 16 subnets (320 overrides): a fleet of type maintain takes 300 across
+    # its launch templates (FleetLaunchTemplateConfigRequest.Overrides, EC2 API reference); Validate refuses
+    # such a spec, and the local cloud refuses the request as EC2 does
+    from botocore.exceptions import ClientError
+
+    from spotfill.localcloud import patches
+
+    patches.install_fleet_model()
+    subnets = [f"subnet-{i:017x}" for i in range(16)]
+    run = pure_run(fleet__api=api, fleet__instance_types=TWENTY_TYPES, fleet__subnets=subnets)
+    request = fleet.build_fleet_request(run, world.settings, STARTED)
+    assert sum(len(c["Overrides"]) for c in request["LaunchTemplateConfigs"]) == 320
+    # when it is sent, then EC2 refuses it, and no fleet exists
+    with pytest.raises(ClientError) as refused:
+        fleet.api_of(run).request(request, world.ec2)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert "maximum allowed number of launch template overrides (300)" in str(refused.value)
+    assert world.ec2.describe_fleets()["Fleets"] == []
+    assert world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+
+
 def test_ec2_fleet_is_the_default_a_maintain_fleet_of_spot_beyond_the_on_demand_base(s3_world):
     run = pure_run()
     request = fleet.build_fleet_request(run, s3_world.settings, STARTED + timedelta(minutes=2))

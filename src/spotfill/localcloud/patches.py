@@ -548,6 +548,27 @@ def usable_specs(fleet: Any) -> list[Any]:
     return usable
 
 
+# "For fleets of type request and maintain, a maximum of 300 items is allowed across all launch templates"
+# (FleetLaunchTemplateConfigRequest.Overrides in the EC2 API reference); applied to RequestSpotFleet too.
+MAX_FLEET_OVERRIDES = 300
+
+
+def refuse_too_many_overrides(configs: list[dict[str, Any]]) -> None:
+    """Refuse a request with more overrides across its launch templates than a fleet takes. The API reference
+    states the limit, not the error's text: the code is EC2's for a bad parameter value, the message in the
+    form EC2 uses for its other per-request maxima ("Your request contains more than the maximum allowed
+    number of InstanceRequirements (4)")."""
+    from moto.ec2.exceptions import EC2ClientError
+
+    count = sum(len(config.get("Overrides") or []) for config in configs)
+    if count > MAX_FLEET_OVERRIDES:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            "Your request contains more than the maximum allowed number of launch template overrides "
+            f"({MAX_FLEET_OVERRIDES}).",
+        )
+
+
 def _patch_spot_fleet_lifecycle() -> None:
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.spot_requests import SpotFleetRequest
@@ -607,6 +628,9 @@ def _patch_spot_fleet_lifecycle() -> None:
     original_request = SpotFleets.request_spot_fleet
 
     def request_spot_fleet(self: Any) -> Any:
+        refuse_too_many_overrides(
+            self._get_param("SpotFleetRequestConfig", {}).get("LaunchTemplateConfigs") or []
+        )
         result = original_request(self)
         config = self._get_param("SpotFleetRequestConfig", {})
         fleet = self.ec2_backend.spot_fleet_requests[result.result["SpotFleetRequestId"]]
@@ -1498,7 +1522,10 @@ def _patch_ec2_fleet() -> None:
     original_create = Fleets.create_fleet
 
     def create_fleet(self: Any) -> Any:
-        """An idempotent CreateFleet: the same `ClientToken` answers the fleet it made."""
+        """An idempotent CreateFleet: the same `ClientToken` answers the fleet it made; more overrides than
+        a `request` or `maintain` fleet takes are refused (`refuse_too_many_overrides`)."""
+        if self._get_param("Type", if_none="maintain") != "instant":
+            refuse_too_many_overrides(self._get_param("LaunchTemplateConfigs", []))
         token = self._get_param("ClientToken")
         if token:
             for fleet in self.ec2_backend.fleets.values():
