@@ -75,11 +75,12 @@ SHARED_ERROR_CODES = (
     "OptInRequired",
     "PendingVerification",
 )
-# "For fleets of type request and maintain, a maximum of 300 items is allowed across all launch templates"
-# (FleetLaunchTemplateConfigRequest.Overrides, EC2 API reference,
-# https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_FleetLaunchTemplateConfigRequest.html). Spot
-# Fleet's LaunchTemplateConfig documents no number; the same bound is kept for it (one pool model for both
-# APIs; its SubnetId override names a single subnet, so subnets cannot be folded into fewer overrides there).
+# A fleet of type maintain or request has at most 300 Spot capacity pools, "unique combination of instance
+# type and subnet", on either API ("Quotas for EC2 Fleet and Spot Fleet",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/fleet-quotas.html); CreateFleet also takes at most 300
+# overrides across its launch templates (FleetLaunchTemplateConfigRequest, EC2 API reference). The quota
+# counts pairs, not override items: subnets comma-separated in one override (EC2 Fleet allows it) would not
+# lift it.
 MAX_FLEET_OVERRIDES = 300
 # Events are read from a little before the request, in case the Lambda's clock runs ahead of EC2's.
 HISTORY_CLOCK_SLACK = timedelta(minutes=5)
@@ -211,15 +212,15 @@ def subnets_for(fleet: FleetSpec, settings: Settings) -> list[str]:
 
 
 def check_override_count(fleet: FleetSpec, subnets: Sequence[str]) -> None:
-    """The request has one override per instance type x subnet (a pool each); a `maintain` fleet takes at most
-    `MAX_FLEET_OVERRIDES`, so Validate refuses more, naming the count and the limit."""
+    """The request has one override per instance type x subnet, a capacity pool each; a `maintain` fleet has
+    at most `MAX_FLEET_OVERRIDES` pools, so Validate refuses more, naming the count and the limit."""
     count = len(fleet.instance_types) * len(subnets)
     if count > MAX_FLEET_OVERRIDES:
         raise InvalidSpecError(
             f"fleet.instance_types x fleet.subnets: {len(fleet.instance_types)} instance types x "
-            f"{len(subnets)} subnets make {count} launch template overrides (one per type and subnet), "
-            f"more than the {MAX_FLEET_OVERRIDES} a fleet of type maintain takes across its launch "
-            f"templates: name fewer types or subnets (at most {MAX_FLEET_OVERRIDES} pairs)."
+            f"{len(subnets)} subnets make {count} capacity pools (one launch template override per type and "
+            f"subnet), more than the {MAX_FLEET_OVERRIDES} a fleet of type maintain may have (an EC2 Fleet "
+            f"and Spot Fleet quota): name fewer types or subnets (at most {MAX_FLEET_OVERRIDES} pairs)."
         )
 
 

@@ -662,8 +662,8 @@ def _subnets(count: int) -> list[str]:
 def test_more_type_and_subnet_pairs_than_a_fleet_takes_overrides_is_refused_naming_the_count_and_limit(
     world, lambda_context
 ):
-    # given 20 instance types and 16 subnets: 320 overrides, where a maintain fleet takes 300
-    # (FleetLaunchTemplateConfigRequest.Overrides, EC2 API reference)
+    # given 20 instance types and 16 subnets: 320 pools, where a maintain fleet may have 300 ("Quotas for EC2
+    # Fleet and Spot Fleet", EC2 user guide)
     spec = sample_spec()
     spec["fleet"]["instance_types"] = TWENTY_TYPES
     spec["fleet"]["subnets"] = _subnets(16)
@@ -671,9 +671,9 @@ def test_more_type_and_subnet_pairs_than_a_fleet_takes_overrides_is_refused_nami
     with pytest.raises(InvalidSpecError) as raised:
         invoke(world, spec, lambda_context)
     assert str(raised.value) == (
-        "fleet.instance_types x fleet.subnets: 20 instance types x 16 subnets make 320 launch template "
-        "overrides (one per type and subnet), more than the 300 a fleet of type maintain takes across its "
-        "launch templates: name fewer types or subnets (at most 300 pairs)."
+        "fleet.instance_types x fleet.subnets: 20 instance types x 16 subnets make 320 capacity pools (one "
+        "launch template override per type and subnet), more than the 300 a fleet of type maintain may have "
+        "(an EC2 Fleet and Spot Fleet quota): name fewer types or subnets (at most 300 pairs)."
     )
 
 
@@ -686,7 +686,7 @@ def test_exactly_as_many_type_and_subnet_pairs_as_a_fleet_takes_overrides_pass_a
     fleet_spec = BackfillSpec.model_validate(spec).fleet
     check_override_count(fleet_spec, _subnets(15))  # 20 x 15 = 300
     seven = fleet_spec.model_copy(update={"instance_types": TWENTY_TYPES[:7]})
-    with pytest.raises(InvalidSpecError, match=r"make 301 launch template overrides"):
+    with pytest.raises(InvalidSpecError, match=r"make 301 capacity pools"):
         check_override_count(seven, _subnets(43))  # 7 x 43 = 301
 
 

@@ -549,7 +549,9 @@ def usable_specs(fleet: Any) -> list[Any]:
 
 
 # "For fleets of type request and maintain, a maximum of 300 items is allowed across all launch templates"
-# (FleetLaunchTemplateConfigRequest.Overrides in the EC2 API reference); applied to RequestSpotFleet too.
+# (FleetLaunchTemplateConfigRequest.Overrides in the EC2 API reference), and 300 Spot capacity pools (type and
+# subnet pairs) per maintain or request fleet on either API ("Quotas for EC2 Fleet and Spot Fleet",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/fleet-quotas.html): an override here is one pool.
 MAX_FLEET_OVERRIDES = 300
 
 
