@@ -358,10 +358,14 @@ def project_run(run: RunState, found: list[Billing]) -> Projection:
 
 
 def stop_new_capacity(run: RunState, ec2: Any) -> None:
-    """The fleet launches nothing more: target capacity 0, and the instances it has keep running (no
-    termination) so their workers can finish the shards in hand; teardown terminates them. The one place
-    the cap changes the fleet."""
-    fleet.set_target_capacity(run, ec2, 0, keep_instances=True)
+    """The fleet launches nothing more: total and on-demand target capacity 0, and the instances it has keep
+    running (no termination) so their workers can finish the shards in hand; teardown terminates them. The
+    one place the cap changes the fleet.
+
+    The on-demand target goes to 0 with the total: a fleet with on-demand units (`fleet.on_demand_base`, or
+    units the fallback moved on demand) refuses a total below its on-demand target (ModifySpotFleetRequest:
+    `InvalidParameter`, "TargetCapacity (0) cannot be less than OnDemandTargetCapacity (1)")."""
+    fleet.set_target_capacity(run, ec2, 0, 0, keep_instances=True)
 
 
 def drain_if_due(run: RunState, projection: Projection, ecs: Any, now: datetime) -> None:

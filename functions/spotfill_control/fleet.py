@@ -57,7 +57,8 @@ GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recomm
 EC2_FLEET_SERVICE = "ec2fleet.amazonaws.com"
 
 # A fleet (either API) reports `ActivityStatus: error` once one launch failed, even while its other pools
-# fill. What failed is in its history (error events). These sub-types mean the request can never be
+# fill. What failed is in its history: error events, and on Spot Fleet `information` events naming a pool
+# EC2 gave up on (`fleet_api.POOL_INFORMATION_SUB_TYPES`). These sub-types mean the request can never be
 # fulfilled: the fleet role may not launch or terminate, or EC2 gave up on every launch specification.
 FATAL_ERROR_SUB_TYPES = frozenset({"iamFleetRoleInvalid", "allLaunchSpecsTemporarilyBlacklisted"})
 # Error codes (they open an event's description after the pool) that every pool shares: the launch template,
@@ -74,6 +75,13 @@ SHARED_ERROR_CODES = (
     "OptInRequired",
     "PendingVerification",
 )
+# A fleet of type maintain or request has at most 300 Spot capacity pools, "unique combination of instance
+# type and subnet", on either API ("Quotas for EC2 Fleet and Spot Fleet",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/fleet-quotas.html); CreateFleet also takes at most 300
+# overrides across its launch templates (FleetLaunchTemplateConfigRequest, EC2 API reference). The quota
+# counts pairs, not override items: subnets comma-separated in one override (EC2 Fleet allows it) would not
+# lift it.
+MAX_FLEET_OVERRIDES = 300
 # Events are read from a little before the request, in case the Lambda's clock runs ahead of EC2's.
 HISTORY_CLOCK_SLACK = timedelta(minutes=5)
 _ZONE = re.compile(r"\b[a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z]\b")
@@ -201,6 +209,19 @@ def requested_capacity(run: RunState) -> int:
 
 def subnets_for(fleet: FleetSpec, settings: Settings) -> list[str]:
     return list(fleet.subnets) or list(settings.default_subnets)
+
+
+def check_override_count(fleet: FleetSpec, subnets: Sequence[str]) -> None:
+    """The request has one override per instance type x subnet, a capacity pool each; a `maintain` fleet has
+    at most `MAX_FLEET_OVERRIDES` pools, so Validate refuses more, naming the count and the limit."""
+    count = len(fleet.instance_types) * len(subnets)
+    if count > MAX_FLEET_OVERRIDES:
+        raise InvalidSpecError(
+            f"fleet.instance_types x fleet.subnets: {len(fleet.instance_types)} instance types x "
+            f"{len(subnets)} subnets make {count} capacity pools (one launch template override per type and "
+            f"subnet), more than the {MAX_FLEET_OVERRIDES} a fleet of type maintain may have (an EC2 Fleet "
+            f"and Spot Fleet quota): name fewer types or subnets (at most {MAX_FLEET_OVERRIDES} pairs)."
+        )
 
 
 def launch_template_configs(run: RunState, settings: Settings) -> list[dict[str, Any]]:
@@ -439,7 +460,8 @@ def set_target_capacity(
 
 @dataclass(frozen=True)
 class FleetError:
-    """One `error` event of the fleet's request history, and the pool it names (if any)."""
+    """One failure event of the fleet's request history (an error, or a Spot Fleet pool's `information`
+    event), and the pool it names (if any)."""
 
     sub_type: str
     description: str
@@ -464,8 +486,10 @@ class FleetError:
 
 
 def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> FleetError:
-    """An `error` history record → its pool and code. EC2 describes a pool's failure as
-    `<type>, <ami>, <platform>, <zone>, <Code>: <message>`; other errors name no pool."""
+    """A failure history record → its pool and code. EC2 describes a pool's failure as
+    `<type>, <ami>, <platform>, <zone>, <Code>: <message>` (an error or a `launchSpecTemporarilyBlacklisted`
+    event), or `<type>, <ami>, <platform>, <zone>, <message>` (`launchSpecUnusable`: no code, the sub-type
+    stands for it); other errors name no pool."""
     information = record.get("EventInformation", {})
     description = str(information.get("EventDescription", ""))
     tokens = set(re.split(r"[\s,()]+", description))
@@ -482,13 +506,13 @@ def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> 
 
 
 def fleet_errors(run: RunState, ec2: Any, since: datetime) -> list[FleetError]:
-    """The fleet's error events since `since` (every page of its history: DescribeFleetHistory
-    `service-error`, or DescribeSpotFleetRequestHistory `error`)."""
+    """The fleet's failure events since `since` (every page of its history: DescribeFleetHistory
+    `service-error`, or DescribeSpotFleetRequestHistory `error` and a pool's `information` events)."""
     fleet_id = run.resources.fleet_id
     if fleet_id is None:
         return []
     try:
-        records = api_of(run).error_records(fleet_id, ec2, since)
+        records = api_of(run).failure_records(fleet_id, ec2, since)
     except ClientError as exc:
         raise _aws_error(f"{run.spec.fleet.api}: fleet history of {fleet_id}", exc) from exc
     return [parse_fleet_error(r, run.spec.fleet.instance_types) for r in records]
@@ -574,10 +598,10 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     status = describe_fleet(run, ec2)
     timeline = run.timeline
     requested_at = timeline.fleet_requested_at or now
-    errors: list[FleetError] = []
-    if status.state in ENDED_STATES or status.activity == "error":
-        errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
-        run = with_failed_pools(run, errors)
+    # Read every poll, not only once `ActivityStatus` says `error`: a Spot Fleet pool EC2 gave up on is an
+    # `information` event, which need not change the fleet's activity.
+    errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
+    run = with_failed_pools(run, errors)
     check_fleet_healthy(fleet_id, status, errors)
     if status.state == "active":
         # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot

@@ -7,7 +7,8 @@ read the same shapes whichever API holds the fleet:
 
 - `FleetStatus`: state, activity, total and on-demand target, fulfilled capacity, `ValidUntil`;
 - `FleetInstance`: an active instance, its type and purchase option (`spot` or `on-demand`);
-- error history records (`EventInformation`), already filtered to the API's error event type.
+- failure history records (`EventInformation`): the API's error events, and on Spot Fleet the `information`
+  events that report a pool EC2 stopped launching into (`POOL_INFORMATION_SUB_TYPES`).
 
 Both APIs answer active instances in the same `ActiveInstance` shape: an instance with a
 `SpotInstanceRequestId` is a spot instance, one without is on demand.
@@ -38,6 +39,13 @@ EC2_FLEET_SPOT_STRATEGIES = {
     "lowestPrice": "lowest-price",
     "diversified": "diversified",
 }
+# Spot Fleet reports a launch specification (a pool) it gave up on as an `information` event, not an `error`
+# one ("EC2 Spot Fleet Information" in the EC2 user guide's "Spot Fleet event types",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-fleet-event-types.html; EventInformation in the EC2
+# API reference): `launchSpecTemporarilyBlacklisted` (the configuration is not valid and several launches
+# failed) and `launchSpecUnusable` (its price is below the Spot price). Each names its pool in its
+# description.
+POOL_INFORMATION_SUB_TYPES = frozenset({"launchSpecTemporarilyBlacklisted", "launchSpecUnusable"})
 # DeleteFleets takes at most 100 fleets of type maintain (25 of type instant) per call; more deletes none.
 DELETE_FLEETS_LIMIT = 100
 
@@ -104,7 +112,7 @@ class FleetApi(Protocol):
     def set_target(
         self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
     ) -> None: ...
-    def error_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]: ...
+    def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]: ...
     def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]: ...
 
 
@@ -200,15 +208,26 @@ class SpotFleetApi:
             kwargs["ExcessCapacityTerminationPolicy"] = "noTermination"
         ec2.modify_spot_fleet_request(**kwargs)
 
-    def error_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
+    def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
+        """The request's `error` events, then its `information` events about a pool
+        (`POOL_INFORMATION_SUB_TYPES`): one history read per event type, each filtered by EC2."""
         records: list[dict[str, Any]] = []
-        for page in _pages(
-            ec2.describe_spot_fleet_request_history,
-            SpotFleetRequestId=fleet_id,
-            StartTime=since,
-            EventType="error",
-        ):
-            records.extend(r for r in page.get("HistoryRecords", []) if r.get("EventType") == "error")
+        for event_type in ("error", "information"):
+            for page in _pages(
+                ec2.describe_spot_fleet_request_history,
+                SpotFleetRequestId=fleet_id,
+                StartTime=since,
+                EventType=event_type,
+            ):
+                records.extend(
+                    r
+                    for r in page.get("HistoryRecords", [])
+                    if r.get("EventType") == event_type
+                    and (
+                        event_type == "error"
+                        or r.get("EventInformation", {}).get("EventSubType") in POOL_INFORMATION_SUB_TYPES
+                    )
+                )
         return records
 
     def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]:
@@ -269,9 +288,10 @@ class Ec2FleetApi:
             kwargs["ExcessCapacityTerminationPolicy"] = "no-termination"
         ec2.modify_fleet(**kwargs)
 
-    def error_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
+    def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
         """EC2 Fleet's history types are `instance-change`, `fleet-change` and `service-error` (Spot Fleet's
-        `error`); the error sub-types are the same."""
+        `error`; DescribeFleetHistory's FleetEventType has no `information` type), so its pool failures are
+        `service-error` events; the error sub-types are Spot Fleet's."""
         records: list[dict[str, Any]] = []
         for page in _pages(
             ec2.describe_fleet_history, FleetId=fleet_id, StartTime=since, EventType="service-error"

@@ -48,7 +48,7 @@ from spotfill_control import budget, shards, state_store
 from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
-from spotfill_control.fleet import subnets_for
+from spotfill_control.fleet import check_override_count, subnets_for
 from spotfill_control.instance_types import InstanceTypeFacts, check_fleet_kind
 from spotfill_control.preflight import Preflight
 from spotfill_control.run import RunState, SpotPrice, Timeline, utcnow
@@ -484,8 +484,10 @@ def check_cap_covers_least_cost(
 
 
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
+    """Subnets to launch into, and no more type x subnet pools than a fleet request takes."""
     if not spec.fleet.subnets and not settings.default_subnets:
         raise InvalidSpecError("fleet.subnets: empty, and the stack sets no default subnets.")
+    check_override_count(spec.fleet, subnets_for(spec.fleet, settings))
 
 
 def new_run_id(name: str, now: datetime) -> str:

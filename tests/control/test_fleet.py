@@ -111,6 +111,37 @@ def test_fleet_request_has_one_override_per_instance_type_and_subnet(s3_world, a
     ]
 
 
+TWENTY_TYPES = [
+    f"{family}.{size}"
+    for family in ("c5", "m5", "r5", "c6i")
+    for size in ("large", "xlarge", "2xlarge", "4xlarge", "12xlarge")
+]
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_ec2_refuses_a_fleet_request_with_more_than_300_overrides(world, api):
+    # given a request for 20 types x 16 subnets (320 overrides): a fleet of type maintain takes 300 across
+    # its launch templates (FleetLaunchTemplateConfigRequest.Overrides, EC2 API reference); Validate refuses
+    # such a spec, and the local cloud refuses the request as EC2 does
+    from botocore.exceptions import ClientError
+
+    from spotfill.localcloud import patches
+
+    patches.install_fleet_model()
+    subnets = [f"subnet-{i:017x}" for i in range(16)]
+    run = pure_run(fleet__api=api, fleet__instance_types=TWENTY_TYPES, fleet__subnets=subnets)
+    request = fleet.build_fleet_request(run, world.settings, STARTED)
+    assert sum(len(c["Overrides"]) for c in request["LaunchTemplateConfigs"]) == 320
+    # when it is sent, then EC2 refuses it, and no fleet exists
+    with pytest.raises(ClientError) as refused:
+        fleet.api_of(run).request(request, world.ec2)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert "maximum allowed number of launch template overrides (300)" in str(refused.value)
+    assert world.ec2.describe_fleets()["Fleets"] == []
+    assert world.ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+
+
 def test_ec2_fleet_is_the_default_a_maintain_fleet_of_spot_beyond_the_on_demand_base(s3_world):
     run = pure_run()
     request = fleet.build_fleet_request(run, s3_world.settings, STARTED + timedelta(minutes=2))
@@ -299,6 +330,60 @@ def test_an_error_without_a_code_keeps_its_sub_type_and_the_platform_is_not_take
         None,
         "spotFleetRequestConfigurationInvalid",
     )
+
+
+def _information_event(sub_type: str, description: str) -> dict:
+    return {
+        "EventType": "information",
+        "EventInformation": {"EventSubType": sub_type, "EventDescription": description},
+        "Timestamp": STARTED,
+    }
+
+
+# Spot Fleet reports a pool it gave up on as an information event, not an error ("EC2 Spot Fleet Information",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-fleet-event-types.html)
+BLACKLISTED = _information_event(
+    "launchSpecTemporarilyBlacklisted",
+    "c5.2xlarge, ami-0123456789abcdef0, Linux/UNIX (Amazon VPC), us-east-1e, Unsupported: The requested "
+    "instance type is not supported in the requested Availability Zone.",
+)
+UNUSABLE = _information_event(
+    "launchSpecUnusable",
+    "c5.xlarge, ami-0947d2ba12ee1ff75, Linux/UNIX, us-east-1a, Spot price in either "
+    "SpotFleetRequestConfigData or SpotFleetLaunchSpecification or LaunchTemplate or "
+    "LaunchTemplateOverrides is less than Spot market price $0.1",
+)
+
+
+def test_a_spot_fleet_pools_information_events_name_the_pool_and_are_not_fatal():
+    blacklisted = fleet.parse_fleet_error(BLACKLISTED, TYPES)
+    unusable = fleet.parse_fleet_error(UNUSABLE, TYPES)
+    assert str(blacklisted.as_failed_pool()) == "c5.2xlarge in us-east-1e: Unsupported"
+    assert str(unusable.as_failed_pool()) == "c5.xlarge in us-east-1a: launchSpecUnusable"
+    assert not blacklisted.fatal and not unusable.fatal
+
+
+class _SpotFleetHistory:
+    """DescribeSpotFleetRequestHistory over fixed records, filtered by EventType as EC2 filters them."""
+
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+        self.asked: list[str] = []
+
+    def describe_spot_fleet_request_history(self, **kwargs) -> dict:
+        self.asked.append(kwargs["EventType"])
+        return {"HistoryRecords": [r for r in self.records if r["EventType"] == kwargs["EventType"]]}
+
+
+def test_spot_fleet_failures_are_its_error_events_and_the_information_events_that_name_a_pool():
+    from spotfill_control.fleet_api import SpotFleetApi
+
+    other_information = _information_event("registerWithLoadBalancersFailed", "no load balancer")
+    launched = {"EventType": "instanceChange", "EventInformation": {"EventSubType": "launched"}}
+    ec2 = _SpotFleetHistory([NO_CAPACITY, BLACKLISTED, UNUSABLE, other_information, launched])
+    records = SpotFleetApi().failure_records("sfr-1", ec2, STARTED)
+    assert records == [NO_CAPACITY, BLACKLISTED, UNUSABLE]
+    assert ec2.asked == ["error", "information"]
 
 
 def test_a_fleet_whose_pools_fail_while_others_may_fill_is_healthy():
@@ -493,15 +578,28 @@ def failing_pools():
 
 
 @pytest.mark.aws
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
 def test_one_failing_pool_while_the_others_fill_is_recorded_and_registration_goes_on(
-    world, lambda_context, failing_pools
+    world, lambda_context, failing_pools, api
 ):
     # given c5.2xlarge unsupported in every zone, c5.xlarge filling the fleet
     failing_pools({"c5.2xlarge": "Unsupported"})
-    requested = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
+    prepared = prepared_run(world, lambda_context, fleet__api=api)
+    requested = request_handler.handler({"run": prepared}, lambda_context)
     fleet_id = requested["resources"]["fleet_id"]
-    (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
-    assert described["ActivityStatus"] == "error"
+    if api == "ec2-fleet":
+        (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+        assert described["ActivityStatus"] == "error"
+    else:
+        # Spot Fleet reports the pool it gave up on as an information event, no error
+        history = world.ec2.describe_spot_fleet_request_history(
+            SpotFleetRequestId=fleet_id, StartTime=STARTED
+        )["HistoryRecords"]
+        failed = [
+            r for r in history if r["EventInformation"]["EventSubType"] == "launchSpecTemporarilyBlacklisted"
+        ]
+        assert failed and {r["EventType"] for r in failed} == {"information"}
+        assert not [r for r in history if r["EventType"] == "error"]
     # when CheckRegistration looks at the fleet, then the run waits on and records the pool that failed
     run = check_handler.handler({"run": requested}, lambda_context)
     assert run["phase"] == "fleet_requested"
@@ -511,10 +609,31 @@ def test_one_failing_pool_while_the_others_fill_is_recorded_and_registration_goe
 
 
 @pytest.mark.aws
-def test_every_pool_failing_ends_the_run_with_a_reason_naming_the_pools(world, lambda_context, failing_pools):
+def test_a_spot_fleet_that_never_registers_names_its_failed_pools_in_the_timeout(
+    world, lambda_context, failing_pools
+):
+    # given a Spot Fleet one of whose pools EC2 gave up on (an information event), and no instance registered
+    failing_pools({"c5.2xlarge": "Unsupported"})
+    prepared = prepared_run(world, lambda_context, fleet__api="spot-fleet")
+    run = RunState.model_validate(request_handler.handler({"run": prepared}, lambda_context))
+    timeout = run.spec.limits.registration_timeout_seconds
+    later = run.timeline.fleet_requested_at + timedelta(seconds=timeout + 1)
+    # when CheckRegistration looks past the timeout, then the reason names the pool
+    with pytest.raises(
+        RegistrationTimeoutError, match=r"failed pools: c5\.2xlarge in us-east-1.*: Unsupported"
+    ):
+        fleet.check_registration(run, world.ec2, world.ecs, now=later)
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_every_pool_failing_ends_the_run_with_a_reason_naming_the_pools(
+    world, lambda_context, failing_pools, api
+):
     # given no pool of the request can launch
     failing_pools({"c5.xlarge": "InsufficientInstanceCapacity", "c5.2xlarge": "Unsupported"})
-    requested = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)
+    prepared = prepared_run(world, lambda_context, fleet__api=api)
+    requested = request_handler.handler({"run": prepared}, lambda_context)
     # when CheckRegistration looks, then the run fails at once, before any capacity is paid for
     with pytest.raises(FleetRequestError, match="allLaunchSpecsTemporarilyBlacklisted") as raised:
         check_handler.handler({"run": requested}, lambda_context)

@@ -647,6 +647,49 @@ def test_no_subnets_anywhere_is_a_spec_error(world, lambda_context, monkeypatch)
         invoke(world, sample_spec(), lambda_context)
 
 
+TWENTY_TYPES = [
+    f"{family}.{size}"
+    for family in ("c5", "m5", "r5", "c6i")
+    for size in ("large", "xlarge", "2xlarge", "4xlarge", "12xlarge")
+]
+
+
+def _subnets(count: int) -> list[str]:
+    return [f"subnet-{i:017x}" for i in range(count)]
+
+
+@pytest.mark.aws
+def test_more_type_and_subnet_pairs_than_a_fleet_takes_overrides_is_refused_naming_the_count_and_limit(
+    world, lambda_context
+):
+    # given 20 instance types and 16 subnets: 320 pools, where a maintain fleet may have 300 ("Quotas for EC2
+    # Fleet and Spot Fleet", EC2 user guide)
+    spec = sample_spec()
+    spec["fleet"]["instance_types"] = TWENTY_TYPES
+    spec["fleet"]["subnets"] = _subnets(16)
+    # when Validate runs, then it refuses before the fleet is requested, naming both figures
+    with pytest.raises(InvalidSpecError) as raised:
+        invoke(world, spec, lambda_context)
+    assert str(raised.value) == (
+        "fleet.instance_types x fleet.subnets: 20 instance types x 16 subnets make 320 capacity pools (one "
+        "launch template override per type and subnet), more than the 300 a fleet of type maintain may have "
+        "(an EC2 Fleet and Spot Fleet quota): name fewer types or subnets (at most 300 pairs)."
+    )
+
+
+def test_exactly_as_many_type_and_subnet_pairs_as_a_fleet_takes_overrides_pass_and_one_more_does_not():
+    from spotfill_control.fleet import check_override_count
+    from spotfill_control.spec import BackfillSpec
+
+    spec = sample_spec()
+    spec["fleet"]["instance_types"] = TWENTY_TYPES
+    fleet_spec = BackfillSpec.model_validate(spec).fleet
+    check_override_count(fleet_spec, _subnets(15))  # 20 x 15 = 300
+    seven = fleet_spec.model_copy(update={"instance_types": TWENTY_TYPES[:7]})
+    with pytest.raises(InvalidSpecError, match=r"make 301 capacity pools"):
+        check_override_count(seven, _subnets(43))  # 7 x 43 = 301
+
+
 @pytest.mark.aws
 def test_shard_list_input_counts_listed_shards(world, lambda_context):
     keys = [f"s3://{DATA_BUCKET}/{k}" for k in world.shard_keys[:2]]

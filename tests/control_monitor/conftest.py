@@ -35,13 +35,14 @@ AMI_ID = "ami-0123456789abcdef0"
 ROWS_PER_SHARD = 7
 
 
-def sample_spec(shards: int = 3, **limits: Any) -> dict[str, Any]:
+def sample_spec(shards: int = 3, fleet: dict[str, Any] | None = None, **limits: Any) -> dict[str, Any]:
+    """The monitor tests' spec: `fleet` adds to (or replaces) its fleet's fields, `limits` to its limits."""
     return {
         "name": "monitor-test",
         "input": {"uri": f"s3://{DATA_BUCKET}/inputs/digits/", "format": "npy"},
         "output": {"uri": f"s3://{DATA_BUCKET}/outputs/digits/", "format": "npy"},
         "model": {"uri": f"s3://{DATA_BUCKET}/models/digits.keras"},
-        "fleet": {"instance_types": ["c5.xlarge", "c5.2xlarge"], "target_capacity": 4},
+        "fleet": {"instance_types": ["c5.xlarge", "c5.2xlarge"], "target_capacity": 4, **(fleet or {})},
         "service": {"tasks_per_instance": 1, "cpu": 1024, "memory": 2048},
         "limits": {
             "max_runtime_seconds": 3600,
@@ -324,9 +325,11 @@ def start_run(world: World, lambda_context: Any) -> Callable[..., dict[str, Any]
         validate,
     )
 
-    def start(until: str = "monitoring", **limits: Any) -> dict[str, Any]:
+    def start(
+        until: str = "monitoring", fleet: dict[str, Any] | None = None, **limits: Any
+    ) -> dict[str, Any]:
         event = {
-            "input": sample_spec(**limits),
+            "input": sample_spec(fleet=fleet, **limits),
             "execution_arn": EXECUTION_ARN,
             "state_machine_arn": STATE_MACHINE_ARN,
             "started_at": _now_iso(),

@@ -118,6 +118,61 @@ def test_monitor_drains_a_run_before_its_cap_then_ends_it_with_budget_reached(
     assert world.stored_run(run["run_id"])["budget"]["draining_since"] == draining["budget"]["draining_since"]
 
 
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_a_drain_zeroes_the_on_demand_target_too_and_ends_the_run_with_budget_reached(
+    world, start_run, lambda_context, api
+):
+    # given a run over its cap whose fleet holds on-demand units (fleet.on_demand_base): EC2 refuses a total
+    # target below the on-demand one (ModifyFleet and ModifySpotFleetRequest both), so the drain must lower
+    # both
+    run = start_run(max_total_usd=0.0011, fleet={"api": api, "on_demand_base": 1})
+    fleet_id = run["resources"]["fleet_id"]
+    instances = world.fleet_instances(run)
+    assert len(instances) >= 2  # the on-demand unit and spot ones
+
+    # when monitor looks
+    draining = monitor.handler({"run": run}, lambda_context)
+
+    # then the fleet's total and on-demand targets are 0, and its instances keep running for the drain
+    assert draining["budget"]["draining_since"] is not None
+    if api == "ec2-fleet":
+        (described,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+        target = described["TargetCapacitySpecification"]
+        assert (target["TotalTargetCapacity"], target["OnDemandTargetCapacity"]) == (0, 0)
+    else:
+        (described,) = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+            "SpotFleetRequestConfigs"
+        ]
+        config = described["SpotFleetRequestConfig"]
+        assert (config["TargetCapacity"], config["OnDemandTargetCapacity"]) == (0, 0)
+    assert set(world.instance_states(instances).values()) == {"running"}
+
+    # and the next poll ends the run with BudgetReached, not an EC2 error
+    with pytest.raises(BudgetReached, match=r"limits\.max_total_usd"):
+        monitor.handler({"run": draining}, lambda_context)
+
+
+def test_a_spot_fleet_refuses_a_total_target_below_its_on_demand_target_as_ec2_does(world, start_run):
+    # given a Spot Fleet with one on-demand unit
+    run = start_run(fleet={"api": "spot-fleet", "on_demand_base": 1})
+
+    # when its total alone goes to 0, then EC2's error comes back and the fleet keeps its targets
+    from botocore.exceptions import ClientError
+
+    fleet_id = run["resources"]["fleet_id"]
+    with pytest.raises(ClientError) as refused:
+        world.ec2.modify_spot_fleet_request(SpotFleetRequestId=fleet_id, TargetCapacity=0)
+    assert refused.value.response["Error"]["Code"] == "InvalidParameter"
+    assert refused.value.response["Error"]["Message"] == (
+        "TargetCapacity (0) cannot be less than OnDemandTargetCapacity (1)."
+    )
+    (described,) = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        "SpotFleetRequestConfigs"
+    ]
+    assert described["SpotFleetRequestConfig"]["OnDemandTargetCapacity"] == 1
+    assert described["SpotFleetRequestConfig"]["TargetCapacity"] > 0
+
+
 def test_a_drain_that_starts_while_the_fleet_is_modifying_lowers_it_once_the_fleet_settles(
     world, start_run, lambda_context
 ):

@@ -301,7 +301,7 @@ def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet
     )
 
 
-def test_instances_boot_one_by_one_and_a_failing_pool_reports_an_error_while_the_others_fill(local_cloud):
+def test_instances_boot_one_by_one_and_a_failing_pool_is_reported_while_the_others_fill(local_cloud):
     from spotfill.localcloud import patches
 
     # given c5.xlarge unsupported in every zone
@@ -318,16 +318,23 @@ def test_instances_boot_one_by_one_and_a_failing_pool_reports_an_error_while_the
     finally:
         patches.set_failing_pools({})
 
-    # then EC2 reports the failed pool (ActivityStatus error, an error event naming the type and zone) ...
+    # then EC2 reports the failed pool as Spot Fleet reports a launch specification it gave up on (an
+    # information event, launchSpecTemporarilyBlacklisted, naming the type and zone; no error) ...
     ec2 = local_cloud.client("ec2")
     config = ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])["SpotFleetRequestConfigs"][0]
-    assert config["SpotFleetRequestState"] == "active" and config["ActivityStatus"] == "error"
+    assert config["SpotFleetRequestState"] == "active"
+    since = datetime.now(UTC) - timedelta(minutes=5)
     history = ec2.describe_spot_fleet_request_history(
-        SpotFleetRequestId=fleet_id, StartTime=datetime.now(UTC) - timedelta(minutes=5), EventType="error"
+        SpotFleetRequestId=fleet_id, StartTime=since, EventType="information"
     )["HistoryRecords"]
-    (error,) = history
-    assert error["EventInformation"]["EventDescription"].startswith("c5.xlarge, ")
-    assert "Unsupported: " in error["EventInformation"]["EventDescription"]
+    (information,) = history
+    assert information["EventInformation"]["EventSubType"] == "launchSpecTemporarilyBlacklisted"
+    assert information["EventInformation"]["EventDescription"].startswith("c5.xlarge, ")
+    assert "Unsupported: " in information["EventInformation"]["EventDescription"]
+    errors = ec2.describe_spot_fleet_request_history(
+        SpotFleetRequestId=fleet_id, StartTime=since, EventType="error"
+    )["HistoryRecords"]
+    assert errors == []
     # ... while the other pool fills, its instances running one by one, at least the boot interval apart
     eventually(lambda: _instance_states(local_cloud, fleet_id) == ["running"] * 3)
     machines = [m for m in local_cloud.fleet.machines.values() if m.fleet_id == fleet_id]

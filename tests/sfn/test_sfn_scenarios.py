@@ -746,6 +746,36 @@ def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with
     assert_nothing_left(cloud.session, outcome.run_id)
 
 
+@pytest.mark.parametrize("api", FLEET_APIS)
+def test_a_capped_run_with_an_on_demand_base_drains_both_targets_and_ends_budget_reached(cloud, lambdas, api):
+    # given a fleet of 2 units, 1 of them always on demand, and a cap a few seconds past the projection's
+    # reserve: EC2 refuses a total target below the on-demand one, so the drain must lower both
+    from spotfill_control import budget
+
+    from spotfill.localcloud.pricing import on_demand_price, spot_price
+
+    hourly = spot_price("c5.large") + on_demand_price("c5.large", "us-east-1")
+    poll = 1
+    cap = hourly * (budget.horizon_seconds(poll) + 4) / 3600
+    name = f"budget-od-{api}"
+    fleet = {"instance_types": ["c5.large"], "target_capacity": 2, "on_demand_base": 1, "api": api}
+    spec = cloud.spec(
+        name, shards=40, fleet=fleet, limits={"max_total_usd": cap, "poll_interval_seconds": poll}
+    )
+
+    # when the run goes
+    outcome = cloud.run(spec, SLOW_WORKERS, timeout=120)
+
+    # then it drains and ends with BudgetReached (not an EC2 error from the Monitor), through teardown and
+    # report
+    _assert_failed_through_teardown_and_report(outcome, "BudgetReached")
+    assert outcome.last.failures()[-1] == ("Monitor", "BudgetReached")
+    draining = [m for m in outcome.monitor_results() if m["budget"]["draining_since"]]
+    assert draining and draining[0]["progress"]["fleet_target_capacity"] == 0
+    assert outcome.report["status"] == "budget_reached"
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
 # ------------------------------------------------------------------------------------- on demand, spot short
 
 

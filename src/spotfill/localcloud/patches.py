@@ -494,10 +494,34 @@ def _pool_failure(fleet: Any, spec: Any) -> str | None:
     return _failing_pools.get(f"{spec.instance_type}@{zone}") or _failing_pools.get(spec.instance_type)
 
 
-def usable_specs(fleet: Any, event_type: str = "error") -> list[Any]:
-    """The fleet's launch specs whose pool does not fail; each failing pool reports an error event once, and
-    `allLaunchSpecsTemporarilyBlacklisted` once none is left. The event's type is the API's: Spot Fleet's
-    `error`, EC2 Fleet's `service-error`."""
+def _is_spot_fleet(fleet: Any) -> bool:
+    return type(fleet).__name__ == "SpotFleetRequest"
+
+
+def _error_type(fleet: Any) -> str:
+    """The history's error event type: Spot Fleet's `error`, EC2 Fleet's `service-error` (the EventType and
+    FleetEventType enums of the EC2 API reference)."""
+    return "error" if _is_spot_fleet(fleet) else "service-error"
+
+
+def _pool_description(fleet: Any, spec: Any, code: str) -> str:
+    zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+    return (
+        f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: {POOL_ERRORS[code]}"
+    )
+
+
+def usable_specs(fleet: Any) -> list[Any]:
+    """The fleet's launch specs whose pool does not fail; each failing pool reports an event once, and
+    `allLaunchSpecsTemporarilyBlacklisted` (an error event) once none is left.
+
+    A failing pool's event is the API's: Spot Fleet reports a launch specification it stopped trying as an
+    `information` event, sub-type `launchSpecTemporarilyBlacklisted` ("The configuration is not valid and
+    several attempts to launch instances have failed", EventInformation in the EC2 API reference; the EC2
+    user guide's "Spot Fleet event types": EC2 Spot Fleet Information); EC2 Fleet, whose history has no
+    information type (FleetEventType: instance-change, fleet-change, service-error), a `service-error`
+    `spotFleetRequestConfigurationInvalid`. Either names the pool the way EC2 does:
+    `<type>, <ami>, <platform>, <zone>, <Code>: <message>`."""
     reported = fleet.__dict__.setdefault("_spotfill_failed_specs", set())
     usable = []
     for spec in fleet.launch_specs:
@@ -507,24 +531,44 @@ def usable_specs(fleet: Any, event_type: str = "error") -> list[Any]:
             continue
         if id(spec) not in reported:
             reported.add(id(spec))
-            zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
-            record_fleet_event(
-                fleet,
-                event_type,
-                "spotFleetRequestConfigurationInvalid",
-                f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, {code}: "
-                f"{POOL_ERRORS[code]}",
-            )
+            if _is_spot_fleet(fleet):
+                event_type, sub_type = "information", "launchSpecTemporarilyBlacklisted"
+            else:
+                event_type, sub_type = "service-error", "spotFleetRequestConfigurationInvalid"
+            record_fleet_event(fleet, event_type, sub_type, _pool_description(fleet, spec, code))
     if not usable and "_spotfill_all_blacklisted" not in fleet.__dict__:
         fleet.__dict__["_spotfill_all_blacklisted"] = True
         record_fleet_event(
             fleet,
-            event_type,
+            _error_type(fleet),
             "allLaunchSpecsTemporarilyBlacklisted",
             "None of the launch specifications is valid and several attempts to launch instances have "
             "failed.",
         )
     return usable
+
+
+# "For fleets of type request and maintain, a maximum of 300 items is allowed across all launch templates"
+# (FleetLaunchTemplateConfigRequest.Overrides in the EC2 API reference), and 300 Spot capacity pools (type and
+# subnet pairs) per maintain or request fleet on either API ("Quotas for EC2 Fleet and Spot Fleet",
+# https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/fleet-quotas.html): an override here is one pool.
+MAX_FLEET_OVERRIDES = 300
+
+
+def refuse_too_many_overrides(configs: list[dict[str, Any]]) -> None:
+    """Refuse a request with more overrides across its launch templates than a fleet takes. The API reference
+    states the limit, not the error's text: the code is EC2's for a bad parameter value, the message in the
+    form EC2 uses for its other per-request maxima ("Your request contains more than the maximum allowed
+    number of InstanceRequirements (4)")."""
+    from moto.ec2.exceptions import EC2ClientError
+
+    count = sum(len(config.get("Overrides") or []) for config in configs)
+    if count > MAX_FLEET_OVERRIDES:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            "Your request contains more than the maximum allowed number of launch template overrides "
+            f"({MAX_FLEET_OVERRIDES}).",
+        )
 
 
 def _patch_spot_fleet_lifecycle() -> None:
@@ -535,7 +579,7 @@ def _patch_spot_fleet_lifecycle() -> None:
     original_create = SpotFleetRequest.create_spot_requests
 
     def create_spot_requests(self: Any, weight_to_add: float) -> None:
-        """Launch only into pools that do not fail; each failing pool reports an `error` event once."""
+        """Launch only into pools that do not fail; each failing pool reports one event (`usable_specs`)."""
         usable = usable_specs(self)
         if not usable:
             return
@@ -586,6 +630,9 @@ def _patch_spot_fleet_lifecycle() -> None:
     original_request = SpotFleets.request_spot_fleet
 
     def request_spot_fleet(self: Any) -> Any:
+        refuse_too_many_overrides(
+            self._get_param("SpotFleetRequestConfig", {}).get("LaunchTemplateConfigs") or []
+        )
         result = original_request(self)
         config = self._get_param("SpotFleetRequestConfig", {})
         fleet = self.ec2_backend.spot_fleet_requests[result.result["SpotFleetRequestId"]]
@@ -1353,13 +1400,14 @@ def _spot_room(fleet: Any, spec: Any, members: list[tuple[Any, Any, str]]) -> bo
     short = fleet.__dict__.setdefault("_spotfill_short_types", set())
     if spec.instance_type not in short:
         short.add(spec.instance_type)
-        zone = _zone_of(fleet, spec.subnet_id) or "unknown zone"
+        # An error event on both APIs (a Spot Fleet's, as EC2 reports it: `error`,
+        # `spotFleetRequestConfigurationInvalid`, "There is no Spot capacity available that matches your
+        # request.").
         record_fleet_event(
             fleet,
-            "service-error",
+            _error_type(fleet),
             "spotFleetRequestConfigurationInvalid",
-            f"{spec.instance_type}, {spec.image_id}, Linux/UNIX (Amazon VPC), {zone}, "
-            f"InsufficientInstanceCapacity: {POOL_ERRORS['InsufficientInstanceCapacity']}",
+            _pool_description(fleet, spec, "InsufficientInstanceCapacity"),
         )
     return False
 
@@ -1388,11 +1436,7 @@ def maintain_ec2_fleet(fleet: Any) -> None:
         members = ec2_fleet_members(fleet)
     for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
         while _units(members, kind) < target - 1e-9:
-            specs = [
-                s
-                for s in usable_specs(fleet, "service-error")
-                if kind != "spot" or _spot_room(fleet, s, members)
-            ]
+            specs = [s for s in usable_specs(fleet) if kind != "spot" or _spot_room(fleet, s, members)]
             if not specs:
                 break
             instance = _launch_one(fleet, specs[0], kind)
@@ -1480,7 +1524,10 @@ def _patch_ec2_fleet() -> None:
     original_create = Fleets.create_fleet
 
     def create_fleet(self: Any) -> Any:
-        """An idempotent CreateFleet: the same `ClientToken` answers the fleet it made."""
+        """An idempotent CreateFleet: the same `ClientToken` answers the fleet it made; more overrides than
+        a `request` or `maintain` fleet takes are refused (`refuse_too_many_overrides`)."""
+        if self._get_param("Type", if_none="maintain") != "instant":
+            refuse_too_many_overrides(self._get_param("LaunchTemplateConfigs", []))
         token = self._get_param("ClientToken")
         if token:
             for fleet in self.ec2_backend.fleets.values():
@@ -1737,7 +1784,8 @@ def _launch_spot_fleet_on_demand(fleet: Any, spec: Any) -> Any:
 def maintain_spot_fleet(fleet: Any) -> None:
     """What EC2 does for a live `maintain` Spot Fleet with on-demand capacity: the on-demand part
     (`OnDemandTargetCapacity`) and the spot part (the rest) each kept at target; excess terminated (on
-    demand first), missing capacity launched into pools that do not fail, spot as far as it lasts."""
+    demand first) unless the last ModifySpotFleetRequest said `ExcessCapacityTerminationPolicy:
+    noTermination`, missing capacity launched into pools that do not fail, spot as far as it lasts."""
     if fleet.state not in LIVE_FLEET_STATES:
         return
     on_demand_target = min(
@@ -1747,10 +1795,11 @@ def maintain_spot_fleet(fleet: Any) -> None:
     backend = fleet.ec2_backend
     fleet.spot_requests = [r for r in fleet.spot_requests if r.instance is not None and _alive(r.instance)]
     members = _spot_fleet_members(fleet)
+    keep = fleet.__dict__.get("_spotfill_excess_policy") == "noTermination"
     for kind, target in (("on-demand", on_demand_target), ("spot", spot_target)):
         mine = [(i, s) for i, s, k in members if k == kind]
         held = _units(members, kind)
-        while mine and held - _weight(mine[-1][1]) >= target - 1e-9:
+        while not keep and mine and held - _weight(mine[-1][1]) >= target - 1e-9:
             instance, spec = mine.pop()
             held -= _weight(spec)
             backend.terminate_instances([instance.id])
@@ -1850,10 +1899,23 @@ def _patch_spot_fleet_on_demand() -> None:
             )
         total = self._get_param("TargetCapacity")
         on_demand = self._get_param("OnDemandTargetCapacity")
-        if total is not None:
-            fleet.target_capacity = int(float(total))
-        if on_demand is not None:
-            fleet.__dict__["on_demand_target_capacity"] = int(float(on_demand))
+        new_total = int(float(total)) if total is not None else int(fleet.target_capacity)
+        new_on_demand = (
+            int(float(on_demand))
+            if on_demand is not None
+            else int(fleet.__dict__.get("on_demand_target_capacity", 0))
+        )
+        if new_total < new_on_demand:
+            # As EC2 answers it (observed: jenkinsci/ec2-fleet-plugin#130); the API reference gives no text.
+            raise EC2ClientError(
+                "InvalidParameter",
+                f"TargetCapacity ({new_total}) cannot be less than OnDemandTargetCapacity ({new_on_demand}).",
+            )
+        fleet.target_capacity = new_total
+        fleet.__dict__["on_demand_target_capacity"] = new_on_demand
+        policy = self._get_param("ExcessCapacityTerminationPolicy")
+        if policy:
+            fleet.__dict__["_spotfill_excess_policy"] = policy
         maintain_spot_fleet(fleet)
         return ActionResult({"Return": True})
 
