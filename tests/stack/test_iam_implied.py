@@ -356,3 +356,91 @@ def test_a_denied_dry_run_answers_unauthorized_operation_403_naming_the_missing_
         "is not authorized to perform: ec2:RunInstances on resource: " in error.response["Error"]["Message"]
     )
     assert ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+
+
+# ------------------------------------------------------------------------------------------ the stack's roles
+
+
+@pytest.fixture(scope="module")
+def deployed(moto_module: None) -> Iterator[tuple[Any, boto3.session.Session]]:
+    from spotfill.deploy import deploy_stack
+
+    session = boto3.session.Session(region_name=REGION)
+    stack = deploy_stack("implied", session=session)
+    with iam.enforcing():
+        yield stack, session
+
+
+def _function(deployed: tuple[Any, boto3.session.Session], logical_id: str) -> dict[str, Any]:
+    stack, session = deployed
+    return session.client("lambda").get_function_configuration(FunctionName=stack.function(logical_id).name)
+
+
+def _stack_run(deployed: tuple[Any, boto3.session.Session], api: str) -> tuple[Any, Any]:
+    from spotfill_control.config import Settings
+    from spotfill_control.instance_types import InstanceTypeFacts
+    from spotfill_control.run import RunState
+    from spotfill_control.spec import BackfillSpec
+
+    settings = Settings.from_environment(
+        _function(deployed, "RequestFleetFunction")["Environment"]["Variables"]
+    )
+    spec = BackfillSpec.model_validate(
+        {
+            "name": "probe",
+            "input": {"uri": "s3://data/inputs/", "format": "npy"},
+            "output": {"uri": "s3://data/outputs/", "format": "parquet"},
+            "model": {"uri": "s3://data/models/m.keras"},
+            "fleet": {"instance_types": ["c5.large"], "target_capacity": 1, "api": api},
+            "limits": {"max_runtime_seconds": 3600},
+        }
+    )
+    facts = {
+        "c5.large": InstanceTypeFacts(
+            name="c5.large", vcpus=2, memory_mib=4096, gpus=0, architecture="x86_64"
+        )
+    }
+    return RunState(run_id="probe-r1", spec=spec, instance_types=facts), settings
+
+
+def _role_principal(deployed: tuple[Any, boto3.session.Session], logical_id: str, drop_sid: str = "") -> Any:
+    _, session = deployed
+    role_arn = _function(deployed, logical_id)["Role"]
+    statements = iam.role_statements_from_iam(session.client("iam"), role_arn.rsplit("/", 1)[-1])
+    kept = [s for s in statements if not s.source.endswith(f"/{drop_sid}")] if drop_sid else statements
+    assert len(kept) < len(statements) or not drop_sid, f"no statement {drop_sid} in {logical_id}'s role"
+    return iam.Principal.of_role(role_arn, logical_id, kept)
+
+
+@pytest.mark.parametrize("api", ["spot-fleet", "ec2-fleet"])
+def test_the_request_fleet_role_may_request_the_run_fleet_a_dry_run_confirms_it(deployed, api):
+    from spotfill_control.permissions import confirm_fleet_permissions
+
+    run, settings = _stack_run(deployed, api)
+    _, session = deployed
+    ec2 = session.client("ec2")
+    with iam.acting_as(_role_principal(deployed, "RequestFleetFunction")):
+        confirmed = confirm_fleet_permissions(run, ec2, settings)
+    operation = {"spot-fleet": "RequestSpotFleet", "ec2-fleet": "CreateFleet"}[api]
+    assert confirmed == f"ec2:{operation} for the run's {api} fleet: allowed (DryRunOperation)"
+    assert ec2.describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+    assert ec2.describe_fleets()["Fleets"] == []
+
+
+def test_a_role_without_run_instances_is_told_what_a_spot_fleet_request_needs(deployed):
+    from spotfill_control.permissions import FleetPermissionError, confirm_fleet_permissions
+
+    run, settings = _stack_run(deployed, "spot-fleet")
+    _, session = deployed
+    principal = _role_principal(
+        deployed, "RequestFleetFunction", "LaunchSpotFleetInstancesFromTheStackTemplate"
+    )
+    with iam.acting_as(principal), pytest.raises(FleetPermissionError) as refused:
+        confirm_fleet_permissions(run, session.client("ec2"), settings)
+    message = str(refused.value)
+    assert message.startswith(
+        "the fleet's requester may not request the run's spot-fleet fleet: EC2 refused a DryRun of "
+        "RequestSpotFleet (You are not authorized to perform this operation. User: "
+    )
+    assert "is not authorized to perform: ec2:RunInstances on resource: " in message
+    assert "It needs ec2:RequestSpotFleet; ec2:RunInstances from the stack's launch template" in message
