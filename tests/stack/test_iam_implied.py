@@ -8,6 +8,7 @@ UnauthorizedOperation (403) when not, creating nothing either way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -444,3 +445,56 @@ def test_a_role_without_run_instances_is_told_what_a_spot_fleet_request_needs(de
     )
     assert "is not authorized to perform: ec2:RunInstances on resource: " in message
     assert "It needs ec2:RequestSpotFleet; ec2:RunInstances from the stack's launch template" in message
+
+
+def _client(session: boto3.session.Session) -> Any:
+    return lambda service, region=None: session.client(service, region_name=region or REGION)
+
+
+def test_spotfill_plan_confirms_the_fleet_permissions_as_the_request_fleet_function(deployed):
+    from spotfill.lambdas import inprocess_lambdas
+    from spotfill.plan import confirm_permissions
+
+    stack, session = deployed
+    run, _ = _stack_run(deployed, "spot-fleet")
+    with inprocess_lambdas(enforce_iam=True) as dispatcher:
+        answer = confirm_permissions(run.spec, _client(session), stack.state_machine_arn)
+    assert answer == "ec2:RequestSpotFleet for the run's spot-fleet fleet: allowed (DryRunOperation)"
+    (invocation,) = dispatcher.invocations
+    assert invocation.handler == "spotfill_control.handlers.request_fleet.handler"
+    assert session.client("ec2").describe_spot_fleet_requests()["SpotFleetRequestConfigs"] == []
+
+
+def test_spotfill_plan_says_what_the_request_fleet_role_lacks(deployed):
+    from spotfill.lambdas import inprocess_lambdas
+    from spotfill.plan import PlanError, confirm_permissions
+
+    stack, session = deployed
+    run, _ = _stack_run(deployed, "spot-fleet")
+    client = session.client("iam")
+    role = _function(deployed, "RequestFleetFunction")["Role"].rsplit("/", 1)[-1]
+    saved = {
+        name: client.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        for name in client.list_role_policies(RoleName=role)["PolicyNames"]
+    }
+    try:
+        for name, document in saved.items():
+            kept = [
+                s
+                for s in document["Statement"]
+                if s.get("Sid") != "LaunchSpotFleetInstancesFromTheStackTemplate"
+            ]
+            client.put_role_policy(
+                RoleName=role, PolicyName=name, PolicyDocument=json.dumps({**document, "Statement": kept})
+            )
+        with inprocess_lambdas(enforce_iam=True), pytest.raises(PlanError) as refused:
+            confirm_permissions(run.spec, _client(session), stack.state_machine_arn)
+    finally:
+        for name, document in saved.items():
+            client.put_role_policy(RoleName=role, PolicyName=name, PolicyDocument=json.dumps(document))
+    message = str(refused.value)
+    assert message.startswith(
+        "the fleet request's permissions are not confirmed: FleetPermissionError: the fleet's requester may "
+        "not request the run's spot-fleet fleet: EC2 refused a DryRun of RequestSpotFleet ("
+    )
+    assert "ec2:RunInstances on resource: " in message
