@@ -837,7 +837,11 @@ def _fleet_launch_requests(operation: str, config: Mapping[str, Any], account: A
         subnets = sorted(
             {s.strip() for o in overrides for s in str(o.get("SubnetId") or "").split(",") if s.strip()}
         )
-        images = sorted({str(o.get("ImageId") or data.get("ImageId") or "") for o in overrides} - {""})
+        images = sorted(
+            {str(o.get("ImageId") or data.get("ImageId") or "") for o in overrides}
+            - {""}
+            - {i for i in [str(data.get("ImageId", ""))] if i.startswith("resolve:ssm:")}
+        )
         groups = sorted(set(data.get("SecurityGroupIds", [])))
         template_arns = [template_arn]
         template_arns += [_ec2_arn(account, f"security-group/{g}") for g in groups]

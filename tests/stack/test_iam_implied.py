@@ -170,6 +170,23 @@ def test_run_instances_granted_for_another_launch_template_does_not_cover_a_spot
     assert denied and all(d.startswith("ec2:RunInstances on ") for d in denied)
 
 
+def test_a_spot_fleet_whose_template_names_its_image_by_ssm_parameter_reads_the_parameter():
+    parameter = "aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
+    data = {**TEMPLATE_DATA, "ImageId": f"resolve:ssm:/{parameter}"}
+    account = iam.Account(
+        REGION,
+        ACCOUNT,
+        role_of_instance_profile=lambda arn: INSTANCE_ROLE,
+        launch_template_data=lambda *_: data,
+    )
+    config = {"IamFleetRole": FLEET_ROLE, "LaunchTemplateConfigs": LAUNCH_CONFIGS}
+    requests = iam.requests_of("ec2", "RequestSpotFleet", {"SpotFleetRequestConfig": config}, account)
+    assert not [r for r in requests if ":image/" in r.resource]
+    assert _denied(requests, *SPOT_FLEET_GRANTS) == [
+        f"ssm:GetParameters on arn:aws:ssm:{REGION}::parameter/{parameter}"
+    ]
+
+
 def _ec2_fleet_requests(fleet_type: str) -> list[iam.Request]:
     params = {
         "Type": fleet_type,
