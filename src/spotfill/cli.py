@@ -355,6 +355,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.write_estimate and document is not None:
         write_estimate(Path(args.spec), document, plan)
         say(f"wrote the estimate ({plan.projections[0].instance_type}) into {args.spec}")
+    if args.confirm_permissions:
+        from spotfill.plan import confirm_permissions
+
+        say("confirming the fleet request's permissions with a DryRun, as the stack's RequestFleet function")
+        try:
+            say(confirm_permissions(plan.spec, session.client, stack.state_machine_arn))
+        except PlanError as exc:
+            raise CliError(str(exc)) from None
     return 0
 
 
@@ -704,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--suggest", action="store_true", help="also project a few other instance types the region offers"
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON rather than a table")
+    plan.add_argument(
+        "--confirm-permissions",
+        action="store_true",
+        help="also have the stack's RequestFleet function DryRun the fleet request as its own role "
+        "(DryRunOperation: allowed), confirming what only a real account can",
+    )
     plan.add_argument(
         "--write-estimate",
         action="store_true",

@@ -12,8 +12,10 @@ Two parts:
   resource-level permission (then only a statement whose Resource matches the literal `*` grants it); the
   condition keys are those the call lets us derive (`s3:prefix`, `ecs:cluster`, `aws:ResourceTag/...` of EC2
   resources, `cloudwatch:namespace`, ...). A call also implies requests of its own: `iam:PassRole` for every
-  role it hands to a service, tag-on-create permissions (`ec2:CreateTags`, `ecs:TagResource`, `sqs:TagQueue`)
-  with their `CreateAction` condition key. `evaluate(statements, request)` decides as IAM does for
+  role it hands to a service, tag-on-create permissions (`ec2:CreateTags`, `ecs:TagResource`, `sqs:TagQueue`,
+  `s3:PutObjectTagging`) with their `CreateAction` condition key, and what a fleet request launches as its
+  caller (`_fleet_launch_requests`: `ec2:RunInstances` from the launch template for a Spot Fleet), each from
+  AWS's documentation as cited where it is built. `evaluate(statements, request)` decides as IAM does for
   identity-based policies: an explicit Deny wins, else an Allow, else the implicit deny. A call the evaluator
   cannot map (an operation with no IAM action, a placeholder it cannot fill) raises `UnmappedCall` naming the
   call: nothing is ever allowed by default.
@@ -23,7 +25,9 @@ Two parts:
   call is evaluated before it is sent; a denied call fails as AWS fails it (`ClientError` AccessDenied /
   AccessDeniedException / UnauthorizedOperation, HTTP 403, AWS's message) without reaching the service, and
   an S3 GetObject or HeadObject of a missing key answers 403, not 404, when the principal may not
-  s3:ListBucket the bucket, as S3 does. Calls made outside any principal (a test's setup, the CLI acting as
+  s3:ListBucket the bucket, as S3 does; an allowed EC2 call with `DryRun=True` answers DryRunOperation (HTTP
+  412) without reaching the service, a denied one UnauthorizedOperation (403), as EC2 does. Calls made
+  outside any principal (a test's setup, the CLI acting as
   the user, the emulator's internals) are not evaluated. Work a principal hands to a thread pool carries it.
 """
 
@@ -103,7 +107,16 @@ _PASSED_ROLES: dict[tuple[str, str], list[tuple[str, str]]] = {
     ("stepfunctions", "UpdateStateMachine"): [("roleArn", "states.amazonaws.com")],
     ("lambda", "CreateFunction"): [("Role", "lambda.amazonaws.com")],
     ("lambda", "UpdateFunctionConfiguration"): [("Role", "lambda.amazonaws.com")],
+    # CreateService's `role`: "The name or full ARN of the IAM role that allows Amazon ECS to make calls to
+    # your load balancer on your behalf" (Amazon ECS API Reference, CreateService,
+    # https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_CreateService.html).
+    ("ecs", "CreateService"): [("role", "ecs.amazonaws.com")],
 }
+
+# RunTask's overrides pass roles too: the Service Authorization Reference lists iam:PassRole as RunTask's
+# dependent action ("Actions, resources, and condition keys for Amazon Elastic Container Service",
+# https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazonelasticcontainerservice.html).
+_RUN_TASK_OVERRIDE_ROLES = ("taskRoleArn", "executionRoleArn")
 
 _PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
 _ACCOUNT_PLACEHOLDERS = {"Partition", "Region", "Account"}
@@ -746,6 +759,11 @@ def _implied_requests(
             resource_type = specification["ResourceType"]
             arn = account.fill(f"arn:${{Partition}}:ec2:${{Region}}:${{Account}}:{resource_type}/*", {})
             implied.append(Request("ec2:CreateTags", arn, {"ec2:CreateAction": operation}))
+        implied += _fleet_launch_requests(operation, config, account)
+        if operation == "CreateLaunchTemplateVersion":
+            image = str(params.get("LaunchTemplateData", {}).get("ImageId", ""))
+            if image.startswith("resolve:ssm:"):
+                implied.append(_ssm_image_parameter(image, account))
     if (
         service == "ecs"
         and params.get("tags")
@@ -753,6 +771,15 @@ def _implied_requests(
     ):
         for request in primary:
             implied.append(Request("ecs:TagResource", request.resource, {"ecs:CreateAction": operation}))
+    if service == "ecs" and operation == "RunTask":
+        overrides = params.get("overrides") or {}
+        for param in _RUN_TASK_OVERRIDE_ROLES:
+            if overrides.get(param):
+                implied.append(
+                    Request(
+                        "iam:PassRole", overrides[param], {"iam:PassedToService": "ecs-tasks.amazonaws.com"}
+                    )
+                )
     if service == "sqs" and operation == "CreateQueue" and params.get("tags"):
         implied += [Request("sqs:TagQueue", r.resource) for r in primary]
     if service == "s3" and operation == "PutObject" and params.get("Tagging"):
@@ -764,6 +791,96 @@ def _implied_requests(
             Request("s3:GetObject", f"arn:{account.partition}:s3:::{source.split('?')[0].lstrip('/')}")
         )
     return implied
+
+
+def _ec2_arn(account: Account, resource: str, *, regional_account: bool = True) -> str:
+    owner = "${Account}" if regional_account else ""
+    return account.fill(f"arn:${{Partition}}:ec2:${{Region}}:{owner}:{resource}", {})
+
+
+def _ssm_image_parameter(image: str, account: Account) -> Request:
+    """An AMI given as `resolve:ssm:<parameter>`: EC2 reads the parameter as the caller (ssm:GetParameters,
+    the dependent action of CreateLaunchTemplateVersion and RunInstances in the Service Authorization
+    Reference)."""
+    name = image.removeprefix("resolve:ssm:").split(":")[0].lstrip("/")
+    arn = _fixup(account.fill("arn:${Partition}:ssm:${Region}:${Account}:parameter/" + name, {}))
+    return Request("ssm:GetParameters", arn, {"aws:SecureTransport": "true"})
+
+
+def _fleet_launch_requests(operation: str, config: Mapping[str, Any], account: Account) -> list[Request]:
+    """What a fleet request is authorised on besides the fleet, and what it launches as the caller.
+
+    - ec2:CreateFleet and ec2:RequestSpotFleet are also authorised on the resources the fleet uses: the
+      Service Authorization Reference lists the launch template, image and subnets for both (and
+      instances and volumes for CreateFleet, security groups for RequestSpotFleet).
+    - A Spot Fleet launches as the caller: "ec2:RunInstances - Required to launch instances in a Spot
+      Fleet" and "ec2:CreateTags - Required to tag the Spot Fleet request, instances, or volumes" ("Spot Fleet
+      permissions", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-fleet-prerequisites.html). So
+      does an `instant` EC2 Fleet ("An instant EC2 Fleet does not require this role", "EC2 Fleet
+      prerequisites", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/ec2-fleet-prerequisites.html); a
+      `maintain` or `request` EC2 Fleet launches, tags and terminates through its service-linked role
+      AWSServiceRoleForEC2Fleet (same page), so its caller needs no ec2:RunInstances.
+    Each ec2:RunInstances request carries `ec2:LaunchTemplate` (the template's ARN) and
+    `ec2:IsLaunchTemplateResource`, as RunInstances from a launch template does."""
+    if operation not in ("CreateFleet", "RequestSpotFleet"):
+        return []
+    launches_as_caller = operation == "RequestSpotFleet" or config.get("Type") == "instant"
+    requests: list[Request] = []
+    for launch_config in config.get("LaunchTemplateConfigs", []):
+        specification = launch_config["LaunchTemplateSpecification"]
+        template = specification.get("LaunchTemplateId")
+        if not template:
+            raise UnmappedCall(f"ec2.{operation}: the evaluator needs the launch template's id, not its name")
+        template_arn = _ec2_arn(account, f"launch-template/{template}")
+        data = account.launch_template_data(template, str(specification.get("Version", "$Default")))
+        overrides = launch_config.get("Overrides") or [{}]
+        subnets = sorted(
+            {s.strip() for o in overrides for s in str(o.get("SubnetId") or "").split(",") if s.strip()}
+        )
+        images = sorted(
+            {str(o.get("ImageId") or data.get("ImageId") or "") for o in overrides}
+            - {""}
+            - {i for i in [str(data.get("ImageId", ""))] if i.startswith("resolve:ssm:")}
+        )
+        groups = sorted(set(data.get("SecurityGroupIds", [])))
+        template_arns = [template_arn]
+        template_arns += [_ec2_arn(account, f"security-group/{g}") for g in groups]
+        request_arns = [_ec2_arn(account, f"subnet/{s}") for s in subnets]
+        image_arns = [_ec2_arn(account, f"image/{i}", regional_account=False) for i in images]
+        (template_arns if "ImageId" in data else request_arns).extend(image_arns)
+        created = [_ec2_arn(account, f"{t}/*") for t in ("instance", "volume", "network-interface")]
+        context = {"aws:SecureTransport": "true"}
+        authorised_on = [template_arn, *image_arns, *request_arns[: len(subnets)]]
+        authorised_on += created[:2] if operation == "CreateFleet" else template_arns[1:]
+        requests += [Request(f"ec2:{operation}", arn, dict(context)) for arn in authorised_on]
+        if not launches_as_caller:
+            continue
+        for arns, from_template in ((template_arns, "true"), (request_arns + created, "false")):
+            requests += [
+                Request(
+                    "ec2:RunInstances",
+                    arn,
+                    {
+                        **context,
+                        "ec2:LaunchTemplate": template_arn,
+                        "ec2:IsLaunchTemplateResource": from_template,
+                    },
+                )
+                for arn in arns
+            ]
+        if str(data.get("ImageId", "")).startswith("resolve:ssm:"):
+            requests.append(_ssm_image_parameter(str(data["ImageId"]), account))
+        tagged = {t.get("ResourceType") for t in data.get("TagSpecifications", [])}
+        for resource_type in ("instance", "volume"):
+            if resource_type in tagged:
+                requests.append(
+                    Request(
+                        "ec2:CreateTags",
+                        _ec2_arn(account, f"{resource_type}/*"),
+                        {**context, "ec2:CreateAction": "RunInstances"},
+                    )
+                )
+    return list(dict.fromkeys(requests))
 
 
 def requests_of(service: str, operation: str, params: Mapping[str, Any], account: Account) -> list[Request]:
@@ -866,6 +983,8 @@ def process_acting_as(principal: Principal) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ enforcement
 
 _PARAMS_KEY = "spotfill.iam.params"
+# EC2's answer to an authorised DryRun request (HTTP 412), word for word.
+DRY_RUN_MESSAGE = "Request would have succeeded, but DryRun flag is set."
 
 
 @dataclass(frozen=True)
@@ -980,6 +1099,11 @@ class Enforcer:
                 if service == "s3" and model.http.get("method") == "HEAD":
                     return _response(403, "403", "Forbidden")
                 return _response(403, _error_code(service_model), message)
+        if service_model.protocol == "ec2" and params.get("DryRun") is True:
+            # An allowed EC2 call with DryRun makes nothing: "If you have the required permissions, the error
+            # response is DryRunOperation. Otherwise, it is UnauthorizedOperation" (the DryRun parameter of
+            # every EC2 action, e.g. https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_CreateFleet.html)
+            return _response(412, "DryRunOperation", DRY_RUN_MESSAGE)
         return None
 
     def _missing_key_without_list_bucket(

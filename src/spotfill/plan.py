@@ -203,6 +203,36 @@ def stack_settings(stepfunctions: Any, lambda_: Any, state_machine_arn: str) -> 
     return Settings.from_environment(environment.get("Variables", {}))
 
 
+def confirm_permissions(spec: BackfillSpec, client: Callable[..., Any], state_machine_arn: str) -> str:
+    """Ask the stack's RequestFleet function to DryRun the fleet request a run of `spec` would make, as its
+    own role (`spotfill_control.permissions`): what EC2 confirmed, or `PlanError` with the function's
+    sentence. Two calls besides the instance types' description: the state machine's definition and one
+    invocation."""
+    import json
+
+    from spotfill_control.run import RunState
+    from spotfill_control.triggers import new_run_id
+
+    definition = json.loads(
+        client("stepfunctions").describe_state_machine(stateMachineArn=state_machine_arn)["definition"]
+    )
+    function = definition["States"]["RequestFleet"]["Resource"]
+    facts = Preflight.of(client).instance_types(spec)
+    run = RunState(run_id=new_run_id(spec.name, datetime.now(UTC)), spec=spec, instance_types=facts)
+    response = client("lambda").invoke(
+        FunctionName=function,
+        Payload=json.dumps({"run": run.model_dump(mode="json"), "confirm_permissions": True}).encode(),
+    )
+    answer = json.loads(response["Payload"].read() or b"null")
+    if response.get("FunctionError"):
+        error = answer if isinstance(answer, dict) else {}
+        raise PlanError(
+            f"the fleet request's permissions are not confirmed: {error.get('errorType', 'error')}: "
+            f"{error.get('errorMessage', answer)}"
+        )
+    return str(answer["confirmed"])
+
+
 def check(
     spec: BackfillSpec, client: Callable[..., Any], settings: Settings
 ) -> tuple[list[str], dict[str, InstanceTypeFacts]]:

@@ -633,6 +633,8 @@ def _patch_spot_fleet_lifecycle() -> None:
         refuse_too_many_overrides(
             self._get_param("SpotFleetRequestConfig", {}).get("LaunchTemplateConfigs") or []
         )
+        # moto requests the fleet even with DryRun; EC2 answers DryRunOperation (HTTP 412), requests nothing.
+        self.error_on_dryrun()
         result = original_request(self)
         config = self._get_param("SpotFleetRequestConfig", {})
         fleet = self.ec2_backend.spot_fleet_requests[result.result["SpotFleetRequestId"]]
