@@ -115,7 +115,8 @@ class Iteration:
     service_desired_count: int | None = None
     running_tasks: int = 0  # the service's running tasks when it was looked at
     capacity: dict[str, float] = field(default_factory=dict)  # "<type>/<spot|on-demand>" -> live instances
-    fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
+    # None: no fleet to look at (or EC2 does not know the one it just made yet); "gone": it no longer exists
+    fleet_state: str | None = None
     fleet_valid_until: datetime | None = None  # the request's ValidUntil, when EC2 reports it
     model_error: dict[str, Any] | None = None  # the record a worker wrote when the model could not load
     dead_letters_stored: int = 0  # dead-letter messages moved into S3 records by this poll
@@ -629,6 +630,11 @@ def _watch_fleet(
     weights = capacity_weights(run.instance_types)
     view = describe_fleet(run, progress.known_instances, weights, clients.ec2, instances)
     if view is None:
+        if fleet.unseen_is_transient(run, run.resources.fleet_id, now):
+            # EC2 does not know the fleet it made moments ago yet (eventual consistency): nothing is known of
+            # it this poll, not that it is gone.
+            seen.fleet_state = None
+            return
         progress.known_instances = []
         seen.fleet_state = "gone"
         return

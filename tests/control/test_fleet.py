@@ -474,9 +474,40 @@ def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, reque
     fleet_id = requested["resources"]["fleet_id"]
     world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
     ec2 = FailingClient(world.ec2, "describe_fleets", code="InvalidFleetId.NotFound")
+    run = RunState.model_validate(requested)
+    later = run.timeline.fleet_requested_at + fleet.CONSISTENCY_GRACE
     # then the run ends, saying so
     with pytest.raises(FleetRequestError, match="no longer exists"):
-        fleet.check_registration(RunState.model_validate(requested), ec2, world.ecs)
+        fleet.check_registration(run, ec2, world.ecs, now=later)
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_a_fleet_ec2_does_not_know_yet_keeps_registration_waiting(world, lambda_context, fleet_lag, api):
+    # given a fleet EC2's eventually consistent API does not know yet (NotFound to describe calls)
+    requested = request_handler.handler(
+        {"run": prepared_run(world, lambda_context, fleet__api=api)}, lambda_context
+    )
+    run = RunState.model_validate(requested)
+    # when CheckRegistration looks seconds after the request
+    checked = fleet.check_registration(
+        run, world.ec2, world.ecs, now=run.timeline.fleet_requested_at + timedelta(seconds=10)
+    )
+    # then the run waits (not "no longer exists"), and once EC2 knows the fleet it is read as usual
+    assert checked.phase == "fleet_requested" and checked.failed_pools == []
+    fleet_lag.advance(fleet_lag.seconds)
+    later = run.timeline.fleet_requested_at + timedelta(seconds=70)
+    assert fleet.check_registration(run, world.ec2, world.ecs, now=later).timeline.fleet_fulfilled_at == later
+
+
+@pytest.mark.aws
+def test_a_fleet_ec2_never_knows_ends_the_run_after_the_grace(world, lambda_context, fleet_lag, requested):
+    # given EC2 still answering NotFound when the grace is over (the test's EC2 clock stands still)
+    run = RunState.model_validate(requested)
+    with pytest.raises(FleetRequestError, match="300 s or more after it was requested"):
+        fleet.check_registration(
+            run, world.ec2, world.ecs, now=run.timeline.fleet_requested_at + fleet.CONSISTENCY_GRACE
+        )
 
 
 # ------------------------------------------------------------------------- failing pools, EC2's history
