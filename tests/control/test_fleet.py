@@ -553,3 +553,57 @@ def test_every_pool_failing_ends_the_run_with_a_reason_naming_the_pools(world, l
         raised.value
     )
     assert "c5.2xlarge in us-east-1" in str(raised.value) and "Unsupported" in str(raised.value)
+
+
+# ------------------------------------------------------------------------- the local cloud's EC2: consistency
+
+
+@pytest.mark.aws
+def test_the_local_ec2_does_not_know_a_new_ec2_fleet_for_its_lag(world, lambda_context, fleet_lag):
+    from botocore.exceptions import ClientError
+
+    fleet_id = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)[
+        "resources"
+    ]["fleet_id"]
+    # within the lag: describe calls answer NotFound, and DeleteFleets deletes nothing
+    for call in (
+        lambda: world.ec2.describe_fleets(FleetIds=[fleet_id]),
+        lambda: world.ec2.describe_fleet_instances(FleetId=fleet_id),
+    ):
+        with pytest.raises(ClientError, match=r"InvalidFleetId\.NotFound"):
+            call()
+    answer = world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+    assert answer["SuccessfulFleetDeletions"] == []
+    assert [f["Error"]["Code"] for f in answer["UnsuccessfulFleetDeletions"]] == ["fleetIdDoesNotExist"]
+    # after it: the fleet, active all along, and deleted when asked
+    fleet_lag.advance(fleet_lag.seconds)
+    assert world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"][0]["FleetState"] == "active"
+    answer = world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+    assert [f["FleetId"] for f in answer["SuccessfulFleetDeletions"]] == [fleet_id]
+
+
+@pytest.mark.aws
+def test_the_local_ec2_does_not_know_a_new_spot_fleet_for_its_lag(world, lambda_context, fleet_lag):
+    from botocore.exceptions import ClientError
+
+    run = prepared_run(world, lambda_context, fleet__api="spot-fleet")
+    fleet_id = request_handler.handler({"run": run}, lambda_context)["resources"]["fleet_id"]
+    with pytest.raises(ClientError, match=r"InvalidSpotFleetRequestId\.NotFound"):
+        world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])
+    answer = world.ec2.cancel_spot_fleet_requests(
+        SpotFleetRequestIds=[fleet_id, "sfr-unknown"], TerminateInstances=True
+    )
+    assert answer["SuccessfulFleetRequests"] == []
+    assert [(f["SpotFleetRequestId"], f["Error"]["Code"]) for f in answer["UnsuccessfulFleetRequests"]] == [
+        (fleet_id, "fleetRequestIdDoesNotExist"),
+        ("sfr-unknown", "fleetRequestIdDoesNotExist"),
+    ]
+    fleet_lag.advance(fleet_lag.seconds)
+    answer = world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    assert answer["SuccessfulFleetRequests"] == [
+        {
+            "SpotFleetRequestId": fleet_id,
+            "CurrentSpotFleetRequestState": "cancelled_terminating",
+            "PreviousSpotFleetRequestState": "active",
+        }
+    ]
