@@ -301,3 +301,27 @@ def test_validate_in_a_china_region_asks_the_china_price_list(world):
     # credentials and lists no China Region)
     assert ("pricing", "cn-northwest-1") in made
     assert preflight.pricing.meta.region_name == "cn-northwest-1"
+
+
+def test_the_local_price_list_answers_the_regions_of_the_partition_it_was_signed_for():
+    def regions(signed_for: str, region_code: str | None = None) -> set[str]:
+        filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": "c5.xlarge"}]
+        if region_code:
+            filters.append({"Type": "TERM_MATCH", "Field": "regionCode", "Value": region_code})
+        body = json.dumps({"ServiceCode": "AmazonEC2", "Filters": filters, "MaxResults": 100}).encode()
+        scope = (
+            f"AWS4-HMAC-SHA256 Credential=AKID/20261206/{signed_for}/pricing/aws4_request, SignedHeaders=host"
+        )
+        status, _, text = pricing.answer("AWSPriceListService.GetProducts", body, scope)
+        assert status == 200
+        return {json.loads(p)["product"]["attributes"]["regionCode"] for p in json.loads(text)["PriceList"]}
+
+    assert (
+        pricing.signing_region("Credential=AKID/20261206/eu-central-1/pricing/aws4_request") == "eu-central-1"
+    )
+    # the `aws` endpoints list `aws` Regions only, China's endpoint China's only
+    assert "us-east-1" in regions("us-east-1") and regions("eu-central-1") == regions("ap-south-1")
+    assert not any(r.startswith("cn-") for r in regions("us-east-1"))
+    assert regions("us-east-1", "cn-north-1") == set()
+    assert regions("cn-northwest-1", "cn-north-1") == {"cn-north-1"}
+    assert regions("cn-northwest-1", "us-east-1") == set()
