@@ -324,4 +324,3 @@ def prepared_run(world: World, lambda_context: Any, **overrides: Any) -> dict[st
     from spotfill_control.handlers import prepare_run
 
     return prepare_run.handler({"run": validated_run(world, lambda_context, **overrides)}, lambda_context)
-
