@@ -288,14 +288,14 @@ def delete_fleet(
             _confirmed(run, fleet_id, now(), outcome)
             return instance_ids
         # EC2 does not know the fleet (its delete answered fleetIdDoesNotExist / fleetRequestIdDoesNotExist).
+        if fleet_id == run.resources.fleet_id and run.timeline.fleet_deleted_at is not None:
+            return instance_ids  # seen deleted before: EC2 forgets a deleted fleet (moto a cancelled request)
         at = now()
         if not fleet.unseen_is_transient(run, fleet_id, at):
-            if not (fleet_id == run.resources.fleet_id and run.timeline.fleet_deleted_at):
-                note = (
-                    f"{run.spec.fleet.api} {fleet_id}: EC2 answered that it does not exist and never showed "
-                    "it deleted, so its deletion is not confirmed"
-                )
-                outcome.unconfirmed.append(note)
+            outcome.unconfirmed.append(
+                f"{run.spec.fleet.api} {fleet_id}: EC2 answered that it does not exist and never showed it "
+                "deleted, so its deletion is not confirmed"
+            )
             return instance_ids
         if time_left is not None and time_left() < FLEET_WAIT_RESERVE_SECONDS:
             requested = run.timeline.fleet_requested_at

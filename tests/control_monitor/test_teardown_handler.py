@@ -149,6 +149,8 @@ def test_teardown_still_cancels_the_fleet_when_another_step_fails(world, running
     fleets = world.ec2.describe_fleets()["Fleets"]
     assert fleets and all(f["FleetState"] not in ("active", "submitted", "modifying") for f in fleets)
     assert world.sqs.list_queues(QueueNamePrefix=f"spotfill-{running_run['run_id']}").get("QueueUrls") is None
+    # and the run persisted says the fleet was seen deleted, for the retried teardown (EC2 forgets it)
+    assert world.stored_run(running_run["run_id"])["timeline"]["fleet_deleted_at"] is not None
 
 
 def test_teardown_after_monitor_finished_the_run(world, running_run, lambda_context):
@@ -414,3 +416,30 @@ def test_teardown_short_of_time_while_ec2_does_not_know_the_fleet_retries(world,
             sleep=lambda _: pytest.fail("no wait with the invocation's time short"),
             time_left=lambda: teardown_logic.FLEET_WAIT_RESERVE_SECONDS - 1,
         )
+
+
+def test_a_second_teardown_within_the_grace_does_not_wait_for_a_fleet_ec2_forgot(world, lambda_context):
+    from spotfill_control import teardown as teardown_logic
+    from spotfill_control.progress import Clients
+    from spotfill_control.run import RunState
+
+    # given a Spot Fleet request torn down once, seconds after it was requested (moto forgets a cancelled
+    # request at once; EC2 after a while)
+    run = RunState.model_validate(_requested_run(world, lambda_context, "spot-fleet"))
+    clients = Clients(s3=world.s3, sqs=world.sqs, ec2=world.ec2, ecs=world.ecs)
+    soon = run.timeline.fleet_requested_at + timedelta(seconds=20)
+    options = {
+        "control_bucket": CONTROL_BUCKET,
+        "launch_template_id": world.settings.launch_template_id,
+        "now": lambda: soon,
+        "sleep": lambda _: pytest.fail("no wait for a fleet seen deleted"),
+    }
+    first, outcome = teardown_logic.teardown(run, clients, **options)
+    assert outcome.fleets_deleted == [run.resources.fleet_id]
+
+    # when teardown runs again within the grace (cleanup_on_exit after the ASL's Teardown)
+    second, outcome = teardown_logic.teardown(first, clients, **options)
+
+    # then the fleet EC2 no longer knows is done: no wait, nothing unconfirmed
+    assert outcome.unconfirmed == [] and second.teardown_unconfirmed == []
+    assert second.timeline.fleet_deleted_at == soon
