@@ -343,12 +343,15 @@ def describe_fleet(
     ec2: Any,
     described: Sequence[Mapping[str, Any]] | None = None,
 ) -> FleetView | None:
-    """The run's fleet: state, targets and live instances; None when the fleet no longer exists.
+    """The run's fleet: state, targets and live instances; None when EC2 does not know it (any more, or yet).
     `described`: the run's instances as this poll already read them (`cost.run_instances`)."""
     status = fleet.fleet_status(run, ec2)
-    if status is None:
+    if status is None or run.resources.fleet_id is None:
         return None
-    listed = [i.instance_id for i in fleet.fleet_instances(run, ec2)]
+    active = fleet.api_of(run).instances(run.resources.fleet_id, ec2)
+    if active is None:  # DescribeFleetInstances does not know it (yet, or any more): as DescribeFleets would
+        return None
+    listed = [i.instance_id for i in active]
     if described is not None:  # an instance launched since that read: described by id
         read = {i["InstanceId"] for i in described}
         described = [*described, *cost.instances_by_id(set(listed) - read, ec2).values()]
