@@ -172,3 +172,28 @@ def month_long_run() -> tuple[dict, dict]:
         "report_uri": "s3://control/reports/month-20261101000000-abcdef.json",
     }
     return report, {"interval_seconds": 3600.0, "samples": samples}
+
+
+class FleetLag:
+    """The local cloud's EC2 not knowing a new fleet for `seconds` (`patches.FLEET_VISIBILITY`), on a clock
+    the test moves (`advance`)."""
+
+    def __init__(self, seconds: float) -> None:
+        from spotfill.localcloud import patches
+
+        self.now = 0.0
+        self.seconds = seconds
+        patches.FLEET_VISIBILITY.set(seconds, clock=lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fleet_lag():
+    """New fleets unknown to EC2 for 60 s of the test's clock, as EC2's eventually consistent API may answer
+    ("Eventual consistency in the Amazon EC2 API", EC2 Developer Guide)."""
+    from spotfill.localcloud import patches
+
+    yield FleetLag(60.0)
+    patches.FLEET_VISIBILITY.set(0.0)

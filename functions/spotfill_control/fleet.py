@@ -39,6 +39,7 @@ from spotfill_control.fleet_api import (
     ENDED_STATES,
     GONE_STATES,
     LIVE_STATES,
+    Deletion,
     FleetApi,
     FleetInstance,
     FleetStatus,
@@ -84,6 +85,12 @@ SHARED_ERROR_CODES = (
 MAX_FLEET_OVERRIDES = 300
 # Events are read from a little before the request, in case the Lambda's clock runs ahead of EC2's.
 HISTORY_CLOCK_SLACK = timedelta(minutes=5)
+# EC2's API is eventually consistent: a call naming a fleet created moments ago may answer that it does not
+# exist (InvalidFleetId.NotFound, fleetIdDoesNotExist, ...). The EC2 Developer Guide ("Eventual consistency in
+# the Amazon EC2 API", https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html) has callers
+# retry with backoff from a couple of seconds up to a few minutes; for this long after the request, "not
+# found" about the run's fleet is transient, never "gone".
+CONSISTENCY_GRACE = timedelta(minutes=5)
 _ZONE = re.compile(r"\b[a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z]\b")
 _ERROR_CODE = re.compile(r"(?<![/\w])([A-Z][A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*):")
 
@@ -420,15 +427,33 @@ def fleet_status(run: RunState, ec2: Any) -> FleetStatus | None:
     return api_of(run).describe(fleet_id, ec2)
 
 
-def describe_fleet(run: RunState, ec2: Any) -> FleetStatus:
-    """The run's fleet; FleetRequestError when it no longer exists."""
+def unseen_is_transient(run: RunState, fleet_id: str | None, now: datetime) -> bool:
+    """Whether EC2 may not know `fleet_id` yet: it is the run's fleet, requested less than CONSISTENCY_GRACE
+    before `now`."""
+    requested_at = run.timeline.fleet_requested_at
+    return (
+        fleet_id is not None
+        and fleet_id == run.resources.fleet_id
+        and requested_at is not None
+        and now - requested_at < CONSISTENCY_GRACE
+    )
+
+
+def describe_fleet(run: RunState, ec2: Any, now: datetime | None = None) -> FleetStatus | None:
+    """The run's fleet; None while EC2 may not know it yet (`unseen_is_transient`); FleetRequestError when
+    it does not exist after that."""
     try:
         status = fleet_status(run, ec2)
     except ClientError as exc:
         raise _aws_error(f"{run.spec.fleet.api}: describe fleet {run.resources.fleet_id}", exc) from exc
-    if status is None:
-        raise FleetRequestError(f"fleet {run.resources.fleet_id} no longer exists")
-    return status
+    if status is not None:
+        return status
+    if unseen_is_transient(run, run.resources.fleet_id, now or utcnow()):
+        return None
+    raise FleetRequestError(
+        f"fleet {run.resources.fleet_id} no longer exists (EC2 does not know it "
+        f"{CONSISTENCY_GRACE.total_seconds():.0f} s or more after it was requested)"
+    )
 
 
 def fleet_instances(run: RunState, ec2: Any) -> list[FleetInstance]:
@@ -518,17 +543,19 @@ def fleet_errors(run: RunState, ec2: Any, since: datetime) -> list[FleetError]:
     return [parse_fleet_error(r, run.spec.fleet.instance_types) for r in records]
 
 
-def delete_fleets(run: RunState, ec2: Any, fleet_ids: Sequence[str]) -> None:
-    """Delete the fleets with their instances (DeleteFleets / CancelSpotFleetRequests, TerminateInstances);
-    one already gone is done; any other failure is raised."""
+def delete_fleets(run: RunState, ec2: Any, fleet_ids: Sequence[str]) -> list[Deletion]:
+    """Delete the fleets with their instances (DeleteFleets / CancelSpotFleetRequests, TerminateInstances):
+    what EC2 answered for each (deleted now or before, or unknown to it); any other failure is raised."""
     if not fleet_ids:
-        return
-    failures = api_of(run).delete(fleet_ids, ec2)
+        return []
+    deletions = api_of(run).delete(fleet_ids, ec2)
+    failures = [d for d in deletions if d.failed]
     if failures:
         raise SpotfillError(
             f"{run.spec.fleet.api}: deleting fleets failed: "
-            + "; ".join(f"{fleet}: {code}: {message}" for fleet, code, message in failures)
+            + "; ".join(f"{d.fleet_id}: {d.code}: {d.message}" for d in failures)
         )
+    return deletions
 
 
 def with_failed_pools(run: RunState, errors: Iterable[FleetError]) -> RunState:
@@ -595,7 +622,10 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     fleet_id = run.resources.fleet_id
     if fleet_id is None:
         raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
-    status = describe_fleet(run, ec2)
+    status = describe_fleet(run, ec2, now)
+    if status is None:
+        # EC2 does not know the fleet it just made yet: wait as for any fleet not yet registered.
+        return run
     timeline = run.timeline
     requested_at = timeline.fleet_requested_at or now
     # Read every poll, not only once `ActivityStatus` says `error`: a Spot Fleet pool EC2 gave up on is an

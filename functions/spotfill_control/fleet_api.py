@@ -100,6 +100,37 @@ ENDED_STATES = frozenset(
 )
 # What teardown need not delete again (an expired request is ended too).
 GONE_STATES = ENDED_STATES | {"expired"}
+# A delete's per-fleet error codes (DeleteFleetError, CancelSpotFleetRequestsError in the EC2 API Reference):
+# the fleet is unknown to EC2 (gone long ago, or too new for EC2's eventually consistent API to know), or it
+# already ended.
+UNKNOWN_FLEET_CODES = frozenset({"fleetIdDoesNotExist", "fleetRequestIdDoesNotExist"})
+ENDED_FLEET_CODES = frozenset({"fleetNotInDeletableState", "fleetRequestNotInCancellableState"})
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What DeleteFleets or CancelSpotFleetRequests answered for one fleet: its state after the call
+    (`deleted_terminating`, `cancelled_terminating`, ...), or the error code and message of its failure."""
+
+    fleet_id: str
+    state: str | None = None
+    code: str | None = None
+    message: str = ""
+
+    @property
+    def ended(self) -> bool:
+        """EC2 says the fleet is deleted (or cancelled) now or was already."""
+        return self.state in GONE_STATES or self.code in ENDED_FLEET_CODES
+
+    @property
+    def unknown(self) -> bool:
+        """EC2 says the fleet does not exist: it deleted nothing."""
+        return self.code in UNKNOWN_FLEET_CODES
+
+    @property
+    def failed(self) -> bool:
+        """A real failure (neither done nor an unknown fleet)."""
+        return not self.ended and not self.unknown
 
 
 class FleetApi(Protocol):
@@ -113,12 +144,25 @@ class FleetApi(Protocol):
         self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
     ) -> None: ...
     def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]: ...
-    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]: ...
+    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[Deletion]: ...
 
 
-def _failure(item: dict[str, Any], id_key: str) -> tuple[str, str, str]:
-    error = item.get("Error", {})
-    return str(item.get(id_key, "")), str(error.get("Code")), str(error.get("Message", ""))
+def _deletions(
+    response: dict[str, Any], done: str, undone: str, id_key: str, state_key: str
+) -> list[Deletion]:
+    """Each fleet of a delete call's answer: those done with their current state, the others with their
+    error."""
+    deletions = [
+        Deletion(str(d.get(id_key, "")), state=str(d.get(state_key))) for d in response.get(done, [])
+    ]
+    for item in response.get(undone, []):
+        error = item.get("Error", {})
+        deletions.append(
+            Deletion(
+                str(item.get(id_key, "")), code=str(error.get("Code")), message=str(error.get("Message", ""))
+            )
+        )
+    return deletions
 
 
 def _code(exc: ClientError) -> str:
@@ -127,7 +171,8 @@ def _code(exc: ClientError) -> str:
 
 def _unless_gone(missing: str, call: Callable[[], T]) -> T | None:
     """The call's answer, or None when EC2 says the fleet does not exist (an error code starting `missing`):
-    AWS forgets a cancelled or deleted fleet after a while, moto at once."""
+    AWS forgets a cancelled or deleted fleet after a while, and may not know one created moments ago yet
+    (its API is eventually consistent: `fleet.unseen_is_transient`)."""
     try:
         return call()
     except ClientError as exc:
@@ -230,17 +275,18 @@ class SpotFleetApi:
                 )
         return records
 
-    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]:
-        """Cancel with TerminateInstances; returns (fleet, code, message) for each real failure."""
+    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[Deletion]:
+        """Cancel with TerminateInstances; what EC2 answered for each request."""
         response = ec2.cancel_spot_fleet_requests(
             SpotFleetRequestIds=list(fleet_ids), TerminateInstances=True
         )
-        failures = [_failure(f, "SpotFleetRequestId") for f in response.get("UnsuccessfulFleetRequests", [])]
-        return [
-            f
-            for f in failures
-            if f[1] not in ("fleetRequestIdDoesNotExist", "fleetRequestNotInCancellableState")
-        ]
+        return _deletions(
+            response,
+            "SuccessfulFleetRequests",
+            "UnsuccessfulFleetRequests",
+            "SpotFleetRequestId",
+            "CurrentSpotFleetRequestState",
+        )
 
 
 class Ec2FleetApi:
@@ -299,17 +345,23 @@ class Ec2FleetApi:
             records.extend(r for r in page.get("HistoryRecords", []) if r.get("EventType") == "service-error")
         return records
 
-    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[tuple[str, str, str]]:
-        """DeleteFleets with TerminateInstances, at most DELETE_FLEETS_LIMIT per call; a fleet that no longer
-        exists or is already deleted (`fleetIdDoesNotExist`, `fleetNotInDeletableState`) is done."""
-        failures: list[tuple[str, str, str]] = []
+    def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[Deletion]:
+        """DeleteFleets with TerminateInstances, at most DELETE_FLEETS_LIMIT per call; what EC2 answered for
+        each fleet."""
+        deletions: list[Deletion] = []
         ids = list(fleet_ids)
         for start in range(0, len(ids), DELETE_FLEETS_LIMIT):
             response = ec2.delete_fleets(
                 FleetIds=ids[start : start + DELETE_FLEETS_LIMIT], TerminateInstances=True
             )
-            failures += [_failure(f, "FleetId") for f in response.get("UnsuccessfulFleetDeletions", [])]
-        return [f for f in failures if f[1] not in ("fleetIdDoesNotExist", "fleetNotInDeletableState")]
+            deletions += _deletions(
+                response,
+                "SuccessfulFleetDeletions",
+                "UnsuccessfulFleetDeletions",
+                "FleetId",
+                "CurrentFleetState",
+            )
+        return deletions
 
 
 APIS: dict[str, FleetApi] = {"ec2-fleet": Ec2FleetApi(), "spot-fleet": SpotFleetApi()}

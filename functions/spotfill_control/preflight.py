@@ -351,7 +351,8 @@ def check_worker_image(uri: str, ecr_in: Callable[[str], Any]) -> EcrImage | Non
 @dataclass
 class Preflight:
     """The account's clients a preflight reads (`ecr_in(region)`: an ECR client of that Region; `pricing`: a
-    Price List client), and the notes of the last one (types offered in only some of the subnets' zones)."""
+    Price List client of the endpoint of the Region's partition, None where it has none), and the notes of
+    the last one (types offered in only some of the subnets' zones)."""
 
     servicequotas: Any
     cloudwatch: Any
@@ -364,12 +365,13 @@ class Preflight:
     def of(cls, client: Callable[..., Any]) -> Preflight:
         """The clients from a factory ``client(service, region=None)``: Validate's (the function's Region) or
         `spotfill plan`'s (the user's)."""
+        ec2 = client("ec2")
         return cls(
             client("service-quotas"),
             client("cloudwatch"),
-            client("ec2"),
+            ec2,
             lambda region: client("ecr", region),
-            client("pricing", prices.PRICING_REGION),
+            prices.price_list_client(ec2.meta.region_name, client),
         )
 
     def instance_types(self, spec: BackfillSpec) -> dict[str, InstanceTypeFacts]:

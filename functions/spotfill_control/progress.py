@@ -115,7 +115,8 @@ class Iteration:
     service_desired_count: int | None = None
     running_tasks: int = 0  # the service's running tasks when it was looked at
     capacity: dict[str, float] = field(default_factory=dict)  # "<type>/<spot|on-demand>" -> live instances
-    fleet_state: str | None = None  # None: no fleet to look at; "gone": the request no longer exists
+    # None: no fleet to look at (or EC2 does not know the one it just made yet); "gone": it no longer exists
+    fleet_state: str | None = None
     fleet_valid_until: datetime | None = None  # the request's ValidUntil, when EC2 reports it
     model_error: dict[str, Any] | None = None  # the record a worker wrote when the model could not load
     dead_letters_stored: int = 0  # dead-letter messages moved into S3 records by this poll
@@ -342,12 +343,15 @@ def describe_fleet(
     ec2: Any,
     described: Sequence[Mapping[str, Any]] | None = None,
 ) -> FleetView | None:
-    """The run's fleet: state, targets and live instances; None when the fleet no longer exists.
+    """The run's fleet: state, targets and live instances; None when EC2 does not know it (any more, or yet).
     `described`: the run's instances as this poll already read them (`cost.run_instances`)."""
     status = fleet.fleet_status(run, ec2)
-    if status is None:
+    if status is None or run.resources.fleet_id is None:
         return None
-    listed = [i.instance_id for i in fleet.fleet_instances(run, ec2)]
+    active = fleet.api_of(run).instances(run.resources.fleet_id, ec2)
+    if active is None:  # DescribeFleetInstances does not know it (yet, or any more): as DescribeFleets would
+        return None
+    listed = [i.instance_id for i in active]
     if described is not None:  # an instance launched since that read: described by id
         read = {i["InstanceId"] for i in described}
         described = [*described, *cost.instances_by_id(set(listed) - read, ec2).values()]
@@ -629,6 +633,11 @@ def _watch_fleet(
     weights = capacity_weights(run.instance_types)
     view = describe_fleet(run, progress.known_instances, weights, clients.ec2, instances)
     if view is None:
+        if fleet.unseen_is_transient(run, run.resources.fleet_id, now):
+            # EC2 does not know the fleet it made moments ago yet (eventual consistency): nothing is known of
+            # it this poll, not that it is gone.
+            seen.fleet_state = None
+            return
         progress.known_instances = []
         seen.fleet_state = "gone"
         return

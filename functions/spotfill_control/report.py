@@ -811,6 +811,7 @@ def build_report(
     document.update(
         {
             "name": run.spec.name,
+            "teardown_unconfirmed": list(run.teardown_unconfirmed),
             "execution_arn": run.execution_arn or execution_arn,
             "executions": run.executions,
             "source": run.source,

@@ -53,6 +53,9 @@ class Timeline(_State):
     processing_started_at: datetime | None = None
     processing_ended_at: datetime | None = None
     teardown_started_at: datetime | None = None
+    fleet_deleted_at: datetime | None = (
+        None  # when teardown saw EC2 answer the run's fleet deleted (cancelled)
+    )
     teardown_ended_at: datetime | None = None
 
 
@@ -167,6 +170,8 @@ class RunState(_State):
     instance_types: dict[str, InstanceTypeFacts] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     projection: Projection | None = None
+    # What teardown deleted without seeing it deleted, each with why (EC2 never showed the fleet it made).
+    teardown_unconfirmed: list[str] = Field(default_factory=list)
 
     def stepped(self, phase: Phase, started: str, at: datetime, **created: object) -> RunState:
         """The run entered `phase`: record what the step created and when it first started (a retried step

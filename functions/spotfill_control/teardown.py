@@ -48,6 +48,11 @@ CLUSTER_DELETE_ATTEMPTS = 12
 CLUSTER_DELETE_PAUSE_SECONDS = 5.0
 FLEET_TERMINATION_CHECKS = 6
 FLEET_TERMINATION_PAUSE_SECONDS = 5.0
+# While EC2 may not know the run's fleet yet (`fleet.CONSISTENCY_GRACE` after its request), its delete is
+# tried again this often; with less than FLEET_WAIT_RESERVE_SECONDS of the invocation left, teardown stops
+# waiting with TransientAwsError and the retried teardown goes on.
+FLEET_UNSEEN_PAUSE_SECONDS = 5.0
+FLEET_WAIT_RESERVE_SECONDS = 180.0
 # DeregisterContainerInstance calls in flight at once: 1,000 instances take ~100 rounds, not 1,000 (boto3
 # backs off on ECS's ThrottlingException). Deregistration stops while this much of the invocation is left,
 # for the steps after it; the retried teardown continues (docs/state-machine.md, "Teardown").
@@ -87,6 +92,8 @@ class Outcome:
     errors: list[tuple[str, Exception]] = field(default_factory=list)
     instances_terminated: list[str] = field(default_factory=list)
     dead_letters: int | None = None  # dead-letter messages moved into S3 records; None: no dead-letter queue
+    fleets_deleted: list[str] = field(default_factory=list)  # fleets EC2 answered deleted (or cancelled)
+    unconfirmed: list[str] = field(default_factory=list)  # deletions EC2 never confirmed, each with why
 
 
 # ------------------------------------------------------------------------------------------ ECS
@@ -249,17 +256,61 @@ def deregister_task_definitions(family: str, known_arn: str | None, ecs: Any, ou
 # ------------------------------------------------------------------------------------------ EC2
 
 
-def delete_fleet(run: RunState, fleet_id: str, ec2: Any, outcome: Outcome) -> list[str]:
-    """Delete the fleet with its instances (DeleteFleets or CancelSpotFleetRequests, TerminateInstances);
-    returns the instances it had (to verify they go). A fleet already gone is done."""
+def delete_fleet(
+    run: RunState,
+    fleet_id: str,
+    ec2: Any,
+    outcome: Outcome,
+    now: Callable[[], datetime],
+    sleep: Callable[[float], None] = time.sleep,
+    time_left: Callable[[], float] | None = None,
+) -> list[str]:
+    """Delete the fleet with its instances by its id (DeleteFleets or CancelSpotFleetRequests,
+    TerminateInstances) and see EC2 answer it deleted; returns the instances it had (to verify they go).
+
+    A describe's "not found" never skips the delete: EC2's API is eventually consistent, and a fleet made
+    moments ago may be unknown to one call and live on, replacing what was terminated, until its ValidUntil.
+    While EC2 may not know the run's fleet yet (`fleet.unseen_is_transient`) the delete is tried again every
+    FLEET_UNSEEN_PAUSE_SECONDS (TransientAwsError once the invocation runs short: the retried teardown goes
+    on); after that a fleet EC2 does not know is gone, and unless teardown saw it deleted before (the
+    timeline's `fleet_deleted_at`) the outcome says its deletion was not confirmed."""
     api = fleet.api_of(run)
-    status = api.describe(fleet_id, ec2)
-    if status is None or status.state in GONE_STATES:
-        return []
-    instance_ids = [i.instance_id for i in api.instances(fleet_id, ec2) or []]
-    fleet.delete_fleets(run, ec2, [fleet_id])
-    outcome.removed.append(f"{run.spec.fleet.api} {fleet_id}")
-    return instance_ids
+    while True:
+        status = api.describe(fleet_id, ec2)
+        if status is not None and status.state in GONE_STATES:
+            _confirmed(run, fleet_id, now(), outcome)
+            return []
+        instance_ids = [i.instance_id for i in api.instances(fleet_id, ec2) or []] if status else []
+        deletions = [d for d in fleet.delete_fleets(run, ec2, [fleet_id]) if d.fleet_id == fleet_id]
+        if any(d.ended for d in deletions):
+            if any(d.state is not None for d in deletions):
+                outcome.removed.append(f"{run.spec.fleet.api} {fleet_id}")
+            _confirmed(run, fleet_id, now(), outcome)
+            return instance_ids
+        # EC2 does not know the fleet (its delete answered fleetIdDoesNotExist / fleetRequestIdDoesNotExist).
+        if fleet_id == run.resources.fleet_id and run.timeline.fleet_deleted_at is not None:
+            return instance_ids  # seen deleted before: EC2 forgets a deleted fleet (moto a cancelled request)
+        at = now()
+        if not fleet.unseen_is_transient(run, fleet_id, at):
+            outcome.unconfirmed.append(
+                f"{run.spec.fleet.api} {fleet_id}: EC2 answered that it does not exist and never showed it "
+                "deleted, so its deletion is not confirmed"
+            )
+            return instance_ids
+        if time_left is not None and time_left() < FLEET_WAIT_RESERVE_SECONDS:
+            requested = run.timeline.fleet_requested_at
+            age = f" {(at - requested).total_seconds():.0f} s after its request" if requested else ""
+            raise TransientAwsError(
+                f"{run.spec.fleet.api} {fleet_id} is not known to EC2 yet{age} (eventual consistency); "
+                "teardown will retry its delete"
+            )
+        sleep(FLEET_UNSEEN_PAUSE_SECONDS)
+
+
+def _confirmed(run: RunState, fleet_id: str, at: datetime, outcome: Outcome) -> None:
+    outcome.fleets_deleted.append(fleet_id)
+    if fleet_id == run.resources.fleet_id and run.timeline.fleet_deleted_at is None:
+        run.timeline.fleet_deleted_at = at
 
 
 def run_instance_ids(run_id: str, ec2: Any) -> list[str]:
@@ -433,8 +484,13 @@ def teardown(
     cancelled: set[str] = set()
     for fleet_id in fleets:
         cancelled.update(
-            step(f"fleet {fleet_id}", lambda f=fleet_id: delete_fleet(run, f, ec2, outcome)) or []
+            step(
+                f"fleet {fleet_id}",
+                lambda f=fleet_id: delete_fleet(run, f, ec2, outcome, now, sleep, time_left),
+            )
+            or []
         )
+    run.teardown_unconfirmed = sorted(set(run.teardown_unconfirmed) | set(outcome.unconfirmed))
     instance_ids = [*run.progress.known_instances, *cancelled]
     instance_ids += step("instances", lambda: run_instance_ids(run.run_id, ec2)) or []
     step("terminate", lambda: terminate_leftovers(instance_ids, cancelled, ec2, outcome, sleep))
@@ -475,6 +531,9 @@ def teardown(
         step("delete queue", lambda: delete_queue(queue, sqs, outcome))
 
     if outcome.errors:
+        if run.timeline.fleet_deleted_at is not None:
+            # A retried teardown must know the fleet was seen deleted (EC2 forgets it after a while).
+            step("persist", lambda: state_store.persist(run, clients.s3, control_bucket))
         raise _first_error(run.run_id, outcome.errors) from outcome.errors[0][1]
     run.timeline.teardown_ended_at = run.timeline.teardown_ended_at or now()
     return run, outcome

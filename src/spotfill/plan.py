@@ -33,7 +33,7 @@ from spotfill_control.config import Settings
 from spotfill_control.fleet import fleet_target_capacity
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
 from spotfill_control.preflight import Preflight
-from spotfill_control.prices import PRICING_REGION, priced
+from spotfill_control.prices import price_list_client, priced
 from spotfill_control.spec import BackfillSpec
 from spotfill_control.triggers import check_spec, read_manifest, spec_from_document
 
@@ -574,7 +574,10 @@ def make_plan(
         others = suggested_types(facts, ec2)
         if others:
             extra = describe_instance_types(others, ec2)
-            facts = {**facts, **priced(extra, ec2.meta.region_name, client("pricing", PRICING_REGION))}
+            facts = {
+                **facts,
+                **priced(extra, ec2.meta.region_name, price_list_client(ec2.meta.region_name, client)),
+            }
     progress("reading spot prices")
     prices = spot_prices(list(facts), ec2, datetime.now(UTC))
     rows = project(spec, inputs, measurement, facts, prices, in_spec, local=local)

@@ -559,9 +559,40 @@ def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, reque
     fleet_id = requested["resources"]["fleet_id"]
     world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
     ec2 = FailingClient(world.ec2, "describe_fleets", code="InvalidFleetId.NotFound")
+    run = RunState.model_validate(requested)
+    later = run.timeline.fleet_requested_at + fleet.CONSISTENCY_GRACE
     # then the run ends, saying so
     with pytest.raises(FleetRequestError, match="no longer exists"):
-        fleet.check_registration(RunState.model_validate(requested), ec2, world.ecs)
+        fleet.check_registration(run, ec2, world.ecs, now=later)
+
+
+@pytest.mark.aws
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_a_fleet_ec2_does_not_know_yet_keeps_registration_waiting(world, lambda_context, fleet_lag, api):
+    # given a fleet EC2's eventually consistent API does not know yet (NotFound to describe calls)
+    requested = request_handler.handler(
+        {"run": prepared_run(world, lambda_context, fleet__api=api)}, lambda_context
+    )
+    run = RunState.model_validate(requested)
+    # when CheckRegistration looks seconds after the request
+    checked = fleet.check_registration(
+        run, world.ec2, world.ecs, now=run.timeline.fleet_requested_at + timedelta(seconds=10)
+    )
+    # then the run waits (not "no longer exists"), and once EC2 knows the fleet it is read as usual
+    assert checked.phase == "fleet_requested" and checked.failed_pools == []
+    fleet_lag.advance(fleet_lag.seconds)
+    later = run.timeline.fleet_requested_at + timedelta(seconds=70)
+    assert fleet.check_registration(run, world.ec2, world.ecs, now=later).timeline.fleet_fulfilled_at == later
+
+
+@pytest.mark.aws
+def test_a_fleet_ec2_never_knows_ends_the_run_after_the_grace(world, lambda_context, fleet_lag, requested):
+    # given EC2 still answering NotFound when the grace is over (the test's EC2 clock stands still)
+    run = RunState.model_validate(requested)
+    with pytest.raises(FleetRequestError, match="300 s or more after it was requested"):
+        fleet.check_registration(
+            run, world.ec2, world.ecs, now=run.timeline.fleet_requested_at + fleet.CONSISTENCY_GRACE
+        )
 
 
 # ------------------------------------------------------------------------- failing pools, EC2's history
@@ -641,3 +672,69 @@ def test_every_pool_failing_ends_the_run_with_a_reason_naming_the_pools(
         raised.value
     )
     assert "c5.2xlarge in us-east-1" in str(raised.value) and "Unsupported" in str(raised.value)
+
+
+# ------------------------------------------------------------------------- the local cloud's EC2: consistency
+
+
+@pytest.mark.aws
+def test_the_local_ec2_does_not_know_a_new_ec2_fleet_for_its_lag(world, lambda_context, fleet_lag):
+    from botocore.exceptions import ClientError
+
+    fleet_id = request_handler.handler({"run": prepared_run(world, lambda_context)}, lambda_context)[
+        "resources"
+    ]["fleet_id"]
+    # within the lag: describe calls answer NotFound, and DeleteFleets deletes nothing
+    for call in (
+        lambda: world.ec2.describe_fleets(FleetIds=[fleet_id]),
+        lambda: world.ec2.describe_fleet_instances(FleetId=fleet_id),
+    ):
+        with pytest.raises(ClientError, match=r"InvalidFleetId\.NotFound"):
+            call()
+    answer = world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+    assert answer["SuccessfulFleetDeletions"] == []
+    assert [f["Error"]["Code"] for f in answer["UnsuccessfulFleetDeletions"]] == ["fleetIdDoesNotExist"]
+    # after it: the fleet, active all along, and deleted when asked
+    fleet_lag.advance(fleet_lag.seconds)
+    assert world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"][0]["FleetState"] == "active"
+    answer = world.ec2.delete_fleets(FleetIds=[fleet_id], TerminateInstances=True)
+    assert [f["FleetId"] for f in answer["SuccessfulFleetDeletions"]] == [fleet_id]
+
+
+@pytest.mark.aws
+def test_the_local_ec2_does_not_know_a_new_spot_fleet_for_its_lag(world, lambda_context, fleet_lag):
+    from botocore.exceptions import ClientError
+
+    run = prepared_run(world, lambda_context, fleet__api="spot-fleet")
+    fleet_id = request_handler.handler({"run": run}, lambda_context)["resources"]["fleet_id"]
+    with pytest.raises(ClientError, match=r"InvalidSpotFleetRequestId\.NotFound"):
+        world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])
+    answer = world.ec2.cancel_spot_fleet_requests(
+        SpotFleetRequestIds=[fleet_id, "sfr-unknown"], TerminateInstances=True
+    )
+    assert answer["SuccessfulFleetRequests"] == []
+    assert [(f["SpotFleetRequestId"], f["Error"]["Code"]) for f in answer["UnsuccessfulFleetRequests"]] == [
+        (fleet_id, "fleetRequestIdDoesNotExist"),
+        ("sfr-unknown", "fleetRequestIdDoesNotExist"),
+    ]
+    fleet_lag.advance(fleet_lag.seconds)
+    answer = world.ec2.cancel_spot_fleet_requests(SpotFleetRequestIds=[fleet_id], TerminateInstances=True)
+    assert answer["SuccessfulFleetRequests"] == [
+        {
+            "SpotFleetRequestId": fleet_id,
+            "CurrentSpotFleetRequestState": "cancelled_terminating",
+            "PreviousSpotFleetRequestState": "active",
+        }
+    ]
+
+
+@pytest.mark.aws
+def test_a_fleet_whose_instances_ec2_does_not_know_is_not_read_as_every_instance_lost(world, requested):
+    from spotfill_control import progress
+
+    # given DescribeFleets knowing the fleet just requested but DescribeFleetInstances not yet
+    run = RunState.model_validate(requested)
+    ec2 = FailingClient(world.ec2, "describe_fleet_instances", code="InvalidFleetId.NotFound")
+    # then the poll's view is "not known" (waited for within the grace), not a fleet with no live instance
+    assert progress.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, ec2) is None
+    assert progress.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, world.ec2) is not None

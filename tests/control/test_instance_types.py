@@ -80,7 +80,7 @@ def test_the_request_filters_region_type_linux_shared_tenancy_no_software_used_c
 
 @pytest.mark.aws
 def test_prices_come_from_the_price_list_of_the_runs_region(world):
-    client = aws.client("pricing", prices.PRICING_REGION)
+    client = prices.price_list_client("us-east-1", aws.client)
     # when c5.xlarge and m7g.large are priced in two regions
     east = prices.on_demand_prices(["c5.xlarge", "m7g.large"], "us-east-1", client)
     west = prices.on_demand_prices(["c5.xlarge", "m7g.large"], "eu-west-1", client)
@@ -92,9 +92,70 @@ def test_prices_come_from_the_price_list_of_the_runs_region(world):
     assert east["c5.xlarge"].usd_per_hour != STATIC_ON_DEMAND_USD["c5.xlarge"]
 
 
+@pytest.mark.parametrize(
+    ("region", "endpoint"),
+    [
+        ("us-east-1", "us-east-1"),
+        ("us-west-2", "us-east-1"),
+        ("sa-east-1", "us-east-1"),
+        ("eu-west-1", "eu-central-1"),
+        ("me-central-1", "eu-central-1"),
+        ("ap-northeast-1", "ap-south-1"),
+        ("cn-north-1", "cn-northwest-1"),
+        ("cn-northwest-1", "cn-northwest-1"),
+        ("us-gov-west-1", None),
+        ("xx-nowhere-1", None),
+    ],
+)
+def test_the_price_list_is_asked_at_the_endpoint_of_the_runs_partition(region, endpoint):
+    # The Billing User Guide, "Price List Query API endpoints": us-east-1, eu-central-1, ap-south-1 in `aws`,
+    # cn-northwest-1 in `aws-cn`; GovCloud has none.
+    assert prices.price_list_region(region) == endpoint
+
+
+def test_the_price_list_endpoints_are_those_botocore_knows():
+    import boto3
+
+    session = boto3.session.Session()
+    for partition, endpoints in prices.PRICE_LIST_ENDPOINTS.items():
+        assert sorted(session.get_available_regions("pricing", partition_name=partition)) == sorted(endpoints)
+
+
+@pytest.mark.aws
+def test_a_china_run_is_priced_by_the_china_price_list(world):
+    # given a run in cn-north-1: the `aws` endpoints price no China Region (the emulation answers a request
+    # for the Regions of the partition it was signed in)
+    asked: list[str] = []
+
+    def client(service: str, region: str) -> Any:
+        asked.append(region)
+        return aws.client(service, region)
+
+    # when its types are priced through the client of its partition
+    found = prices.on_demand_prices(
+        ["c5.xlarge"], "cn-north-1", prices.price_list_client("cn-north-1", client)
+    )
+    # then cn-northwest-1 was asked and the price is the Price List's, not "unknown"
+    assert asked == ["cn-northwest-1"]
+    assert found["c5.xlarge"] == prices.OnDemandPrice(
+        pricing.on_demand_price("c5.xlarge", "cn-north-1"), "price-list"
+    )
+    # and the `aws` endpoint (what the old code asked) lists no China Region
+    aws_answer = prices.on_demand_prices(["c5.xlarge"], "cn-north-1", aws.client("pricing", "us-east-1"))
+    assert aws_answer["c5.xlarge"] == prices.OnDemandPrice(None, "unknown")
+
+
+@pytest.mark.aws
+def test_a_partition_without_a_price_list_prices_from_the_static_table(world):
+    assert prices.price_list_client("us-gov-west-1", aws.client) is None
+    found = prices.on_demand_prices(["c5.xlarge", "m7g.large"], "us-gov-west-1", None)
+    assert found["c5.xlarge"] == prices.OnDemandPrice(STATIC_ON_DEMAND_USD["c5.xlarge"], "static-table")
+    assert found["m7g.large"] == prices.OnDemandPrice(None, "unknown")
+
+
 @pytest.mark.aws
 def test_a_refusing_price_list_falls_back_to_the_static_table_and_says_so(world, price_list_refusing):
-    client = aws.client("pricing", prices.PRICING_REGION)
+    client = prices.price_list_client("us-east-1", aws.client)
     found = prices.on_demand_prices(["c5.xlarge", "m7g.large"], "us-east-1", client)
     # then the table's figure, flagged; a type the table lacks has no price at all (never a guess)
     assert found["c5.xlarge"] == prices.OnDemandPrice(STATIC_ON_DEMAND_USD["c5.xlarge"], "static-table")
@@ -221,3 +282,46 @@ def test_more_gpu_tasks_than_gpus_are_refused(world, lambda_context):
         service__memory=2048,
     )
     assert message.startswith("service.tasks_per_instance: 2 tasks need a GPU each")
+
+
+@pytest.mark.aws
+def test_validate_in_a_china_region_asks_the_china_price_list(world):
+    import boto3
+    from spotfill_control.preflight import Preflight
+
+    made: list[tuple[str, str | None]] = []
+
+    def client(service: str, region: str | None = None) -> Any:
+        made.append((service, region))
+        return boto3.client(service, region_name=region or "cn-north-1")
+
+    # when Validate's clients are made in cn-north-1
+    preflight = Preflight.of(client)
+    # then its Price List client is cn-northwest-1's (the `aws` partition's us-east-1 would refuse China
+    # credentials and lists no China Region)
+    assert ("pricing", "cn-northwest-1") in made
+    assert preflight.pricing.meta.region_name == "cn-northwest-1"
+
+
+def test_the_local_price_list_answers_the_regions_of_the_partition_it_was_signed_for():
+    def regions(signed_for: str, region_code: str | None = None) -> set[str]:
+        filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": "c5.xlarge"}]
+        if region_code:
+            filters.append({"Type": "TERM_MATCH", "Field": "regionCode", "Value": region_code})
+        body = json.dumps({"ServiceCode": "AmazonEC2", "Filters": filters, "MaxResults": 100}).encode()
+        scope = (
+            f"AWS4-HMAC-SHA256 Credential=AKID/20261206/{signed_for}/pricing/aws4_request, SignedHeaders=host"
+        )
+        status, _, text = pricing.answer("AWSPriceListService.GetProducts", body, scope)
+        assert status == 200
+        return {json.loads(p)["product"]["attributes"]["regionCode"] for p in json.loads(text)["PriceList"]}
+
+    assert (
+        pricing.signing_region("Credential=AKID/20261206/eu-central-1/pricing/aws4_request") == "eu-central-1"
+    )
+    # the `aws` endpoints list `aws` Regions only, China's endpoint China's only
+    assert "us-east-1" in regions("us-east-1") and regions("eu-central-1") == regions("ap-south-1")
+    assert not any(r.startswith("cn-") for r in regions("us-east-1"))
+    assert regions("us-east-1", "cn-north-1") == set()
+    assert regions("cn-northwest-1", "cn-north-1") == {"cn-north-1"}
+    assert regions("cn-northwest-1", "us-east-1") == set()

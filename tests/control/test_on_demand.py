@@ -213,16 +213,22 @@ def test_targets_are_set_with_modify_fleet_or_modify_spot_fleet_request_in_whole
     assert fleet_api.whole_units(2.2) == 3 and fleet_api.whole_units(2.0) == 2
 
 
-def test_delete_fleets_asks_for_at_most_100_maintain_fleets_a_call_and_tolerates_fleets_already_gone():
+def test_delete_fleets_asks_for_at_most_100_maintain_fleets_a_call_and_says_what_ec2_answered_for_each():
     ids = [f"fleet-{i}" for i in range(130)]
     ec2 = RecordingEc2({"fleet-3": "fleetIdDoesNotExist", "fleet-120": "fleetNotInDeletableState"})
-    assert fleet_api.api_named("ec2-fleet").delete(ids, ec2) == []
+    deletions = fleet_api.api_named("ec2-fleet").delete(ids, ec2)
     assert [len(kwargs["FleetIds"]) for _, kwargs in ec2.calls] == [100, 30]
     assert all(kwargs["TerminateInstances"] is True for _, kwargs in ec2.calls)
+    # a fleet already deleted is ended; one EC2 does not know deleted nothing; neither is a failure
+    assert [(d.fleet_id, d.ended, d.unknown, d.failed) for d in deletions] == [
+        ("fleet-3", False, True, False),
+        ("fleet-120", True, False, False),
+    ]
     failing = RecordingEc2({"fleet-1": "unexpectedError"})
     assert fleet_api.api_named("ec2-fleet").delete(["fleet-1"], failing) == [
-        ("fleet-1", "unexpectedError", "m")
+        fleet_api.Deletion("fleet-1", code="unexpectedError", message="m")
     ]
+    assert fleet_api.Deletion("fleet-1", code="unexpectedError").failed
 
 
 @pytest.mark.parametrize(

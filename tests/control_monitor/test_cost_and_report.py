@@ -347,6 +347,14 @@ def test_a_teardown_error_alone_makes_the_report_failed():
     assert document["reason"].startswith("teardown failed: TransientAwsError")
 
 
+def test_the_report_says_which_fleet_deletion_teardown_could_not_confirm():
+    run = make_run()
+    assert build(run)["teardown_unconfirmed"] == []
+    note = "ec2-fleet fleet-1: EC2 answered that it does not exist and never showed it deleted, so ..."
+    unconfirmed = run.model_copy(update={"teardown_unconfirmed": [note]})
+    assert build(unconfirmed)["teardown_unconfirmed"] == [note]
+
+
 def test_invalid_input_is_reported_as_invalid_without_a_run():
     error = report.StepError(Error="InvalidSpecError", Cause="fleet.target_capacity: must be >= 1")
     document = build(None, error=error)

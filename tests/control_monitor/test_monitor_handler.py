@@ -523,3 +523,34 @@ def test_each_poll_adds_a_sample_to_the_run_series_and_projects_the_eta_and_tota
     assert set(projection["by_instance_type"]) <= {"c5.xlarge", "c5.2xlarge"}
     assert projection["by_instance_type"]
     assert first["projection"]["eta_seconds"] is None  # one sample: no rate yet
+
+
+def test_monitor_waits_while_ec2_does_not_know_the_fleet_requested_moments_ago(
+    world, running_run, lambda_context, fleet_lag
+):
+    from spotfill.localcloud import patches
+
+    # given EC2's eventually consistent API answering NotFound about the fleet requested seconds ago
+    patches.FLEET_VISIBILITY.created(running_run["resources"]["fleet_id"])
+
+    # when monitor looks, then the run goes on (the fleet is not "gone") and the poll knows nothing of it
+    run = monitor.handler({"run": running_run}, lambda_context)
+    assert run["progress"]["state"] == "running"
+
+
+def test_monitor_fails_the_run_when_ec2_does_not_know_its_fleet_after_the_grace(
+    world, running_run, lambda_context, fleet_lag
+):
+    from spotfill_control.fleet import CONSISTENCY_GRACE
+
+    from spotfill.localcloud import patches
+
+    # given a fleet requested longer ago than EC2 may take to know it, and EC2 answering NotFound
+    patches.FLEET_VISIBILITY.created(running_run["resources"]["fleet_id"])
+    old = json.loads(json.dumps(running_run))
+    requested = datetime.now(UTC) - CONSISTENCY_GRACE
+    old["timeline"]["fleet_requested_at"] = requested.isoformat()
+
+    # when monitor looks, then the fleet is gone and the run fails
+    with pytest.raises(FleetRequestError, match="is gone while 3 shard"):
+        monitor.handler({"run": old}, lambda_context)

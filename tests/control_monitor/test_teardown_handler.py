@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from spotfill_control.dead_letters import read_dead_letters
@@ -148,6 +149,8 @@ def test_teardown_still_cancels_the_fleet_when_another_step_fails(world, running
     fleets = world.ec2.describe_fleets()["Fleets"]
     assert fleets and all(f["FleetState"] not in ("active", "submitted", "modifying") for f in fleets)
     assert world.sqs.list_queues(QueueNamePrefix=f"spotfill-{running_run['run_id']}").get("QueueUrls") is None
+    # and the run persisted says the fleet was seen deleted, for the retried teardown (EC2 forgets it)
+    assert world.stored_run(running_run["run_id"])["timeline"]["fleet_deleted_at"] is not None
 
 
 def test_teardown_after_monitor_finished_the_run(world, running_run, lambda_context):
@@ -296,3 +299,147 @@ def test_a_throttled_step_makes_teardown_retry_after_the_other_steps(
     # and the fleet is gone all the same
     fleets = world.ec2.describe_fleets()["Fleets"]
     assert fleets and all(f["FleetState"] not in ("active", "submitted", "modifying") for f in fleets)
+
+
+def _requested_run(world, lambda_context, api: str) -> dict:
+    from spotfill_control.handlers import prepare_run, request_fleet, validate
+
+    from .conftest import EXECUTION_ARN, STATE_MACHINE_ARN, _now_iso, sample_spec
+
+    spec = sample_spec()
+    spec["fleet"]["api"] = api
+    event = {
+        "input": spec,
+        "execution_arn": EXECUTION_ARN,
+        "state_machine_arn": STATE_MACHINE_ARN,
+        "started_at": _now_iso(),
+    }
+    run = prepare_run.handler({"run": validate.handler(event, lambda_context)["run"]}, lambda_context)
+    return request_fleet.handler({"run": run}, lambda_context)
+
+
+def _fleet_state(world, api: str, fleet_id: str) -> str | None:
+    if api == "ec2-fleet":
+        (found,) = world.ec2.describe_fleets(FleetIds=[fleet_id])["Fleets"]
+        return found["FleetState"]
+    configs = world.ec2.describe_spot_fleet_requests(SpotFleetRequestIds=[fleet_id])[
+        "SpotFleetRequestConfigs"
+    ]
+    return configs[0]["SpotFleetRequestState"] if configs else None  # moto forgets a cancelled request
+
+
+@pytest.mark.parametrize("api", ["ec2-fleet", "spot-fleet"])
+def test_teardown_seconds_after_the_request_deletes_the_fleet_ec2_does_not_know_yet(
+    world, lambda_context, fleet_lag, api
+):
+    from spotfill_control import teardown as teardown_logic
+    from spotfill_control.progress import Clients
+    from spotfill_control.run import RunState
+
+    # given a fleet just requested, which EC2's eventually consistent API does not know for 60 s (describe
+    # calls answer NotFound, deletes "does not exist" and delete nothing) while it launches
+    run = RunState.model_validate(_requested_run(world, lambda_context, api))
+    fleet_id = run.resources.fleet_id
+    instances = teardown_logic.run_instance_ids(run.run_id, world.ec2)  # launched, found by their run tag
+    assert instances
+    clock = {"now": run.timeline.fleet_requested_at}
+
+    def sleep(seconds: float) -> None:
+        fleet_lag.advance(seconds)
+        clock["now"] += timedelta(seconds=seconds)
+
+    # when it is torn down seconds after the request
+    clients = Clients(s3=world.s3, sqs=world.sqs, ec2=world.ec2, ecs=world.ecs)
+    torn, outcome = teardown_logic.teardown(
+        run,
+        clients,
+        control_bucket=CONTROL_BUCKET,
+        launch_template_id=world.settings.launch_template_id,
+        now=lambda: clock["now"],
+        sleep=sleep,
+    )
+
+    # then teardown kept deleting it by id until EC2 knew it, and saw it deleted: it replaces nothing
+    assert _fleet_state(world, api, fleet_id) in (None, "deleted", "deleted_terminating")
+    assert set(world.instance_states(instances).values()) <= {"shutting-down", "terminated"}
+    assert outcome.fleets_deleted == [fleet_id] and outcome.unconfirmed == []
+    assert torn.timeline.fleet_deleted_at == run.timeline.fleet_requested_at + timedelta(seconds=60)
+
+
+def test_a_fleet_ec2_never_showed_is_reported_unconfirmed(world, lambda_context, fleet_lag):
+    from spotfill_control import teardown as teardown_logic
+    from spotfill_control.fleet import CONSISTENCY_GRACE
+    from spotfill_control.progress import Clients
+    from spotfill_control.run import RunState
+
+    # given a fleet EC2 still does not know when the grace after its request is over
+    run = RunState.model_validate(_requested_run(world, lambda_context, "ec2-fleet"))
+    after = run.timeline.fleet_requested_at + CONSISTENCY_GRACE
+    clients = Clients(s3=world.s3, sqs=world.sqs, ec2=world.ec2, ecs=world.ecs)
+
+    # when teardown runs then
+    torn, outcome = teardown_logic.teardown(
+        run,
+        clients,
+        control_bucket=CONTROL_BUCKET,
+        launch_template_id=world.settings.launch_template_id,
+        now=lambda: after,
+        sleep=lambda _: pytest.fail("no wait once the grace is over"),
+    )
+
+    # then it says the deletion is not confirmed, in its outcome and in the run it returns
+    fleet_id = run.resources.fleet_id
+    note = (
+        f"ec2-fleet {fleet_id}: EC2 answered that it does not exist and never showed it deleted, so its "
+        "deletion is not confirmed"
+    )
+    assert outcome.unconfirmed == [note]
+    assert torn.teardown_unconfirmed == [note]
+    assert torn.timeline.fleet_deleted_at is None
+
+
+def test_teardown_short_of_time_while_ec2_does_not_know_the_fleet_retries(world, lambda_context, fleet_lag):
+    from spotfill_control import teardown as teardown_logic
+    from spotfill_control.errors import TransientAwsError
+    from spotfill_control.progress import Clients
+    from spotfill_control.run import RunState
+
+    run = RunState.model_validate(_requested_run(world, lambda_context, "ec2-fleet"))
+    clients = Clients(s3=world.s3, sqs=world.sqs, ec2=world.ec2, ecs=world.ecs)
+    with pytest.raises(TransientAwsError, match="not known to EC2 yet 10 s after its request"):
+        teardown_logic.teardown(
+            run,
+            clients,
+            control_bucket=CONTROL_BUCKET,
+            launch_template_id=world.settings.launch_template_id,
+            now=lambda: run.timeline.fleet_requested_at + timedelta(seconds=10),
+            sleep=lambda _: pytest.fail("no wait with the invocation's time short"),
+            time_left=lambda: teardown_logic.FLEET_WAIT_RESERVE_SECONDS - 1,
+        )
+
+
+def test_a_second_teardown_within_the_grace_does_not_wait_for_a_fleet_ec2_forgot(world, lambda_context):
+    from spotfill_control import teardown as teardown_logic
+    from spotfill_control.progress import Clients
+    from spotfill_control.run import RunState
+
+    # given a Spot Fleet request torn down once, seconds after it was requested (moto forgets a cancelled
+    # request at once; EC2 after a while)
+    run = RunState.model_validate(_requested_run(world, lambda_context, "spot-fleet"))
+    clients = Clients(s3=world.s3, sqs=world.sqs, ec2=world.ec2, ecs=world.ecs)
+    soon = run.timeline.fleet_requested_at + timedelta(seconds=20)
+    options = {
+        "control_bucket": CONTROL_BUCKET,
+        "launch_template_id": world.settings.launch_template_id,
+        "now": lambda: soon,
+        "sleep": lambda _: pytest.fail("no wait for a fleet seen deleted"),
+    }
+    first, outcome = teardown_logic.teardown(run, clients, **options)
+    assert outcome.fleets_deleted == [run.resources.fleet_id]
+
+    # when teardown runs again within the grace (cleanup_on_exit after the ASL's Teardown)
+    second, outcome = teardown_logic.teardown(first, clients, **options)
+
+    # then the fleet EC2 no longer knows is done: no wait, nothing unconfirmed
+    assert outcome.unconfirmed == [] and second.teardown_unconfirmed == []
+    assert second.timeline.fleet_deleted_at == soon

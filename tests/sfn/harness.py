@@ -81,6 +81,9 @@ class Knobs:
     # (limits.max_runtime_seconds, 60 s at least): an expiry without the wait. None: the ValidUntil requested.
     fleet_valid_for_seconds: float | None = None
     fleet_fails: bool = False  # EC2 reports the fleet `failed` right after it is requested
+    # EC2's API does not know a new fleet for this long (NotFound to calls naming it: eventual consistency,
+    # `patches.FLEET_VISIBILITY`); its instances boot all the same
+    fleet_visibility_lag: float = 0.0
     # Spot is short: a fleet gets at most this many spot units of each type named (patches.set_spot_capacity)
     spot_capacity: dict[str, float] = field(default_factory=dict)
     tick_seconds: float = 0.25  # the physics' clock
@@ -129,6 +132,7 @@ class Physics(threading.Thread):
     def start(self) -> None:
         patches.set_failing_pools(self.knobs.failing_pools)
         patches.set_spot_capacity(self.knobs.spot_capacity)
+        patches.FLEET_VISIBILITY.set(self.knobs.fleet_visibility_lag)
         super().start()
 
     def stop(self) -> None:
@@ -136,6 +140,7 @@ class Physics(threading.Thread):
         self.join(timeout=10)
         patches.set_failing_pools({})
         patches.set_spot_capacity({})
+        patches.FLEET_VISIBILITY.set(0.0)
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -175,6 +180,8 @@ class Physics(threading.Thread):
                 continue
             if not self.knobs.register:
                 continue
+            if patches.FLEET_VISIBILITY.hidden(fleet_id):
+                continue  # the API does not name it yet; its instances register once it does
             instances = fleet_active_instances(self._ec2, fleet_id)
             for instance in instances:
                 instance_id = instance["InstanceId"]

@@ -252,6 +252,18 @@ def test_invalid_input_fails_before_anything_is_created_with_an_error_naming_the
 
 
 @pytest.mark.parametrize("api", FLEET_APIS)
+def test_a_fleet_ec2_does_not_know_at_first_is_waited_for_and_the_run_completes(cloud, lambdas, api):
+    # EC2's API is eventually consistent: for 3 s after the request, calls naming the fleet answer NotFound
+    # (describe) and "does not exist" (delete); CheckRegistration runs right after RequestFleet
+    outcome = cloud.run(cloud.spec(f"unseen-{api}", shards=2, fleet_api=api), Knobs(fleet_visibility_lag=3.0))
+
+    assert outcome.last.status == "SUCCEEDED", outcome.last.cause
+    assert outcome.last.entered().count("CheckRegistration") >= 2
+    assert outcome.report["status"] == "succeeded"
+    assert_nothing_left(cloud.session, outcome.run_id)
+
+
+@pytest.mark.parametrize("api", FLEET_APIS)
 def test_fleet_that_never_registers_times_out_and_is_cancelled(cloud, lambdas, api):
     outcome = cloud.run(
         # long enough for a second poll even when an iteration is slow on a loaded machine

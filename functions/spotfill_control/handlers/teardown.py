@@ -34,6 +34,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | N
         extra={
             "removed": outcome.removed,
             "instances_terminated": len(outcome.instances_terminated),
+            "fleets_deleted": outcome.fleets_deleted,
+            "fleet_deletions_unconfirmed": outcome.unconfirmed,
             "dead_letters_stored": outcome.dead_letters,
         },
     )

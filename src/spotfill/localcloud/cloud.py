@@ -47,6 +47,9 @@ class LocalCloudOptions:
     boot_interval: float = 0.5
     # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
     failing_pools: dict[str, str] = field(default_factory=dict)
+    # Seconds a new fleet stays unknown to the calls naming it, as EC2's eventually consistent API may answer
+    # (`patches.FLEET_VISIBILITY`); 0: visible at once.
+    fleet_visibility_lag: float = 0.0
     chaos: ChaosSpec | None = None
     # Worker logs, emulator and function logs. None: a temporary folder, removed when the cloud stops unless
     # keep_run_dir (a given run_dir is always kept).
@@ -132,6 +135,8 @@ class LocalCloud:
         patches.raise_spot_quotas(self.region)
         patches.set_failing_pools(self.options.failing_pools)
         self._stack.callback(patches.set_failing_pools, {})
+        patches.FLEET_VISIBILITY.set(self.options.fleet_visibility_lag)
+        self._stack.callback(patches.FLEET_VISIBILITY.set, 0.0)
         from spotfill.lambdas import inprocess_lambdas
 
         # IAM enforced: each handler acts as its function's role (the ECS agent's workers as the task role).

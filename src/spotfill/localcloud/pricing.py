@@ -9,14 +9,17 @@ priceDimensions and pricePerUnit.USD), for every instance type moto's EC2 descri
 (Linux shared, Linux dedicated, Linux on a capacity reservation, Windows, Linux with SQL Web) so that filters
 matter. The on-demand price follows the type's vCPUs, memory, GPUs and architecture and the region; it is not
 the static fallback table's figure, nor a round multiple of the emulated spot price (`spot_price`), so tests
-can tell the sources apart. `PRICE_LIST_OUTAGE.refuse(code)` makes every GetProducts fail (AccessDenied,
-throttling, ...) until `restore()`, for the static-table fallback.
+can tell the sources apart. Each partition has its own Price List endpoints and lists its own Regions only
+(the `aws` endpoints price no China Region): a request is answered for the Regions of the partition of the
+Region it was signed for (its credential scope). `PRICE_LIST_OUTAGE.refuse(code)` makes every GetProducts
+fail (AccessDenied, throttling, ...) until `restore()`, for the static-table fallback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -200,8 +203,18 @@ def _matches(product: dict[str, Any], filters: Iterable[dict[str, str]]) -> bool
     return True
 
 
-def get_products(request: dict[str, Any]) -> tuple[int, dict[str, str], str]:
-    """A GetProducts request body → (status, headers, body), as the Price List Query API answers."""
+_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/pricing/")
+
+
+def signing_region(authorization: str) -> str | None:
+    """The Region of a SigV4 `Authorization` header's credential scope (the endpoint asked); None: none."""
+    found = _SCOPE.search(authorization or "")
+    return found.group(1) if found else None
+
+
+def get_products(request: dict[str, Any], endpoint: str | None = None) -> tuple[int, dict[str, str], str]:
+    """A GetProducts request body → (status, headers, body), as the Price List Query API answers at the
+    endpoint of Region `endpoint` (None: any): products of the Regions of that endpoint's partition only."""
     if PRICE_LIST_OUTAGE.code:
         return _error(PRICE_LIST_OUTAGE.code, "The Price List API refused the request (emulated outage).")
     if request.get("ServiceCode") != "AmazonEC2":
@@ -211,6 +224,10 @@ def get_products(request: dict[str, Any]) -> tuple[int, dict[str, str], str]:
     if "instanceType" not in asked:
         return _error("InvalidParameterException", "The emulated Price List answers per instanceType only.")
     regions = [asked["regionCode"]] if "regionCode" in asked else list(REGION_FACTORS)
+    if endpoint is not None:
+        from spotfill_control.prices import partition_of
+
+        regions = [r for r in regions if partition_of(r) == partition_of(endpoint)]
     found = [
         json.dumps(p)
         for region in regions
@@ -225,12 +242,12 @@ def get_products(request: dict[str, Any]) -> tuple[int, dict[str, str], str]:
     return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(page)
 
 
-def answer(target: str, body: bytes) -> tuple[int, dict[str, str], str]:
-    """Any Price List action; only GetProducts is emulated."""
+def answer(target: str, body: bytes, authorization: str = "") -> tuple[int, dict[str, str], str]:
+    """Any Price List action (signed with `authorization`); only GetProducts is emulated."""
     action = target[len(TARGET_PREFIX) :]
     if action != "GetProducts":
         return _error("UnknownOperationException", f"{action} is not emulated by the local cloud.")
-    return get_products(json.loads(body or b"{}"))
+    return get_products(json.loads(body or b"{}"), signing_region(authorization))
 
 
 class PriceListRouter:
@@ -246,7 +263,7 @@ class PriceListRouter:
             return self.app(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
-        status, headers, text = answer(target, body)
+        status, headers, text = answer(target, body, environ.get("HTTP_AUTHORIZATION", ""))
         payload = text.encode()
         reason = "OK" if status == 200 else "Bad Request" if status < 500 else "Internal Server Error"
         start_response(f"{status} {reason}", [*headers.items(), ("Content-Length", str(len(payload)))])
@@ -274,7 +291,10 @@ def install_in_process() -> None:
                 target = target.decode()
             if target.startswith(TARGET_PREFIX):
                 body = request.body or b""
-                return answer(target, body.encode() if isinstance(body, str) else body)
+                authorization = request.headers.get("Authorization", "")
+                if isinstance(authorization, bytes):
+                    authorization = authorization.decode()
+                return answer(target, body.encode() if isinstance(body, str) else body, authorization)
             return original(self, request)
 
         BotocoreStubber.process_request = process_request
