@@ -356,6 +356,45 @@ def install_scaling_patches() -> None:
     _patch_sqs()
     _patch_s3()
     _patch_ec2_tags()
+    _patch_ec2_instance_lookup()
+    _patch_dispatch()
+
+
+def _patch_ec2_instance_lookup() -> None:
+    """An instance by its id from an index: moto copies every reservation and scans every instance per lookup,
+    which the fleet emulator does for each of a thousand instances every tick."""
+    from moto.ec2.models.instances import InstanceBackend
+
+    original = InstanceBackend.get_instance
+
+    def get_instance(self: Any, instance_id: str) -> Any:
+        index = self.__dict__.setdefault("_bench_instances", {})
+        if instance_id not in index:  # moto never removes an instance from its reservation: index anew
+            index.update((i.id, i) for r in list(self.reservations.values()) for i in r.instances)
+        if instance_id not in index:
+            return original(self, instance_id)  # raises moto's InvalidInstanceID.NotFound
+        return index[instance_id]
+
+    InstanceBackend.get_instance = get_instance
+
+
+def _patch_dispatch() -> None:
+    """moto's request routing, computed once: it rebuilds each backend's URL table per request (for S3 by
+    reloading a module) and lists its own package directory per request to recognise a service's host."""
+    from moto import backends
+    from moto.core.base_backend import BaseBackend
+
+    urls = BaseBackend.urls
+
+    def cached_urls(self: Any) -> Any:
+        table = self.__dict__.get("_bench_urls")
+        if table is None:
+            table = self.__dict__["_bench_urls"] = urls.fget(self)
+        return table
+
+    BaseBackend.urls = property(cached_urls)
+    modules = tuple(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules
 
 
 # --- the process -------------------------------------------------------------------------------------------
@@ -412,10 +451,13 @@ def serve(port: int, connection: Any) -> None:
     server = Server(ip_address=HOST, port=port, verbose=False)
     server.start()
     physics = Physics()
+    sampler = StackSampler.from_environment()
     connection.send(("ready", endpoint))
     while True:
         command, arguments = connection.recv()
         if command == "stop":
+            if sampler is not None:
+                sampler.stop()
             server.stop()
             mock.stop()
             connection.send(("ok", None))
@@ -424,6 +466,70 @@ def serve(port: int, connection: Any) -> None:
             connection.send(("ok", getattr(physics, command)(*arguments)))
         except Exception as exc:  # the bench raises it with the command's name
             connection.send(("error", f"{command}: {type(exc).__name__}: {exc}"))
+
+
+class StackSampler:
+    """Where this process's time goes, by sampling every thread's stack (`SCALE_PROFILE=path`: every 10 ms,
+    written to path at the end as `samples function` lines, inclusive, most first). The endpoint's threads are
+    werkzeug's, which cProfile (one thread) does not see."""
+
+    def __init__(self, path: str, interval: float = 0.01) -> None:
+        self.path, self.interval = path, interval
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._sample, name="stack-sampler", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def from_environment(cls) -> StackSampler | None:
+        path = os.environ.get("SCALE_PROFILE")
+        return cls(path) if path else None
+
+    def _sample(self) -> None:
+        import sys
+
+        own = threading.get_ident()
+        while not self.stopping.wait(self.interval):
+            for ident, frame in sys._current_frames().items():
+                if ident == own or _idle(frame):
+                    continue
+                self.samples += 1
+                seen = set()
+                while frame is not None:
+                    code = frame.f_code
+                    where = code.co_filename.rsplit("site-packages/", 1)[-1]
+                    name = f"{where}:{code.co_firstlineno} {code.co_name}"
+                    if name not in seen:
+                        seen.add(name)
+                        self.counts[name] = self.counts.get(name, 0) + 1
+                    frame = frame.f_back
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])
+        with open(self.path, "w") as handle:
+            handle.write(f"{self.samples} samples of busy threads every {self.interval * 1000:.0f} ms\n")
+            handle.writelines(f"{count} {name}\n" for name, count in ranked[:400])
+
+
+def _idle(frame: Any) -> bool:
+    """A thread waiting: in a lock, a select, a socket accept or read, or a queue get."""
+    return frame.f_code.co_name in {
+        "wait",
+        "select",
+        "accept",
+        "recv",
+        "recv_into",
+        "readinto",
+        "poll",
+        "_wait_for_tstate_lock",
+        "get",
+        "recv_bytes",
+        "_recv",
+        "_recv_bytes",
+    }
 
 
 SERVED: dict[str, list[float]] = {}  # request kind -> [count, seconds]: where the emulator's time goes
@@ -476,11 +582,16 @@ class Physics:
         self.lock = threading.Lock()
 
     def start_fleet(
-        self, run: dict[str, Any], poisoned: list[str], visibility_timeout: int, model_etag: str
+        self,
+        run: dict[str, Any],
+        poisoned: list[str],
+        visibility_timeout: int,
+        model_etag: str,
+        calls: str = "boto3",
     ) -> None:
         from bench.scale_world import StandInFleet
 
-        self.stand_ins = StandInFleet(self, run, set(poisoned), visibility_timeout, model_etag)
+        self.stand_ins = StandInFleet(self, run, set(poisoned), visibility_timeout, model_etag, calls=calls)
 
     def fleet(self, method: str, *arguments: Any) -> Any:
         """Call a `StandInFleet` method: sync, work, interrupt, check; "tally" returns its counts."""

@@ -219,6 +219,7 @@ def results(
             "part_size": _part_size(),
             "poll_seconds": options.poll_seconds,
             "monitor_polls": polls,
+            "stand_in_calls": options.stand_in_calls,
         },
         "fleet": tally,
         "stages": stages,

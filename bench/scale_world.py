@@ -35,6 +35,7 @@ MODEL_KEY = "models/scale.keras"
 INSTANCE_TYPE = "c5.xlarge"
 ROWS_PER_SHARD = 7
 RECEIVE_BATCH = 10  # SQS's most messages per ReceiveMessage
+STAND_IN_CALLS = ("boto3", "backend")
 _FAKE_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
@@ -235,12 +236,18 @@ class StandInFleet:
         visibility_timeout: int,
         model_etag: str,
         seed: int = 17,
+        calls: str = "boto3",
     ) -> None:
         session = boto3.session.Session(region_name=REGION, **_aws_keys())
         config = Config(retries={"mode": "standard", "max_attempts": 5})
         self.s3 = session.client("s3", config=config)
         self.sqs = session.client("sqs", config=config)
         self.ecs = session.client("ecs", config=config)
+        if calls not in STAND_IN_CALLS:
+            raise ValueError(f"stand-in calls must be one of {', '.join(STAND_IN_CALLS)}, not {calls!r}")
+        # what the stand-ins take shards and write outputs with (`check` lists with the boto3 client)
+        self.shard_sqs: Any = self.sqs if calls == "boto3" else BackendSqs()
+        self.shard_s3: Any = self.s3 if calls == "boto3" else BackendS3()
         self.physics = physics
         self.run_id = run["run_id"]
         self.queue_url = run["resources"]["queue_url"]
@@ -329,7 +336,7 @@ class StandInFleet:
         return chosen
 
     def _take(self, stand_in: StandIn, count: int) -> list[dict[str, Any]]:
-        response = self.sqs.receive_message(
+        response = self.shard_sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=count,
             WaitTimeSeconds=0,
@@ -349,7 +356,7 @@ class StandInFleet:
                 continue
             bucket, key = body["output"][len("s3://") :].split("/", 1)
             try:
-                self.s3.put_object(
+                self.shard_s3.put_object(
                     Bucket=bucket,
                     Key=key,
                     Body=b"ok",
@@ -372,13 +379,13 @@ class StandInFleet:
                 self.tally.outputs_refused += 1
             done.append(message)
         if done:
-            self.sqs.delete_message_batch(
+            self.shard_sqs.delete_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
             )
         if failed:
             self.tally.failures += len(failed)
-            self.sqs.change_message_visibility_batch(
+            self.shard_sqs.change_message_visibility_batch(
                 QueueUrl=self.queue_url,
                 Entries=[
                     {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
@@ -403,7 +410,100 @@ class StandInFleet:
             "time": datetime.now(UTC).isoformat(),
         }
         bucket, key = body["error"][len("s3://") :].split("/", 1)
-        self.s3.put_object(
+        self.shard_s3.put_object(
             Bucket=bucket, Key=key, Body=json.dumps(record, indent=2).encode(), ContentType="application/json"
         )
         self.tally.error_records += 1
+
+
+class BackendSqs:
+    """The stand-ins' SQS calls (`--stand-in-calls backend`) made on moto's backend in this process: the same
+    operations on the same queues (receive with a visibility timeout, delete, visibility back to 0, redrive
+    after the receive limit), without boto3's request building and moto's parsing and serialising, which cost
+    a few milliseconds a shard and would make most of a million-shard rehearsal. The handlers' calls are never
+    made this way."""
+
+    def __init__(self) -> None:
+        from moto.sqs.models import sqs_backends
+
+        self.backend = sqs_backends[ACCOUNT_ID][REGION]
+
+    @staticmethod
+    def _queue(url: str) -> str:
+        return url.rstrip("/").rsplit("/", 1)[-1]
+
+    def receive_message(
+        self,
+        QueueUrl: str,
+        MaxNumberOfMessages: int,
+        WaitTimeSeconds: int,
+        VisibilityTimeout: int,
+        MessageSystemAttributeNames: list[str] | None = None,
+    ) -> dict[str, Any]:
+        messages = self.backend.receive_message(
+            self._queue(QueueUrl), MaxNumberOfMessages, WaitTimeSeconds, VisibilityTimeout
+        )
+        return {
+            "Messages": [
+                {
+                    "MessageId": m.id,
+                    "ReceiptHandle": m.receipt_handle,
+                    "Body": m.body,
+                    "Attributes": {"ApproximateReceiveCount": str(m.approximate_receive_count)},
+                }
+                for m in messages
+            ]
+        }
+
+    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        from moto.sqs.exceptions import ReceiptHandleIsInvalid
+
+        failed = []
+        for entry in Entries:
+            try:
+                self.backend.delete_message(self._queue(QueueUrl), entry["ReceiptHandle"])
+            except ReceiptHandleIsInvalid as exc:
+                failed.append({"Id": entry["Id"], "SenderFault": True, "Code": exc.code})
+        return {"Successful": [], "Failed": failed}
+
+    def change_message_visibility_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        _, failed = self.backend.change_message_visibility_batch(self._queue(QueueUrl), Entries)
+        return {"Failed": failed}
+
+
+class BackendS3:
+    """The stand-ins' PutObject (`--stand-in-calls backend`) on moto's backend in this process: the
+    conditional write (`IfNoneMatch: *` refused with PreconditionFailed when the key exists) and the user
+    metadata as S3 keeps them, without the HTTP layer (see `BackendSqs`). Parameters keep boto3's names."""
+
+    def __init__(self) -> None:
+        from moto.s3.models import s3_backends
+
+        self.backend = s3_backends[ACCOUNT_ID]["aws"]
+
+    def put_object(
+        self,
+        Bucket: str,
+        Key: str,
+        Body: bytes,
+        IfNoneMatch: str | None = None,
+        Metadata: dict[str, str] | None = None,
+        ContentType: str | None = None,
+    ) -> dict[str, Any]:
+        if IfNoneMatch == "*" and self.backend.get_object(Bucket, Key) is not None:
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "PreconditionFailed",
+                        "Message": "At least one of the pre-conditions you specified did not hold",
+                    }
+                },
+                "PutObject",
+            )
+        stored = self.backend.put_object(Bucket, Key, Body)
+        metadata = {f"x-amz-meta-{name}": value for name, value in (Metadata or {}).items()}
+        if ContentType:
+            metadata["Content-Type"] = ContentType
+        if metadata:
+            stored.set_metadata(metadata)
+        return {"ETag": stored.etag}
