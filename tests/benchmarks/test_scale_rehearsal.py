@@ -286,3 +286,53 @@ def test_dead_letters_are_projected_per_thousand_over_all_drains():
     assert drain["Teardown"]["measured_in"] == "Monitor"
     assert drain["Teardown"]["lambda_seconds_per_1000"] == pytest.approx(1769 / 512 + 1.0, abs=0.01)
     assert drain["Teardown"]["budget_seconds"] == 540
+
+
+def test_stand_ins_on_moto_backends_take_every_shard_once_and_poisoned_ones_reach_the_dead_letters():
+    # given the stand-ins making their receive, delete, visibility and conditional PutObject calls on moto's
+    # backends (the million-shard run's setting), with interruptions and poisoned shards
+    options = scale.Options(
+        shards=1_000,
+        instances=20,
+        poisoned=10,
+        interruptions=2,
+        shards_per_poll=300,
+        results=None,
+        quiet=True,
+        stand_in_calls="backend",
+    )
+
+    # when the rehearsal runs
+    result = scale.rehearse(options)
+
+    # then it is as exact as with boto3: one output a shard, none for the poisoned, the report's counts true
+    assert result["size"]["stand_in_calls"] == "backend"
+    checks = result["checks"]
+    assert checks["outputs_expected"] == checks["outputs_listed"] == 990
+    assert checks["every_shard_one_output"] is True and checks["no_output_for_poisoned"] is True
+    assert (checks["report_succeeded"], checks["report_failed"]) == (990, 10)
+    assert checks["passed"] is True
+    fleet = result["fleet"]
+    assert fleet["messages_lost_to_interruptions"] > 0
+    assert fleet["error_records"] == fleet["failures"] >= 10
+
+
+def test_a_backend_stand_in_put_is_refused_when_the_output_exists():
+    from botocore.exceptions import ClientError
+    from moto import mock_aws
+
+    from bench.scale_world import BackendS3
+
+    with mock_aws():
+        import boto3
+
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="spotfill-data-scale")
+        store = BackendS3()
+        store.put_object(
+            Bucket="spotfill-data-scale", Key="o/1", Body=b"a", IfNoneMatch="*", Metadata={"r": "7"}
+        )
+        with pytest.raises(ClientError, match="PreconditionFailed"):
+            store.put_object(Bucket="spotfill-data-scale", Key="o/1", Body=b"b", IfNoneMatch="*")
+        head = s3.head_object(Bucket="spotfill-data-scale", Key="o/1")
+        assert head["Metadata"] == {"r": "7"} and head["ContentLength"] == 1
