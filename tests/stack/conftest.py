@@ -19,6 +19,15 @@ FAKE_CREDENTIALS = {
 }
 
 
+@pytest.fixture
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and region for one test's moto, and no endpoint or profile of the machine's."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(name, FAKE_CREDENTIALS[name])
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture(scope="module")
 def moto_module() -> Iterator[None]:
     """One moto for the whole module: deploying the stack takes seconds, reading it takes none."""

@@ -303,15 +303,7 @@ def test_put_object_with_tags_implies_put_object_tagging():
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.session.Session]:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def aws(aws_credentials: None) -> Iterator[boto3.session.Session]:
     with mock_aws(), iam.enforcing():
         yield boto3.session.Session(region_name=REGION)
 
