@@ -105,6 +105,8 @@ def rehearse(options: Options) -> dict[str, Any]:
         )
         _log(options, f"calibration at {small.shards:,} shards")
         calibration = _rehearse_once(small)
+        if options.results is not None:  # kept should the run at full size not finish
+            options.results.write_text(json.dumps({"calibration_only": calibration}, indent=2) + "\n")
         if not calibration["checks"]["passed"]:
             raise RehearsalError(f"the calibration run at {small.shards:,} shards failed its checks")
     _log(options, f"rehearsal at {options.shards:,} shards")

@@ -287,6 +287,17 @@ def _patch_s3() -> None:
         index.note(key)
 
     store.__setitem__ = setitem
+    original_setlist = store.setlist
+
+    def setlist(self: Any, key: str, list_: Any) -> Any:  # PutObject stores a key this way
+        result = original_setlist(self, key, list_)
+        index = self.__dict__.get("_bench_index")
+        if index is None:
+            index = self.__dict__["_bench_index"] = KeyIndex()
+        index.note(key)
+        return result
+
+    store.setlist = setlist
     original_list_v2 = models.S3Backend.list_objects_v2
 
     def list_objects_v2(
@@ -470,8 +481,8 @@ def serve(port: int, connection: Any) -> None:
 
 class StackSampler:
     """Where this process's time goes, by sampling every thread's stack (`SCALE_PROFILE=path`: every 10 ms,
-    written to path at the end as `samples function` lines, inclusive, most first). The endpoint's threads are
-    werkzeug's, which cProfile (one thread) does not see."""
+    written to path every minute and at the end as `samples function` lines, inclusive, most first). The
+    endpoint's threads are werkzeug's, which cProfile (one thread) does not see."""
 
     def __init__(self, path: str, interval: float = 0.01) -> None:
         self.path, self.interval = path, interval
@@ -490,7 +501,11 @@ class StackSampler:
         import sys
 
         own = threading.get_ident()
+        written = time.monotonic()
         while not self.stopping.wait(self.interval):
+            if time.monotonic() - written >= 60.0:
+                self.write()
+                written = time.monotonic()
             for ident, frame in sys._current_frames().items():
                 if ident == own or _idle(frame):
                     continue
@@ -508,6 +523,9 @@ class StackSampler:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join()
+        self.write()
+
+    def write(self) -> None:
         ranked = sorted(self.counts.items(), key=lambda kv: -kv[1])
         with open(self.path, "w") as handle:
             handle.write(f"{self.samples} samples of busy threads every {self.interval * 1000:.0f} ms\n")
