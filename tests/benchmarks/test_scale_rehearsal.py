@@ -336,3 +336,22 @@ def test_a_backend_stand_in_put_is_refused_when_the_output_exists():
             store.put_object(Bucket="spotfill-data-scale", Key="o/1", Body=b"b", IfNoneMatch="*")
         head = s3.head_object(Bucket="spotfill-data-scale", Key="o/1")
         assert head["Metadata"] == {"r": "7"} and head["ContentLength"] == 1
+
+
+def test_a_looping_stage_is_flagged_at_a_size_by_its_projection_per_part_not_by_the_fit_of_one_call():
+    # given a PrepareRun whose one measured call, scaled in proportion, is over half its Timeout at 10M, but
+    # whose calls stop at their budget and stay under it by part; and a Report over half by its fit
+    over = {"over_half_timeout": True, "over_half_memory": False}
+    under = {"over_half_timeout": False, "over_half_memory": False}
+    stages = {
+        "PrepareRun": {"extrapolated": {"10_000_000": over}},
+        "Report": {"extrapolated": {"10_000_000": {"over_half_timeout": False, "over_half_memory": True}}},
+        "Teardown": {"extrapolated": {"10_000_000": under}},
+    }
+    bounded = {"looping": {"PrepareRun": {"at": {"10_000_000": under}}}}
+
+    # then only the Report is flagged at 10M
+    assert scale_report.flagged_at(stages, bounded, "10_000_000") == ["Report"]
+    # and a looping stage over half by part is flagged
+    bounded["looping"]["PrepareRun"]["at"]["10_000_000"] = over
+    assert scale_report.flagged_at(stages, bounded, "10_000_000") == ["PrepareRun", "Report"]
