@@ -277,26 +277,24 @@ def _patch_s3() -> None:
     from moto.s3 import models, utils
 
     store = utils._VersionedKeyStore
-    original_setitem = store.__setitem__
+    original_setitem, original_setlist = store.__setitem__, store.setlist
+
+    def noted(self: Any, key: str) -> None:
+        index = self.__dict__.get("_bench_index")
+        if index is None:
+            index = self.__dict__["_bench_index"] = KeyIndex()
+        index.note(key)
 
     def setitem(self: Any, key: str, value: Any) -> None:
         original_setitem(self, key, value)
-        index = self.__dict__.get("_bench_index")
-        if index is None:
-            index = self.__dict__["_bench_index"] = KeyIndex()
-        index.note(key)
-
-    store.__setitem__ = setitem
-    original_setlist = store.setlist
+        noted(self, key)
 
     def setlist(self: Any, key: str, list_: Any) -> Any:  # PutObject stores a key this way
         result = original_setlist(self, key, list_)
-        index = self.__dict__.get("_bench_index")
-        if index is None:
-            index = self.__dict__["_bench_index"] = KeyIndex()
-        index.note(key)
+        noted(self, key)
         return result
 
+    store.__setitem__ = setitem
     store.setlist = setlist
     original_list_v2 = models.S3Backend.list_objects_v2
 
@@ -532,9 +530,9 @@ class StackSampler:
             handle.writelines(f"{count} {name}\n" for name, count in ranked[:400])
 
 
-def _idle(frame: Any) -> bool:
-    """A thread waiting: in a lock, a select, a socket accept or read, or a queue get."""
-    return frame.f_code.co_name in {
+# What a thread waiting (in a lock, a select, a socket accept or read, a queue get) is in.
+_WAITING = frozenset(
+    {
         "wait",
         "select",
         "accept",
@@ -548,6 +546,11 @@ def _idle(frame: Any) -> bool:
         "_recv",
         "_recv_bytes",
     }
+)
+
+
+def _idle(frame: Any) -> bool:
+    return frame.f_code.co_name in _WAITING
 
 
 SERVED: dict[str, list[float]] = {}  # request kind -> [count, seconds]: where the emulator's time goes
@@ -578,9 +581,10 @@ FREEZE_EVERY = 2_000  # requests
 
 def _settle_heap(force: bool = False) -> None:
     """Move what the emulator holds out of the garbage collector's sight (`gc.freeze`) now and then: with
-    millions of objects (keys, messages) each full collection walks them all, which made a request 4 to 5x
-    slower at a million shards than at a hundred thousand. What is frozen is never collected, so cycles frozen
-    with it stay: a bench process's price for a flat cost per request."""
+    millions of objects (keys, messages) each full collection walks them all (in process, a SendMessageBatch
+    took 2.5 ms beside an empty bucket, 5.7 ms beside 300,000 keys, 2.4 ms beside a million frozen ones). What
+    is frozen is never collected, so cycles frozen with it stay: a bench process's price for a flat cost per
+    request."""
     import gc
 
     _requests_since_freeze["count"] += 1
