@@ -45,3 +45,9 @@ class ModelLoadError(SpotfillError):
 class BudgetReached(SpotfillError):
     """The run drained before its projected cost crossed `limits.max_total_usd`; its unfinished shards wait
     for `spotfill redrive`. The execution fails with this error so nobody takes it for a finished backfill."""
+
+
+class DeadlineInfeasibleError(SpotfillError):
+    """`limits.finish_by` cannot be met: the first Monitor poll with a measured rate found that the dollar cap
+    cannot pay for the capacity it needs, or that it needs more than `fleet.target_capacity` (a spec without
+    `estimate`, which Validate could not check). The run ends before the fleet grows; never retried."""

@@ -206,9 +206,13 @@ def fleet_target_capacity(target_capacity: int, remaining_shards: int, tasks_per
 
 
 def requested_capacity(run: RunState) -> int:
-    """The target capacity the run's fleet is requested with (after PrepareRun, which counts its shards)."""
+    """The target capacity the run's fleet is requested with (after PrepareRun, which counts its shards): with
+    a deadline Validate could size (`run.finish_by.start_units`), that capacity, `fleet.target_capacity`
+    being its ceiling."""
+    deadline = run.finish_by
+    start = deadline.start_units if deadline is not None else None
     return fleet_target_capacity(
-        run.spec.fleet.target_capacity,
+        run.spec.fleet.target_capacity if start is None else min(start, run.spec.fleet.target_capacity),
         max(0, run.shards_total - run.shards_skipped),
         run.spec.service.tasks_per_instance,
     )

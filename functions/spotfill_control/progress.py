@@ -39,7 +39,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget, cost, dead_letters, fleet, on_demand, reconcile, shards
+from spotfill_control import budget, cost, dead_letters, finish_by, fleet, on_demand, reconcile, shards
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.deadline import Deadline
@@ -680,6 +680,16 @@ def _watch_fleet(
         progress.fleet_target_capacity = new_target
         seen.fleet_target_capacity = new_target
         return
+    if run.finish_by is not None:
+        # The deadline sets the target (`finish_by.steer`); the on-demand fallback joins only while the
+        # running capacity would finish late (or before any rate, as without a deadline), and not on a poll
+        # that changed the target (its view of the fleet is stale).
+        tracking = finish_by.steer(run, clients.ec2, view.status, seen.capacity, seen.remaining, now)
+        if tracking is not None and run.finish_by.added_units:
+            progress.fleet_target_capacity = seen.fleet_target_capacity = run.finish_by.target_units
+            return
+        if tracking is not None and not tracking.at_risk:
+            return
     on_demand.rebalance(run, clients.ec2, view.status, now)
 
 

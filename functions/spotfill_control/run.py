@@ -133,6 +133,23 @@ class Projection(_State):
     projected_total_usd: float | None = None  # accrued + the fleet's hourly price x (ETA + a poll)
 
 
+class FinishBy(_State):
+    """The run's deadline (`limits.finish_by`, resolved at Validate) and how the Monitor tracks it
+    (`spotfill_control.finish_by`): a few numbers, rewritten every poll."""
+
+    at: datetime  # the absolute deadline
+    checked: bool = False  # feasibility was checked with numbers (Validate's estimate, or a measured rate)
+    start_units: int | None = None  # the capacity the fleet is requested with (None: fleet.target_capacity)
+    needed_units: int | None = None  # the capacity that finishes by `at`, as the last poll estimated it
+    target_units: int | None = None  # the fleet's target the last poll set or kept
+    running_units: float = 0.0  # the fleet's pending/running capacity at the last poll
+    limited_by: Literal["cap", "ceiling"] | None = None  # what held the target below `needed_units`
+    projected_finish_at: datetime | None = None  # at the running capacity's measured rate
+    behind_seconds: float | None = None  # projected finish - `at`: > 0 behind, < 0 ahead
+    added_units: int = 0  # the last change of the target (negative: shrunk)
+    infeasible: str | None = None  # why the first measured poll found the deadline out of reach: the run ends
+
+
 class FailedPool(_State):
     """A capacity pool of the fleet (an instance type in a zone) that EC2 could not launch into, or an
     account-wide fleet error that names no pool: from the fleet's request history (`error` events)."""
@@ -170,6 +187,7 @@ class RunState(_State):
     instance_types: dict[str, InstanceTypeFacts] = Field(default_factory=dict)
     budget: Budget = Field(default_factory=Budget)
     projection: Projection | None = None
+    finish_by: FinishBy | None = None  # None: no deadline (`limits.finish_by` unset)
     # What teardown deleted without seeing it deleted, each with why (EC2 never showed the fleet it made).
     teardown_unconfirmed: list[str] = Field(default_factory=list)
 

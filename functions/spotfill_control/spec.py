@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
@@ -276,6 +278,41 @@ RETENTION_MARGIN_SECONDS = 86_400
 MAX_RUNTIME_SECONDS = SQS_MAX_RETENTION_SECONDS - RETENTION_MARGIN_SECONDS  # 13 days
 
 
+# `limits.finish_by` as a duration from the run's start: an ISO 8601 duration of days, hours, minutes and
+# seconds (`PT6H`, `PT90M`, `P1DT12H`); years and months have no fixed length and are refused.
+FINISH_BY_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
+
+
+def parse_finish_by(value: str) -> datetime | timedelta:
+    """`limits.finish_by` as written: an ISO 8601 time with a time zone (a `datetime`), or an ISO 8601
+    duration from the run's start (a `timedelta`). ValueError with a sentence for anything else."""
+    text = value.strip()
+    if text.upper().startswith("P"):
+        match = FINISH_BY_DURATION.match(text.upper())
+        if match is None or text.upper() in ("P", "PT") or text.upper().endswith("T"):
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 duration of days, hours, minutes and seconds such as "
+                "'PT6H', 'PT90M' or 'P1DT12H' (years and months have no fixed length)"
+            )
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        duration = timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if duration <= timedelta(0):
+            raise ValueError(f"{value!r} is no time at all: give a duration greater than 0")
+        return duration
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is neither an ISO 8601 time with a time zone (e.g. '2026-12-07T06:00:00Z') nor an "
+            "ISO 8601 duration from the run's start (e.g. 'PT6H')"
+        ) from None
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(
+            f"{value!r} has no time zone, so it names no one instant: add one (e.g. 'Z' or '+01:00')"
+        )
+    return at
+
+
 class LimitsSpec(_Model):
     max_runtime_seconds: int = Field(default=86_400, ge=60, strict=True)
     registration_timeout_seconds: int = Field(default=900, ge=1, le=7_200, strict=True)
@@ -296,6 +333,19 @@ class LimitsSpec(_Model):
         description="cap on the whole run's instance cost in USD; the monitor drains the run before its "
         "projected cost crosses it (docs/contracts.md, 'The dollar cap'); null: no cap",
     )
+    finish_by: str | None = Field(
+        default=None,
+        description="the deadline: an ISO 8601 time with a time zone ('2026-12-07T06:00:00Z') or an ISO "
+        "8601 duration from the run's start ('PT6H'); the monitor keeps the fleet at the capacity that "
+        "finishes by then (docs/contracts.md, 'The deadline'); null: no deadline",
+    )
+
+    @field_validator("finish_by")
+    @classmethod
+    def _finish_by_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_finish_by(value)
+        return value
 
     @field_validator("max_runtime_seconds")
     @classmethod
@@ -317,6 +367,19 @@ class LimitsSpec(_Model):
                 f"registration_timeout_seconds / poll_interval_seconds = {polls} polls, more than "
                 f"{MAX_REGISTRATION_POLLS} fit one execution's history: raise poll_interval_seconds"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _finish_by_within_runtime(self) -> LimitsSpec:
+        # A time is checked against the run's start at Validate (`finish_by.resolve`); a duration here.
+        if self.finish_by is not None:
+            parsed = parse_finish_by(self.finish_by)
+            if isinstance(parsed, timedelta) and parsed.total_seconds() > self.max_runtime_seconds:
+                raise ValueError(
+                    f"limits.finish_by ({self.finish_by}, {int(parsed.total_seconds())} s from the run's "
+                    f"start) is beyond limits.max_runtime_seconds ({self.max_runtime_seconds} s): the run is "
+                    "stopped before then; raise limits.max_runtime_seconds or choose an earlier deadline"
+                )
         return self
 
     @property

@@ -44,14 +44,14 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from botocore.exceptions import ClientError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from spotfill_control import budget, shards, state_store
+from spotfill_control import budget, finish_by, shards, state_store
 from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.fleet import check_override_count, subnets_for
-from spotfill_control.instance_types import InstanceTypeFacts, check_fleet_kind
+from spotfill_control.instance_types import InstanceTypeFacts, capacity_weights, check_fleet_kind
 from spotfill_control.preflight import Preflight
-from spotfill_control.run import RunState, SpotPrice, Timeline, utcnow
+from spotfill_control.run import FinishBy, RunState, SpotPrice, Timeline, utcnow
 from spotfill_control.spec import OUTPUT_EXTENSIONS, BackfillSpec
 
 MANIFEST_PREFIX = "backfills/"
@@ -483,6 +483,57 @@ def check_cap_covers_least_cost(
         )
 
 
+def check_finish_by(
+    spec: BackfillSpec,
+    facts: dict[str, InstanceTypeFacts],
+    started_at: datetime,
+    now: datetime,
+    ec2: Any | None,
+) -> FinishBy | None:
+    """`limits.finish_by` resolved against the run's start (None without one), refused when it is not in the
+    future or lies past the maximum runtime; with the plan's estimate (`spec.estimate`) and the types' facts,
+    also when the cap cannot pay for it or it needs more than `fleet.target_capacity`
+    (`finish_by.check`; priced at the spot prices in effect now, read with `ec2`). Without an estimate the
+    first Monitor poll with a measured rate checks it (docs/contracts.md, "The deadline")."""
+    try:
+        at = finish_by.resolve(spec.limits, started_at, now)
+    except ValueError as exc:
+        raise InvalidSpecError(str(exc)) from None
+    if at is None:
+        return None
+    unit_rate = finish_by.estimate_unit_rate(spec)
+    if unit_rate is None or spec.estimate is None or not facts or ec2 is None:
+        return FinishBy(at=at)
+    types = spec.fleet.instance_types
+    on_demand = {n: f.on_demand_hourly_usd for n, f in facts.items() if f.on_demand_hourly_usd is not None}
+    spot = budget.current_spot_prices(types, now, ec2)
+    missing = [n for n in types if n not in on_demand and not any(p.instance_type == n for p in spot)]
+    if missing:
+        return FinishBy(at=at)  # unpriced: the Monitor checks the deadline, the cap its own way
+    poll = spec.limits.poll_interval_seconds
+    try:
+        feasible = finish_by.check(
+            deadline=at,
+            now=now,
+            predictions=spec.estimate.predictions,
+            unit_rate=unit_rate,
+            unit_usd_per_hour=finish_by.cheapest_unit_usd_per_hour(
+                types,
+                {(p.instance_type, p.availability_zone): p.usd_per_hour for p in spot},
+                on_demand,
+                capacity_weights(facts),
+            ),
+            ceiling=spec.fleet.target_capacity,
+            cap_usd=spec.limits.max_total_usd,
+            lead_seconds=finish_by.validate_lead_seconds(poll),
+            overhead_seconds=finish_by.validate_overhead_seconds(poll),
+        )
+    except finish_by.InfeasibleDeadline as exc:
+        raise InvalidSpecError(str(exc)) from None
+    start = max(feasible.units, spec.fleet.on_demand_base)
+    return FinishBy(at=at, checked=True, start_units=start, needed_units=feasible.units)
+
+
 def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
     """Subnets to launch into, and no more type x subnet pools than a fleet request takes."""
     if not spec.fleet.subnets and not settings.default_subnets:
@@ -568,6 +619,8 @@ def validate(
         return run
     spec = request.spec
     sample, facts = check_spec(spec, s3, settings, now, preflight=preflight)
+    started_at = event.started_at or now
+    deadline = check_finish_by(spec, facts, started_at, now, preflight.ec2 if preflight else None)
     run = RunState(
         run_id=new_run_id(spec.name, now),
         spec=spec,
@@ -578,7 +631,8 @@ def validate(
         manifest_uri=request.manifest_uri,
         shards_total=len(sample.shards) if sample.complete else 0,  # else counted by PrepareRun
         instance_types=facts,
-        timeline=Timeline(started_at=event.started_at or now, validated_at=now),
+        timeline=Timeline(started_at=started_at, validated_at=now),
+        finish_by=deadline,
     )
     state_store.persist(run, s3, settings.control_bucket)
     return run

@@ -9,7 +9,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control import budget, progress, projection, state_store
+from spotfill_control import budget, finish_by, progress, projection, state_store
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.deadline import Deadline
@@ -74,6 +74,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "eta_seconds": projected.eta_seconds,
             "projected_total_usd": projected.projected_total_usd,
             "draining_since": run.budget.draining_since and run.budget.draining_since.isoformat(),
+            "finish_by": run.finish_by and run.finish_by.model_dump(mode="json"),
         },
     )
     metrics.add_dimension(name="RunId", value=run.run_id)
@@ -89,6 +90,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if run.spec.limits.max_total_usd is not None:
         metrics.add_metric(name="MaxTotalUsd", unit=MetricUnit.NoUnit, value=run.spec.limits.max_total_usd)
     budget.check_budget(run, seen.queue.in_flight, now)
+    finish_by.check_feasible(run)
     progress.check_model(run, seen)
     progress.check_fleet(run, seen)
     progress.enforce_limits(run, now)
