@@ -36,7 +36,7 @@ from spotfill_control import budget, fleet, on_demand
 from spotfill_control.errors import DeadlineInfeasibleError
 from spotfill_control.fleet_api import FleetStatus
 from spotfill_control.instance_types import capacity_weights
-from spotfill_control.run import RunState
+from spotfill_control.run import FinishBy, RunState
 from spotfill_control.spec import BackfillSpec, LimitsSpec, parse_finish_by
 
 
@@ -402,3 +402,32 @@ def check_feasible(run: RunState) -> None:
     the poll, so the report has its figures)."""
     if run.finish_by is not None and run.finish_by.infeasible and run.progress.state != "done":
         raise DeadlineInfeasibleError(run.finish_by.infeasible)
+
+
+def outlook(state: FinishBy) -> str:
+    """Where the run stands against its deadline, as `spotfill watch` shows it: `deadline <time>: on track`
+    (`, N min ahead`), `behind by N min, adding M units`, or why nothing more is added (the cap, the
+    ceiling), or `no rate yet`."""
+    head = f"deadline {iso(state.at)}: "
+    if state.behind_seconds is None:
+        return head + "no rate yet"
+    if state.behind_seconds <= 0:
+        ahead = math.floor(-state.behind_seconds / 60)
+        return head + "on track" + (f", {ahead} min ahead" if ahead else "")
+    behind = f"behind by {math.ceil(state.behind_seconds / 60)} min"
+    if state.added_units > 0:
+        return f"{head}{behind}, adding {state.added_units} units"
+    if state.limited_by == "cap":
+        return f"{head}{behind}, held at {state.target_units} units by limits.max_total_usd"
+    if state.limited_by == "ceiling":
+        return f"{head}{behind}, held at {state.target_units} units by fleet.target_capacity"
+    return f"{head}{behind}, waiting for {state.target_units} units (running {state.running_units:g})"
+
+
+def met(state: FinishBy, ended_at: datetime | None) -> tuple[bool, float] | None:
+    """(met, seconds to spare: negative when late) of a run that ended processing at `ended_at`; None when it
+    did not."""
+    if ended_at is None:
+        return None
+    spare = (state.at - ended_at).total_seconds()
+    return spare >= 0, spare

@@ -36,6 +36,8 @@ def sample_of(run: RunState, seen: Iteration, now: datetime, previous: Sample | 
     t = now.timestamp()
     predictions = predictions_so_far(run)
     rate = 0.0
+    deadline = run.finish_by
+    finish = None if deadline is None else deadline.projected_finish_at
     if previous is not None and t > previous.t:
         rate = max(0, predictions - previous.predictions) / (t - previous.t)
     return Sample(
@@ -48,6 +50,8 @@ def sample_of(run: RunState, seen: Iteration, now: datetime, previous: Sample | 
         running_tasks=seen.running_tasks,
         cost_usd=run.budget.accrued_usd,
         interruptions=run.progress.interruptions,
+        target_capacity=None if deadline is None else seen.fleet_target_capacity,
+        projected_finish=None if finish is None else finish.timestamp(),
     )
 
 

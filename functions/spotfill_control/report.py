@@ -24,7 +24,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control import cost, reconcile, state_store
+from spotfill_control import cost, finish_by, reconcile, state_store
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.budget import format_usd
 from spotfill_control.config import Settings
@@ -698,6 +698,9 @@ def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple
                 f"{instances.get('interruptions', 0)} interrupted",
             )
         )
+    deadline = report.get("deadline")
+    if deadline:
+        rows.append(("deadline", deadline_sentence(deadline)))
     cap = (report.get("budget") or {}).get("max_total_usd")
     if cap is not None:  # the run's one cost figure (`cost_usd.total`) against the cap
         spent_usd = (report.get("cost_usd") or {}).get("total") or 0.0
@@ -876,7 +879,41 @@ def build_report(
     estimate = getattr(run.spec, "estimate", None)
     if estimate is not None:
         document["estimate_vs_actual"] = estimate_vs_actual(estimate, document)
+    if run.finish_by is not None:
+        document["deadline"] = deadline_of(run)
     return document
+
+
+def deadline_of(run: RunState) -> dict[str, Any]:
+    """`limits.finish_by` against when processing ended (the poll that saw the last output): met or missed
+    and by how many seconds (None for a run that never finished processing), and the Monitor's last view."""
+    state = run.finish_by
+    assert state is not None
+    outcome = finish_by.met(state, run.timeline.processing_ended_at)
+    last = state.projected_finish_at
+    return {
+        "finish_by": run.spec.limits.finish_by,
+        "at": state.at.isoformat(),
+        "met": None if outcome is None else outcome[0],
+        "seconds_to_spare": None if outcome is None else round(outcome[1], 3),
+        "checked_at_validate": state.start_units is not None,
+        "start_units": state.start_units,
+        "last_target_units": state.target_units,
+        "last_needed_units": state.needed_units,
+        "limited_by": state.limited_by,
+        "last_projected_finish_at": last.isoformat() if last else None,
+    }
+
+
+def deadline_sentence(deadline: Mapping[str, Any]) -> str:
+    """`met, 12.5 min to spare (deadline ...)`, `missed by 3.0 min (...)`, or `not finished (...)`."""
+    at = f"deadline {deadline.get('at')}"
+    if deadline.get("met") is None:
+        return f"not finished ({at})"
+    spare = float(deadline.get("seconds_to_spare") or 0.0)
+    if deadline["met"]:
+        return f"met, {spare / 60:.1f} min to spare ({at})"
+    return f"missed by {-spare / 60:.1f} min ({at})"
 
 
 def estimate_vs_actual(estimate: Any, document: Mapping[str, Any]) -> dict[str, Any]:
@@ -994,6 +1031,8 @@ def notification(report: Mapping[str, Any]) -> tuple[str, str]:
         cap = report.get("budget", {}).get("max_total_usd")
         if cap is not None:
             lines.append(f"Cap: ${format_usd(cap)} (limits.max_total_usd)")
+        if report.get("deadline"):
+            lines.append(f"Deadline: {deadline_sentence(report['deadline'])} (limits.finish_by)")
     lines.append(f"Report: {report['report_uri']}")
     return subject.encode("ascii", "replace").decode(), "\n".join(lines)
 

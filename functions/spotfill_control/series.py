@@ -35,6 +35,10 @@ class Sample(BaseModel):
     running_tasks: int = 0
     cost_usd: float = 0.0  # accrued so far
     interruptions: int = 0  # cumulative spot interruptions
+    # A run with `limits.finish_by` only (None otherwise): the fleet's target capacity (weighted units) the
+    # monitor set or kept, against the running capacity in `capacity`, and the finish it projects (epoch s).
+    target_capacity: float | None = None
+    projected_finish: float | None = None
 
 
 def merged(earlier: Sample, later: Sample) -> Sample:

@@ -45,7 +45,8 @@ def render(snap: Snapshot) -> Group:
     )
     header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
     outlook = projection_line(snap)
-    return Group(header, bar, line, status, spending(snap), *([Text(outlook)] if outlook else []))
+    lines = [Text(text) for text in (outlook, snap.deadline) if text]
+    return Group(header, bar, line, status, spending(snap), *lines)
 
 
 def projection_line(snap: Snapshot) -> str | None:

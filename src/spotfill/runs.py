@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from spotfill_control import state_store
+from spotfill_control import finish_by, state_store
 from spotfill_control.aws import is_missing_key
 from spotfill_control.cost import cost_per_million
 from spotfill_control.fleet import fleet_instances
@@ -227,6 +227,7 @@ class Snapshot:
     draining: bool = False  # the cap is near: no new capacity, workers finish the shards in hand
     projected_total_usd: float | None = None  # the monitor's projection of the run's total cost
     projected: bool = False  # the ETA is the monitor's projection (else estimated here from the outputs)
+    deadline: str | None = None  # where the run stands against limits.finish_by (`finish_by.outlook`)
 
     @property
     def finished(self) -> bool:
@@ -334,6 +335,7 @@ class RunWatcher:
         snap.cost_usd = run.budget.accrued_usd if run.budget.accrued_through else None
         snap.max_total_usd = run.spec.limits.max_total_usd
         snap.draining = run.budget.draining_since is not None
+        snap.deadline = None if run.finish_by is None else finish_by.outlook(run.finish_by)
         if self._total is None:
             index = read_shard_index(run.run_id, self.session.client("s3"), self.stack.control_bucket)
             if index is not None:

@@ -353,3 +353,40 @@ def test_validate_refuses_a_deadline_already_passed():
     spec = BackfillSpec.model_validate(sample_spec(limits__finish_by="2026-12-07T02:00:00Z"))
     with pytest.raises(InvalidSpecError, match="is not in the future"):
         check_finish_by(spec, {}, T0, T0, None)
+
+
+# ------------------------------------------------------------------------------------------ seen
+
+
+@pytest.mark.parametrize(
+    ("fields", "line"),
+    [
+        ({}, "deadline 2026-12-07T04:00:00Z: no rate yet"),
+        ({"behind_seconds": -1770.0}, "deadline 2026-12-07T04:00:00Z: on track, 29 min ahead"),
+        ({"behind_seconds": 0.0}, "deadline 2026-12-07T04:00:00Z: on track"),
+        (
+            {"behind_seconds": 1770.0, "added_units": 1, "target_units": 3},
+            "deadline 2026-12-07T04:00:00Z: behind by 30 min, adding 1 units",
+        ),
+        (
+            {"behind_seconds": 61.0, "limited_by": "cap", "target_units": 2},
+            "deadline 2026-12-07T04:00:00Z: behind by 2 min, held at 2 units by limits.max_total_usd",
+        ),
+    ],
+)
+def test_watch_says_whether_the_run_is_on_track_or_behind_and_what_is_added(fields, line):
+    assert finish_by.outlook(FinishBy(at=T0 + timedelta(hours=1), **fields)) == line
+
+
+def test_the_report_says_whether_the_deadline_was_met_and_by_how_much():
+    from spotfill_control.report import deadline_of, deadline_sentence
+
+    run = run_with_deadline(200.0, 2)
+    run.timeline.processing_ended_at = T0 + timedelta(minutes=45)
+    section = deadline_of(run)
+    assert (section["met"], section["seconds_to_spare"], section["finish_by"]) == (True, 900.0, "PT1H")
+    assert deadline_sentence(section) == "met, 15.0 min to spare (deadline 2026-12-07T04:00:00+00:00)"
+    run.timeline.processing_ended_at = T0 + timedelta(minutes=63)
+    assert deadline_sentence(deadline_of(run)) == "missed by 3.0 min (deadline 2026-12-07T04:00:00+00:00)"
+    run.timeline.processing_ended_at = None
+    assert deadline_of(run)["met"] is None
