@@ -304,7 +304,25 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from spotfill.plan import PlanError, make_plan, read_spec, stack_settings, table, write_estimate
+    from datetime import UTC, datetime
+
+    from spotfill_control.spec import parse_finish_by
+
+    from spotfill.plan import (
+        PlanError,
+        make_plan,
+        plan_deadline,
+        read_spec,
+        stack_settings,
+        table,
+        write_estimate,
+    )
+
+    if args.finish_by is not None:
+        try:
+            parse_finish_by(args.finish_by)
+        except ValueError as exc:
+            raise CliError(f"--finish-by: {exc}") from None
 
     if args.write_estimate and args.spec.startswith("s3://"):
         raise CliError("--write-estimate writes into a local spec file, not an s3:// manifest")
@@ -346,12 +364,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     except PlanError as exc:
         raise CliError(str(exc)) from None
+    finish_by = args.finish_by or plan.spec.limits.finish_by
+    try:
+        deadline = None if finish_by is None else plan_deadline(plan, finish_by, datetime.now(UTC))
+    except PlanError as exc:
+        raise CliError(str(exc)) from None
     if args.json:
-        print(json.dumps(plan.as_json(), indent=2, default=str))
+        document_out = plan.as_json()
+        if deadline is not None:
+            document_out["deadline"] = {**vars(deadline), "sentence": deadline.sentence()}
+        print(json.dumps(document_out, indent=2, default=str))
     else:
         console.print(table(plan))
         for line in plan.assumptions:
             console.print(f"- {line}", markup=False, highlight=False)
+        if deadline is not None:
+            console.print(deadline.sentence(), markup=False, highlight=False)
     if args.write_estimate and document is not None:
         write_estimate(Path(args.spec), document, plan)
         say(f"wrote the estimate ({plan.projections[0].instance_type}) into {args.spec}")
@@ -712,6 +740,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--suggest", action="store_true", help="also project a few other instance types the region offers"
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON rather than a table")
+    plan.add_argument(
+        "--finish-by",
+        metavar="T",
+        help="a deadline (limits.finish_by: an ISO 8601 time with a zone, or a duration from now such as "
+        "PT6H): show the capacity the fleet starts with and the projected cost, or why it cannot be met",
+    )
     plan.add_argument(
         "--confirm-permissions",
         action="store_true",

@@ -28,13 +28,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spotfill_control import budget, cost, shards
+from spotfill_control import budget, cost, finish_by, shards
 from spotfill_control.config import Settings
 from spotfill_control.fleet import fleet_target_capacity
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
 from spotfill_control.preflight import Preflight
 from spotfill_control.prices import price_list_client, priced
-from spotfill_control.spec import BackfillSpec
+from spotfill_control.spec import BackfillSpec, Estimate, LimitsSpec
 from spotfill_control.triggers import check_spec, read_manifest, spec_from_document
 
 SAMPLE_SHARDS = 3  # shards whose rows are counted (and the first of them measured)
@@ -584,6 +584,73 @@ def make_plan(
     plan = Plan(spec, inputs, measurement, rows, local)
     plan.assumptions = assumptions_of(plan)
     return plan
+
+
+@dataclass(frozen=True)
+class DeadlinePlan:
+    """The fleet a deadline starts with, as Validate will size it from the plan's estimate."""
+
+    at: datetime
+    units: int  # the capacity RequestFleet asks for (the spec's fleet.target_capacity is the ceiling)
+    ceiling: int
+    projected_usd: float  # at the cheapest spot price per unit now (a lower bound: the fleet may pay more)
+    finish_at: datetime
+
+    def sentence(self) -> str:
+        return (
+            f"deadline {finish_by.iso(self.at)}: starts with {self.units} capacity units "
+            f"(fleet.target_capacity = {self.ceiling} is the most the monitor may add), finishing about "
+            f"{finish_by.iso(self.finish_at)} for about ${budget.format_usd(self.projected_usd)} at today's "
+            "cheapest spot price per unit"
+        )
+
+
+def plan_deadline(plan: Plan, finish_by_text: str, now: datetime) -> DeadlinePlan:
+    """`spotfill plan --finish-by T`: the capacity that finishes the plan's predictions by T and what it
+    costs, as Validate computes it from the spec's estimate (`triggers.check_finish_by`); PlanError with
+    Validate's sentence for a deadline that is malformed, past, beyond the maximum runtime, above the ceiling
+    or more than limits.max_total_usd pays for (naming the least cap and the earliest deadline)."""
+    spec = plan.spec
+    try:
+        limits = LimitsSpec.model_validate({**spec.limits.model_dump(), "finish_by": finish_by_text})
+        at = finish_by.resolve(limits, now, now)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise PlanError(f"invalid input: {exc}") from None
+    assert at is not None
+    unit_rate = finish_by.estimate_unit_rate(
+        spec.model_copy(update={"estimate": Estimate.model_validate(plan.estimate())})
+    )
+    assert unit_rate is not None
+    rows = [r for r in plan.projections if r.in_spec]
+    smallest = min((r.gpus if r.gpus else r.vcpus) for r in rows)
+    weights = {r.instance_type: (r.gpus if r.gpus else r.vcpus) / smallest for r in rows}
+    spot = {(r.instance_type, ""): r.spot.now for r in rows if r.spot.now is not None}
+    on_demand = {r.instance_type: r.on_demand_usd for r in rows if r.on_demand_usd is not None}
+    priced = [name for name in weights if (name, "") in spot or name in on_demand]
+    if not priced:
+        raise PlanError(f"invalid input: no price for {', '.join(weights)}: the deadline cannot be costed")
+    poll = limits.poll_interval_seconds
+    try:
+        feasible = finish_by.check(
+            deadline=at,
+            now=now,
+            predictions=plan.inputs.rows,
+            unit_rate=unit_rate,
+            unit_usd_per_hour=finish_by.cheapest_unit_usd_per_hour(priced, spot, on_demand, weights),
+            ceiling=spec.fleet.target_capacity,
+            cap_usd=limits.max_total_usd,
+            lead_seconds=finish_by.validate_lead_seconds(poll),
+            overhead_seconds=finish_by.validate_overhead_seconds(poll),
+        )
+    except finish_by.InfeasibleDeadline as exc:
+        raise PlanError(f"infeasible: {exc}") from None
+    return DeadlinePlan(
+        at=at,
+        units=max(feasible.units, spec.fleet.on_demand_base),
+        ceiling=spec.fleet.target_capacity,
+        projected_usd=feasible.projected_usd,
+        finish_at=feasible.finish_at,
+    )
 
 
 def write_estimate(path: Path, document: dict[str, Any], plan: Plan) -> None:

@@ -237,3 +237,25 @@ def test_on_aws_throughput_scales_with_vcpus_and_on_the_local_cloud_with_this_ma
     )
     # local: the workers share this machine, whatever the emulated types and counts
     assert local_rates == {"c5.xlarge": pytest.approx(8000.0), "c5.2xlarge": pytest.approx(8000.0)}
+
+
+def test_plan_finish_by_shows_the_fleet_it_starts_with_and_the_projected_cost(cli_stack, tmp_path, capsys):
+    path = spec_file(tmp_path)
+    assert cli.main(["plan", str(path), "--region", REGION, "--json", "--finish-by", "PT30M"]) == 0
+    deadline = json.loads(capsys.readouterr().out)["deadline"]
+    # 12 predictions need one unit for half an hour; the ceiling is the spec's target capacity
+    assert (deadline["units"], deadline["ceiling"]) == (1, 4)
+    assert deadline["projected_usd"] > 0
+    assert (
+        deadline["sentence"].startswith("deadline ")
+        and "starts with 1 capacity units" in deadline["sentence"]
+    )
+    nothing_requested()
+
+
+def test_plan_refuses_a_deadline_no_capacity_can_meet_naming_the_earliest_one(cli_stack, tmp_path, capsys):
+    # a minute is shorter than an instance's boot and two polls (60 + 2 x 5 s): no capacity is enough
+    path = spec_file(tmp_path)
+    assert cli.main(["plan", str(path), "--region", REGION, "--finish-by", "PT1M"]) != 0
+    err = capsys.readouterr().err
+    assert "needs more time than is left" in err and "the earliest deadline at 4 units is" in err
