@@ -66,6 +66,10 @@ def resolve(limits: LimitsSpec, started_at: datetime, now: datetime) -> datetime
     return at
 
 
+def units_text(units: float) -> str:
+    return f"{units:g} capacity unit" + ("" if units == 1 else "s")
+
+
 def iso(at: datetime) -> str:
     return at.isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -147,12 +151,13 @@ def check(
         return now + timedelta(seconds=lead_seconds + finish_seconds(predictions, unit_rate, units))
 
     if needed > ceiling:
-        need = "more time than is left" if math.isinf(needed) else f"{int(needed)} capacity units"
+        need = "more time than is left" if math.isinf(needed) else units_text(needed)
         raise InfeasibleDeadline(
             f"limits.finish_by: {iso(deadline)} needs {need} at {unit_rate:,.1f} predictions/s per unit for "
             f"{predictions:,.0f} predictions (starting takes about {lead_seconds:.0f} s), more than "
             f"fleet.target_capacity = {ceiling} (the most the fleet may have); the earliest deadline at "
-            f"{ceiling} units is {iso(at(ceiling))}: choose a later deadline or raise fleet.target_capacity"
+            f"{units_text(ceiling)} is {iso(at(ceiling))}: choose a later deadline or raise "
+            "fleet.target_capacity"
         )
     units = max(1, int(needed))
     projected = cost_to_finish(
@@ -168,9 +173,9 @@ def check(
         if affordable < 1:
             for_cap = "no deadline: the cap does not pay for the work even on one unit"
         else:
-            for_cap = f"{iso(at(affordable))} (with {affordable} units)"
+            for_cap = f"{iso(at(affordable))} (with {units_text(affordable)})"
         raise InfeasibleDeadline(
-            f"limits.finish_by: {iso(deadline)} needs {units} capacity units, which cost at least "
+            f"limits.finish_by: {iso(deadline)} needs {units_text(units)}, which cost at least "
             f"${budget.format_usd(projected)} (at ${budget.format_usd(unit_usd_per_hour)} per unit-hour), "
             f"above limits.max_total_usd = ${budget.format_usd(cap_usd)}: the least cap for that deadline is "
             f"${budget.format_usd_up(projected)}, and the earliest deadline for that cap is {for_cap}"
@@ -416,12 +421,14 @@ def outlook(state: FinishBy) -> str:
         return head + "on track" + (f", {ahead} min ahead" if ahead else "")
     behind = f"behind by {math.ceil(state.behind_seconds / 60)} min"
     if state.added_units > 0:
-        return f"{head}{behind}, adding {state.added_units} units"
+        return f"{head}{behind}, adding {units_text(state.added_units)}"
     if state.limited_by == "cap":
-        return f"{head}{behind}, held at {state.target_units} units by limits.max_total_usd"
+        return f"{head}{behind}, held at {units_text(state.target_units or 0)} by limits.max_total_usd"
     if state.limited_by == "ceiling":
-        return f"{head}{behind}, held at {state.target_units} units by fleet.target_capacity"
-    return f"{head}{behind}, waiting for {state.target_units} units (running {state.running_units:g})"
+        return f"{head}{behind}, held at {units_text(state.target_units or 0)} by fleet.target_capacity"
+    return (
+        f"{head}{behind}, waiting for {units_text(state.target_units or 0)} (running {state.running_units:g})"
+    )
 
 
 def met(state: FinishBy, ended_at: datetime | None) -> tuple[bool, float] | None:

@@ -376,9 +376,10 @@ class LimitsSpec(_Model):
             parsed = parse_finish_by(self.finish_by)
             if isinstance(parsed, timedelta) and parsed.total_seconds() > self.max_runtime_seconds:
                 raise ValueError(
-                    f"limits.finish_by ({self.finish_by}, {int(parsed.total_seconds())} s from the run's "
-                    f"start) is beyond limits.max_runtime_seconds ({self.max_runtime_seconds} s): the run is "
-                    "stopped before then; raise limits.max_runtime_seconds or choose an earlier deadline"
+                    # Reported under `limits` (a check across its fields): the sentence names both fields.
+                    f"finish_by {self.finish_by} ({int(parsed.total_seconds())} s from the run's start) is "
+                    f"beyond max_runtime_seconds ({self.max_runtime_seconds} s): the run is stopped before "
+                    "then; raise max_runtime_seconds or choose an earlier deadline"
                 )
         return self
 

@@ -598,7 +598,7 @@ class DeadlinePlan:
 
     def sentence(self) -> str:
         return (
-            f"deadline {finish_by.iso(self.at)}: starts with {self.units} capacity units "
+            f"deadline {finish_by.iso(self.at)}: starts with {finish_by.units_text(self.units)} "
             f"(fleet.target_capacity = {self.ceiling} is the most the monitor may add), finishing about "
             f"{finish_by.iso(self.finish_at)} for about ${budget.format_usd(self.projected_usd)} at today's "
             "cheapest spot price per unit"

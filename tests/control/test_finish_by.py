@@ -56,9 +56,8 @@ def test_anything_else_is_refused_with_the_two_forms_it_may_take(value):
 def test_a_duration_beyond_the_maximum_runtime_is_refused_naming_both():
     with pytest.raises(ValidationError) as caught:
         LimitsSpec(max_runtime_seconds=3600, finish_by="PT2H")
-    assert (
-        "limits.finish_by (PT2H, 7200 s from the run's start) is beyond limits.max_runtime_seconds (3600 s)"
-        in (str(caught.value))
+    assert "finish_by PT2H (7200 s from the run's start) is beyond max_runtime_seconds (3600 s)" in str(
+        caught.value
     )
 
 
@@ -111,7 +110,7 @@ def test_a_deadline_the_cap_cannot_pay_for_names_the_least_cap_and_the_earliest_
     assert "needs 6 capacity units, which cost at least $1.020" in message
     assert "above limits.max_total_usd = $1.010" in message
     assert "the least cap for that deadline is $1.020" in message
-    assert "the earliest deadline for that cap is 2026-12-07T06:23:00Z (with 3 units)" in message
+    assert "the earliest deadline for that cap is 2026-12-07T06:23:00Z (with 3 capacity units)" in message
 
 
 def test_a_cap_below_the_work_itself_fits_no_deadline():
@@ -129,7 +128,7 @@ def test_a_deadline_needing_more_than_the_ceiling_names_the_units_and_the_earlie
     message = str(caught.value)
     assert "needs 6 capacity units" in message and "more than fleet.target_capacity = 5" in message
     # 180 + 36,000 / 500 = 7,380 s
-    assert "the earliest deadline at 5 units is 2026-12-07T05:03:00Z" in message
+    assert "the earliest deadline at 5 capacity units is 2026-12-07T05:03:00Z" in message
 
 
 # ------------------------------------------------------------------------------------------ each poll
@@ -366,11 +365,12 @@ def test_validate_refuses_a_deadline_already_passed():
         ({"behind_seconds": 0.0}, "deadline 2026-12-07T04:00:00Z: on track"),
         (
             {"behind_seconds": 1770.0, "added_units": 1, "target_units": 3},
-            "deadline 2026-12-07T04:00:00Z: behind by 30 min, adding 1 units",
+            "deadline 2026-12-07T04:00:00Z: behind by 30 min, adding 1 capacity unit",
         ),
         (
             {"behind_seconds": 61.0, "limited_by": "cap", "target_units": 2},
-            "deadline 2026-12-07T04:00:00Z: behind by 2 min, held at 2 units by limits.max_total_usd",
+            "deadline 2026-12-07T04:00:00Z: behind by 2 min, held at 2 capacity units by "
+            "limits.max_total_usd",
         ),
     ],
 )

@@ -247,8 +247,7 @@ def test_plan_finish_by_shows_the_fleet_it_starts_with_and_the_projected_cost(cl
     assert (deadline["units"], deadline["ceiling"]) == (1, 4)
     assert deadline["projected_usd"] > 0
     assert (
-        deadline["sentence"].startswith("deadline ")
-        and "starts with 1 capacity units" in deadline["sentence"]
+        deadline["sentence"].startswith("deadline ") and "starts with 1 capacity unit" in deadline["sentence"]
     )
     nothing_requested()
 
@@ -258,4 +257,4 @@ def test_plan_refuses_a_deadline_no_capacity_can_meet_naming_the_earliest_one(cl
     path = spec_file(tmp_path)
     assert cli.main(["plan", str(path), "--region", REGION, "--finish-by", "PT1M"]) != 0
     err = capsys.readouterr().err
-    assert "needs more time than is left" in err and "the earliest deadline at 4 units is" in err
+    assert "needs more time than is left" in err and "the earliest deadline at 4 capacity units is" in err

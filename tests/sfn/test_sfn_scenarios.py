@@ -841,3 +841,51 @@ def test_no_spot_at_all_falls_back_on_demand_while_waiting_for_registration(clou
     assert outcome.last.entered().count("CheckRegistration") >= 2  # it waited the fallback out first
     assert len(cloud.outputs(name)) == 2
     assert_nothing_left(cloud.session, outcome.run_id)
+
+
+# ------------------------------------------------------------------------------------------------- deadline
+
+
+def test_a_deadline_the_cap_cannot_pay_for_is_refused_in_validate_with_both_numbers(cloud, lambdas):
+    # given the plan's estimate (156,000 predictions at 50 per second per unit: 3,120 unit-seconds), a
+    # deadline half an hour away that needs the fleet's 2 units, and a cap that pays for the work on 1 unit
+    from spotfill_control import budget, finish_by
+
+    from spotfill.localcloud.pricing import spot_price
+
+    price = spot_price("c5.large")
+    overhead = finish_by.validate_overhead_seconds(1)
+    cap = price * (3_120 + 1.5 * overhead) / 3600
+    estimate = {
+        "made_at": "2026-12-06T00:00:00Z",
+        "instance_type": "c5.large",
+        "target_capacity": 2,
+        "predictions": 156_000,
+        "predictions_per_second": 100.0,
+        "seconds": 1_000.0,
+        "total_usd": 0.001,
+    }
+    spec = cloud.spec(
+        "deadline-cap",
+        shards=2,
+        limits={"max_total_usd": cap, "finish_by": "PT30M", "max_runtime_seconds": 3600},
+        estimate=estimate,
+    )
+
+    # when the run goes
+    outcome = cloud.run(spec)
+
+    # then Validate refuses it, naming the least cap for the deadline and the earliest deadline for the cap
+    _assert_failed_through_teardown_and_report(outcome, "InvalidSpecError")
+    assert outcome.last.failures() == [("Validate", "InvalidSpecError")]
+    message = _cause_message(outcome)
+    # 1,800 s less an instance's boot and two polls leaves 1,738 s: 2 units; the cap pays for 1
+    assert finish_by.units_needed(156_000, 50.0, 1800 - finish_by.validate_lead_seconds(1)) == 2
+    least = price * (3_120 + 2 * overhead) / 3600
+    assert "needs 2 capacity units" in message
+    assert f"the least cap for that deadline is ${budget.format_usd_up(least)}" in message
+    assert "the earliest deadline for that cap is " in message and "(with 1 capacity unit)" in message
+    # and nothing was launched or queued
+    assert not outcome.physics.fleets
+    assert not [u for u in cloud.session.client("sqs").list_queues().get("QueueUrls", []) if "deadline" in u]
+    assert_nothing_left(cloud.session)
