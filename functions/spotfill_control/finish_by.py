@@ -286,14 +286,12 @@ def validate_overhead_seconds(poll_interval_seconds: int) -> float:
 
 
 def measured_unit_rate(run: RunState) -> float | None:
-    """Predictions per second of one unit from the last poll's projection (its fleet rate split over the
-    running instances by weight), or None before the run has a rate."""
+    """Predictions per second of one unit as the last poll's projection measured it (over the unit-seconds
+    of capacity the series saw: `projection.unit_rate`), or None before the run has one."""
     projected = run.projection
-    if projected is None or projected.predictions_per_second <= 0 or not projected.by_instance_type:
+    if projected is None or not projected.predictions_per_unit_second:
         return None
-    weights = capacity_weights(run.instance_types) if run.instance_types else {}
-    rates = [rate / weights.get(name, 1.0) for name, rate in projected.by_instance_type.items()]
-    return sum(rates) / len(rates)
+    return projected.predictions_per_unit_second
 
 
 def remaining_predictions(run: RunState, remaining_shards: int) -> float | None:
@@ -394,6 +392,7 @@ def steer(
         shrink = tracking.target_units < current
         od = min(status.on_demand_target_capacity, float(tracking.target_units))
         fleet.set_target_capacity(run, ec2, tracking.target_units, od, keep_instances=shrink)
+        state.shrunk_without_termination = shrink
         if shrink:
             on_demand.after_scale_down(run.progress, tracking.target_units, run.spec.fleet.on_demand_base)
     else:

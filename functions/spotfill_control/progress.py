@@ -644,9 +644,10 @@ def _watch_fleet(
     seen.fleet_state = view.state
     seen.fleet_valid_until = view.valid_until
     known_weights = {i: view.weights.get(view.known_types.get(i, ""), 1.0) for i in progress.known_instances}
-    seen.interruptions = count_interruptions(
-        known_weights, set(view.alive), view.target_capacity, view.active
-    )
+    removable = view.target_capacity
+    if run.finish_by is not None and run.finish_by.shrunk_without_termination:
+        removable = max(removable, math.ceil(sum(known_weights.values())))  # the fleet removed none
+    seen.interruptions = count_interruptions(known_weights, set(view.alive), removable, view.active)
     progress.interruptions += seen.interruptions
     progress.known_instances = sorted(view.alive)
     progress.fleet_target_capacity = view.target_capacity
@@ -677,6 +678,8 @@ def _watch_fleet(
         od = min(view.status.on_demand_target_capacity, float(new_target))
         fleet.set_target_capacity(run, clients.ec2, new_target, od)
         on_demand.after_scale_down(progress, new_target, run.spec.fleet.on_demand_base)
+        if run.finish_by is not None:  # this lowering terminates: the allowance holds again
+            run.finish_by.shrunk_without_termination = False
         progress.fleet_target_capacity = new_target
         seen.fleet_target_capacity = new_target
         return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from itertools import pairwise
 
 from spotfill_control import budget
 from spotfill_control.instance_types import capacity_weights
@@ -84,6 +85,36 @@ def rate_by_instance_type(
     return {name: rate * weights.get(name, 1.0) / units for name in sorted(counts)}
 
 
+def units_of(capacity: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    """A sample's capacity (`<type>/<purchase option>` -> instances) in weighted units."""
+    return sum(weights.get(pool.split("/", 1)[0], 1.0) * n for pool, n in capacity.items())
+
+
+def unit_rate(
+    series: Series, weights: Mapping[str, float], window_seconds: float = RATE_WINDOW_SECONDS
+) -> float | None:
+    """Predictions per second of one capacity unit: the predictions made over the window divided by the
+    unit-seconds of capacity (pending and running instances, by weight) the samples saw in it, each span at
+    the mean of its two ends. Unlike the fleet's rate split over the capacity of the last sample, it does not
+    read a fleet that just lost half its instances as twice as fast per instance. None without work or
+    capacity in the window."""
+    samples = series.samples
+    if len(samples) < 2:
+        return None
+    last = samples[-1]
+    inside = [s for s in samples if last.t - s.t <= window_seconds]
+    if len(inside) < 2:
+        inside = samples[-2:]
+    unit_seconds = sum(
+        (units_of(a.capacity, weights) + units_of(b.capacity, weights)) / 2 * (b.t - a.t)
+        for a, b in pairwise(inside)
+    )
+    made = inside[-1].predictions - inside[0].predictions
+    if unit_seconds <= 0 or made <= 0:
+        return None
+    return made / unit_seconds
+
+
 def project(run: RunState, series: Series, now: datetime) -> Projection:
     """The run's projection from its series (whose last sample is this poll's)."""
     rate = recent_rate(series)
@@ -110,4 +141,5 @@ def project(run: RunState, series: Series, now: datetime) -> Projection:
         by_instance_type=rate_by_instance_type(rate or 0.0, capacity, weights),
         eta_seconds=eta,
         projected_total_usd=total,
+        predictions_per_unit_second=None if run.finish_by is None else unit_rate(series, weights),
     )

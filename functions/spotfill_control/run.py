@@ -131,6 +131,9 @@ class Projection(_State):
     by_instance_type: dict[str, float] = Field(default_factory=dict)  # predictions/s per running instance
     eta_seconds: float | None = None  # None: no rate yet
     projected_total_usd: float | None = None  # accrued + the fleet's hourly price x (ETA + a poll)
+    # A run with `limits.finish_by` only: predictions per second of one capacity unit over the window (the
+    # predictions made over the unit-seconds of capacity the series saw), which the deadline steers by.
+    predictions_per_unit_second: float | None = None
 
 
 class FinishBy(_State):
@@ -147,6 +150,9 @@ class FinishBy(_State):
     projected_finish_at: datetime | None = None  # at the running capacity's measured rate
     behind_seconds: float | None = None  # projected finish - `at`: > 0 behind, < 0 ahead
     added_units: int = 0  # the last change of the target (negative: shrunk)
+    # The last change was a shrink without termination: the fleet removes no instance for it, so any
+    # instance that goes away is an interruption (`progress.count_interruptions` gets no allowance).
+    shrunk_without_termination: bool = False
     infeasible: str | None = None  # why the first measured poll found the deadline out of reach: the run ends
 
 

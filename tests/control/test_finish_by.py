@@ -212,6 +212,7 @@ def run_with_deadline(
             at=T0.timestamp(),
             predictions_per_second=rate,
             by_instance_type={"c5.xlarge": rate / units_running},
+            predictions_per_unit_second=rate / units_running,
         ),
         finish_by=FinishBy(at=T0 + timedelta(hours=1), checked=checked),
     )
@@ -390,3 +391,21 @@ def test_the_report_says_whether_the_deadline_was_met_and_by_how_much():
     assert deadline_sentence(deadline_of(run)) == "missed by 3.0 min (deadline 2026-12-07T04:00:00+00:00)"
     run.timeline.processing_ended_at = None
     assert deadline_of(run)["met"] is None
+
+
+def test_the_rate_per_unit_counts_the_capacity_each_span_had():
+    from spotfill_control.projection import unit_rate
+    from spotfill_control.series import Sample, Series
+
+    def sample(t: float, predictions: int, instances: float) -> Sample:
+        return Sample(
+            t=t, shards_done=0, shards_total=10, predictions=predictions, predictions_per_second=0.0,
+            capacity={"c5.xlarge/spot": instances},
+        )  # fmt: skip
+
+    # 4 units for 60 s make 24,000 predictions (100 per unit-second); then 2 units for 60 s make 12,000
+    series = Series(samples=[sample(0, 0, 4), sample(60, 24_000, 4), sample(120, 36_000, 2)])
+    # 36,000 predictions over 4 x 60 + 3 x 60 unit-seconds (the last span at the mean of its ends): 85.7/s,
+    # where the fleet's rate over the last sample's capacity would read 150 per unit-second
+    assert unit_rate(series, {"c5.xlarge": 1.0}) == pytest.approx(36_000 / 420)
+    assert unit_rate(Series(samples=series.samples[:1]), {"c5.xlarge": 1.0}) is None
