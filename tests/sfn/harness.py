@@ -95,15 +95,6 @@ class Knobs:
     # task definition's SPOTFILL_MODEL_ERROR_URI, as the real worker does) and processes nothing.
     model_cannot_load: str | None = None
     rows_per_shard: int = 16
-    # Each registered instance of a run's cluster processes `shards_per_tick` (the fleet's speed follows its
-    # capacity) instead of the whole physics processing that many.
-    work_per_instance: bool = False
-    # A spot interruption: once this many outputs exist, `interrupt_instances` of the fleet's running
-    # instances are terminated (and leave the cluster), and spot capacity becomes `spot_capacity_after_interrupt`
-    # (the pool is short: EC2 cannot replace them with spot).
-    interrupt_after_outputs: int | None = None
-    interrupt_instances: int = 1
-    spot_capacity_after_interrupt: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +109,6 @@ class PhysicsLog:
         default_factory=dict
     )  # fleet expired on ValidUntil -> its instances
     desired_counts: list[int] = field(default_factory=list)  # every desired count the run's service had
-    interrupted: list[str] = field(default_factory=list)  # instance ids the physics interrupted
 
 
 class Physics(threading.Thread):
@@ -156,7 +146,6 @@ class Physics(threading.Thread):
         while not self._halt.is_set():
             try:
                 self._expire()
-                self._interrupt()
                 self._boot_and_register()
                 self._work()
             except Exception as exc:  # the physics must not die silently: tests assert on log.errors
@@ -234,41 +223,11 @@ class Physics(threading.Thread):
         described = self._ecs.describe_clusters(clusters=[cluster])["clusters"]
         return cluster if any(c.get("status") == "ACTIVE" for c in described) else None
 
-    def _interrupt(self) -> None:
-        """Once, at `interrupt_after_outputs`: spot interruptions of `interrupt_instances` running instances."""
-        knobs = self.knobs
-        if knobs.interrupt_after_outputs is None or self.log.interrupted:
-            return
-        if len(self.log.written) < knobs.interrupt_after_outputs:
-            return
-        patches.set_spot_capacity(knobs.spot_capacity_after_interrupt)
-        for fleet_id, state, _ in live_fleets(self._ec2):
-            if state not in ACTIVE_FLEET_STATES:
-                continue
-            ids = sorted(i["InstanceId"] for i in fleet_active_instances(self._ec2, fleet_id))
-            victims = ids[: knobs.interrupt_instances]
-            if not victims:
-                continue
-            for cluster in self._ecs.list_clusters()["clusterArns"]:
-                arns = self._ecs.list_container_instances(cluster=cluster)["containerInstanceArns"]
-                if not arns:
-                    continue
-                described = self._ecs.describe_container_instances(cluster=cluster, containerInstances=arns)
-                for instance in described["containerInstances"]:
-                    if instance["ec2InstanceId"] in victims:
-                        self._ecs.deregister_container_instance(
-                            cluster=cluster, containerInstance=instance["containerInstanceArn"], force=True
-                        )
-            self._ec2.terminate_instances(InstanceIds=victims)
-            self.log.interrupted.extend(victims)
-
     # ---- the workers
 
     def _work(self) -> None:
         budget = self.knobs.shards_per_tick
-        for queue_url, run_id, model_error_uri, instances in self._queues_with_running_tasks():
-            if self.knobs.work_per_instance:
-                budget = self.knobs.shards_per_tick * instances
+        for queue_url, run_id, model_error_uri in self._queues_with_running_tasks():
             if self.knobs.model_cannot_load is not None:
                 self._record_model_error(run_id, model_error_uri)
                 continue
@@ -288,13 +247,11 @@ class Physics(threading.Thread):
         record = {"run_id": run_id, "error_type": "ModelLoadError", "error": self.knobs.model_cannot_load}
         self._s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
 
-    def _queues_with_running_tasks(self) -> Iterator[tuple[str, str, str, int]]:
-        """(queue URL, run id, model error URI, registered instances) of each run whose service has tasks."""
+    def _queues_with_running_tasks(self) -> Iterator[tuple[str, str, str]]:
         for cluster_arn in self._ecs.list_clusters()["clusterArns"]:
-            registered = self._ecs.list_container_instances(cluster=cluster_arn, status="ACTIVE")[
+            if not self._ecs.list_container_instances(cluster=cluster_arn, status="ACTIVE")[
                 "containerInstanceArns"
-            ]
-            if not registered:
+            ]:
                 continue  # tasks need instances to run on
             service_arns = self._ecs.list_services(cluster=cluster_arn)["serviceArns"]
             if not service_arns:
@@ -315,7 +272,6 @@ class Physics(threading.Thread):
                     environment["SPOTFILL_QUEUE_URL"],
                     environment["SPOTFILL_RUN_ID"],
                     environment["SPOTFILL_MODEL_ERROR_URI"],
-                    len(registered),
                 )
 
     def _handle(self, queue_url: str, run_id: str, message: dict[str, Any]) -> None:
