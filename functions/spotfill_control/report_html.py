@@ -14,6 +14,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from spotfill_control.budget import format_usd
@@ -181,6 +182,41 @@ def cost_chart(samples: Sequence[Mapping[str, Any]], report: Mapping[str, Any]) 
     return Chart(name, title, caption, _svg(figure, name))
 
 
+def deadline_chart(samples: Sequence[Mapping[str, Any]], report: Mapping[str, Any]) -> Chart:
+    """A run with `limits.finish_by`: the fleet's target capacity against its running capacity, and the
+    projected finish against the deadline (minutes late, negative: early) over time."""
+    name, title = "deadline", "The deadline"
+    deadline = report.get("deadline") or {}
+    caption = (
+        "left: the fleet's target capacity (weighted units) against the running instances; right: the "
+        "projected finish against the deadline, minutes late (below 0: early)"
+    )
+    tracked = [s for s in samples if s.get("target_capacity") is not None]
+    if not tracked or not deadline.get("at"):
+        return Chart(name, title, caption, None)
+    axis = TimeAxis.of(samples)
+    x = axis.values(tracked)
+    figure, (left, right) = _figure(columns=2)
+    left.step(x, [s["target_capacity"] for s in tracked], where="post", label="target")
+    running = [sum(float(n) for n in (s.get("capacity") or {}).values()) for s in tracked]
+    left.step(x, running, where="post", color="black", label="running")
+    _timeline(left, axis, interruption_times(samples, axis), "capacity")
+    at = datetime.fromisoformat(deadline["at"]).timestamp()
+    late = [
+        (xi, (s["projected_finish"] - at) / 60)
+        for xi, s in zip(x, tracked, strict=True)
+        if s.get("projected_finish") is not None
+    ]
+    if late:
+        right.plot([p[0] for p in late], [p[1] for p in late], label="projected finish - deadline")
+    right.axhline(0, color="black", linestyle="--", label="deadline")
+    right.set_xlabel(axis.label)
+    right.set_ylabel("minutes late")
+    right.grid(alpha=0.3)
+    right.legend(loc="lower left", bbox_to_anchor=(0, 1), ncols=2, fontsize="small", frameon=False)
+    return Chart(name, title, caption, _svg(figure, name))
+
+
 def by_instance_type(report: Mapping[str, Any]) -> dict[str, tuple[float, float | None]]:
     """Per instance type: (predictions per second per instance, USD per million predictions).
 
@@ -265,6 +301,7 @@ def charts(report: Mapping[str, Any], series: Any) -> list[Chart]:
         fleet_chart(samples),
         cost_chart(samples, report),
         instance_type_chart(report),
+        *([deadline_chart(samples, report)] if report.get("deadline") else []),
     ]
 
 

@@ -150,3 +150,34 @@ def test_the_page_names_the_redrive_it_is_given_for_unfinished_shards():
     # then each names its own way to finish them
     assert "3 unfinished (spotfill redrive)" in aws
     assert "3 unfinished (the same command again)" in local and "spotfill redrive" not in local
+
+
+def test_a_run_with_a_deadline_draws_target_against_running_capacity_and_the_projected_finish():
+    # given a run whose fleet grew from 2 to 4 units after an interruption, projected 10 min late then on time
+    def sample(t: float, target: float, running: float, finish: float) -> dict:
+        return {
+            "t": t,
+            "shards_done": 0,
+            "shards_total": 4,
+            "predictions": 0,
+            "predictions_per_second": 0.0,
+            "capacity": {"c5.xlarge/spot": running},
+            "target_capacity": target,
+            "projected_finish": finish,
+        }
+
+    at = 1_790_003_600.0
+    samples = [sample(1_790_000_000.0, 2, 2, at - 60), sample(1_790_000_600.0, 4, 1, at + 600)]
+    report = {
+        "run_id": "r",
+        "status": "succeeded",
+        "deadline": {"at": "2026-09-21T19:00:00+00:00", "met": True},
+    }
+
+    # when the page is drawn
+    page = render_html(report, {"interval_seconds": 600.0, "samples": samples})
+
+    # then it has the deadline's chart; a run without a deadline has none
+    figure = chart(page, "deadline")
+    assert drawn(figure) and "target" in figure and "minutes late" in figure
+    assert 'id="chart-deadline"' not in render_html({"run_id": "r", "status": "succeeded"}, None)
