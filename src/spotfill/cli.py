@@ -744,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--finish-by",
         metavar="T",
         help="a deadline (limits.finish_by: an ISO 8601 time with a zone, or a duration from now such as "
-        "PT6H): show the capacity the fleet starts with and the projected cost, or why it cannot be met",
+        "PT6H): show the capacity the fleet starts with and the projected cost, or why it cannot be met "
+        "(default: the spec's limits.finish_by, if it has one)",
     )
     plan.add_argument(
         "--confirm-permissions",

@@ -175,3 +175,32 @@ def test_a_run_on_track_keeps_its_spot_shortfall_off_on_demand(world40, lambda_c
             assert run["progress"]["on_demand_fallback_units"] == 0
     finally:
         patches.set_spot_capacity({})
+
+
+def test_an_instance_lost_after_a_shrink_that_terminated_nothing_is_an_interruption(
+    world40, lambda_context, monkeypatch
+):
+    # given a run well ahead whose target went from 2 units to 1 without terminating either instance
+    started = datetime.now(UTC)
+    run = start(world40, lambda_context, started)
+    clock = {"now": started}
+    monkeypatch.setattr(monitor, "utcnow", lambda: clock["now"])
+
+    def poll(outputs: range) -> dict[str, Any]:
+        for index in outputs:
+            world40.write_output(run, index)
+        clock["now"] += timedelta(seconds=POLL)
+        return monitor.handler({"run": run}, lambda_context)
+
+    run = poll(range(0))
+    run = poll(range(30))
+    run = poll(range(30, 32))
+    assert fleet_targets(world40, run) == (1, 0) and run["finish_by"]["shrunk_without_termination"]
+    assert len(world40.fleet_instances(run)) == 2
+
+    # when spot takes one of them back
+    world40.ec2.terminate_instances(InstanceIds=[world40.fleet_instances(run)[0]])
+    run = poll(range(32, 33))
+
+    # then it counts as an interruption: the fleet removed nothing for the lower target
+    assert run["progress"]["interruptions"] == 1
