@@ -257,3 +257,26 @@ def test_a_local_run_that_reached_its_cap_advises_running_the_same_command_again
     assert "spotfill redrive" not in printed.out + printed.err
     error = [line for line in printed.err.splitlines() if line.startswith("spotfill: error: ")]
     assert len(error) == 1 and localrun.LOCAL_REDRIVE_ADVICE in error[0], printed.err
+
+
+def test_watch_shows_where_the_run_stands_against_its_deadline():
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from spotfill_control.finish_by import outlook
+    from spotfill_control.run import FinishBy
+
+    from spotfill.progress_display import render
+    from spotfill.runs import Snapshot
+
+    state = FinishBy(
+        at=datetime(2026, 12, 7, 6, 0, tzinfo=UTC), behind_seconds=720.0, added_units=3, target_units=7
+    )
+    snap = Snapshot("arn:x", run_id="r-1", deadline=outlook(state))
+    out = io.StringIO()
+    Console(file=out, width=120, color_system=None).print(render(snap))
+    assert "deadline 2026-12-07T06:00:00Z: behind by 12 min, adding 3 capacity units" in out.getvalue()
+    plain = io.StringIO()
+    Console(file=plain, width=120, color_system=None).print(render(Snapshot("arn:x", run_id="r-1")))
+    assert "deadline" not in plain.getvalue()
