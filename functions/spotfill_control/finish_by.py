@@ -26,11 +26,12 @@ nor the units the dollar cap pays for to the end.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast
 
 from spotfill_control import budget, fleet, on_demand
 from spotfill_control.errors import DeadlineInfeasibleError
@@ -38,6 +39,8 @@ from spotfill_control.fleet_api import FleetStatus
 from spotfill_control.instance_types import capacity_weights
 from spotfill_control.run import FinishBy, RunState
 from spotfill_control.spec import BackfillSpec, LimitsSpec, parse_finish_by
+
+Limit = Literal["cap", "ceiling"]
 
 
 class InfeasibleDeadline(ValueError):
@@ -189,7 +192,7 @@ class Tracking:
 
     target_units: int  # the fleet's target for the deadline
     needed_units: int  # what finishes by the deadline (may exceed the target: capped)
-    limited_by: str | None  # "cap" or "ceiling" when the target is below what is needed
+    limited_by: Limit | None  # what holds the target below what is needed
     projected_finish_at: datetime | None  # at the running capacity's rate (None: nothing running)
     behind_seconds: float | None
     at_risk: bool  # the running capacity would finish after the deadline, or nothing runs while work remains
@@ -215,7 +218,7 @@ def track(
     seconds_left = (deadline - now).total_seconds() - poll_seconds
     raw = units_needed(remaining_predictions, unit_rate, seconds_left)
     needed = ceiling if math.isinf(raw) else int(raw)
-    target, limited = max(1, needed), None
+    target, limited = max(1, needed), cast(Limit | None, None)
     if target > ceiling:
         target, limited = ceiling, "ceiling"
     target = min(target, max(1, busy_units))
@@ -381,9 +384,13 @@ def steer(
         unit_usd_per_hour=price,
         poll_seconds=poll,
     )
+    # The on-demand base is always part of the fleet (`fleet.on_demand_base`): never steered below it.
+    base = min(run.spec.fleet.on_demand_base, ceiling)
+    if tracking.target_units < base:
+        tracking = dataclasses.replace(tracking, target_units=base)
     current = on_demand.work_target(run.progress, status)
     state.needed_units = tracking.needed_units
-    state.limited_by = tracking.limited_by  # type: ignore[assignment]
+    state.limited_by = tracking.limited_by
     state.projected_finish_at = tracking.projected_finish_at
     state.behind_seconds = tracking.behind_seconds
     state.added_units = tracking.target_units - current

@@ -409,3 +409,12 @@ def test_the_rate_per_unit_counts_the_capacity_each_span_had():
     # where the fleet's rate over the last sample's capacity would read 150 per unit-second
     assert unit_rate(series, {"c5.xlarge": 1.0}) == pytest.approx(36_000 / 420)
     assert unit_rate(Series(samples=series.samples[:1]), {"c5.xlarge": 1.0}) is None
+
+
+def test_steer_never_goes_below_the_on_demand_base():
+    # given a run ahead that needs 3 units, with 4 units always on demand
+    run, ec2 = run_with_deadline(600.0, 6), FakeEc2()
+    fleet = run.spec.fleet.model_copy(update={"on_demand_base": 4})
+    run = run.model_copy(update={"spec": run.spec.model_copy(update={"fleet": fleet})})
+    finish_by.steer(run, ec2, active(6), {"c5.xlarge/spot": 6}, 1_062, T0)
+    assert ec2.modified[0]["TargetCapacitySpecification"]["TotalTargetCapacity"] == 4
