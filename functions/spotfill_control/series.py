@@ -89,6 +89,7 @@ def save_series(s3: Any, bucket: str, run_id: str, series: Series) -> None:
     s3.put_object(
         Bucket=bucket,
         Key=series_key(run_id),
-        Body=series.model_dump_json().encode(),
+        # Without the deadline's fields (None) for a run without one: its series is written as before.
+        Body=series.model_dump_json(exclude_none=True).encode(),
         ContentType="application/json",
     )

@@ -418,3 +418,19 @@ def test_steer_never_goes_below_the_on_demand_base():
     run = run.model_copy(update={"spec": run.spec.model_copy(update={"fleet": fleet})})
     finish_by.steer(run, ec2, active(6), {"c5.xlarge/spot": 6}, 1_062, T0)
     assert ec2.modified[0]["TargetCapacitySpecification"]["TotalTargetCapacity"] == 4
+
+
+def test_a_series_without_a_deadline_is_written_without_the_deadlines_fields():
+    from spotfill_control.series import Sample, Series, save_series
+
+    class Recorder:
+        def put_object(self, **kwargs: Any) -> None:
+            self.body = kwargs["Body"]
+
+    sample = Sample(t=1.0, shards_done=0, shards_total=1, predictions=0, predictions_per_second=0.0)
+    s3 = Recorder()
+    save_series(s3, "bucket", "r1", Series(samples=[sample]))
+    assert b"target_capacity" not in s3.body and b"projected_finish" not in s3.body
+    tracked = sample.model_copy(update={"target_capacity": 3.0, "projected_finish": 2.0})
+    save_series(s3, "bucket", "r1", Series(samples=[tracked]))
+    assert b'"target_capacity":3.0' in s3.body and Series.model_validate_json(s3.body).samples[0] == tracked
