@@ -122,6 +122,10 @@ class WorkerConfig(BaseModel):
     spot_notice: bool = True
     # Read the instance's purchase option and type from IMDS and record them with each output.
     instance_metadata: bool = True
+    # Local cloud only: the local cloud's ECS agent sets it (SPOTFILL_LOCAL_CLOUD_SPEED) for the tasks of an
+    # instance type it slows (`LocalCloudOptions.instance_speed`); the worker then sleeps after each batch so
+    # it predicts at this fraction of its speed. 1, the default, is off; nothing on AWS sets it.
+    local_cloud_speed: float = Field(default=1.0, gt=0, le=1)
     # Where a shard that can never succeed (undecodable, or rows that do not fit the model) is sent at once,
     # instead of waiting out the queue's maxReceiveCount; unset: it is left to SQS's redrive.
     dead_letter_queue_url: str | None = None

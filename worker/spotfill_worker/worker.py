@@ -59,6 +59,15 @@ POISON_ERRORS = (ShardFormatError, ShapeMismatchError)
 RETRY_BACKOFF = 1
 
 
+def pacing_seconds(predict_seconds: float, speed: float) -> float:
+    """How long a worker paced to `speed` (local cloud only: `WorkerConfig.local_cloud_speed`) sleeps after
+    a batch that took `predict_seconds`, so the batch takes `predict_seconds / speed` in all; 0 at full
+    speed."""
+    if speed >= 1 or predict_seconds <= 0:
+        return 0.0
+    return predict_seconds * (1 / speed - 1)
+
+
 class OutputWriteConflict(RuntimeError):
     """The conditional output put kept answering 409 ConditionalRequestConflict."""
 
@@ -458,6 +467,8 @@ class Worker:
             except Exception as exc:
                 self._fail(item, exc)
                 continue
+            # The local cloud's slow instance types (off on AWS: `local_cloud_speed` is 1 there).
+            self.stop.wait(pacing_seconds(time.perf_counter() - started, self.config.local_cloud_speed))
             item.timings["predict"] = time.perf_counter() - started
             with self._busy_lock:
                 self._uploads_in_flight += 1

@@ -56,6 +56,9 @@ _TASK_VARIABLE = re.compile(r"^SPOTFILL_[A-Z0-9_]+$")
 _AGENT_VARIABLES = frozenset({worker_iam.ROLE_VARIABLE, worker_iam.SESSION_VARIABLE})
 # The parent's variables a worker process may inherit; everything AWS_* comes from the emulator instead.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "TZ")
+# The worker's local-cloud-only pacing (spotfill_worker.config `local_cloud_speed`): set by the agent alone,
+# for the tasks of an instance type the local cloud slows (`LocalCloudOptions.instance_speed`).
+SPEED_VARIABLE = "SPOTFILL_LOCAL_CLOUD_SPEED"
 
 
 @dataclass
@@ -109,8 +112,11 @@ class EcsAgent:
         tick: float = 0.5,
         credentials: Credentials | None = None,
         extra_worker_modules: tuple[str, ...] = (),
+        instance_speed: dict[str, float] | None = None,
     ) -> None:
         self.endpoint_url = endpoint_url
+        # instance type -> relative speed (1: full speed); a slower type's tasks pace their predictions
+        self.instance_speed = check_instance_speed(instance_speed or {})
         self.region = region
         self.environment = environment  # AWS_ENDPOINT_URL, the emulator's credentials, region
         self.log_dir = log_dir
@@ -398,6 +404,10 @@ class EcsAgent:
         # address of a developer's machine; interruptions arrive as SIGTERM, so no notice is watched for.
         environment["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = self.metadata.endpoint_for(instance_id)
         environment["SPOTFILL_SPOT_NOTICE"] = "false"
+        environment.pop(SPEED_VARIABLE, None)  # only the agent slows a task, never its task definition
+        machine = self._registered_machine(instance_id)
+        if machine is not None:
+            environment.update(speed_environment(machine.instance_type, self.instance_speed))
         task_id = uuid.uuid4().hex
         # The worker exits when this process is gone (killed, even with SIGKILL), never orphaned.
         if self._iam_site is not None:
@@ -545,6 +555,24 @@ def worker_command(
     ):
         return [sys.executable, "-m", command[2]]
     raise TaskRefused(f"the local cloud runs only the worker (python -m {WORKER_MODULE}), not {command!r}")
+
+
+def check_instance_speed(speeds: dict[str, float]) -> dict[str, float]:
+    """The local cloud's per-type speeds, each in (0, 1]: a type can be slowed, never made faster than the
+    machine runs it. ValueError naming the type otherwise."""
+    for name, speed in speeds.items():
+        if not 0 < speed <= 1:
+            raise ValueError(
+                f"instance_speed[{name!r}] = {speed!r}: a relative speed must be above 0 and at most 1 "
+                "(1 is full speed; 0.5 makes the type's workers predict at half their speed)"
+            )
+    return dict(speeds)
+
+
+def speed_environment(instance_type: str, speeds: dict[str, float]) -> dict[str, str]:
+    """The variable that paces the workers of an instance of a slowed type; none at full speed."""
+    speed = speeds.get(instance_type, 1.0)
+    return {} if speed >= 1 else {SPEED_VARIABLE: repr(speed)}
 
 
 def _remove_scratch(task: Task) -> None:

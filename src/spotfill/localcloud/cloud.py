@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 
 from spotfill.localcloud import patches
-from spotfill.localcloud.agent import EcsAgent
+from spotfill.localcloud.agent import EcsAgent, check_instance_speed
 from spotfill.localcloud.chaos import Chaos, ChaosSpec
 from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
 from spotfill.localcloud.fleet import FleetEmulator
@@ -63,6 +63,13 @@ class LocalCloudOptions:
     # Test-only (the CLI never sets it): the agent may run `python -m MODULE` for these modules besides the
     # worker, so the physics tests can run a stand-in worker.
     extra_worker_modules: tuple[str, ...] = ()
+    # How fast each instance type's workers predict relative to this machine, in (0, 1] (types not named: 1):
+    # the agent has a slowed type's workers sleep after each batch (`spotfill_worker.pacing`) so that, burning
+    # no CPU, the type delivers fewer predictions per second, as a slower instance type would.
+    instance_speed: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_instance_speed(self.instance_speed)
 
 
 class LocalCloud:
@@ -153,6 +160,7 @@ class LocalCloud:
             self.run_dir / "logs",
             credentials=self.credentials,
             extra_worker_modules=self.options.extra_worker_modules,
+            instance_speed=self.options.instance_speed,
         )
         self.fleet = FleetEmulator(
             self.region,

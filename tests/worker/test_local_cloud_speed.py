@@ -1,0 +1,48 @@
+"""The local cloud's slow instance types: the agent paces a slowed type's workers, the worker sleeps after
+each batch, and nothing on AWS turns it on."""
+
+from __future__ import annotations
+
+import pytest
+from spotfill_worker.config import WorkerConfig
+from spotfill_worker.worker import pacing_seconds
+
+from spotfill.localcloud.agent import SPEED_VARIABLE, check_instance_speed, speed_environment
+from spotfill.localcloud.cloud import LocalCloudOptions
+
+BASE = {
+    "run_id": "r",
+    "queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+    "model_uri": "s3://b/m.keras",
+    "input_format": "npy",
+}
+
+
+def test_a_half_speed_worker_sleeps_as_long_as_each_batch_took():
+    assert pacing_seconds(0.4, 0.5) == pytest.approx(0.4)
+    assert pacing_seconds(0.3, 0.25) == pytest.approx(0.9)
+
+
+def test_a_full_speed_worker_never_sleeps():
+    assert pacing_seconds(0.4, 1.0) == 0.0
+    assert pacing_seconds(0.0, 0.5) == 0.0
+
+
+def test_the_worker_is_at_full_speed_unless_the_local_cloud_says_otherwise():
+    assert WorkerConfig(**BASE).local_cloud_speed == 1.0
+    assert WorkerConfig(**BASE, local_cloud_speed=0.5).local_cloud_speed == 0.5
+
+
+def test_the_agent_slows_only_the_types_it_was_told_to():
+    speeds = {"c5.large": 0.5}
+    assert speed_environment("c5.large", speeds) == {SPEED_VARIABLE: "0.5"}
+    assert speed_environment("c5.xlarge", speeds) == {}
+    assert speed_environment("c5.large", {"c5.large": 1.0}) == {}
+
+
+@pytest.mark.parametrize("speed", [0, -1, 1.5])
+def test_a_speed_outside_zero_to_one_is_refused_naming_the_type(speed):
+    with pytest.raises(ValueError, match=r"instance_speed\['c5.large'\].*above 0 and at most 1"):
+        check_instance_speed({"c5.large": speed})
+    with pytest.raises(ValueError, match=r"instance_speed\['c5.large'\]"):
+        LocalCloudOptions(instance_speed={"c5.large": speed})
