@@ -46,3 +46,41 @@ def test_a_speed_outside_zero_to_one_is_refused_naming_the_type(speed):
         check_instance_speed({"c5.large": speed})
     with pytest.raises(ValueError, match=r"instance_speed\['c5.large'\]"):
         LocalCloudOptions(instance_speed={"c5.large": speed})
+
+
+class _Facts:
+    def __init__(self, facts):
+        self.facts = facts
+
+
+def test_each_output_records_its_workers_predictions_per_second_beside_the_instance_type(monkeypatch):
+    # given a worker on a c5.large whose first prediction began at t=100 (monotonic)
+    from spotfill_worker import worker as worker_module
+    from spotfill_worker.imds import InstanceFacts
+
+    worker = worker_module.Worker(WorkerConfig(**BASE), clients=object())
+    worker._instance_facts = _Facts(InstanceFacts("spot", "c5.large"))
+    worker._working_since = 100.0
+    now = {"t": 110.0}
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now["t"])
+
+    # when it writes an output of 50 rows at t=110, then one of 30 rows at t=120
+    first = worker._facts(50)
+    now["t"] = 120.0
+    second = worker._facts(30)
+
+    # then each output carries the worker's rows so far over its working seconds
+    assert first == {
+        "spotfill-purchase-option": "spot",
+        "spotfill-instance-type": "c5.large",
+        "spotfill-worker-rows-per-second": "5.000",
+    }
+    assert second["spotfill-worker-rows-per-second"] == "4.000"
+
+
+def test_without_instance_facts_an_output_carries_no_rate():
+    from spotfill_worker import worker as worker_module
+
+    worker = worker_module.Worker(WorkerConfig(**BASE), clients=object())
+    worker._working_since = 0.0
+    assert worker._facts(50) == {}

@@ -68,6 +68,11 @@ def pacing_seconds(predict_seconds: float, speed: float) -> float:
     return predict_seconds * (1 / speed - 1)
 
 
+def worker_rate(rows: int, seconds: float) -> float | None:
+    """Rows per second over `seconds` (None before any time passed)."""
+    return rows / seconds if seconds > 0 else None
+
+
 class OutputWriteConflict(RuntimeError):
     """The conditional output put kept answering 409 ConditionalRequestConflict."""
 
@@ -130,6 +135,10 @@ class Worker:
         self._empty_receive_started = float("-inf")
         # Running estimate of encode + upload seconds: can the shard in hand still finish before a deadline?
         self._upload_seconds = 1.0
+        # This worker's own throughput, recorded with each output beside the instance's type (the control
+        # plane weighs the fleet's instance types by it): rows written since its first prediction began.
+        self._rows_written = 0
+        self._working_since: float | None = None
         self._classifier = False
         self._instance_facts: InstanceFactsReader | None = None
         self.model: Any = None  # model.LoadedModel, once loaded
@@ -457,6 +466,8 @@ class Worker:
                 if self.predictor is None:
                     self.predictor = self._calibrated_predictor(item.rows.features)
                     started = time.perf_counter()
+                if self._working_since is None:
+                    self._working_since = time.monotonic()
                 predictions = self.predictor.predict(item.rows.features, should_abort=self._should_abort)
             except ShardAborted as exc:
                 self.leases.release(item.delivery)
@@ -503,7 +514,7 @@ class Worker:
                     "spotfill-run-id": message.run_id,
                     # Which model made it: a later run with another model refuses to keep it (Validate).
                     "spotfill-model-etag": self._model_etag,
-                    **self._facts(),
+                    **self._facts(len(item.rows)),
                     **self.predictor.calibration.as_metadata(),
                 },
             )
@@ -540,10 +551,22 @@ class Worker:
                 self._uploads_in_flight -= 1
                 self._last_busy = time.monotonic()
 
-    def _facts(self) -> dict[str, str]:
-        """The instance's purchase option and type, once IMDS answered (nothing off EC2)."""
+    def _facts(self, rows: int) -> dict[str, str]:
+        """The instance's purchase option and type, once IMDS answered (nothing off EC2), and with them this
+        worker's predictions per second so far, counting the `rows` of the output about to be written
+        (`spotfill-worker-rows-per-second`: rows written since its first prediction began, over the seconds
+        since; docs/contracts.md, "Output objects")."""
         facts = self._instance_facts.facts if self._instance_facts is not None else None
-        return facts.as_metadata() if facts is not None else {}
+        if facts is None:
+            return {}
+        with self._busy_lock:
+            self._rows_written += rows
+            since = self._working_since
+            rate = worker_rate(self._rows_written, time.monotonic() - since) if since is not None else None
+        metadata = facts.as_metadata()
+        if rate is not None:
+            metadata["spotfill-worker-rows-per-second"] = f"{rate:.3f}"
+        return metadata
 
     def _put_output(self, location: S3Uri, body: bytes, metadata: dict[str, str]) -> bool:
         """Create the output object if it does not exist yet; returns whether this call wrote it.
