@@ -37,7 +37,7 @@ from typing import Any
 from spotfill_control import cost, fleet
 from spotfill_control.cluster import STOP_TIMEOUT_SECONDS
 from spotfill_control.errors import BudgetReached
-from spotfill_control.fleet import capacity_weights, requested_capacity
+from spotfill_control.fleet import requested_capacity
 from spotfill_control.instance_types import STATIC_ON_DEMAND_USD
 from spotfill_control.run import RunState, SpotPrice
 
@@ -342,7 +342,7 @@ def project_run(run: RunState, found: list[Billing]) -> Projection:
     fleet's target is the last one seen (before this poll's tail scale-down, so never too low; the requested
     capacity before the first poll), 0 once draining."""
     types = run.spec.fleet.instance_types
-    weights = capacity_weights(run.instance_types)
+    weights = run.capacity_weights
     prices = price_table(run)
     ceiling = ceiling_per_unit(types, prices, weights, {t: on_demand_hourly_usd(run, t) for t in types})
     target = run.progress.fleet_target_capacity

@@ -36,7 +36,6 @@ from typing import Any, Literal, cast
 from spotfill_control import budget, fleet, on_demand
 from spotfill_control.errors import DeadlineInfeasibleError
 from spotfill_control.fleet_api import FleetStatus
-from spotfill_control.instance_types import capacity_weights
 from spotfill_control.run import FinishBy, RunState
 from spotfill_control.spec import BackfillSpec, LimitsSpec, parse_finish_by
 
@@ -333,7 +332,7 @@ def steer(
     state = run.finish_by
     if state is None:
         return None
-    weights = capacity_weights(run.instance_types) if run.instance_types else {}
+    weights = run.capacity_weights
     state.running_units = running_units(capacity, weights)
     measured = measured_unit_rate(run)
     unit_rate = measured or estimate_unit_rate(run.spec)

@@ -46,7 +46,7 @@ from spotfill_control.fleet_api import (
     api_named,
     whole_units,
 )
-from spotfill_control.instance_types import capacity_weights
+from spotfill_control.instance_types import capacity_weights as capacity_weights  # tests read it here
 from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, FailedPool, RunState, utcnow
 from spotfill_control.spec import FleetSpec
 
@@ -235,12 +235,15 @@ def check_override_count(fleet: FleetSpec, subnets: Sequence[str]) -> None:
         )
 
 
-def launch_template_configs(run: RunState, settings: Settings) -> list[dict[str, Any]]:
-    """The run's launch template version, with one override per instance type x subnet, each weighted."""
+def launch_template_configs(
+    run: RunState, settings: Settings, weights: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """The run's launch template version, with one override per instance type x subnet, each weighted (by
+    `weights`, else the fleet's weights now: `RunState.capacity_weights`)."""
     if run.resources.launch_template_version is None:
         raise FleetRequestError("the run has no launch template version: PrepareRun did not finish")
     fleet = run.spec.fleet
-    weights = capacity_weights(run.instance_types)
+    weights = weights or run.capacity_weights
     return [
         {
             "LaunchTemplateSpecification": {
@@ -485,6 +488,16 @@ def set_target_capacity(
     total = whole_units(total_units)
     on_demand = None if on_demand_units is None else min(total, whole_units(on_demand_units))
     api_of(run).set_target(fleet_id, ec2, total, on_demand, keep_instances)
+
+
+def set_weights(run: RunState, ec2: Any, settings: Settings, weights: dict[str, float]) -> None:
+    """Give the fleet new weights: the same launch template version and overrides as its request, each
+    `WeightedCapacity` from `weights` (ModifyFleet or ModifySpotFleetRequest with `LaunchTemplateConfigs`;
+    `spotfill_control.weights` says what AWS documents of it). Its target capacity is left as it is."""
+    fleet_id = run.resources.fleet_id
+    if fleet_id is None:
+        raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
+    api_of(run).set_weights(fleet_id, ec2, launch_template_configs(run, settings, weights))
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ class FleetApi(Protocol):
     def set_target(
         self, fleet_id: str, ec2: Any, total: int, on_demand: int | None, keep_instances: bool = False
     ) -> None: ...
+    def set_weights(self, fleet_id: str, ec2: Any, launch_template_configs: list[dict[str, Any]]) -> None: ...
     def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]: ...
     def delete(self, fleet_ids: Sequence[str], ec2: Any) -> list[Deletion]: ...
 
@@ -253,6 +254,13 @@ class SpotFleetApi:
             kwargs["ExcessCapacityTerminationPolicy"] = "noTermination"
         ec2.modify_spot_fleet_request(**kwargs)
 
+    def set_weights(self, fleet_id: str, ec2: Any, launch_template_configs: list[dict[str, Any]]) -> None:
+        """ModifySpotFleetRequest with the request's `LaunchTemplateConfigs` (its overrides re-weighted) and
+        nothing else: the target capacities stay as they are."""
+        ec2.modify_spot_fleet_request(
+            SpotFleetRequestId=fleet_id, LaunchTemplateConfigs=launch_template_configs
+        )
+
     def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
         """The request's `error` events, then its `information` events about a pool
         (`POOL_INFORMATION_SUB_TYPES`): one history read per event type, each filtered by EC2."""
@@ -333,6 +341,11 @@ class Ec2FleetApi:
         if keep_instances:
             kwargs["ExcessCapacityTerminationPolicy"] = "no-termination"
         ec2.modify_fleet(**kwargs)
+
+    def set_weights(self, fleet_id: str, ec2: Any, launch_template_configs: list[dict[str, Any]]) -> None:
+        """ModifyFleet with the fleet's `LaunchTemplateConfigs` (its overrides re-weighted) and no
+        `TargetCapacitySpecification`: the target capacities stay as they are."""
+        ec2.modify_fleet(FleetId=fleet_id, LaunchTemplateConfigs=launch_template_configs)
 
     def failure_records(self, fleet_id: str, ec2: Any, since: datetime) -> list[dict[str, Any]]:
         """EC2 Fleet's history types are `instance-change`, `fleet-change` and `service-error` (Spot Fleet's

@@ -41,10 +41,13 @@ class Targets:
     on_demand: int
 
 
-def unit_price_bound(facts: Mapping[str, InstanceTypeFacts]) -> float:
+def unit_price_bound(
+    facts: Mapping[str, InstanceTypeFacts], weights: Mapping[str, float] | None = None
+) -> float:
     """The dearest on-demand USD per hour of one weighted unit among the fleet's types (the run's prices, as
-    Validate resolved them); infinite when a type has no known price, so nothing is added under a cap."""
-    weights = capacity_weights(facts)
+    Validate resolved them) at the fleet's weights (default: by vCPUs); infinite when a type has no known
+    price, so nothing is added under a cap."""
+    weights = weights or capacity_weights(facts)
     return max(
         math.inf if f.on_demand_hourly_usd is None else f.on_demand_hourly_usd / weights[name]
         for name, f in facts.items()
@@ -52,13 +55,16 @@ def unit_price_bound(facts: Mapping[str, InstanceTypeFacts]) -> float:
 
 
 def room_under_cap(
-    spec: FleetSpec, facts: Mapping[str, InstanceTypeFacts], fulfilled_units: float
+    spec: FleetSpec,
+    facts: Mapping[str, InstanceTypeFacts],
+    fulfilled_units: float,
+    weights: Mapping[str, float] | None = None,
 ) -> int | None:
     """Units that may still be added without the fleet's hourly spend passing `max_hourly_price` (None:
     no cap)."""
     if spec.max_hourly_price is None:
         return None
-    bound = unit_price_bound(facts)
+    bound = unit_price_bound(facts, weights)
     if not math.isfinite(bound):
         return 0
     return max(0, math.floor(spec.max_hourly_price / bound + 1e-9) - math.ceil(fulfilled_units))
@@ -74,6 +80,7 @@ def decide(
     status: FleetStatus,
     now: datetime,
     facts: Mapping[str, InstanceTypeFacts],
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[Targets | None, dict[str, Any]]:
     """The fleet's new targets (None: leave them) and the progress fields that change."""
     after = spec.on_demand_fallback_after_seconds
@@ -85,7 +92,7 @@ def decide(
     moved = min(progress.on_demand_fallback_units, total - base)
     spot_target = total - base - moved
     spot_have = status.spot_fulfilled_capacity
-    room = room_under_cap(spec, facts, status.fulfilled_capacity)
+    room = room_under_cap(spec, facts, status.fulfilled_capacity, weights)
 
     def waited(since: datetime | None) -> bool:
         return since is not None and (now - since).total_seconds() >= after
@@ -134,7 +141,9 @@ def _update(progress: Progress, updates: dict[str, Any]) -> None:
 def rebalance(run: RunState, ec2: Any, status: FleetStatus, now: datetime) -> None:
     """One fallback decision, applied: the fleet's targets set (when they change), the run's progress
     updated."""
-    targets, updates = decide(run.spec.fleet, run.progress, status, now, run.instance_types)
+    targets, updates = decide(
+        run.spec.fleet, run.progress, status, now, run.instance_types, run.capacity_weights
+    )
     if targets is not None:
         fleet.set_target_capacity(run, ec2, targets.total, targets.on_demand)
     _update(run.progress, updates)

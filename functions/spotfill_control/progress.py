@@ -39,9 +39,20 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import budget, cost, dead_letters, finish_by, fleet, on_demand, reconcile, shards
+from spotfill_control import (
+    budget,
+    cost,
+    dead_letters,
+    finish_by,
+    fleet,
+    on_demand,
+    reconcile,
+    shards,
+    weights,
+)
 from spotfill_control.aws import is_missing_key, read_object
 from spotfill_control.cluster import count_registered_instances, desired_count
+from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import (
     FleetRequestError,
@@ -50,7 +61,6 @@ from spotfill_control.errors import (
     SpotfillError,
     StallError,
 )
-from spotfill_control.fleet import capacity_weights
 from spotfill_control.fleet_api import LIVE_STATES, FleetStatus
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import (
@@ -297,7 +307,16 @@ def queue_depth(queue_url: str | None, sqs: Any) -> QueueDepth:
 
 def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -> tuple[int, int]:
     """(outputs read, rows in them) from the `spotfill-rows` metadata of up to `size` outputs."""
+    sampled, rows, _ = sample_outputs(output_uris, s3, size)
+    return sampled, rows
+
+
+def sample_outputs(
+    output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE
+) -> tuple[int, int, list[tuple[str, dict[str, str]]]]:
+    """`sample_rows`, and the user metadata of every output it read (URI, metadata)."""
     sampled = rows = 0
+    read: list[tuple[str, dict[str, str]]] = []
     for uri in random.sample(output_uris, min(size, len(output_uris))):
         bucket, key = split_s3_uri(uri)
         try:
@@ -306,10 +325,11 @@ def sample_rows(output_uris: list[str], s3: Any, size: int = ROWS_SAMPLE_SIZE) -
             if is_missing_key(exc):
                 continue  # overwritten or removed between the listing and now
             raise
+        read.append((uri, metadata))
         if "spotfill-rows" in metadata:
             sampled += 1
             rows += int(metadata["spotfill-rows"])
-    return sampled, rows
+    return sampled, rows, read
 
 
 @dataclass(frozen=True)
@@ -392,7 +412,12 @@ def service_counts(cluster: str, service: str, ecs: Any) -> tuple[int, int] | No
 
 
 def iterate(
-    run: RunState, clients: Clients, control_bucket: str, now: datetime, deadline: Deadline | None = None
+    run: RunState,
+    clients: Clients,
+    control_bucket: str,
+    now: datetime,
+    deadline: Deadline | None = None,
+    settings: Settings | None = None,
 ) -> tuple[RunState, Iteration]:
     """One monitoring iteration: returns the updated run (not yet persisted) and what it saw.
 
@@ -402,6 +427,9 @@ def iterate(
     runs of more than one part). Once the queue and the
     dead-letter queue are idle, the exact reconciliation verifies the open parts of the shard list (within
     `deadline`, continuing next poll), requeues lost shards and decides whether the run is done.
+
+    With `settings` (the stack's launch template and subnets), a deadline run of several instance types may
+    re-weight its fleet by measured throughput (`spotfill_control.weights`).
     """
     deadline = deadline or Deadline(DEFAULT_BUDGET_SECONDS)
     run = run.model_copy(deep=True)
@@ -452,7 +480,7 @@ def iterate(
         seen.capacity = budget.capacity_by_pool(billed)
         if not done:
             budget.drain_if_due(run, budget.project_run(run, billed), clients.ecs, now)
-        _watch_fleet(run, clients, seen, done, now, instances)
+        _watch_fleet(run, clients, seen, done, now, instances, settings)
 
     if done:
         progress.state = "done"
@@ -601,11 +629,20 @@ def _update_throughput(
     wants_rows = progress.rows_sampled_outputs < ROWS_SAMPLE_LIMIT and (
         shards_per_second > 0 or progress.rows_sampled_outputs == 0
     )
-    if wants_rows and (done_sample or (done_sample is None and run.shards_total > run.shards_skipped)):
+    # A deadline run of several types also measures each type's throughput from the same reads, each output
+    # once (`spotfill_control.weights`).
+    wants_types = weights.wants_measurements(run) and shards_per_second > 0
+    if (wants_rows or wants_types) and (
+        done_sample or (done_sample is None and run.shards_total > run.shards_skipped)
+    ):
         candidates = done_sample if done_sample is not None else _sample_outputs(run, s3, control_bucket)
-        sampled, rows = sample_rows(candidates, s3)
-        progress.rows_sampled_outputs += sampled
-        progress.rows_sampled_total += rows
+        if wants_types and not wants_rows:
+            candidates = weights.unmeasured(run, candidates)
+        sampled, rows, read = sample_outputs(candidates, s3, ROWS_SAMPLE_SIZE)
+        if wants_rows:
+            progress.rows_sampled_outputs += sampled
+            progress.rows_sampled_total += rows
+        weights.record(run, read)
     progress.peak_shards_per_second = max(progress.peak_shards_per_second, shards_per_second)
     mean_rows = mean_rows_per_shard(progress)
     if mean_rows is not None:
@@ -628,10 +665,11 @@ def _watch_fleet(
     done: bool,
     now: datetime,
     instances: Sequence[Mapping[str, Any]] | None = None,
+    settings: Settings | None = None,
 ) -> None:
     progress = run.progress
-    weights = capacity_weights(run.instance_types)
-    view = describe_fleet(run, progress.known_instances, weights, clients.ec2, instances)
+    type_weights = run.capacity_weights
+    view = describe_fleet(run, progress.known_instances, type_weights, clients.ec2, instances)
     if view is None:
         if fleet.unseen_is_transient(run, run.resources.fleet_id, now):
             # EC2 does not know the fleet it made moments ago yet (eventual consistency): nothing is known of
@@ -669,6 +707,9 @@ def _watch_fleet(
         # lowers it.
         return
 
+    if settings is not None and weights.reweigh(run, clients.ec2, settings, seen.capacity, now):
+        # The fleet is modifying: the next poll sizes it (under the new weights).
+        return
     tasks_per_instance = run.spec.service.tasks_per_instance
     max_weight = max(view.weights.values(), default=1.0)
     target = on_demand.work_target(progress, view.status)

@@ -19,7 +19,6 @@ from datetime import datetime
 from itertools import pairwise
 
 from spotfill_control import budget
-from spotfill_control.instance_types import capacity_weights
 from spotfill_control.progress import Iteration, mean_rows_per_shard, pending_shards
 from spotfill_control.run import Projection, RunState
 from spotfill_control.series import Sample, Series
@@ -134,7 +133,7 @@ def project(run: RunState, series: Series, now: datetime) -> Projection:
     elif eta is not None:
         poll = run.spec.limits.poll_interval_seconds
         total = budget.projected_total_usd(run.budget.accrued_usd, run.budget.hourly_usd, eta, poll)
-    weights = capacity_weights(run.instance_types) if run.instance_types else {}
+    weights = run.capacity_weights
     return Projection(
         at=now.timestamp(),
         predictions_per_second=rate or 0.0,

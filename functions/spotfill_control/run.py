@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from spotfill_control.instance_types import Architecture, InstanceTypeFacts
+from spotfill_control.instance_types import Architecture, InstanceTypeFacts, capacity_weights
 from spotfill_control.spec import BackfillSpec
 
 Phase = Literal["validated", "preparing", "prepared", "fleet_requested", "registered", "monitoring", "done"]
@@ -156,6 +156,33 @@ class FinishBy(_State):
     infeasible: str | None = None  # why the first measured poll found the deadline out of reach: the run ends
 
 
+class TypeThroughput(_State):
+    """What the sampled outputs of one instance type say of its workers' throughput."""
+
+    outputs: int = 0  # distinct outputs read with a `spotfill-worker-rows-per-second`
+    rate_total: float = 0.0  # the sum of those rates (rows per second of one worker)
+
+
+class WeightChange(_State):
+    """One re-weighting of the fleet (`spotfill_control.weights`)."""
+
+    at: datetime
+    weights: dict[str, float]  # the weights set (instance type -> WeightedCapacity)
+    per_instance: dict[str, float]  # the measured predictions per second of one instance of each type
+
+
+class Weighting(_State):
+    """Capacity in predictions (`spotfill_control.weights`): each instance type's measured throughput, and
+    the weights the Monitor gave the fleet from it. A few numbers per type and a bounded list of output
+    digests."""
+
+    # the fleet's weights now; {}: by vCPUs (GPUs), as requested
+    weights: dict[str, float] = Field(default_factory=dict)
+    measured: dict[str, TypeThroughput] = Field(default_factory=dict)
+    seen: list[str] = Field(default_factory=list)  # digests of the outputs measured (each counts once)
+    changes: list[WeightChange] = Field(default_factory=list)  # the latest re-weightings, oldest first
+
+
 class FailedPool(_State):
     """A capacity pool of the fleet (an instance type in a zone) that EC2 could not launch into, or an
     account-wide fleet error that names no pool: from the fleet's request history (`error` events)."""
@@ -194,6 +221,9 @@ class RunState(_State):
     budget: Budget = Field(default_factory=Budget)
     projection: Projection | None = None
     finish_by: FinishBy | None = None  # None: no deadline (`limits.finish_by` unset)
+    # Re-weighting by measured throughput (a run with a deadline and several instance types); None: never
+    # measured, the fleet keeps the weights it was requested with.
+    weighting: Weighting | None = None
     # What teardown deleted without seeing it deleted, each with why (EC2 never showed the fleet it made).
     teardown_unconfirmed: list[str] = Field(default_factory=list)
 
@@ -207,6 +237,15 @@ class RunState(_State):
                 "timeline": self.timeline.model_copy(update={started: getattr(self.timeline, started) or at}),
             }
         )
+
+    @property
+    def capacity_weights(self) -> dict[str, float]:
+        """The fleet's weights now: those the Monitor set from measured throughput
+        (`spotfill_control.weights`), else those it was requested with (vCPUs, or GPUs, over the smallest:
+        `instance_types.capacity_weights`); {} before Validate described the types."""
+        if self.weighting is not None and self.weighting.weights:
+            return dict(self.weighting.weights)
+        return capacity_weights(self.instance_types) if self.instance_types else {}
 
     @property
     def uses_gpu(self) -> bool:

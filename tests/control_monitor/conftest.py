@@ -75,10 +75,18 @@ class World:
     # ------------------------------------------------------------------ what workers and AWS do
 
     def write_output(
-        self, run: dict[str, Any], shard_index: int, rows: int = ROWS_PER_SHARD, purchase_option: str = "spot"
+        self,
+        run: dict[str, Any],
+        shard_index: int,
+        rows: int = ROWS_PER_SHARD,
+        purchase_option: str = "spot",
+        instance_type: str = "c5.xlarge",
+        worker_rate: float | None = None,
     ) -> str:
-        """What a worker does when it finishes a shard: the output object, with its metadata (rows, run, and
-        the purchase option of its instance), then the shard's message deleted (if it is still queued)."""
+        """What a worker does when it finishes a shard: the output object, with its metadata (rows, run, the
+        purchase option and type of its instance, and with `worker_rate` the worker's rows per second), then
+        the shard's message deleted (if it is still queued)."""
+        rate = {} if worker_rate is None else {"spotfill-worker-rows-per-second": f"{worker_rate:.3f}"}
         entry = self.shard_list(run)["shards"][shard_index]
         bucket, key = entry["output"][len("s3://") :].split("/", 1)
         self.s3.put_object(
@@ -89,7 +97,8 @@ class World:
                 "spotfill-rows": str(rows),
                 "spotfill-run-id": run["run_id"],
                 "spotfill-purchase-option": purchase_option,
-                "spotfill-instance-type": "c5.xlarge",
+                "spotfill-instance-type": instance_type,
+                **rate,
             },
         )
         self.delete_message_of(run, entry["shard"])

@@ -29,7 +29,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(run_id=run.run_id)
     now = utcnow()
     clients = progress.Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
-    bucket = settings().control_bucket
+    config = settings()
+    bucket = config.control_bucket
     with transient_errors_retried("monitor"):
         # A run's first poll (no projection yet: also a run begun before the series existed) starts the
         # series, since a GetObject of a key never written is denied, not 404, to a role whose ListBucket is
@@ -40,7 +41,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         budget_left = Deadline.of_invocation(context, progress.DEFAULT_BUDGET_SECONDS)
         run = state_store.with_known_instances(run, clients.s3, bucket)
         known_before = list(run.progress.known_instances)
-        run, seen = progress.iterate(run, clients, bucket, now, budget_left)
+        run, seen = progress.iterate(run, clients, bucket, now, budget_left, config)
         state_store.save_known_instances(run, known_before, clients.s3, bucket)
         poll = float(run.spec.limits.poll_interval_seconds)
         series = Series(interval_seconds=poll) if first else load_series(clients.s3, bucket, run.run_id)
@@ -75,6 +76,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             "projected_total_usd": projected.projected_total_usd,
             "draining_since": run.budget.draining_since and run.budget.draining_since.isoformat(),
             "finish_by": run.finish_by and run.finish_by.model_dump(mode="json"),
+            "weights": run.weighting and run.weighting.weights,
         },
     )
     metrics.add_dimension(name="RunId", value=run.run_id)

@@ -73,6 +73,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import re
 import threading
 from datetime import UTC, datetime
@@ -243,6 +244,8 @@ def launch_fleets_from_requested_versions() -> None:
             )
             kwargs["launch_template_config"] = None
         original_init(self, ec2_backend, *args, **kwargs)
+        # ModifySpotFleetRequest takes LaunchTemplateConfigs only for a request made with them.
+        self.__dict__["_spotfill_from_templates"] = bool(configs)
 
     SpotFleetRequest.__init__ = __init__
 
@@ -553,6 +556,63 @@ def usable_specs(fleet: Any) -> list[Any]:
             "failed.",
         )
     return usable
+
+
+def relaunch_specs(fleet: Any, configs: list[dict[str, Any]], members: list[tuple[Any, Any, str]]) -> None:
+    """ModifyFleet / ModifySpotFleetRequest with `LaunchTemplateConfigs`: the fleet launches from the new
+    launch templates and overrides (their `WeightedCapacity` included) from now on. Neither API reference nor
+    user guide says what becomes of the instances already running; here each keeps counting at the weight of
+    the override it launched from (`members`, pinned before the change), and none is launched or terminated
+    by the change itself (only when the fleet next meets its target). The fleet then launches from the
+    cheapest override per unit first (spot price / WeightedCapacity), as the price-based allocation strategies
+    do; a fleet never modified so keeps launching in its request's order, as before."""
+    from moto.ec2.models.spot_requests import SpotFleetLaunchSpec
+    from moto.ec2.utils import convert_tag_spec
+
+    refuse_too_many_overrides(configs)
+    for request in fleet.spot_requests:  # moto's Spot Fleet requests do not keep their spec: pin it
+        if _alive(request.instance) and getattr(request, "launch_spec", None) is None:
+            request.launch_spec = next((s for i, s, _ in members if i is request.instance), None)
+    backend = fleet.ec2_backend
+    specs = []
+    for config in configs:
+        ref = dict(config.get("LaunchTemplateSpecification") or {})
+        if "LaunchTemplateId" in ref:
+            template = backend.get_launch_template(template_id=ref["LaunchTemplateId"])
+        else:
+            template = backend.get_launch_template_by_name(name=ref.get("LaunchTemplateName"))
+        version = str(ref.get("Version") or template.default_version_number)
+        if version == "$Latest":
+            version = str(template.latest_version_number)
+        elif version == "$Default":
+            version = str(template.default_version_number)
+        ref.update({"LaunchTemplateId": template.id, "Version": version})
+        data = template.get_version(version).data
+        for override in config.get("Overrides") or [{}]:
+            spec = {**data, **{k: v for k, v in override.items() if k != "Priority"}}
+            specs.append(
+                SpotFleetLaunchSpec(
+                    ebs_optimized=spec.get("EbsOptimized"),
+                    group_set=list(spec.get("SecurityGroupIds") or spec.get("SecurityGroups") or []),
+                    iam_instance_profile=spec.get("IamInstanceProfile"),
+                    image_id=spec["ImageId"],
+                    instance_type=spec["InstanceType"],
+                    key_name=spec.get("KeyName"),
+                    monitoring=spec.get("Monitoring"),
+                    spot_price=spec.get("SpotPrice"),
+                    subnet_id=spec.get("SubnetId"),
+                    tag_specifications=convert_tag_spec(spec.get("TagSpecifications", [])),
+                    user_data=spec.get("UserData"),
+                    weighted_capacity=spec.get("WeightedCapacity", 1),
+                    launch_template_spec=ref,
+                    overrides=override or None,
+                )
+            )
+    fleet.launch_specs = sorted(
+        specs, key=lambda s: (pricing.spot_price(s.instance_type) or math.inf) / _weight(s)
+    )
+    if hasattr(fleet, "launch_template_configs"):
+        fleet.launch_template_configs = configs
 
 
 # "For fleets of type request and maintain, a maximum of 300 items is allowed across all launch templates"
@@ -1568,6 +1628,9 @@ def _patch_ec2_fleet() -> None:
             raise EC2ClientError(
                 "InvalidParameterValue", "OnDemandTargetCapacity cannot exceed TotalTargetCapacity"
             )
+        configs = self._get_param("LaunchTemplateConfigs")
+        if configs:
+            relaunch_specs(fleet, configs, ec2_fleet_members(fleet))
         fleet.target_capacity_specification = spec
         fleet.target_capacity = int(spec.get("TotalTargetCapacity") or 0)
         policy = self._get_param("ExcessCapacityTerminationPolicy")
@@ -1920,6 +1983,16 @@ def _patch_spot_fleet_on_demand() -> None:
                 "InvalidParameter",
                 f"TargetCapacity ({new_total}) cannot be less than OnDemandTargetCapacity ({new_on_demand}).",
             )
+        configs = self._get_param("LaunchTemplateConfigs")
+        if configs:
+            if not fleet.__dict__.get("_spotfill_from_templates"):
+                # The rule is the API reference's; its error text is not documented.
+                raise EC2ClientError(
+                    "InvalidParameterCombination",
+                    "LaunchTemplateConfigs can be modified only on a Spot Fleet request that specified a "
+                    "launch template (LaunchTemplateConfigs); this request specified LaunchSpecifications.",
+                )
+            relaunch_specs(fleet, configs, _spot_fleet_members(fleet))
         fleet.target_capacity = new_total
         fleet.__dict__["on_demand_target_capacity"] = new_on_demand
         policy = self._get_param("ExcessCapacityTerminationPolicy")
