@@ -759,7 +759,10 @@ def _implied_requests(
             resource_type = specification["ResourceType"]
             arn = account.fill(f"arn:${{Partition}}:ec2:${{Region}}:${{Account}}:{resource_type}/*", {})
             implied.append(Request("ec2:CreateTags", arn, {"ec2:CreateAction": operation}))
-        implied += _fleet_launch_requests(operation, config, account)
+        # A modification names its launch templates at the top; what it passes (if anything) for their
+        # instance profiles is undocumented, so it is evaluated on its resources alone.
+        modifies = operation in ("ModifyFleet", "ModifySpotFleetRequest")
+        implied += _fleet_launch_requests(operation, params if modifies else config, account)
         if operation == "CreateLaunchTemplateVersion":
             image = str(params.get("LaunchTemplateData", {}).get("ImageId", ""))
             if image.startswith("resolve:ssm:"):
@@ -807,6 +810,34 @@ def _ssm_image_parameter(image: str, account: Account) -> Request:
     return Request("ssm:GetParameters", arn, {"aws:SecureTransport": "true"})
 
 
+def _fleet_modify_requests(
+    operation: str, configs: list[Mapping[str, Any]], account: Account
+) -> list[Request]:
+    requests: list[Request] = []
+    context = {"aws:SecureTransport": "true"}
+    for launch_config in configs:
+        specification = launch_config["LaunchTemplateSpecification"]
+        template = specification.get("LaunchTemplateId")
+        if not template:
+            raise UnmappedCall(f"ec2.{operation}: the evaluator needs the launch template's id, not its name")
+        data = account.launch_template_data(template, str(specification.get("Version", "$Default")))
+        overrides = launch_config.get("Overrides") or [{}]
+        arns = [_ec2_arn(account, f"launch-template/{template}")]
+        if operation == "ModifyFleet":
+            images = sorted({str(o.get("ImageId") or data.get("ImageId") or "") for o in overrides} - {""})
+            arns += [
+                _ec2_arn(account, f"image/{i}", regional_account=False)
+                for i in images
+                if not i.startswith("resolve:ssm:")
+            ]
+        subnets = sorted(
+            {s.strip() for o in overrides for s in str(o.get("SubnetId") or "").split(",") if s.strip()}
+        )
+        arns += [_ec2_arn(account, f"subnet/{s}") for s in subnets]
+        requests += [Request(f"ec2:{operation}", arn, dict(context)) for arn in arns]
+    return requests
+
+
 def _fleet_launch_requests(operation: str, config: Mapping[str, Any], account: Account) -> list[Request]:
     """What a fleet request is authorised on besides the fleet, and what it launches as the caller.
 
@@ -821,7 +852,12 @@ def _fleet_launch_requests(operation: str, config: Mapping[str, Any], account: A
       `maintain` or `request` EC2 Fleet launches, tags and terminates through its service-linked role
       AWSServiceRoleForEC2Fleet (same page), so its caller needs no ec2:RunInstances.
     Each ec2:RunInstances request carries `ec2:LaunchTemplate` (the template's ARN) and
-    `ec2:IsLaunchTemplateResource`, as RunInstances from a launch template does."""
+    `ec2:IsLaunchTemplateResource`, as RunInstances from a launch template does.
+    - ec2:ModifyFleet and ec2:ModifySpotFleetRequest with `LaunchTemplateConfigs` are authorised on the launch
+      template and the overrides' subnets too (and ModifyFleet on the image), the resource types the Service
+      Authorization Reference lists for them besides the fleet; they launch nothing as the caller."""
+    if operation in ("ModifyFleet", "ModifySpotFleetRequest"):
+        return _fleet_modify_requests(operation, list(config.get("LaunchTemplateConfigs") or []), account)
     if operation not in ("CreateFleet", "RequestSpotFleet"):
         return []
     launches_as_caller = operation == "RequestSpotFleet" or config.get("Type") == "instant"

@@ -260,6 +260,37 @@ def test_ec2_fleet_request_passes_only_the_instance_role_and_tags_the_fleet_it_c
     assert not is_allowed([spot_fleet_tagging], tag)
 
 
+@pytest.mark.parametrize(
+    ("operation", "id_param", "fleet_arn"),
+    [
+        ("ModifyFleet", "FleetId", "fleet/fleet-1"),
+        ("ModifySpotFleetRequest", "SpotFleetRequestId", "spot-fleet-request/sfr-1"),
+    ],
+)
+def test_re_weighting_a_fleet_needs_its_modify_action_on_the_launch_template_and_subnets_and_passes_nothing(
+    operation, id_param, fleet_arn
+):
+    call = _call(
+        "ec2",
+        operation,
+        **{id_param: fleet_arn.split("/")[1]},
+        LaunchTemplateConfigs=[
+            {
+                "LaunchTemplateSpecification": {"LaunchTemplateId": "lt-1", "Version": "2"},
+                "Overrides": [{"InstanceType": "c5.xlarge", "SubnetId": "subnet-1", "WeightedCapacity": 1.5}],
+            }
+        ],
+    )
+    needs = needs_of(call, _account())
+    resources = {n.resource for n in needs if n.action == f"ec2:{operation}"}
+    assert resources == {
+        f"arn:aws:ec2:us-east-1:123456789012:{fleet_arn}",
+        "arn:aws:ec2:us-east-1:123456789012:launch-template/lt-1",
+        "arn:aws:ec2:us-east-1:123456789012:subnet/subnet-1",
+    }
+    assert not any(n.action == "iam:PassRole" for n in needs)
+
+
 def test_creating_the_ec2_fleet_service_linked_role_needs_that_role_and_service_only():
     (need,) = needs_of(
         _call("iam", "CreateServiceLinkedRole", AWSServiceName="ec2fleet.amazonaws.com"), _account()
