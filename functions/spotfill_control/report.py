@@ -32,6 +32,7 @@ from spotfill_control.dead_letters import read_dead_letters
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import BudgetReached, SpotfillError, TransientAwsError
 from spotfill_control.fleet import requested_capacity
+from spotfill_control.instance_types import capacity_weights
 from spotfill_control.progress import Clients, Reservoir
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.series import Series, load_series, series_key
@@ -48,6 +49,7 @@ from spotfill_control.shards import (
 )
 from spotfill_control.spec import ModelSpec
 from spotfill_control.teardown import teardown_and_persist
+from spotfill_control.weights import per_instance_rates
 
 logger = Logger(child=True)
 
@@ -701,6 +703,8 @@ def report_rows(report: Mapping[str, Any], redrive: str = REDRIVE) -> list[tuple
     deadline = report.get("deadline")
     if deadline:
         rows.append(("deadline", deadline_sentence(deadline)))
+    if report.get("weights"):
+        rows.append(("weights", weights_sentence(report["weights"])))
     cap = (report.get("budget") or {}).get("max_total_usd")
     if cap is not None:  # the run's one cost figure (`cost_usd.total`) against the cap
         spent_usd = (report.get("cost_usd") or {}).get("total") or 0.0
@@ -881,7 +885,43 @@ def build_report(
         document["estimate_vs_actual"] = estimate_vs_actual(estimate, document)
     if run.finish_by is not None:
         document["deadline"] = deadline_of(run)
+    if run.weighting is not None:
+        document["weights"] = weights_of(run)
     return document
+
+
+def weights_of(run: RunState) -> dict[str, Any]:
+    """The fleet's weights (`spotfill_control.weights`): as requested (by vCPUs or GPUs), what each type was
+    measured to deliver per instance and over how many outputs, every re-weighting (the latest
+    `weights.CHANGES_KEPT`) and the weights at the end."""
+    weighting = run.weighting
+    assert weighting is not None
+    rates = per_instance_rates(weighting.measured, run.spec.service.tasks_per_instance)
+    return {
+        "requested": capacity_weights(run.instance_types) if run.instance_types else {},
+        "final": run.capacity_weights,
+        "per_instance_predictions_per_second": {t: round(r, 3) for t, r in rates.items()},
+        "measured_outputs": {t: m.outputs for t, m in sorted(weighting.measured.items())},
+        "changes": [change.model_dump(mode="json") for change in weighting.changes],
+    }
+
+
+def weights_sentence(section: Mapping[str, Any]) -> str:
+    """`c5.2xlarge 2 -> 1 (1.0/s per instance), c5.xlarge 1 -> 2 (2.0/s per instance); re-weighted 1 time`,
+    or `by vCPUs, not re-weighted (...)`."""
+    requested, final = section.get("requested") or {}, section.get("final") or {}
+    rates = section.get("per_instance_predictions_per_second") or {}
+    changes = len(section.get("changes") or [])
+
+    def one(name: str) -> str:
+        rate = f" ({rates[name]:,.1f}/s per instance)" if name in rates else ""
+        before, after = requested.get(name), final.get(name)
+        return f"{name} {before:g} -> {after:g}{rate}" if before != after else f"{name} {after:g}{rate}"
+
+    described = ", ".join(one(name) for name in sorted(final))
+    if not changes:
+        return f"as requested, not re-weighted ({described})"
+    return f"{described}; re-weighted {changes} time" + ("" if changes == 1 else "s")
 
 
 def deadline_of(run: RunState) -> dict[str, Any]:

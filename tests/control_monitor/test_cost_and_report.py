@@ -626,3 +626,52 @@ def test_the_report_table_says_the_estimate_against_the_run():
 
     expected = "planned 16m40s, $0.08000, 400/s; took 19m40s (x1.18), $0.1000 (x1.25), 300/s (x0.75)"
     assert expected in out.getvalue()
+
+
+def test_the_report_shows_the_weights_requested_measured_and_set():
+    # given a run whose Monitor measured a slow c5.2xlarge and re-weighted the fleet once
+    from spotfill.localcloud.pricing import emulated_facts
+    from spotfill_control.run import TypeThroughput, WeightChange, Weighting
+
+    run = make_run()
+    run.instance_types = emulated_facts(["c5.2xlarge", "c5.xlarge"])
+    run.weighting = Weighting(
+        weights={"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+        measured={
+            "c5.2xlarge": TypeThroughput(outputs=5, rate_total=5.0),
+            "c5.xlarge": TypeThroughput(outputs=6, rate_total=12.0),
+        },
+        changes=[
+            WeightChange(
+                at=T0 + timedelta(seconds=600),
+                weights={"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+                per_instance={"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+            )
+        ],
+    )
+
+    # when reported
+    document = build(run)
+
+    # then the report has the weights as requested (by vCPUs), measured, changed and final
+    assert document["weights"] == {
+        "requested": {"c5.2xlarge": 2.0, "c5.xlarge": 1.0},
+        "final": {"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+        "per_instance_predictions_per_second": {"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+        "measured_outputs": {"c5.2xlarge": 5, "c5.xlarge": 6},
+        "changes": [
+            {
+                "at": (T0 + timedelta(seconds=600)).isoformat().replace("+00:00", "Z"),
+                "weights": {"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+                "per_instance": {"c5.2xlarge": 1.0, "c5.xlarge": 2.0},
+            }
+        ],
+    }
+    assert (
+        "weights",
+        "c5.2xlarge 2 -> 1 (1.0/s per instance), c5.xlarge 1 -> 2 (2.0/s per instance); re-weighted 1 time",
+    ) in report.report_rows(document)
+
+
+def test_a_run_never_measured_has_no_weights_in_its_report():
+    assert "weights" not in build(make_run())
