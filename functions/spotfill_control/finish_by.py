@@ -1,6 +1,8 @@
 """The deadline of a run (`limits.finish_by`): resolve it, refuse the infeasible, keep the fleet on time.
 
-The arithmetic is in capacity units (the fleet's weights: the smallest type weighs 1) and predictions:
+The arithmetic is in capacity units (the fleet's weights now, `RunState.capacity_weights`: as requested, the
+smallest type weighing 1, until `spotfill_control.weights` re-weights a fleet of several types by measured
+throughput, after which a unit is the same predictions per second on every type) and predictions:
 
 - W: the predictions left, r: predictions per second of one unit, L: the lead before the end is seen (at
   Validate: an instance's boot and registration plus a poll; at the Monitor: the poll that sees the end),

@@ -96,7 +96,8 @@ def record(run: RunState, outputs: Iterable[tuple[str, Mapping[str, str]]]) -> N
         measured = weighting.measured.setdefault(name, TypeThroughput())
         measured.outputs += 1
         measured.rate_total += rate
-    run.weighting = weighting
+    if weighting.seen:  # a run whose outputs carry no measurement keeps `weighting` null, as before
+        run.weighting = weighting
 
 
 def _rate(text: str | None) -> float | None:

@@ -130,6 +130,12 @@ def test_each_output_counts_once_and_only_with_a_type_of_the_run_and_a_rate():
     assert weights.unmeasured(run, ["s3://o/1", "s3://o/3", "s3://o/6"]) == ["s3://o/3", "s3://o/6"]
 
 
+def test_outputs_without_a_measurement_leave_the_run_unmeasured():
+    run = run_of(["c5.large", "c5.xlarge"])
+    weights.record(run, [("s3://o/1", {"spotfill-instance-type": "c5.large"})])
+    assert run.weighting is None
+
+
 def test_measurements_stop_at_the_limit(monkeypatch):
     monkeypatch.setattr(weights, "MEASURED_OUTPUTS_LIMIT", 2)
     run = run_of(["c5.large", "c5.xlarge"])

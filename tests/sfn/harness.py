@@ -95,6 +95,10 @@ class Knobs:
     # task definition's SPOTFILL_MODEL_ERROR_URI, as the real worker does) and processes nothing.
     model_cannot_load: str | None = None
     rows_per_shard: int = 16
+    # Workers report their throughput per instance type: each output is attributed to the run's registered
+    # instances in turn and carries its type and this worker rate (`spotfill-instance-type`,
+    # `spotfill-worker-rows-per-second`), as the real worker writes them on EC2. {}: outputs carry neither.
+    worker_rates: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -128,6 +132,8 @@ class Physics(threading.Thread):
         self._last_registered_at: float | None = None
         self._valid_until_set: set[str] = set()
         self._clusters: dict[str, str | None] = {}  # instance id -> cluster named in its user data
+        self._types: dict[str, str] = {}  # instance id -> its type
+        self._turn = 0  # the next registered instance an output is attributed to (`Knobs.worker_rates`)
 
     def start(self) -> None:
         patches.set_failing_pools(self.knobs.failing_pools)
@@ -206,6 +212,7 @@ class Physics(threading.Thread):
                 self._ecs.register_container_instance(
                     cluster=cluster, instanceIdentityDocument=json.dumps(document)
                 )
+                self._types[instance_id] = instance["InstanceType"]
                 self._registered.add(instance_id)
                 self._last_registered_at = time.monotonic()
                 self.log.registered.append((cluster, instance_id))
@@ -294,10 +301,29 @@ class Physics(threading.Thread):
             Body=json.dumps(
                 {"shard": body["shard"], "predictions": [0] * self.knobs.rows_per_shard}
             ).encode(),
-            Metadata={"spotfill-rows": str(self.knobs.rows_per_shard), "spotfill-run-id": run_id},
+            Metadata={
+                "spotfill-rows": str(self.knobs.rows_per_shard),
+                "spotfill-run-id": run_id,
+                **self._instance_metadata(run_id),
+            },
         )
         self.log.written.append(body["output"])
         self._sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def _instance_metadata(self, run_id: str) -> dict[str, str]:
+        """With `Knobs.worker_rates`: the type of the run's next registered instance in turn, and its rate."""
+        if not self.knobs.worker_rates:
+            return {}
+        mine = [i for cluster, i in self.log.registered if cluster.endswith(run_id)]
+        if not mine:
+            return {}
+        instance_type = self._types[mine[self._turn % len(mine)]]
+        self._turn += 1
+        rate = self.knobs.worker_rates.get(instance_type)
+        return {
+            "spotfill-instance-type": instance_type,
+            **({} if rate is None else {"spotfill-worker-rows-per-second": f"{rate:.3f}"}),
+        }
 
 
 def _set_fleet_state(fleet_id: str, state: str) -> None:

@@ -889,3 +889,31 @@ def test_a_deadline_the_cap_cannot_pay_for_is_refused_in_validate_with_both_numb
     assert not outcome.physics.fleets
     assert not [u for u in cloud.session.client("sqs").list_queues().get("QueueUrls", []) if "deadline" in u]
     assert_nothing_left(cloud.session)
+
+
+def test_a_deadline_run_takes_weight_from_the_type_its_workers_measure_slow(cloud, lambdas, monkeypatch):
+    # given a deadline run on c5.large (1 unit by vCPUs) and c5.xlarge (2), spot holding one c5.large, so the
+    # fleet's 3 units are one of each, and workers that make 2 rows/s on c5.large and only 1 on c5.xlarge
+    from spotfill_control import progress
+
+    monkeypatch.setattr(progress, "ROWS_SAMPLE_SIZE", 64)  # every output is measured once it exists
+    fleet = {"instance_types": ["c5.large", "c5.xlarge"], "target_capacity": 3}
+    spec = cloud.spec(
+        "reweigh", shards=20, fleet=fleet, limits={"finish_by": "PT10M", "stall_timeout_seconds": 30}
+    )
+    knobs = Knobs(spot_capacity={"c5.large": 1}, worker_rates={"c5.large": 2.0, "c5.xlarge": 1.0})
+
+    # when it runs (the fleet may launch up to 8 vCPUs: a quota above the new account's 5)
+    with spot_quota("L-34B43A08", 16):
+        outcome = cloud.run(spec, knobs)
+
+    # then the Monitor re-weighted the fleet by what each type delivers, keeping the running 3 units:
+    # c5.large 2 x 3 / 3 = 2 (from 1), c5.xlarge 1 x 3 / 3 = 1 (from 2): the report shows the slow type's fall
+    assert outcome.status == "SUCCEEDED", (outcome.error, outcome.last.cause)
+    report = cloud.report(outcome.run_id)
+    assert report is not None
+    assert report["weights"]["requested"] == {"c5.large": 1.0, "c5.xlarge": 2.0}
+    assert report["weights"]["final"] == {"c5.large": 2.0, "c5.xlarge": 1.0}
+    assert report["weights"]["changes"][0]["per_instance"] == {"c5.large": 2.0, "c5.xlarge": 1.0}
+    assert len(cloud.outputs("reweigh")) == 20
+    assert_nothing_left(cloud.session, outcome.run_id)
