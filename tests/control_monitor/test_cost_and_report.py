@@ -630,8 +630,9 @@ def test_the_report_table_says_the_estimate_against_the_run():
 
 def test_the_report_shows_the_weights_requested_measured_and_set():
     # given a run whose Monitor measured a slow c5.2xlarge and re-weighted the fleet once
-    from spotfill.localcloud.pricing import emulated_facts
     from spotfill_control.run import TypeThroughput, WeightChange, Weighting
+
+    from spotfill.localcloud.pricing import emulated_facts
 
     run = make_run()
     run.instance_types = emulated_facts(["c5.2xlarge", "c5.xlarge"])
