@@ -84,3 +84,41 @@ def test_without_instance_facts_an_output_carries_no_rate():
     worker = worker_module.Worker(WorkerConfig(**BASE), clients=object())
     worker._working_since = 0.0
     assert worker._facts(50) == {}
+
+
+class _Popen:
+    started: list[dict[str, str]] = []
+
+    def __init__(self, command, env, **kwargs):
+        _Popen.started.append(env)
+
+    def poll(self):
+        return None
+
+
+@pytest.mark.parametrize(("instance_type", "expected"), [("c5.large", "0.5"), ("c5.xlarge", None)])
+def test_the_agent_starts_a_slowed_types_tasks_with_the_speed_and_no_task_definition_sets_it(
+    tmp_path, monkeypatch, instance_type, expected
+):
+    # given an agent told c5.large runs at half speed, an instance of `instance_type` registered, and a task
+    # definition that tries to set the speed itself
+    from spotfill.localcloud import agent as agent_module
+    from spotfill.localcloud.fleet import Machine
+
+    monkeypatch.setattr(agent_module.subprocess, "Popen", _Popen)
+    _Popen.started.clear()
+    agent = agent_module.EcsAgent(
+        "http://127.0.0.1:9", "us-east-1", {}, tmp_path / "logs", instance_speed={"c5.large": 0.5}
+    )
+    machine = Machine("i-1", instance_type, "fleet-1", 0.0)
+    agent.registrations["i-1"] = agent_module.Registration(machine, "run-one")
+    agent._task_definitions["td"] = {
+        "containerDefinitions": [{"environment": [{"name": SPEED_VARIABLE, "value": "0.1"}]}]
+    }
+
+    # when it starts a task there
+    agent._start_task("run-one", "workers", "td", "i-1")
+
+    # then only the agent's speed reaches the worker, and only on the slowed type
+    (environment,) = _Popen.started
+    assert environment.get(SPEED_VARIABLE) == expected
