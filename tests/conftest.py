@@ -25,6 +25,34 @@ SURVIVOR_GRACE_SECONDS = 15.0  # how long a worker stopped at the very end may t
 _SUBREAPER = pytest.StashKey[bool]()  # whether this session became its processes' subreaper
 
 
+# --- the longest modules first ----------------------------------------------------------------------------
+
+# The modules that take longest (most of their time is waiting on polls of a local cloud or a deployed
+# stack), longest first. Spread over xdist workers a module to a worker (.ci/test), a suite ends when its
+# last module does: these start first, so the many short modules fill the workers' time around them instead
+# of one of these starting last and running alone. Only the order changes; a module missing here runs after.
+LONGEST_MODULES = (
+    "tests/sfn/test_sfn_scenarios.py",
+    "tests/e2e/test_chaos.py",
+    "tests/e2e/test_backfill.py",
+    "tests/e2e/test_run_local.py",
+    "tests/e2e/test_model_runtime.py",
+    "tests/benchmarks/test_scale_rehearsal.py",
+    "tests/e2e/test_budget.py",
+    "tests/e2e/test_failing_model.py",
+    "tests/e2e/test_cli.py",
+    "tests/e2e/test_physics.py",
+    "tests/stack/test_iam_least_privilege.py",
+    "tests/control_monitor/test_fleet_scale.py",
+    "tests/sfn/test_sfn_watch.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {str(config.rootpath / module): i for i, module in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(rank)))
+
+
 # --- no spotfill_worker process the tests started outlives them --------------------------------------------
 
 

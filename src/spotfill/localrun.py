@@ -449,7 +449,7 @@ def _end_times(cloud: LocalCloud, run_id: str) -> tuple[float | None, float | No
             except (ValueError, KeyError, TypeError):
                 continue
             last_output = stamp if last_output is None else max(last_output, stamp)
-    cloud.wait_idle(timeout=15)
+    cloud.wait_idle()
     clusters = cloud.agent.instance_clusters if cloud.agent else {}
     ended = [
         m.terminated_at
@@ -728,7 +728,7 @@ def _run_in_local_cloud(
                 for relative in (s.relative_to(input_dir).as_posix() for s in shards)
                 if relative not in outputs and relative not in failures
             ]
-        cloud.wait_idle(timeout=10)
+        cloud.wait_idle()
         result.leftovers = cloud.leftovers()
         result.wall_seconds = time.monotonic() - started
         result.run_dir = None if cloud.removes_run_dir else cloud.run_dir

@@ -45,7 +45,7 @@ def local_cloud(shared_cloud, aws_credentials, monkeypatch):
         monkeypatch.setenv(key, value)
     _forget_cached_clients()  # made with another test's credentials
     yield shared_cloud
-    assert shared_cloud.wait_idle(timeout=30), shared_cloud.leftovers()
+    assert shared_cloud.wait_idle(), shared_cloud.leftovers()
 
 
 @pytest.fixture

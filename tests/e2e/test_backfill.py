@@ -69,7 +69,7 @@ def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     assert worked
     assert all(worker_iam.ENFORCED_LINE in text for text in task_logs if text.strip())
     # and nothing is left running or allocated
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()
 
 
 def test_an_arm64_graviton_backfill_runs_and_is_priced_from_the_price_list(
@@ -104,7 +104,7 @@ def test_an_arm64_graviton_backfill_runs_and_is_priced_from_the_price_list(
     assert cost["by_purchase_option"]["spot"]["instances"] >= 1
     assert 0 < cost["total"] < cost["on_demand_equivalent"]
     assert iam.describe(local_cloud.dispatcher.iam.denied) == []
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()
 
 
 def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
@@ -272,7 +272,7 @@ def test_two_manifests_uploaded_at_once_make_two_isolated_runs(local_cloud, digi
         records = [record for log in logs for record in worker_records(log)]
         assert any(r.get("event") == "shard_done" for r in records)
         assert {r.get("run_id", r.get("RunId")) for r in records} == {run_id}
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()
 
 
 def test_shards_named_with_hash_question_mark_percent_and_spaces_are_backfilled_to_their_own_keys(
@@ -301,7 +301,7 @@ def test_shards_named_with_hash_question_mark_percent_and_spaces_are_backfilled_
     result.outputs = download_outputs(local_cloud, spec, shards, input_dir, tmp_path / "out")
     reference = {n: digits.reference[o.name] for n, o in zip(names, originals, strict=True)}
     assert check_outputs(result, reference) == []
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()
 
 
 def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
@@ -342,7 +342,7 @@ def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
     assert (
         sorted(s for s in dead_lettered if "/inputs/poisoned/" in s) == result.report["shards"]["failed_keys"]
     )
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()
 
     # when the shards are fixed and the run is redriven with the CLI
     import numpy as np
@@ -363,7 +363,7 @@ def test_poison_shards_are_reported_and_redrive_completes_them_once_fixed(
     redriven = download_outputs(local_cloud, spec, poison, input_dir, tmp_path / "redriven")
     result.outputs = redriven
     assert check_outputs(result, fixed) == []
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()
 
 
 def _tfrecord_shard(path, images, keys, gzip: bool) -> None:
@@ -433,4 +433,4 @@ def test_a_gzip_tfrecord_backfill_predicts_like_model_predict_and_reports_a_bad_
     assert failure["shard"] == f"s3://{bucket}/inputs/records/renamed.tfrecord.gz"
     assert failure["error_type"] == "ShardFormatError"
     assert "record 0 has no feature 'image' (its features: ['pixels'])" in failure["error"]
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()

@@ -50,7 +50,7 @@ def test_a_run_survives_ten_kills_and_five_spot_interruptions(tmp_path, digits, 
         result.outputs = download_outputs(cloud, spec, data.shards(), data.input_dir, tmp_path / "out")
         assert check_outputs(result, data.reference) == []
         # and nothing is left running or allocated: fleets, instances, tasks, services, clusters, queues
-        assert cloud.wait_idle(timeout=30), cloud.leftovers()
+        assert cloud.wait_idle(), cloud.leftovers()
 
 
 def test_output_writes_answered_409_conflict_are_retried_by_the_worker_and_no_shard_fails(
@@ -87,4 +87,4 @@ def test_output_writes_answered_409_conflict_are_retried_by_the_worker_and_no_sh
         result.outputs = download_outputs(cloud, spec, shards, digits.input_dir, tmp_path / "out")
         expected = {s.name: digits.reference[s.name] for s in shards}
         assert check_outputs(result, expected) == []
-        assert cloud.wait_idle(timeout=30), cloud.leftovers()
+        assert cloud.wait_idle(), cloud.leftovers()

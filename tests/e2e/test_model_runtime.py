@@ -143,7 +143,7 @@ def test_a_run_converting_to_openvino_sends_no_telemetry_and_leaves_no_process_o
     assert result.report["model_runtime"]["by_runtime"] == {"openvino": 2}
 
     # when the run has ended and its fleet is gone
-    local_cloud.wait_idle(timeout=30)
+    local_cloud.wait_idle()
 
     # then nothing of it is left: no task, and no process any of its workers started
     assert local_cloud.leftovers() == []

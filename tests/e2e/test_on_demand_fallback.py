@@ -58,4 +58,4 @@ def test_spot_short_runs_the_shortfall_on_demand_after_the_wait_and_the_run_comp
     requested = datetime.fromisoformat(report["timeline"]["fleet_requested_at"].replace("Z", "+00:00"))
     first_launch = min(i["LaunchTime"] for i in instances)
     assert (first_launch - requested).total_seconds() >= FALLBACK_AFTER_SECONDS - 1  # EC2's whole seconds
-    assert local_cloud.wait_idle(timeout=15), local_cloud.leftovers()
+    assert local_cloud.wait_idle(), local_cloud.leftovers()

@@ -48,7 +48,7 @@ def local_cloud(shared_cloud, monkeypatch):
         for instance in ecs.list_container_instances(cluster=cluster)["containerInstanceArns"]:
             ecs.deregister_container_instance(cluster=cluster, containerInstance=instance, force=True)
         ecs.delete_cluster(cluster=cluster)
-    assert shared_cloud.wait_idle(timeout=30), shared_cloud.leftovers()
+    assert shared_cloud.wait_idle(), shared_cloud.leftovers()
 
 
 def tasks_in(cloud, cluster: str):

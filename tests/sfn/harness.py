@@ -65,6 +65,9 @@ REGION = "us-east-1"
 SFN_CONFIG = {"stepfunctions": {"execute_state_machine": True}}
 RUN_TAG = "spotfill:run-id"
 ACTIVE_FLEET_STATES = ("submitted", "active", "modifying")
+# How long a test waits for an execution to end: a run takes seconds, far longer on a machine busy with other
+# work; waiting ends as soon as the execution does.
+RUN_TIMEOUT = 300.0
 _CLUSTER_IN_USER_DATA = re.compile(r"^ECS_CLUSTER=(\S+)\s*$", re.MULTILINE)
 
 
@@ -460,7 +463,9 @@ class Cloud:
         fleet_api: str = "ec2-fleet",
         **overrides: Any,
     ) -> dict:
-        """A small backfill spec over fresh inputs: 1 s polls and short timeouts, so a run takes seconds."""
+        """A small backfill spec over fresh inputs: 1 s polls, so a run takes seconds. Its registration and
+        stall timeouts are far above what a run takes even on a machine busy with other work (each test of a
+        timeout sets its own short one), so a slow machine does not end a run that would succeed."""
         input_uri = self.put_inputs(name, shards)
         spec: dict[str, Any] = {
             "name": name,
@@ -471,8 +476,8 @@ class Cloud:
             "service": {"tasks_per_instance": 1, "cpu": 1024, "memory": 2048},
             "limits": {
                 "max_runtime_seconds": 600,
-                "registration_timeout_seconds": 4,
-                "stall_timeout_seconds": 6,
+                "registration_timeout_seconds": 30,
+                "stall_timeout_seconds": 30,
                 "poll_interval_seconds": 1,
                 **(limits or {}),
             },
@@ -490,7 +495,7 @@ class Cloud:
             input=json.dumps(execution_input),
         )["executionArn"]
 
-    def wait(self, execution_arn: str, timeout: float = 60.0) -> ExecutionResult:
+    def wait(self, execution_arn: str, timeout: float = RUN_TIMEOUT) -> ExecutionResult:
         deadline = time.monotonic() + timeout
         while True:
             described = self.sfn.describe_execution(executionArn=execution_arn)
@@ -521,7 +526,7 @@ class Cloud:
         execution_input: Any,
         knobs: Knobs | None = None,
         *,
-        timeout: float = 60.0,
+        timeout: float = RUN_TIMEOUT,
         abort_in: str | None = None,
     ) -> Outcome:
         """Start an execution, run the physics while it (and any execution it hands over to) runs, and

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 RUN_DIR_PREFIX = "spotfill-local-"  # a temporary run folder's name
 OWNER_FILE = ".spotfill-owner"  # in a temporary run folder: `pid:start time` of the process that removes it
+# How long a finished run may take to leave nothing behind (workers stopping within their stop timeout, fleets
+# and instances ending): generous, because a machine busy with other work stops workers slowly, and waiting
+# ends as soon as nothing is left.
+IDLE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -255,8 +259,9 @@ class LocalCloud:
             **self.outputs.outputs,
         }
 
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """True once no instance, fleet or task is left (what a finished run must leave behind)."""
+    def wait_idle(self, timeout: float = IDLE_TIMEOUT) -> bool:
+        """True once no instance, fleet or task is left (what a finished run must leave behind), checked every
+        quarter second for `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.leftovers():

@@ -23,6 +23,9 @@ from spotfill.localcloud.pricing import PriceListRouter
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 ACCOUNT_ID = "123456789012"
+# The emulator's own control calls (reset, configure): the first one builds every moto backend, which takes
+# seconds of CPU and far longer on a machine busy with other work.
+CONTROL_TIMEOUT = 120.0
 
 
 def generate_credentials() -> Credentials:
@@ -120,7 +123,7 @@ class EmulatorServer:
         keys = BotoCredentials(self.credentials.access_key_id, self.credentials.secret_access_key)
         SigV4Auth(keys, "moto", REGION).add_auth(signed)
         request = urllib.request.Request(url, data=data, headers=dict(signed.headers.items()), method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=CONTROL_TIMEOUT) as response:
             response.read()
 
     def stop(self) -> None:
