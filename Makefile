@@ -53,8 +53,8 @@ demo: $(STAMP)
 ## The whole test suite: unit, moto, Step Functions and local-cloud end-to-end tests in .venv, and the worker
 ## tests once, in the image's dependency set (as test-image-env). The image's pins are also checked against .venv,
 ## whose worker the end-to-end tests run. The two venvs and the browser are built side by side, then .ci/test runs
-## both tiers side by side (one test at a time; TEST_WORKERS and TEST_IMAGE_WORKERS spread them over xdist), under a
-## deep TMPDIR, and fails if a process the tests started outlives them.
+## both tiers side by side (the worker tier one test at a time, the rest over three xdist workers; TEST_WORKERS and
+## TEST_IMAGE_WORKERS set them), under a deep TMPDIR, and fails if a process the tests started outlives them.
 test:
 	$(MAKE) --no-print-directory -j3 $(STAMP) $(IMAGE_STAMP) browser
 	VENV=$(VENV) IMAGE_VENV=$(IMAGE_VENV) .ci/test
