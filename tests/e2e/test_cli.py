@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spotfill.cli import main
-from spotfill.localcloud.chaos import ChaosSpec, interleave
+from spotfill.localcloud.chaos import Chaos, ChaosSpec, interleave
 from spotfill.localcloud.server import free_port
 from spotfill.model_record import RECORD_NAME
 
@@ -176,6 +176,43 @@ def test_chaos_spec_parses_and_spreads_kills_and_interruptions():
     # interruptions are spread over the run, never bunched at one end
     positions = [i for i, event in enumerate(order) if event == "interrupt"]
     assert positions[0] < 4 and positions[-1] > 10
+
+
+def test_chaos_waits_for_two_shards_per_running_worker_between_events_so_no_shard_is_caught_twice():
+    # given three busy workers past their warm-up, whose logs count the shards they finished
+    class Worker:
+        def __init__(self, task_id: str) -> None:
+            self.task_id, self.instance_id, self.started_at, self.shards_done = task_id, "i-1", 0.0, 1
+
+        @property
+        def busy(self) -> bool:
+            return self.shards_done > 0
+
+    class Agent:
+        def __init__(self) -> None:
+            self.tasks = [Worker(f"t{i}") for i in range(3)]
+            self.killed: list[str] = []
+
+        def running_tasks(self):
+            return [t for t in self.tasks if t.task_id not in self.killed]
+
+        def kill_task(self, task) -> None:
+            self.killed.append(task.task_id)
+
+    agent = Agent()
+    chaos = Chaos(ChaosSpec(kill=2, every=0.0, warmup=0.0), fleet=None, agent=agent, seed=1)
+    assert chaos.due() and chaos.progress() == 3
+
+    # when one is killed
+    assert chaos.kill_one()
+
+    # then the next event waits until the fleet finished two shards per running worker (2 x 2 = 4) more,
+    # counting what the killed worker had finished
+    survivors = agent.running_tasks()
+    survivors[0].shards_done += 3
+    assert chaos.progress() == 6 and not chaos.due()
+    survivors[1].shards_done += 1
+    assert chaos.progress() == 7 and chaos.due()
 
 
 def test_the_live_display_shows_shards_rate_eta_instances_tasks_and_state():

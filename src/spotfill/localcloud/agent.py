@@ -80,13 +80,18 @@ class Task:
         return self.process.poll() is None
 
     @property
-    def busy(self) -> bool:
-        """The worker has finished at least one shard (its model is loaded and it is pulling work)."""
+    def shards_done(self) -> int:
+        """The shards the worker has finished, by its log."""
         try:
             with open(self.log_path, "rb") as log:
-                return b'"shard_done"' in log.read()
+                return log.read().count(b'"shard_done"')
         except OSError:
-            return False
+            return 0
+
+    @property
+    def busy(self) -> bool:
+        """The worker has finished at least one shard (its model is loaded and it is pulling work)."""
+        return self.shards_done > 0
 
 
 class TaskRefused(Exception):

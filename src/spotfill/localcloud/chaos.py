@@ -2,7 +2,11 @@
 
 `kill=K,interrupt=I[,every=S][,warmup=W]`: once a worker is busy (it has finished a shard, so its model is
 loaded and it holds work) and has run for W seconds, one event every S seconds (default 2), kills and
-interruptions interleaved, until all K + I have happened; victims are always busy workers. A kill is
+interruptions interleaved, until all K + I have happened; victims are always busy workers. Events are also
+paced by the run's progress: the next waits until the fleet has finished PROGRESS_PER_WORKER shards per
+running worker since the last, so the shards in hand (and prefetched) at one event are done before the next.
+Paced by time alone, a slow machine would catch the same shard in hand at event after event until SQS
+dead-lettered it (the queue's maxReceiveCount), which no fleet's interruption rate does. A kill is
 SIGKILL to one random worker process (ECS replaces it); an interruption is a spot reclaim: SIGTERM to the
 instance's tasks (ECS spot draining), SIGKILL after the stop timeout, then the instance terminated with
 `Server.SpotInstanceTermination`, and the fleet replaces it.
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # A spot instance gets two minutes' notice; the stop timeout of its tasks is usually shorter.
 SPOT_NOTICE_SECONDS = 120.0
+# Shards the fleet finishes per running worker between two events: the one in hand and the one prefetched.
+PROGRESS_PER_WORKER = 2
 
 
 class ChaosSpecError(ValueError):
@@ -91,6 +97,8 @@ class Chaos:
         self.kills = 0
         self.interruptions = 0
         self.interrupted_instances: list[str] = []
+        self._shards_done: dict[str, int] = {}  # by task id, kept after the task ends
+        self._progress_wanted = 0  # what progress() must reach before the next event
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="localcloud-chaos", daemon=True)
 
@@ -118,7 +126,7 @@ class Chaos:
     def _run(self) -> None:
         pending = interleave(self.spec.kill, self.spec.interrupt)
         while pending and not self._stop.is_set():
-            if not self._warm():
+            if not self.due():
                 self._stop.wait(0.25)
                 continue
             event = pending[0]
@@ -128,6 +136,21 @@ class Chaos:
                 self._stop.wait(self.spec.every)
             else:
                 self._stop.wait(0.25)
+
+    def due(self) -> bool:
+        """A busy worker is past its warm-up, and the fleet has made the progress the last event asked for."""
+        return self._warm() and self.progress() >= self._progress_wanted
+
+    def _paced(self) -> None:
+        """After an event: the next waits for PROGRESS_PER_WORKER shards per running worker."""
+        workers = len(self.agent.running_tasks())
+        self._progress_wanted = self.progress() + PROGRESS_PER_WORKER * max(1, workers)
+
+    def progress(self) -> int:
+        """Shards the run's workers have finished so far, those of ended workers included."""
+        for task in self.agent.running_tasks():
+            self._shards_done[task.task_id] = max(self._shards_done.get(task.task_id, 0), task.shards_done)
+        return sum(self._shards_done.values())
 
     def _warm(self) -> bool:
         now = time.monotonic()
@@ -142,6 +165,7 @@ class Chaos:
         log.info("chaos: SIGKILL task %s on %s", task.task_id, task.instance_id)
         self.agent.kill_task(task)
         self.kills += 1
+        self._paced()
         return True
 
     def interrupt_one(self) -> bool:
@@ -153,6 +177,7 @@ class Chaos:
         log.info("chaos: spot interruption of %s", machine.instance_id)
         tasks = self.agent.drain(machine.instance_id)
         self.interruptions += 1
+        self._paced()
         self.interrupted_instances.append(machine.instance_id)
         threading.Thread(
             target=self._reclaim, args=(machine, tasks), name="localcloud-spot-reclaim", daemon=True
