@@ -67,10 +67,11 @@ AWS_REGISTRATION_INTERVAL = 5.0
 # The local cloud's fixed costs (its physics and in-process control plane), measured on its runs: Validate,
 # PrepareRun and the fleet request; the first instance's boot delay (`LocalCloudOptions.boot_delay`); the
 # monitor's own time per poll besides the poll interval (its Lambda, the Wait, the Choice: the cycle at which
-# later instances' tasks start); teardown (fleet terminated, tasks stopped, report written).
+# later instances' tasks start and the last output is seen); teardown (fleet terminated, tasks stopped,
+# report written).
 LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "monitor_per_poll": 1.0, "teardown": 1.5}
 # The local cloud boots a fleet's instances one by one, `LocalCloudOptions.boot_interval` apart, and its ECS
-# agent registers each at once; the first poll sees the first registration as it happens (a 1 s poll).
+# agent registers each at once; the first poll sees the first registration half a poll after it (on average).
 LOCAL_BOOT_INTERVAL = 0.5
 
 
@@ -462,9 +463,8 @@ def worker_launches(
     """Each worker's launch, seconds after the first's: an instance's tasks start together, the instances'
     as the monitor sees them register (`ramp.launch_offsets`)."""
     if local:
-        offsets = ramp.launch_offsets(
-            instances, LOCAL_BOOT_INTERVAL, poll + LOCAL_OVERHEADS["monitor_per_poll"]
-        )
+        cycle = poll + LOCAL_OVERHEADS["monitor_per_poll"]
+        offsets = ramp.launch_offsets(instances, LOCAL_BOOT_INTERVAL, cycle, seen_after=poll / 2)
     else:
         offsets = ramp.launch_offsets(instances, AWS_REGISTRATION_INTERVAL, float(poll), seen_after=poll / 2)
     return tuple(offset for offset in offsets for _ in range(tasks_per_instance))[: max(1, tasks)]
@@ -513,9 +513,9 @@ def project(
             calibrated = not f.is_gpu or m.device == "GPU"
         done = ramp.processing(workers, inputs.rows, shard_rows, shard_overhead)
         steady = ramp.steady_rate(workers, len(launches), shard_rows, shard_overhead)
-        # The first worker starts at the poll that sees registration; the end is seen half a poll (on
+        # The first worker starts at the poll that sees registration; the end is seen half a poll cycle (on
         # average) after the last output.
-        monitored = done.seconds + poll / 2
+        monitored = done.seconds + (poll + (LOCAL_OVERHEADS["monitor_per_poll"] if local else 0.0)) / 2
         lifetime = boot + poll + monitored + after
         seconds = before + lifetime
         price = prices.get(name, SpotPrices(None, None, None)).now
@@ -565,8 +565,9 @@ def assumptions_of(plan: Plan) -> list[str]:
             "local cloud: the emulated instances are worker processes sharing this machine's cores, so the "
             "fleet's rate is this machine's whatever the type; fixed overheads: "
             + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in LOCAL_OVERHEADS.items())
-            + f", plus poll intervals of {poll}s; instances boot {LOCAL_BOOT_INTERVAL:g}s apart and a later "
-            f"one's worker starts at the next poll ({poll + LOCAL_OVERHEADS['monitor_per_poll']:g}s cycles); "
+            + f", plus poll intervals of {poll}s; instances boot {LOCAL_BOOT_INTERVAL:g}s apart, the first "
+            "poll sees one half a poll after it registered, and a later one's worker starts at the next poll "
+            f"({poll + LOCAL_OVERHEADS['monitor_per_poll']:g}s cycles); "
             "a starting worker needs one core for its start, sharing the cores with the other processes"
         )
     else:
