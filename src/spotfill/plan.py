@@ -69,10 +69,15 @@ AWS_REGISTRATION_INTERVAL = 5.0
 # monitor's own time per poll besides the poll interval (its Lambda, the Wait, the Choice: the cycle at which
 # later instances' tasks start and the last output is seen); teardown (fleet terminated, tasks stopped,
 # report written).
-LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "monitor_per_poll": 1.0, "teardown": 1.5}
+LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "monitor_per_poll": 0.5, "teardown": 1.5}
 # The local cloud boots a fleet's instances one by one, `LocalCloudOptions.boot_interval` apart, and its ECS
-# agent registers each at once; the first poll sees the first registration half a poll after it (on average).
+# agent registers each at once; the first poll sees the first registration half a poll cycle after it (on
+# average).
 LOCAL_BOOT_INTERVAL = 0.5
+# While workers start, the local cloud is two more busy processes: its emulator server (S3, SQS, STS answering
+# the workers' model downloads, role sessions and first receives) and the process running the state machine,
+# the functions, the EC2 physics and the ECS agent.
+LOCAL_CLOUD_PROCESSES = 2
 
 
 class PlanError(Exception):
@@ -464,7 +469,7 @@ def worker_launches(
     as the monitor sees them register (`ramp.launch_offsets`)."""
     if local:
         cycle = poll + LOCAL_OVERHEADS["monitor_per_poll"]
-        offsets = ramp.launch_offsets(instances, LOCAL_BOOT_INTERVAL, cycle, seen_after=poll / 2)
+        offsets = ramp.launch_offsets(instances, LOCAL_BOOT_INTERVAL, cycle, seen_after=cycle / 2)
     else:
         offsets = ramp.launch_offsets(instances, AWS_REGISTRATION_INTERVAL, float(poll), seen_after=poll / 2)
     return tuple(offset for offset in offsets for _ in range(tasks_per_instance))[: max(1, tasks)]
@@ -498,7 +503,13 @@ def project(
         launches = worker_launches(instances, tasks, per_task, poll, local=local)
         if local:
             # Every emulated instance's worker is a process on this machine: they share its cores.
-            workers = ramp.Workers(launches, m.worker_start_seconds, m.rows_per_second, shared_cores=m.cpus)
+            workers = ramp.Workers(
+                launches,
+                m.worker_start_seconds,
+                m.rows_per_second,
+                shared_cores=m.cpus,
+                starting_neighbours=LOCAL_CLOUD_PROCESSES,
+            )
             boot = LOCAL_OVERHEADS["boot"]
             before = LOCAL_OVERHEADS["validate_and_prepare"]
             after = LOCAL_OVERHEADS["teardown"]
@@ -566,9 +577,10 @@ def assumptions_of(plan: Plan) -> list[str]:
             "fleet's rate is this machine's whatever the type; fixed overheads: "
             + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in LOCAL_OVERHEADS.items())
             + f", plus poll intervals of {poll}s; instances boot {LOCAL_BOOT_INTERVAL:g}s apart, the first "
-            "poll sees one half a poll after it registered, and a later one's worker starts at the next poll "
-            f"({poll + LOCAL_OVERHEADS['monitor_per_poll']:g}s cycles); "
-            "a starting worker needs one core for its start, sharing the cores with the other processes"
+            "poll sees one half a poll cycle after it registered, and a later worker starts at the next "
+            f"poll ({poll + LOCAL_OVERHEADS['monitor_per_poll']:g}s cycles); "
+            "a starting worker needs one core for its start, sharing the cores with the other processes (the "
+            f"local cloud counting as {LOCAL_CLOUD_PROCESSES} while workers start)"
         )
     else:
         lines += [

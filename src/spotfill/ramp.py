@@ -14,10 +14,10 @@ exact arithmetic. Two machines:
   started it predicts at `worker_rate` whatever the others do.
 - `shared_cores=C` (the local cloud): every worker is a process on one machine of C cores, whose predictor
   alone does `worker_rate` (the whole machine's rate). A starting worker needs `start_seconds` of one core
-  (what plan measured, a fresh process alone); the local cloud answering the starting workers takes one
-  more process's share while any start. The busy processes share the cores fairly, a starting one using at
-  most one: the predicting workers get what the starting ones leave, and predict at that fraction of the
-  machine's rate.
+  (what plan measured, a fresh process alone); the local cloud answering the starting workers takes
+  `starting_neighbours` more processes' shares while any start. The busy processes share the cores fairly,
+  a starting one using at most one: the predicting workers get what the starting ones leave, and predict at
+  that fraction of the machine's rate.
 
 Per shard a worker also pays `shard_overhead_seconds` besides predicting (its round trips), which overlap
 across workers; so n predicting workers at a combined predict rate P do `shard_rows / (shard_rows / P +
@@ -43,6 +43,8 @@ class Workers:
     start_seconds: float  # a worker's own start, alone (imports, model load, calibration)
     worker_rate: float  # predictions/s of one started worker alone (local: the whole machine's)
     shared_cores: int | None = None  # None: each instance has its own cores (AWS)
+    # With shared cores: the other processes busy while workers start (the local cloud answering them)
+    starting_neighbours: int = 1
 
     def __post_init__(self) -> None:
         if not self.launches:
@@ -51,6 +53,8 @@ class Workers:
             raise ValueError(f"workers: worker_rate {self.worker_rate} must be above 0")
         if self.start_seconds < 0 or min(self.launches) < 0:
             raise ValueError("workers: launches and start_seconds must not be negative")
+        if self.starting_neighbours < 0:
+            raise ValueError(f"workers: starting_neighbours {self.starting_neighbours} must not be negative")
         if self.shared_cores is not None and self.shared_cores < 1:
             raise ValueError(f"workers: shared_cores {self.shared_cores} must be at least 1")
 
@@ -90,9 +94,10 @@ def _rates(
         machine_share = float(predicting)  # each instance's own machine
         start_speed = 1.0
     else:
-        busy = len(starting) + predicting + (1 if starting else 0)  # the local cloud, while workers start
+        neighbours = workers.starting_neighbours if starting else 0  # the local cloud, while workers start
+        busy = len(starting) + predicting + neighbours
         start_speed = min(1.0, cores / busy) if starting else 0.0
-        cloud = start_speed if starting else 0.0
+        cloud = start_speed * neighbours
         left = max(0.0, cores - len(starting) * start_speed - cloud)
         machine_share = left / cores if predicting else 0.0
     if not predicting:

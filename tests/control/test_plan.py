@@ -283,7 +283,9 @@ def test_workers_sharing_a_machine_start_on_one_core_each_beside_the_local_cloud
 
     # given a 2-core machine predicting 1,000 rows/s; workers launched at 0 and 2 s, each starting on 3 s of a
     # core
-    workers = ramp.Workers(launches=(0.0, 2.0), start_seconds=3.0, worker_rate=1000.0, shared_cores=2)
+    workers = ramp.Workers(
+        launches=(0.0, 2.0), start_seconds=3.0, worker_rate=1000.0, shared_cores=2, starting_neighbours=1
+    )
 
     done = ramp.processing(workers, 6000, shard_rows=100)
 
@@ -351,9 +353,10 @@ def _ramped_spec(capacity: int, poll: int = 1):
 def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
     from spotfill.localcloud.pricing import emulated_facts
 
-    # given 3 local instances (1 s polls, 2 s cycles: the first poll sees instances 0 and 1, instance 2
-    # registers 1 s after instance 0 and its worker starts a cycle later), a 2-core machine predicting 1,000
-    # rows/s, a worker start of 3 s on a core, and no per-shard round trips
+    # given 3 local instances (1 s polls, 1.5 s cycles: the first poll sees a registration 0.75 s after it,
+    # so instances 0 and 1 start together and instance 2, registered 1 s after instance 0, a cycle later), a
+    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud two busy
+    # processes while workers start, and no per-shard round trips
     spec = _ramped_spec(3)
     inputs = plan.Inputs(shards=60, rows=6000, sampled=3, exact=False)
     measured = plan.Measurement("tensorflow", "fp32", "CPU", 100, 1000.0, 2, 0.0, 3.0)
@@ -363,14 +366,15 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
     # when it is projected
     (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=True)
 
-    # then: 0-2 s, two workers start beside the cloud (2/3 of a core each): 5/3 s of start left each.
-    # 2-16/3 s: three start beside the cloud (half a core each): two are ready, the third has 4/3 s left.
-    # 16/3-8 s: it and the cloud take a core; two predict on the other, half the machine: 4,000/3 rows.
-    # 8 s on: all predict at 1,000 rows/s, the 14,000/3 rows left in 14/3 s: the last output at 38/3 s,
-    # seen half a 2 s cycle later. The instances live boot 2 s + a poll + that + teardown 1.5 s; the run
+    # then: 0-1.5 s, two workers and the cloud's two processes share 2 cores (half a core each): 2.25 s of
+    # start left each. 1.5-7.125 s: five processes (0.4 of a core each): two are ready, the third has 0.75 s
+    # left. 7.125-9 s: it and the cloud take 1.2 cores; two workers predict on 0.8, 40% of the machine: 750
+    # rows. 9 s on: all predict at 1,000 rows/s, the 5,250 rows left in 5.25 s: the last output at 14.25 s,
+    # seen half a 1.5 s cycle later. The instances live boot 2 s + a poll + that + teardown 1.5 s; the run
     # adds validate and prepare 1.5 s.
-    assert row.worker_launches == (0.0, 0.0, 2.0)
-    processing = 38 / 3 + 1.0
+    assert plan.LOCAL_CLOUD_PROCESSES == 2 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
+    assert row.worker_launches == (0.0, 0.0, 1.5)
+    processing = 14.25 + 0.75
     assert row.processing_seconds == pytest.approx(processing)
     assert row.seconds == pytest.approx(1.5 + 2.0 + 1.0 + processing + 1.5)
     assert row.total_usd == pytest.approx(0.36 * 3 * (2.0 + 1.0 + processing + 1.5) / 3600)
