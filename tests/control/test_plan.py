@@ -383,6 +383,34 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
     assert row.steady_predictions_per_second == pytest.approx(1000.0)
 
 
+def test_an_aws_plan_starts_the_instances_registered_after_the_first_poll_a_poll_later():
+    from spotfill.localcloud.pricing import emulated_facts
+
+    # given 8 c5.xlarge (4 vCPUs at 25 rows/s each: 100 rows/s a worker), a 60 s poll, a worker start of 10 s
+    # after its 60 s image pull, and no per-shard round trips
+    spec = _ramped_spec(8, poll=60)
+    inputs = plan.Inputs(shards=500, rows=50_000, sampled=3, exact=False)
+    measured = plan.Measurement("tensorflow", "fp32", "CPU", 100, 50.0, 2, 0.0, 10.0)
+    facts = emulated_facts(["c5.xlarge"])
+    prices = {"c5.xlarge": plan.SpotPrices(0.36, 0.36, 0.36)}
+
+    (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=False)
+
+    # then instances registering 5 s apart, the first seen 30 s after it registered: seven start at the
+    # first poll and the eighth (35 s after the first) a poll later. Seven are ready at 70 s and make
+    # 42,000 rows by 130 s, when the eighth is ready; the 8,000 left take 10 s at 800 rows/s: 140 s, seen
+    # half a poll later. The instances live boot and register 150 s + a poll + that + teardown 60 s; the
+    # run adds validate and prepare 15 s.
+    assert row.instances == 8 and row.worker_launches == (0.0,) * 7 + (60.0,)
+    processing = 140.0 + 30.0
+    lifetime = 150.0 + 60.0 + processing + 60.0
+    assert row.processing_seconds == pytest.approx(processing)
+    assert row.seconds == pytest.approx(15.0 + lifetime)
+    assert row.total_usd == pytest.approx(0.36 * 8 * lifetime / 3600)
+    assert row.predictions_per_second == pytest.approx(50_000 / processing)
+    assert row.steady_predictions_per_second == pytest.approx(800.0)
+
+
 def test_the_tables_predictions_per_second_is_predictions_over_the_processing_it_projects(
     cli_stack, tmp_path, capsys
 ):
