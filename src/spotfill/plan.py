@@ -11,7 +11,9 @@ Nothing is created or requested: every call reads.
 On AWS the rate scales with vCPUs (an assumption the output states: a CPU-bound model, one worker per
 instance using all its cores). On the local cloud (`local=True`) the emulated instances are worker processes
 sharing this machine's cores, so the fleet's rate is this machine's, whatever the emulated type, and the
-fixed overheads are the local cloud's (`LOCAL_OVERHEADS`).
+fixed overheads are the local cloud's (`LOCAL_OVERHEADS`). Either way the workers start as the fleet's
+instances register, each paying its own start before its first output (`spotfill.ramp`), and the rate shown
+is the run's average over its processing phase, as the report measures it.
 """
 
 from __future__ import annotations
