@@ -11,7 +11,9 @@ Nothing is created or requested: every call reads.
 On AWS the rate scales with vCPUs (an assumption the output states: a CPU-bound model, one worker per
 instance using all its cores). On the local cloud (`local=True`) the emulated instances are worker processes
 sharing this machine's cores, so the fleet's rate is this machine's, whatever the emulated type, and the
-fixed overheads are the local cloud's (`LOCAL_OVERHEADS`).
+fixed overheads are the local cloud's (`LOCAL_OVERHEADS`). Either way the workers start as the fleet's
+instances register, each paying its own start before its first output (`spotfill.ramp`), and the rate shown
+is the run's average over its processing phase, as the report measures it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from spotfill_control.prices import price_list_client, priced
 from spotfill_control.spec import BackfillSpec, Estimate, LimitsSpec
 from spotfill_control.triggers import check_spec, read_manifest, spec_from_document
 
+from spotfill import ramp
+
 SAMPLE_SHARDS = 3  # shards whose rows are counted (and the first of them measured)
 SUGGESTIONS = 5  # other instance types `--suggest` adds
 MIN_TIMED_SECONDS = 1.0  # the timed predictions repeat until they took this long (at most TIMED_ROUNDS)
@@ -48,19 +52,34 @@ PRICE_HISTORY = timedelta(hours=24)
 REQUESTS_PER_SHARD = 10
 
 # What a run on AWS spends besides predicting, in seconds (assumptions the output states): the fleet
-# launching, instances booting and joining the cluster, the worker image pulled and the task started (before
-# the worker's own start, which plan measures), the monitor noticing the end (half a poll on average), and
-# teardown (the fleet terminated, the cluster emptied).
+# launching, instances booting and joining the cluster, each worker's image pulled and its task started
+# (before the worker's own start, which plan measures), and teardown (the fleet terminated, the cluster
+# emptied).
 AWS_OVERHEADS = {
     "validate_and_prepare": 15.0,
     "boot_and_register": 150.0,
     "image_pull": 60.0,
     "teardown": 60.0,
 }
+# EC2 Fleet launches a fleet's instances in one request and they boot in parallel, but they join the cluster
+# some seconds apart (AWS documents no figure: an assumption the output states), and the monitor sees each
+# registration on a poll: the first worker starts at the poll that sees the first instance (half a poll after
+# it registered, on average), the others with it or at a later poll (`ramp.launch_offsets`).
+AWS_REGISTRATION_INTERVAL = 5.0
 # The local cloud's fixed costs (its physics and in-process control plane), measured on its runs: Validate,
 # PrepareRun and the fleet request; the first instance's boot delay (`LocalCloudOptions.boot_delay`); the
-# worker process's launch; teardown (fleet terminated, tasks stopped, report written).
-LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "teardown": 1.5}
+# monitor's own time per poll besides the poll interval (its Lambda, the Wait, the Choice: the cycle at which
+# later instances' tasks start and the last output is seen); teardown (fleet terminated, tasks stopped,
+# report written).
+LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "monitor_per_poll": 0.5, "teardown": 1.5}
+# The local cloud boots a fleet's instances one by one, `LocalCloudOptions.boot_interval` apart, and its ECS
+# agent registers each at once; the first poll sees the first registration half a poll cycle after it (on
+# average).
+LOCAL_BOOT_INTERVAL = 0.5
+# While workers start, the local cloud is two more busy processes: its emulator server (S3, SQS, STS answering
+# the workers' model downloads, role sessions and first receives) and the process running the state machine,
+# the functions, the EC2 physics and the ECS agent.
+LOCAL_CLOUD_PROCESSES = 2
 
 
 class PlanError(Exception):
@@ -110,11 +129,14 @@ class Projection:
     spot: SpotPrices
     on_demand_usd: float | None
     on_demand_source: str
+    # the run's average, as the report measures it: predictions / processing_seconds (workers' start included)
     predictions_per_second: float
+    steady_predictions_per_second: float  # every worker started and predicting
     calibrated: bool  # False: a GPU type projected from a CPU measurement
     seconds: float  # the whole run, start to teardown (the report's phases_seconds.total)
     processing_seconds: float  # workers starting to the monitor seeing the last output (phases' processing)
     total_usd: float | None
+    worker_launches: tuple[float, ...] = ()  # each worker's launch, seconds after the first's
 
 
 @dataclass
@@ -141,7 +163,7 @@ class Plan:
             "target_capacity": self.spec.fleet.target_capacity,
             "predictions": self.inputs.rows,
             # as the report measures it: over the processing phase, workers' start included
-            "predictions_per_second": round(self.inputs.rows / best.processing_seconds, 3),
+            "predictions_per_second": round(best.predictions_per_second, 3),
             "seconds": round(best.seconds, 3),
             "total_usd": round(best.total_usd or 0.0, 8),
         }
@@ -442,6 +464,19 @@ def instances_at(spec: BackfillSpec, facts: InstanceTypeFacts, smallest: int, sh
     return max(1, math.ceil(target / weight))
 
 
+def worker_launches(
+    instances: int, tasks: int, tasks_per_instance: int, poll: int, *, local: bool
+) -> tuple[float, ...]:
+    """Each worker's launch, seconds after the first's: an instance's tasks start together, the instances'
+    as the monitor sees them register (`ramp.launch_offsets`)."""
+    if local:
+        cycle = poll + LOCAL_OVERHEADS["monitor_per_poll"]
+        offsets = ramp.launch_offsets(instances, LOCAL_BOOT_INTERVAL, cycle, seen_after=cycle / 2)
+    else:
+        offsets = ramp.launch_offsets(instances, AWS_REGISTRATION_INTERVAL, float(poll), seen_after=poll / 2)
+    return tuple(offset for offset in offsets for _ in range(tasks_per_instance))[: max(1, tasks)]
+
+
 def project(
     spec: BackfillSpec,
     inputs: Inputs,
@@ -452,35 +487,48 @@ def project(
     *,
     local: bool,
 ) -> list[Projection]:
-    """One projection per type, best (cheapest per million predictions, then fastest) first."""
+    """One projection per type, best (cheapest per million predictions, then fastest) first.
+
+    The processing phase integrates the capacity working over time (`ramp.processing`): the workers arrive
+    as their instances register, each pays its own start (on the local cloud, sharing this machine's cores
+    with the others and with the workers already predicting), and predicts from then on."""
     spec_facts = [f for name, f in facts.items() if name in in_spec]
     smallest = min((f.gpus if f.is_gpu else f.vcpus) for f in spec_facts)
     poll = spec.limits.poll_interval_seconds
+    per_task = spec.service.tasks_per_instance
+    shard_rows = inputs.rows / max(1, inputs.shards)
+    shard_overhead = REQUESTS_PER_SHARD * m.shard_read_seconds
     rows = []
     for name, f in facts.items():
         instances = instances_at(spec, f, smallest, inputs.shards)
-        tasks = min(inputs.shards, instances * spec.service.tasks_per_instance)
-        start = m.worker_start_seconds
+        tasks = min(inputs.shards, instances * per_task)
+        launches = worker_launches(instances, tasks, per_task, poll, local=local)
         if local:
-            # Every emulated instance's worker is a process on this machine: together they get its cores, and
-            # they start together, beside the local cloud itself (one more process's worth of CPU).
-            rate = m.rows_per_second
-            start *= max(1.0, (tasks + 1) / m.cpus)
-            per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)  # tasks in parallel
+            # Every emulated instance's worker is a process on this machine: they share its cores.
+            workers = ramp.Workers(
+                launches,
+                m.worker_start_seconds,
+                m.rows_per_second,
+                shared_cores=m.cpus,
+                starting_neighbours=LOCAL_CLOUD_PROCESSES,
+            )
             boot = LOCAL_OVERHEADS["boot"]
             before = LOCAL_OVERHEADS["validate_and_prepare"]
             after = LOCAL_OVERHEADS["teardown"]
             calibrated = True
         else:
-            rate = m.rows_per_second_per_vcpu * f.vcpus * instances
-            per_shard_io = REQUESTS_PER_SHARD * m.shard_read_seconds / max(1, tasks)
-            boot = AWS_OVERHEADS["boot_and_register"] + AWS_OVERHEADS["image_pull"]
+            start = AWS_OVERHEADS["image_pull"] + m.worker_start_seconds
+            per_worker = m.rows_per_second_per_vcpu * f.vcpus / per_task
+            workers = ramp.Workers(launches, start, per_worker)
+            boot = AWS_OVERHEADS["boot_and_register"]
             before = AWS_OVERHEADS["validate_and_prepare"]
             after = AWS_OVERHEADS["teardown"]
             calibrated = not f.is_gpu or m.device == "GPU"
-        processing = inputs.rows / rate + per_shard_io * inputs.shards
-        # Registration is seen on a poll; the end half a poll (on average) after the last output.
-        monitored = start + processing + poll / 2
+        done = ramp.processing(workers, inputs.rows, shard_rows, shard_overhead)
+        steady = ramp.steady_rate(workers, len(launches), shard_rows, shard_overhead)
+        # The first worker starts at the poll that sees registration; the end is seen half a poll cycle (on
+        # average) after the last output.
+        monitored = done.seconds + (poll + (LOCAL_OVERHEADS["monitor_per_poll"] if local else 0.0)) / 2
         lifetime = boot + poll + monitored + after
         seconds = before + lifetime
         price = prices.get(name, SpotPrices(None, None, None)).now
@@ -495,11 +543,13 @@ def project(
                 spot=prices.get(name, SpotPrices(None, None, None)),
                 on_demand_usd=f.on_demand_hourly_usd,
                 on_demand_source=f.price_source,
-                predictions_per_second=inputs.rows / processing if processing else rate,
+                predictions_per_second=inputs.rows / monitored,
+                steady_predictions_per_second=steady,
                 calibrated=calibrated,
                 seconds=seconds,
                 processing_seconds=monitored,
                 total_usd=total,
+                worker_launches=launches,
             )
         )
     return sorted(rows, key=lambda r: (r.total_usd is None, r.total_usd or 0.0, r.seconds))
@@ -522,13 +572,17 @@ def assumptions_of(plan: Plan) -> list[str]:
         f"load, runtime calibration); sample shard read {m.shard_read_seconds * 1000:.0f} ms, counted "
         f"{REQUESTS_PER_SHARD} times per shard (the worker's round trips)",
     ]
+    poll = plan.spec.limits.poll_interval_seconds
     if plan.local:
         lines.append(
             "local cloud: the emulated instances are worker processes sharing this machine's cores, so the "
             "fleet's rate is this machine's whatever the type; fixed overheads: "
             + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in LOCAL_OVERHEADS.items())
-            + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s; workers starting "
-            "together take longer when they and the local cloud outnumber the cores"
+            + f", plus poll intervals of {poll}s; instances boot {LOCAL_BOOT_INTERVAL:g}s apart, the first "
+            "poll sees one half a poll cycle after it registered, and a later worker starts at the next "
+            f"poll ({poll + LOCAL_OVERHEADS['monitor_per_poll']:g}s cycles); "
+            "a starting worker needs one core for its start, sharing the cores with the other processes (the "
+            f"local cloud counting as {LOCAL_CLOUD_PROCESSES} while workers start)"
         )
     else:
         lines += [
@@ -536,14 +590,31 @@ def assumptions_of(plan: Plan) -> list[str]:
             "one worker using an instance's cores; other CPUs differ)",
             "fixed overheads assumed: "
             + ", ".join(f"{k.replace('_', ' ')} {v:g}s" for k, v in AWS_OVERHEADS.items())
-            + f", plus poll intervals of {plan.spec.limits.poll_interval_seconds}s",
+            + f", plus poll intervals of {poll}s; instances register {AWS_REGISTRATION_INTERVAL:g}s apart, "
+            "the first poll sees one half a poll after it registered, and a later one's worker starts at the "
+            "next poll",
         ]
         if any(not p.calibrated for p in plan.projections):
             lines.append(
                 "GPU types are not calibrated: this machine has no GPU, so their figures are CPU-scaled"
             )
+    best = plan.projections[0]
+    lines.append(
+        "predictions/s is the run's average over its processing phase (the report's mean: predictions / the "
+        "time from the first worker's launch to the last output seen, each worker's start included; workers "
+        f"start {_launch_text(best.worker_launches)} on the best row); once every worker predicts: "
+        f"{best.steady_predictions_per_second:,.0f}/s"
+    )
     lines.append("cost = spot price now x instances x their lifetime (boot to teardown); on-demand not used")
     return lines
+
+
+def _launch_text(launches: tuple[float, ...]) -> str:
+    """`1 at +0s, 3 at +2s`: how many workers launch when, after the first."""
+    counts: dict[float, int] = {}
+    for t in launches:
+        counts[t] = counts.get(t, 0) + 1
+    return ", ".join(f"{n} at +{t:g}s" for t, n in sorted(counts.items()))
 
 
 def make_plan(

@@ -228,7 +228,7 @@ def test_on_aws_throughput_scales_with_vcpus_and_on_the_local_cloud_with_this_ma
 
     def rates(local: bool) -> dict[str, float]:
         rows = plan.project(spec, inputs, measured, facts, prices, set(facts), local=local)
-        return {r.instance_type: r.predictions_per_second for r in rows}
+        return {r.instance_type: r.steady_predictions_per_second for r in rows}
 
     aws_rates, local_rates = rates(False), rates(True)
     # AWS: 4,000 rows/s per vCPU x 4 vCPUs x 2 instances, or x 8 vCPUs x 1 instance (2 units: one c5.2xlarge)
@@ -258,3 +258,200 @@ def test_plan_refuses_a_deadline_no_capacity_can_meet_naming_the_earliest_one(cl
     assert cli.main(["plan", str(path), "--region", REGION, "--finish-by", "PT1M"]) != 0
     err = capsys.readouterr().err
     assert "needs more time than is left" in err and "the earliest deadline at 4 capacity units is" in err
+
+
+# --- the fleet's start as it happens (spotfill.ramp) ------------------------------------------------------
+
+
+def test_workers_on_their_own_instances_add_capacity_as_each_finishes_its_start():
+    from spotfill import ramp
+
+    # given two instances whose workers launch 10 s apart, each starting for 5 s, then doing 100 rows/s
+    workers = ramp.Workers(launches=(0.0, 10.0), start_seconds=5.0, worker_rate=100.0)
+
+    # when they make 3,000 predictions (shards of 100 rows)
+    done = ramp.processing(workers, 3000, shard_rows=100)
+
+    # then 100 x (T - 5) + 100 x (T - 15) = 3,000: T = 25 s, the second ready at 15 s
+    assert done.seconds == pytest.approx(25.0)
+    assert done.ready_at == (pytest.approx(5.0), pytest.approx(15.0))
+    assert not done.tail
+
+
+def test_workers_sharing_a_machine_start_on_one_core_each_beside_the_local_cloud():
+    from spotfill import ramp
+
+    # given a 2-core machine predicting 1,000 rows/s; workers launched at 0 and 2 s, each starting on 3 s of a
+    # core
+    workers = ramp.Workers(
+        launches=(0.0, 2.0), start_seconds=3.0, worker_rate=1000.0, shared_cores=2, starting_neighbours=1
+    )
+
+    done = ramp.processing(workers, 6000, shard_rows=100)
+
+    # 0-2 s: worker 0 starts alone on a core (the cloud has the other): 1 s of its start left.
+    # 2-3.5 s: both start beside the cloud, 2/3 of a core each: worker 0 ready at 3.5, worker 1 has 2 s left.
+    # 3.5-6.5 s: worker 1 and the cloud take 2/3 of a core each; worker 0 predicts on the 2/3 left, a third
+    # of the machine: 1,000 rows. 6.5 s on: both predict at 1,000 rows/s: 5,000 rows in 5 s. T = 11.5 s.
+    assert done.ready_at == (pytest.approx(3.5), pytest.approx(6.5))
+    assert done.seconds == pytest.approx(11.5)
+
+
+def test_a_late_workers_held_first_shard_ends_the_run_after_the_rest_of_the_work():
+    from spotfill import ramp
+
+    # given a worker that starts at 10 s while the first has nearly finished: 1,100 rows left at 200 rows/s
+    workers = ramp.Workers(launches=(0.0, 10.0), start_seconds=0.0, worker_rate=100.0)
+
+    done = ramp.processing(workers, 1100, shard_rows=500)
+
+    # then the work runs out at 10.5 s, but the shard the late worker took at 10 s takes it 5 s
+    assert done.seconds == pytest.approx(15.0) and done.tail
+
+
+def test_later_instances_start_at_the_poll_after_they_register():
+    from spotfill import ramp
+
+    # local: instances 0.5 s apart, seen at once, 2 s poll cycles: the rest start at the next cycle
+    assert ramp.launch_offsets(4, 0.5, 2.0) == (0.0, 2.0, 2.0, 2.0)
+    assert ramp.launch_offsets(6, 0.5, 1.0) == (0.0, 1.0, 1.0, 2.0, 2.0, 3.0)
+    # AWS: instances 5 s apart, the first seen 30 s after it registered (half a 60 s poll): seven start
+    # together, the eighth registers 35 s after the first and starts a poll later
+    assert ramp.launch_offsets(8, 5.0, 60.0, seen_after=30.0) == (0.0,) * 7 + (60.0,)
+
+
+def test_bad_workers_are_refused_with_a_sentence():
+    from spotfill import ramp
+
+    with pytest.raises(ValueError, match="no launches"):
+        ramp.Workers(launches=(), start_seconds=1.0, worker_rate=1.0)
+    with pytest.raises(ValueError, match="worker_rate 0 must be above 0"):
+        ramp.Workers(launches=(0.0,), start_seconds=1.0, worker_rate=0)
+    with pytest.raises(ValueError, match="instances 0 must be at least 1"):
+        ramp.launch_offsets(0, 1.0, 1.0)
+
+
+def test_the_local_clouds_boot_figures_are_its_options_defaults():
+    from spotfill.localcloud.cloud import LocalCloudOptions
+
+    assert plan.LOCAL_OVERHEADS["boot"] == LocalCloudOptions().boot_delay
+    assert LocalCloudOptions().boot_interval == plan.LOCAL_BOOT_INTERVAL
+
+
+def _ramped_spec(capacity: int, poll: int = 1):
+    from spotfill_control.spec import BackfillSpec
+
+    return BackfillSpec.model_validate(
+        sample_spec(
+            fleet__target_capacity=capacity,
+            fleet__instance_types=["c5.xlarge"],
+            limits__poll_interval_seconds=poll,
+        )
+    )
+
+
+def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
+    from spotfill.localcloud.pricing import emulated_facts
+
+    # given 3 local instances (1 s polls, 1.5 s cycles: the first poll sees a registration 0.75 s after it,
+    # so instances 0 and 1 start together and instance 2, registered 1 s after instance 0, a cycle later), a
+    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud two busy
+    # processes while workers start, and no per-shard round trips
+    spec = _ramped_spec(3)
+    inputs = plan.Inputs(shards=60, rows=6000, sampled=3, exact=False)
+    measured = plan.Measurement("tensorflow", "fp32", "CPU", 100, 1000.0, 2, 0.0, 3.0)
+    facts = emulated_facts(["c5.xlarge"])
+    prices = {"c5.xlarge": plan.SpotPrices(0.36, 0.36, 0.36)}
+
+    # when it is projected
+    (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=True)
+
+    # then: 0-1.5 s, two workers and the cloud's two processes share 2 cores (half a core each): 2.25 s of
+    # start left each. 1.5-7.125 s: five processes (0.4 of a core each): two are ready, the third has 0.75 s
+    # left. 7.125-9 s: it and the cloud take 1.2 cores; two workers predict on 0.8, 40% of the machine: 750
+    # rows. 9 s on: all predict at 1,000 rows/s, the 5,250 rows left in 5.25 s: the last output at 14.25 s,
+    # seen half a 1.5 s cycle later. The instances live boot 2 s + a poll + that + teardown 1.5 s; the run
+    # adds validate and prepare 1.5 s.
+    assert plan.LOCAL_CLOUD_PROCESSES == 2 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
+    assert row.worker_launches == (0.0, 0.0, 1.5)
+    processing = 14.25 + 0.75
+    assert row.processing_seconds == pytest.approx(processing)
+    assert row.seconds == pytest.approx(1.5 + 2.0 + 1.0 + processing + 1.5)
+    assert row.total_usd == pytest.approx(0.36 * 3 * (2.0 + 1.0 + processing + 1.5) / 3600)
+    # the rate shown is the run's average, worker start included; the steady one is the machine's
+    assert row.predictions_per_second == pytest.approx(6000 / processing)
+    assert row.steady_predictions_per_second == pytest.approx(1000.0)
+
+
+def test_an_aws_plan_starts_the_instances_registered_after_the_first_poll_a_poll_later():
+    from spotfill.localcloud.pricing import emulated_facts
+
+    # given 8 c5.xlarge (4 vCPUs at 25 rows/s each: 100 rows/s a worker), a 60 s poll, a worker start of 10 s
+    # after its 60 s image pull, and no per-shard round trips
+    spec = _ramped_spec(8, poll=60)
+    inputs = plan.Inputs(shards=500, rows=50_000, sampled=3, exact=False)
+    measured = plan.Measurement("tensorflow", "fp32", "CPU", 100, 50.0, 2, 0.0, 10.0)
+    facts = emulated_facts(["c5.xlarge"])
+    prices = {"c5.xlarge": plan.SpotPrices(0.36, 0.36, 0.36)}
+
+    (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=False)
+
+    # then instances registering 5 s apart, the first seen 30 s after it registered: seven start at the
+    # first poll and the eighth (35 s after the first) a poll later. Seven are ready at 70 s and make
+    # 42,000 rows by 130 s, when the eighth is ready; the 8,000 left take 10 s at 800 rows/s: 140 s, seen
+    # half a poll later. The instances live boot and register 150 s + a poll + that + teardown 60 s; the
+    # run adds validate and prepare 15 s.
+    assert row.instances == 8 and row.worker_launches == (0.0,) * 7 + (60.0,)
+    processing = 140.0 + 30.0
+    lifetime = 150.0 + 60.0 + processing + 60.0
+    assert row.processing_seconds == pytest.approx(processing)
+    assert row.seconds == pytest.approx(15.0 + lifetime)
+    assert row.total_usd == pytest.approx(0.36 * 8 * lifetime / 3600)
+    assert row.predictions_per_second == pytest.approx(50_000 / processing)
+    assert row.steady_predictions_per_second == pytest.approx(800.0)
+
+
+def test_the_tables_predictions_per_second_is_predictions_over_the_processing_it_projects(
+    cli_stack, tmp_path, capsys
+):
+    assert cli.main(["plan", str(spec_file(tmp_path)), "--region", REGION, "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    for row in document["projections"]:
+        assert row["predictions_per_second"] == pytest.approx(12 / row["processing_seconds"])
+        assert row["steady_predictions_per_second"] > row["predictions_per_second"]
+    best = document["projections"][0]
+    assert document["estimate"]["predictions_per_second"] == pytest.approx(
+        best["predictions_per_second"], abs=1e-3
+    )
+    assert any("the run's average" in line for line in document["assumptions"])
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["aws", "local"])
+def test_more_instances_shorten_the_run_no_more_than_their_start_allows(local):
+    from spotfill.localcloud.pricing import emulated_facts
+
+    # given 2,000 shards of a million rows, a 10 s worker start and 8,000 rows/s measured on 2 CPUs
+    inputs = plan.Inputs(shards=2000, rows=1_000_000, sampled=3, exact=False)
+    measured = plan.Measurement("tensorflow", "fp32", "CPU", 2000, 8000.0, 2, 0.0, 10.0)
+    facts = emulated_facts(["c5.xlarge"])
+    prices = {"c5.xlarge": plan.SpotPrices(0.1, 0.1, 0.1)}
+
+    def processing(instances: int) -> tuple[float, plan.Projection]:
+        spec = _ramped_spec(instances, poll=5 if local else 60)
+        (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=local)
+        seen = spec.limits.poll_interval_seconds + (plan.LOCAL_OVERHEADS["monitor_per_poll"] if local else 0)
+        return row.processing_seconds - seen / 2, row
+
+    one, _ = processing(1)
+    for n in (2, 3, 4, 8):
+        seconds, row = processing(n)
+        start = measured.worker_start_seconds + (0 if local else plan.AWS_OVERHEADS["image_pull"])
+        together = start + inputs.rows / row.steady_predictions_per_second  # all workers at t = 0
+        # then the run is never shorter than all workers starting at once, and strictly longer when some
+        # start later (their capacity arrives late); n instances never make it n times faster
+        if row.worker_launches[-1] > 0:
+            assert seconds > together
+        else:  # the first poll saw them all: they start at once (locally, sharing the cores)
+            assert n < 8 and seconds >= together - 1e-9
+        assert one / seconds < n
+    assert processing(8)[1].worker_launches[-1] > 0
