@@ -48,6 +48,26 @@ def test_every_local_cloud_has_its_own_random_credentials():
     assert first.client_environment["AWS_SECRET_ACCESS_KEY"] == first.credentials.secret_access_key
 
 
+def test_an_emulator_puts_back_moto_s_process_wide_configuration_when_it_stops():
+    from moto.core.config import default_user_config
+
+    from spotfill.localcloud.server import EmulatorServer
+
+    # given moto's configuration as an in-process test of this process finds it
+    before = {key: dict(value) for key, value in default_user_config.items()}
+    server = EmulatorServer()
+
+    # when an emulator runs (it switches Step Functions execution on) and stops
+    server.start()
+    try:
+        assert default_user_config["stepfunctions"]["execute_state_machine"] is True
+    finally:
+        server.stop()
+
+    # then a later mock_aws in this process runs with moto's configuration as it was
+    assert {key: dict(value) for key, value in default_user_config.items()} == before
+
+
 def test_a_cross_origin_request_from_a_web_page_is_refused_without_cors_headers(shared_cloud):
     # given a signed-looking request a web page on another origin sends
     request = urllib.request.Request(

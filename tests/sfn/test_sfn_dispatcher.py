@@ -15,6 +15,7 @@ import boto3
 import pytest
 import requests
 from moto import mock_aws
+from moto.core.config import default_user_config
 from moto.server import ThreadedMotoServer
 from spotfill_control.errors import StallError, TransientAwsError
 
@@ -280,6 +281,8 @@ def test_dispatch_works_inside_a_threaded_moto_server(monkeypatch):
     monkeypatch.setenv("MOTO_PORT", str(port))
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # the server's /moto-api/config changes moto's process-wide configuration: put back after the test
+    monkeypatch.setitem(default_user_config, "stepfunctions", default_user_config["stepfunctions"])
     server.start()
     try:
         requests.post(

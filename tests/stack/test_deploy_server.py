@@ -7,6 +7,7 @@ import socket
 import boto3
 import pytest
 import requests
+from moto.core.config import default_user_config
 from moto.server import ThreadedMotoServer
 
 from spotfill.deploy import deploy_stack
@@ -23,6 +24,8 @@ def _free_port() -> int:
 def test_stack_deploys_into_a_moto_server_through_the_endpoint_variable(monkeypatch):
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    # the server's /moto-api/config changes moto's process-wide configuration: put back after the test
+    monkeypatch.setitem(default_user_config, "stepfunctions", default_user_config["stepfunctions"])
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"

@@ -94,13 +94,19 @@ class EmulatorServer:
         self.port = port or free_port()
         self.credentials = credentials or generate_credentials()
         self._server: ThreadedMotoServer | None = None
+        self._moto_config: dict | None = None  # moto's process-wide configuration before start()
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
+        from moto.core.config import default_user_config
+
         check_port_free(self.port)
+        # moto's configuration is per process too: what configure() changes is put back at stop(), so a
+        # later in-process moto (a test's mock_aws) does not run with this emulator's settings.
+        self._moto_config = dict(default_user_config)
         # moto's Step Functions interpreter calls back into http://localhost:$MOTO_PORT for every Task.
         os.environ["MOTO_PORT"] = str(self.port)
         _sign_step_functions_calls(self.credentials)
@@ -127,9 +133,15 @@ class EmulatorServer:
             response.read()
 
     def stop(self) -> None:
+        from moto.core.config import default_user_config
+
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self._moto_config is not None:
+            default_user_config.clear()
+            default_user_config.update(self._moto_config)
+            self._moto_config = None
 
 
 def _sign_step_functions_calls(credentials: Credentials) -> None:
