@@ -51,3 +51,47 @@ def test_metadata_without_a_session_token_is_refused_as_imdsv2_refuses_it():
 
 def test_no_metadata_service_means_no_facts_and_no_wait():
     assert read_instance_facts(Imds("http://127.0.0.1:9", timeout=0.5)) is None
+
+
+def test_a_metadata_service_slower_than_the_timeout_is_asked_again_with_more_patience():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    # given an IMDS whose first answer (the session token) takes far longer than the reader's first timeout
+    first = threading.Event()
+
+    class SlowFirstAnswer(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            if not first.is_set():
+                first.set()
+                threading.Event().wait(2.0)  # the reader gave up on this one long ago
+            self._answer(b"token")
+
+        def do_GET(self):
+            self._answer(b"on-demand" if self.path.endswith("instance-life-cycle") else b"c5.xlarge")
+
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowFirstAnswer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        # when the facts are read once, and then with retries (timeouts 0.25, 0.5, 1, 2 and 4 s)
+        once = read_instance_facts(Imds(endpoint, timeout=0.25))
+        first.clear()
+        patient = read_instance_facts(Imds(endpoint, timeout=0.25), attempts=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # then one try gives up, and the retries get the facts
+    assert once is None
+    assert patient == InstanceFacts("on-demand", "c5.xlarge")

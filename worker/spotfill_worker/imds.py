@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 TOKEN_TTL_SECONDS = "21600"
+# Tries of the background read of the instance's facts when IMDS times out: 1, 2, 4 and 8 s.
+FACTS_ATTEMPTS = 4
 
 
 class Imds:
@@ -57,15 +59,31 @@ class InstanceFacts:
         }
 
 
-def read_instance_facts(imds: Imds) -> InstanceFacts | None:
-    """The instance's purchase option and type; None where no metadata service answers (off EC2)."""
-    try:
-        token = imds.token()
-        return InstanceFacts(
-            imds.get("instance-life-cycle", token).strip(), imds.get("instance-type", token).strip()
-        )
-    except (OSError, urllib.error.URLError, ValueError):
-        return None
+def read_instance_facts(imds: Imds, attempts: int = 1) -> InstanceFacts | None:
+    """The instance's purchase option and type; None where no metadata service answers (off EC2).
+
+    A service that answers too slowly (a timeout, as a busy instance's IMDS can be at boot) is asked again,
+    up to `attempts` times, each with twice the last one's timeout; one that refuses or is not there is not.
+    """
+    timeout = imds.timeout
+    for attempt in range(attempts):
+        patient = Imds(imds.endpoint, timeout=timeout * 2**attempt)
+        try:
+            token = patient.token()
+            return InstanceFacts(
+                patient.get("instance-life-cycle", token).strip(), patient.get("instance-type", token).strip()
+            )
+        except (TimeoutError, urllib.error.URLError) as exc:
+            if not _timed_out(exc):
+                return None
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _timed_out(exc: BaseException) -> bool:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, TimeoutError)
 
 
 class InstanceFactsReader(threading.Thread):
@@ -78,4 +96,4 @@ class InstanceFactsReader(threading.Thread):
         self.facts: InstanceFacts | None = None
 
     def run(self) -> None:
-        self.facts = read_instance_facts(self._imds)
+        self.facts = read_instance_facts(self._imds, attempts=FACTS_ATTEMPTS)
