@@ -82,6 +82,20 @@ def start(world: World, lambda_context: Any, started: datetime) -> dict[str, Any
     return run
 
 
+class Polls:
+    """Monitor polls a POLL apart on an injected clock, each after the outputs given are written."""
+
+    def __init__(self, world: World, lambda_context: Any, monkeypatch: Any, started: datetime) -> None:
+        self.world, self.lambda_context, self.now = world, lambda_context, started
+        monkeypatch.setattr(monitor, "utcnow", lambda: self.now)
+
+    def __call__(self, run: dict[str, Any], outputs: range) -> dict[str, Any]:
+        for index in outputs:
+            self.world.write_output(run, index)
+        self.now += timedelta(seconds=POLL)
+        return monitor.handler({"run": run}, self.lambda_context)
+
+
 def fleet_targets(world: World, run: dict[str, Any]) -> tuple[int, int]:
     (described,) = world.ec2.describe_fleets(FleetIds=[run["resources"]["fleet_id"]])["Fleets"]
     target = described["TargetCapacitySpecification"]
@@ -96,19 +110,12 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
     started = datetime.now(UTC)
     run = start(world40, lambda_context, started)
     assert fleet_targets(world40, run) == (2, 0)
-    clock = {"now": started}
-    monkeypatch.setattr(monitor, "utcnow", lambda: clock["now"])
-
-    def poll(outputs: range) -> dict[str, Any]:
-        for index in outputs:
-            world40.write_output(run, index)
-        clock["now"] += timedelta(seconds=POLL)
-        return monitor.handler({"run": run}, lambda_context)
+    poll = Polls(world40, lambda_context, monkeypatch, started)
 
     # poll 1 (600 s) and poll 2 (1,200 s), 10 outputs between them: R / 120 per unit-second on 2 units, and
     # the 30 shards left need ceil(30 x 120 / (3600 - 1200 - 5)) = 2 units: on track, nothing changes
-    run = poll(range(0))
-    run = poll(range(10))
+    run = poll(run, range(0))
+    run = poll(run, range(10))
     assert run["projection"]["predictions_per_unit_second"] == pytest.approx(R / 120)
     assert run["finish_by"]["target_units"] == 2 and run["finish_by"]["behind_seconds"] < 0
     assert fleet_targets(world40, run) == (2, 0)
@@ -117,7 +124,7 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
     patches.set_spot_capacity({"c5.xlarge": 1})
     try:
         world40.ec2.terminate_instances(InstanceIds=[world40.fleet_instances(run)[0]])
-        run = poll(range(10, 13))
+        run = poll(run, range(10, 13))
 
         # then (poll 3, 1,800 s) the one unit left would finish 27 shards at R / 120 per unit-second
         # 3,240 s from now (+ a poll of 5 s): 1,445 s after the deadline. Two units would still make it, so
@@ -129,7 +136,7 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
 
         # and (poll 4, 2,400 s) 3 more outputs over the 1.5 units the last span had on average measure
         # R / 300: the 24 shards left need ceil(24 x 300 / (3600 - 2400 - 5)) = 7 units, which the fleet gets
-        run = poll(range(13, 16))
+        run = poll(run, range(13, 16))
         assert run["projection"] is not None
         assert run["finish_by"]["target_units"] == 7 and run["finish_by"]["added_units"] == 5
         assert fleet_targets(world40, run)[0] == 7
@@ -148,17 +155,10 @@ def test_a_run_on_track_keeps_its_spot_shortfall_off_on_demand(world40, lambda_c
     # given a run well ahead: 30 outputs on 2 units in its first 600 s (R / 40 per unit-second)
     started = datetime.now(UTC)
     run = start(world40, lambda_context, started)
-    clock = {"now": started}
-    monkeypatch.setattr(monitor, "utcnow", lambda: clock["now"])
+    poll = Polls(world40, lambda_context, monkeypatch, started)
 
-    def poll(outputs: range) -> dict[str, Any]:
-        for index in outputs:
-            world40.write_output(run, index)
-        clock["now"] += timedelta(seconds=POLL)
-        return monitor.handler({"run": run}, lambda_context)
-
-    run = poll(range(0))
-    run = poll(range(30))
+    run = poll(run, range(0))
+    run = poll(run, range(30))
     assert run["finish_by"]["behind_seconds"] < 0
 
     # when spot takes one instance back and has no more to give
@@ -166,7 +166,7 @@ def test_a_run_on_track_keeps_its_spot_shortfall_off_on_demand(world40, lambda_c
     try:
         world40.ec2.terminate_instances(InstanceIds=[world40.fleet_instances(run)[0]])
         for outputs in (range(30, 34), range(34, 36)):
-            run = poll(outputs)
+            run = poll(run, outputs)
             # then nothing goes on demand: spot is short, but the one instance left still finishes in time;
             # ahead, the target goes down to the 1 unit the deadline needs (terminating nothing)
             assert run["progress"]["interruptions"] == 1
@@ -183,24 +183,17 @@ def test_an_instance_lost_after_a_shrink_that_terminated_nothing_is_an_interrupt
     # given a run well ahead whose target went from 2 units to 1 without terminating either instance
     started = datetime.now(UTC)
     run = start(world40, lambda_context, started)
-    clock = {"now": started}
-    monkeypatch.setattr(monitor, "utcnow", lambda: clock["now"])
+    poll = Polls(world40, lambda_context, monkeypatch, started)
 
-    def poll(outputs: range) -> dict[str, Any]:
-        for index in outputs:
-            world40.write_output(run, index)
-        clock["now"] += timedelta(seconds=POLL)
-        return monitor.handler({"run": run}, lambda_context)
-
-    run = poll(range(0))
-    run = poll(range(30))
-    run = poll(range(30, 32))
+    run = poll(run, range(0))
+    run = poll(run, range(30))
+    run = poll(run, range(30, 32))
     assert fleet_targets(world40, run) == (1, 0) and run["finish_by"]["shrunk_without_termination"]
     assert len(world40.fleet_instances(run)) == 2
 
     # when spot takes one of them back
     world40.ec2.terminate_instances(InstanceIds=[world40.fleet_instances(run)[0]])
-    run = poll(range(32, 33))
+    run = poll(run, range(32, 33))
 
     # then it counts as an interruption: the fleet removed nothing for the lower target
     assert run["progress"]["interruptions"] == 1

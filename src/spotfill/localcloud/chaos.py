@@ -139,7 +139,8 @@ class Chaos:
 
     def due(self) -> bool:
         """A busy worker is past its warm-up, and the fleet has made the progress the last event asked for."""
-        return self._warm() and self.progress() >= self._progress_wanted
+        # progress() reads each running worker's log once; warm-up is judged from what it read
+        return self.progress() >= self._progress_wanted and self._warm()
 
     def _paced(self) -> None:
         """After an event: the next waits for PROGRESS_PER_WORKER shards per running worker."""
@@ -153,8 +154,12 @@ class Chaos:
         return sum(self._shards_done.values())
 
     def _warm(self) -> bool:
+        """A running worker past its warm-up has finished a shard (as progress() last read its log)."""
         now = time.monotonic()
-        return any(now - t.started_at >= self.spec.warmup and t.busy for t in self.agent.running_tasks())
+        return any(
+            now - t.started_at >= self.spec.warmup and self._shards_done.get(t.task_id, 0) > 0
+            for t in self.agent.running_tasks()
+        )
 
     def kill_one(self) -> bool:
         now = time.monotonic()
