@@ -25,6 +25,16 @@ SURVIVOR_GRACE_SECONDS = 15.0  # how long a worker stopped at the very end may t
 _SUBREAPER = pytest.StashKey[bool]()  # whether this session became its processes' subreaper
 
 
+# --- local-cloud workers forked warm ---------------------------------------------------------------------
+
+# Every local cloud the tests start (in this process, or in a `spotfill run --local` / `local up` they run)
+# forks its workers from a Python that has TensorFlow imported (spotfill.localcloud.forkserver) instead of
+# starting each fresh: the suite starts about a hundred workers, and each fresh one spends seconds of CPU on
+# imports. tests/e2e/test_real_client.py runs `local up` as a user does (fresh processes, the default), and
+# tests/e2e/test_fork_server.py holds a forked task to what a fresh one sees.
+os.environ.setdefault("SPOTFILL_LOCAL_CLOUD_FORK_WORKERS", "1")
+
+
 # --- the longest modules first ----------------------------------------------------------------------------
 
 # The modules that take longest (most of their time is waiting on polls of a local cloud or a deployed

@@ -48,7 +48,12 @@ def local_up(tmp_path):
         [str(BIN / "spotfill"), "local", "up", "--port", str(port), "--run-dir", str(tmp_path / "run")],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"},
+        # as a user runs it: without the suite's warm workers (tests/conftest.py), each task a fresh process
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("AWS_ENDPOINT_URL", "SPOTFILL_LOCAL_CLOUD_FORK_WORKERS")
+        },
     )
     try:
         eventually(

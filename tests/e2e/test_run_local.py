@@ -406,19 +406,28 @@ def _start_run(input_dir: Path, output_dir: Path, model: Path, tmp: Path, log: P
 
 
 def _workers_of(pid: int) -> set[int]:
-    """Worker processes (`spotfill_worker` in the command line) whose parent is `pid`."""
-    found = set()
+    """Worker processes (`spotfill_worker` in the command line) below `pid`: its children, or the children of
+    the fork server it started (tests/conftest.py has the suite's local clouds fork their workers)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes()
+            commands[int(entry.name)] = (entry / "cmdline").read_bytes()
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if b"spotfill_worker" in cmdline and parent == pid:
-            found.add(int(entry.name))
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, below = set(), {pid}
+    while True:
+        more = {child for child, parent in parents.items() if parent in below and child not in below}
+        if not more:
+            break
+        below |= more
+    for child in below - {pid}:
+        if b"spotfill_worker" in commands.get(child, b""):
+            found.add(child)
     return found
 
 

@@ -39,6 +39,7 @@ from botocore.exceptions import ClientError
 
 from spotfill.localcloud import worker_iam
 from spotfill.localcloud.fleet import Machine
+from spotfill.localcloud.forkserver import ForkedProcess, ForkServer, ForkServerError
 from spotfill.localcloud.guard import Credentials
 from spotfill.localcloud.imds import InstanceMetadataService
 
@@ -68,7 +69,7 @@ class Task:
     service: str
     task_definition_arn: str
     instance_id: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes] | ForkedProcess
     log_path: Path
     stop_timeout: float
     scratch: Path | None = None  # its TMPDIR, gone with it (a container's /tmp goes with the container)
@@ -118,6 +119,7 @@ class EcsAgent:
         credentials: Credentials | None = None,
         extra_worker_modules: tuple[str, ...] = (),
         instance_speed: dict[str, float] | None = None,
+        fork_workers: bool = False,
     ) -> None:
         self.endpoint_url = endpoint_url
         # instance type -> relative speed (1: full speed); a slower type's tasks pace their predictions
@@ -128,6 +130,12 @@ class EcsAgent:
         self.tick = tick
         # Test-only: modules besides the worker that a task may run with `python -m` (the CLI sets none).
         self.worker_modules = (WORKER_MODULE, *extra_worker_modules)
+        # Tasks forked from a Python with TensorFlow imported (spotfill.localcloud.forkserver), or fresh ones.
+        self.fork_server = (
+            ForkServer(_process_environment(), log_dir.parent / "fork-server.log", self.worker_modules)
+            if fork_workers
+            else None
+        )
         keys = (
             {
                 "aws_access_key_id": credentials.access_key_id,
@@ -159,6 +167,8 @@ class EcsAgent:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._iam_site = worker_iam.site_directory(self.log_dir.parent)
+        if self.fork_server is not None:
+            self.fork_server.start()  # its imports run while the stack deploys and the first fleet boots
         self.metadata.start()
         self._thread.start()
 
@@ -178,6 +188,8 @@ class EcsAgent:
                 _remove_scratch(task)
                 self._ended_sessions[task.task_id] = task.process.pid
             self.tasks.clear()
+            if self.fork_server is not None:
+                self.fork_server.close()
             # What a worker left behind goes with the local cloud, as a container's processes go with it.
             for session in self._ended_sessions.values():
                 for pid, _ in session_processes(session):
@@ -400,8 +412,7 @@ class EcsAgent:
         except TaskRefused as refused:
             self._refuse(cluster, service, task_definition_arn, instance_id, str(refused))
             return
-        environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        environment.update({"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+        environment = _process_environment()
         environment.update(task_variables)
         environment.update(self.environment)
         environment["ECS_CONTAINER_INSTANCE_ID"] = instance_id
@@ -431,16 +442,7 @@ class EcsAgent:
         scratch = self.log_dir.parent / "scratch" / task_id[:12]
         scratch.mkdir(parents=True, exist_ok=True)
         environment["TMPDIR"] = str(scratch)
-        with open(log_path, "ab") as log_file:
-            process = subprocess.Popen(
-                command,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.log_dir,
-                start_new_session=True,  # a Ctrl-C in the terminal reaches the local cloud, not the workers
-            )
+        process = self._start_process(command, environment, log_path)
         stop_timeout = float(container.get("stopTimeout") or DEFAULT_STOP_TIMEOUT)
         self.tasks.append(
             Task(
@@ -456,6 +458,25 @@ class EcsAgent:
             )
         )
         self.tasks_started += 1
+
+    def _start_process(
+        self, command: list[str], environment: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes] | ForkedProcess:
+        if self.fork_server is not None:
+            try:
+                return self.fork_server.spawn(command[-1], environment, self.log_dir, log_path)
+            except ForkServerError as exc:
+                log.warning("starting the task as a fresh process: %s", exc)
+        with open(log_path, "ab") as log_file:
+            return subprocess.Popen(
+                command,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.log_dir,
+                start_new_session=True,  # a Ctrl-C in the terminal reaches the local cloud, not the workers
+            )
 
     def _refuse(
         self, cluster: str, service: str, task_definition_arn: str, instance_id: str, reason: str
@@ -539,6 +560,14 @@ class EcsAgent:
     def running_tasks(self) -> list[Task]:
         with self._lock:
             return [t for t in self.tasks if t.alive and t.stopping_since is None]
+
+
+def _process_environment() -> dict[str, str]:
+    """What every worker process starts from, before its task's variables: this process's few inherited
+    ones, unbuffered output (its log is read while it runs) and TensorFlow's C++ logging at warnings."""
+    environment = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    environment.update({"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return environment
 
 
 def worker_command(

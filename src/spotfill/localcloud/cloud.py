@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from typing import Any
 
 import boto3
 
-from spotfill.localcloud import patches
+from spotfill.localcloud import forkserver, patches
 from spotfill.localcloud.agent import EcsAgent, check_instance_speed
 from spotfill.localcloud.chaos import Chaos, ChaosSpec
 from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
@@ -71,6 +72,11 @@ class LocalCloudOptions:
     # the agent has a slowed type's workers sleep after each batch (`spotfill_worker.pacing`) so that, burning
     # no CPU, the type delivers fewer predictions per second, as a slower instance type would.
     instance_speed: dict[str, float] = field(default_factory=dict)
+    # Fork each task's worker from a Python that has imported TensorFlow already (spotfill.localcloud.
+    # forkserver) instead of starting a fresh one: a worker is busy within a second of its task starting, not
+    # after seconds of imports. Off by default, so that worker start costs here what `spotfill plan --local`
+    # models; `SPOTFILL_LOCAL_CLOUD_FORK_WORKERS=1` turns it on (the test suite does).
+    fork_workers: bool = field(default_factory=forkserver.enabled_by_environment)
 
     def __post_init__(self) -> None:
         check_instance_speed(self.instance_speed)
@@ -83,6 +89,8 @@ class LocalCloud:
         self.options = options or LocalCloudOptions()
         self.server = EmulatorServer(self.options.port, self.options.credentials)
         self.region = REGION
+        self._clients: dict[tuple[str, str | None, str], Any] = {}
+        self._clients_lock = threading.Lock()
         self.run_dir = self.options.run_dir or Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX))
         self.removes_run_dir = self.options.run_dir is None and not self.options.keep_run_dir
         if self.removes_run_dir:
@@ -113,14 +121,21 @@ class LocalCloud:
         return self.server.credentials
 
     def client(self, service: str) -> Any:
-        return boto3.client(
-            service,
-            endpoint_url=self.endpoint_url,
-            region_name=self.region,
-            aws_access_key_id=self.credentials.access_key_id,
-            aws_secret_access_key=self.credentials.secret_access_key,
-            aws_session_token=None,
-        )
+        """A client of this cloud as its administrator, made once per service (a boto3 client is safe to share
+        between threads, and making one costs tens of milliseconds of CPU: `wait_idle` asks every quarter
+        second)."""
+        key = (service, self.endpoint_url, self.credentials.access_key_id)
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = boto3.client(
+                    service,
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region,
+                    aws_access_key_id=self.credentials.access_key_id,
+                    aws_secret_access_key=self.credentials.secret_access_key,
+                    aws_session_token=None,
+                )
+            return self._clients[key]
 
     def __enter__(self) -> LocalCloud:
         try:
@@ -165,6 +180,7 @@ class LocalCloud:
             credentials=self.credentials,
             extra_worker_modules=self.options.extra_worker_modules,
             instance_speed=self.options.instance_speed,
+            fork_workers=self.options.fork_workers,
         )
         self.fleet = FleetEmulator(
             self.region,
