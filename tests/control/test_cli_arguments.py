@@ -300,21 +300,38 @@ def test_a_deadline_the_spec_would_refuse_is_refused_naming_the_flag(capsys, com
     assert error.endswith("(limits.finish_by)")
 
 
-def test_a_local_run_refuses_a_past_deadline_before_anything_starts(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (
+            "2020-01-01T00:00:00Z",
+            "invalid input: limits.finish_by: 2020-01-01T00:00:00Z (2020-01-01T00:00:00Z) is not in the "
+            "future (now is ",
+        ),
+        (
+            "P14D",
+            "invalid input: limits: finish_by P14D (1209600 s from the run's start) is beyond "
+            "max_runtime_seconds (1123200 s): the run is stopped before then",
+        ),
+    ],
+    ids=["past", "beyond-the-longest-runtime"],
+)
+def test_a_local_run_refuses_a_deadline_validate_would_refuse_before_anything_starts(
+    capsys, monkeypatch, text, why
+):
     # given no model, no shards, nothing that a run would need: the deadline is checked first
     from spotfill import localrun
 
     started = []
     monkeypatch.setattr(localrun, "LocalCloud", lambda *args: started.append(args))
 
-    # when run --local is given a deadline that has passed
-    code = main([*RUN, "--finish-by", "2020-01-01T00:00:00Z"])
+    # when run --local is given a deadline that has passed, or one beyond the 13 days a run may last
+    code = main([*RUN, "--finish-by", text])
 
-    # then it is refused as Validate refuses it, and no local cloud was started
+    # then it is refused with Validate's sentence, and no local cloud was started
     error = capsys.readouterr().err
     assert code == 2 and started == []
-    past = "2020-01-01T00:00:00Z (2020-01-01T00:00:00Z) is not in the future (now is "
-    assert f"spotfill: error: invalid input: limits.finish_by: {past}" in error
+    assert f"spotfill: error: {why}" in error
 
 
 def test_a_local_run_with_a_deadline_builds_a_spec_whose_runtime_reaches_past_it():
