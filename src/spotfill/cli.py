@@ -111,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console=console,
         name=args.name,
         max_total_usd=args.max_total_usd,
+        finish_by=args.finish_by,
         port=args.port,
         overwrite=args.overwrite,
         keep_run_dir=args.keep_run_dir,
@@ -125,6 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"report: {' and '.join(str(path) for path in written)}", markup=False)
     kept = f" ({len(result.skipped)} kept from an earlier run)" if result.skipped else ""
     console.print(f"{len(result.outputs)} output file(s) in {args.output}{kept}")
+    if result.deadline:
+        console.print(f"deadline: {result.deadline}", markup=False)
     logs = (
         f"; worker logs in {result.run_dir / 'logs'}"
         if result.run_dir
@@ -306,8 +309,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from spotfill_control.spec import parse_finish_by
-
     from spotfill.plan import (
         PlanError,
         make_plan,
@@ -317,12 +318,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         table,
         write_estimate,
     )
-
-    if args.finish_by is not None:
-        try:
-            parse_finish_by(args.finish_by)
-        except ValueError as exc:
-            raise CliError(f"--finish-by: {exc}") from None
 
     if args.write_estimate and args.spec.startswith("s3://"):
         raise CliError("--write-estimate writes into a local spec file, not an s3:// manifest")
@@ -513,6 +508,18 @@ def _dollar_cap(text: str) -> float:
     return value
 
 
+def _finish_by(text: str) -> str:
+    """An argparse `type=` for `--finish-by`, parsed as the spec parses `limits.finish_by` (the command then
+    checks it against now and the run's limits, as Validate does)."""
+    from spotfill_control.spec import parse_finish_by
+
+    try:
+        parse_finish_by(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (limits.finish_by)") from None
+    return text
+
+
 def _backfill_name(text: str) -> str:
     """An argparse `type=` for a backfill's name, checked against the spec's `name` field."""
     field = BackfillSpec.model_fields["name"]
@@ -665,6 +672,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=_dollar_cap,
         help="cap on the whole run's cost in US dollars, limits.max_total_usd (default: no cap)",
     )
+    run.add_argument(
+        "--finish-by",
+        metavar="T",
+        type=_finish_by,
+        help="a deadline, limits.finish_by: an ISO 8601 time with a zone, or a duration from the run's start "
+        "such as PT10M; the monitor keeps the fleet at the capacity that finishes by then, up to --instances "
+        "(default: no deadline)",
+    )
     run.add_argument("--name", type=_backfill_name, default="local", help="the backfill's name")
     run.add_argument("--port", type=_port, help="the emulator's port (default: any free one)")
     run.add_argument(
@@ -743,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--finish-by",
         metavar="T",
+        type=_finish_by,
         help="a deadline (limits.finish_by: an ISO 8601 time with a zone, or a duration from now such as "
         "PT6H): show the capacity the fleet starts with and the projected cost, or why it cannot be met "
         "(default: the spec's limits.finish_by, if it has one)",

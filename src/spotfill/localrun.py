@@ -12,13 +12,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from spotfill_control.spec import INPUT_EXTENSIONS, OUTPUT_EXTENSIONS, TFRECORD_GZIP_EXTENSIONS
+from spotfill_control.spec import (
+    INPUT_EXTENSIONS,
+    MAX_RUNTIME_SECONDS,
+    OUTPUT_EXTENSIONS,
+    TFRECORD_GZIP_EXTENSIONS,
+    parse_finish_by,
+)
 
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions
 from spotfill.localcloud.server import check_port_free
@@ -43,6 +49,10 @@ LOCAL_REDRIVE_ADVICE = (
     "running the same `spotfill run --local` command again with a higher --max-total-usd computes them "
     "(it skips the outputs already complete)"
 )
+
+# A local run's `limits.max_runtime_seconds`: an hour, or with a deadline an hour past it (the deadline must
+# fall within the run's maximum runtime, and `run --local` has no flag for the runtime).
+LOCAL_MAX_RUNTIME_SECONDS = 3600
 
 # Called with the local cloud and the manifest once the model and shards are uploaded, before the manifest is;
 # returns the manifest to upload.
@@ -85,6 +95,15 @@ class LocalRunResult:
         reason = (self.report or {}).get("reason") or self.snapshot.error or self.snapshot.status
         run_id = (self.report or {}).get("run_id") or self.snapshot.run_id
         return reason.replace(redrive_advice(run_id), LOCAL_REDRIVE_ADVICE) if run_id else reason
+
+    @property
+    def deadline(self) -> str | None:
+        """Whether the run met its `limits.finish_by` and by how much, from the report (`met, 1.5 min to spare
+        (deadline ...)`, `missed by ...`, `not finished ...`); None for a run without a deadline."""
+        from spotfill_control.report import deadline_sentence
+
+        deadline = (self.report or {}).get("deadline")
+        return deadline_sentence(deadline) if deadline else None
 
     def report_table(self) -> Table:
         """The report's table as `spotfill report` prints it, with this run's reason and advice."""
@@ -326,6 +345,46 @@ def termination_as_interrupt() -> Iterator[Check]:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
+def local_limits(
+    poll_interval: int, max_total_usd: float | None, finish_by: str | None, now: datetime
+) -> dict[str, Any]:
+    """A local run's `limits`: an hour's runtime, stretched to an hour past a deadline given as
+    `finish_by` (`limits.finish_by`: a time, or a duration from the run's start, as of `now`)."""
+    runtime = LOCAL_MAX_RUNTIME_SECONDS
+    if finish_by is not None:
+        parsed = parse_finish_by(finish_by)
+        span = parsed if isinstance(parsed, timedelta) else parsed - now
+        past_it = int(span.total_seconds()) + 1 + LOCAL_MAX_RUNTIME_SECONDS
+        runtime = min(MAX_RUNTIME_SECONDS, max(runtime, past_it))
+    limits: dict[str, Any] = {
+        "max_runtime_seconds": runtime,
+        "registration_timeout_seconds": 120,
+        "stall_timeout_seconds": 180,
+        "poll_interval_seconds": poll_interval,
+        "max_total_usd": max_total_usd,
+    }
+    return limits if finish_by is None else {**limits, "finish_by": finish_by}
+
+
+def check_finish_by(finish_by: str | None, now: datetime) -> None:
+    """Before anything starts, the refusals Validate would make of the local run's deadline (as `spotfill
+    plan --finish-by` makes them): a time not in the future, or beyond the run's maximum runtime."""
+    from pydantic import ValidationError
+    from spotfill_control import finish_by as deadline
+    from spotfill_control.spec import LimitsSpec
+
+    if finish_by is None:
+        return
+    try:
+        limits = LimitsSpec.model_validate(local_limits(1, None, finish_by, now))
+        deadline.resolve(limits, now, now)
+    except ValidationError as exc:
+        reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise CliError(f"invalid input: limits: {reason}") from None
+    except ValueError as exc:
+        raise CliError(f"invalid input: {exc}") from None
+
+
 def manifest(
     name: str,
     data_bucket: str,
@@ -339,6 +398,7 @@ def manifest(
     runtime: str = "auto",
     precision: str = "fp32",
     tfrecord: dict[str, Any] | None = None,
+    finish_by: str | None = None,
 ) -> dict[str, Any]:
     source: dict[str, Any] = {"uri": f"s3://{data_bucket}/inputs/{name}/", "format": input_format}
     if tfrecord is not None:
@@ -350,13 +410,7 @@ def manifest(
         "model": {"uri": f"s3://{data_bucket}/{model_key}", "runtime": runtime, "precision": precision},
         "fleet": {"instance_types": ["c5.xlarge"], "target_capacity": instances},
         "service": {"tasks_per_instance": tasks_per_instance, "cpu": 1024, "memory": 2048},
-        "limits": {
-            "max_runtime_seconds": 3600,
-            "registration_timeout_seconds": 120,
-            "stall_timeout_seconds": 180,
-            "poll_interval_seconds": poll_interval,
-            "max_total_usd": max_total_usd,
-        },
+        "limits": local_limits(poll_interval, max_total_usd, finish_by, datetime.now(UTC)),
     }
 
 
@@ -569,14 +623,18 @@ def run_local(
     port: int | None = None,
     timeout: float | None = None,
     max_total_usd: float | None = None,
+    finish_by: str | None = None,
     runtime: str = "auto",
     precision: str = "fp32",
     tfrecord: dict[str, Any] | None = None,
     before_trigger: BeforeTrigger | None = None,
 ) -> LocalRunResult:
     """Run the backfill of input_dir's shards into output_dir. Shards whose output there is already complete
-    are skipped unless `overwrite`. SIGTERM and SIGHUP end it as Ctrl-C does: the outputs finished so far are
-    downloaded, then the local cloud and its workers are torn down, and KeyboardInterrupt propagates."""
+    are skipped unless `overwrite`. `finish_by` is the run's `limits.finish_by`: a deadline Validate would
+    refuse (past, beyond the runtime) is refused before anything starts. SIGTERM and SIGHUP end it as Ctrl-C
+    does: the outputs finished so far are downloaded, then the local cloud and its workers are torn down, and
+    KeyboardInterrupt propagates."""
+    check_finish_by(finish_by, datetime.now(UTC))
     if not model_path.is_file():
         raise CliError(f"model file {model_path} does not exist")
     if not model_path.name.endswith((".keras", ".tar.gz", ".tgz")):
@@ -619,7 +677,12 @@ def run_local(
             options=LocalCloudOptions(port=port, chaos=chaos, run_dir=run_dir, keep_run_dir=keep_run_dir),
             timeout=timeout,
             max_total_usd=max_total_usd,
-            spec_options={"runtime": runtime, "precision": precision, "tfrecord": tfrecord},
+            spec_options={
+                "runtime": runtime,
+                "precision": precision,
+                "tfrecord": tfrecord,
+                "finish_by": finish_by,
+            },
             before_trigger=before_trigger,
             check=check,
             model=model,

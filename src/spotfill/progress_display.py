@@ -45,7 +45,7 @@ def render(snap: Snapshot) -> Group:
     )
     header = Text(f"run {snap.run_id or '(starting)'}", style="cyan")
     outlook = projection_line(snap)
-    lines = [Text(text) for text in (outlook, snap.deadline) if text]
+    lines = [Text(text) for text in (outlook, snap.deadline, snap.weights) if text]
     return Group(header, bar, line, status, spending(snap), *lines)
 
 

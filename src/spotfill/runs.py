@@ -228,10 +228,22 @@ class Snapshot:
     projected_total_usd: float | None = None  # the monitor's projection of the run's total cost
     projected: bool = False  # the ETA is the monitor's projection (else estimated here from the outputs)
     deadline: str | None = None  # where the run stands against limits.finish_by (`finish_by.outlook`)
+    weights: str | None = None  # the fleet's weights once the Monitor re-weighted it (`weights_line`)
 
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
+
+
+def weights_line(run: RunState) -> str | None:
+    """Once the Monitor has re-weighted the fleet by measured throughput: each type's weight as requested ->
+    now, with its measured predictions per second per instance, and how many re-weightings (the report's
+    `weights` row, `report.weights_sentence`); None before the first re-weighting."""
+    from spotfill_control.report import weights_of, weights_sentence
+
+    if run.weighting is None or not run.weighting.changes:
+        return None
+    return f"weights {weights_sentence(weights_of(run))}"
 
 
 def successor_execution(described: dict[str, Any]) -> str | None:
@@ -336,6 +348,7 @@ class RunWatcher:
         snap.max_total_usd = run.spec.limits.max_total_usd
         snap.draining = run.budget.draining_since is not None
         snap.deadline = None if run.finish_by is None else finish_by.outlook(run.finish_by)
+        snap.weights = weights_line(run)
         if self._total is None:
             index = read_shard_index(run.run_id, self.session.client("s3"), self.stack.control_bucket)
             if index is not None:

@@ -280,3 +280,116 @@ def test_watch_shows_where_the_run_stands_against_its_deadline():
     plain = io.StringIO()
     Console(file=plain, width=120, color_system=None).print(render(Snapshot("arn:x", run_id="r-1")))
     assert "deadline" not in plain.getvalue()
+
+
+@pytest.mark.parametrize("command", [RUN, ["plan", "spec.json"]], ids=["run", "plan"])
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("tomorrow", "is neither an ISO 8601 time with a time zone"),
+        ("2026-12-07T06:00:00", "has no time zone"),
+        ("P1M", "is not an ISO 8601 duration of days, hours, minutes and seconds"),
+        ("PT0S", "is no time at all"),
+    ],
+)
+def test_a_deadline_the_spec_would_refuse_is_refused_naming_the_flag(capsys, command, text, why):
+    # when a deadline limits.finish_by would refuse is given to run --local or plan
+    error = _refused(capsys, [*command, "--finish-by", text])
+    # then argparse refuses it with the spec's own sentence, before any local cloud or AWS call
+    assert "argument --finish-by: " in error and repr(text) in error and why in error
+    assert error.endswith("(limits.finish_by)")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (
+            "2020-01-01T00:00:00Z",
+            "invalid input: limits.finish_by: 2020-01-01T00:00:00Z (2020-01-01T00:00:00Z) is not in the "
+            "future (now is ",
+        ),
+        (
+            "P14D",
+            "invalid input: limits: finish_by P14D (1209600 s from the run's start) is beyond "
+            "max_runtime_seconds (1123200 s): the run is stopped before then",
+        ),
+    ],
+    ids=["past", "beyond-the-longest-runtime"],
+)
+def test_a_local_run_refuses_a_deadline_validate_would_refuse_before_anything_starts(
+    capsys, monkeypatch, text, why
+):
+    # given no model, no shards, nothing that a run would need: the deadline is checked first
+    from spotfill import localrun
+
+    started = []
+    monkeypatch.setattr(localrun, "LocalCloud", lambda *args: started.append(args))
+
+    # when run --local is given a deadline that has passed, or one beyond the 13 days a run may last
+    code = main([*RUN, "--finish-by", text])
+
+    # then it is refused with Validate's sentence, and no local cloud was started
+    error = capsys.readouterr().err
+    assert code == 2 and started == []
+    assert f"spotfill: error: {why}" in error
+
+
+def test_a_local_run_with_a_deadline_builds_a_spec_whose_runtime_reaches_past_it():
+    from datetime import UTC, datetime, timedelta
+
+    from spotfill_control.spec import BackfillSpec
+
+    from spotfill.localrun import LOCAL_MAX_RUNTIME_SECONDS, check_finish_by, manifest
+
+    # given deadlines within and beyond a local run's hour
+    now = datetime.now(UTC)
+    later = (now + timedelta(hours=5)).isoformat()
+
+    # when specs are built with them
+    specs = {
+        text: BackfillSpec.model_validate(
+            manifest("due", "data", "models/m.keras", "npy", "npy", instances=2, finish_by=text)
+        ).limits
+        for text in ("PT10M", "PT2H", later)
+    }
+    plain = manifest("free", "data", "models/m.keras", "npy", "npy", instances=2)
+
+    # then each carries its deadline as given, and the run may last an hour past it
+    assert {text: limits.finish_by for text, limits in specs.items()} == {t: t for t in specs}
+    assert specs["PT10M"].max_runtime_seconds == 600 + 1 + LOCAL_MAX_RUNTIME_SECONDS
+    assert specs["PT2H"].max_runtime_seconds == 2 * 3600 + 1 + LOCAL_MAX_RUNTIME_SECONDS
+    assert 6 * 3600 <= specs[later].max_runtime_seconds <= 6 * 3600 + 2
+    # so none of them is refused as beyond the runtime; a run without a deadline is as before
+    for text in specs:
+        check_finish_by(text, now)
+    assert "finish_by" not in plain["limits"] and plain["limits"]["max_runtime_seconds"] == 3600
+
+
+def test_a_local_run_with_a_deadline_says_at_the_end_whether_it_was_met_and_by_how_much(
+    capsys, monkeypatch, tmp_path
+):
+    # given a local run whose report says it met its deadline with 90 s to spare
+    from spotfill import localrun
+    from spotfill.runs import Snapshot
+
+    at = "2026-12-07T06:00:00+00:00"
+    report = {
+        "run_id": "local-1",
+        "status": "succeeded",
+        "deadline": {"finish_by": "PT10M", "at": at, "met": True, "seconds_to_spare": 90.0},
+    }
+    given: dict = {}
+
+    def run_local(*args, **kwargs):
+        given.update(kwargs)
+        return localrun.LocalRunResult("arn:exec", Snapshot("arn:exec", status="SUCCEEDED"), report)
+
+    monkeypatch.setattr(localrun, "run_local", run_local)
+
+    # when run --local with --finish-by reports it
+    report_page = str(tmp_path / "r.html")
+    code = main([*RUN[:-1], str(tmp_path / "out"), "--finish-by", "PT10M", "--report", report_page])
+
+    # then the run was given the deadline, and its last lines say it was met and by how much
+    assert code == 0 and given["finish_by"] == "PT10M"
+    assert f"deadline: met, 1.5 min to spare (deadline {at})" in capsys.readouterr().out.splitlines()

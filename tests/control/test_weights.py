@@ -155,3 +155,51 @@ def test_the_fleet_weights_are_by_vcpus_until_re_weighted():
     assert run.capacity_weights == {"c5.large": 1.0, "c5.xlarge": 2.0}
     run.weighting = Weighting(weights={"c5.large": 1.6, "c5.xlarge": 0.8})
     assert run.capacity_weights == {"c5.large": 1.6, "c5.xlarge": 0.8}
+
+
+# ------------------------------------------------------------------------------------------ seen in watch
+
+
+def test_watch_shows_the_weights_once_the_monitor_re_weighted_the_fleet():
+    import io
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from spotfill_control.run import WeightChange
+
+    from spotfill.localcloud.pricing import emulated_facts
+    from spotfill.progress_display import render
+    from spotfill.runs import Snapshot, weights_line
+
+    # given a deadline run of two types whose Monitor measured both, before and after it re-weighted
+    run = run_of(["c5.large", "c5.xlarge"])
+    run.instance_types = emulated_facts(["c5.large", "c5.xlarge"])
+    run.weighting = Weighting(measured=measured(c5_large=(5, 3.0), c5_xlarge=(6, 3.0)))
+    before = weights_line(run)
+    run.weighting.weights = {"c5.large": 1.5, "c5.xlarge": 1.5}
+    run.weighting.changes = [
+        WeightChange(
+            at=datetime(2026, 12, 7, 0, 30, tzinfo=UTC),
+            weights={"c5.large": 1.5, "c5.xlarge": 1.5},
+            per_instance={"c5.large": 3.0, "c5.xlarge": 3.0},
+        )
+    ]
+
+    # when watch renders the run
+    line = weights_line(run)
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(
+        render(Snapshot("arn:x", run_id="r1", weights=line))
+    )
+
+    # then nothing is said until the fleet is re-weighted; then each type's weight requested -> now, with what
+    # one instance of it measured, and how often it was re-weighted
+    assert before is None and weights_line(run_of(["c5.large", "c5.xlarge"])) is None
+    expected = (
+        "weights c5.large 1 -> 1.5 (3.0/s per instance), c5.xlarge 2 -> 1.5 (3.0/s per instance); "
+        "re-weighted 1 time"
+    )
+    assert line == expected and expected in out.getvalue()
+    plain = io.StringIO()
+    Console(file=plain, width=160, color_system=None).print(render(Snapshot("arn:x", run_id="r1")))
+    assert "weights" not in plain.getvalue()
