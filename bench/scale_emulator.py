@@ -362,11 +362,13 @@ def _patch_ec2_tags() -> None:
 
 
 def install_scaling_patches() -> None:
+    from spotfill.localcloud import patches
+
     _patch_sqs()
     _patch_s3()
     _patch_ec2_tags()
     _patch_ec2_instance_lookup()
-    _patch_dispatch()
+    patches.route_requests_once()
 
 
 def _patch_ec2_instance_lookup() -> None:
@@ -385,25 +387,6 @@ def _patch_ec2_instance_lookup() -> None:
         return index[instance_id]
 
     InstanceBackend.get_instance = get_instance
-
-
-def _patch_dispatch() -> None:
-    """moto's request routing, computed once: it rebuilds each backend's URL table per request (for S3 by
-    reloading a module) and lists its own package directory per request to recognise a service's host."""
-    from moto import backends
-    from moto.core.base_backend import BaseBackend
-
-    urls = BaseBackend.urls
-
-    def cached_urls(self: Any) -> Any:
-        table = self.__dict__.get("_bench_urls")
-        if table is None:
-            table = self.__dict__["_bench_urls"] = urls.fget(self)
-        return table
-
-    BaseBackend.urls = property(cached_urls)
-    modules = tuple(backends.list_of_moto_modules())
-    backends.list_of_moto_modules = lambda: modules
 
 
 # --- the process -------------------------------------------------------------------------------------------

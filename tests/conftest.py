@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from spotfill.service_models import share_service_models
+
 REGION = "us-east-1"
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 # The workers (and the physics tests' stand-in) by their command lines: `python -m <module>`.
@@ -33,6 +35,13 @@ _SUBREAPER = pytest.StashKey[bool]()  # whether this session became its processe
 # imports. tests/e2e/test_real_client.py runs `local up` as a user does (fresh processes, the default), and
 # tests/e2e/test_fork_server.py holds a forked task to what a fresh one sees.
 os.environ.setdefault("SPOTFILL_LOCAL_CLOUD_FORK_WORKERS", "1")
+
+
+# --- botocore's service models parsed once ------------------------------------------------------------------
+
+# `mock_aws` gives every test a fresh default session, which would parse again the JSON model of every service
+# the test makes a client of (spotfill.service_models).
+share_service_models()
 
 
 # --- the longest modules first ----------------------------------------------------------------------------

@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-import botocore.loaders
 import numpy as np
 import pytest
 from moto import mock_aws
@@ -189,9 +187,6 @@ class World:
         return list(json.loads(body.read())["instances"])
 
 
-_SHARED_LOADER = botocore.loaders.create_loader()
-
-
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     from spotfill.localcloud import patches
@@ -203,10 +198,6 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # does not validate image ids), which keeps each test's setup well under a second.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     with mock_aws():
-        # mock_aws starts a fresh default session; sharing one loader spares every test re-parsing the
-        # service models (EC2's alone takes seconds on a loaded machine).
-        boto3.setup_default_session()
-        boto3.DEFAULT_SESSION._session.register_component("data_loader", _SHARED_LOADER)
         aws.reset_clients()
         yield
     aws.reset_clients()

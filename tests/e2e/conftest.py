@@ -1,5 +1,5 @@
 """The local cloud fixture for end-to-end tests: moto server + physics + the deployed stack, per test,
-and a small digits model with its shards and reference predictions, per module."""
+and a small digits model with its shards and reference predictions, per test process."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def quiet_console() -> Console:
     return Console(quiet=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> Digits:
+    """Trained once per test process (tests read it, never change it)."""
     return write_digits(tmp_path_factory.mktemp("digits"), shards=8, rows=300)

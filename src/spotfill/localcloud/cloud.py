@@ -31,6 +31,7 @@ from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
 from spotfill.localcloud.fleet import FleetEmulator
 from spotfill.localcloud.guard import Credentials
 from spotfill.localcloud.server import REGION, EmulatorServer, credential_environment
+from spotfill.service_models import share_service_models
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,9 @@ class LocalCloud:
         self._stack.callback(self.server.stop)
         # The handlers run in this process and reach AWS through boto3: point it at the emulator.
         self._set_environment(self.client_environment)
+        # This process makes sessions as it goes (one per endpoint and credentials, one per Task of moto's
+        # Step Functions interpreter): one parse of each service's model serves them all.
+        share_service_models()
         _forget_cached_clients()
         self._stack.callback(_forget_cached_clients)
         patches.install(self.endpoint_url)
