@@ -168,7 +168,7 @@ class EcsAgent:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._iam_site = worker_iam.site_directory(self.log_dir.parent)
         if self.fork_server is not None:
-            self.fork_server.start()  # its imports run while the stack deploys and the first fleet boots
+            self.fork_server.start()
         self.metadata.start()
         self._thread.start()
 
@@ -212,6 +212,8 @@ class EcsAgent:
         encoded = user_data.get("UserData", {}).get("Value") or ""
         text = _decode_user_data(encoded)
         match = _CLUSTER_LINE.search(text)
+        if self.fork_server is not None:
+            self.fork_server.preload()  # its imports run while the instance registers and its service scales
         with self._lock:
             self.instance_clusters[machine.instance_id] = match.group(1) if match else "default"
             self.registrations[machine.instance_id] = Registration(

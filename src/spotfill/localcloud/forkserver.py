@@ -3,8 +3,9 @@
 A worker process spends most of its start importing TensorFlow and Keras (about 5 CPU-seconds here), and a
 local-cloud run starts one per task, again after every interruption. With `fork_workers` (LocalCloudOptions,
 or `SPOTFILL_LOCAL_CLOUD_FORK_WORKERS=1`) the ECS agent starts one fork server per local cloud instead: a
-process that imports numpy, boto3, TensorFlow and Keras once (imports only: no model, no client, no thread of
-its own) and forks a task from that state on request. The forked task then does what `python -m MODULE` does
+process that imports numpy, boto3, TensorFlow and Keras once, when the local cloud's first instance boots
+(imports only: no model, no client, no thread of its own; a local cloud that never boots one never pays for
+them), and forks a task from that state on request. The forked task then does what `python -m MODULE` does
 in a fresh interpreter, in this order: its own session (as `start_new_session`), standard input from
 /dev/null and output to the task's log, the task's working directory and environment (nothing of the
 server's), `sys.path` built from the task's PYTHONPATH, `sitecustomize` imported from it (the local cloud's
@@ -19,10 +20,11 @@ run's TMPDIR, as a task's does), and a task's start costs a fork instead of an i
 within a second of its task starting. That last part is why it is off for users' runs: `spotfill plan --local`
 models a worker's start as a fresh process pays it, as a container on AWS does. The test suite turns it on.
 
-Protocol (JSON lines over the server's standard input and output): `{"id", "module", "environment", "cwd",
-"log"}` asks for a task, answered `{"id", "pid"}` or `{"id", "error"}`; `{"exited": pid, "returncode"}`
-reports a task's end as `subprocess.Popen.returncode` would (negative: the signal). The server exits when its
-standard input closes or its parent (the local cloud) is gone, killing whatever of its tasks is left.
+Protocol (JSON lines over the server's standard input and output): `{"preload": true}` has it import the
+worker's dependencies; `{"id", "module", "environment", "cwd", "log"}` asks for a task, answered `{"id",
+"pid"}` or `{"id", "error"}`; `{"exited": pid, "returncode"}` reports a task's end as
+`subprocess.Popen.returncode` would (negative: the signal). The server exits when its standard input closes
+or its parent (the local cloud) is gone, killing whatever of its tasks is left.
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ ENABLE_VARIABLE = "SPOTFILL_LOCAL_CLOUD_FORK_WORKERS"  # "1": LocalCloudOptions.
 # What the server imports once for every task: the worker's heavy dependencies, none of the worker's own code
 # (its modules read the task's environment when imported). A module missing here is skipped.
 PRELOAD = ("numpy", "botocore.session", "boto3", "tensorflow", "keras")
-# How long a task's start waits for the server's imports before it starts as a fresh process instead (the
-# server starts with the local cloud, and is ready long before the first instance has booted, unless the
-# machine is saturated).
-READY_WAIT = 30.0
+READY_WAIT = 30.0  # for the server to start (it imports nothing heavy before it is asked to)
+# For a task's pid: the first one waits for the server's imports, which it starts when the first instance
+# boots. Past this the server is given up (killed, and its tasks with it) and tasks start as fresh processes.
+ANSWER_WAIT = 180.0
 _POLL = 0.1  # how often the server reaps its tasks and looks at its parent, in seconds
 
 
@@ -114,6 +116,7 @@ class ForkServer:
         self._tasks: dict[int, ForkedProcess] = {}
         self._exits: dict[int, int] = {}  # a task's end, when it arrives before the answer naming its pid
         self._next_id = 0
+        self._preloading = False
         self._reader: threading.Thread | None = None
 
     @property
@@ -140,8 +143,8 @@ class ForkServer:
         self._reader.start()
 
     def spawn(self, module: str, environment: dict[str, str], cwd: Path, log_path: Path) -> ForkedProcess:
-        """A task running `python -m module` with this environment, directory and log (waits up to
-        READY_WAIT for the server's imports). Raises ForkServerError when the server cannot start it."""
+        """A task running `python -m module` with this environment, directory and log (the first waits for
+        the server's imports). Raises ForkServerError when the server cannot start it."""
         if module not in self.modules:
             raise ForkServerError(f"the fork server runs only {', '.join(self.modules)}, not {module}")
         self.start()
@@ -158,8 +161,13 @@ class ForkServer:
             except (BrokenPipeError, ValueError) as exc:
                 raise ForkServerError(f"the fork server is gone: {exc}") from exc
         with self._answered:
-            self._answered.wait_for(lambda: identifier in self._answers or self._failed is not None, 60)
+            self._answered.wait_for(
+                lambda: identifier in self._answers or self._failed is not None, ANSWER_WAIT
+            )
             answer = self._answers.pop(identifier, None)
+        if answer is None and self._failed is None:  # a fork it may still make must not outlive this
+            self._process.kill()
+            self._failed = f"the fork server did not answer within {ANSWER_WAIT:.0f} s"
         if answer is None or "pid" not in answer:
             reason = (answer or {}).get("error") or self._failed or "no answer from the fork server"
             raise ForkServerError(f"the fork server could not start {module}: {reason}")
@@ -169,6 +177,16 @@ class ForkServer:
             if task.pid in self._exits:
                 task._end(self._exits.pop(task.pid))
         return task
+
+    def preload(self) -> None:
+        """Have the server import the worker's dependencies now (tasks are coming), once; never waits."""
+        if self._process is None or self._preloading:
+            return
+        self._preloading = True
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            assert self._process.stdin is not None
+            self._process.stdin.write(b'{"preload": true}\n')
+            self._process.stdin.flush()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the server: its standard input closes and it exits, killing any task still running."""
@@ -238,7 +256,7 @@ class Job:
     module: str
     environment: dict[str, str]
     cwd: str
-    log: str
+    log_fd: int  # the task's log, open for appending
 
 
 def serve(parent: int, modules: tuple[str, ...]) -> Job | None:
@@ -251,7 +269,6 @@ def serve(parent: int, modules: tuple[str, ...]) -> Job | None:
     os.dup2(devnull, 0)
     os.close(devnull)
     os.dup2(2, 1)
-    _preload()
     _send(answers, {"ready": True})
     children: set[int] = set()
     pending = b""
@@ -269,12 +286,21 @@ def serve(parent: int, modules: tuple[str, ...]) -> Job | None:
         while b"\n" in pending:
             line, pending = pending.split(b"\n", 1)
             request = json.loads(line)
+            if request.get("preload"):  # the first instance booted: its tasks come next
+                _preload()
+                continue
             if request["module"] not in modules:
                 _send(answers, {"id": request["id"], "error": f"{request['module']} is not a task module"})
                 continue
             sys.stdout.flush()
             sys.stderr.flush()
-            # The answer waits for the child's own session: a signal to its process group must reach it.
+            # The log exists before the answer (as Popen's caller opens it first), and the answer waits for
+            # the child's own session: a signal to its process group must reach it.
+            try:
+                log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            except OSError as exc:
+                _send(answers, {"id": request["id"], "error": f"cannot open the task's log: {exc}"})
+                continue
             session_ready, session_set = os.pipe()
             pid = os.fork()
             if pid == 0:
@@ -284,7 +310,8 @@ def serve(parent: int, modules: tuple[str, ...]) -> Job | None:
                 os.setsid()
                 os.write(session_set, b"s")
                 os.close(session_set)
-                return Job(request["module"], request["environment"], request["cwd"], request["log"])
+                return Job(request["module"], request["environment"], request["cwd"], log_fd)
+            os.close(log_fd)
             os.close(session_set)
             os.read(session_ready, 1)
             os.close(session_ready)
@@ -329,10 +356,9 @@ def _send(answers: int, message: dict[str, Any]) -> None:
 def become(job: Job, server_path: list[str], server_pythonpath: list[str]) -> None:
     """In a forked child (in a session of its own already): become the task a fresh `python -m job.module`
     would be, up to running it."""
-    log_fd = os.open(job.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
+    os.dup2(job.log_fd, 1)
+    os.dup2(job.log_fd, 2)
+    os.close(job.log_fd)
     os.chdir(job.cwd)
     os.environ.clear()
     os.environ.update(job.environment)

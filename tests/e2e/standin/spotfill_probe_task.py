@@ -26,6 +26,7 @@ print(
             "stdin_is_devnull": stat.S_ISCHR(os.fstat(0).st_mode),
             "sitecustomize": getattr(sys.modules.get("sitecustomize"), "__file__", None),
             "draw": float(numpy.random.random()),
+            "tensorflow_loaded": "tensorflow" in sys.modules,  # the probe never imports it
         }
     ),
     flush=True,
