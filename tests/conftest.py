@@ -40,8 +40,15 @@ os.environ.setdefault("SPOTFILL_LOCAL_CLOUD_FORK_WORKERS", "1")
 # --- botocore's service models parsed once ------------------------------------------------------------------
 
 # `mock_aws` gives every test a fresh default session, which would parse again the JSON model of every service
-# the test makes a client of (spotfill.service_models).
-share_service_models()
+# the test makes a client of (spotfill.service_models). Not in the worker tier (tests/worker alone): its
+# workers run in the test process as in their image, where every session parses its own.
+WORKER_TESTS = Path(__file__).resolve().parent / "worker"
+
+
+def pytest_configure(config):
+    paths = [Path(str(arg).split("::")[0]).resolve() for arg in config.args]
+    if not paths or not all(path.is_relative_to(WORKER_TESTS) for path in paths):
+        share_service_models()
 
 
 # --- the longest modules first ----------------------------------------------------------------------------
