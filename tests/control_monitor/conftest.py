@@ -355,4 +355,39 @@ def running_run(start_run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
 def _now_iso() -> str:
     from datetime import UTC, datetime
 
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return _iso(datetime.now(UTC))
+
+
+def _iso(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def validated_deadline_run(
+    lambda_context: Any,
+    started: Any,
+    shards: int,
+    fleet: dict[str, Any],
+    predictions_per_second: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """Validate's run of a spec due an hour after `started` (`limits.finish_by` "PT1H") whose plan estimate,
+    made for a c5.xlarge fleet of 2, measured `predictions_per_second` over `seconds`."""
+    from spotfill_control.handlers import validate
+
+    spec = sample_spec(shards=shards, fleet=fleet, finish_by="PT1H")
+    spec["estimate"] = {
+        "made_at": "2026-12-01T00:00:00Z",
+        "instance_type": "c5.xlarge",
+        "target_capacity": 2,
+        "predictions": shards * ROWS_PER_SHARD,
+        "predictions_per_second": predictions_per_second,
+        "seconds": seconds,
+        "total_usd": 0.1,
+    }
+    event = {
+        "input": spec,
+        "execution_arn": EXECUTION_ARN,
+        "state_machine_arn": STATE_MACHINE_ARN,
+        "started_at": _iso(started),
+    }
+    return validate.handler(event, lambda_context)["run"]

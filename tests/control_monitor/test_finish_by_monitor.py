@@ -17,18 +17,9 @@ from spotfill_control.handlers import (
     prepare_run,
     request_fleet,
     scale_service,
-    validate,
 )
 
-from .conftest import (
-    EXECUTION_ARN,
-    ROWS_PER_SHARD,
-    STATE_MACHINE_ARN,
-    World,
-    _build_world,
-    _register_fleet,
-    sample_spec,
-)
+from .conftest import ROWS_PER_SHARD, World, _build_world, _register_fleet, validated_deadline_run
 
 SHARDS = 40
 R = ROWS_PER_SHARD
@@ -50,27 +41,8 @@ def start(world: World, lambda_context: Any, started: datetime) -> dict[str, Any
     """A run of 40 shards with a deadline an hour after `started`, c5.xlarge only (1 unit each), at most 8
     units, and the plan's estimate of R / 120 predictions per second per unit (its fleet of 2 made R / 60):
     Validate starts the fleet at ceil(40 x 120 / (3600 - 60 s boot - 2 polls of 5 s)) = 2 units."""
-    spec = sample_spec(
-        shards=SHARDS,
-        fleet={"instance_types": ["c5.xlarge"], "target_capacity": 8, "on_demand_fallback_after_seconds": 0},
-        finish_by="PT1H",
-    )
-    spec["estimate"] = {
-        "made_at": "2026-12-01T00:00:00Z",
-        "instance_type": "c5.xlarge",
-        "target_capacity": 2,
-        "predictions": SHARDS * R,
-        "predictions_per_second": R / 60,
-        "seconds": 2400.0,
-        "total_usd": 0.1,
-    }
-    event = {
-        "input": spec,
-        "execution_arn": EXECUTION_ARN,
-        "state_machine_arn": STATE_MACHINE_ARN,
-        "started_at": started.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-    }
-    run = validate.handler(event, lambda_context)["run"]
+    fleet = {"instance_types": ["c5.xlarge"], "target_capacity": 8, "on_demand_fallback_after_seconds": 0}
+    run = validated_deadline_run(lambda_context, started, SHARDS, fleet, R / 60, 2400.0)
     assert run["finish_by"]["start_units"] == 2
     run = prepare_run.handler({"run": run}, lambda_context)
     run = request_fleet.handler({"run": run}, lambda_context)

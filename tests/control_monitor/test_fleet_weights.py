@@ -165,34 +165,14 @@ def start_deadline_run(world: World, lambda_context: Any, started: datetime) -> 
         prepare_run,
         request_fleet,
         scale_service,
-        validate,
     )
 
     from spotfill.localcloud import patches
 
-    from .conftest import EXECUTION_ARN, STATE_MACHINE_ARN, _register_fleet, sample_spec
+    from .conftest import _register_fleet, validated_deadline_run
 
-    spec = sample_spec(
-        shards=SHARDS,
-        fleet={"instance_types": ["c5.2xlarge", "c5.xlarge"], "target_capacity": 8},
-        finish_by="PT1H",
-    )
-    spec["estimate"] = {
-        "made_at": "2026-12-01T00:00:00Z",
-        "instance_type": "c5.xlarge",
-        "target_capacity": 2,
-        "predictions": SHARDS * R,
-        "predictions_per_second": R / 150,
-        "seconds": 6000.0,
-        "total_usd": 0.1,
-    }
-    event = {
-        "input": spec,
-        "execution_arn": EXECUTION_ARN,
-        "state_machine_arn": STATE_MACHINE_ARN,
-        "started_at": started.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-    }
-    run = validate.handler(event, lambda_context)["run"]
+    fleet = {"instance_types": ["c5.2xlarge", "c5.xlarge"], "target_capacity": 8}
+    run = validated_deadline_run(lambda_context, started, SHARDS, fleet, R / 150, 6000.0)
     assert run["finish_by"]["start_units"] == 4
     run = prepare_run.handler({"run": run}, lambda_context)
     patches.set_spot_capacity({"c5.2xlarge": 2})

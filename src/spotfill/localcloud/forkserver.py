@@ -119,10 +119,6 @@ class ForkServer:
         self._preloading = False
         self._reader: threading.Thread | None = None
 
-    @property
-    def started(self) -> bool:
-        return self._process is not None
-
     def start(self) -> None:
         """Start the server (its imports then take a few seconds in the background); idempotent."""
         if self._process is not None:
