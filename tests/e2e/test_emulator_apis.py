@@ -206,3 +206,57 @@ def test_s3_event_reaches_rule_targets_shaped_as_s3_sends_it():
     assert shaped["detail"]["object"] == {"key": "backfills/a+b%2Bc.json", "size": 2, "etag": "abc"}
     assert shaped_versioned["detail"]["object"]["version-id"] == "v1"
     assert shaped["time"] == "2026-11-30T00:53:20Z"
+
+
+def test_instances_and_their_tags_are_found_by_id_with_the_answers_of_a_scan(monkeypatch):
+    import boto3
+    from moto import mock_aws
+    from moto.ec2 import ec2_backends
+
+    from spotfill.localcloud import patches
+
+    patches.look_up_instances_and_tags_by_id()
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        # given two reservations of tagged instances, and a tagged volume whose tags no instance may take
+        runs = [
+            ec2.run_instances(
+                ImageId=image,
+                MinCount=count,
+                MaxCount=count,
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "run", "Value": run}]}],
+            )["Instances"]
+            for run, count in (("a", 3), ("b", 2))
+        ]
+        ids = [i["InstanceId"] for instances in runs for i in instances]
+        more = [{"Key": "zeta", "Value": "1"}, {"Key": "alpha", "Value": ""}]
+        ec2.create_tags(Resources=[ids[0]], Tags=more)
+        volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+        ec2.create_tags(Resources=[volume], Tags=[{"Key": "run", "Value": "volume"}])
+        backend = ec2_backends["123456789012"]["us-east-1"]
+
+        # when instances and their tags are looked up by id, with moto's scans of the region made to fail
+        def no_scan(*_args, **_kwargs):
+            raise AssertionError("a lookup by id scanned the region")
+
+        scan = backend.describe_tags
+        with monkeypatch.context() as scans:
+            scans.setattr(backend, "describe_tags", no_scan)
+            scans.setattr(backend, "all_reservations", no_scan)
+            found = {i: backend.get_instance(i) for i in ids}
+            tags = {i: found[i].get_tags() for i in ids}
+        described = ec2.describe_instances(InstanceIds=[ids[0], ids[4]])["Reservations"]
+
+        # then each is the instance of that id, with the tags moto's scan of the region finds, in its order
+        assert [found[i].id for i in ids] == ids
+        assert tags == {i: scan(filters={"resource-id": [i]}) for i in ids}
+        assert [t["key"] for t in tags[ids[0]]] == ["run", "zeta", "alpha"]
+        assert {t["resource_type"] for i in ids for t in tags[i]} == {"instance"}
+        assert [{t["Key"]: t["Value"] for t in r["Instances"][0]["Tags"]} for r in described] == [
+            {"run": "a", "zeta": "1", "alpha": ""},
+            {"run": "b"},
+        ]
+        # and an unknown id is EC2's error
+        with pytest.raises(ClientError, match=r"InvalidInstanceID\.NotFound"):
+            ec2.describe_instances(InstanceIds=["i-0123456789abcdef0"])
