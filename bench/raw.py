@@ -118,3 +118,25 @@ def measure(runtimes: list[RawRuntime], batch: np.ndarray, seconds: float, round
             totals[runtime.name][1] += elapsed
             runtime.rounds.append(rows / elapsed)
     return {name: rows / elapsed for name, (rows, elapsed) in totals.items()}
+
+
+def measure_pipeline(
+    forward: Callable[[np.ndarray], np.ndarray],
+    shards: list[bytes],
+    decode_shard: Callable[[bytes], np.ndarray],
+    batch_size: int,
+    seconds: float,
+) -> float:
+    """The pipeline ceiling: rows per second of decoding shards from memory (``decode_shard``, the worker's
+    decoder) and running ``forward`` over their batches, one after the other on the same cores, no I/O;
+    through the shards in turn until ``seconds`` have passed (at least one shard)."""
+    rows, shard, started = 0, 0, time.perf_counter()
+    while True:
+        features = decode_shard(shards[shard % len(shards)])
+        for start in range(0, len(features), batch_size):
+            forward(features[start : start + batch_size])
+        rows += len(features)
+        shard += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return rows / elapsed
