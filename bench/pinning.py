@@ -84,16 +84,25 @@ def tables(results: dict[str, Any]) -> list[str]:
         f"{model['connection_mb_per_s']} MB/s per connection, {model['instance_mb_per_s']} MB/s per instance",
         "",
         "| case | raw TF | raw best | pipeline ceiling | worker | worker/raw best | worker/pipeline | "
-        "pipeline/raw best | depth chosen | max diff |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "pipeline/raw best | CPU/shard: pipeline / worker | depth chosen | max diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in aws["cases"].values():
         depths = r["worker_detail"]["prefetch_depths"]
+        cpu = r["pipeline_cpu_over_worker_cpu"]
+        cpu_cell = (
+            "-"
+            if cpu is None
+            else (
+                f"{r['pipeline']['cpu_seconds_per_shard']:.3f} / "
+                f"{r['worker_detail']['cpu_seconds_per_shard_steady']:.3f} = {cpu:.2f}"
+            )
+        )
         rows.append(
             f"| {r['title']} | {r['raw_tensorflow']:.1f} | {r['raw_best']:.1f} ({r['runtime']['best']}) | "
             f"{r['pipeline_ceiling']:.1f} | {r['worker']:.1f} ({r['runtime']['worker']}) | "
             f"{r['worker_over_raw_best']:.2f} | {r['worker_over_pipeline']:.2f} | "
-            f"{r['pipeline_over_raw_best']:.2f} | {'-> '.join(map(str, depths)) or '-'} | "
+            f"{r['pipeline_over_raw_best']:.2f} | {cpu_cell} | {'-> '.join(map(str, depths)) or '-'} | "
             f"{r['outputs_max_abs_diff']:.1e} |"
         )
     rows += [

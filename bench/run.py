@@ -7,6 +7,7 @@ print a table and write ``bench/results.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -140,9 +141,7 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
     started = time.monotonic()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = process_cpu_seconds(server_pid)
-    done = subprocess.run(
-        [sys.executable, "-m", "spotfill_worker"], env=env, capture_output=True, text=True, timeout=900
-    )
+    done, cpu_samples = run_sampling_cpu([sys.executable, "-m", "spotfill_worker"], env, timeout=900)
     wall = time.monotonic() - started
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     worker_cpu = (children_after.ru_utime - children_before.ru_utime) + (
@@ -161,6 +160,7 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
     second_started = sorted(line["time"] for line in lines if line.get("event") == "shard_started")[1]
     span = shards[-1]["time"] - second_started
     throughput = sum(s["rows"] for s in steady) / span
+    steady_cpu = cpu_between(cpu_samples, second_started, shards[-1]["time"])
     stages = ("receive", "download", "decode", "predict", "encode", "upload")
     per_shard = {k: float(np.mean([s["timings"].get(k, 0.0) for s in steady])) for k in stages}
     interval = span / len(steady)
@@ -188,10 +188,46 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
         # CPU seconds over the whole worker process (start-up and model load included) and the emulated AWS
         "worker_process_cpu_seconds": worker_cpu,
         "moto_server_cpu_seconds": server_cpu,
+        # the worker process's CPU seconds per shard over the same span as the throughput: what its design
+        # costs in CPU, which other load on the machine does not change (its wall time it does)
+        "cpu_seconds_per_shard_steady": steady_cpu / len(steady) if steady_cpu is not None else None,
         # the shards the worker chose to fetch ahead, each time it changed (none: a fixed depth)
         "prefetch_depths": [line["depth"] for line in depths],
         "prefetch_depth_last": depths[-1] if depths else None,
     }
+
+
+def run_sampling_cpu(
+    command: list[str], env: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess, list[tuple[float, float]]]:
+    """Run ``command`` to its end, its output captured, and sample its CPU seconds every 20 ms: (its output,
+    [(wall clock time, CPU seconds so far)])."""
+    samples: list[tuple[float, float]] = []
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{command} ran past {timeout} s")
+            with contextlib.suppress(OSError, IndexError):  # it ended between poll and read
+                samples.append((time.time(), process_cpu_seconds(process.pid)))
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read()), samples
+
+
+def cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """CPU seconds between wall clock times ``start`` and ``end``, from the samples nearest each; ``None``
+    without samples."""
+    if not samples:
+        return None
+
+    def at(moment: float) -> float:
+        return min(samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+    return at(end) - at(start)
 
 
 def outputs_max_abs_diff(case, s3: Any, bucket: str) -> float:
@@ -283,7 +319,9 @@ def run_case(
     figures = {name: (before[name] + after[name]) / 2 for name in before}
     best = max(figures, key=figures.__getitem__)
     raw_tensorflow, raw_best = figures["tensorflow"], figures[best]
-    pipeline_ceiling = sum(pipeline) / 2
+    pipeline_ceiling = sum(rate for rate, _ in pipeline) / 2
+    pipeline_cpu_per_shard = sum(cpu for _, cpu in pipeline) / 2 * case.shard_rows
+    worker_cpu_per_shard = worker["cpu_seconds_per_shard_steady"]
     predictions = worker["predictions_per_second"]
     print(f"   worker  {predictions:10.1f} predictions/s (runtime {worker['runtime']})", flush=True)
     for r in runtimes:
@@ -295,7 +333,8 @@ def run_case(
         )
     print(
         f"   pipeline ceiling {pipeline_ceiling:10.1f} predictions/s (decode + {best_before.name}; "
-        f"before {pipeline[0]:.1f}, after {pipeline[1]:.1f})",
+        f"before {pipeline[0][0]:.1f}, after {pipeline[1][0]:.1f}); CPU s/shard: pipeline "
+        f"{pipeline_cpu_per_shard:.4f}, worker {worker_cpu_per_shard or 0:.4f}",
         flush=True,
     )
     print(f"   outputs vs model.predict: max |diff| {worker['outputs_max_abs_diff']:.2g}", flush=True)
@@ -322,7 +361,16 @@ def run_case(
         "raw_best": raw_best,
         "runtime": {"best": best, "worker": worker["runtime"], "per_runtime": per_runtime},
         "pipeline_ceiling": pipeline_ceiling,
-        "pipeline": {"runtime": best_before.name, "before_after": pipeline},
+        "pipeline": {
+            "runtime": best_before.name,
+            "before_after": [rate for rate, _ in pipeline],
+            "cpu_seconds_per_shard": pipeline_cpu_per_shard,
+        },
+        # the pipeline's CPU per shard over the worker's: what worker / pipeline would be on a core of its own
+        # that nothing else shares (the worker's CPU counts the emulator's client side: requests, encoding)
+        "pipeline_cpu_over_worker_cpu": (
+            pipeline_cpu_per_shard / worker_cpu_per_shard if worker_cpu_per_shard else None
+        ),
         "worker": predictions,
         "worker_over_raw": predictions / raw_tensorflow,
         "worker_over_raw_tensorflow": predictions / raw_tensorflow,
