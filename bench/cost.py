@@ -92,7 +92,7 @@ def table(costs: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| {case['title']} | {t['instance_type']} ({t['family']}) | "
                 f"{t['on_demand_usd_per_hour']:.4f} | {t['predictions_per_second']:,.0f} | "
-                f"{t['on_demand_usd_per_million']:.4f} | "
-                f"{t['spot_usd_per_million']:.4f} |"
+                f"{t['on_demand_usd_per_million']:.3g} | "
+                f"{t['spot_usd_per_million']:.3g} |"
             )
     return rows
