@@ -1,8 +1,9 @@
 """The ``aws`` setting: the worker on cores of its own, as on an instance, the emulator elsewhere; its tables.
 
-The emulator (the moto server, with ``bench.latency``'s latency) runs on CPU 0; a second bench process, which
-measures the ceilings in itself and starts the worker (which inherits its affinity), runs on every other CPU
-the bench may use: on a 2-core machine CPU 1 alone. Linux only (``taskset`` from util-linux): the affinity is
+The emulator (the moto server, with ``bench.latency``'s latency) runs on the first CPU the bench may use (CPU
+0 unless the bench itself is restricted); a second bench process, which measures the ceilings in itself and
+starts the worker (which inherits its affinity), runs on every other CPU the bench may use: on a 2-core
+machine CPU 1 alone. Linux only (``taskset`` from util-linux): the affinity is
 set before each process starts, so every thread the runtimes create later inherits it.
 """
 
@@ -43,16 +44,10 @@ def pinned(command: list[str], on: list[int]) -> list[str]:
     return ["taskset", "--cpu-list", ",".join(str(cpu) for cpu in on), *command]
 
 
-def emulator_cpus() -> list[int]:
-    """In the pinned bench process: the CPUs the emulator gets, those of the machine it does not run on."""
-    mine = set(cpus())
-    everything = range(os.cpu_count() or 1)
-    return [cpu for cpu in everything if cpu not in mine][:1] or split(sorted(mine))[0]
-
-
-def run_case(name: str, arguments: list[str], worker: list[int]) -> dict[str, Any]:
+def run_case(name: str, arguments: list[str], emulator: list[int], worker: list[int]) -> dict[str, Any]:
     """Measure case ``name`` in a bench process pinned to ``worker`` (``python -m bench --setting aws``, with
-    ``arguments``): its ``aws`` block (latency model, pinning, the case's figures)."""
+    ``arguments``) whose emulator runs on ``emulator``: its ``aws`` block (latency model, pinning, the case's
+    figures)."""
     with tempfile.TemporaryDirectory(prefix="spotfill-bench-aws-") as directory:
         results = Path(directory) / "results.json"
         command = [
@@ -65,6 +60,8 @@ def run_case(name: str, arguments: list[str], worker: list[int]) -> dict[str, An
             name,
             "--results",
             str(results),
+            "--emulator-cpus",
+            ",".join(str(cpu) for cpu in emulator),
             *arguments,
         ]
         subprocess.run(pinned(command, worker), check=True)

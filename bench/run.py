@@ -539,7 +539,7 @@ def measure_pinned_case(args: argparse.Namespace) -> int:
     from bench import latency, pinning
 
     model = latency.model_from(args)
-    emulator = pinning.emulator_cpus()
+    emulator = [int(cpu) for cpu in args.emulator_cpus.split(",")]
     block: dict[str, Any] = {
         "latency": model.as_dict(),
         "pinning": {"emulator_cpus": emulator, "worker_cpus": pinning.cpus()},
@@ -592,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         "--results", type=Path, default=RESULTS, help=f"where to write results (default {RESULTS})"
     )
     parser.add_argument("--in-pinned-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-cpus", default="0", help=argparse.SUPPRESS)
     latency.add_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                         case, endpoint, server.pid, raw_seconds=4 if args.quick else 30, runtime=args.runtime
                     )
                 if aws:
-                    measured = pinning.run_case(name, pinned_arguments, worker)
+                    measured = pinning.run_case(name, pinned_arguments, emulator, worker)
                     results["aws"]["cases"].update(measured["cases"])
     finally:
         if server is not None:
