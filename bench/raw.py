@@ -118,3 +118,27 @@ def measure(runtimes: list[RawRuntime], batch: np.ndarray, seconds: float, round
             totals[runtime.name][1] += elapsed
             runtime.rounds.append(rows / elapsed)
     return {name: rows / elapsed for name, (rows, elapsed) in totals.items()}
+
+
+def measure_pipeline(
+    forward: Callable[[np.ndarray], np.ndarray],
+    shards: list[bytes],
+    decode_shard: Callable[[bytes], np.ndarray],
+    batch_size: int,
+    seconds: float,
+) -> tuple[float, float]:
+    """The pipeline ceiling: rows per second of decoding shards from memory (``decode_shard``, the worker's
+    decoder) and running ``forward`` over their batches, one after the other on the same cores, no I/O;
+    through the shards in turn until ``seconds`` have passed (at least one shard). Also the CPU seconds per
+    row it took (this process's, every thread's)."""
+    rows, shard = 0, 0
+    started, cpu_started = time.perf_counter(), time.process_time()
+    while True:
+        features = decode_shard(shards[shard % len(shards)])
+        for start in range(0, len(features), batch_size):
+            forward(features[start : start + batch_size])
+        rows += len(features)
+        shard += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return rows / elapsed, (time.process_time() - cpu_started) / rows

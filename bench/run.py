@@ -7,6 +7,7 @@ print a table and write ``bench/results.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -31,6 +32,10 @@ CHECKED_SHARDS = 2  # shards whose outputs are read back and compared
 OVER_RAW_TENSORFLOW = {"mobilenetv2": 1.6, "digits_cnn": 1.0}
 OVER_RAW_BEST = 0.9
 PHOTO_OVER_224 = 0.8
+# Issue 19's, with the emulator on its own core and latency injected (the aws setting): the worker against the
+# pipeline ceiling on every case, and against raw best on (a) and (b).
+AWS_OVER_PIPELINE = 0.9
+AWS_OVER_RAW_BEST = {"mobilenetv2": 0.8, "digits_cnn": 0.8}
 
 
 def machine() -> dict[str, Any]:
@@ -69,13 +74,19 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_moto() -> tuple[subprocess.Popen, str]:
+def start_moto(latency: Any = None, cpus: list[int] | None = None) -> tuple[subprocess.Popen, str]:
+    """A moto server on loopback, its own process: as fast as it answers, or as AWS would (``latency``, a
+    ``bench.latency.LatencyModel``); pinned to ``cpus`` when given."""
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if latency is None:
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    else:
+        command = [sys.executable, "-m", "bench.latency", "-p", str(port), *latency.arguments()]
+    if cpus is not None:
+        from bench.pinning import pinned
+
+        command = pinned(command, cpus)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -130,9 +141,7 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
     started = time.monotonic()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = process_cpu_seconds(server_pid)
-    done = subprocess.run(
-        [sys.executable, "-m", "spotfill_worker"], env=env, capture_output=True, text=True, timeout=900
-    )
+    done, cpu_samples = run_sampling_cpu([sys.executable, "-m", "spotfill_worker"], env, timeout=900)
     wall = time.monotonic() - started
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     worker_cpu = (children_after.ru_utime - children_before.ru_utime) + (
@@ -151,12 +160,14 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
     second_started = sorted(line["time"] for line in lines if line.get("event") == "shard_started")[1]
     span = shards[-1]["time"] - second_started
     throughput = sum(s["rows"] for s in steady) / span
-    stages = ("download", "decode", "predict", "encode", "upload")
+    steady_cpu = cpu_between(cpu_samples, second_started, shards[-1]["time"])
+    stages = ("receive", "download", "decode", "predict", "encode", "upload")
     per_shard = {k: float(np.mean([s["timings"].get(k, 0.0) for s in steady])) for k in stages}
     interval = span / len(steady)
     loaded = next(line for line in lines if line.get("event") == "model_loaded")
     chosen = next((line for line in lines if line.get("event") == "runtime_chosen"), None)
     calibration = {k: v for k, v in (chosen or {}).items() if k not in ("event", "time", "level", "run_id")}
+    depths = [line for line in lines if line.get("event") == "prefetch_depth"]
     return {
         "predictions_per_second": throughput,
         "runtime_requested": runtime,
@@ -177,7 +188,46 @@ def measure_worker(case, endpoint: str, server_pid: int, runtime: str) -> dict[s
         # CPU seconds over the whole worker process (start-up and model load included) and the emulated AWS
         "worker_process_cpu_seconds": worker_cpu,
         "moto_server_cpu_seconds": server_cpu,
+        # the worker process's CPU seconds per shard over the same span as the throughput: what its design
+        # costs in CPU, which other load on the machine does not change (its wall time it does)
+        "cpu_seconds_per_shard_steady": steady_cpu / len(steady) if steady_cpu is not None else None,
+        # the shards the worker chose to fetch ahead, each time it changed (none: a fixed depth)
+        "prefetch_depths": [line["depth"] for line in depths],
+        "prefetch_depth_last": depths[-1] if depths else None,
     }
+
+
+def run_sampling_cpu(
+    command: list[str], env: dict[str, str], timeout: float
+) -> tuple[subprocess.CompletedProcess, list[tuple[float, float]]]:
+    """Run ``command`` to its end, its output captured, and sample its CPU seconds every 20 ms: (its output,
+    [(wall clock time, CPU seconds so far)])."""
+    samples: list[tuple[float, float]] = []
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{command} ran past {timeout} s")
+            with contextlib.suppress(OSError, IndexError):  # it ended between poll and read
+                samples.append((time.time(), process_cpu_seconds(process.pid)))
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(command, process.returncode, out.read(), err.read()), samples
+
+
+def cpu_between(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """CPU seconds between wall clock times ``start`` and ``end``, from the samples nearest each; ``None``
+    without samples."""
+    if not samples:
+        return None
+
+    def at(moment: float) -> float:
+        return min(samples, key=lambda sample: abs(sample[0] - moment))[1]
+
+    return at(end) - at(start)
 
 
 def outputs_max_abs_diff(case, s3: Any, bucket: str) -> float:
@@ -220,11 +270,20 @@ def measure_decode(case) -> float:
     return min(timings)
 
 
-def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: str) -> dict[str, Any]:
+def run_case(
+    case, endpoint: str, server_pid: int, raw_seconds: float, runtime: str, setting: str = "shared"
+) -> dict[str, Any]:
+    """Every figure of one case in one setting: ``shared`` (the emulator on the worker's cores, answering at
+    once; with the decode-alone and naive figures) or ``aws`` (pinned, latency injected:
+    ``bench.pinning``)."""
+    from spotfill_worker.config import ImageScale, InputFormat
+    from spotfill_worker.formats import ModelInput, decode
+
     from bench import raw
 
     print(
-        f"\n== {case.title}: {len(case.shards)} shards x {case.shard_rows} rows, batch {case.batch_size}",
+        f"\n== {case.title} [{setting}]: {len(case.shards)} shards x {case.shard_rows} rows, "
+        f"batch {case.batch_size}",
         flush=True,
     )
     batch = np.resize(case.sample, (case.batch_size, *case.sample.shape[1:]))
@@ -232,15 +291,37 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
     for name, reason in unavailable.items():
         print(f"   {name}: not measured: {reason}", flush=True)
     agreement = raw.agreement(runtimes, batch)
+    model_input = ModelInput(case.sample.shape[1:], np.dtype(np.float32))
+    fmt, scale = InputFormat(case.input_format), ImageScale(case.image_scale)
+
+    def decode_shard(data: bytes) -> np.ndarray:
+        return decode(data, fmt, model_input, None, scale).features
+
     # The machine is shared: the runtimes are measured in interleaved rounds just before and just after the
-    # worker, and each one's two figures averaged.
+    # worker, and each one's two figures averaged; the pipeline ceiling likewise, with the best runtime of the
+    # rounds before.
     rounds = 2 if raw_seconds < 10 else 4
+    pipeline_seconds = raw_seconds / 5
     before = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
+    best_before = next(r for r in runtimes if r.name == max(before, key=before.__getitem__))
+    pipeline = [
+        raw.measure_pipeline(
+            best_before.forward, case.shards, decode_shard, case.batch_size, pipeline_seconds / 2
+        )
+    ]
     worker = measure_worker(case, endpoint, server_pid, runtime)
     after = raw.measure(runtimes, batch, raw_seconds / 2, rounds)
+    pipeline.append(
+        raw.measure_pipeline(
+            best_before.forward, case.shards, decode_shard, case.batch_size, pipeline_seconds / 2
+        )
+    )
     figures = {name: (before[name] + after[name]) / 2 for name in before}
     best = max(figures, key=figures.__getitem__)
     raw_tensorflow, raw_best = figures["tensorflow"], figures[best]
+    pipeline_ceiling = sum(rate for rate, _ in pipeline) / 2
+    pipeline_cpu_per_shard = sum(cpu for _, cpu in pipeline) / 2 * case.shard_rows
+    worker_cpu_per_shard = worker["cpu_seconds_per_shard_steady"]
     predictions = worker["predictions_per_second"]
     print(f"   worker  {predictions:10.1f} predictions/s (runtime {worker['runtime']})", flush=True)
     for r in runtimes:
@@ -250,16 +331,13 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
             f"max |diff| vs TensorFlow {agreement[r.name]:.2g})",
             flush=True,
         )
-    print(f"   outputs vs model.predict: max |diff| {worker['outputs_max_abs_diff']:.2g}", flush=True)
-    decode_alone = measure_decode(case)
-    predict_alone = case.shard_rows / raw_best  # the best runtime's forward pass over one shard
     print(
-        f"   decode  {decode_alone * 1e3 / case.shard_rows:10.3f} ms per row alone "
-        f"({decode_alone / predict_alone:.0%} of the best runtime's forward pass)",
+        f"   pipeline ceiling {pipeline_ceiling:10.1f} predictions/s (decode + {best_before.name}; "
+        f"before {pipeline[0][0]:.1f}, after {pipeline[1][0]:.1f}); CPU s/shard: pipeline "
+        f"{pipeline_cpu_per_shard:.4f}, worker {worker_cpu_per_shard or 0:.4f}",
         flush=True,
     )
-    naive = measure_naive(case)
-    print(f"   naive   {naive:10.1f} predictions/s ({case.naive_rows} rows timed, extrapolated)", flush=True)
+    print(f"   outputs vs model.predict: max |diff| {worker['outputs_max_abs_diff']:.2g}", flush=True)
     per_runtime: dict[str, Any] = {
         r.name: {
             "raw": figures[r.name],
@@ -271,8 +349,9 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
         for r in runtimes
     }
     per_runtime.update({name: {"unavailable": reason} for name, reason in unavailable.items()})
-    return {
+    result = {
         "title": case.title,
+        "setting": setting,
         "batch_size": case.batch_size,
         "shards": len(case.shards),
         "shard_rows": case.shard_rows,
@@ -281,18 +360,46 @@ def run_case(case, endpoint: str, server_pid: int, raw_seconds: float, runtime: 
         "raw_tensorflow": raw_tensorflow,
         "raw_best": raw_best,
         "runtime": {"best": best, "worker": worker["runtime"], "per_runtime": per_runtime},
+        "pipeline_ceiling": pipeline_ceiling,
+        "pipeline": {
+            "runtime": best_before.name,
+            "before_after": [rate for rate, _ in pipeline],
+            "cpu_seconds_per_shard": pipeline_cpu_per_shard,
+        },
+        # the pipeline's CPU per shard over the worker's: what worker / pipeline would be on a core of its own
+        # that nothing else shares (the worker's CPU counts the emulator's client side: requests, encoding)
+        "pipeline_cpu_over_worker_cpu": (
+            pipeline_cpu_per_shard / worker_cpu_per_shard if worker_cpu_per_shard else None
+        ),
         "worker": predictions,
-        "naive": naive,
-        "naive_sample_rows": case.naive_rows,
         "worker_over_raw": predictions / raw_tensorflow,
         "worker_over_raw_tensorflow": predictions / raw_tensorflow,
         "worker_over_raw_best": predictions / raw_best,
-        "worker_over_naive": predictions / naive,
+        "worker_over_pipeline": predictions / pipeline_ceiling,
+        "pipeline_over_raw_best": pipeline_ceiling / raw_best,
         "outputs_max_abs_diff": worker["outputs_max_abs_diff"],
-        "decode_seconds_per_shard_alone": decode_alone,
-        "decode_alone_over_raw_best_predict": decode_alone / predict_alone,
         "worker_detail": worker,
     }
+    if setting == "shared":
+        decode_alone = measure_decode(case)
+        predict_alone = case.shard_rows / raw_best  # the best runtime's forward pass over one shard
+        print(
+            f"   decode  {decode_alone * 1e3 / case.shard_rows:10.3f} ms per row alone "
+            f"({decode_alone / predict_alone:.0%} of the best runtime's forward pass)",
+            flush=True,
+        )
+        naive = measure_naive(case)
+        print(
+            f"   naive   {naive:10.1f} predictions/s ({case.naive_rows} rows timed, extrapolated)", flush=True
+        )
+        result.update(
+            naive=naive,
+            naive_sample_rows=case.naive_rows,
+            worker_over_naive=predictions / naive,
+            decode_seconds_per_shard_alone=decode_alone,
+            decode_alone_over_raw_best_predict=decode_alone / predict_alone,
+        )
+    return result
 
 
 def _check(name: str, measured: float | None, threshold: float, **detail: Any) -> dict[str, Any]:
@@ -300,8 +407,9 @@ def _check(name: str, measured: float | None, threshold: float, **detail: Any) -
     return {"target": name, "measured": measured, "at_least": threshold, "pass": passed, **detail}
 
 
-def targets(cases: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, each with its measured value and pass/fail (``pass`` null: case not run)."""
+def targets(cases: dict[str, Any], aws_cases: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The issues' targets, each with its measured value and pass/fail (``pass`` null: case not run);
+    ``aws_cases``: the cases measured pinned with latency injected (their checks carry ``setting: aws``)."""
     checks = []
     for name, threshold in OVER_RAW_TENSORFLOW.items():
         case = cases.get(name)
@@ -312,35 +420,67 @@ def targets(cases: dict[str, Any]) -> dict[str, Any]:
     photo, square = cases.get("mobilenetv2_photo"), cases.get("mobilenetv2")
     measured = photo["worker"] / square["worker"] if photo and square else None
     checks.append(_check("worker 640x480 / 224x224", measured, PHOTO_OVER_224, case="mobilenetv2_photo"))
-    for name, case in cases.items():
-        diff = case["outputs_max_abs_diff"]
-        checks.append(
-            {
-                "target": "outputs vs model.predict",
-                "case": name,
-                "measured": diff,
-                "at_most": TOLERANCE,
-                "pass": diff <= TOLERANCE,
-            }
-        )
+    checks.extend(_outputs_check(name, case) for name, case in cases.items())
+    if aws_cases is not None:
+        aws = [
+            _check("worker / pipeline ceiling", case["worker_over_pipeline"], AWS_OVER_PIPELINE, case=name)
+            for name, case in aws_cases.items()
+        ]
+        for name, threshold in AWS_OVER_RAW_BEST.items():
+            case = aws_cases.get(name)
+            measured = case["worker_over_raw_best"] if case else None
+            aws.append(_check("worker / raw best", measured, threshold, case=name))
+        aws.extend(_outputs_check(name, case) for name, case in aws_cases.items())
+        checks.extend({**check, "setting": "aws"} for check in aws)
     judged = [c["pass"] for c in checks if c["pass"] is not None]
     return {"all_pass": bool(judged) and all(judged), "checks": checks}
 
 
+def _outputs_check(name: str, case: dict[str, Any]) -> dict[str, Any]:
+    diff = case["outputs_max_abs_diff"]
+    return {
+        "target": "outputs vs model.predict",
+        "case": name,
+        "measured": diff,
+        "at_most": TOLERANCE,
+        "pass": diff <= TOLERANCE,
+    }
+
+
 def table(results: dict[str, Any]) -> str:
+    from bench.pinning import tables as aws_tables
+
+    rows = shared_tables(results) if results["cases"] else []
+    rows.extend(aws_tables(results))
+    rows.append("")
+    rows.append("targets")
+    rows.append("")
+    for c in results["targets"]["checks"]:
+        verdict = {True: "pass", False: "MISS", None: "not measured"}[c["pass"]]
+        bound = f">= {c['at_least']}" if "at_least" in c else f"<= {c['at_most']:.0e}"
+        measured = "-" if c["measured"] is None else f"{c['measured']:.3g}"
+        where = f"{c['case']}, {c['setting']}" if "setting" in c else c["case"]
+        rows.append(f"- {c['target']} ({where}): {measured} (target {bound}): {verdict}")
+    return "\n".join(rows)
+
+
+def shared_tables(results: dict[str, Any]) -> list[str]:
+    """The shared setting's figures (the emulator on the worker's cores, answering at once)."""
     from bench.raw import RUNTIMES as RAW_RUNTIMES
 
     head = (
-        "| case | batch | raw TF (pred/s) | raw best (pred/s) | worker (pred/s) | naive (pred/s) | "
-        "worker/raw TF | worker/raw best | worker/naive | max diff |"
+        "| case | batch | raw TF (pred/s) | raw best (pred/s) | pipeline ceiling | worker (pred/s) | "
+        "naive (pred/s) | worker/raw TF | worker/raw best | worker/pipeline | worker/naive | max diff |"
     )
-    rows = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["cases"].values():
         rows.append(
             f"| {r['title']} | {r['batch_size']} | {r['raw_tensorflow']:.1f} | "
-            f"{r['raw_best']:.1f} ({r['runtime']['best']}) | {r['worker']:.1f} ({r['runtime']['worker']}) | "
-            f"{r['naive']:.1f} | {r['worker_over_raw_tensorflow']:.2f} | {r['worker_over_raw_best']:.2f} | "
-            f"{r['worker_over_naive']:.1f} | {r['outputs_max_abs_diff']:.1e} |"
+            f"{r['raw_best']:.1f} ({r['runtime']['best']}) | {r['pipeline_ceiling']:.1f} | "
+            f"{r['worker']:.1f} ({r['runtime']['worker']}) | {r['naive']:.1f} | "
+            f"{r['worker_over_raw_tensorflow']:.2f} | {r['worker_over_raw_best']:.2f} | "
+            f"{r['worker_over_pipeline']:.2f} | {r['worker_over_naive']:.1f} | "
+            f"{r['outputs_max_abs_diff']:.1e} |"
         )
     rows.append("")
     rows.append("raw per runtime (pred/s; max |diff| against TensorFlow on the same batch)")
@@ -376,18 +516,57 @@ def table(results: dict[str, Any]) -> str:
             f"{d['predict_share_of_shard_interval']:.0%} | {d['decode_over_predict']:.0%} | "
             f"{r['decode_seconds_per_shard_alone']:.3f} | {d['moto_server_cpu_seconds'] / d['shards']:.3f} |"
         )
-    rows.append("")
-    rows.append("targets")
-    rows.append("")
-    for c in results["targets"]["checks"]:
-        verdict = {True: "pass", False: "MISS", None: "not measured"}[c["pass"]]
-        bound = f">= {c['at_least']}" if "at_least" in c else f"<= {c['at_most']:.0e}"
-        measured = "-" if c["measured"] is None else f"{c['measured']:.3g}"
-        rows.append(f"- {c['target']} ({c['case']}): {measured} (target {bound}): {verdict}")
-    return "\n".join(rows)
+    return rows
+
+
+def case_builders(directory: Path, quick: bool) -> dict[str, Any]:
+    """Each case's builder, by name, at the bench's sizes (``quick``: small ones)."""
+    from bench.cases import digits_case, mobilenet_case, mobilenet_photo_case
+
+    images = (3, 32) if quick else (10, 128)  # (a) and (c): only the JPEGs differ
+    return {
+        "mobilenetv2": functools.partial(mobilenet_case, directory, *images, batch_size=32),
+        "mobilenetv2_photo": functools.partial(mobilenet_photo_case, directory, *images, batch_size=32),
+        "digits_cnn": functools.partial(
+            digits_case, directory, *((3, 1000) if quick else (16, 8192)), batch_size=1024
+        ),
+    }
+
+
+def measure_pinned_case(args: argparse.Namespace) -> int:
+    """In the bench process pinned to the worker's CPUs (``bench.pinning``): case ``args.only`` against an
+    emulator with latency on the other CPU; writes ``{"aws": ...}`` to ``args.results``."""
+    from bench import latency, pinning
+
+    model = latency.model_from(args)
+    emulator = [int(cpu) for cpu in args.emulator_cpus.split(",")]
+    block: dict[str, Any] = {
+        "latency": model.as_dict(),
+        "pinning": {"emulator_cpus": emulator, "worker_cpus": pinning.cpus()},
+        "cases": {},
+    }
+    server, endpoint = start_moto(latency=model, cpus=emulator)
+    try:
+        with tempfile.TemporaryDirectory(prefix="spotfill-bench-") as tmp:
+            case = case_builders(Path(tmp), args.quick)[args.only]()
+            block["cases"][case.name] = run_case(
+                case,
+                endpoint,
+                server.pid,
+                raw_seconds=4 if args.quick else 30,
+                runtime=args.runtime,
+                setting="aws",
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    Path(args.results).write_text(json.dumps({"aws": block}, indent=2) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import latency, pinning
+
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the harness works")
     parser.add_argument(
@@ -401,6 +580,20 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="the worker's SPOTFILL_MODEL_RUNTIME (default auto)",
     )
+    parser.add_argument(
+        "--setting",
+        choices=["both", "shared", "aws"],
+        default="both",
+        help="shared: the emulator on the worker's cores, answering at once (the figures before issue 19); "
+        "aws: the emulator on a core of its own with S3's and SQS's latency; both (default): each case in "
+        "both",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"where to write results (default {RESULTS})"
+    )
+    parser.add_argument("--in-pinned-process", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--emulator-cpus", default="0", help=argparse.SUPPRESS)
+    latency.add_arguments(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name, value in {
@@ -409,35 +602,47 @@ def main(argv: list[str] | None = None) -> int:
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         os.environ.setdefault(name, value)
-
-    from bench.cases import digits_case, mobilenet_case, mobilenet_photo_case
+    if args.in_pinned_process:
+        return measure_pinned_case(args)
 
     started = time.monotonic()
     info = machine()
     print(f"machine: {info['nproc']} x {info['cpu']}, load average {info['load_average']}", flush=True)
     results: dict[str, Any] = {"machine": info, "cases": {}}
-    server, endpoint = start_moto()
+    shared = args.setting in ("both", "shared")
+    aws = args.setting in ("both", "aws")
+    if aws and (reason := pinning.unavailable()) is not None:
+        print(f"aws setting not measured: {reason}", flush=True)
+        results["aws"] = {"unavailable": reason}
+        aws = False
+    if aws:
+        emulator, worker = pinning.split(pinning.cpus())
+        model = latency.model_from(args)
+        results["aws"] = {
+            "latency": model.as_dict(),
+            "pinning": {"emulator_cpus": emulator, "worker_cpus": worker},
+            "cases": {},
+        }
+        pinned_arguments = ["--in-pinned-process", "--runtime", args.runtime, *model.arguments()]
+        pinned_arguments += ["--quick"] if args.quick else []
+    server, endpoint = start_moto() if shared else (None, "")
     try:
         with tempfile.TemporaryDirectory(prefix="spotfill-bench-") as tmp:
-            directory = Path(tmp)
-            builders = []
-            if args.only in (None, "mobilenetv2"):
-                size = (3, 32) if args.quick else (10, 128)
-                builders.append(functools.partial(mobilenet_case, directory, *size, batch_size=32))
-            if args.only in (None, "mobilenetv2_photo"):
-                size = (3, 32) if args.quick else (10, 128)  # as (a): only the JPEGs differ
-                builders.append(functools.partial(mobilenet_photo_case, directory, *size, batch_size=32))
-            if args.only in (None, "digits_cnn"):
-                size = (3, 1000) if args.quick else (16, 8192)
-                builders.append(functools.partial(digits_case, directory, *size, batch_size=1024))
-            for build in builders:
-                case = build()
-                results["cases"][case.name] = run_case(
-                    case, endpoint, server.pid, raw_seconds=4 if args.quick else 30, runtime=args.runtime
-                )
+            for name, build in case_builders(Path(tmp), args.quick).items():
+                if args.only not in (None, name):
+                    continue
+                if shared:
+                    case = build()
+                    results["cases"][name] = run_case(
+                        case, endpoint, server.pid, raw_seconds=4 if args.quick else 30, runtime=args.runtime
+                    )
+                if aws:
+                    measured = pinning.run_case(name, pinned_arguments, emulator, worker)
+                    results["aws"]["cases"].update(measured["cases"])
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
     if args.only in (None, "local_demo"):
         # The whole system on the local cloud: wall time, phase durations, orchestration overhead.
         from bench.localcloud import measure_local_demo
@@ -445,7 +650,12 @@ def main(argv: list[str] | None = None) -> int:
         results["local_demo"] = (
             measure_local_demo(shards=10, rows_per_shard=500) if args.quick else measure_local_demo()
         )
-    results["targets"] = targets(results["cases"])
+    aws_cases = results.get("aws", {}).get("cases")
+    if aws_cases:
+        from bench.cost import costs
+
+        results["costs"] = costs(aws_cases, worker_vcpus=len(results["aws"]["pinning"]["worker_cpus"]))
+    results["targets"] = targets(results["cases"], aws_cases)
     results["machine"]["load_average_end"] = list(os.getloadavg())
     results["wall_seconds"] = time.monotonic() - started
     print("\n" + table(results), flush=True)
@@ -453,6 +663,6 @@ def main(argv: list[str] | None = None) -> int:
         from bench.localcloud import table as local_demo_table
 
         print("\n" + local_demo_table(results["local_demo"]), flush=True)
-    print(f"\nwall time {results['wall_seconds']:.0f} s; results in {RESULTS}", flush=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwall time {results['wall_seconds']:.0f} s; results in {args.results}", flush=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -58,3 +58,35 @@ def test_a_missed_target_fails_and_a_case_not_run_is_not_judged():
     }
     assert checks[("worker 640x480 / 224x224", "mobilenetv2_photo")]["pass"] is None
     assert result["all_pass"] is False
+
+
+def aws_case(worker: float, raw_best: float, pipeline: float, diff: float = 0.0) -> dict:
+    return {
+        "worker_over_raw_best": worker / raw_best,
+        "worker_over_pipeline": worker / pipeline,
+        "outputs_max_abs_diff": diff,
+    }
+
+
+def test_the_aws_setting_is_judged_against_the_pipeline_ceiling_and_raw_best_on_a_and_b():
+    # given (a) at 0.95 of its pipeline ceiling and 0.85 of raw best, (b) at 0.6 of its pipeline ceiling
+    shared = {"mobilenetv2": case(worker=200.0, raw_tensorflow=110.0, raw_best=210.0)}
+    aws = {
+        "mobilenetv2": aws_case(worker=170.0, raw_best=200.0, pipeline=170.0 / 0.95),
+        "digits_cnn": aws_case(worker=60.0, raw_best=120.0, pipeline=100.0),
+    }
+
+    # when judged
+    result = targets(shared, aws)
+
+    # then the aws checks carry their setting beside the shared ones, and (b) misses both of its own
+    checks = {(c["target"], c["case"], c.get("setting")): c for c in result["checks"]}
+    assert checks[("worker / pipeline ceiling", "mobilenetv2", "aws")]["pass"] is True
+    assert checks[("worker / pipeline ceiling", "mobilenetv2", "aws")]["at_least"] == 0.9
+    assert checks[("worker / raw best", "mobilenetv2", "aws")]["measured"] == 170.0 / 200.0
+    assert checks[("worker / raw best", "mobilenetv2", "aws")]["at_least"] == 0.8
+    assert checks[("worker / pipeline ceiling", "digits_cnn", "aws")]["pass"] is False
+    assert checks[("worker / raw best", "digits_cnn", "aws")]["pass"] is False
+    assert checks[("outputs vs model.predict", "digits_cnn", "aws")]["pass"] is True
+    assert checks[("worker / raw best", "mobilenetv2", None)]["at_least"] == 0.9  # the shared one, kept
+    assert result["all_pass"] is False

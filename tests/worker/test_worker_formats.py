@@ -346,3 +346,24 @@ def test_mixed_precision_runs_layers_in_float16_and_returns_float32_close_to_mod
     assert loaded.keras_model.layers[-1].compute_dtype == "float16"
     assert output.dtype == np.float32
     np.testing.assert_allclose(output, tabular_classifier.predict(x), atol=5e-3)
+
+
+def test_parquet_output_stores_predictions_plainly_and_reads_back_exactly():
+    from spotfill_worker.config import OutputFormat
+    from spotfill_worker.formats import encode
+
+    # given a shard's classifier outputs
+    predictions = np.random.default_rng(0).random((512, 10)).astype(np.float32)
+
+    # when encoded as Parquet
+    table_file = pq.ParquetFile(io.BytesIO(encode(OutputFormat.PARQUET, predictions, None, True)))
+
+    # then no column is dictionary-encoded (distinct floats: a dictionary only costs CPU and bytes), and every
+    # value reads back as it was
+    row_group = table_file.metadata.row_group(0)
+    encodings = {row_group.column(i).path_in_schema: row_group.column(i).encodings for i in range(4)}
+    assert not any("DICTIONARY" in e for column in encodings.values() for e in column), encodings
+    table = table_file.read()
+    got = np.asarray(table.column("prediction").combine_chunks().flatten()).reshape(predictions.shape)
+    np.testing.assert_array_equal(got, predictions)
+    assert table.column("top_class").to_pylist() == predictions.argmax(axis=1).tolist()

@@ -422,3 +422,37 @@ def test_metadata_values_are_short_ascii():
     assert len(metadata["spotfill-runtime-fallback"]) == 200
     assert metadata["spotfill-runtime-rows-per-second"] == "1234.6"
     assert metadata["spotfill-runtime-max-abs-diff"] == metadata["spotfill-runtime-top-class-changed"] == ""
+
+
+# ------------------------------------------------------------------------------------------ CPUs and threads
+
+
+def test_usable_cpus_are_the_affinity_capped_by_the_cgroup_quota_rounded_up(tmp_path, monkeypatch):
+    from spotfill_worker.runtimes import usable_cpus
+
+    # given a process allowed on 4 CPUs
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+
+    # then a quota of 1.5 CPUs allows 2, no quota or no cgroup v2 all 4, and a larger quota no more than 4
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert usable_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(tmp_path) == 4
+    assert usable_cpus(tmp_path / "absent") == 4
+    (tmp_path / "cpu.max").write_text("800000 100000\n")
+    assert usable_cpus(tmp_path) == 4
+
+
+def test_onnxruntime_runs_as_many_threads_as_the_process_may_use(monkeypatch, digits_cnn):
+    from spotfill_worker import runtimes
+    from spotfill_worker.model import load_model
+
+    # given a process pinned to one CPU of a machine with more
+    monkeypatch.setattr(runtimes, "usable_cpus", lambda: 1)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+
+    # when ONNX Runtime is set up for a model
+    runtime = runtimes.onnxruntime_runtime(load_model(digits_cnn.path))
+
+    # then its session runs one intra-op thread, not one per core of the machine
+    assert runtime._session.get_session_options().intra_op_num_threads == 1

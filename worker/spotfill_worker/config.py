@@ -113,7 +113,12 @@ class WorkerConfig(BaseModel):
     # Long polls, but short enough that a stopping worker never waits long on one in flight.
     receive_wait_seconds: int = Field(default=5, ge=0, le=20)
     exit_when_idle_seconds: float | None = Field(default=None, gt=0)
-    prefetch_shards: int = Field(default=1, ge=1, le=16)
+    # Shards fetched (received, downloaded, decoded) ahead of the forward pass. Unset: chosen while running
+    # from the measured fetch and compute seconds per shard (spotfill_worker.depth), at most
+    # max_prefetch_shards and as many decoded shards as prefetch_memory_mib holds; set: exactly this many.
+    prefetch_shards: int | None = Field(default=None, ge=1, le=64)
+    max_prefetch_shards: int = Field(default=16, ge=1, le=64)
+    prefetch_memory_mib: int = Field(default=512, ge=1)
     xla: bool = False
     model_runtime: ModelRuntime = ModelRuntime.AUTO
     model_precision: ModelPrecision = ModelPrecision.FP32

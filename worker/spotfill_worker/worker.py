@@ -2,11 +2,13 @@
 
 Three stages overlap so the model never waits on I/O:
 
-- receiver threads (``prefetch_shards`` of them) take the next messages, skip shards whose output already
-  exists, and download and decode shards while the current one predicts (at most ``prefetch_shards`` wait);
+- receiver threads take the next messages, skip shards whose output already exists, and download and decode
+  shards while the current one predicts. How many shards are in flight ahead of the forward pass is chosen
+  from the measured seconds per shard of fetching and of computing (``spotfill_worker.depth``), so S3's and
+  SQS's latency never leaves the forward pass waiting; ``prefetch_shards`` fixes it instead;
 - the main thread runs the compiled forward pass;
 - upload threads encode and write the output (a conditional put: exactly one object per shard), then delete
-  the message.
+  the message; as many outputs may be in flight as shards fetching.
 
 A stop (SIGTERM, a spot notice, or an idle queue) stops receiving, finishes the shard in hand only if it can
 before the deadline, makes every other held message visible again, and exits 0.
@@ -32,6 +34,7 @@ from typing import Any
 
 from spotfill_worker.clients import Clients, S3Uri
 from spotfill_worker.config import Classifier, ConfigError, WorkerConfig
+from spotfill_worker.depth import DepthEstimate, DepthLimits, InFlight
 from spotfill_worker.formats import Rows, ShapeMismatchError, ShardFormatError, decode, encode
 from spotfill_worker.imds import Imds, InstanceFactsReader
 from spotfill_worker.interruption import SpotNoticeWatcher, StopSignal, install_signal_handlers
@@ -108,6 +111,7 @@ class Prepared:
     error: BaseException | None = None
     timings: dict[str, float] = field(default_factory=dict)
     bytes_in: int = 0
+    fetch_seconds: float = 0.0  # from the receive call's start until decoded
 
 
 class Worker:
@@ -119,14 +123,23 @@ class Worker:
         stop: StopSignal | None = None,
     ) -> None:
         self.config = config
-        self.clients = clients or Clients()
+        # One receiver thread per shard that may be in flight, and as many upload threads.
+        self._threads = config.prefetch_shards or config.max_prefetch_shards
+        self.clients = clients or Clients(max_pool_connections=2 * self._threads + 4)
         self.telemetry = telemetry or Telemetry(config.run_id)
         self.stop = stop or StopSignal()
         self.shards_done = 0
         self.shards_failed = 0
         self.shards_skipped = 0
         self._ready: queue.Queue[Prepared] = queue.Queue()
-        self._slots = threading.Semaphore(config.prefetch_shards)
+        self._depth = DepthEstimate(
+            DepthLimits(self._threads, config.prefetch_memory_mib * 2**20), fixed=config.prefetch_shards
+        )
+        self._slots = InFlight(self._depth.depth)  # shards received and not yet taken by the forward pass
+        # Outputs encoding or uploading: as many as the shards fetching (an upload's two requests take no
+        # longer than a fetch's three), so the forward pass never waits on them either, and memory stays
+        # bounded.
+        self._upload_slots = InFlight(max(2, self._slots.limit))
         self._finished = threading.Event()
         self._busy_lock = threading.Lock()
         self._uploads_in_flight = 0
@@ -174,10 +187,10 @@ class Worker:
 
         self.leases = Leases(self.clients.sqs, config.queue_url, config.visibility_timeout, self.telemetry)
         self.leases.start_heartbeat()
-        uploads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upload")
+        uploads = ThreadPoolExecutor(max_workers=max(2, self._threads), thread_name_prefix="upload")
         receivers = [
             threading.Thread(target=self._receive_loop, name=f"receiver-{i}", daemon=True)
-            for i in range(config.prefetch_shards)
+            for i in range(self._threads)
         ]
         self._futures: list[Future] = []
         self._last_busy = time.monotonic()
@@ -356,6 +369,7 @@ class Worker:
                     VisibilityTimeout=config.visibility_timeout,
                     MessageSystemAttributeNames=["ApproximateReceiveCount"],
                 )
+                received = time.monotonic()
             except Exception as exc:
                 self._slots.release()
                 self.telemetry.log("receive_failed", level="WARNING", error=str(exc))
@@ -390,6 +404,8 @@ class Worker:
             if prepared is None:
                 self._slots.release()
             else:
+                prepared.timings["receive"] = received - receive_started
+                prepared.fetch_seconds = time.monotonic() - receive_started
                 self._ready.put(prepared)
 
     def _prepare(self, delivery: Delivery) -> Prepared | None:
@@ -481,10 +497,29 @@ class Worker:
             # The local cloud's slow instance types (off on AWS: `local_cloud_speed` is 1 there).
             self.stop.wait(pacing_seconds(time.perf_counter() - started, self.config.local_cloud_speed))
             item.timings["predict"] = time.perf_counter() - started
+            self._adjust_depth(item)
+            while not self._upload_slots.acquire(timeout=0.2):  # uploads behind by the most allowed
+                pass
             with self._busy_lock:
                 self._uploads_in_flight += 1
             self._futures = [f for f in self._futures if not f.done()]
             self._futures.append(uploads.submit(self._finish, item, predictions))
+
+    def _adjust_depth(self, item: Prepared) -> None:
+        """Feed the shard's fetch and compute seconds to the depth estimate; log a changed depth."""
+        assert item.rows is not None
+        shard_bytes = item.bytes_in + int(item.rows.features.nbytes)
+        depth = self._depth.observe(item.fetch_seconds, item.timings["predict"], shard_bytes)
+        if depth != self._slots.limit:
+            self._slots.set_limit(depth)
+            self._upload_slots.set_limit(max(2, depth))
+            self.telemetry.log(
+                "prefetch_depth",
+                depth=depth,
+                fetch_seconds=round(self._depth.fetch_seconds or 0.0, 4),
+                compute_seconds=round(self._depth.compute_seconds or 0.0, 4),
+                shard_bytes=self._depth.shard_bytes,
+            )
 
     def _should_abort(self, done: int, total: int, seconds: float) -> bool:
         if not self.stop.requested:
@@ -547,6 +582,7 @@ class Worker:
         except Exception as exc:
             self._fail(item, exc)
         finally:
+            self._upload_slots.release()
             with self._busy_lock:
                 self._uploads_in_flight -= 1
                 self._last_busy = time.monotonic()

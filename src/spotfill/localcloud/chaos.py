@@ -4,7 +4,10 @@
 loaded and it holds work) and has run for W seconds, one event every S seconds (default 2), kills and
 interruptions interleaved, until all K + I have happened; victims are always busy workers. Events are also
 paced by the run's progress: the next waits until the fleet has finished PROGRESS_PER_WORKER shards per
-running worker since the last, so the shards in hand (and prefetched) at one event are done before the next.
+running worker since the last, so the shards in hand (and prefetched) at one event are done before the next:
+with kills or interruptions the local cloud fixes its workers' prefetch at one shard
+(`SPOTFILL_PREFETCH_SHARDS`, unless the worker environment sets it), where a worker would otherwise choose
+to hold up to 16 of a fast model's shards.
 Paced by time alone, a slow machine would catch the same shard in hand at event after event until SQS
 dead-lettered it (the queue's maxReceiveCount), which no fleet's interruption rate does. A kill is
 SIGKILL to one random worker process (ECS replaces it); an interruption is a spot reclaim: SIGTERM to the
@@ -32,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # A spot instance gets two minutes' notice; the stop timeout of its tasks is usually shorter.
 SPOT_NOTICE_SECONDS = 120.0
-# Shards the fleet finishes per running worker between two events: the one in hand and the one prefetched.
+# Shards the fleet finishes per running worker between two events: the one in hand and the one prefetched
+# (the local cloud fixes SPOTFILL_PREFETCH_SHARDS to PROGRESS_PER_WORKER - 1 under chaos).
 PROGRESS_PER_WORKER = 2
 
 

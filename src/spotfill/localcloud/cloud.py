@@ -26,7 +26,7 @@ import boto3
 
 from spotfill.localcloud import forkserver, patches
 from spotfill.localcloud.agent import EcsAgent, check_instance_speed
-from spotfill.localcloud.chaos import Chaos, ChaosSpec
+from spotfill.localcloud.chaos import PROGRESS_PER_WORKER, Chaos, ChaosSpec
 from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
 from spotfill.localcloud.fleet import FleetEmulator
 from spotfill.localcloud.guard import Credentials
@@ -176,10 +176,14 @@ class LocalCloud:
         self.outputs = deploy_stack(self.options.stack_name, region=self.region)
         self._log_functions_to(self.run_dir / "lambda.log")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        environment = {**self.options.worker_environment, **self.client_environment}
+        if self.options.chaos and (self.options.chaos.kill or self.options.chaos.interrupt):
+            # Chaos paces its events by the shards a worker holds: the one in hand and one fetched ahead.
+            environment.setdefault("SPOTFILL_PREFETCH_SHARDS", str(PROGRESS_PER_WORKER - 1))
         self.agent = EcsAgent(
             self.endpoint_url,
             self.region,
-            {**self.options.worker_environment, **self.client_environment},
+            environment,
             self.run_dir / "logs",
             credentials=self.credentials,
             extra_worker_modules=self.options.extra_worker_modules,
