@@ -17,18 +17,27 @@ from .helpers import eventually, worker_records
 pytestmark = pytest.mark.e2e
 
 
-def _spec(cloud, name: str, instances: int = 1) -> dict:
-    spec = manifest(
-        name, cloud.outputs.data_bucket, f"models/{name}/model.keras", "npy", "npy", instances=instances
+def _spec(cloud, name: str, instances: int = 1, runtime: str = "tensorflow") -> dict:
+    """A manifest of npy shards. Its workers run TensorFlow unless told otherwise: these backfills are about
+    triggers, keys, prices and redrives, not about choosing a runtime (`auto` converts the model twice and
+    times three runtimes in every worker; test_model_runtime.py runs it end to end, and so does the first
+    test here)."""
+    return manifest(
+        name,
+        cloud.outputs.data_bucket,
+        f"models/{name}/model.keras",
+        "npy",
+        "npy",
+        instances=instances,
+        runtime=runtime,
     )
-    return spec
 
 
 def test_a_manifest_upload_runs_a_backfill_whose_outputs_equal_model_predict(
     local_cloud, digits, quiet_console, tmp_path
 ):
     # given the model and eight shards, and a manifest naming them
-    spec = _spec(local_cloud, "digits", instances=2)
+    spec = _spec(local_cloud, "digits", instances=2, runtime="auto")  # as a user's manifest gets it
 
     # when the manifest is uploaded under backfills/ in the control bucket
     execution_arn = upload_and_trigger(
@@ -406,7 +415,13 @@ def test_a_gzip_tfrecord_backfill_predicts_like_model_predict_and_reports_a_bad_
         writer.write(record.SerializeToString())
     shards = sorted(input_dir.iterdir())
     spec = manifest(
-        "records", local_cloud.outputs.data_bucket, "models/records/model.keras", "tfrecord", "parquet", 1
+        "records",
+        local_cloud.outputs.data_bucket,
+        "models/records/model.keras",
+        "tfrecord",
+        "parquet",
+        1,
+        runtime="tensorflow",  # about reading records, not choosing a runtime
     )
     spec["input"]["id_column"] = "key"
     spec["input"]["tfrecord"] = {"feature": "image", "shape": [8, 8, 1], "compression": "GZIP"}

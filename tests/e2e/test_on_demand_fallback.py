@@ -27,8 +27,14 @@ def test_spot_short_runs_the_shortfall_on_demand_after_the_wait_and_the_run_comp
     local_cloud, digits, quiet_console, no_spot_capacity
 ):
     # given a 2-unit EC2 Fleet (the default API) whose spot cannot launch, and a 4 s fallback wait
-    spec = manifest(
-        "fallback", local_cloud.outputs.data_bucket, "models/fallback/model.keras", "npy", "npy", 2
+    spec = manifest(  # on TensorFlow: about the fleet, not choosing a runtime (auto converts in every worker)
+        "fallback",
+        local_cloud.outputs.data_bucket,
+        "models/fallback/model.keras",
+        "npy",
+        "npy",
+        2,
+        runtime="tensorflow",
     )
     spec["fleet"]["on_demand_fallback_after_seconds"] = FALLBACK_AFTER_SECONDS
 

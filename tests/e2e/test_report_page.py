@@ -122,8 +122,14 @@ def test_a_local_cloud_runs_report_page_draws_its_charts_in_the_browser(
     browser, local_cloud, digits, quiet_console, tmp_path
 ):
     # given a backfill run to its end on the local cloud
-    spec = manifest(
-        "pages", local_cloud.outputs.data_bucket, "models/pages/model.keras", "npy", "npy", instances=1
+    spec = manifest(  # on TensorFlow: about the page, not choosing a runtime (auto converts in every worker)
+        "pages",
+        local_cloud.outputs.data_bucket,
+        "models/pages/model.keras",
+        "npy",
+        "npy",
+        1,
+        runtime="tensorflow",
     )
     arn = upload_and_trigger(local_cloud, spec, digits.model_path, digits.shards(), digits.input_dir)
     result = follow_run(local_cloud, arn, quiet_console, timeout=240)

@@ -39,6 +39,12 @@ def _error(capsys) -> str:
     return " ".join(lines)
 
 
+# The runs here are about the local run's outputs, re-runs and signals, not about choosing a runtime: their
+# workers run TensorFlow (`--runtime auto`, the default, converts the model twice and times three runtimes in
+# every worker; tests/e2e/test_model_runtime.py runs it end to end).
+RUNTIME = ("--runtime", "tensorflow")
+
+
 def _run(model: Path, input_dir: Path, output_dir: Path, *extra: str) -> int:
     return main(
         [
@@ -56,6 +62,7 @@ def _run(model: Path, input_dir: Path, output_dir: Path, *extra: str) -> int:
             "npy",
             "--instances",
             "1",
+            *RUNTIME,
             *extra,
         ]
     )
@@ -398,7 +405,7 @@ def _environment(tmp: Path) -> dict[str, str]:
 def _start_run(input_dir: Path, output_dir: Path, model: Path, tmp: Path, log: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "spotfill.cli", "run", "--local", "--model", str(model)]
     command += ["--input", str(input_dir), "--output", str(output_dir), "--output-format", "npy"]
-    command += ["--instances", "1"]
+    command += ["--instances", "1", *RUNTIME]
     with open(log, "wb") as out:
         return subprocess.Popen(
             command, env=_environment(tmp), stdout=out, stderr=subprocess.STDOUT, start_new_session=True

