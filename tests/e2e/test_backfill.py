@@ -165,6 +165,24 @@ def test_a_malformed_manifest_fails_fast_naming_the_field_and_requests_no_fleet(
     assert cleanup[0].event["detail"]["status"] == "FAILED"
 
 
+def test_an_invocation_leaves_the_functions_shared_variables_in_the_process_while_the_cloud_runs(local_cloud):
+    # given the functions' shared environment (the template's Globals), which the local cloud holds while it
+    # runs: an invocation that removed a variable on its way out would fail another thread copying the
+    # process's environment at that moment (KeyError)
+    import os
+
+    functions = local_cloud.client("lambda").list_functions()["Functions"]
+    variables = functions[0]["Environment"]["Variables"]
+    assert os.environ["CONTROL_BUCKET"] == variables["CONTROL_BUCKET"] == local_cloud.outputs.control_bucket
+
+    # when a function is invoked (with an event it refuses)
+    local_cloud.client("lambda").invoke(FunctionName=functions[0]["FunctionName"], Payload=b"{}")
+
+    # then the shared variables are still set, with the same values
+    shared = ("CONTROL_BUCKET", "WORKER_IMAGE", "TASK_ROLE_ARN", "EVENT_BUS_NAME")
+    assert {k: os.environ.get(k) for k in shared} == {k: variables[k] for k in shared}
+
+
 def test_an_upload_event_delivered_again_starts_no_second_execution(local_cloud):
     # given a manifest uploaded under backfills/ (one that fails in Validate, so the run ends at once)
     spec = _spec(local_cloud, "redelivered")

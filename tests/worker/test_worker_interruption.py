@@ -142,7 +142,11 @@ def test_sigterm_mid_shard_that_can_finish_writes_it_stops_receiving_and_exits_0
     predictions = np.asarray(table.column("prediction").to_pylist(), dtype=np.float32)
     np.testing.assert_allclose(predictions, tabular_classifier.predict(x), atol=1e-5)
     assert not cloud.exists(second["output"])
-    assert [json.loads(m["Body"])["shard"] for m in cloud.visible_messages()] == [second["shard"]]
+    visible = cloud.visible_messages()
+    assert [json.loads(m["Body"])["shard"] for m in visible] == [second["shard"]]
+    # received by the worker at most once before this check's receive: a stopping worker's receivers never
+    # take back what it released, each time counting toward the queue's maxReceiveCount
+    assert int(visible[0]["Attributes"]["ApproximateReceiveCount"]) <= 2
     assert worker.events("worker_stopped")[0]["reason"] == "SIGTERM"
 
 
@@ -218,3 +222,64 @@ def test_unreachable_instance_metadata_turns_the_watch_off_quickly_without_stopp
     # then
     assert not watcher.is_alive() and time.monotonic() - started < 2
     assert events == ["spot_notice_watch_off"] and not stop.requested
+
+
+class _SlowToReturn:
+    """The SQS client, but a receive that brings `shard` back is answered `seconds` late, with the stop
+    requested meanwhile: the receive a stop finds in flight on a machine too busy to run its thread."""
+
+    def __init__(self, sqs, stop, shard: str, seconds: float) -> None:
+        self._sqs, self._stop, self._shard, self._seconds = sqs, stop, shard, seconds
+
+    def __getattr__(self, name: str):
+        return getattr(self._sqs, name)
+
+    def receive_message(self, **params):
+        response = self._sqs.receive_message(**params)
+        if any(json.loads(m["Body"])["shard"] == self._shard for m in response.get("Messages", [])):
+            self._stop.request("SIGTERM", time.monotonic() + 60)
+            time.sleep(self._seconds)
+        return response
+
+
+def test_a_stop_waits_for_the_receive_in_flight_and_makes_what_it_brings_back_visible_again(
+    cloud, tabular_classifier
+):
+    from spotfill_worker.clients import Clients
+    from spotfill_worker.config import WorkerConfig
+    from spotfill_worker.interruption import StopSignal
+    from spotfill_worker.telemetry import Telemetry
+    from spotfill_worker.worker import Worker
+
+    from .conftest import RUN_ID
+
+    # given two shards queued, and a receive of the second that comes back only after the stop, later than
+    # the receive's own wait (1 s) and then some
+    x = np.random.default_rng(0).normal(size=(50, 5)).astype(np.float32)
+    model_uri = cloud.put("models/tabular.keras", tabular_classifier.path.read_bytes())
+    for name in ("a", "b"):
+        cloud.put(f"inputs/{name}.npy", npy_bytes(x))
+    shards = [cloud.send_shard(f"inputs/{name}.npy", "parquet") for name in ("a", "b")]
+    stop = StopSignal()
+    sqs = _SlowToReturn(cloud.sqs, stop, shards[1]["shard"], seconds=5.0)
+    config = WorkerConfig.model_validate(
+        {
+            "run_id": RUN_ID,
+            "queue_url": cloud.queue_url,
+            "model_uri": model_uri,
+            "input_format": "npy",
+            "receive_wait_seconds": 1,
+            "spot_notice": False,
+            "instance_metadata": False,
+        }
+    )
+    worker = Worker(config, Clients(s3=cloud.s3, sqs=sqs), Telemetry(RUN_ID, io.StringIO()), stop=stop)
+
+    # when the worker stops
+    assert worker.run(install_signals=False) == 0
+
+    # then no receiver is left running, and each shard is done or visible again: none is held by no one
+    assert not [t for t in threading.enumerate() if t.name.startswith("receiver-") and t.is_alive()]
+    done = {s["shard"] for s in shards if cloud.exists(s["output"])}
+    visible = {json.loads(m["Body"])["shard"] for m in cloud.visible_messages()}
+    assert done | visible == {s["shard"] for s in shards} and not done & visible

@@ -60,6 +60,9 @@ POISON_ERRORS = (ShardFormatError, ShapeMismatchError)
 # the visibility timeout): retried promptly, and dead-lettered by SQS after the queue's maxReceiveCount
 # receives, instead of waiting out the visibility timeout before each retry (which outlasts a stall timeout).
 RETRY_BACKOFF = 1
+# A stopping worker waits for its receivers' calls in flight this long past the receive's own wait (within the
+# stop's deadline) before it makes what it holds visible again.
+RECEIVER_JOIN_SECONDS = 30.0
 
 
 def pacing_seconds(predict_seconds: float, speed: float) -> float:
@@ -316,13 +319,19 @@ class Worker:
         pending = [f for f in self._futures if not f.done()]
         if pending:
             wait_futures(pending, timeout=max(0.0, self.stop.seconds_left()))
-        released = self.leases.release_all()
+        # The receivers first: a receive in flight may still bring a message back, which its receiver keeps
+        # held. Waited for as long as the stop allows (at most RECEIVER_JOIN_SECONDS past the receive's own
+        # wait: a busy machine may run the thread late, and a process that exits first leaves what it brings
+        # hidden until its visibility timeout). Then every held message is made visible again, once: none can
+        # be received again by this worker and counted toward the queue's maxReceiveCount.
         join_by = time.monotonic() + max(
-            0.0, min(self.config.receive_wait_seconds + 2.0, self.stop.seconds_left())
+            0.0, min(self.config.receive_wait_seconds + RECEIVER_JOIN_SECONDS, self.stop.seconds_left())
         )
         for receiver in receivers:
             receiver.join(timeout=max(0.0, join_by - time.monotonic()))
-        released += self.leases.release_all()
+        released = self.leases.release_all()
+        if running := [r.name for r in receivers if r.is_alive()]:
+            self.telemetry.log("receivers_still_running", level="WARNING", receivers=running)
         uploads.shutdown(wait=False, cancel_futures=True)
         self.leases.close()
         if released:
@@ -395,8 +404,9 @@ class Worker:
                 self.leases.add(delivery)
             self._touch()
             if self.stop.requested or self._finished.is_set():
-                for delivery in deliveries:
-                    self.leases.release(delivery)
+                # Held until every receiver has stopped (`_shutdown` releases it then): released now, another
+                # receive of this worker still polling could take it back, and each receive counts toward the
+                # queue's maxReceiveCount, so a stopping worker could dead-letter a shard it never tried.
                 self._slots.release()
                 return
             prepared = self._prepare(deliveries[0])

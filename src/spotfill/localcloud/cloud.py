@@ -174,6 +174,7 @@ class LocalCloud:
         from spotfill.deploy import deploy_stack
 
         self.outputs = deploy_stack(self.options.stack_name, region=self.region)
+        self._set_environment(self._shared_function_environment())
         self._log_functions_to(self.run_dir / "lambda.log")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         environment = {**self.options.worker_environment, **self.client_environment}
@@ -254,6 +255,24 @@ class LocalCloud:
             self._restore_environment()
             if self.removes_run_dir:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def _shared_function_environment(self) -> dict[str, str]:
+        """The variables every deployed function has, with the same value (the template's `Globals`), held in
+        this process's environment while the cloud runs. An invocation applies its function's variables to
+        os.environ and restores them after (`spotfill.lambdas`); restoring a variable the process lacked
+        removes it, and a thread copying os.environ meanwhile (moto's Step Functions interpreter making a
+        client for another run's Task) fails with KeyError on the removed name. Held here, a restore puts back
+        the same value and removes nothing."""
+        shared: dict[str, str] | None = None
+        for page in self.client("lambda").get_paginator("list_functions").paginate():
+            for function in page["Functions"]:
+                variables = function.get("Environment", {}).get("Variables", {})
+                shared = (
+                    dict(variables)
+                    if shared is None
+                    else {k: v for k, v in shared.items() if variables.get(k) == v}
+                )
+        return shared or {}
 
     def _set_environment(self, values: dict[str, str]) -> None:
         for key, value in values.items():
