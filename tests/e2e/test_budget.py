@@ -20,8 +20,14 @@ SHARDS = 150
 POLL_SECONDS = 1
 # Seconds of the whole fleet's time the cap pays for beyond the projection's reserve (a poll and a drain):
 # the instances boot, register and their workers load the model in a few of them, and two workers get
-# through a few shards a second, far fewer than SHARDS in the rest, so the drain comes mid-run.
+# through a few shards in the rest, far fewer than SHARDS, so the drain comes mid-run.
 FLEET_SECONDS_BEYOND_THE_RESERVE = 9
+# How fast the capped run's instances compute (the local cloud's per-type speed: each forward pass is paced
+# to take 1/SPEED of its time). At full speed a worker finishes a 1,000-row shard in milliseconds, and on a
+# fast machine all SHARDS before the cap; paced, a shard takes a second or more, so the cost of finishing that
+# the Monitor projects passes the cap as soon as it has measured a rate, whatever the machine, and the run
+# drains mid-run. The redrive runs at full speed.
+CAPPED_RUN_SPEED = 0.002
 
 
 def test_a_run_with_a_small_cap_drains_mid_run_within_one_poll_of_the_cap_and_redrive_finishes_it(
@@ -42,9 +48,13 @@ def test_a_run_with_a_small_cap_drains_mid_run_within_one_poll_of_the_cap_and_re
     cap = hourly * (budget.horizon_seconds(POLL_SECONDS) + FLEET_SECONDS_BEYOND_THE_RESERVE) / 3600
     spec["limits"]["max_total_usd"] = cap
 
-    # when the manifest is uploaded
-    arn = upload_and_trigger(local_cloud, spec, data.model_path, data.shards(), data.input_dir)
-    result = follow_run(local_cloud, arn, quiet_console, timeout=300)
+    # when the manifest is uploaded, its instances slowed
+    local_cloud.agent.instance_speed = {spec["fleet"]["instance_types"][0]: CAPPED_RUN_SPEED}
+    try:
+        arn = upload_and_trigger(local_cloud, spec, data.model_path, data.shards(), data.input_dir)
+        result = follow_run(local_cloud, arn, quiet_console, timeout=300)
+    finally:
+        local_cloud.agent.instance_speed = {}
 
     # then the run drains and fails BudgetReached, reported as "budget reached", nothing left running
     report = result.report
