@@ -58,12 +58,13 @@ class InFlight:
             self._limit = limit
             self._changed.notify_all()
 
-    def acquire(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Hold one place, waiting up to ``timeout`` seconds for it (``None``: as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while self._held >= self._limit:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return False
                 self._changed.wait(left)
             self._held += 1

@@ -65,6 +65,13 @@ RETRY_BACKOFF = 1
 RECEIVER_JOIN_SECONDS = 30.0
 
 
+def _uploads_for(depth: int) -> int:
+    """Outputs encoding or uploading at once: as many as the shards fetching, at least 2 (an upload's two
+    requests take no longer than a fetch's three), so the forward pass never waits on them either, and memory
+    stays bounded."""
+    return max(2, depth)
+
+
 def pacing_seconds(predict_seconds: float, speed: float) -> float:
     """How long a worker paced to `speed` (local cloud only: `WorkerConfig.local_cloud_speed`) sleeps after
     a batch that took `predict_seconds`, so the batch takes `predict_seconds / speed` in all; 0 at full
@@ -139,10 +146,7 @@ class Worker:
             DepthLimits(self._threads, config.prefetch_memory_mib * 2**20), fixed=config.prefetch_shards
         )
         self._slots = InFlight(self._depth.depth)  # shards received and not yet taken by the forward pass
-        # Outputs encoding or uploading: as many as the shards fetching (an upload's two requests take no
-        # longer than a fetch's three), so the forward pass never waits on them either, and memory stays
-        # bounded.
-        self._upload_slots = InFlight(max(2, self._slots.limit))
+        self._upload_slots = InFlight(_uploads_for(self._depth.depth))
         self._finished = threading.Event()
         self._busy_lock = threading.Lock()
         self._uploads_in_flight = 0
@@ -508,8 +512,7 @@ class Worker:
             self.stop.wait(pacing_seconds(time.perf_counter() - started, self.config.local_cloud_speed))
             item.timings["predict"] = time.perf_counter() - started
             self._adjust_depth(item)
-            while not self._upload_slots.acquire(timeout=0.2):  # uploads behind by the most allowed
-                pass
+            self._upload_slots.acquire()  # uploads behind by the most allowed
             with self._busy_lock:
                 self._uploads_in_flight += 1
             self._futures = [f for f in self._futures if not f.done()]
@@ -522,7 +525,7 @@ class Worker:
         depth = self._depth.observe(item.fetch_seconds, item.timings["predict"], shard_bytes)
         if depth != self._slots.limit:
             self._slots.set_limit(depth)
-            self._upload_slots.set_limit(max(2, depth))
+            self._upload_slots.set_limit(_uploads_for(depth))
             self.telemetry.log(
                 "prefetch_depth",
                 depth=depth,
