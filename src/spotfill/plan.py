@@ -43,8 +43,10 @@ from spotfill import ramp
 
 SAMPLE_SHARDS = 3  # shards whose rows are counted (and the first of them measured)
 SUGGESTIONS = 5  # other instance types `--suggest` adds
-MIN_TIMED_SECONDS = 1.0  # the timed predictions repeat until they took this long (at most TIMED_ROUNDS)
-TIMED_ROUNDS = 5
+# The timed predictions repeat until they took this long (at most MAX_TIMED_ROUNDS): a small model's shard
+# takes milliseconds, and a few of them timed alone read whatever else the machine did in those milliseconds.
+MIN_TIMED_SECONDS = 1.0
+MAX_TIMED_ROUNDS = 1000
 PRICE_HISTORY = timedelta(hours=24)
 # A worker's per-shard cost besides predicting, in units of the sample shard's download: its round trips
 # (receive the message, check for an existing output, download, upload, delete the message, extend the lease)
@@ -66,20 +68,30 @@ AWS_OVERHEADS = {
 # registration on a poll: the first worker starts at the poll that sees the first instance (half a poll after
 # it registered, on average), the others with it or at a later poll (`ramp.launch_offsets`).
 AWS_REGISTRATION_INTERVAL = 5.0
-# The local cloud's fixed costs (its physics and in-process control plane), measured on its runs: Validate,
-# PrepareRun and the fleet request; the first instance's boot delay (`LocalCloudOptions.boot_delay`); the
-# monitor's own time per poll besides the poll interval (its Lambda, the Wait, the Choice: the cycle at which
-# later instances' tasks start and the last output is seen); teardown (fleet terminated, tasks stopped,
-# report written).
-LOCAL_OVERHEADS = {"validate_and_prepare": 1.5, "boot": 2.0, "monitor_per_poll": 0.5, "teardown": 1.5}
+# The local cloud's fixed costs (its physics and in-process control plane), as the report's phases measure
+# them on its runs (`spotfill demo` at 2-4 instances, 2026-12-07: validate 0.6-0.7 s, fleet_fulfilled 1.1 s,
+# teardown 0.1-0.3 s whatever the load): Validate and PrepareRun; the fleet request until it is fulfilled; the
+# first instance's boot delay (`LocalCloudOptions.boot_delay`); the monitor's own time per poll besides the
+# poll interval (its Lambda, the Wait, the Choice: the cycle at which later instances' tasks start and the
+# last output is seen); teardown (fleet terminated, tasks stopped).
+LOCAL_OVERHEADS = {
+    "validate_and_prepare": 0.6,
+    "fleet_request": 1.1,
+    "boot": 2.0,
+    "monitor_per_poll": 0.5,
+    "teardown": 0.2,
+}
 # The local cloud boots a fleet's instances one by one, `LocalCloudOptions.boot_interval` apart, and its ECS
 # agent registers each at once; the first poll sees the first registration half a poll cycle after it (on
 # average).
 LOCAL_BOOT_INTERVAL = 0.5
-# While workers start, the local cloud is two more busy processes: its emulator server (S3, SQS, STS answering
-# the workers' model downloads, role sessions and first receives) and the process running the state machine,
-# the functions, the EC2 physics and the ECS agent.
-LOCAL_CLOUD_PROCESSES = 2
+# While workers start, the local cloud keeps about one more core's share busy: its emulator server (S3, SQS,
+# STS answering the workers' model downloads, role sessions and first receives) and the process running the
+# state machine, the functions, the EC2 physics and the ECS agent, together. Measured from the workers' logs
+# of a 4-instance demo: four workers' starts (5.5 s each alone) and the first pair's work took 21 of the 28.6
+# CPU-seconds the two cores had until the last start; counting the local cloud as two whole processes made
+# every plan long by 9-19 % on duration.
+LOCAL_CLOUD_PROCESSES = 1
 
 
 class PlanError(Exception):
@@ -337,6 +349,18 @@ def worker_start_seconds(spec: BackfillSpec, model_path: Path, rows: Any, batch_
     return time.perf_counter() - started
 
 
+def timed_rate(predict_shard: Callable[[], int], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Rows per second of `predict_shard` (one round: decode and predict the sample shard, returning its
+    rows), repeated until the rounds took MIN_TIMED_SECONDS in all (at most MAX_TIMED_ROUNDS)."""
+    timed, rounds, rows = 0.0, 0, 0
+    while rounds < MAX_TIMED_ROUNDS and (timed < MIN_TIMED_SECONDS or rounds == 0):
+        started = clock()
+        rows += predict_shard()
+        timed += clock() - started
+        rounds += 1
+    return rows / max(timed, 1e-9)
+
+
 def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs, Measurement]:
     """Count rows on the sampled shards and time the worker's predictor on the first of them."""
     import numpy as np
@@ -378,13 +402,12 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
     predictor = Predictor(model, batch_size, runtime=runtime)
     predictor.predict(rows[:batch_size])  # warm-up: the partial batch's shape too
 
-    timed, rounds, timed_rows = 0.0, 0, 0
-    while rounds < TIMED_ROUNDS and (timed < MIN_TIMED_SECONDS or rounds == 0):
-        t0 = time.perf_counter()
-        predictor.predict(_decode(spec, sample, model.model_input).features)
-        timed += time.perf_counter() - t0
-        rounds += 1
-        timed_rows += len(rows)
+    def predict_sample() -> int:
+        features = _decode(spec, sample, model.model_input).features
+        predictor.predict(features)
+        return len(features)
+
+    rate = timed_rate(predict_sample)
     inputs = Inputs(
         shards=len(shard_uris),
         rows=sum(counts) if len(picked) == len(shard_uris) else round(np.mean(counts) * len(shard_uris)),
@@ -396,7 +419,7 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
         precision=calibration.precision,
         device=device,
         rows=len(rows),
-        rows_per_second=timed_rows / max(timed, 1e-9),
+        rows_per_second=rate,
         cpus=os.cpu_count() or 1,
         shard_read_seconds=read_seconds,
         worker_start_seconds=worker_start_seconds(spec, model_path, rows[: 2 * batch_size], batch_size),
@@ -513,7 +536,7 @@ def project(
                 starting_neighbours=LOCAL_CLOUD_PROCESSES,
             )
             boot = LOCAL_OVERHEADS["boot"]
-            before = LOCAL_OVERHEADS["validate_and_prepare"]
+            before = LOCAL_OVERHEADS["validate_and_prepare"] + LOCAL_OVERHEADS["fleet_request"]
             after = LOCAL_OVERHEADS["teardown"]
             calibrated = True
         else:

@@ -1,7 +1,7 @@
-"""The scale rehearsal (`make bench-scale`) at a size make test affords: the real handlers, real boto3, moto's
-server in its own process, twenty thousand shards in four parts, 120 stand-in instances on moto's backends (the
-million-shard run's setting; one small run below keeps the stand-ins on boto3). Exactness only (outputs, counts,
-report, nothing left behind), never time."""
+"""The scale rehearsal (`make bench-scale`) at a size make test affords: the real handlers, real boto3,
+moto's server in its own process, twenty thousand shards in four parts, 120 stand-in instances on moto's
+backends (the million-shard run's setting; one small run below keeps the stand-ins on boto3). Exactness only
+(outputs, counts, report, nothing left behind), never time."""
 
 from __future__ import annotations
 
@@ -291,9 +291,9 @@ def test_dead_letters_are_projected_per_thousand_over_all_drains():
 
 
 def test_stand_ins_through_boto3_take_every_shard_once_and_poisoned_ones_reach_the_dead_letters():
-    # given the stand-ins making their receive, delete, visibility and conditional PutObject calls through boto3
-    # over HTTP, as a worker does (the large run above makes them on moto's backends), with interruptions and
-    # poisoned shards
+    # given the stand-ins making their receive, delete, visibility and conditional PutObject calls through
+    # boto3 over HTTP, as a worker does (the large run above makes them on moto's backends), with
+    # interruptions and poisoned shards
     options = scale.Options(
         shards=1_000,
         instances=20,
@@ -308,7 +308,8 @@ def test_stand_ins_through_boto3_take_every_shard_once_and_poisoned_ones_reach_t
     # when the rehearsal runs
     result = scale.rehearse(options)
 
-    # then it is as exact as on the backends: one output a shard, none for the poisoned, the report's counts true
+    # then it is as exact as on the backends: one output a shard, none for the poisoned, the report's counts
+    # true
     assert result["size"]["stand_in_calls"] == "boto3"
     checks = result["checks"]
     assert checks["outputs_expected"] == checks["outputs_listed"] == 990

@@ -370,8 +370,8 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
 
     # given 3 local instances (1 s polls, 1.5 s cycles: the first poll sees a registration 0.75 s after it,
     # so instances 0 and 1 start together and instance 2, registered 1 s after instance 0, a cycle later), a
-    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud two busy
-    # processes while workers start, and no per-shard round trips
+    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud one busy
+    # process while workers start, and no per-shard round trips
     spec = _ramped_spec(3)
     inputs = plan.Inputs(shards=60, rows=6000, sampled=3, exact=False)
     measured = plan.Measurement("tensorflow", "fp32", "CPU", 100, 1000.0, 2, 0.0, 3.0)
@@ -381,18 +381,20 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
     # when it is projected
     (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=True)
 
-    # then: 0-1.5 s, two workers and the cloud's two processes share 2 cores (half a core each): 2.25 s of
-    # start left each. 1.5-7.125 s: five processes (0.4 of a core each): two are ready, the third has 0.75 s
-    # left. 7.125-9 s: it and the cloud take 1.2 cores; two workers predict on 0.8, 40% of the machine: 750
-    # rows. 9 s on: all predict at 1,000 rows/s, the 5,250 rows left in 5.25 s: the last output at 14.25 s,
-    # seen half a 1.5 s cycle later. The instances live boot 2 s + a poll + that + teardown 1.5 s; the run
-    # adds validate and prepare 1.5 s.
-    assert plan.LOCAL_CLOUD_PROCESSES == 2 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
+    # then: 0-1.5 s, two workers and the cloud share 2 cores (2/3 of a core each): 2 s of start left each.
+    # 1.5-5.5 s: four processes (half a core each): two are ready, the third has 1 s left. 5.5-7.5 s: it and
+    # the cloud take a core; two workers predict on the other, half the machine: 1,000 rows. 7.5 s on: all
+    # predict at 1,000 rows/s, the 5,000 rows left in 5 s: the last output at 12.5 s, seen half a 1.5 s cycle
+    # later. The instances live boot 2 s + a poll + that + teardown 0.2 s; the run adds validate and prepare
+    # 0.6 s and the fleet request 1.1 s.
+    assert plan.LOCAL_CLOUD_PROCESSES == 1 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
+    assert (plan.LOCAL_OVERHEADS["validate_and_prepare"], plan.LOCAL_OVERHEADS["fleet_request"]) == (0.6, 1.1)
+    assert plan.LOCAL_OVERHEADS["teardown"] == 0.2
     assert row.worker_launches == (0.0, 0.0, 1.5)
-    processing = 14.25 + 0.75
+    processing = 12.5 + 0.75
     assert row.processing_seconds == pytest.approx(processing)
-    assert row.seconds == pytest.approx(1.5 + 2.0 + 1.0 + processing + 1.5)
-    assert row.total_usd == pytest.approx(0.36 * 3 * (2.0 + 1.0 + processing + 1.5) / 3600)
+    assert row.seconds == pytest.approx(0.6 + 1.1 + 2.0 + 1.0 + processing + 0.2)
+    assert row.total_usd == pytest.approx(0.36 * 3 * (2.0 + 1.0 + processing + 0.2) / 3600)
     # the rate shown is the run's average, worker start included; the steady one is the machine's
     assert row.predictions_per_second == pytest.approx(6000 / processing)
     assert row.steady_predictions_per_second == pytest.approx(1000.0)
@@ -470,3 +472,35 @@ def test_more_instances_shorten_the_run_no_more_than_their_start_allows(local):
             assert n < 8 and seconds >= together - 1e-9
         assert one / seconds < n
     assert processing(8)[1].worker_launches[-1] > 0
+
+
+def test_a_fast_models_rate_is_timed_over_a_second_not_a_few_rounds():
+    # given a shard that takes 4 ms to decode and predict (the digits CNN's 2,000 rows), on a fake clock
+    now = [0.0]
+    rounds = []
+
+    def clock() -> float:
+        return now[0]
+
+    def predict_shard() -> int:
+        rounds.append(1)
+        now[0] += 0.004
+        return 2000
+
+    # when its rate is timed
+    rate = plan.timed_rate(predict_shard, clock)
+
+    # then the rounds went on until a second had passed (a few 4 ms rounds read whatever else the machine did
+    # in those milliseconds), and the rate is rows over that time
+    assert len(rounds) == 250
+    assert rate == pytest.approx(500_000)
+
+
+def test_a_slow_models_rate_is_timed_on_one_round():
+    now = [0.0]
+
+    def predict_shard() -> int:
+        now[0] += 1.5
+        return 64
+
+    assert plan.timed_rate(predict_shard, lambda: now[0]) == pytest.approx(64 / 1.5)
