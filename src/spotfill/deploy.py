@@ -32,9 +32,9 @@ What happens, in order:
 `update_stack` builds the template the same way and applies it with `UpdateStack`, as `sam deploy` does to an
 existing stack. moto's CloudFormation updates only what a changed parameter or template text names directly;
 the local cloud and the Step Functions harness install
-`spotfill.localcloud.patches.update_stacks_as_cloudformation_does`, which updates what references an updated
-resource too (a replaced security group reaches the launch template, a new launch template version reaches the
-functions' `LAUNCH_TEMPLATE_VERSION`), as CloudFormation does.
+`spotfill.localcloud.patches.cloudformation.update_stacks_as_cloudformation_does`, which updates what
+references an updated resource too (a replaced security group reaches the launch template, a new launch
+template version reaches the functions' `LAUNCH_TEMPLATE_VERSION`), as CloudFormation does.
 """
 
 from __future__ import annotations
