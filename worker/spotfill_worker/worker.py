@@ -12,6 +12,10 @@ Three stages overlap so the model never waits on I/O:
 
 A stop (SIGTERM, a spot notice, or an idle queue) stops receiving, finishes the shard in hand only if it can
 before the deadline, makes every other held message visible again, and exits 0.
+
+One module of about 750 lines: most of it is `Worker`, the three stages above and the stop, which share the
+queue of prepared shards, the messages held and the stop deadline; what stands apart already lives beside it
+(``depth``, ``leases``, ``formats``, ``model``, ``interruption``, ``telemetry``).
 """
 
 from __future__ import annotations
@@ -161,7 +165,7 @@ class Worker:
         self._working_since: float | None = None
         self._classifier = False
         self._instance_facts: InstanceFactsReader | None = None
-        self.model: Any = None  # model.LoadedModel, once loaded
+        self.model: Any = None  # loaded_model.LoadedModel, once loaded
         self.predictor: Any = None  # model.Predictor, once the first shard's rows chose its runtime
         self._device = "CPU"
         self._batch_size = 0

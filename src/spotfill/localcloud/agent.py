@@ -14,6 +14,10 @@ only the worker: a container whose entry point is set, whose command is anything
 as STOPPED with the reason as its `stoppedReason` (`ListTasks` with `desiredStatus=STOPPED`, `DescribeTasks`),
 as ECS shows a task that cannot start. The process gets only the agent's own variables (the emulator's
 endpoint and credentials, the task role's) and the task definition's `SPOTFILL_*` ones.
+
+One module of about 670 lines: most of it is one class, `EcsAgent`, whose methods are the life of a task on
+one instance (register, start, watch, stop, replace) over the same state behind one lock; split across
+files, each part would reach into that state.
 """
 
 from __future__ import annotations
