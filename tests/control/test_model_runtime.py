@@ -133,7 +133,7 @@ def _runtime_metadata(
     fallback: str = "",
     precision: str = "fp32",
 ) -> dict[str, str]:
-    """The keys a worker adds to each output it writes (docs/contracts.md, "Output objects")."""
+    """The keys a worker adds to each output it writes (docs/contracts/output-objects.md)."""
     return {
         "spotfill-runtime": runtime,
         "spotfill-precision": precision,

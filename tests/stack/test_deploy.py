@@ -41,7 +41,7 @@ ALL_FUNCTIONS = {
     "StartBackfillFunction": "start_backfill",
 }
 
-# docs/contracts.md, "Control-plane configuration".
+# docs/contracts/control-plane-configuration.md.
 CONTROL_ENVIRONMENT = {
     "CONTROL_BUCKET",
     "WORKER_IMAGE",

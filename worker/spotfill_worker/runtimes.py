@@ -299,7 +299,7 @@ class Calibration:
     measured: tuple[tuple[str, float], ...] = ()
 
     def as_metadata(self) -> dict[str, str]:
-        """The output object's user metadata (docs/contracts.md, "Output objects"): short ASCII values."""
+        """The output object's user metadata (docs/contracts/output-objects.md): short ASCII values."""
         return {
             "spotfill-runtime": self.runtime,
             "spotfill-precision": self.precision,

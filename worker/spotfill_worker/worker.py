@@ -96,7 +96,7 @@ class OutputWriteConflict(RuntimeError):
 
 @dataclass(frozen=True)
 class ShardMessage:
-    """The SQS message body (docs/contracts.md, "Shards, queue and outputs")."""
+    """The SQS message body (docs/contracts/shards-queue-outputs.md)."""
 
     run_id: str
     shard: str
@@ -290,7 +290,8 @@ class Worker:
         return predictor
 
     def _record_model_error(self, exc: BaseException) -> None:
-        """Write the model-load error record the monitor fails the run on (docs/contracts.md)."""
+        """Write the model-load error record the monitor fails the run on
+        (docs/contracts/worker-environment.md)."""
         if not self.config.model_error_uri:
             return
         record = {"run_id": self.config.run_id, "model": self.config.model_uri, **_error_fields(exc)}
@@ -560,7 +561,7 @@ class Worker:
                 S3Uri.parse(message.output),
                 body,
                 # The metadata lets the control plane count predictions with HeadObject, by purchase option
-                # (docs/contracts.md).
+                # (docs/contracts/output-objects.md).
                 {
                     "spotfill-rows": str(len(item.rows)),
                     "spotfill-run-id": message.run_id,
@@ -608,7 +609,7 @@ class Worker:
         """The instance's purchase option and type, once IMDS answered (nothing off EC2), and with them this
         worker's predictions per second so far, counting the `rows` of the output about to be written
         (`spotfill-worker-rows-per-second`: rows written since its first prediction began, over the seconds
-        since; docs/contracts.md, "Output objects")."""
+        since; docs/contracts/output-objects.md)."""
         facts = self._instance_facts.facts if self._instance_facts is not None else None
         if facts is None:
             return {}

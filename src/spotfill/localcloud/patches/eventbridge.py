@@ -65,8 +65,8 @@ def patch_rule_targets() -> None:
 def aws_shaped_event(event: dict[str, Any]) -> dict[str, Any]:
     """moto keeps an event's `time` as epoch seconds; AWS delivers an ISO 8601 string. moto puts an S3
     object's key in its EventBridge event as is; S3 URL-encodes keys in its events (form encoding, `/` kept),
-    as AWS's own parsers of the EventBridge event expect (docs/contracts.md). moto names the object's ETag
-    `eTag` and sends `version-id: null` for an unversioned bucket; S3 sends `etag`, and no version id."""
+    as AWS's own parsers of the EventBridge event expect (docs/contracts/spec.md). moto names the object's
+    ETag `eTag` and sends `version-id: null` for an unversioned bucket; S3 sends `etag`, and no version id."""
     shaped = copy.deepcopy(dict(event))
     shaped.pop("ingestion-time", None)
     if isinstance(shaped.get("time"), int | float):
