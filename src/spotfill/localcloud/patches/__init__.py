@@ -14,9 +14,10 @@ One module per AWS service or behaviour, each opening with the AWS documentation
 - `routing`: moto's request routing computed once (speed only).
 
 Each patch is installed once per process and changes moto's in-process models only (the server runs in this
-process), never the code under test. `install()` installs them all, in this order (later patches wrap what
-earlier ones installed); `install_fleet_model()` installs only the fleet patches (the Step Functions harness
-uses moto in process, without the rest).
+process), never the code under test. `install()` installs them all, in the order of its body, which matters:
+a later patch wraps what an earlier one installed (the Spot Fleet's on-demand part wraps its lifecycle, the
+fleet visibility wraps both fleet APIs); `install_fleet_model()` installs only the fleet patches (the Step
+Functions harness uses moto in process, without the rest).
 """
 
 from __future__ import annotations
