@@ -362,13 +362,13 @@ def _patch_ec2_tags() -> None:
 
 
 def install_scaling_patches() -> None:
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.routing import route_requests_once
 
     _patch_sqs()
     _patch_s3()
     _patch_ec2_tags()
     _patch_ec2_instance_lookup()
-    patches.route_requests_once()
+    route_requests_once()
 
 
 def _patch_ec2_instance_lookup() -> None:
@@ -413,7 +413,9 @@ def serve(port: int, connection: Any) -> None:
     )
     from werkzeug.serving import make_server
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches import install
+    from spotfill.localcloud.patches.account_limits import set_service_quota
+    from spotfill.localcloud.patches.spot_prices import quote_spot_prices
     from spotfill.localcloud.pricing import PriceListRouter
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -436,9 +438,9 @@ def serve(port: int, connection: Any) -> None:
     mock = mock_aws()
     mock.start()
     endpoint = f"http://{HOST}:{port}"
-    patches.install(endpoint)
-    patches.quote_spot_prices()
-    patches.set_service_quota("L-34B43A08", 100_000, region=REGION, account_id=ACCOUNT_ID)
+    install(endpoint)
+    quote_spot_prices()
+    set_service_quota("L-34B43A08", 100_000, region=REGION, account_id=ACCOUNT_ID)
     install_scaling_patches()
     server = Server(ip_address=HOST, port=port, verbose=False)
     server.start()

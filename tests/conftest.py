@@ -229,15 +229,15 @@ def month_long_run() -> tuple[dict, dict]:
 
 
 class FleetLag:
-    """The local cloud's EC2 not knowing a new fleet for `seconds` (`patches.FLEET_VISIBILITY`), on a clock
-    the test moves (`advance`)."""
+    """The local cloud's EC2 not knowing a new fleet for `seconds`
+    (`patches.fleet_visibility.FLEET_VISIBILITY`), on a clock the test moves (`advance`)."""
 
     def __init__(self, seconds: float) -> None:
-        from spotfill.localcloud import patches
+        from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
 
         self.now = 0.0
         self.seconds = seconds
-        patches.FLEET_VISIBILITY.set(seconds, clock=lambda: self.now)
+        FLEET_VISIBILITY.set(seconds, clock=lambda: self.now)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
@@ -247,7 +247,7 @@ class FleetLag:
 def fleet_lag():
     """New fleets unknown to EC2 for 60 s of the test's clock, as EC2's eventually consistent API may answer
     ("Eventual consistency in the Amazon EC2 API", EC2 Developer Guide)."""
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
 
     yield FleetLag(60.0)
-    patches.FLEET_VISIBILITY.set(0.0)
+    FLEET_VISIBILITY.set(0.0)

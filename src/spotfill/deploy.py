@@ -29,12 +29,16 @@ What happens, in order:
    deploy-time parameter: each run reads the public SSM parameter of its kind (moto ships them).
 5. `create_stack`, then the outputs are read back into a typed `StackOutputs`.
 
+One module of a little over 600 lines because it is these five steps in this order, each section below one
+of them, called once by `deploy_stack` (and again by `update_stack`): split, a reader would follow one
+deployment across files in the same order.
+
 `update_stack` builds the template the same way and applies it with `UpdateStack`, as `sam deploy` does to an
 existing stack. moto's CloudFormation updates only what a changed parameter or template text names directly;
 the local cloud and the Step Functions harness install
-`spotfill.localcloud.patches.update_stacks_as_cloudformation_does`, which updates what references an updated
-resource too (a replaced security group reaches the launch template, a new launch template version reaches the
-functions' `LAUNCH_TEMPLATE_VERSION`), as CloudFormation does.
+`spotfill.localcloud.patches.cloudformation.update_stacks_as_cloudformation_does`, which updates what
+references an updated resource too (a replaced security group reaches the launch template, a new launch
+template version reaches the functions' `LAUNCH_TEMPLATE_VERSION`), as CloudFormation does.
 """
 
 from __future__ import annotations

@@ -89,7 +89,8 @@ class Invocation:
 
     @property
     def name(self) -> str:
-        """The handler's module name, which is also the state's handler in docs/contracts.md: "monitor"."""
+        """The handler's module name, which is also the state's handler in docs/contracts/state-machine.md:
+        "monitor"."""
         module = self.handler.rsplit(".", 1)[0]
         return module.rsplit(".", 1)[-1]
 

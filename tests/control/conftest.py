@@ -22,7 +22,9 @@ from moto import mock_aws
 from spotfill_control import aws
 from spotfill_control.config import Settings, settings
 
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches import install_fleet_model
+from spotfill.localcloud.patches.account_limits import patch_account_limits, set_service_quota
+from spotfill.localcloud.patches.launch_templates import inherit_launch_template_source_versions
 
 REGION = "us-east-1"
 CONTROL_BUCKET = "spotfill-control-test"
@@ -139,8 +141,8 @@ def _pooled_client(service: str, *args: Any, **kwargs: Any) -> Any:
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # EC2's launch template physics, which moto lacks: a new version inherits its SourceVersion, and a fleet
     # launches from the version it names; its request history, ActivityStatus and ValidUntil.
-    patches.inherit_launch_template_source_versions()
-    patches.install_fleet_model()
+    inherit_launch_template_source_versions()
+    install_fleet_model()
     with mock_aws():
         aws.reset_clients()
         monkeypatch.setattr(boto3, "client", _pooled_client)
@@ -266,9 +268,9 @@ def push_worker_image(repository: str, tag: str) -> str:
 
 def _build_account(world: World) -> None:
     """What preflight reads of the account: raised Spot quotas and the worker image in ECR."""
-    patches.patch_account_limits()
+    patch_account_limits()
     for code, vcpus in ACCOUNT_SPOT_VCPUS.items():
-        patches.set_service_quota(code, vcpus, region=REGION)
+        set_service_quota(code, vcpus, region=REGION)
     push_worker_image(WORKER_REPOSITORY, world.settings.worker_image.rsplit(":", 1)[1])
     push_worker_image(WORKER_REPOSITORY, world.settings.worker_image_arm64.rsplit(":", 1)[1])
 

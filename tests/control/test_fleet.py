@@ -126,9 +126,9 @@ def test_ec2_refuses_a_fleet_request_with_more_than_300_overrides(world, api):
     # such a spec, and the local cloud refuses the request as EC2 does
     from botocore.exceptions import ClientError
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches import install_fleet_model
 
-    patches.install_fleet_model()
+    install_fleet_model()
     subnets = [f"subnet-{i:017x}" for i in range(16)]
     run = pure_run(fleet__api=api, fleet__instance_types=TWENTY_TYPES, fleet__subnets=subnets)
     request = fleet.build_fleet_request(run, world.settings, STARTED)
@@ -601,11 +601,12 @@ def test_a_fleet_ec2_never_knows_ends_the_run_after_the_grace(world, lambda_cont
 @pytest.fixture
 def failing_pools():
     """EC2 as the local cloud models it (request history, ActivityStatus), with pools made to fail."""
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches import install_fleet_model
+    from spotfill.localcloud.patches.fleets import set_failing_pools
 
-    patches.install_fleet_model()
-    yield patches.set_failing_pools
-    patches.set_failing_pools({})
+    install_fleet_model()
+    yield set_failing_pools
+    set_failing_pools({})
 
 
 @pytest.mark.aws

@@ -133,7 +133,7 @@ def _runtime_metadata(
     fallback: str = "",
     precision: str = "fp32",
 ) -> dict[str, str]:
-    """The keys a worker adds to each output it writes (docs/contracts.md, "Output objects")."""
+    """The keys a worker adds to each output it writes (docs/contracts/output-objects.md)."""
     return {
         "spotfill-runtime": runtime,
         "spotfill-precision": precision,
@@ -361,7 +361,7 @@ def test_run_local_refuses_tfrecord_options_that_do_not_go_together(capsys, extr
 def test_run_local_counts_the_records_of_plain_and_gzip_tfrecord_shards(tmp_path):
     import tensorflow as tf
 
-    from spotfill.localrun import shard_rows
+    from spotfill.local_folders import shard_rows
 
     for name, compression in (("a.tfrecord", ""), ("b.tfrecord.gz", "GZIP")):
         with tf.io.TFRecordWriter(

@@ -21,7 +21,7 @@ from spotfill_control.preflight import (
 )
 from spotfill_control.spec import BackfillSpec
 
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.account_limits import set_instance_type_offerings, set_service_quota
 from spotfill.localcloud.pricing import emulated_facts as facts
 
 from .conftest import CONTROL_BUCKET, REGION, WORKER_REPOSITORY, FailingClient, push_worker_image, sample_spec
@@ -108,7 +108,7 @@ def test_worst_case_is_counted_per_quota_family():
 @pytest.mark.aws
 def test_quota_exceeded_names_the_quota_its_value_the_requested_vcpus_and_the_fixes(world):
     # given an account whose Standard spot quota is 8 vCPUs
-    patches.set_service_quota(STANDARD, 8, region=REGION)
+    set_service_quota(STANDARD, 8, region=REGION)
     # when a fleet of c5.xlarge/c5.2xlarge at target capacity 4 (up to 20 vCPUs) is checked
     with pytest.raises(InvalidSpecError) as raised:
         check_spot_quotas(
@@ -132,7 +132,7 @@ def test_quota_exceeded_names_the_quota_its_value_the_requested_vcpus_and_the_fi
 def test_the_on_demand_base_does_not_count_against_the_spot_quota(world):
     # given an account whose Standard spot quota is 8 vCPUs, and a fleet of 4 units of which 3 always run on
     # demand: its spot part (1 unit, at most one 8-vCPU c5.2xlarge) fits
-    patches.set_service_quota(STANDARD, 8, region=REGION)
+    set_service_quota(STANDARD, 8, region=REGION)
     clients = aws.client("service-quotas"), aws.client("cloudwatch")
     types = facts(["c5.xlarge", "c5.2xlarge"])
     check_spot_quotas(spec(fleet__on_demand_base=3), types, *clients, datetime.now(UTC))
@@ -146,7 +146,7 @@ def test_the_on_demand_base_does_not_count_against_the_spot_quota(world):
     )
     assert "lower fleet.target_capacity to 3 or less" in message
     # and a fleet entirely on demand needs no spot quota at all
-    patches.set_service_quota(STANDARD, 0, region=REGION)
+    set_service_quota(STANDARD, 0, region=REGION)
     check_spot_quotas(spec(fleet__on_demand_base=4), types, *clients, datetime.now(UTC))
 
 
@@ -228,7 +228,7 @@ def test_a_throttled_preflight_call_stays_retryable(world, client, operation):
 @pytest.mark.aws
 def test_a_type_offered_in_none_of_the_subnets_zones_names_the_type_and_the_zones(world):
     # given c5.2xlarge offered nowhere in the Region
-    patches.set_instance_type_offerings("c5.2xlarge", [], region=REGION)
+    set_instance_type_offerings("c5.2xlarge", [], region=REGION)
     zones = sorted(
         s["AvailabilityZone"] for s in aws.client("ec2").describe_subnets(SubnetIds=world.subnets)["Subnets"]
     )
@@ -247,8 +247,8 @@ def test_a_type_offered_in_some_of_the_subnets_zones_passes_with_a_note(world):
     # given c5.2xlarge offered in one of the subnets' zones, c5.xlarge in all of them
     subnets = aws.client("ec2").describe_subnets(SubnetIds=world.subnets)["Subnets"]
     first_zone = subnets[0]["AvailabilityZone"]
-    patches.set_instance_type_offerings("c5.2xlarge", [first_zone], region=REGION)
-    patches.set_instance_type_offerings("c5.xlarge", [s["AvailabilityZone"] for s in subnets], region=REGION)
+    set_instance_type_offerings("c5.2xlarge", [first_zone], region=REGION)
+    set_instance_type_offerings("c5.xlarge", [s["AvailabilityZone"] for s in subnets], region=REGION)
     # when the offerings are checked / then c5.2xlarge passes, noted as placed in that zone only
 
     offerings = check_offerings(spec(), world.subnets, aws.client("ec2"))
@@ -328,7 +328,7 @@ def test_an_image_pinned_by_digest_is_found_by_its_digest(world):
 @pytest.mark.aws
 def test_validate_fails_over_quota_before_the_run_exists(world, lambda_context):
     # given an account with a new account's Standard spot quota (5 vCPUs)
-    patches.set_service_quota(STANDARD, 5, region=REGION)
+    set_service_quota(STANDARD, 5, region=REGION)
     # when a run of up to 20 vCPUs is validated
     with pytest.raises(InvalidSpecError, match=r"^fleet\.target_capacity: .*\(L-34B43A08\).* is 5 vCPUs"):
         validate_handler.handler(world.validate_event(sample_spec()), lambda_context)
@@ -342,8 +342,8 @@ def test_validate_passes_preflight_and_keeps_the_notes(world):
     zones = [
         s["AvailabilityZone"] for s in aws.client("ec2").describe_subnets(SubnetIds=world.subnets)["Subnets"]
     ]
-    patches.set_instance_type_offerings("c5.xlarge", zones[:1], region=REGION)
-    patches.set_instance_type_offerings("c5.2xlarge", zones, region=REGION)
+    set_instance_type_offerings("c5.xlarge", zones[:1], region=REGION)
+    set_instance_type_offerings("c5.2xlarge", zones, region=REGION)
     checks = preflight()
     # when the whole preflight runs / then it passes, noting where c5.xlarge can go
 

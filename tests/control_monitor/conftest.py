@@ -21,7 +21,7 @@ from moto import mock_aws
 from spotfill_control import aws, shards
 from spotfill_control.config import Settings, settings
 
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.account_limits import patch_account_limits, set_service_quota
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -189,11 +189,13 @@ class World:
 
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches import install_fleet_model
+    from spotfill.localcloud.patches.launch_templates import delete_launch_template_versions_as_ec2_does
+    from spotfill.localcloud.patches.spot_prices import quote_spot_prices
 
-    patches.delete_launch_template_versions_as_ec2_does()
-    patches.install_fleet_model()  # EC2's Spot Fleet history, ActivityStatus and ValidUntil (moto has none)
-    patches.quote_spot_prices()  # spot prices the budget and the report can price runs with
+    delete_launch_template_versions_as_ec2_does()
+    install_fleet_model()  # EC2's Spot Fleet history, ActivityStatus and ValidUntil (moto has none)
+    quote_spot_prices()  # spot prices the budget and the report can price runs with
     # moto parses thousands of public AMIs per fresh EC2 backend; these tests need none of them (and moto
     # does not validate image ids), which keeps each test's setup well under a second.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
@@ -285,8 +287,8 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, shards: int) -> World:
 def _prepare_account() -> None:
     """What Validate's preflight reads: a raised Standard Spot quota (the sample fleet may run 20 vCPUs, a new
     account has 5) and the worker image in ECR."""
-    patches.patch_account_limits()
-    patches.set_service_quota("L-34B43A08", 256, region=REGION, account_id=ACCOUNT)
+    patch_account_limits()
+    set_service_quota("L-34B43A08", 256, region=REGION, account_id=ACCOUNT)
     ecr = aws.client("ecr")
     ecr.create_repository(repositoryName="spotfill-worker")
     config = {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023}

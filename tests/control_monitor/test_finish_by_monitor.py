@@ -77,7 +77,7 @@ def fleet_targets(world: World, run: dict[str, Any]) -> tuple[int, int]:
 def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
     world40, lambda_context, monkeypatch
 ):
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleets import set_spot_capacity
 
     started = datetime.now(UTC)
     run = start(world40, lambda_context, started)
@@ -93,7 +93,7 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
     assert fleet_targets(world40, run) == (2, 0)
 
     # when spot takes one of the two instances back (and has no more to give), and the run slows down
-    patches.set_spot_capacity({"c5.xlarge": 1})
+    set_spot_capacity({"c5.xlarge": 1})
     try:
         world40.ec2.terminate_instances(InstanceIds=[world40.fleet_instances(run)[0]])
         run = poll(run, range(10, 13))
@@ -118,11 +118,11 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
         line = outlook(FinishBy.model_validate(run["finish_by"]))
         assert "behind by " in line and line.endswith("adding 5 capacity units")
     finally:
-        patches.set_spot_capacity({})
+        set_spot_capacity({})
 
 
 def test_a_run_on_track_keeps_its_spot_shortfall_off_on_demand(world40, lambda_context, monkeypatch):
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleets import set_spot_capacity
 
     # given a run well ahead: 30 outputs on 2 units in its first 600 s (R / 40 per unit-second)
     started = datetime.now(UTC)
@@ -134,7 +134,7 @@ def test_a_run_on_track_keeps_its_spot_shortfall_off_on_demand(world40, lambda_c
     assert run["finish_by"]["behind_seconds"] < 0
 
     # when spot takes one instance back and has no more to give
-    patches.set_spot_capacity({"c5.xlarge": 1})
+    set_spot_capacity({"c5.xlarge": 1})
     try:
         world40.ec2.terminate_instances(InstanceIds=[world40.fleet_instances(run)[0]])
         for outputs in (range(30, 34), range(34, 36)):
@@ -146,7 +146,7 @@ def test_a_run_on_track_keeps_its_spot_shortfall_off_on_demand(world40, lambda_c
             assert fleet_targets(world40, run) == (1, 0)
             assert run["progress"]["on_demand_fallback_units"] == 0
     finally:
-        patches.set_spot_capacity({})
+        set_spot_capacity({})
 
 
 def test_an_instance_lost_after_a_shrink_that_terminated_nothing_is_an_interruption(

@@ -283,7 +283,7 @@ def thousand_instance_run(moto_aws, monkeypatch, lambda_context) -> Iterator[tup
         validate,
     )
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.account_limits import set_service_quota
 
     from .conftest import (
         ACCOUNT,
@@ -296,7 +296,7 @@ def thousand_instance_run(moto_aws, monkeypatch, lambda_context) -> Iterator[tup
     )
 
     world = _build_world(monkeypatch, shards=INSTANCES)
-    patches.set_service_quota("L-34B43A08", 4 * INSTANCES + 4, region=REGION, account_id=ACCOUNT)
+    set_service_quota("L-34B43A08", 4 * INSTANCES + 4, region=REGION, account_id=ACCOUNT)
     spec = sample_spec()
     spec["fleet"] = {"instance_types": ["c5.xlarge"], "target_capacity": INSTANCES}
     event = {

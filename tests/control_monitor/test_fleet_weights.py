@@ -55,15 +55,15 @@ def test_spot_fleet_is_re_weighted_with_launch_template_configs_alone():
 def mixed_fleet(start_run: Callable[..., dict[str, Any]], api: str) -> RunState:
     """A fleet of 3 units (the world's 3 shards): one c5.2xlarge (2 units by vCPUs, first in the request)
     and, spot being short of it, one c5.xlarge (1 unit)."""
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleets import set_spot_capacity
 
-    patches.set_spot_capacity({"c5.2xlarge": 2})
+    set_spot_capacity({"c5.2xlarge": 2})
     try:
         run = start_run(
             fleet={"api": api, "instance_types": ["c5.2xlarge", "c5.xlarge"], "target_capacity": 3}
         )
     finally:
-        patches.set_spot_capacity({})
+        set_spot_capacity({})
     return RunState.model_validate(run)
 
 
@@ -167,7 +167,7 @@ def start_deadline_run(world: World, lambda_context: Any, started: datetime) -> 
         scale_service,
     )
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleets import set_spot_capacity
 
     from .conftest import _register_fleet, validated_deadline_run
 
@@ -175,11 +175,11 @@ def start_deadline_run(world: World, lambda_context: Any, started: datetime) -> 
     run = validated_deadline_run(lambda_context, started, SHARDS, fleet, R / 150, 6000.0)
     assert run["finish_by"]["start_units"] == 4
     run = prepare_run.handler({"run": run}, lambda_context)
-    patches.set_spot_capacity({"c5.2xlarge": 2})
+    set_spot_capacity({"c5.2xlarge": 2})
     try:
         run = request_fleet.handler({"run": run}, lambda_context)
     finally:
-        patches.set_spot_capacity({})
+        set_spot_capacity({})
     _register_fleet(world, run)
     run = check_registration.handler({"run": run}, lambda_context)
     return scale_service.handler({"run": run}, lambda_context)

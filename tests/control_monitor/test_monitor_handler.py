@@ -528,10 +528,10 @@ def test_each_poll_adds_a_sample_to_the_run_series_and_projects_the_eta_and_tota
 def test_monitor_waits_while_ec2_does_not_know_the_fleet_requested_moments_ago(
     world, running_run, lambda_context, fleet_lag
 ):
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
 
     # given EC2's eventually consistent API answering NotFound about the fleet requested seconds ago
-    patches.FLEET_VISIBILITY.created(running_run["resources"]["fleet_id"])
+    FLEET_VISIBILITY.created(running_run["resources"]["fleet_id"])
 
     # when monitor looks, then the run goes on (the fleet is not "gone") and the poll knows nothing of it
     run = monitor.handler({"run": running_run}, lambda_context)
@@ -543,10 +543,10 @@ def test_monitor_fails_the_run_when_ec2_does_not_know_its_fleet_after_the_grace(
 ):
     from spotfill_control.fleet import CONSISTENCY_GRACE
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
 
     # given a fleet requested longer ago than EC2 may take to know it, and EC2 answering NotFound
-    patches.FLEET_VISIBILITY.created(running_run["resources"]["fleet_id"])
+    FLEET_VISIBILITY.created(running_run["resources"]["fleet_id"])
     old = json.loads(json.dumps(running_run))
     requested = datetime.now(UTC) - CONSISTENCY_GRACE
     old["timeline"]["fleet_requested_at"] = requested.isoformat()

@@ -53,7 +53,7 @@ def test_run_local_of_a_spec_validate_refuses_prints_its_one_sentence_not_the_la
 ):
     # given a model and a shard that fit, and a run asking more instances than the local cloud's spot vCPU
     # quota allows
-    from spotfill.localcloud.patches import LOCAL_CLOUD_SPOT_VCPUS
+    from spotfill.localcloud.patches.account_limits import LOCAL_CLOUD_SPOT_VCPUS
 
     (tmp_path / "in").mkdir()
     shard = digits.shards()[0]

@@ -23,9 +23,10 @@ def test_the_emulated_spot_market_quotes_any_type_in_every_zone_below_on_demand(
     import boto3
     from moto import mock_aws
 
-    from spotfill.localcloud import patches, pricing
+    from spotfill.localcloud import pricing
+    from spotfill.localcloud.patches.account_limits import patch_account_limits
 
-    patches.patch_account_limits()
+    patch_account_limits()
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
         zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
@@ -57,9 +58,10 @@ def test_the_emulated_price_list_answers_get_products_as_aws_shapes_it():
     import boto3
     from moto import mock_aws
 
-    from spotfill.localcloud import patches, pricing
+    from spotfill.localcloud import pricing
+    from spotfill.localcloud.patches.account_limits import patch_account_limits
 
-    patches.patch_account_limits()
+    patch_account_limits()
     with mock_aws():
         client = boto3.client("pricing", region_name="us-east-1")
 
@@ -104,10 +106,12 @@ def test_a_refusing_price_list_answers_its_error_until_restored():
     import boto3
     from moto import mock_aws
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.account_limits import (
+        patch_account_limits,
+    )
     from spotfill.localcloud.pricing import PRICE_LIST_OUTAGE
 
-    patches.patch_account_limits()
+    patch_account_limits()
     filters = [{"Type": "TERM_MATCH", "Field": "instanceType", "Value": "c5.xlarge"}]
     with mock_aws():
         client = boto3.client("pricing", region_name="us-east-1")
@@ -126,9 +130,12 @@ def test_the_emulator_serves_ec2_spot_quotas_as_aws_does():
     import boto3
     from moto import mock_aws
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.account_limits import (
+        patch_account_limits,
+        set_service_quota,
+    )
 
-    patches.patch_account_limits()
+    patch_account_limits()
     with mock_aws():
         quotas = boto3.client("service-quotas", region_name="us-east-1")
         # a quota never changed has no applied value; its AWS default is a new account's
@@ -152,9 +159,9 @@ def test_the_emulator_serves_ec2_spot_quotas_as_aws_does():
             quotas.request_service_quota_increase(ServiceCode="ec2", QuotaCode="L-3819A6DF", DesiredValue=8)
 
         # tests may set any value, or forget it
-        patches.set_service_quota("L-3819A6DF", 4)
+        set_service_quota("L-3819A6DF", 4)
         assert quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")["Quota"]["Value"] == 4
-        patches.set_service_quota("L-3819A6DF", None)
+        set_service_quota("L-3819A6DF", None)
         with pytest.raises(ClientError, match="NoSuchResourceException"):
             quotas.get_service_quota(ServiceCode="ec2", QuotaCode="L-3819A6DF")
 
@@ -163,9 +170,12 @@ def test_instance_type_offerings_follow_what_a_test_sets():
     import boto3
     from moto import mock_aws
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.account_limits import (
+        patch_account_limits,
+        set_instance_type_offerings,
+    )
 
-    patches.patch_account_limits()
+    patch_account_limits()
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
 
@@ -178,8 +188,8 @@ def test_instance_type_offerings_follow_what_a_test_sets():
         # given moto's snapshot of AWS's offerings (c5.large everywhere but us-east-1e)
         assert "us-east-1a" in zones_of("c5.large")
         # when a test withdraws c5.large from every zone, and offers g5.xlarge in one
-        patches.set_instance_type_offerings("c5.large", [])
-        patches.set_instance_type_offerings("g5.xlarge", ["us-east-1b"])
+        set_instance_type_offerings("c5.large", [])
+        set_instance_type_offerings("g5.xlarge", ["us-east-1b"])
         # then the offerings say so, by zone, zone id and Region
         assert zones_of("c5.large") == [] and zones_of("c5.large", "region") == []
         assert zones_of("g5.xlarge") == ["us-east-1b"]
@@ -189,7 +199,7 @@ def test_instance_type_offerings_follow_what_a_test_sets():
 
 
 def test_s3_event_reaches_rule_targets_shaped_as_s3_sends_it():
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.eventbridge import aws_shaped_event
 
     # given moto's EventBridge event of a put to an unversioned bucket and of one to a versioned bucket
     moto_event = {
@@ -200,7 +210,7 @@ def test_s3_event_reaches_rule_targets_shaped_as_s3_sends_it():
     versioned = {**moto_event, "detail": {"object": {**moto_event["detail"]["object"], "version-id": "v1"}}}
 
     # when the local cloud shapes them for a rule target
-    shaped, shaped_versioned = patches.aws_shaped_event(moto_event), patches.aws_shaped_event(versioned)
+    shaped, shaped_versioned = aws_shaped_event(moto_event), aws_shaped_event(versioned)
 
     # then they read as S3's: the key URL-encoded, the ETag as `etag`, a version id only where there is one
     assert shaped["detail"]["object"] == {"key": "backfills/a+b%2Bc.json", "size": 2, "etag": "abc"}
@@ -213,9 +223,9 @@ def test_instances_and_their_tags_are_found_by_id_with_the_answers_of_a_scan(mon
     from moto import mock_aws
     from moto.ec2 import ec2_backends
 
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.ec2_instances import look_up_instances_and_tags_by_id
 
-    patches.look_up_instances_and_tags_by_id()
+    look_up_instances_and_tags_by_id()
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
         image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]

@@ -17,7 +17,7 @@ from .helpers import Digits, worker_records, write_digits
 pytestmark = pytest.mark.e2e
 
 RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
-TOLERANCE = 1e-5  # docs/contracts.md, "Model runtime and precision"
+TOLERANCE = 1e-5  # docs/contracts/spec.md, "Model runtime and precision"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.fleets import set_spot_capacity
 from spotfill.localrun import follow_run, manifest, upload_and_trigger
 
 pytestmark = pytest.mark.e2e
@@ -18,9 +18,9 @@ FALLBACK_AFTER_SECONDS = 4
 @pytest.fixture
 def no_spot_capacity():
     """The emulated spot market has no c5.xlarge at all (on demand is never short)."""
-    patches.set_spot_capacity({"c5.xlarge": 0})
+    set_spot_capacity({"c5.xlarge": 0})
     yield
-    patches.set_spot_capacity({})
+    set_spot_capacity({})
 
 
 def test_spot_short_runs_the_shortfall_on_demand_after_the_wait_and_the_run_completes(

@@ -302,10 +302,10 @@ def test_an_interrupted_instance_is_drained_terminated_and_replaced_by_the_fleet
 
 
 def test_instances_boot_one_by_one_and_a_failing_pool_is_reported_while_the_others_fill(local_cloud):
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.fleets import set_failing_pools
 
     # given c5.xlarge unsupported in every zone
-    patches.set_failing_pools({"c5.xlarge": "Unsupported"})
+    set_failing_pools({"c5.xlarge": "Unsupported"})
     try:
         # when a fleet of three over c5.xlarge and m5.xlarge is requested
         _run_scope(local_cloud, "run-pools", desired=3)
@@ -316,7 +316,7 @@ def test_instances_boot_one_by_one_and_a_failing_pool_is_reported_while_the_othe
             types=("c5.xlarge", "m5.xlarge"),
         )
     finally:
-        patches.set_failing_pools({})
+        set_failing_pools({})
 
     # then EC2 reports the failed pool as Spot Fleet reports a launch specification it gave up on (an
     # information event, launchSpecTemporarilyBlacklisted, naming the type and zone; no error) ...

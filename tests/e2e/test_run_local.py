@@ -17,9 +17,9 @@ import pytest
 
 from spotfill import localrun
 from spotfill.cli import main
+from spotfill.local_folders import plan_outputs
 from spotfill.localcloud import LocalCloud, LocalCloudOptions
 from spotfill.localcloud.cloud import OWNER_FILE, reclaim_abandoned_run_dirs
-from spotfill.localrun import plan_outputs
 from spotfill.model_record import LocalModel, record_models, recorded_models
 from spotfill.runs import CliError
 

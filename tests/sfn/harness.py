@@ -59,7 +59,14 @@ from moto import mock_aws
 
 from spotfill.deploy import StackOutputs, deploy_stack, update_stack
 from spotfill.lambdas import Dispatcher, Invocation, inprocess_lambdas
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.eventbridge import target_input
+from spotfill.localcloud.patches.fleet_clock import maintain_fleets
+from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
+from spotfill.localcloud.patches.fleets import (
+    expired_fleets,
+    set_failing_pools,
+    set_spot_capacity,
+)
 
 REGION = "us-east-1"
 SFN_CONFIG = {"stepfunctions": {"execute_state_machine": True}}
@@ -78,16 +85,16 @@ class Knobs:
     register: bool = True  # False: instances never join the cluster (registration timeout)
     register_after_seconds: float = 0.0  # boot time before an instance registers
     register_interval_seconds: float = 0.0  # instances register one at a time, at least this far apart
-    # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
+    # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (POOL_ERRORS)
     failing_pools: dict[str, str] = field(default_factory=dict)
     # EC2 expires a fleet this long after the physics first sees it, not at the ValidUntil the run asked for
     # (limits.max_runtime_seconds, 60 s at least): an expiry without the wait. None: the ValidUntil requested.
     fleet_valid_for_seconds: float | None = None
     fleet_fails: bool = False  # EC2 reports the fleet `failed` right after it is requested
     # EC2's API does not know a new fleet for this long (NotFound to calls naming it: eventual consistency,
-    # `patches.FLEET_VISIBILITY`); its instances boot all the same
+    # `patches.fleet_visibility.FLEET_VISIBILITY`); its instances boot all the same
     fleet_visibility_lag: float = 0.0
-    # Spot is short: a fleet gets at most this many spot units of each type named (patches.set_spot_capacity)
+    # Spot is short: a fleet gets at most this many spot units of each type named (set_spot_capacity)
     spot_capacity: dict[str, float] = field(default_factory=dict)
     tick_seconds: float = 0.25  # the physics' clock
     shards_per_tick: int = 1  # how fast the workers are, so outputs appear while the run monitors
@@ -139,17 +146,17 @@ class Physics(threading.Thread):
         self._turn = 0  # the next registered instance an output is attributed to (`Knobs.worker_rates`)
 
     def start(self) -> None:
-        patches.set_failing_pools(self.knobs.failing_pools)
-        patches.set_spot_capacity(self.knobs.spot_capacity)
-        patches.FLEET_VISIBILITY.set(self.knobs.fleet_visibility_lag)
+        set_failing_pools(self.knobs.failing_pools)
+        set_spot_capacity(self.knobs.spot_capacity)
+        FLEET_VISIBILITY.set(self.knobs.fleet_visibility_lag)
         super().start()
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=10)
-        patches.set_failing_pools({})
-        patches.set_spot_capacity({})
-        patches.FLEET_VISIBILITY.set(0.0)
+        set_failing_pools({})
+        set_spot_capacity({})
+        FLEET_VISIBILITY.set(0.0)
 
     def run(self) -> None:
         while not self._halt.is_set():
@@ -176,8 +183,8 @@ class Physics(threading.Thread):
                     fleet.valid_until = datetime.now(UTC) + timedelta(
                         seconds=self.knobs.fleet_valid_for_seconds
                     )
-        patches.maintain_fleets(backend)
-        self.log.expired.update(patches.expired_fleets(backend))
+        maintain_fleets(backend)
+        self.log.expired.update(expired_fleets(backend))
 
     def _boot_and_register(self) -> None:
         for fleet_id, state, tags in live_fleets(self._ec2):
@@ -189,7 +196,7 @@ class Physics(threading.Thread):
                 continue
             if not self.knobs.register:
                 continue
-            if patches.FLEET_VISIBILITY.hidden(fleet_id):
+            if FLEET_VISIBILITY.hidden(fleet_id):
                 continue  # the API does not name it yet; its instances register once it does
             instances = fleet_active_instances(self._ec2, fleet_id)
             for instance in instances:
@@ -616,7 +623,7 @@ class Cloud:
             if not _matches(json.loads(rule["EventPattern"]), event):
                 continue
             for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
-                payload = json.dumps(patches.target_input(target, event))
+                payload = json.dumps(target_input(target, event))
                 if ":lambda:" in target["Arn"]:
                     response = lambda_.invoke(FunctionName=target["Arn"], Payload=payload.encode())
                     invoked.append((target["Arn"], json.loads(response["Payload"].read() or b"null")))
@@ -702,9 +709,9 @@ def fill_moto_gaps() -> None:
     """Implement the AWS APIs spotfill calls that moto 5.2.5 lacks (in process, idempotent).
 
     - `ec2:DeleteLaunchTemplateVersions` (teardown removes the run's launch template version), which moto
-      lacks: the local cloud's `patches.delete_launch_template_versions_as_ec2_does`, shared.
+      lacks: the local cloud's `patches.launch_templates.delete_launch_template_versions_as_ec2_does`, shared.
     - EC2 Spot vCPU quotas in Service Quotas and settable instance type offerings: the local cloud's
-      `patches.patch_account_limits`, shared.
+      `patches.account_limits.patch_account_limits`, shared.
     - The launch template physics the local cloud has too (`spotfill.localcloud.patches`): a Spot Fleet
       launches from the version its request names; `CreateLaunchTemplateVersion` inherits its
       `SourceVersion`; a stack update updates what references an updated resource, and a launch template's
@@ -712,19 +719,26 @@ def fill_moto_gaps() -> None:
     - Spot Fleet's ActivityStatus, request history, failing pools and ValidUntil: the local cloud's model of
       them (`spotfill.localcloud.patches.install_fleet_model`).
     - The Price List Query API (`pricing:GetProducts`) and spot prices in DescribeSpotPriceHistory:
-      `patches.patch_account_limits` too (`spotfill.localcloud.pricing`).
+      `patches.account_limits.patch_account_limits` too (`spotfill.localcloud.pricing`).
     """
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches import install_fleet_model
+    from spotfill.localcloud.patches.account_limits import patch_account_limits
+    from spotfill.localcloud.patches.cloudformation import update_stacks_as_cloudformation_does
+    from spotfill.localcloud.patches.launch_templates import (
+        delete_launch_template_versions_as_ec2_does,
+        inherit_launch_template_source_versions,
+    )
+    from spotfill.localcloud.patches.spot_prices import quote_spot_prices
 
-    patches.patch_account_limits()
+    patch_account_limits()
     global _gaps_filled
     if _gaps_filled:
         return
-    patches.install_fleet_model()
-    patches.inherit_launch_template_source_versions()
-    patches.update_stacks_as_cloudformation_does()
-    patches.delete_launch_template_versions_as_ec2_does()
-    patches.quote_spot_prices()
+    install_fleet_model()
+    inherit_launch_template_source_versions()
+    update_stacks_as_cloudformation_does()
+    delete_launch_template_versions_as_ec2_does()
+    quote_spot_prices()
     _gaps_filled = True
 
 
@@ -741,9 +755,9 @@ WORKER_IMAGE_ARM64 = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{WORKER_REPOS
 
 def set_spot_quota(code: str, vcpus: float | None) -> None:
     """Apply a Spot vCPU quota value in the cloud's account (None: never changed, the AWS default applies)."""
-    from spotfill.localcloud import patches
+    from spotfill.localcloud.patches.account_limits import set_service_quota
 
-    patches.set_service_quota(code, vcpus, region=REGION)
+    set_service_quota(code, vcpus, region=REGION)
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from spotfill.deploy import (
     deploy_stack,
     update_stack,
 )
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.cloudformation import update_stacks_as_cloudformation_does
 
 GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 
@@ -41,7 +41,7 @@ ALL_FUNCTIONS = {
     "StartBackfillFunction": "start_backfill",
 }
 
-# docs/contracts.md, "Control-plane configuration".
+# docs/contracts/control-plane-configuration.md.
 CONTROL_ENVIRONMENT = {
     "CONTROL_BUCKET",
     "WORKER_IMAGE",
@@ -431,7 +431,7 @@ def test_stack_update_adds_a_launch_template_version_the_functions_name_while_th
 ):
     # given a deployed stack (and moto updating a stack as CloudFormation does: what references a resource
     # it updates is updated after it)
-    patches.update_stacks_as_cloudformation_does()
+    update_stacks_as_cloudformation_does()
     first = deploy_stack("spotfill-updated")
 
     # when an update changes its launch template

@@ -235,7 +235,7 @@ def _as_function(deployed: tuple[StackOutputs, boto3.session.Session], logical_i
     )
 
 
-# Each function that reads a control-bucket key that may not exist (docs/contracts.md, "IAM"), and such a key.
+# Each function that reads a control-bucket key that may not exist (docs/contracts/iam.md), and such a key.
 CONTROL_BUCKET_PROBES = [
     ("ValidateFunction", "backfills/missing.json"),  # a manifest deleted before Validate read it
     ("PrepareRunFunction", "runs/fresh/shards/index.json"),  # not written before the first attempt

@@ -347,7 +347,10 @@ def aws_calls(cloud):
 def s3_conflicts():
     """S3's 409 ConditionalRequestConflict on demand: `s3_conflicts.arm(writes, per_key)` (the local
     cloud's patch of moto)."""
-    from spotfill.localcloud.patches import CONDITIONAL_WRITE_CONFLICTS, install_conditional_write_conflicts
+    from spotfill.localcloud.patches.s3 import (
+        CONDITIONAL_WRITE_CONFLICTS,
+        install_conditional_write_conflicts,
+    )
 
     install_conditional_write_conflicts()
     yield CONDITIONAL_WRITE_CONFLICTS

@@ -194,7 +194,8 @@ def test_check_model_and_sample_names_the_sample_and_the_model_when_the_sample_d
 
 
 def test_check_model_and_sample_refuses_a_model_the_worker_cannot_serve(two_input_model, tmp_path):
-    from spotfill_worker.model import ModelLoadError, check_model_and_sample
+    from spotfill_worker.loaded_model import ModelLoadError
+    from spotfill_worker.model import check_model_and_sample
 
     sample = tmp_path / "sample.npy"
     sample.write_bytes(npy_bytes(rows(3)))

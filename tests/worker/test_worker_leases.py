@@ -15,7 +15,7 @@ from moto import mock_aws
 from spotfill_worker.leases import Delivery, Leases
 from spotfill_worker.telemetry import Telemetry
 
-from spotfill.localcloud.patches import patch_sqs_visibility_limit
+from spotfill.localcloud.patches.sqs import patch_sqs_visibility_limit
 
 TWELVE_HOURS = 43_200
 START = 1_800_000_000.0

@@ -1,6 +1,6 @@
 """The worker's configuration: environment variables parsed once, at start, into a typed model.
 
-The task definition sets these (see docs/contracts.md, "Worker environment"). A missing or invalid
+The task definition sets these (see docs/contracts/worker-environment.md). A missing or invalid
 variable stops the worker before it touches AWS, with an error that names the variable.
 """
 

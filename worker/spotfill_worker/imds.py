@@ -52,7 +52,7 @@ class InstanceFacts:
     instance_type: str
 
     def as_metadata(self) -> dict[str, str]:
-        """The output object's metadata for them (docs/contracts.md, "Outputs")."""
+        """The output object's metadata for them (docs/contracts/output-objects.md, "Outputs")."""
         return {
             "spotfill-purchase-option": self.purchase_option,
             "spotfill-instance-type": self.instance_type,

@@ -1,5 +1,7 @@
 """The model: loaded once per process from S3, run in fixed-size batches through a runtime (``runtimes``).
 
+What a loaded model is (``LoadedModel``) and how a ``.keras`` file is read live in ``loaded_model``, which the
+runtimes use too: imports point one way, ``model`` -> ``runtimes`` -> ``loaded_model``.
 TensorFlow is imported on first use only, so importing the package stays cheap.
 """
 
@@ -9,9 +11,7 @@ import contextlib
 import tarfile
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,11 @@ import numpy as np
 
 from spotfill_worker.clients import S3Uri
 from spotfill_worker.formats import ModelInput
+from spotfill_worker.loaded_model import LoadedModel, ModelLoadError, load_keras_model
 from spotfill_worker.reasons import one_line
 from spotfill_worker.runtimes import Runtime, padded_size, tensorflow_runtime
 
 DEFAULT_BATCH_SIZE = {"CPU": 64, "GPU": 256}
-
-
-class ModelLoadError(RuntimeError):
-    """The model object cannot be fetched or loaded, or has a form the worker cannot serve."""
 
 
 class ShardAborted(Exception):
@@ -47,19 +44,6 @@ def configure_devices() -> str:
     return "GPU" if gpus else "CPU"
 
 
-@dataclass
-class LoadedModel:
-    forward: Callable[[Any], Any]
-    model_input: ModelInput
-    classifier: bool
-    kind: str  # "keras" or "savedmodel"
-    keras_model: Any = None
-    # The .keras file or the extracted SavedModel directory: what other runtimes and precisions load from.
-    source: Path | None = None
-    # Per-process conversions and compilations of this model, by runtime and precision (``runtimes``).
-    runtime_cache: dict[str, Any] = field(default_factory=dict)
-
-
 def download_model(s3: Any, uri: str, directory: Path) -> Path:
     location = S3Uri.parse(uri)
     path = directory / Path(location.key).name
@@ -76,27 +60,6 @@ def load_model(path: Path, mixed_precision: bool = False) -> LoadedModel:
     if path.name.endswith((".tar.gz", ".tgz")):
         return _load_savedmodel_archive(path)
     raise ModelLoadError(f"unsupported model file {path.name}: expected .keras or .tar.gz (SavedModel)")
-
-
-def load_keras_model(path: Path, policy: str | None = None) -> Any:
-    """The Keras model at ``path``, its layers computing in dtype ``policy`` when given ("mixed_float16")."""
-    import keras
-
-    if path.is_file() and not zipfile.is_zipfile(path):
-        # Keras answers such a file with "File not found", though it exists.
-        raise ModelLoadError(
-            f"cannot load Keras model {path.name}: not a valid .keras file (a zip archive), though it exists"
-        )
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load Keras model {path.name}: {exc}") from exc
-    if policy is not None:
-        # Saved layers pin their dtype policy, so the global policy alone does not reach a loaded model.
-        for layer in model._flatten_layers(include_self=False):
-            if not isinstance(layer, keras.layers.InputLayer):
-                layer.dtype_policy = policy
-    return model
 
 
 def _load_keras(path: Path, mixed_precision: bool) -> LoadedModel:

@@ -16,14 +16,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from spotfill_worker.loaded_model import LoadedModel, load_keras_model
 from spotfill_worker.third_party import turn_off_dependency_telemetry
-
-if TYPE_CHECKING:
-    from spotfill_worker.model import LoadedModel
 
 RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -107,8 +105,6 @@ def tensorflow_runtime(model: LoadedModel, *, xla: bool = False, precision: str 
     elif model.kind != "keras" or model.source is None:
         raise RuntimeUnavailable(f"tensorflow {precision} needs a .keras model; a SavedModel runs in fp32")
     else:
-        from spotfill_worker.model import load_keras_model
-
         reduced = load_keras_model(model.source, KERAS_POLICIES[precision])
         forward = lambda x: reduced(x, training=False)  # noqa: E731
     runtime = model.runtime_cache[key] = TensorFlowRuntime(forward, xla=xla, precision=precision)
@@ -303,7 +299,7 @@ class Calibration:
     measured: tuple[tuple[str, float], ...] = ()
 
     def as_metadata(self) -> dict[str, str]:
-        """The output object's user metadata (docs/contracts.md, "Output objects"): short ASCII values."""
+        """The output object's user metadata (docs/contracts/output-objects.md): short ASCII values."""
         return {
             "spotfill-runtime": self.runtime,
             "spotfill-precision": self.precision,

@@ -12,6 +12,10 @@ Three stages overlap so the model never waits on I/O:
 
 A stop (SIGTERM, a spot notice, or an idle queue) stops receiving, finishes the shard in hand only if it can
 before the deadline, makes every other held message visible again, and exits 0.
+
+One module of about 750 lines: most of it is `Worker`, the three stages above and the stop, which share the
+queue of prepared shards, the messages held and the stop deadline; what stands apart already lives beside it
+(``depth``, ``leases``, ``formats``, ``model``, ``interruption``, ``telemetry``).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ class OutputWriteConflict(RuntimeError):
 
 @dataclass(frozen=True)
 class ShardMessage:
-    """The SQS message body (docs/contracts.md, "Shards, queue and outputs")."""
+    """The SQS message body (docs/contracts/shards-queue-outputs.md)."""
 
     run_id: str
     shard: str
@@ -161,7 +165,7 @@ class Worker:
         self._working_since: float | None = None
         self._classifier = False
         self._instance_facts: InstanceFactsReader | None = None
-        self.model: Any = None  # model.LoadedModel, once loaded
+        self.model: Any = None  # loaded_model.LoadedModel, once loaded
         self.predictor: Any = None  # model.Predictor, once the first shard's rows chose its runtime
         self._device = "CPU"
         self._batch_size = 0
@@ -286,7 +290,8 @@ class Worker:
         return predictor
 
     def _record_model_error(self, exc: BaseException) -> None:
-        """Write the model-load error record the monitor fails the run on (docs/contracts.md)."""
+        """Write the model-load error record the monitor fails the run on
+        (docs/contracts/worker-environment.md)."""
         if not self.config.model_error_uri:
             return
         record = {"run_id": self.config.run_id, "model": self.config.model_uri, **_error_fields(exc)}
@@ -556,7 +561,7 @@ class Worker:
                 S3Uri.parse(message.output),
                 body,
                 # The metadata lets the control plane count predictions with HeadObject, by purchase option
-                # (docs/contracts.md).
+                # (docs/contracts/output-objects.md).
                 {
                     "spotfill-rows": str(len(item.rows)),
                     "spotfill-run-id": message.run_id,
@@ -604,7 +609,7 @@ class Worker:
         """The instance's purchase option and type, once IMDS answered (nothing off EC2), and with them this
         worker's predictions per second so far, counting the `rows` of the output about to be written
         (`spotfill-worker-rows-per-second`: rows written since its first prediction began, over the seconds
-        since; docs/contracts.md, "Output objects")."""
+        since; docs/contracts/output-objects.md)."""
         facts = self._instance_facts.facts if self._instance_facts is not None else None
         if facts is None:
             return {}

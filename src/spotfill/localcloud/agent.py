@@ -14,6 +14,10 @@ only the worker: a container whose entry point is set, whose command is anything
 as STOPPED with the reason as its `stoppedReason` (`ListTasks` with `desiredStatus=STOPPED`, `DescribeTasks`),
 as ECS shows a task that cannot start. The process gets only the agent's own variables (the emulator's
 endpoint and credentials, the task role's) and the task definition's `SPOTFILL_*` ones.
+
+One module of about 670 lines: most of it is one class, `EcsAgent`, whose methods are the life of a task on
+one instance (register, start, watch, stop, replace) over the same state behind one lock; split across
+files, each part would reach into that state.
 """
 
 from __future__ import annotations
@@ -37,11 +41,19 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-from spotfill.localcloud import worker_iam
 from spotfill.localcloud.fleet import Machine
 from spotfill.localcloud.forkserver import ForkedProcess, ForkServer, ForkServerError
 from spotfill.localcloud.guard import Credentials
 from spotfill.localcloud.imds import InstanceMetadataService
+from spotfill.localcloud.worker_iam import (
+    ROLE_VARIABLE,
+    SESSION_VARIABLE,
+    lifeline_environment,
+    site_directory,
+)
+from spotfill.localcloud.worker_iam import (
+    task_environment as task_role_environment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +66,7 @@ WORKER_MODULE = "spotfill_worker"
 # What a task definition's environment may set: the worker's settings (spotfill_worker.config), except the
 # variables by which the agent makes a task act as its task role.
 _TASK_VARIABLE = re.compile(r"^SPOTFILL_[A-Z0-9_]+$")
-_AGENT_VARIABLES = frozenset({worker_iam.ROLE_VARIABLE, worker_iam.SESSION_VARIABLE})
+_AGENT_VARIABLES = frozenset({ROLE_VARIABLE, SESSION_VARIABLE})
 # The parent's variables a worker process may inherit; everything AWS_* comes from the emulator instead.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "SYSTEMROOT", "TZ")
 # The worker's local-cloud-only pacing (spotfill_worker.config `local_cloud_speed`): set by the agent alone,
@@ -166,7 +178,7 @@ class EcsAgent:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._iam_site = worker_iam.site_directory(self.log_dir.parent)
+        self._iam_site = site_directory(self.log_dir.parent)
         if self.fork_server is not None:
             self.fork_server.start()
         self.metadata.start()
@@ -429,11 +441,11 @@ class EcsAgent:
         task_id = uuid.uuid4().hex
         # The worker exits when this process is gone (killed, even with SIGKILL), never orphaned.
         if self._iam_site is not None:
-            environment.update(worker_iam.lifeline_environment(self._iam_site, environment.get("PYTHONPATH")))
+            environment.update(lifeline_environment(self._iam_site, environment.get("PYTHONPATH")))
         # The task acts as its task role: every AWS call of the worker is evaluated against its policies.
         if task_definition.get("taskRoleArn") and self._iam_site is not None:
             environment.update(
-                worker_iam.task_environment(
+                task_role_environment(
                     task_definition["taskRoleArn"], task_id, self._iam_site, environment.get("PYTHONPATH")
                 )
             )

@@ -16,7 +16,7 @@ instance's tasks (ECS spot draining), SIGKILL after the stop timeout, then the i
 
 `conflict=C` makes the first C conditional output writes (PutObject with `If-None-Match`) answer 409
 `ConditionalRequestConflict`, one per key, as S3 answers a write that races another one on the same key
-(`patches.CONDITIONAL_WRITE_CONFLICTS`); workers retry them.
+(`patches.s3.CONDITIONAL_WRITE_CONFLICTS`); workers retry them.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from spotfill.localcloud import patches
 from spotfill.localcloud.agent import EcsAgent
 from spotfill.localcloud.fleet import FleetEmulator
+from spotfill.localcloud.patches.s3 import CONDITIONAL_WRITE_CONFLICTS, install_conditional_write_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +112,20 @@ class Chaos:
 
     def start(self) -> None:
         if self.spec.conflict:
-            patches.install_conditional_write_conflicts()
-            patches.CONDITIONAL_WRITE_CONFLICTS.arm(self.spec.conflict, per_key=1)
+            install_conditional_write_conflicts()
+            CONDITIONAL_WRITE_CONFLICTS.arm(self.spec.conflict, per_key=1)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
         if self.spec.conflict:
-            patches.CONDITIONAL_WRITE_CONFLICTS.disarm()
+            CONDITIONAL_WRITE_CONFLICTS.disarm()
 
     @property
     def conflicts(self) -> int:
         """Conditional writes answered 409 so far."""
-        return len(patches.CONDITIONAL_WRITE_CONFLICTS.answered) if self.spec.conflict else 0
+        return len(CONDITIONAL_WRITE_CONFLICTS.answered) if self.spec.conflict else 0
 
     def _run(self) -> None:
         pending = interleave(self.spec.kill, self.spec.interrupt)

@@ -24,12 +24,16 @@ from typing import Any
 
 import boto3
 
-from spotfill.localcloud import forkserver, patches
 from spotfill.localcloud.agent import EcsAgent, check_instance_speed
 from spotfill.localcloud.chaos import PROGRESS_PER_WORKER, Chaos, ChaosSpec
 from spotfill.localcloud.events import ExecutionStatusEvents, fire_schedule_rule
 from spotfill.localcloud.fleet import FleetEmulator
+from spotfill.localcloud.forkserver import enabled_by_environment
 from spotfill.localcloud.guard import Credentials
+from spotfill.localcloud.patches import install as install_patches
+from spotfill.localcloud.patches.account_limits import raise_spot_quotas
+from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
+from spotfill.localcloud.patches.fleets import set_failing_pools
 from spotfill.localcloud.server import REGION, EmulatorServer, credential_environment
 from spotfill.service_models import share_service_models
 
@@ -51,10 +55,10 @@ class LocalCloudOptions:
     # runs `boot_delay` after launch, the others one by one, `boot_interval` apart.
     boot_delay: float = 2.0
     boot_interval: float = 0.5
-    # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.POOL_ERRORS)
+    # Pools EC2 cannot launch into: instance type (or "type@zone") -> error code (patches.fleets.POOL_ERRORS)
     failing_pools: dict[str, str] = field(default_factory=dict)
     # Seconds a new fleet stays unknown to the calls naming it, as EC2's eventually consistent API may answer
-    # (`patches.FLEET_VISIBILITY`); 0: visible at once.
+    # (`patches.fleet_visibility.FLEET_VISIBILITY`); 0: visible at once.
     fleet_visibility_lag: float = 0.0
     chaos: ChaosSpec | None = None
     # Worker logs, emulator and function logs. None: a temporary folder, removed when the cloud stops unless
@@ -77,7 +81,7 @@ class LocalCloudOptions:
     # forkserver) instead of starting a fresh one: a worker is busy within a second of its task starting, not
     # after seconds of imports. Off by default, so that worker start costs here what `spotfill plan --local`
     # models; `SPOTFILL_LOCAL_CLOUD_FORK_WORKERS=1` turns it on (the test suite does).
-    fork_workers: bool = field(default_factory=forkserver.enabled_by_environment)
+    fork_workers: bool = field(default_factory=enabled_by_environment)
 
     def __post_init__(self) -> None:
         check_instance_speed(self.instance_speed)
@@ -161,12 +165,12 @@ class LocalCloud:
         share_service_models()
         _forget_cached_clients()
         self._stack.callback(_forget_cached_clients)
-        patches.install(self.endpoint_url)
-        patches.raise_spot_quotas(self.region)
-        patches.set_failing_pools(self.options.failing_pools)
-        self._stack.callback(patches.set_failing_pools, {})
-        patches.FLEET_VISIBILITY.set(self.options.fleet_visibility_lag)
-        self._stack.callback(patches.FLEET_VISIBILITY.set, 0.0)
+        install_patches(self.endpoint_url)
+        raise_spot_quotas(self.region)
+        set_failing_pools(self.options.failing_pools)
+        self._stack.callback(set_failing_pools, {})
+        FLEET_VISIBILITY.set(self.options.fleet_visibility_lag)
+        self._stack.callback(FLEET_VISIBILITY.set, 0.0)
         from spotfill.lambdas import inprocess_lambdas
 
         # IAM enforced: each handler acts as its function's role (the ECS agent's workers as the task role).

@@ -13,7 +13,7 @@ import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.events.models import events_backends
 
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.eventbridge import deliver_to_target
 
 log = logging.getLogger(__name__)
 
@@ -117,5 +117,5 @@ def fire_schedule_rule(
     }
     targets = [t for t in rule.targets if t["Arn"].split(":")[2] in ("states", "lambda")]
     for target in targets:
-        patches.deliver_to_target(target, event)
+        deliver_to_target(target, event)
     return len(targets)

@@ -1,16 +1,16 @@
 """EC2 physics moto leaves out: instances take a while to boot, and a maintained fleet replaces lost ones.
 
 Both fleet APIs: EC2 Fleets (`CreateFleet`, their spot and on-demand instances, kept at each purchase
-option's target by `patches.maintain_fleets`, spot only as far as `patches.set_spot_capacity` allows) and Spot
-Fleet requests.
+option's target by `patches.fleet_clock.maintain_fleets`, spot only as far as
+`patches.fleets.set_spot_capacity` allows) and Spot Fleet requests.
 
 moto marks a fleet's instances `running` the moment the request is made; here a new instance shows as
 `pending` for the boot delay and only then becomes `running` and reaches the ECS agent, one at a time: a
 fleet's instances boot at least `boot_interval` apart (on AWS a fleet's instances register over minutes).
-Fleets past their `ValidUntil` expire on this clock too (`patches.expire_fleets`). moto lowers a fleet's
-fulfilled capacity when one of its instances terminates but never launches a replacement; AWS does for a
-`maintain` fleet, so this does too. Both act on moto's in-process models, because the API has no verb for
-"the instance finished booting" or "the fleet launched a replacement".
+Fleets past their `ValidUntil` expire on this clock too (`patches.fleets.expire_fleets`). moto lowers a
+fleet's fulfilled capacity when one of its instances terminates but never launches a replacement; AWS does
+for a `maintain` fleet, so this does too. Both act on moto's in-process models, because the API has no verb
+for "the instance finished booting" or "the fleet launched a replacement".
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
 from moto.ec2.models.instances import StateReason
 
-from spotfill.localcloud import patches
+from spotfill.localcloud.patches.fleet_clock import maintain_fleets
+from spotfill.localcloud.patches.fleets import ec2_fleet_members
+from spotfill.localcloud.patches.spot_fleet import spot_fleet_on_demand
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class FleetEmulator:
         booted: list[Machine] = []
         gone: list[Machine] = []
         with self._lock:
-            patches.maintain_fleets(self.backend)  # ValidUntil; both APIs kept at their targets
+            maintain_fleets(self.backend)  # ValidUntil; both APIs kept at their targets
             last_boot: dict[str, float] = {}
             for machine in self.machines.values():
                 if machine.booted_at is not None:
@@ -116,13 +118,13 @@ class FleetEmulator:
                     if instance is None or instance.id in self.machines:
                         continue
                     self.machines[instance.id] = Machine(instance.id, instance.instance_type, fleet.id, now)
-                for instance, _ in patches.spot_fleet_on_demand(fleet):
+                for instance, _ in spot_fleet_on_demand(fleet):
                     if instance.id not in self.machines:
                         self.machines[instance.id] = Machine(
                             instance.id, instance.instance_type, fleet.id, now, lifecycle="on-demand"
                         )
             for ec2_fleet in list(self.backend.fleets.values()):
-                for instance, _, lifecycle in patches.ec2_fleet_members(ec2_fleet):
+                for instance, _, lifecycle in ec2_fleet_members(ec2_fleet):
                     if instance.id not in self.machines:
                         self.machines[instance.id] = Machine(
                             instance.id, instance.instance_type, ec2_fleet.id, now, lifecycle=lifecycle
