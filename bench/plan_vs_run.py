@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -91,12 +92,22 @@ def _mobilenet(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[
 WORKLOADS = {"digits": (_digits, 40), "mobilenetv2": (_mobilenet, 12)}
 
 
-def measure(workload: str, instances: int, shards: int | None = None) -> dict[str, Any]:
+def measure(
+    workload: str, instances: int, shards: int | None = None, keep: Path | None = None
+) -> dict[str, Any]:
+    """Plan and run `workload` at `instances`; its folder (data, worker logs, the report page) is kept under
+    `keep` when given, else removed."""
     run, default_shards = WORKLOADS[workload]
     load = os.getloadavg()[0]
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="spotfill-plan-vs-run-") as directory:
-        ok, estimate, report = run(instances, Path(directory), shards or default_shards)
+    if keep is not None:
+        directory = keep / f"{workload}-{instances}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        ok, estimate, report = run(instances, directory, shards or default_shards)
+    else:
+        with tempfile.TemporaryDirectory(prefix="spotfill-plan-vs-run-") as temporary:
+            ok, estimate, report = run(instances, Path(temporary), shards or default_shards)
     return {
         "workload": workload,
         "instances": instances,
@@ -127,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", nargs="+", type=int, default=[2, 3, 4])
     parser.add_argument("--shards", type=int, help="shards per run (default: 40 digits, 12 mobilenetv2)")
     parser.add_argument("--results", type=Path, help="append each run's figures here as a JSON line")
+    parser.add_argument("--keep", type=Path, help="keep each run's folder (worker logs) under this one")
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.instances):
         parser.error("--instances must each be at least 1")
     failed = False
     for workload in args.workload:
         for instances in args.instances:
-            result = measure(workload, instances, args.shards)
+            result = measure(workload, instances, args.shards, args.keep)
             print(line(result), flush=True)
             failed |= not result["ok"]
             if args.results:
