@@ -131,7 +131,8 @@ class WorkSpy:
         self.units, self._part = [], None
 
     def install(self) -> None:
-        from spotfill_control import dead_letters, reconcile, shards
+        from spotfill_control import shards
+        from spotfill_control.monitoring import dead_letters, reconcile
 
         def part_started(original: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(outputs: Any, *args: Any, **kwargs: Any) -> Any:

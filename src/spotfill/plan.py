@@ -30,14 +30,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spotfill_control import budget, cost, finish_by, shards
+from spotfill_control import shards
 from spotfill_control.config import Settings
-from spotfill_control.fleet import fleet_target_capacity
+from spotfill_control.fleet.fleet import fleet_target_capacity
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
-from spotfill_control.preflight import Preflight
-from spotfill_control.prices import price_list_client, priced
+from spotfill_control.monitoring import budget, cost, finish_by
+from spotfill_control.setup.preflight import Preflight
+from spotfill_control.setup.prices import price_list_client, priced
+from spotfill_control.setup.triggers import check_spec, read_manifest, spec_from_document
 from spotfill_control.spec import BackfillSpec, Estimate, LimitsSpec
-from spotfill_control.triggers import check_spec, read_manifest, spec_from_document
 
 from spotfill import ramp
 
@@ -233,7 +234,7 @@ def confirm_permissions(spec: BackfillSpec, client: Callable[..., Any], state_ma
     import json
 
     from spotfill_control.run import RunState
-    from spotfill_control.triggers import new_run_id
+    from spotfill_control.setup.triggers import new_run_id
 
     definition = json.loads(
         client("stepfunctions").describe_state_machine(stateMachineArn=state_machine_arn)["definition"]

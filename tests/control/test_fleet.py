@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import fleet, state_store
+from spotfill_control import state_store
 from spotfill_control.errors import (
     FleetRequestError,
     RegistrationTimeoutError,
     RunTimeoutError,
     TransientAwsError,
 )
+from spotfill_control.fleet import fleet
 from spotfill_control.handlers import check_registration as check_handler
 from spotfill_control.handlers import request_fleet as request_handler
 from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, Resources, RunState, Timeline
@@ -376,7 +377,7 @@ class _SpotFleetHistory:
 
 
 def test_spot_fleet_failures_are_its_error_events_and_the_information_events_that_name_a_pool():
-    from spotfill_control.fleet_api import SpotFleetApi
+    from spotfill_control.fleet.fleet_api import SpotFleetApi
 
     other_information = _information_event("registerWithLoadBalancersFailed", "no load balancer")
     launched = {"EventType": "instanceChange", "EventInformation": {"EventSubType": "launched"}}
@@ -730,7 +731,7 @@ def test_the_local_ec2_does_not_know_a_new_spot_fleet_for_its_lag(world, lambda_
 
 @pytest.mark.aws
 def test_a_fleet_whose_instances_ec2_does_not_know_is_not_read_as_every_instance_lost(world, requested):
-    from spotfill_control import progress
+    from spotfill_control.monitoring import progress
 
     # given DescribeFleets knowing the fleet just requested but DescribeFleetInstances not yet
     run = RunState.model_validate(requested)

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
-from spotfill_control import report
-from spotfill_control.cluster import worker_environment
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.finishing import report
+from spotfill_control.fleet.cluster import worker_environment
 from spotfill_control.run import RunState
 from spotfill_control.spec import BackfillSpec
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from spotfill_control import shards
-from spotfill_control.cluster import worker_environment
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.fleet.cluster import worker_environment
 from spotfill_control.run import RunState
+from spotfill_control.setup.triggers import spec_from_document
 from spotfill_control.spec import BackfillSpec
-from spotfill_control.triggers import spec_from_document
 
 from .conftest import CONTROL_BUCKET, DATA_BUCKET, sample_spec
 

@@ -13,7 +13,7 @@ import pytest
 from spotfill_control import state_store
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.handlers import validate as validate_handler
-from spotfill_control.triggers import (
+from spotfill_control.setup.triggers import (
     new_run_id,
     placeholder_values,
     resolve_placeholders,
@@ -684,7 +684,7 @@ def test_more_type_and_subnet_pairs_than_a_fleet_takes_overrides_is_refused_nami
 
 
 def test_exactly_as_many_type_and_subnet_pairs_as_a_fleet_takes_overrides_pass_and_one_more_does_not():
-    from spotfill_control.fleet import check_override_count
+    from spotfill_control.fleet.fleet import check_override_count
     from spotfill_control.spec import BackfillSpec
 
     spec = sample_spec()

@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import cost, report
+from spotfill_control.finishing import report
 from spotfill_control.instance_types import InstanceTypeFacts
+from spotfill_control.monitoring import cost
 from spotfill_control.run import RunState
 from spotfill_control.shards import Shard
 from spotfill_control.spec import BackfillSpec
@@ -427,7 +428,7 @@ def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_what
 def test_a_capped_run_shows_one_cost_figure_in_its_report_rows_notification_and_summary():
     # given a capped run whose monitor accrued less than its instances cost through teardown (its last poll
     # came before the drain ended and teardown terminated the instances)
-    from spotfill_control.budget import format_usd
+    from spotfill_control.monitoring.budget import format_usd
 
     run = make_run()
     limits = run.spec.limits.model_copy(update={"max_total_usd": 0.25})
@@ -598,7 +599,7 @@ def test_the_report_compares_the_plans_estimate_with_what_happened():
 
 
 def test_a_run_without_an_estimate_has_no_comparison_and_its_series_is_summarised():
-    from spotfill_control.series import Sample, Series
+    from spotfill_control.monitoring.series import Sample, Series
 
     series = Series(interval_seconds=30)
     for i in range(3):

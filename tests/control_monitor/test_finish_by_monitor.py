@@ -112,7 +112,7 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
         assert run["projection"] is not None
         assert run["finish_by"]["target_units"] == 7 and run["finish_by"]["added_units"] == 5
         assert fleet_targets(world40, run)[0] == 7
-        from spotfill_control.finish_by import outlook
+        from spotfill_control.monitoring.finish_by import outlook
         from spotfill_control.run import FinishBy
 
         line = outlook(FinishBy.model_validate(run["finish_by"]))

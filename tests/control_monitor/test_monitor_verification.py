@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from spotfill_control import dead_letters, progress, reconcile, report
 from spotfill_control.deadline import Deadline
+from spotfill_control.finishing import report
+from spotfill_control.monitoring import dead_letters, progress, reconcile
 from spotfill_control.run import RunState
 from spotfill_control.shards import ShardListWriter, ShardNamer
 from spotfill_control.spec import BackfillSpec

@@ -6,8 +6,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import progress
 from spotfill_control.errors import RunTimeoutError, StallError
+from spotfill_control.monitoring import progress
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import Shard
 from spotfill_control.spec import (

@@ -8,9 +8,10 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control import progress, state_store
+from spotfill_control import state_store
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
+from spotfill_control.monitoring import progress
 from spotfill_control.run import RunEvent
 
 logger = Logger()

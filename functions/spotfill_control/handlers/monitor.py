@@ -1,4 +1,4 @@
-"""Monitor: one iteration of the WaitForWork → Monitor → IsWorkDone loop (`spotfill_control.progress`)."""
+"""Monitor: one iteration of the WaitForWork → Monitor → IsWorkDone loop (`monitoring.progress`)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control import budget, finish_by, progress, projection, state_store
+from spotfill_control import state_store
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.deadline import Deadline
+from spotfill_control.monitoring import budget, finish_by, progress, projection
+from spotfill_control.monitoring.series import Series, load_series, save_series
 from spotfill_control.run import RunEvent, utcnow
-from spotfill_control.series import Series, load_series, save_series
 
 logger = Logger()
 # Embedded-metric-format records on stdout: Lambda's logs turn them into the dashboard's "shards done vs

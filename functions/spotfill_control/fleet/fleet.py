@@ -1,5 +1,5 @@
 """The run's fleet: its launch template version, the request, and reading its state back, on either API
-(`fleet.api`: EC2 Fleet or Spot Fleet, `spotfill_control.fleet_api`); every fleet call goes through here.
+(`fleet.api`: EC2 Fleet or Spot Fleet, `fleet.fleet_api`); every fleet call goes through here.
 
 Capacity is weighted by vCPUs (GPUs for a GPU fleet; `instance_types.capacity_weights`): the smallest
 instance type in the request weighs 1, a type with twice the vCPUs weighs 2, so `fleet.target_capacity` means
@@ -24,7 +24,6 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotfill_control.aws import is_transient
-from spotfill_control.cluster import count_registered_instances
 from spotfill_control.config import Settings
 from spotfill_control.errors import (
     FleetRequestError,
@@ -34,7 +33,8 @@ from spotfill_control.errors import (
     SpotfillError,
     TransientAwsError,
 )
-from spotfill_control.fleet_api import (
+from spotfill_control.fleet.cluster import count_registered_instances
+from spotfill_control.fleet.fleet_api import (
     EC2_FLEET_SPOT_STRATEGIES,
     ENDED_STATES,
     GONE_STATES,
@@ -493,7 +493,7 @@ def set_target_capacity(
 def set_weights(run: RunState, ec2: Any, settings: Settings, weights: dict[str, float]) -> None:
     """Give the fleet new weights: the same launch template version and overrides as its request, each
     `WeightedCapacity` from `weights` (ModifyFleet or ModifySpotFleetRequest with `LaunchTemplateConfigs`;
-    `spotfill_control.weights` says what AWS documents of it). Its target capacity is left as it is."""
+    `spotfill_control.fleet.weights` says what AWS documents of it). Its target capacity is left as it is."""
     fleet_id = run.resources.fleet_id
     if fleet_id is None:
         raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
@@ -653,7 +653,7 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     if status.state == "active":
         # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot
         # fill at all still gets its on-demand capacity before the registration timeout.
-        from spotfill_control import on_demand  # it builds on this module
+        from spotfill_control.fleet import on_demand  # it builds on this module
 
         on_demand.rebalance(run, ec2, status, now)
     if status.fulfilled and timeline.fleet_fulfilled_at is None:

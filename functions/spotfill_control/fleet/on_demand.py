@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotfill_control import fleet
-from spotfill_control.fleet_api import FleetStatus
+from spotfill_control.fleet import fleet
+from spotfill_control.fleet.fleet_api import FleetStatus
 from spotfill_control.instance_types import InstanceTypeFacts, capacity_weights
 from spotfill_control.run import Progress, RunState
 from spotfill_control.spec import FleetSpec

@@ -43,8 +43,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from spotfill_control import fleet
 from spotfill_control.config import Settings
+from spotfill_control.fleet import fleet
 from spotfill_control.run import RunState, TypeThroughput, WeightChange, Weighting
 
 RATE_METADATA = "spotfill-worker-rows-per-second"

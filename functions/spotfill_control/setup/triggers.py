@@ -24,8 +24,8 @@ Execution inputs Validate accepts (docs/contracts.md, "The backfill spec"):
 
 Every problem becomes an `InvalidSpecError` naming the field path and the reason, raised before anything that
 costs money exists. Last comes the account: the instance types as EC2 describes them and their on-demand
-prices (`spotfill_control.instance_types`, `spotfill_control.prices`; kept on the run as
-`run.instance_types`), then the preflight (`spotfill_control.preflight`): Spot vCPU quotas, instance type
+prices (`spotfill_control.instance_types`, `spotfill_control.setup.prices`; kept on the run as
+`run.instance_types`), then the preflight (`setup.preflight`): Spot vCPU quotas, instance type
 offerings in the subnets' zones, the worker image of the run's architecture in ECR.
 """
 
@@ -44,14 +44,15 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from botocore.exceptions import ClientError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from spotfill_control import budget, finish_by, shards, state_store
+from spotfill_control import shards, state_store
 from spotfill_control.aws import is_missing_key, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
-from spotfill_control.fleet import check_override_count, subnets_for
+from spotfill_control.fleet.fleet import check_override_count, subnets_for
 from spotfill_control.instance_types import InstanceTypeFacts, capacity_weights, check_fleet_kind
-from spotfill_control.preflight import Preflight
+from spotfill_control.monitoring import budget, finish_by
 from spotfill_control.run import FinishBy, RunState, SpotPrice, Timeline, utcnow
+from spotfill_control.setup.preflight import Preflight
 from spotfill_control.spec import OUTPUT_EXTENSIONS, BackfillSpec
 
 MANIFEST_PREFIX = "backfills/"

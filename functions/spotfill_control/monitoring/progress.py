@@ -2,11 +2,11 @@
 
 Done means every shard has an output object or sits in the dead-letter queue (docs/contracts.md). Monitor
 reads the depth of the queue and the dead-letter queue first, then moves the dead letters into S3 records
-(`spotfill_control.dead_letters`: counted, never peeked). While the queue holds work, progress is estimated
+(`monitoring.dead_letters`: counted, never peeked). While the queue holds work, progress is estimated
 from the depths and the dead letters stored; a run of more than one part settles its finished parts ahead
 (`reconcile.settle_ahead`), a run of one part reads neither outputs nor its shard list. Once the queue
 and the dead-letter queue are idle, it verifies the run's shard list part by part against the output key
-range each part spans (`spotfill_control.reconcile`: a checkpoint kept across polls, settled parts never
+range each part spans (`monitoring.reconcile`: a checkpoint kept across polls, settled parts never
 listed again, within the poll's time budget), and from that:
 
 - queues again the shards that have neither an output nor a dead letter while the queue is empty and nothing
@@ -24,7 +24,7 @@ The pure arithmetic sits in small functions at the top; the AWS reads and writes
 Limits (stall, maximum runtime) are enforced by `enforce_limits`, after the handler persisted what this
 iteration saw, so the report of a stalled run still has its last figures. Each iteration with a fleet also
 accrues the run's cost and drains the run before it would cross `limits.max_total_usd`
-(`spotfill_control.budget`).
+(`spotfill_control.monitoring.budget`).
 """
 
 from __future__ import annotations
@@ -39,19 +39,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import (
-    budget,
-    cost,
-    dead_letters,
-    finish_by,
-    fleet,
-    on_demand,
-    reconcile,
-    shards,
-    weights,
-)
+from spotfill_control import shards
 from spotfill_control.aws import is_missing_key, read_object
-from spotfill_control.cluster import count_registered_instances, desired_count
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import (
@@ -61,7 +50,10 @@ from spotfill_control.errors import (
     SpotfillError,
     StallError,
 )
-from spotfill_control.fleet_api import LIVE_STATES, FleetStatus
+from spotfill_control.fleet import fleet, on_demand, weights
+from spotfill_control.fleet.cluster import count_registered_instances, desired_count
+from spotfill_control.fleet.fleet_api import LIVE_STATES, FleetStatus
+from spotfill_control.monitoring import budget, cost, dead_letters, finish_by, reconcile
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import (
     Shard,
@@ -429,7 +421,7 @@ def iterate(
     `deadline`, continuing next poll), requeues lost shards and decides whether the run is done.
 
     With `settings` (the stack's launch template and subnets), a deadline run of several instance types may
-    re-weight its fleet by measured throughput (`spotfill_control.weights`).
+    re-weight its fleet by measured throughput (`spotfill_control.fleet.weights`).
     """
     deadline = deadline or Deadline(DEFAULT_BUDGET_SECONDS)
     run = run.model_copy(deep=True)
@@ -565,7 +557,7 @@ def _reconcile(
     run: RunState, clients: Clients, control_bucket: str, seen: Iteration, deadline: Deadline
 ) -> tuple[bool, list[str] | None]:
     """The exact count: the open parts of the shard list verified against their outputs' key ranges, lost
-    shards queued again (`spotfill_control.reconcile`). Returns (done, a random sample of done outputs for
+    shards queued again (`monitoring.reconcile`). Returns (done, a random sample of done outputs for
     the rows estimate, or None when no part was listed)."""
     resources = run.resources
     index = read_shard_index(run.run_id, clients.s3, control_bucket)
@@ -630,7 +622,7 @@ def _update_throughput(
         shards_per_second > 0 or progress.rows_sampled_outputs == 0
     )
     # A deadline run of several types also measures each type's throughput from the same reads, each output
-    # once (`spotfill_control.weights`).
+    # once (`spotfill_control.fleet.weights`).
     wants_types = weights.wants_measurements(run) and shards_per_second > 0
     if (wants_rows or wants_types) and (
         done_sample or (done_sample is None and run.shards_total > run.shards_skipped)

@@ -23,11 +23,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control import cluster, fleet, shards, state_store
+from spotfill_control import shards, state_store
 from spotfill_control.aws import read_object
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.fleet import cluster, fleet
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.spec import InputSpec
 

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import FleetRequestError, TransientAwsError
-from spotfill_control.fleet import build_fleet_request
+from spotfill_control.fleet.fleet import build_fleet_request
 from spotfill_control.run import RunState, utcnow
 
 # What each fleet API needs of its caller (template.yaml, RequestFleetFunction, cites the documentation).

@@ -24,18 +24,21 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control import cost, finish_by, reconcile, state_store
+from spotfill_control import state_store
 from spotfill_control.aws import is_missing_key, read_object
-from spotfill_control.budget import format_usd
 from spotfill_control.config import Settings
-from spotfill_control.dead_letters import read_dead_letters
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import BudgetReached, SpotfillError, TransientAwsError
-from spotfill_control.fleet import requested_capacity
+from spotfill_control.finishing.teardown import teardown_and_persist
+from spotfill_control.fleet.fleet import requested_capacity
+from spotfill_control.fleet.weights import per_instance_rates
 from spotfill_control.instance_types import capacity_weights
-from spotfill_control.progress import Clients, Reservoir
+from spotfill_control.monitoring import cost, finish_by, reconcile
+from spotfill_control.monitoring.budget import format_usd
+from spotfill_control.monitoring.dead_letters import read_dead_letters
+from spotfill_control.monitoring.progress import Clients, Reservoir
+from spotfill_control.monitoring.series import Series, load_series, series_key
 from spotfill_control.run import RunState, utcnow
-from spotfill_control.series import Series, load_series, series_key
 from spotfill_control.shards import (
     Shard,
     ShardIndex,
@@ -48,8 +51,6 @@ from spotfill_control.shards import (
     split_s3_uri,
 )
 from spotfill_control.spec import ModelSpec
-from spotfill_control.teardown import teardown_and_persist
-from spotfill_control.weights import per_instance_rates
 
 logger = Logger(child=True)
 
@@ -891,7 +892,7 @@ def build_report(
 
 
 def weights_of(run: RunState) -> dict[str, Any]:
-    """The fleet's weights (`spotfill_control.weights`): as requested (by vCPUs or GPUs), what each type was
+    """The fleet's weights (`fleet.weights`): as requested (by vCPUs or GPUs), what each type was
     measured to deliver per instance and over how many outputs, every re-weighting (the latest
     `weights.CHANGES_KEPT`) and the weights at the end."""
     weighting = run.weighting
@@ -1159,9 +1160,9 @@ def report_html_key(run_id: str) -> str:
 
 
 def render_page(document: Mapping[str, Any], series: Series | None) -> str | None:
-    """The report's HTML page with the run's series (spotfill_control.report_html); None, logged, when it
+    """The report's HTML page with the run's series (finishing.report_html); None, logged, when it
     cannot be drawn: the page is a view of the report, whose JSON, event and notification go out anyway."""
-    from spotfill_control import report_html  # matplotlib loads only where a page is drawn
+    from spotfill_control.finishing import report_html  # matplotlib loads only where a page is drawn
 
     try:
         return report_html.render_html(document, series)

@@ -2,7 +2,7 @@
 give the throughput, the ETA and the projected total cost (`RunState.projection`).
 
 - Predictions so far are the monitor's running estimate: shards with an output x the mean rows per shard of
-  the outputs it sampled (`spotfill_control.progress`); no per-output read here.
+  the outputs it sampled (`spotfill_control.monitoring.progress`); no per-output read here.
 - The rate is taken over the samples of the last RATE_WINDOW_SECONDS (at least the last two samples).
 - Per instance type: the fleet's rate split over its live instances by their capacity weights (an instance
   of weight 2 is assumed to do twice the work of one of weight 1): predictions/s of one instance of each
@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from itertools import pairwise
 
-from spotfill_control import budget
-from spotfill_control.progress import Iteration, mean_rows_per_shard, pending_shards
+from spotfill_control.monitoring import budget
+from spotfill_control.monitoring.progress import Iteration, mean_rows_per_shard, pending_shards
+from spotfill_control.monitoring.series import Sample, Series
 from spotfill_control.run import Projection, RunState
-from spotfill_control.series import Sample, Series
 
 RATE_WINDOW_SECONDS = 300.0
 
