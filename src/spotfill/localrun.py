@@ -100,7 +100,7 @@ class LocalRunResult:
     def deadline(self) -> str | None:
         """Whether the run met its `limits.finish_by` and by how much, from the report (`met, 1.5 min to spare
         (deadline ...)`, `missed by ...`, `not finished ...`); None for a run without a deadline."""
-        from spotfill_control.finishing.report import deadline_sentence
+        from spotfill_control.finishing.report_text import deadline_sentence
 
         deadline = (self.report or {}).get("deadline")
         return deadline_sentence(deadline) if deadline else None

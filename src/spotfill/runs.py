@@ -168,8 +168,8 @@ def report_page(session: Session, stack: Stack, report: dict[str, Any], redrive:
     """The report's HTML page, drawn here with the run's series from the control bucket (none for a run
     that ended before the Monitor's first poll: its charts then say so); `redrive` as `report_rows` takes
     it."""
-    from spotfill_control.finishing.report import REDRIVE
     from spotfill_control.finishing.report_html import render_html
+    from spotfill_control.finishing.report_text import REDRIVE
     from spotfill_control.monitoring.series import load_series
 
     try:
@@ -240,7 +240,8 @@ def weights_line(run: RunState) -> str | None:
     """Once the Monitor has re-weighted the fleet by measured throughput: each type's weight as requested ->
     now, with its measured predictions per second per instance, and how many re-weightings (the report's
     `weights` row, `report.weights_sentence`); None before the first re-weighting."""
-    from spotfill_control.finishing.report import weights_of, weights_sentence
+    from spotfill_control.finishing.report import weights_of
+    from spotfill_control.finishing.report_text import weights_sentence
 
     if run.weighting is None or not run.weighting.changes:
         return None

@@ -380,7 +380,8 @@ def test_watch_says_whether_the_run_is_on_track_or_behind_and_what_is_added(fiel
 
 
 def test_the_report_says_whether_the_deadline_was_met_and_by_how_much():
-    from spotfill_control.finishing.report import deadline_of, deadline_sentence
+    from spotfill_control.finishing.report import deadline_of
+    from spotfill_control.finishing.report_text import deadline_sentence
 
     run = run_with_deadline(200.0, 2)
     run.timeline.processing_ended_at = T0 + timedelta(minutes=45)

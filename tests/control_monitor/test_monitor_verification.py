@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from spotfill_control.deadline import Deadline
-from spotfill_control.finishing import report
+from spotfill_control.finishing import report, report_facts
 from spotfill_control.monitoring import dead_letters, progress, reconcile
 from spotfill_control.run import RunState
 from spotfill_control.shards import ShardListWriter, ShardNamer
@@ -304,7 +304,7 @@ def test_the_report_counts_from_the_verified_parts_without_listing_outputs(world
 
     # when the report gathers its facts
     s3_calls.clear()
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
 
     # then it listed no output and read no part beyond the few it samples predictions from
     assert s3_calls.listings(DATA_BUCKET) == []
@@ -324,7 +324,7 @@ def test_a_report_finishes_the_verification_a_stopped_run_left_open(world, s3_ca
 
     # when the report gathers its facts, then it verifies each part once, by its key range
     s3_calls.clear()
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
     assert len(s3_calls.listings(DATA_BUCKET)) == 5
     assert (facts.succeeded, len(facts.failed_keys), facts.unprocessed, facts.verified) == (40, 5, 5, True)
 
@@ -335,7 +335,7 @@ def test_a_report_out_of_time_says_its_count_is_incomplete_instead_of_failing(wo
     run.write_outputs(range(60))
 
     # when the report is written
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW, Deadline(3, clock=work_clock))
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW, Deadline(3, clock=work_clock))
     document = report.build_report(
         run.state,
         run_id=run.run_id,
@@ -366,7 +366,7 @@ def test_a_report_reads_the_dead_letters_of_a_run_torn_down_before_the_records(w
     )
 
     # when the report gathers its facts, then those shards are its failed ones
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
     assert (facts.succeeded, facts.failed_keys, facts.unprocessed) == (18, legacy, 0)
 
 

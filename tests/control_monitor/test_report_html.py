@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from spotfill_control.finishing.report import report_rows
 from spotfill_control.finishing.report_html import by_instance_type, render_html, samples_of
+from spotfill_control.finishing.report_text import report_rows
 
 SERIES_CHARTS = ("progress", "throughput", "fleet", "cost")
 

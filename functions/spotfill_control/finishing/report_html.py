@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotfill_control.finishing.report import REDRIVE, report_rows
+from spotfill_control.finishing.report_text import REDRIVE, report_rows
 from spotfill_control.monitoring.budget import format_usd
 
 INTERRUPTION_COLOR = "#d62728"

@@ -33,6 +33,7 @@ from spotfill_control.errors import (
     SpotfillError,
     TransientAwsError,
 )
+from spotfill_control.fleet import on_demand
 from spotfill_control.fleet.cluster import count_registered_instances
 from spotfill_control.fleet.fleet_api import (
     EC2_FLEET_SPOT_STRATEGIES,
@@ -490,6 +491,17 @@ def set_target_capacity(
     api_of(run).set_target(fleet_id, ec2, total, on_demand, keep_instances)
 
 
+def rebalance(run: RunState, ec2: Any, status: FleetStatus, now: datetime) -> None:
+    """One on-demand fallback decision (`on_demand.decide`), applied: the fleet's targets set (when they
+    change), the run's progress updated."""
+    targets, updates = on_demand.decide(
+        run.spec.fleet, run.progress, status, now, run.instance_types, run.capacity_weights
+    )
+    if targets is not None:
+        set_target_capacity(run, ec2, targets.total, targets.on_demand)
+    on_demand.update(run.progress, updates)
+
+
 def set_weights(run: RunState, ec2: Any, settings: Settings, weights: dict[str, float]) -> None:
     """Give the fleet new weights: the same launch template version and overrides as its request, each
     `WeightedCapacity` from `weights` (ModifyFleet or ModifySpotFleetRequest with `LaunchTemplateConfigs`;
@@ -653,9 +665,7 @@ def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None =
     if status.state == "active":
         # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot
         # fill at all still gets its on-demand capacity before the registration timeout.
-        from spotfill_control.fleet import on_demand  # it builds on this module
-
-        on_demand.rebalance(run, ec2, status, now)
+        rebalance(run, ec2, status, now)
     if status.fulfilled and timeline.fleet_fulfilled_at is None:
         timeline = timeline.model_copy(update={"fleet_fulfilled_at": now})
     registered = count_registered_instances(run, ecs)

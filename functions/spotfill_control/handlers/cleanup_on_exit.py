@@ -14,7 +14,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from spotfill_control.aws import client
 from spotfill_control.config import settings
 from spotfill_control.deadline import seconds_left
-from spotfill_control.finishing.report import ExecutionStatusChange, ReportClients, clean_up_after
+from spotfill_control.finishing.cleanup import ExecutionStatusChange, clean_up_after
+from spotfill_control.finishing.publish import ReportClients
 from spotfill_control.monitoring.progress import Clients
 
 logger = Logger()

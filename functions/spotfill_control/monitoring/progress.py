@@ -726,7 +726,7 @@ def _watch_fleet(
             return
         if tracking is not None and not tracking.at_risk:
             return
-    on_demand.rebalance(run, clients.ec2, view.status, now)
+    fleet.rebalance(run, clients.ec2, view.status, now)
 
 
 def _size_service(run: RunState, clients: Clients, seen: Iteration) -> None:
