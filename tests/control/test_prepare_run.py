@@ -11,12 +11,12 @@ import botocore.session
 import pytest
 from botocore.stub import Stubber
 from spotfill_control import shards, state_store
+from spotfill_control.aws import Clients
 from spotfill_control.config import Settings, settings
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
 from spotfill_control.finishing.teardown import teardown_and_persist
 from spotfill_control.fleet import cluster, fleet
 from spotfill_control.handlers import prepare_run as prepare_handler
-from spotfill_control.monitoring.progress import Clients
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.setup.prepare import prepare_run
 from spotfill_control.spec import BackfillSpec

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from spotfill_control.aws import Clients
 from spotfill_control.deadline import Deadline
 from spotfill_control.finishing import report, report_facts
 from spotfill_control.monitoring import dead_letters, progress, reconcile
@@ -76,7 +77,7 @@ class Run:
         for shard in self.shards:
             writer.add(shard, False)
         writer.close()
-        self.clients = progress.Clients(s3=world.s3, sqs=RoutedSqs(world.sqs, self.dlq), ec2=None, ecs=None)
+        self.clients = Clients(s3=world.s3, sqs=RoutedSqs(world.sqs, self.dlq), ec2=None, ecs=None)
 
     def write_outputs(self, indices) -> None:
         for i in indices:

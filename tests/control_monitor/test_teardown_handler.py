@@ -332,8 +332,8 @@ def _fleet_state(world, api: str, fleet_id: str) -> str | None:
 def test_teardown_seconds_after_the_request_deletes_the_fleet_ec2_does_not_know_yet(
     world, lambda_context, fleet_lag, api
 ):
+    from spotfill_control.aws import Clients
     from spotfill_control.finishing import teardown as teardown_logic
-    from spotfill_control.monitoring.progress import Clients
     from spotfill_control.run import RunState
 
     # given a fleet just requested, which EC2's eventually consistent API does not know for 60 s (describe
@@ -367,9 +367,9 @@ def test_teardown_seconds_after_the_request_deletes_the_fleet_ec2_does_not_know_
 
 
 def test_a_fleet_ec2_never_showed_is_reported_unconfirmed(world, lambda_context, fleet_lag):
+    from spotfill_control.aws import Clients
     from spotfill_control.finishing import teardown as teardown_logic
     from spotfill_control.fleet.fleet import CONSISTENCY_GRACE
-    from spotfill_control.monitoring.progress import Clients
     from spotfill_control.run import RunState
 
     # given a fleet EC2 still does not know when the grace after its request is over
@@ -399,9 +399,9 @@ def test_a_fleet_ec2_never_showed_is_reported_unconfirmed(world, lambda_context,
 
 
 def test_teardown_short_of_time_while_ec2_does_not_know_the_fleet_retries(world, lambda_context, fleet_lag):
+    from spotfill_control.aws import Clients
     from spotfill_control.errors import TransientAwsError
     from spotfill_control.finishing import teardown as teardown_logic
-    from spotfill_control.monitoring.progress import Clients
     from spotfill_control.run import RunState
 
     run = RunState.model_validate(_requested_run(world, lambda_context, "ec2-fleet"))
@@ -419,8 +419,8 @@ def test_teardown_short_of_time_while_ec2_does_not_know_the_fleet_retries(world,
 
 
 def test_a_second_teardown_within_the_grace_does_not_wait_for_a_fleet_ec2_forgot(world, lambda_context):
+    from spotfill_control.aws import Clients
     from spotfill_control.finishing import teardown as teardown_logic
-    from spotfill_control.monitoring.progress import Clients
     from spotfill_control.run import RunState
 
     # given a Spot Fleet request torn down once, seconds after it was requested (moto forgets a cancelled

@@ -14,12 +14,11 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
 from spotfill_control import state_store
-from spotfill_control.aws import is_missing_key
+from spotfill_control.aws import Clients, is_missing_key
 from spotfill_control.config import Settings
 from spotfill_control.finishing.publish import ReportClients, report_run
 from spotfill_control.finishing.report import StepError, report_key, run_id_for_execution
 from spotfill_control.finishing.teardown import teardown_and_persist
-from spotfill_control.monitoring.progress import Clients
 from spotfill_control.run import utcnow
 
 

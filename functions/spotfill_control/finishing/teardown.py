@@ -26,14 +26,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotfill_control import state_store
-from spotfill_control.aws import is_transient
+from spotfill_control.aws import Clients, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.fleet import fleet
 from spotfill_control.fleet.fleet_api import GONE_STATES
 from spotfill_control.monitoring import dead_letters
-from spotfill_control.monitoring.progress import Clients
 from spotfill_control.run import RUN_ID_TAG, RunState
 from spotfill_control.shards import dead_letter_queue_name
 

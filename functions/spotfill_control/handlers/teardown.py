@@ -7,12 +7,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control.aws import client, transient_errors_retried
+from spotfill_control.aws import Clients, client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.deadline import seconds_left
 from spotfill_control.finishing.report import FinishEvent
 from spotfill_control.finishing.teardown import teardown_and_persist
-from spotfill_control.monitoring.progress import Clients
 from spotfill_control.run import utcnow
 
 logger = Logger()

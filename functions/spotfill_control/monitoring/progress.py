@@ -40,7 +40,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotfill_control import shards
-from spotfill_control.aws import is_missing_key, read_object
+from spotfill_control.aws import Clients, is_missing_key, read_object
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import (
@@ -92,14 +92,6 @@ class QueueDepth:
     def idle(self) -> bool:
         """Nothing waiting and nothing being worked on."""
         return self.total == 0
-
-
-@dataclass
-class Clients:
-    s3: Any
-    sqs: Any
-    ec2: Any
-    ecs: Any
 
 
 @dataclass
