@@ -731,11 +731,11 @@ def test_the_local_ec2_does_not_know_a_new_spot_fleet_for_its_lag(world, lambda_
 
 @pytest.mark.aws
 def test_a_fleet_whose_instances_ec2_does_not_know_is_not_read_as_every_instance_lost(world, requested):
-    from spotfill_control.monitoring import progress
+    from spotfill_control.monitoring import fleet_watch
 
     # given DescribeFleets knowing the fleet just requested but DescribeFleetInstances not yet
     run = RunState.model_validate(requested)
     ec2 = FailingClient(world.ec2, "describe_fleet_instances", code="InvalidFleetId.NotFound")
     # then the poll's view is "not known" (waited for within the grace), not a fleet with no live instance
-    assert progress.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, ec2) is None
-    assert progress.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, world.ec2) is not None
+    assert fleet_watch.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, ec2) is None
+    assert fleet_watch.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, world.ec2) is not None

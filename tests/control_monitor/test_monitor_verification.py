@@ -15,7 +15,7 @@ import pytest
 from spotfill_control.aws import Clients
 from spotfill_control.deadline import Deadline
 from spotfill_control.finishing import report, report_facts
-from spotfill_control.monitoring import dead_letters, progress, reconcile
+from spotfill_control.monitoring import dead_letters, poll, progress, reconcile
 from spotfill_control.run import RunState
 from spotfill_control.shards import ShardListWriter, ShardNamer
 from spotfill_control.spec import BackfillSpec
@@ -93,7 +93,7 @@ class Run:
 
     def poll(self, deadline: Deadline | None = None) -> progress.Iteration:
         budget = {} if deadline is None else {"deadline": deadline}
-        self.state, seen = progress.iterate(self.state, self.clients, CONTROL_BUCKET, NOW, **budget)
+        self.state, seen = poll.iterate(self.state, self.clients, CONTROL_BUCKET, NOW, **budget)
         return seen
 
     def take_queue(self) -> list[str]:

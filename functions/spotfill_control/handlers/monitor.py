@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from spotfill_control.aws import Clients, client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.deadline import Deadline
-from spotfill_control.monitoring import poll, progress
+from spotfill_control.monitoring import poll
 from spotfill_control.run import RunEvent, utcnow
 
 logger = Logger()
@@ -30,7 +30,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     clients = Clients(s3=client("s3"), sqs=client("sqs"), ec2=client("ec2"), ecs=client("ecs"))
     with transient_errors_retried("monitor"):
         # Half the invocation's remaining time for moving dead letters and verifying parts.
-        budget_left = Deadline.of_invocation(context, progress.DEFAULT_BUDGET_SECONDS)
+        budget_left = Deadline.of_invocation(context, poll.DEFAULT_BUDGET_SECONDS)
         polled = poll.poll(run, clients, settings(), now, budget_left)
     logger.info("monitored", extra=poll.log_fields(polled))
     metrics.add_dimension(name="RunId", value=run.run_id)
