@@ -28,7 +28,7 @@ from spotfill_control.aws import read_object
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
-from spotfill_control.fleet import cluster, fleet
+from spotfill_control.fleet import cluster, launch_template
 from spotfill_control.run import RunState, utcnow
 from spotfill_control.spec import InputSpec
 
@@ -92,7 +92,7 @@ def prepare_run(
     # The AMI first: a region without the run's kind of AMI fails the run before anything is created.
     image_id = None
     if resources.launch_template_version is None:
-        image_id = fleet.resolve_image_id(run, ssm)
+        image_id = launch_template.resolve_image_id(run, ssm)
 
     def record(**created: Any) -> None:
         nonlocal run, resources
@@ -119,7 +119,11 @@ def prepare_run(
     if resources.task_definition_arn is None:
         record(task_definition_arn=cluster.register_task_definition(run, ecs, settings, resources.queue_url))
     if image_id is not None:
-        record(launch_template_version=fleet.create_launch_template_version(run, ec2, settings, image_id))
+        record(
+            launch_template_version=launch_template.create_launch_template_version(
+                run, ec2, settings, image_id
+            )
+        )
 
     total, pending = index.total, index.pending
     progress = run.progress
