@@ -35,9 +35,10 @@ from spotfill_control.config import Settings
 from spotfill_control.fleet.fleet import fleet_target_capacity
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
 from spotfill_control.monitoring import budget, cost, finish_by
+from spotfill_control.setup.checks import check_spec
 from spotfill_control.setup.preflight import Preflight
 from spotfill_control.setup.prices import price_list_client, priced
-from spotfill_control.setup.triggers import check_spec, read_manifest, spec_from_document
+from spotfill_control.setup.triggers import read_manifest, spec_from_document
 from spotfill_control.spec import BackfillSpec, Estimate, LimitsSpec
 
 from spotfill import ramp

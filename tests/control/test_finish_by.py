@@ -15,7 +15,7 @@ from spotfill_control.fleet.fleet_api import FleetStatus
 from spotfill_control.instance_types import InstanceTypeFacts
 from spotfill_control.monitoring import finish_by
 from spotfill_control.run import FinishBy, Progress, Projection, Resources, RunState
-from spotfill_control.setup.triggers import check_finish_by
+from spotfill_control.setup.checks import check_finish_by
 from spotfill_control.spec import BackfillSpec, LimitsSpec
 
 from tests.control.conftest import sample_spec

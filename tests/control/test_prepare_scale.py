@@ -19,8 +19,8 @@ from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.run import RunState
 from spotfill_control.setup import prepare
+from spotfill_control.setup.checks import check_spec
 from spotfill_control.setup.prepare import TIME_SHARE, prepare_run, queue_and_store_shards
-from spotfill_control.setup.triggers import check_spec
 from spotfill_control.spec import BackfillSpec
 
 from spotfill.localcloud.pricing import emulated_facts
