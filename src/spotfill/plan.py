@@ -36,6 +36,7 @@ from spotfill_control.fleet.fleet import fleet_target_capacity
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
 from spotfill_control.monitoring import budget, cost, finish_by
 from spotfill_control.setup.checks import check_spec
+from spotfill_control.setup.inputs import list_shards, no_shards_error
 from spotfill_control.setup.preflight import Preflight
 from spotfill_control.setup.prices import price_list_client, priced
 from spotfill_control.setup.triggers import read_manifest, spec_from_document
@@ -269,9 +270,9 @@ def check(
         sample, facts = check_spec(spec, client("s3"), settings, datetime.now(UTC), preflight=preflight)
         if sample.complete:
             return sample.shards, facts
-        found = shards.list_shards(spec.input, client("s3"))
+        found = list_shards(spec.input, client("s3"))
         if not found:
-            raise shards.no_shards_error(spec.input)
+            raise no_shards_error(spec.input)
         shards.output_uris(spec, found)  # raises when two shards would write the same output
         return found, facts
     except InvalidSpecError as exc:

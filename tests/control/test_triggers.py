@@ -183,7 +183,7 @@ def test_invalid_spec_is_rejected_with_the_field_and_the_reason(document, field,
 
 def test_longest_run_ends_a_day_before_its_queued_shards_and_dead_letters_expire():
     # given the queues' retention (the SQS maximum; a dead letter keeps its first enqueue time)
-    from spotfill_control.shards import RETENTION_SECONDS
+    from spotfill_control.queues import RETENTION_SECONDS
     from spotfill_control.spec import MAX_RUNTIME_SECONDS
 
     # when a spec asks for the longest run allowed

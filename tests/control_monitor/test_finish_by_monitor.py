@@ -30,9 +30,9 @@ POLL = 600.0  # seconds between the injected Monitor polls
 def world40(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     # The test's "workers" find each shard's message by receiving the whole queue once per output written:
     # more receives than a run's dead-letter threshold, which is not what this test is about.
-    from spotfill_control import shards
+    from spotfill_control import queues
 
-    monkeypatch.setattr(shards, "MAX_RECEIVES", 1000)
+    monkeypatch.setattr(queues, "MAX_RECEIVES", 1000)
     yield _build_world(monkeypatch, shards=SHARDS)
     settings.cache_clear()
 

@@ -33,8 +33,8 @@ from spotfill_control.errors import SpotfillError, TransientAwsError
 from spotfill_control.fleet import fleet
 from spotfill_control.fleet.fleet_api import GONE_STATES
 from spotfill_control.monitoring import dead_letters
+from spotfill_control.queues import dead_letter_queue_name
 from spotfill_control.run import RUN_ID_TAG, RunState
-from spotfill_control.shards import dead_letter_queue_name
 
 ALIVE_INSTANCE_STATES = frozenset({"pending", "running", "stopping", "stopped"})
 CLUSTER_BUSY_CODES = frozenset(

@@ -14,8 +14,9 @@ from botocore.exceptions import ClientError
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.queues import VISIBILITY_TIMEOUT_SECONDS
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
-from spotfill_control.shards import VISIBILITY_TIMEOUT_SECONDS, model_error_key
+from spotfill_control.shards import model_error_key
 from spotfill_control.spec import ECS_TASKS_PER_SERVICE
 
 STOP_TIMEOUT_SECONDS = 120  # SIGTERM → SIGKILL; also the worker's SPOTFILL_STOP_TIMEOUT

@@ -48,14 +48,9 @@ from spotfill_control.monitoring.progress import (
     read_model_error,
     sample_outputs,
 )
+from spotfill_control.queues import send_shards
 from spotfill_control.run import Projection, RunState
-from spotfill_control.shards import (
-    ShardRef,
-    output_uri_for,
-    read_shard_index,
-    send_shards,
-    shard_index_key,
-)
+from spotfill_control.shards import ShardRef, output_uri_for, read_shard_index, shard_index_key
 
 # The time budget of a poll's long work (moving dead letters, verifying parts) without a Lambda context: half
 # the Monitor's Timeout, as `Deadline.of_invocation` gives it on Lambda.

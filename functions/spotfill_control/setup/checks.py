@@ -24,6 +24,7 @@ from spotfill_control.fleet.fleet import check_override_count, subnets_for
 from spotfill_control.instance_types import InstanceTypeFacts, capacity_weights, check_fleet_kind
 from spotfill_control.monitoring import budget, finish_by
 from spotfill_control.run import FinishBy, SpotPrice
+from spotfill_control.setup import inputs
 from spotfill_control.setup.preflight import Preflight
 from spotfill_control.spec import OUTPUT_EXTENSIONS, BackfillSpec
 
@@ -255,7 +256,7 @@ def check_subnets(spec: BackfillSpec, settings: Settings) -> None:
 @dataclass(frozen=True)
 class ShardSample:
     """The shards Validate saw: the first listing page of a prefix (`complete` when that page is the whole
-    listing), or every entry of a manifest (bounded by `shards.MAX_SHARD_MANIFEST_BYTES`)."""
+    listing), or every entry of a manifest (bounded by `inputs.MAX_SHARD_MANIFEST_BYTES`)."""
 
     shards: list[str]
     complete: bool
@@ -267,17 +268,17 @@ def check_shards_sample(spec: BackfillSpec, s3: Any) -> ShardSample:
     shards seen would write one output. PrepareRun, before anything costs money, makes the same checks over
     the whole input with the same sentences (`prepare.queue_and_store_shards`)."""
     if not spec.input.is_prefix:
-        found = shards.list_shards(spec.input, s3)
+        found = inputs.list_shards(spec.input, s3)
         sample = ShardSample(found, complete=True)
     else:
         bucket, prefix = shards.split_s3_uri(spec.input.uri)
-        page = shards.list_page(bucket, prefix, s3, "input.uri", MaxKeys=SHARD_SAMPLE_KEYS)
+        page = inputs.list_page(bucket, prefix, s3, "input.uri", MaxKeys=SHARD_SAMPLE_KEYS)
         keys = [o["Key"] for o in page.get("Contents", []) if not o["Key"].endswith("/")]
         extensions = spec.input.extensions
         found = [f"s3://{bucket}/{k}" for k in keys if k.lower().endswith(extensions)]
         sample = ShardSample(found, complete=not page.get("IsTruncated"))
     if not sample.shards and sample.complete:
-        raise shards.no_shards_error(spec.input)
+        raise inputs.no_shards_error(spec.input)
     shards.output_uris(spec, sample.shards)  # raises when two shards would write the same output
     return sample
 

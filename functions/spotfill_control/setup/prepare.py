@@ -23,13 +23,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control import shards, state_store
+from spotfill_control import queues, shards, state_store
 from spotfill_control.aws import read_object
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.fleet import cluster, launch_template
 from spotfill_control.run import RunState, utcnow
+from spotfill_control.setup import inputs
 from spotfill_control.spec import InputSpec
 
 CHECKPOINT_LAYOUT = "spotfill-prepare/1"
@@ -101,9 +102,9 @@ def prepare_run(
         state_store.persist(run, s3, bucket)
 
     if resources.dead_letter_queue_url is None:
-        record(dead_letter_queue_url=shards.create_dead_letter_queue(run, sqs))
+        record(dead_letter_queue_url=queues.create_dead_letter_queue(run, sqs))
     if resources.queue_url is None:
-        record(queue_url=shards.create_shard_queue(run, sqs, resources.dead_letter_queue_url))
+        record(queue_url=queues.create_shard_queue(run, sqs, resources.dead_letter_queue_url))
 
     # The shard list's index is written only after every message is sent, so its presence means "queued".
     index = shards.read_shard_index(run.run_id, s3, bucket)
@@ -155,7 +156,7 @@ def queue_and_store_shards(
     the checkpoint on; the index once the input is exhausted, or None when `budget` ran out first.
 
     Each part: its stretch of the input is listed, the outputs it would write that exist already are found by
-    listing only their key range (`shards.existing_among`), its messages are sent, the part is stored, then
+    listing only their key range (`inputs.existing_among`), its messages are sent, the part is stored, then
     the checkpoint. At least one part goes per call, so every call makes progress. A call that crashes after
     sending a part's messages and before its checkpoint sends that part again when retried: harmless (one
     output key per shard) and at most one part. Only one part's shards are in memory.
@@ -170,7 +171,7 @@ def queue_and_store_shards(
     namer = shards.ShardNamer(spec.input, spec.output, bucket, run.run_id)
     collisions = shards.OpenStems(namer, checkpoint.open_stems)
     if spec.input.is_prefix:
-        stream: Iterator[str] = shards.iter_prefix_shards(spec.input, s3, after=checkpoint.after)
+        stream: Iterator[str] = inputs.iter_prefix_shards(spec.input, s3, after=checkpoint.after)
     else:
         stream, etag = _manifest_stream(spec.input, s3, namer, checkpoint)
         checkpoint = checkpoint.model_copy(update={"manifest_etag": etag})
@@ -184,9 +185,9 @@ def queue_and_store_shards(
             if spec.input.is_prefix:
                 for ref in part:
                     collisions.add(ref)
-            existing = shards.existing_among([ref.output for ref in part], spec.output, s3)
+            existing = inputs.existing_among([ref.output for ref in part], spec.output, s3)
             pending = [ref for ref in part if ref.output not in existing]
-            shards.send_shards(run.run_id, pending, queue_url, sqs)
+            queues.send_shards(run.run_id, pending, queue_url, sqs)
             for ref in part:
                 writer.add(ref.shard, ref.output in existing)
             writer.flush()
@@ -210,7 +211,7 @@ def queue_and_store_shards(
         if len(part) < part_size:  # the input ended inside this part
             break
     if writer.total == 0:
-        raise shards.no_shards_error(spec.input)
+        raise inputs.no_shards_error(spec.input)
     return writer.close()
 
 
@@ -219,8 +220,8 @@ def _manifest_stream(
 ) -> tuple[Iterator[str], str]:
     """A manifest's shards from the checkpoint's position on, in output order (so each part's outputs span a
     narrow key range, and two shards writing one output are neighbours), and the manifest's ETag. The manifest
-    is read whole on each call (bounded: `shards.MAX_SHARD_MANIFEST_BYTES`) and must not change meanwhile."""
-    entries, etag = shards.read_shard_manifest(input_spec, s3)
+    is read whole on each call (bounded: `inputs.MAX_SHARD_MANIFEST_BYTES`) and must not change meanwhile."""
+    entries, etag = inputs.read_shard_manifest(input_spec, s3)
     if checkpoint.manifest_etag is not None and checkpoint.manifest_etag != etag:
         raise InvalidSpecError(
             f"input.uri: shard manifest {input_spec.uri} changed while the run was being prepared (ETag "
