@@ -151,7 +151,7 @@ class FinishBy(_State):
     behind_seconds: float | None = None  # projected finish - `at`: > 0 behind, < 0 ahead
     added_units: int = 0  # the last change of the target (negative: shrunk)
     # The last change was a shrink without termination: the fleet removes no instance for it, so any
-    # instance that goes away is an interruption (`progress.count_interruptions` gets no allowance).
+    # instance that goes away is an interruption (`fleet_watch.count_interruptions` gets no allowance).
     shrunk_without_termination: bool = False
     infeasible: str | None = None  # why the first measured poll found the deadline out of reach: the run ends
 

@@ -239,7 +239,7 @@ class Snapshot:
 def weights_line(run: RunState) -> str | None:
     """Once the Monitor has re-weighted the fleet by measured throughput: each type's weight as requested ->
     now, with its measured predictions per second per instance, and how many re-weightings (the report's
-    `weights` row, `report.weights_sentence`); None before the first re-weighting."""
+    `weights` row, `report_text.weights_sentence`); None before the first re-weighting."""
     from spotfill_control.finishing.report import weights_of
     from spotfill_control.finishing.report_text import weights_sentence
 

@@ -33,7 +33,7 @@ def predictions_so_far(run: RunState) -> int:
 
 
 def sample_of(run: RunState, seen: Iteration, now: datetime, previous: Sample | None) -> Sample:
-    """The poll's sample (after `progress.iterate` updated the run)."""
+    """The poll's sample (after `poll.iterate` updated the run)."""
     t = now.timestamp()
     predictions = predictions_so_far(run)
     rate = 0.0
