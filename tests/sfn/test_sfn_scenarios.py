@@ -12,7 +12,7 @@ import json
 
 import pytest
 from spotfill_control import shards
-from spotfill_control.setup import prepare, triggers
+from spotfill_control.setup import checks, prepare
 
 from spotfill import iam
 from spotfill.localcloud import pricing
@@ -164,7 +164,7 @@ def test_a_collision_past_validates_sample_fails_in_prepare_with_its_sentence_an
     cloud, lambdas, monkeypatch
 ):
     # given b.jsonl and b.ndjson (both write b.jsonl's output) past the keys Validate looks at
-    monkeypatch.setattr(triggers, "SHARD_SAMPLE_KEYS", 2)
+    monkeypatch.setattr(checks, "SHARD_SAMPLE_KEYS", 2)
     spec = cloud.spec("collide-late", shards=0)
     bucket = cloud.stack.data_bucket
     for name in ("a.jsonl", "b.jsonl", "b.ndjson"):

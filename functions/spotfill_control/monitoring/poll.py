@@ -79,7 +79,7 @@ def iterate(
     """
     deadline = deadline or Deadline(DEFAULT_BUDGET_SECONDS)
     run = run.model_copy(deep=True)
-    progress = run.progress
+    figures = run.progress
     resources = run.resources
     seen = Iteration()
     if run.timeline.processing_started_at is None:
@@ -99,29 +99,29 @@ def iterate(
         if run.shards_total > shards.PART_SIZE:  # a run of one part has nothing to settle ahead
             _settle_ahead(run, clients, control_bucket, seen, deadline)
 
-    shards_per_second = rate(progress.outputs_done, seen.outputs_done, progress.last_checked_at, now)
+    shards_per_second = rate(figures.outputs_done, seen.outputs_done, figures.last_checked_at, now)
     _update_throughput(run, shards_per_second, done_sample, clients.s3, control_bucket)
     # Requeued shards count as progress: they deserve a stall timeout of their own to be picked up.
     # So do parts newly verified settled: a long verification over several polls is not a stall.
-    moved = seen.outputs_done + seen.dead_letters > progress.outputs_done + progress.dead_letters
+    moved = seen.outputs_done + seen.dead_letters > figures.outputs_done + figures.dead_letters
     moved = moved or seen.parts_settled > 0
     if not moved:  # a model no worker can load moves nothing: look for its error record (one small listing)
         seen.model_error = read_model_error(run.run_id, clients.s3, control_bucket)
-    if moved or seen.requeued or progress.last_progress_at is None:
-        progress.last_progress_at = now
-    progress.outputs_done = seen.outputs_done
-    progress.dead_letters = seen.dead_letters
-    progress.requeued += seen.requeued
-    progress.iterations += 1
-    progress.iterations_this_execution += 1
-    progress.last_checked_at = now
+    if moved or seen.requeued or figures.last_progress_at is None:
+        figures.last_progress_at = now
+    figures.outputs_done = seen.outputs_done
+    figures.dead_letters = seen.dead_letters
+    figures.requeued += seen.requeued
+    figures.iterations += 1
+    figures.iterations_this_execution += 1
+    figures.last_checked_at = now
 
     if resources.fleet_id:
         # The budget first: the instances the last poll saw alive tell when those terminated without a stated
         # time ended, and a drain it starts keeps the fleet look below from resizing anything.
         # One read of the run's instances serves both (DescribeInstances pages of 1,000 are the poll's
         # costliest calls to parse).
-        instances = cost.run_instances(run.run_id, progress.known_instances, clients.ec2)
+        instances = cost.run_instances(run.run_id, figures.known_instances, clients.ec2)
         billed = budget.accrue_run(run, now, clients.ec2, instances)
         seen.capacity = budget.capacity_by_pool(billed)
         if not done:
@@ -129,13 +129,13 @@ def iterate(
         watch_fleet(run, clients, seen, done, now, instances, settings)
 
     if done:
-        progress.state = "done"
+        figures.state = "done"
         run.phase = "done"
         run.timeline.processing_ended_at = now
     elif handover_due(run):
-        progress.state = "handover"
+        figures.state = "handover"
     else:
-        progress.state = "running"
+        figures.state = "running"
     return run, seen
 
 
