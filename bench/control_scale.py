@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from spotfill_control import shards
-from spotfill_control.progress import ROWS_SAMPLE_LIMIT
+from spotfill_control.monitoring.progress import ROWS_SAMPLE_LIMIT
 from spotfill_control.spec import InputSpec, OutputSpec
 
 INPUT = InputSpec(uri="s3://data-bucket/inputs/2026/11/", format="npy")

@@ -36,7 +36,7 @@ from typing import Any
 from bench.scale_measure import LAMBDA_MB_PER_VCPU
 
 REAL_PART_SIZE = 50_000  # spotfill_control.shards.PART_SIZE as shipped
-DRAIN_UNIT = 1_000  # dead letters: the drain's batch (spotfill_control.dead_letters.DRAIN_BATCH)
+DRAIN_UNIT = 1_000  # dead letters: the drain's batch (spotfill_control.monitoring.dead_letters.DRAIN_BATCH)
 TARGETS = (1_000_000, 10_000_000)
 RUNTIME_BASELINE_MIB = 100
 TIME_SHARE = 0.5  # prepare.TIME_SHARE, deadline.SHARE_OF_REMAINING

@@ -106,7 +106,7 @@ class WorkSpy:
     """Marks the units of the looping stages' work, in the bench's process only: passive wrappers around the
     domain functions the handlers call through their modules (the handlers and the functions are unchanged).
 
-    - PrepareRun calls `shards.existing_among` once per part, at the part's start: a part is the work from one
+    - PrepareRun calls `inputs.existing_among` once per part, at the part's start: a part is the work from one
       call to the next (its listing, the existence check, the sends, the part and checkpoint writes). The last
       part of an invocation runs into the invocation's tail and is not counted as a unit.
     - The Monitor verifies a part in `reconcile.verify_part` (its amount: the part's pending shards).
@@ -131,7 +131,8 @@ class WorkSpy:
         self.units, self._part = [], None
 
     def install(self) -> None:
-        from spotfill_control import dead_letters, reconcile, shards
+        from spotfill_control.monitoring import dead_letters, reconcile
+        from spotfill_control.setup import inputs
 
         def part_started(original: Callable[..., Any]) -> Callable[..., Any]:
             def wrapper(outputs: Any, *args: Any, **kwargs: Any) -> Any:
@@ -158,7 +159,7 @@ class WorkSpy:
             return wrap
 
         for module, name, wrap in (
-            (shards, "existing_among", part_started),
+            (inputs, "existing_among", part_started),
             (reconcile, "verify_part", around("verify_part", lambda result: int(result.pending))),
             (dead_letters, "drain", around("drain", lambda result: int(result.messages))),
         ):

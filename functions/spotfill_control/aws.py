@@ -2,13 +2,15 @@
 
 Clients are made at first use, never at import, so tests start moto before any client exists; boto3
 honours AWS_ENDPOINT_URL, which is how the local cloud is reached without a separate code path.
-Domain functions take clients as arguments; only handlers call `client()`.
+Domain functions take clients as arguments (`Clients`: those a run's Monitor and Teardown share); only
+handlers call `client()`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -17,6 +19,17 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
 
 from spotfill_control.errors import TransientAwsError
+
+
+@dataclass
+class Clients:
+    """The clients a run's Monitor and Teardown steps work with."""
+
+    s3: Any
+    sqs: Any
+    ec2: Any
+    ecs: Any
+
 
 _RETRIES = Config(retries={"mode": "adaptive", "max_attempts": 8})
 
@@ -73,7 +86,7 @@ def is_missing_key(exc: Exception) -> bool:
 
     A 403 never does: S3 answers a missing key with 403 AccessDenied to a principal without s3:ListBucket on
     the bucket, and reading that as "missing" would hide a real denial. Every function that probes a key
-    that may be missing is granted s3:ListBucket on that bucket (docs/contracts.md, "IAM")."""
+    that may be missing is granted s3:ListBucket on that bucket (docs/contracts/iam.md, "IAM")."""
     if not isinstance(exc, ClientError):
         return False
     return exc.response.get("Error", {}).get("Code") in MISSING_KEY_CODES

@@ -2,7 +2,7 @@
 
 Any type the region offers may be used. Validate reads the spec's types once with `DescribeInstanceTypes`
 (vCPUs, memory, GPUs, architecture, whether spot is a supported usage class) and prices them with the AWS
-Price List (`spotfill_control.prices`); the result is cached on the run as `run.instance_types`, so every
+Price List (`setup.prices`); the result is cached on the run as `run.instance_types`, so every
 later step (weights, quotas, the task definition, cost) reads the same facts without another call.
 
 `STATIC_ON_DEMAND_USD` is not a catalog: it is the fallback price table (us-east-1, Linux, USD per hour)

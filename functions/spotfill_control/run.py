@@ -65,7 +65,7 @@ class Progress(_State):
     state: Literal["running", "done", "handover"] = "running"
     outputs_done: int = 0
     dead_letters: int = 0
-    # Dead-letter messages Monitor moved into S3 records (`spotfill_control.dead_letters`); a message stored
+    # Dead-letter messages Monitor moved into S3 records (`monitoring.dead_letters`); a message stored
     # twice (a crash between its record and its delete) counts twice here, never in `dead_letters`.
     dead_letters_stored: int = 0
     requeued: int = 0
@@ -82,13 +82,13 @@ class Progress(_State):
     # None that the file was never written.
     known_instances: list[str] = Field(default_factory=list, exclude=True)
     known_instances_count: int | None = None
-    # Throughput bookkeeping (spotfill_control.progress): when monitor last looked, and a running sample of
+    # Throughput bookkeeping (monitoring.progress): when monitor last looked, and a running sample of
     # output metadata (`spotfill-rows`) from which predictions per second are estimated.
     last_checked_at: datetime | None = None
     peak_predictions_per_second: float = 0.0
     rows_sampled_outputs: int = 0
     rows_sampled_total: int = 0
-    # On-demand fallback (spotfill_control.on_demand): units moved from spot to on demand, since when spot
+    # On-demand fallback (fleet.on_demand): units moved from spot to on demand, since when spot
     # has been short of its target, when the fallback last changed, and the spot units probing whether spot
     # is back.
     on_demand_fallback_units: int = 0
@@ -107,7 +107,7 @@ class SpotPrice(_State):
 
 
 class Budget(_State):
-    """The run's cost as the monitor accrues it, and the dollar cap's drain (`spotfill_control.budget`).
+    """The run's cost as the monitor accrues it, and the dollar cap's drain (`monitoring.budget`).
 
     A few numbers and one price per instance type and zone, never a record per instance: the cost is added
     up poll by poll over [accrued_through, now], so the run state stays small with thousands of instances.
@@ -123,7 +123,7 @@ class Budget(_State):
 
 
 class Projection(_State):
-    """Where the run is heading, as the last Monitor poll saw it (`spotfill_control.projection`): the
+    """Where the run is heading, as the last Monitor poll saw it (`monitoring.projection`): the
     recent throughput, the time left at that pace and what the run will have cost by then."""
 
     at: float  # epoch seconds
@@ -138,7 +138,7 @@ class Projection(_State):
 
 class FinishBy(_State):
     """The run's deadline (`limits.finish_by`, resolved at Validate) and how the Monitor tracks it
-    (`spotfill_control.finish_by`): a few numbers, rewritten every poll."""
+    (`spotfill_control.monitoring.finish_by`): a few numbers, rewritten every poll."""
 
     at: datetime  # the absolute deadline
     checked: bool = False  # feasibility was checked with numbers (Validate's estimate, or a measured rate)
@@ -151,7 +151,7 @@ class FinishBy(_State):
     behind_seconds: float | None = None  # projected finish - `at`: > 0 behind, < 0 ahead
     added_units: int = 0  # the last change of the target (negative: shrunk)
     # The last change was a shrink without termination: the fleet removes no instance for it, so any
-    # instance that goes away is an interruption (`progress.count_interruptions` gets no allowance).
+    # instance that goes away is an interruption (`fleet_watch.count_interruptions` gets no allowance).
     shrunk_without_termination: bool = False
     infeasible: str | None = None  # why the first measured poll found the deadline out of reach: the run ends
 
@@ -164,7 +164,7 @@ class TypeThroughput(_State):
 
 
 class WeightChange(_State):
-    """One re-weighting of the fleet (`spotfill_control.weights`)."""
+    """One re-weighting of the fleet (`spotfill_control.fleet.weights`)."""
 
     at: datetime
     weights: dict[str, float]  # the weights set (instance type -> WeightedCapacity)
@@ -172,7 +172,7 @@ class WeightChange(_State):
 
 
 class Weighting(_State):
-    """Capacity in predictions (`spotfill_control.weights`): each instance type's measured throughput, and
+    """Capacity in predictions (`fleet.weights`): each instance type's measured throughput, and
     the weights the Monitor gave the fleet from it. A few numbers per type and a bounded list of output
     digests."""
 
@@ -241,7 +241,7 @@ class RunState(_State):
     @property
     def capacity_weights(self) -> dict[str, float]:
         """The fleet's weights now: those the Monitor set from measured throughput
-        (`spotfill_control.weights`), else those it was requested with (vCPUs, or GPUs, over the smallest:
+        (`fleet.weights`), else those it was requested with (vCPUs, or GPUs, over the smallest:
         `instance_types.capacity_weights`); {} before Validate described the types."""
         if self.weighting is not None and self.weighting.weights:
             return dict(self.weighting.weights)

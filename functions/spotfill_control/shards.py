@@ -1,9 +1,12 @@
-"""Shards: finding them, naming their outputs, and queueing one message per shard.
+"""Shards: naming their outputs, and the run's shard list as stored in parts.
 
-The output URI is derived from the input URI alone (docs/contracts.md, "Shards, queue and outputs"): the
+The output URI is derived from the input URI alone (docs/contracts/shards-queue-outputs.md, "Shards, queue and
+outputs"): the
 shard's path relative to the input prefix, with the input format's extension replaced by the output
 format's, under the output prefix. For a manifest of shard URIs the path is relative to the manifest's
 folder when the shard lies under it, else `<bucket>/<key>` (unique across buckets).
+
+Finding the shards in the input is `setup.inputs`'; the queue of one message per shard is `queues`'.
 """
 
 from __future__ import annotations
@@ -11,38 +14,28 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, NamedTuple
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control.aws import is_transient, read_object
-from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
-from spotfill_control.run import RUN_ID_TAG, RunState
+from spotfill_control.aws import read_object
+from spotfill_control.errors import InvalidSpecError, SpotfillError
+from spotfill_control.run import RunState
 from spotfill_control.spec import (
     OUTPUT_EXTENSIONS,
-    SQS_MAX_RETENTION_SECONDS,
     BackfillSpec,
     InputSpec,
     OutputSpec,
 )
 
 SHARD_LAYOUT = "spotfill-shards/1"
+
+
 PART_SIZE = 50_000  # shards per stored part: about 1 MB of gzip JSON Lines for typical URIs
+
+
 SAMPLE_SIZE = 64  # pending shards named in the index, for monitor's rows-per-shard sample
-MAX_RECEIVES = 3  # a shard that fails this often goes to the dead-letter queue
-VISIBILITY_TIMEOUT_SECONDS = 120  # the worker's default heartbeat window (SPOTFILL_VISIBILITY_TIMEOUT)
-RETENTION_SECONDS = SQS_MAX_RETENTION_SECONDS  # both queues; spec.MAX_RUNTIME_SECONDS keeps runs inside it
-SEND_ATTEMPTS = 5
-SEND_WORKERS = 8  # parallel SendMessageBatch calls: a million shards are 100,000 batches
-# A shard manifest is read whole, by Validate and by each PrepareRun invocation: at these bounds its read,
-# checks and ordering peak near 150 MB, under half of Validate's 512 MB (docs/contracts.md, "PrepareRun").
-# Larger inputs go under a prefix, which has no bound.
-MAX_SHARD_MANIFEST_BYTES = 32 * 1024 * 1024
-MAX_SHARD_MANIFEST_ENTRIES = 250_000
 
 
 class Shard(BaseModel):
@@ -54,7 +47,8 @@ class Shard(BaseModel):
     skipped: bool = False
 
     def message(self, run_id: str) -> str:
-        """The SQS message body (docs/contracts.md): what the worker needs about this shard."""
+        """The SQS message body (docs/contracts/shards-queue-outputs.md): what the worker needs about this
+        shard."""
         return message_body(run_id, self.shard, self.output, self.error)
 
 
@@ -123,8 +117,9 @@ def shard_part_key(run_id: str, number: int) -> str:
 
 
 def model_error_key(run_id: str) -> str:
-    """The record a worker writes when the model cannot load (docs/contracts.md); the monitor fails the run on
-    it. No shard's error record can have this key: theirs end in the shard's extension and ``.json``."""
+    """The record a worker writes when the model cannot load (docs/contracts/worker-environment.md); the
+    monitor fails the run on it. No shard's error record can have this key: theirs end in the shard's
+    extension and ``.json``."""
     return f"runs/{run_id}/errors/model-load.json"
 
 
@@ -137,121 +132,8 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-# ---------------------------------------------------------------------------------------------- listing
-
-
-def list_shards(input_spec: InputSpec, s3: Any) -> list[str]:
-    """Every shard URI of the input in memory: objects under the prefix with the format's extension (in S3's
-    listing order, which is sorted), or a manifest's. For tools and tests; PrepareRun streams them part by
-    part (`iter_prefix_shards`)."""
-    if input_spec.is_prefix:
-        return list(iter_prefix_shards(input_spec, s3))
-    return read_shard_manifest(input_spec, s3)[0]
-
-
-def iter_prefix_shards(input_spec: InputSpec, s3: Any, after: str | None = None) -> Iterator[str]:
-    """The shard URIs under an input prefix whose key sorts after `after`, page by page in S3's order."""
-    bucket, prefix = split_s3_uri(input_spec.uri)
-    extensions = input_spec.extensions
-    for key in iter_keys(bucket, prefix, s3, what="input.uri", start_after=after):
-        if key.lower().endswith(extensions):
-            yield f"s3://{bucket}/{key}"
-
-
-def iter_keys(bucket: str, prefix: str, s3: Any, what: str, start_after: str | None = None) -> Iterator[str]:
-    """Object keys under `prefix` (folder markers left out), one ListObjectsV2 page at a time, in S3's order
-    (UTF-8 byte order, which is Python's `str` order); from just after `start_after` where given. A caller
-    that stops iterating stops the listing."""
-    arguments: dict[str, str] = {"Bucket": bucket, "Prefix": prefix}
-    if start_after:
-        arguments["StartAfter"] = start_after
-    while True:
-        page = list_page(bucket, prefix, s3, what, **arguments)
-        for obj in page.get("Contents", []):
-            if not obj["Key"].endswith("/"):
-                yield obj["Key"]
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return
-        # the token carries the position; StartAfter is not sent again
-        arguments = {"Bucket": bucket, "Prefix": prefix, "ContinuationToken": token}
-
-
-def list_page(bucket: str, prefix: str, s3: Any, what: str, **arguments: Any) -> dict[str, Any]:
-    """One ListObjectsV2 call; throttling is a TransientAwsError, a missing or unlistable bucket a spec error
-    naming `what` (the spec field)."""
-    try:
-        return s3.list_objects_v2(**({"Bucket": bucket, "Prefix": prefix} | arguments))
-    except ClientError as exc:
-        if is_transient(exc):
-            raise TransientAwsError(f"{what}: listing s3://{bucket}/{prefix}: {exc}") from exc
-        code = exc.response.get("Error", {}).get("Code", "")
-        reason = f"bucket {bucket} does not exist" if code == "NoSuchBucket" else f"cannot be listed ({code})"
-        raise InvalidSpecError(f"{what}: s3://{bucket}/{prefix}: {reason}.") from None
-
-
-def no_shards_error(input_spec: InputSpec) -> InvalidSpecError:
-    return InvalidSpecError(f"input.uri: no {input_spec.format} shards found under {input_spec.uri}.")
-
-
 def collision_error(first: str, second: str, output: str) -> InvalidSpecError:
     return InvalidSpecError(f"input.uri: shards {first} and {second} would both write {output}.")
-
-
-def read_shard_manifest(input_spec: InputSpec, s3: Any) -> tuple[list[str], str]:
-    """A shard manifest's entries, checked (s3:// URIs with the format's extension, none twice), and the
-    manifest object's ETag. A manifest is read whole, so its size is bounded (`MAX_SHARD_MANIFEST_BYTES`)."""
-    bucket, key = split_s3_uri(input_spec.uri)
-    try:
-        found = s3.get_object(Bucket=bucket, Key=key)
-        size = found.get("ContentLength", 0)
-        if size > MAX_SHARD_MANIFEST_BYTES:
-            raise InvalidSpecError(
-                f"input.uri: shard manifest {input_spec.uri} is {size:,} bytes, more than the "
-                f"{MAX_SHARD_MANIFEST_BYTES:,} a manifest may have: list the shards under a prefix instead "
-                "(input.uri ending in /), which has no such limit."
-            )
-        body = found["Body"].read()
-        etag = str(found.get("ETag", "")).strip('"')
-    except ClientError as exc:
-        if is_transient(exc):
-            raise TransientAwsError(f"input.uri: reading {input_spec.uri}: {exc}") from exc
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise InvalidSpecError(
-            f"input.uri: shard manifest {input_spec.uri} cannot be read ({code})."
-        ) from None
-    try:
-        text = body.decode()
-        if key.endswith(".json"):
-            entries = json.loads(text)
-            if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-                raise InvalidSpecError(f"input.uri: {input_spec.uri} must be a JSON array of s3:// URIs.")
-        else:
-            entries = [line.strip() for line in text.splitlines()]
-            entries = [e for e in entries if e and not e.startswith("#")]
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidSpecError(f"input.uri: {input_spec.uri} is not a valid shard list ({exc}).") from None
-    if len(entries) > MAX_SHARD_MANIFEST_ENTRIES:
-        raise InvalidSpecError(
-            f"input.uri: shard manifest {input_spec.uri} lists {len(entries):,} shards, more than the "
-            f"{MAX_SHARD_MANIFEST_ENTRIES:,} a manifest may list: list the shards under a prefix instead "
-            "(input.uri ending in /), which has no such limit."
-        )
-    extensions = input_spec.extensions
-    seen: set[str] = set()
-    for number, entry in enumerate(entries, start=1):
-        where = f"input.uri: {input_spec.uri} entry {number}"
-        if not entry.startswith("s3://") or not split_s3_uri(entry)[0] or not split_s3_uri(entry)[1]:
-            raise InvalidSpecError(f"{where}: {entry!r} is not an s3://bucket/key URI.")
-        if not entry.lower().endswith(extensions):
-            raise InvalidSpecError(f"{where}: {entry} does not end in {' or '.join(extensions)}.")
-        if entry in seen:
-            raise InvalidSpecError(f"{where}: {entry} is listed twice.")
-        seen.add(entry)
-    return list(entries), etag
-
-
-# ---------------------------------------------------------------------------------------------- naming
 
 
 def relative_path(shard_uri: str, input_spec: InputSpec) -> str:
@@ -314,34 +196,6 @@ def plan_shards(
             for uri in shard_uris
         ],
     )
-
-
-def existing_among(outputs: Iterable[str], output_spec: OutputSpec, s3: Any) -> set[str]:
-    """Which of `outputs` (output URIs of one part) exist: a listing of only the key range they span, from
-    just below the smallest to the largest, each key tested against the part's own outputs, so objects of
-    other runs or unrelated ones under the prefix never count."""
-    bucket, prefix = split_s3_uri(output_spec.uri)
-    head = f"s3://{bucket}/"
-    wanted = {uri[len(head) :] for uri in outputs}
-    if not wanted:
-        return set()
-    smallest, largest = min(wanted), max(wanted)
-    found: set[str] = set()
-    # StartAfter is exclusive: a proper prefix of the smallest key sorts just below it (still under `prefix`,
-    # which every output key extends by a stem and an extension)
-    for key in iter_keys(bucket, prefix, s3, what="output.uri", start_after=smallest[:-1]):
-        if key > largest:
-            break
-        if key in wanted:
-            found.add(head + key)
-    return found
-
-
-# ---------------------------------------------------------------------------------------------- storage
-#
-# The shard list is stored as gzip JSON Lines parts of PART_SIZE shards and an index written last (its
-# presence means "every message was sent"). Everything here that does not take a client is pure, so the
-# layout is tested at a million shards without S3.
 
 
 def encode_part(entries: Iterable[tuple[str, bool]]) -> bytes:
@@ -580,94 +434,3 @@ def read_shard_list(run_id: str, s3: Any, control_bucket: str) -> ShardList | No
     """The whole shard list in memory: for small runs, tests and tools; the control plane streams it."""
     found = iter_shards(run_id, s3, control_bucket)
     return None if found is None else ShardList(run_id=run_id, shards=[ref.as_shard() for ref in found])
-
-
-# ---------------------------------------------------------------------------------------------- queues
-
-
-def dead_letter_queue_name(run: RunState) -> str:
-    return f"{run.scoped_name}-dlq"
-
-
-def create_dead_letter_queue(run: RunState, sqs: Any) -> str:
-    return sqs.create_queue(
-        QueueName=dead_letter_queue_name(run),
-        Attributes={"SqsManagedSseEnabled": "true", "MessageRetentionPeriod": str(RETENTION_SECONDS)},
-        tags={RUN_ID_TAG: run.run_id},
-    )["QueueUrl"]
-
-
-def create_shard_queue(run: RunState, sqs: Any, dead_letter_queue_url: str) -> str:
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dead_letter_queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    return sqs.create_queue(
-        QueueName=run.scoped_name,
-        Attributes={
-            "SqsManagedSseEnabled": "true",
-            "MessageRetentionPeriod": str(RETENTION_SECONDS),
-            "VisibilityTimeout": str(VISIBILITY_TIMEOUT_SECONDS),
-            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}),
-        },
-        tags={RUN_ID_TAG: run.run_id},
-    )["QueueUrl"]
-
-
-def send_shards(
-    run_id: str,
-    shards: Sequence[Shard | ShardRef],
-    queue_url: str,
-    sqs: Any,
-    sleep: Callable[[float], None] = time.sleep,
-    workers: int = SEND_WORKERS,
-) -> int:
-    """One message per shard, ten per batch, batches in parallel; failed entries are resent, never dropped.
-
-    Raises TransientAwsError when some entries still fail after SEND_ATTEMPTS rounds (the ASL retries the
-    state; a resent shard is harmless because its output key is fixed).
-    """
-    batches = [shards[start : start + 10] for start in range(0, len(shards), 10)]
-    if not batches:
-        return 0
-    # The first batch goes from this thread: a refused queue fails fast, before any pool exists.
-    sent = _send_batch(run_id, batches[0], queue_url, sqs, sleep)
-    if workers <= 1 or len(batches) <= 2:
-        return sent + sum(_send_batch(run_id, batch, queue_url, sqs, sleep) for batch in batches[1:])
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return sent + sum(
-            pool.map(lambda batch: _send_batch(run_id, batch, queue_url, sqs, sleep), batches[1:])
-        )
-
-
-def _send_batch(
-    run_id: str, batch: Sequence[Shard | ShardRef], queue_url: str, sqs: Any, sleep: Callable[[float], None]
-) -> int:
-    pending = {str(i): shard.message(run_id) for i, shard in enumerate(batch)}
-    for attempt in range(SEND_ATTEMPTS):
-        try:
-            response = sqs.send_message_batch(
-                QueueUrl=queue_url,
-                Entries=[{"Id": entry_id, "MessageBody": body} for entry_id, body in pending.items()],
-            )
-        except ClientError as exc:
-            if not is_transient(exc):
-                raise SpotfillError(f"sqs.send_message_batch: {exc}") from exc
-            if attempt == SEND_ATTEMPTS - 1:
-                raise TransientAwsError(f"sqs.send_message_batch: {exc}") from exc
-            sleep(0.2 * 2**attempt)
-            continue
-        for ok in response.get("Successful", []):
-            pending.pop(ok["Id"], None)
-        if not pending:
-            return len(batch)
-        if attempt == SEND_ATTEMPTS - 1:
-            reasons = "; ".join(
-                f"{batch[int(f['Id'])].shard}: {f.get('Code')} {f.get('Message', '')}".strip()
-                for f in response.get("Failed", [])
-            )
-            raise TransientAwsError(
-                f"sqs.send_message_batch: {len(pending)} shard message(s) not sent after "
-                f"{SEND_ATTEMPTS} attempts ({reasons})"
-            )
-        sleep(0.2 * 2**attempt)
-    return len(batch) - len(pending)

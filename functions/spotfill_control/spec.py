@@ -22,7 +22,7 @@ AllocationStrategy = Literal[
 # The EC2 API that holds the run's fleet: EC2 Fleet (CreateFleet) or the legacy Spot Fleet (RequestSpotFleet).
 FleetApiName = Literal["ec2-fleet", "spot-fleet"]
 # What serves the model's forward pass in the worker: "auto" lets the worker's calibration on the first shard
-# pick the fastest runtime whose outputs match TensorFlow's (docs/contracts.md, "Model runtime and
+# pick the fastest runtime whose outputs match TensorFlow's (docs/contracts/spec.md, "Model runtime and
 # precision").
 ModelRuntime = Literal["auto", "tensorflow", "openvino", "onnxruntime"]
 ModelPrecision = Literal["fp32", "bf16", "fp16"]
@@ -331,13 +331,13 @@ class LimitsSpec(_Model):
         strict=True,
         allow_inf_nan=False,
         description="cap on the whole run's instance cost in USD; the monitor drains the run before its "
-        "projected cost crosses it (docs/contracts.md, 'The dollar cap'); null: no cap",
+        "projected cost crosses it (docs/contracts/dollar-cap.md, 'The dollar cap'); null: no cap",
     )
     finish_by: str | None = Field(
         default=None,
         description="the deadline: an ISO 8601 time with a time zone ('2026-12-07T06:00:00Z') or an ISO "
         "8601 duration from the run's start ('PT6H'); the monitor keeps the fleet at the capacity that "
-        "finishes by then (docs/contracts.md, 'The deadline'); null: no deadline",
+        "finishes by then (docs/contracts/deadline.md, 'The deadline'); null: no deadline",
     )
 
     @field_validator("finish_by")

@@ -226,7 +226,7 @@ def _check_spec_model(path: str, document: Any) -> None:
     """Before an execution starts: the spec as Validate parses it, refused with Validate's sentence (the
     checks that need the account, the model object and the shards stay Validate's)."""
     from spotfill_control.errors import InvalidSpecError
-    from spotfill_control.triggers import spec_from_document
+    from spotfill_control.setup.triggers import spec_from_document
 
     try:
         spec_from_document(document)

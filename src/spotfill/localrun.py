@@ -101,7 +101,7 @@ class LocalRunResult:
     @property
     def reason(self) -> str:
         """Why the run ended so, with the advice that works after a local run (not `spotfill redrive`)."""
-        from spotfill_control.budget import redrive_advice
+        from spotfill_control.monitoring.budget import redrive_advice
 
         reason = (self.report or {}).get("reason") or self.snapshot.error or self.snapshot.status
         run_id = (self.report or {}).get("run_id") or self.snapshot.run_id
@@ -111,7 +111,7 @@ class LocalRunResult:
     def deadline(self) -> str | None:
         """Whether the run met its `limits.finish_by` and by how much, from the report (`met, 1.5 min to spare
         (deadline ...)`, `missed by ...`, `not finished ...`); None for a run without a deadline."""
-        from spotfill_control.report import deadline_sentence
+        from spotfill_control.finishing.report_text import deadline_sentence
 
         deadline = (self.report or {}).get("deadline")
         return deadline_sentence(deadline) if deadline else None
@@ -186,7 +186,7 @@ def check_finish_by(finish_by: str | None, now: datetime) -> None:
     """Before anything starts, the refusals Validate would make of the local run's deadline (as `spotfill
     plan --finish-by` makes them): a time not in the future, or beyond the run's maximum runtime."""
     from pydantic import ValidationError
-    from spotfill_control import finish_by as deadline
+    from spotfill_control.monitoring import finish_by as deadline
     from spotfill_control.spec import LimitsSpec
 
     if finish_by is None:

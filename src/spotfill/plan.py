@@ -1,6 +1,6 @@
 """`spotfill plan SPEC`: what a backfill will cost and how long it will take, before anything is spent.
 
-The spec is checked by Validate's own checks (`spotfill_control.triggers.check_spec`, with the stack's
+The spec is checked by Validate's own checks (`spotfill_control.setup.checks.check_spec`, with the stack's
 configuration read from the function its state machine runs as Validate), so `plan` refuses exactly what
 the state machine would. Then the shards are counted (the rows of up to `SAMPLE_SHARDS` shards, spread over
 the list, stand for the rest), the model and a sample shard are downloaded and put through the worker's own
@@ -30,14 +30,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spotfill_control import budget, cost, finish_by, shards
+from spotfill_control import shards
 from spotfill_control.config import Settings
-from spotfill_control.fleet import fleet_target_capacity
+from spotfill_control.fleet.fleet import fleet_target_capacity
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
-from spotfill_control.preflight import Preflight
-from spotfill_control.prices import price_list_client, priced
+from spotfill_control.monitoring import budget, cost, finish_by
+from spotfill_control.setup.checks import check_spec
+from spotfill_control.setup.inputs import list_shards, no_shards_error
+from spotfill_control.setup.preflight import Preflight
+from spotfill_control.setup.prices import price_list_client, priced
+from spotfill_control.setup.triggers import read_manifest, spec_from_document
 from spotfill_control.spec import BackfillSpec, Estimate, LimitsSpec
-from spotfill_control.triggers import check_spec, read_manifest, spec_from_document
 
 from spotfill import ramp
 
@@ -239,13 +242,13 @@ def stack_settings(stepfunctions: Any, lambda_: Any, state_machine_arn: str) -> 
 
 def confirm_permissions(spec: BackfillSpec, client: Callable[..., Any], state_machine_arn: str) -> str:
     """Ask the stack's RequestFleet function to DryRun the fleet request a run of `spec` would make, as its
-    own role (`spotfill_control.permissions`): what EC2 confirmed, or `PlanError` with the function's
+    own role (`spotfill_control.fleet.permissions`): what EC2 confirmed, or `PlanError` with the function's
     sentence. Two calls besides the instance types' description: the state machine's definition and one
     invocation."""
     import json
 
     from spotfill_control.run import RunState
-    from spotfill_control.triggers import new_run_id
+    from spotfill_control.setup.triggers import new_run_id
 
     definition = json.loads(
         client("stepfunctions").describe_state_machine(stateMachineArn=state_machine_arn)["definition"]
@@ -279,9 +282,9 @@ def check(
         sample, facts = check_spec(spec, client("s3"), settings, datetime.now(UTC), preflight=preflight)
         if sample.complete:
             return sample.shards, facts
-        found = shards.list_shards(spec.input, client("s3"))
+        found = list_shards(spec.input, client("s3"))
         if not found:
-            raise shards.no_shards_error(spec.input)
+            raise no_shards_error(spec.input)
         shards.output_uris(spec, found)  # raises when two shards would write the same output
         return found, facts
     except InvalidSpecError as exc:
@@ -701,7 +704,7 @@ class DeadlinePlan:
 
 def plan_deadline(plan: Plan, finish_by_text: str, now: datetime) -> DeadlinePlan:
     """`spotfill plan --finish-by T`: the capacity that finishes the plan's predictions by T and what it
-    costs, as Validate computes it from the spec's estimate (`triggers.check_finish_by`); PlanError with
+    costs, as Validate computes it from the spec's estimate (`setup.checks.check_finish_by`); PlanError with
     Validate's sentence for a deadline that is malformed, past, beyond the maximum runtime, above the ceiling
     or more than limits.max_total_usd pays for (naming the least cap and the earliest deadline)."""
     spec = plan.spec

@@ -12,8 +12,8 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
-from spotfill_control.budget import format_usd
-from spotfill_control.report import REDRIVE, duration_text, report_rows
+from spotfill_control.finishing.report_text import REDRIVE, duration_text, report_rows
+from spotfill_control.monitoring.budget import format_usd
 
 from spotfill.runs import RunRow, RunWatcher, Snapshot
 

@@ -12,11 +12,12 @@ from typing import Any
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from spotfill_control import finish_by, state_store
+from spotfill_control import state_store
 from spotfill_control.aws import is_missing_key
-from spotfill_control.cost import cost_per_million
-from spotfill_control.fleet import fleet_instances
-from spotfill_control.projection import predictions_so_far
+from spotfill_control.fleet.fleet import fleet_instances
+from spotfill_control.monitoring import finish_by
+from spotfill_control.monitoring.cost import cost_per_million
+from spotfill_control.monitoring.projection import predictions_so_far
 from spotfill_control.run import RunState
 from spotfill_control.shards import read_shard_index
 
@@ -167,9 +168,9 @@ def report_page(session: Session, stack: Stack, report: dict[str, Any], redrive:
     """The report's HTML page, drawn here with the run's series from the control bucket (none for a run
     that ended before the Monitor's first poll: its charts then say so); `redrive` as `report_rows` takes
     it."""
-    from spotfill_control.report import REDRIVE
-    from spotfill_control.report_html import render_html
-    from spotfill_control.series import load_series
+    from spotfill_control.finishing.report_html import render_html
+    from spotfill_control.finishing.report_text import REDRIVE
+    from spotfill_control.monitoring.series import load_series
 
     try:
         series = load_series(session.client("s3"), stack.control_bucket, report["run_id"])
@@ -238,8 +239,9 @@ class Snapshot:
 def weights_line(run: RunState) -> str | None:
     """Once the Monitor has re-weighted the fleet by measured throughput: each type's weight as requested ->
     now, with its measured predictions per second per instance, and how many re-weightings (the report's
-    `weights` row, `report.weights_sentence`); None before the first re-weighting."""
-    from spotfill_control.report import weights_of, weights_sentence
+    `weights` row, `report_text.weights_sentence`); None before the first re-weighting."""
+    from spotfill_control.finishing.report import weights_of
+    from spotfill_control.finishing.report_text import weights_sentence
 
     if run.weighting is None or not run.weighting.changes:
         return None

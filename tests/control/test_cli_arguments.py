@@ -235,7 +235,7 @@ def test_a_local_run_that_reached_its_cap_advises_running_the_same_command_again
     capsys, monkeypatch, tmp_path
 ):
     # given a local run drained at its dollar cap, its report carrying the control plane's (AWS) advice
-    from spotfill_control.budget import redrive_advice
+    from spotfill_control.monitoring.budget import redrive_advice
 
     from spotfill import localrun
     from spotfill.runs import Snapshot
@@ -264,7 +264,7 @@ def test_watch_shows_where_the_run_stands_against_its_deadline():
     from datetime import UTC, datetime
 
     from rich.console import Console
-    from spotfill_control.finish_by import outlook
+    from spotfill_control.monitoring.finish_by import outlook
     from spotfill_control.run import FinishBy
 
     from spotfill.progress_display import render

@@ -4,10 +4,10 @@ service may run is refused at Validate, and the desired count never exceeds the 
 from __future__ import annotations
 
 import pytest
-from spotfill_control.cluster import desired_count
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.fleet.cluster import desired_count
+from spotfill_control.setup.triggers import spec_from_document
 from spotfill_control.spec import ECS_CONTAINER_INSTANCES_PER_CLUSTER, ECS_TASKS_PER_SERVICE
-from spotfill_control.triggers import spec_from_document
 
 from .conftest import sample_spec
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from spotfill_control import finish_by
 from spotfill_control.errors import DeadlineInfeasibleError, InvalidSpecError
-from spotfill_control.fleet import requested_capacity
-from spotfill_control.fleet_api import FleetStatus
+from spotfill_control.fleet.fleet import requested_capacity
+from spotfill_control.fleet.fleet_api import FleetStatus
 from spotfill_control.instance_types import InstanceTypeFacts
+from spotfill_control.monitoring import finish_by
 from spotfill_control.run import FinishBy, Progress, Projection, Resources, RunState
+from spotfill_control.setup.checks import check_finish_by
 from spotfill_control.spec import BackfillSpec, LimitsSpec
-from spotfill_control.triggers import check_finish_by
 
 from tests.control.conftest import sample_spec
 
@@ -380,7 +380,8 @@ def test_watch_says_whether_the_run_is_on_track_or_behind_and_what_is_added(fiel
 
 
 def test_the_report_says_whether_the_deadline_was_met_and_by_how_much():
-    from spotfill_control.report import deadline_of, deadline_sentence
+    from spotfill_control.finishing.report import deadline_of
+    from spotfill_control.finishing.report_text import deadline_sentence
 
     run = run_with_deadline(200.0, 2)
     run.timeline.processing_ended_at = T0 + timedelta(minutes=45)
@@ -394,8 +395,8 @@ def test_the_report_says_whether_the_deadline_was_met_and_by_how_much():
 
 
 def test_the_rate_per_unit_counts_the_capacity_each_span_had():
-    from spotfill_control.projection import unit_rate
-    from spotfill_control.series import Sample, Series
+    from spotfill_control.monitoring.projection import unit_rate
+    from spotfill_control.monitoring.series import Sample, Series
 
     def sample(t: float, predictions: int, instances: float) -> Sample:
         return Sample(
@@ -421,7 +422,7 @@ def test_steer_never_goes_below_the_on_demand_base():
 
 
 def test_a_series_without_a_deadline_is_written_without_the_deadlines_fields():
-    from spotfill_control.series import Sample, Series, save_series
+    from spotfill_control.monitoring.series import Sample, Series, save_series
 
     class Recorder:
         def put_object(self, **kwargs: Any) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import fleet, state_store
+from spotfill_control import state_store
 from spotfill_control.errors import (
     FleetRequestError,
     RegistrationTimeoutError,
     RunTimeoutError,
     TransientAwsError,
 )
+from spotfill_control.fleet import fleet, registration
 from spotfill_control.handlers import check_registration as check_handler
 from spotfill_control.handlers import request_fleet as request_handler
 from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, Resources, RunState, Timeline
@@ -276,12 +277,12 @@ def test_fleet_cannot_be_requested_before_its_launch_template_version_exists(s3_
 )
 def test_fleet_errors_and_cancellations_end_the_run(state, activity, error):
     with pytest.raises(FleetRequestError, match=error):
-        fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus(state, activity, 4, 0))
+        registration.check_fleet_healthy("sfr-1", fleet.FleetStatus(state, activity, 4, 0))
 
 
 def test_a_fleet_starting_up_is_healthy():
-    fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("submitted", "pending_fulfillment", 4, 0))
-    fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "fulfilled", 4, 4))
+    registration.check_fleet_healthy("sfr-1", fleet.FleetStatus("submitted", "pending_fulfillment", 4, 0))
+    registration.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "fulfilled", 4, 4))
 
 
 TYPES = ["c5.xlarge", "c5.2xlarge"]
@@ -308,7 +309,7 @@ NO_CAPACITY = _error_event(
 
 
 def test_a_pool_error_names_its_instance_type_zone_and_code():
-    error = fleet.parse_fleet_error(UNSUPPORTED_IN_ZONE, TYPES)
+    error = registration.parse_fleet_error(UNSUPPORTED_IN_ZONE, TYPES)
     assert (error.instance_type, error.availability_zone, error.code) == (
         "c5.2xlarge",
         "us-east-1e",
@@ -324,7 +325,7 @@ def test_an_error_without_a_code_keeps_its_sub_type_and_the_platform_is_not_take
         "c5.xlarge, ami-0123, Linux/UNIX: The associatePublicIPAddress parameter can only be specified for "
         "the network interface with DeviceIndex 0.",
     )
-    pool = fleet.parse_fleet_error(event, TYPES).as_failed_pool()
+    pool = registration.parse_fleet_error(event, TYPES).as_failed_pool()
     assert (pool.instance_type, pool.availability_zone, pool.error) == (
         "c5.xlarge",
         None,
@@ -356,8 +357,8 @@ UNUSABLE = _information_event(
 
 
 def test_a_spot_fleet_pools_information_events_name_the_pool_and_are_not_fatal():
-    blacklisted = fleet.parse_fleet_error(BLACKLISTED, TYPES)
-    unusable = fleet.parse_fleet_error(UNUSABLE, TYPES)
+    blacklisted = registration.parse_fleet_error(BLACKLISTED, TYPES)
+    unusable = registration.parse_fleet_error(UNUSABLE, TYPES)
     assert str(blacklisted.as_failed_pool()) == "c5.2xlarge in us-east-1e: Unsupported"
     assert str(unusable.as_failed_pool()) == "c5.xlarge in us-east-1a: launchSpecUnusable"
     assert not blacklisted.fatal and not unusable.fatal
@@ -376,7 +377,7 @@ class _SpotFleetHistory:
 
 
 def test_spot_fleet_failures_are_its_error_events_and_the_information_events_that_name_a_pool():
-    from spotfill_control.fleet_api import SpotFleetApi
+    from spotfill_control.fleet.fleet_api import SpotFleetApi
 
     other_information = _information_event("registerWithLoadBalancersFailed", "no load balancer")
     launched = {"EventType": "instanceChange", "EventInformation": {"EventSubType": "launched"}}
@@ -388,9 +389,9 @@ def test_spot_fleet_failures_are_its_error_events_and_the_information_events_tha
 
 def test_a_fleet_whose_pools_fail_while_others_may_fill_is_healthy():
     # given EC2's ActivityStatus `error` for one pool not supported in its zone and one without capacity
-    errors = [fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY)]
+    errors = [registration.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY)]
     # then the run goes on: other pools may still fill
-    fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "error", 4, 2), errors)
+    registration.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "error", 4, 2), errors)
 
 
 @pytest.mark.parametrize(
@@ -417,10 +418,10 @@ def test_a_fleet_whose_pools_fail_while_others_may_fill_is_healthy():
 )
 def test_errors_that_no_pool_escapes_end_the_run_naming_the_failed_pools(event, named):
     # given a pool that failed on its own and an error every pool shares
-    errors = [fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, event)]
+    errors = [registration.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, event)]
     # then the run ends with both in the reason
     with pytest.raises(FleetRequestError, match="can never be fulfilled") as raised:
-        fleet.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "error", 4, 0), errors)
+        registration.check_fleet_healthy("sfr-1", fleet.FleetStatus("active", "error", 4, 0), errors)
     assert named in str(raised.value)
     assert "c5.2xlarge in us-east-1e: Unsupported" in str(raised.value)
 
@@ -428,20 +429,21 @@ def test_errors_that_no_pool_escapes_end_the_run_naming_the_failed_pools(event, 
 def test_failed_pools_are_kept_once_each_and_bounded():
     run = pure_run()
     errors = [
-        fleet.parse_fleet_error(e, TYPES) for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY, UNSUPPORTED_IN_ZONE)
+        registration.parse_fleet_error(e, TYPES)
+        for e in (UNSUPPORTED_IN_ZONE, NO_CAPACITY, UNSUPPORTED_IN_ZONE)
     ]
-    run = fleet.with_failed_pools(run, errors)
+    run = registration.with_failed_pools(run, errors)
     assert [str(p) for p in run.failed_pools] == [
         "c5.2xlarge in us-east-1e: Unsupported",
         "c5.xlarge in us-east-1a: InsufficientInstanceCapacity",
     ]
     many = [
-        fleet.FleetError(
+        registration.FleetError(
             "spotFleetRequestConfigurationInvalid", "x", "c5.xlarge", f"us-east-1{z}", "Unsupported"
         )
         for z in "abcdefghijklmnopqrstuvwxyz"
     ]
-    assert len(fleet.with_failed_pools(run, many).failed_pools) == FAILED_POOLS_LIMIT
+    assert len(registration.with_failed_pools(run, many).failed_pools) == FAILED_POOLS_LIMIT
 
 
 # ----------------------------------------------------------------------------------------- handlers, moto
@@ -542,7 +544,7 @@ def test_no_registration_within_the_timeout_ends_the_run(world, lambda_context, 
     run = RunState.model_validate(requested)
     later = run.timeline.fleet_requested_at + timedelta(seconds=timeout + 1)
     with pytest.raises(RegistrationTimeoutError, match=rf"within {timeout} s"):
-        fleet.check_registration(run, world.ec2, world.ecs, now=later)
+        registration.check_registration(run, world.ec2, world.ecs, now=later)
 
 
 @pytest.mark.aws
@@ -563,7 +565,7 @@ def test_a_fleet_that_no_longer_exists_ends_the_run(world, lambda_context, reque
     later = run.timeline.fleet_requested_at + fleet.CONSISTENCY_GRACE
     # then the run ends, saying so
     with pytest.raises(FleetRequestError, match="no longer exists"):
-        fleet.check_registration(run, ec2, world.ecs, now=later)
+        registration.check_registration(run, ec2, world.ecs, now=later)
 
 
 @pytest.mark.aws
@@ -575,14 +577,17 @@ def test_a_fleet_ec2_does_not_know_yet_keeps_registration_waiting(world, lambda_
     )
     run = RunState.model_validate(requested)
     # when CheckRegistration looks seconds after the request
-    checked = fleet.check_registration(
+    checked = registration.check_registration(
         run, world.ec2, world.ecs, now=run.timeline.fleet_requested_at + timedelta(seconds=10)
     )
     # then the run waits (not "no longer exists"), and once EC2 knows the fleet it is read as usual
     assert checked.phase == "fleet_requested" and checked.failed_pools == []
     fleet_lag.advance(fleet_lag.seconds)
     later = run.timeline.fleet_requested_at + timedelta(seconds=70)
-    assert fleet.check_registration(run, world.ec2, world.ecs, now=later).timeline.fleet_fulfilled_at == later
+    assert (
+        registration.check_registration(run, world.ec2, world.ecs, now=later).timeline.fleet_fulfilled_at
+        == later
+    )
 
 
 @pytest.mark.aws
@@ -590,7 +595,7 @@ def test_a_fleet_ec2_never_knows_ends_the_run_after_the_grace(world, lambda_cont
     # given EC2 still answering NotFound when the grace is over (the test's EC2 clock stands still)
     run = RunState.model_validate(requested)
     with pytest.raises(FleetRequestError, match="300 s or more after it was requested"):
-        fleet.check_registration(
+        registration.check_registration(
             run, world.ec2, world.ecs, now=run.timeline.fleet_requested_at + fleet.CONSISTENCY_GRACE
         )
 
@@ -654,7 +659,7 @@ def test_a_spot_fleet_that_never_registers_names_its_failed_pools_in_the_timeout
     with pytest.raises(
         RegistrationTimeoutError, match=r"failed pools: c5\.2xlarge in us-east-1.*: Unsupported"
     ):
-        fleet.check_registration(run, world.ec2, world.ecs, now=later)
+        registration.check_registration(run, world.ec2, world.ecs, now=later)
 
 
 @pytest.mark.aws
@@ -731,11 +736,11 @@ def test_the_local_ec2_does_not_know_a_new_spot_fleet_for_its_lag(world, lambda_
 
 @pytest.mark.aws
 def test_a_fleet_whose_instances_ec2_does_not_know_is_not_read_as_every_instance_lost(world, requested):
-    from spotfill_control import progress
+    from spotfill_control.monitoring import fleet_watch
 
     # given DescribeFleets knowing the fleet just requested but DescribeFleetInstances not yet
     run = RunState.model_validate(requested)
     ec2 = FailingClient(world.ec2, "describe_fleet_instances", code="InvalidFleetId.NotFound")
     # then the poll's view is "not known" (waited for within the grace), not a fleet with no live instance
-    assert progress.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, ec2) is None
-    assert progress.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, world.ec2) is not None
+    assert fleet_watch.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, ec2) is None
+    assert fleet_watch.describe_fleet(run, ["i-known"], {"c5.xlarge": 1.0}, world.ec2) is not None

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
-from spotfill_control import aws, prices
+from spotfill_control import aws
 from spotfill_control.config import settings
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.handlers import validate as validate_handler
 from spotfill_control.instance_types import STATIC_ON_DEMAND_USD, describe_instance_types
 from spotfill_control.run import RunState
+from spotfill_control.setup import prices
 
 from spotfill.localcloud import pricing
 from spotfill.localcloud.pricing import PRICE_LIST_OUTAGE
@@ -287,7 +288,7 @@ def test_more_gpu_tasks_than_gpus_are_refused(world, lambda_context):
 @pytest.mark.aws
 def test_validate_in_a_china_region_asks_the_china_price_list(world):
     import boto3
-    from spotfill_control.preflight import Preflight
+    from spotfill_control.setup.preflight import Preflight
 
     made: list[tuple[str, str | None]] = []
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
-from spotfill_control import report
-from spotfill_control.cluster import worker_environment
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.finishing import report, report_facts, report_text
+from spotfill_control.fleet.cluster import worker_environment
 from spotfill_control.run import RunState
 from spotfill_control.spec import BackfillSpec
 
@@ -155,10 +155,10 @@ class CountingHeads:
         return self.s3.head_object(**kwargs)
 
 
-def _outputs(s3: Any, metadata: list[dict[str, str]]) -> report.OutputSample:
+def _outputs(s3: Any, metadata: list[dict[str, str]]) -> report_facts.OutputSample:
     """Outputs in the data bucket, each with 10 rows and the given runtime metadata, sampled as the report
     samples them."""
-    sample = report.OutputSample()
+    sample = report_facts.OutputSample()
     for i, extra in enumerate(metadata):
         key = f"outputs/digits/part-{i:05d}.parquet"
         s3.put_object(
@@ -171,8 +171,8 @@ def _outputs(s3: Any, metadata: list[dict[str, str]]) -> report.OutputSample:
     return sample
 
 
-def _report_of(run: RunState, outputs: report.SampledOutputs) -> dict[str, Any]:
-    facts = report.Facts(
+def _report_of(run: RunState, outputs: report_facts.SampledOutputs) -> dict[str, Any]:
+    facts = report_facts.Facts(
         succeeded=len(outputs.runtimes),
         predictions=outputs.predictions,
         runtimes=outputs.runtimes,
@@ -205,7 +205,7 @@ def test_the_report_says_which_runtime_computed_the_outputs_with_its_agreement_a
     s3 = CountingHeads(s3_world.s3)
 
     # when the report reads its sample of the outputs
-    outputs = report.read_sampled_outputs(sample, s3)
+    outputs = report_facts.read_sampled_outputs(sample, s3)
     document = _report_of(_run(model__runtime="openvino"), outputs)
 
     # then each output was read once, for its rows and its runtime together
@@ -224,7 +224,7 @@ def test_the_report_says_which_runtime_computed_the_outputs_with_its_agreement_a
     # and the CLI's report table and the notification say so in one line
     line = "runtime openvino (fp32, max diff 3.1e-08 vs TensorFlow) 812 rows/s at calibration"
     assert line in _table_text(document)
-    assert f"Model {line}" in report.notification(document)[1]
+    assert f"Model {line}" in report_text.notification(document)[1]
 
 
 def test_the_report_counts_mixed_runtimes_and_quotes_each_distinct_fallback_reason(s3_world):
@@ -244,7 +244,7 @@ def test_the_report_counts_mixed_runtimes_and_quotes_each_distinct_fallback_reas
     )
 
     # when the report is built
-    document = _report_of(_run(), report.read_sampled_outputs(sample, s3_world.s3))
+    document = _report_of(_run(), report_facts.read_sampled_outputs(sample, s3_world.s3))
 
     # then it counts the outputs of each runtime, the reasons once each, each runtime's median speed
     section = document["model_runtime"]
@@ -274,7 +274,9 @@ def test_reduced_precision_reports_its_agreement_with_fp32(s3_world):
             _runtime_metadata("openvino", "2100.0", "0.003", top_class_changed="0.005", precision="bf16"),
         ],
     )
-    document = _report_of(_run(model__precision="bf16"), report.read_sampled_outputs(sample, s3_world.s3))
+    document = _report_of(
+        _run(model__precision="bf16"), report_facts.read_sampled_outputs(sample, s3_world.s3)
+    )
     section = document["model_runtime"]
     assert (section["precision"], section["max_abs_diff"], section["top_class_changed_share"]) == (
         "bf16",
@@ -288,7 +290,7 @@ def test_reduced_precision_reports_its_agreement_with_fp32(s3_world):
 
 def test_outputs_without_runtime_metadata_leave_the_section_empty_and_the_line_out(s3_world):
     sample = _outputs(s3_world.s3, [{}, {}])
-    document = _report_of(_run(), report.read_sampled_outputs(sample, s3_world.s3))
+    document = _report_of(_run(), report_facts.read_sampled_outputs(sample, s3_world.s3))
     assert document["model_runtime"]["by_runtime"] == {}
     assert document["model_runtime"]["max_abs_diff"] is None
     assert document["model_runtime"]["rows_per_second"] == {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import fleet_api, on_demand
-from spotfill_control.fleet_api import FleetStatus
+from spotfill_control.fleet import fleet_api, on_demand
+from spotfill_control.fleet.fleet_api import FleetStatus
 from spotfill_control.instance_types import InstanceTypeFacts
 from spotfill_control.run import Progress
 from spotfill_control.spec import FleetSpec

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from spotfill_control import shards
+from spotfill_control.setup import inputs
 from spotfill_control.spec import INPUT_EXTENSIONS, TFRECORD_GZIP_EXTENSIONS, BackfillSpec
 from spotfill_worker.clients import S3Uri
 
@@ -94,7 +95,7 @@ def test_prefix_listing_finds_every_hostile_key_and_its_output_key_round_trips_t
         s3_world.s3.put_object(Bucket=DATA_BUCKET, Key=f"inputs/digits/{key}", Body=b"x")
 
     # when the input prefix is listed and each output is written where its URI says
-    found = shards.list_shards(backfill.input, s3_world.s3)
+    found = inputs.list_shards(backfill.input, s3_world.s3)
     for shard in found:
         location = S3Uri.parse(shards.output_uri(shard, backfill))
         s3_world.s3.put_object(Bucket=location.bucket, Key=location.key, Body=b"y")
@@ -104,7 +105,7 @@ def test_prefix_listing_finds_every_hostile_key_and_its_output_key_round_trips_t
     assert expected <= set(found)
     derived = {shards.output_uri(s, backfill) for s in found}
     assert {f"s3://{DATA_BUCKET}/outputs/digits/{output}" for _, output in HOSTILE_KEYS} <= derived
-    assert shards.existing_among(derived, backfill.output, s3_world.s3) == derived
+    assert inputs.existing_among(derived, backfill.output, s3_world.s3) == derived
 
 
 def test_the_model_error_record_key_can_be_no_shards_error_record_key():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from spotfill_control import aws
 from spotfill_control.errors import InvalidSpecError
-from spotfill_control.triggers import ValidateEvent, validate
+from spotfill_control.setup.triggers import ValidateEvent, validate
 
 from spotfill import cli, plan
 from spotfill.runs import Session, Stack

@@ -9,7 +9,7 @@ import pytest
 from spotfill_control import aws
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
 from spotfill_control.handlers import validate as validate_handler
-from spotfill_control.preflight import (
+from spotfill_control.setup.preflight import (
     Preflight,
     check_offerings,
     check_spot_quotas,

@@ -10,15 +10,16 @@ from datetime import UTC, datetime
 import botocore.session
 import pytest
 from botocore.stub import Stubber
-from spotfill_control import cluster, fleet, shards, state_store
+from spotfill_control import shards, state_store
+from spotfill_control.aws import Clients
 from spotfill_control.config import Settings, settings
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
+from spotfill_control.finishing.teardown import teardown_and_persist
+from spotfill_control.fleet import cluster, launch_template
 from spotfill_control.handlers import prepare_run as prepare_handler
-from spotfill_control.prepare import prepare_run
-from spotfill_control.progress import Clients
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
+from spotfill_control.setup.prepare import prepare_run
 from spotfill_control.spec import BackfillSpec
-from spotfill_control.teardown import teardown_and_persist
 
 from spotfill.localcloud.pricing import emulated_facts
 
@@ -107,15 +108,18 @@ def test_each_architecture_runs_its_own_image_on_instances_of_that_architecture(
 
 
 def test_the_ami_follows_the_runs_architecture_and_accelerator():
-    assert fleet.ami_parameter(pure_run()) == fleet.CPU_AMI_PARAMETER
-    assert fleet.ami_parameter(pure_run(fleet__instance_types=["m7g.large"])) == (
+    assert launch_template.ami_parameter(pure_run()) == launch_template.CPU_AMI_PARAMETER
+    assert launch_template.ami_parameter(pure_run(fleet__instance_types=["m7g.large"])) == (
         "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id"
     )
-    assert fleet.ami_parameter(pure_run(fleet__instance_types=["g6e.xlarge"])) == fleet.GPU_AMI_PARAMETER
+    assert (
+        launch_template.ami_parameter(pure_run(fleet__instance_types=["g6e.xlarge"]))
+        == launch_template.GPU_AMI_PARAMETER
+    )
 
 
 def test_user_data_joins_the_run_cluster_with_spot_draining():
-    script = base64.b64decode(fleet.user_data(pure_run())).decode()
+    script = base64.b64decode(launch_template.user_data(pure_run())).decode()
     assert script.startswith("#!/bin/bash\n")
     assert "ECS_CLUSTER=spotfill-demo-20261127060000-abcdef\n" in script
     assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true\n" in script
@@ -128,7 +132,7 @@ def test_run_version_sends_only_the_ami_user_data_and_tags_the_run_changes():
     gpu_run = pure_run(fleet__instance_types=["g4dn.xlarge"], service__memory=4096)
 
     # when its launch template data is built
-    data = fleet.launch_template_data(gpu_run, "ami-gpu")
+    data = launch_template.launch_template_data(gpu_run, "ami-gpu")
 
     # then it holds only what the run changes; SourceVersion inherits the rest
     assert set(data) == {"ImageId", "UserData", "TagSpecifications"}
@@ -206,7 +210,7 @@ def test_run_version_request_passes_botocore_validation_given_a_describe_respons
                 "VersionDescription": f"spotfill run {run.run_id}",
                 "LaunchTemplateData": {
                     "ImageId": "ami-cpu",
-                    "UserData": fleet.user_data(run),
+                    "UserData": launch_template.user_data(run),
                     "TagSpecifications": [
                         {"ResourceType": "instance", "Tags": run_tags},
                         {"ResourceType": "volume", "Tags": run_tags},
@@ -216,7 +220,7 @@ def test_run_version_request_passes_botocore_validation_given_a_describe_respons
         )
 
         # when the run's version is created from it (botocore validates a request before stubbing it)
-        version = fleet.create_launch_template_version(run, ec2, stack, "ami-cpu")
+        version = launch_template.create_launch_template_version(run, ec2, stack, "ami-cpu")
 
         # then the request was valid and sent only what the run changes, from the stack's version
         stubbed.assert_no_pending_responses()
@@ -368,7 +372,7 @@ def test_cpu_run_gets_the_cpu_ami_even_when_the_stacks_version_holds_the_gpu_ami
     world, lambda_context, monkeypatch
 ):
     # given a stack version with the GPU AMI in it (as a GpuInstances=true stack used to make)
-    gpu_ami = world.ssm.get_parameter(Name=fleet.GPU_AMI_PARAMETER)["Parameter"]["Value"]
+    gpu_ami = world.ssm.get_parameter(Name=launch_template.GPU_AMI_PARAMETER)["Parameter"]["Value"]
     template_id = world.ec2.create_launch_template(
         LaunchTemplateName="spotfill-gpu-stack",
         LaunchTemplateData={
@@ -395,8 +399,10 @@ def test_gpu_run_in_a_region_without_the_gpu_ami_fails_naming_the_parameter_befo
     world, lambda_context
 ):
     # given a region without the public GPU AMI parameter (moto ships it everywhere: removed here)
-    world.ssm.get_parameter(Name=fleet.GPU_AMI_PARAMETER)  # moto loads the public parameters on first read
-    world.ssm.delete_parameter(Name=fleet.GPU_AMI_PARAMETER)
+    world.ssm.get_parameter(
+        Name=launch_template.GPU_AMI_PARAMETER
+    )  # moto loads the public parameters on first read
+    world.ssm.delete_parameter(Name=launch_template.GPU_AMI_PARAMETER)
     run = RunState.model_validate(
         validated_run(world, lambda_context, fleet__instance_types=["g4dn.xlarge"], service__memory=4096)
     )
@@ -408,7 +414,7 @@ def test_gpu_run_in_a_region_without_the_gpu_ami_fails_naming_the_parameter_befo
 
     # then one sentence names the parameter, and nothing was created
     message = str(raised.value)
-    assert fleet.GPU_AMI_PARAMETER in message and "g4dn.xlarge" in message
+    assert launch_template.GPU_AMI_PARAMETER in message and "g4dn.xlarge" in message
     assert message.count(". ") == 0 and message.endswith(".")
     assert not any(_created_resources(world, run.run_id).values())
 
@@ -496,7 +502,7 @@ def test_gpu_fleets_get_the_gpu_ami_in_their_launch_template_version(world, lamb
         LaunchTemplateId=world.settings.launch_template_id,
         Versions=[str(run["resources"]["launch_template_version"])],
     )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
-    gpu_ami = world.ssm.get_parameter(Name=fleet.GPU_AMI_PARAMETER)["Parameter"]["Value"]
+    gpu_ami = world.ssm.get_parameter(Name=launch_template.GPU_AMI_PARAMETER)["Parameter"]["Value"]
     cpu_ami = world.ssm.get_parameter(Name=CPU_AMI_PARAMETER)["Parameter"]["Value"]
     assert version["ImageId"] == gpu_ami != cpu_ami
     assert "ECS_ENABLE_GPU_SUPPORT=true" in base64.b64decode(version["UserData"]).decode()
@@ -517,7 +523,7 @@ def test_launch_template_version_keeps_the_base_stack_tag_that_teardown_may_term
     }
 
     # when the run's version is built from it
-    data = fleet.launch_template_data(pure_run(), "ami-cpu", base["TagSpecifications"])
+    data = launch_template.launch_template_data(pure_run(), "ami-cpu", base["TagSpecifications"])
 
     # then its instances carry both the stack tag and the run id, and the source's other tagged types stay
     instance_tags = next(s["Tags"] for s in data["TagSpecifications"] if s["ResourceType"] == "instance")
@@ -541,4 +547,4 @@ def test_ami_lookup_throttling_is_retried_and_other_ssm_errors_fail_the_run(
 
     # when the AMI is resolved, then the error says which call failed
     with pytest.raises(error, match=rf"ssm\.get_parameter.*{code}"):
-        fleet.resolve_image_id(run, ssm)
+        launch_template.resolve_image_id(run, ssm)

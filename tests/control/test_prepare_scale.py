@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from spotfill_control import prepare, shards
+from spotfill_control import queues, shards
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
-from spotfill_control.prepare import TIME_SHARE, prepare_run, queue_and_store_shards
 from spotfill_control.run import RunState
+from spotfill_control.setup import inputs, prepare
+from spotfill_control.setup.checks import check_spec
+from spotfill_control.setup.prepare import TIME_SHARE, prepare_run, queue_and_store_shards
 from spotfill_control.spec import BackfillSpec
-from spotfill_control.triggers import check_spec
 
 from spotfill.localcloud.pricing import emulated_facts
 
@@ -60,13 +61,13 @@ class PartClock:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = 0
-        real = shards.existing_among
+        real = inputs.existing_among
 
         def one_second_a_part(*args: Any, **kwargs: Any) -> Any:
             self.now += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(shards, "existing_among", one_second_a_part)
+        monkeypatch.setattr(inputs, "existing_among", one_second_a_part)
 
     def __call__(self) -> float:
         return self.now
@@ -258,12 +259,12 @@ def test_existing_among_stops_listing_past_the_parts_largest_output(world):
     calls = _listing_calls(world.s3)
     wanted = [f"s3://{DATA_BUCKET}/outputs/digits/o-{i:05d}.parquet" for i in (10, 20, 5000)]
     # when the existing ones are asked for
-    found = shards.existing_among(wanted, spec.output, world.s3)
+    found = inputs.existing_among(wanted, spec.output, world.s3)
     # then the two that exist are found with the listing from the smallest up; o-05000 sorts past every object
     assert found == set(wanted[:2])
     wanted_near = wanted[:2]
     calls.clear()
-    assert shards.existing_among(wanted_near, spec.output, world.s3) == set(wanted_near)
+    assert inputs.existing_among(wanted_near, spec.output, world.s3) == set(wanted_near)
     assert len(calls) == 1  # one page covers o-00010 .. o-00020
 
 
@@ -358,12 +359,12 @@ def test_a_manifests_collision_names_the_earlier_entry_first(world, lambda_conte
 
 
 def test_a_manifest_larger_than_the_bound_is_refused_with_its_size(world, monkeypatch):
-    monkeypatch.setattr(shards, "MAX_SHARD_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(inputs, "MAX_SHARD_MANIFEST_BYTES", 100)
     body = "\n".join(f"s3://{DATA_BUCKET}/inputs/digits/part-{i:05d}.npy" for i in range(5)).encode()
     world.s3.put_object(Bucket=DATA_BUCKET, Key="lists/big.txt", Body=body)
     spec = BackfillSpec.model_validate(sample_spec(input__uri=f"s3://{DATA_BUCKET}/lists/big.txt"))
     with pytest.raises(InvalidSpecError) as refused:
-        shards.list_shards(spec.input, world.s3)
+        inputs.list_shards(spec.input, world.s3)
     assert str(refused.value).startswith(
         f"input.uri: shard manifest s3://{DATA_BUCKET}/lists/big.txt is {len(body)} bytes, more than the 100 "
         "a manifest may have"
@@ -371,12 +372,12 @@ def test_a_manifest_larger_than_the_bound_is_refused_with_its_size(world, monkey
 
 
 def test_a_manifest_listing_more_shards_than_the_bound_is_refused_with_its_count(world, monkeypatch):
-    monkeypatch.setattr(shards, "MAX_SHARD_MANIFEST_ENTRIES", 4)
+    monkeypatch.setattr(inputs, "MAX_SHARD_MANIFEST_ENTRIES", 4)
     body = "\n".join(f"s3://{DATA_BUCKET}/inputs/digits/part-{i:05d}.npy" for i in range(5)).encode()
     world.s3.put_object(Bucket=DATA_BUCKET, Key="lists/big.txt", Body=body)
     spec = BackfillSpec.model_validate(sample_spec(input__uri=f"s3://{DATA_BUCKET}/lists/big.txt"))
     with pytest.raises(InvalidSpecError) as refused:
-        shards.list_shards(spec.input, world.s3)
+        inputs.list_shards(spec.input, world.s3)
     assert str(refused.value).startswith(
         f"input.uri: shard manifest s3://{DATA_BUCKET}/lists/big.txt lists 5 shards, more than the 4 a "
         "manifest may list: list the shards under a prefix instead"
@@ -539,7 +540,7 @@ class CountingSqs:
 
 def _peak_bytes(count: int, part_size: int, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     monkeypatch.setattr(shards, "PART_SIZE", part_size)
-    monkeypatch.setattr(shards, "SEND_WORKERS", 1)
+    monkeypatch.setattr(queues, "SEND_WORKERS", 1)
     spec = BackfillSpec.model_validate(sample_spec(input__uri=f"s3://{DATA_BUCKET}/{PREFIX}"))
     s3, sqs = SyntheticS3(count, PREFIX), CountingSqs()
     tracemalloc.start()

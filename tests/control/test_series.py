@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from spotfill_control import budget, projection
-from spotfill_control.series import MAX_SAMPLES, SPAN_TOLERANCE, Sample, Series, merged
+from spotfill_control.monitoring import budget, projection
+from spotfill_control.monitoring.series import MAX_SAMPLES, SPAN_TOLERANCE, Sample, Series, merged
 
 
 def _sample(i: int, **changes: object) -> Sample:

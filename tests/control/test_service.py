@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from spotfill_control import cluster, state_store
+from spotfill_control import state_store
+from spotfill_control.fleet import cluster
 from spotfill_control.handlers import check_registration, request_fleet, scale_service, validate
 from spotfill_control.run import RUN_ID_TAG, RunState
 

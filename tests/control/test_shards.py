@@ -7,8 +7,9 @@ import threading
 from typing import Any
 
 import pytest
-from spotfill_control import shards
+from spotfill_control import queues, shards
 from spotfill_control.errors import InvalidSpecError, SpotfillError, TransientAwsError
+from spotfill_control.setup import inputs
 from spotfill_control.shards import Shard
 from spotfill_control.spec import BackfillSpec
 
@@ -80,7 +81,7 @@ def test_prefix_listing_keeps_only_the_formats_extension_including_nested_folder
     s3_world.s3.put_object(Bucket=DATA_BUCKET, Key="inputs/digits/nested/part-9.npy", Body=b"x")
     s3_world.s3.put_object(Bucket=DATA_BUCKET, Key="inputs/digits/readme.txt", Body=b"x")
     s3_world.s3.put_object(Bucket=DATA_BUCKET, Key="inputs/digits/folder/", Body=b"")
-    found = shards.list_shards(spec().input, s3_world.s3)
+    found = inputs.list_shards(spec().input, s3_world.s3)
     assert found == [
         f"s3://{DATA_BUCKET}/{k}" for k in sorted([*s3_world.shard_keys, "inputs/digits/nested/part-9.npy"])
     ]
@@ -90,7 +91,7 @@ def test_prefix_listing_keeps_only_the_formats_extension_including_nested_folder
 def test_text_shard_list_ignores_blank_lines_and_comments(s3_world):
     body = f"# today's shards\n\ns3://{DATA_BUCKET}/a/1.npy\n  s3://{DATA_BUCKET}/a/2.npy  \n"
     s3_world.s3.put_object(Bucket=DATA_BUCKET, Key="lists/today.txt", Body=body.encode())
-    found = shards.list_shards(spec(input__uri=f"s3://{DATA_BUCKET}/lists/today.txt").input, s3_world.s3)
+    found = inputs.list_shards(spec(input__uri=f"s3://{DATA_BUCKET}/lists/today.txt").input, s3_world.s3)
     assert found == [f"s3://{DATA_BUCKET}/a/1.npy", f"s3://{DATA_BUCKET}/a/2.npy"]
 
 
@@ -108,7 +109,7 @@ def test_text_shard_list_ignores_blank_lines_and_comments(s3_world):
 def test_malformed_json_shard_list_names_input_uri(s3_world, body, reason):
     s3_world.s3.put_object(Bucket=DATA_BUCKET, Key="lists/today.json", Body=body.encode())
     with pytest.raises(InvalidSpecError, match=rf"^input\.uri: .*{reason}"):
-        shards.list_shards(spec(input__uri=f"s3://{DATA_BUCKET}/lists/today.json").input, s3_world.s3)
+        inputs.list_shards(spec(input__uri=f"s3://{DATA_BUCKET}/lists/today.json").input, s3_world.s3)
 
 
 # ---------------------------------------------------------------------------------------------- sending
@@ -163,7 +164,7 @@ def test_partially_failed_batches_are_resent_until_every_shard_is_queued(s3_worl
     queue = s3_world.sqs.create_queue(QueueName="q")["QueueUrl"]
     flaky = FlakySqs(s3_world.sqs, failing_shards={"s3://b/in/3.npy", "s3://b/in/12.npy"}, times=2)
     # when the shards are sent
-    sent = shards.send_shards("r", _shards(23), queue, flaky, sleep=lambda _: None)
+    sent = queues.send_shards("r", _shards(23), queue, flaky, sleep=lambda _: None)
     # then batches hold at most ten, only the failed entries were resent, and each shard is queued once
     assert sent == 23
     assert all(len(batch) <= 10 for batch in flaky.batches)
@@ -180,7 +181,7 @@ def test_an_entry_that_never_sends_fails_the_state_instead_of_being_dropped(s3_w
         TransientAwsError,
         match=r"1 shard message\(s\) not sent after 5 attempts \(s3://b/in/4\.npy: InternalError",
     ):
-        shards.send_shards("r", _shards(8), queue, flaky, sleep=lambda _: None)
+        queues.send_shards("r", _shards(8), queue, flaky, sleep=lambda _: None)
 
 
 @pytest.mark.aws
@@ -188,6 +189,6 @@ def test_a_refused_send_is_not_retried_as_transient(s3_world):
     queue = s3_world.sqs.create_queue(QueueName="q")["QueueUrl"]
     denied = FailingClient(s3_world.sqs, "send_message_batch", code="AccessDenied")
     with pytest.raises(SpotfillError, match="AccessDenied") as raised:
-        shards.send_shards("r", _shards(3), queue, denied, sleep=lambda _: None)
+        queues.send_shards("r", _shards(3), queue, denied, sleep=lambda _: None)
     assert not isinstance(raised.value, TransientAwsError)
     assert denied.calls == 1

@@ -10,9 +10,9 @@ from typing import Any
 
 import boto3
 import pytest
-from spotfill_control import starter
 from spotfill_control.errors import ConfigurationError, InvalidSpecError
 from spotfill_control.handlers import start_backfill
+from spotfill_control.setup import starter
 
 REPOSITORY_EVENTS = Path(__file__).resolve().parents[2] / "events"
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 from spotfill_control import shards
-from spotfill_control.cluster import worker_environment
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.fleet.cluster import worker_environment
 from spotfill_control.run import RunState
+from spotfill_control.setup import inputs
+from spotfill_control.setup.triggers import spec_from_document
 from spotfill_control.spec import BackfillSpec
-from spotfill_control.triggers import spec_from_document
 
 from .conftest import CONTROL_BUCKET, DATA_BUCKET, sample_spec
 
@@ -104,7 +105,7 @@ def test_prefix_listing_keeps_the_shards_of_the_configured_compression(s3_world,
     document = tfrecord_spec(compression=compression)
     document["input"]["uri"] = f"s3://{DATA_BUCKET}/inputs/records/"
     spec = BackfillSpec.model_validate(document)
-    found = shards.list_shards(spec.input, s3_world.s3)
+    found = inputs.list_shards(spec.input, s3_world.s3)
     assert found == [f"s3://{DATA_BUCKET}/inputs/records/{name}" for name in expected]
 
 
@@ -117,7 +118,7 @@ def test_a_shard_list_entry_of_the_other_compression_is_refused_naming_the_exten
     document = tfrecord_spec(compression="GZIP")
     document["input"]["uri"] = listing
     with pytest.raises(InvalidSpecError, match=r"does not end in \.tfrecord\.gz or \.tfrecords\.gz"):
-        shards.list_shards(BackfillSpec.model_validate(document).input, s3_world.s3)
+        inputs.list_shards(BackfillSpec.model_validate(document).input, s3_world.s3)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from spotfill_control import state_store
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.handlers import validate as validate_handler
-from spotfill_control.triggers import (
+from spotfill_control.setup.triggers import (
     new_run_id,
     placeholder_values,
     resolve_placeholders,
@@ -183,7 +183,7 @@ def test_invalid_spec_is_rejected_with_the_field_and_the_reason(document, field,
 
 def test_longest_run_ends_a_day_before_its_queued_shards_and_dead_letters_expire():
     # given the queues' retention (the SQS maximum; a dead letter keeps its first enqueue time)
-    from spotfill_control.shards import RETENTION_SECONDS
+    from spotfill_control.queues import RETENTION_SECONDS
     from spotfill_control.spec import MAX_RUNTIME_SECONDS
 
     # when a spec asks for the longest run allowed
@@ -684,7 +684,7 @@ def test_more_type_and_subnet_pairs_than_a_fleet_takes_overrides_is_refused_nami
 
 
 def test_exactly_as_many_type_and_subnet_pairs_as_a_fleet_takes_overrides_pass_and_one_more_does_not():
-    from spotfill_control.fleet import check_override_count
+    from spotfill_control.fleet.fleet import check_override_count
     from spotfill_control.spec import BackfillSpec
 
     spec = sample_spec()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from spotfill_control import weights
+from spotfill_control.fleet import weights
 from spotfill_control.run import RunState, TypeThroughput, Weighting
 from spotfill_control.spec import BackfillSpec
 

@@ -160,7 +160,7 @@ class World:
 
     def fleet_instances(self, run: dict[str, Any]) -> list[str]:
         """The run's fleet's active instances, on whichever API it lives."""
-        from spotfill_control.fleet import fleet_instances
+        from spotfill_control.fleet.fleet import fleet_instances
         from spotfill_control.run import RunState
 
         return sorted(i.instance_id for i in fleet_instances(RunState.model_validate(run), self.ec2))

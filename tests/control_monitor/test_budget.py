@@ -1,4 +1,4 @@
-"""The dollar cap's arithmetic (`spotfill_control.budget`): accrual, prices, projection, drain, guarantee."""
+"""The dollar cap's arithmetic (`monitoring.budget`): accrual, prices, projection, drain, guarantee."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from spotfill_control import budget
 from spotfill_control.errors import BudgetReached, InvalidSpecError
 from spotfill_control.instance_types import STATIC_ON_DEMAND_USD
+from spotfill_control.monitoring import budget
 from spotfill_control.run import RunState
+from spotfill_control.setup.triggers import spec_from_document
 from spotfill_control.spec import BackfillSpec
-from spotfill_control.triggers import spec_from_document
 
 from .conftest import sample_spec
 

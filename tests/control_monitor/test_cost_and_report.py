@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import cost, report
+from spotfill_control.finishing import report, report_facts, report_text
 from spotfill_control.instance_types import InstanceTypeFacts
+from spotfill_control.monitoring import cost
 from spotfill_control.run import RunState
 from spotfill_control.shards import Shard
 from spotfill_control.spec import BackfillSpec
@@ -203,7 +204,7 @@ def make_run() -> RunState:
     return run
 
 
-def facts(**overrides) -> report.Facts:
+def facts(**overrides) -> report_facts.Facts:
     base = dict(
         shards_total=5,
         shards_skipped=1,
@@ -215,7 +216,7 @@ def facts(**overrides) -> report.Facts:
         usages=[usage("c5.xlarge", 2)],
         cost=cost.summarise([usage("c5.xlarge", 2)], {("c5.xlarge", "us-east-1a"): 0.05}, PRICED),
     )
-    return report.Facts(**{**base, **overrides})
+    return report_facts.Facts(**{**base, **overrides})
 
 
 def build(run=None, error=None, teardown_error=None, **fact_overrides) -> dict:
@@ -381,7 +382,7 @@ def test_shard_facts_count_successes_failures_retries_and_unfinished_shards():
         for n in ("a", "b", "c", "d", "z")
     ]
     present = {"s3://d/out/a.npy", "s3://d/out/b.npy", "s3://d/out/z.npy"}
-    succeeded, failed, unprocessed, retried = report.shard_facts(
+    succeeded, failed, unprocessed, retried = report_facts.shard_facts(
         shards,
         present,
         dead_letters=["s3://d/in/c.npy", "s3://d/in/a.npy"],
@@ -391,9 +392,9 @@ def test_shard_facts_count_successes_failures_retries_and_unfinished_shards():
 
 
 def test_the_notification_subject_says_succeeded_or_failed():
-    assert report.notification(build(make_run(), failed_keys=[]))[0] == "spotfill run digits-1 succeeded"
+    assert report_text.notification(build(make_run(), failed_keys=[]))[0] == "spotfill run digits-1 succeeded"
     failed = build(make_run(), error=report.StepError(Error="RunTimeoutError"))
-    assert report.notification(failed)[0] == "spotfill run digits-1 failed"
+    assert report_text.notification(failed)[0] == "spotfill run digits-1 failed"
 
 
 def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_what_it_cost():
@@ -419,7 +420,7 @@ def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_what
     assert document["budget"]["max_total_usd"] == 0.0002
     assert document["budget"]["spent_usd"] == document["cost_usd"]["total"] == 0.1
     assert document["budget"]["drain_started_at"] == (T0 + timedelta(seconds=900)).isoformat()
-    subject, message = report.notification(document)
+    subject, message = report_text.notification(document)
     assert subject == "spotfill run digits-1 stopped: budget reached"
     assert "Cap: $0.0002000" in message
 
@@ -427,7 +428,7 @@ def test_a_run_that_reached_its_budget_is_reported_as_such_with_its_cap_and_what
 def test_a_capped_run_shows_one_cost_figure_in_its_report_rows_notification_and_summary():
     # given a capped run whose monitor accrued less than its instances cost through teardown (its last poll
     # came before the drain ended and teardown terminated the instances)
-    from spotfill_control.budget import format_usd
+    from spotfill_control.monitoring.budget import format_usd
 
     run = make_run()
     limits = run.spec.limits.model_copy(update={"max_total_usd": 0.25})
@@ -436,8 +437,8 @@ def test_a_capped_run_shows_one_cost_figure_in_its_report_rows_notification_and_
 
     # when the report is built, and shown as rows, the SNS notification and the EventBridge summary
     document = build(run)
-    rows = dict(report.report_rows(document))
-    _, message = report.notification(document)
+    rows = dict(report_text.report_rows(document))
+    _, message = report_text.notification(document)
     summary = report.summary_of(document)
 
     # then every place shows the run's one cost figure, the instances' hours priced through teardown
@@ -458,7 +459,7 @@ def test_a_capped_run_shows_one_cost_figure_in_its_report_rows_notification_and_
 def test_the_notification_subject_fits_sns_limits():
     run = make_run()
     run.run_id = "x" * 120
-    subject, message = report.notification(build(run))
+    subject, message = report_text.notification(build(run))
     assert len(subject) <= 100 and subject.isascii()
     assert "Report: s3://control/reports/" in message
 
@@ -482,27 +483,30 @@ class CountingS3:
 
 def test_predictions_of_many_outputs_are_estimated_from_a_bounded_sample():
     # given 20,000 outputs streamed into the report's sample
-    sample = report.OutputSample()
+    sample = report_facts.OutputSample()
     for i in range(20_000):
         sample.add(f"s3://d/out/{i}.npy")
     s3 = CountingS3()
 
     # when rows are counted
-    total, exact = report.count_sampled_rows(sample, s3)
+    total, exact = report_facts.count_sampled_rows(sample, s3)
 
     # then at most PREDICTION_SAMPLE_SIZE outputs were read, and the estimate scales to every output
-    assert len(sample.items) == report.PREDICTION_SAMPLE_SIZE
-    assert s3.heads == report.PREDICTION_SAMPLE_SIZE
+    assert len(sample.items) == report_facts.PREDICTION_SAMPLE_SIZE
+    assert s3.heads == report_facts.PREDICTION_SAMPLE_SIZE
     assert (total, exact) == (7 * 20_000, False)
 
 
 def test_predictions_of_few_outputs_are_counted_exactly():
-    sample = report.OutputSample()
-    for i in range(report.EXACT_PREDICTION_COUNT_LIMIT):
+    sample = report_facts.OutputSample()
+    for i in range(report_facts.EXACT_PREDICTION_COUNT_LIMIT):
         sample.add(f"s3://d/out/{i}.npy")
     s3 = CountingS3()
-    assert report.count_sampled_rows(sample, s3) == (7 * report.EXACT_PREDICTION_COUNT_LIMIT, True)
-    assert s3.heads == report.EXACT_PREDICTION_COUNT_LIMIT
+    assert report_facts.count_sampled_rows(sample, s3) == (
+        7 * report_facts.EXACT_PREDICTION_COUNT_LIMIT,
+        True,
+    )
+    assert s3.heads == report_facts.EXACT_PREDICTION_COUNT_LIMIT
 
 
 def test_the_report_table_shows_cost_per_purchase_option_and_flags_static_table_prices():
@@ -540,19 +544,19 @@ class MixedS3:
 
 
 def test_predictions_are_split_by_the_purchase_option_of_the_instance_that_made_them():
-    sample = report.OutputSample()
+    sample = report_facts.OutputSample()
     for i in range(20):
         sample.add(f"s3://d/out/{i}.npy")
-    total, exact, by_option = report.count_sampled_rows_by_purchase_option(sample, MixedS3())
+    total, exact, by_option = report_facts.count_sampled_rows_by_purchase_option(sample, MixedS3())
     assert (total, exact) == (140, True)
     assert by_option == {"on-demand": 7 * 10, "spot": 7 * 8, "unknown": 7 * 2}
 
 
 def test_an_estimated_split_scales_like_the_total():
-    sample = report.OutputSample()
+    sample = report_facts.OutputSample()
     for i in range(20_000):
         sample.add(f"s3://d/out/{i}.npy")
-    total, exact, by_option = report.count_sampled_rows_by_purchase_option(sample, MixedS3())
+    total, exact, by_option = report_facts.count_sampled_rows_by_purchase_option(sample, MixedS3())
     assert not exact and total == 7 * 20_000
     assert abs(sum(by_option.values()) - total) <= len(by_option)
     assert set(by_option) <= {"spot", "on-demand", "unknown"} and by_option.get("on-demand", 0) > 0
@@ -598,7 +602,7 @@ def test_the_report_compares_the_plans_estimate_with_what_happened():
 
 
 def test_a_run_without_an_estimate_has_no_comparison_and_its_series_is_summarised():
-    from spotfill_control.series import Sample, Series
+    from spotfill_control.monitoring.series import Sample, Series
 
     series = Series(interval_seconds=30)
     for i in range(3):
@@ -671,7 +675,7 @@ def test_the_report_shows_the_weights_requested_measured_and_set():
     assert (
         "weights",
         "c5.2xlarge 2 -> 1 (1.0/s per instance), c5.xlarge 1 -> 2 (2.0/s per instance); re-weighted 1 time",
-    ) in report.report_rows(document)
+    ) in report_text.report_rows(document)
 
 
 def test_a_run_never_measured_has_no_weights_in_its_report():

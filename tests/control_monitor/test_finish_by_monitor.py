@@ -30,9 +30,9 @@ POLL = 600.0  # seconds between the injected Monitor polls
 def world40(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     # The test's "workers" find each shard's message by receiving the whole queue once per output written:
     # more receives than a run's dead-letter threshold, which is not what this test is about.
-    from spotfill_control import shards
+    from spotfill_control import queues
 
-    monkeypatch.setattr(shards, "MAX_RECEIVES", 1000)
+    monkeypatch.setattr(queues, "MAX_RECEIVES", 1000)
     yield _build_world(monkeypatch, shards=SHARDS)
     settings.cache_clear()
 
@@ -112,7 +112,7 @@ def test_a_run_that_loses_half_its_capacity_falls_behind_and_the_fleet_grows(
         assert run["projection"] is not None
         assert run["finish_by"]["target_units"] == 7 and run["finish_by"]["added_units"] == 5
         assert fleet_targets(world40, run)[0] == 7
-        from spotfill_control.finish_by import outlook
+        from spotfill_control.monitoring.finish_by import outlook
         from spotfill_control.run import FinishBy
 
         line = outlook(FinishBy.model_validate(run["finish_by"]))

@@ -136,7 +136,7 @@ def test_report_writes_its_html_page_beside_the_json_with_the_runs_series(world,
 
 def test_a_page_that_cannot_be_drawn_leaves_the_report_whole(world, running_run, lambda_context, monkeypatch):
     # given a finished run, and a page renderer that fails
-    from spotfill_control import report_html
+    from spotfill_control.finishing import report_html
 
     def broken(*_):
         raise ValueError("no fonts here")

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from spotfill_control import aws, fleet, state_store, teardown
+from spotfill_control import aws, state_store
 from spotfill_control.errors import TransientAwsError
+from spotfill_control.finishing import teardown
+from spotfill_control.fleet import fleet
 from spotfill_control.handlers import monitor
 from spotfill_control.run import RUN_ID_TAG, RunState
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from spotfill_control import fleet
 from spotfill_control.config import settings
-from spotfill_control.fleet_api import Ec2FleetApi, SpotFleetApi
+from spotfill_control.fleet import fleet
+from spotfill_control.fleet.fleet_api import Ec2FleetApi, SpotFleetApi
 from spotfill_control.handlers import monitor
 from spotfill_control.run import RunState
 
@@ -146,9 +146,10 @@ POLL = 600.0
 
 @pytest.fixture
 def world40(moto_aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    from spotfill_control import progress, shards
+    from spotfill_control import queues
+    from spotfill_control.monitoring import progress
 
-    monkeypatch.setattr(shards, "MAX_RECEIVES", 1000)
+    monkeypatch.setattr(queues, "MAX_RECEIVES", 1000)
     # Every poll reads the metadata of every output it may (40 shards: all in the index's sample), so which
     # outputs are measured does not depend on the draw.
     monkeypatch.setattr(progress, "ROWS_SAMPLE_SIZE", 64)

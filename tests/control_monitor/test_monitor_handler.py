@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from spotfill_control.dead_letters import read_dead_letters
 from spotfill_control.errors import (
     BudgetReached,
     FleetRequestError,
@@ -16,6 +15,7 @@ from spotfill_control.errors import (
     StallError,
 )
 from spotfill_control.handlers import monitor
+from spotfill_control.monitoring.dead_letters import read_dead_letters
 
 from .conftest import CONTROL_BUCKET, ROWS_PER_SHARD
 
@@ -493,7 +493,7 @@ def test_monitor_finishes_a_run_whose_fleet_is_gone_once_every_output_exists(
 def test_each_poll_adds_a_sample_to_the_run_series_and_projects_the_eta_and_total_cost(
     world, running_run, lambda_context
 ):
-    from spotfill_control.series import load_series, series_key
+    from spotfill_control.monitoring.series import load_series, series_key
 
     # given a run whose workers finish a shard between two polls
     world.write_output(running_run, 0)
@@ -541,7 +541,7 @@ def test_monitor_waits_while_ec2_does_not_know_the_fleet_requested_moments_ago(
 def test_monitor_fails_the_run_when_ec2_does_not_know_its_fleet_after_the_grace(
     world, running_run, lambda_context, fleet_lag
 ):
-    from spotfill_control.fleet import CONSISTENCY_GRACE
+    from spotfill_control.fleet.fleet import CONSISTENCY_GRACE
 
     from spotfill.localcloud.patches.fleet_visibility import FLEET_VISIBILITY
 

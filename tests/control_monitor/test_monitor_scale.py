@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from spotfill_control import aws, progress, shards
+from spotfill_control import aws, shards
 from spotfill_control.handlers import monitor
+from spotfill_control.monitoring import progress
 
 pytestmark = pytest.mark.aws
 

@@ -12,8 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from spotfill_control import dead_letters, progress, reconcile, report
+from spotfill_control.aws import Clients
 from spotfill_control.deadline import Deadline
+from spotfill_control.finishing import report, report_facts
+from spotfill_control.monitoring import dead_letters, poll, progress, reconcile
 from spotfill_control.run import RunState
 from spotfill_control.shards import ShardListWriter, ShardNamer
 from spotfill_control.spec import BackfillSpec
@@ -75,7 +77,7 @@ class Run:
         for shard in self.shards:
             writer.add(shard, False)
         writer.close()
-        self.clients = progress.Clients(s3=world.s3, sqs=RoutedSqs(world.sqs, self.dlq), ec2=None, ecs=None)
+        self.clients = Clients(s3=world.s3, sqs=RoutedSqs(world.sqs, self.dlq), ec2=None, ecs=None)
 
     def write_outputs(self, indices) -> None:
         for i in indices:
@@ -91,7 +93,7 @@ class Run:
 
     def poll(self, deadline: Deadline | None = None) -> progress.Iteration:
         budget = {} if deadline is None else {"deadline": deadline}
-        self.state, seen = progress.iterate(self.state, self.clients, CONTROL_BUCKET, NOW, **budget)
+        self.state, seen = poll.iterate(self.state, self.clients, CONTROL_BUCKET, NOW, **budget)
         return seen
 
     def take_queue(self) -> list[str]:
@@ -303,7 +305,7 @@ def test_the_report_counts_from_the_verified_parts_without_listing_outputs(world
 
     # when the report gathers its facts
     s3_calls.clear()
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
 
     # then it listed no output and read no part beyond the few it samples predictions from
     assert s3_calls.listings(DATA_BUCKET) == []
@@ -323,7 +325,7 @@ def test_a_report_finishes_the_verification_a_stopped_run_left_open(world, s3_ca
 
     # when the report gathers its facts, then it verifies each part once, by its key range
     s3_calls.clear()
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
     assert len(s3_calls.listings(DATA_BUCKET)) == 5
     assert (facts.succeeded, len(facts.failed_keys), facts.unprocessed, facts.verified) == (40, 5, 5, True)
 
@@ -334,7 +336,7 @@ def test_a_report_out_of_time_says_its_count_is_incomplete_instead_of_failing(wo
     run.write_outputs(range(60))
 
     # when the report is written
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW, Deadline(3, clock=work_clock))
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW, Deadline(3, clock=work_clock))
     document = report.build_report(
         run.state,
         run_id=run.run_id,
@@ -365,7 +367,7 @@ def test_a_report_reads_the_dead_letters_of_a_run_torn_down_before_the_records(w
     )
 
     # when the report gathers its facts, then those shards are its failed ones
-    facts = report.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
+    facts = report_facts.gather(run.state, world.s3, None, CONTROL_BUCKET, NOW)
     assert (facts.succeeded, facts.failed_keys, facts.unprocessed) == (18, legacy, 0)
 
 

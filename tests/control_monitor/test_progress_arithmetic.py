@@ -6,8 +6,9 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control import progress
 from spotfill_control.errors import RunTimeoutError, StallError
+from spotfill_control.fleet.cluster import desired_count
+from spotfill_control.monitoring import fleet_watch, handover, progress
 from spotfill_control.run import Progress, RunState
 from spotfill_control.shards import Shard
 from spotfill_control.spec import (
@@ -19,8 +20,8 @@ from spotfill_control.spec import (
 )
 
 T0 = datetime(2026, 11, 27, 6, 0, tzinfo=UTC)
-lowered = progress.lowered_capacity
-interrupted = progress.count_interruptions
+lowered = fleet_watch.lowered_capacity
+interrupted = fleet_watch.count_interruptions
 
 
 def make_run(**limits) -> RunState:
@@ -137,24 +138,24 @@ def test_capacity_never_drops_to_zero():
 
 def test_desired_count_rises_with_every_registered_instance_while_work_is_plenty():
     # 100 shards left, 2 tasks per instance: each instance that registers adds two tasks
-    assert [progress.desired_count(n, 2, remaining_shards=100) for n in (1, 2, 3, 10)] == [2, 4, 6, 20]
+    assert [desired_count(n, 2, remaining_shards=100) for n in (1, 2, 3, 10)] == [2, 4, 6, 20]
 
 
 def test_desired_count_is_one_task_per_remaining_shard_at_most():
-    assert progress.desired_count(registered_instances=8, tasks_per_instance=1, remaining_shards=3) == 3
-    assert progress.desired_count(registered_instances=2, tasks_per_instance=1, remaining_shards=3) == 2
+    assert desired_count(registered_instances=8, tasks_per_instance=1, remaining_shards=3) == 3
+    assert desired_count(registered_instances=2, tasks_per_instance=1, remaining_shards=3) == 2
 
 
 def test_desired_count_is_never_zero_while_work_remains():
-    assert progress.desired_count(registered_instances=0, tasks_per_instance=2, remaining_shards=5) == 1
-    assert progress.desired_count(registered_instances=4, tasks_per_instance=2, remaining_shards=0) == 1
+    assert desired_count(registered_instances=0, tasks_per_instance=2, remaining_shards=5) == 1
+    assert desired_count(registered_instances=4, tasks_per_instance=2, remaining_shards=0) == 1
 
 
 def test_a_count_lowered_for_few_shards_is_not_raised_again_by_late_capacity():
     # given the count lowered to the 2 shards left while 2 instances had registered
-    lowered_count = progress.desired_count(registered_instances=2, tasks_per_instance=2, remaining_shards=2)
+    lowered_count = desired_count(registered_instances=2, tasks_per_instance=2, remaining_shards=2)
     # when 8 more instances register and the shards keep falling, the count only falls
-    later = [progress.desired_count(10, 2, remaining) for remaining in (2, 1, 1)]
+    later = [desired_count(10, 2, remaining) for remaining in (2, 1, 1)]
     assert [lowered_count, *later] == [2, 2, 1, 1]
 
 
@@ -265,7 +266,7 @@ def test_the_resumed_run_counts_one_more_execution_and_starts_its_iterations_afr
     run.progress.iterations = 40
     run.progress.iterations_this_execution = 20
     run.progress.state = "handover"
-    resumed = progress.resumed_run(run)
+    resumed = handover.resumed_run(run)
     assert resumed.executions == 2
     assert resumed.progress.iterations_this_execution == 0
     assert resumed.progress.iterations == 40
@@ -274,7 +275,7 @@ def test_the_resumed_run_counts_one_more_execution_and_starts_its_iterations_afr
 
 
 def test_execution_arns_follow_from_the_state_machine_and_name():
-    arn = progress.execution_arn_for("arn:aws:states:us-east-1:123:stateMachine:backfill", "r-1-2")
+    arn = handover.execution_arn_for("arn:aws:states:us-east-1:123:stateMachine:backfill", "r-1-2")
     assert arn == "arn:aws:states:us-east-1:123:execution:backfill:r-1-2"
     with pytest.raises(ValueError):
-        progress.execution_arn_for("arn:aws:states:us-east-1:123:activity:x", "r-1-2")
+        handover.execution_arn_for("arn:aws:states:us-east-1:123:activity:x", "r-1-2")

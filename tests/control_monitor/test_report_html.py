@@ -1,12 +1,12 @@
-"""The report's HTML page (spotfill_control.report_html): what it draws, what it says, how big it gets."""
+"""The report's HTML page (finishing.report_html): what it draws, what it says, how big it gets."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from spotfill_control.report import report_rows
-from spotfill_control.report_html import by_instance_type, render_html, samples_of
+from spotfill_control.finishing.report_html import by_instance_type, render_html, samples_of
+from spotfill_control.finishing.report_text import report_rows
 
 SERIES_CHARTS = ("progress", "throughput", "fleet", "cost")
 

@@ -6,9 +6,9 @@ import json
 from datetime import timedelta
 
 import pytest
-from spotfill_control.dead_letters import read_dead_letters
 from spotfill_control.errors import SpotfillError
 from spotfill_control.handlers import monitor, teardown
+from spotfill_control.monitoring.dead_letters import read_dead_letters
 
 from .conftest import CONTROL_BUCKET
 
@@ -187,10 +187,10 @@ def test_a_teardown_that_stopped_between_storing_and_deleting_dead_letters_goes_
     world, running_run, monkeypatch
 ):
     # given a first attempt that stored a batch of dead letters and died before deleting its messages
-    from spotfill_control import dead_letters
     from spotfill_control.deadline import Deadline
     from spotfill_control.errors import TransientAwsError
-    from spotfill_control.teardown import save_dead_letters
+    from spotfill_control.finishing.teardown import save_dead_letters
+    from spotfill_control.monitoring import dead_letters
 
     failed = [world.dead_letter(running_run, i) for i in range(3)]
     url = running_run["resources"]["dead_letter_queue_url"]
@@ -227,7 +227,7 @@ def test_teardown_keeps_every_dead_letter_when_there_are_more_than_a_receive_bat
 ):
     # given 234 dead letters (a drain batch of 40 here: 6 batches, each of 4 receives; moto's receive is
     # quadratic in the queue's length, so the 1,000s run against an in-memory queue in test_dead_letters.py)
-    from spotfill_control import dead_letters
+    from spotfill_control.monitoring import dead_letters
 
     monkeypatch.setattr(dead_letters, "DRAIN_BATCH", 40)
     url = running_run["resources"]["dead_letter_queue_url"]
@@ -258,7 +258,7 @@ def _send_dead_letters(world, run: dict, count: int) -> list[str]:
 
 def _watch_in_flight(world, monkeypatch) -> list[int]:
     """Messages received and not yet deleted, after each receive (from what the calls themselves say)."""
-    from spotfill_control import dead_letters
+    from spotfill_control.monitoring import dead_letters
 
     in_flight = [0]
     held: set[str] = set()
@@ -284,8 +284,8 @@ def test_a_throttled_step_makes_teardown_retry_after_the_other_steps(
 ):
     # given SQS throttles the queue deletion
     from botocore.exceptions import ClientError
-    from spotfill_control import teardown as domain
     from spotfill_control.errors import TransientAwsError
+    from spotfill_control.finishing import teardown as domain
 
     def throttled(*args, **kwargs):
         raise ClientError({"Error": {"Code": "RequestThrottled", "Message": "slow down"}}, "DeleteQueue")
@@ -332,8 +332,8 @@ def _fleet_state(world, api: str, fleet_id: str) -> str | None:
 def test_teardown_seconds_after_the_request_deletes_the_fleet_ec2_does_not_know_yet(
     world, lambda_context, fleet_lag, api
 ):
-    from spotfill_control import teardown as teardown_logic
-    from spotfill_control.progress import Clients
+    from spotfill_control.aws import Clients
+    from spotfill_control.finishing import teardown as teardown_logic
     from spotfill_control.run import RunState
 
     # given a fleet just requested, which EC2's eventually consistent API does not know for 60 s (describe
@@ -367,9 +367,9 @@ def test_teardown_seconds_after_the_request_deletes_the_fleet_ec2_does_not_know_
 
 
 def test_a_fleet_ec2_never_showed_is_reported_unconfirmed(world, lambda_context, fleet_lag):
-    from spotfill_control import teardown as teardown_logic
-    from spotfill_control.fleet import CONSISTENCY_GRACE
-    from spotfill_control.progress import Clients
+    from spotfill_control.aws import Clients
+    from spotfill_control.finishing import teardown as teardown_logic
+    from spotfill_control.fleet.fleet import CONSISTENCY_GRACE
     from spotfill_control.run import RunState
 
     # given a fleet EC2 still does not know when the grace after its request is over
@@ -399,9 +399,9 @@ def test_a_fleet_ec2_never_showed_is_reported_unconfirmed(world, lambda_context,
 
 
 def test_teardown_short_of_time_while_ec2_does_not_know_the_fleet_retries(world, lambda_context, fleet_lag):
-    from spotfill_control import teardown as teardown_logic
+    from spotfill_control.aws import Clients
     from spotfill_control.errors import TransientAwsError
-    from spotfill_control.progress import Clients
+    from spotfill_control.finishing import teardown as teardown_logic
     from spotfill_control.run import RunState
 
     run = RunState.model_validate(_requested_run(world, lambda_context, "ec2-fleet"))
@@ -419,8 +419,8 @@ def test_teardown_short_of_time_while_ec2_does_not_know_the_fleet_retries(world,
 
 
 def test_a_second_teardown_within_the_grace_does_not_wait_for_a_fleet_ec2_forgot(world, lambda_context):
-    from spotfill_control import teardown as teardown_logic
-    from spotfill_control.progress import Clients
+    from spotfill_control.aws import Clients
+    from spotfill_control.finishing import teardown as teardown_logic
     from spotfill_control.run import RunState
 
     # given a Spot Fleet request torn down once, seconds after it was requested (moto forgets a cancelled

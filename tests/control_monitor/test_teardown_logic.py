@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from spotfill_control import teardown
 from spotfill_control.errors import TransientAwsError
+from spotfill_control.finishing import teardown
 
 
 class SlowEc2:

@@ -4,7 +4,7 @@ reached" within the guarantee, and `spotfill redrive` with a new cap finishes it
 from __future__ import annotations
 
 import pytest
-from spotfill_control import budget
+from spotfill_control.monitoring import budget
 
 from spotfill.cli import main
 from spotfill.demo import check_outputs

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from spotfill_control.series import load_series
+from spotfill_control.monitoring.series import load_series
 
 from spotfill.demo import check_outputs
 from spotfill.localcloud import ChaosSpec, LocalCloud, LocalCloudOptions

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
-from spotfill_control.shards import MAX_RECEIVES
+from spotfill_control.queues import MAX_RECEIVES
 
 from spotfill.localrun import run_local
 from spotfill.progress_display import report_table

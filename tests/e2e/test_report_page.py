@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from spotfill_control.report_html import render_html
-from spotfill_control.series import series_key
+from spotfill_control.finishing.report_html import render_html
+from spotfill_control.monitoring.series import series_key
 
 from spotfill.cli import main
 from spotfill.localrun import follow_run, manifest, upload_and_trigger

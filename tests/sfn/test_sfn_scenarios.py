@@ -11,7 +11,8 @@ import itertools
 import json
 
 import pytest
-from spotfill_control import prepare, shards, triggers
+from spotfill_control import shards
+from spotfill_control.setup import checks, prepare
 
 from spotfill import iam
 from spotfill.localcloud import pricing
@@ -163,7 +164,7 @@ def test_a_collision_past_validates_sample_fails_in_prepare_with_its_sentence_an
     cloud, lambdas, monkeypatch
 ):
     # given b.jsonl and b.ndjson (both write b.jsonl's output) past the keys Validate looks at
-    monkeypatch.setattr(triggers, "SHARD_SAMPLE_KEYS", 2)
+    monkeypatch.setattr(checks, "SHARD_SAMPLE_KEYS", 2)
     spec = cloud.spec("collide-late", shards=0)
     bucket = cloud.stack.data_bucket
     for name in ("a.jsonl", "b.jsonl", "b.ndjson"):
@@ -700,7 +701,7 @@ def test_a_dollar_cap_below_the_least_a_run_can_cost_is_refused_in_validate_nami
     cloud, lambdas
 ):
     # given a cap far below one instance's boot and first poll (the issue's `--max-total-usd 0.000001`)
-    from spotfill_control import budget
+    from spotfill_control.monitoring import budget
 
     from spotfill.localcloud.pricing import spot_price
 
@@ -726,7 +727,7 @@ def test_a_dollar_cap_below_the_least_a_run_can_cost_is_refused_in_validate_nami
 def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with_nothing_left(cloud, lambdas):
     # given a cap that pays for the projection's reserve (a poll and a drain at the fleet's hourly price) and
     # about four seconds of the fleet beyond it, and more shards than the workers finish in that time
-    from spotfill_control import budget
+    from spotfill_control.monitoring import budget
 
     from spotfill.localcloud.pricing import on_demand_price, spot_price
 
@@ -762,7 +763,7 @@ def test_run_that_would_cross_its_dollar_cap_drains_and_ends_budget_reached_with
 def test_a_capped_run_with_an_on_demand_base_drains_both_targets_and_ends_budget_reached(cloud, lambdas, api):
     # given a fleet of 2 units, 1 of them always on demand, and a cap a few seconds past the projection's
     # reserve: EC2 refuses a total target below the on-demand one, so the drain must lower both
-    from spotfill_control import budget
+    from spotfill_control.monitoring import budget
 
     from spotfill.localcloud.pricing import on_demand_price, spot_price
 
@@ -849,7 +850,7 @@ def test_no_spot_at_all_falls_back_on_demand_while_waiting_for_registration(clou
 def test_a_deadline_the_cap_cannot_pay_for_is_refused_in_validate_with_both_numbers(cloud, lambdas):
     # given the plan's estimate (156,000 predictions at 50 per second per unit: 3,120 unit-seconds), a
     # deadline half an hour away that needs the fleet's 2 units, and a cap that pays for the work on 1 unit
-    from spotfill_control import budget, finish_by
+    from spotfill_control.monitoring import budget, finish_by
 
     from spotfill.localcloud.pricing import spot_price
 
@@ -894,7 +895,7 @@ def test_a_deadline_the_cap_cannot_pay_for_is_refused_in_validate_with_both_numb
 def test_a_deadline_run_takes_weight_from_the_type_its_workers_measure_slow(cloud, lambdas, monkeypatch):
     # given a deadline run on c5.large (1 unit by vCPUs) and c5.xlarge (2), spot holding one c5.large, so the
     # fleet's 3 units are one of each, and workers that make 2 rows/s on c5.large and only 1 on c5.xlarge
-    from spotfill_control import progress
+    from spotfill_control.monitoring import progress
 
     monkeypatch.setattr(progress, "ROWS_SAMPLE_SIZE", 64)  # every output is measured once it exists
     fleet = {"instance_types": ["c5.large", "c5.xlarge"], "target_capacity": 3}

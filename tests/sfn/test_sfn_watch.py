@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from spotfill_control.budget import format_usd
+from spotfill_control.monitoring.budget import format_usd
 
 from spotfill import cli
 

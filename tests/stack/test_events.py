@@ -14,8 +14,8 @@ from moto import mock_aws
 from spotfill_control.config import Settings
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.instance_types import check_fleet_kind, describe_instance_types
+from spotfill_control.setup.triggers import ValidateEvent, resolve_placeholders, spec_from_document, validate
 from spotfill_control.spec import BackfillSpec
-from spotfill_control.triggers import ValidateEvent, resolve_placeholders, spec_from_document, validate
 
 from spotfill.deploy import load_template
 

@@ -424,7 +424,7 @@ def _role_principal(deployed: tuple[Any, boto3.session.Session], logical_id: str
 
 @pytest.mark.parametrize("api", ["spot-fleet", "ec2-fleet"])
 def test_the_request_fleet_role_may_request_the_run_fleet_a_dry_run_confirms_it(deployed, api):
-    from spotfill_control.permissions import confirm_fleet_permissions
+    from spotfill_control.fleet.permissions import confirm_fleet_permissions
 
     run, settings = _stack_run(deployed, api)
     _, session = deployed
@@ -438,7 +438,7 @@ def test_the_request_fleet_role_may_request_the_run_fleet_a_dry_run_confirms_it(
 
 
 def test_a_role_without_run_instances_is_told_what_a_spot_fleet_request_needs(deployed):
-    from spotfill_control.permissions import FleetPermissionError, confirm_fleet_permissions
+    from spotfill_control.fleet.permissions import FleetPermissionError, confirm_fleet_permissions
 
     run, settings = _stack_run(deployed, "spot-fleet")
     _, session = deployed

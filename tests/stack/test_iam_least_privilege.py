@@ -496,7 +496,7 @@ def _abort_while_monitoring(cloud: Any, spec: dict) -> None:
 
 def _capped(spec: dict, seconds: float) -> dict:
     """The spec with a cap that pays for the budget's reserve (a poll and a drain) and `seconds` more."""
-    from spotfill_control import budget
+    from spotfill_control.monitoring import budget
 
     from spotfill.localcloud.pricing import spot_price
 

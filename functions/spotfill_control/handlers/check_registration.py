@@ -5,7 +5,7 @@ from aws_lambda_powertools.utilities.parser import parse
 
 from spotfill_control import state_store
 from spotfill_control.aws import client
-from spotfill_control.fleet import check_registration
+from spotfill_control.fleet.registration import check_registration
 from spotfill_control.run import RunEvent
 
 logger = Logger()

@@ -11,11 +11,11 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control.aws import client
+from spotfill_control.aws import Clients, client
 from spotfill_control.config import settings
 from spotfill_control.deadline import seconds_left
-from spotfill_control.progress import Clients
-from spotfill_control.report import ExecutionStatusChange, ReportClients, clean_up_after
+from spotfill_control.finishing.cleanup import ExecutionStatusChange, clean_up_after
+from spotfill_control.finishing.publish import ReportClients
 
 logger = Logger()
 

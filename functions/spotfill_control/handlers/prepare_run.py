@@ -8,11 +8,11 @@ import math
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.parser import parse
 
-from spotfill_control import prepare
 from spotfill_control.aws import client
 from spotfill_control.config import settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.run import RunEvent
+from spotfill_control.setup import prepare
 
 logger = Logger()
 

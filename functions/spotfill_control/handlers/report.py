@@ -9,9 +9,11 @@ from aws_lambda_powertools import Logger
 from spotfill_control.aws import client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.deadline import Deadline
-from spotfill_control.report import DEFAULT_BUDGET_SECONDS, FinishEvent, ReportClients, report_run
+from spotfill_control.finishing.publish import ReportClients, report_run
+from spotfill_control.finishing.report import FinishEvent
+from spotfill_control.finishing.report_facts import DEFAULT_BUDGET_SECONDS
+from spotfill_control.finishing.teardown import latest_run
 from spotfill_control.run import utcnow
-from spotfill_control.teardown import latest_run
 
 logger = Logger()
 

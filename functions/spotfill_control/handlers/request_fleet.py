@@ -8,8 +8,8 @@ from aws_lambda_powertools.utilities.parser import parse
 from spotfill_control import state_store
 from spotfill_control.aws import client
 from spotfill_control.config import settings
-from spotfill_control.fleet import start_fleet
-from spotfill_control.permissions import confirm_fleet_permissions
+from spotfill_control.fleet.fleet import start_fleet
+from spotfill_control.fleet.permissions import confirm_fleet_permissions
 from spotfill_control.run import RunEvent
 
 logger = Logger()

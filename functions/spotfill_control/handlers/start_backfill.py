@@ -1,5 +1,5 @@
 """StartBackfill: the manifest rule's target; starts one execution per uploaded manifest version
-(`spotfill_control.starter`)."""
+(`spotfill_control.setup.starter`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger
 
 from spotfill_control.aws import client
 from spotfill_control.errors import ConfigurationError
-from spotfill_control.starter import start_for_upload
+from spotfill_control.setup.starter import start_for_upload
 
 logger = Logger()
 

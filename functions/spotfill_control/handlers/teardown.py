@@ -1,4 +1,4 @@
-"""Teardown: remove everything the run created (`spotfill_control.teardown`); no run, nothing to do."""
+"""Teardown: remove everything the run created (`finishing.teardown`); no run, nothing to do."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from typing import Any
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spotfill_control.aws import client, transient_errors_retried
+from spotfill_control.aws import Clients, client, transient_errors_retried
 from spotfill_control.config import settings
 from spotfill_control.deadline import seconds_left
-from spotfill_control.progress import Clients
-from spotfill_control.report import FinishEvent
+from spotfill_control.finishing.report import FinishEvent
+from spotfill_control.finishing.teardown import teardown_and_persist
 from spotfill_control.run import utcnow
-from spotfill_control.teardown import teardown_and_persist
 
 logger = Logger()
 

@@ -5,8 +5,8 @@ from aws_lambda_powertools.utilities.parser import parse
 
 from spotfill_control.aws import client
 from spotfill_control.config import settings
-from spotfill_control.preflight import Preflight
-from spotfill_control.triggers import ValidateEvent, validate
+from spotfill_control.setup.preflight import Preflight
+from spotfill_control.setup.triggers import ValidateEvent, validate
 
 logger = Logger()
 

@@ -225,7 +225,7 @@ def get_products(request: dict[str, Any], endpoint: str | None = None) -> tuple[
         return _error("InvalidParameterException", "The emulated Price List answers per instanceType only.")
     regions = [asked["regionCode"]] if "regionCode" in asked else list(REGION_FACTORS)
     if endpoint is not None:
-        from spotfill_control.prices import partition_of
+        from spotfill_control.setup.prices import partition_of
 
         regions = [r for r in regions if partition_of(r) == partition_of(endpoint)]
     found = [

@@ -38,7 +38,7 @@ _limits_patched = False
 
 
 def _spot_quota(code: str, value: float, region: str, account_id: str | None) -> dict[str, Any] | None:
-    from spotfill_control.preflight import SPOT_QUOTAS
+    from spotfill_control.setup.preflight import SPOT_QUOTAS
 
     quota = next((q for q in SPOT_QUOTAS if q.code == code), None)
     if quota is None:

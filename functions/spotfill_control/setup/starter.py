@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from spotfill_control.aws import is_transient
 from spotfill_control.errors import InvalidSpecError, TransientAwsError
-from spotfill_control.triggers import MANIFEST_PREFIX, describe_validation_error
+from spotfill_control.setup.triggers import MANIFEST_PREFIX, describe_validation_error
 
 NAME_PREFIX = "s3-"
 STEM_MAX = 40

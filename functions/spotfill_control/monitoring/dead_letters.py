@@ -1,6 +1,6 @@
 """Dead letters: moved from the run's dead-letter queue into S3 records, and read back from there.
 
-A shard that fails `shards.MAX_RECEIVES` times lands in the run's dead-letter queue. Monitor (every poll,
+A shard that fails `queues.MAX_RECEIVES` times lands in the run's dead-letter queue. Monitor (every poll,
 within its time budget) and Teardown (to the end) move them to S3 (`drain`): receive a batch of at most
 DRAIN_BATCH messages, store the batch's shards in one record `runs/<run id>/dead-letters/<digest>.json`, then
 delete those messages. So the count is exact and needs no peeking, and at most one batch is ever in flight,

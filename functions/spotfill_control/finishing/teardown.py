@@ -8,7 +8,7 @@ the first error is raised; a transient one as `TransientAwsError` so the ASL ret
 Order: stop the service (no new work is taken), cancel the fleet with its instances (stops the spend), then
 the cluster (once its service is gone), task definition, launch template version, and last the queues,
 after the dead-letter queue's messages are moved into S3 records (`runs/<run id>/dead-letters/`,
-`spotfill_control.dead_letters`) for the report: batch by batch within a time budget, and a teardown that
+`monitoring.dead_letters`) for the report: batch by batch within a time budget, and a teardown that
 runs out of it is retried and goes on where it stopped, so the queue is deleted only once it is empty.
 Resources the run state does not name (a Lambda that died between creating and recording) are found by
 their run-scoped names (`spotfill-<run id>`) and tags.
@@ -25,15 +25,16 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import dead_letters, fleet, state_store
-from spotfill_control.aws import is_transient
+from spotfill_control import state_store
+from spotfill_control.aws import Clients, is_transient
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import SpotfillError, TransientAwsError
-from spotfill_control.fleet_api import GONE_STATES
-from spotfill_control.progress import Clients
+from spotfill_control.fleet import fleet
+from spotfill_control.fleet.fleet_api import GONE_STATES
+from spotfill_control.monitoring import dead_letters
+from spotfill_control.queues import dead_letter_queue_name
 from spotfill_control.run import RUN_ID_TAG, RunState
-from spotfill_control.shards import dead_letter_queue_name
 
 ALIVE_INSTANCE_STATES = frozenset({"pending", "running", "stopping", "stopped"})
 CLUSTER_BUSY_CODES = frozenset(

@@ -10,7 +10,7 @@ The shards go part by part (`shards.PART_SIZE`), each part's progress saved in a
 starting parts once another would not end within its time budget (`deadline.Deadline`, half the time the
 invocation has left) and returns the run with phase "preparing"; the
 state machine calls PrepareRun again (IsPrepared), and that call, like a retry after a crash, continues from
-the checkpoint (docs/contracts.md, "PrepareRun").
+the checkpoint (docs/contracts/shards-queue-outputs.md, "PrepareRun").
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from spotfill_control import cluster, fleet, shards, state_store
+from spotfill_control import queues, shards, state_store
 from spotfill_control.aws import read_object
 from spotfill_control.config import Settings
 from spotfill_control.deadline import Deadline
 from spotfill_control.errors import InvalidSpecError
+from spotfill_control.fleet import cluster, launch_template
 from spotfill_control.run import RunState, utcnow
+from spotfill_control.setup import inputs
 from spotfill_control.spec import InputSpec
 
 CHECKPOINT_LAYOUT = "spotfill-prepare/1"
 # An invocation starts no new part that would not end within this share of the time it had left when it began
-# (Lambda: about its Timeout) (docs/contracts.md, "PrepareRun").
+# (Lambda: about its Timeout) (docs/contracts/shards-queue-outputs.md, "PrepareRun").
 TIME_SHARE = 0.5
 
 
@@ -91,7 +93,7 @@ def prepare_run(
     # The AMI first: a region without the run's kind of AMI fails the run before anything is created.
     image_id = None
     if resources.launch_template_version is None:
-        image_id = fleet.resolve_image_id(run, ssm)
+        image_id = launch_template.resolve_image_id(run, ssm)
 
     def record(**created: Any) -> None:
         nonlocal run, resources
@@ -100,9 +102,9 @@ def prepare_run(
         state_store.persist(run, s3, bucket)
 
     if resources.dead_letter_queue_url is None:
-        record(dead_letter_queue_url=shards.create_dead_letter_queue(run, sqs))
+        record(dead_letter_queue_url=queues.create_dead_letter_queue(run, sqs))
     if resources.queue_url is None:
-        record(queue_url=shards.create_shard_queue(run, sqs, resources.dead_letter_queue_url))
+        record(queue_url=queues.create_shard_queue(run, sqs, resources.dead_letter_queue_url))
 
     # The shard list's index is written only after every message is sent, so its presence means "queued".
     index = shards.read_shard_index(run.run_id, s3, bucket)
@@ -118,7 +120,11 @@ def prepare_run(
     if resources.task_definition_arn is None:
         record(task_definition_arn=cluster.register_task_definition(run, ecs, settings, resources.queue_url))
     if image_id is not None:
-        record(launch_template_version=fleet.create_launch_template_version(run, ec2, settings, image_id))
+        record(
+            launch_template_version=launch_template.create_launch_template_version(
+                run, ec2, settings, image_id
+            )
+        )
 
     total, pending = index.total, index.pending
     progress = run.progress
@@ -150,7 +156,7 @@ def queue_and_store_shards(
     the checkpoint on; the index once the input is exhausted, or None when `budget` ran out first.
 
     Each part: its stretch of the input is listed, the outputs it would write that exist already are found by
-    listing only their key range (`shards.existing_among`), its messages are sent, the part is stored, then
+    listing only their key range (`inputs.existing_among`), its messages are sent, the part is stored, then
     the checkpoint. At least one part goes per call, so every call makes progress. A call that crashes after
     sending a part's messages and before its checkpoint sends that part again when retried: harmless (one
     output key per shard) and at most one part. Only one part's shards are in memory.
@@ -165,7 +171,7 @@ def queue_and_store_shards(
     namer = shards.ShardNamer(spec.input, spec.output, bucket, run.run_id)
     collisions = shards.OpenStems(namer, checkpoint.open_stems)
     if spec.input.is_prefix:
-        stream: Iterator[str] = shards.iter_prefix_shards(spec.input, s3, after=checkpoint.after)
+        stream: Iterator[str] = inputs.iter_prefix_shards(spec.input, s3, after=checkpoint.after)
     else:
         stream, etag = _manifest_stream(spec.input, s3, namer, checkpoint)
         checkpoint = checkpoint.model_copy(update={"manifest_etag": etag})
@@ -179,9 +185,9 @@ def queue_and_store_shards(
             if spec.input.is_prefix:
                 for ref in part:
                     collisions.add(ref)
-            existing = shards.existing_among([ref.output for ref in part], spec.output, s3)
+            existing = inputs.existing_among([ref.output for ref in part], spec.output, s3)
             pending = [ref for ref in part if ref.output not in existing]
-            shards.send_shards(run.run_id, pending, queue_url, sqs)
+            queues.send_shards(run.run_id, pending, queue_url, sqs)
             for ref in part:
                 writer.add(ref.shard, ref.output in existing)
             writer.flush()
@@ -205,7 +211,7 @@ def queue_and_store_shards(
         if len(part) < part_size:  # the input ended inside this part
             break
     if writer.total == 0:
-        raise shards.no_shards_error(spec.input)
+        raise inputs.no_shards_error(spec.input)
     return writer.close()
 
 
@@ -214,8 +220,8 @@ def _manifest_stream(
 ) -> tuple[Iterator[str], str]:
     """A manifest's shards from the checkpoint's position on, in output order (so each part's outputs span a
     narrow key range, and two shards writing one output are neighbours), and the manifest's ETag. The manifest
-    is read whole on each call (bounded: `shards.MAX_SHARD_MANIFEST_BYTES`) and must not change meanwhile."""
-    entries, etag = shards.read_shard_manifest(input_spec, s3)
+    is read whole on each call (bounded: `inputs.MAX_SHARD_MANIFEST_BYTES`) and must not change meanwhile."""
+    entries, etag = inputs.read_shard_manifest(input_spec, s3)
     if checkpoint.manifest_etag is not None and checkpoint.manifest_etag != etag:
         raise InvalidSpecError(
             f"input.uri: shard manifest {input_spec.uri} changed while the run was being prepared (ETag "

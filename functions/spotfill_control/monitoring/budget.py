@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotfill_control import cost, fleet
-from spotfill_control.cluster import STOP_TIMEOUT_SECONDS
 from spotfill_control.errors import BudgetReached
-from spotfill_control.fleet import requested_capacity
+from spotfill_control.fleet import fleet
+from spotfill_control.fleet.cluster import STOP_TIMEOUT_SECONDS
+from spotfill_control.fleet.fleet import requested_capacity
 from spotfill_control.instance_types import STATIC_ON_DEMAND_USD
+from spotfill_control.monitoring import cost
 from spotfill_control.run import RunState, SpotPrice
 
 # Spot prices change at most a few times an hour; reading them every poll would only cost API calls.

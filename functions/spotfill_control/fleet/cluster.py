@@ -14,8 +14,9 @@ from botocore.exceptions import ClientError
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import SpotfillError, TransientAwsError
+from spotfill_control.queues import VISIBILITY_TIMEOUT_SECONDS
 from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
-from spotfill_control.shards import VISIBILITY_TIMEOUT_SECONDS, model_error_key
+from spotfill_control.shards import model_error_key
 from spotfill_control.spec import ECS_TASKS_PER_SERVICE
 
 STOP_TIMEOUT_SECONDS = 120  # SIGTERM → SIGKILL; also the worker's SPOTFILL_STOP_TIMEOUT
@@ -50,7 +51,8 @@ ECS_CPU_ARCHITECTURE = {"x86_64": "X86_64", "arm64": "ARM64"}
 
 
 def worker_environment(run: RunState, queue_url: str, control_bucket: str | None = None) -> dict[str, str]:
-    """The worker's configuration (docs/contracts.md, "Worker environment"); optional values are left out."""
+    """The worker's configuration (docs/contracts/worker-environment.md, "Worker environment"); optional
+    values are left out."""
     spec = run.spec
     env = {
         "SPOTFILL_RUN_ID": run.run_id,

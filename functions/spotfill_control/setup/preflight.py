@@ -27,11 +27,11 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control import prices
 from spotfill_control.aws import transient_errors_retried
 from spotfill_control.errors import InvalidSpecError
 from spotfill_control.instance_types import InstanceTypeFacts, describe_instance_types
 from spotfill_control.run import utcnow
+from spotfill_control.setup import prices
 from spotfill_control.spec import BackfillSpec
 
 # ---------------------------------------------------------------------------------------------- quotas

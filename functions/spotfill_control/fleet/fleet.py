@@ -1,5 +1,5 @@
-"""The run's fleet: its launch template version, the request, and reading its state back, on either API
-(`fleet.api`: EC2 Fleet or Spot Fleet, `spotfill_control.fleet_api`); every fleet call goes through here.
+"""The run's fleet: the request, and reading its state back and changing it, on either API (`fleet.api`:
+EC2 Fleet or Spot Fleet, `fleet.fleet_api`); every fleet call goes through here.
 
 Capacity is weighted by vCPUs (GPUs for a GPU fleet; `instance_types.capacity_weights`): the smallest
 instance type in the request weighs 1, a type with twice the vCPUs weighs 2, so `fleet.target_capacity` means
@@ -9,34 +9,30 @@ The request never asks more than the work can use (`fleet_target_capacity`): eac
 `service.tasks_per_instance` tasks whatever its type, so the shards left after PrepareRun keep at most
 `ceil(shards / tasks_per_instance)` instances busy; the target is capped at that many units, which is at most
 that many instances of any mix (every type weighs 1 or more), so no instance is requested only to idle.
+
+The launch template version the fleet launches from is `fleet.launch_template`'s; CheckRegistration, with
+what a fleet's failure history means, is `fleet.registration`'s.
 """
 
 from __future__ import annotations
 
-import base64
 import math
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotfill_control.aws import is_transient
-from spotfill_control.cluster import count_registered_instances
 from spotfill_control.config import Settings
 from spotfill_control.errors import (
     FleetRequestError,
     InvalidSpecError,
-    RegistrationTimeoutError,
     RunTimeoutError,
     SpotfillError,
-    TransientAwsError,
 )
-from spotfill_control.fleet_api import (
+from spotfill_control.fleet import on_demand
+from spotfill_control.fleet.fleet_api import (
     EC2_FLEET_SPOT_STRATEGIES,
-    ENDED_STATES,
     GONE_STATES,
     LIVE_STATES,
     Deletion,
@@ -44,38 +40,16 @@ from spotfill_control.fleet_api import (
     FleetInstance,
     FleetStatus,
     api_named,
+    call_error,
     whole_units,
 )
 from spotfill_control.instance_types import capacity_weights as capacity_weights  # tests read it here
-from spotfill_control.run import FAILED_POOLS_LIMIT, RUN_ID_TAG, FailedPool, RunState, utcnow
+from spotfill_control.run import RUN_ID_TAG, RunState, utcnow
 from spotfill_control.spec import FleetSpec
 
-# The ECS-optimized Amazon Linux 2023 AMIs, as public SSM parameters: x86_64, arm64 (Graviton), and the GPU
-# variant (x86_64 only; Validate refuses arm64 GPU types).
-CPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/recommended/image_id"
-ARM64_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/arm64/recommended/image_id"
-GPU_AMI_PARAMETER = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 EC2_FLEET_SERVICE = "ec2fleet.amazonaws.com"
 
-# A fleet (either API) reports `ActivityStatus: error` once one launch failed, even while its other pools
-# fill. What failed is in its history: error events, and on Spot Fleet `information` events naming a pool
-# EC2 gave up on (`fleet_api.POOL_INFORMATION_SUB_TYPES`). These sub-types mean the request can never be
-# fulfilled: the fleet role may not launch or terminate, or EC2 gave up on every launch specification.
-FATAL_ERROR_SUB_TYPES = frozenset({"iamFleetRoleInvalid", "allLaunchSpecsTemporarilyBlacklisted"})
-# Error codes (they open an event's description after the pool) that every pool shares: the launch template,
-# its AMI, key pair, security groups and block devices, and the account's permissions are the same for every
-# override. Any other code (Unsupported in a zone, InsufficientInstanceCapacity, ...) fails one pool only.
-SHARED_ERROR_CODES = (
-    "InvalidLaunchTemplate",
-    "InvalidAMIID",
-    "InvalidKeyPair",
-    "InvalidGroup",
-    "InvalidBlockDeviceMapping",
-    "UnauthorizedOperation",
-    "AuthFailure",
-    "OptInRequired",
-    "PendingVerification",
-)
+
 # A fleet of type maintain or request has at most 300 Spot capacity pools, "unique combination of instance
 # type and subnet", on either API ("Quotas for EC2 Fleet and Spot Fleet",
 # https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/fleet-quotas.html); CreateFleet also takes at most 300
@@ -83,119 +57,14 @@ SHARED_ERROR_CODES = (
 # counts pairs, not override items: subnets comma-separated in one override (EC2 Fleet allows it) would not
 # lift it.
 MAX_FLEET_OVERRIDES = 300
-# Events are read from a little before the request, in case the Lambda's clock runs ahead of EC2's.
-HISTORY_CLOCK_SLACK = timedelta(minutes=5)
+
+
 # EC2's API is eventually consistent: a call naming a fleet created moments ago may answer that it does not
 # exist (InvalidFleetId.NotFound, fleetIdDoesNotExist, ...). The EC2 Developer Guide ("Eventual consistency in
 # the Amazon EC2 API", https://docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html) has callers
 # retry with backoff from a couple of seconds up to a few minutes; for this long after the request, "not
 # found" about the run's fleet is transient, never "gone".
 CONSISTENCY_GRACE = timedelta(minutes=5)
-_ZONE = re.compile(r"\b[a-z]{2}(?:-gov)?-[a-z]+-\d+[a-z]\b")
-_ERROR_CODE = re.compile(r"(?<![/\w])([A-Z][A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*):")
-
-
-def _aws_error(what: str, exc: ClientError) -> Exception:
-    if is_transient(exc):
-        return TransientAwsError(f"{what}: {exc}")
-    return FleetRequestError(f"{what}: {exc}")
-
-
-# ------------------------------------------------------------------------------------------ launch template
-
-
-def user_data(run: RunState) -> str:
-    """Base64 of the boot script that joins the instance to the run's cluster, with spot draining on."""
-    lines = [
-        "#!/bin/bash",
-        "set -euo pipefail",
-        "cat >> /etc/ecs/ecs.config <<'EOF'",
-        f"ECS_CLUSTER={run.scoped_name}",
-        "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true",
-        "ECS_CONTAINER_STOP_TIMEOUT=120s",
-    ]
-    if run.uses_gpu:
-        lines.append("ECS_ENABLE_GPU_SUPPORT=true")
-    lines.append("EOF")
-    return base64.b64encode(("\n".join(lines) + "\n").encode()).decode()
-
-
-def ami_parameter(run: RunState) -> str:
-    """The public SSM parameter naming the AMI of the run's kind: GPU, arm64 or x86_64."""
-    if run.uses_gpu:
-        return GPU_AMI_PARAMETER
-    return ARM64_AMI_PARAMETER if run.architecture == "arm64" else CPU_AMI_PARAMETER
-
-
-def resolve_image_id(run: RunState, ssm: Any) -> str:
-    """The current ECS-optimized AMI for the run's kind (GPU, arm64 or x86_64), read when the run starts."""
-    name = ami_parameter(run)
-    try:
-        return ssm.get_parameter(Name=name)["Parameter"]["Value"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "ParameterNotFound":
-            raise _aws_error(f"ssm.get_parameter({name})", exc) from exc
-        kind = "GPU " if run.uses_gpu else f"{run.architecture} "
-        raise InvalidSpecError(
-            f"fleet.instance_types: region {ssm.meta.region_name} has no ECS-optimized Amazon Linux 2023 "
-            f"{kind}AMI (public SSM parameter {name} not found), so "
-            f"{', '.join(run.spec.fleet.instance_types)} cannot run here."
-        ) from exc
-
-
-def launch_template_data(
-    run: RunState, image_id: str, source_tags: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """What the run's version changes in the stack's version; `SourceVersion` inherits the rest (instance
-    profile, security group, IMDSv2 options, root volume). Only request-shaped values are sent, never members
-    read back from DescribeLaunchTemplateVersions (its response shapes carry members the request rejects).
-
-    - `ImageId`: the AMI of the run's kind.
-    - `UserData`: joins the run's cluster.
-    - `TagSpecifications`: the source version's tags (the `spotfill:stack` tag teardown terminates by), with
-      the run's id and name added to instances and volumes; a version's `TagSpecifications` replaces its
-      source's whole list, so every resource type the source tags is restated.
-    """
-    run_tags = [{"Key": RUN_ID_TAG, "Value": run.run_id}, {"Key": "Name", "Value": run.scoped_name}]
-    tagged = {spec["ResourceType"]: list(spec.get("Tags", [])) for spec in source_tags or []}
-    for resource in ("instance", "volume"):
-        kept = [t for t in tagged.get(resource, []) if t["Key"] not in (RUN_ID_TAG, "Name")]
-        tagged[resource] = kept + run_tags
-    return {
-        "ImageId": image_id,
-        "UserData": user_data(run),
-        "TagSpecifications": [
-            {"ResourceType": resource, "Tags": [{"Key": t["Key"], "Value": t["Value"]} for t in tags]}
-            for resource, tags in tagged.items()
-        ],
-    }
-
-
-def create_launch_template_version(run: RunState, ec2: Any, settings: Settings, image_id: str) -> int:
-    """The run's version, made from the stack's own version (`settings.launch_template_version`):
-    CloudFormation adds a version on each stack update but never moves `$Default`, which stays the first."""
-    source = settings.launch_template_version
-    try:
-        (base,) = ec2.describe_launch_template_versions(
-            LaunchTemplateId=settings.launch_template_id, Versions=[source]
-        )["LaunchTemplateVersions"]
-    except ClientError as exc:
-        raise _aws_error(f"ec2.describe_launch_template_versions (stack version {source})", exc) from exc
-    try:
-        response = ec2.create_launch_template_version(
-            LaunchTemplateId=settings.launch_template_id,
-            SourceVersion=source,
-            VersionDescription=f"spotfill run {run.run_id}",
-            LaunchTemplateData=launch_template_data(
-                run, image_id, base.get("LaunchTemplateData", {}).get("TagSpecifications", [])
-            ),
-        )
-    except ClientError as exc:
-        raise _aws_error("ec2.create_launch_template_version", exc) from exc
-    return int(response["LaunchTemplateVersion"]["VersionNumber"])
-
-
-# ---------------------------------------------------------------------------------------------- request
 
 
 def fleet_target_capacity(target_capacity: int, remaining_shards: int, tasks_per_instance: int) -> int:
@@ -386,7 +255,7 @@ def run_fleet_ids(run: RunState, ec2: Any, live_only: bool = True) -> list[str]:
                 found.append(fleet_id)
         return found
     except ClientError as exc:
-        raise _aws_error(f"{run.spec.fleet.api}: find the run's fleets by tag", exc) from exc
+        raise call_error(f"{run.spec.fleet.api}: find the run's fleets by tag", exc) from exc
 
 
 def ensure_fleet_service_role(iam: Any) -> None:
@@ -398,7 +267,7 @@ def ensure_fleet_service_role(iam: Any) -> None:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code == "InvalidInput" and "has been taken" in str(exc):
             return
-        raise _aws_error("iam.create_service_linked_role(ec2fleet.amazonaws.com)", exc) from exc
+        raise call_error("iam.create_service_linked_role(ec2fleet.amazonaws.com)", exc) from exc
 
 
 def request_fleet(
@@ -420,10 +289,7 @@ def request_fleet(
     try:
         return api_of(run).request(build_fleet_request(run, settings, now), ec2)
     except ClientError as exc:
-        raise _aws_error(f"{run.spec.fleet.api}: request the fleet", exc) from exc
-
-
-# ---------------------------------------------------------------------------------------------- state
+        raise call_error(f"{run.spec.fleet.api}: request the fleet", exc) from exc
 
 
 def fleet_status(run: RunState, ec2: Any) -> FleetStatus | None:
@@ -452,7 +318,7 @@ def describe_fleet(run: RunState, ec2: Any, now: datetime | None = None) -> Flee
     try:
         status = fleet_status(run, ec2)
     except ClientError as exc:
-        raise _aws_error(f"{run.spec.fleet.api}: describe fleet {run.resources.fleet_id}", exc) from exc
+        raise call_error(f"{run.spec.fleet.api}: describe fleet {run.resources.fleet_id}", exc) from exc
     if status is not None:
         return status
     if unseen_is_transient(run, run.resources.fleet_id, now or utcnow()):
@@ -490,74 +356,25 @@ def set_target_capacity(
     api_of(run).set_target(fleet_id, ec2, total, on_demand, keep_instances)
 
 
+def rebalance(run: RunState, ec2: Any, status: FleetStatus, now: datetime) -> None:
+    """One on-demand fallback decision (`on_demand.decide`), applied: the fleet's targets set (when they
+    change), the run's progress updated."""
+    targets, updates = on_demand.decide(
+        run.spec.fleet, run.progress, status, now, run.instance_types, run.capacity_weights
+    )
+    if targets is not None:
+        set_target_capacity(run, ec2, targets.total, targets.on_demand)
+    on_demand.update(run.progress, updates)
+
+
 def set_weights(run: RunState, ec2: Any, settings: Settings, weights: dict[str, float]) -> None:
     """Give the fleet new weights: the same launch template version and overrides as its request, each
     `WeightedCapacity` from `weights` (ModifyFleet or ModifySpotFleetRequest with `LaunchTemplateConfigs`;
-    `spotfill_control.weights` says what AWS documents of it). Its target capacity is left as it is."""
+    `spotfill_control.fleet.weights` says what AWS documents of it). Its target capacity is left as it is."""
     fleet_id = run.resources.fleet_id
     if fleet_id is None:
         raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
     api_of(run).set_weights(fleet_id, ec2, launch_template_configs(run, settings, weights))
-
-
-@dataclass(frozen=True)
-class FleetError:
-    """One failure event of the fleet's request history (an error, or a Spot Fleet pool's `information`
-    event), and the pool it names (if any)."""
-
-    sub_type: str
-    description: str
-    instance_type: str | None = None
-    availability_zone: str | None = None
-    code: str | None = None
-
-    @property
-    def fatal(self) -> bool:
-        """The request can never be fulfilled: no other pool would launch either."""
-        return self.sub_type in FATAL_ERROR_SUB_TYPES or (
-            self.code is not None and self.code.startswith(SHARED_ERROR_CODES)
-        )
-
-    def as_failed_pool(self) -> FailedPool:
-        return FailedPool(
-            instance_type=self.instance_type,
-            availability_zone=self.availability_zone,
-            error=self.code or self.sub_type,
-            message=self.description or self.sub_type,
-        )
-
-
-def parse_fleet_error(record: dict[str, Any], instance_types: Sequence[str]) -> FleetError:
-    """A failure history record → its pool and code. EC2 describes a pool's failure as
-    `<type>, <ami>, <platform>, <zone>, <Code>: <message>` (an error or a `launchSpecTemporarilyBlacklisted`
-    event), or `<type>, <ami>, <platform>, <zone>, <message>` (`launchSpecUnusable`: no code, the sub-type
-    stands for it); other errors name no pool."""
-    information = record.get("EventInformation", {})
-    description = str(information.get("EventDescription", ""))
-    tokens = set(re.split(r"[\s,()]+", description))
-    instance_type = next((t for t in instance_types if t in tokens), None)
-    zone = _ZONE.search(description)
-    code = _ERROR_CODE.search(description)
-    return FleetError(
-        sub_type=str(information.get("EventSubType", "error")),
-        description=description,
-        instance_type=instance_type,
-        availability_zone=zone.group(0) if zone else None,
-        code=code.group(1) if code else None,
-    )
-
-
-def fleet_errors(run: RunState, ec2: Any, since: datetime) -> list[FleetError]:
-    """The fleet's failure events since `since` (every page of its history: DescribeFleetHistory
-    `service-error`, or DescribeSpotFleetRequestHistory `error` and a pool's `information` events)."""
-    fleet_id = run.resources.fleet_id
-    if fleet_id is None:
-        return []
-    try:
-        records = api_of(run).failure_records(fleet_id, ec2, since)
-    except ClientError as exc:
-        raise _aws_error(f"{run.spec.fleet.api}: fleet history of {fleet_id}", exc) from exc
-    return [parse_fleet_error(r, run.spec.fleet.instance_types) for r in records]
 
 
 def delete_fleets(run: RunState, ec2: Any, fleet_ids: Sequence[str]) -> list[Deletion]:
@@ -575,55 +392,6 @@ def delete_fleets(run: RunState, ec2: Any, fleet_ids: Sequence[str]) -> list[Del
     return deletions
 
 
-def with_failed_pools(run: RunState, errors: Iterable[FleetError]) -> RunState:
-    """The run with the pools these errors name added to `failed_pools` (each pool and error once)."""
-    pools = list(run.failed_pools)
-    seen = {(p.instance_type, p.availability_zone, p.error) for p in pools}
-    for error in errors:
-        pool = error.as_failed_pool()
-        key = (pool.instance_type, pool.availability_zone, pool.error)
-        if key not in seen and len(pools) < FAILED_POOLS_LIMIT:
-            seen.add(key)
-            pools.append(pool)
-    return run if len(pools) == len(run.failed_pools) else run.model_copy(update={"failed_pools": pools})
-
-
-def _named(errors: Iterable[FleetError]) -> str:
-    return _named_pools(e.as_failed_pool() for e in errors)
-
-
-def _named_pools(pools: Iterable[FailedPool]) -> str:
-    """`c5.large in us-east-1a, us-east-1b: Unsupported; ...`: pools, zones grouped by type and error."""
-    zones: dict[tuple[str | None, str], list[str]] = {}
-    for pool in pools:
-        listed = zones.setdefault((pool.instance_type, pool.error), [])
-        if pool.availability_zone and pool.availability_zone not in listed:
-            listed.append(pool.availability_zone)
-    named = []
-    for (instance_type, code), in_zones in zones.items():
-        where = " in ".join(x for x in (instance_type, ", ".join(sorted(in_zones))) if x)
-        named.append(f"{where}: {code}" if where else code)
-    return "; ".join(named)
-
-
-def check_fleet_healthy(fleet_id: str, status: FleetStatus, errors: Sequence[FleetError] = ()) -> None:
-    """Raise FleetRequestError when the fleet ended, or when its history holds an error no pool escapes.
-    A failed pool while others may still fill is not an error (the registration timeout covers a fleet
-    that never gets capacity)."""
-    if status.state in ENDED_STATES:
-        reasons = f": {_named(errors)}" if errors else ""
-        raise FleetRequestError(f"fleet {fleet_id} is {status.state}{reasons}")
-    fatal = [e for e in errors if e.fatal]
-    if fatal:
-        details = "; ".join(dict.fromkeys(f"{e.sub_type}: {e.description}" for e in fatal))
-        pools = [e for e in errors if not e.fatal and e.instance_type]
-        failed = f"; failed pools: {_named(pools)}" if pools else ""
-        raise FleetRequestError(f"fleet {fleet_id} can never be fulfilled: {details}{failed}")
-
-
-# ---------------------------------------------------------------------------------------------- run steps
-
-
 def start_fleet(
     run: RunState, ec2: Any, settings: Settings, now: datetime | None = None, iam: Any = None
 ) -> RunState:
@@ -631,47 +399,3 @@ def start_fleet(
     now = now or utcnow()
     fleet_id = request_fleet(run, ec2, settings, now, iam)
     return run.stepped("fleet_requested", "fleet_requested_at", now, fleet_id=fleet_id)
-
-
-def check_registration(run: RunState, ec2: Any, ecs: Any, now: datetime | None = None) -> RunState:
-    """CheckRegistration: fleet errors and timeouts fail; `registered` once an instance joined the cluster."""
-    now = now or utcnow()
-    fleet_id = run.resources.fleet_id
-    if fleet_id is None:
-        raise FleetRequestError("the run has no fleet: RequestFleet did not finish")
-    status = describe_fleet(run, ec2, now)
-    if status is None:
-        # EC2 does not know the fleet it just made yet: wait as for any fleet not yet registered.
-        return run
-    timeline = run.timeline
-    requested_at = timeline.fleet_requested_at or now
-    # Read every poll, not only once `ActivityStatus` says `error`: a Spot Fleet pool EC2 gave up on is an
-    # `information` event, which need not change the fleet's activity.
-    errors = fleet_errors(run, ec2, requested_at - HISTORY_CLOCK_SLACK)
-    run = with_failed_pools(run, errors)
-    check_fleet_healthy(fleet_id, status, errors)
-    if status.state == "active":
-        # Spot short from the start: the fallback's clock runs from the request, so a fleet spot cannot
-        # fill at all still gets its on-demand capacity before the registration timeout.
-        from spotfill_control import on_demand  # it builds on this module
-
-        on_demand.rebalance(run, ec2, status, now)
-    if status.fulfilled and timeline.fleet_fulfilled_at is None:
-        timeline = timeline.model_copy(update={"fleet_fulfilled_at": now})
-    registered = count_registered_instances(run, ecs)
-    if registered > 0:
-        return run.model_copy(
-            update={
-                "phase": "registered",
-                "timeline": timeline.model_copy(update={"registered_at": timeline.registered_at or now}),
-            }
-        )
-    waited = (now - requested_at).total_seconds()
-    if waited > run.spec.limits.registration_timeout_seconds:
-        failed = f"; failed pools: {_named_pools(run.failed_pools)}" if run.failed_pools else ""
-        raise RegistrationTimeoutError(
-            f"no instance of fleet {fleet_id} registered with cluster {run.scoped_name} within "
-            f"{run.spec.limits.registration_timeout_seconds} s (fleet {status.state}, "
-            f"{status.fulfilled_capacity:g} of {status.target_capacity:g} capacity fulfilled){failed}"
-        )
-    return run.model_copy(update={"timeline": timeline})

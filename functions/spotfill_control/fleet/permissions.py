@@ -1,7 +1,7 @@
 """Confirm, without creating anything, that the caller may request a run's fleet: a DryRun of the request.
 
 Some of what a fleet request needs of its caller is documented but can only be confirmed on a real account
-(docs/contracts.md, "IAM"): which `ec2:CreateAction` a Spot Fleet's instance tags carry, what a `maintain`
+(docs/contracts/iam.md, "IAM"): which `ec2:CreateAction` a Spot Fleet's instance tags carry, what a `maintain`
 EC2 Fleet checks of its caller, and any service control policy or permissions boundary of the account. EC2
 answers a request sent with `DryRun=True` with `DryRunOperation` when the caller has the permissions and
 `UnauthorizedOperation` when not ("Checks whether you have the required permissions for the action, without
@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from spotfill_control.aws import is_transient
 from spotfill_control.config import Settings
 from spotfill_control.errors import FleetRequestError, TransientAwsError
-from spotfill_control.fleet import build_fleet_request
+from spotfill_control.fleet.fleet import build_fleet_request
 from spotfill_control.run import RunState, utcnow
 
 # What each fleet API needs of its caller (template.yaml, RequestFleetFunction, cites the documentation).

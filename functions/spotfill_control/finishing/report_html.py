@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotfill_control.budget import format_usd
-from spotfill_control.report import REDRIVE, report_rows
+from spotfill_control.finishing.report_text import REDRIVE, report_rows
+from spotfill_control.monitoring.budget import format_usd
 
 INTERRUPTION_COLOR = "#d62728"
 WIDTH_INCHES, HEIGHT_INCHES = 9.0, 3.0

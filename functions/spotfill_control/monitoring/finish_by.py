@@ -1,7 +1,7 @@
 """The deadline of a run (`limits.finish_by`): resolve it, refuse the infeasible, keep the fleet on time.
 
 The arithmetic is in capacity units (the fleet's weights now, `RunState.capacity_weights`: as requested, the
-smallest type weighing 1, until `spotfill_control.weights` re-weights a fleet of several types by measured
+smallest type weighing 1, until `fleet.weights` re-weights a fleet of several types by measured
 throughput, after which a unit is the same predictions per second on every type) and predictions:
 
 - W: the predictions left, r: predictions per second of one unit, L: the lead before the end is seen (at
@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from spotfill_control import budget, fleet, on_demand
 from spotfill_control.errors import DeadlineInfeasibleError
-from spotfill_control.fleet_api import FleetStatus
+from spotfill_control.fleet import fleet, on_demand
+from spotfill_control.fleet.fleet_api import FleetStatus
+from spotfill_control.monitoring import budget
 from spotfill_control.run import FinishBy, RunState
 from spotfill_control.spec import BackfillSpec, LimitsSpec, parse_finish_by
 

@@ -2,7 +2,7 @@
 give the throughput, the ETA and the projected total cost (`RunState.projection`).
 
 - Predictions so far are the monitor's running estimate: shards with an output x the mean rows per shard of
-  the outputs it sampled (`spotfill_control.progress`); no per-output read here.
+  the outputs it sampled (`spotfill_control.monitoring.progress`); no per-output read here.
 - The rate is taken over the samples of the last RATE_WINDOW_SECONDS (at least the last two samples).
 - Per instance type: the fleet's rate split over its live instances by their capacity weights (an instance
   of weight 2 is assumed to do twice the work of one of weight 1): predictions/s of one instance of each
@@ -17,11 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from itertools import pairwise
+from typing import Any
 
-from spotfill_control import budget
-from spotfill_control.progress import Iteration, mean_rows_per_shard, pending_shards
+from spotfill_control.monitoring import budget
+from spotfill_control.monitoring.progress import Iteration, mean_rows_per_shard, pending_shards
+from spotfill_control.monitoring.series import Sample, Series, load_series, save_series
 from spotfill_control.run import Projection, RunState
-from spotfill_control.series import Sample, Series
 
 RATE_WINDOW_SECONDS = 300.0
 
@@ -32,7 +33,7 @@ def predictions_so_far(run: RunState) -> int:
 
 
 def sample_of(run: RunState, seen: Iteration, now: datetime, previous: Sample | None) -> Sample:
-    """The poll's sample (after `progress.iterate` updated the run)."""
+    """The poll's sample (after `poll.iterate` updated the run)."""
     t = now.timestamp()
     predictions = predictions_so_far(run)
     rate = 0.0
@@ -142,3 +143,20 @@ def project(run: RunState, series: Series, now: datetime) -> Projection:
         projected_total_usd=total,
         predictions_per_unit_second=None if run.finish_by is None else unit_rate(series, weights),
     )
+
+
+def record_poll(run: RunState, seen: Iteration, now: datetime, s3: Any, bucket: str) -> Projection:
+    """Add this poll's sample to the run's series, store the series and return the projection from it (the
+    caller keeps it as `run.projection` and persists the run after: a persisted run that has polled always
+    has a series, which the report reads).
+
+    A run's first poll (no projection yet: also a run begun before the series existed) starts the series,
+    since a GetObject of a key never written is denied, not 404, to a role whose ListBucket is limited to a
+    prefix; later polls read it, add their sample and write it back."""
+    first = run.projection is None
+    poll = float(run.spec.limits.poll_interval_seconds)
+    series = Series(interval_seconds=poll) if first else load_series(s3, bucket, run.run_id)
+    series.add(sample_of(run, seen, now, series.last))
+    projected = project(run, series, now)
+    save_series(s3, bucket, run.run_id, series)
+    return projected

@@ -6,7 +6,7 @@ smallest to past the largest), each listed key tested against that part's output
 under the same output prefix are never counted, and nothing holds more than one part.
 
 A part is *settled* once each of its pending shards has an output or is a dead letter (the dead-letter
-records, `spotfill_control.dead_letters`): its counts are kept in the checkpoint and it is never listed
+records, `monitoring.dead_letters`): its counts are kept in the checkpoint and it is never listed
 again; the shards that failed are kept in `runs/<run id>/reconcile/failed-<part>.json` for the report. A part
 with lost shards (neither) stays open: Monitor queues them again (once per finding) and a later pass looks
 again. A pass walks the open parts in order from the checkpoint's cursor and stops when its `Deadline` is
@@ -82,7 +82,7 @@ class Checkpoint(BaseModel):
 
 def load_checkpoint(run_id: str, s3: Any, bucket: str) -> Checkpoint:
     """The run's checkpoint, or a fresh one. Listed before it is read: a role whose ListBucket is limited to a
-    prefix is answered 403, not 404, for a missing key (docs/contracts.md, "IAM")."""
+    prefix is answered 403, not 404, for a missing key (docs/contracts/iam.md, "IAM")."""
     key = checkpoint_key(run_id)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
     body = read_object(s3, bucket, key) if any(o["Key"] == key for o in listed) else None

@@ -24,7 +24,8 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from botocore.exceptions import ClientError
 
-from spotfill_control.errors import SpotfillError
+from spotfill_control.aws import is_transient
+from spotfill_control.errors import FleetRequestError, SpotfillError, TransientAwsError
 from spotfill_control.spec import FleetApiName
 
 T = TypeVar("T")
@@ -202,6 +203,13 @@ def _pages(call: Any, **kwargs: Any) -> Iterator[dict[str, Any]]:
         if not page.get("NextToken"):
             return
         kwargs["NextToken"] = page["NextToken"]
+
+
+def call_error(what: str, exc: ClientError) -> Exception:
+    """A failed fleet call as the state machine routes it: transient (retried) or a failed request."""
+    if is_transient(exc):
+        return TransientAwsError(f"{what}: {exc}")
+    return FleetRequestError(f"{what}: {exc}")
 
 
 def whole_units(units: float) -> int:

@@ -6,7 +6,8 @@ Monitor sets every type's `WeightedCapacity` to its predictions per second per i
 strategy, which compares prices per unit, buys the cheapest predictions rather than the cheapest vCPUs.
 
 - Measured: every output a worker writes on EC2 carries its instance type and the worker's own throughput so
-  far (`spotfill-instance-type`, `spotfill-worker-rows-per-second`: docs/contracts.md, "Output objects").
+  far (`spotfill-instance-type`, `spotfill-worker-rows-per-second`: docs/contracts/output-objects.md,
+  "Output objects").
   The Monitor reads them from the outputs it samples anyway for rows per shard (`progress.sample_rows`),
   each output once (`MEASURED_OUTPUTS_LIMIT` of them at most). An instance of a type delivers
   `service.tasks_per_instance` x the mean worker rate of that type.
@@ -43,8 +44,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from spotfill_control import fleet
 from spotfill_control.config import Settings
+from spotfill_control.fleet import fleet
 from spotfill_control.run import RunState, TypeThroughput, WeightChange, Weighting
 
 RATE_METADATA = "spotfill-worker-rows-per-second"

@@ -17,7 +17,8 @@ and the spot capacity it holds:
   more units are added than the cap leaves room for. EC2 enforces each option's `MaxTotalPrice` (both the
   whole cap); this keeps their sum under it.
 
-The state it needs is five small fields of `Progress`.
+The state it needs is five small fields of `Progress`. This module only decides; `fleet.rebalance` applies
+a decision to the fleet (the fleet builds on these decisions, never the other way).
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotfill_control import fleet
-from spotfill_control.fleet_api import FleetStatus
+from spotfill_control.fleet.fleet_api import FleetStatus
 from spotfill_control.instance_types import InstanceTypeFacts, capacity_weights
-from spotfill_control.run import Progress, RunState
+from spotfill_control.run import Progress
 from spotfill_control.spec import FleetSpec
 
 
@@ -132,28 +132,18 @@ def decide(
     return None, updates
 
 
-def _update(progress: Progress, updates: dict[str, Any]) -> None:
-    # In place: the monitoring iteration holds this Progress and goes on updating it.
+def update(progress: Progress, updates: dict[str, Any]) -> None:
+    """Apply a decision's updates to the run's progress, in place: the monitoring iteration holds this
+    Progress and goes on updating it."""
     for name, value in updates.items():
         setattr(progress, name, value)
-
-
-def rebalance(run: RunState, ec2: Any, status: FleetStatus, now: datetime) -> None:
-    """One fallback decision, applied: the fleet's targets set (when they change), the run's progress
-    updated."""
-    targets, updates = decide(
-        run.spec.fleet, run.progress, status, now, run.instance_types, run.capacity_weights
-    )
-    if targets is not None:
-        fleet.set_target_capacity(run, ec2, targets.total, targets.on_demand)
-    _update(run.progress, updates)
 
 
 def after_scale_down(progress: Progress, new_total: int, base: int) -> None:
     """The tail lowered the fleet's target: a probe is over, and no more units are on demand by fallback
     than the new target leaves beside the base."""
     room = max(0, new_total - min(base, new_total))
-    _update(
+    update(
         progress,
         {
             "on_demand_fallback_units": min(progress.on_demand_fallback_units, room),
