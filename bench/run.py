@@ -2,6 +2,10 @@
 interleaved), ``worker`` (end to end through the S3 and SQS APIs of a moto server on loopback, its outputs
 checked against ``model.predict``) and ``naive`` (one ``model.predict`` per row); check the issue's targets,
 print a table and write ``bench/results.json``.
+
+One module of about 670 lines because it is the benchmark's driver: its cases, settings and figures are in
+modules of their own (`bench.cases`, `bench.raw`, `bench.latency`, `bench.pinning`, `bench.cost`), and what is
+left is the order they run in and the table that reports them, read top to bottom.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ replaces those parts of moto's in-memory backends, here only:
   with a tag filter is otherwise quadratic in instances).
 
 Everything above moto's backends (its HTTP parsing and responses, and all of boto3) is unchanged.
+
+One module of about 670 lines because it runs in a process of its own, started with this module as its whole
+program: the patches above and the pipe's commands are installed together and only there.
 """
 
 from __future__ import annotations

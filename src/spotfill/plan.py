@@ -14,6 +14,10 @@ sharing this machine's cores, so the fleet's rate is this machine's, whatever th
 fixed overheads are the local cloud's (`LOCAL_OVERHEADS`). Either way the workers start as the fleet's
 instances register, each paying its own start before its first output (`spotfill.ramp`), and the rate shown
 is the run's average over its processing phase, as the report measures it.
+
+One module of about 800 lines because it is the one command's five steps in order, each a section below
+(checking, measuring, prices, projecting, the deadline and the table), sharing `Inputs`, `Measurement` and
+`Plan`; the arithmetic of the workers' start, the part that grew, is already its own module (`spotfill.ramp`).
 """
 
 from __future__ import annotations
