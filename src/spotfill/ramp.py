@@ -16,8 +16,9 @@ exact arithmetic. Two machines:
   alone does `worker_rate` (the whole machine's rate). A starting worker needs `start_seconds` of one core
   (what plan measured, a fresh process alone); the local cloud answering the starting workers takes
   `starting_neighbours` more processes' shares while any start. The busy processes share the cores fairly,
-  a starting one using at most one: the predicting workers get what the starting ones leave, and predict at
-  that fraction of the machine's rate.
+  a starting one using at most `start_cores` (a model whose start computes on several threads, such as a
+  runtime calibration of a large CNN, needs `start_seconds x start_cores` of CPU): the predicting workers get
+  what the starting ones leave, and predict at that fraction of the machine's rate.
 
 Per shard a worker also pays `shard_overhead_seconds` besides predicting (its round trips), which overlap
 across workers; so n predicting workers at a combined predict rate P do `shard_rows / (shard_rows / P +
@@ -45,6 +46,9 @@ class Workers:
     shared_cores: int | None = None  # None: each instance has its own cores (AWS)
     # With shared cores: the other processes busy while workers start (the local cloud answering them)
     starting_neighbours: int = 1
+    # The cores a starting worker keeps busy when it has them (its start's CPU seconds over its wall seconds,
+    # alone): its start needs start_seconds x start_cores of CPU, at most start_cores at once
+    start_cores: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.launches:
@@ -57,6 +61,8 @@ class Workers:
             raise ValueError(f"workers: starting_neighbours {self.starting_neighbours} must not be negative")
         if self.shared_cores is not None and self.shared_cores < 1:
             raise ValueError(f"workers: shared_cores {self.shared_cores} must be at least 1")
+        if self.start_cores < 1:
+            raise ValueError(f"workers: start_cores {self.start_cores} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,11 @@ def _rates(
     else:
         neighbours = workers.starting_neighbours if starting else 0  # the local cloud, while workers start
         busy = len(starting) + predicting + neighbours
-        start_speed = min(1.0, cores / busy) if starting else 0.0
-        cloud = start_speed * neighbours
-        left = max(0.0, cores - len(starting) * start_speed - cloud)
+        share = cores / busy if busy else 0.0
+        starting_cores = min(workers.start_cores, share) if starting else 0.0  # each starting worker's
+        start_speed = starting_cores / workers.start_cores
+        cloud = min(1.0, share) * neighbours
+        left = max(0.0, cores - len(starting) * starting_cores - cloud)
         machine_share = left / cores if predicting else 0.0
     if not predicting:
         return start_speed, 0.0

@@ -38,7 +38,7 @@ def model_world(world):
 # A fresh worker's start, measured by the first plan of each runtime set-up in this module and reused by the
 # others: every plan here is of the same small model, and each measurement is a new Python importing
 # TensorFlow (seconds of CPU).
-_WORKER_STARTS: dict[tuple[str, str, int], float] = {}
+_WORKER_STARTS: dict[tuple[str, str, int], plan.WorkerStart] = {}
 
 
 @pytest.fixture
@@ -47,15 +47,15 @@ def cli_stack(model_world, monkeypatch):
     stack = Stack("spotfill", CONTROL_BUCKET, DATA_BUCKET, STATE_MACHINE_ARN, {})
     monkeypatch.setattr(Session, "stack", lambda self, name="spotfill": stack)
     monkeypatch.setattr(plan, "stack_settings", lambda *_: model_world.settings)
-    measure = plan.worker_start_seconds
+    measure = plan.worker_start
 
-    def worker_start_seconds(spec, model_path, rows, batch_size):
+    def worker_start(spec, model_path, rows, batch_size):
         key = (spec.model.runtime, spec.model.precision, batch_size)
         if key not in _WORKER_STARTS:
             _WORKER_STARTS[key] = measure(spec, model_path, rows, batch_size)
         return _WORKER_STARTS[key]
 
-    monkeypatch.setattr(plan, "worker_start_seconds", worker_start_seconds)
+    monkeypatch.setattr(plan, "worker_start", worker_start)
     return model_world
 
 
@@ -504,3 +504,49 @@ def test_a_slow_models_rate_is_timed_on_one_round():
         return 64
 
     assert plan.timed_rate(predict_shard, lambda: now[0]) == pytest.approx(64 / 1.5)
+
+
+def test_a_start_that_keeps_two_cores_busy_takes_twice_as_long_when_it_gets_one():
+    from spotfill import ramp
+
+    # given a 2-core machine predicting 1,000 rows/s and two workers launched together, each start 3 s alone
+    # on 2 cores (6 CPU-seconds: a large model's runtime calibration), and no neighbours
+    def done(start_cores: float) -> ramp.Processing:
+        workers = ramp.Workers(
+            launches=(0.0, 0.0),
+            start_seconds=3.0,
+            worker_rate=1000.0,
+            shared_cores=2,
+            starting_neighbours=0,
+            start_cores=start_cores,
+        )
+        return ramp.processing(workers, 6000, shard_rows=100)
+
+    # then each gets one core of the two, so its 6 CPU-seconds take 6 s (a one-core start would take 3 s),
+    # and the 6,000 rows 6 s more
+    assert done(2.0).ready_at == (pytest.approx(6.0), pytest.approx(6.0))
+    assert done(2.0).seconds == pytest.approx(12.0)
+    assert done(1.0).seconds == pytest.approx(9.0)
+    with pytest.raises(ValueError, match=r"start_cores 0\.5 must be at least 1"):
+        ramp.Workers(launches=(0.0,), start_seconds=1.0, worker_rate=1.0, start_cores=0.5)
+
+
+def test_a_starts_cores_are_its_childs_cpu_over_its_seconds_between_one_and_the_machines(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    def child(code: str, seconds: float):
+        def start_seconds(*_):
+            subprocess.run([sys.executable, "-c", code], check=True)
+            return seconds
+
+        return start_seconds
+
+    # a start that waits (no CPU to speak of) counts one core
+    monkeypatch.setattr(plan, "worker_start_seconds", child("import time; time.sleep(0.2)", 0.2))
+    assert plan.worker_start(None, None, None, 1) == plan.WorkerStart(0.2, 1.0)
+
+    # a start whose child computed far longer than the seconds it is said to have taken counts every core
+    monkeypatch.setattr(plan, "worker_start_seconds", child("sum(range(3_000_000))", 0.001))
+    assert plan.worker_start(None, None, None, 1) == plan.WorkerStart(0.001, float(os.cpu_count() or 1))
