@@ -622,7 +622,7 @@ def assumptions_of(plan: Plan) -> list[str]:
         f"measured here: {m.rows_per_second:,.0f} rows/s ({m.runtime} {m.precision} on {m.device}, "
         f"{m.cpus} CPUs: {m.rows_per_second_per_vcpu:,.0f} rows/s per vCPU), decode + predict of "
         f"{m.rows:,} sample rows after warm-up",
-        f"worker start {m.worker_start_seconds:.1f}s on {m.worker_start_cores:.2g} cores (a fresh process "
+        f"worker start {m.worker_start_seconds:.1f}s on {m.worker_start_cores:.2f} cores (a fresh process "
         f"here: the worker's imports, model load, runtime calibration); sample shard read "
         f"{m.shard_read_seconds * 1000:.0f} ms, counted {REQUESTS_PER_SHARD} times per shard (the worker's "
         "round trips)",
