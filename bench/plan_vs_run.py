@@ -27,15 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spotfill.demo import actual_figures
+
 RATIOS = (("duration", "seconds"), ("cost", "total_usd"), ("predictions/s", "predictions_per_second"))
-
-
-def actual_figures(report: dict[str, Any]) -> dict[str, float | None]:
-    return {
-        "seconds": (report.get("phases_seconds") or {}).get("total"),
-        "total_usd": (report.get("cost_usd") or {}).get("total"),
-        "predictions_per_second": (report.get("throughput") or {}).get("mean_predictions_per_second"),
-    }
 
 
 def ratios(estimate: dict[str, Any], report: dict[str, Any]) -> dict[str, float | None]:

@@ -139,13 +139,18 @@ def plan_run(
     return {"estimate": planned["estimate"]}
 
 
-def estimate_vs_actual(estimate: dict[str, Any], report: dict[str, Any]) -> str:
-    """The plan's estimate beside the run's report (duration, cost, predictions/s) and actual / estimate."""
-    actual = {
+def actual_figures(report: dict[str, Any]) -> dict[str, float | None]:
+    """The report's figures an estimate names (`Plan.estimate`): duration, cost, predictions/s."""
+    return {
         "seconds": (report.get("phases_seconds") or {}).get("total"),
         "total_usd": (report.get("cost_usd") or {}).get("total"),
         "predictions_per_second": (report.get("throughput") or {}).get("mean_predictions_per_second"),
     }
+
+
+def estimate_vs_actual(estimate: dict[str, Any], report: dict[str, Any]) -> str:
+    """The plan's estimate beside the run's report (duration, cost, predictions/s) and actual / estimate."""
+    actual = actual_figures(report)
     parts = []
     for key, label, shown in (
         ("seconds", "duration", lambda v: f"{v:.1f}s"),
