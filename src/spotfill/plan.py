@@ -92,13 +92,15 @@ LOCAL_OVERHEADS = {
 # agent registers each at once; the first poll sees the first registration half a poll cycle after it (on
 # average).
 LOCAL_BOOT_INTERVAL = 0.5
-# While workers start, the local cloud keeps about one more core's share busy: its emulator server (S3, SQS,
-# STS answering the workers' model downloads, role sessions and first receives) and the process running the
-# state machine, the functions, the EC2 physics and the ECS agent, together. Measured from the workers' logs
-# of a 4-instance demo: four workers' starts (5.5 s each alone) and the first pair's work took 21 of the 28.6
-# CPU-seconds the two cores had until the last start; counting the local cloud as two whole processes made
-# every plan long by 9-19 % on duration.
-LOCAL_CLOUD_PROCESSES = 1
+# While workers start, the local cloud keeps about half a core busy: its emulator server (S3, SQS, STS
+# answering the workers' model downloads, role sessions and first receives) and the process running the state
+# machine, the functions, the EC2 physics and the ECS agent, together, counted as that share of one process.
+# Measured from the workers' logs: in a 4-instance demo beside other sessions' niced tests, the four
+# starts (5.5 s each alone) and the first pair's work took 21 of the 28.6 CPU-seconds the two cores had until
+# the last start (7.6 CPU-s left over 14.3 s: 0.53 of a core for the cloud and everything else); on a quiet
+# machine two workers started in 5.2 s against 4.5 s alone (about a quarter of a core). Two whole processes
+# made every plan long by 14-19 % on duration; one, still 9-16 % long on a quiet machine.
+LOCAL_CLOUD_PROCESSES = 0.5
 
 
 class PlanError(Exception):

@@ -45,7 +45,7 @@ class Workers:
     worker_rate: float  # predictions/s of one started worker alone (local: the whole machine's)
     shared_cores: int | None = None  # None: each instance has its own cores (AWS)
     # With shared cores: the other processes busy while workers start (the local cloud answering them)
-    starting_neighbours: int = 1
+    starting_neighbours: float = 1.0
     # The cores a starting worker keeps busy when it has them (its start's CPU seconds over its wall seconds,
     # alone): its start needs start_seconds x start_cores of CPU, at most start_cores at once
     start_cores: float = 1.0

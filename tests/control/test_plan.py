@@ -370,7 +370,7 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
 
     # given 3 local instances (1 s polls, 1.5 s cycles: the first poll sees a registration 0.75 s after it,
     # so instances 0 and 1 start together and instance 2, registered 1 s after instance 0, a cycle later), a
-    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud one busy
+    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud half a busy
     # process while workers start, and no per-shard round trips
     spec = _ramped_spec(3)
     inputs = plan.Inputs(shards=60, rows=6000, sampled=3, exact=False)
@@ -381,17 +381,18 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
     # when it is projected
     (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=True)
 
-    # then: 0-1.5 s, two workers and the cloud share 2 cores (2/3 of a core each): 2 s of start left each.
-    # 1.5-5.5 s: four processes (half a core each): two are ready, the third has 1 s left. 5.5-7.5 s: it and
-    # the cloud take a core; two workers predict on the other, half the machine: 1,000 rows. 7.5 s on: all
-    # predict at 1,000 rows/s, the 5,000 rows left in 5 s: the last output at 12.5 s, seen half a 1.5 s cycle
-    # later. The instances live boot 2 s + a poll + that + teardown 0.2 s; the run adds validate and prepare
-    # 0.6 s and the fleet request 1.1 s.
-    assert plan.LOCAL_CLOUD_PROCESSES == 1 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
+    # then: 0-1.5 s, two workers and the cloud (half a process) share 2 cores, 0.8 of a core each: 1.8 s
+    # of start left each. 1.5-4.65 s: three starting workers and the cloud, 4/7 of a core each: two are
+    # ready, the third has 1.2 s left. 4.65-6.75 s: it takes 4/7 of a core and the cloud 2/7; two workers
+    # predict on the 8/7 left, 4/7 of the machine: 1,200 rows. 6.75 s on: all predict at 1,000 rows/s, the
+    # 4,800 rows left in 4.8 s: the last output at 11.55 s, seen half a 1.5 s cycle later. The instances live
+    # boot 2 s + a poll + that + teardown 0.2 s; the run adds validate and prepare 0.6 s and the fleet request
+    # 1.1 s.
+    assert plan.LOCAL_CLOUD_PROCESSES == 0.5 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
     assert (plan.LOCAL_OVERHEADS["validate_and_prepare"], plan.LOCAL_OVERHEADS["fleet_request"]) == (0.6, 1.1)
     assert plan.LOCAL_OVERHEADS["teardown"] == 0.2
     assert row.worker_launches == (0.0, 0.0, 1.5)
-    processing = 12.5 + 0.75
+    processing = 11.55 + 0.75
     assert row.processing_seconds == pytest.approx(processing)
     assert row.seconds == pytest.approx(0.6 + 1.1 + 2.0 + 1.0 + processing + 0.2)
     assert row.total_usd == pytest.approx(0.36 * 3 * (2.0 + 1.0 + processing + 0.2) / 3600)
