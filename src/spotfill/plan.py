@@ -638,8 +638,8 @@ def assumptions_of(plan: Plan) -> list[str]:
             + f", plus poll intervals of {poll}s; instances boot {LOCAL_BOOT_INTERVAL:g}s apart, the first "
             "poll sees one half a poll cycle after it registered, and a later worker starts at the next "
             f"poll ({poll + LOCAL_OVERHEADS['monitor_per_poll']:g}s cycles); "
-            "a starting worker needs one core for its start, sharing the cores with the other processes (the "
-            f"local cloud counting as {LOCAL_CLOUD_PROCESSES} while workers start)"
+            "a starting worker needs its start's CPU on the cores it kept busy, sharing the cores with the "
+            f"other processes (the local cloud counting as {LOCAL_CLOUD_PROCESSES} while workers start)"
         )
     else:
         lines += [
