@@ -18,17 +18,17 @@ pytestmark = pytest.mark.e2e
 
 CHAOS_RUN_SECONDS = 480  # how long the chaos run may take, and so its deadline
 # Measured on a quiet 2-core machine: 200 shards gave room for 10-12 of the 15 events (about 17 shards an
-# event: each waits for the fleet's progress, the replacement of what the last one took, and a second).
-SHARDS_PER_EVENT = 17
-SHARDS = 400  # about 1.5 x the 15 events' SHARDS_PER_EVENT
+# event: each waits for the fleet's progress, the replacement of what the last one took, and a second), so
+# 400 shards hold about 1.5 x the 15 events' worth.
+SHARDS = 400
 
 
 def test_a_run_survives_ten_kills_and_five_spot_interruptions_and_meets_its_deadline(
     tmp_path, digits, quiet_console
 ):
     # given 400 small shards and a local cloud that kills 10 workers and reclaims 5 instances during the run
-    # (the events are paced by the fleet's progress, one every SHARDS_PER_EVENT shards or so on a quiet
-    # machine, so the run has shards enough for all fifteen however fast the machine)
+    # (the events are paced by the fleet's progress, about one every 17 shards on a quiet machine, so the run
+    # has shards enough for all fifteen however fast the machine)
     data = write_digits(tmp_path / "data", shards=SHARDS, rows=50, model_path=digits.model_path)
     chaos = ChaosSpec(kill=10, interrupt=5, every=1.0, warmup=0.5)
     options = LocalCloudOptions(
