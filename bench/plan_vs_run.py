@@ -29,6 +29,13 @@ from typing import Any
 
 from spotfill.demo import actual_figures
 
+# Each run starts this long after the last one ended, as a user's run starts on a machine that has settled:
+# its load average down, and the memory its workers freed no longer cheap to touch (on a VM whose host takes
+# freed memory back, memory freed moments ago is reused at a twentieth of the CPU fresh memory costs, so a
+# plan that followed a run at once measured its worker's start on warm memory and the run's workers paid for
+# cold; plan charges what it can see of that, `plan.fresh_memory_seconds_per_gib`, but not a run's worth of
+# warm memory).
+PAUSE_SECONDS = 60.0
 RATIOS = (("duration", "seconds"), ("cost", "total_usd"), ("predictions/s", "predictions_per_second"))
 
 
@@ -47,9 +54,12 @@ def _digits(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[str
 
     from spotfill.demo import run_demo
 
-    ok, result = run_demo(Console(quiet=True), work_dir=work_dir, shards=shards, instances=instances)
-    spec = json.loads((work_dir / "spec.json").read_text())
-    return ok, spec.get("estimate") or {}, result.report or {}
+    planned: dict[str, Any] = {}
+    ok, result = run_demo(
+        Console(quiet=True), work_dir=work_dir, shards=shards, instances=instances, planned=planned
+    )
+    _MEASURED[:] = [planned.get("measurement")]
+    return ok, planned.get("estimate") or {}, result.report or {}
 
 
 def _mobilenet(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[str, Any], dict[str, Any]]:
@@ -80,10 +90,14 @@ def _mobilenet(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[
         overwrite=True,
         before_trigger=lambda cloud, spec: plan_run(cloud, spec, work_dir / "spec.json", console, planned),
     )
+    _MEASURED[:] = [planned.get("measurement")]
     return result.succeeded, planned.get("estimate") or {}, result.report or {}
 
 
 WORKLOADS = {"digits": (_digits, 40), "mobilenetv2": (_mobilenet, 12)}
+# The plan's own measurements of the last run: what the start and fresh memory cost here, beside the ratios
+# they explain.
+_MEASURED: list[dict[str, Any] | None] = [None]
 
 
 def measure(
@@ -94,6 +108,7 @@ def measure(
     run, default_shards = WORKLOADS[workload]
     load = os.getloadavg()[0]
     started = time.monotonic()
+    _MEASURED[:] = [None]
     if keep is not None:
         directory = keep / f"{workload}-{instances}"
         shutil.rmtree(directory, ignore_errors=True)
@@ -112,6 +127,8 @@ def measure(
         "planned": {key: estimate.get(key) for _, key in RATIOS},
         "actual": actual_figures(report),
         "actual_over_planned": ratios(estimate, report),
+        "actual_phases_seconds": report.get("phases_seconds"),
+        "plan_measurement": _MEASURED[0],
     }
 
 
@@ -133,12 +150,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", type=int, help="shards per run (default: 40 digits, 12 mobilenetv2)")
     parser.add_argument("--results", type=Path, help="append each run's figures here as a JSON line")
     parser.add_argument("--keep", type=Path, help="keep each run's folder (worker logs) under this one")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=PAUSE_SECONDS,
+        help=f"seconds before each run (default {PAUSE_SECONDS:g}): the last run's load and memory settle",
+    )
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.instances):
         parser.error("--instances must each be at least 1")
     failed = False
+    if args.pause < 0:
+        parser.error("--pause must not be negative")
     for workload in args.workload:
         for instances in args.instances:
+            time.sleep(args.pause)
             result = measure(workload, instances, args.shards, args.keep)
             print(line(result), flush=True)
             failed |= not result["ok"]

@@ -135,6 +135,7 @@ def plan_run(
         console.print(f"- {line}", markup=False, highlight=False)
     write_estimate(path, spec, plan)
     planned["estimate"] = plan.estimate()
+    planned["measurement"] = plan.as_json()["measurement"]
     console.print(f"the plan's estimate is in the run's manifest ({path})")
     return {"estimate": planned["estimate"]}
 
@@ -173,7 +174,10 @@ def run_demo(
     instances: int = 2,
     chaos: ChaosSpec | None = None,
     port: int | None = None,
+    planned: dict[str, Any] | None = None,
 ) -> tuple[bool, LocalRunResult]:
+    """The demo: data written, planned (`planned`, when given, receives the plan's estimate and measurement),
+    run on the local cloud and checked against `model.predict`; (every check passed, the run)."""
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="spotfill-demo-"))
     started = time.monotonic()
     with console.status(f"training a small CNN on the bundled digits; writing {shards} shards"):
@@ -182,7 +186,7 @@ def run_demo(
         f"model {data.model_path}, {shards} shards x {rows_per_shard:,} rows = "
         f"{shards * rows_per_shard:,} predictions ({time.monotonic() - started:.1f}s)"
     )
-    planned: dict[str, Any] = {}
+    planned = {} if planned is None else planned
     result = run_local(
         data.model_path,
         data.input_dir,

@@ -14,11 +14,12 @@ exact arithmetic. Two machines:
   started it predicts at `worker_rate` whatever the others do.
 - `shared_cores=C` (the local cloud): every worker is a process on one machine of C cores, whose predictor
   alone does `worker_rate` (the whole machine's rate). A starting worker needs `start_seconds` of one core
-  (what plan measured, a fresh process alone); the local cloud answering the starting workers takes
-  `starting_neighbours` more processes' shares while any start. The busy processes share the cores fairly,
-  a starting one using at most `start_cores` (a model whose start computes on several threads, such as a
-  runtime calibration of a large CNN, needs `start_seconds x start_cores` of CPU): the predicting workers get
-  what the starting ones leave, and predict at that fraction of the machine's rate.
+  (what plan measured, a fresh process alone); the local cloud answering the starting workers (their model
+  downloads, role sessions, first receives) takes `cloud_cores` of the machine while any start, whatever the
+  number of workers: it mostly waits on requests, so the scheduler gives it what it asks for. The workers
+  share the rest fairly, a starting one using at most `start_cores` (a model whose start computes on several
+  threads, such as a runtime calibration of a large CNN, needs `start_seconds x start_cores` of CPU): the
+  predicting workers get what the starting ones leave, and predict at that fraction of the machine's rate.
 
 Per shard a worker also pays `shard_overhead_seconds` besides predicting (its round trips), which overlap
 across workers; so n predicting workers at a combined predict rate P do `shard_rows / (shard_rows / P +
@@ -44,8 +45,8 @@ class Workers:
     start_seconds: float  # a worker's own start, alone (imports, model load, calibration)
     worker_rate: float  # predictions/s of one started worker alone (local: the whole machine's)
     shared_cores: int | None = None  # None: each instance has its own cores (AWS)
-    # With shared cores: the other processes busy while workers start (the local cloud answering them)
-    starting_neighbours: float = 1.0
+    # With shared cores: the cores the local cloud keeps busy answering workers while any start
+    cloud_cores: float = 0.0
     # The cores a starting worker keeps busy when it has them (its start's CPU seconds over its wall seconds,
     # alone): its start needs start_seconds x start_cores of CPU, at most start_cores at once
     start_cores: float = 1.0
@@ -57,10 +58,12 @@ class Workers:
             raise ValueError(f"workers: worker_rate {self.worker_rate} must be above 0")
         if self.start_seconds < 0 or min(self.launches) < 0:
             raise ValueError("workers: launches and start_seconds must not be negative")
-        if self.starting_neighbours < 0:
-            raise ValueError(f"workers: starting_neighbours {self.starting_neighbours} must not be negative")
         if self.shared_cores is not None and self.shared_cores < 1:
             raise ValueError(f"workers: shared_cores {self.shared_cores} must be at least 1")
+        if self.cloud_cores < 0 or (self.shared_cores is not None and self.cloud_cores >= self.shared_cores):
+            raise ValueError(
+                f"workers: cloud_cores {self.cloud_cores} must be at least 0 and less than the shared cores"
+            )
         if self.start_cores < 1:
             raise ValueError(f"workers: start_cores {self.start_cores} must be at least 1")
 
@@ -100,13 +103,14 @@ def _rates(
         machine_share = float(predicting)  # each instance's own machine
         start_speed = 1.0
     else:
-        neighbours = workers.starting_neighbours if starting else 0  # the local cloud, while workers start
-        busy = len(starting) + predicting + neighbours
-        share = cores / busy if busy else 0.0
+        available = cores - (
+            workers.cloud_cores if starting else 0.0
+        )  # the local cloud's, while workers start
+        busy = len(starting) + predicting
+        share = available / busy if busy else 0.0
         starting_cores = min(workers.start_cores, share) if starting else 0.0  # each starting worker's
         start_speed = starting_cores / workers.start_cores
-        cloud = min(1.0, share) * neighbours
-        left = max(0.0, cores - len(starting) * starting_cores - cloud)
+        left = max(0.0, available - len(starting) * starting_cores)
         machine_share = left / cores if predicting else 0.0
     if not predicting:
         return start_speed, 0.0

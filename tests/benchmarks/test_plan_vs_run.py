@@ -45,3 +45,29 @@ def test_an_instance_count_below_one_is_refused(capsys):
     with pytest.raises(SystemExit):
         plan_vs_run.main(["--instances", "2", "0"])
     assert "--instances must each be at least 1" in capsys.readouterr().err
+
+
+def test_each_run_waits_the_pause_first_and_a_negative_pause_is_refused(monkeypatch, capsys):
+    events: list[tuple[str, object]] = []
+
+    def measure(workload, instances, shards=None, keep=None):
+        events.append(("run", instances))
+        return {
+            "workload": workload,
+            "instances": instances,
+            "shards": 40,
+            "ok": True,
+            "load_average_at_start": 0.1,
+            "actual_over_planned": {"duration": 1.0, "cost": 1.0, "predictions/s": 1.0},
+        }
+
+    monkeypatch.setattr(plan_vs_run, "measure", measure)
+    monkeypatch.setattr(plan_vs_run.time, "sleep", lambda seconds: events.append(("pause", seconds)))
+
+    assert plan_vs_run.main(["--workload", "digits", "--instances", "2", "3", "--pause", "5"]) == 0
+    assert events == [("pause", 5.0), ("run", 2), ("pause", 5.0), ("run", 3)]
+    assert plan_vs_run.PAUSE_SECONDS == 60.0  # the default: a settled machine's load and memory
+
+    with pytest.raises(SystemExit):
+        plan_vs_run.main(["--pause", "-1"])
+    assert "--pause must not be negative" in capsys.readouterr().err

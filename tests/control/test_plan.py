@@ -39,6 +39,7 @@ def model_world(world):
 # others: every plan here is of the same small model, and each measurement is a new Python importing
 # TensorFlow (seconds of CPU).
 _WORKER_STARTS: dict[tuple[str, str, int], plan.WorkerStart] = {}
+_FRESH_MEMORY: list[float] = []
 
 
 @pytest.fixture
@@ -56,6 +57,10 @@ def cli_stack(model_world, monkeypatch):
         return _WORKER_STARTS[key]
 
     monkeypatch.setattr(plan, "worker_start", worker_start)
+    # Once per session too: the real probe touches a GiB (its own test is below)
+    if not _FRESH_MEMORY:
+        _FRESH_MEMORY.append(plan.fresh_memory_seconds_per_gib())
+    monkeypatch.setattr(plan, "fresh_memory_seconds_per_gib", lambda: _FRESH_MEMORY[0])
     return model_world
 
 
@@ -206,6 +211,41 @@ def test_many_shards_are_estimated_from_a_sample_and_said_so(cli_stack, tmp_path
     assert "67 predictions estimated from 3 sampled shards of 10" in made.assumptions[0]
 
 
+def test_the_shard_read_is_the_fastest_of_the_sampled_shards_downloads(cli_stack, tmp_path):
+    import time
+
+    for i in range(3, 10):
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros((8, 64), dtype=np.float32))
+        cli_stack.s3.put_object(
+            Bucket=DATA_BUCKET, Key=f"inputs/digits/part-{i:05d}.npy", Body=buffer.getvalue()
+        )
+
+    class FirstShardSlow:
+        """The S3 client, whose download of the first shard is held up 2 s (a neighbour's moment)."""
+
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def get_object(self, **kwargs):
+            if kwargs["Key"].endswith("part-00000.npy"):
+                time.sleep(2.0)
+            return self._inner.get_object(**kwargs)
+
+    session = Session(None, REGION)
+
+    def client(service, region=None):
+        made = session.client(service, region)
+        return FirstShardSlow(made) if service == "s3" else made
+
+    made = plan.make_plan(str(spec_file(tmp_path)), client, cli_stack.settings)
+    assert made.inputs.sampled == 3
+    assert made.measurement.shard_read_seconds < 2.0  # shards 5 and 9 were read without the delay
+
+
 def test_write_estimate_puts_the_best_row_into_the_spec_file(cli_stack, tmp_path):
     path = spec_file(tmp_path)
     assert cli.main(["plan", str(path), "--region", REGION, "--write-estimate"]) == 0
@@ -297,19 +337,27 @@ def test_workers_sharing_a_machine_start_on_one_core_each_beside_the_local_cloud
     from spotfill import ramp
 
     # given a 2-core machine predicting 1,000 rows/s; workers launched at 0 and 2 s, each starting on 3 s of a
-    # core
+    # core; the local cloud half a core while any start
     workers = ramp.Workers(
-        launches=(0.0, 2.0), start_seconds=3.0, worker_rate=1000.0, shared_cores=2, starting_neighbours=1
+        launches=(0.0, 2.0), start_seconds=3.0, worker_rate=1000.0, shared_cores=2, cloud_cores=0.5
     )
 
     done = ramp.processing(workers, 6000, shard_rows=100)
 
-    # 0-2 s: worker 0 starts alone on a core (the cloud has the other): 1 s of its start left.
-    # 2-3.5 s: both start beside the cloud, 2/3 of a core each: worker 0 ready at 3.5, worker 1 has 2 s left.
-    # 3.5-6.5 s: worker 1 and the cloud take 2/3 of a core each; worker 0 predicts on the 2/3 left, a third
-    # of the machine: 1,000 rows. 6.5 s on: both predict at 1,000 rows/s: 5,000 rows in 5 s. T = 11.5 s.
-    assert done.ready_at == (pytest.approx(3.5), pytest.approx(6.5))
-    assert done.seconds == pytest.approx(11.5)
+    # 0-2 s: worker 0 starts alone on a core (the 1.5 left beside the cloud allow it one): 1 s of its start
+    # left. 2-3.33 s: both start on the 1.5 cores left, 0.75 each: worker 0 ready at 3.33, worker 1 has 2 s
+    # left. 3.33-6 s: worker 1 starts on 0.75 of a core, the cloud keeps its half; worker 0 predicts on the
+    # 0.75 left, 3/8 of the machine: 1,000 rows. 6 s on: both predict at 1,000 rows/s: 5,000 rows in 5 s.
+    # T = 11 s.
+    assert done.ready_at == (pytest.approx(2 + 1 / 0.75), pytest.approx(6.0))
+    assert done.seconds == pytest.approx(11.0)
+    # the cloud's share is the same however many start: it takes what it asks for, not a busy process's share
+    more = ramp.Workers(
+        launches=(0.0,) * 5, start_seconds=3.0, worker_rate=1000.0, shared_cores=2, cloud_cores=0.5
+    )
+    assert ramp.processing(more, 6000, shard_rows=100).ready_at == (pytest.approx(3.0 * 5 / 1.5),) * 5
+    with pytest.raises(ValueError, match=r"cloud_cores 2 must be at least 0 and less than the shared cores"):
+        ramp.Workers(launches=(0.0,), start_seconds=1.0, worker_rate=1.0, shared_cores=2, cloud_cores=2)
 
 
 def test_a_late_workers_held_first_shard_ends_the_run_after_the_rest_of_the_work():
@@ -370,8 +418,8 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
 
     # given 3 local instances (1 s polls, 1.5 s cycles: the first poll sees a registration 0.75 s after it,
     # so instances 0 and 1 start together and instance 2, registered 1 s after instance 0, a cycle later), a
-    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud half a busy
-    # process while workers start, and no per-shard round trips
+    # 2-core machine predicting 1,000 rows/s, a worker start of 3 s on a core, the local cloud 0.3 of a core
+    # while workers start, and no per-shard round trips
     spec = _ramped_spec(3)
     inputs = plan.Inputs(shards=60, rows=6000, sampled=3, exact=False)
     measured = plan.Measurement("tensorflow", "fp32", "CPU", 100, 1000.0, 2, 0.0, 3.0)
@@ -381,18 +429,18 @@ def test_a_local_plan_integrates_the_workers_ramp_into_duration_cost_and_rate():
     # when it is projected
     (row,) = plan.project(spec, inputs, measured, facts, prices, set(facts), local=True)
 
-    # then: 0-1.5 s, two workers and the cloud (half a process) share 2 cores, 0.8 of a core each: 1.8 s
-    # of start left each. 1.5-4.65 s: three starting workers and the cloud, 4/7 of a core each: two are
-    # ready, the third has 1.2 s left. 4.65-6.75 s: it takes 4/7 of a core and the cloud 2/7; two workers
-    # predict on the 8/7 left, 4/7 of the machine: 1,200 rows. 6.75 s on: all predict at 1,000 rows/s, the
-    # 4,800 rows left in 4.8 s: the last output at 11.55 s, seen half a 1.5 s cycle later. The instances live
-    # boot 2 s + a poll + that + teardown 0.2 s; the run adds validate and prepare 0.6 s and the fleet request
-    # 1.1 s.
-    assert plan.LOCAL_CLOUD_PROCESSES == 0.5 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
+    # then: 0-1.5 s, two workers share the 1.7 cores the cloud (0.3 of a core) leaves, 0.85 each: 1.725 s of
+    # start left each. 1.5 s on: three start on 1.7/3 of a core each: two are ready 1.725 x 3/1.7 s later, the
+    # third has 1.275 s left, which takes it 2.25 s more, while the two predict on the 1.7 - 1.7/3 cores left,
+    # 1.7/3 of the machine: 1,275 rows. Then all predict at 1,000 rows/s, the 4,725 rows left in 4.725 s; the
+    # last output seen half a 1.5 s cycle later. The instances live boot 2 s + a poll + that + teardown 0.2 s;
+    # the run adds validate and prepare 0.6 s and the fleet request 1.1 s.
+    assert plan.LOCAL_CLOUD_CORES == 0.3 and plan.LOCAL_OVERHEADS["monitor_per_poll"] == 0.5
     assert (plan.LOCAL_OVERHEADS["validate_and_prepare"], plan.LOCAL_OVERHEADS["fleet_request"]) == (0.6, 1.1)
     assert plan.LOCAL_OVERHEADS["teardown"] == 0.2
     assert row.worker_launches == (0.0, 0.0, 1.5)
-    processing = 11.55 + 0.75
+    ready = 1.5 + 1.725 * 3 / 1.7
+    processing = ready + 2.25 + 4.725 + 0.75
     assert row.processing_seconds == pytest.approx(processing)
     assert row.seconds == pytest.approx(0.6 + 1.1 + 2.0 + 1.0 + processing + 0.2)
     assert row.total_usd == pytest.approx(0.36 * 3 * (2.0 + 1.0 + processing + 0.2) / 3600)
@@ -518,7 +566,6 @@ def test_a_start_that_keeps_two_cores_busy_takes_twice_as_long_when_it_gets_one(
             start_seconds=3.0,
             worker_rate=1000.0,
             shared_cores=2,
-            starting_neighbours=0,
             start_cores=start_cores,
         )
         return ramp.processing(workers, 6000, shard_rows=100)
@@ -538,7 +585,7 @@ def test_a_starts_cores_are_its_childs_cpu_over_its_seconds_between_one_and_the_
     import sys
 
     def child(code: str, seconds: float):
-        def start_seconds(*_):
+        def start_seconds(*_):  # the worker's start's arguments, and where it writes what its imports touched
             subprocess.run([sys.executable, "-c", code], check=True)
             return seconds
 
@@ -546,8 +593,127 @@ def test_a_starts_cores_are_its_childs_cpu_over_its_seconds_between_one_and_the_
 
     # a start that waits (no CPU to speak of) counts one core
     monkeypatch.setattr(plan, "worker_start_seconds", child("import time; time.sleep(0.2)", 0.2))
-    assert plan.worker_start(None, None, None, 1) == plan.WorkerStart(0.2, 1.0)
+    waited = plan.worker_start(None, None, None, 1)
+    assert (waited.seconds, waited.cores) == (0.2, 1.0)
 
     # a start whose child computed far longer than the seconds it is said to have taken counts every core
     monkeypatch.setattr(plan, "worker_start_seconds", child("sum(range(3_000_000))", 0.001))
-    assert plan.worker_start(None, None, None, 1) == plan.WorkerStart(0.001, float(os.cpu_count() or 1))
+    computed = plan.worker_start(None, None, None, 1)
+    assert (computed.seconds, computed.cores) == (0.001, float(os.cpu_count() or 1))
+
+    # the memory a start touched is its child's minor page faults, after what its imports touched where the
+    # child says (the worker's start writes its faults and kernel CPU once imported): a child that writes 64
+    # MiB touched at least that, one that only waits far less
+    def writes(imports_faults: int | None):
+        def start_seconds(spec, model_path, rows, batch_size, imports):
+            code = "b = bytearray(64 << 20); b[::4096] = b'x' * 16384"
+            if imports_faults is not None:
+                code += f"; open({str(imports)!r}, 'w').write('{imports_faults} 0.0')"
+            subprocess.run([sys.executable, "-c", code], check=True)
+            return 1.0
+
+        return start_seconds
+
+    monkeypatch.setattr(plan, "worker_start_seconds", writes(None))
+    wrote = plan.worker_start(None, None, None, 1)
+    assert wrote.memory_gib >= 64 / 1024
+    assert wrote.memory_system_seconds > 0  # its page faults are kernel CPU
+    assert waited.memory_gib < 64 / 1024
+    # the faults the child counted by its imports are not the start's own
+    monkeypatch.setattr(plan, "worker_start_seconds", writes(10_000))
+    imported = plan.worker_start(None, None, None, 1)
+    assert imported.memory_gib < wrote.memory_gib
+    assert imported.memory_gib >= 64 / 1024 - 10_000 * 4096 / 2**30 - 0.05
+
+
+def test_a_short_start_is_timed_twice_and_the_faster_kept_a_long_one_once():
+    def starts(*seconds: float):
+        measured = iter(seconds)
+        calls: list[float] = []
+
+        def measure_once() -> plan.WorkerStart:
+            calls.append(next(measured))
+            return plan.WorkerStart(calls[-1], 1.0)
+
+        return measure_once, calls
+
+    measure_once, calls = starts(5.6, 4.7)
+    assert plan.timed_start(measure_once).seconds == 4.7 and calls == [5.6, 4.7]
+    measure_once, calls = starts(4.7, 5.6)
+    assert plan.timed_start(measure_once).seconds == 4.7 and calls == [4.7, 5.6]
+    measure_once, calls = starts(plan.REPEATED_START_SECONDS + 2, 1.0)
+    assert plan.timed_start(measure_once).seconds == plan.REPEATED_START_SECONDS + 2 and len(calls) == 1
+
+
+def test_a_local_start_is_charged_its_touched_memory_at_this_machines_fresh_memory_rate():
+    from spotfill.localcloud.pricing import emulated_facts
+
+    # given a start measured at 10 s on one core, touching 4 GiB after its imports with 1 s in the kernel
+    def measured(fresh_rate: float) -> plan.Measurement:
+        return plan.Measurement(
+            "tensorflow",
+            "fp32",
+            "CPU",
+            100,
+            1000.0,
+            2,
+            0.0,
+            10.0,
+            worker_start_cores=1.0,
+            worker_start_memory_system_seconds=1.0,
+            worker_start_memory_gib=4.0,
+            fresh_memory_seconds_per_gib=fresh_rate,
+        )
+
+    # when fresh memory costs 2 CPU-seconds per GiB here, the start that found memory just freed (1 s for 4
+    # GiB) is charged the 8 s its memory costs a run's worker: 17 CPU-seconds, on its one core 17 s
+    assert measured(2.0).local_worker_start_seconds == pytest.approx(17.0)
+    # where fresh memory costs less than the kernel time the start had, the start is as measured
+    assert measured(0.2).local_worker_start_seconds == pytest.approx(10.0)
+    assert measured(0.0).local_worker_start_seconds == pytest.approx(10.0)
+    # a start on 2 cores keeps them: its CPU grows, its seconds by the CPU over its cores
+    two = plan.Measurement(
+        "tensorflow",
+        "fp32",
+        "CPU",
+        100,
+        1000.0,
+        2,
+        0.0,
+        10.0,
+        worker_start_cores=2.0,
+        worker_start_memory_system_seconds=1.0,
+        worker_start_memory_gib=4.0,
+        fresh_memory_seconds_per_gib=2.0,
+    )
+    assert two.local_worker_start_seconds == pytest.approx(10.0 * (20.0 + 7.0) / 20.0)
+
+    # and a local projection starts its workers on the charged start (AWS keeps the start as measured)
+    spec = _ramped_spec(2)
+    inputs = plan.Inputs(shards=60, rows=6000, sampled=3, exact=False)
+    facts = emulated_facts(["c5.xlarge"])
+    prices = {"c5.xlarge": plan.SpotPrices(0.36, 0.36, 0.36)}
+    (cold,) = plan.project(spec, inputs, measured(2.0), facts, prices, set(facts), local=True)
+    (warm,) = plan.project(spec, inputs, measured(0.0), facts, prices, set(facts), local=True)
+    assert cold.processing_seconds > warm.processing_seconds + 7.0
+    (aws_cold,) = plan.project(spec, inputs, measured(2.0), facts, prices, set(facts), local=False)
+    (aws_warm,) = plan.project(spec, inputs, measured(0.0), facts, prices, set(facts), local=False)
+    assert aws_cold.processing_seconds == pytest.approx(aws_warm.processing_seconds)
+
+
+def test_fresh_memory_is_the_costliest_chunks_kernel_cpu_per_gib(monkeypatch):
+    import subprocess
+    import sys
+
+    # the child writes one line per chunk, each at least 0 (kernel CPU seconds per GiB)
+    lines = subprocess.run(
+        [sys.executable, "-c", plan._FRESH_MEMORY, "4", "3"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(lines) == 3 and all(float(line) >= 0 for line in lines)
+
+    # the plan takes the costliest chunk: the first ones may reuse memory freed a moment ago
+    monkeypatch.setattr(plan, "_FRESH_MEMORY", "print(0.5); print(2.0); print(1.0)")
+    assert plan.fresh_memory_seconds_per_gib() == 2.0
+    # a child that fails says nothing: no charge
+    monkeypatch.setattr(plan, "_FRESH_MEMORY", "print(2.0); raise SystemExit(3)")
+    assert plan.fresh_memory_seconds_per_gib() == 0.0
