@@ -192,13 +192,16 @@ def test_the_table_names_every_type_and_states_its_assumptions(cli_stack, tmp_pa
     assert "counted on all 3 shards" in out and "x the type's vCPUs" in out
 
 
-def test_many_shards_are_estimated_from_a_sample_and_said_so(cli_stack, tmp_path):
+def _ten_shards(world) -> None:
+    """Shards 3-9 of 8 rows beside the world's three (4, 4 and 8 rows): ten in all."""
     for i in range(3, 10):
         buffer = io.BytesIO()
         np.save(buffer, np.zeros((8, 64), dtype=np.float32))
-        cli_stack.s3.put_object(
-            Bucket=DATA_BUCKET, Key=f"inputs/digits/part-{i:05d}.npy", Body=buffer.getvalue()
-        )
+        world.s3.put_object(Bucket=DATA_BUCKET, Key=f"inputs/digits/part-{i:05d}.npy", Body=buffer.getvalue())
+
+
+def test_many_shards_are_estimated_from_a_sample_and_said_so(cli_stack, tmp_path):
+    _ten_shards(cli_stack)
     session = Session(None, REGION)
     made = plan.make_plan(str(spec_file(tmp_path)), session.client, cli_stack.settings)
     # shards 0, 5 and 9 sampled: 4, 8 and 8 rows -> 20/3 per shard x 10 shards
@@ -214,12 +217,7 @@ def test_many_shards_are_estimated_from_a_sample_and_said_so(cli_stack, tmp_path
 def test_the_shard_read_is_the_fastest_of_the_sampled_shards_downloads(cli_stack, tmp_path):
     import time
 
-    for i in range(3, 10):
-        buffer = io.BytesIO()
-        np.save(buffer, np.zeros((8, 64), dtype=np.float32))
-        cli_stack.s3.put_object(
-            Bucket=DATA_BUCKET, Key=f"inputs/digits/part-{i:05d}.npy", Body=buffer.getvalue()
-        )
+    _ten_shards(cli_stack)
 
     class FirstShardSlow:
         """The S3 client, whose download of the first shard is held up 2 s (a neighbour's moment)."""
@@ -649,7 +647,7 @@ def test_a_local_start_is_charged_its_touched_memory_at_this_machines_fresh_memo
     from spotfill.localcloud.pricing import emulated_facts
 
     # given a start measured at 10 s on one core, touching 4 GiB after its imports with 1 s in the kernel
-    def measured(fresh_rate: float) -> plan.Measurement:
+    def measured(fresh_rate: float, cores: float = 1.0) -> plan.Measurement:
         return plan.Measurement(
             "tensorflow",
             "fp32",
@@ -659,7 +657,7 @@ def test_a_local_start_is_charged_its_touched_memory_at_this_machines_fresh_memo
             2,
             0.0,
             10.0,
-            worker_start_cores=1.0,
+            worker_start_cores=cores,
             worker_start_memory_system_seconds=1.0,
             worker_start_memory_gib=4.0,
             fresh_memory_seconds_per_gib=fresh_rate,
@@ -672,20 +670,7 @@ def test_a_local_start_is_charged_its_touched_memory_at_this_machines_fresh_memo
     assert measured(0.2).local_worker_start_seconds == pytest.approx(10.0)
     assert measured(0.0).local_worker_start_seconds == pytest.approx(10.0)
     # a start on 2 cores keeps them: its CPU grows, its seconds by the CPU over its cores
-    two = plan.Measurement(
-        "tensorflow",
-        "fp32",
-        "CPU",
-        100,
-        1000.0,
-        2,
-        0.0,
-        10.0,
-        worker_start_cores=2.0,
-        worker_start_memory_system_seconds=1.0,
-        worker_start_memory_gib=4.0,
-        fresh_memory_seconds_per_gib=2.0,
-    )
+    two = measured(2.0, cores=2.0)
     assert two.local_worker_start_seconds == pytest.approx(10.0 * (20.0 + 7.0) / 20.0)
 
     # and a local projection starts its workers on the charged start (AWS keeps the start as measured)
