@@ -485,7 +485,15 @@ def timed_rate(predict_shard: Callable[[], int], clock: Callable[[], float] = ti
 
 
 def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs, Measurement]:
-    """Count rows on the sampled shards and time the worker's predictor on the first of them."""
+    """Count rows on the sampled shards and time the worker's predictor on the first of them; the model's
+    download and the sample rows live in a temporary folder, removed when done."""
+    with tempfile.TemporaryDirectory(prefix="spotfill-plan-") as directory:
+        return _measure_in(Path(directory), spec, shard_uris, s3)
+
+
+def _measure_in(
+    directory: Path, spec: BackfillSpec, shard_uris: list[str], s3: Any
+) -> tuple[Inputs, Measurement]:
     import numpy as np
     from spotfill_worker.model import (
         DEFAULT_BATCH_SIZE,
@@ -497,7 +505,6 @@ def measure(spec: BackfillSpec, shard_uris: list[str], s3: Any) -> tuple[Inputs,
     from spotfill_worker.runtimes import choose_runtime, tensorflow_runtime
 
     picked = [shard_uris[i] for i in sample_indices(len(shard_uris))]
-    directory = Path(tempfile.mkdtemp(prefix="spotfill-plan-"))
     device = configure_devices()
     model_path = download_model(s3, spec.model.uri, directory)
     model = load_model(model_path)

@@ -214,6 +214,17 @@ def test_many_shards_are_estimated_from_a_sample_and_said_so(cli_stack, tmp_path
     assert "67 predictions estimated from 3 sampled shards of 10" in made.assumptions[0]
 
 
+def test_a_plan_leaves_nothing_in_the_temporary_folder(cli_stack, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    made = plan.make_plan(str(spec_file(tmp_path)), Session(None, REGION).client, cli_stack.settings)
+    assert made.measurement.rows > 0  # the model was downloaded and measured there
+    assert list(scratch.iterdir()) == []
+
+
 def test_the_shard_read_is_the_fastest_of_the_sampled_shards_downloads(cli_stack, tmp_path):
     import time
 
