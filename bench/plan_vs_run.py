@@ -58,8 +58,7 @@ def _digits(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[str
     ok, result = run_demo(
         Console(quiet=True), work_dir=work_dir, shards=shards, instances=instances, planned=planned
     )
-    _MEASURED[:] = [planned.get("measurement")]
-    return ok, planned.get("estimate") or {}, result.report or {}
+    return ok, planned, result.report or {}
 
 
 def _mobilenet(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[str, Any], dict[str, Any]]:
@@ -90,14 +89,12 @@ def _mobilenet(instances: int, work_dir: Path, shards: int) -> tuple[bool, dict[
         overwrite=True,
         before_trigger=lambda cloud, spec: plan_run(cloud, spec, work_dir / "spec.json", console, planned),
     )
-    _MEASURED[:] = [planned.get("measurement")]
-    return result.succeeded, planned.get("estimate") or {}, result.report or {}
+    return result.succeeded, planned, result.report or {}
 
 
+# Each runs its workload and returns (it succeeded, what its plan gave `spotfill.demo.plan_run`: the estimate
+# and the plan's own measurements, the report).
 WORKLOADS = {"digits": (_digits, 40), "mobilenetv2": (_mobilenet, 12)}
-# The plan's own measurements of the last run: what the start and fresh memory cost here, beside the ratios
-# they explain.
-_MEASURED: list[dict[str, Any] | None] = [None]
 
 
 def measure(
@@ -108,15 +105,15 @@ def measure(
     run, default_shards = WORKLOADS[workload]
     load = os.getloadavg()[0]
     started = time.monotonic()
-    _MEASURED[:] = [None]
     if keep is not None:
         directory = keep / f"{workload}-{instances}"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        ok, estimate, report = run(instances, directory, shards or default_shards)
+        ok, planned, report = run(instances, directory, shards or default_shards)
     else:
         with tempfile.TemporaryDirectory(prefix="spotfill-plan-vs-run-") as temporary:
-            ok, estimate, report = run(instances, Path(temporary), shards or default_shards)
+            ok, planned, report = run(instances, Path(temporary), shards or default_shards)
+    estimate = planned.get("estimate") or {}
     return {
         "workload": workload,
         "instances": instances,
@@ -128,7 +125,7 @@ def measure(
         "actual": actual_figures(report),
         "actual_over_planned": ratios(estimate, report),
         "actual_phases_seconds": report.get("phases_seconds"),
-        "plan_measurement": _MEASURED[0],
+        "plan_measurement": planned.get("measurement"),
     }
 
 
@@ -159,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.instances):
         parser.error("--instances must each be at least 1")
-    failed = False
     if args.pause < 0:
         parser.error("--pause must not be negative")
+    failed = False
     for workload in args.workload:
         for instances in args.instances:
             time.sleep(args.pause)

@@ -135,7 +135,7 @@ def plan_run(
         console.print(f"- {line}", markup=False, highlight=False)
     write_estimate(path, spec, plan)
     planned["estimate"] = plan.estimate()
-    planned["measurement"] = plan.as_json()["measurement"]
+    planned["measurement"] = vars(plan.measurement)
     console.print(f"the plan's estimate is in the run's manifest ({path})")
     return {"estimate": planned["estimate"]}
 

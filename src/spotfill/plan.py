@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -391,25 +390,20 @@ def worker_start(spec: BackfillSpec, model_path: Path, rows: Any, batch_size: in
     MobileNetV2's start took 17 CPU-seconds in 13.3 s here, the digits CNN's 5.0 in 4.8)."""
     import resource
 
-    imports = Path(tempfile.mkdtemp(prefix="spotfill-plan-start-")) / "imports"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    seconds = worker_start_seconds(spec, model_path, rows, batch_size, imports)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory(prefix="spotfill-plan-start-") as directory:
+        imports = Path(directory) / "imports"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = worker_start_seconds(spec, model_path, rows, batch_size, imports)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # the child's faults and kernel CPU once imported (`_WORKER_START`); none written: all its own
+        written = imports.read_text().split() if imports.exists() else ["0", "0"]
     system = after.ru_stime - before.ru_stime
     cpu = (after.ru_utime - before.ru_utime) + system
     cores = min(float(os.cpu_count() or 1), max(1.0, cpu / max(seconds, 1e-9)))
-    faults = after.ru_minflt - before.ru_minflt
-    try:  # the child's faults and kernel CPU once imported (`_WORKER_START`); none written: all its own
-        imported_faults, imported_system = imports.read_text().split()
-        faults, system = faults - int(imported_faults), system - float(imported_system)
-    except (OSError, ValueError):
-        pass
-    finally:
-        shutil.rmtree(imports.parent, ignore_errors=True)
-    return WorkerStart(seconds, cores, max(0, faults) * _PAGE_BYTES / 2**30, max(0.0, system))
+    faults = after.ru_minflt - before.ru_minflt - int(written[0])
+    memory_gib = max(0, faults) * resource.getpagesize() / 2**30
+    return WorkerStart(seconds, cores, memory_gib, max(0.0, system - float(written[1])))
 
-
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 # Fresh memory's cost, in a fresh Python: chunks allocated as the worker's arrays are (numpy, which asks the
 # kernel for huge pages for large arrays) and written, every chunk kept so that the next takes other pages;
@@ -434,13 +428,9 @@ def fresh_memory_seconds_per_gib(
     less than what a run's workers will find). 0.0 when the child cannot say."""
     command = [sys.executable, "-c", _FRESH_MEMORY, str(chunk_mib), str(chunks)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
-    rates = []
-    for line in done.stdout.split():
-        try:
-            rates.append(float(line))
-        except ValueError:
-            continue
-    return max(rates, default=0.0) if done.returncode == 0 else 0.0
+    if done.returncode != 0:
+        return 0.0
+    return max((float(line) for line in done.stdout.split()), default=0.0)
 
 
 def worker_start_seconds(

@@ -103,9 +103,8 @@ def _rates(
         machine_share = float(predicting)  # each instance's own machine
         start_speed = 1.0
     else:
-        available = cores - (
-            workers.cloud_cores if starting else 0.0
-        )  # the local cloud's, while workers start
+        cloud = workers.cloud_cores if starting else 0.0  # the local cloud's, while workers start
+        available = cores - cloud
         busy = len(starting) + predicting
         share = available / busy if busy else 0.0
         starting_cores = min(workers.start_cores, share) if starting else 0.0  # each starting worker's
